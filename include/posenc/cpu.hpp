@@ -1,0 +1,55 @@
+// The CPU engine: applies a RopeSpec to Q/K in host memory; also the plain reference definition.
+#pragma once
+
+#include <memory>
+
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+namespace posenc {
+
+/// Validates `args` against `spec` in one pass without writing anything: shapes and dtypes match
+/// the spec and each other, strides are non-negative and do not make a view overlap itself or
+/// another destination, sizes fit in 64 bits, every position lies in [0, spec.position_limit).
+/// Throws posenc::Error naming the value, its index and the limit. `check_positions` = false
+/// skips reading positions (they live in device memory for the GPU engine).
+void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positions = true);
+
+/// The definition of RoPE in this codebase: plain scalar loops over tokens, heads and pairs, one
+/// element at a time, no threads, no vectorization. It validates, computes the frequency table
+/// for the call, and applies the math of rope.hpp with the spec's numerics. Every other path
+/// (the CPU engine, the GPU engine) is tested against it.
+void apply_reference(const RopeSpec& spec, const RopeArgs& args);
+
+/// Options of the CPU engine.
+struct CpuOptions {
+  int threads = 0;  ///< worker threads; 0 = std::thread::hardware_concurrency()
+};
+
+/// Multi-threaded, vectorizable CPU engine. Built once per spec: the frequency table is computed
+/// at construction (and per call only for the `dynamic`/`longrope` schemes, whose table depends
+/// on the call's largest position). cos/sin are computed once per token and shared by its heads.
+/// Results are bit-identical to apply_reference.
+class CpuEngine {
+ public:
+  explicit CpuEngine(RopeSpec spec, CpuOptions options = {});
+  ~CpuEngine();
+  CpuEngine(CpuEngine&&) noexcept;
+  CpuEngine& operator=(CpuEngine&&) noexcept;
+  CpuEngine(const CpuEngine&) = delete;
+  CpuEngine& operator=(const CpuEngine&) = delete;
+
+  /// Validates everything first (nothing is written when it throws), then rotates.
+  void apply(const RopeArgs& args) const;
+
+  const RopeSpec& spec() const noexcept;
+  /// The table built at construction (the init-time table for dynamic/longrope).
+  const FrequencyTable& frequencies() const noexcept;
+  int threads() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace posenc

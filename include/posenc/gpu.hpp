@@ -1,0 +1,188 @@
+// The GPU runtime (device, stream, buffers, pool) and the GPU RoPE engine; no vendor header leaks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+namespace posenc::gpu {
+
+/// True when posenc was built with CUDA or HIP and at least one device is visible.
+bool available() noexcept;
+
+/// Number of visible devices (0 when built without GPU support or none is present).
+int device_count() noexcept;
+
+/// Why no GPU can be used ("built without CUDA/HIP", "no CUDA device: <vendor string>"), or "".
+std::string unavailable_reason();
+
+/// "cuda" or "hip" (the backend this build was compiled for), or "none".
+const char* backend_name() noexcept;
+
+struct MemoryInfo {
+  std::int64_t free_bytes = 0;
+  std::int64_t total_bytes = 0;
+};
+
+/// A device handle: which GPU, and the properties launch shapes are chosen from. Cheap to copy.
+class Device {
+ public:
+  /// Opens device `ordinal`; throws posenc::Error(unsupported/vendor) when there is none.
+  static Device open(int ordinal = 0);
+
+  int ordinal() const noexcept { return ordinal_; }
+  const std::string& name() const noexcept { return name_; }
+  int multiprocessor_count() const noexcept { return sm_count_; }
+  int compute_capability() const noexcept { return cc_; }  ///< major * 10 + minor
+  std::int64_t l2_bytes() const noexcept { return l2_bytes_; }
+  std::int64_t total_memory_bytes() const noexcept { return total_bytes_; }
+
+  /// Free and total device memory now.
+  MemoryInfo memory_info() const;
+  /// Makes this the calling thread's current device.
+  void make_current() const;
+  /// Waits for all work on the device; surfaces asynchronous faults as posenc::Error(vendor).
+  void synchronize() const;
+
+ private:
+  int ordinal_ = -1;
+  std::string name_;
+  int sm_count_ = 0;
+  int cc_ = 0;
+  std::int64_t l2_bytes_ = 0;
+  std::int64_t total_bytes_ = 0;
+};
+
+/// Non-owning reference to a vendor stream (cudaStream_t / hipStream_t), passed last to every GPU
+/// operation. Constructing one from 0 or nullptr is a compile error: the legacy default stream
+/// must be asked for by name.
+class StreamRef {
+ public:
+  explicit StreamRef(void* native_stream) noexcept : stream_(native_stream) {}
+  StreamRef(int) = delete;
+  StreamRef(std::nullptr_t) = delete;
+
+  /// The legacy default stream, explicitly.
+  static StreamRef legacy_default() noexcept { return StreamRef(static_cast<void*>(nullptr), 0); }
+
+  void* native() const noexcept { return stream_; }
+  /// Waits for the stream. An asynchronous fault of an earlier posenc launch on this stream is
+  /// reported as posenc::Error(vendor) naming that operation and its dimensions.
+  void synchronize() const;
+
+ private:
+  StreamRef(void* s, int) noexcept : stream_(s) {}
+  void* stream_;
+};
+
+/// An owning stream (non-blocking with respect to the legacy default stream). Move-only.
+class Stream {
+ public:
+  explicit Stream(const Device& device);
+  ~Stream();
+  Stream(Stream&&) noexcept;
+  Stream& operator=(Stream&&) noexcept;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  StreamRef ref() const noexcept { return StreamRef(stream_); }
+  void synchronize() const { ref().synchronize(); }
+
+ private:
+  void* stream_ = nullptr;
+  int ordinal_ = -1;
+};
+
+/// Move-only owner of one device allocation.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  /// Allocates `bytes` on `device`; throws posenc::Error(vendor) with the vendor string on failure.
+  DeviceBuffer(const Device& device, std::int64_t bytes);
+  ~DeviceBuffer();
+  DeviceBuffer(DeviceBuffer&&) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&&) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* data() const noexcept { return ptr_; }
+  std::int64_t size_bytes() const noexcept { return bytes_; }
+
+  /// Host <-> device copies, asynchronous on `stream` (the host memory must stay valid until the
+  /// stream reaches them). These are for setup and tests, never called by an apply.
+  void upload(const void* host, std::int64_t bytes, StreamRef stream, std::int64_t offset = 0);
+  void download(void* host, std::int64_t bytes, StreamRef stream, std::int64_t offset = 0) const;
+  /// Sets every byte to `value` on `stream`.
+  void fill_bytes(unsigned char value, StreamRef stream);
+
+ private:
+  friend class MemoryPool;
+  void* ptr_ = nullptr;
+  std::int64_t bytes_ = 0;
+  int ordinal_ = -1;
+};
+
+/// A caching pool: released blocks are kept by size class and handed out again, so steady-state
+/// workloads stop calling the vendor allocator. Thread-safe. Blocks are returned with `release`.
+class MemoryPool {
+ public:
+  explicit MemoryPool(const Device& device);
+  ~MemoryPool();
+  MemoryPool(const MemoryPool&) = delete;
+  MemoryPool& operator=(const MemoryPool&) = delete;
+
+  /// A buffer of at least `bytes` (rounded up to the size class).
+  DeviceBuffer acquire(std::int64_t bytes);
+  /// Gives a buffer back to the pool for reuse; the caller must ensure no pending work uses it.
+  void release(DeviceBuffer&& buffer);
+  /// Frees every cached block.
+  void trim();
+  std::int64_t cached_bytes() const;
+  std::int64_t allocation_count() const;  ///< vendor allocations made so far
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+/// GPU RoPE engine, built once per (RopeSpec, device). Its frequency data is computed on the host
+/// and uploaded once, at construction; `apply` then allocates nothing, copies nothing between
+/// host and device and never waits, so calls can be captured in a CUDA/HIP graph.
+///
+/// Positions: angles are computed from the position inside the kernel (no table indexed by
+/// position), so no position value can make a kernel read or write outside a buffer. Positions
+/// outside [0, spec.position_limit) are still rotated by their angle, and the first one seen is
+/// recorded in a device-side fault word; `check` reports it as posenc::Error(out_of_range) with
+/// the token index, the value and the limit.
+class GpuEngine {
+ public:
+  GpuEngine(const RopeSpec& spec, const Device& device);
+  ~GpuEngine();
+  GpuEngine(GpuEngine&&) noexcept;
+  GpuEngine& operator=(GpuEngine&&) noexcept;
+  GpuEngine(const GpuEngine&) = delete;
+  GpuEngine& operator=(const GpuEngine&) = delete;
+
+  /// Rotates Q and K (one launch for both) on `stream`. Pointers are device pointers. Shapes,
+  /// strides and dtypes are validated on the host before the launch (nothing is written when it
+  /// throws); positions are not read on the host.
+  void apply(const RopeArgs& args, StreamRef stream) const;
+
+  /// Synchronizes `stream`, then throws if a kernel fault or a recorded bad position is pending
+  /// (and clears the record). Cheap enough to call once per step, not meant for the hot path.
+  void check(StreamRef stream) const;
+
+  const RopeSpec& spec() const noexcept;
+  const FrequencyTable& frequencies() const noexcept;
+  const Device& device() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace posenc::gpu

@@ -1,0 +1,40 @@
+// Model configuration ingestion: a Hugging Face config.json (transformers 4.x/5.x, GLM remote code) to RopeSpecs.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "posenc/rope.hpp"
+
+namespace posenc {
+
+/// What posenc needs to know of a model, resolved from its config.json.
+struct ModelConfig {
+  std::string model_type;        ///< "glm", "llama", "chatglm", ...
+  std::string source;            ///< file path or "<embedded:name>"
+  std::int64_t num_attention_heads = 0;
+  std::int64_t num_key_value_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t max_position_embeddings = 0;
+  /// One spec per attention layer type; plain models have the single key "default", layer-typed
+  /// models (Gemma3, transformers 5.x keyed rope_parameters) have e.g. "full_attention" and
+  /// "sliding_attention".
+  std::map<std::string, RopeSpec> rope;
+
+  /// The spec for `layer_type` ("default" for single-spec models); throws naming the key if absent.
+  const RopeSpec& spec(const std::string& layer_type = "default") const;
+};
+
+/// Parses config.json text. Unknown or contradictory rope keys give posenc::Error(config) naming
+/// the key and the value. `source` labels messages.
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source = "<text>");
+
+/// Reads and parses a config.json file (posenc::Error(io) when unreadable).
+ModelConfig load_model_config(const std::string& path);
+
+/// The configuration `posenc run` uses when none is given: GLM-4-9B-chat (THUDM/glm-4-9b-chat,
+/// remote-code keys: kv_channels 128, rope_ratio 500, seq_length 131072, multi_query_group_num 2).
+const char* default_model_config_json() noexcept;
+
+}  // namespace posenc

@@ -1,0 +1,79 @@
+// Non-owning views of Q/K tensors and position ids, and the argument bundle of one apply call.
+#pragma once
+
+#include <cstdint>
+
+#include "posenc/dtype.hpp"
+
+namespace posenc {
+
+/// A `[tokens, heads, head_dim]` view with head_dim contiguous. Strides are in elements, so Q and
+/// K can be slices of a fused QKV buffer:
+///
+///     element (t, h, d) lives at  data + (t * token_stride + h * head_stride + d) * size_of(dtype)
+///
+/// The view does not own memory. `data == nullptr` means "absent" (an optional K, an in-place call).
+struct TensorView {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t tokens = 0;
+  std::int64_t heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t token_stride = 0;  ///< elements between token t and t+1
+  std::int64_t head_stride = 0;   ///< elements between head h and h+1
+
+  bool present() const noexcept { return data != nullptr; }
+
+  /// A dense `[tokens, heads, head_dim]` view (token_stride = heads * head_dim).
+  static TensorView contiguous(void* data, DType dtype, std::int64_t tokens, std::int64_t heads,
+                               std::int64_t head_dim) noexcept {
+    return {data, dtype, tokens, heads, head_dim, heads * head_dim, head_dim};
+  }
+};
+
+/// Read-only twin of TensorView, used for out-of-place sources.
+struct ConstTensorView {
+  const void* data = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t tokens = 0;
+  std::int64_t heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t token_stride = 0;
+  std::int64_t head_stride = 0;
+
+  ConstTensorView() = default;
+  ConstTensorView(const void* d, DType t, std::int64_t n, std::int64_t h, std::int64_t hd,
+                  std::int64_t ts, std::int64_t hs) noexcept
+      : data(d), dtype(t), tokens(n), heads(h), head_dim(hd), token_stride(ts), head_stride(hs) {}
+  ConstTensorView(const TensorView& v) noexcept  // NOLINT(google-explicit-constructor)
+      : ConstTensorView(v.data, v.dtype, v.tokens, v.heads, v.head_dim, v.token_stride,
+                        v.head_stride) {}
+
+  bool present() const noexcept { return data != nullptr; }
+};
+
+/// One position id per token, contiguous, int32 or int64. The caller flattens batches: a ragged
+/// batch, a padded batch and a decode step are all just "one position per token".
+struct PositionsView {
+  const void* data = nullptr;
+  IndexType type = IndexType::i64;
+  std::int64_t count = 0;
+};
+
+/// Everything one `apply` call reads and writes.
+///
+/// - `q` is written. `k` is written when present (K is optional: MLA-style Q-only calls).
+/// - In place: leave `q_src`/`k_src` absent; `q`/`k` are read and overwritten.
+/// - Out of place: `q_src` (and `k_src` when `k` is present) give the input; they must have the
+///   same dtype and shape as their destination but may have other strides, and must not overlap
+///   any destination unless they are exactly the same view.
+/// - Q and K may have different head counts (GQA/MQA); both have `positions.count` tokens.
+struct RopeArgs {
+  TensorView q;
+  TensorView k;
+  ConstTensorView q_src;
+  ConstTensorView k_src;
+  PositionsView positions;
+};
+
+}  // namespace posenc
