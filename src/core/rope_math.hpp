@@ -86,54 +86,83 @@ POSENC_HD float from_bf16_bits(std::uint16_t h) {
 }
 
 /// IEEE binary16 bits of f (RNE, subnormals, overflow to inf, NaN kept quiet).
+///
+/// Written branch-free (every case computed, the right one selected) so that loops converting
+/// arrays vectorize; the results equal those of the plain case-by-case conversion for all 2^32
+/// inputs (checked exhaustively by test_large).
 POSENC_HD std::uint16_t to_f16_bits(float f) {
   const std::uint32_t u = float_bits(f);
   const std::uint32_t sign = (u >> 16) & 0x8000u;
   const std::uint32_t abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<std::uint16_t>(sign | 0x7e00u | ((abs >> 13) & 0x3ffu));
-  if (abs >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: inf
-  if (abs < 0x38800000u) {
-    // Result is subnormal in f16 (or zero): value = m * 2^-24 with m = round(abs_value * 2^24).
-    if (abs < 0x33000000u) return static_cast<std::uint16_t>(sign);  // < 2^-25: rounds to 0
-    const std::uint32_t exp = abs >> 23;                             // biased f32 exponent
-    const std::uint32_t mant = (abs & 0x7fffffu) | 0x800000u;        // 24-bit significand
-    const std::uint32_t shift = 126u - exp;                          // 14..24 + ...
-    // value = mant * 2^(exp-150); in units of 2^-24: mant * 2^(exp-126) = mant >> (126-exp)
-    const std::uint32_t q = mant >> shift;
-    const std::uint32_t rem = mant & ((1u << shift) - 1u);
-    const std::uint32_t half = 1u << (shift - 1u);
-    const std::uint32_t r = q + ((rem > half || (rem == half && (q & 1u))) ? 1u : 0u);
-    return static_cast<std::uint16_t>(sign | r);
-  }
-  // Normal: rebias exponent (127 -> 15) and round the 13 dropped bits to nearest even.
-  std::uint32_t v = abs - 0x38000000u;  // (127-15) << 23
-  v += 0xfffu + ((v >> 13) & 1u);
-  return static_cast<std::uint16_t>(sign | (v >> 13));
+  // Normal: rebias the exponent (127 -> 15) and round the 13 dropped bits to nearest even; a
+  // carry moves the exponent. (Wraps for small abs, whose result is not selected.)
+  const std::uint32_t v = abs - 0x38000000u;  // (127-15) << 23
+  const std::uint32_t normal = (v + 0xfffu + ((v >> 13) & 1u)) >> 13;
+  // Subnormal (or zero): the value rounded to a multiple of 2^-24. Adding 0.5 makes float's ulp
+  // exactly 2^-24, so the IEEE add rounds to that grid (ties to even); subtracting 0.5 is exact,
+  // and the multiple, at most 1024 (1024 = the smallest normal, a correct carry), converts exactly.
+  const float grid = sub_rn(add_rn(bits_float(abs), 0.5f), 0.5f);
+  const auto subnormal = static_cast<std::uint32_t>(static_cast<std::int32_t>(mul_rn(grid, 16777216.0f)));
+  std::uint32_t r = abs < 0x38800000u ? subnormal : normal;
+  r = abs >= 0x477ff000u ? 0x7c00u : r;                         // rounds to >= 65520: inf
+  r = abs > 0x7f800000u ? (0x7e00u | ((abs >> 13) & 0x3ffu)) : r;  // NaN: quiet, top payload bits
+  return static_cast<std::uint16_t>(sign | r);
 }
 
+/// IEEE binary16 bits -> float (exact). Branch-free like to_f16_bits (checked for all 2^16 inputs).
 POSENC_HD float from_f16_bits(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
   const std::uint32_t mant = h & 0x3ffu;
-  if (exp == 0x1fu) return bits_float(sign | 0x7f800000u | (mant << 13));
-  if (exp != 0) return bits_float(sign | ((exp + 112u) << 23) | (mant << 13));
-  if (mant == 0) return bits_float(sign);
-  // Subnormal: mant * 2^-24, exact in float.
-  const float v = static_cast<float>(mant) * 5.9604644775390625e-8f;
-  return sign ? -v : v;
+  const std::uint32_t normal = ((exp + 112u) << 23) | (mant << 13);
+  const std::uint32_t inf_nan = 0x7f800000u | (mant << 13);
+  // Subnormal: mant * 2^-24, exact in float (and +-0 for mant = 0).
+  const std::uint32_t subnormal =
+      float_bits(mul_rn(static_cast<float>(static_cast<std::int32_t>(mant)), 5.9604644775390625e-8f));
+  std::uint32_t r = exp == 0 ? subnormal : normal;
+  r = exp == 0x1fu ? inf_nan : r;
+  return bits_float(sign | r);
+}
+
+/// from_bf16_bits(to_bf16_bits(f)), computed in 32-bit lanes without leaving float's layout: the
+/// same bits for every one of the 2^32 inputs (checked exhaustively), but branch-free, so the CPU
+/// engine's rotation loops vectorize without packing to 16 bits between the operations.
+POSENC_HD float bf16_round(float f) {
+  const std::uint32_t u = float_bits(f);
+  const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  const std::uint32_t quiet_nan = (u | 0x400000u) & 0xffff0000u;
+  return bits_float((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
+}
+
+/// from_f16_bits(to_f16_bits(f)) in 32-bit lanes, branch-free; same bits for all 2^32 inputs
+/// (checked exhaustively). Normal range: round the 13 dropped mantissa bits to nearest even (a
+/// carry moves the exponent). Subnormal range: adding 0.5 makes float's ulp exactly 2^-24, the f16
+/// subnormal spacing, so the IEEE add rounds to that grid (ties to even) and subtracting 0.5 back
+/// is exact.
+POSENC_HD float f16_round(float f) {
+  const std::uint32_t u = float_bits(f);
+  const std::uint32_t sign = u & 0x80000000u;
+  const std::uint32_t abs = u & 0x7fffffffu;
+  const std::uint32_t normal = (abs + 0xfffu + ((abs >> 13) & 1u)) & 0xffffe000u;
+  const std::uint32_t subnormal = float_bits(sub_rn(add_rn(bits_float(abs), 0.5f), 0.5f));
+  std::uint32_t r = abs < 0x38800000u ? subnormal : normal;
+  r = abs >= 0x477ff000u ? 0x7f800000u : r;                         // rounds to >= 65520: inf
+  r = abs > 0x7f800000u ? (0x7fc00000u | (abs & 0x007fe000u)) : r;  // NaN: quiet, top payload bits
+  return bits_float(sign | r);
 }
 
 /// The activation dtypes as compile-time tags (kernels and the CPU engine are templated on them).
 enum class Act : int { f32 = 0, f16 = 1, bf16 = 2 };
 
+/// Rounds f to the nearest value of the activation dtype (RNE), staying in float.
 template <Act A>
 POSENC_HD float round_act(float f) {
   if constexpr (A == Act::f32) {
     return f;
   } else if constexpr (A == Act::bf16) {
-    return from_bf16_bits(to_bf16_bits(f));
+    return bf16_round(f);
   } else {
-    return from_f16_bits(to_f16_bits(f));
+    return f16_round(f);
   }
 }
 

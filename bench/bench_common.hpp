@@ -1,0 +1,284 @@
+// Shared by the CPU and GPU benchmarks: the CSV row format, random element bits, output comparison, tables.
+#pragma once
+
+#include <algorithm>
+#include <csignal>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "posenc/dtype.hpp"
+#include "posenc/rope.hpp"
+
+// The random-element generator runs on the host (CPU bench) and inside a fill kernel (GPU bench).
+#if defined(__CUDACC__)
+#define POSENC_BENCH_HD __host__ __device__ inline
+#else
+#define POSENC_BENCH_HD inline
+#endif
+
+namespace posenc::bench {
+
+inline constexpr double not_measured = std::numeric_limits<double>::quiet_NaN();
+
+/// Position ids are drawn uniformly from [0, position_range), as the issue's targets specify.
+inline constexpr std::int64_t position_range = 8192;
+
+/// One CSV row. The three benchmark programs (bench_gpu, bench_cpu, torch_baseline.py) write the
+/// same columns so that report.py can merge them; a field that does not apply stays empty.
+struct Row {
+  std::string card;      ///< GPU name or CPU model, as the machine reports it
+  std::string engine;    ///< posenc_gpu, posenc_cpu, torch_eager, torch_compile, floor
+  std::string variant;   ///< main_half_split, heads_64x8, floor_memcpy, ...
+  std::string dtype;     ///< bfloat16, float16, float32
+  std::string pairing;   ///< half_split, interleaved
+  std::string numerics;  ///< hf_compatible, accurate
+  std::int64_t hq = 0, hk = 0, d = 0, r = 0, t = 0;
+  int threads = 0;  ///< CPU rows only
+  double median_us = not_measured;
+  double graph_us = not_measured;  ///< per call, replayed from a CUDA graph
+  double bytes = 0;        ///< the bytes the ratio counts (the rotary window when it is partial)
+  double bytes_whole = 0;  ///< 2 x (Q + K) whole tensors
+  double gbps = not_measured;
+  double floor_gbps = not_measured;
+  std::string floor_kind;  ///< memcpy, rmw_kernel, rmw_loop_f32, torch_copy
+  double ratio = not_measured;
+  std::string verified;  ///< exact, ulp<=1, FAILED (...), skipped
+  std::string note;
+};
+
+inline std::string csv_header() {
+  return "card,engine,variant,dtype,pairing,numerics,Hq,Hk,D,R,T,threads,median_us,"
+         "graph_us_per_call,bytes,bytes_whole,GBps,floor_GBps,floor_kind,ratio,verified,note";
+}
+
+inline std::string format_number(double v, int decimals) {
+  if (!std::isfinite(v)) return "";
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", decimals, v);
+  return buf;
+}
+
+inline std::string csv_field(const std::string& s) {
+  if (s.find_first_of(",\"\n") == std::string::npos) return s;
+  std::string out = "\"";
+  for (char c : s) out += (c == '"') ? std::string("\"\"") : std::string(1, c);
+  return out + "\"";
+}
+
+inline std::string count_field(std::int64_t v) { return v == 0 ? "" : std::to_string(v); }
+
+inline std::string csv_line(const Row& r) {
+  std::ostringstream o;
+  o << csv_field(r.card) << ',' << r.engine << ',' << r.variant << ',' << r.dtype << ','
+    << r.pairing << ',' << r.numerics << ',' << count_field(r.hq) << ',' << count_field(r.hk)
+    << ',' << count_field(r.d) << ',' << count_field(r.r) << ',' << count_field(r.t) << ','
+    << count_field(r.threads) << ',' << format_number(r.median_us, 3) << ','
+    << format_number(r.graph_us, 3) << ',' << format_number(r.bytes, 0) << ','
+    << format_number(r.bytes_whole, 0) << ',' << format_number(r.gbps, 1) << ','
+    << format_number(r.floor_gbps, 1) << ',' << r.floor_kind << ',' << format_number(r.ratio, 4)
+    << ',' << csv_field(r.verified) << ',' << csv_field(r.note);
+  return o.str();
+}
+
+/// Bytes per second over microseconds, in GB/s (10^9 bytes).
+inline double gb_per_s(double bytes, double us) { return us > 0 ? bytes / (us * 1e3) : not_measured; }
+
+inline double median(std::vector<double> v) {
+  if (v.empty()) return not_measured;
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// A 64-bit mix of a counter (splitmix64): every element gets independent-looking bits.
+POSENC_BENCH_HD std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+/// Random, never-zero, finite element bits: sign and mantissa random, magnitude in [1/16, 1).
+/// Zeros would hide unwritten outputs and can run faster than real data; a bounded range keeps
+/// values finite through the thousands of in-place rotations a benchmark applies to one buffer.
+/// `element_bytes` 4 = float32 bits, 2 = bfloat16 (`half` false) or float16 (`half` true).
+POSENC_BENCH_HD std::uint32_t random_element_bits(std::uint64_t r, int element_bytes, bool half) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(r >> 63);
+  const std::uint32_t octave = static_cast<std::uint32_t>((r >> 60) & 3u);  // 2^-4 .. 2^-1
+  if (element_bytes == 4) {
+    return (sign << 31) | ((123u + octave) << 23) | static_cast<std::uint32_t>(r & 0x7fffffu);
+  }
+  if (!half) {  // bfloat16: the top half of a float32 with the same exponent range
+    return (sign << 15) | ((123u + octave) << 7) | static_cast<std::uint32_t>(r & 0x7fu);
+  }
+  return (sign << 15) | ((11u + octave) << 10) | static_cast<std::uint32_t>(r & 0x3ffu);
+}
+
+/// Host fill of `count` elements of `dtype` at `data` with random_element_bits.
+inline void fill_random(void* data, DType dtype, std::int64_t count, std::uint64_t seed) {
+  if (dtype == DType::f32) {
+    auto* p = static_cast<std::uint32_t*>(data);
+    for (std::int64_t i = 0; i < count; ++i)
+      p[i] = random_element_bits(mix64(seed + static_cast<std::uint64_t>(i)), 4, false);
+  } else {
+    auto* p = static_cast<std::uint16_t*>(data);
+    const bool half = dtype == DType::f16;
+    for (std::int64_t i = 0; i < count; ++i)
+      p[i] = static_cast<std::uint16_t>(
+          random_element_bits(mix64(seed + static_cast<std::uint64_t>(i)), 2, half));
+  }
+}
+
+/// Position id `i` of a random stream: uniform in [0, position_range).
+POSENC_BENCH_HD std::int64_t random_position(std::uint64_t seed, std::int64_t i) {
+  return static_cast<std::int64_t>(mix64(seed ^ (0x51ed2701ull + static_cast<std::uint64_t>(i))) %
+                                   static_cast<std::uint64_t>(position_range));
+}
+
+inline void fill_positions(std::int64_t* p, std::int64_t count, std::uint64_t seed) {
+  for (std::int64_t i = 0; i < count; ++i) p[i] = random_position(seed, i);
+}
+
+/// Distance in units in the last place of `dtype` between two encodings (sign-magnitude bits).
+inline std::int64_t ulp_distance(DType dtype, std::uint32_t a, std::uint32_t b) {
+  const int bits = dtype == DType::f32 ? 32 : 16;
+  const std::uint32_t sign = 1u << (bits - 1);
+  auto ordered = [&](std::uint32_t u) -> std::int64_t {
+    const std::int64_t mag = static_cast<std::int64_t>(u & (sign - 1u));
+    return (u & sign) ? -mag : mag;
+  };
+  const std::int64_t d = ordered(a) - ordered(b);
+  return d < 0 ? -d : d;
+}
+
+struct Comparison {
+  std::int64_t elements = 0;
+  std::int64_t mismatches = 0;
+  std::int64_t max_ulp = 0;
+};
+
+/// Compares `count` elements of `dtype` bit by bit.
+inline Comparison compare_elements(DType dtype, const void* got, const void* want, std::int64_t count) {
+  Comparison c;
+  c.elements = count;
+  for (std::int64_t i = 0; i < count; ++i) {
+    std::uint32_t a = 0, b = 0;
+    if (dtype == DType::f32) {
+      a = static_cast<const std::uint32_t*>(got)[i];
+      b = static_cast<const std::uint32_t*>(want)[i];
+    } else {
+      a = static_cast<const std::uint16_t*>(got)[i];
+      b = static_cast<const std::uint16_t*>(want)[i];
+    }
+    if (a != b) {
+      ++c.mismatches;
+      c.max_ulp = std::max(c.max_ulp, ulp_distance(dtype, a, b));
+    }
+  }
+  return c;
+}
+
+/// The verdict written to the `verified` column. hf_compatible must be bit-exact (it reproduces
+/// one fixed rounding sequence); accurate may differ by one unit in the last place where host and
+/// device double-precision sin/cos round differently.
+inline std::string verdict(const Comparison& c, Numerics numerics) {
+  if (c.mismatches == 0) return "exact";
+  const std::string counts = std::to_string(c.mismatches) + "/" + std::to_string(c.elements) +
+                             " differ, max " + std::to_string(c.max_ulp) + " ulp";
+  if (numerics == Numerics::accurate && c.max_ulp <= 1) return "ulp<=1 (" + counts + ")";
+  return "FAILED (" + counts + ")";
+}
+
+inline bool verdict_ok(const std::string& v) { return v.rfind("FAILED", 0) != 0 && v.rfind("error", 0) != 0; }
+
+/// Token indices spread evenly over [0, tokens), first and last included.
+inline std::vector<std::int64_t> sample_tokens(std::int64_t tokens, std::int64_t wanted) {
+  const std::int64_t n = std::min(tokens, wanted);
+  std::vector<std::int64_t> idx(static_cast<std::size_t>(n));
+  for (std::int64_t j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = n == 1 ? 0 : j * (tokens - 1) / (n - 1);
+  return idx;
+}
+
+inline std::vector<std::string> split_list(const std::string& s, char sep = ',') {
+  std::vector<std::string> out;
+  std::string cur;
+  for (char c : s) {
+    if (c == sep) {
+      if (!cur.empty()) out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += c;
+    }
+  }
+  if (!cur.empty()) out.push_back(cur);
+  return out;
+}
+
+/// True when `filters` is empty or one of them is a substring of `label`.
+inline bool matches_filter(const std::string& label, const std::vector<std::string>& filters) {
+  if (filters.empty()) return true;
+  return std::any_of(filters.begin(), filters.end(),
+                     [&](const std::string& f) { return label.find(f) != std::string::npos; });
+}
+
+/// One line of the pass/fail summary.
+struct TargetResult {
+  std::string target;    ///< "main_half_split T=65536 >= 94% of floor"
+  std::string measured;  ///< "95.1%"
+  bool pass = false;
+};
+
+/// Set by SIGINT/SIGTERM (bench/run.sh's time limit sends SIGINT): the sweep starts no new case
+/// and the program still writes what it measured.
+inline volatile std::sig_atomic_t stop_requested = 0;
+
+inline void install_stop_handler() {
+  auto handler = [](int) { stop_requested = 1; };
+  std::signal(SIGINT, handler);
+  std::signal(SIGTERM, handler);
+}
+
+inline void write_text_file(const std::filesystem::path& path, const std::string& text) {
+  if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+  std::ofstream f(path);
+  if (!f) throw std::runtime_error("cannot write " + path.string());
+  f << text;
+  if (!f) throw std::runtime_error("error writing " + path.string());
+}
+
+inline std::string csv_text(const std::vector<Row>& rows) {
+  std::string s = csv_header() + "\n";
+  for (const Row& r : rows) s += csv_line(r) + "\n";
+  return s;
+}
+
+inline std::string percent(double ratio) {
+  return std::isfinite(ratio) ? format_number(100.0 * ratio, 1) + "%" : "n/a";
+}
+
+inline std::string targets_markdown(const std::vector<TargetResult>& results) {
+  std::string s = "| target | measured | result |\n|---|---|---|\n";
+  for (const TargetResult& t : results)
+    s += "| " + t.target + " | " + t.measured + " | " + (t.pass ? "pass" : "**FAIL**") + " |\n";
+  return s;
+}
+
+inline void print_targets(const std::vector<TargetResult>& results) {
+  int failed = 0;
+  std::printf("\nTargets:\n");
+  for (const TargetResult& t : results) {
+    std::printf("  [%s] %-60s %s\n", t.pass ? "PASS" : "FAIL", t.target.c_str(), t.measured.c_str());
+    failed += t.pass ? 0 : 1;
+  }
+  std::printf("%zu targets: %zu passed, %d failed\n", results.size(), results.size() - static_cast<std::size_t>(failed), failed);
+}
+
+}  // namespace posenc::bench

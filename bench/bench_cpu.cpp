@@ -1,0 +1,557 @@
+// CPU benchmark: posenc::CpuEngine timed against an in-place read-modify-write loop measured in the same run; CSV, Markdown, pass/fail.
+//
+// The floor is the bandwidth of `x[i] = x[i] * a + b` over a float32 buffer of max(1 GiB, 8 x LLC),
+// run by the same number of threads as the engine (each thread owns one contiguous slice, which
+// it also first-touched), bytes = read + write, median of several passes. The floor is measured in
+// float32 only: it is a bytes-per-second figure, and the element type of a streaming loop does not
+// change how fast DRAM moves bytes.
+//
+// Engine cases: the main shape (Q 32 heads, K 8 heads, head_dim 128, in place, int64 positions
+// in [0, 8192)), float32/float16/bfloat16, both pairings, hf_compatible, T in {1024, 4096, 16384},
+// 1 thread and all threads. Inputs rotate among enough sets that the working set is >= 4x LLC,
+// so that, like the floor, every call reads from DRAM. Each case is verified once on sampled
+// tokens against posenc::apply_reference (bit-exact).
+#include <sched.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "posenc/posenc.hpp"
+
+#include "bench_common.hpp"
+
+namespace pb = posenc::bench;
+using posenc::DType;
+using posenc::Pairing;
+using posenc::RopeArgs;
+using posenc::RopeSpec;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t0) {
+  return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) {
+        std::string name = line.substr(colon + 1);
+        name.erase(0, name.find_first_not_of(" \t"));
+        return name;
+      }
+    }
+  }
+  return "unknown CPU";
+}
+
+/// CPUs this process may run on (the affinity mask, which a container may narrow below the
+/// machine's count), the "all threads" of the targets.
+int usable_cpus() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+/// Size of the last-level cache: the highest level the kernel lists in sysfs, else glibc's
+/// figure, else 32 MiB. sysfs first: in virtual machines glibc's cpuid-derived L3 size can be the
+/// whole host's (seen here: 384 MiB from sysconf against 32 MiB in sysfs and lscpu).
+std::int64_t llc_bytes() {
+  int best_level = 0;
+  std::int64_t best = 0;
+  for (int i = 0; i < 8; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i);
+    std::ifstream level_file(dir + "/level"), size_file(dir + "/size");
+    int level = 0;
+    std::string text;
+    if (!(level_file >> level) || !(size_file >> text) || text.empty()) continue;
+    std::int64_t v = std::atoll(text.c_str());
+    if (text.back() == 'K') v <<= 10;
+    if (text.back() == 'M') v <<= 20;
+    if (level > best_level || (level == best_level && v > best)) {
+      best_level = level;
+      best = v;
+    }
+  }
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  if (best <= 0) best = sysconf(_SC_LEVEL3_CACHE_SIZE);
+#endif
+  return best > 0 ? best : std::int64_t{32} << 20;
+}
+
+/// CPUs kept busy by other processes: /proc/stat sampled across half a second while this program
+/// sleeps (a load average would still count the build that ran a minute ago). -1 when unreadable.
+double busy_cpus_elsewhere() {
+  auto sample = [](std::uint64_t& busy, std::uint64_t& total) {
+    std::ifstream f("/proc/stat");
+    std::string cpu;
+    std::uint64_t v[8] = {};
+    if (!(f >> cpu) || cpu != "cpu") return false;
+    for (auto& x : v) f >> x;
+    total = 0;
+    for (auto x : v) total += x;
+    busy = total - v[3] - v[4];  // minus idle and iowait
+    return static_cast<bool>(f);
+  };
+  std::uint64_t b0 = 0, t0 = 0, b1 = 0, t1 = 0;
+  if (!sample(b0, t0)) return -1;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  if (!sample(b1, t1) || t1 <= t0) return -1;
+  return static_cast<double>(b1 - b0) / static_cast<double>(t1 - t0) * usable_cpus();
+}
+
+/// 64-byte aligned host memory, uninitialized (first touch decides where its pages live).
+struct HostBuffer {
+  struct Free {
+    void operator()(void* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<void, Free> ptr;
+  std::int64_t bytes = 0;
+
+  explicit HostBuffer(std::int64_t n) : bytes(n) {
+    const auto rounded = static_cast<std::size_t>((n + 63) / 64 * 64);
+    ptr.reset(std::aligned_alloc(64, std::max<std::size_t>(rounded, 64)));
+    if (!ptr) throw std::runtime_error("cannot allocate " + std::to_string(n) + " bytes");
+  }
+  unsigned char* data() const noexcept { return static_cast<unsigned char*>(ptr.get()); }
+};
+
+/// Runs `body(i)` for i < threads on `threads` threads (the caller is thread 0) and waits.
+template <class F>
+void on_threads(int threads, F&& body) {
+  std::vector<std::thread> workers;
+  workers.reserve(static_cast<std::size_t>(threads - 1));
+  for (int i = 1; i < threads; ++i) workers.emplace_back([&body, i] { body(i); });
+  body(0);
+  for (std::thread& w : workers) w.join();
+}
+
+/// Fills `bytes` of `buffer` with random elements of `dtype`, in parallel (also the first touch).
+void parallel_fill(unsigned char* data, std::int64_t bytes, DType dtype, int threads, std::uint64_t seed) {
+  const std::int64_t es = posenc::size_of(dtype);
+  const std::int64_t n = bytes / es;
+  on_threads(threads, [&](int i) {
+    const std::int64_t begin = n * i / threads, end = n * (i + 1) / threads;
+    pb::fill_random(data + begin * es, dtype, end - begin, seed + static_cast<std::uint64_t>(begin));
+  });
+}
+
+// ---- the floor ---------------------------------------------------------------------------------
+
+struct Floor {
+  int threads = 0;
+  double gbps = pb::not_measured;
+  std::int64_t buffer_bytes = 0;
+  int passes = 0;
+};
+
+Floor measure_floor(int threads, std::int64_t bytes) {
+  const std::int64_t n = bytes / 4;
+  HostBuffer buf(n * 4);
+  auto* x = reinterpret_cast<float*>(buf.data());
+  // First touch by the same slices the timed passes use, so each thread streams its own pages.
+  on_threads(threads, [&](int i) {
+    const std::int64_t begin = n * i / threads, end = n * (i + 1) / threads;
+    pb::fill_random(x + begin, DType::f32, end - begin, 77 + static_cast<std::uint64_t>(begin));
+  });
+  // a and b keep the values bounded (the iteration converges to 1): no pass meets inf or NaN.
+  const float a = 0.999f, b = 0.001f;
+  auto pass = [&] {
+    const auto t0 = clock_type::now();
+    on_threads(threads, [&](int i) {
+      const std::int64_t begin = n * i / threads, end = n * (i + 1) / threads;
+      float* p = x + begin;
+      const std::int64_t m = end - begin;
+      for (std::int64_t j = 0; j < m; ++j) p[j] = p[j] * a + b;
+    });
+    return seconds_since(t0);
+  };
+  pass();  // warm-up: page mappings, clocks
+  std::vector<double> samples;
+  const auto t_begin = clock_type::now();
+  while (samples.size() < 5 || (samples.size() < 15 && seconds_since(t_begin) < 1.5)) samples.push_back(pass());
+  Floor f;
+  f.threads = threads;
+  f.buffer_bytes = n * 4;
+  f.passes = static_cast<int>(samples.size());
+  f.gbps = 2.0 * static_cast<double>(n * 4) / pb::median(samples) / 1e9;
+  // Keep the result observable so the loop cannot be dropped.
+  if (!std::isfinite(x[n / 2])) std::printf("(floor buffer became non-finite)\n");
+  return f;
+}
+
+// ---- engine cases ----------------------------------------------------------------------------------
+
+constexpr std::int64_t main_hq = 32;
+constexpr std::int64_t main_hk = 8;
+constexpr std::int64_t main_d = 128;
+
+struct Layout {
+  std::int64_t tokens = 0;
+  std::int64_t q_bytes = 0;
+  std::int64_t k_bytes = 0;
+  std::int64_t set_stride = 0;  ///< Q then K, each start 64-byte aligned
+  std::int64_t sets = 0;
+};
+
+Layout layout_for(DType dtype, std::int64_t tokens, std::int64_t working_set) {
+  Layout l;
+  l.tokens = tokens;
+  const std::int64_t es = posenc::size_of(dtype);
+  l.q_bytes = tokens * main_hq * main_d * es;
+  l.k_bytes = tokens * main_hk * main_d * es;
+  l.set_stride = (l.q_bytes + 63) / 64 * 64 + (l.k_bytes + 63) / 64 * 64;
+  l.sets = std::max<std::int64_t>(2, (working_set + l.q_bytes + l.k_bytes - 1) / (l.q_bytes + l.k_bytes));
+  return l;
+}
+
+/// Compares sampled tokens of `a` after one engine call with apply_reference on copies.
+std::string verify_case(const posenc::CpuEngine& engine, const RopeArgs& a, DType dtype) {
+  const std::int64_t es = posenc::size_of(dtype);
+  const std::int64_t q_row = main_hq * main_d * es, k_row = main_hk * main_d * es;
+  const std::vector<std::int64_t> tokens = pb::sample_tokens(a.positions.count, 32);
+  const auto n = static_cast<std::int64_t>(tokens.size());
+  std::vector<unsigned char> q_ref(static_cast<std::size_t>(n * q_row)), k_ref(static_cast<std::size_t>(n * k_row));
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(n));
+  auto copy_rows = [&](unsigned char* q_host, unsigned char* k_host) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const std::int64_t t = tokens[static_cast<std::size_t>(j)];
+      std::memcpy(q_host + j * q_row, static_cast<const unsigned char*>(a.q.data) + t * q_row, static_cast<std::size_t>(q_row));
+      std::memcpy(k_host + j * k_row, static_cast<const unsigned char*>(a.k.data) + t * k_row, static_cast<std::size_t>(k_row));
+    }
+  };
+  copy_rows(q_ref.data(), k_ref.data());
+  for (std::int64_t j = 0; j < n; ++j)
+    pos[static_cast<std::size_t>(j)] = static_cast<const std::int64_t*>(a.positions.data)[tokens[static_cast<std::size_t>(j)]];
+  engine.apply(a);
+  std::vector<unsigned char> q_got(q_ref.size()), k_got(k_ref.size());
+  copy_rows(q_got.data(), k_got.data());
+
+  RopeArgs host;
+  host.q = posenc::TensorView::contiguous(q_ref.data(), dtype, n, main_hq, main_d);
+  host.k = posenc::TensorView::contiguous(k_ref.data(), dtype, n, main_hk, main_d);
+  host.positions = {pos.data(), posenc::IndexType::i64, n};
+  posenc::apply_reference(engine.spec(), host);
+  pb::Comparison c = pb::compare_elements(dtype, q_got.data(), q_ref.data(), n * main_hq * main_d);
+  const pb::Comparison ck = pb::compare_elements(dtype, k_got.data(), k_ref.data(), n * main_hk * main_d);
+  c.elements += ck.elements;
+  c.mismatches += ck.mismatches;
+  c.max_ulp = std::max(c.max_ulp, ck.max_ulp);
+  return pb::verdict(c, engine.spec().numerics);
+}
+
+void run_case(const posenc::CpuEngine& engine, const Layout& l, DType dtype, unsigned char* arena,
+              const std::int64_t* positions, pb::Row& row) {
+  std::vector<RopeArgs> sets(static_cast<std::size_t>(l.sets));
+  for (std::int64_t i = 0; i < l.sets; ++i) {
+    unsigned char* q = arena + i * l.set_stride;
+    unsigned char* k = q + (l.q_bytes + 63) / 64 * 64;
+    RopeArgs& a = sets[static_cast<std::size_t>(i)];
+    a.q = posenc::TensorView::contiguous(q, dtype, l.tokens, main_hq, main_d);
+    a.k = posenc::TensorView::contiguous(k, dtype, l.tokens, main_hk, main_d);
+    a.positions = {positions + i * l.tokens, posenc::IndexType::i64, l.tokens};
+  }
+  row.verified = verify_case(engine, sets[0], dtype);
+
+  std::int64_t next = 1;
+  auto call = [&] {
+    const auto t0 = clock_type::now();
+    engine.apply(sets[static_cast<std::size_t>(next++ % l.sets)]);
+    return seconds_since(t0);
+  };
+  call();
+  const double estimate = std::max(1e-6, call());
+  // About 0.3 s of timed calls per case, at least 5.
+  const int calls = std::clamp(static_cast<int>(0.3 / estimate), 5, 400);
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(calls));
+  for (int i = 0; i < calls; ++i) us.push_back(1e6 * call());
+  row.median_us = pb::median(us);
+  row.gbps = pb::gb_per_s(row.bytes, row.median_us);
+  row.ratio = row.gbps / row.floor_gbps;
+  row.note = "sets=" + std::to_string(l.sets) + " calls=" + std::to_string(calls);
+}
+
+// ---- targets and output ----------------------------------------------------------------------------
+
+std::vector<pb::TargetResult> evaluate_targets(const std::vector<pb::Row>& rows) {
+  std::vector<pb::TargetResult> out;
+  int cases = 0, bad = 0;
+  for (const pb::Row& r : rows) {
+    if (r.engine != "posenc_cpu") continue;
+    ++cases;
+    bad += (pb::verdict_ok(r.verified) && !r.verified.empty()) ? 0 : 1;
+    if (r.t < 4096) continue;
+    out.push_back({r.variant + " " + r.dtype + " threads=" + std::to_string(r.threads) + " T=" + std::to_string(r.t) +
+                       ": >= 80% of the RMW floor",
+                   pb::percent(r.ratio), std::isfinite(r.ratio) && r.ratio >= 0.80});
+  }
+  if (cases > 0) {
+    out.push_back({"every case verified against apply_reference (" + std::to_string(cases) + " cases)",
+                   bad == 0 ? std::string("all exact") : std::to_string(bad) + " bad", bad == 0});
+  }
+  return out;
+}
+
+std::string markdown(const std::string& card, const std::vector<Floor>& floors, const std::vector<pb::Row>& rows,
+                     const std::vector<pb::TargetResult>& targets) {
+  std::string s = "# posenc CPU benchmark: " + card + "\n\nFloor: in-place `x[i] = x[i]*a + b` over float32, bytes = "
+                  "read + write, same thread count as the engine:";
+  for (const Floor& f : floors)
+    s += " " + std::to_string(f.threads) + " thread(s) " + pb::format_number(f.gbps, 1) + " GB/s (" +
+         std::to_string(f.buffer_bytes >> 20) + " MiB, median of " + std::to_string(f.passes) + ");";
+  s += "\n\n| variant | dtype | threads | T | us | GB/s | floor GB/s | share of floor | verified |\n"
+       "|---|---|---:|---:|---:|---:|---:|---:|---|\n";
+  for (const pb::Row& r : rows) {
+    if (r.engine != "posenc_cpu") continue;
+    s += "| " + r.variant + " | " + r.dtype + " | " + std::to_string(r.threads) + " | " + std::to_string(r.t) + " | " +
+         pb::format_number(r.median_us, 1) + " | " + pb::format_number(r.gbps, 1) + " | " +
+         pb::format_number(r.floor_gbps, 1) + " | " + pb::percent(r.ratio) + " | " + r.verified + " |\n";
+  }
+  return s + "\n" + pb::targets_markdown(targets);
+}
+
+struct Options {
+  bool quick = false;
+  std::string out = ".";
+  std::vector<std::string> filters;
+  std::vector<std::int64_t> tokens;
+  std::vector<int> threads;
+  double floor_gib = 1.0;
+  double budget_s = 0;  ///< stop starting new cases after this many seconds (0: no limit)
+};
+
+void usage() {
+  std::printf(
+      "usage: posenc_bench_cpu [--quick] [--out DIR] [--filter A,B] [--tokens 1024,4096] [--threads 1,all]\n"
+      "                        [--floor-gib G] [--budget-s S]\n"
+      "  --quick      T = 4096, float32 and bfloat16 only\n"
+      "  --out DIR    where bench_cpu.csv and bench_cpu.md go (default .)\n"
+      "  --filter     keep cases whose 'variant dtype' label contains one of the words\n"
+      "               (main_half_split main_interleaved float32 float16 bfloat16)\n"
+      "  --tokens     token counts (default 1024,4096,16384)\n"
+      "  --threads    thread counts, 'all' = every CPU this process may use (default 1,all)\n"
+      "  --floor-gib  floor buffer size in GiB, raised to 8x LLC when smaller (default 1)\n"
+      "  --budget-s   start no new case after this many seconds; what ran is still written\n");
+}
+
+Options parse_options(int argc, char** argv) {
+  Options o;
+  std::string threads = "1,all";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--out") {
+      o.out = value();
+    } else if (a == "--filter") {
+      o.filters = pb::split_list(value());
+    } else if (a == "--tokens") {
+      for (const std::string& t : pb::split_list(value())) o.tokens.push_back(std::stoll(t));
+    } else if (a == "--threads") {
+      threads = value();
+    } else if (a == "--floor-gib") {
+      o.floor_gib = std::stod(value());
+    } else if (a == "--budget-s") {
+      o.budget_s = std::stod(value());
+    } else if (a == "--help" || a == "-h") {
+      usage();
+      std::exit(0);
+    } else {
+      usage();
+      throw std::runtime_error("unknown option " + a);
+    }
+  }
+  for (const std::string& t : pb::split_list(threads)) {
+    const int n = t == "all" ? usable_cpus() : std::stoi(t);
+    if (n < 1) throw std::runtime_error("--threads: " + t + " is not a thread count");
+    if (std::find(o.threads.begin(), o.threads.end(), n) == o.threads.end()) o.threads.push_back(n);
+  }
+  if (o.tokens.empty()) o.tokens = o.quick ? std::vector<std::int64_t>{4096} : std::vector<std::int64_t>{1024, 4096, 16384};
+  return o;
+}
+
+int run(const Options& opt) {
+  const auto t_begin = clock_type::now();
+  const std::string card = cpu_model();
+  const std::int64_t llc = llc_bytes();
+  const int fill_threads = usable_cpus();
+  std::printf("CPU: %s, %d usable CPUs, LLC %lld MiB\n", card.c_str(), fill_threads, static_cast<long long>(llc >> 20));
+  // Other processes competing for cores or memory bandwidth make every figure below (floor and
+  // engine alike) unreliable; say so where the numbers are read.
+  std::string load_note;
+  auto check_load = [&](const char* when) {
+    const double busy = busy_cpus_elsewhere();
+    if (busy > 0.25) {
+      const std::string what = std::string(when) + ": other processes kept " + pb::format_number(busy, 1) + " CPUs busy";
+      load_note += (load_note.empty() ? "" : "; ") + what;
+      std::printf("WARNING: %s; CPU figures are not reliable\n", what.c_str());
+    }
+  };
+  check_load("at the start");
+
+  const auto floor_bytes = std::max<std::int64_t>(static_cast<std::int64_t>(opt.floor_gib * 1073741824.0), 8 * llc);
+  std::vector<Floor> floors;
+  std::vector<pb::Row> rows;
+  for (int threads : opt.threads) {
+    floors.push_back(measure_floor(threads, floor_bytes));
+    const Floor& f = floors.back();
+    std::printf("floor: %d thread(s): %.1f GB/s (%lld MiB float32 RMW, median of %d passes)\n", threads, f.gbps,
+                static_cast<long long>(f.buffer_bytes >> 20), f.passes);
+    pb::Row r;
+    r.card = card;
+    r.engine = "floor";
+    r.variant = "floor_rmw_loop";
+    r.dtype = "float32";
+    r.threads = threads;
+    r.bytes = 2.0 * static_cast<double>(f.buffer_bytes);
+    r.bytes_whole = r.bytes;
+    r.gbps = f.gbps;
+    r.median_us = r.bytes / (f.gbps * 1e3);
+    r.floor_gbps = f.gbps;
+    r.floor_kind = "rmw_loop_f32";
+    r.ratio = 1.0;
+    r.verified = "n/a";
+    rows.push_back(std::move(r));
+  }
+
+  // Every call reads from DRAM: the sets of one case cover at least 4x LLC (64 MiB at least).
+  const std::int64_t working_set = std::max<std::int64_t>(4 * llc, std::int64_t{64} << 20);
+  const std::vector<DType> dtypes = opt.quick ? std::vector<DType>{DType::f32, DType::bf16}
+                                              : std::vector<DType>{DType::f32, DType::f16, DType::bf16};
+  const Pairing pairings[] = {Pairing::half_split, Pairing::interleaved};
+  std::printf("%-17s %-9s %7s %6s %10s %8s %7s  %s\n", "variant", "dtype", "threads", "T", "us", "GB/s", "share",
+              "verified");
+  bool verify_failed = false;
+  int skipped = 0;
+  for (DType dtype : dtypes) {
+    // One arena and one position table serve every case of this dtype (filled once: the cases
+    // rotate the data in place, which keeps it random and finite).
+    std::int64_t arena_bytes = 0, position_count = 0;
+    for (std::int64_t t : opt.tokens) {
+      const Layout l = layout_for(dtype, t, working_set);
+      arena_bytes = std::max(arena_bytes, l.sets * l.set_stride);
+      position_count = std::max(position_count, l.sets * t);
+    }
+    bool any = false;
+    for (Pairing p : pairings)
+      any = any || pb::matches_filter(std::string("main_") + posenc::to_string(p) + " " + posenc::to_string(dtype),
+                                      opt.filters);
+    if (!any) continue;
+    HostBuffer arena(arena_bytes);
+    parallel_fill(arena.data(), arena_bytes, dtype, fill_threads, 1234 + static_cast<std::uint64_t>(dtype));
+    std::vector<std::int64_t> positions(static_cast<std::size_t>(position_count));
+    pb::fill_positions(positions.data(), position_count, 99);
+
+    for (std::size_t fi = 0; fi < opt.threads.size(); ++fi) {
+      const int threads = opt.threads[fi];
+      for (Pairing pairing : pairings) {
+        const std::string variant = std::string("main_") + posenc::to_string(pairing);
+        if (!pb::matches_filter(variant + " " + posenc::to_string(dtype), opt.filters)) continue;
+        RopeSpec spec;
+        spec.head_dim = main_d;
+        spec.pairing = pairing;
+        spec.numerics = posenc::Numerics::hf_compatible;
+        std::unique_ptr<posenc::CpuEngine> engine;
+        std::string engine_error;
+        try {
+          engine = std::make_unique<posenc::CpuEngine>(spec, posenc::CpuOptions{threads});
+        } catch (const std::exception& e) {
+          engine_error = std::string("error: engine construction: ") + e.what();
+        }
+        for (std::int64_t t : opt.tokens) {
+          if (pb::stop_requested != 0 || (opt.budget_s > 0 && seconds_since(t_begin) > opt.budget_s)) {
+            ++skipped;
+            continue;
+          }
+          pb::Row row;
+          row.card = card;
+          row.engine = "posenc_cpu";
+          row.variant = variant;
+          row.dtype = posenc::to_string(dtype);
+          row.pairing = posenc::to_string(pairing);
+          row.numerics = posenc::to_string(spec.numerics);
+          row.hq = main_hq;
+          row.hk = main_hk;
+          row.d = main_d;
+          row.r = main_d;
+          row.t = t;
+          row.threads = threads;
+          row.bytes = 2.0 * static_cast<double>(t * (main_hq + main_hk) * main_d * posenc::size_of(dtype));
+          row.bytes_whole = row.bytes;
+          row.floor_gbps = floors[fi].gbps;
+          row.floor_kind = "rmw_loop_f32";
+          if (!engine) {
+            row.verified = engine_error;
+          } else {
+            try {
+              run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
+            } catch (const std::exception& e) {
+              row.verified = row.verified.empty() ? std::string("error: ") + e.what() : row.verified;
+              row.note = std::string("error: ") + e.what();
+            }
+          }
+          verify_failed = verify_failed || !pb::verdict_ok(row.verified);
+          std::printf("%-17s %-9s %7d %6lld %10s %8s %7s  %s\n", row.variant.c_str(), row.dtype.c_str(), threads,
+                      static_cast<long long>(t), pb::format_number(row.median_us, 1).c_str(),
+                      pb::format_number(row.gbps, 1).c_str(), pb::percent(row.ratio).c_str(), row.verified.c_str());
+          std::fflush(stdout);
+          rows.push_back(std::move(row));
+        }
+      }
+    }
+  }
+
+  if (skipped > 0) {
+    std::printf("WARNING: %s: %d cases not run\n", pb::stop_requested != 0 ? "stopped by a signal" : "time budget reached",
+                skipped);
+  }
+  check_load("at the end");
+  if (!load_note.empty()) {
+    for (pb::Row& r : rows)
+      if (r.engine == "floor") r.note = load_note;
+  }
+  const std::vector<pb::TargetResult> targets = evaluate_targets(rows);
+  const std::filesystem::path out(opt.out);
+  pb::write_text_file(out / "bench_cpu.csv", pb::csv_text(rows));
+  std::string md = markdown(card, floors, rows, targets);
+  if (!load_note.empty()) md += "\n**Warning:** " + load_note + "; these CPU figures are not reliable.\n";
+  pb::write_text_file(out / "bench_cpu.md", md);
+  pb::print_targets(targets);
+  std::printf("wrote %s and %s (%.0f s)\n", (out / "bench_cpu.csv").c_str(), (out / "bench_cpu.md").c_str(),
+              seconds_since(t_begin));
+  return verify_failed ? 2 : 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  pb::install_stop_handler();
+  try {
+    return run(parse_options(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "posenc_bench_cpu: %s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Merges the benchmark CSVs into one, writes the results region of docs/PERFORMANCE.md and draws the share-of-floor plot.
+
+Inputs are the CSVs of posenc_bench_gpu, posenc_bench_cpu and torch_baseline.py (same columns).
+Every figure in the tables is a ratio to the floor that the same program measured in the same run,
+on the card named beside it. The text between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``
+in the document is replaced; the rest is kept. Only the standard library is needed, and matplotlib
+for the PNG (skipped, with a message, where it is missing).
+"""
+
+import argparse
+import csv
+import math
+import os
+import sys
+import time
+
+COLUMNS = [
+    "card", "engine", "variant", "dtype", "pairing", "numerics", "Hq", "Hk", "D", "R", "T", "threads",
+    "median_us", "graph_us_per_call", "bytes", "bytes_whole", "GBps", "floor_GBps", "floor_kind", "ratio",
+    "verified", "note",
+]
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+SHARE_TARGETS = [(65536, 0.94), (16384, 0.92), (4096, 0.85), (1024, 0.65)]
+DECODE_T = [1, 8, 64]
+RELATIVE_T = [4096, 16384, 65536]
+RELATIVE_VARIANTS = ["heads_32x32", "heads_64x8", "heads_96x8", "heads_128x8", "hd64", "hd80", "hd96", "hd256",
+                     "f32", "f16"]
+
+
+def num(row, key):
+    try:
+        v = float(row.get(key, "") or "nan")
+    except ValueError:
+        return math.nan
+    return v
+
+
+def tokens(row):
+    v = num(row, "T")
+    return int(v) if math.isfinite(v) else 0
+
+
+def pct(v):
+    return f"{100 * v:.1f}%" if math.isfinite(v) else "n/a"
+
+
+def us(v, digits=2):
+    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
+
+
+def read_rows(paths):
+    rows = []
+    for p in paths:
+        if not os.path.exists(p):
+            print(f"report: {p} is missing; its table stays empty", file=sys.stderr)
+            continue
+        with open(p, newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append({c: r.get(c, "") or "" for c in COLUMNS})
+    return rows
+
+
+def find(rows, engine, variant, t, threads=None):
+    for r in rows:
+        if r["engine"] == engine and r["variant"] == variant and tokens(r) == t:
+            if threads is None or r["threads"] == str(threads):
+                return r
+    return None
+
+
+def verified_ok(v):
+    return bool(v) and not v.startswith("FAILED") and not v.startswith("error") and "FAILED" not in v
+
+
+# ---- targets (the issue "performance at the memory-bandwidth limit") -------------------------------
+
+def gpu_targets(rows):
+    out = []
+    for variant in ("main_half_split", "main_interleaved"):
+        for t, need in SHARE_TARGETS:
+            r = find(rows, "posenc_gpu", variant, t)
+            if r:
+                v = num(r, "ratio")
+                out.append((f"GPU {variant} T={t}: >= {need:.0%} of floor", pct(v), math.isfinite(v) and v >= need))
+        for t in DECODE_T:
+            r = find(rows, "posenc_gpu", variant, t)
+            if r:
+                e, g = num(r, "median_us"), num(r, "graph_us_per_call")
+                out.append((f"GPU {variant} T={t}: one launch <= 4.0 us", us(e) + " us", math.isfinite(e) and e <= 4.0))
+                out.append((f"GPU {variant} T={t}: graph replay <= 1.5 us/call", us(g) + " us",
+                            math.isfinite(g) and g <= 1.5))
+
+    def relative(variant, within):
+        for t in RELATIVE_T:
+            r, ref = find(rows, "posenc_gpu", variant, t), find(rows, "posenc_gpu", "main_half_split", t)
+            if r and ref:
+                a, b = num(r, "ratio"), num(ref, "ratio")
+                rel = a / b if b else math.nan
+                out.append((f"GPU {variant} T={t}: >= {1 - within:.0%} of main_half_split",
+                            f"{pct(rel)} ({pct(a)} vs {pct(b)})", math.isfinite(rel) and rel >= 1 - within))
+
+    relative("accurate", 0.03)
+    for v in RELATIVE_VARIANTS:
+        relative(v, 0.10)
+    cases = [r for r in rows if r["engine"] == "posenc_gpu"]
+    if cases:
+        bad = [r for r in cases if not verified_ok(r["verified"])]
+        out.append((f"GPU: every case verified against apply_reference ({len(cases)} cases)",
+                    "all ok" if not bad else f"{len(bad)} bad, first {bad[0]['variant']} T={bad[0]['T']}: "
+                    f"{bad[0]['verified']}", not bad))
+    return out
+
+
+def cpu_targets(rows):
+    out = []
+    cases = [r for r in rows if r["engine"] == "posenc_cpu"]
+    for r in cases:
+        if tokens(r) >= 4096:
+            v = num(r, "ratio")
+            out.append((f"CPU {r['variant']} {r['dtype']} threads={r['threads']} T={r['T']}: >= 80% of RMW floor",
+                        pct(v), math.isfinite(v) and v >= 0.80))
+    if cases:
+        bad = [r for r in cases if not verified_ok(r["verified"])]
+        out.append((f"CPU: every case verified against apply_reference ({len(cases)} cases)",
+                    "all exact" if not bad else f"{len(bad)} bad", not bad))
+    return out
+
+
+# ---- tables ----------------------------------------------------------------------------------------
+
+def line_key(r):
+    return (r["engine"], r["variant"], r["threads"])
+
+
+def ordered_lines(rows, engines):
+    seen, lines = set(), []
+    for r in rows:
+        if r["engine"] in engines and line_key(r) not in seen:
+            seen.add(line_key(r))
+            lines.append(line_key(r))
+    return lines
+
+
+def describe_shape(r):
+    if not r:
+        return ""
+    shape = f"{r['dtype']}, {r['pairing']}, {r['numerics']}, {r['Hq']}/{r['Hk']} heads, D {r['D']}"
+    if r["R"] and r["R"] != r["D"]:
+        shape += f", R {r['R']}"
+    return shape
+
+
+def share_table(rows, engines, label):
+    lines = ordered_lines(rows, engines)
+    ts = sorted({tokens(r) for r in rows if r["engine"] in engines and tokens(r) > 0})
+    if not lines or not ts:
+        return f"_No {label} results in this run._\n"
+    s = "| engine | variant | shape | " + " | ".join(f"T={t}" for t in ts) + " |\n"
+    s += "|---|---|---|" + "---:|" * len(ts) + "\n"
+    for engine, variant, threads in lines:
+        cells = []
+        first = None
+        for t in ts:
+            r = next((x for x in rows if line_key(x) == (engine, variant, threads) and tokens(x) == t), None)
+            first = first or r
+            if r is None:
+                cells.append("")
+            elif not verified_ok(r["verified"]) and not math.isfinite(num(r, "ratio")):
+                cells.append("error")
+            else:
+                mark = "" if verified_ok(r["verified"]) else " ✗"
+                cells.append(pct(num(r, "ratio")) + mark)
+        s += f"| {engine} | {variant} | {describe_shape(first)} | " + " | ".join(cells) + " |\n"
+    return s
+
+
+def latency_table(rows, engines, ts):
+    lines = ordered_lines(rows, engines)
+    if not lines:
+        return "_No GPU results in this run._\n"
+    s = "| engine | variant | " + " | ".join(f"T={t}: event / graph" for t in ts) + " |\n"
+    s += "|---|---|" + "---:|" * len(ts) + "\n"
+    for engine, variant, threads in lines:
+        cells = []
+        for t in ts:
+            r = next((x for x in rows if line_key(x) == (engine, variant, threads) and tokens(x) == t), None)
+            cells.append("" if r is None else f"{us(num(r, 'median_us'))} / {us(num(r, 'graph_us_per_call'))}")
+        s += f"| {engine} | {variant} | " + " | ".join(cells) + " |\n"
+    return s
+
+
+def speedup_table(rows):
+    pairs = [("main_half_split", "hf_half_split"), ("main_half_split", "hf_half_split_cached"),
+             ("main_interleaved", "glm_interleaved")]
+    ts = sorted({tokens(r) for r in rows if r["engine"] == "posenc_gpu" and tokens(r) > 0})
+    out = []
+    for ours, theirs in pairs:
+        for engine in ("torch_eager", "torch_compile"):
+            cells, any_value = [], False
+            for t in ts:
+                a, b = find(rows, "posenc_gpu", ours, t), find(rows, engine, theirs, t)
+                if a and b and math.isfinite(num(a, "median_us")) and math.isfinite(num(b, "median_us")):
+                    cells.append(f"{num(b, 'median_us') / num(a, 'median_us'):.1f}x")
+                    any_value = True
+                else:
+                    cells.append("")
+            if any_value:
+                out.append(f"| {ours} vs {engine} {theirs} | " + " | ".join(cells) + " |")
+    if not out:
+        return "_No torch baseline in this run._\n"
+    return ("| posenc vs | " + " | ".join(f"T={t}" for t in ts) + " |\n|---|" + "---:|" * len(ts) + "\n"
+            + "\n".join(out) + "\n")
+
+
+def cpu_table(rows):
+    cases = [r for r in rows if r["engine"] == "posenc_cpu"]
+    if not cases:
+        return "_No CPU results in this run._\n"
+    ts = sorted({tokens(r) for r in cases})
+    keys = []
+    for r in cases:
+        k = (r["variant"], r["dtype"], r["threads"])
+        if k not in keys:
+            keys.append(k)
+    s = "| variant | dtype | threads | floor GB/s | " + " | ".join(f"T={t}" for t in ts) + " |\n"
+    s += "|---|---|---:|---:|" + "---:|" * len(ts) + "\n"
+    for variant, dtype, threads in keys:
+        sel = [r for r in cases if (r["variant"], r["dtype"], r["threads"]) == (variant, dtype, threads)]
+        floor = num(sel[0], "floor_GBps")
+        cells = []
+        for t in ts:
+            r = next((x for x in sel if tokens(x) == t), None)
+            if r is None:
+                cells.append("")
+            else:
+                mark = "" if verified_ok(r["verified"]) else " ✗"
+                cells.append(f"{pct(num(r, 'ratio'))} ({num(r, 'GBps'):.1f} GB/s){mark}")
+        s += f"| {variant} | {dtype} | {threads} | {floor:.1f} | " + " | ".join(cells) + " |\n"
+    return s
+
+
+def floors_text(rows):
+    lines = []
+    for r in rows:
+        if r["engine"] != "floor":
+            continue
+        what = {"floor_memcpy": "posenc_bench_gpu: cudaMemcpyAsync device-to-device",
+                "floor_rmw_kernel": "posenc_bench_gpu: in-place read-modify-write kernel",
+                "floor_torch_copy": "torch_baseline.py: y.copy_(x)",
+                "floor_rmw_loop": f"posenc_bench_cpu: in-place x*a+b loop, {r['threads']} thread(s)"}.get(
+                    r["variant"], r["variant"])
+        when = f" ({r['note']})" if r["note"] in ("start of run", "end of run") else ""
+        if "busy" in r["note"]:  # posenc_bench_cpu saw other processes using the CPUs
+            when += f" — **not reliable**: {r['note']}"
+        lines.append(f"| {r['card']} | {what}{when} | {num(r, 'GBps'):.1f} |")
+    if not lines:
+        return ""
+    used = sorted({f"{r['engine']}: {r['floor_kind']}" for r in rows
+                   if r["engine"] in ("posenc_gpu", "torch_eager", "torch_compile") and r["floor_kind"]})
+    return ("| card | floor | GB/s (read + write) |\n|---|---|---:|\n" + "\n".join(lines) + "\n\n"
+            + ("Ratios use, per program, the better of its floors at the start of its run: "
+               + "; ".join(used) + ".\n" if used else ""))
+
+
+def targets_table(results):
+    if not results:
+        return "_No targets could be evaluated (no results)._\n"
+    s = "| target | measured | result |\n|---|---|---|\n"
+    for name, measured, ok in results:
+        s += f"| {name} | {measured} | {'pass' if ok else '**FAIL**'} |\n"
+    failed = sum(1 for _, _, ok in results if not ok)
+    return s + f"\n{len(results) - failed} of {len(results)} targets met.\n"
+
+
+def results_markdown(rows, png_name):
+    cards = sorted({r["card"] for r in rows if r["card"]})
+    gpu_cards = sorted({r["card"] for r in rows if r["engine"] in ("posenc_gpu", "torch_eager", "torch_compile")})
+    s = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: " + "; ".join(cards) + ".\n"]
+    if len(gpu_cards) > 1:
+        s.append(f"**Warning:** GPU rows come from more than one card ({', '.join(gpu_cards)}): compare only rows "
+                 "of the same card.\n")
+    s.append("### Floors measured in this run\n\n" + floors_text(rows))
+    s.append("### Targets\n\n" + targets_table(gpu_targets(rows) + cpu_targets(rows)))
+    s.append("### GPU: share of the floor (achieved GB/s over floor GB/s; ✗ = output not verified)\n\n"
+             + share_table(rows, ("posenc_gpu", "torch_eager", "torch_compile"), "GPU"))
+    if png_name:
+        s.append(f"![share of the floor against T]({png_name})\n")
+    s.append("### GPU: microseconds per call, small T (event-timed one launch / replayed from a CUDA graph)\n\n"
+             + latency_table(rows, ("posenc_gpu", "torch_eager", "torch_compile"), [1, 8, 64, 256, 1024]))
+    s.append("### GPU: posenc speed-up over the PyTorch formula (their time / ours)\n\n" + speedup_table(rows))
+    s.append("### CPU: share of the read-modify-write floor (same thread count)\n\n" + cpu_table(rows))
+    s.append("The merged CSV (every row, with bytes, GB/s, floors, verification and notes) comes with the run.\n")
+    return "\n".join(s)
+
+
+def replace_region(doc_text, region):
+    block = f"{BEGIN}\n{region.rstrip()}\n{END}"
+    if BEGIN in doc_text and END in doc_text and doc_text.index(BEGIN) < doc_text.index(END):
+        head = doc_text[: doc_text.index(BEGIN)]
+        tail = doc_text[doc_text.index(END) + len(END):]
+        return head + block + tail
+    return doc_text.rstrip() + "\n\n## Results\n\n" + block + "\n"
+
+
+# ---- plot ------------------------------------------------------------------------------------------
+
+def draw_plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("report: matplotlib is not installed; no PNG drawn (the tables have every figure)")
+        return False
+    engines = ("posenc_gpu", "torch_eager", "torch_compile")
+    lines = ordered_lines(rows, engines)
+    if not lines:
+        print("report: no GPU rows; no PNG drawn")
+        return False
+    fig, (ax_share, ax_us) = plt.subplots(1, 2, figsize=(15, 6.5))
+    cmap = plt.get_cmap("tab20")
+    for i, (engine, variant, threads) in enumerate(lines):
+        sel = sorted((r for r in rows if line_key(r) == (engine, variant, threads) and tokens(r) > 0
+                      and math.isfinite(num(r, "ratio"))), key=tokens)
+        if not sel:
+            continue
+        x = [tokens(r) for r in sel]
+        main = variant.startswith("main_")
+        style = {"posenc_gpu": "-", "torch_eager": "--", "torch_compile": ":"}[engine]
+        label = variant if engine == "posenc_gpu" else f"{engine}: {variant}"
+        kw = dict(linestyle=style, marker="o", markersize=3, color=cmap(i % 20), linewidth=2.4 if main else 1.2,
+                  label=label)
+        ax_share.plot(x, [100 * num(r, "ratio") for r in sel], **kw)
+        ax_us.plot(x, [num(r, "median_us") for r in sel], **kw)
+    for t, need in SHARE_TARGETS:
+        ax_share.plot([t], [100 * need], marker="_", markersize=18, color="black")
+    ax_share.set_xscale("log", base=2)
+    ax_share.set_xlabel("tokens T")
+    ax_share.set_ylabel("share of the floor measured in the same run (%)")
+    ax_share.set_title("achieved GB/s / floor GB/s (black bars: targets)")
+    ax_share.grid(True, which="both", alpha=0.3)
+    for t in DECODE_T:
+        ax_us.plot([t], [4.0], marker="_", markersize=18, color="black")
+    ax_us.set_xscale("log", base=2)
+    ax_us.set_yscale("log")
+    ax_us.set_xlabel("tokens T")
+    ax_us.set_ylabel("microseconds per call (event-timed, median)")
+    ax_us.set_title("time per call (black bars: 4.0 us decode target)")
+    ax_us.grid(True, which="both", alpha=0.3)
+    ax_us.legend(fontsize=7, loc="upper left", ncol=1)
+    cards = sorted({r["card"] for r in rows if r["engine"] in engines})
+    fig.suptitle("posenc RoPE, Q [T,Hq,D] + K [T,Hk,D] in place, on " + ", ".join(cards))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"report: wrote {path}")
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", nargs="+", required=True, help="CSV files of the benchmark programs")
+    ap.add_argument("--merged", help="write every row into this one CSV")
+    ap.add_argument("--doc", default="docs/PERFORMANCE.md", help="document whose results region is replaced")
+    ap.add_argument("--doc-out", help="where the updated document goes (default: --doc itself)")
+    ap.add_argument("--png", help="draw the plot here (needs matplotlib)")
+    args = ap.parse_args()
+
+    rows = read_rows(args.csv)
+    if args.merged:
+        os.makedirs(os.path.dirname(os.path.abspath(args.merged)), exist_ok=True)
+        with open(args.merged, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        print(f"report: {len(rows)} rows merged into {args.merged}")
+
+    png_name = None
+    if args.png and draw_plot(rows, args.png):
+        png_name = os.path.basename(args.png)
+    region = results_markdown(rows, png_name)
+    doc_text = open(args.doc).read() if os.path.exists(args.doc) else "# posenc performance\n"
+    out = args.doc_out or args.doc
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        f.write(replace_region(doc_text, region))
+    print(f"report: wrote {out}")
+
+    results = gpu_targets(rows) + cpu_targets(rows)
+    failed = [r for r in results if not r[2]]
+    print(f"report: {len(results) - len(failed)} of {len(results)} targets met")
+    for name, measured, _ in failed:
+        print(f"  FAIL {name}: {measured}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

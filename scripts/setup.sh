@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs what building and testing posenc needs on Debian 12 (idempotent): toolchain, CMake,
+# Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, Python 3; hipcc when the
+# archive has it. Runs as root (CI) or through sudo. Installed packages are skipped without a word.
+set -euo pipefail
+
+required=(build-essential cmake ninja-build nlohmann-json3-dev libcli11-dev libgtest-dev
+          libgmock-dev googletest libbenchmark-dev python3 git)
+# HIP compile check of the GPU sources (cmake/PosencHip.cmake); the build skips it without hipcc.
+optional=(hipcc)
+
+say() { printf 'setup.sh: %s\n' "$*"; }
+
+installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]
+}
+
+if ! command -v apt-get >/dev/null 2>&1; then
+  say "apt-get not found: this script targets Debian 12; install by hand: ${required[*]}" >&2
+  exit 1
+fi
+
+as_root=()
+if [[ "$(id -u)" -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    as_root=(sudo)
+  else
+    say "not root and no sudo: run as root, or install by hand: ${required[*]}" >&2
+    exit 1
+  fi
+fi
+apt_get() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
+
+missing=()
+for p in "${required[@]}"; do installed "$p" || missing+=("$p"); done
+missing_optional=()
+if ! command -v hipcc >/dev/null 2>&1; then
+  for p in "${optional[@]}"; do installed "$p" || missing_optional+=("$p"); done
+fi
+
+if [[ ${#missing[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
+  exit 0  # everything is there: no network, no output
+fi
+
+# One `apt-get update` per run, and only when something has to be installed.
+say "updating the package lists"
+apt_get update -qq
+
+if [[ ${#missing[@]} -gt 0 ]]; then
+  say "installing ${missing[*]}"
+  apt_get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+for p in "${missing_optional[@]}"; do
+  if apt-cache show "$p" >/dev/null 2>&1; then
+    say "installing optional $p"
+    apt_get install -y -qq --no-install-recommends "$p" || say "optional $p failed to install; continuing without it"
+  else
+    say "optional $p is not in the package archive; continuing without it"
+  fi
+done

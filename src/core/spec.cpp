@@ -1,0 +1,208 @@
+// RopeSpec validation and description, and the names of the spec's enumerations.
+#include <cmath>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/text_detail.hpp"
+#include "posenc/error.hpp"
+#include "posenc/rope.hpp"
+
+namespace posenc {
+
+const char* to_string(Pairing p) noexcept {
+  switch (p) {
+    case Pairing::half_split: return "half_split";
+    case Pairing::interleaved: return "interleaved";
+    case Pairing::interleaved_to_half: return "interleaved_to_half";
+  }
+  return "unknown";
+}
+
+const char* to_string(Numerics n) noexcept {
+  switch (n) {
+    case Numerics::hf_compatible: return "hf_compatible";
+    case Numerics::hf_fp32_apply: return "hf_fp32_apply";
+    case Numerics::accurate: return "accurate";
+  }
+  return "unknown";
+}
+
+const char* to_string(Scaling s) noexcept {
+  switch (s) {
+    case Scaling::none: return "none";
+    case Scaling::linear: return "linear";
+    case Scaling::dynamic: return "dynamic";
+    case Scaling::yarn: return "yarn";
+    case Scaling::longrope: return "longrope";
+    case Scaling::llama3: return "llama3";
+    case Scaling::table: return "table";
+  }
+  return "unknown";
+}
+
+namespace {
+
+using detail::number_text;
+
+[[noreturn]] void reject(const std::string& field, const std::string& value, const std::string& limit) {
+  throw Error(ErrorKind::invalid_argument, "RopeSpec." + field + " = " + value + ": " + limit);
+}
+
+bool positive_finite(double v) { return std::isfinite(v) && v > 0.0; }
+
+void require_positive(const std::string& field, double v) {
+  if (!positive_finite(v)) reject(field, number_text(v), "must be finite and > 0");
+}
+
+void require_non_negative(const std::string& field, double v) {
+  if (!std::isfinite(v) || v < 0.0) reject(field, number_text(v), "must be finite and >= 0");
+}
+
+void require_positive(const std::string& field, std::int64_t v) {
+  if (v <= 0) reject(field, number_text(v), "must be > 0");
+}
+
+// yarn and longrope accept factor 0 as "derive it as max_position_embeddings / original_max"
+// (what HF does when the config has no factor), so that path needs max_position_embeddings.
+void require_factor_or_derivable(const ScalingParams& p) {
+  if (p.factor == 0.0) {
+    if (p.max_position_embeddings <= 0)
+      reject("params.max_position_embeddings", number_text(p.max_position_embeddings),
+             "must be > 0 when params.factor = 0 (factor derived as max_position_embeddings / "
+             "original_max_position_embeddings)");
+    return;
+  }
+  require_positive("params.factor", p.factor);
+}
+
+template <typename T>
+void require_list(const std::string& field, const std::vector<T>& values, std::int64_t expected) {
+  if (static_cast<std::int64_t>(values.size()) != expected)
+    reject(field + ".size()", number_text(static_cast<std::int64_t>(values.size())),
+           "must equal rotary_dim / 2 = " + number_text(expected));
+  for (std::size_t i = 0; i < values.size(); ++i)
+    if (!positive_finite(static_cast<double>(values[i])))
+      reject(field + "[" + std::to_string(i) + "]", number_text(static_cast<double>(values[i])),
+             "must be finite and > 0");
+}
+
+}  // namespace
+
+void RopeSpec::validate() const {
+  // Enumerations first: a value cast from a bad integer would otherwise select no code path.
+  if (static_cast<int>(pairing) > static_cast<int>(Pairing::interleaved_to_half))
+    reject("pairing", std::to_string(static_cast<int>(pairing)), "is not a Pairing value");
+  if (static_cast<int>(numerics) > static_cast<int>(Numerics::accurate))
+    reject("numerics", std::to_string(static_cast<int>(numerics)), "is not a Numerics value");
+  if (static_cast<int>(scaling) > static_cast<int>(Scaling::table))
+    reject("scaling", std::to_string(static_cast<int>(scaling)), "is not a Scaling value");
+
+  if (head_dim < 2 || head_dim > max_head_dim)
+    reject("head_dim", number_text(head_dim), "must be in [2, " + number_text(max_head_dim) + "]");
+  if (head_dim % 2 != 0) reject("head_dim", number_text(head_dim), "must be even");
+  if (rotary_dim < 0)
+    reject("rotary_dim", number_text(rotary_dim), "must be 0 (meaning head_dim) or a positive even number");
+  if (rotary_dim % 2 != 0) reject("rotary_dim", number_text(rotary_dim), "must be even (rotation pairs)");
+  if (rotary_offset < 0) reject("rotary_offset", number_text(rotary_offset), "must be >= 0");
+  const std::int64_t r = rotary();
+  if (r > head_dim - rotary_offset)
+    reject("rotary_offset + rotary_dim", number_text(rotary_offset) + " + " + number_text(r),
+           "must be <= head_dim = " + number_text(head_dim));
+  if (!positive_finite(theta)) reject("theta", number_text(theta), "must be finite and > 0");
+  if (position_limit <= 0) reject("position_limit", number_text(position_limit), "must be > 0");
+  if (attention_factor && !positive_finite(*attention_factor))
+    reject("attention_factor", number_text(*attention_factor), "must be finite and > 0");
+
+  const ScalingParams& p = params;
+  switch (scaling) {
+    case Scaling::none:
+      break;
+    case Scaling::linear:
+      require_positive("params.factor", p.factor);
+      break;
+    case Scaling::dynamic:
+      require_positive("params.factor", p.factor);
+      require_positive("params.max_position_embeddings", p.max_position_embeddings);
+      // theta' uses the exponent R / (R - 2).
+      if (r < 4) reject("rotary_dim", number_text(r), "must be >= 4 for dynamic scaling (exponent R/(R-2))");
+      break;
+    case Scaling::yarn:
+      require_factor_or_derivable(p);
+      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
+      require_non_negative("params.beta_fast", p.beta_fast);
+      require_non_negative("params.beta_slow", p.beta_slow);
+      require_non_negative("params.mscale", p.mscale);
+      require_non_negative("params.mscale_all_dim", p.mscale_all_dim);
+      break;
+    case Scaling::longrope:
+      require_factor_or_derivable(p);
+      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
+      require_list("params.short_factor", p.short_factor, r / 2);
+      require_list("params.long_factor", p.long_factor, r / 2);
+      break;
+    case Scaling::llama3:
+      require_positive("params.factor", p.factor);
+      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
+      require_positive("params.low_freq_factor", p.low_freq_factor);
+      // The smoothing divides by (high - low).
+      if (!std::isfinite(p.high_freq_factor) || !(p.high_freq_factor > p.low_freq_factor))
+        reject("params.high_freq_factor", number_text(p.high_freq_factor),
+               "must be finite and > params.low_freq_factor = " + number_text(p.low_freq_factor));
+      break;
+    case Scaling::table:
+      require_list("params.inv_freq", p.inv_freq, r / 2);
+      break;
+  }
+}
+
+std::string RopeSpec::describe() const {
+  using detail::number_text;
+  const std::int64_t r = rotary();
+  std::ostringstream out;
+  out << "head_dim          " << head_dim << '\n';
+  out << "rotary window     dims [" << rotary_offset << ", " << rotary_offset + r << ") of " << head_dim
+      << " (" << r / 2 << " frequencies";
+  if (r != head_dim) out << "; " << head_dim - r << " dims pass through";
+  out << ")\n";
+  out << "pairing           " << to_string(pairing) << '\n';
+  out << "theta             " << number_text(theta) << '\n';
+  out << "scaling           " << to_string(scaling);
+  const ScalingParams& p = params;
+  const auto factor_text = [&] {
+    return p.factor == 0.0 ? std::string("max_pos/original_max") : number_text(p.factor);
+  };
+  switch (scaling) {
+    case Scaling::none: break;
+    case Scaling::linear: out << " (factor " << factor_text() << ")"; break;
+    case Scaling::dynamic:
+      out << " (factor " << factor_text() << ", max_position_embeddings " << p.max_position_embeddings << ")";
+      break;
+    case Scaling::yarn:
+      out << " (factor " << factor_text() << ", original_max_position_embeddings "
+          << p.original_max_position_embeddings << ", beta_fast " << number_text(p.beta_fast) << ", beta_slow "
+          << number_text(p.beta_slow) << ", mscale " << number_text(p.mscale) << ", mscale_all_dim "
+          << number_text(p.mscale_all_dim) << ", truncate " << (p.truncate ? "true" : "false") << ")";
+      break;
+    case Scaling::longrope:
+      out << " (factor " << factor_text() << ", original_max_position_embeddings "
+          << p.original_max_position_embeddings << ", " << p.short_factor.size() << " short / "
+          << p.long_factor.size() << " long factors)";
+      break;
+    case Scaling::llama3:
+      out << " (factor " << factor_text() << ", low_freq_factor " << number_text(p.low_freq_factor)
+          << ", high_freq_factor " << number_text(p.high_freq_factor) << ", original_max_position_embeddings "
+          << p.original_max_position_embeddings << ")";
+      break;
+    case Scaling::table: out << " (" << p.inv_freq.size() << " caller-supplied inv_freq values)"; break;
+  }
+  out << '\n';
+  out << "attention factor  "
+      << (attention_factor ? number_text(*attention_factor) + " (override)" : std::string("from the scheme"))
+      << '\n';
+  out << "numerics          " << to_string(numerics) << '\n';
+  out << "position limit    " << position_limit << '\n';
+  return out.str();
+}
+
+}  // namespace posenc

@@ -1,0 +1,54 @@
+// One-pass validation of an apply call and the per-call helpers the CPU and GPU engines share (internal).
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+namespace posenc::detail {
+
+/// What validation learned about a call, so no engine has to look at the arguments twice.
+struct CallInfo {
+  std::int64_t tokens = 0;
+  /// Largest position of the call when positions were read (check_positions), else -1.
+  std::int64_t max_position = -1;
+  bool q_in_place = true;  ///< q_src absent or exactly the q view
+  bool k_in_place = true;  ///< k absent, or k_src absent or exactly the k view
+};
+
+/// Everything validate_args checks except spec.validate(): engines validate their spec once, at
+/// construction, and call this per apply. Throws posenc::Error; reads positions only when
+/// `check_positions`, in the same single pass that finds their maximum.
+CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_positions);
+
+/// Checks every position of a host positions view against [0, limit) and returns the largest.
+/// Throws Error(out_of_range) "position P at token index I is outside [0, L)" for the first bad
+/// one. Usable by GPU code on a host copy of its positions.
+std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit);
+
+/// Position of token `i` of a host positions view (int32 or int64).
+inline std::int64_t position_at(const PositionsView& positions, std::int64_t i) noexcept {
+  if (positions.type == IndexType::i32) {
+    std::int32_t v;
+    std::memcpy(&v, static_cast<const char*>(positions.data) + i * 4, 4);
+    return v;
+  }
+  std::int64_t v;
+  std::memcpy(&v, static_cast<const char*>(positions.data) + i * 8, 8);
+  return v;
+}
+
+/// True for the schemes whose frequency table depends on the call's largest position.
+constexpr bool table_depends_on_positions(Scaling scaling) noexcept {
+  return scaling == Scaling::dynamic || scaling == Scaling::longrope;
+}
+
+/// The attention factor a call uses: the spec's override when given, else the scheme's.
+inline double effective_attention_factor(const RopeSpec& spec, const FrequencyTable& table) noexcept {
+  return spec.attention_factor ? *spec.attention_factor : table.attention_factor;
+}
+
+}  // namespace posenc::detail

@@ -1,0 +1,253 @@
+// CpuEngine: the threaded, vectorized CPU engine (persistent pool, kernels specialised per dtype x pairing x numerics), bit-identical to apply_reference.
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <type_traits>
+
+#include "core/rope_math.hpp"
+#include "core/validate.hpp"
+#include "cpu/kernel_call.hpp"
+#include "cpu/thread_pool.hpp"
+#include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
+
+// The kernels are compiled twice: once for the baseline ISA the library is built for, once for
+// AVX2+FMA, picked at construction from the CPU's features. On baseline x86-64, std::fma (the
+// `accurate` rotation) is a libm call per element and conversions run 4 wide; AVX2+FMA makes
+// both vector instructions. Every operation is exactly rounded IEEE arithmetic either way
+// (-ffp-contract=off, no fast-math), so both builds give the same bits as apply_reference.
+// A macro names the namespace because it is the one thing that differs between the two inclusions.
+#define POSENC_CPU_ISA baseline
+#include "cpu/kernels.hpp"
+#undef POSENC_CPU_ISA
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define POSENC_CPU_AVX2_KERNELS 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define POSENC_CPU_ISA avx2
+#include "cpu/kernels.hpp"
+#undef POSENC_CPU_ISA
+#pragma GCC pop_options
+#else
+#define POSENC_CPU_AVX2_KERNELS 0
+#endif
+
+namespace posenc {
+namespace {
+
+using cpu_detail::KernelCall;
+using cpu_detail::KernelFn;
+using cpu_detail::KernelTensor;
+using cpu_detail::max_half;
+
+/// Calls moving fewer bytes than this run on the calling thread: waking a worker costs tens of
+/// microseconds, about what 256 KiB of rotation costs on one core.
+constexpr double parallel_min_bytes = 256.0 * 1024;
+/// A chunk handed to one thread moves at least this much, so the atomic hand-out stays negligible.
+constexpr double chunk_min_bytes = 64.0 * 1024;
+/// Chunks per thread: enough to balance uneven cores, few enough to keep each stream long.
+constexpr std::int64_t chunks_per_thread = 4;
+
+/// The AVX2 kernels are used when the CPU has AVX2 and FMA, unless the environment variable
+/// POSENC_CPU_ISA=baseline asks for the baseline ones (tests compare both against the reference).
+bool use_avx2_kernels() noexcept {
+#if POSENC_CPU_AVX2_KERNELS
+  const char* forced = std::getenv("POSENC_CPU_ISA");
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+KernelFn select_kernel(bool avx2, DType d, Pairing p, Numerics n) noexcept {
+#if POSENC_CPU_AVX2_KERNELS
+  if (avx2) return cpu_detail::avx2::select_kernel(d, p, n);
+#else
+  (void)avx2;
+#endif
+  return cpu_detail::baseline::select_kernel(d, p, n);
+}
+
+void check_table(const FrequencyTable& table, std::int64_t half, const char* which) {
+  if (static_cast<std::int64_t>(table.inv_freq.size()) != half) {
+    throw Error(ErrorKind::invalid_argument,
+                std::string(which) + " frequency table has " + std::to_string(table.inv_freq.size()) +
+                    " entries, expected rotary_dim / 2 = " + std::to_string(half));
+  }
+}
+
+KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bool in_place) {
+  const ConstTensorView& from = in_place ? ConstTensorView(dst) : src;
+  KernelTensor t;
+  t.dst = dst.data;
+  t.src = from.data;
+  t.heads = dst.heads;
+  t.dst_token_stride = dst.token_stride;
+  t.dst_head_stride = dst.head_stride;
+  t.src_token_stride = from.token_stride;
+  t.src_head_stride = from.head_stride;
+  t.copy_pass = !in_place;
+  return t;
+}
+
+}  // namespace
+
+struct CpuEngine::State {
+  RopeSpec spec;
+  FrequencyTable table;  ///< compute_frequencies(spec): the init-time table
+  double attention_factor = 1.0;
+  std::int64_t half = 0;
+  std::array<KernelFn, 3> kernels{};  ///< by DType, for the spec's pairing and numerics
+
+  // dynamic / longrope: the table depends on seq_len = the call's largest position + 1. Both
+  // schemes keep one table up to a threshold (dynamic: max_position_embeddings; longrope:
+  // original_max_position_embeddings), computed here once. Above it, longrope has a second fixed
+  // table and dynamic a table per seq_len: the last one is cached, so the layers of one step
+  // compute it once. threshold < 0: no threshold known, every seq_len goes through the cache.
+  std::int64_t threshold = -1;
+  FrequencyTable below;  ///< seq_len <= threshold
+  FrequencyTable above;  ///< longrope, seq_len > threshold
+  mutable std::mutex cache_mutex;
+  mutable std::int64_t cached_seq_len = -1;
+  mutable std::array<float, max_half> cached_inv_freq{};
+  mutable double cached_attention_factor = 1.0;
+
+  mutable cpu_detail::ThreadPool pool;  // running work does not change the engine's state
+
+  State(RopeSpec s, int threads) : spec(std::move(s)), pool(threads) {}
+
+  /// Fills `out` with the table of a dynamic/longrope call; returns the attention factor.
+  double call_table(std::int64_t seq_len, std::array<float, max_half>& out) const {
+    const FrequencyTable* fixed = nullptr;
+    if (threshold > 0 && seq_len <= threshold) fixed = &below;
+    if (threshold > 0 && seq_len > threshold && spec.scaling == Scaling::longrope) fixed = &above;
+    if (fixed != nullptr) {
+      std::copy(fixed->inv_freq.begin(), fixed->inv_freq.end(), out.begin());
+      return detail::effective_attention_factor(spec, *fixed);
+    }
+    {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      if (cached_seq_len == seq_len) {
+        std::copy_n(cached_inv_freq.begin(), half, out.begin());
+        return cached_attention_factor;
+      }
+    }
+    // A new seq_len beyond the threshold: the one place a call allocates (compute_frequencies
+    // returns a vector), once per distinct seq_len rather than once per layer.
+    const FrequencyTable fresh = compute_frequencies(spec, seq_len);
+    check_table(fresh, half, "per-call");
+    const double factor = detail::effective_attention_factor(spec, fresh);
+    std::copy(fresh.inv_freq.begin(), fresh.inv_freq.end(), out.begin());
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    std::copy(fresh.inv_freq.begin(), fresh.inv_freq.end(), cached_inv_freq.begin());
+    cached_attention_factor = factor;
+    cached_seq_len = seq_len;
+    return factor;
+  }
+};
+
+CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
+  spec.validate();
+  if (spec.head_dim > max_head_dim || spec.rotary() > spec.head_dim) {
+    throw Error(ErrorKind::invalid_argument,
+                "head_dim " + std::to_string(spec.head_dim) + " / rotary_dim " + std::to_string(spec.rotary()) +
+                    " do not fit max_head_dim " + std::to_string(max_head_dim));
+  }
+  int threads = options.threads;
+  if (threads < 0) {
+    throw Error(ErrorKind::invalid_argument, "CpuOptions.threads " + std::to_string(threads) + " must be >= 0");
+  }
+  if (threads == 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  state_ = std::make_unique<State>(std::move(spec), threads);
+  State& s = *state_;
+  s.half = s.spec.rotary() / 2;
+  s.table = compute_frequencies(s.spec);
+  check_table(s.table, s.half, "init");
+  s.attention_factor = detail::effective_attention_factor(s.spec, s.table);
+
+  if (s.spec.scaling == Scaling::dynamic) {
+    s.threshold = s.spec.params.max_position_embeddings;
+  } else if (s.spec.scaling == Scaling::longrope) {
+    // HF falls back to max_position_embeddings when original_max_position_embeddings is absent.
+    s.threshold = s.spec.params.original_max_position_embeddings > 0 ? s.spec.params.original_max_position_embeddings
+                                                                     : s.spec.params.max_position_embeddings;
+  }
+  if (detail::table_depends_on_positions(s.spec.scaling) && s.threshold > 0) {
+    s.below = compute_frequencies(s.spec, s.threshold);
+    check_table(s.below, s.half, "short-context");
+    if (s.spec.scaling == Scaling::longrope) {
+      s.above = compute_frequencies(s.spec, s.threshold + 1);
+      check_table(s.above, s.half, "long-context");
+    }
+  }
+
+  const bool avx2 = use_avx2_kernels();
+  for (DType d : {DType::f32, DType::f16, DType::bf16}) {
+    s.kernels[static_cast<std::size_t>(d)] = select_kernel(avx2, d, s.spec.pairing, s.spec.numerics);
+    if (s.kernels[static_cast<std::size_t>(d)] == nullptr) {
+      throw Error(ErrorKind::invalid_argument, "spec.pairing " + std::to_string(static_cast<int>(s.spec.pairing)) +
+                                                   " or spec.numerics " + std::to_string(static_cast<int>(s.spec.numerics)) +
+                                                   " is not a known value");
+    }
+  }
+}
+
+CpuEngine::~CpuEngine() = default;
+CpuEngine::CpuEngine(CpuEngine&&) noexcept = default;
+CpuEngine& CpuEngine::operator=(CpuEngine&&) noexcept = default;
+
+void CpuEngine::apply(const RopeArgs& args) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "CpuEngine::apply on a moved-from engine");
+  const State& s = *state_;
+  // One validation pass; it also yields the largest position that dynamic/longrope need.
+  const detail::CallInfo info = detail::validate_call(s.spec, args, /*check_positions=*/true);
+
+  KernelCall call;
+  std::array<float, max_half> call_inv_freq;  // the per-call table (dynamic/longrope), on the stack
+  call.inv_freq = s.table.inv_freq.data();
+  double factor = s.attention_factor;
+  if (detail::table_depends_on_positions(s.spec.scaling)) {
+    factor = s.call_table(info.max_position + 1, call_inv_freq);
+    call.inv_freq = call_inv_freq.data();
+  }
+  call.q = kernel_tensor(args.q, args.q_src, info.q_in_place);
+  call.has_k = args.k.present();
+  if (call.has_k) call.k = kernel_tensor(args.k, args.k_src, info.k_in_place);
+  call.positions = args.positions;
+  call.half = s.half;
+  call.offset = s.spec.rotary_offset;
+  call.head_dim = s.spec.head_dim;
+  call.attention_factor_f32 = static_cast<float>(factor);
+  call.attention_factor = factor;
+
+  const KernelFn kernel = s.kernels[static_cast<std::size_t>(args.q.dtype)];
+  const std::int64_t tokens = info.tokens;
+  // Bytes read and written per token (an estimate for scheduling, so double cannot overflow).
+  const double token_bytes = 2.0 * static_cast<double>(size_of(args.q.dtype)) * static_cast<double>(s.spec.head_dim) *
+                             static_cast<double>(args.q.heads + (call.has_k ? args.k.heads : 0));
+  const int threads = s.pool.threads();
+  if (threads == 1 || tokens == 1 || token_bytes * static_cast<double>(tokens) < parallel_min_bytes) {
+    kernel(&call, 0, tokens);
+    return;
+  }
+  const std::int64_t by_balance = (tokens + threads * chunks_per_thread - 1) / (threads * chunks_per_thread);
+  const auto by_size = static_cast<std::int64_t>(std::ceil(chunk_min_bytes / token_bytes));
+  const std::int64_t chunk = std::max<std::int64_t>({by_balance, by_size, 1});
+  // Another thread is using the pool (apply is const and may run concurrently): work alone.
+  if (!s.pool.try_run(tokens, chunk, kernel, &call)) kernel(&call, 0, tokens);
+}
+
+const RopeSpec& CpuEngine::spec() const noexcept { return state_->spec; }
+const FrequencyTable& CpuEngine::frequencies() const noexcept { return state_->table; }
+int CpuEngine::threads() const noexcept { return state_->pool.threads(); }
+
+}  // namespace posenc

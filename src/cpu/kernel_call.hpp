@@ -1,0 +1,44 @@
+// The argument block the CPU engine's kernels read: one apply call, flattened to pointers and element strides.
+#pragma once
+
+#include <cstdint>
+
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+namespace posenc::cpu_detail {
+
+/// Most pairs a head can have; kernels keep one token's cos/sin and one head's window on the stack.
+inline constexpr std::int64_t max_half = max_head_dim / 2;
+
+/// One tensor (Q or K) of a call. Strides are in elements, as in TensorView.
+struct KernelTensor {
+  void* dst = nullptr;
+  const void* src = nullptr;  ///< equal to dst when rotating in place
+  std::int64_t heads = 0;
+  std::int64_t dst_token_stride = 0;
+  std::int64_t dst_head_stride = 0;
+  std::int64_t src_token_stride = 0;
+  std::int64_t src_head_stride = 0;
+  bool copy_pass = false;  ///< out of place: copy the elements outside the rotary window
+};
+
+/// Everything a kernel needs for one call; it lives in apply's frame while the pool runs.
+struct KernelCall {
+  KernelTensor q;
+  KernelTensor k;
+  bool has_k = false;
+  PositionsView positions;
+  const float* inv_freq = nullptr;  ///< `half` entries
+  std::int64_t half = 0;            ///< pairs per head (rotary_dim / 2)
+  std::int64_t offset = 0;          ///< first element of the rotary window
+  std::int64_t head_dim = 0;
+  float attention_factor_f32 = 1.0f;  ///< hf modes: the factor as a float32 operand
+  double attention_factor = 1.0;      ///< accurate: applied in double before the one rounding
+};
+
+/// Rotates tokens [begin, end) of the call `context` (a KernelCall). The signature is
+/// ThreadPool::Task's, so kernels are handed to the pool directly.
+using KernelFn = void (*)(const void* context, std::int64_t begin, std::int64_t end) noexcept;
+
+}  // namespace posenc::cpu_detail

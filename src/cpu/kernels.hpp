@@ -1,0 +1,171 @@
+// The CPU engine's kernels, specialised at compile time on dtype x pairing x numerics; included once per instruction set by engine.cpp.
+//
+// No include guard on purpose: engine.cpp includes this file twice, with POSENC_CPU_ISA naming a
+// different namespace each time and, the second time, inside `#pragma GCC target("avx2,fma")`.
+// The per-element arithmetic comes from rope_math.hpp (included before any target pragma, so
+// its inline functions stay baseline code that the AVX2 kernels may inline); the loops here are
+// written so the compiler vectorizes them: load a head's window into float arrays, rotate, store.
+#ifndef POSENC_CPU_ISA
+#error "define POSENC_CPU_ISA (the namespace of this instantiation) before including kernels.hpp"
+#endif
+
+namespace posenc::cpu_detail::POSENC_CPU_ISA {
+
+using detail::Act;
+
+/// How an activation element is stored: float for f32, its 16 bits for f16/bf16.
+template <Act A>
+using Storage = std::conditional_t<A == Act::f32, float, std::uint16_t>;
+
+template <Act A>
+inline float to_float(Storage<A> v) {
+  if constexpr (A == Act::f32) {
+    return v;
+  } else if constexpr (A == Act::bf16) {
+    return detail::from_bf16_bits(v);
+  } else {
+    return detail::from_f16_bits(v);
+  }
+}
+
+/// `v` has already been rounded to A by the rotation; this only re-encodes it (exactly).
+template <Act A>
+inline Storage<A> to_storage(float v) {
+  if constexpr (A == Act::f32) {
+    return v;
+  } else if constexpr (A == Act::bf16) {
+    return detail::to_bf16_bits(v);
+  } else {
+    return detail::to_f16_bits(v);
+  }
+}
+
+template <Act A, Numerics N>
+inline detail::Pair rotate(float a, float b, float c, float s) {
+  if constexpr (N == Numerics::hf_compatible) {
+    return detail::rotate_hf<A>(a, b, {c, s});
+  } else if constexpr (N == Numerics::hf_fp32_apply) {
+    return detail::rotate_fp32<A>(a, b, {c, s});
+  } else {
+    return detail::rotate_accurate<A>(a, b, {c, s});
+  }
+}
+
+/// One token's cos/sin row, shared by every head of Q and K.
+template <Act A, Numerics N>
+inline void cos_sin_row(const KernelCall& call, std::int64_t position, float* cos_row, float* sin_row) {
+  for (std::int64_t i = 0; i < call.half; ++i) {
+    detail::CosSin cs;
+    if constexpr (N == Numerics::accurate) {
+      cs = detail::cos_sin_accurate(call.inv_freq[i], position, call.attention_factor);
+    } else {
+      cs = detail::cos_sin_hf<A>(call.inv_freq[i], position, call.attention_factor_f32);
+    }
+    cos_row[i] = cs.c;
+    sin_row[i] = cs.s;
+  }
+}
+
+/// Rotates the window of one head. `src` and `dst` point at the window's first element and may be
+/// the same memory (in place): the window is loaded into `xa`/`xb` before anything is stored.
+template <Act A, Pairing P, Numerics N>
+inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
+                          const float* __restrict sin_row, std::int64_t half, float* __restrict xa,
+                          float* __restrict xb) {
+  if constexpr (P == Pairing::half_split) {
+    for (std::int64_t i = 0; i < half; ++i) {
+      xa[i] = to_float<A>(src[i]);
+      xb[i] = to_float<A>(src[i + half]);
+    }
+  } else {
+    for (std::int64_t i = 0; i < half; ++i) {
+      xa[i] = to_float<A>(src[2 * i]);
+      xb[i] = to_float<A>(src[2 * i + 1]);
+    }
+  }
+  if constexpr (P == Pairing::interleaved) {
+    for (std::int64_t i = 0; i < half; ++i) {
+      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
+      dst[2 * i] = to_storage<A>(r.a);
+      dst[2 * i + 1] = to_storage<A>(r.b);
+    }
+  } else {  // half_split and interleaved_to_half write (y[i], y[i + H])
+    for (std::int64_t i = 0; i < half; ++i) {
+      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
+      dst[i] = to_storage<A>(r.a);
+      dst[i + half] = to_storage<A>(r.b);
+    }
+  }
+}
+
+/// Every head of one tensor at token t.
+template <Act A, Pairing P, Numerics N>
+inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t,
+                         const float* cos_row, const float* sin_row, float* xa, float* xb) {
+  using S = Storage<A>;
+  const std::int64_t rotary = 2 * call.half;
+  const std::int64_t tail = call.head_dim - call.offset - rotary;
+  const S* src_token = static_cast<const S*>(x.src) + t * x.src_token_stride;
+  S* dst_token = static_cast<S*>(x.dst) + t * x.dst_token_stride;
+  for (std::int64_t h = 0; h < x.heads; ++h) {
+    const S* src = src_token + h * x.src_head_stride;
+    S* dst = dst_token + h * x.dst_head_stride;
+    rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, call.half, xa, xb);
+    if (x.copy_pass) {  // out of place: the pass-through elements are copied bit for bit
+      if (call.offset > 0) std::memcpy(dst, src, static_cast<std::size_t>(call.offset) * sizeof(S));
+      if (tail > 0) {
+        std::memcpy(dst + call.offset + rotary, src + call.offset + rotary,
+                    static_cast<std::size_t>(tail) * sizeof(S));
+      }
+    }
+  }
+}
+
+/// The kernel: tokens [begin, end) of a call; cos/sin computed once per token for Q and K.
+/// `flatten` inlines the whole call tree (rope_math.hpp's helpers are plain `inline`, and GCC
+/// otherwise keeps rotate_hf out of line, which stops the rotation loop from vectorizing).
+template <Act A, Pairing P, Numerics N>
+[[gnu::flatten]] void rotate_tokens(const void* context, std::int64_t begin, std::int64_t end) noexcept {
+  const KernelCall& call = *static_cast<const KernelCall*>(context);
+  alignas(64) float cos_row[max_half];
+  alignas(64) float sin_row[max_half];
+  alignas(64) float xa[max_half];
+  alignas(64) float xb[max_half];
+  for (std::int64_t t = begin; t < end; ++t) {
+    cos_sin_row<A, N>(call, detail::position_at(call.positions, t), cos_row, sin_row);
+    rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, xa, xb);
+    if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, xa, xb);
+  }
+}
+
+template <Act A, Pairing P>
+KernelFn select_numerics(Numerics n) noexcept {
+  switch (n) {
+    case Numerics::hf_compatible: return &rotate_tokens<A, P, Numerics::hf_compatible>;
+    case Numerics::hf_fp32_apply: return &rotate_tokens<A, P, Numerics::hf_fp32_apply>;
+    case Numerics::accurate: return &rotate_tokens<A, P, Numerics::accurate>;
+  }
+  return nullptr;
+}
+
+template <Act A>
+KernelFn select_pairing(Pairing p, Numerics n) noexcept {
+  switch (p) {
+    case Pairing::half_split: return select_numerics<A, Pairing::half_split>(n);
+    case Pairing::interleaved: return select_numerics<A, Pairing::interleaved>(n);
+    case Pairing::interleaved_to_half: return select_numerics<A, Pairing::interleaved_to_half>(n);
+  }
+  return nullptr;
+}
+
+/// The kernel for a (dtype, pairing, numerics) combination; nullptr for values outside the enums.
+inline KernelFn select_kernel(DType d, Pairing p, Numerics n) noexcept {
+  switch (d) {
+    case DType::f32: return select_pairing<Act::f32>(p, n);
+    case DType::f16: return select_pairing<Act::f16>(p, n);
+    case DType::bf16: return select_pairing<Act::bf16>(p, n);
+  }
+  return nullptr;
+}
+
+}  // namespace posenc::cpu_detail::POSENC_CPU_ISA

@@ -1,0 +1,151 @@
+// apply_reference: the definition of RoPE in posenc, written as plain scalar loops to be read (every other path is tested against it).
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "core/rope_math.hpp"
+#include "core/validate.hpp"
+#include "posenc/cpu.hpp"
+
+namespace posenc {
+namespace {
+
+using detail::Act;
+
+/// Reads element `index` (in elements from `data`) of a tensor of activation type A as float.
+template <Act A>
+float load(const void* data, std::int64_t index) {
+  if constexpr (A == Act::f32) {
+    float v;
+    std::memcpy(&v, static_cast<const char*>(data) + index * 4, 4);
+    return v;
+  } else {
+    std::uint16_t bits;
+    std::memcpy(&bits, static_cast<const char*>(data) + index * 2, 2);
+    return A == Act::bf16 ? detail::from_bf16_bits(bits) : detail::from_f16_bits(bits);
+  }
+}
+
+/// Writes `value`, already rounded to A by the rotation, as element `index`.
+template <Act A>
+void store(void* data, std::int64_t index, float value) {
+  if constexpr (A == Act::f32) {
+    std::memcpy(static_cast<char*>(data) + index * 4, &value, 4);
+  } else {
+    const std::uint16_t bits = A == Act::bf16 ? detail::to_bf16_bits(value) : detail::to_f16_bits(value);
+    std::memcpy(static_cast<char*>(data) + index * 2, &bits, 2);
+  }
+}
+
+/// Element offset of (t, h, d) in a view: t * token_stride + h * head_stride + d.
+std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std::int64_t t,
+                       std::int64_t h, std::int64_t d) {
+  return t * token_stride + h * head_stride + d;
+}
+
+/// cos/sin of pair i at position p, scaled by the attention factor, as the numerics policy says.
+/// The hf modes take the factor as float32 (HF multiplies by a Python float in a float32 op).
+template <Act A>
+detail::CosSin cos_sin(Numerics numerics, float inv_freq, std::int64_t p, double attention_factor) {
+  if (numerics == Numerics::accurate) return detail::cos_sin_accurate(inv_freq, p, attention_factor);
+  return detail::cos_sin_hf<A>(inv_freq, p, static_cast<float>(attention_factor));
+}
+
+/// The rotation of one pair (a, b) as the numerics policy says.
+template <Act A>
+detail::Pair rotate(Numerics numerics, float a, float b, detail::CosSin cs) {
+  switch (numerics) {
+    case Numerics::hf_compatible: return detail::rotate_hf<A>(a, b, cs);
+    case Numerics::hf_fp32_apply: return detail::rotate_fp32<A>(a, b, cs);
+    case Numerics::accurate: break;
+  }
+  return detail::rotate_accurate<A>(a, b, cs);
+}
+
+/// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
+/// place); `cos`/`sin` hold the token's H values, shared by every head of Q and K.
+template <Act A>
+void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const std::vector<float>& inv_freq,
+                   double attention_factor, const ConstTensorView& src, const TensorView& dst,
+                   bool in_place) {
+  const std::int64_t head_dim = spec.head_dim;
+  const std::int64_t rotary = spec.rotary();
+  const std::int64_t half = rotary / 2;  // H: pairs per head
+  const std::int64_t window = spec.rotary_offset;
+  std::vector<detail::CosSin> cs(static_cast<std::size_t>(half));
+  std::vector<float> a(static_cast<std::size_t>(half));
+  std::vector<float> b(static_cast<std::size_t>(half));
+
+  for (std::int64_t t = 0; t < dst.tokens; ++t) {
+    const std::int64_t p = detail::position_at(positions, t);
+    for (std::int64_t i = 0; i < half; ++i) {
+      cs[i] = cos_sin<A>(spec.numerics, inv_freq[i], p, attention_factor);
+    }
+    for (std::int64_t h = 0; h < dst.heads; ++h) {
+      // Where pair i is read from: half_split reads (x[i], x[i+H]); the interleaved forms read
+      // adjacent elements (x[2i], x[2i+1]).
+      for (std::int64_t i = 0; i < half; ++i) {
+        const bool adjacent = spec.pairing != Pairing::half_split;
+        const std::int64_t da = window + (adjacent ? 2 * i : i);
+        const std::int64_t db = window + (adjacent ? 2 * i + 1 : i + half);
+        a[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, da));
+        b[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, db));
+      }
+      // The whole window is read before any of it is written, so an in-place interleaved_to_half
+      // (which writes pair i where pair i/2 was read) sees only inputs.
+      for (std::int64_t i = 0; i < half; ++i) {
+        const detail::Pair r = rotate<A>(spec.numerics, a[i], b[i], cs[i]);
+        // Where pair i is written: interleaved writes back to the adjacent slots it read;
+        // half_split and interleaved_to_half write (y[i], y[i+H]).
+        const bool adjacent = spec.pairing == Pairing::interleaved;
+        const std::int64_t da = window + (adjacent ? 2 * i : i);
+        const std::int64_t db = window + (adjacent ? 2 * i + 1 : i + half);
+        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, da), r.a);
+        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, db), r.b);
+      }
+      // Elements outside the window pass through: copied bit for bit out of place, untouched in place.
+      if (!in_place) {
+        const std::int64_t elem = size_of(dst.dtype);
+        for (std::int64_t d = 0; d < head_dim; ++d) {
+          if (d >= window && d < window + rotary) continue;
+          std::memcpy(static_cast<char*>(dst.data) + offset_of(dst.token_stride, dst.head_stride, t, h, d) * elem,
+                      static_cast<const char*>(src.data) + offset_of(src.token_stride, src.head_stride, t, h, d) * elem,
+                      static_cast<std::size_t>(elem));
+        }
+      }
+    }
+  }
+}
+
+template <Act A>
+void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info,
+                 const std::vector<float>& inv_freq, double attention_factor) {
+  const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
+  rotate_tensor<A>(spec, args.positions, inv_freq, attention_factor, q_src, args.q, info.q_in_place);
+  if (args.k.present()) {
+    const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
+    rotate_tensor<A>(spec, args.positions, inv_freq, attention_factor, k_src, args.k, info.k_in_place);
+  }
+}
+
+}  // namespace
+
+void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
+  // 1. Validate everything (spec, shapes, strides, overlap, positions) before writing anything.
+  spec.validate();
+  const detail::CallInfo info = detail::validate_call(spec, args, /*check_positions=*/true);
+
+  // 2. The frequency table of this call. seq_len = largest position + 1 matters only for dynamic
+  //    and longrope, whose table HF re-selects per forward from max(position_ids) + 1.
+  const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
+  const double attention_factor = detail::effective_attention_factor(spec, table);
+
+  // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
+  switch (args.q.dtype) {
+    case DType::f32: rotate_call<Act::f32>(spec, args, info, table.inv_freq, attention_factor); break;
+    case DType::f16: rotate_call<Act::f16>(spec, args, info, table.inv_freq, attention_factor); break;
+    case DType::bf16: rotate_call<Act::bf16>(spec, args, info, table.inv_freq, attention_factor); break;
+  }
+}
+
+}  // namespace posenc

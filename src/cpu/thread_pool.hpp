@@ -1,0 +1,109 @@
+// A small persistent thread pool for the CPU engine: workers live as long as the engine, a run allocates nothing.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace posenc::cpu_detail {
+
+/// Runs a range of work items [0, n) over `threads` threads: threads - 1 workers started once at
+/// construction, plus the calling thread, which works too. Work is handed out in chunks through an
+/// atomic counter, so a slow or late worker does not hold the others back. A run passes a plain
+/// function pointer and a context pointer: nothing is allocated per run.
+class ThreadPool {
+ public:
+  /// `fn(context, begin, end)` processes items [begin, end). It must not throw.
+  using Task = void (*)(const void* context, std::int64_t begin, std::int64_t end) noexcept;
+
+  explicit ThreadPool(int threads) {
+    const int workers = std::max(threads, 1) - 1;
+    workers_.reserve(static_cast<std::size_t>(workers));
+    for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+  }
+
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& w : workers_) w.join();
+  }
+
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  /// Threads a run uses, the caller included.
+  int threads() const noexcept { return static_cast<int>(workers_.size()) + 1; }
+
+  /// Runs `task` over [0, n) in chunks of `chunk` items and returns when all are done. Returns
+  /// false without running anything when another run is in progress (apply is const and may be
+  /// called from several threads at once; the caller then does the work itself).
+  bool try_run(std::int64_t n, std::int64_t chunk, Task task, const void* context) noexcept {
+    std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
+    if (!run_lock.owns_lock()) return false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = task;
+      context_ = context;
+      items_ = n;
+      chunk_ = std::max<std::int64_t>(chunk, 1);
+      next_.store(0, std::memory_order_relaxed);
+      pending_ = static_cast<int>(workers_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    // The job lives in the caller's frame: wait until every worker has let go of it.
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [this] { return pending_ == 0; });
+    return true;
+  }
+
+ private:
+  void work() noexcept {
+    for (;;) {
+      const std::int64_t begin = next_.fetch_add(chunk_, std::memory_order_relaxed);
+      if (begin >= items_) return;
+      task_(context_, begin, std::min(begin + chunk_, items_));
+    }
+  }
+
+  void worker_loop() noexcept {
+    std::uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+      }
+      work();
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--pending_ == 0) done_.notify_one();
+      }
+    }
+  }
+
+  std::mutex run_mutex_;  // one run at a time
+  std::mutex mutex_;      // guards the job fields, generation_, pending_ and stop_
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::uint64_t generation_ = 0;
+  int pending_ = 0;  // workers that have not finished the current run
+  bool stop_ = false;
+  Task task_ = nullptr;
+  const void* context_ = nullptr;
+  std::int64_t items_ = 0;
+  std::int64_t chunk_ = 1;
+  std::atomic<std::int64_t> next_{0};
+  std::vector<std::thread> workers_;
+};
+
+}  // namespace posenc::cpu_detail

@@ -1,0 +1,333 @@
+// GPU RoPE device code: the rotation kernel, the frequency-selection pre-pass and their helpers (no host code).
+//
+// The per-element arithmetic is rope_math.hpp, shared with the CPU engine, so hf_compatible is
+// bit-identical between the engines. This file only decides which thread touches which bytes.
+//
+// Thread mapping of rope_kernel (one launch rotates Q and K):
+//   row     = (token, head group); blockDim.y rows per block, grid-stride over row tiles.
+//   lane    = threadIdx.x within the row. Lanes [0, rotary_lanes) each own V consecutive pairs of
+//             the rotary window; the remaining lanes (out of place only) copy the pass-through dims.
+//   a lane computes cos/sin for its V pairs once for its token, then visits the row's heads.
+// Memory: each element is read once and written once. A rotary lane moves two V-element vectors
+// (16 bytes each in the vectorized instantiation, V = 1 in the generic one):
+//   half_split           A = x[off + i .. +V],  B = x[off + H + i .. +V]   pairs (A[v], B[v])
+//   interleaved          A||B = x[off + 2i .. +2V]                           pairs (e[2v], e[2v+1])
+//   interleaved_to_half  read as interleaved, write A' to y[off + i ..], B' to y[off + H + i ..]
+// so no lane re-reads its partner's data. interleaved_to_half writes other lanes' input bytes
+// when in place, so its rows load, synchronize the block, then store.
+#pragma once
+
+#include <cstdint>
+
+#include "core/rope_math.hpp"
+#include "gpu/rope_params.hpp"
+#include "gpu/vendor.hpp"
+#include "posenc/rope.hpp"
+
+namespace posenc::gpu::detail {
+
+using posenc::detail::Act;
+using posenc::detail::CosSin;
+using posenc::detail::Pair;
+
+/// Storage type of one activation element (f16/bf16 travel as their bits).
+template <Act A>
+struct StorageOf {
+  using type = std::uint16_t;
+};
+template <>
+struct StorageOf<Act::f32> {
+  using type = float;
+};
+template <Act A>
+using storage_t = typename StorageOf<A>::type;
+
+/// Elements per 16-byte vector: the width of the vectorized instantiation.
+template <Act A>
+inline constexpr int vector_width = static_cast<int>(16 / sizeof(storage_t<A>));
+
+/// N elements moved as one access (16 bytes for the vectorized width).
+template <typename S, int N>
+struct alignas(sizeof(S) * N) Packed {
+  S v[N];
+};
+
+template <typename S, int N>
+__device__ __forceinline__ Packed<S, N> load_packed(const S* p) {
+  return *reinterpret_cast<const Packed<S, N>*>(p);
+}
+
+template <typename S, int N>
+__device__ __forceinline__ void store_packed(S* p, const Packed<S, N>& value) {
+  *reinterpret_cast<Packed<S, N>*>(p) = value;
+}
+
+template <Act A>
+__device__ __forceinline__ float to_float(storage_t<A> s) {
+  if constexpr (A == Act::f32) {
+    return s;
+  } else if constexpr (A == Act::bf16) {
+    return posenc::detail::from_bf16_bits(s);
+  } else {
+    return posenc::detail::from_f16_bits(s);
+  }
+}
+
+/// `f` is already rounded to the activation dtype by rope_math, so this conversion is exact.
+template <Act A>
+__device__ __forceinline__ storage_t<A> from_float(float f) {
+  if constexpr (A == Act::f32) {
+    return f;
+  } else if constexpr (A == Act::bf16) {
+    return posenc::detail::to_bf16_bits(f);
+  } else {
+    return posenc::detail::to_f16_bits(f);
+  }
+}
+
+template <Act A, Numerics N>
+__device__ __forceinline__ CosSin cos_sin(float inv_freq, std::int64_t pos,
+                                          const RopeKernelParams& p) {
+  if constexpr (N == Numerics::accurate) {
+    return posenc::detail::cos_sin_accurate(inv_freq, pos, p.attention_factor);
+  } else {
+    return posenc::detail::cos_sin_hf<A>(inv_freq, pos, p.attention_factor_f32);
+  }
+}
+
+template <Act A, Numerics N>
+__device__ __forceinline__ Pair rotate(float a, float b, CosSin cs) {
+  if constexpr (N == Numerics::hf_compatible) {
+    return posenc::detail::rotate_hf<A>(a, b, cs);
+  } else if constexpr (N == Numerics::hf_fp32_apply) {
+    return posenc::detail::rotate_fp32<A>(a, b, cs);
+  } else {
+    return posenc::detail::rotate_accurate<A>(a, b, cs);
+  }
+}
+
+__device__ __forceinline__ std::int64_t load_position(const void* positions, bool is_i64,
+                                                      std::int64_t token) {
+  return is_i64 ? static_cast<const std::int64_t*>(positions)[token]
+                : static_cast<const std::int32_t*>(positions)[token];
+}
+
+/// Records an out-of-range position (see fault_words). A plain read first keeps the atomics off
+/// the common path when many tokens are bad: the words only decrease.
+__device__ __forceinline__ void record_bad_position(unsigned long long* fault, std::int64_t token,
+                                                    std::int64_t pos) {
+  const auto index = static_cast<unsigned long long>(token);
+  if (index >= *static_cast<volatile unsigned long long*>(&fault[0])) return;
+  constexpr unsigned long long index_cap = 0xffffffffull;
+  constexpr std::int64_t lo = -2147483647LL - 1;
+  constexpr std::int64_t hi = 2147483647LL;
+  const std::int64_t clamped = pos < lo ? lo : (pos > hi ? hi : pos);
+  const auto biased = static_cast<unsigned long long>(static_cast<std::uint32_t>(
+      static_cast<std::uint32_t>(static_cast<std::int32_t>(clamped)) ^ 0x80000000u));
+  const unsigned long long key = ((index < index_cap ? index : index_cap) << 32) | biased;
+  atomicMin(&fault[0], index);
+  atomicMin(&fault[1], key);
+}
+
+/// The element pointers of head `h` (combined Q+K index) of `token`.
+template <typename S>
+struct HeadPointers {
+  S* dst;
+  const S* src;
+  bool copy_pass_through;
+};
+
+template <typename S>
+__device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams& p,
+                                                         std::int64_t token, int h) {
+  // Selects field by field: indexing the parameter block by a runtime choice of struct would make
+  // the compiler copy it to local memory.
+  const bool is_q = h < p.q_heads;
+  const std::int64_t head = is_q ? h : h - p.q_heads;
+  S* dst = static_cast<S*>(is_q ? p.q.dst : p.k.dst);
+  const S* src = static_cast<const S*>(is_q ? p.q.src : p.k.src);
+  const std::int64_t dts = is_q ? p.q.dst_token_stride : p.k.dst_token_stride;
+  const std::int64_t dhs = is_q ? p.q.dst_head_stride : p.k.dst_head_stride;
+  const std::int64_t sts = is_q ? p.q.src_token_stride : p.k.src_token_stride;
+  const std::int64_t shs = is_q ? p.q.src_head_stride : p.k.src_head_stride;
+  const bool copy = (is_q ? p.q.copy_pass_through : p.k.copy_pass_through) != 0;
+  return {dst + token * dts + head * dhs, src + token * sts + head * shs, copy};
+}
+
+/// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
+/// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
+template <Act A, Pairing P, Numerics N, int V>
+__global__ void __launch_bounds__(max_block_threads) rope_kernel(const RopeKernelParams p) {
+  using S = storage_t<A>;
+  using Vec = Packed<S, V>;
+  constexpr bool deinterleave = P == Pairing::interleaved_to_half;
+
+  const int lane = static_cast<int>(threadIdx.x);
+  const bool rotary_lane = lane < p.rotary_lanes;
+  const std::int64_t rows_per_block = blockDim.y;
+  const std::int64_t tiles = (p.rows + rows_per_block - 1) / rows_per_block;
+
+  // Loop bounds are uniform across the block (tiles, heads_per_row), so the barrier of the
+  // deinterleaving pairing is reached by every thread; inactive threads just skip memory.
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t row = tile * rows_per_block + threadIdx.y;
+    const bool row_ok = row < p.rows;
+    const std::int64_t token = row_ok ? row / p.head_groups : 0;
+    const int group = row_ok ? static_cast<int>(row - token * p.head_groups) : 0;
+
+    // cos/sin of this lane's V pairs, computed once and reused for every head of the row. The
+    // angle comes from the position value itself, so any position is memory-safe.
+    CosSin cs[V];
+    if (row_ok && rotary_lane) {
+      const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, token);
+      if (group == 0 && lane == 0 && (pos < 0 || pos >= p.position_limit)) {
+        record_bad_position(p.fault, token, pos);
+      }
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        cs[v] = cos_sin<A, N>(p.inv_freq[lane * V + v], pos, p);
+      }
+    }
+
+    // Where this lane's two vectors live inside a head (element offsets).
+    int in_a = 0;
+    int in_b = 0;
+    int out_a = 0;
+    int out_b = 0;
+    if (rotary_lane) {
+      if constexpr (P == Pairing::half_split) {
+        in_a = p.rotary_offset + lane * V;
+        in_b = in_a + p.half;
+      } else {
+        in_a = p.rotary_offset + 2 * lane * V;
+        in_b = in_a + V;
+      }
+      if constexpr (deinterleave) {
+        out_a = p.rotary_offset + lane * V;
+        out_b = out_a + p.half;
+      } else {
+        out_a = in_a;
+        out_b = in_b;
+      }
+    } else {
+      // Pass-through lane: one vector of the dims outside [off, off + R), which are V-aligned.
+      const int j = (lane - p.rotary_lanes) * V;
+      in_a = j < p.rotary_offset ? j : j + p.rotary_dim;
+      out_a = in_a;
+    }
+
+    const int first_head = group * p.heads_per_row;
+    for (int k = 0; k < p.heads_per_row; ++k) {
+      const int h = first_head + k;
+      const bool active = row_ok && h < p.total_heads;
+      HeadPointers<S> hp{nullptr, nullptr, false};
+      Vec va{};
+      Vec vb{};
+      bool copy = false;
+      if (active) {
+        hp = head_pointers<S>(p, token, h);
+        if (rotary_lane) {
+          va = load_packed<S, V>(hp.src + in_a);
+          vb = load_packed<S, V>(hp.src + in_b);
+        } else if (hp.copy_pass_through) {
+          copy = true;
+          va = load_packed<S, V>(hp.src + in_a);
+        }
+      }
+      if constexpr (deinterleave) {
+        __syncthreads();
+      }
+      if (!active) continue;
+      if (!rotary_lane) {
+        if (copy) store_packed<S, V>(hp.dst + out_a, va);
+        continue;
+      }
+      Vec ra;
+      Vec rb;
+#pragma unroll
+      for (int v = 0; v < V; ++v) {
+        float a;
+        float b;
+        if constexpr (P == Pairing::half_split) {
+          a = to_float<A>(va.v[v]);
+          b = to_float<A>(vb.v[v]);
+        } else {
+          // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
+          const int e = 2 * v;
+          a = to_float<A>(e < V ? va.v[e] : vb.v[e - V]);
+          b = to_float<A>(e + 1 < V ? va.v[e + 1] : vb.v[e + 1 - V]);
+        }
+        const Pair r = rotate<A, N>(a, b, cs[v]);
+        if constexpr (P == Pairing::interleaved) {
+          const int e = 2 * v;
+          (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
+          (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
+        } else {
+          ra.v[v] = from_float<A>(r.a);
+          rb.v[v] = from_float<A>(r.b);
+        }
+      }
+      store_packed<S, V>(hp.dst + out_a, ra);
+      store_packed<S, V>(hp.dst + out_b, rb);
+    }
+  }
+}
+
+/// The call's table for Scaling::dynamic with seq_len > max_position_embeddings, pair i: the
+/// float32 tensor arithmetic of Hugging Face's dynamic NTK update, operation for operation as
+/// compute_frequencies (core/frequencies.cpp, dynamic_theta and inv_freq_for_base). Each pow is
+/// evaluated in double and rounded once to float32; the host's per-pair pow is glibc powf, so an
+/// entry may differ from the CPU table by 1 float32 ulp (documented in rope_launch.cu).
+__device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::int64_t seq_len,
+                                                  int i) {
+  using posenc::detail::mul_rn;
+  using posenc::detail::sub_rn;
+  const float s = static_cast<float>(seq_len);
+  const float ratio = sub_rn(__fdiv_rn(mul_rn(p.factor, s), p.max_positions), p.factor_minus_one);
+  // torch turns `** 2` and `** 3` into multiplies (R = 4 gives 2).
+  float scale;
+  if (p.exponent == 2.0) {
+    scale = mul_rn(ratio, ratio);
+  } else if (p.exponent == 3.0) {
+    scale = mul_rn(mul_rn(ratio, ratio), ratio);
+  } else {
+    scale = static_cast<float>(pow(static_cast<double>(ratio), p.exponent));
+  }
+  const float base = mul_rn(p.base, scale);
+  const float e = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(p.rotary_dim));
+  const float pw = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(e)));
+  return __fdiv_rn(1.0f, pw);
+}
+
+/// Frequency-selection pre-pass (one block of select_block_threads): reduces max(position) and
+/// writes the table for this call into `out`, in stream order before the rotation launch.
+__global__ void __launch_bounds__(select_block_threads) select_frequencies_kernel(
+    const SelectParams p) {
+  __shared__ std::int64_t partial[select_block_threads];
+  std::int64_t m = INT64_MIN;
+  for (std::int64_t t = threadIdx.x; t < p.tokens; t += blockDim.x) {
+    const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, t);
+    m = pos > m ? pos : m;
+  }
+  partial[threadIdx.x] = m;
+  __syncthreads();
+  for (int stride = select_block_threads / 2; stride > 0; stride /= 2) {
+    if (static_cast<int>(threadIdx.x) < stride) {
+      const std::int64_t other = partial[threadIdx.x + stride];
+      partial[threadIdx.x] = other > partial[threadIdx.x] ? other : partial[threadIdx.x];
+    }
+    __syncthreads();
+  }
+  const std::int64_t max_pos = partial[0];
+  const std::int64_t seq_len = max_pos == INT64_MAX ? max_pos : max_pos + 1;
+  const bool call_table = seq_len > p.threshold;
+  for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x)) {
+    float f = p.init_table[i];
+    if (call_table) {
+      f = p.mode == SelectMode::longrope ? p.long_table[i] : dynamic_inv_freq(p, seq_len, i);
+    }
+    p.out[i] = f;
+  }
+}
+
+}  // namespace posenc::gpu::detail

@@ -1,0 +1,429 @@
+// GpuEngine (gpu.hpp): frequency data, host validation, dispatch to kernel instantiations, launch shape, launch and checks (host code only).
+//
+// What one apply() does on the host: validate the call (detail::validate_call, i.e. validate_args
+// without re-validating the spec, which the constructor did; positions are device data and are not
+// read), pack RopeKernelParams, pick the instantiation and the launch shape, launch,
+// check the launch. No allocation, no host<->device copy, no synchronization: apply() can be
+// captured in a CUDA/HIP graph. Everything that depends only on the spec and the device (frequency
+// table upload, kernel occupancy) happens once, in the constructor.
+//
+// Call-dependent tables (Scaling::longrope, Scaling::dynamic): Hugging Face picks the table from
+// the call's largest position. Instead of a host round trip, apply() first launches a one-block
+// pre-pass on the same stream (select_frequencies_kernel) that reduces max(position) and writes
+// the call's table into one of `selection_slots` engine-owned slots; the rotation launch reads it.
+//   longrope: both the short and the long table are computed by compute_frequencies on the host
+//             and uploaded at construction; the pre-pass only selects. Bit-identical to the CPU.
+//   dynamic:  when max(position) + 1 > max_position_embeddings the pre-pass computes the grown
+//             base and inv_freq with the same float32 operations as compute_frequencies, each pow
+//             evaluated in double and rounded once to float32. The device's double pow and the
+//             host's may differ in the last double bit, so an inv_freq entry can differ from the
+//             CPU's by at most 1 float32 ulp in rare cases (tested with that tolerance,
+//             tests/test_gpu_engine.cpp, DynamicNtk*). Below the threshold the uploaded default
+//             table is used, bit-identical to the CPU.
+//   Slots rotate per call, so applies of one engine in flight on different streams at once do not
+//   share a table unless more than `selection_slots` are in flight together.
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "gpu/check.hpp"
+#include "gpu/rope_kernels.cuh"
+#include "gpu/rope_params.hpp"
+#include "gpu/vendor.hpp"
+#include "core/validate.hpp"
+#include "posenc/error.hpp"
+#include "posenc/gpu.hpp"
+
+namespace posenc::gpu {
+namespace {
+
+using detail::Act;
+using detail::KernelTensor;
+using detail::RopeKernelParams;
+using detail::SelectParams;
+
+/// Launch-shape constants (see choose_shape).
+constexpr int target_block_threads = 256;
+/// A row reuses its cos/sin for at most this many heads: enough to make the trig cost a few
+/// percent of the memory time, small enough to leave many rows for load balance.
+constexpr int max_heads_per_row = 8;
+/// Rows are made plentiful enough for this many waves of resident blocks, so the partly filled
+/// last wave costs little.
+constexpr std::int64_t min_waves = 4;
+/// Table slots of the call-dependent pre-pass.
+constexpr int selection_slots = 16;
+/// Byte offset of the slots inside the scratch buffer (after the fault words, 256-aligned).
+constexpr std::int64_t slots_offset = 256;
+
+constexpr const char* rope_op = "posenc rope";
+constexpr const char* select_op = "posenc frequency selection";
+
+using RopeKernel = void (*)(RopeKernelParams);
+
+/// The two instantiations for one (dtype, pairing, numerics).
+struct KernelPair {
+  RopeKernel vectorized = nullptr;
+  RopeKernel generic = nullptr;
+};
+
+constexpr int dtype_count = 3;
+
+int dtype_index(DType t) {
+  switch (t) {
+    case DType::f32: return 0;
+    case DType::f16: return 1;
+    case DType::bf16: return 2;
+  }
+  throw Error(ErrorKind::unsupported,
+              "GPU engine: unsupported dtype value " + std::to_string(static_cast<int>(t)));
+}
+
+constexpr DType dtype_at[dtype_count] = {DType::f32, DType::f16, DType::bf16};
+
+// ---- runtime values -> template parameters: the only dispatch -----------------------------------
+
+template <Act A, Pairing P, Numerics N>
+KernelPair kernels_for() {
+  return {&detail::rope_kernel<A, P, N, detail::vector_width<A>>, &detail::rope_kernel<A, P, N, 1>};
+}
+
+template <Act A, Pairing P>
+KernelPair dispatch_numerics(Numerics n) {
+  switch (n) {
+    case Numerics::hf_compatible: return kernels_for<A, P, Numerics::hf_compatible>();
+    case Numerics::hf_fp32_apply: return kernels_for<A, P, Numerics::hf_fp32_apply>();
+    case Numerics::accurate: return kernels_for<A, P, Numerics::accurate>();
+  }
+  throw Error(ErrorKind::unsupported,
+              "GPU engine: unsupported numerics value " + std::to_string(static_cast<int>(n)));
+}
+
+template <Act A>
+KernelPair dispatch_pairing(Pairing p, Numerics n) {
+  switch (p) {
+    case Pairing::half_split: return dispatch_numerics<A, Pairing::half_split>(n);
+    case Pairing::interleaved: return dispatch_numerics<A, Pairing::interleaved>(n);
+    case Pairing::interleaved_to_half: return dispatch_numerics<A, Pairing::interleaved_to_half>(n);
+  }
+  throw Error(ErrorKind::unsupported,
+              "GPU engine: unsupported pairing value " + std::to_string(static_cast<int>(p)));
+}
+
+KernelPair dispatch_kernels(DType t, Pairing p, Numerics n) {
+  switch (t) {
+    case DType::f32: return dispatch_pairing<Act::f32>(p, n);
+    case DType::f16: return dispatch_pairing<Act::f16>(p, n);
+    case DType::bf16: return dispatch_pairing<Act::bf16>(p, n);
+  }
+  throw Error(ErrorKind::unsupported,
+              "GPU engine: unsupported dtype value " + std::to_string(static_cast<int>(t)));
+}
+
+// ---- launch shape -------------------------------------------------------------------------------
+
+struct LaunchShape {
+  dim3 grid;
+  dim3 block;
+  std::int64_t rows = 0;
+  int heads_per_row = 1;
+  int head_groups = 1;
+};
+
+/// Chooses the launch from the problem size and the device:
+///  - a row (token, head group) is `lanes` threads; blocks hold ~256 threads (rows_per_block rows);
+///  - heads_per_row h: as many heads as possible share one cos/sin computation, capped at
+///    max_heads_per_row, but small enough that there are >= min_waves waves of resident blocks.
+///    Large T: several heads per thread. Small T (decode): h = 1, the heads are spread across
+///    blocks so the GPU fills;
+///  - the grid covers every row tile (the kernel grid-strides beyond 2^31-1 tiles).
+LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int sm_count,
+                         int resident_threads_per_sm) {
+  LaunchShape s;
+  const int rows_per_block = std::max(1, target_block_threads / lanes);
+  const int block_threads = rows_per_block * lanes;
+  const std::int64_t blocks_per_sm = std::max(1, resident_threads_per_sm / block_threads);
+  const std::int64_t resident_rows = std::int64_t{sm_count} * blocks_per_sm * rows_per_block;
+  const std::int64_t work = tokens * total_heads;  // (token, head) items; fits: validated sizes
+  const std::int64_t wanted = std::max<std::int64_t>(1, resident_rows * min_waves);
+  std::int64_t h = work / wanted;
+  h = std::clamp<std::int64_t>(h, 1, std::min(max_heads_per_row, total_heads));
+  s.head_groups = static_cast<int>((total_heads + h - 1) / h);
+  s.heads_per_row = (total_heads + s.head_groups - 1) / s.head_groups;  // balance the groups
+  s.rows = tokens * s.head_groups;
+  const std::int64_t tiles = (s.rows + rows_per_block - 1) / rows_per_block;
+  s.grid = dim3(static_cast<unsigned>(std::min<std::int64_t>(tiles, INT_MAX)), 1, 1);
+  s.block = dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(rows_per_block), 1);
+  return s;
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
+
+/// `in_place` comes from validation: the source is absent or exactly the destination view.
+KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bool in_place,
+                           bool partial) {
+  KernelTensor t;
+  t.dst = dst.data;
+  t.dst_token_stride = dst.token_stride;
+  t.dst_head_stride = dst.head_stride;
+  if (!in_place) {
+    t.src = src.data;
+    t.src_token_stride = src.token_stride;
+    t.src_head_stride = src.head_stride;
+    t.copy_pass_through = partial ? 1 : 0;
+  } else {
+    t.src = dst.data;
+    t.src_token_stride = dst.token_stride;
+    t.src_head_stride = dst.head_stride;
+  }
+  return t;
+}
+
+/// True when every access of the vectorized instantiation (V elements, 16 bytes) is aligned.
+bool vector_path_ok(const KernelTensor& t, std::int64_t v) {
+  return aligned16(t.dst) && aligned16(t.src) && t.dst_token_stride % v == 0 &&
+         t.dst_head_stride % v == 0 && t.src_token_stride % v == 0 && t.src_head_stride % v == 0;
+}
+
+/// Makes `ordinal` current for the scope (kernels must be launched with the stream's device current).
+class CurrentDevice {
+ public:
+  explicit CurrentDevice(int ordinal) : ordinal_(ordinal) {
+    POSENC_GPU_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != ordinal_) POSENC_GPU_CHECK(cudaSetDevice(ordinal_));
+  }
+  ~CurrentDevice() {
+    if (previous_ != ordinal_ && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
+  }
+  CurrentDevice(const CurrentDevice&) = delete;
+  CurrentDevice& operator=(const CurrentDevice&) = delete;
+
+ private:
+  int ordinal_;
+  int previous_ = -1;
+};
+
+}  // namespace
+
+struct GpuEngine::State {
+  RopeSpec spec;
+  FrequencyTable table;
+  Device device;
+  DeviceBuffer tables;   ///< float32: init/short table [half], then the long table (longrope)
+  DeviceBuffer scratch;  ///< fault words at 0, selection slots at slots_offset
+  KernelPair kernels[dtype_count];
+  int resident_threads[dtype_count][2] = {};  ///< per SM, at target_block_threads; [vectorized, generic]
+  RopeKernelParams base;                      ///< spec-derived fields, filled once
+  SelectParams select;                        ///< spec-derived fields, filled once
+  bool call_dependent = false;
+  mutable std::atomic<std::uint32_t> next_slot{0};
+
+  unsigned long long* fault() const { return static_cast<unsigned long long*>(scratch.data()); }
+  float* slot(std::uint32_t i) const {
+    return reinterpret_cast<float*>(static_cast<char*>(scratch.data()) + slots_offset) +
+           static_cast<std::int64_t>(i) * base.half;
+  }
+};
+
+GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::make_unique<State>()) {
+  spec.validate();
+  State& s = *state_;
+  s.spec = spec;
+  s.device = device;
+  s.table = compute_frequencies(spec);
+  const std::int64_t rotary = spec.rotary();
+  const std::int64_t half = rotary / 2;
+  if (static_cast<std::int64_t>(s.table.inv_freq.size()) != half) {
+    throw Error(ErrorKind::invalid_argument,
+                "GPU engine: frequency table has " + std::to_string(s.table.inv_freq.size()) +
+                    " entries, rotary_dim " + std::to_string(rotary) + " needs " +
+                    std::to_string(half));
+  }
+
+  std::vector<float> host_tables = s.table.inv_freq;
+  s.call_dependent = spec.scaling == Scaling::longrope || spec.scaling == Scaling::dynamic;
+  if (spec.scaling == Scaling::longrope) {
+    const std::int64_t omp = spec.params.original_max_position_embeddings;
+    const FrequencyTable long_table = compute_frequencies(spec, omp + 1);
+    host_tables.insert(host_tables.end(), long_table.inv_freq.begin(), long_table.inv_freq.end());
+  }
+
+  CurrentDevice current(device.ordinal());
+  s.tables = DeviceBuffer(device, static_cast<std::int64_t>(host_tables.size() * sizeof(float)));
+  const std::int64_t scratch_bytes =
+      s.call_dependent ? slots_offset + selection_slots * half * std::int64_t{sizeof(float)}
+                       : std::int64_t{detail::fault_words * sizeof(unsigned long long)};
+  s.scratch = DeviceBuffer(device, scratch_bytes);
+  {
+    Stream setup(device);
+    s.tables.upload(host_tables.data(), s.tables.size_bytes(), setup.ref());
+    s.scratch.fill_bytes(0xff, setup.ref());  // fault words = fault_clear
+    setup.synchronize();
+  }
+
+  // Spec-derived kernel arguments, packed once.
+  RopeKernelParams& b = s.base;
+  b.inv_freq = static_cast<const float*>(s.tables.data());
+  b.fault = s.fault();
+  b.position_limit = spec.position_limit;
+  // As the CPU reference: the spec's override or the scheme's factor; float32 for the hf modes.
+  const double attention_factor = posenc::detail::effective_attention_factor(spec, s.table);
+  b.attention_factor = attention_factor;
+  b.attention_factor_f32 = static_cast<float>(attention_factor);
+  b.half = static_cast<std::int32_t>(half);
+  b.rotary_dim = static_cast<std::int32_t>(rotary);
+  b.rotary_offset = static_cast<std::int32_t>(spec.rotary_offset);
+
+  if (s.call_dependent) {
+    SelectParams& sp = s.select;
+    sp.half = static_cast<std::int32_t>(half);
+    sp.rotary_dim = static_cast<std::int32_t>(rotary);
+    sp.init_table = static_cast<const float*>(s.tables.data());
+    if (spec.scaling == Scaling::longrope) {
+      sp.mode = detail::SelectMode::longrope;
+      sp.threshold = spec.params.original_max_position_embeddings;
+      sp.long_table = sp.init_table + half;
+    } else {
+      sp.mode = detail::SelectMode::dynamic;
+      sp.threshold = spec.params.max_position_embeddings;
+      sp.base = static_cast<float>(spec.theta);
+      sp.factor = static_cast<float>(spec.params.factor);
+      sp.max_positions = static_cast<float>(spec.params.max_position_embeddings);
+      sp.factor_minus_one = static_cast<float>(spec.params.factor - 1.0);
+      sp.exponent = static_cast<double>(rotary) / static_cast<double>(rotary - 2);
+    }
+  }
+
+  // Kernels of this spec's pairing and numerics, and their occupancy (also loads them now rather
+  // than at the first apply).
+  for (int i = 0; i < dtype_count; ++i) {
+    s.kernels[i] = dispatch_kernels(dtype_at[i], spec.pairing, spec.numerics);
+    const RopeKernel ks[2] = {s.kernels[i].vectorized, s.kernels[i].generic};
+    for (int j = 0; j < 2; ++j) {
+      int blocks = 0;
+      POSENC_GPU_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, ks[j], target_block_threads, 0));
+      s.resident_threads[i][j] = std::max(1, blocks) * target_block_threads;
+    }
+  }
+}
+
+GpuEngine::~GpuEngine() = default;
+GpuEngine::GpuEngine(GpuEngine&&) noexcept = default;
+GpuEngine& GpuEngine::operator=(GpuEngine&&) noexcept = default;
+
+const RopeSpec& GpuEngine::spec() const noexcept { return state_->spec; }
+const FrequencyTable& GpuEngine::frequencies() const noexcept { return state_->table; }
+const Device& GpuEngine::device() const noexcept { return state_->device; }
+
+void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::apply on a moved-from engine");
+  const State& s = *state_;
+  const posenc::detail::CallInfo info = posenc::detail::validate_call(s.spec, args, /*check_positions=*/false);
+  const std::int64_t tokens = info.tokens;
+
+  const std::int64_t q_heads = args.q.heads;
+  const std::int64_t k_heads = args.k.present() ? args.k.heads : 0;
+  if (q_heads + k_heads > INT_MAX) {
+    throw Error(ErrorKind::unsupported, "GPU engine: " + std::to_string(q_heads + k_heads) +
+                                            " heads exceed the kernel's limit of " +
+                                            std::to_string(INT_MAX));
+  }
+  const DType dtype = args.q.dtype;
+  const int di = dtype_index(dtype);
+  const std::int64_t head_dim = s.spec.head_dim;
+  const bool partial = s.base.rotary_dim < head_dim;
+
+  RopeKernelParams p = s.base;
+  p.q = kernel_tensor(args.q, args.q_src, info.q_in_place, partial);
+  if (k_heads > 0) p.k = kernel_tensor(args.k, args.k_src, info.k_in_place, partial);
+  p.positions = args.positions.data;
+  p.positions_i64 = args.positions.type == IndexType::i64 ? 1 : 0;
+  p.q_heads = static_cast<std::int32_t>(q_heads);
+  p.total_heads = static_cast<std::int32_t>(q_heads + k_heads);
+  const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
+
+  // The vectorized instantiation needs every V-element access 16-byte aligned.
+  const std::int64_t v = 16 / size_of(dtype);
+  const bool vectorized = s.spec.rotary_offset % v == 0 && p.half % v == 0 &&
+                          (!copies || head_dim % v == 0) && vector_path_ok(p.q, v) &&
+                          (k_heads == 0 || vector_path_ok(p.k, v));
+  const std::int64_t width = vectorized ? v : 1;
+  p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
+  const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
+
+  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, s.device.multiprocessor_count(),
+                                         s.resident_threads[di][vectorized ? 0 : 1]);
+  p.rows = shape.rows;
+  p.heads_per_row = shape.heads_per_row;
+  p.head_groups = shape.head_groups;
+
+  detail::LaunchRecord record;
+  record.op = rope_op;
+  record.tokens = tokens;
+  record.q_heads = q_heads;
+  record.k_heads = k_heads;
+  record.head_dim = head_dim;
+  record.rotary_dim = p.rotary_dim;
+  record.rotary_offset = p.rotary_offset;
+  record.dtype = dtype;
+  record.pairing = s.spec.pairing;
+  record.numerics = s.spec.numerics;
+  record.positions = args.positions.type;
+  record.in_place = info.q_in_place && info.k_in_place;
+  record.vectorized = vectorized;
+
+  const auto native = static_cast<cudaStream_t>(stream.native());
+  CurrentDevice current(s.device.ordinal());
+
+  if (s.call_dependent) {
+    SelectParams sp = s.select;
+    sp.positions = args.positions.data;
+    sp.tokens = tokens;
+    sp.positions_i64 = p.positions_i64;
+    sp.out = s.slot(s.next_slot.fetch_add(1, std::memory_order_relaxed) % selection_slots);
+    p.inv_freq = sp.out;
+    detail::LaunchRecord select_record = record;
+    select_record.op = select_op;
+    detail::record_launch(native, select_record);
+    detail::select_frequencies_kernel<<<1, detail::select_block_threads, 0, native>>>(sp);
+    POSENC_GPU_CHECK_LAUNCH(select_record);
+  }
+
+  detail::record_launch(native, record);
+  const RopeKernel kernel = vectorized ? s.kernels[di].vectorized : s.kernels[di].generic;
+  kernel<<<shape.grid, shape.block, 0, native>>>(p);
+  POSENC_GPU_CHECK_LAUNCH(record);
+}
+
+void GpuEngine::check(StreamRef stream) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::check on a moved-from engine");
+  const State& s = *state_;
+  stream.synchronize();  // an asynchronous fault is reported first, naming its launch
+
+  const auto native = static_cast<cudaStream_t>(stream.native());
+  CurrentDevice current(s.device.ordinal());
+  unsigned long long words[detail::fault_words] = {};
+  POSENC_GPU_CHECK(cudaMemcpyAsync(words, s.fault(), sizeof(words), cudaMemcpyDeviceToHost, native));
+  POSENC_GPU_CHECK(cudaStreamSynchronize(native));
+  if (words[0] == detail::fault_clear) return;
+  POSENC_GPU_CHECK(cudaMemsetAsync(s.fault(), 0xff, sizeof(words), native));
+  POSENC_GPU_CHECK(cudaStreamSynchronize(native));
+
+  const unsigned long long index = words[0];
+  std::string value = "(not recorded for token indices >= 2^32-1)";
+  if (index < 0xffffffffull && (words[1] >> 32) == index) {
+    const auto v = static_cast<std::int32_t>(static_cast<std::uint32_t>(words[1]) ^ 0x80000000u);
+    value = std::to_string(v);
+    if (v == INT32_MAX) value += " or more";
+    if (v == INT32_MIN) value += " or less";
+  }
+  throw Error(ErrorKind::out_of_range,
+              "GPU engine: position " + value + " of token " + std::to_string(index) +
+                  " is outside [0, " + std::to_string(s.spec.position_limit) +
+                  ") (the first such token since the last check; it was rotated by its angle)");
+}
+
+}  // namespace posenc::gpu

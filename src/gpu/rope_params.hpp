@@ -1,0 +1,84 @@
+// The argument blocks of the GPU RoPE kernels: plain data packed by rope_launch.cu, read by rope_kernels.cuh.
+#pragma once
+
+#include <cstdint>
+
+namespace posenc::gpu::detail {
+
+/// Largest block the launcher ever uses (one row of up to 1024 lanes in the generic path).
+inline constexpr int max_block_threads = 1024;
+
+/// Threads of the frequency-selection pre-pass (one block).
+inline constexpr int select_block_threads = 256;
+
+/// The two device words of an engine's position fault record. Both start at all-ones and only
+/// ever decrease (atomicMin), so concurrent writers need no ordering:
+///   [0] the smallest token index with an out-of-range position;
+///   [1] (min(index, 2^32-1) << 32) | biased int32 value, clamped: for the smallest index below
+///       2^32-1 it holds that token's position (saturated to the int32 range).
+inline constexpr int fault_words = 2;
+inline constexpr unsigned long long fault_clear = ~0ull;
+
+/// Q or K as the kernel sees it. `src == dst` in place. Strides are in elements.
+struct KernelTensor {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  std::int64_t dst_token_stride = 0;
+  std::int64_t dst_head_stride = 0;
+  std::int64_t src_token_stride = 0;
+  std::int64_t src_head_stride = 0;
+  /// 1 when out of place: pass-through lanes copy the dims outside the rotary window.
+  std::int32_t copy_pass_through = 0;
+};
+
+/// One rotation launch. The grid is a list of rows, row = (token, head group); a row is covered
+/// by `lanes` threads (threadIdx.x) and visits `heads_per_row` consecutive heads of the combined
+/// head list [Q heads..., K heads...], reusing its cos/sin for all of them.
+struct RopeKernelParams {
+  KernelTensor q;
+  KernelTensor k;
+  const void* positions = nullptr;
+  const float* inv_freq = nullptr;       ///< `half` entries
+  unsigned long long* fault = nullptr;   ///< fault_words entries
+  std::int64_t rows = 0;                 ///< tokens * head_groups
+  std::int64_t position_limit = 0;
+  double attention_factor = 1.0;         ///< accurate numerics (double, as the CPU reference)
+  float attention_factor_f32 = 1.0f;     ///< hf numerics (float32, as Hugging Face)
+  std::int32_t q_heads = 0;
+  std::int32_t total_heads = 0;          ///< q_heads + k_heads
+  std::int32_t heads_per_row = 1;
+  std::int32_t head_groups = 1;
+  std::int32_t rotary_lanes = 0;         ///< lanes rotating V pairs each
+  std::int32_t half = 0;                 ///< rotary_dim / 2
+  std::int32_t rotary_dim = 0;
+  std::int32_t rotary_offset = 0;
+  std::int32_t positions_i64 = 1;
+};
+
+/// Which call-dependent table the pre-pass builds.
+enum class SelectMode : std::int32_t { longrope = 1, dynamic = 2 };
+
+/// The frequency-selection pre-pass (Scaling::longrope and Scaling::dynamic): one block reduces the
+/// call's largest position and writes the table the rotation launch then reads.
+struct SelectParams {
+  const void* positions = nullptr;
+  std::int64_t tokens = 0;
+  std::int32_t positions_i64 = 1;
+  SelectMode mode = SelectMode::longrope;
+  std::int32_t half = 0;
+  std::int32_t rotary_dim = 0;
+  /// The call-dependent table is used when max(position) + 1 > threshold (longrope: the original
+  /// max position embeddings; dynamic: max_position_embeddings).
+  std::int64_t threshold = 0;
+  const float* init_table = nullptr;  ///< short (longrope) or default (dynamic) table
+  const float* long_table = nullptr;  ///< longrope only
+  float* out = nullptr;
+  // dynamic NTK, as float32 scalars the way Hugging Face's tensor arithmetic rounds them
+  float base = 0.0f;              ///< fl32(rope_theta)
+  float factor = 1.0f;            ///< fl32(factor)
+  float max_positions = 1.0f;     ///< fl32(max_position_embeddings)
+  float factor_minus_one = 0.0f;  ///< fl32(factor - 1)   (Python double subtraction, then rounded)
+  double exponent = 1.0;          ///< dim / (dim - 2), unrounded (torch's 0-dim `tensor ** scalar`)
+};
+
+}  // namespace posenc::gpu::detail

@@ -1,0 +1,78 @@
+// The one CUDA/HIP switch: includes the vendor runtime and maps the CUDA spellings used by posenc to HIP.
+//
+// Every other GPU file is written once, in CUDA spelling, and includes this header. Nothing else
+// in the tree may test for CUDA versus HIP. Add a mapping line here when a new runtime call is used.
+#pragma once
+
+#if defined(POSENC_WITH_HIP)
+
+#include <hip/hip_runtime.h>
+
+// Types and constants.
+#define cudaError_t hipError_t
+#define cudaSuccess hipSuccess
+#define cudaErrorMemoryAllocation hipErrorOutOfMemory
+#define cudaErrorNotReady hipErrorNotReady
+#define cudaStream_t hipStream_t
+#define cudaStreamNonBlocking hipStreamNonBlocking
+#define cudaDeviceProp hipDeviceProp_t
+#define cudaMemcpyHostToDevice hipMemcpyHostToDevice
+#define cudaMemcpyDeviceToHost hipMemcpyDeviceToHost
+#define cudaMemcpyDeviceToDevice hipMemcpyDeviceToDevice
+#define cudaStreamCaptureStatus hipStreamCaptureStatus
+#define cudaStreamCaptureStatusNone hipStreamCaptureStatusNone
+#define cudaStreamCaptureModeGlobal hipStreamCaptureModeGlobal
+#define cudaStreamCaptureModeThreadLocal hipStreamCaptureModeThreadLocal
+#define cudaGraph_t hipGraph_t
+#define cudaGraphExec_t hipGraphExec_t
+
+// Errors.
+#define cudaGetErrorString hipGetErrorString
+#define cudaGetErrorName hipGetErrorName
+#define cudaGetLastError hipGetLastError
+#define cudaPeekAtLastError hipPeekAtLastError
+
+// Devices.
+#define cudaGetDeviceCount hipGetDeviceCount
+#define cudaGetDevice hipGetDevice
+#define cudaSetDevice hipSetDevice
+#define cudaGetDeviceProperties hipGetDeviceProperties
+#define cudaDeviceSynchronize hipDeviceSynchronize
+#define cudaMemGetInfo hipMemGetInfo
+#define cudaOccupancyMaxActiveBlocksPerMultiprocessor hipOccupancyMaxActiveBlocksPerMultiprocessor
+
+// Streams and graphs.
+#define cudaStreamCreateWithFlags hipStreamCreateWithFlags
+#define cudaStreamDestroy hipStreamDestroy
+#define cudaStreamSynchronize hipStreamSynchronize
+#define cudaStreamQuery hipStreamQuery
+#define cudaStreamIsCapturing hipStreamIsCapturing
+#define cudaStreamBeginCapture hipStreamBeginCapture
+#define cudaStreamEndCapture hipStreamEndCapture
+#define cudaGraphInstantiate hipGraphInstantiateWithFlags
+#define cudaGraphLaunch hipGraphLaunch
+#define cudaGraphExecDestroy hipGraphExecDestroy
+#define cudaGraphDestroy hipGraphDestroy
+
+// Memory.
+#define cudaMalloc hipMalloc
+#define cudaFree hipFree
+#define cudaMemcpyAsync hipMemcpyAsync
+#define cudaMemsetAsync hipMemsetAsync
+
+namespace posenc::gpu {
+/// Name of the vendor runtime, for messages ("HIP error ...").
+inline constexpr const char* vendor_name = "HIP";
+inline constexpr const char* vendor_backend = "hip";
+}  // namespace posenc::gpu
+
+#else
+
+#include <cuda_runtime.h>
+
+namespace posenc::gpu {
+inline constexpr const char* vendor_name = "CUDA";
+inline constexpr const char* vendor_backend = "cuda";
+}  // namespace posenc::gpu
+
+#endif

@@ -1,0 +1,57 @@
+# CTest coverage of what users run: the .npy codec, the CLI end to end and on every shipped config,
+# and the installed CMake package (a find_package consumer). Included from tests/CMakeLists.txt.
+
+if(TARGET posenc_cli)
+  posenc_add_test(test_npy LABELS cpu SOURCES test_npy.cpp)
+  target_link_libraries(test_npy PRIVATE posenc_npy)
+
+  posenc_add_test(test_cli LABELS cpu SOURCES test_cli.cpp)
+  target_link_libraries(test_cli PRIVATE posenc_npy)
+  target_compile_definitions(test_cli PRIVATE POSENC_CLI_PATH="$<TARGET_FILE:posenc_cli>")
+  add_dependencies(test_cli posenc_cli)
+
+  # Smoke tests: `info` on the embedded default and on every configs/*.json, and the main job
+  # (`run`, verified against float64, non-zero exit on a bound violation) on the CPU in each dtype
+  # and on every config. The GPU run reports "Skipped" where no GPU can be used.
+  set(cli_cpu_tests cli.info.default)
+  add_test(NAME cli.info.default COMMAND posenc_cli info)
+  file(GLOB cli_configs CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/configs/*.json)
+  foreach(config IN LISTS cli_configs)
+    get_filename_component(name ${config} NAME_WLE)
+    add_test(NAME cli.info.${name} COMMAND posenc_cli info --config ${config})
+    add_test(NAME cli.run.${name} COMMAND posenc_cli run --config ${config} --tokens 256 --device cpu --repeats 3)
+    list(APPEND cli_cpu_tests cli.info.${name} cli.run.${name})
+  endforeach()
+  foreach(dtype IN ITEMS bf16 f16 f32)
+    add_test(NAME cli.run.cpu.${dtype} COMMAND posenc_cli run --tokens 256 --device cpu --dtype ${dtype} --repeats 3)
+    list(APPEND cli_cpu_tests cli.run.cpu.${dtype})
+  endforeach()
+  add_test(NAME cli.run.cpu.accurate
+    COMMAND posenc_cli run --tokens 256 --device cpu --dtype f32 --numerics accurate --repeats 3)
+  list(APPEND cli_cpu_tests cli.run.cpu.accurate)
+  set_tests_properties(${cli_cpu_tests} PROPERTIES LABELS cpu)
+
+  add_test(NAME cli.run.gpu COMMAND posenc_cli run --device gpu)
+  set_tests_properties(cli.run.gpu PROPERTIES LABELS gpu
+    SKIP_REGULAR_EXPRESSION "--device gpu: no GPU available")
+endif()
+
+if(POSENC_INSTALL)
+  set(consumer_args)
+  if(POSENC_WITH_CUDA)
+    # The package's find_dependency(CUDAToolkit) must find the toolkit this build used.
+    get_filename_component(cuda_root ${CUDAToolkit_BIN_DIR} DIRECTORY)
+    list(APPEND consumer_args -DCUDAToolkit_ROOT=${cuda_root})
+  endif()
+  add_test(NAME package.find_package_consumer
+    COMMAND ${CMAKE_COMMAND}
+      -D POSENC_BUILD_DIR=${PROJECT_BINARY_DIR}
+      -D CONSUMER_SOURCE_DIR=${CMAKE_CURRENT_SOURCE_DIR}/consumer
+      -D WORK_DIR=${CMAKE_CURRENT_BINARY_DIR}/consumer
+      -D GENERATOR=${CMAKE_GENERATOR}
+      -D CXX_COMPILER=${CMAKE_CXX_COMPILER}
+      -D CONFIG=$<CONFIG>
+      "-DCONSUMER_ARGS=${consumer_args}"
+      -P ${CMAKE_CURRENT_SOURCE_DIR}/consumer/run_consumer_test.cmake)
+  set_tests_properties(package.find_package_consumer PROPERTIES LABELS cpu TIMEOUT 900)
+endif()

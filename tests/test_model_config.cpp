@@ -1,0 +1,490 @@
+// config.json ingestion: every shipped config resolves as expected, 4.x and 5.x spellings agree, bad input is named.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "posenc/error.hpp"
+#include "posenc/model_config.hpp"
+#include "posenc/rope.hpp"
+
+namespace {
+
+using nlohmann::json;
+using posenc::ModelConfig;
+using posenc::Pairing;
+using posenc::RopeSpec;
+using posenc::Scaling;
+
+const std::string configs_dir = POSENC_CONFIGS_DIR;
+constexpr std::int64_t limit_2_24 = std::int64_t{1} << 24;
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// ---- expectations for every file in configs/ ---------------------------------------------------
+
+struct ExpectedSpec {
+  std::int64_t rotary;
+  Pairing pairing;
+  double theta;
+  Scaling scaling;
+  double factor = 1.0;
+  std::int64_t original_max = 0;
+  posenc::Numerics numerics = posenc::Numerics::hf_compatible;
+};
+
+struct ExpectedModel {
+  std::string model_type;
+  std::int64_t heads;
+  std::int64_t kv_heads;
+  std::int64_t head_dim;
+  std::int64_t max_pos;
+  std::map<std::string, ExpectedSpec> rope;
+};
+
+const std::map<std::string, ExpectedModel>& shipped() {
+  using enum Pairing;
+  static const std::map<std::string, ExpectedModel> table = {
+      // GLM-4-9B remote code: kv_channels 128, half of it rotates, adjacent pairs, 10000 * rope_ratio 500.
+      {"glm-4-9b-chat.json", {"chatglm", 32, 2, 128, 131072, {{"default", {64, interleaved, 5e6, Scaling::none}}}}},
+      {"glm-4-9b-chat-hf.json", {"glm", 32, 2, 128, 131072, {{"default", {64, interleaved, 5e6, Scaling::none}}}}},
+      {"glm-4-9b-0414.json", {"glm4", 32, 2, 128, 32768, {{"default", {64, interleaved, 1e4, Scaling::none}}}}},
+      {"glm-4.1v-9b.json", {"glm4v", 32, 2, 128, 65536, {{"default", {64, interleaved, 1e4, Scaling::none}}}}},
+      // GLM-4.5: partial 0.5 but rotate_half on the first 64 dims.
+      {"glm-4.5.json", {"glm4_moe", 96, 8, 128, 131072, {{"default", {64, half_split, 1e6, Scaling::none}}}}},
+      {"llama-3.1-8b.json",
+       {"llama", 32, 8, 128, 131072, {{"default", {128, half_split, 5e5, Scaling::llama3, 8.0, 8192}}}}},
+      {"qwen3-8b-yarn.json",
+       {"qwen3", 32, 8, 128, 40960, {{"default", {128, half_split, 1e6, Scaling::yarn, 4.0, 32768}}}}},
+      // Phi-3.5-mini: no factor, so 131072 / 4096; the top-level original_max_position_embeddings.
+      {"phi-3.5-mini.json",
+       {"phi3", 32, 32, 96, 131072, {{"default", {96, half_split, 1e4, Scaling::longrope, 32.0, 4096}}}}},
+      // DeepSeek-V3: the spec is the 64-dim rope part, rope_interleave (default true).
+      {"deepseek-v3.json",
+       {"deepseek_v3", 128, 128, 64, 163840,
+        {{"default", {64, interleaved_to_half, 1e4, Scaling::yarn, 40.0, 4096}}}}},
+      {"gpt-neox-20b.json", {"gpt_neox", 64, 64, 96, 2048, {{"default", {24, half_split, 1e4, Scaling::none}}}}},
+      {"gpt-oss-20b.json",
+       {"gpt_oss", 64, 8, 64, 131072, {{"default", {64, half_split, 1.5e5, Scaling::yarn, 32.0, 4096}}}}},
+      {"gpt-j-6b.json", {"gptj", 16, 16, 256, 2048, {{"default", {64, interleaved, 1e4, Scaling::none}}}}},
+      {"command-r.json",
+       {"cohere", 64, 64, 128, 8192,
+        {{"default", {128, interleaved, 8e6, Scaling::none, 1.0, 0, posenc::Numerics::hf_fp32_apply}}}}},
+      {"qwen2-vl-7b.json", {"qwen2_vl", 28, 4, 128, 32768, {{"default", {128, half_split, 1e6, Scaling::none}}}}},
+      // Gemma3 4B: text_config relies on class defaults (8 heads, 4 kv, head_dim 256).
+      {"gemma-3-4b.json",
+       {"gemma3", 8, 4, 256, 131072,
+        {{"full_attention", {256, half_split, 1e6, Scaling::linear, 8.0}},
+         {"sliding_attention", {256, half_split, 1e4, Scaling::none}}}}},
+  };
+  return table;
+}
+
+void expect_spec(const std::string& where, const RopeSpec& s, const ExpectedSpec& e, std::int64_t head_dim,
+                 std::int64_t max_pos) {
+  EXPECT_EQ(s.head_dim, head_dim) << where;
+  EXPECT_EQ(s.rotary(), e.rotary) << where;
+  EXPECT_EQ(s.rotary_offset, 0) << where;
+  EXPECT_EQ(s.pairing, e.pairing) << where << ": pairing " << posenc::to_string(s.pairing);
+  EXPECT_EQ(s.theta, e.theta) << where;
+  EXPECT_EQ(s.scaling, e.scaling) << where << ": scaling " << posenc::to_string(s.scaling);
+  EXPECT_EQ(s.numerics, e.numerics) << where;
+  if (e.scaling != Scaling::none) {
+    EXPECT_EQ(s.params.factor, e.factor) << where;
+  }
+  EXPECT_EQ(s.params.original_max_position_embeddings, e.original_max) << where;
+  EXPECT_EQ(s.position_limit, std::max(limit_2_24, max_pos)) << where;
+}
+
+TEST(ModelConfigShipped, EveryConfigResolvesAsExpected) {
+  std::set<std::string> seen;
+  for (const auto& entry : std::filesystem::directory_iterator(configs_dir)) {
+    if (entry.path().extension() != ".json") continue;
+    const std::string name = entry.path().filename().string();
+    seen.insert(name);
+    const auto it = shipped().find(name);
+    if (it == shipped().end()) {
+      ADD_FAILURE() << "configs/" << name << " has no expectations in test_model_config.cpp";
+      continue;
+    }
+    const ExpectedModel& e = it->second;
+    ModelConfig mc;
+    ASSERT_NO_THROW(mc = posenc::load_model_config(entry.path().string())) << name;
+    EXPECT_EQ(mc.source, entry.path().string());
+    EXPECT_EQ(mc.model_type, e.model_type) << name;
+    EXPECT_EQ(mc.num_attention_heads, e.heads) << name;
+    EXPECT_EQ(mc.num_key_value_heads, e.kv_heads) << name;
+    EXPECT_EQ(mc.head_dim, e.head_dim) << name;
+    EXPECT_EQ(mc.max_position_embeddings, e.max_pos) << name;
+    EXPECT_EQ(mc.rope.size(), e.rope.size()) << name;
+    for (const auto& [layer, spec] : e.rope) {
+      ASSERT_EQ(mc.rope.count(layer), 1u) << name << " lacks layer type " << layer;
+      expect_spec(name + " [" + layer + "]", mc.spec(layer), spec, e.head_dim, e.max_pos);
+    }
+  }
+  for (const auto& [name, e] : shipped()) EXPECT_TRUE(seen.contains(name)) << "configs/" << name << " is missing";
+}
+
+TEST(ModelConfigShipped, SchemeDetails) {
+  const RopeSpec phi = posenc::load_model_config(configs_dir + "/phi-3.5-mini.json").spec();
+  ASSERT_EQ(phi.params.short_factor.size(), 48u);
+  ASSERT_EQ(phi.params.long_factor.size(), 48u);
+  EXPECT_EQ(phi.params.short_factor[1], 1.0199999809265137);
+  EXPECT_EQ(phi.params.long_factor[47], 64.83999633789062);
+  EXPECT_NEAR(posenc::compute_frequencies(phi).attention_factor, std::sqrt(1 + std::log(32.0) / std::log(4096.0)),
+              1e-15);
+
+  const RopeSpec ds = posenc::load_model_config(configs_dir + "/deepseek-v3.json").spec();
+  EXPECT_EQ(ds.params.mscale, 1.0);
+  EXPECT_EQ(ds.params.mscale_all_dim, 1.0);
+  EXPECT_EQ(ds.params.beta_fast, 32.0);
+  EXPECT_EQ(ds.params.beta_slow, 1.0);
+  EXPECT_TRUE(ds.params.truncate);
+
+  const RopeSpec oss = posenc::load_model_config(configs_dir + "/gpt-oss-20b.json").spec();
+  EXPECT_FALSE(oss.params.truncate) << "gpt-oss sets truncate false";
+
+  const RopeSpec llama = posenc::load_model_config(configs_dir + "/llama-3.1-8b.json").spec();
+  EXPECT_EQ(llama.params.low_freq_factor, 1.0);
+  EXPECT_EQ(llama.params.high_freq_factor, 4.0);
+}
+
+TEST(ModelConfigShipped, DefaultConfigIsTheGlm4File) {
+  EXPECT_EQ(std::string(posenc::default_model_config_json()), read_file(configs_dir + "/glm-4-9b-chat.json"))
+      << "the embedded default must be configs/glm-4-9b-chat.json verbatim";
+  const ModelConfig mc = posenc::parse_model_config(posenc::default_model_config_json(), "<embedded:glm-4-9b-chat>");
+  EXPECT_EQ(mc.source, "<embedded:glm-4-9b-chat>");
+  EXPECT_EQ(mc.spec().theta, 5e6);
+  EXPECT_EQ(mc.spec().rotary(), 64);
+}
+
+TEST(ModelConfigShipped, LayerTypedModelsHaveNoDefaultSpec) {
+  const ModelConfig gemma = posenc::load_model_config(configs_dir + "/gemma-3-4b.json");
+  try {
+    (void)gemma.spec();
+    FAIL() << "gemma3 has no 'default' spec";
+  } catch (const posenc::Error& e) {
+    EXPECT_EQ(e.kind(), posenc::ErrorKind::config);
+    const std::string m = e.what();
+    EXPECT_NE(m.find("'default'"), std::string::npos) << m;
+    EXPECT_NE(m.find("full_attention, sliding_attention"), std::string::npos) << m;
+  }
+}
+
+// ---- 4.x and 5.x spellings ---------------------------------------------------------------------
+
+void expect_same_spec(const std::string& where, const RopeSpec& a, const RopeSpec& b) {
+  EXPECT_EQ(a.head_dim, b.head_dim) << where;
+  EXPECT_EQ(a.rotary(), b.rotary()) << where;
+  EXPECT_EQ(a.rotary_offset, b.rotary_offset) << where;
+  EXPECT_EQ(a.pairing, b.pairing) << where;
+  EXPECT_EQ(a.theta, b.theta) << where;
+  EXPECT_EQ(a.scaling, b.scaling) << where;
+  EXPECT_EQ(a.numerics, b.numerics) << where;
+  EXPECT_EQ(a.attention_factor, b.attention_factor) << where;
+  EXPECT_EQ(a.position_limit, b.position_limit) << where;
+  const posenc::ScalingParams& p = a.params;
+  const posenc::ScalingParams& q = b.params;
+  EXPECT_EQ(p.factor, q.factor) << where;
+  EXPECT_EQ(p.original_max_position_embeddings, q.original_max_position_embeddings) << where;
+  EXPECT_EQ(p.max_position_embeddings, q.max_position_embeddings) << where;
+  EXPECT_EQ(p.beta_fast, q.beta_fast) << where;
+  EXPECT_EQ(p.beta_slow, q.beta_slow) << where;
+  EXPECT_EQ(p.mscale, q.mscale) << where;
+  EXPECT_EQ(p.mscale_all_dim, q.mscale_all_dim) << where;
+  EXPECT_EQ(p.truncate, q.truncate) << where;
+  EXPECT_EQ(p.low_freq_factor, q.low_freq_factor) << where;
+  EXPECT_EQ(p.high_freq_factor, q.high_freq_factor) << where;
+  EXPECT_EQ(p.short_factor, q.short_factor) << where;
+  EXPECT_EQ(p.long_factor, q.long_factor) << where;
+}
+
+/// Rewrites a 4.x config as transformers 5.x saves it: one rope_parameters dict holding rope_type,
+/// rope_theta, partial_rotary_factor and (for llama3/yarn/longrope) original_max_position_embeddings.
+json to_v5(json cfg) {
+  json rp = cfg.contains("rope_scaling") && cfg["rope_scaling"].is_object() ? cfg["rope_scaling"] : json::object();
+  cfg.erase("rope_scaling");
+  const std::string type = rp.value("rope_type", rp.value("type", std::string("default")));
+  rp.erase("type");
+  rp["rope_type"] = type;
+  for (const char* theta_key : {"rope_theta", "rotary_emb_base"}) {
+    if (cfg.contains(theta_key)) {
+      rp["rope_theta"] = cfg[theta_key];
+      cfg.erase(theta_key);
+    }
+  }
+  for (const char* partial_key : {"partial_rotary_factor", "rotary_pct"}) {
+    if (cfg.contains(partial_key)) {
+      rp["partial_rotary_factor"] = cfg[partial_key];
+      cfg.erase(partial_key);
+    }
+  }
+  if (cfg.contains("original_max_position_embeddings") && (type == "llama3" || type == "yarn" || type == "longrope")) {
+    rp["original_max_position_embeddings"] = cfg["original_max_position_embeddings"];
+    cfg.erase("original_max_position_embeddings");
+  }
+  cfg["rope_parameters"] = rp;
+  return cfg;
+}
+
+TEST(ModelConfigSpellings, TransformersFiveMatchesFour) {
+  for (const char* name : {"llama-3.1-8b.json", "qwen3-8b-yarn.json", "phi-3.5-mini.json", "deepseek-v3.json",
+                           "gpt-neox-20b.json", "gpt-oss-20b.json", "glm-4-9b-chat-hf.json", "glm-4.5.json",
+                           "qwen2-vl-7b.json", "command-r.json"}) {
+    const std::string text = read_file(configs_dir + "/" + name);
+    const json v5 = to_v5(json::parse(text));
+    const ModelConfig a = posenc::parse_model_config(text, name);
+    const ModelConfig b = posenc::parse_model_config(v5.dump(), std::string(name) + " (5.x)");
+    expect_same_spec(name, a.spec(), b.spec());
+    EXPECT_EQ(a.head_dim, b.head_dim) << name;
+  }
+}
+
+TEST(ModelConfigSpellings, Gemma3KeyedParametersMatchLegacyKeys) {
+  const std::string legacy = R"({"model_type": "gemma3_text", "num_attention_heads": 8, "head_dim": 256,
+    "max_position_embeddings": 131072, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+    "rope_scaling": {"rope_type": "linear", "factor": 8.0}})";
+  const std::string keyed = R"({"model_type": "gemma3_text", "num_attention_heads": 8, "head_dim": 256,
+    "max_position_embeddings": 131072,
+    "layer_types": ["sliding_attention", "full_attention"],
+    "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                        "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}})";
+  const ModelConfig a = posenc::parse_model_config(legacy, "legacy");
+  const ModelConfig b = posenc::parse_model_config(keyed, "keyed");
+  for (const char* layer : {"full_attention", "sliding_attention"})
+    expect_same_spec(layer, a.spec(layer), b.spec(layer));
+  // Keyed without thetas: the per-layer-type defaults (global 1e6, local 1e4).
+  const ModelConfig c = posenc::parse_model_config(R"({"model_type": "gemma3_text",
+    "rope_parameters": {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "default"}}})");
+  EXPECT_EQ(c.spec("full_attention").theta, 1e6);
+  EXPECT_EQ(c.spec("sliding_attention").theta, 1e4);
+}
+
+TEST(ModelConfigSpellings, LegacyAliases) {
+  const auto spec_of = [](const std::string& text) { return posenc::parse_model_config(text).spec(); };
+  const std::string base = R"("model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, )"
+                           R"("max_position_embeddings": 4096, )";
+  expect_same_spec("type vs rope_type", spec_of("{" + base + R"("rope_scaling": {"type": "linear", "factor": 4}})"),
+                   spec_of("{" + base + R"("rope_scaling": {"rope_type": "linear", "factor": 4.0}})"));
+  expect_same_spec("both, agreeing", spec_of("{" + base + R"("rope_scaling": {"type": "dynamic", "rope_type": "dynamic", "factor": 2}})"),
+                   spec_of("{" + base + R"("rope_scaling": {"rope_type": "dynamic", "factor": 2}})"));
+  // Qwen2-VL "mrope" is the default scheme; Phi-3's pre-release "su" is longrope.
+  EXPECT_EQ(spec_of("{" + base + R"("rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}})").scaling,
+            Scaling::none);
+  const std::string ones = "[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, "
+                           "1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]";
+  EXPECT_EQ(spec_of("{" + base + R"("rope_scaling": {"type": "su", "short_factor": )" + ones +
+                    R"(, "long_factor": )" + ones + "}}")
+                .scaling,
+            Scaling::longrope);
+}
+
+// ---- resolution rules --------------------------------------------------------------------------
+
+TEST(ModelConfigRules, DefaultThetaPerModel) {
+  const auto theta_of = [](const std::string& type) {
+    return posenc::parse_model_config(R"({"model_type": ")" + type +
+                                      R"(", "hidden_size": 1024, "num_attention_heads": 8})")
+        .spec()
+        .theta;
+  };
+  EXPECT_EQ(theta_of("llama"), 1e4);
+  EXPECT_EQ(theta_of("qwen2_vl"), 1e6);
+  EXPECT_EQ(theta_of("cohere"), 5e5);
+  EXPECT_EQ(theta_of("gpt_oss"), 1.5e5);
+  EXPECT_EQ(theta_of("mixtral"), 1e6);
+}
+
+TEST(ModelConfigRules, PartialFactorPrecedenceAndGlmDefault) {
+  const std::string base = R"("model_type": "llama", "head_dim": 128, "num_attention_heads": 8, )";
+  // transformers 5.17: the dict's partial_rotary_factor wins over the top-level one.
+  EXPECT_EQ(posenc::parse_model_config("{" + base + R"("partial_rotary_factor": 0.25,
+      "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}})")
+                .spec()
+                .rotary(),
+            64);
+  EXPECT_EQ(posenc::parse_model_config("{" + base + R"("partial_rotary_factor": 0.25})").spec().rotary(), 32);
+  // GLM family defaults to half the head.
+  EXPECT_EQ(posenc::parse_model_config(R"({"model_type": "glm4_moe", "head_dim": 128, "num_attention_heads": 8})")
+                .spec()
+                .rotary(),
+            64);
+  // Phi-3 style int(head_dim * factor): 96 * 0.75 = 72.
+  EXPECT_EQ(posenc::parse_model_config(R"({"model_type": "phi3", "hidden_size": 3072, "num_attention_heads": 32,
+      "partial_rotary_factor": 0.75})")
+                .spec()
+                .rotary(),
+            72);
+}
+
+TEST(ModelConfigRules, OriginalMaxPositionsSources) {
+  const std::string base = R"("model_type": "llama", "head_dim": 64, "num_attention_heads": 8, )"
+                           R"("max_position_embeddings": 65536, )";
+  const auto omp = [&](const std::string& rest) {
+    return posenc::parse_model_config("{" + base + rest + "}").spec().params.original_max_position_embeddings;
+  };
+  EXPECT_EQ(omp(R"("rope_scaling": {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 8192})"),
+            8192);
+  EXPECT_EQ(omp(R"("rope_scaling": {"rope_type": "yarn", "factor": 4})"), 65536) << "falls back to max positions";
+  EXPECT_EQ(omp(R"("original_max_position_embeddings": 4096,
+                  "rope_scaling": {"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 8192})"),
+            4096)
+      << "a top-level value (Phi-3 style) overrides the dict's";
+  // Missing yarn factor: max_position_embeddings / original_max.
+  const RopeSpec derived = posenc::parse_model_config(
+      "{" + base + R"("rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 4096}})").spec();
+  EXPECT_EQ(derived.params.factor, 16.0);
+}
+
+TEST(ModelConfigRules, RemoteCodeAndMlaDetails) {
+  // ChatGLM without multi-query attention and rope_ratio: all heads are kv heads, theta 10000.
+  const ModelConfig chatglm = posenc::parse_model_config(
+      R"({"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32, "seq_length": 8192})");
+  EXPECT_EQ(chatglm.num_key_value_heads, 32);
+  EXPECT_EQ(chatglm.head_dim, 128);
+  EXPECT_EQ(chatglm.spec().theta, 1e4);
+  EXPECT_EQ(chatglm.spec().rotary(), 64);
+  // DeepSeek-V3 with rope_interleave false keeps rotate_half.
+  const ModelConfig ds = posenc::parse_model_config(
+      R"({"model_type": "deepseek_v3", "num_attention_heads": 16, "qk_rope_head_dim": 64, "rope_interleave": false})");
+  EXPECT_EQ(ds.spec().pairing, Pairing::half_split);
+  EXPECT_EQ(ds.head_dim, 64);
+  // Positions up to 2^24, or further for models that declare more.
+  const ModelConfig big = posenc::parse_model_config(
+      R"({"model_type": "llama", "head_dim": 64, "num_attention_heads": 8, "max_position_embeddings": 33554432})");
+  EXPECT_EQ(big.spec().position_limit, std::int64_t{1} << 25);
+  // Qwen2-VL 5.x nests the language model in text_config.
+  const ModelConfig vl = posenc::parse_model_config(
+      R"({"model_type": "qwen2_vl", "text_config": {"model_type": "qwen2_vl_text", "hidden_size": 3584,
+          "num_attention_heads": 28, "num_key_value_heads": 4}})");
+  EXPECT_EQ(vl.model_type, "qwen2_vl");
+  EXPECT_EQ(vl.spec().theta, 1e6);
+  EXPECT_EQ(vl.num_key_value_heads, 4);
+}
+
+// ---- bad input ---------------------------------------------------------------------------------
+
+struct BadConfig {
+  const char* what;
+  std::string json_text;
+  posenc::ErrorKind kind;
+  std::vector<std::string> message_parts;  // the key and the value (and what was expected)
+};
+
+TEST(ModelConfigErrors, BadInputNamesKeyAndValue) {
+  const std::string llama = R"("model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, )"
+                            R"("max_position_embeddings": 4096)";
+  using K = posenc::ErrorKind;
+  const std::vector<BadConfig> cases = {
+      {"unknown rope_type", "{" + llama + R"(, "rope_scaling": {"rope_type": "ntk-by-parts", "factor": 2}})",
+       K::config, {"rope_scaling.rope_type", "\"ntk-by-parts\"", "unknown rope_type"}},
+      {"unknown key", "{" + llama + R"(, "rope_scaling": {"rope_type": "linear", "factor": 2, "fator": 3}})",
+       K::config, {"rope_scaling.fator", "= 3", "unknown key"}},
+      {"key of another scheme", "{" + llama + R"(, "rope_parameters": {"rope_type": "linear", "factor": 2, "beta_fast": 32}})",
+       K::config, {"rope_parameters.beta_fast", "= 32"}},
+      {"type contradicts rope_type", "{" + llama + R"(, "rope_scaling": {"type": "linear", "rope_type": "dynamic", "factor": 2}})",
+       K::config, {"rope_scaling.type", "\"linear\"", "\"dynamic\""}},
+      {"string theta", "{" + llama + R"(, "rope_theta": "10000"})", K::config,
+       {"'rope_theta'", "\"10000\"", "expected a number"}},
+      {"string factor", "{" + llama + R"(, "rope_scaling": {"rope_type": "linear", "factor": "4x"}})", K::config,
+       {"rope_scaling.factor", "\"4x\"", "expected a number"}},
+      {"bool factor", "{" + llama + R"(, "rope_scaling": {"rope_type": "linear", "factor": true}})", K::config,
+       {"rope_scaling.factor", "true", "expected a number"}},
+      {"fractional max positions", R"({"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32,
+        "max_position_embeddings": 4096.5})", K::config, {"max_position_embeddings", "4096.5", "integer"}},
+      {"odd rotary dim", R"({"model_type": "llama", "head_dim": 128, "num_attention_heads": 32,
+        "partial_rotary_factor": 0.4})", K::config, {"partial_rotary_factor", "0.4", "gives 51 rotary dims"}},
+      {"partial factor above one", R"({"model_type": "llama", "head_dim": 128, "num_attention_heads": 32,
+        "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 1.5}})", K::config,
+       {"rope_parameters.partial_rotary_factor", "1.5", "(0, 1]"}},
+      {"missing llama3 key", "{" + llama + R"(, "rope_scaling": {"rope_type": "llama3", "factor": 8, "high_freq_factor": 4}})",
+       K::config, {"rope_scaling.low_freq_factor", "missing"}},
+      {"missing heads", R"({"model_type": "llama", "hidden_size": 4096})", K::config,
+       {"num_attention_heads", "missing"}},
+      {"indivisible hidden", R"({"model_type": "llama", "hidden_size": 4000, "num_attention_heads": 48})",
+       K::config, {"hidden_size", "4000", "48"}},
+      {"kv heads not dividing", "{" + llama + R"(, "num_key_value_heads": 5})", K::config,
+       {"num_key_value_heads", "= 5", "divide"}},
+      {"negative head_dim", R"({"model_type": "llama", "head_dim": -64, "num_attention_heads": 8})", K::config,
+       {"head_dim", "-64", "> 0"}},
+      {"dynamic without max positions", R"({"model_type": "llama", "head_dim": 64, "num_attention_heads": 8,
+        "rope_scaling": {"type": "dynamic", "factor": 2}})", K::config, {"max_position_embeddings", "missing"}},
+      {"scaling and parameters differ", "{" + llama + R"(, "rope_scaling": {"rope_type": "linear", "factor": 2},
+        "rope_parameters": {"rope_type": "linear", "factor": 4}})", K::config, {"rope_parameters", "\"factor\":4"}},
+      {"theta spellings differ", R"({"model_type": "gpt_neox", "hidden_size": 1024, "num_attention_heads": 8,
+        "rope_theta": 10000, "rotary_emb_base": 20000})", K::config, {"rotary_emb_base", "20000", "rope_theta"}},
+      {"longrope factor count", "{" + llama + R"(, "rope_scaling": {"type": "longrope", "short_factor": [1, 1, 1],
+        "long_factor": [1, 1, 1]}})", K::config, {"params.short_factor.size() = 3", "rotary_dim / 2 = 64"}},
+      {"factor list entry", "{" + llama + R"(, "rope_scaling": {"type": "longrope", "short_factor": [1, "x"],
+        "long_factor": [1]}})", K::config, {"rope_scaling.short_factor[1]", "\"x\""}},
+      {"negative factor", "{" + llama + R"(, "rope_scaling": {"rope_type": "linear", "factor": -2}})", K::config,
+       {"params.factor = -2"}},
+      {"layer type not in layer_types", "{" + llama + R"(, "layer_types": ["full_attention"],
+        "rope_parameters": {"full_attention": {}, "chunked_attention": {}}})", K::config,
+       {"rope_parameters.chunked_attention", "layer_types"}},
+      {"keyed mixed with flat", "{" + llama + R"(, "rope_parameters": {"rope_type": "default",
+        "full_attention": {"rope_type": "default"}}})", K::config, {"rope_parameters.full_attention", "mixed"}},
+      {"group count missing", R"({"model_type": "chatglm", "kv_channels": 128, "num_attention_heads": 32,
+        "multi_query_attention": true})", K::config, {"multi_query_group_num", "missing"}},
+      {"rope_ratio string", R"({"model_type": "chatglm", "kv_channels": 128, "num_attention_heads": 32,
+        "rope_ratio": "500"})", K::config, {"rope_ratio", "\"500\""}},
+      {"mla without rope head", R"({"model_type": "deepseek_v3", "num_attention_heads": 16})", K::config,
+       {"qk_rope_head_dim", "missing"}},
+      {"2D RoPE", R"({"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32,
+        "position_encoding_2d": true})", K::unsupported, {"position_encoding_2d", "true"}},
+      {"proportional", "{" + llama + R"(, "rope_parameters": {"rope_type": "proportional"}})", K::unsupported,
+       {"rope_parameters.rope_type", "\"proportional\""}},
+      {"not JSON", R"({"model_type": "llama",)", K::config, {"not valid JSON"}},
+      {"not an object", "[1, 2]", K::config, {"top level", "[1,2]"}},
+      {"rope dict not an object", "{" + llama + R"(, "rope_scaling": "linear"})", K::config,
+       {"rope_scaling", "\"linear\"", "object"}},
+  };
+  for (const BadConfig& c : cases) {
+    try {
+      (void)posenc::parse_model_config(c.json_text, "bad.json");
+      ADD_FAILURE() << c.what << ": accepted";
+    } catch (const posenc::Error& e) {
+      EXPECT_EQ(e.kind(), c.kind) << c.what << ": " << e.what();
+      const std::string m = e.what();
+      EXPECT_NE(m.find("bad.json"), std::string::npos) << c.what << ": message lacks the source: " << m;
+      for (const std::string& part : c.message_parts)
+        EXPECT_NE(m.find(part), std::string::npos) << c.what << ": message \"" << m << "\" lacks \"" << part << "\"";
+    }
+  }
+}
+
+TEST(ModelConfigErrors, UnreadableFilesAreIoErrors) {
+  for (const std::string& path : {configs_dir + "/no-such-model.json", configs_dir}) {
+    try {
+      (void)posenc::load_model_config(path);
+      ADD_FAILURE() << path << ": accepted";
+    } catch (const posenc::Error& e) {
+      EXPECT_EQ(e.kind(), posenc::ErrorKind::io) << e.what();
+      EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
+    }
+  }
+  const ModelConfig mc = posenc::load_model_config(configs_dir + "/llama-3.1-8b.json");
+  try {
+    (void)mc.spec("sliding_attention");
+    ADD_FAILURE() << "unknown layer type accepted";
+  } catch (const posenc::Error& e) {
+    EXPECT_EQ(e.kind(), posenc::ErrorKind::config);
+    EXPECT_NE(std::string(e.what()).find("'sliding_attention'"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("default"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace

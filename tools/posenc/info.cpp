@@ -1,0 +1,65 @@
+// `posenc info`: resolve a model's config.json and print its RoPE spec, shapes and frequency table.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <string>
+
+#include "command.hpp"
+#include "options.hpp"
+
+namespace posenc::cli {
+namespace {
+
+void print_spec(const std::string& layer_type, const RopeSpec& spec) {
+  std::printf("\nlayer type %s\n", layer_type.c_str());
+  std::printf("%s", spec.describe().c_str());
+  if (!spec.describe().empty() && spec.describe().back() != '\n') std::printf("\n");
+
+  const FrequencyTable table = compute_frequencies(spec);
+  std::printf("attention factor  %.9g (scheme)", table.attention_factor);
+  if (spec.attention_factor) std::printf(", %.9g (config override, used)", *spec.attention_factor);
+  std::printf("\n");
+  const bool per_call = spec.scaling == Scaling::dynamic || spec.scaling == Scaling::longrope;
+  std::printf("inv_freq  %zu float32 values%s\n", table.inv_freq.size(),
+              per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)"
+                       : "");
+  std::printf("  %5s  %-16s  %s\n", "i", "hex", "decimal");
+  for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
+    const double value = table.inv_freq[i];
+    std::printf("  %5zu  %-16a  %.9g\n", i, value, value);
+  }
+}
+
+int info(const ModelOptions& options) {
+  const ModelConfig config = load_config_or_default(options.config);
+  std::printf("config   %s\n", config.source.c_str());
+  std::printf("model    %s\n", config.model_type.c_str());
+  std::printf("heads    %lld query, %lld key/value, head_dim %lld\n",
+              static_cast<long long>(config.num_attention_heads),
+              static_cast<long long>(config.num_key_value_heads), static_cast<long long>(config.head_dim));
+  std::printf("context  max_position_embeddings %lld\n",
+              static_cast<long long>(config.max_position_embeddings));
+
+  if (!options.layer_type.empty()) {
+    const ResolvedModel model = select_spec(config, options);  // names the known types if absent
+    print_spec(model.layer_type, model.spec);
+    return exit_ok;
+  }
+  for (const auto& [layer_type, spec] : config.rope) print_spec(layer_type, spec);
+  return exit_ok;
+}
+
+Runner setup(CLI::App& app) {
+  auto options = std::make_shared<ModelOptions>();
+  add_model_options(app, *options, /*config_required=*/false, /*with_numerics=*/false);
+  return [options] { return info(*options); };
+}
+
+[[maybe_unused]] const bool registered = register_command(
+    {"info",
+     "Resolve a model's config.json (default: embedded GLM-4-9B-chat) and print its RoPE spec, head "
+     "counts, inv_freq table (hex and decimal) and attention factor, for every layer type or --layer-type.",
+     setup});
+
+}  // namespace
+}  // namespace posenc::cli

@@ -1,0 +1,56 @@
+// Options shared by several subcommands (model config, layer type, dtype, numerics), parsed one way everywhere.
+#pragma once
+
+#include <string>
+
+#include "posenc/dtype.hpp"
+#include "posenc/model_config.hpp"
+#include "posenc/rope.hpp"
+
+namespace CLI {
+class App;
+}
+
+namespace posenc::cli {
+
+/// --config, --layer-type and (optionally) --numerics, as the user typed them.
+struct ModelOptions {
+  std::string config;      ///< path of a config.json; empty = the embedded default model
+  std::string layer_type;  ///< empty = "default", or the only layer type the config has
+  std::string numerics;    ///< empty = the numerics the config resolves to
+};
+
+/// Adds --config, --layer-type and, when `with_numerics`, --numerics to `app`.
+void add_model_options(CLI::App& app, ModelOptions& options, bool config_required, bool with_numerics);
+
+/// A model config with the chosen layer type's spec (numerics override applied).
+struct ResolvedModel {
+  ModelConfig config;
+  std::string layer_type;
+  RopeSpec spec;
+};
+
+/// Selects the spec of options.layer_type in `config` and applies --numerics. Every problem is a
+/// usage error (exit 2) that carries posenc::Error's kind and message.
+ResolvedModel select_spec(ModelConfig config, const ModelOptions& options);
+
+/// Loads the config (or the embedded default), then select_spec.
+ResolvedModel resolve_model(const ModelOptions& options);
+
+/// Loads a config.json, or the embedded default when `path` is empty; usage error on failure.
+ModelConfig load_config_or_default(const std::string& path);
+
+/// The accepted spellings of --dtype and --numerics (for CLI11 validators and help text).
+inline constexpr const char* dtype_help = "bf16 | f16 | f32 (also bfloat16, float16, half, float32, fp32)";
+inline constexpr const char* numerics_help = "hf_compatible | hf_fp32_apply | accurate";
+
+/// Parses a --dtype value; usage error naming the text otherwise.
+DType parse_dtype_option(const std::string& text);
+
+/// Parses a --numerics value; usage error naming the text otherwise.
+Numerics parse_numerics_option(const std::string& text);
+
+/// Label of an embedded config in messages.
+inline constexpr const char* embedded_config_label = "<embedded:glm-4-9b-chat>";
+
+}  // namespace posenc::cli
