@@ -454,6 +454,10 @@ int run(const Options& opt) {
       arena_bytes = std::max(arena_bytes, l.sets * l.set_stride);
       position_count = std::max(position_count, l.sets * t);
     }
+    if (pb::stop_requested != 0 || (opt.budget_s > 0 && seconds_since(t_begin) > opt.budget_s)) {
+      skipped += static_cast<int>(opt.threads.size() * std::size(pairings) * opt.tokens.size());
+      continue;  // not even the arena fill
+    }
     bool any = false;
     for (Pairing p : pairings)
       any = any || pb::matches_filter(std::string("main_") + posenc::to_string(p) + " " + posenc::to_string(dtype),

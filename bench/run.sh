@@ -47,8 +47,10 @@ step() {  # step NAME LIMIT WARN COMMAND...: runs COMMAND under a time limit and
   elif ((took > warn)); then
     warnings+=("$name took ${took} s, more than its ${warn} s allowance")
   fi
-  if ((rc != 0 && rc != 124 && rc != 130 && rc != 137)); then
-    warnings+=("$name exited with status $rc (2 = an output did not match apply_reference)")
+  if ((rc == 2)); then
+    warnings+=("$name: an output did not match apply_reference (exit 2): see the verified column")
+  elif ((rc != 0 && rc != 124 && rc != 130 && rc != 137)); then
+    warnings+=("$name exited with status $rc")
   fi
   return 0
 }

@@ -136,8 +136,6 @@ def measure_copy_floor(torch, reps=30):
     copy = lambda i: y.copy_(x)  # noqa: E731
     time_each(torch, 3, copy)
     us = statistics.median(time_each(torch, reps, copy))
-    del x, y
-    torch.cuda.empty_cache()
     return 2.0 * (n * 4) / (us * 1e3), 2 * n * 4
 
 
@@ -226,7 +224,6 @@ def run_case(torch, card, engine, variant, fn, tokens, l2_bytes, inv_freq, floor
         except Exception as e:  # a variant that cannot be captured still has its eager timing
             notes.append(f"graph: {type(e).__name__}: {str(e).splitlines()[0][:120]}")
     row["note"] = "; ".join(notes)
-    del sets
     return row
 
 
@@ -256,6 +253,7 @@ def main():
     print(f"torch {torch.__version__} on {card}, L2 {l2_bytes >> 20} MiB")
     torch.manual_seed(0)
     floor_gbps, floor_bytes = measure_copy_floor(torch)
+    torch.cuda.empty_cache()  # give the 2 GiB of the copy back before the sweep
     print(f"floor: torch copy_ of 1 GiB: {floor_gbps:.0f} GB/s")
 
     inv_freq = 1.0 / (10000.0 ** (torch.arange(0, HEAD_DIM, 2, dtype=torch.int64).to(

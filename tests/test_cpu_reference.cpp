@@ -28,8 +28,8 @@ using WorstErrors = std::map<std::string, std::pair<double, double>>;  // key ->
 /// Rotates random Q [T, 3, D] and K [T, 1, D] out of place with apply_reference and checks every
 /// element of both outputs against rotate64 within tolerance_ulps.
 ::testing::AssertionResult reference_matches_float64(const RopeSpec& spec, DType dtype,
-                                                     const std::vector<std::int64_t>& positions,
-                                                     std::uint64_t seed, WorstErrors* worst = nullptr) {
+                                                     const std::vector<std::int64_t>& positions, std::uint64_t seed,
+                                                     WorstErrors* worst = nullptr) {
   const auto tokens = static_cast<std::int64_t>(positions.size());
   HostTensor q_src(dtype, tokens, 3, spec.head_dim);
   HostTensor k_src(dtype, tokens, 1, spec.head_dim);
@@ -47,7 +47,8 @@ using WorstErrors = std::map<std::string, std::pair<double, double>>;  // key ->
   const double bound = tolerance_ulps(dtype, spec.numerics, af);
   const AngleModel model = angle_model_for(spec.numerics);
   const Geometry g = Geometry::of(spec);
-  for (const auto& [name, src, dst] : {std::tuple{"q", q_src.cview(), q.cview()}, std::tuple{"k", k_src.cview(), k.cview()}}) {
+  for (const auto& [name, src, dst] :
+       {std::tuple{"q", q_src.cview(), q.cview()}, std::tuple{"k", k_src.cview(), k.cview()}}) {
     const Expected64 expected = rotate64(g, table.inv_freq, af, model, src, pos.view());
     ErrorStats stats;
     ::testing::AssertionResult r = near64(expected, dst, dtype, bound, &stats);
@@ -102,16 +103,18 @@ TEST(ReferenceVsFloat64, EverySchemePairingNumericsDtype) {
   print_worst(worst);
 }
 
-// The head sizes of real models, a 16-of-128 rotary window (GPT-NeoX style rotary_pct), and
-// windows at an offset (GLM-4.5-like: rotary half at the end of the head).
+// The head sizes of real models, a 16-of-128 rotary window (GPT-NeoX style rotary_pct), windows
+// at an offset (GLM-4.5-like: rotary half at the end of the head), and odd offsets that leave a
+// single pass-through element at one end.
 TEST(ReferenceVsFloat64, HeadDimsAndWindows) {
   WorstErrors worst;
   std::uint64_t seed = 1000;
   struct Shape {
     std::int64_t head_dim, rotary, offset;
   };
-  for (const Shape s : {Shape{64, 0, 0}, Shape{80, 0, 0}, Shape{96, 0, 0}, Shape{128, 0, 0}, Shape{256, 0, 0},
-                        Shape{128, 16, 0}, Shape{128, 64, 64}, Shape{128, 32, 50}, Shape{80, 32, 0}}) {
+  for (const Shape s :
+       {Shape{64, 0, 0}, Shape{80, 0, 0}, Shape{96, 0, 0}, Shape{128, 0, 0}, Shape{256, 0, 0}, Shape{128, 16, 0},
+        Shape{128, 64, 64}, Shape{128, 32, 50}, Shape{80, 32, 0}, Shape{10, 4, 5}, Shape{34, 16, 1}}) {
     for (const Pairing pairing : all_pairings) {
       for (const Numerics numerics : all_numerics) {
         const RopeSpec spec = scheme_spec(Scaling::llama3, s.head_dim, s.rotary, s.offset, pairing, numerics);
@@ -269,7 +272,8 @@ TEST(Conversions, BranchFreeEqualPlainOnBoundarySample) {
   }
   for (std::uint32_t h = 0; h < 0x10000u; ++h) {
     const auto h16 = static_cast<std::uint16_t>(h);
-    ASSERT_EQ(plain::bits(detail::from_f16_bits(h16)), plain::bits(plain::from_f16(h16))) << std::hex << "from_f16_bits(0x" << h << ")";
+    ASSERT_EQ(plain::bits(detail::from_f16_bits(h16)), plain::bits(plain::from_f16(h16)))
+        << std::hex << "from_f16_bits(0x" << h << ")";
   }
   EXPECT_GT(checked, 4'000'000);
 }

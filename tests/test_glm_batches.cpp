@@ -24,7 +24,8 @@ void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> subs
     EXPECT_EQ(e.kind(), kind) << "message: " << e.what();
     const std::string msg = e.what();
     for (const char* s : substrings) {
-      EXPECT_NE(msg.find(s), std::string::npos) << "message \"" << msg << "\" lacks \"" << s << "\"";
+      EXPECT_NE(msg.find(s), std::string::npos)
+          << "message \"" << msg << "\" lacks \"" << s << "\"";
     }
   }
 }
@@ -38,7 +39,7 @@ constexpr TokenId t0 = 11, t1 = 12, t2 = 13, t3 = 14;
 
 // ---- HF attention-mask positions (§5.1, §6.3) -------------------------------------------------
 
-TEST(GlmBatches, LeftPaddedMaskWorkedExample) {
+TEST(glmBatches, LeftPaddedMaskWorkedExample) {
   const std::vector<std::uint8_t> mask = {0, 0, 1, 1, 1, /**/ 1, 1, 1, 1, 1};
   const BatchPositions v4 = positions_from_attention_mask(mask, 2, 5, hf_pad_fill_v4);
   EXPECT_EQ(stream(v4.positions, 0), (Ids{1, 1, 0, 1, 2, 0, 1, 2, 3, 4}));
@@ -51,29 +52,30 @@ TEST(GlmBatches, LeftPaddedMaskWorkedExample) {
   const BatchPositions d = next_positions_from_attention_mask(mask, 2, 5);
   EXPECT_EQ(d.length, 1);
   EXPECT_EQ(stream(d.positions, 0), (Ids{3, 5}));
-  EXPECT_EQ(stream(next_positions_from_attention_mask(mask, 2, 5, 2).positions, 0), (Ids{3, 4, 5, 6}));
+  EXPECT_EQ(stream(next_positions_from_attention_mask(mask, 2, 5, 2).positions, 0),
+            (Ids{3, 4, 5, 6}));
 }
 
-TEST(GlmBatches, RightAndInnerPaddingCountOnlyRealTokens) {
+TEST(glmBatches, RightAndInnerPaddingCountOnlyRealTokens) {
   const std::vector<std::uint8_t> mask = {1, 1, 0, 0, /**/ 1, 0, 1, 1};
   const BatchPositions p = positions_from_attention_mask(mask, 2, 4, 7);
   EXPECT_EQ(stream(p.positions, 0), (Ids{0, 1, 7, 7, 0, 7, 1, 2}));
   EXPECT_EQ(stream(next_positions_from_attention_mask(mask, 2, 4).positions, 0), (Ids{2, 3}));
 }
 
-TEST(GlmBatches, BadMasksAreClearErrors) {
+TEST(glmBatches, BadMasksAreClearErrors) {
   const std::vector<std::uint8_t> bad = {1, 1, 1, 1, 1, /**/ 1, 1, 1, 2, 1};
   expect_error([&] { positions_from_attention_mask(bad, 2, 5, 0); }, ErrorKind::invalid_argument,
                {"mask value 2", "[1, 3]", "not 0 or 1"});
   const std::vector<std::uint8_t> short_mask = {1, 1, 1};
-  expect_error([&] { positions_from_attention_mask(short_mask, 2, 5, 0); }, ErrorKind::invalid_argument,
-               {"3 entries", "batch 2", "length 5", "needs 10"});
+  expect_error([&] { positions_from_attention_mask(short_mask, 2, 5, 0); },
+               ErrorKind::invalid_argument, {"3 entries", "batch 2", "length 5", "needs 10"});
   const std::vector<std::uint8_t> ok = {1, 1};
-  expect_error([&] { next_positions_from_attention_mask(ok, 1, 2, 0); }, ErrorKind::invalid_argument,
-               {"new_tokens is 0"});
+  expect_error([&] { next_positions_from_attention_mask(ok, 1, 2, 0); },
+               ErrorKind::invalid_argument, {"new_tokens is 0"});
 }
 
-TEST(GlmBatches, ChatGlm2LeftPaddedArange) {
+TEST(glmBatches, ChatGlm2LeftPaddedArange) {
   const std::vector<std::int64_t> lengths = {3, 5, 1};
   const BatchPositions p = left_padded_arange(lengths);
   EXPECT_EQ(p.batch, 3);
@@ -83,14 +85,16 @@ TEST(GlmBatches, ChatGlm2LeftPaddedArange) {
   // The same positions as HF's cumsum rule with pad fill 0 on that mask.
   EXPECT_EQ(positions_from_attention_mask(p.valid, 3, 5, 0).positions, p.positions);
   const std::vector<std::int64_t> negative = {2, -1};
-  expect_error([&] { left_padded_arange(negative); }, ErrorKind::invalid_argument, {"length -1", "index 1"});
+  expect_error([&] { left_padded_arange(negative); }, ErrorKind::invalid_argument,
+               {"length -1", "index 1"});
 }
 
 // ---- ChatGLM-6B left-padded batch (§4.3 tokenizer _pad) ---------------------------------------
 
-TEST(GlmBatches, ChatGlm6bBatchPadsWithZerosAndKeepsTokenizerMask) {
+TEST(glmBatches, ChatGlm6bBatchPadsWithZerosAndKeepsTokenizerMask) {
   const GlmSpecialTokens sp;
-  const std::vector<std::vector<TokenId>> seqs = {{t0, t1, t2, sp.gmask, sp.sop}, {t0, sp.gmask, sp.sop}};
+  const std::vector<std::vector<TokenId>> seqs = {{t0, t1, t2, sp.gmask, sp.sop},
+                                                  {t0, sp.gmask, sp.sop}};
   const ChatGlm6bBatch b = chatglm6b_batch(seqs, sp);
   EXPECT_EQ(b.padded.batch, 2);
   EXPECT_EQ(b.padded.length, 5);
@@ -120,15 +124,16 @@ TEST(GlmBatches, ChatGlm6bBatchPadsWithZerosAndKeepsTokenizerMask) {
   }
 }
 
-TEST(GlmBatches, ChatGlm6bBatchNamesTheBadSequence) {
+TEST(glmBatches, ChatGlm6bBatchNamesTheBadSequence) {
   const GlmSpecialTokens sp;
   const std::vector<std::vector<TokenId>> seqs = {{t0, sp.gmask, sp.sop}, {t0, t1}};
-  expect_error([&] { chatglm6b_batch(seqs, sp); }, ErrorKind::invalid_argument, {"sequence 1", "no <sop>"});
+  expect_error([&] { chatglm6b_batch(seqs, sp); }, ErrorKind::invalid_argument,
+               {"sequence 1", "no <sop>"});
 }
 
 // ---- PositionTracker -------------------------------------------------------------------------
 
-TEST(GlmTracker, PlainPrefillChunksAndDecode) {
+TEST(glmTracker, PlainPrefillChunksAndDecode) {
   PositionTracker tr(1, 1024);
   tr.add_sequence(1);
   tr.add_sequence(2);
@@ -152,7 +157,7 @@ TEST(GlmTracker, PlainPrefillChunksAndDecode) {
   EXPECT_EQ(joined, one.step(all));
 }
 
-TEST(GlmTracker, ChatGlm6bPrefillAndDecodeMatchTheGenerationRule) {
+TEST(glmTracker, ChatGlm6bPrefillAndDecodeMatchTheGenerationRule) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> prompt = {t0, t1, t2, sp.gmask, sp.sop};
   const ChatGlm6bPositions p = chatglm6b_positions(prompt, sp);
@@ -173,7 +178,7 @@ TEST(GlmTracker, ChatGlm6bPrefillAndDecodeMatchTheGenerationRule) {
   EXPECT_EQ(tr2.step(one).values(), (Ids{p.next().position, p.next().block}));
 }
 
-TEST(GlmTracker, Glm130bAndMropeAndGlm4vRemoteStates) {
+TEST(glmTracker, Glm130bAndMropeAndGlm4vRemoteStates) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
   const std::vector<TokenId> seq = {t0, sp.mask, t2, sp.sop};
   const Glm130bPositions g = glm130b_positions(seq, sp);
@@ -188,7 +193,8 @@ TEST(GlmTracker, Glm130bAndMropeAndGlm4vRemoteStates) {
   VisionGrid img;
   img.h = 4;
   img.w = 4;
-  const std::vector<MropeSegment> segs = {MropeSegment::text(3), MropeSegment::vision(img), MropeSegment::text(2)};
+  const std::vector<MropeSegment> segs = {MropeSegment::text(3), MropeSegment::vision(img),
+                                          MropeSegment::text(2)};
   const MropePositions m = mrope_positions(segs, NextTextStart::spatial_extent);
   PositionTracker tr3(3, 2048);
   tr3.add_sequence(4, tracker_state(m));
@@ -199,13 +205,14 @@ TEST(GlmTracker, Glm130bAndMropeAndGlm4vRemoteStates) {
 
   // glm-4v-9b: decode continues at the original token count (10).
   const GlmSpecialTokens g4 = GlmSpecialTokens::glm4();
-  const std::vector<TokenId> toks = {t0, t1, t2, t3, t0, g4.begin_of_image, 0, g4.end_of_image, t1, t2};
+  const std::vector<TokenId> toks = {t0, t1, t2, t3, t0, g4.begin_of_image, 0, g4.end_of_image,
+                                     t1, t2};
   PositionTracker tr4(1, 2048);
   tr4.add_sequence(1, tracker_state(glm4v_remote_positions(toks, 4, g4)));
   EXPECT_EQ(stream(tr4.step(std::vector<StepEntry>{{1, 1}}), 0), (Ids{10}));
 }
 
-TEST(GlmTracker, BlankInfillingRepinsPerSpan) {
+TEST(glmTracker, BlankInfillingRepinsPerSpan) {
   // Context of 5 tokens with masks at 2 and 4: fill span at 2 (sop + 2 tokens), then span at 4.
   PositionTracker tr(2, 64);
   tr.add_sequence(3, SequenceState{5});
@@ -217,45 +224,68 @@ TEST(GlmTracker, BlankInfillingRepinsPerSpan) {
   EXPECT_EQ(second, blank_infilling_generation(4, 1, 2));
 }
 
-TEST(GlmTracker, LimitErrorsNameSequenceTokenValueAndChangeNothing) {
+TEST(glmTracker, LimitErrorsNameSequenceTokenValueAndChangeNothing) {
   PositionTracker tr(1, 4);
   tr.add_sequence(1, SequenceState{3});
   tr.add_sequence(2);
   const std::vector<StepEntry> too_far = {{2, 1}, {1, 2}};
-  expect_error([&] { tr.step(too_far); }, ErrorKind::out_of_range,
-               {"sequence 1", "entry 1", "token 1", "index 4", "position 4", "[0, 4)", "position_limit"});
+  expect_error(
+      [&] { tr.step(too_far); }, ErrorKind::out_of_range,
+      {"sequence 1", "entry 1", "token 1", "index 4", "position 4", "[0, 4)", "position_limit"});
   EXPECT_EQ(tr.state(1).length, 3);  // nothing committed, not even entry 0
   EXPECT_EQ(tr.state(2).length, 0);
   // The block stream is checked too (it is a rotation position in 2-D RoPE).
   PositionTracker tr2(2, 4);
   tr2.add_sequence(1, SequenceState{3, 0, 0, 0});  // pinned from 0: block = n + 1
-  expect_error([&] { tr2.step(std::vector<StepEntry>{{1, 1}}); }, ErrorKind::out_of_range,
-               {"block position 4"});
+  expect_error(
+      [&] {
+        tr2.step(std::vector<StepEntry>{{1, 1}});
+      },
+      ErrorKind::out_of_range, {"block position 4"});
   // A negative rope_delta that reaches below 0.
   PositionTracker tr3(3, 100);
   tr3.add_sequence(1, SequenceState{0, -1});
-  expect_error([&] { tr3.step(std::vector<StepEntry>{{1, 1}}); }, ErrorKind::out_of_range, {"position -1"});
+  expect_error(
+      [&] {
+        tr3.step(std::vector<StepEntry>{{1, 1}});
+      },
+      ErrorKind::out_of_range, {"position -1"});
 }
 
-TEST(GlmTracker, BadStepsAndSequencesAreClearErrors) {
+TEST(glmTracker, BadStepsAndSequencesAreClearErrors) {
   PositionTracker tr(1, 100);
   tr.add_sequence(7);
-  expect_error([&] { tr.add_sequence(7); }, ErrorKind::invalid_argument, {"sequence 7", "already tracked"});
-  expect_error([&] { tr.remove_sequence(8); }, ErrorKind::invalid_argument, {"sequence 8", "not tracked"});
-  expect_error([&] { tr.step(std::vector<StepEntry>{{8, 1}}); }, ErrorKind::invalid_argument,
-               {"entry 0", "sequence 8", "not tracked"});
-  expect_error([&] { tr.step(std::vector<StepEntry>{{7, 1}, {7, 1}}); }, ErrorKind::invalid_argument,
-               {"entry 1 repeats sequence 7"});
-  expect_error([&] { tr.step(std::vector<StepEntry>{{7, 0}}); }, ErrorKind::invalid_argument,
-               {"new_tokens 0"});
-  expect_error([&] { tr.add_sequence(9, SequenceState{-2}); }, ErrorKind::invalid_argument, {"length is -2"});
-  expect_error([&] { tr.add_sequence(9, SequenceState{0, 0, 0, 100}); }, ErrorKind::out_of_range,
-               {"pin_value 100", "[0, 100)"});
+  expect_error([&] { tr.add_sequence(7); }, ErrorKind::invalid_argument,
+               {"sequence 7", "already tracked"});
+  expect_error([&] { tr.remove_sequence(8); }, ErrorKind::invalid_argument,
+               {"sequence 8", "not tracked"});
+  expect_error(
+      [&] {
+        tr.step(std::vector<StepEntry>{{8, 1}});
+      },
+      ErrorKind::invalid_argument, {"entry 0", "sequence 8", "not tracked"});
+  expect_error(
+      [&] {
+        tr.step(std::vector<StepEntry>{{7, 1}, {7, 1}});
+      },
+      ErrorKind::invalid_argument, {"entry 1 repeats sequence 7"});
+  expect_error(
+      [&] {
+        tr.step(std::vector<StepEntry>{{7, 0}});
+      },
+      ErrorKind::invalid_argument, {"new_tokens 0"});
+  expect_error([&] { tr.add_sequence(9, SequenceState{-2}); }, ErrorKind::invalid_argument,
+               {"length is -2"});
+  expect_error(
+      [&] {
+        tr.add_sequence(9, SequenceState{0, 0, 0, 100});
+      },
+      ErrorKind::out_of_range, {"pin_value 100", "[0, 100)"});
   expect_error([] { PositionTracker(4, 10); }, ErrorKind::invalid_argument, {"streams is 4"});
   expect_error([] { PositionTracker(1, 0); }, ErrorKind::invalid_argument, {"position_limit is 0"});
 }
 
-TEST(GlmTracker, RemoveKeepsArraysDenseAndPeekDoesNotCommit) {
+TEST(glmTracker, RemoveKeepsArraysDenseAndPeekDoesNotCommit) {
   PositionTracker tr(1, 100);
   tr.add_sequence(10, SequenceState{1});
   tr.add_sequence(20, SequenceState{2});
@@ -273,7 +303,7 @@ TEST(GlmTracker, RemoveKeepsArraysDenseAndPeekDoesNotCommit) {
   EXPECT_EQ(stream(tr.step(s), 0), (Ids{3}));
 }
 
-TEST(GlmTracker, StepContractFromThePlainArrays) {
+TEST(glmTracker, StepContractFromThePlainArrays) {
   // What a device mirror does: only the five arrays and the step entries, the documented rule.
   PositionTracker tr(2, 1 << 20);
   tr.add_sequence(100, SequenceState{0});

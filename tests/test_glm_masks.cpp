@@ -25,7 +25,8 @@ void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> subs
     EXPECT_EQ(e.kind(), kind) << "message: " << e.what();
     const std::string msg = e.what();
     for (const char* s : substrings) {
-      EXPECT_NE(msg.find(s), std::string::npos) << "message \"" << msg << "\" lacks \"" << s << "\"";
+      EXPECT_NE(msg.find(s), std::string::npos)
+          << "message \"" << msg << "\" lacks \"" << s << "\"";
     }
   }
 }
@@ -99,15 +100,18 @@ struct Case {
 std::vector<Case> all_cases() {
   const std::vector<std::int64_t> globals = {3, 0};
   const auto is_global = [globals](std::int64_t x) {
-    for (std::int64_t g : globals) if (g == x) return true;
+    for (std::int64_t g : globals)
+      if (g == x) return true;
     return false;
   };
   return {
       {"causal", AttentionPattern::causal(), [](std::int64_t q, std::int64_t k) { return k <= q; }},
-      {"bidirectional", AttentionPattern::bidirectional(), [](std::int64_t, std::int64_t) { return true; }},
+      {"bidirectional", AttentionPattern::bidirectional(),
+       [](std::int64_t, std::int64_t) { return true; }},
       {"prefix_lm 3", AttentionPattern::prefix_lm(3),
        [](std::int64_t q, std::int64_t k) { return k < 3 || k <= q; }},
-      {"prefix_lm 0", AttentionPattern::prefix_lm(0), [](std::int64_t q, std::int64_t k) { return k <= q; }},
+      {"prefix_lm 0", AttentionPattern::prefix_lm(0),
+       [](std::int64_t q, std::int64_t k) { return k <= q; }},
       {"local_window 1", AttentionPattern::local_window(1),
        [](std::int64_t q, std::int64_t k) { return k == q; }},
       {"local_window 3", AttentionPattern::local_window(3),
@@ -116,21 +120,25 @@ std::vector<Case> all_cases() {
        [is_global](std::int64_t q, std::int64_t k) {
          return k <= q && (is_global(q) || is_global(k) || q - k < 2);
        }},
-      {"custom", AttentionPattern::custom([](std::int64_t q, std::int64_t k) { return k <= q && (q + k) % 3 != 0; }),
+      {"custom", AttentionPattern::custom([](std::int64_t q, std::int64_t k) {
+         return k <= q && (q + k) % 3 != 0;
+       }),
        [](std::int64_t q, std::int64_t k) { return k <= q && (q + k) % 3 != 0; }},
   };
 }
 
-TEST(GlmMasks, EveryPatternEveryElementSquareAndKvOffset) {
+TEST(glmMasks, EveryPatternEveryElementSquareAndKvOffset) {
   // Square calls, decode-like calls (q_len 1) and chunks with a KV offset; k_len >= 8 so every
   // prefix and global slot above is a key.
-  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {{8, 8}, {1, 8}, {3, 9}, {0, 8}, {9, 9}};
+  const std::vector<std::pair<std::int64_t, std::int64_t>> shapes = {
+      {8, 8}, {1, 8}, {3, 9}, {0, 8}, {9, 9}};
   for (const Case& c : all_cases()) {
-    for (const auto& [q_len, k_len] : shapes) check_single(c.name, c.pattern, c.oracle, q_len, k_len);
+    for (const auto& [q_len, k_len] : shapes)
+      check_single(c.name, c.pattern, c.oracle, q_len, k_len);
   }
 }
 
-TEST(GlmMasks, LocalWindowIsCausalUnlikeTheEarlierModule) {
+TEST(glmMasks, LocalWindowIsCausalUnlikeTheEarlierModule) {
   const DenseMask d = dense_mask(AttentionPattern::local_window(2), 6, 6);
   // Row 3 sees keys 2 and 3 only. The earlier module's |i - j| <= 2 also opened keys 1, 4, 5:
   // keys 4 and 5 are the future of a causal decoder.
@@ -144,7 +152,7 @@ TEST(GlmMasks, LocalWindowIsCausalUnlikeTheEarlierModule) {
   EXPECT_EQ(r.row(0, 0)[0], (KeyRange{0, 1}));
 }
 
-TEST(GlmMasks, GlobalLocalRangesListGlobalsThenTheWindow) {
+TEST(glmMasks, GlobalLocalRangesListGlobalsThenTheWindow) {
   const MaskRanges r = mask_ranges(AttentionPattern::global_local({0, 3}, 2), 8, 8);
   // Row 7 (not global): global keys 0 and 3, then the window [6, 8).
   const auto row7 = r.row(0, 7);
@@ -162,7 +170,7 @@ TEST(GlmMasks, GlobalLocalRangesListGlobalsThenTheWindow) {
   EXPECT_EQ(row4[1], (KeyRange{3, 5}));
 }
 
-TEST(GlmMasks, BatchWithPaddingAndPerSequencePatterns) {
+TEST(glmMasks, BatchWithPaddingAndPerSequencePatterns) {
   // Three rows of 6 slots, queries = the last 4 slots. Row 0: 2 left pads, prefix-LM over slots
   // [0, 5). Row 1: no padding, causal. Row 2: 2 right pads, bidirectional: its padding query rows
   // would see keys 0..3 if only keys were masked; padding masks the query rows too.
@@ -171,22 +179,28 @@ TEST(GlmMasks, BatchWithPaddingAndPerSequencePatterns) {
   g.q_len = 4;
   g.k_len = 6;
   g.valid = {0, 0, 1, 1, 1, 1, /**/ 1, 1, 1, 1, 1, 1, /**/ 1, 1, 1, 1, 0, 0};
-  const std::vector<AttentionPattern> patterns = {AttentionPattern::prefix_lm(5), AttentionPattern::causal(),
+  const std::vector<AttentionPattern> patterns = {AttentionPattern::prefix_lm(5),
+                                                  AttentionPattern::causal(),
                                                   AttentionPattern::bidirectional()};
-  const std::vector<Oracle> pattern_oracles = {[](std::int64_t q, std::int64_t k) { return k < 5 || k <= q; },
-                                               [](std::int64_t q, std::int64_t k) { return k <= q; },
-                                               [](std::int64_t, std::int64_t) { return true; }};
+  const std::vector<Oracle> pattern_oracles = {
+      [](std::int64_t q, std::int64_t k) { return k < 5 || k <= q; },
+      [](std::int64_t q, std::int64_t k) { return k <= q; },
+      [](std::int64_t, std::int64_t) { return true; }};
   const MaskRanges r = mask_ranges(patterns, g);
   const DenseMask d = dense_mask(patterns, g);
   expect_well_formed(r);
   const std::vector<float> e = expand(r);
   for (std::int64_t b = 0; b < 3; ++b) {
-    const auto valid = [&](std::int64_t slot) { return g.valid[static_cast<std::size_t>(b * 6 + slot)] == 1; };
+    const auto valid = [&](std::int64_t slot) {
+      return g.valid[static_cast<std::size_t>(b * 6 + slot)] == 1;
+    };
     for (std::int64_t row = 0; row < 4; ++row) {
       const std::int64_t q = 6 - 4 + row;
       for (std::int64_t k = 0; k < 6; ++k) {
-        const bool want = valid(q) && valid(k) && pattern_oracles[static_cast<std::size_t>(b)](q, k);
-        EXPECT_EQ(d.at(b, row, k), want ? 0.0f : -INFINITY) << "b " << b << " row " << row << " k " << k;
+        const bool want =
+            valid(q) && valid(k) && pattern_oracles[static_cast<std::size_t>(b)](q, k);
+        EXPECT_EQ(d.at(b, row, k), want ? 0.0f : -INFINITY)
+            << "b " << b << " row " << row << " k " << k;
         EXPECT_EQ(r.visible(b, row, k), want) << "b " << b << " row " << row << " k " << k;
         EXPECT_EQ(e[static_cast<std::size_t>((b * 4 + row) * 6 + k)], d.at(b, row, k));
       }
@@ -196,7 +210,7 @@ TEST(GlmMasks, BatchWithPaddingAndPerSequencePatterns) {
   EXPECT_TRUE(r.row(2, 3).empty());
 }
 
-TEST(GlmMasks, SharedPatternWithPaddingAndEmptyRowPolicy) {
+TEST(glmMasks, SharedPatternWithPaddingAndEmptyRowPolicy) {
   // Causal over 5 slots. Row 0: 3 left pads. Row 1: 1 left pad. Row 2: 2 right pads.
   MaskGeometry g;
   g.batch = 3;
@@ -225,34 +239,40 @@ TEST(GlmMasks, SharedPatternWithPaddingAndEmptyRowPolicy) {
       const bool empty_before = kept.row(b, row).empty();
       for (std::int64_t k = 0; k < 5; ++k) {
         const bool want = empty_before || kept.visible(b, row, k);
-        EXPECT_EQ(d.at(b, row, k), want ? 0.0f : -INFINITY) << "b " << b << " row " << row << " k " << k;
+        EXPECT_EQ(d.at(b, row, k), want ? 0.0f : -INFINITY)
+            << "b " << b << " row " << row << " k " << k;
       }
     }
   }
 }
 
-TEST(GlmMasks, BadPatternsAndShapesAreClearErrors) {
-  expect_error([] { mask_ranges(AttentionPattern::local_window(0), 4, 4); }, ErrorKind::invalid_argument,
-               {"local_window", "window 0", "at least 1"});
-  expect_error([] { mask_ranges(AttentionPattern::global_local({1}, 0), 4, 4); }, ErrorKind::invalid_argument,
-               {"global_local", "window 0"});
-  expect_error([] { mask_ranges(AttentionPattern::local_window(-2), 4, 4); }, ErrorKind::invalid_argument,
-               {"window -2"});
+TEST(glmMasks, BadPatternsAndShapesAreClearErrors) {
+  expect_error([] { mask_ranges(AttentionPattern::local_window(0), 4, 4); },
+               ErrorKind::invalid_argument, {"local_window", "window 0", "at least 1"});
+  expect_error([] { mask_ranges(AttentionPattern::global_local({1}, 0), 4, 4); },
+               ErrorKind::invalid_argument, {"global_local", "window 0"});
+  expect_error([] { mask_ranges(AttentionPattern::local_window(-2), 4, 4); },
+               ErrorKind::invalid_argument, {"window -2"});
   expect_error([] { mask_ranges(AttentionPattern::causal(), 5, 3); }, ErrorKind::invalid_argument,
                {"q_len 5 exceeds k_len 3"});
   expect_error([] { mask_ranges(AttentionPattern::prefix_lm(7), 4, 6); }, ErrorKind::out_of_range,
                {"prefix_len 7", "k_len 6"});
-  expect_error([] { mask_ranges(AttentionPattern::global_local({1, 9}, 2), 4, 6); }, ErrorKind::out_of_range,
-               {"global_positions[1] = 9", "[0, 6)"});
-  expect_error([] { mask_ranges(AttentionPattern::custom(nullptr), 2, 2); }, ErrorKind::invalid_argument,
-               {"predicate is empty"});
+  expect_error(
+      [] {
+        mask_ranges(AttentionPattern::global_local({1, 9}, 2), 4, 6);
+      },
+      ErrorKind::out_of_range, {"global_positions[1] = 9", "[0, 6)"});
+  expect_error([] { mask_ranges(AttentionPattern::custom(nullptr), 2, 2); },
+               ErrorKind::invalid_argument, {"predicate is empty"});
 
   MaskGeometry g;
   g.batch = 3;
   g.q_len = 2;
   g.k_len = 2;
-  const std::vector<AttentionPattern> two = {AttentionPattern::causal(), AttentionPattern::causal()};
-  expect_error([&] { mask_ranges(two, g); }, ErrorKind::invalid_argument, {"2 patterns for batch 3"});
+  const std::vector<AttentionPattern> two = {AttentionPattern::causal(),
+                                             AttentionPattern::causal()};
+  expect_error([&] { mask_ranges(two, g); }, ErrorKind::invalid_argument,
+               {"2 patterns for batch 3"});
   const std::vector<AttentionPattern> one = {AttentionPattern::causal()};
   g.valid = {1, 1, 1};
   expect_error([&] { mask_ranges(one, g); }, ErrorKind::invalid_argument, {"3 entries", "needs 6"});
@@ -260,11 +280,11 @@ TEST(GlmMasks, BadPatternsAndShapesAreClearErrors) {
   expect_error([&] { mask_ranges(one, g); }, ErrorKind::invalid_argument, {"value 2 at [2, 0]"});
 }
 
-TEST(GlmMasks, SizeGuards) {
+TEST(glmMasks, SizeGuards) {
   constexpr std::int64_t big = std::int64_t{1} << 20;
   // 2^40 dense elements: refused before anything is allocated.
-  expect_error([] { dense_mask(AttentionPattern::causal(), big, big); }, ErrorKind::invalid_argument,
-               {"exceeds the limit", "1073741824", "mask_ranges"});
+  expect_error([] { dense_mask(AttentionPattern::causal(), big, big); },
+               ErrorKind::invalid_argument, {"exceeds the limit", "1073741824", "mask_ranges"});
   MaskGeometry g;
   g.batch = std::int64_t{1} << 40;
   g.q_len = std::int64_t{1} << 30;
@@ -273,15 +293,19 @@ TEST(GlmMasks, SizeGuards) {
   expect_error([&] { mask_ranges(one, g); }, ErrorKind::overflow, {"does not fit in 64 bits"});
   expect_error([&] { dense_mask(one, g); }, ErrorKind::overflow, {"does not fit in 64 bits"});
   // A custom predicate over 2^20 x 2^20 would be 2^40 calls.
-  expect_error([] { mask_ranges(AttentionPattern::custom([](std::int64_t, std::int64_t) { return true; }), big, big); },
-               ErrorKind::invalid_argument, {"predicate calls", "limit"});
+  expect_error(
+      [] {
+        mask_ranges(AttentionPattern::custom([](std::int64_t, std::int64_t) { return true; }), big,
+                    big);
+      },
+      ErrorKind::invalid_argument, {"predicate calls", "limit"});
   // The ranges of a long causal call are cheap: one range per row.
   const MaskRanges r = mask_ranges(AttentionPattern::causal(), 4, big);
   EXPECT_EQ(r.ranges.size(), 4u);
   EXPECT_EQ(r.row(0, 3)[0], (KeyRange{0, big}));
 }
 
-TEST(GlmMasks, AccessorsAreBoundsChecked) {
+TEST(glmMasks, AccessorsAreBoundsChecked) {
   const MaskRanges r = mask_ranges(AttentionPattern::causal(), 2, 3);
   expect_error([&] { (void)r.row(0, 2); }, ErrorKind::out_of_range, {"row [0, 2]"});
   expect_error([&] { (void)r.visible(0, 0, 3); }, ErrorKind::out_of_range, {"key 3", "[0, 3)"});

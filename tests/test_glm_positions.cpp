@@ -25,7 +25,8 @@ void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> subs
     EXPECT_EQ(e.kind(), kind) << "message: " << e.what();
     const std::string msg = e.what();
     for (const char* s : substrings) {
-      EXPECT_NE(msg.find(s), std::string::npos) << "message \"" << msg << "\" lacks \"" << s << "\"";
+      EXPECT_NE(msg.find(s), std::string::npos)
+          << "message \"" << msg << "\" lacks \"" << s << "\"";
     }
   }
 }
@@ -40,7 +41,7 @@ constexpr TokenId t0 = 11, t1 = 12, t2 = 13, t3 = 14, t4 = 15, t5 = 16;
 
 // ---- PositionIds -----------------------------------------------------------------------------
 
-TEST(GlmPositionIds, StreamMajorLayoutAndAccessors) {
+TEST(glmPositionIds, StreamMajorLayoutAndAccessors) {
   PositionIds p(2, 3, {0, 1, 2, 10, 11, 12});
   EXPECT_EQ(p.streams(), 2);
   EXPECT_EQ(p.tokens(), 3);
@@ -55,7 +56,7 @@ TEST(GlmPositionIds, StreamMajorLayoutAndAccessors) {
   EXPECT_EQ(p.values(), (Ids{0, 7, 2, 10, 11, 12}));
 }
 
-TEST(GlmPositionIds, AppendConcatenatesPerStream) {
+TEST(glmPositionIds, AppendConcatenatesPerStream) {
   PositionIds a(2, 2, {0, 1, 5, 6});
   a.append(PositionIds(2, 1, {2, 7}));
   EXPECT_EQ(a.values(), (Ids{0, 1, 2, 5, 6, 7}));
@@ -65,10 +66,14 @@ TEST(GlmPositionIds, AppendConcatenatesPerStream) {
   EXPECT_EQ(empty.values(), (Ids{4, 4, 4}));
 }
 
-TEST(GlmPositionIds, BadShapesAreClearErrors) {
-  expect_error([] { PositionIds(2, 3, {0, 1, 2}); }, ErrorKind::invalid_argument,
-               {"3 values", "2 streams", "3 tokens", "expected 6"});
-  expect_error([] { PositionIds(4, 1); }, ErrorKind::invalid_argument, {"streams is 4", "1, 2 or 3"});
+TEST(glmPositionIds, BadShapesAreClearErrors) {
+  expect_error(
+      [] {
+        PositionIds(2, 3, {0, 1, 2});
+      },
+      ErrorKind::invalid_argument, {"3 values", "2 streams", "3 tokens", "expected 6"});
+  expect_error([] { PositionIds(4, 1); }, ErrorKind::invalid_argument,
+               {"streams is 4", "1, 2 or 3"});
   expect_error([] { PositionIds(1, -1); }, ErrorKind::invalid_argument, {"tokens is -1"});
   expect_error(
       [] {
@@ -76,11 +81,13 @@ TEST(GlmPositionIds, BadShapesAreClearErrors) {
         a.append(PositionIds(2, 2));
       },
       ErrorKind::invalid_argument, {"mismatched streams", "2 streams appended to 1 streams"});
-  expect_error([] { (void)PositionIds(2, 2).at(2, 0); }, ErrorKind::out_of_range, {"stream 2", "2 streams"});
-  expect_error([] { (void)PositionIds(2, 2).at(1, 2); }, ErrorKind::out_of_range, {"token 2", "2 tokens"});
+  expect_error([] { (void)PositionIds(2, 2).at(2, 0); }, ErrorKind::out_of_range,
+               {"stream 2", "2 streams"});
+  expect_error([] { (void)PositionIds(2, 2).at(1, 2); }, ErrorKind::out_of_range,
+               {"token 2", "2 tokens"});
 }
 
-TEST(GlmPositionIds, ValidateNamesStreamTokenValueAndLimit) {
+TEST(glmPositionIds, ValidateNamesStreamTokenValueAndLimit) {
   PositionIds p(2, 3, {0, 1, 2, 0, 1, 9});
   EXPECT_NO_THROW(p.validate(10));
   expect_error([&] { p.validate(9); }, ErrorKind::out_of_range,
@@ -89,7 +96,7 @@ TEST(GlmPositionIds, ValidateNamesStreamTokenValueAndLimit) {
   expect_error([&] { neg.validate(100); }, ErrorKind::out_of_range, {"position -1", "token 1"});
 }
 
-TEST(GlmPositionIds, ArangeIsPastLenPlusIndex) {
+TEST(glmPositionIds, ArangeIsPastLenPlusIndex) {
   EXPECT_EQ(stream(arange_positions(0, 4), 0), (Ids{0, 1, 2, 3}));
   // HF forward without position_ids on a left-padded row: past_len + arange(S), pads counted.
   EXPECT_EQ(stream(arange_positions(5, 3), 0), (Ids{5, 6, 7}));
@@ -98,7 +105,7 @@ TEST(GlmPositionIds, ArangeIsPastLenPlusIndex) {
 
 // ---- special tokens --------------------------------------------------------------------------
 
-TEST(GlmSpecialTokens, DefaultsPerGeneration) {
+TEST(glmSpecialTokens, DefaultsPerGeneration) {
   const GlmSpecialTokens c6 = GlmSpecialTokens::chatglm_6b();
   EXPECT_EQ(c6.mask, 130000);
   EXPECT_EQ(c6.gmask, 130001);
@@ -119,7 +126,7 @@ TEST(GlmSpecialTokens, DefaultsPerGeneration) {
   for (const auto& t : {c6, first, GlmSpecialTokens::chatglm2(), g4}) EXPECT_NO_THROW(t.validate());
 }
 
-TEST(GlmSpecialTokens, DuplicateOrNegativeIdsAreErrors) {
+TEST(glmSpecialTokens, DuplicateOrNegativeIdsAreErrors) {
   GlmSpecialTokens t;
   t.sop = t.gmask;
   expect_error([&] { t.validate(); }, ErrorKind::invalid_argument, {"<sop>", "[gMASK]", "130001"});
@@ -130,7 +137,7 @@ TEST(GlmSpecialTokens, DuplicateOrNegativeIdsAreErrors) {
 
 // ---- original GLM blank infilling (§4.1, §6.3) ------------------------------------------------
 
-TEST(GlmBlankInfilling, WorkedExampleSixTokensTwoSpans) {
+TEST(glmBlankInfilling, WorkedExampleSixTokensTwoSpans) {
   // Text x1..x6, spans {x3} and {x5, x6}; Part B in the shuffled order (span 1, then span 0).
   const GlmSpecialTokens sp;
   const std::vector<TokenId> x = {t0, t1, t2, t3, t4, t5};
@@ -152,41 +159,62 @@ TEST(GlmBlankInfilling, WorkedExampleSixTokensTwoSpans) {
   EXPECT_EQ(s.attention().prefix_len, 5);
 }
 
-TEST(GlmBlankInfilling, DefaultOrderTrailingTextAndMaskKinds) {
+TEST(glmBlankInfilling, DefaultOrderTrailingTextAndMaskKinds) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> x = {t0, t1, t2, t3, t4, t5};
   // Spans given out of text order; Part B follows the given order when part_b_order is empty.
   const std::vector<BlankSpan> spans = {{3, 2, BlankKind::gmask}, {0, 1, BlankKind::smask}};
   const BlankInfillingSample s = make_blank_infilling(x, spans, {}, sp);
   // Part A [sM x2 x3 gM x6]: the text after the last span stays.
-  EXPECT_EQ(s.tokens, (std::vector<TokenId>{sp.smask, t1, t2, sp.gmask, t5, sp.sop, t3, t4, sp.sop, t0}));
+  EXPECT_EQ(s.tokens,
+            (std::vector<TokenId>{sp.smask, t1, t2, sp.gmask, t5, sp.sop, t3, t4, sp.sop, t0}));
   EXPECT_EQ(s.sep, 5);
   EXPECT_EQ(s.mask_positions, (Ids{3, 0}));
   EXPECT_EQ(stream(s.positions, 0), (Ids{0, 1, 2, 3, 4, 3, 3, 3, 0, 0}));
   EXPECT_EQ(stream(s.positions, 1), (Ids{0, 0, 0, 0, 0, 1, 2, 3, 1, 2}));
 }
 
-TEST(GlmBlankInfilling, BadSpansAreClearErrors) {
+TEST(glmBlankInfilling, BadSpansAreClearErrors) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> x = {t0, t1, t2, t3, t4, t5};
   const auto build = [&](std::vector<BlankSpan> spans, std::vector<std::int64_t> order = {}) {
     return make_blank_infilling(x, spans, order, sp);
   };
   expect_error([&] { build({}); }, ErrorKind::invalid_argument, {"no spans"});
-  expect_error([&] { build({{1, 3}, {2, 1}}); }, ErrorKind::invalid_argument,
-               {"span 1 [2, 3) overlaps span 0 [1, 4)"});
-  expect_error([&] { build({{5, 2}}); }, ErrorKind::out_of_range, {"span 0", "[5, 5 + 2)", "[0, 6)"});
+  expect_error(
+      [&] {
+        build({{1, 3}, {2, 1}});
+      },
+      ErrorKind::invalid_argument, {"span 1 [2, 3) overlaps span 0 [1, 4)"});
+  expect_error(
+      [&] {
+        build({{5, 2}});
+      },
+      ErrorKind::out_of_range, {"span 0", "[5, 5 + 2)", "[0, 6)"});
   expect_error([&] { build({{-1, 1}}); }, ErrorKind::out_of_range, {"span 0", "-1"});
-  expect_error([&] { build({{1, 1}, {3, 0}}); }, ErrorKind::invalid_argument, {"span 1", "length 0"});
-  expect_error([&] { build({{1, 1}, {3, 1}}, {0, 0}); }, ErrorKind::invalid_argument,
-               {"part_b_order[1] = 0", "repeats"});
-  expect_error([&] { build({{1, 1}, {3, 1}}, {0, 5}); }, ErrorKind::out_of_range,
-               {"part_b_order[1] = 5", "[0, 2)"});
-  expect_error([&] { build({{1, 1}, {3, 1}}, {0}); }, ErrorKind::invalid_argument,
-               {"1 entries for 2 spans"});
+  expect_error(
+      [&] {
+        build({{1, 1}, {3, 0}});
+      },
+      ErrorKind::invalid_argument, {"span 1", "length 0"});
+  expect_error(
+      [&] {
+        build({{1, 1}, {3, 1}}, {0, 0});
+      },
+      ErrorKind::invalid_argument, {"part_b_order[1] = 0", "repeats"});
+  expect_error(
+      [&] {
+        build({{1, 1}, {3, 1}}, {0, 5});
+      },
+      ErrorKind::out_of_range, {"part_b_order[1] = 5", "[0, 2)"});
+  expect_error(
+      [&] {
+        build({{1, 1}, {3, 1}}, {0});
+      },
+      ErrorKind::invalid_argument, {"1 entries for 2 spans"});
 }
 
-TEST(GlmBlankInfilling, InferenceContextAndGeneration) {
+TEST(glmBlankInfilling, InferenceContextAndGeneration) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> ctx = {t0, t1, sp.mask, t3, sp.gmask};
   const BlankInfillingContext c = blank_infilling_context(ctx, sp);
@@ -210,7 +238,7 @@ TEST(GlmBlankInfilling, InferenceContextAndGeneration) {
 
 // ---- GLM-130B (§4.2) ------------------------------------------------------------------------
 
-TEST(GlmGlm130b, MaskPinsPositionsFromSop) {
+TEST(glmGlm130b, MaskPinsPositionsFromSop) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
   // context [t0 t1 [MASK] t3] + <sop> + two generated tokens
   const std::vector<TokenId> seq = {t0, t1, sp.mask, t3, sp.sop, t4, t5};
@@ -224,7 +252,7 @@ TEST(GlmGlm130b, MaskPinsPositionsFromSop) {
   EXPECT_EQ(p.attention().prefix_len, 4);  // columns [0, context_length - 1) visible to all
 }
 
-TEST(GlmGlm130b, GmaskContinuesPositions) {
+TEST(glmGlm130b, GmaskContinuesPositions) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
   const std::vector<TokenId> seq = {t0, t1, t2, sp.gmask, sp.sop, t4};
   const Glm130bPositions p = glm130b_positions(seq, sp);
@@ -234,7 +262,7 @@ TEST(GlmGlm130b, GmaskContinuesPositions) {
   EXPECT_EQ(p.next_position(6), 6);
 }
 
-TEST(GlmGlm130b, MaskPriorityIsMaskThenSmaskThenGmask) {
+TEST(glmGlm130b, MaskPriorityIsMaskThenSmaskThenGmask) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
   const std::vector<TokenId> a = {sp.gmask, t1, sp.mask, sp.sop};
   EXPECT_EQ(glm130b_positions(a, sp).mask_position, 2);
@@ -245,7 +273,7 @@ TEST(GlmGlm130b, MaskPriorityIsMaskThenSmaskThenGmask) {
   EXPECT_EQ(stream(pb.positions, 0), (Ids{0, 1, 2, 1, 1}));
 }
 
-TEST(GlmGlm130b, MissingTokensAreClearErrors) {
+TEST(glmGlm130b, MissingTokensAreClearErrors) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
   const std::vector<TokenId> no_mask = {t0, t1, sp.sop};
   expect_error([&] { glm130b_positions(no_mask, sp); }, ErrorKind::invalid_argument,
@@ -261,7 +289,7 @@ TEST(GlmGlm130b, MissingTokensAreClearErrors) {
 
 // ---- ChatGLM-6B (§4.3, §6.3) -----------------------------------------------------------------
 
-TEST(GlmChatGlm6b, PromptWithGmaskAndDecodeSteps) {
+TEST(glmChatGlm6b, PromptWithGmaskAndDecodeSteps) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> prompt = {t0, t1, t2, sp.gmask, sp.sop};
   const ChatGlm6bPositions p = chatglm6b_positions(prompt, sp);
@@ -281,7 +309,7 @@ TEST(GlmChatGlm6b, PromptWithGmaskAndDecodeSteps) {
   EXPECT_EQ(stream(q.positions, 1), (Ids{0, 0, 0, 0, 1, 2, 3}));
 }
 
-TEST(GlmChatGlm6b, PrefixMaskSeesColumnsBeforeSop) {
+TEST(glmChatGlm6b, PrefixMaskSeesColumnsBeforeSop) {
   const GlmSpecialTokens sp;
   const std::vector<TokenId> prompt = {t0, t1, t2, sp.gmask, sp.sop};
   const ChatGlm6bPositions p = chatglm6b_positions(prompt, sp);
@@ -295,7 +323,7 @@ TEST(GlmChatGlm6b, PrefixMaskSeesColumnsBeforeSop) {
   }
 }
 
-TEST(GlmChatGlm6b, MaskAndGmaskTokenizerVersusModelRule) {
+TEST(glmChatGlm6b, MaskAndGmaskTokenizerVersusModelRule) {
   const GlmSpecialTokens sp;
   // [MASK] at index 1 plus the appended [gMASK] <sop>.
   const std::vector<TokenId> prompt = {t0, sp.mask, t2, sp.gmask, sp.sop, t5};
@@ -312,7 +340,7 @@ TEST(GlmChatGlm6b, MaskAndGmaskTokenizerVersusModelRule) {
   EXPECT_EQ(chatglm6b_positions(only_mask, sp, MaskTokenRule::gmask_first).mask_position, 1);
 }
 
-TEST(GlmChatGlm6b, FirstReleaseIdsAndErrors) {
+TEST(glmChatGlm6b, FirstReleaseIdsAndErrors) {
   const GlmSpecialTokens first = GlmSpecialTokens::chatglm_6b_first_release();
   const std::vector<TokenId> prompt = {t0, first.gmask, first.sop};
   EXPECT_EQ(stream(chatglm6b_positions(prompt, first).positions, 0), (Ids{0, 1, 1}));
@@ -336,10 +364,10 @@ VisionGrid grid(std::int64_t t, std::int64_t h, std::int64_t w, std::int64_t mer
   return g;
 }
 
-TEST(GlmMrope, Qwen2VlImageWorkedExample) {
+TEST(glmMrope, Qwen2VlImageWorkedExample) {
   // 3 text tokens, an image 1x4x4 (merge 2 -> 2x2), 2 trailing text tokens: 9 tokens.
-  const std::vector<MropeSegment> segs = {MropeSegment::text(3), MropeSegment::vision(grid(1, 4, 4)),
-                                          MropeSegment::text(2)};
+  const std::vector<MropeSegment> segs = {
+      MropeSegment::text(3), MropeSegment::vision(grid(1, 4, 4)), MropeSegment::text(2)};
   for (NextTextStart rule : {NextTextStart::max_plus_one, NextTextStart::spatial_extent}) {
     const MropePositions m = mrope_positions(segs, rule);
     ASSERT_EQ(m.positions.streams(), 3);
@@ -355,10 +383,10 @@ TEST(GlmMrope, Qwen2VlImageWorkedExample) {
   }
 }
 
-TEST(GlmMrope, VideoLongerThanWideExposesVersionDifference) {
+TEST(glmMrope, VideoLongerThanWideExposesVersionDifference) {
   // Video T = 3 of a 1x1 merged grid: t-ids run to start + 2 while max(H', W') = 1.
-  const std::vector<MropeSegment> segs = {MropeSegment::text(1), MropeSegment::vision(grid(3, 2, 2)),
-                                          MropeSegment::text(1)};
+  const std::vector<MropeSegment> segs = {
+      MropeSegment::text(1), MropeSegment::vision(grid(3, 2, 2)), MropeSegment::text(1)};
   const MropePositions v4 = mrope_positions(segs, NextTextStart::max_plus_one);
   EXPECT_EQ(stream(v4.positions, 0), (Ids{0, 1, 2, 3, 4}));
   EXPECT_EQ(stream(v4.positions, 1), (Ids{0, 1, 1, 1, 4}));
@@ -370,68 +398,78 @@ TEST(GlmMrope, VideoLongerThanWideExposesVersionDifference) {
   EXPECT_EQ(v5.rope_delta, -1);  // max id 3 + 1 - 5 tokens
 }
 
-TEST(GlmMrope, TemporalIntervalAndQwen25FloatRule) {
+TEST(glmMrope, TemporalIntervalAndQwen25FloatRule) {
   VisionGrid g = grid(4, 2, 2);
   g.temporal_interval = 2;
   const std::vector<MropeSegment> a = {MropeSegment::vision(g)};
-  EXPECT_EQ(stream(mrope_positions(a, NextTextStart::max_plus_one).positions, 0), (Ids{0, 2, 4, 6}));
+  EXPECT_EQ(stream(mrope_positions(a, NextTextStart::max_plus_one).positions, 0),
+            (Ids{0, 2, 4, 6}));
   // 4.x Qwen2.5-VL: int64(float(ti) * 0.5 * 3) = 0, 1, 3, 4.
   g.seconds_per_grid = 0.5f;
   g.tokens_per_second = 3.0f;
   const std::vector<MropeSegment> b = {MropeSegment::vision(g)};
-  EXPECT_EQ(stream(mrope_positions(b, NextTextStart::max_plus_one).positions, 0), (Ids{0, 1, 3, 4}));
+  EXPECT_EQ(stream(mrope_positions(b, NextTextStart::max_plus_one).positions, 0),
+            (Ids{0, 1, 3, 4}));
 }
 
-TEST(GlmMrope, FromTokensMatchesSegments) {
+TEST(glmMrope, FromTokensMatchesSegments) {
   const VisionTokens vt = VisionTokens::qwen2_vl();
   const TokenId I = vt.image;
   const std::vector<TokenId> toks = {t0, t1, t2, I, I, I, I, t3, t4};
   const std::vector<VisionGrid> images = {grid(1, 4, 4)};
-  const MropePositions m = mrope_positions_from_tokens(toks, vt, images, {}, NextTextStart::spatial_extent);
+  const MropePositions m =
+      mrope_positions_from_tokens(toks, vt, images, {}, NextTextStart::spatial_extent);
   EXPECT_EQ(stream(m.positions, 1), (Ids{0, 1, 2, 3, 3, 4, 4, 5, 6}));
   EXPECT_EQ(m.rope_delta, -2);
 }
 
-TEST(GlmMrope, PerFrameVideoLayout) {
+TEST(glmMrope, PerFrameVideoLayout) {
   // GLM-4.1V / Qwen3-VL: a 2-frame video (merged 1x2 per frame) with a timestamp token between.
   const VisionTokens vt = VisionTokens::glm4v();
   const TokenId V = vt.video;
   const std::vector<TokenId> toks = {t0, V, V, t1, V, V, t2};
   const std::vector<VisionGrid> videos = {grid(2, 2, 4)};
-  const MropePositions m =
-      mrope_positions_from_tokens(toks, vt, {}, videos, NextTextStart::spatial_extent, VideoLayout::per_frame);
+  const MropePositions m = mrope_positions_from_tokens(
+      toks, vt, {}, videos, NextTextStart::spatial_extent, VideoLayout::per_frame);
   EXPECT_EQ(stream(m.positions, 0), (Ids{0, 1, 1, 3, 4, 4, 6}));
   EXPECT_EQ(stream(m.positions, 1), (Ids{0, 1, 1, 3, 4, 4, 6}));
   EXPECT_EQ(stream(m.positions, 2), (Ids{0, 1, 2, 3, 4, 5, 6}));
   EXPECT_EQ(m.rope_delta, 0);
 }
 
-TEST(GlmMrope, BadInputsAreClearErrors) {
+TEST(glmMrope, BadInputsAreClearErrors) {
   const VisionTokens vt = VisionTokens::qwen2_vl();
   const TokenId I = vt.image;
   const std::vector<VisionGrid> images = {grid(1, 4, 4)};
   const std::vector<TokenId> short_run = {t0, I, I, I, t1};
-  expect_error([&] { mrope_positions_from_tokens(short_run, vt, images, {}, NextTextStart::spatial_extent); },
-               ErrorKind::invalid_argument, {"image grid 0 needs 4 tokens", "from index 1", "index 4"});
+  expect_error(
+      [&] {
+        mrope_positions_from_tokens(short_run, vt, images, {}, NextTextStart::spatial_extent);
+      },
+      ErrorKind::invalid_argument, {"image grid 0 needs 4 tokens", "from index 1", "index 4"});
   const std::vector<TokenId> two = {I, I, I, I, t0, I};
-  expect_error([&] { mrope_positions_from_tokens(two, vt, images, {}, NextTextStart::spatial_extent); },
-               ErrorKind::invalid_argument, {"image token at index 5", "only 1 image grids"});
+  expect_error(
+      [&] { mrope_positions_from_tokens(two, vt, images, {}, NextTextStart::spatial_extent); },
+      ErrorKind::invalid_argument, {"image token at index 5", "only 1 image grids"});
   const std::vector<TokenId> none = {t0, t1};
-  expect_error([&] { mrope_positions_from_tokens(none, vt, images, {}, NextTextStart::spatial_extent); },
-               ErrorKind::invalid_argument, {"1 image grids given but only 0"});
+  expect_error(
+      [&] { mrope_positions_from_tokens(none, vt, images, {}, NextTextStart::spatial_extent); },
+      ErrorKind::invalid_argument, {"1 image grids given but only 0"});
   const std::vector<MropeSegment> odd = {MropeSegment::vision(grid(1, 3, 4))};
-  expect_error([&] { mrope_positions(odd, NextTextStart::spatial_extent); }, ErrorKind::invalid_argument,
-               {"segment 0", "h 3", "spatial_merge_size 2"});
+  expect_error([&] { mrope_positions(odd, NextTextStart::spatial_extent); },
+               ErrorKind::invalid_argument, {"segment 0", "h 3", "spatial_merge_size 2"});
   const std::vector<MropeSegment> empty_text = {MropeSegment::text(0)};
   expect_error([&] { mrope_positions(empty_text, NextTextStart::spatial_extent); },
                ErrorKind::invalid_argument, {"segment 0", "0 tokens"});
-  expect_error([] { mrope_decode_positions(1, -3, 1); }, ErrorKind::out_of_range, {"negative position"});
+  expect_error([] { mrope_decode_positions(1, -3, 1); }, ErrorKind::out_of_range,
+               {"negative position"});
 }
 
-TEST(GlmMrope, Glm4vRemoteImageTakesOnePosition) {
+TEST(glmMrope, Glm4vRemoteImageTakesOnePosition) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm4();
   // boi at 5, one placeholder, eoi at 7, then two text tokens; 4 patches.
-  const std::vector<TokenId> toks = {t0, t1, t2, t3, t4, sp.begin_of_image, 0, sp.end_of_image, t5, t5};
+  const std::vector<TokenId> toks = {t0, t1, t2, t3, t4, sp.begin_of_image, 0, sp.end_of_image,
+                                     t5, t5};
   const Glm4vRemotePositions g = glm4v_remote_positions(toks, 4, sp);
   EXPECT_EQ(g.boi_index, 5);
   EXPECT_EQ(stream(g.positions, 0), (Ids{0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 7, 8, 9}));
@@ -448,7 +486,7 @@ TEST(GlmMrope, Glm4vRemoteImageTakesOnePosition) {
 
 // ---- scheme description ----------------------------------------------------------------------
 
-TEST(GlmScheme, ModelTypesMapToSchemes) {
+TEST(glmScheme, ModelTypesMapToSchemes) {
   const GlmScheme c6 = glm_scheme_for("chatglm", true);
   EXPECT_EQ(c6.generation, "ChatGLM-6B");
   EXPECT_EQ(c6.streams, 2);

@@ -415,10 +415,11 @@ TEST_F(GpuEngineTest, OutOfRangePositionsAreRotatedRecordedAndReportedByCheck) {
   std::vector<std::int64_t> values(64);
   for (std::size_t i = 0; i < values.size(); ++i) values[i] = static_cast<std::int64_t>(i) * 50;
   values[17] = 5000;   // first bad token
-  values[40] = -3;
+  values[40] = 4096;   // the limit itself is outside
   values[50] = 99999;
 
-  // Memory-safe and rotated by the value's angle: equal to a CPU engine whose limit admits them.
+  // Memory-safe and rotated by the value's angle: equal to a CPU engine whose limit admits them
+  // (negative values, which no CPU limit admits, are checked for reporting below).
   RopeSpec wide = spec;
   wide.position_limit = std::int64_t{1} << 40;
   const HostPositions positions(values, IndexType::i32);
@@ -585,12 +586,13 @@ TEST_F(GpuEngineTest, SeveralThreadsOnSeveralStreamsDoNotInterfere) {
         cpu_args.positions = positions.view();
         CpuEngine(spec).apply(cpu_args);
 
-        gpu::Stream stream(device);
+        gpu::Stream own(device);
+        const gpu::StreamRef lane = own.ref();
         const GpuEngine engine(spec, device);
-        DeviceMirror d_in(device, input.buffer, stream.ref());
+        DeviceMirror d_in(device, input.buffer, lane);
         QkLayout out = make_layout(job.dtype, tokens, 8, 2, job.head_dim, LayoutKind::separate, 0);
-        DeviceMirror d_out(device, out.buffer, stream.ref());
-        const DevicePositions d_positions(device, positions, stream.ref());
+        DeviceMirror d_out(device, out.buffer, lane);
+        const DevicePositions d_positions(device, positions, lane);
         RopeArgs args;
         args.q = d_out.map(out.q);
         args.k = d_out.map(out.k);
@@ -599,9 +601,9 @@ TEST_F(GpuEngineTest, SeveralThreadsOnSeveralStreamsDoNotInterfere) {
         args.positions = d_positions.view;
         ready.fetch_add(1);
         while (ready.load() < static_cast<int>(jobs.size())) std::this_thread::yield();
-        for (int r = 0; r < 50; ++r) engine.apply(args, stream.ref());  // same output every time
-        engine.check(stream.ref());
-        d_out.download(out.buffer, stream.ref());
+        for (int r = 0; r < 50; ++r) engine.apply(args, lane);  // same output every time
+        engine.check(lane);
+        d_out.download(out.buffer, lane);
         const auto q_ok = bits_equal(cpu.q, out.q);
         const auto k_ok = bits_equal(cpu.k, out.k);
         if (!q_ok) failures[j] += std::string("q: ") + q_ok.message();

@@ -366,6 +366,16 @@ TEST(ModelConfigRules, RemoteCodeAndMlaDetails) {
   const ModelConfig big = posenc::parse_model_config(
       R"({"model_type": "llama", "head_dim": 64, "num_attention_heads": 8, "max_position_embeddings": 33554432})");
   EXPECT_EQ(big.spec().position_limit, std::int64_t{1} << 25);
+  // GPT-J: rotary_dim defaults to 64 (GPTJConfig); an explicit null rotates the whole head.
+  const std::string gptj = R"("model_type": "gptj", "n_embd": 4096, "n_head": 16)";
+  EXPECT_EQ(posenc::parse_model_config("{" + gptj + "}").spec().rotary(), 64);
+  EXPECT_EQ(posenc::parse_model_config("{" + gptj + R"(, "rotary_dim": null})").spec().rotary(), 256);
+  // transformers 5.x reads yarn's `truncate` from the outer rope_parameters, so a layer-keyed dict's
+  // own truncate is ignored there.
+  const ModelConfig keyed = posenc::parse_model_config(
+      R"({"model_type": "llama", "head_dim": 64, "num_attention_heads": 8, "max_position_embeddings": 131072,
+          "rope_parameters": {"full_attention": {"rope_type": "yarn", "factor": 32, "truncate": false}}})");
+  EXPECT_TRUE(keyed.spec("full_attention").params.truncate);
   // Qwen2-VL 5.x nests the language model in text_config.
   const ModelConfig vl = posenc::parse_model_config(
       R"({"model_type": "qwen2_vl", "text_config": {"model_type": "qwen2_vl_text", "hidden_size": 3584,

@@ -73,7 +73,8 @@ TEST(Properties, PairNormsPreservedFloat32Accurate) {
     for (std::int64_t t = 0; t < 64; ++t) {
       for (std::int64_t h = 0; h < 4; ++h) {
         double head_max = 0;
-        for (std::int64_t d = 0; d < 128; ++d) head_max = std::fmax(head_max, std::fabs(load_value(out.cview(), t, h, d)));
+        for (std::int64_t d = 0; d < 128; ++d)
+          head_max = std::fmax(head_max, std::fabs(load_value(out.cview(), t, h, d)));
         for (std::int64_t i = 0; i < 64; ++i) {
           const bool adjacent = pairing != Pairing::half_split;
           const std::int64_t ia = adjacent ? 2 * i : i;
@@ -113,9 +114,9 @@ void swap_pairs(const TensorView& v, Pairing pairing, std::int64_t half) {
 // bound (3.33 ulp each; 7 used).
 TEST(Properties, InverseRotationRestoresInput) {
   for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved}) {
-    for (const auto& [dtype, numerics, ulps] : {std::tuple{DType::f32, Numerics::accurate, 7.0},
-                                                std::tuple{DType::bf16, Numerics::hf_compatible, 7.0},
-                                                std::tuple{DType::f16, Numerics::hf_fp32_apply, 4.0}}) {
+    for (const auto& [dtype, numerics, ulps] :
+         {std::tuple{DType::f32, Numerics::accurate, 7.0}, std::tuple{DType::bf16, Numerics::hf_compatible, 7.0},
+          std::tuple{DType::f16, Numerics::hf_fp32_apply, 4.0}}) {
       const RopeSpec spec = scheme_spec(Scaling::llama3, 128, 0, 0, pairing, numerics);
       HostTensor src(dtype, 32, 3, 128);
       fill_random(src.view, 101);

@@ -15,7 +15,7 @@
 // Everything here is host code in plain C++20. It produces position ids and attention patterns;
 // it rotates nothing. The rotation engines consume the ids (one stream per token for 1-D RoPE,
 // two or three streams for ChatGLM-6B 2-D RoPE and M-RoPE). docs/GLM.md is the newcomer's guide;
-// the reference is docs/reference rope-semantics.md §4-§6.
+// section marks (§4.3, ...) refer to the project's semantics reference, rope-semantics.md.
 //
 // Conventions used throughout:
 // - Token ids, positions, lengths and indices are int64. Errors are posenc::Error naming the
@@ -42,18 +42,19 @@ inline constexpr TokenId no_token = -1;
 /// WordPiece, GPT-2 BPE and SentencePiece variants) has no single vocabulary: set its ids from
 /// its tokenizer.
 struct GlmSpecialTokens {
-  TokenId mask = 130000;   ///< [MASK]  short blank (positions pinned to it)
-  TokenId gmask = 130001;  ///< [gMASK] generation blank (left-to-right continuation)
-  TokenId smask = 130002;  ///< [sMASK] sentence blank (pinned like [MASK])
-  TokenId sop = 130004;    ///< <sop>   start of a piece (ChatGLM-6B's bos)
-  TokenId eop = 130005;    ///< <eop>   end of a piece
+  TokenId mask = 130000;              ///< [MASK]  short blank (positions pinned to it)
+  TokenId gmask = 130001;             ///< [gMASK] generation blank (left-to-right continuation)
+  TokenId smask = 130002;             ///< [sMASK] sentence blank (pinned like [MASK])
+  TokenId sop = 130004;               ///< <sop>   start of a piece (ChatGLM-6B's bos)
+  TokenId eop = 130005;               ///< <eop>   end of a piece
   TokenId begin_of_image = no_token;  ///< glm-4v-9b <|begin_of_image|>
   TokenId end_of_image = no_token;    ///< glm-4v-9b <|end_of_image|>
 
   /// ChatGLM-6B final vocabulary: [MASK] 130000, [gMASK] 130001, [sMASK] 130002, <sop> 130004,
   /// <eop> 130005 (the first release's ids were these + 20000: 150000/150001/150004).
   static GlmSpecialTokens chatglm_6b() noexcept;
-  /// ChatGLM-6B first release (icetk with 20000 image tokens): 150000, 150001, 150002, 150004, 150005.
+  /// ChatGLM-6B first release (icetk, 20000 image tokens first): [MASK] 150000, [gMASK] 150001,
+  /// [sMASK] 150002, <sop> 150004, <eop> 150005.
   static GlmSpecialTokens chatglm_6b_first_release() noexcept;
   /// GLM-130B (icetk): [MASK] 150000, [gMASK] 150001, [sMASK] 150002, <sop> 150004, <eop> 150005.
   static GlmSpecialTokens glm_130b() noexcept;
@@ -184,9 +185,9 @@ const char* to_string(MaskPattern p) noexcept;
 /// One attention pattern (semantics above). Build with the factories.
 struct AttentionPattern {
   MaskPattern kind = MaskPattern::causal;
-  std::int64_t prefix_len = 0;                  ///< prefix_lm
-  std::int64_t window = 0;                      ///< local_window, global_local
-  std::vector<std::int64_t> global_positions;   ///< global_local: key slots, any order
+  std::int64_t prefix_len = 0;                 ///< prefix_lm
+  std::int64_t window = 0;                     ///< local_window, global_local
+  std::vector<std::int64_t> global_positions;  ///< global_local: key slots, any order
   std::function<bool(std::int64_t q, std::int64_t k)> predicate;  ///< custom
 
   static AttentionPattern causal();
@@ -282,7 +283,7 @@ struct BlankSpan {
 /// One pretraining sample (GLM `make_block_data`). Layout: Part A (the text with each span
 /// replaced by one mask token), then Part B (for each span in the chosen order: <sop> + span).
 struct BlankInfillingSample {
-  std::vector<TokenId> tokens;         ///< Part A then Part B
+  std::vector<TokenId> tokens;  ///< Part A then Part B
   /// Next-token targets: Part A repeats its own tokens (loss_mask 0); each Part B block
   /// `<sop> s1 .. sn` has targets `s1 .. sn <eop>` (loss_mask 1).
   std::vector<TokenId> targets;
@@ -291,9 +292,9 @@ struct BlankInfillingSample {
   /// index of span j's mask in Part A. Stream 1 (block position): 0 in Part A, 1 .. length+1
   /// within each Part B block.
   PositionIds positions;
-  std::int64_t sep = 0;                        ///< len(Part A); the mask is prefix_lm(sep)
-  std::vector<std::int64_t> mask_positions;    ///< per input span: index of its mask in Part A
-  std::vector<std::int64_t> block_starts;      ///< per Part B block, in order: index of its <sop>
+  std::int64_t sep = 0;                      ///< len(Part A); the mask is prefix_lm(sep)
+  std::vector<std::int64_t> mask_positions;  ///< per input span: index of its mask in Part A
+  std::vector<std::int64_t> block_starts;    ///< per Part B block, in order: index of its <sop>
 
   AttentionPattern attention() const { return AttentionPattern::prefix_lm(sep); }
 };
@@ -330,11 +331,11 @@ PositionIds blank_infilling_generation(std::int64_t mask_position, std::int64_t 
 
 /// 1-D positions of a GLM-130B input `context + <sop> + generated...`.
 struct Glm130bPositions {
-  PositionIds positions;            ///< 1 stream
-  std::int64_t sop_index = 0;       ///< first <sop>; the bidirectional prefix is [0, sop_index)
-  std::int64_t mask_position = 0;   ///< index of the generation mask in the context
-  TokenId mask_token = no_token;    ///< which mask was chosen
-  bool pinned = false;              ///< [MASK]/[sMASK]: positions from <sop> on = mask_position
+  PositionIds positions;           ///< 1 stream
+  std::int64_t sop_index = 0;      ///< first <sop>; the bidirectional prefix is [0, sop_index)
+  std::int64_t mask_position = 0;  ///< index of the generation mask in the context
+  TokenId mask_token = no_token;   ///< which mask was chosen
+  bool pinned = false;             ///< [MASK]/[sMASK]: positions from <sop> on = mask_position
 
   /// Position of the next token when `tokens_so_far` tokens exist: mask_position when pinned,
   /// else tokens_so_far.
@@ -384,9 +385,10 @@ struct ChatGlm6bPositions {
 };
 
 /// Throws when there is no <sop> or no [MASK]/[gMASK] before it (names the ids searched for).
-ChatGlm6bPositions chatglm6b_positions(std::span<const TokenId> tokens,
-                                       const GlmSpecialTokens& special = GlmSpecialTokens::chatglm_6b(),
-                                       MaskTokenRule rule = MaskTokenRule::mask_first);
+ChatGlm6bPositions chatglm6b_positions(
+    std::span<const TokenId> tokens,
+    const GlmSpecialTokens& special = GlmSpecialTokens::chatglm_6b(),
+    MaskTokenRule rule = MaskTokenRule::mask_first);
 
 /// One decode step: position unchanged, block + 1 (`_update_model_kwargs_for_generation`).
 Position2d chatglm6b_decode_step(Position2d last);
@@ -417,9 +419,8 @@ inline constexpr std::int64_t hf_pad_fill_v5 = 0;
 
 /// position = cumsum(mask) - 1 per row, padded slots = pad_fill. `mask` is [batch * length] 0/1.
 /// Example: [[0,0,1,1,1],[1,1,1,1,1]] -> [[f,f,0,1,2],[0,1,2,3,4]].
-BatchPositions positions_from_attention_mask(std::span<const std::uint8_t> mask,
-                                             std::int64_t batch, std::int64_t length,
-                                             std::int64_t pad_fill);
+BatchPositions positions_from_attention_mask(std::span<const std::uint8_t> mask, std::int64_t batch,
+                                             std::int64_t length, std::int64_t pad_fill);
 
 /// The positions of the next `new_tokens` tokens of each row after `mask`: count(real) + i.
 /// Decode after the example above: [[3],[5]]. Result is [batch, new_tokens], all valid.
@@ -472,9 +473,9 @@ struct MropeSegment {
 
 /// 3-stream (t, h, w) ids of one unpadded sequence.
 struct MropePositions {
-  PositionIds positions;          ///< 3 streams
-  std::int64_t rope_delta = 0;    ///< max(ids) + 1 - tokens (HF v5 convention, unpadded length)
-  std::int64_t next_position = 0; ///< where text would continue: tokens + rope_delta
+  PositionIds positions;           ///< 3 streams
+  std::int64_t rope_delta = 0;     ///< max(ids) + 1 - tokens (HF v5 convention, unpadded length)
+  std::int64_t next_position = 0;  ///< where text would continue: tokens + rope_delta
 };
 
 /// Text runs advance by 1 on all axes; a vision block starting at s gets t-id s + temporal
@@ -483,8 +484,8 @@ MropePositions mrope_positions(std::span<const MropeSegment> segments, NextTextS
 
 /// The tokens that stand for vision patches in the LLM input.
 struct VisionTokens {
-  TokenId image = 151655;  ///< Qwen2-VL <|image_pad|>
-  TokenId video = 151656;  ///< Qwen2-VL <|video_pad|>
+  TokenId image = 151655;                   ///< Qwen2-VL <|image_pad|>
+  TokenId video = 151656;                   ///< Qwen2-VL <|video_pad|>
   static VisionTokens qwen2_vl() noexcept;  ///< image 151655, video 151656 (also 2.5-VL, 3-VL)
   static VisionTokens glm4v() noexcept;     ///< GLM-4.1V / 4.5V: image 151343, video 151344
 };
@@ -514,17 +515,17 @@ PositionIds mrope_decode_positions(std::int64_t past_len, std::int64_t rope_delt
 /// <|end_of_image|> expands to `num_patches` embeddings that all take position boi + 1;
 /// <|end_of_image|> and the text after it keep their original positions.
 struct Glm4vRemotePositions {
-  PositionIds positions;         ///< 1 stream, tokens - 1 + num_patches entries
-  std::int64_t boi_index = 0;    ///< index of <|begin_of_image|> (same in input and output)
+  PositionIds positions;       ///< 1 stream, tokens - 1 + num_patches entries
+  std::int64_t boi_index = 0;  ///< index of <|begin_of_image|> (same in input and output)
   std::int64_t num_patches = 0;
   /// Decode: next position = tokens_in_cache + rope_delta (= original token count).
   std::int64_t rope_delta = 0;
 };
 
 /// Throws when <|begin_of_image|> is missing or <|end_of_image|> is not exactly two after it.
-Glm4vRemotePositions glm4v_remote_positions(std::span<const TokenId> tokens,
-                                            std::int64_t num_patches,
-                                            const GlmSpecialTokens& special = GlmSpecialTokens::glm4());
+Glm4vRemotePositions glm4v_remote_positions(
+    std::span<const TokenId> tokens, std::int64_t num_patches,
+    const GlmSpecialTokens& special = GlmSpecialTokens::glm4());
 
 // ------------------------------------------------------------------------------------------------
 // Continuous batching: PositionTracker
@@ -595,7 +596,8 @@ class PositionTracker {
   bool contains(std::int64_t seq_id) const noexcept;
   std::int64_t slot_of(std::int64_t seq_id) const;
   SequenceState state(std::int64_t seq_id) const;
-  /// Re-pins a sequence from its current length (blank infilling: next span), block restarting at 1.
+  /// Re-pins a sequence from its current length (blank infilling: the next span); its block
+  /// position restarts at 1.
   void pin(std::int64_t seq_id, std::int64_t pin_value);
 
   /// Positions of the step, then commits the lengths. Throws (changing nothing) on an unknown or

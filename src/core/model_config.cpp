@@ -26,10 +26,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -565,9 +565,10 @@ void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
   m.partial = either_number(cfg, "partial_rotary_factor", "rotary_pct");
   m.original_max = cfg.integer("original_max_position_embeddings");
   if (gptj) {
-    // HF GPT-J: only rotary_dim of each head rotates; the base is fixed at 10000.
+    // HF GPT-J: only rotary_dim of each head rotates (GPTJConfig default 64; an explicit null
+    // rotates the whole head); the base is fixed at 10000.
     m.theta = std::nullopt;
-    m.rotary_dim = cfg.integer("rotary_dim");
+    m.rotary_dim = cfg.raw().contains("rotary_dim") ? cfg.integer("rotary_dim") : std::optional<std::int64_t>(64);
     if (m.rotary_dim && (*m.rotary_dim <= 0 || *m.rotary_dim % 2 != 0 || *m.rotary_dim > m.head_dim))
       cfg.fail("rotary_dim", "must be even, > 0 and <= head_dim = " + number_text(m.head_dim));
   }
@@ -676,10 +677,10 @@ ModelConfig load_model_config(const std::string& path) {
     throw Error(ErrorKind::io, "cannot read model config '" + path + "': " +
                                    (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
   std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (!in || !text) throw Error(ErrorKind::io, "cannot read model config '" + path + "': " + std::strerror(errno));
-  return parse_model_config(text.str(), path);
+  if (!in.is_open()) throw Error(ErrorKind::io, "cannot open model config '" + path + "': " + std::strerror(errno));
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  if (in.bad()) throw Error(ErrorKind::io, "cannot read model config '" + path + "': " + std::strerror(errno));
+  return parse_model_config(text, path);
 }
 
 const char* default_model_config_json() noexcept {

@@ -109,7 +109,8 @@ POSENC_HD std::uint16_t to_f16_bits(float f) {
   return static_cast<std::uint16_t>(sign | r);
 }
 
-/// IEEE binary16 bits -> float (exact). Branch-free like to_f16_bits (checked for all 2^16 inputs).
+/// IEEE binary16 bits -> float (exact). Branch-free like to_f16_bits (all 2^16 inputs checked by
+/// test_cpu_reference).
 POSENC_HD float from_f16_bits(std::uint16_t h) {
   const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
   const std::uint32_t exp = (h >> 10) & 0x1fu;
@@ -125,8 +126,9 @@ POSENC_HD float from_f16_bits(std::uint16_t h) {
 }
 
 /// from_bf16_bits(to_bf16_bits(f)), computed in 32-bit lanes without leaving float's layout: the
-/// same bits for every one of the 2^32 inputs (checked exhaustively), but branch-free, so the CPU
-/// engine's rotation loops vectorize without packing to 16 bits between the operations.
+/// same bits for every one of the 2^32 inputs (checked exhaustively by test_large), but
+/// branch-free, so the CPU engine's rotation loops vectorize without packing to 16 bits between
+/// the operations.
 POSENC_HD float bf16_round(float f) {
   const std::uint32_t u = float_bits(f);
   const std::uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
@@ -135,10 +137,10 @@ POSENC_HD float bf16_round(float f) {
 }
 
 /// from_f16_bits(to_f16_bits(f)) in 32-bit lanes, branch-free; same bits for all 2^32 inputs
-/// (checked exhaustively). Normal range: round the 13 dropped mantissa bits to nearest even (a
-/// carry moves the exponent). Subnormal range: adding 0.5 makes float's ulp exactly 2^-24, the f16
-/// subnormal spacing, so the IEEE add rounds to that grid (ties to even) and subtracting 0.5 back
-/// is exact.
+/// (checked exhaustively by test_large). Normal range: round the 13 dropped mantissa bits to
+/// nearest even (a carry moves the exponent). Subnormal range: adding 0.5 makes float's ulp
+/// exactly 2^-24, the f16 subnormal spacing, so the IEEE add rounds to that grid (ties to even) and
+/// subtracting 0.5 back is exact.
 POSENC_HD float f16_round(float f) {
   const std::uint32_t u = float_bits(f);
   const std::uint32_t sign = u & 0x80000000u;

@@ -2,6 +2,7 @@
 #include "core/validate.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -17,6 +18,12 @@ namespace {
 [[noreturn]] void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
 
 std::string str(std::int64_t v) { return std::to_string(v); }
+
+std::string address_text(std::uintptr_t a) {
+  char text[2 + 2 * sizeof(a) + 1];
+  std::snprintf(text, sizeof(text), "0x%llx", static_cast<unsigned long long>(a));
+  return text;
+}
 
 bool known(DType t) noexcept { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
 bool known(IndexType t) noexcept { return t == IndexType::i32 || t == IndexType::i64; }
@@ -40,8 +47,7 @@ struct Extent {
 /// free of self-overlap iff no (dt, dh) != (0, 0) with |dt| < T, |dh| < H has |dt*ts + dh*hs| < D.
 /// Iterates over the smaller count (heads, typically), so it costs O(min(T, H)). Strides are
 /// non-negative and (n-1)*s has been checked to fit.
-bool rows_overlap(std::int64_t n1, std::int64_t s1, std::int64_t n2, std::int64_t s2,
-                  std::int64_t width) noexcept {
+bool rows_overlap(std::int64_t n1, std::int64_t s1, std::int64_t n2, std::int64_t s2, std::int64_t width) noexcept {
   if (n1 > n2) {
     std::swap(n1, n2);
     std::swap(s1, s2);
@@ -69,52 +75,47 @@ bool rows_overlap(std::int64_t n1, std::int64_t s1, std::int64_t n2, std::int64_
 /// Checks one present view (strides, extents in checked arithmetic, self-overlap, alignment) and
 /// returns its byte extent.
 Extent check_view(const char* name, const ConstTensorView& v) {
-  const std::string n(name);
-  if (v.heads <= 0) fail(ErrorKind::invalid_argument, n + " heads " + str(v.heads) + " must be > 0");
+  const auto n = [name] { return std::string(name); };  // messages only: no allocation on success
+  if (v.heads <= 0) fail(ErrorKind::invalid_argument, n() + " heads " + str(v.heads) + " must be > 0");
   if (v.token_stride < 0) {
     fail(ErrorKind::invalid_argument,
-         n + " token_stride " + str(v.token_stride) + " is negative (strides must be >= 0)");
+         n() + " token_stride " + str(v.token_stride) + " is negative (strides must be >= 0)");
   }
   if (v.head_stride < 0) {
     fail(ErrorKind::invalid_argument,
-         n + " head_stride " + str(v.head_stride) + " is negative (strides must be >= 0)");
+         n() + " head_stride " + str(v.head_stride) + " is negative (strides must be >= 0)");
   }
   const std::int64_t elem = size_of(v.dtype);
   const auto address = reinterpret_cast<std::uintptr_t>(v.data);
   if (address % static_cast<std::uintptr_t>(elem) != 0) {
-    fail(ErrorKind::invalid_argument, n + " data address " + str(static_cast<std::int64_t>(address)) +
-                                          " is not aligned to its " + str(elem) + "-byte elements");
+    fail(ErrorKind::invalid_argument,
+         n() + " data address " + address_text(address) + " is not aligned to its " + str(elem) + "-byte elements");
   }
 
   // Elements spanned: (T-1)*ts + (H-1)*hs + D; a stride does not count along an axis of one.
-  const std::string tok_what = n + " extent (tokens - 1) * token_stride";
-  const std::string head_what = n + " extent (heads - 1) * head_stride";
-  const std::string span_what = n + " extent in elements";
-  const std::string byte_what = n + " extent in bytes";
-  const std::int64_t tok = checked_mul(v.tokens - 1, v.token_stride, tok_what.c_str());
-  const std::int64_t head = checked_mul(v.heads - 1, v.head_stride, head_what.c_str());
-  const std::int64_t span = checked_add(head, v.head_dim, span_what.c_str());
-  const std::int64_t elems = checked_add(tok, span, span_what.c_str());
+  const std::int64_t tok = checked_mul(v.tokens - 1, v.token_stride, name, " extent (tokens - 1) * token_stride");
+  const std::int64_t head = checked_mul(v.heads - 1, v.head_stride, name, " extent (heads - 1) * head_stride");
+  const std::int64_t span = checked_add(head, v.head_dim, name, " extent in elements");
+  const std::int64_t elems = checked_add(tok, span, name, " extent in elements");
   Extent e;
   e.name = name;
   e.begin = address;
-  e.bytes = checked_mul(elems, elem, byte_what.c_str());
+  e.bytes = checked_mul(elems, elem, name, " extent in bytes");
   e.span_bytes = span * elem;  // <= bytes, cannot overflow
-  e.token_bytes = checked_mul(v.token_stride, elem, byte_what.c_str());
+  e.token_bytes = checked_mul(v.token_stride, elem, name, " token stride in bytes");
   e.tokens = v.tokens;
   e.token_stride = v.token_stride;
   e.head_stride = v.head_stride;
   if (address > UINTPTR_MAX - static_cast<std::uintptr_t>(e.bytes)) {
-    fail(ErrorKind::overflow, n + " spans " + str(e.bytes) + " bytes from address " +
-                                  str(static_cast<std::int64_t>(address)) +
+    fail(ErrorKind::overflow, n() + " spans " + str(e.bytes) + " bytes from address " + address_text(address) +
                                   ", past the end of the address space");
   }
 
   if (rows_overlap(v.tokens, v.token_stride, v.heads, v.head_stride, v.head_dim)) {
-    fail(ErrorKind::invalid_argument,
-         n + " overlaps itself: with tokens " + str(v.tokens) + ", heads " + str(v.heads) +
-             ", head_dim " + str(v.head_dim) + ", token_stride " + str(v.token_stride) +
-             " and head_stride " + str(v.head_stride) + " two (token, head) rows share elements");
+    fail(ErrorKind::invalid_argument, n() + " overlaps itself: with tokens " + str(v.tokens) + ", heads " +
+                                          str(v.heads) + ", head_dim " + str(v.head_dim) + ", token_stride " +
+                                          str(v.token_stride) + " and head_stride " + str(v.head_stride) +
+                                          " two (token, head) rows share elements");
   }
   return e;
 }
@@ -146,43 +147,38 @@ bool same_view(const Extent& a, const Extent& b) noexcept {
   return a.begin == b.begin && a.token_stride == b.token_stride && a.head_stride == b.head_stride;
 }
 
-void check_shape(const char* name, const ConstTensorView& v, const RopeSpec& spec,
-                 const PositionsView& positions) {
-  const std::string n(name);
+void check_shape(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions) {
+  const auto n = [name] { return std::string(name); };  // messages only: no allocation on success
   if (!known(v.dtype)) {
-    fail(ErrorKind::invalid_argument,
-         n + " dtype " + str(static_cast<int>(v.dtype)) + " is not a known DType");
+    fail(ErrorKind::invalid_argument, n() + " dtype " + str(static_cast<int>(v.dtype)) + " is not a known DType");
   }
   if (v.head_dim != spec.head_dim) {
     fail(ErrorKind::invalid_argument,
-         n + " head_dim " + str(v.head_dim) + " differs from spec.head_dim " + str(spec.head_dim));
+         n() + " head_dim " + str(v.head_dim) + " differs from spec.head_dim " + str(spec.head_dim));
   }
   if (v.tokens != positions.count) {
-    fail(ErrorKind::invalid_argument, n + " tokens " + str(v.tokens) + " differs from positions.count " +
-                                          str(positions.count));
+    fail(ErrorKind::invalid_argument,
+         n() + " tokens " + str(v.tokens) + " differs from positions.count " + str(positions.count));
   }
 }
 
-void check_source(const char* name, const ConstTensorView& src, const char* dst_name,
-                  const ConstTensorView& dst) {
-  const std::string n(name);
+void check_source(const char* name, const ConstTensorView& src, const char* dst_name, const ConstTensorView& dst) {
+  const auto n = [name] { return std::string(name); };  // messages only: no allocation on success
   if (src.dtype != dst.dtype) {
-    fail(ErrorKind::invalid_argument, n + " dtype " + to_string(src.dtype) + " differs from " +
-                                          dst_name + " dtype " + to_string(dst.dtype));
+    fail(ErrorKind::invalid_argument,
+         n() + " dtype " + to_string(src.dtype) + " differs from " + dst_name + " dtype " + to_string(dst.dtype));
   }
   if (src.tokens != dst.tokens || src.heads != dst.heads || src.head_dim != dst.head_dim) {
-    fail(ErrorKind::invalid_argument,
-         n + " shape [" + str(src.tokens) + ", " + str(src.heads) + ", " + str(src.head_dim) +
-             "] differs from " + dst_name + " shape [" + str(dst.tokens) + ", " + str(dst.heads) +
-             ", " + str(dst.head_dim) + "]");
+    fail(ErrorKind::invalid_argument, n() + " shape [" + str(src.tokens) + ", " + str(src.heads) + ", " +
+                                          str(src.head_dim) + "] differs from " + dst_name + " shape [" +
+                                          str(dst.tokens) + ", " + str(dst.heads) + ", " + str(dst.head_dim) + "]");
   }
 }
 
 [[noreturn]] void fail_overlap(const Extent& a, const Extent& b, const char* why) {
-  fail(ErrorKind::invalid_argument,
-       std::string(a.name) + " (bytes [" + str(static_cast<std::int64_t>(a.begin)) + ", +" +
-           str(a.bytes) + ")) overlaps " + b.name + " (bytes [" +
-           str(static_cast<std::int64_t>(b.begin)) + ", +" + str(b.bytes) + ")): " + why);
+  fail(ErrorKind::invalid_argument, std::string(a.name) + " (" + str(a.bytes) + " bytes at " + address_text(a.begin) +
+                                        ") overlaps " + b.name + " (" + str(b.bytes) + " bytes at " +
+                                        address_text(b.begin) + "): " + why);
 }
 
 }  // namespace
@@ -195,8 +191,8 @@ std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit) 
     for (std::int64_t i = 0; i < positions.count; ++i) {
       const std::int64_t v = p[i];
       if (v < 0 || v >= limit) {
-        fail(ErrorKind::out_of_range, "position " + str(v) + " at token index " + str(i) +
-                                          " is outside [0, " + str(limit) + ")");
+        fail(ErrorKind::out_of_range,
+             "position " + str(v) + " at token index " + str(i) + " is outside [0, " + str(limit) + ")");
       }
       max_position = std::max(max_position, v);
     }
@@ -225,13 +221,13 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
          "positions.type " + str(static_cast<int>(pos.type)) + " is not a known IndexType");
   }
   if (reinterpret_cast<std::uintptr_t>(pos.data) % static_cast<std::uintptr_t>(size_of(pos.type)) != 0) {
-    fail(ErrorKind::invalid_argument, "positions.data is not aligned to its " +
-                                          str(size_of(pos.type)) + "-byte elements");
+    fail(ErrorKind::invalid_argument,
+         "positions.data is not aligned to its " + str(size_of(pos.type)) + "-byte elements");
   }
   checked_mul(pos.count, size_of(pos.type), "positions size in bytes");
   if (spec.head_dim <= 0 || spec.head_dim > max_head_dim) {
-    fail(ErrorKind::invalid_argument, "spec.head_dim " + str(spec.head_dim) + " is outside [1, " +
-                                          str(max_head_dim) + "]");
+    fail(ErrorKind::invalid_argument,
+         "spec.head_dim " + str(spec.head_dim) + " is outside [1, " + str(max_head_dim) + "]");
   }
 
   CallInfo info;
@@ -242,8 +238,8 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
   if (args.k.present()) {
     check_shape("k", args.k, spec, pos);
     if (args.k.dtype != args.q.dtype) {
-      fail(ErrorKind::invalid_argument, std::string("k dtype ") + to_string(args.k.dtype) +
-                                            " differs from q dtype " + to_string(args.q.dtype));
+      fail(ErrorKind::invalid_argument,
+           std::string("k dtype ") + to_string(args.k.dtype) + " differs from q dtype " + to_string(args.q.dtype));
     }
   }
   if (args.q_src.present()) check_source("q_src", args.q_src, "q", args.q);
@@ -261,7 +257,8 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
     info.q_in_place = same_view(qs, q);
     if (!info.q_in_place) {
       if (views_overlap(qs, q)) fail_overlap(qs, q, "a source must be its destination exactly or not overlap it");
-      if (args.k.present() && views_overlap(qs, k)) fail_overlap(qs, k, "a source must not overlap another destination");
+      if (args.k.present() && views_overlap(qs, k))
+        fail_overlap(qs, k, "a source must not overlap another destination");
     }
   }
   if (args.k_src.present()) {

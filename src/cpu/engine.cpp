@@ -1,4 +1,4 @@
-// CpuEngine: the threaded, vectorized CPU engine (persistent pool, kernels specialised per dtype x pairing x numerics), bit-identical to apply_reference.
+// CpuEngine: the threaded, vectorized CPU engine (persistent pool, kernels specialised per dtype x pairing x numerics and built per ISA), bit-identical to apply_reference.
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -17,26 +17,33 @@
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
 
-// The kernels are compiled twice: once for the baseline ISA the library is built for, once for
-// AVX2+FMA, picked at construction from the CPU's features. On baseline x86-64, std::fma (the
-// `accurate` rotation) is a libm call per element and conversions run 4 wide; AVX2+FMA makes
-// both vector instructions. Every operation is exactly rounded IEEE arithmetic either way
-// (-ffp-contract=off, no fast-math), so both builds give the same bits as apply_reference.
-// A macro names the namespace because it is the one thing that differs between the two inclusions.
+// The kernels are compiled three times: for the baseline ISA the library is built for, for
+// AVX2+FMA and for AVX-512 (BW/DQ/VL, 512-bit vectors); the widest the CPU has is picked at
+// construction. On baseline x86-64, std::fma (the `accurate` rotation) is a libm call per element
+// and conversions run 4 wide; the bf16 rounding emulation of hf_compatible is compute-bound, so
+// each doubling of the vector width nearly doubles throughput. Every operation is exactly rounded
+// IEEE arithmetic in all builds (-ffp-contract=off, no fast-math), so all give apply_reference's
+// bits. A macro names the namespace: it is the one thing that differs between the inclusions.
 #define POSENC_CPU_ISA baseline
 #include "cpu/kernels.hpp"
 #undef POSENC_CPU_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define POSENC_CPU_AVX2_KERNELS 1
+#define POSENC_CPU_X86_KERNELS 1
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define POSENC_CPU_ISA avx2
 #include "cpu/kernels.hpp"
 #undef POSENC_CPU_ISA
 #pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,prefer-vector-width=512")
+#define POSENC_CPU_ISA avx512
+#include "cpu/kernels.hpp"
+#undef POSENC_CPU_ISA
+#pragma GCC pop_options
 #else
-#define POSENC_CPU_AVX2_KERNELS 0
+#define POSENC_CPU_X86_KERNELS 0
 #endif
 
 namespace posenc {
@@ -55,38 +62,49 @@ constexpr double chunk_min_bytes = 64.0 * 1024;
 /// Chunks per thread: enough to balance uneven cores, few enough to keep each stream long.
 constexpr std::int64_t chunks_per_thread = 4;
 
-/// The AVX2 kernels are used when the CPU has AVX2 and FMA, unless the environment variable
-/// POSENC_CPU_ISA=baseline asks for the baseline ones (tests compare both against the reference).
-bool use_avx2_kernels() noexcept {
-#if POSENC_CPU_AVX2_KERNELS
-  const char* forced = std::getenv("POSENC_CPU_ISA");
-  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
+/// The kernel builds, widest last.
+enum class Isa { baseline, avx2, avx512 };
+
+/// The widest build the CPU supports, unless the environment variable POSENC_CPU_ISA names a
+/// narrower one ("baseline" or "avx2"; tests run every build against the reference).
+Isa select_isa() noexcept {
+#if POSENC_CPU_X86_KERNELS
   __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  Isa best = Isa::baseline;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+  if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
+    best = Isa::avx512;
+  }
+  const char* forced = std::getenv("POSENC_CPU_ISA");
+  if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return Isa::baseline;
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
+  return best;
 #else
-  return false;
+  return Isa::baseline;
 #endif
 }
 
-KernelFn select_kernel(bool avx2, DType d, Pairing p, Numerics n) noexcept {
-#if POSENC_CPU_AVX2_KERNELS
-  if (avx2) return cpu_detail::avx2::select_kernel(d, p, n);
+KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) noexcept {
+#if POSENC_CPU_X86_KERNELS
+  if (isa == Isa::avx512) return cpu_detail::avx512::select_kernel(d, p, n);
+  if (isa == Isa::avx2) return cpu_detail::avx2::select_kernel(d, p, n);
 #else
-  (void)avx2;
+  (void)isa;
 #endif
   return cpu_detail::baseline::select_kernel(d, p, n);
 }
 
 void check_table(const FrequencyTable& table, std::int64_t half, const char* which) {
   if (static_cast<std::int64_t>(table.inv_freq.size()) != half) {
-    throw Error(ErrorKind::invalid_argument,
-                std::string(which) + " frequency table has " + std::to_string(table.inv_freq.size()) +
-                    " entries, expected rotary_dim / 2 = " + std::to_string(half));
+    throw Error(ErrorKind::invalid_argument, std::string(which) + " frequency table has " +
+                                                 std::to_string(table.inv_freq.size()) +
+                                                 " entries, expected rotary_dim / 2 = " + std::to_string(half));
   }
 }
 
 KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bool in_place) {
-  const ConstTensorView& from = in_place ? ConstTensorView(dst) : src;
+  const ConstTensorView from = in_place ? ConstTensorView(dst) : src;
   KernelTensor t;
   t.dst = dst.data;
   t.src = from.data;
@@ -158,9 +176,9 @@ struct CpuEngine::State {
 CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   spec.validate();
   if (spec.head_dim > max_head_dim || spec.rotary() > spec.head_dim) {
-    throw Error(ErrorKind::invalid_argument,
-                "head_dim " + std::to_string(spec.head_dim) + " / rotary_dim " + std::to_string(spec.rotary()) +
-                    " do not fit max_head_dim " + std::to_string(max_head_dim));
+    throw Error(ErrorKind::invalid_argument, "head_dim " + std::to_string(spec.head_dim) + " / rotary_dim " +
+                                                 std::to_string(spec.rotary()) + " do not fit max_head_dim " +
+                                                 std::to_string(max_head_dim));
   }
   int threads = options.threads;
   if (threads < 0) {
@@ -177,9 +195,7 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   if (s.spec.scaling == Scaling::dynamic) {
     s.threshold = s.spec.params.max_position_embeddings;
   } else if (s.spec.scaling == Scaling::longrope) {
-    // HF falls back to max_position_embeddings when original_max_position_embeddings is absent.
-    s.threshold = s.spec.params.original_max_position_embeddings > 0 ? s.spec.params.original_max_position_embeddings
-                                                                     : s.spec.params.max_position_embeddings;
+    s.threshold = s.spec.params.original_max_position_embeddings;  // > 0: RopeSpec::validate requires it
   }
   if (detail::table_depends_on_positions(s.spec.scaling) && s.threshold > 0) {
     s.below = compute_frequencies(s.spec, s.threshold);
@@ -190,13 +206,13 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
     }
   }
 
-  const bool avx2 = use_avx2_kernels();
+  const Isa isa = select_isa();
   for (DType d : {DType::f32, DType::f16, DType::bf16}) {
-    s.kernels[static_cast<std::size_t>(d)] = select_kernel(avx2, d, s.spec.pairing, s.spec.numerics);
+    s.kernels[static_cast<std::size_t>(d)] = select_kernel(isa, d, s.spec.pairing, s.spec.numerics);
     if (s.kernels[static_cast<std::size_t>(d)] == nullptr) {
-      throw Error(ErrorKind::invalid_argument, "spec.pairing " + std::to_string(static_cast<int>(s.spec.pairing)) +
-                                                   " or spec.numerics " + std::to_string(static_cast<int>(s.spec.numerics)) +
-                                                   " is not a known value");
+      throw Error(ErrorKind::invalid_argument,
+                  "spec.pairing " + std::to_string(static_cast<int>(s.spec.pairing)) + " or spec.numerics " +
+                      std::to_string(static_cast<int>(s.spec.numerics)) + " is not a known value");
     }
   }
 }

@@ -100,8 +100,8 @@ inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* _
 
 /// Every head of one tensor at token t.
 template <Act A, Pairing P, Numerics N>
-inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t,
-                         const float* cos_row, const float* sin_row, float* xa, float* xb) {
+inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t, const float* cos_row,
+                         const float* sin_row, float* xa, float* xb) {
   using S = Storage<A>;
   const std::int64_t rotary = 2 * call.half;
   const std::int64_t tail = call.head_dim - call.offset - rotary;
@@ -114,8 +114,7 @@ inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int
     if (x.copy_pass) {  // out of place: the pass-through elements are copied bit for bit
       if (call.offset > 0) std::memcpy(dst, src, static_cast<std::size_t>(call.offset) * sizeof(S));
       if (tail > 0) {
-        std::memcpy(dst + call.offset + rotary, src + call.offset + rotary,
-                    static_cast<std::size_t>(tail) * sizeof(S));
+        std::memcpy(dst + call.offset + rotary, src + call.offset + rotary, static_cast<std::size_t>(tail) * sizeof(S));
       }
     }
   }
@@ -141,9 +140,12 @@ template <Act A, Pairing P, Numerics N>
 template <Act A, Pairing P>
 KernelFn select_numerics(Numerics n) noexcept {
   switch (n) {
-    case Numerics::hf_compatible: return &rotate_tokens<A, P, Numerics::hf_compatible>;
-    case Numerics::hf_fp32_apply: return &rotate_tokens<A, P, Numerics::hf_fp32_apply>;
-    case Numerics::accurate: return &rotate_tokens<A, P, Numerics::accurate>;
+    case Numerics::hf_compatible:
+      return &rotate_tokens<A, P, Numerics::hf_compatible>;
+    case Numerics::hf_fp32_apply:
+      return &rotate_tokens<A, P, Numerics::hf_fp32_apply>;
+    case Numerics::accurate:
+      return &rotate_tokens<A, P, Numerics::accurate>;
   }
   return nullptr;
 }
@@ -151,9 +153,12 @@ KernelFn select_numerics(Numerics n) noexcept {
 template <Act A>
 KernelFn select_pairing(Pairing p, Numerics n) noexcept {
   switch (p) {
-    case Pairing::half_split: return select_numerics<A, Pairing::half_split>(n);
-    case Pairing::interleaved: return select_numerics<A, Pairing::interleaved>(n);
-    case Pairing::interleaved_to_half: return select_numerics<A, Pairing::interleaved_to_half>(n);
+    case Pairing::half_split:
+      return select_numerics<A, Pairing::half_split>(n);
+    case Pairing::interleaved:
+      return select_numerics<A, Pairing::interleaved>(n);
+    case Pairing::interleaved_to_half:
+      return select_numerics<A, Pairing::interleaved_to_half>(n);
   }
   return nullptr;
 }
@@ -161,9 +166,12 @@ KernelFn select_pairing(Pairing p, Numerics n) noexcept {
 /// The kernel for a (dtype, pairing, numerics) combination; nullptr for values outside the enums.
 inline KernelFn select_kernel(DType d, Pairing p, Numerics n) noexcept {
   switch (d) {
-    case DType::f32: return select_pairing<Act::f32>(p, n);
-    case DType::f16: return select_pairing<Act::f16>(p, n);
-    case DType::bf16: return select_pairing<Act::bf16>(p, n);
+    case DType::f32:
+      return select_pairing<Act::f32>(p, n);
+    case DType::f16:
+      return select_pairing<Act::f16>(p, n);
+    case DType::bf16:
+      return select_pairing<Act::bf16>(p, n);
   }
   return nullptr;
 }

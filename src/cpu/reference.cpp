@@ -38,8 +38,8 @@ void store(void* data, std::int64_t index, float value) {
 }
 
 /// Element offset of (t, h, d) in a view: t * token_stride + h * head_stride + d.
-std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std::int64_t t,
-                       std::int64_t h, std::int64_t d) {
+std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std::int64_t t, std::int64_t h,
+                       std::int64_t d) {
   return t * token_stride + h * head_stride + d;
 }
 
@@ -55,9 +55,12 @@ detail::CosSin cos_sin(Numerics numerics, float inv_freq, std::int64_t p, double
 template <Act A>
 detail::Pair rotate(Numerics numerics, float a, float b, detail::CosSin cs) {
   switch (numerics) {
-    case Numerics::hf_compatible: return detail::rotate_hf<A>(a, b, cs);
-    case Numerics::hf_fp32_apply: return detail::rotate_fp32<A>(a, b, cs);
-    case Numerics::accurate: break;
+    case Numerics::hf_compatible:
+      return detail::rotate_hf<A>(a, b, cs);
+    case Numerics::hf_fp32_apply:
+      return detail::rotate_fp32<A>(a, b, cs);
+    case Numerics::accurate:
+      break;
   }
   return detail::rotate_accurate<A>(a, b, cs);
 }
@@ -66,8 +69,7 @@ detail::Pair rotate(Numerics numerics, float a, float b, detail::CosSin cs) {
 /// place); `cos`/`sin` hold the token's H values, shared by every head of Q and K.
 template <Act A>
 void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const std::vector<float>& inv_freq,
-                   double attention_factor, const ConstTensorView& src, const TensorView& dst,
-                   bool in_place) {
+                   double attention_factor, const ConstTensorView& src, const TensorView& dst, bool in_place) {
   const std::int64_t head_dim = spec.head_dim;
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;  // H: pairs per head
@@ -142,9 +144,15 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
   switch (args.q.dtype) {
-    case DType::f32: rotate_call<Act::f32>(spec, args, info, table.inv_freq, attention_factor); break;
-    case DType::f16: rotate_call<Act::f16>(spec, args, info, table.inv_freq, attention_factor); break;
-    case DType::bf16: rotate_call<Act::bf16>(spec, args, info, table.inv_freq, attention_factor); break;
+    case DType::f32:
+      rotate_call<Act::f32>(spec, args, info, table.inv_freq, attention_factor);
+      break;
+    case DType::f16:
+      rotate_call<Act::f16>(spec, args, info, table.inv_freq, attention_factor);
+      break;
+    case DType::bf16:
+      rotate_call<Act::bf16>(spec, args, info, table.inv_freq, attention_factor);
+      break;
   }
 }
 

@@ -44,6 +44,11 @@ class ThreadPool {
   /// Runs `task` over [0, n) in chunks of `chunk` items and returns when all are done. Returns
   /// false without running anything when another run is in progress (apply is const and may be
   /// called from several threads at once; the caller then does the work itself).
+  ///
+  /// The caller never waits for a worker that has not started: once it has claimed the last
+  /// chunk it closes the run, waits only for the workers inside it, and a worker that wakes late
+  /// finds the run closed and goes back to sleep. On an oversubscribed machine a descheduled
+  /// worker therefore costs nothing but the chunks it did not take.
   bool try_run(std::int64_t n, std::int64_t chunk, Task task, const void* context) noexcept {
     std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
     if (!run_lock.owns_lock()) return false;
@@ -54,14 +59,16 @@ class ThreadPool {
       items_ = n;
       chunk_ = std::max<std::int64_t>(chunk, 1);
       next_.store(0, std::memory_order_relaxed);
-      pending_ = static_cast<int>(workers_.size());
+      open_ = true;
       ++generation_;
     }
     wake_.notify_all();
     work();
-    // The job lives in the caller's frame: wait until every worker has let go of it.
+    // Every chunk is claimed. The job lives in the caller's frame: close the run and wait for the
+    // workers still inside it.
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
+    open_ = false;
+    done_.wait(lock, [this] { return inside_ == 0; });
     return true;
   }
 
@@ -82,21 +89,24 @@ class ThreadPool {
         wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
+        if (!open_) continue;  // woke after the run was over
+        ++inside_;
       }
       work();
       {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (--pending_ == 0) done_.notify_one();
+        if (--inside_ == 0) done_.notify_one();
       }
     }
   }
 
   std::mutex run_mutex_;  // one run at a time
-  std::mutex mutex_;      // guards the job fields, generation_, pending_ and stop_
+  std::mutex mutex_;      // guards the job fields, generation_, inside_, open_ and stop_
   std::condition_variable wake_;
   std::condition_variable done_;
   std::uint64_t generation_ = 0;
-  int pending_ = 0;  // workers that have not finished the current run
+  int inside_ = 0;     // workers inside the current run
+  bool open_ = false;  // the current run still admits workers
   bool stop_ = false;
   Task task_ = nullptr;
   const void* context_ = nullptr;

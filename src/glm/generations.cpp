@@ -51,7 +51,8 @@ BlankInfillingSample make_blank_infilling(std::span<const TokenId> text,
   require_token(tokens.eop, "<eop>", who);
   const auto text_len = static_cast<std::int64_t>(text.size());
   const auto n = static_cast<std::int64_t>(spans.size());
-  if (n == 0) fail(ErrorKind::invalid_argument, who, ": no spans given; at least one span is needed");
+  if (n == 0)
+    fail(ErrorKind::invalid_argument, who, ": no spans given; at least one span is needed");
 
   for (std::int64_t i = 0; i < n; ++i) {
     const BlankSpan& s = spans[static_cast<std::size_t>(i)];
@@ -61,8 +62,8 @@ BlankInfillingSample make_blank_infilling(std::span<const TokenId> text,
            s.length, "; spans must hold at least 1 token");
     }
     if (s.start < 0 || s.start > text_len || s.length > text_len - s.start) {
-      fail(ErrorKind::out_of_range, who, ": span ", i, " [", s.start, ", ", s.start, " + ", s.length,
-           ") lies outside the text [0, ", text_len, ")");
+      fail(ErrorKind::out_of_range, who, ": span ", i, " [", s.start, ", ", s.start, " + ",
+           s.length, ") lies outside the text [0, ", text_len, ")");
     }
   }
   // Part A needs the spans in text order; overlaps show up as neighbours in that order.
@@ -122,7 +123,8 @@ BlankInfillingSample make_blank_infilling(std::span<const TokenId> text,
   for (std::int64_t idx : by_start) {
     const BlankSpan& s = spans[static_cast<std::size_t>(idx)];
     copy_text(cursor, s.start);
-    out.mask_positions[static_cast<std::size_t>(idx)] = static_cast<std::int64_t>(out.tokens.size());
+    out.mask_positions[static_cast<std::size_t>(idx)] =
+        static_cast<std::int64_t>(out.tokens.size());
     out.tokens.push_back(mask_token_of(s.kind, tokens));
     pos.push_back(static_cast<std::int64_t>(pos.size()));
     cursor = s.start + s.length;
@@ -200,11 +202,13 @@ PositionIds blank_infilling_generation(std::int64_t mask_position, std::int64_t 
 // ---- GLM-130B -----------------------------------------------------------------------------------
 
 std::int64_t Glm130bPositions::next_position(std::int64_t tokens_so_far) const {
-  detail::require_at_least(tokens_so_far, sop_index + 1, "Glm130bPositions::next_position: tokens_so_far");
+  detail::require_at_least(tokens_so_far, sop_index + 1,
+                           "Glm130bPositions::next_position: tokens_so_far");
   return pinned ? mask_position : tokens_so_far;
 }
 
-Glm130bPositions glm130b_positions(std::span<const TokenId> tokens, const GlmSpecialTokens& special) {
+Glm130bPositions glm130b_positions(std::span<const TokenId> tokens,
+                                   const GlmSpecialTokens& special) {
   special.validate();
   require_token(special.sop, "<sop>", "glm130b_positions");
   const auto len = static_cast<std::int64_t>(tokens.size());
@@ -232,8 +236,8 @@ Glm130bPositions glm130b_positions(std::span<const TokenId> tokens, const GlmSpe
     out.mask_token = special.gmask;
     out.pinned = false;
   } else {
-    fail(ErrorKind::invalid_argument, "glm130b_positions: no mask token before <sop> at index ", sop,
-         "; searched for [MASK]=", special.mask, ", [sMASK]=", special.smask,
+    fail(ErrorKind::invalid_argument, "glm130b_positions: no mask token before <sop> at index ",
+         sop, "; searched for [MASK]=", special.mask, ", [sMASK]=", special.smask,
          ", [gMASK]=", special.gmask);
   }
   out.positions = PositionIds(1, len);
@@ -266,8 +270,8 @@ ChatGlm6bPositions chatglm6b_positions(std::span<const TokenId> tokens,
   const auto len = static_cast<std::int64_t>(tokens.size());
   const std::int64_t sop = detail::find_token(tokens, special.sop, len);
   if (sop < 0) {
-    fail(ErrorKind::invalid_argument, "chatglm6b_positions: no <sop> (id ", special.sop, ") in the ",
-         len, " tokens; the tokenizer appends [gMASK] <sop> to every prompt");
+    fail(ErrorKind::invalid_argument, "chatglm6b_positions: no <sop> (id ", special.sop,
+         ") in the ", len, " tokens; the tokenizer appends [gMASK] <sop> to every prompt");
   }
   const std::int64_t m = detail::find_token(tokens, special.mask, sop);
   const std::int64_t g = detail::find_token(tokens, special.gmask, sop);
@@ -281,8 +285,8 @@ ChatGlm6bPositions chatglm6b_positions(std::span<const TokenId> tokens,
     out.mask_position = g;
     out.mask_token = special.gmask;
   } else {
-    fail(ErrorKind::invalid_argument, "chatglm6b_positions: no mask token before <sop> at index ", sop,
-         "; searched for [MASK]=", special.mask, ", [gMASK]=", special.gmask);
+    fail(ErrorKind::invalid_argument, "chatglm6b_positions: no mask token before <sop> at index ",
+         sop, "; searched for [MASK]=", special.mask, ", [gMASK]=", special.gmask);
   }
   out.positions = PositionIds(2, len);
   auto p = out.positions.stream(0);

@@ -23,7 +23,9 @@ const char* to_string(MaskPattern p) noexcept {
   return "unknown";
 }
 
-AttentionPattern AttentionPattern::causal() { return AttentionPattern{}; }
+AttentionPattern AttentionPattern::causal() {
+  return AttentionPattern{};
+}
 
 AttentionPattern AttentionPattern::bidirectional() {
   AttentionPattern p;
@@ -54,7 +56,8 @@ AttentionPattern AttentionPattern::global_local(std::vector<std::int64_t> global
   return p;
 }
 
-AttentionPattern AttentionPattern::custom(std::function<bool(std::int64_t, std::int64_t)> predicate) {
+AttentionPattern AttentionPattern::custom(
+    std::function<bool(std::int64_t, std::int64_t)> predicate) {
   AttentionPattern p;
   p.kind = MaskPattern::custom;
   p.predicate = std::move(predicate);
@@ -63,10 +66,12 @@ AttentionPattern AttentionPattern::custom(std::function<bool(std::int64_t, std::
 
 std::span<const KeyRange> MaskRanges::row(std::int64_t b, std::int64_t r) const {
   if (b < 0 || b >= batch || r < 0 || r >= q_len) {
-    fail(ErrorKind::out_of_range, "MaskRanges: row [", b, ", ", r, "] outside [", batch, ", ", q_len, "]");
+    fail(ErrorKind::out_of_range, "MaskRanges: row [", b, ", ", r, "] outside [", batch, ", ",
+         q_len, "]");
   }
   const auto i = static_cast<std::size_t>(b * q_len + r);
-  return {ranges.data() + row_offsets[i], static_cast<std::size_t>(row_offsets[i + 1] - row_offsets[i])};
+  return {ranges.data() + row_offsets[i],
+          static_cast<std::size_t>(row_offsets[i + 1] - row_offsets[i])};
 }
 
 bool MaskRanges::visible(std::int64_t b, std::int64_t r, std::int64_t k) const {
@@ -108,12 +113,12 @@ struct RowBuilder {
 };
 
 /// Checks a pattern against the call's shape; returns the sorted, unique global slots.
-std::vector<std::int64_t> check_pattern(const AttentionPattern& p, std::int64_t k_len, std::size_t index) {
+std::vector<std::int64_t> check_pattern(const AttentionPattern& p, std::int64_t k_len,
+                                        std::size_t index) {
   std::vector<std::int64_t> globals;
   switch (p.kind) {
     case MaskPattern::causal:
-    case MaskPattern::bidirectional:
-      break;
+    case MaskPattern::bidirectional: break;
     case MaskPattern::prefix_lm:
       if (p.prefix_len < 0 || p.prefix_len > k_len) {
         fail(ErrorKind::out_of_range, "attention pattern ", index, " (prefix_lm): prefix_len ",
@@ -125,14 +130,16 @@ std::vector<std::int64_t> check_pattern(const AttentionPattern& p, std::int64_t 
     case MaskPattern::global_local:
       if (p.window < 1) {
         fail(ErrorKind::invalid_argument, "attention pattern ", index, " (", to_string(p.kind),
-             "): window ", p.window, " is not allowed; the window must be at least 1 (a query always sees itself)");
+             "): window ", p.window,
+             " is not allowed; the window must be at least 1 (a query always sees itself)");
       }
       if (p.kind == MaskPattern::global_local) {
         for (std::size_t i = 0; i < p.global_positions.size(); ++i) {
           const std::int64_t g = p.global_positions[i];
           if (g < 0 || g >= k_len) {
-            fail(ErrorKind::out_of_range, "attention pattern ", index, " (global_local): global_positions[",
-                 i, "] = ", g, " lies outside the key slots [0, ", k_len, ")");
+            fail(ErrorKind::out_of_range, "attention pattern ", index,
+                 " (global_local): global_positions[", i, "] = ", g,
+                 " lies outside the key slots [0, ", k_len, ")");
           }
         }
         globals = p.global_positions;
@@ -142,7 +149,8 @@ std::vector<std::int64_t> check_pattern(const AttentionPattern& p, std::int64_t 
       break;
     case MaskPattern::custom:
       if (!p.predicate) {
-        fail(ErrorKind::invalid_argument, "attention pattern ", index, " (custom): the predicate is empty");
+        fail(ErrorKind::invalid_argument, "attention pattern ", index,
+             " (custom): the predicate is empty");
       }
       break;
   }
@@ -150,13 +158,15 @@ std::vector<std::int64_t> check_pattern(const AttentionPattern& p, std::int64_t 
 }
 
 /// The pattern's ranges for query slot q, pushed into `out` (one row).
-void pattern_row(const AttentionPattern& p, const std::vector<std::int64_t>& globals, std::int64_t q,
-                 std::int64_t k_len, RowBuilder& out) {
+void pattern_row(const AttentionPattern& p, const std::vector<std::int64_t>& globals,
+                 std::int64_t q, std::int64_t k_len, RowBuilder& out) {
   switch (p.kind) {
     case MaskPattern::causal: out.push(0, q + 1); break;
     case MaskPattern::bidirectional: out.push(0, k_len); break;
     case MaskPattern::prefix_lm: out.push(0, std::max(p.prefix_len, q + 1)); break;
-    case MaskPattern::local_window: out.push(std::max<std::int64_t>(0, q - p.window + 1), q + 1); break;
+    case MaskPattern::local_window:
+      out.push(std::max<std::int64_t>(0, q - p.window + 1), q + 1);
+      break;
     case MaskPattern::global_local: {
       if (std::binary_search(globals.begin(), globals.end(), q)) {
         out.push(0, q + 1);
@@ -203,13 +213,15 @@ MaskRanges mask_ranges(std::span<const AttentionPattern> patterns, const MaskGeo
   for (std::size_t i = 0; i < patterns.size(); ++i) {
     globals[i] = check_pattern(patterns[i], g.k_len, i);
     if (patterns[i].kind == MaskPattern::custom) {
-      predicate_calls = detail::add(predicate_calls, detail::mul(g.q_len, g.k_len, "mask: q_len * k_len"),
-                                    "mask: predicate calls");
+      predicate_calls =
+          detail::add(predicate_calls, detail::mul(g.q_len, g.k_len, "mask: q_len * k_len"),
+                      "mask: predicate calls");
     }
   }
   if (predicate_calls > max_predicate_calls) {
     fail(ErrorKind::invalid_argument, "mask: a custom pattern over q_len ", g.q_len, " x k_len ",
-         g.k_len, " needs ", predicate_calls, " predicate calls, beyond the limit ", max_predicate_calls);
+         g.k_len, " needs ", predicate_calls, " predicate calls, beyond the limit ",
+         max_predicate_calls);
   }
 
   // The pattern's rows are computed once per distinct pattern; padding is applied per sequence.
@@ -229,7 +241,8 @@ MaskRanges mask_ranges(std::span<const AttentionPattern> patterns, const MaskGeo
   std::vector<KeyRange> valid_runs;
   for (std::int64_t b = 0; b < g.batch; ++b) {
     RowBuilder own;
-    const RowBuilder& pr = shared ? shared_rows : (own = build_pattern_rows(static_cast<std::size_t>(b)));
+    const RowBuilder& pr =
+        shared ? shared_rows : (own = build_pattern_rows(static_cast<std::size_t>(b)));
     valid_runs.clear();
     const std::uint8_t* v = g.valid.empty() ? nullptr : g.valid.data() + b * g.k_len;
     if (v == nullptr) {
@@ -254,9 +267,13 @@ MaskRanges mask_ranges(std::span<const AttentionPattern> patterns, const MaskGeo
         const KeyRange& x = pr.ranges[a];
         const KeyRange& y = valid_runs[c];
         out.push(std::max(x.begin, y.begin), std::min(x.end, y.end));
-        if (x.end < y.end) ++a; else ++c;
+        if (x.end < y.end)
+          ++a;
+        else
+          ++c;
       }
-      if (out.ranges.size() == before && g.empty_rows == EmptyRows::all_visible) out.push(0, g.k_len);
+      if (out.ranges.size() == before && g.empty_rows == EmptyRows::all_visible)
+        out.push(0, g.k_len);
       out.end_row();
     }
   }
@@ -281,7 +298,8 @@ namespace {
 /// batch * q_len * k_len, or throws when it overflows or exceeds max_dense_mask_elements.
 std::int64_t dense_elements(std::int64_t batch, std::int64_t q_len, std::int64_t k_len) {
   const std::int64_t rows = detail::mul(batch, q_len, "dense mask rows (batch * q_len)");
-  const std::int64_t elements = detail::mul(rows, k_len, "dense mask elements (batch * q_len * k_len)");
+  const std::int64_t elements =
+      detail::mul(rows, k_len, "dense mask elements (batch * q_len * k_len)");
   if (elements > max_dense_mask_elements) {
     fail(ErrorKind::invalid_argument, "dense mask: batch ", batch, " x q_len ", q_len, " x k_len ",
          k_len, " = ", elements, " elements exceeds the limit ", max_dense_mask_elements,

@@ -23,7 +23,8 @@ std::int64_t VisionGrid::llm_tokens() const {
     fail(ErrorKind::invalid_argument, "VisionGrid: seconds_per_grid ", seconds_per_grid,
          " and tokens_per_second ", tokens_per_second, " must not be negative");
   }
-  const std::int64_t hw = detail::mul(h / spatial_merge_size, w / spatial_merge_size, "VisionGrid tokens");
+  const std::int64_t hw =
+      detail::mul(h / spatial_merge_size, w / spatial_merge_size, "VisionGrid tokens");
   return detail::mul(t, hw, "VisionGrid tokens");
 }
 
@@ -40,9 +41,13 @@ MropeSegment MropeSegment::vision(const VisionGrid& grid) {
   return s;
 }
 
-VisionTokens VisionTokens::qwen2_vl() noexcept { return VisionTokens{}; }
+VisionTokens VisionTokens::qwen2_vl() noexcept {
+  return VisionTokens{};
+}
 
-VisionTokens VisionTokens::glm4v() noexcept { return VisionTokens{151343, 151344}; }
+VisionTokens VisionTokens::glm4v() noexcept {
+  return VisionTokens{151343, 151344};
+}
 
 namespace {
 
@@ -206,7 +211,8 @@ PositionIds mrope_decode_positions(std::int64_t past_len, std::int64_t rope_delt
                                    std::int64_t count) {
   detail::require_at_least(past_len, 0, "mrope_decode_positions: past_len");
   detail::require_at_least(count, 0, "mrope_decode_positions: count");
-  const std::int64_t first = detail::add(past_len, rope_delta, "mrope_decode_positions: past_len + rope_delta");
+  const std::int64_t first =
+      detail::add(past_len, rope_delta, "mrope_decode_positions: past_len + rope_delta");
   if (first < 0) {
     fail(ErrorKind::out_of_range, "mrope_decode_positions: past_len ", past_len, " + rope_delta ",
          rope_delta, " = ", first, " is a negative position");
@@ -228,7 +234,8 @@ Glm4vRemotePositions glm4v_remote_positions(std::span<const TokenId> tokens,
   detail::require_at_least(num_patches, 1, "glm4v_remote_positions: num_patches");
   if (special.begin_of_image == no_token || special.end_of_image == no_token) {
     fail(ErrorKind::invalid_argument, who,
-         ": begin_of_image / end_of_image are not set in GlmSpecialTokens (glm4() sets 151339/151340)");
+         ": begin_of_image / end_of_image are not set in GlmSpecialTokens (glm4() sets "
+         "151339/151340)");
   }
   const auto len = static_cast<std::int64_t>(tokens.size());
   const std::int64_t boi = detail::find_token(tokens, special.begin_of_image, len);

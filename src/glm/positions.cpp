@@ -12,7 +12,9 @@ using detail::fail;
 
 // ---- special tokens ----------------------------------------------------------------------------
 
-GlmSpecialTokens GlmSpecialTokens::chatglm_6b() noexcept { return GlmSpecialTokens{}; }
+GlmSpecialTokens GlmSpecialTokens::chatglm_6b() noexcept {
+  return GlmSpecialTokens{};
+}
 
 GlmSpecialTokens GlmSpecialTokens::chatglm_6b_first_release() noexcept {
   GlmSpecialTokens t;
@@ -24,7 +26,9 @@ GlmSpecialTokens GlmSpecialTokens::chatglm_6b_first_release() noexcept {
   return t;
 }
 
-GlmSpecialTokens GlmSpecialTokens::glm_130b() noexcept { return chatglm_6b_first_release(); }
+GlmSpecialTokens GlmSpecialTokens::glm_130b() noexcept {
+  return chatglm_6b_first_release();
+}
 
 GlmSpecialTokens GlmSpecialTokens::chatglm2() noexcept {
   GlmSpecialTokens t;
@@ -50,12 +54,12 @@ GlmSpecialTokens GlmSpecialTokens::glm4() noexcept {
 
 void GlmSpecialTokens::validate() const {
   const std::array<std::pair<const char*, TokenId>, 7> ids{{{"[MASK]", mask},
-                                                           {"[gMASK]", gmask},
-                                                           {"[sMASK]", smask},
-                                                           {"<sop>", sop},
-                                                           {"<eop>", eop},
-                                                           {"<|begin_of_image|>", begin_of_image},
-                                                           {"<|end_of_image|>", end_of_image}}};
+                                                            {"[gMASK]", gmask},
+                                                            {"[sMASK]", smask},
+                                                            {"<sop>", sop},
+                                                            {"<eop>", eop},
+                                                            {"<|begin_of_image|>", begin_of_image},
+                                                            {"<|end_of_image|>", end_of_image}}};
   for (std::size_t i = 0; i < ids.size(); ++i) {
     if (ids[i].second < no_token) {
       fail(ErrorKind::invalid_argument, "GlmSpecialTokens: ", ids[i].first, " id ", ids[i].second,
@@ -77,7 +81,8 @@ namespace {
 
 void check_streams(int streams) {
   if (streams < 1 || streams > PositionIds::max_streams) {
-    fail(ErrorKind::invalid_argument, "PositionIds: streams is ", streams, "; it must be 1, 2 or 3");
+    fail(ErrorKind::invalid_argument, "PositionIds: streams is ", streams,
+         "; it must be 1, 2 or 3");
   }
 }
 
@@ -95,14 +100,15 @@ PositionIds::PositionIds(int streams, std::int64_t tokens, std::vector<std::int6
   detail::require_at_least(tokens, 0, "PositionIds: tokens");
   const std::int64_t expected = detail::mul(streams, tokens, "PositionIds size");
   if (static_cast<std::int64_t>(values_.size()) != expected) {
-    fail(ErrorKind::invalid_argument, "PositionIds: ", values_.size(), " values given for ", streams,
-         " streams x ", tokens, " tokens (expected ", expected, ")");
+    fail(ErrorKind::invalid_argument, "PositionIds: ", values_.size(), " values given for ",
+         streams, " streams x ", tokens, " tokens (expected ", expected, ")");
   }
 }
 
 std::span<const std::int64_t> PositionIds::stream(int s) const {
   if (s < 0 || s >= streams_) {
-    fail(ErrorKind::out_of_range, "PositionIds: stream ", s, " requested of ", streams_, " streams");
+    fail(ErrorKind::out_of_range, "PositionIds: stream ", s, " requested of ", streams_,
+         " streams");
   }
   return {values_.data() + static_cast<std::size_t>(s) * static_cast<std::size_t>(tokens_),
           static_cast<std::size_t>(tokens_)};
@@ -141,7 +147,8 @@ void PositionIds::append(const PositionIds& other) {
          " streams appended to ", streams_, " streams");
   }
   const std::int64_t total = detail::add(tokens_, other.tokens_, "PositionIds::append tokens");
-  std::vector<std::int64_t> merged(static_cast<std::size_t>(detail::mul(streams_, total, "PositionIds size")));
+  std::vector<std::int64_t> merged(
+      static_cast<std::size_t>(detail::mul(streams_, total, "PositionIds size")));
   for (int s = 0; s < streams_; ++s) {
     const auto a = stream(s);
     const auto b = other.stream(s);
@@ -232,7 +239,8 @@ BatchPositions next_positions_from_attention_mask(std::span<const std::uint8_t> 
   for (std::int64_t b = 0; b < batch; ++b) {
     // cumsum - 1 over the mask grown by new_tokens ones: the real tokens counted so far, + i.
     std::int64_t real = 0;
-    for (std::int64_t t = 0; t < length; ++t) real += mask[static_cast<std::size_t>(b * length + t)];
+    for (std::int64_t t = 0; t < length; ++t)
+      real += mask[static_cast<std::size_t>(b * length + t)];
     for (std::int64_t i = 0; i < new_tokens; ++i) {
       s[static_cast<std::size_t>(b * new_tokens + i)] = real + i;
     }

@@ -15,7 +15,10 @@ constexpr const char* known_types =
 GlmScheme causal_1d(std::string generation, std::string rotation) {
   return {std::move(generation),
           "1-D: arange (a padded batch: cumsum(attention_mask) - 1), +1 per decode step",
-          "causal", std::move(rotation), 1, MaskPattern::causal};
+          "causal",
+          std::move(rotation),
+          1,
+          MaskPattern::causal};
 }
 
 }  // namespace
@@ -27,14 +30,16 @@ GlmScheme glm_scheme_for(std::string_view model_type, bool position_encoding_2d)
             "position; block 0 in Part A, 1..len+1 within each Part B span",
             "prefix-LM: Part A [0, sep) bidirectional, Part B causal",
             "none: learned absolute position and block-position embeddings added at the input",
-            2, MaskPattern::prefix_lm};
+            2,
+            MaskPattern::prefix_lm};
   }
   if (model_type == "glm-130b") {
     return {"GLM-130B",
             "1-D: arange; with [MASK]/[sMASK] every position from <sop> on = the mask position, "
             "with [gMASK] positions continue",
             "prefix-LM: bidirectional before <sop>, causal from <sop> on",
-            "half_split (rotate_half) over the full head (128 dims), theta 10000", 1,
+            "half_split (rotate_half) over the full head (128 dims), theta 10000",
+            1,
             MaskPattern::prefix_lm};
   }
   if (model_type == "chatglm" && position_encoding_2d) {
@@ -44,7 +49,8 @@ GlmScheme glm_scheme_for(std::string_view model_type, bool position_encoding_2d)
             "prefix-LM: bidirectional before <sop>, causal from <sop> on",
             "2-D RoPE: each head split 64 + 64, each half half_split; first half by position, "
             "second by block position; theta 10000",
-            2, MaskPattern::prefix_lm};
+            2,
+            MaskPattern::prefix_lm};
   }
   if (model_type == "chatglm") {
     return causal_1d("ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B (remote code)",
@@ -52,7 +58,8 @@ GlmScheme glm_scheme_for(std::string_view model_type, bool position_encoding_2d)
                      "theta 10000 * rope_ratio");
   }
   if (model_type == "glm") {
-    return causal_1d("GLM-4-9B (HF glm)", "interleaved, partial_rotary_factor 0.5 (64 of 128 dims)");
+    return causal_1d("GLM-4-9B (HF glm)",
+                     "interleaved, partial_rotary_factor 0.5 (64 of 128 dims)");
   }
   if (model_type == "glm4") {
     return causal_1d("GLM-4-0414 / GLM-Z1 (HF glm4)",
@@ -70,10 +77,12 @@ GlmScheme glm_scheme_for(std::string_view model_type, bool position_encoding_2d)
             "causal",
             moe ? "half_split + M-RoPE sections [8, 12, 12] over 64 rotary dims"
                 : "interleaved + M-RoPE sections [8, 12, 12] over 64 rotary dims",
-            3, MaskPattern::causal};
+            3,
+            MaskPattern::causal};
   }
   if (model_type == "glm4_moe_lite" || model_type == "glm_moe_dsa") {
-    return causal_1d(model_type == "glm4_moe_lite" ? "GLM-4.7-Flash (HF glm4_moe_lite)" : "GLM-5 (HF glm_moe_dsa)",
+    return causal_1d(model_type == "glm4_moe_lite" ? "GLM-4.7-Flash (HF glm4_moe_lite)"
+                                                   : "GLM-5 (HF glm_moe_dsa)",
                      "MLA rope part (qk_rope_head_dim): pairs read interleaved, written "
                      "de-interleaved (interleaved_to_half)");
   }

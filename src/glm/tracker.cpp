@@ -29,15 +29,16 @@ SequenceState tracker_state(const Glm4vRemotePositions& prompt) {
 PositionTracker::PositionTracker(int streams, std::int64_t position_limit)
     : streams_(streams), position_limit_(position_limit) {
   if (streams < 1 || streams > PositionIds::max_streams) {
-    fail(ErrorKind::invalid_argument, "PositionTracker: streams is ", streams, "; it must be 1, 2 or 3");
+    fail(ErrorKind::invalid_argument, "PositionTracker: streams is ", streams,
+         "; it must be 1, 2 or 3");
   }
   detail::require_at_least(position_limit, 1, "PositionTracker: position_limit");
 }
 
 void PositionTracker::add_sequence(std::int64_t seq_id, const SequenceState& s) {
   if (contains(seq_id)) {
-    fail(ErrorKind::invalid_argument, "PositionTracker: sequence ", seq_id, " is already tracked (slot ",
-         slot_of(seq_id), ")");
+    fail(ErrorKind::invalid_argument, "PositionTracker: sequence ", seq_id,
+         " is already tracked (slot ", slot_of(seq_id), ")");
   }
   detail::require_at_least(s.length, 0, "PositionTracker::add_sequence: length");
   detail::require_at_least(s.pin_from, 0, "PositionTracker::add_sequence: pin_from");
@@ -75,7 +76,9 @@ void PositionTracker::remove_sequence(std::int64_t seq_id) {
   slots_.erase(seq_id);
 }
 
-bool PositionTracker::contains(std::int64_t seq_id) const noexcept { return slots_.count(seq_id) != 0; }
+bool PositionTracker::contains(std::int64_t seq_id) const noexcept {
+  return slots_.count(seq_id) != 0;
+}
 
 std::int64_t PositionTracker::slot_of(std::int64_t seq_id) const {
   const auto it = slots_.find(seq_id);
@@ -94,8 +97,8 @@ SequenceState PositionTracker::state(std::int64_t seq_id) const {
 void PositionTracker::pin(std::int64_t seq_id, std::int64_t pin_value) {
   const auto s = static_cast<std::size_t>(slot_of(seq_id));
   if (pin_value < 0 || pin_value >= position_limit_) {
-    fail(ErrorKind::out_of_range, "PositionTracker::pin: sequence ", seq_id, " pin_value ", pin_value,
-         " lies outside [0, ", position_limit_, ") (position_limit)");
+    fail(ErrorKind::out_of_range, "PositionTracker::pin: sequence ", seq_id, " pin_value ",
+         pin_value, " lies outside [0, ", position_limit_, ") (position_limit)");
   }
   pin_froms_[s] = lengths_[s];
   pin_values_[s] = pin_value;
@@ -108,12 +111,13 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
   for (std::size_t e = 0; e < entries.size(); ++e) {
     const StepEntry& en = entries[e];
     if (!contains(en.seq_id)) {
-      fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " names sequence ", en.seq_id,
-           ", which is not tracked");
+      fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " names sequence ",
+           en.seq_id, ", which is not tracked");
     }
     const auto s = static_cast<std::size_t>(slot_of(en.seq_id));
     if (used[s]) {
-      fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " repeats sequence ", en.seq_id);
+      fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " repeats sequence ",
+           en.seq_id);
     }
     used[s] = true;
     if (en.new_tokens < 1) {
@@ -130,10 +134,13 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
     const StepEntry& en = entries[e];
     const auto s = static_cast<std::size_t>(slot_of(en.seq_id));
     const std::int64_t length = lengths_[s];
-    const std::int64_t end = detail::add(length, en.new_tokens, "PositionTracker step: sequence length");
+    const std::int64_t end =
+        detail::add(length, en.new_tokens, "PositionTracker step: sequence length");
     for (std::int64_t n = length; n < end; ++n, ++o) {
       const bool pinned = n >= pin_froms_[s];
-      const std::int64_t p = pinned ? pin_values_[s] : detail::add(n, rope_deltas_[s], "PositionTracker: n + rope_delta");
+      const std::int64_t p =
+          pinned ? pin_values_[s]
+                 : detail::add(n, rope_deltas_[s], "PositionTracker: n + rope_delta");
       const std::int64_t block = pinned ? n - pin_froms_[s] + 1 : 0;
       auto check = [&](const char* what, std::int64_t v) {
         if (v < 0 || v >= position_limit_) {
@@ -154,7 +161,8 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
 
 PositionIds PositionTracker::step(std::span<const StepEntry> entries) {
   PositionIds out = peek(entries);  // throws before any state changes
-  for (const StepEntry& en : entries) lengths_[static_cast<std::size_t>(slot_of(en.seq_id))] += en.new_tokens;
+  for (const StepEntry& en : entries)
+    lengths_[static_cast<std::size_t>(slot_of(en.seq_id))] += en.new_tokens;
   return out;
 }
 

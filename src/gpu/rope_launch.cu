@@ -47,12 +47,13 @@ using detail::SelectParams;
 
 /// Launch-shape constants (see choose_shape).
 constexpr int target_block_threads = 256;
-/// A row reuses its cos/sin for at most this many heads: enough to make the trig cost a few
-/// percent of the memory time, small enough to leave many rows for load balance.
-constexpr int max_heads_per_row = 8;
-/// Rows are made plentiful enough for this many waves of resident blocks, so the partly filled
-/// last wave costs little.
-constexpr std::int64_t min_waves = 4;
+/// A row reuses its cos/sin for at most this many heads. hf_compatible evaluates cos and sin in
+/// double (about 75 FP64 instructions per pair), so at 1 head per row the trig would cost more
+/// FP64 issue time than the row's memory traffic takes; at 16 it is well under a fifth of it.
+constexpr int max_heads_per_row = 16;
+/// Rows are made plentiful enough for this many waves of resident blocks: a memory-bound partial
+/// last wave still runs near full bandwidth once the GPU holds a couple of waves.
+constexpr std::int64_t min_waves = 2;
 /// Table slots of the call-dependent pre-pass.
 constexpr int selection_slots = 16;
 /// Byte offset of the slots inside the scratch buffer (after the fault words, 256-aligned).

@@ -50,17 +50,18 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
   return d < 0 ? -d : d;
 }
 
-::testing::AssertionResult near64(const Expected64& expected, const ConstTensorView& actual, DType unit,
-                                  double ulps, ErrorStats* stats) {
+::testing::AssertionResult near64(const Expected64& expected, const ConstTensorView& actual, DType unit, double ulps,
+                                  ErrorStats* stats) {
   if (expected.tokens != actual.tokens || expected.heads != actual.heads || expected.head_dim != actual.head_dim) {
-    return ::testing::AssertionFailure() << "shape of expected [" << expected.tokens << ", " << expected.heads
-                                         << ", " << expected.head_dim << "] differs from actual " << describe(actual);
+    return ::testing::AssertionFailure() << "shape of expected [" << expected.tokens << ", " << expected.heads << ", "
+                                         << expected.head_dim << "] differs from actual " << describe(actual);
   }
   ErrorStats local;
   for (std::int64_t t = 0; t < actual.tokens; ++t) {
     for (std::int64_t h = 0; h < actual.heads; ++h) {
       double head_max = 0.0;
-      for (std::int64_t d = 0; d < actual.head_dim; ++d) head_max = std::fmax(head_max, std::fabs(expected.at(t, h, d)));
+      for (std::int64_t d = 0; d < actual.head_dim; ++d)
+        head_max = std::fmax(head_max, std::fabs(expected.at(t, h, d)));
       const double unit_ulp = ulp_of(unit, head_max);
       for (std::int64_t d = 0; d < actual.head_dim; ++d) {
         const double want = expected.at(t, h, d);
@@ -71,8 +72,8 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
           return ::testing::AssertionFailure()
                  << "element (token " << t << ", head " << h << ", dim " << d << ") of " << describe(actual)
                  << ": expected " << value_text(want) << " (float64), got " << value_text(got) << " (bits "
-                 << hex(bits, actual.dtype) << "); error " << err << " ulp of " << to_string(unit) << " at the head's max |value| "
-                 << value_text(head_max) << ", allowed " << ulps;
+                 << hex(bits, actual.dtype) << "); error " << err << " ulp of " << to_string(unit)
+                 << " at the head's max |value| " << value_text(head_max) << ", allowed " << ulps;
         }
         if (err > local.max_ulps) local = {err, t, h, d};
       }
@@ -82,7 +83,7 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
   return ::testing::AssertionSuccess() << "max error " << local.max_ulps << " ulp";
 }
 
-::testing::AssertionResult bits_equal(const ConstTensorView& expected, const ConstTensorView& actual) {
+::testing::AssertionResult bits_equal(const ConstTensorView& expected, const ConstTensorView& actual, NanBits nan) {
   if (expected.tokens != actual.tokens || expected.heads != actual.heads || expected.head_dim != actual.head_dim ||
       expected.dtype != actual.dtype) {
     return ::testing::AssertionFailure() << "expected " << describe(expected) << " but actual is " << describe(actual);
@@ -95,6 +96,10 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
         const std::uint32_t e = load_bits(expected, t, h, d);
         const std::uint32_t a = load_bits(actual, t, h, d);
         if (e == a) continue;
+        if (nan == NanBits::any_nan && std::isnan(decode_bits(expected.dtype, e)) &&
+            std::isnan(decode_bits(actual.dtype, a))) {
+          continue;
+        }
         if (mismatches++ == 0) {
           first << "first at (token " << t << ", head " << h << ", dim " << d << "): expected "
                 << value_text(decode_bits(expected.dtype, e)) << " (bits " << hex(e, expected.dtype) << "), got "
@@ -109,7 +114,8 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
                                        << " elements of " << describe(actual) << " differ; " << first.str();
 }
 
-::testing::AssertionResult bytes_equal(const std::vector<std::byte>& before, const std::byte* after, std::int64_t size) {
+::testing::AssertionResult bytes_equal(const std::vector<std::byte>& before, const std::byte* after,
+                                       std::int64_t size) {
   if (static_cast<std::int64_t>(before.size()) != size) {
     return ::testing::AssertionFailure() << "sizes differ: " << before.size() << " bytes before, " << size << " after";
   }
@@ -150,9 +156,9 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
     for (std::int64_t h = 0; h < v.heads; ++h) {
       for (std::int64_t d = 0; d < v.head_dim; ++d) {
         if (load_bits(v, t, h, d) == poison) {
-          return ::testing::AssertionFailure() << "element (token " << t << ", head " << h << ", dim " << d << ") of "
-                                               << describe(v) << " still holds the poison " << hex(poison, v.dtype)
-                                               << ": it was never written";
+          return ::testing::AssertionFailure()
+                 << "element (token " << t << ", head " << h << ", dim " << d << ") of " << describe(v)
+                 << " still holds the poison " << hex(poison, v.dtype) << ": it was never written";
         }
       }
     }

@@ -32,16 +32,24 @@ struct ErrorStats {
 /// Checks |actual - expected| <= ulps * ulp_of(unit, M) for every element, where M is the largest
 /// |expected| of that (token, head). Fails on the first element over the bound, naming (t, h, d),
 /// both values, the actual bits and the error in ulps; also fails on NaN.
-::testing::AssertionResult near64(const Expected64& expected, const ConstTensorView& actual, DType unit,
-                                  double ulps, ErrorStats* stats = nullptr);
+::testing::AssertionResult near64(const Expected64& expected, const ConstTensorView& actual, DType unit, double ulps,
+                                  ErrorStats* stats = nullptr);
+
+/// How bits_equal treats NaN results.
+enum class NanBits {
+  exact,    ///< a NaN must match bit for bit like any other value
+  any_nan,  ///< a NaN matches any NaN: IEEE leaves a computed NaN's sign and payload open, and
+            ///< compilers legitimately differ there (e.g. fma(a, c, -x) fused into fmsub keeps
+            ///< x's NaN sign, the separate negation flips it)
+};
 
 /// Bit-for-bit equality of two views of equal shape and dtype (strides may differ). Reports how
 /// many elements differ and the first one (t, h, d, both values and bits, ulp distance).
-::testing::AssertionResult bits_equal(const ConstTensorView& expected, const ConstTensorView& actual);
+::testing::AssertionResult bits_equal(const ConstTensorView& expected, const ConstTensorView& actual,
+                                      NanBits nan = NanBits::exact);
 
 /// `after` holds exactly the bytes of `before`; otherwise names the first differing offset.
-::testing::AssertionResult bytes_equal(const std::vector<std::byte>& before, const std::byte* after,
-                                       std::int64_t size);
+::testing::AssertionResult bytes_equal(const std::vector<std::byte>& before, const std::byte* after, std::int64_t size);
 inline ::testing::AssertionResult bytes_equal(const std::vector<std::byte>& before, const HostBuffer& after) {
   return bytes_equal(before, after.data(), after.size());
 }

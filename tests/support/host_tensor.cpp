@@ -81,8 +81,10 @@ std::uint32_t encode_value(DType t, double value) {
       std::memcpy(&u, &f, 4);
       return u;
     }
-    case DType::bf16: return float_to_bf16_bits(f);
-    case DType::f16: return float_to_f16_bits(f);
+    case DType::bf16:
+      return float_to_bf16_bits(f);
+    case DType::f16:
+      return float_to_f16_bits(f);
   }
   return 0;
 }
@@ -122,22 +124,21 @@ HostTensor::HostTensor(DType dtype, std::int64_t tokens, std::int64_t heads, std
   view = TensorView{buffer.data(), dtype, tokens, heads, head_dim, token_stride, head_stride};
 }
 
-FusedQkv::FusedQkv(DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads,
-                   std::int64_t head_dim, std::int64_t pad) {
+FusedQkv::FusedQkv(DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
+                   std::int64_t pad) {
   const std::int64_t token_stride = (q_heads + 2 * kv_heads) * head_dim + pad;
   buffer = HostBuffer(tokens * token_stride * size_of(dtype));
   std::byte* base = buffer.data();
   const std::int64_t e = size_of(dtype);
   q = TensorView{base, dtype, tokens, q_heads, head_dim, token_stride, head_dim};
   k = TensorView{base + q_heads * head_dim * e, dtype, tokens, kv_heads, head_dim, token_stride, head_dim};
-  v = TensorView{base + (q_heads + kv_heads) * head_dim * e, dtype, tokens, kv_heads, head_dim, token_stride,
-                 head_dim};
+  v = TensorView{base + (q_heads + kv_heads) * head_dim * e, dtype, tokens, kv_heads, head_dim, token_stride, head_dim};
 }
 
 double random_value(DType dtype, std::uint64_t seed, std::int64_t t, std::int64_t h, std::int64_t d) {
-  const std::uint64_t key = splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(t) * 0x100000001b3ull ^
-                                                         static_cast<std::uint64_t>(h) << 20 ^
-                                                         static_cast<std::uint64_t>(d)));
+  const std::uint64_t key =
+      splitmix64(seed ^ splitmix64(static_cast<std::uint64_t>(t) * 0x100000001b3ull ^
+                                   static_cast<std::uint64_t>(h) << 20 ^ static_cast<std::uint64_t>(d)));
   const std::uint64_t more = splitmix64(key);
   // Irwin-Hall with 4 terms: mean 2, variance 1/3; scaled to unit variance.
   double v = (unit(key) + unit(key >> 32) + unit(more) + unit(more >> 32) - 2.0) * std::sqrt(3.0);

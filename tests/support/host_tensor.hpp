@@ -77,8 +77,8 @@ struct FusedQkv {
   TensorView k;
   TensorView v;
 
-  FusedQkv(DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads,
-           std::int64_t head_dim, std::int64_t pad = 0);
+  FusedQkv(DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
+           std::int64_t pad = 0);
 };
 
 /// The input value of element (t, h, d) for `seed`: a counter-based hash, so any element can be

@@ -7,8 +7,8 @@
 
 namespace posenc::test {
 
-void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor,
-                   AngleModel model, std::int64_t position, const double* in, double* out) {
+void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
+                   std::int64_t position, const double* in, double* out) {
   for (std::int64_t d = 0; d < g.head_dim; ++d) out[d] = in[d];
   const std::int64_t half = g.rotary / 2;
   for (std::int64_t i = 0; i < half; ++i) {
@@ -45,8 +45,8 @@ void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double
   }
 }
 
-Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor,
-                    AngleModel model, const ConstTensorView& src, const PositionsView& positions) {
+Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
+                    const ConstTensorView& src, const PositionsView& positions) {
   Expected64 e;
   e.tokens = src.tokens;
   e.heads = src.heads;
@@ -54,9 +54,8 @@ Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, doubl
   e.values.resize(static_cast<std::size_t>(src.tokens * src.heads * src.head_dim));
   std::vector<double> in(static_cast<std::size_t>(src.head_dim));
   for (std::int64_t t = 0; t < src.tokens; ++t) {
-    const std::int64_t p = positions.type == IndexType::i32
-                               ? static_cast<const std::int32_t*>(positions.data)[t]
-                               : static_cast<const std::int64_t*>(positions.data)[t];
+    const std::int64_t p = positions.type == IndexType::i32 ? static_cast<const std::int32_t*>(positions.data)[t]
+                                                            : static_cast<const std::int64_t*>(positions.data)[t];
     for (std::int64_t h = 0; h < src.heads; ++h) {
       for (std::int64_t d = 0; d < src.head_dim; ++d) in[static_cast<std::size_t>(d)] = load_value(src, t, h, d);
       rotate_head64(g, inv_freq, attention_factor, model, p, in.data(),

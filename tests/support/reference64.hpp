@@ -33,16 +33,14 @@ struct Geometry {
   std::int64_t offset = 0;
   Pairing pairing = Pairing::half_split;
 
-  static Geometry of(const RopeSpec& spec) {
-    return {spec.head_dim, spec.rotary(), spec.rotary_offset, spec.pairing};
-  }
+  static Geometry of(const RopeSpec& spec) { return {spec.head_dim, spec.rotary(), spec.rotary_offset, spec.pairing}; }
 };
 
 /// Rotates one head: `in` and `out` hold head_dim values; elements outside the window are copied.
 /// inv_freq has rotary/2 float32 entries; cos and sin are evaluated in long double and scaled by
 /// `attention_factor` before the rotation, which is also evaluated in long double.
-void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor,
-                   AngleModel model, std::int64_t position, const double* in, double* out);
+void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
+                   std::int64_t position, const double* in, double* out);
 
 /// Expected outputs of a whole tensor: values[(t * heads + h) * head_dim + d].
 struct Expected64 {
@@ -77,7 +75,9 @@ inline double tolerance_ulps(DType dtype, Numerics numerics, double attention_fa
   const double f32_weight = dtype == DType::f32 ? 1.0 : dtype == DType::bf16 ? 0x1p-16 : 0x1p-13;
   if (numerics == Numerics::accurate) return 0.5 + 2 * root2 * f32_weight + 1e-3;
   const auto af32 = static_cast<float>(attention_factor);
-  const double factor_roundings = attention_factor == 1.0 ? 0.0 : static_cast<double>(af32) == attention_factor ? 1.0 : 2.0;
+  const double factor_roundings = attention_factor == 1.0                         ? 0.0
+                                  : static_cast<double>(af32) == attention_factor ? 1.0
+                                                                                  : 2.0;
   double cos_sin = root2 * (1.0 + factor_roundings) * f32_weight;
   if (dtype != DType::f32) cos_sin += root2;  // cos/sin rounded to the activation dtype
   const bool products_in_dtype = numerics == Numerics::hf_compatible && dtype != DType::f32;
@@ -86,7 +86,7 @@ inline double tolerance_ulps(DType dtype, Numerics numerics, double attention_fa
 }
 
 /// Rotates every head of `src` (a host view) by `positions` (host).
-Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor,
-                    AngleModel model, const ConstTensorView& src, const PositionsView& positions);
+Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
+                    const ConstTensorView& src, const PositionsView& positions);
 
 }  // namespace posenc::test

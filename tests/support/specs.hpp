@@ -17,8 +17,10 @@ namespace posenc::test {
 
 inline const std::vector<Scaling> all_schemes = {Scaling::none,     Scaling::linear, Scaling::dynamic, Scaling::yarn,
                                                  Scaling::longrope, Scaling::llama3, Scaling::table};
-inline const std::vector<Pairing> all_pairings = {Pairing::half_split, Pairing::interleaved, Pairing::interleaved_to_half};
-inline const std::vector<Numerics> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply, Numerics::accurate};
+inline const std::vector<Pairing> all_pairings = {Pairing::half_split, Pairing::interleaved,
+                                                  Pairing::interleaved_to_half};
+inline const std::vector<Numerics> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
+                                                   Numerics::accurate};
 inline const std::vector<DType> all_dtypes = {DType::f32, DType::f16, DType::bf16};
 
 /// A spec of scheme `s` with parameters modelled on real checkpoints (Llama 3.1, Qwen3 YaRN,
@@ -36,7 +38,9 @@ inline RopeSpec scheme_spec(Scaling s, std::int64_t head_dim = 64, std::int64_t 
   const std::int64_t half = spec.rotary() / 2;
   ScalingParams& p = spec.params;
   switch (s) {
-    case Scaling::none: spec.theta = 10000.0; break;
+    case Scaling::none:
+      spec.theta = 10000.0;
+      break;
     case Scaling::linear:
       spec.theta = 10000.0;
       p.factor = 4.0;
@@ -70,7 +74,8 @@ inline RopeSpec scheme_spec(Scaling s, std::int64_t head_dim = 64, std::int64_t 
       break;
     case Scaling::table:
       for (std::int64_t i = 0; i < half; ++i) {
-        p.inv_freq.push_back(static_cast<float>(std::pow(20000.0, -static_cast<double>(i) / static_cast<double>(half))));
+        p.inv_freq.push_back(
+            static_cast<float>(std::pow(20000.0, -static_cast<double>(i) / static_cast<double>(half))));
       }
       break;
   }

@@ -12,8 +12,9 @@ namespace {
 
 void print_spec(const std::string& layer_type, const RopeSpec& spec) {
   std::printf("\nlayer type %s\n", layer_type.c_str());
-  std::printf("%s", spec.describe().c_str());
-  if (!spec.describe().empty() && spec.describe().back() != '\n') std::printf("\n");
+  const std::string description = spec.describe();
+  std::printf("%s", description.c_str());
+  if (!description.empty() && description.back() != '\n') std::printf("\n");
 
   const FrequencyTable table = compute_frequencies(spec);
   std::printf("attention factor  %.9g (scheme)", table.attention_factor);

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# On the GPU machine: build posenc for Hopper from the staged .deps, run the GPU (and CPU) tests and compute-sanitizer, log to $OUT.
+#
+# Run from the repository root with `.deps` carried (scripts/stage-gpu-deps.sh prepares it). Every
+# step runs even when an earlier test step failed, writes its log under $OUT, and the script exits
+# non-zero if any step failed. Logs (at most 8 files, simple names):
+#   summary.txt   machine, toolchain, each step's status and time, test totals
+#   build.log     GoogleTest build, posenc configure and build
+#   ctest-gpu.log ctest -L gpu           ctest-cpu.log  ctest -L cpu
+#   memcheck.log  racecheck.log  synccheck.log   compute-sanitizer over test_gpu_engine
+# Budget: about 8 minutes on 16 cores (each step is also capped by `timeout`).
+set -euo pipefail
+
+root=$(pwd)
+[[ -f $root/CMakePresets.json && -d $root/src/gpu ]] || { echo "gpu-check: run from the posenc repository root" >&2; exit 2; }
+[[ -d $root/.deps/googletest ]] || { echo "gpu-check: .deps/googletest missing: run scripts/stage-gpu-deps.sh here and carry .deps" >&2; exit 2; }
+
+out=${OUT:-$root/build/gpu-check}
+mkdir -p "$out"
+jobs=${POSENC_JOBS:-16}
+prefix=$root/.deps/prefix
+build=$root/build/gpu-h100
+summary=$out/summary.txt
+status=0
+: >"$summary"
+
+note() { echo "$*" | tee -a "$summary"; }
+
+# step NAME LOG SECONDS CMD...: runs CMD under `timeout`, appending to LOG; records the outcome.
+step() {
+  local name=$1 log=$2 limit=$3
+  shift 3
+  local start rc=0
+  start=$(date +%s)
+  echo "== $name: $*" >>"$log"
+  timeout --kill-after=10 "$limit" "$@" >>"$log" 2>&1 || rc=$?
+  local took=$(($(date +%s) - start))
+  if ((rc == 0)); then
+    note "ok      $name (${took}s)"
+  else
+    [[ $rc == 124 || $rc == 137 ]] && note "TIMEOUT $name after ${limit}s" || note "FAILED  $name (rc $rc, ${took}s) -> $(basename "$log")"
+    status=1
+    echo "---- tail of $(basename "$log") ----"
+    tail -n 30 "$log"
+  fi
+  return $rc
+}
+
+note "posenc gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+{
+  nvidia-smi -L || echo "nvidia-smi -L failed"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
+  nvcc --version | tail -n 2 || echo "nvcc not on PATH"
+  cmake --version | head -n 1
+  echo "cores: $(nproc)"
+} 2>&1 | tee -a "$summary"
+
+# ---- build --------------------------------------------------------------------------------------
+build_log=$out/build.log
+: >"$build_log"
+built=1
+if [[ ! -f $prefix/lib/cmake/GTest/GTestConfig.cmake && ! -f $prefix/lib64/cmake/GTest/GTestConfig.cmake ]]; then
+  step googletest "$build_log" 300 bash -c "
+    cmake -S '$root/.deps/googletest' -B '$root/.deps/build-googletest' -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      -DCMAKE_INSTALL_PREFIX='$prefix' -DBUILD_GMOCK=OFF -DINSTALL_GTEST=ON &&
+    cmake --build '$root/.deps/build-googletest' -j $jobs &&
+    cmake --install '$root/.deps/build-googletest'" || built=0
+fi
+if ((built)); then
+  step configure "$build_log" 120 cmake --preset gpu-h100 -DCMAKE_PREFIX_PATH="$prefix" -DPOSENC_WERROR=ON || built=0
+fi
+if ((built)); then
+  step build "$build_log" 420 cmake --build "$build" -j "$jobs" || built=0
+fi
+if ((!built)); then
+  note "build failed: no tests run"
+  exit 1
+fi
+
+# ---- tests --------------------------------------------------------------------------------------
+# GPU tests one at a time: the leak tests compare device-wide free memory.
+step ctest-gpu "$out/ctest-gpu.log" 900 \
+  ctest --test-dir "$build" -L gpu --output-on-failure --timeout 600 || true
+step ctest-cpu "$out/ctest-cpu.log" 600 \
+  ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure --timeout 600 || true
+for log in ctest-gpu ctest-cpu; do
+  grep -E "tests passed|tests failed|Total Test time" "$out/$log.log" | sed "s/^/$log: /" >>"$summary" || true
+done
+grep -h "Skipped\|\*\*\*Skipped" "$out/ctest-gpu.log" | head -n 5 | sed 's/^/ctest-gpu skipped: /' >>"$summary" || true
+
+# ---- compute-sanitizer ----------------------------------------------------------------------------
+engine=$build/tests/test_gpu_engine
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  # memcheck: the decode sweep (every dtype, pairing, numerics, head_dim, layout), call-dependent
+  # tables, position faults, bad input and threads. API errors are the tests' own (deliberate).
+  step memcheck "$out/memcheck.log" 300 compute-sanitizer --tool memcheck --error-exitcode 1 \
+    --report-api-errors no --leak-check full "$engine" \
+    --gtest_filter='Gpu/GpuSweep.*/Decode_*:GpuEngineTest.*-GpuEngineTest.TenThousandCallsAllocateNothing' || true
+  # racecheck and synccheck: shared memory of the pre-pass, the block barrier of interleaved_to_half.
+  step racecheck "$out/racecheck.log" 240 compute-sanitizer --tool racecheck --error-exitcode 1 "$engine" \
+    --gtest_filter='Gpu/GpuSweep.*/Decode_bfloat16_*:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*' || true
+  step synccheck "$out/synccheck.log" 240 compute-sanitizer --tool synccheck --error-exitcode 1 "$engine" \
+    --gtest_filter='Gpu/GpuSweep.*/Decode_*_interleavedtohalf:GpuEngineTest.LongRope*' || true
+else
+  note "FAILED  compute-sanitizer not found on PATH"
+  status=1
+fi
+
+note "overall: $([[ $status == 0 ]] && echo PASS || echo FAIL)"
+exit $status

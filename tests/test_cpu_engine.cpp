@@ -1,0 +1,470 @@
+// CpuEngine is bit-identical to apply_reference over sweeps of dtype x pairing x numerics x shapes x layouts x threads, for every kernel build (AVX-512, AVX2, baseline).
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <new>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
+#include "support/compare.hpp"
+#include "support/host_tensor.hpp"
+#include "support/specs.hpp"
+
+// Counts heap allocations program-wide while enabled, to prove apply allocates nothing.
+namespace {
+std::atomic<bool> count_allocations{false};
+std::atomic<std::int64_t> allocations{0};
+}  // namespace
+
+// Out of line, so that GCC does not see malloc/free meet new/delete at the call sites.
+[[gnu::noinline]] void* operator new(std::size_t bytes) {
+  if (count_allocations.load(std::memory_order_relaxed)) allocations.fetch_add(1, std::memory_order_relaxed);
+  void* p = std::malloc(bytes == 0 ? 1 : bytes);
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+[[gnu::noinline]] void operator delete(void* p) noexcept { std::free(p); }
+[[gnu::noinline]] void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+
+using namespace posenc;        // NOLINT(google-build-using-namespace)
+using namespace posenc::test;  // NOLINT(google-build-using-namespace)
+
+/// How Q and K are laid out in memory.
+enum class Layout {
+  dense,       ///< [T, H, D] contiguous
+  strided,     ///< gaps between heads and between tokens
+  fused,       ///< views into one fused QKV buffer with per-token padding
+  head_major,  ///< [H, T, D] storage seen as [T, H, D] (token_stride D, head_stride T*D)
+};
+
+const char* to_string(Layout l) {
+  switch (l) {
+    case Layout::dense:
+      return "dense";
+    case Layout::strided:
+      return "strided";
+    case Layout::fused:
+      return "fused";
+    case Layout::head_major:
+      return "head_major";
+  }
+  return "?";
+}
+
+HostTensor make_tensor(Layout layout, DType dtype, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim) {
+  switch (layout) {
+    case Layout::strided:
+      return HostTensor(dtype, tokens, heads, head_dim, heads * (head_dim + 8) + 24, head_dim + 8);
+    case Layout::head_major:
+      return HostTensor(dtype, tokens, heads, head_dim, head_dim, tokens * head_dim);
+    case Layout::dense:
+    case Layout::fused:
+      break;
+  }
+  return HostTensor(dtype, tokens, heads, head_dim);
+}
+
+/// One complete, deterministic problem: destinations, optional sources, positions. Two worlds built
+/// with the same arguments hold the same bytes, so one can go to the reference and one to the engine.
+struct World {
+  std::optional<FusedQkv> fused;
+  HostTensor q, k, q_src, k_src;
+  HostPositions positions;
+  RopeArgs args;
+
+  World(DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
+        Layout layout, bool out_of_place, const std::vector<std::int64_t>& pos, IndexType index_type,
+        std::uint64_t seed)
+      : positions(pos, index_type) {
+    if (layout == Layout::fused) {
+      fused.emplace(dtype, tokens, q_heads, std::max<std::int64_t>(kv_heads, 1), head_dim, 8);
+      args.q = fused->q;
+      if (kv_heads > 0) args.k = fused->k;
+      fill_random(fused->v, seed + 2);
+    } else {
+      q = make_tensor(layout, dtype, tokens, q_heads, head_dim);
+      args.q = q.view;
+      if (kv_heads > 0) {
+        k = make_tensor(layout, dtype, tokens, kv_heads, head_dim);
+        args.k = k.view;
+      }
+    }
+    if (out_of_place) {
+      // Sources in another layout than their destinations: strides may differ.
+      const Layout src_layout = layout == Layout::strided ? Layout::head_major : Layout::strided;
+      q_src = make_tensor(src_layout, dtype, tokens, q_heads, head_dim);
+      fill_random(q_src.view, seed);
+      args.q_src = q_src.cview();
+      if (kv_heads > 0) {
+        k_src = make_tensor(src_layout, dtype, tokens, kv_heads, head_dim);
+        fill_random(k_src.view, seed + 1);
+        args.k_src = k_src.cview();
+      }
+    } else {
+      fill_random(args.q, seed);
+      if (kv_heads > 0) fill_random(args.k, seed + 1);
+    }
+    args.positions = positions.view();
+  }
+
+  /// Every buffer the call may touch, in a fixed order.
+  std::vector<const HostBuffer*> buffers() const {
+    std::vector<const HostBuffer*> out;
+    if (fused) out.push_back(&fused->buffer);
+    for (const HostTensor* t : {&q, &k, &q_src, &k_src}) {
+      if (t->buffer.data() != nullptr) out.push_back(&t->buffer);
+    }
+    return out;
+  }
+};
+
+/// A case of the sweep.
+struct Case {
+  RopeSpec spec;
+  DType dtype;
+  std::int64_t tokens;
+  std::int64_t q_heads;
+  std::int64_t kv_heads;
+  Layout layout;
+  bool out_of_place;
+  int threads;
+
+  std::string name() const {
+    return case_name(spec, dtype) + "/T " + std::to_string(tokens) + "/heads " + std::to_string(q_heads) + "+" +
+           std::to_string(kv_heads) + "/" + to_string(layout) + (out_of_place ? "/out of place" : "/in place") +
+           "/threads " + std::to_string(threads);
+  }
+};
+
+/// Runs the case through apply_reference and through `engine` on identical worlds: every byte of
+/// every buffer must agree (outputs, pass-through, gaps, V), every output must have been written,
+/// and nothing outside the destination views may have changed.
+::testing::AssertionResult engine_matches_reference(const CpuEngine& engine, const Case& c,
+                                                    const std::vector<std::int64_t>& positions, std::uint64_t seed) {
+  const IndexType index_type = seed % 2 == 0 ? IndexType::i64 : IndexType::i32;
+  World ref(c.dtype, c.tokens, c.q_heads, c.kv_heads, c.spec.head_dim, c.layout, c.out_of_place, positions, index_type,
+            seed);
+  World eng(c.dtype, c.tokens, c.q_heads, c.kv_heads, c.spec.head_dim, c.layout, c.out_of_place, positions, index_type,
+            seed);
+  std::vector<std::vector<std::byte>> before;
+  for (const HostBuffer* b : eng.buffers()) before.push_back(b->snapshot());
+
+  apply_reference(c.spec, ref.args);
+  engine.apply(eng.args);
+
+  if (auto r = bits_equal(ConstTensorView(ref.args.q), ConstTensorView(eng.args.q)); !r) {
+    return ::testing::AssertionFailure() << c.name() << ": Q " << r.message();
+  }
+  if (eng.args.k.present()) {
+    if (auto r = bits_equal(ConstTensorView(ref.args.k), ConstTensorView(eng.args.k)); !r) {
+      return ::testing::AssertionFailure() << c.name() << ": K " << r.message();
+    }
+  }
+  const auto ref_buffers = ref.buffers();
+  const auto eng_buffers = eng.buffers();
+  std::vector<ConstTensorView> destinations = {ConstTensorView(eng.args.q)};
+  if (eng.args.k.present()) destinations.emplace_back(eng.args.k);
+  for (std::size_t i = 0; i < eng_buffers.size(); ++i) {
+    if (auto r = bytes_equal(ref_buffers[i]->snapshot(), *eng_buffers[i]); !r) {
+      return ::testing::AssertionFailure()
+             << c.name() << ": buffer " << i << " differs from the reference's: " << r.message();
+    }
+    std::vector<ConstTensorView> inside;
+    for (const ConstTensorView& d : destinations) {
+      const auto* p = static_cast<const std::byte*>(d.data);
+      if (p >= eng_buffers[i]->data() && p < eng_buffers[i]->data() + eng_buffers[i]->size()) inside.push_back(d);
+    }
+    if (auto r = only_views_written(before[i], *eng_buffers[i], inside); !r) {
+      return ::testing::AssertionFailure() << c.name() << ": buffer " << i << ": " << r.message();
+    }
+  }
+  for (const ConstTensorView& d : destinations) {
+    if (auto r = all_written(d); !r) return ::testing::AssertionFailure() << c.name() << ": " << r.message();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+/// Selects the kernel build for engines constructed while it lives: "baseline" and "avx2" cap the
+/// instruction set (POSENC_CPU_ISA), "native" leaves the choice to the CPU's features (AVX-512
+/// where present). A cap above what the CPU has changes nothing, so every value runs everywhere.
+class KernelBuild {
+ public:
+  explicit KernelBuild(const std::string& isa) {
+    if (isa == "native") {
+      unsetenv("POSENC_CPU_ISA");
+    } else {
+      setenv("POSENC_CPU_ISA", isa.c_str(), 1);
+    }
+  }
+  ~KernelBuild() { unsetenv("POSENC_CPU_ISA"); }
+  KernelBuild(const KernelBuild&) = delete;
+  KernelBuild& operator=(const KernelBuild&) = delete;
+};
+
+class EngineSweep : public ::testing::TestWithParam<std::string> {};
+
+// dtypes x pairings x numerics x token counts {1, 7, 64, 1000} x threads {1, 2}, with head_dim,
+// rotary window, scheme, GQA head counts (including one KV head and Q only), layout and in/out of
+// place cycling through their values so that each appears with every dtype and pairing.
+TEST_P(EngineSweep, BitIdenticalToReference) {
+  const KernelBuild build(GetParam());
+  const std::vector<std::int64_t> head_dims = {64, 80, 96, 128, 256};
+  const std::vector<std::pair<std::int64_t, std::int64_t>> heads = {{4, 4}, {8, 2}, {5, 1}, {3, 0}, {6, 1}};
+  const std::vector<Layout> layouts = {Layout::dense, Layout::strided, Layout::fused, Layout::head_major};
+  std::uint64_t n = 0;
+  for (const DType dtype : all_dtypes) {
+    for (const Pairing pairing : all_pairings) {
+      for (const Numerics numerics : all_numerics) {
+        for (const std::int64_t tokens : {1, 7, 64, 1000}) {
+          for (const int threads : {1, 2}) {
+            ++n;
+            const std::int64_t head_dim = head_dims[n % head_dims.size()];
+            // Every third case rotates a window inside the head, with pass-through on both sides.
+            const std::int64_t rotary = n % 3 == 0 ? head_dim / 2 : 0;
+            const std::int64_t offset = n % 3 == 0 ? head_dim / 4 : 0;
+            const Scaling scheme = all_schemes[n % all_schemes.size()];
+            const auto [q_heads, kv_heads] = heads[(n / 2) % heads.size()];
+            Case c{scheme_spec(scheme, head_dim, rotary, offset, pairing, numerics),
+                   dtype,
+                   tokens,
+                   q_heads,
+                   kv_heads,
+                   layouts[(n / 3) % layouts.size()],
+                   (n / 5) % 2 == 1,
+                   threads};
+            const CpuEngine engine(c.spec, CpuOptions{threads});
+            ASSERT_EQ(engine.threads(), threads);
+            // Positions up to 2^20; for dynamic/longrope this call is above the threshold.
+            EXPECT_TRUE(engine_matches_reference(engine, c, random_positions(tokens, (1 << 20) + 1, n), n));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Small heads with windows at odd offsets leave 1, 2 or 3 pass-through elements on either side:
+// the edge cases of the window split and of the pass-through copy.
+TEST_P(EngineSweep, OddWindowEdges) {
+  const KernelBuild build(GetParam());
+  struct Window {
+    std::int64_t head_dim, rotary, offset;
+  };
+  std::uint64_t n = 900;
+  for (const Window w : {Window{10, 4, 5}, Window{10, 8, 1}, Window{6, 2, 3}, Window{34, 16, 1}, Window{36, 32, 3},
+                         Window{4, 2, 0}, Window{2, 0, 0}}) {
+    for (const Pairing pairing : all_pairings) {
+      for (const Numerics numerics : all_numerics) {
+        for (const DType dtype : all_dtypes) {
+          for (const bool out_of_place : {false, true}) {
+            ++n;
+            const Case c{scheme_spec(Scaling::none, w.head_dim, w.rotary, w.offset, pairing, numerics),
+                         dtype,
+                         64,
+                         3,
+                         1,
+                         n % 2 == 0 ? Layout::strided : Layout::dense,
+                         out_of_place,
+                         2};
+            const CpuEngine engine(c.spec, CpuOptions{2});
+            EXPECT_TRUE(engine_matches_reference(engine, c, random_positions(64, 100000, n), n));
+          }
+        }
+      }
+    }
+  }
+}
+
+// dynamic and longrope choose their table per call from the largest position. One engine serves a
+// sequence of calls crossing the threshold both ways (prefill below, decode steps above, a repeated
+// step that hits the per-call cache, back below), each small (inline) and large (thread pool).
+TEST_P(EngineSweep, DynamicAndLongropeAcrossThreshold) {
+  const KernelBuild build(GetParam());
+  std::uint64_t seed = 500;
+  for (const Scaling scheme : {Scaling::dynamic, Scaling::longrope}) {
+    for (const Numerics numerics : all_numerics) {
+      const RopeSpec spec = scheme_spec(scheme, 96, 0, 0, Pairing::half_split, numerics);
+      const std::int64_t threshold = scheme_threshold(spec);
+      const CpuEngine engine(spec, CpuOptions{2});
+      for (const std::int64_t tokens : {3, 600}) {
+        const Case c{spec, DType::bf16, tokens, 4, 1, Layout::dense, false, 2};
+        for (const std::int64_t max_position :
+             {threshold - 1, threshold, threshold + 1, threshold + 1, threshold + 37, threshold - 1, 4 * threshold}) {
+          std::vector<std::int64_t> p = random_positions(tokens, max_position + 1, ++seed);
+          p[1] = max_position;  // random_positions puts limit - 1 at index 1
+          EXPECT_TRUE(engine_matches_reference(engine, c, p, seed)) << "largest position " << max_position;
+        }
+      }
+    }
+  }
+}
+
+// Infinities, NaNs with payloads, subnormals, the largest finite values (whose rotation overflows)
+// and zeros go through the same arithmetic in the engine and in the reference: every non-NaN
+// result is bit-identical and every NaN result is a NaN in both (a computed NaN's sign and payload
+// are not specified by IEEE 754; the vectorized FMA forms legitimately differ there).
+TEST_P(EngineSweep, SpecialValuesBitIdentical) {
+  const KernelBuild build(GetParam());
+  for (const DType dtype : all_dtypes) {
+    const std::vector<std::uint32_t> specials =
+        dtype == DType::f32
+            ? std::vector<std::uint32_t>{0x7f800000u, 0xff800000u, 0x7fc00001u, 0x7f800001u, 0xffc12345u,
+                                         0x00000001u, 0x807fffffu, 0x7f7fffffu, 0xff7fffffu, 0x00000000u,
+                                         0x80000000u, 0x00800000u, 0x3f800000u}
+        : dtype == DType::f16
+            ? std::vector<std::uint32_t>{0x7c00u, 0xfc00u, 0x7e01u, 0x7c01u, 0xfe55u, 0x0001u, 0x83ffu,
+                                         0x7bffu, 0xfbffu, 0x0000u, 0x8000u, 0x0400u, 0x3c00u}
+            : std::vector<std::uint32_t>{0x7f80u, 0xff80u, 0x7fc1u, 0x7f81u, 0xffc5u, 0x0001u, 0x807fu,
+                                         0x7f7fu, 0xff7fu, 0x0000u, 0x8000u, 0x0080u, 0x3f80u};
+    for (const Pairing pairing : all_pairings) {
+      for (const Numerics numerics : all_numerics) {
+        RopeSpec spec = scheme_spec(Scaling::yarn, 64, 0, 0, pairing, numerics);
+        const std::int64_t tokens = 40;
+        HostTensor src(dtype, tokens, 2, 64);
+        fill_random(src.view, 3);
+        std::uint64_t k = 0;
+        for (std::int64_t t = 0; t < tokens; ++t) {
+          for (std::int64_t d = 0; d < 64; d += 3) store_bits(src.view, t, t % 2, d, specials[k++ % specials.size()]);
+        }
+        const HostPositions pos(random_positions(tokens, 1 << 20, 17));
+        HostTensor a(dtype, tokens, 2, 64);
+        HostTensor b(dtype, tokens, 2, 64);
+        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view()});
+        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view()});
+        EXPECT_TRUE(bits_equal(a.cview(), b.cview(), NanBits::any_nan)) << case_name(spec, dtype);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Kernels, EngineSweep, ::testing::Values("native", "avx2", "baseline"),
+                         [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
+
+// Several threads share one engine: only one can use its pool at a time, the others rotate on
+// their own thread; every result is still the reference's.
+TEST(CpuEngine, ConcurrentCallsOnOneEngine) {
+  const RopeSpec spec = scheme_spec(Scaling::llama3, 128, 0, 0, Pairing::half_split, Numerics::hf_compatible);
+  const CpuEngine engine(spec, CpuOptions{2});
+  std::vector<std::thread> callers;
+  std::vector<int> failures(4, 0);
+  for (int i = 0; i < 4; ++i) {
+    callers.emplace_back([&, i] {
+      for (int round = 0; round < 10; ++round) {
+        const Case c{spec, DType::bf16, 300, 8, 2, Layout::dense, round % 2 == 1, 2};
+        if (!engine_matches_reference(engine, c,
+                                      random_positions(300, 100000, static_cast<std::uint64_t>(i * 100 + round)),
+                                      static_cast<std::uint64_t>(i * 100 + round))) {
+          ++failures[static_cast<std::size_t>(i)];
+        }
+      }
+    });
+  }
+  for (std::thread& t : callers) t.join();
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(failures[static_cast<std::size_t>(i)], 0) << "caller " << i;
+}
+
+// The engine exposes its spec, its init-time table (equal to compute_frequencies) and its thread
+// count; it can be moved, and a moved-from engine refuses to run instead of crashing.
+TEST(CpuEngine, AccessorsAndMoves) {
+  const RopeSpec spec = scheme_spec(Scaling::yarn, 128, 64, 64, Pairing::interleaved, Numerics::accurate);
+  CpuEngine engine(spec, CpuOptions{2});
+  EXPECT_EQ(engine.threads(), 2);
+  EXPECT_EQ(engine.spec().rotary_offset, 64);
+  const FrequencyTable table = compute_frequencies(spec);
+  ASSERT_EQ(engine.frequencies().inv_freq.size(), table.inv_freq.size());
+  for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
+    EXPECT_EQ(engine.frequencies().inv_freq[i], table.inv_freq[i]) << "inv_freq[" << i << "]";
+  }
+  EXPECT_EQ(engine.frequencies().attention_factor, table.attention_factor);
+  EXPECT_GE(CpuEngine(spec).threads(), 1);  // 0 = hardware_concurrency
+
+  CpuEngine moved(std::move(engine));
+  const Case c{spec, DType::f16, 50, 4, 2, Layout::strided, true, 2};
+  EXPECT_TRUE(engine_matches_reference(moved, c, random_positions(50, 70000, 1), 1));
+  World w(DType::f16, 50, 4, 2, 128, Layout::dense, false, random_positions(50, 70000, 1), IndexType::i64, 1);
+  EXPECT_TRUE(throws_error([&] { engine.apply(w.args); },  // NOLINT(bugprone-use-after-move)
+                           ErrorKind::invalid_argument, {"moved-from"}));
+  CpuEngine assigned(scheme_spec(Scaling::none), CpuOptions{1});
+  assigned = std::move(moved);
+  EXPECT_TRUE(engine_matches_reference(assigned, c, random_positions(50, 70000, 2), 2));
+  EXPECT_TRUE(throws_error([] { CpuEngine(scheme_spec(Scaling::none), CpuOptions{-1}); }, ErrorKind::invalid_argument,
+                           {"CpuOptions.threads -1"}));
+}
+
+/// Heap allocations made while `fn` runs (on any thread).
+template <typename Fn>
+std::int64_t allocations_during(Fn fn) {
+  allocations = 0;
+  count_allocations = true;
+  fn();
+  count_allocations = false;
+  return allocations.load();
+}
+
+// The hot path allocates nothing: validation, the call's frequency table, the kernels and the
+// thread pool run from fixed storage, for calls run inline and calls spread over the pool. The one
+// exception is documented: a dynamic/longrope call whose seq_len is new and above the threshold
+// builds its table once (compute_frequencies returns a vector); repeating that seq_len allocates
+// nothing.
+TEST(CpuEngine, ApplyAllocatesNothing) {
+  // The counter itself works: a vector allocates.
+  ASSERT_EQ(allocations_during([] {
+              std::vector<int> v(10);
+              (void)v;
+            }),
+            1);
+  for (const Scaling scheme : {Scaling::llama3, Scaling::dynamic, Scaling::longrope}) {
+    const RopeSpec spec = scheme_spec(scheme, 128, 0, 0, Pairing::half_split, Numerics::hf_compatible);
+    const CpuEngine engine(spec, CpuOptions{2});
+    for (const std::int64_t tokens : {3, 1000}) {
+      World w(DType::bf16, tokens, 8, 2, 128, Layout::dense, false, random_positions(tokens, 1 << 20, 5),
+              IndexType::i64, 5);
+      const std::int64_t first = allocations_during([&] { engine.apply(w.args); });
+      if (scheme == Scaling::llama3) {
+        EXPECT_EQ(first, 0) << to_string(scheme) << " T " << tokens << ": first call";
+      }
+      EXPECT_EQ(allocations_during([&] {
+                  for (int i = 0; i < 5; ++i) engine.apply(w.args);
+                }),
+                0)
+          << to_string(scheme) << " T " << tokens << ": repeated calls";
+    }
+  }
+}
+
+// Exotic but valid layouts pass validation and rotate correctly: one token with token_stride 0,
+// one head with head_stride 0, and heads interleaved across tokens (rows at t*4 + h*6, D = 2),
+// which no "sorted strides" rule accepts but whose rows never meet.
+TEST(CpuEngine, ExoticValidLayouts) {
+  RopeSpec spec = scheme_spec(Scaling::none, 2, 0, 0, Pairing::half_split, Numerics::accurate);
+  struct Shape {
+    std::int64_t tokens, heads, token_stride, head_stride;
+  };
+  for (const Shape s : {Shape{1, 3, 0, 2}, Shape{5, 1, 2, 0}, Shape{3, 2, 4, 6}}) {
+    const std::int64_t bytes = view_bytes(DType::f32, s.tokens, s.heads, 2, s.token_stride, s.head_stride);
+    HostBuffer ref_buffer(bytes);
+    HostBuffer eng_buffer(bytes);
+    const TensorView ref_view{ref_buffer.data(), DType::f32, s.tokens, s.heads, 2, s.token_stride, s.head_stride};
+    const TensorView eng_view{eng_buffer.data(), DType::f32, s.tokens, s.heads, 2, s.token_stride, s.head_stride};
+    fill_random(ref_view, 9);
+    fill_random(eng_view, 9);
+    const HostPositions pos(random_positions(s.tokens, 1000, 4));
+    apply_reference(spec, RopeArgs{ref_view, {}, {}, {}, pos.view()});
+    CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{eng_view, {}, {}, {}, pos.view()});
+    EXPECT_TRUE(bytes_equal(ref_buffer.snapshot(), eng_buffer)) << describe(ConstTensorView(eng_view));
+    EXPECT_TRUE(all_written(ConstTensorView(eng_view))) << describe(ConstTensorView(eng_view));
+  }
+}
+
+}  // namespace
