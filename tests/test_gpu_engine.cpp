@@ -234,7 +234,7 @@ std::vector<SweepCase> sweep_cases(const SweepParam& p) {
       for (const std::int64_t d : {80, 128}) cases.push_back(cycled(p.dtype, p.pairing, n, d, 1000, i++));
     }
   } else {
-    // 65536 tokens: one KV head keeps the host-side oracle fast; numerics rotate with the pairing.
+    // 65536 tokens: one KV head keeps the host-side oracle quick; numerics rotate with the pairing.
     SweepCase c = cycled(p.dtype, p.pairing, all_numerics[static_cast<int>(p.pairing)], 128, 65536, i);
     c.q_heads = 4;
     c.k_heads = 1;

@@ -19,10 +19,15 @@
 
 #include <cstdint>
 
+// vendor.hpp first: it provides the hardware conversions rope_math.hpp uses in device code.
+#include "gpu/vendor.hpp"
 #include "core/rope_math.hpp"
 #include "gpu/rope_params.hpp"
-#include "gpu/vendor.hpp"
 #include "posenc/rope.hpp"
+
+#if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_ROUNDING) && !POSENC_MATH_HAS_DEVICE_ROUNDING
+#error "core/rope_math.hpp was included before gpu/vendor.hpp: device code would round in software"
+#endif
 
 namespace posenc::gpu::detail {
 
@@ -69,19 +74,29 @@ __device__ __forceinline__ float to_float(storage_t<A> s) {
   } else if constexpr (A == Act::bf16) {
     return posenc::detail::from_bf16_bits(s);
   } else {
+#if defined(POSENC_DEVICE_ROUNDING)
+    return device_f16_value(s);
+#else
     return posenc::detail::from_f16_bits(s);
+#endif
   }
 }
 
-/// `f` is already rounded to the activation dtype by rope_math, so this conversion is exact.
+/// `f` is already rounded to the activation dtype by rope_math (every rotate_* ends in
+/// round_act), so this conversion is exact. For bf16 that rounding leaves the low 16 bits zero
+/// (NaN included), so the bits are just the high half: no second rounding on the hot path.
 template <Act A>
 __device__ __forceinline__ storage_t<A> from_float(float f) {
   if constexpr (A == Act::f32) {
     return f;
   } else if constexpr (A == Act::bf16) {
-    return posenc::detail::to_bf16_bits(f);
+    return static_cast<std::uint16_t>(posenc::detail::float_bits(f) >> 16);
   } else {
+#if defined(POSENC_DEVICE_ROUNDING)
+    return device_f16_bits(f);
+#else
     return posenc::detail::to_f16_bits(f);
+#endif
   }
 }
 
@@ -156,8 +171,14 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
+/// Heads of a row whose loads are all issued before the first of their stores. Stores may alias
+/// the next head's loads as far as the compiler knows, so without this batching a thread would
+/// keep only two 16-byte loads in flight.
+inline constexpr int heads_in_flight = 4;
+
 template <Act A, Pairing P, Numerics N, int V>
-__global__ void __launch_bounds__(max_block_threads) rope_kernel(const RopeKernelParams p) {
+__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads)
+    rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
   constexpr bool deinterleave = P == Pairing::interleaved_to_half;
@@ -217,58 +238,65 @@ __global__ void __launch_bounds__(max_block_threads) rope_kernel(const RopeKerne
     }
 
     const int first_head = group * p.heads_per_row;
-    for (int k = 0; k < p.heads_per_row; ++k) {
-      const int h = first_head + k;
-      const bool active = row_ok && h < p.total_heads;
-      HeadPointers<S> hp{nullptr, nullptr, false};
-      Vec va{};
-      Vec vb{};
-      bool copy = false;
-      if (active) {
-        hp = head_pointers<S>(p, token, h);
-        if (rotary_lane) {
-          va = load_packed<S, V>(hp.src + in_a);
-          vb = load_packed<S, V>(hp.src + in_b);
-        } else if (hp.copy_pass_through) {
-          copy = true;
-          va = load_packed<S, V>(hp.src + in_a);
+    for (int k0 = 0; k0 < p.heads_per_row; k0 += heads_in_flight) {
+      constexpr int U = heads_in_flight;
+      HeadPointers<S> hp[U];
+      Vec va[U];
+      Vec vb[U];
+      bool active[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int h = first_head + k0 + u;
+        active[u] = row_ok && k0 + u < p.heads_per_row && h < p.total_heads;
+        hp[u] = HeadPointers<S>{nullptr, nullptr, false};
+        if (active[u]) {
+          hp[u] = head_pointers<S>(p, token, h);
+          if (rotary_lane) {
+            va[u] = load_packed<S, V>(hp[u].src + in_a);
+            vb[u] = load_packed<S, V>(hp[u].src + in_b);
+          } else if (hp[u].copy_pass_through) {
+            va[u] = load_packed<S, V>(hp[u].src + in_a);
+          }
         }
       }
       if constexpr (deinterleave) {
-        __syncthreads();
+        __syncthreads();  // in place, this row's stores overwrite other lanes' inputs
       }
-      if (!active) continue;
-      if (!rotary_lane) {
-        if (copy) store_packed<S, V>(hp.dst + out_a, va);
-        continue;
-      }
-      Vec ra;
-      Vec rb;
 #pragma unroll
-      for (int v = 0; v < V; ++v) {
-        float a;
-        float b;
-        if constexpr (P == Pairing::half_split) {
-          a = to_float<A>(va.v[v]);
-          b = to_float<A>(vb.v[v]);
-        } else {
-          // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
-          const int e = 2 * v;
-          a = to_float<A>(e < V ? va.v[e] : vb.v[e - V]);
-          b = to_float<A>(e + 1 < V ? va.v[e + 1] : vb.v[e + 1 - V]);
+      for (int u = 0; u < U; ++u) {
+        if (!active[u]) continue;
+        if (!rotary_lane) {
+          if (hp[u].copy_pass_through) store_packed<S, V>(hp[u].dst + out_a, va[u]);
+          continue;
         }
-        const Pair r = rotate<A, N>(a, b, cs[v]);
-        if constexpr (P == Pairing::interleaved) {
-          const int e = 2 * v;
-          (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
-          (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
-        } else {
-          ra.v[v] = from_float<A>(r.a);
-          rb.v[v] = from_float<A>(r.b);
+        Vec ra;
+        Vec rb;
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          float a;
+          float b;
+          if constexpr (P == Pairing::half_split) {
+            a = to_float<A>(va[u].v[v]);
+            b = to_float<A>(vb[u].v[v]);
+          } else {
+            // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
+            const int e = 2 * v;
+            a = to_float<A>(e < V ? va[u].v[e] : vb[u].v[e - V]);
+            b = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
+          }
+          const Pair r = rotate<A, N>(a, b, cs[v]);
+          if constexpr (P == Pairing::interleaved) {
+            const int e = 2 * v;
+            (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
+            (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
+          } else {
+            ra.v[v] = from_float<A>(r.a);
+            rb.v[v] = from_float<A>(r.b);
+          }
         }
+        store_packed<S, V>(hp[u].dst + out_a, ra);
+        store_packed<S, V>(hp[u].dst + out_b, rb);
       }
-      store_packed<S, V>(hp.dst + out_a, ra);
-      store_packed<S, V>(hp.dst + out_b, rb);
     }
   }
 }

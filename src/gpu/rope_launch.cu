@@ -15,11 +15,12 @@
 //             and uploaded at construction; the pre-pass only selects. Bit-identical to the CPU.
 //   dynamic:  when max(position) + 1 > max_position_embeddings the pre-pass computes the grown
 //             base and inv_freq with the same float32 operations as compute_frequencies, each pow
-//             evaluated in double and rounded once to float32. The device's double pow and the
-//             host's may differ in the last double bit, so an inv_freq entry can differ from the
-//             CPU's by at most 1 float32 ulp in rare cases (tested with that tolerance,
-//             tests/test_gpu_engine.cpp, DynamicNtk*). Below the threshold the uploaded default
-//             table is used, bit-identical to the CPU.
+//             evaluated in double and rounded once to float32. The host evaluates the per-pair
+//             base'^e_i with glibc powf, which is not correctly rounded, so an inv_freq entry can
+//             differ from the CPU's by 1 float32 ulp in rare cases (and theta' likewise where the
+//             two double pows differ in their last bit). Tested with the tolerance that bound
+//             implies (tests/test_gpu_engine.cpp, DynamicNtk*). Below the threshold the uploaded
+//             default table is used, bit-identical to the CPU.
 //   Slots rotate per call, so applies of one engine in flight on different streams at once do not
 //   share a table unless more than `selection_slots` are in flight together.
 #include <algorithm>

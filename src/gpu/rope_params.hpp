@@ -8,6 +8,12 @@ namespace posenc::gpu::detail {
 /// Largest block the launcher ever uses (one row of up to 1024 lanes in the generic path).
 inline constexpr int max_block_threads = 1024;
 
+/// Largest block of the vectorized instantiations: a row there has at most head_dim / V <= 256
+/// lanes (V >= 4), and the launcher packs rows into ~256-thread blocks. The smaller bound lets the
+/// compiler give these kernels up to 255 registers (the double-precision sincos and the
+/// head-batched loads need them) instead of the 64 a 1024-thread bound allows.
+inline constexpr int vector_block_threads = 256;
+
 /// Threads of the frequency-selection pre-pass (one block).
 inline constexpr int select_block_threads = 256;
 

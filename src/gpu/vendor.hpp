@@ -4,6 +4,8 @@
 // in the tree may test for CUDA versus HIP. Add a mapping line here when a new runtime call is used.
 #pragma once
 
+#include <cstdint>
+
 #if defined(POSENC_WITH_HIP)
 
 #include <hip/hip_runtime.h>
@@ -25,6 +27,7 @@
 #define cudaStreamCaptureModeThreadLocal hipStreamCaptureModeThreadLocal
 #define cudaGraph_t hipGraph_t
 #define cudaGraphExec_t hipGraphExec_t
+#define cudaEvent_t hipEvent_t
 
 // Errors.
 #define cudaGetErrorString hipGetErrorString
@@ -54,6 +57,13 @@
 #define cudaGraphExecDestroy hipGraphExecDestroy
 #define cudaGraphDestroy hipGraphDestroy
 
+// Events (bench/).
+#define cudaEventCreate hipEventCreate
+#define cudaEventDestroy hipEventDestroy
+#define cudaEventRecord hipEventRecord
+#define cudaEventSynchronize hipEventSynchronize
+#define cudaEventElapsedTime hipEventElapsedTime
+
 // Memory.
 #define cudaMalloc hipMalloc
 #define cudaFree hipFree
@@ -68,11 +78,31 @@ inline constexpr const char* vendor_backend = "hip";
 
 #else
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 namespace posenc::gpu {
 inline constexpr const char* vendor_name = "CUDA";
 inline constexpr const char* vendor_backend = "cuda";
+
+#if defined(__CUDACC__)
+// Hardware round-to-nearest-even conversions (cvt.rn.bf16.f32 / cvt.rn.f16.f32). They give the
+// same bits as rope_math.hpp's integer emulation for every non-NaN float, in a handful of
+// instructions instead of a dozen; rope_math.hpp uses them in device code when this is defined.
+// (Include this header before core/rope_math.hpp.)
+#define POSENC_DEVICE_ROUNDING 1
+__device__ __forceinline__ float device_round_bf16(float f) {
+  return __bfloat162float(__float2bfloat16_rn(f));
+}
+__device__ __forceinline__ float device_round_f16(float f) { return __half2float(__float2half_rn(f)); }
+__device__ __forceinline__ std::uint16_t device_f16_bits(float f) {
+  return __half_as_ushort(__float2half_rn(f));
+}
+__device__ __forceinline__ float device_f16_value(std::uint16_t bits) {
+  return __half2float(__ushort_as_half(bits));
+}
+#endif
 }  // namespace posenc::gpu
 
 #endif
