@@ -185,6 +185,32 @@ POSENC_HD float round_act(float f) {
   }
 }
 
+struct Pair {
+  float a;
+  float b;
+};
+
+/// Rounds two values at once: {round_act(x), round_act(y)}. On the device a single packed
+/// conversion (cvt.rn.bf16x2.f32 / f16x2) rounds both, halving the conversion instructions, which
+/// bound the 16-bit kernels' throughput.
+template <Act A>
+POSENC_HD Pair round_act2(float x, float y) {
+#if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_ROUNDING)
+  if constexpr (A == Act::bf16) {
+    float rx = x;
+    float ry = y;
+    posenc::gpu::device_round_bf16x2(rx, ry);
+    return {rx, ry};
+  } else if constexpr (A == Act::f16) {
+    float rx = x;
+    float ry = y;
+    posenc::gpu::device_round_f16x2(rx, ry);
+    return {rx, ry};
+  }
+#endif
+  return {round_act<A>(x), round_act<A>(y)};
+}
+
 // ---- angles ------------------------------------------------------------------------------------
 
 struct CosSin {
@@ -206,7 +232,8 @@ POSENC_HD CosSin cos_sin_hf(float inv_freq, std::int64_t pos, float attention_fa
   sincos(angle, &sd, &cd);  // one argument reduction for both; same values as sin() and cos()
   const float c = static_cast<float>(cd);
   const float s = static_cast<float>(sd);
-  return {round_act<A>(mul_rn(c, attention_factor)), round_act<A>(mul_rn(s, attention_factor))};
+  const Pair r = round_act2<A>(mul_rn(c, attention_factor), mul_rn(s, attention_factor));
+  return {r.a, r.b};
 }
 
 /// accurate: the angle inv_freq * pos is formed in double (exact for |pos| < 2^29), reduced and
@@ -221,34 +248,26 @@ POSENC_HD CosSin cos_sin_accurate(float inv_freq, std::int64_t pos, double atten
 
 // ---- the rotation of one pair ------------------------------------------------------------------
 
-struct Pair {
-  float a;
-  float b;
-};
-
 /// hf_compatible: a' = R(R(a*c) - R(b*s)), b' = R(R(b*c) + R(a*s)), R = round to the activation
 /// dtype (HF eager `q*cos + rotate_half(q)*sin`, each op rounded).
 template <Act A>
 POSENC_HD Pair rotate_hf(float a, float b, CosSin cs) {
-  const float ac = round_act<A>(mul_rn(a, cs.c));
-  const float bs = round_act<A>(mul_rn(b, cs.s));
-  const float bc = round_act<A>(mul_rn(b, cs.c));
-  const float as = round_act<A>(mul_rn(a, cs.s));
-  return {round_act<A>(sub_rn(ac, bs)), round_act<A>(add_rn(bc, as))};
+  const Pair ac_bs = round_act2<A>(mul_rn(a, cs.c), mul_rn(b, cs.s));
+  const Pair bc_as = round_act2<A>(mul_rn(b, cs.c), mul_rn(a, cs.s));
+  return round_act2<A>(sub_rn(ac_bs.a, ac_bs.b), add_rn(bc_as.a, bc_as.b));
 }
 
 /// hf_fp32_apply: products and sum in float32, one rounding to the activation dtype (HF Cohere).
 template <Act A>
 POSENC_HD Pair rotate_fp32(float a, float b, CosSin cs) {
-  return {round_act<A>(sub_rn(mul_rn(a, cs.c), mul_rn(b, cs.s))),
-          round_act<A>(add_rn(mul_rn(b, cs.c), mul_rn(a, cs.s)))};
+  return round_act2<A>(sub_rn(mul_rn(a, cs.c), mul_rn(b, cs.s)),
+                      add_rn(mul_rn(b, cs.c), mul_rn(a, cs.s)));
 }
 
 /// accurate: one fused multiply-add per output, rounded once to the activation dtype.
 template <Act A>
 POSENC_HD Pair rotate_accurate(float a, float b, CosSin cs) {
-  return {round_act<A>(fma_rn(a, cs.c, -mul_rn(b, cs.s))),
-          round_act<A>(fma_rn(b, cs.c, mul_rn(a, cs.s)))};
+  return round_act2<A>(fma_rn(a, cs.c, -mul_rn(b, cs.s)), fma_rn(b, cs.c, mul_rn(a, cs.s)));
 }
 
 }  // namespace posenc::detail

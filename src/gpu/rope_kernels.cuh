@@ -196,19 +196,13 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
     const std::int64_t token = row_ok ? row / p.head_groups : 0;
     const int group = row_ok ? static_cast<int>(row - token * p.head_groups) : 0;
 
-    // cos/sin of this lane's V pairs, computed once and reused for every head of the row. The
-    // angle comes from the position value itself, so any position is memory-safe.
+    // The position is loaded now; cos/sin of this lane's V pairs are computed after the first
+    // heads' loads are issued (below), so the trig overlaps their memory latency. They are then
+    // reused for every head of the row. The angle comes from the position value itself, so any
+    // position is memory-safe.
     CosSin cs[V];
-    if (row_ok && rotary_lane) {
-      const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, token);
-      if (group == 0 && lane == 0 && (pos < 0 || pos >= p.position_limit)) {
-        record_bad_position(p.fault, token, pos);
-      }
-#pragma unroll
-      for (int v = 0; v < V; ++v) {
-        cs[v] = cos_sin<A, N>(p.inv_freq[lane * V + v], pos, p);
-      }
-    }
+    const std::int64_t pos =
+        row_ok && rotary_lane ? load_position(p.positions, p.positions_i64 != 0, token) : 0;
 
     // Where this lane's two vectors live inside a head (element offsets).
     int in_a = 0;
@@ -257,6 +251,15 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           } else if (hp[u].copy_pass_through) {
             va[u] = load_packed<S, V>(hp[u].src + in_a);
           }
+        }
+      }
+      if (k0 == 0 && row_ok && rotary_lane) {
+        if (group == 0 && lane == 0 && (pos < 0 || pos >= p.position_limit)) {
+          record_bad_position(p.fault, token, pos);
+        }
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          cs[v] = cos_sin<A, N>(p.inv_freq[lane * V + v], pos, p);
         }
       }
       if constexpr (deinterleave) {

@@ -96,6 +96,17 @@ __device__ __forceinline__ float device_round_bf16(float f) {
   return __bfloat162float(__float2bfloat16_rn(f));
 }
 __device__ __forceinline__ float device_round_f16(float f) { return __half2float(__float2half_rn(f)); }
+// Two values in one packed conversion (cvt.rn.bf16x2.f32 / cvt.rn.f16x2.f32).
+__device__ __forceinline__ void device_round_bf16x2(float& x, float& y) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(x, y);
+  x = __low2float(h);
+  y = __high2float(h);
+}
+__device__ __forceinline__ void device_round_f16x2(float& x, float& y) {
+  const __half2 h = __floats2half2_rn(x, y);
+  x = __low2float(h);
+  y = __high2float(h);
+}
 __device__ __forceinline__ std::uint16_t device_f16_bits(float f) {
   return __half_as_ushort(__float2half_rn(f));
 }
