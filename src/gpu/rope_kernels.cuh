@@ -4,10 +4,12 @@
 // bit-identical between the engines. This file only decides which thread touches which bytes.
 //
 // Thread mapping of rope_kernel (one launch rotates Q and K):
-//   row     = (token, head group); blockDim.y rows per block, grid-stride over row tiles.
+//   tile    = tile_tokens consecutive tokens; blocks grid-stride over tiles. The block computes
+//             the tile's cos/sin once per (token, pair) into shared memory, shared by all heads.
+//   row     = (token, head) of the tile; blockDim.y row slots take rows in turn, rows_in_flight
+//             rows per thread with all their loads issued before the first store.
 //   lane    = threadIdx.x within the row. Lanes [0, rotary_lanes) each own V consecutive pairs of
 //             the rotary window; the remaining lanes (out of place only) copy the pass-through dims.
-//   a lane computes cos/sin for its V pairs once for its token, then visits the row's heads.
 // Memory: each element is read once and written once. A rotary lane moves two V-element vectors
 // (16 bytes each in the vectorized instantiation, V = 1 in the generic one):
 //   half_split           A = x[off + i .. +V],  B = x[off + H + i .. +V]   pairs (A[v], B[v])
@@ -171,80 +173,86 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
-/// Heads of a row whose loads are all issued before the first of their stores. Stores may alias
-/// the next head's loads as far as the compiler knows, so without this batching a thread would
-/// keep only two 16-byte loads in flight.
-inline constexpr int heads_in_flight = 4;
+/// Rows whose loads a thread issues before the first of their stores. Stores may alias later
+/// loads as far as the compiler knows, so without this batching a thread would keep only two
+/// 16-byte loads in flight.
+inline constexpr int rows_in_flight = 4;
 
+/// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
+/// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
+///
+/// Per tile: the loads of the first batch of rows are issued, then the block computes the tile's
+/// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
+/// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
 template <Act A, Pairing P, Numerics N, int V>
 __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads)
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
   constexpr bool deinterleave = P == Pairing::interleaved_to_half;
+  constexpr int U = rows_in_flight;
+  extern __shared__ unsigned char tile_bytes[];
+  CosSin* const table = reinterpret_cast<CosSin*>(tile_bytes);
 
   const int lane = static_cast<int>(threadIdx.x);
   const bool rotary_lane = lane < p.rotary_lanes;
-  const std::int64_t rows_per_block = blockDim.y;
-  const std::int64_t tiles = (p.rows + rows_per_block - 1) / rows_per_block;
+  const int slot = static_cast<int>(threadIdx.y);
+  const int slots = static_cast<int>(blockDim.y);
+  const int tid = slot * static_cast<int>(blockDim.x) + lane;
+  const int threads = slots * static_cast<int>(blockDim.x);
+  const std::int64_t tiles = (p.tokens + p.tile_tokens - 1) / p.tile_tokens;
 
-  // Loop bounds are uniform across the block (tiles, heads_per_row), so the barrier of the
-  // deinterleaving pairing is reached by every thread; inactive threads just skip memory.
-  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const std::int64_t row = tile * rows_per_block + threadIdx.y;
-    const bool row_ok = row < p.rows;
-    const std::int64_t token = row_ok ? row / p.head_groups : 0;
-    const int group = row_ok ? static_cast<int>(row - token * p.head_groups) : 0;
-
-    // The position is loaded now; cos/sin of this lane's V pairs are computed after the first
-    // heads' loads are issued (below), so the trig overlaps their memory latency. They are then
-    // reused for every head of the row. The angle comes from the position value itself, so any
-    // position is memory-safe.
-    CosSin cs[V];
-    const std::int64_t pos =
-        row_ok && rotary_lane ? load_position(p.positions, p.positions_i64 != 0, token) : 0;
-
-    // Where this lane's two vectors live inside a head (element offsets).
-    int in_a = 0;
-    int in_b = 0;
-    int out_a = 0;
-    int out_b = 0;
-    if (rotary_lane) {
-      if constexpr (P == Pairing::half_split) {
-        in_a = p.rotary_offset + lane * V;
-        in_b = in_a + p.half;
-      } else {
-        in_a = p.rotary_offset + 2 * lane * V;
-        in_b = in_a + V;
-      }
-      if constexpr (deinterleave) {
-        out_a = p.rotary_offset + lane * V;
-        out_b = out_a + p.half;
-      } else {
-        out_a = in_a;
-        out_b = in_b;
-      }
+  // Where this lane's two vectors live inside a head (element offsets).
+  int in_a = 0;
+  int in_b = 0;
+  int out_a = 0;
+  int out_b = 0;
+  if (rotary_lane) {
+    if constexpr (P == Pairing::half_split) {
+      in_a = p.rotary_offset + lane * V;
+      in_b = in_a + p.half;
     } else {
-      // Pass-through lane: one vector of the dims outside [off, off + R), which are V-aligned.
-      const int j = (lane - p.rotary_lanes) * V;
-      in_a = j < p.rotary_offset ? j : j + p.rotary_dim;
-      out_a = in_a;
+      in_a = p.rotary_offset + 2 * lane * V;
+      in_b = in_a + V;
     }
+    if constexpr (deinterleave) {
+      out_a = p.rotary_offset + lane * V;
+      out_b = out_a + p.half;
+    } else {
+      out_a = in_a;
+      out_b = in_b;
+    }
+  } else {
+    // Pass-through lane: one vector of the dims outside [off, off + R), which are V-aligned.
+    const int j = (lane - p.rotary_lanes) * V;
+    in_a = j < p.rotary_offset ? j : j + p.rotary_dim;
+    out_a = in_a;
+  }
 
-    const int first_head = group * p.heads_per_row;
-    for (int k0 = 0; k0 < p.heads_per_row; k0 += heads_in_flight) {
-      constexpr int U = heads_in_flight;
+  // Loop bounds depend only on the tile, so every barrier below is reached by the whole block.
+  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const std::int64_t first_token = tile * p.tile_tokens;
+    const std::int64_t left = p.tokens - first_token;
+    const int tile_count = left < p.tile_tokens ? static_cast<int>(left) : p.tile_tokens;
+    const int rows = tile_count * p.total_heads;
+    const int batches = (rows + slots * U - 1) / (slots * U);
+
+    for (int b = 0; b < batches; ++b) {
       HeadPointers<S> hp[U];
       Vec va[U];
       Vec vb[U];
+      int row_token[U];
       bool active[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int h = first_head + k0 + u;
-        active[u] = row_ok && k0 + u < p.heads_per_row && h < p.total_heads;
+        const int r = (b * U + u) * slots + slot;  // neighbouring slots take neighbouring rows
+        active[u] = r < rows;
+        row_token[u] = 0;
         hp[u] = HeadPointers<S>{nullptr, nullptr, false};
         if (active[u]) {
-          hp[u] = head_pointers<S>(p, token, h);
+          const int t = r / p.total_heads;
+          row_token[u] = t;
+          hp[u] = head_pointers<S>(p, first_token + t, r - t * p.total_heads);
           if (rotary_lane) {
             va[u] = load_packed<S, V>(hp[u].src + in_a);
             vb[u] = load_packed<S, V>(hp[u].src + in_b);
@@ -253,17 +261,24 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           }
         }
       }
-      if (k0 == 0 && row_ok && rotary_lane) {
-        if (group == 0 && lane == 0 && (pos < 0 || pos >= p.position_limit)) {
-          record_bad_position(p.fault, token, pos);
+      if (b == 0) {
+        if (tile != static_cast<std::int64_t>(blockIdx.x)) {
+          __syncthreads();  // the previous tile's rows are done reading the table
         }
-#pragma unroll
-        for (int v = 0; v < V; ++v) {
-          cs[v] = cos_sin<A, N>(p.inv_freq[lane * V + v], pos, p);
+        // The tile's cos/sin, each (token, pair) once. The angle comes from the position value
+        // itself (no table indexed by position), so any position is memory-safe.
+        for (int i = tid; i < tile_count * p.half; i += threads) {
+          const int t = i / p.half;
+          const int pair = i - t * p.half;
+          const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, first_token + t);
+          if (pair == 0 && (pos < 0 || pos >= p.position_limit)) {
+            record_bad_position(p.fault, first_token + t, pos);
+          }
+          table[i] = cos_sin<A, N>(p.inv_freq[pair], pos, p);
         }
-      }
-      if constexpr (deinterleave) {
-        __syncthreads();  // in place, this row's stores overwrite other lanes' inputs
+        __syncthreads();  // also orders every load above before any store below (deinterleave)
+      } else if constexpr (deinterleave) {
+        __syncthreads();  // in place, this batch's stores overwrite other lanes' inputs
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
@@ -272,22 +287,23 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           if (hp[u].copy_pass_through) store_packed<S, V>(hp[u].dst + out_a, va[u]);
           continue;
         }
+        const CosSin* cs = table + row_token[u] * p.half + lane * V;
         Vec ra;
         Vec rb;
 #pragma unroll
         for (int v = 0; v < V; ++v) {
           float a;
-          float b;
+          float b2;
           if constexpr (P == Pairing::half_split) {
             a = to_float<A>(va[u].v[v]);
-            b = to_float<A>(vb[u].v[v]);
+            b2 = to_float<A>(vb[u].v[v]);
           } else {
             // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
             const int e = 2 * v;
             a = to_float<A>(e < V ? va[u].v[e] : vb[u].v[e - V]);
-            b = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
+            b2 = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
           }
-          const Pair r = rotate<A, N>(a, b, cs[v]);
+          const Pair r = rotate<A, N>(a, b2, cs[v]);
           if constexpr (P == Pairing::interleaved) {
             const int e = 2 * v;
             (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);

@@ -48,13 +48,9 @@ using detail::SelectParams;
 
 /// Launch-shape constants (see choose_shape).
 constexpr int target_block_threads = 256;
-/// A row reuses its cos/sin for at most this many heads. hf_compatible evaluates cos and sin in
-/// double (about 75 FP64 instructions per pair), so at 1 head per row the trig would cost more
-/// FP64 issue time than the row's memory traffic takes; at 16 it is well under a fifth of it.
-constexpr int max_heads_per_row = 16;
-/// Rows are made plentiful enough for this many waves of resident blocks: a memory-bound partial
-/// last wave still runs near full bandwidth once the GPU holds a couple of waves.
-constexpr std::int64_t min_waves = 2;
+/// A tile aims at this many batches of rows per block, so the cos/sin table (FP64 trig in
+/// hf_compatible) is shared by enough heads and the partial last batch wastes little.
+constexpr int target_batches_per_tile = 4;
 /// Table slots of the call-dependent pre-pass.
 constexpr int selection_slots = 16;
 /// Byte offset of the slots inside the scratch buffer (after the fault words, 256-aligned).
@@ -129,35 +125,34 @@ KernelPair dispatch_kernels(DType t, Pairing p, Numerics n) {
 struct LaunchShape {
   dim3 grid;
   dim3 block;
-  std::int64_t rows = 0;
-  int heads_per_row = 1;
-  int head_groups = 1;
+  int tile_tokens = 1;
+  std::size_t table_bytes = 0;  ///< dynamic shared memory: the tile's cos/sin
 };
 
 /// Chooses the launch from the problem size and the device:
-///  - a row (token, head group) is `lanes` threads; blocks hold ~256 threads (rows_per_block rows);
-///  - heads_per_row h: as many heads as possible share one cos/sin computation, capped at
-///    max_heads_per_row, but small enough that there are >= min_waves waves of resident blocks.
-///    Large T: several heads per thread. Small T (decode): h = 1, the heads are spread across
-///    blocks so the GPU fills;
-///  - the grid covers every row tile (the kernel grid-strides beyond 2^31-1 tiles).
-LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int sm_count,
-                         int resident_threads_per_sm) {
+///  - a row (token, head) is `lanes` threads; blocks hold ~256 threads (`slots` rows at a time);
+///  - a tile is as many tokens as make target_batches_per_tile batches of rows_in_flight rows per
+///    slot (large T: many heads share each cos/sin), but no more than spreads the tokens over one
+///    wave of resident blocks (small T, decode: one token per block, every SM busy), and no more
+///    than the shared-memory table allows;
+///  - the grid covers every tile (the kernel grid-strides beyond 2^31-1 tiles).
+LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int half, int sm_count,
+                         int resident_blocks_per_sm) {
   LaunchShape s;
-  const int rows_per_block = std::max(1, target_block_threads / lanes);
-  const int block_threads = rows_per_block * lanes;
-  const std::int64_t blocks_per_sm = std::max(1, resident_threads_per_sm / block_threads);
-  const std::int64_t resident_rows = std::int64_t{sm_count} * blocks_per_sm * rows_per_block;
-  const std::int64_t work = tokens * total_heads;  // (token, head) items; fits: validated sizes
-  const std::int64_t wanted = std::max<std::int64_t>(1, resident_rows * min_waves);
-  std::int64_t h = work / wanted;
-  h = std::clamp<std::int64_t>(h, 1, std::min(max_heads_per_row, total_heads));
-  s.head_groups = static_cast<int>((total_heads + h - 1) / h);
-  s.heads_per_row = (total_heads + s.head_groups - 1) / s.head_groups;  // balance the groups
-  s.rows = tokens * s.head_groups;
-  const std::int64_t tiles = (s.rows + rows_per_block - 1) / rows_per_block;
+  const int slots = std::max(1, target_block_threads / lanes);
+  const std::int64_t rows_wanted =
+      std::int64_t{slots} * detail::rows_in_flight * target_batches_per_tile;
+  std::int64_t tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
+  const std::int64_t resident_blocks = std::int64_t{sm_count} * std::max(1, resident_blocks_per_sm);
+  tile = std::min(tile, std::max<std::int64_t>(1, tokens / resident_blocks));
+  tile = std::min<std::int64_t>(tile, std::max(1, detail::max_tile_table_bytes /
+                                                      (half * static_cast<int>(sizeof(detail::CosSin)))));
+  tile = std::min<std::int64_t>(tile, std::max(1, INT_MAX / std::max(1, total_heads)));
+  s.tile_tokens = static_cast<int>(tile);
+  s.table_bytes = static_cast<std::size_t>(tile) * static_cast<std::size_t>(half) * sizeof(detail::CosSin);
+  const std::int64_t tiles = (tokens + tile - 1) / tile;
   s.grid = dim3(static_cast<unsigned>(std::min<std::int64_t>(tiles, INT_MAX)), 1, 1);
-  s.block = dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(rows_per_block), 1);
+  s.block = dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(slots), 1);
   return s;
 }
 
@@ -216,7 +211,7 @@ struct GpuEngine::State {
   DeviceBuffer tables;   ///< float32: init/short table [half], then the long table (longrope)
   DeviceBuffer scratch;  ///< fault words at 0, selection slots at slots_offset
   KernelPair kernels[dtype_count];
-  int resident_threads[dtype_count][2] = {};  ///< per SM, at target_block_threads; [vectorized, generic]
+  int resident_blocks[dtype_count][2] = {};  ///< per SM, at target_block_threads; [vectorized, generic]
   RopeKernelParams base;                      ///< spec-derived fields, filled once
   SelectParams select;                        ///< spec-derived fields, filled once
   bool call_dependent = false;
@@ -305,9 +300,9 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
     const RopeKernel ks[2] = {s.kernels[i].vectorized, s.kernels[i].generic};
     for (int j = 0; j < 2; ++j) {
       int blocks = 0;
-      POSENC_GPU_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, ks[j], target_block_threads, 0));
-      s.resident_threads[i][j] = std::max(1, blocks) * target_block_threads;
+      POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &blocks, ks[j], target_block_threads, detail::max_tile_table_bytes / 2));
+      s.resident_blocks[i][j] = std::max(1, blocks);
     }
   }
 }
@@ -356,11 +351,10 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
   p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
   const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
 
-  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, s.device.multiprocessor_count(),
-                                         s.resident_threads[di][vectorized ? 0 : 1]);
-  p.rows = shape.rows;
-  p.heads_per_row = shape.heads_per_row;
-  p.head_groups = shape.head_groups;
+  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, p.half, s.device.multiprocessor_count(),
+                                         s.resident_blocks[di][vectorized ? 0 : 1]);
+  p.tokens = tokens;
+  p.tile_tokens = shape.tile_tokens;
 
   detail::LaunchRecord record;
   record.op = rope_op;
@@ -396,7 +390,7 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
 
   detail::record_launch(native, record);
   const RopeKernel kernel = vectorized ? s.kernels[di].vectorized : s.kernels[di].generic;
-  kernel<<<shape.grid, shape.block, 0, native>>>(p);
+  kernel<<<shape.grid, shape.block, shape.table_bytes, native>>>(p);
   POSENC_GPU_CHECK_LAUNCH(record);
 }
 

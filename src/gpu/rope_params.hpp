@@ -37,29 +37,32 @@ struct KernelTensor {
   std::int32_t copy_pass_through = 0;
 };
 
-/// One rotation launch. The grid is a list of rows, row = (token, head group); a row is covered
-/// by `lanes` threads (threadIdx.x) and visits `heads_per_row` consecutive heads of the combined
-/// head list [Q heads..., K heads...], reusing its cos/sin for all of them.
+/// One rotation launch. The block works on tiles of `tile_tokens` consecutive tokens: it first
+/// computes the tile's cos/sin (tile_tokens x half entries, into shared memory), then rotates the
+/// tile's rows, row = (token, head) over the combined head list [Q heads..., K heads...]. A row is
+/// covered by `lanes` threads (threadIdx.x); blockDim.y row slots take rows in turn.
 struct RopeKernelParams {
   KernelTensor q;
   KernelTensor k;
   const void* positions = nullptr;
   const float* inv_freq = nullptr;       ///< `half` entries
   unsigned long long* fault = nullptr;   ///< fault_words entries
-  std::int64_t rows = 0;                 ///< tokens * head_groups
+  std::int64_t tokens = 0;
   std::int64_t position_limit = 0;
   double attention_factor = 1.0;         ///< accurate numerics (double, as the CPU reference)
   float attention_factor_f32 = 1.0f;     ///< hf numerics (float32, as Hugging Face)
   std::int32_t q_heads = 0;
   std::int32_t total_heads = 0;          ///< q_heads + k_heads
-  std::int32_t heads_per_row = 1;
-  std::int32_t head_groups = 1;
+  std::int32_t tile_tokens = 1;
   std::int32_t rotary_lanes = 0;         ///< lanes rotating V pairs each
   std::int32_t half = 0;                 ///< rotary_dim / 2
   std::int32_t rotary_dim = 0;
   std::int32_t rotary_offset = 0;
   std::int32_t positions_i64 = 1;
 };
+
+/// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
+inline constexpr int max_tile_table_bytes = 16384;
 
 /// Which call-dependent table the pre-pass builds.
 enum class SelectMode : std::int32_t { longrope = 1, dynamic = 2 };
