@@ -61,13 +61,13 @@ POSENC_HD float fma_rn(float a, float b, float c) {
 
 POSENC_HD std::uint32_t float_bits(float f) {
   std::uint32_t u;
-  std::memcpy(&u, &f, 4);
+  __builtin_memcpy(&u, &f, 4);
   return u;
 }
 
 POSENC_HD float bits_float(std::uint32_t u) {
   float f;
-  std::memcpy(&f, &u, 4);
+  __builtin_memcpy(&f, &u, 4);
   return f;
 }
 

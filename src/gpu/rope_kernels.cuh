@@ -173,6 +173,28 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
+#if defined(POSENC_DEVICE_PACKED_ROTATION)
+inline constexpr bool has_packed_rotation = true;
+#else
+inline constexpr bool has_packed_rotation = false;
+#endif
+
+/// Element e of the concatenation x||y of two V-element vectors, as 32-bit word w (elements 2w, 2w+1).
+template <typename S, int V>
+__device__ __forceinline__ std::uint32_t word_of(const Packed<S, V>& x, const Packed<S, V>& y, int w) {
+  const Packed<S, V>& src = 2 * w < V ? x : y;
+  const int i = 2 * w < V ? 2 * w : 2 * w - V;
+  return static_cast<std::uint32_t>(src.v[i]) | (static_cast<std::uint32_t>(src.v[i + 1]) << 16);
+}
+
+template <typename S, int V>
+__device__ __forceinline__ void set_word(Packed<S, V>& x, Packed<S, V>& y, int w, std::uint32_t value) {
+  Packed<S, V>& dst = 2 * w < V ? x : y;
+  const int i = 2 * w < V ? 2 * w : 2 * w - V;
+  dst.v[i] = static_cast<S>(value & 0xffffu);
+  dst.v[i + 1] = static_cast<S>(value >> 16);
+}
+
 /// Rows whose loads a thread issues before the first of their stores. Stores may alias later
 /// loads as far as the compiler knows, so without this batching a thread would keep only two
 /// 16-byte loads in flight.
@@ -191,6 +213,9 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
   using Vec = Packed<S, V>;
   constexpr bool deinterleave = P == Pairing::interleaved_to_half;
   constexpr int U = rows_in_flight;
+  // hf_compatible on 16-bit data rotates two pairs per instruction where the vendor allows it.
+  constexpr bool packed =
+      has_packed_rotation && N == Numerics::hf_compatible && A != Act::f32 && V % 2 == 0;
   extern __shared__ unsigned char tile_bytes[];
   CosSin* const table = reinterpret_cast<CosSin*>(tile_bytes);
 
@@ -290,27 +315,58 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         const CosSin* cs = table + row_token[u] * p.half + lane * V;
         Vec ra;
         Vec rb;
+        if constexpr (packed) {
+          // Two pairs per step in native 16-bit arithmetic (vendor.hpp: same bits as rotate_hf).
+          // A word holds elements (2w, 2w+1); pairs (2q, 2q+1) need a's in one word, b's in another.
 #pragma unroll
-        for (int v = 0; v < V; ++v) {
-          float a;
-          float b2;
-          if constexpr (P == Pairing::half_split) {
-            a = to_float<A>(va[u].v[v]);
-            b2 = to_float<A>(vb[u].v[v]);
-          } else {
-            // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
-            const int e = 2 * v;
-            a = to_float<A>(e < V ? va[u].v[e] : vb[u].v[e - V]);
-            b2 = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
+          for (int q = 0; q < V / 2; ++q) {
+            std::uint32_t aw;
+            std::uint32_t bw;
+            if constexpr (P == Pairing::half_split) {
+              aw = word_of<S, V>(va[u], va[u], q);
+              bw = word_of<S, V>(vb[u], vb[u], q);
+            } else {
+              const std::uint32_t w0 = word_of<S, V>(va[u], vb[u], 2 * q);      // a_2q, b_2q
+              const std::uint32_t w1 = word_of<S, V>(va[u], vb[u], 2 * q + 1);  // a_2q+1, b_2q+1
+              aw = __byte_perm(w0, w1, 0x5410);
+              bw = __byte_perm(w0, w1, 0x7632);
+            }
+            const std::uint32_t cw = device_pack2<A == Act::bf16>(cs[2 * q].c, cs[2 * q + 1].c);
+            const std::uint32_t sw = device_pack2<A == Act::bf16>(cs[2 * q].s, cs[2 * q + 1].s);
+            std::uint32_t ao;
+            std::uint32_t bo;
+            device_rotate_hf_x2<A == Act::bf16>(aw, bw, cw, sw, ao, bo);
+            if constexpr (P == Pairing::interleaved) {
+              set_word<S, V>(ra, rb, 2 * q, __byte_perm(ao, bo, 0x5410));
+              set_word<S, V>(ra, rb, 2 * q + 1, __byte_perm(ao, bo, 0x7632));
+            } else {
+              set_word<S, V>(ra, ra, q, ao);
+              set_word<S, V>(rb, rb, q, bo);
+            }
           }
-          const Pair r = rotate<A, N>(a, b2, cs[v]);
-          if constexpr (P == Pairing::interleaved) {
-            const int e = 2 * v;
-            (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
-            (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
-          } else {
-            ra.v[v] = from_float<A>(r.a);
-            rb.v[v] = from_float<A>(r.b);
+        } else {
+#pragma unroll
+          for (int v = 0; v < V; ++v) {
+            float a;
+            float b2;
+            if constexpr (P == Pairing::half_split) {
+              a = to_float<A>(va[u].v[v]);
+              b2 = to_float<A>(vb[u].v[v]);
+            } else {
+              // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
+              const int e = 2 * v;
+              a = to_float<A>(e < V ? va[u].v[e] : vb[u].v[e - V]);
+              b2 = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
+            }
+            const Pair r = rotate<A, N>(a, b2, cs[v]);
+            if constexpr (P == Pairing::interleaved) {
+              const int e = 2 * v;
+              (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
+              (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
+            } else {
+              ra.v[v] = from_float<A>(r.a);
+              rb.v[v] = from_float<A>(r.b);
+            }
           }
         }
         store_packed<S, V>(hp[u].dst + out_a, ra);
