@@ -26,9 +26,10 @@ work=$(mktemp -d)
 # Seconds allowed for each program, and the time past which it is reported as too slow (the whole
 # command must end inside the device machine's 10-minute limit). Each program stops starting new
 # cases at its allowance and still writes what it measured; the hard limit is the backstop.
-gpu_limit=280 gpu_warn=240
-cpu_limit=120 cpu_warn=90
-torch_limit=150 torch_warn=120 torch_budget=110
+# POSENC_BENCH_{GPU,CPU,TORCH}_S shrink the allowances to fit a shorter device call.
+gpu_warn=${POSENC_BENCH_GPU_S:-240} cpu_warn=${POSENC_BENCH_CPU_S:-90} torch_warn=${POSENC_BENCH_TORCH_S:-120}
+gpu_limit=$((gpu_warn + 40)) cpu_limit=$((cpu_warn + 30)) torch_limit=$((torch_warn + 30))
+torch_budget=$((torch_warn - 10))
 
 warnings=()
 

@@ -98,13 +98,14 @@ if [[ ${POSENC_GPU_CHECK_SANITIZERS:-1} != 1 ]]; then
 elif command -v compute-sanitizer >/dev/null 2>&1; then
   # memcheck: the decode sweep (every dtype, pairing, numerics, head_dim, layout), call-dependent
   # tables, position faults, bad input and threads. API errors are the tests' own (deliberate).
-  step memcheck "$out/memcheck.log" 300 compute-sanitizer --tool memcheck --error-exitcode 1 \
+  san_s=${POSENC_SANITIZER_S:-300}
+  step memcheck "$out/memcheck.log" "$san_s" compute-sanitizer --tool memcheck --error-exitcode 1 \
     --report-api-errors no --leak-check full "$engine" \
     --gtest_filter='Gpu/GpuSweep.*/Decode_*:GpuEngineTest.*-GpuEngineTest.TenThousandCallsAllocateNothing' || true
   # racecheck and synccheck: shared memory of the pre-pass, the block barrier of interleaved_to_half.
-  step racecheck "$out/racecheck.log" 240 compute-sanitizer --tool racecheck --error-exitcode 1 "$engine" \
+  step racecheck "$out/racecheck.log" "$san_s" compute-sanitizer --tool racecheck --error-exitcode 1 "$engine" \
     --gtest_filter='Gpu/GpuSweep.*/Decode_bfloat16_*:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*' || true
-  step synccheck "$out/synccheck.log" 240 compute-sanitizer --tool synccheck --error-exitcode 1 "$engine" \
+  step synccheck "$out/synccheck.log" "$san_s" compute-sanitizer --tool synccheck --error-exitcode 1 "$engine" \
     --gtest_filter='Gpu/GpuSweep.*/Decode_*_interleavedtohalf:GpuEngineTest.LongRope*' || true
 else
   note "FAILED  compute-sanitizer not found on PATH"

@@ -55,3 +55,15 @@ if(POSENC_INSTALL)
       -P ${CMAKE_CURRENT_SOURCE_DIR}/consumer/run_consumer_test.cmake)
   set_tests_properties(package.find_package_consumer PROPERTIES LABELS cpu TIMEOUT 900)
 endif()
+
+# `posenc check --fixture` on golden families (plain RoPE, a layer-typed config, M-RoPE with three
+# position streams) must pass on the CPU; test_cli corrupts a fixture copy and expects exit 1.
+if(TARGET posenc_cli)
+  target_compile_definitions(test_cli PRIVATE POSENC_GOLDEN_DIR="${CMAKE_CURRENT_SOURCE_DIR}/golden"
+                                              POSENC_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  foreach(family IN ITEMS llama-3.1 gemma3-global qwen2-vl)
+    add_test(NAME cli.check.${family}
+      COMMAND posenc_cli check --fixture ${CMAKE_CURRENT_SOURCE_DIR}/golden/${family} --device cpu)
+    set_tests_properties(cli.check.${family} PROPERTIES LABELS cpu)
+  endforeach()
+endif()

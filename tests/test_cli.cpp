@@ -1,4 +1,4 @@
-// The posenc CLI end to end: `apply` round trips through .npy files this test writes, and the exit codes of bad usage.
+// The posenc CLI end to end: `apply` and `check` through .npy files, golden fixture copies, and the exit codes of bad usage.
 #include <gtest/gtest.h>
 
 #include <sys/wait.h>
@@ -241,7 +241,7 @@ TEST_F(CliTest, BadUsageExitsWithTwoAndSaysWhy) {
 }
 
 TEST_F(CliTest, HelpAndVersionExitZero) {
-  for (const char* args : {"--help", "--version", "run --help", "apply --help", "info --help"}) {
+  for (const char* args : {"--help", "--version", "run --help", "apply --help", "info --help", "check --help"}) {
     const CliResult r = run_cli(args);
     EXPECT_EQ(r.exit_code, 0) << "posenc " << args << "\n" << r.output;
   }
@@ -263,6 +263,97 @@ TEST_F(CliTest, RuntimeFailuresExitWithOne) {
     EXPECT_EQ(no_gpu.exit_code, 1) << no_gpu.output;
     EXPECT_NE(no_gpu.output.find(gpu::unavailable_reason()), std::string::npos)
         << "the message must say why there is no GPU:\n" << no_gpu.output;
+  }
+}
+
+
+// --- posenc check ---------------------------------------------------------------------------------
+
+#ifndef POSENC_GOLDEN_DIR
+#error "POSENC_GOLDEN_DIR (tests/golden) must be defined by the build"
+#endif
+
+/// Copies golden family `family` into `to` and flips the lowest bit of element (token, head, dim)
+/// of its bfloat16 K output, so posenc's (correct) result differs from it by one bf16 ulp there.
+void corrupt_fixture_copy(const std::string& family, const fs::path& to, std::int64_t token,
+                          std::int64_t head, std::int64_t dim) {
+  fs::copy(fs::path(POSENC_GOLDEN_DIR) / family, to, fs::copy_options::recursive);
+  const std::string k_out = (to / "main.bfloat16.k_out.npy").string();
+  NpyArray a = read_npy(k_out);
+  ASSERT_EQ(a.shape.size(), 3u);
+  const std::int64_t index = (token * a.shape[1] + head) * a.shape[2] + dim;
+  std::uint16_t bits;
+  std::memcpy(&bits, a.data.data() + index * 2, 2);
+  bits ^= 1u;
+  std::memcpy(a.data.data() + index * 2, &bits, 2);
+  write_npy(k_out, a.type, a.shape, a.data);
+}
+
+TEST_F(CliTest, CheckFixturePassesAndNamesTheCorruptedElementOfACopy) {
+  const std::string golden = std::string(POSENC_GOLDEN_DIR) + "/llama-3.1";
+  const CliResult good = run_cli("check --fixture '" + golden + "' --device cpu");
+  ASSERT_EQ(good.exit_code, 0) << good.output;
+  EXPECT_NE(good.output.find("PASS  main/bfloat16 cpu, fixture inv_freq: Q+K bit-exact"), std::string::npos)
+      << good.output;
+
+  // A copy outside the repository needs --root to find the config meta.json names.
+  corrupt_fixture_copy("llama-3.1", dir_ / "llama-3.1", 5, 0, 17);
+  const std::string copy = path("llama-3.1");
+  const CliResult no_root = run_cli("check --fixture '" + copy + "' --device cpu");
+  EXPECT_EQ(no_root.exit_code, 2) << no_root.output;
+  EXPECT_NE(no_root.output.find("--root"), std::string::npos) << no_root.output;
+
+  const CliResult bad = run_cli("check --fixture '" + copy + "' --root '" + POSENC_SOURCE_DIR + "' --device cpu");
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("FAIL  main/bfloat16 cpu, fixture inv_freq: 1 of"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("first: K token 5, head 0, dim 17: posenc"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("(1 ulp of bfloat16)"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("PASS  main/float16"), std::string::npos) << "only the bf16 K output was changed\n"
+                                                                       << bad.output;
+}
+
+TEST_F(CliTest, CheckComparesAUsersDumpAndHonoursTheTolerance) {
+  const std::string golden = std::string(POSENC_GOLDEN_DIR) + "/llama-3.1/";
+  corrupt_fixture_copy("llama-3.1", dir_ / "llama-3.1", 3, 0, 100);
+  const std::string config = std::string(POSENC_SOURCE_DIR) + "/configs/llama-3.1-8b.json";
+  const std::string inputs = "check --config '" + config + "' --q '" + golden + "main.bfloat16.q.npy' --k '" +
+                             golden + "main.bfloat16.k.npy' --positions '" + golden +
+                             "main.positions.npy' --dtype bf16 --device cpu --expect-q '" + golden +
+                             "main.bfloat16.q_out.npy' ";
+
+  const CliResult good = run_cli(inputs + "--expect-k '" + golden + "main.bfloat16.k_out.npy'");
+  EXPECT_EQ(good.exit_code, 0) << good.output;
+  EXPECT_NE(good.output.find("PASS: 6912 values bit-exact"), std::string::npos) << good.output;
+
+  const std::string corrupted = "--expect-k '" + path("llama-3.1/main.bfloat16.k_out.npy") + "'";
+  const CliResult bad = run_cli(inputs + corrupted + " --inv-freq '" + golden + "main.inv_freq.npy'");
+  EXPECT_EQ(bad.exit_code, 1) << bad.output;
+  EXPECT_NE(bad.output.find("first mismatch  K token 3, head 0, dim 100: posenc"), std::string::npos) << bad.output;
+  EXPECT_NE(bad.output.find("FAIL: 1 of 6912 values not bit-exact"), std::string::npos) << bad.output;
+
+  const CliResult tolerated = run_cli(inputs + corrupted + " --tolerance-ulps 1");
+  EXPECT_EQ(tolerated.exit_code, 0) << tolerated.output;
+
+  struct Case {
+    std::string args;
+    std::string says;
+  };
+  const std::vector<Case> usage = {
+      {"check --config '" + config + "' --q '" + golden + "main.bfloat16.q.npy' --positions '" + golden +
+           "main.positions.npy' --dtype bf16",
+       "--expect-q is required"},
+      {inputs + "--expect-k '" + golden + "main.bfloat16.q_out.npy'", "has 4608 elements"},
+      {inputs + "--expect-k '" + golden + "main.bfloat16.k_out.npy' --inv-freq '" + golden +
+           "main.positions.npy'",
+       "inv_freq must be a 1-D '<f4' array"},
+      {"check --fixture '" + golden + "' --q q.npy", "--fixture excludes --q"},
+      {"check --fixture '" + path("none") + "'", "meta.json: cannot be read"},
+  };
+  for (const Case& c : usage) {
+    const CliResult r = run_cli(c.args);
+    EXPECT_EQ(r.exit_code, 2) << "posenc " << c.args << "\n" << r.output;
+    EXPECT_NE(r.output.find(c.says), std::string::npos)
+        << "posenc " << c.args << ": message lacks '" << c.says << "':\n" << r.output;
   }
 }
 

@@ -14,6 +14,8 @@
 //   3. When posenc's own table was bit-exact, the same bit-for-bit outputs with posenc's table
 //      (the full path a user gets from the config alone).
 //   4. The GPU engine gives the same bits as the CPU engine, where a GPU is present.
+// M-RoPE fixtures (qwen2-vl, glm4v) store positions as [3, tokens] (t, h, w), passed as three
+// position streams; their "grid" cases have distinct t/h/w positions, so the sections are checked.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -92,10 +94,11 @@ struct Outputs {
   std::vector<std::byte> k;
 };
 
-/// Rotates the fixture's inputs with `engine_apply` out of place into fresh buffers.
+/// Rotates the fixture's inputs with `engine_apply` out of place into fresh buffers. `positions`
+/// holds `streams` streams of equal length back to back (M-RoPE fixtures: t, h, w).
 template <typename Apply>
 Outputs rotate(const NpyArray& q_in, const NpyArray& k_in, posenc::DType t,
-               const std::vector<std::int64_t>& positions, Apply&& engine_apply) {
+               const std::vector<std::int64_t>& positions, std::int32_t streams, Apply&& engine_apply) {
   const auto& qs = q_in.shape;
   const auto& ks = k_in.shape;
   Outputs out{std::vector<std::byte>(q_in.data.size()), std::vector<std::byte>(k_in.data.size())};
@@ -104,7 +107,8 @@ Outputs rotate(const NpyArray& q_in, const NpyArray& k_in, posenc::DType t,
   args.k = posenc::TensorView::contiguous(out.k.data(), t, ks[0], ks[1], ks[2]);
   args.q_src = posenc::TensorView::contiguous(const_cast<std::byte*>(q_in.data.data()), t, qs[0], qs[1], qs[2]);
   args.k_src = posenc::TensorView::contiguous(const_cast<std::byte*>(k_in.data.data()), t, ks[0], ks[1], ks[2]);
-  args.positions = {positions.data(), posenc::IndexType::i64, static_cast<std::int64_t>(positions.size())};
+  const std::int64_t count = static_cast<std::int64_t>(positions.size()) / streams;
+  args.positions = {positions.data(), posenc::IndexType::i64, count, streams, count};
   engine_apply(args);
   return out;
 }
@@ -149,21 +153,10 @@ TEST_P(Golden, MatchesTransformers) {
     const std::string case_name = c["name"].get<std::string>();
     SCOPED_TRACE(GetParam() + "/" + case_name);
     const NpyArray pos_arr = read_npy((dir / c["positions"].get<std::string>()).string());
-    std::vector<std::int64_t> positions = as_vector<std::int64_t>(pos_arr);
-    if (pos_arr.shape.size() == 2) {
-      // M-RoPE fixture: [3, tokens]. When the three axes agree (text tokens) M-RoPE is 1-D RoPE.
-      const std::int64_t n = pos_arr.shape[1];
-      bool same = true;
-      for (std::int64_t i = 0; i < n; ++i) {
-        same = same && positions[i] == positions[n + i] && positions[i] == positions[2 * n + i];
-      }
-      if (!same) {
-        std::cout << "[ NOTE     ] " << GetParam() << "/" << case_name
-                  << ": distinct t/h/w positions need multi-axis rotation (GLM issue); not checked here\n";
-        continue;
-      }
-      positions.resize(static_cast<std::size_t>(n));
-    }
+    const std::vector<std::int64_t> positions = as_vector<std::int64_t>(pos_arr);
+    // M-RoPE fixtures hold [streams, tokens] (t, h, w), stream-major as PositionsView reads them.
+    const auto streams = static_cast<std::int32_t>(pos_arr.shape.size() == 2 ? pos_arr.shape[0] : 1);
+    ASSERT_EQ(streams, own_spec.position_streams()) << "positions fixture streams vs the config's spec";
     std::int64_t max_pos = 0;
     for (auto p : positions) max_pos = std::max(max_pos, p);
 
@@ -202,14 +195,16 @@ TEST_P(Golden, MatchesTransformers) {
 
       // 2. fixture table fed in.
       const posenc::CpuEngine fed_engine(fed);
-      const Outputs cpu = rotate(q_in, k_in, t, positions, [&](const posenc::RopeArgs& a) { fed_engine.apply(a); });
+      const Outputs cpu =
+          rotate(q_in, k_in, t, positions, streams, [&](const posenc::RopeArgs& a) { fed_engine.apply(a); });
       EXPECT_TRUE(matches(cpu.q, q_want, q_in, t, exact_dtype, "Q (CPU, fixture inv_freq)"));
       EXPECT_TRUE(matches(cpu.k, k_want, k_in, t, exact_dtype, "K (CPU, fixture inv_freq)"));
 
       // 3. posenc's own table from the config alone.
       if (own_table_exact) {
         const posenc::CpuEngine own_engine(own_spec);
-        const Outputs mine = rotate(q_in, k_in, t, positions, [&](const posenc::RopeArgs& a) { own_engine.apply(a); });
+        const Outputs mine =
+            rotate(q_in, k_in, t, positions, streams, [&](const posenc::RopeArgs& a) { own_engine.apply(a); });
         EXPECT_TRUE(matches(mine.q, q_want, q_in, t, exact_dtype, "Q (CPU, posenc inv_freq)"));
         EXPECT_TRUE(matches(mine.k, k_want, k_in, t, exact_dtype, "K (CPU, posenc inv_freq)"));
       }
@@ -239,7 +234,7 @@ TEST_P(Golden, MatchesTransformers) {
           dk.download(host.k.data, kb, stream.ref());
           engine.check(stream.ref());
         };
-        const Outputs g = rotate(q_in, k_in, t, positions, run_gpu);
+        const Outputs g = rotate(q_in, k_in, t, positions, streams, run_gpu);
         EXPECT_TRUE(g.q == cpu.q) << "GPU Q differs from the CPU engine";
         EXPECT_TRUE(g.k == cpu.k) << "GPU K differs from the CPU engine";
       }

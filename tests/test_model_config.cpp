@@ -44,6 +44,8 @@ struct ExpectedSpec {
   double factor = 1.0;
   std::int64_t original_max = 0;
   posenc::Numerics numerics = posenc::Numerics::hf_compatible;
+  std::vector<std::int64_t> mrope_section = {};  ///< M-RoPE pairs per position stream
+  bool mrope_interleaved = false;
 };
 
 struct ExpectedModel {
@@ -62,7 +64,12 @@ const std::map<std::string, ExpectedModel>& shipped() {
       {"glm-4-9b-chat.json", {"chatglm", 32, 2, 128, 131072, {{"default", {64, interleaved, 5e6, Scaling::none}}}}},
       {"glm-4-9b-chat-hf.json", {"glm", 32, 2, 128, 131072, {{"default", {64, interleaved, 5e6, Scaling::none}}}}},
       {"glm-4-9b-0414.json", {"glm4", 32, 2, 128, 32768, {{"default", {64, interleaved, 1e4, Scaling::none}}}}},
-      {"glm-4.1v-9b.json", {"glm4v", 32, 2, 128, 65536, {{"default", {64, interleaved, 1e4, Scaling::none}}}}},
+      // GLM-4.1V: M-RoPE [8, 12, 12] over the 64 rotated dims, adjacent pairs.
+      {"glm-4.1v-9b.json",
+       {"glm4v", 32, 2, 128, 65536,
+        {{"default", {64, interleaved, 1e4, Scaling::none, 1.0, 0, posenc::Numerics::hf_compatible, {8, 12, 12}}}}}},
+      // ChatGLM-6B: position_encoding_2d, the whole head as two 64-dim half-split RoPEs.
+      {"chatglm-6b.json", {"chatglm", 32, 32, 128, 2048, {{"default", {128, half_split_2d, 1e4, Scaling::none}}}}},
       // GLM-4.5: partial 0.5 but rotate_half on the first 64 dims.
       {"glm-4.5.json", {"glm4_moe", 96, 8, 128, 131072, {{"default", {64, half_split, 1e6, Scaling::none}}}}},
       {"llama-3.1-8b.json",
@@ -83,7 +90,9 @@ const std::map<std::string, ExpectedModel>& shipped() {
       {"command-r.json",
        {"cohere", 64, 64, 128, 8192,
         {{"default", {128, interleaved, 8e6, Scaling::none, 1.0, 0, posenc::Numerics::hf_fp32_apply}}}}},
-      {"qwen2-vl-7b.json", {"qwen2_vl", 28, 4, 128, 32768, {{"default", {128, half_split, 1e6, Scaling::none}}}}},
+      {"qwen2-vl-7b.json",
+       {"qwen2_vl", 28, 4, 128, 32768,
+        {{"default", {128, half_split, 1e6, Scaling::none, 1.0, 0, posenc::Numerics::hf_compatible, {16, 24, 24}}}}}},
       // Gemma3 4B: text_config relies on class defaults (8 heads, 4 kv, head_dim 256).
       {"gemma-3-4b.json",
        {"gemma3", 8, 4, 256, 131072,
@@ -107,6 +116,8 @@ void expect_spec(const std::string& where, const RopeSpec& s, const ExpectedSpec
   }
   EXPECT_EQ(s.params.original_max_position_embeddings, e.original_max) << where;
   EXPECT_EQ(s.position_limit, std::max(limit_2_24, max_pos)) << where;
+  EXPECT_EQ(s.mrope_section, e.mrope_section) << where;
+  EXPECT_EQ(s.mrope_interleaved, e.mrope_interleaved) << where;
 }
 
 TEST(ModelConfigShipped, EveryConfigResolvesAsExpected) {
@@ -196,6 +207,8 @@ void expect_same_spec(const std::string& where, const RopeSpec& a, const RopeSpe
   EXPECT_EQ(a.numerics, b.numerics) << where;
   EXPECT_EQ(a.attention_factor, b.attention_factor) << where;
   EXPECT_EQ(a.position_limit, b.position_limit) << where;
+  EXPECT_EQ(a.mrope_section, b.mrope_section) << where;
+  EXPECT_EQ(a.mrope_interleaved, b.mrope_interleaved) << where;
   const posenc::ScalingParams& p = a.params;
   const posenc::ScalingParams& q = b.params;
   EXPECT_EQ(p.factor, q.factor) << where;
@@ -385,6 +398,52 @@ TEST(ModelConfigRules, RemoteCodeAndMlaDetails) {
   EXPECT_EQ(vl.num_key_value_heads, 4);
 }
 
+TEST(ModelConfigRules, MultiAxisLayouts) {
+  // Qwen3-VL (5.x text_config): interleaved sections, always (transformers applies them whatever
+  // mrope_interleaved says); [24, 20, 20] when the dict gives none.
+  const std::string q3 = R"({"model_type": "qwen3_vl", "text_config": {"model_type": "qwen3_vl_text",
+      "head_dim": 128, "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+      "max_position_embeddings": 262144, "rope_theta": 5000000,
+      "rope_scaling": {"rope_type": "default", "mrope_interleaved": true, "mrope_section": [24, 20, 20]}}})";
+  const RopeSpec a = posenc::parse_model_config(q3).spec();
+  EXPECT_EQ(a.mrope_section, (std::vector<std::int64_t>{24, 20, 20}));
+  EXPECT_TRUE(a.mrope_interleaved);
+  EXPECT_EQ(a.pairing, Pairing::half_split);
+  EXPECT_EQ(a.theta, 5e6);
+  EXPECT_EQ(a.position_streams(), 3);
+  const RopeSpec d = posenc::parse_model_config(
+      R"({"model_type": "qwen3_vl_text", "head_dim": 128, "num_attention_heads": 32})").spec();
+  EXPECT_EQ(d.mrope_section, (std::vector<std::int64_t>{24, 20, 20}));
+  EXPECT_TRUE(d.mrope_interleaved);
+  EXPECT_EQ(d.theta, 5e6);
+  // GLM-4.1V / GLM-4.5V: [8, 12, 12] when absent; Glm4v pairs adjacent elements, Glm4vMoe rotate_half.
+  const RopeSpec g = posenc::parse_model_config(
+      R"({"model_type": "glm4v_text", "hidden_size": 4096, "num_attention_heads": 32, "partial_rotary_factor": 0.5})")
+                         .spec();
+  EXPECT_EQ(g.mrope_section, (std::vector<std::int64_t>{8, 12, 12}));
+  EXPECT_FALSE(g.mrope_interleaved);
+  EXPECT_EQ(g.pairing, Pairing::interleaved);
+  const RopeSpec gm = posenc::parse_model_config(
+      R"({"model_type": "glm4v_moe", "text_config": {"model_type": "glm4v_moe_text", "head_dim": 128,
+          "num_attention_heads": 96, "num_key_value_heads": 8}})").spec();
+  EXPECT_EQ(gm.mrope_section, (std::vector<std::int64_t>{8, 12, 12}));
+  EXPECT_EQ(gm.pairing, Pairing::half_split);
+  EXPECT_EQ(gm.rotary(), 64);
+  // Qwen2.5-VL reads its sections from rope_parameters (5.x) as from rope_scaling (4.x).
+  const RopeSpec q25 = posenc::parse_model_config(
+      R"({"model_type": "qwen2_5_vl", "hidden_size": 3584, "num_attention_heads": 28,
+          "rope_parameters": {"rope_type": "default", "mrope_section": [16, 24, 24]}})").spec();
+  EXPECT_EQ(q25.mrope_section, (std::vector<std::int64_t>{16, 24, 24}));
+  EXPECT_EQ(q25.theta, 1e6);
+  // ChatGLM-6B: 2-D RoPE, everything else of the remote-code config unchanged.
+  const ModelConfig c6 = posenc::load_model_config(configs_dir + "/chatglm-6b.json");
+  EXPECT_EQ(c6.spec().pairing, Pairing::half_split_2d);
+  EXPECT_EQ(c6.spec().position_streams(), 2);
+  EXPECT_EQ(c6.spec().frequency_dim(), 64);
+  EXPECT_EQ(posenc::compute_frequencies(c6.spec()).inv_freq.size(), 32u);
+  EXPECT_NE(c6.spec().describe().find("fp16"), std::string::npos) << "describe() must say the angles differ";
+}
+
 // ---- bad input ---------------------------------------------------------------------------------
 
 struct BadConfig {
@@ -453,8 +512,21 @@ TEST(ModelConfigErrors, BadInputNamesKeyAndValue) {
         "rope_ratio": "500"})", K::config, {"rope_ratio", "\"500\""}},
       {"mla without rope head", R"({"model_type": "deepseek_v3", "num_attention_heads": 16})", K::config,
        {"qk_rope_head_dim", "missing"}},
-      {"2D RoPE", R"({"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32,
-        "position_encoding_2d": true})", K::unsupported, {"position_encoding_2d", "true"}},
+      {"2D RoPE with rope_ratio", R"({"model_type": "chatglm", "hidden_size": 4096, "num_attention_heads": 32,
+        "position_encoding_2d": true, "rope_ratio": 500})", K::config, {"rope_ratio", "500", "10000"}},
+      {"2D RoPE head not a multiple of 4", R"({"model_type": "chatglm", "hidden_size": 4160, "num_attention_heads": 32,
+        "position_encoding_2d": true})", K::config, {"hidden_size", "head_dim 130"}},
+      {"mrope section sum", R"({"model_type": "qwen2_vl", "hidden_size": 3584, "num_attention_heads": 28,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 20]}})", K::config,
+       {"mrope_section = [16, 24, 20]", "sums to 60", "rotary_dim / 2 = 64"}},
+      {"mrope section entry", R"({"model_type": "qwen2_vl", "hidden_size": 3584, "num_attention_heads": 28,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16.5, 24, 24]}})", K::config,
+       {"rope_scaling.mrope_section", "entry 0 = 16.5"}},
+      {"qwen3_vl contiguous", R"({"model_type": "qwen3_vl_text", "head_dim": 128, "num_attention_heads": 32,
+        "rope_scaling": {"rope_type": "default", "mrope_section": [24, 20, 20], "mrope_interleaved": false}})",
+       K::config, {"rope_scaling.mrope_interleaved", "false", "always interleaved"}},
+      {"interleaved without sections", "{" + llama + R"(, "rope_scaling": {"rope_type": "default",
+        "mrope_interleaved": true}})", K::config, {"mrope_interleaved", "needs mrope_section"}},
       {"proportional", "{" + llama + R"(, "rope_parameters": {"rope_type": "proportional"}})", K::unsupported,
        {"rope_parameters.rope_type", "\"proportional\""}},
       {"not JSON", R"({"model_type": "llama",)", K::config, {"not valid JSON"}},

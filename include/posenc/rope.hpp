@@ -40,6 +40,22 @@ namespace posenc {
 //                 in  [a0 b0 a1 b1 - - - -]      a_i = x[2i],     b_i = x[2i + 1]
 //                 out [a0'a1'b0'b1'- - - -]      y[i] = a_i',     y[i + H] = b_i'
 //
+//   half_split_2d  (ChatGLM-6B 2-D RoPE) the window is two halves, each rotated half-split as a
+//                 RoPE of R/2 dims; the first half by position stream 0 (position), the second by
+//                 stream 1 (block position). Drawn for R = 8 (Q = R/4 pairs per half):
+//                 in  [a0 a1 b0 b1 | a2 a3 b2 b3]   pair i < Q: a_i = x[i], b_i = x[i + Q], stream 0
+//                                                   pair i >= Q: a_i = x[R/2 + i - Q], b_i = x[R/2 + i],
+//                                                   stream 1; both halves use inv_freq of R/2 dims
+//
+// Multi-axis RoPE (M-RoPE, Qwen2-VL / Qwen2.5-VL / GLM-4.1V / GLM-4.5V / Qwen3-VL): positions
+// come in several streams (t, h, w) and pair i takes its angle from one of them:
+//   mrope_section = [m0, m1, m2] (sum H), contiguous: pairs [0, m0) use stream 0, the next m1
+//                 stream 1, the rest stream 2;
+//   mrope_interleaved (Qwen3-VL): pair i uses stream 1 if i % 3 == 1 and i < 3*m1, stream 2 if
+//                 i % 3 == 2 and i < 3*m2, else stream 0.
+// The pairing (half_split or interleaved) is independent of the stream assignment. When all
+// streams hold the same positions, M-RoPE is exactly 1-D RoPE.
+//
 // Numerics (see docs and DESIGN.md):
 //   hf_compatible  reproduces Hugging Face transformers' eager arithmetic: inv_freq in float32,
 //                  angle = fl32(inv_freq[i] * fl32(p)), cos/sin correctly rounded to float32 and
@@ -55,7 +71,7 @@ namespace posenc {
 // ------------------------------------------------------------------------------------------------
 
 /// Which elements of the rotary window form a rotation pair (drawn above).
-enum class Pairing : std::uint8_t { half_split, interleaved, interleaved_to_half };
+enum class Pairing : std::uint8_t { half_split, interleaved, interleaved_to_half, half_split_2d };
 
 /// How cos/sin and the rotation are rounded (described above).
 enum class Numerics : std::uint8_t { hf_compatible, hf_fp32_apply, accurate };
@@ -100,12 +116,28 @@ struct RopeSpec {
   ScalingParams params;
   std::optional<double> attention_factor;  ///< overrides the scheme's attention factor
   Numerics numerics = Numerics::hf_compatible;
+  /// M-RoPE: pairs per position stream (empty: a single stream). See "Multi-axis RoPE" above.
+  std::vector<std::int64_t> mrope_section;
+  bool mrope_interleaved = false;  ///< Qwen3-VL's interleaved assignment instead of contiguous
   /// Positions must lie in [0, position_limit). The CPU engine rejects others before writing;
   /// the GPU engine records them as a fault (gpu.hpp).
   std::int64_t position_limit = std::int64_t{1} << 31;
 
   /// rotary_dim, with 0 resolved to head_dim.
   std::int64_t rotary() const noexcept { return rotary_dim == 0 ? head_dim : rotary_dim; }
+
+  /// Position streams an apply call must pass: 2 for half_split_2d, mrope_section.size() for
+  /// M-RoPE, else 1.
+  std::int32_t position_streams() const noexcept {
+    if (pairing == Pairing::half_split_2d) return 2;
+    return mrope_section.empty() ? 1 : static_cast<std::int32_t>(mrope_section.size());
+  }
+
+  /// Dimension of the RoPE whose frequencies the scheme computes: R, or R/2 for half_split_2d
+  /// (each half is a RoPE of R/2 dims). compute_frequencies returns frequency_dim()/2 values.
+  std::int64_t frequency_dim() const noexcept {
+    return pairing == Pairing::half_split_2d ? rotary() / 2 : rotary();
+  }
 
   /// Throws posenc::Error naming the field, its value and the limit when the spec is inconsistent
   /// (odd or oversized rotary window, non-positive theta, wrong factor-list lengths, ...).
@@ -127,6 +159,16 @@ struct FrequencyTable {
   std::vector<float> inv_freq;
   double attention_factor = 1.0;  ///< as the scheme computes it (HF keeps a Python float)
 };
+
+/// What each of the R/2 pairs of the rotary window uses: its inverse frequency and its position
+/// stream. Single-stream specs give inv_freq = table.inv_freq and stream 0 everywhere;
+/// half_split_2d repeats the R/4 frequencies for the second half (stream 1); M-RoPE assigns
+/// streams by section. Both engines rotate pair i by  position[stream[i]] * inv_freq[i].
+struct PairAxes {
+  std::vector<float> inv_freq;
+  std::vector<std::uint8_t> stream;
+};
+PairAxes pair_axes(const RopeSpec& spec, const FrequencyTable& table);
 
 /// Computes the frequency table exactly as Hugging Face transformers 5.x does on the CPU
 /// (float32 arithmetic, glibc-equivalent powf; rope-semantics.md §1.4, §2).

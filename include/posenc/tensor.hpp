@@ -52,12 +52,19 @@ struct ConstTensorView {
   bool present() const noexcept { return data != nullptr; }
 };
 
-/// One position id per token, contiguous, int32 or int64. The caller flattens batches: a ragged
+/// Position ids, int32 or int64, one per token and stream. The caller flattens batches: a ragged
 /// batch, a padded batch and a decode step are all just "one position per token".
+///
+/// Most models have one stream. Multi-axis schemes take several (RopeSpec::position_streams()):
+/// ChatGLM-6B's 2-D RoPE (position, block position) and M-RoPE (t, h, w). Stream s of token t is
+///
+///     data[s * stream_stride + t]          (stream-major, as posenc::glm::PositionIds holds them)
 struct PositionsView {
   const void* data = nullptr;
   IndexType type = IndexType::i64;
-  std::int64_t count = 0;
+  std::int64_t count = 0;          ///< tokens
+  std::int32_t streams = 1;
+  std::int64_t stream_stride = 0;  ///< elements between streams (>= count when streams > 1)
 };
 
 /// Everything one `apply` call reads and writes.

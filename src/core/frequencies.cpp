@@ -128,7 +128,7 @@ namespace {
 using detail::f32;
 
 std::vector<float> linear_inv_freq(const RopeSpec& spec) {
-  std::vector<float> inv = detail::default_inv_freq(spec.theta, spec.rotary());
+  std::vector<float> inv = detail::default_inv_freq(spec.theta, spec.frequency_dim());
   const float factor = f32(spec.params.factor);
   for (float& v : inv) v = v / factor;  // in-place `inv_freq /= factor`
   return inv;
@@ -136,7 +136,7 @@ std::vector<float> linear_inv_freq(const RopeSpec& spec) {
 
 std::vector<float> yarn_inv_freq(const RopeSpec& spec) {
   const ScalingParams& p = spec.params;
-  const std::int64_t r = spec.rotary();
+  const std::int64_t r = spec.frequency_dim();
   const float factor = f32(detail::resolved_factor(p));
   // `beta_fast or 32`, `beta_slow or 1`: zero means "not given".
   const double beta_fast = p.beta_fast != 0.0 ? p.beta_fast : 32.0;
@@ -166,7 +166,7 @@ std::vector<float> yarn_inv_freq(const RopeSpec& spec) {
 
 std::vector<float> longrope_inv_freq(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
   const ScalingParams& p = spec.params;
-  const std::int64_t r = spec.rotary();
+  const std::int64_t r = spec.frequency_dim();
   // Long factors once the call reaches past the pretraining length (HF `seq_len > OMP`).
   const bool use_long = seq_len && *seq_len > p.original_max_position_embeddings;
   const std::vector<double>& ext = use_long ? p.long_factor : p.short_factor;
@@ -182,7 +182,7 @@ std::vector<float> longrope_inv_freq(const RopeSpec& spec, std::optional<std::in
 
 std::vector<float> llama3_inv_freq(const RopeSpec& spec) {
   const ScalingParams& p = spec.params;
-  std::vector<float> inv = detail::default_inv_freq(spec.theta, spec.rotary());
+  std::vector<float> inv = detail::default_inv_freq(spec.theta, spec.frequency_dim());
   const double old_context = static_cast<double>(p.original_max_position_embeddings);
   // Python doubles, rounded to float32 where they meet the wavelen tensor.
   const float low_freq_wavelen = f32(old_context / p.low_freq_factor);
@@ -212,7 +212,9 @@ FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int6
   if (seq_len && *seq_len < 1)
     throw Error(ErrorKind::invalid_argument, "compute_frequencies: seq_len = " + std::to_string(*seq_len) +
                                                  ": must be >= 1 (the call's largest position + 1)");
-  const std::int64_t r = spec.rotary();
+  // Every scheme works on frequency_dim(): R, or R/2 for half_split_2d, whose halves are each a
+  // RoPE of R/2 dims (pair_axes spreads the table over the pairs).
+  const std::int64_t r = spec.frequency_dim();
   const ScalingParams& p = spec.params;
   FrequencyTable table;
   switch (spec.scaling) {

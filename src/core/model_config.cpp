@@ -21,6 +21,7 @@
 // max_position_embeddings, and up to 2^24 every position converts to float32 exactly, as HF's
 // float32 angle computation requires (beyond it neighbouring positions share an angle).
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -66,6 +67,12 @@ struct Family {
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
   std::int64_t max_pos = 0;
+  // M-RoPE families (rope-semantics.md §3.3): the sections transformers uses when the rope dict
+  // has no mrope_section (all zero: none, the config must give them), and Qwen3-VL's interleaved
+  // assignment, which transformers applies whatever `mrope_interleaved` says.
+  bool mrope = false;
+  std::array<std::int64_t, 3> mrope_default{};
+  bool mrope_interleaved = false;
 };
 
 constexpr Family families[] = {
@@ -73,9 +80,9 @@ constexpr Family families[] = {
     // configs force partial_rotary_factor 0.5 by default (Glm4v does not).
     {.type = "glm", .pairing = Pairing::interleaved, .partial = 0.5},
     {.type = "glm4", .pairing = Pairing::interleaved, .partial = 0.5},
-    {.type = "glm4v", .pairing = Pairing::interleaved},
+    {.type = "glm4v", .pairing = Pairing::interleaved, .mrope = true, .mrope_default = {8, 12, 12}},
     {.type = "glm4_moe", .partial = 0.5},
-    {.type = "glm4v_moe", .partial = 0.5},
+    {.type = "glm4v_moe", .partial = 0.5, .mrope = true, .mrope_default = {8, 12, 12}},
     {.type = "glm4_moe_lite", .mla = true, .rope_interleave = true},
     {.type = "glm_moe_dsa", .mla = true, .rope_interleave = true},
     {.type = "deepseek_v3", .mla = true, .rope_interleave = true},
@@ -88,8 +95,10 @@ constexpr Family families[] = {
     {.type = "cohere", .pairing = Pairing::interleaved, .numerics = Numerics::hf_fp32_apply, .theta = 5e5},
     {.type = "cohere2", .pairing = Pairing::interleaved, .numerics = Numerics::hf_fp32_apply},
     {.type = "gpt_neox", .partial = 0.25},
-    {.type = "qwen2_vl", .theta = 1e6},
-    {.type = "qwen2_5_vl", .theta = 1e6},
+    {.type = "qwen2_vl", .theta = 1e6, .mrope = true},
+    {.type = "qwen2_5_vl", .theta = 1e6, .mrope = true},
+    {.type = "qwen3_vl", .theta = 5e6, .mrope = true, .mrope_default = {24, 20, 20}, .mrope_interleaved = true},
+    {.type = "qwen3_vl_moe", .theta = 5e6, .mrope = true, .mrope_default = {24, 20, 20}, .mrope_interleaved = true},
     {.type = "mixtral", .theta = 1e6},
     {.type = "gpt_oss", .theta = 1.5e5},
     {.type = "gemma3",
@@ -262,11 +271,12 @@ struct RopeDict {
   std::optional<bool> truncate;
   std::optional<std::vector<double>> short_factor;
   std::optional<std::vector<double>> long_factor;
+  std::optional<std::vector<std::int64_t>> mrope_section;
+  std::optional<bool> mrope_interleaved;
 };
 
 // Keys every scheme accepts: the scheme name, theta and partial factor (5.x moves them into the
-// dict) and the M-RoPE layout (Qwen2-VL/GLM-4V; text positions equal on all axes reduce to 1-D RoPE,
-// which is what the spec describes).
+// dict) and the M-RoPE layout (Qwen2-VL/GLM-4V/Qwen3-VL: RopeSpec::mrope_section, mrope_interleaved).
 constexpr std::string_view common_keys[] = {"rope_type", "type", "rope_theta", "partial_rotary_factor",
                                              "mrope_section", "mrope_interleaved"};
 
@@ -347,8 +357,18 @@ RopeDict read_rope_dict(const Node& d) {
   r.truncate = d.boolean("truncate");
   r.short_factor = d.numbers("short_factor");
   r.long_factor = d.numbers("long_factor");
-  if (d.has("mrope_section")) (void)d.numbers("mrope_section");
-  if (d.has("mrope_interleaved")) (void)d.boolean("mrope_interleaved");
+  if (const std::optional<std::vector<double>> section = d.numbers("mrope_section")) {
+    std::vector<std::int64_t> pairs;
+    for (std::size_t i = 0; i < section->size(); ++i) {
+      const double v = (*section)[i];
+      if (!(v == std::floor(v) && v > 0 && v < 0x1p31))
+        d.fail("mrope_section", "entry " + std::to_string(i) + " = " + number_text(v) +
+                                    " is not a positive integer (pairs per position stream)");
+      pairs.push_back(static_cast<std::int64_t>(v));
+    }
+    r.mrope_section = std::move(pairs);
+  }
+  r.mrope_interleaved = d.boolean("mrope_interleaved");
 
   const auto require = [&](std::string_view k, bool present) {
     if (!present) d.fail_missing(k, "rope_type \"" + r.rope_type + "\" requires it");
@@ -460,6 +480,23 @@ RopeSpec make_spec(const Model& m, const RopeDict& d, const Node& dict_node, boo
     default: break;
   }
 
+  // M-RoPE: the dict's sections, else the family's default (GLM-4V [8, 12, 12], Qwen3-VL
+  // [24, 20, 20]); Qwen3-VL always interleaves. A config that contradicts its family's fixed
+  // layout is an error: transformers would ignore the key, so the config means something else.
+  const Family& fam = *m.family;
+  if (d.mrope_section) {
+    spec.mrope_section = *d.mrope_section;
+  } else if (fam.mrope && fam.mrope_default[0] != 0) {
+    spec.mrope_section.assign(fam.mrope_default.begin(), fam.mrope_default.end());
+  }
+  spec.mrope_interleaved = fam.mrope ? fam.mrope_interleaved : d.mrope_interleaved.value_or(false);
+  if (fam.mrope && d.mrope_interleaved && *d.mrope_interleaved != fam.mrope_interleaved)
+    dict_node.fail("mrope_interleaved", std::string("contradicts ") + std::string(fam.type) + ", whose M-RoPE is " +
+                                            (fam.mrope_interleaved ? "always interleaved" : "contiguous") +
+                                            " in transformers");
+  if (!d.mrope_section && d.mrope_interleaved.value_or(false) && spec.mrope_section.empty())
+    dict_node.fail("mrope_interleaved", "needs mrope_section (the pairs of each position stream)");
+
   try {
     spec.validate();
   } catch (const Error& e) {
@@ -470,14 +507,49 @@ RopeSpec make_spec(const Model& m, const RopeDict& d, const Node& dict_node, boo
 
 // ---- model families ----------------------------------------------------------------------------
 
+/// ChatGLM-6B (v1, `position_encoding_2d: true`; rope-semantics.md §4.3): head_dim = hidden_size /
+/// heads, the whole head rotates as two half-split RoPEs of head_dim/2 dims (position, then block
+/// position), base 10000, all heads are kv heads. The remote code forms the angles in the model
+/// dtype (fp16); posenc forms them in float32, as every other family (RopeSpec::describe says so).
+void parse_chatglm_6b(const Node& cfg, ModelConfig& mc) {
+  mc.num_attention_heads = cfg.positive("num_attention_heads", std::nullopt, "the number of query heads");
+  mc.num_key_value_heads = mc.num_attention_heads;
+  const std::int64_t hidden = cfg.positive("hidden_size", std::nullopt, "head_dim = hidden_size / heads");
+  if (hidden % mc.num_attention_heads != 0)
+    cfg.fail("hidden_size", "not divisible by num_attention_heads = " + number_text(mc.num_attention_heads));
+  mc.head_dim = hidden / mc.num_attention_heads;
+  mc.max_position_embeddings = cfg.integer("max_sequence_length").value_or(0);
+  if (mc.max_position_embeddings < 0) cfg.fail("max_sequence_length", "must be >= 0");
+  // RotaryEmbedding(head_dim / 2, base=10000): the base is fixed in the remote code.
+  if (cfg.has("rope_ratio") && cfg.number("rope_ratio") != 1.0)
+    cfg.fail("rope_ratio", "ChatGLM-6B's 2-D RoPE has the fixed base 10000 (position_encoding_2d is true)");
+
+  RopeSpec spec;
+  spec.head_dim = mc.head_dim;
+  spec.rotary_dim = mc.head_dim;
+  if (mc.head_dim % 4 != 0)
+    cfg.fail("hidden_size", "gives head_dim " + number_text(mc.head_dim) +
+                                ", which 2-D RoPE cannot split into two halves of pairs (needs a multiple of 4)");
+  spec.pairing = Pairing::half_split_2d;
+  spec.theta = 10000;
+  spec.position_limit = std::max(min_position_limit, mc.max_position_embeddings);
+  try {
+    spec.validate();
+  } catch (const Error& e) {
+    throw Error(ErrorKind::config, "model config " + cfg.source() + ": " + e.what());
+  }
+  mc.rope.emplace("default", std::move(spec));
+}
+
 /// GLM remote code (`model_type` "chatglm": ChatGLM2/3, GLM-4-9B): half the head rotates, adjacent
 /// pairs, theta = 10000 * rope_ratio (ChatGLM3-32k/128k and GLM-4 semantics; ChatGLM2-6B-32k
-/// used rope_ratio as position interpolation instead and needs a hand-made spec).
+/// used rope_ratio as position interpolation instead and needs a hand-made spec). ChatGLM-6B
+/// (position_encoding_2d) is parse_chatglm_6b.
 void parse_chatglm(const Node& cfg, ModelConfig& mc) {
-  if (cfg.boolean("position_encoding_2d").value_or(false))
-    throw Error(ErrorKind::unsupported, "model config " + cfg.source() + ": key '" +
-                                            cfg.key("position_encoding_2d") +
-                                            "' = true: ChatGLM-6B 2D RoPE (two position streams) is not a RopeSpec");
+  if (cfg.boolean("position_encoding_2d").value_or(false)) {
+    parse_chatglm_6b(cfg, mc);
+    return;
+  }
   mc.num_attention_heads = cfg.positive("num_attention_heads", std::nullopt, "the number of query heads");
   std::int64_t head_dim = 0;
   if (cfg.has("kv_channels")) {

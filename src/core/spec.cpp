@@ -1,5 +1,6 @@
 // RopeSpec validation and description, and the names of the spec's enumerations.
 #include <cmath>
+#include <cstdint>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@ const char* to_string(Pairing p) noexcept {
     case Pairing::half_split: return "half_split";
     case Pairing::interleaved: return "interleaved";
     case Pairing::interleaved_to_half: return "interleaved_to_half";
+    case Pairing::half_split_2d: return "half_split_2d";
   }
   return "unknown";
 }
@@ -77,21 +79,58 @@ void require_factor_or_derivable(const ScalingParams& p) {
 }
 
 template <typename T>
-void require_list(const std::string& field, const std::vector<T>& values, std::int64_t expected) {
+void require_list(const std::string& field, const std::vector<T>& values, std::int64_t expected, Pairing pairing) {
   if (static_cast<std::int64_t>(values.size()) != expected)
     reject(field + ".size()", number_text(static_cast<std::int64_t>(values.size())),
-           "must equal rotary_dim / 2 = " + number_text(expected));
+           std::string(pairing == Pairing::half_split_2d ? "must equal rotary_dim / 4 = " : "must equal rotary_dim / 2 = ") +
+               number_text(expected));
   for (std::size_t i = 0; i < values.size(); ++i)
     if (!positive_finite(static_cast<double>(values[i])))
       reject(field + "[" + std::to_string(i) + "]", number_text(static_cast<double>(values[i])),
              "must be finite and > 0");
 }
 
+std::string section_text(const std::vector<std::int64_t>& section) {
+  std::string s = "[";
+  for (std::size_t i = 0; i < section.size(); ++i) s += (i ? ", " : "") + number_text(section[i]);
+  return s + "]";
+}
+
+/// Most position streams a spec may have: t, h, w and ggml's fourth (vision) section. Pair streams
+/// are stored as bytes and the engines keep one position per stream per token.
+constexpr std::size_t max_streams = 4;
+
+void validate_mrope(const RopeSpec& spec) {
+  const std::vector<std::int64_t>& section = spec.mrope_section;
+  if (section.empty()) {
+    if (spec.mrope_interleaved)
+      reject("mrope_interleaved", "true", "needs mrope_section (the pairs of each position stream)");
+    return;
+  }
+  const std::string text = section_text(section);
+  if (spec.pairing == Pairing::half_split_2d)
+    reject("mrope_section", text, "cannot be combined with pairing half_split_2d (its streams are fixed)");
+  if (section.size() > max_streams)
+    reject("mrope_section", text, "has " + std::to_string(section.size()) + " streams; at most " +
+                                      std::to_string(max_streams) + " are supported");
+  if (spec.mrope_interleaved && section.size() != 3)
+    reject("mrope_section", text, "must have 3 entries (t, h, w) for mrope_interleaved");
+  std::int64_t sum = 0;  // saturating: an absurd entry must make a message, not an overflow
+  for (std::size_t i = 0; i < section.size(); ++i) {
+    if (section[i] <= 0)
+      reject("mrope_section[" + std::to_string(i) + "]", number_text(section[i]), "must be > 0 (in " + text + ")");
+    sum = section[i] > INT64_MAX - sum ? INT64_MAX : sum + section[i];
+  }
+  if (sum != spec.rotary() / 2)
+    reject("mrope_section", text,
+           "sums to " + number_text(sum) + ", must equal rotary_dim / 2 = " + number_text(spec.rotary() / 2));
+}
+
 }  // namespace
 
 void RopeSpec::validate() const {
   // Enumerations first: a value cast from a bad integer would otherwise select no code path.
-  if (static_cast<int>(pairing) > static_cast<int>(Pairing::interleaved_to_half))
+  if (static_cast<int>(pairing) > static_cast<int>(Pairing::half_split_2d))
     reject("pairing", std::to_string(static_cast<int>(pairing)), "is not a Pairing value");
   if (static_cast<int>(numerics) > static_cast<int>(Numerics::accurate))
     reject("numerics", std::to_string(static_cast<int>(numerics)), "is not a Numerics value");
@@ -109,11 +148,17 @@ void RopeSpec::validate() const {
   if (r > head_dim - rotary_offset)
     reject("rotary_offset + rotary_dim", number_text(rotary_offset) + " + " + number_text(r),
            "must be <= head_dim = " + number_text(head_dim));
+  if (pairing == Pairing::half_split_2d && r % 4 != 0)
+    reject("rotary_dim", number_text(r), "must be a multiple of 4 for half_split_2d (two halves of pairs)");
+  validate_mrope(*this);
   if (!positive_finite(theta)) reject("theta", number_text(theta), "must be finite and > 0");
   if (position_limit <= 0) reject("position_limit", number_text(position_limit), "must be > 0");
   if (attention_factor && !positive_finite(*attention_factor))
     reject("attention_factor", number_text(*attention_factor), "must be finite and > 0");
 
+  // The schemes work on frequency_dim() (R, or R/2 for half_split_2d): their lists have
+  // frequency_dim() / 2 entries.
+  const std::int64_t fd = frequency_dim();
   const ScalingParams& p = params;
   switch (scaling) {
     case Scaling::none:
@@ -125,7 +170,9 @@ void RopeSpec::validate() const {
       require_positive("params.factor", p.factor);
       require_positive("params.max_position_embeddings", p.max_position_embeddings);
       // theta' uses the exponent R / (R - 2).
-      if (r < 4) reject("rotary_dim", number_text(r), "must be >= 4 for dynamic scaling (exponent R/(R-2))");
+      if (fd < 4)
+        reject(pairing == Pairing::half_split_2d ? "rotary_dim / 2" : "rotary_dim", number_text(fd),
+               "must be >= 4 for dynamic scaling (exponent R/(R-2))");
       break;
     case Scaling::yarn:
       require_factor_or_derivable(p);
@@ -138,8 +185,8 @@ void RopeSpec::validate() const {
     case Scaling::longrope:
       require_factor_or_derivable(p);
       require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
-      require_list("params.short_factor", p.short_factor, r / 2);
-      require_list("params.long_factor", p.long_factor, r / 2);
+      require_list("params.short_factor", p.short_factor, fd / 2, pairing);
+      require_list("params.long_factor", p.long_factor, fd / 2, pairing);
       break;
     case Scaling::llama3:
       require_positive("params.factor", p.factor);
@@ -151,7 +198,7 @@ void RopeSpec::validate() const {
                "must be finite and > params.low_freq_factor = " + number_text(p.low_freq_factor));
       break;
     case Scaling::table:
-      require_list("params.inv_freq", p.inv_freq, r / 2);
+      require_list("params.inv_freq", p.inv_freq, fd / 2, pairing);
       break;
   }
 }
@@ -162,10 +209,22 @@ std::string RopeSpec::describe() const {
   std::ostringstream out;
   out << "head_dim          " << head_dim << '\n';
   out << "rotary window     dims [" << rotary_offset << ", " << rotary_offset + r << ") of " << head_dim
-      << " (" << r / 2 << " frequencies";
+      << " (" << frequency_dim() / 2 << " frequencies";
   if (r != head_dim) out << "; " << head_dim - r << " dims pass through";
   out << ")\n";
   out << "pairing           " << to_string(pairing) << '\n';
+  if (pairing == Pairing::half_split_2d) {
+    out << "2-D RoPE          (ChatGLM-6B) dims [" << rotary_offset << ", " << rotary_offset + r / 2
+        << ") rotate by position stream 0 (position), [" << rotary_offset + r / 2 << ", " << rotary_offset + r
+        << ") by stream 1 (block position), each half-split with the " << r / 4
+        << " frequencies of a RoPE of " << r / 2 << " dims; angles in float32 (the original remote code "
+           "forms them in the model dtype, fp16)\n";
+  }
+  if (!mrope_section.empty()) {
+    out << "M-RoPE            sections " << section_text(mrope_section) << " ("
+        << (mrope_interleaved ? "interleaved, Qwen3-VL" : "contiguous") << "), " << mrope_section.size()
+        << " position streams\n";
+  }
   out << "theta             " << number_text(theta) << '\n';
   out << "scaling           " << to_string(scaling);
   const ScalingParams& p = params;

@@ -186,15 +186,19 @@ void check_source(const char* name, const ConstTensorView& src, const char* dst_
 std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit) {
   if (positions.data == nullptr) fail(ErrorKind::invalid_argument, "positions.data is null");
   std::int64_t max_position = -1;
-  // One pass: find the maximum and stop at the first bad value (its index makes the message).
-  auto scan = [&](const auto* p) {
-    for (std::int64_t i = 0; i < positions.count; ++i) {
-      const std::int64_t v = p[i];
-      if (v < 0 || v >= limit) {
-        fail(ErrorKind::out_of_range,
-             "position " + str(v) + " at token index " + str(i) + " is outside [0, " + str(limit) + ")");
+  const std::int32_t streams = std::max(positions.streams, 1);
+  // One pass per stream: find the maximum and stop at the first bad value (its index makes the message).
+  auto scan = [&](const auto* base) {
+    for (std::int32_t s = 0; s < streams; ++s) {
+      const auto* p = base + s * positions.stream_stride;
+      for (std::int64_t i = 0; i < positions.count; ++i) {
+        const std::int64_t v = p[i];
+        if (v < 0 || v >= limit) {
+          fail(ErrorKind::out_of_range, "position " + str(v) + (streams > 1 ? " of stream " + str(s) : std::string()) +
+                                            " at token index " + str(i) + " is outside [0, " + str(limit) + ")");
+        }
+        max_position = std::max(max_position, v);
       }
-      max_position = std::max(max_position, v);
     }
   };
   if (positions.type == IndexType::i32) {
@@ -224,7 +228,26 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
     fail(ErrorKind::invalid_argument,
          "positions.data is not aligned to its " + str(size_of(pos.type)) + "-byte elements");
   }
-  checked_mul(pos.count, size_of(pos.type), "positions size in bytes");
+  // Multi-axis specs (M-RoPE, 2-D) read one position per stream and token.
+  const std::int32_t streams = spec.position_streams();
+  if (pos.streams != streams) {
+    fail(ErrorKind::invalid_argument, "positions.streams " + str(pos.streams) + " differs from the " + str(streams) +
+                                          " position stream" + (streams == 1 ? "" : "s") +
+                                          " the spec needs (RopeSpec::position_streams())");
+  }
+  if (streams > 1) {
+    if (pos.stream_stride < pos.count) {
+      fail(ErrorKind::invalid_argument, "positions.stream_stride " + str(pos.stream_stride) +
+                                            " is less than positions.count " + str(pos.count) +
+                                            ": the streams would overlap");
+    }
+    // Elements spanned: (streams - 1) * stream_stride + count.
+    const std::int64_t lead = checked_mul(streams - 1, pos.stream_stride, "positions extent (streams - 1) * stream_stride");
+    const std::int64_t elems = checked_add(lead, pos.count, "positions extent in elements");
+    checked_mul(elems, size_of(pos.type), "positions size in bytes");
+  } else {
+    checked_mul(pos.count, size_of(pos.type), "positions size in bytes");
+  }
   if (spec.head_dim <= 0 || spec.head_dim > max_head_dim) {
     fail(ErrorKind::invalid_argument,
          "spec.head_dim " + str(spec.head_dim) + " is outside [1, " + str(max_head_dim) + "]");

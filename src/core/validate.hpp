@@ -24,12 +24,14 @@ struct CallInfo {
 /// `check_positions`, in the same single pass that finds their maximum.
 CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_positions);
 
-/// Checks every position of a host positions view against [0, limit) and returns the largest.
-/// Throws Error(out_of_range) "position P at token index I is outside [0, L)" for the first bad
-/// one. Usable by GPU code on a host copy of its positions.
+/// Checks every position of every stream of a host positions view against [0, limit) and returns
+/// the largest over all streams (HF takes max(position_ids) over the whole tensor). Throws
+/// Error(out_of_range) "position P at token index I is outside [0, L)" for the first bad one, with
+/// " of stream S" after P when the view has several streams. Usable by GPU code on a host copy of
+/// its positions.
 std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit);
 
-/// Position of token `i` of a host positions view (int32 or int64).
+/// Position of token `i` of a host positions view (int32 or int64), stream 0.
 inline std::int64_t position_at(const PositionsView& positions, std::int64_t i) noexcept {
   if (positions.type == IndexType::i32) {
     std::int32_t v;
@@ -39,6 +41,11 @@ inline std::int64_t position_at(const PositionsView& positions, std::int64_t i) 
   std::int64_t v;
   std::memcpy(&v, static_cast<const char*>(positions.data) + i * 8, 8);
   return v;
+}
+
+/// Position of token `i` in stream `s`: element s * stream_stride + i.
+inline std::int64_t position_at(const PositionsView& positions, std::int32_t s, std::int64_t i) noexcept {
+  return position_at(positions, s * positions.stream_stride + i);
 }
 
 /// True for the schemes whose frequency table depends on the call's largest position.

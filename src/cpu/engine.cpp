@@ -95,12 +95,15 @@ KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) noexcept {
   return cpu_detail::baseline::select_kernel(d, p, n);
 }
 
-void check_table(const FrequencyTable& table, std::int64_t half, const char* which) {
-  if (static_cast<std::int64_t>(table.inv_freq.size()) != half) {
-    throw Error(ErrorKind::invalid_argument, std::string(which) + " frequency table has " +
-                                                 std::to_string(table.inv_freq.size()) +
+/// The table's frequencies spread over the window's pairs (pair_axes), checked to cover all `half`.
+PairAxes checked_axes(const RopeSpec& spec, const FrequencyTable& table, std::int64_t half, const char* which) {
+  PairAxes axes = pair_axes(spec, table);
+  if (static_cast<std::int64_t>(axes.inv_freq.size()) != half || static_cast<std::int64_t>(axes.stream.size()) != half) {
+    throw Error(ErrorKind::invalid_argument, std::string(which) + " pair table has " +
+                                                 std::to_string(axes.inv_freq.size()) +
                                                  " entries, expected rotary_dim / 2 = " + std::to_string(half));
   }
+  return axes;
 }
 
 KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bool in_place) {
@@ -122,6 +125,7 @@ KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bo
 struct CpuEngine::State {
   RopeSpec spec;
   FrequencyTable table;  ///< compute_frequencies(spec): the init-time table
+  PairAxes axes;         ///< pair_axes(spec, table): per pair inv_freq and position stream
   double attention_factor = 1.0;
   std::int64_t half = 0;
   std::array<KernelFn, 3> kernels{};  ///< by DType, for the spec's pairing and numerics
@@ -134,6 +138,8 @@ struct CpuEngine::State {
   std::int64_t threshold = -1;
   FrequencyTable below;  ///< seq_len <= threshold
   FrequencyTable above;  ///< longrope, seq_len > threshold
+  PairAxes below_axes;   ///< pair_axes of `below` / `above`: what the kernels read
+  PairAxes above_axes;
   mutable std::mutex cache_mutex;
   mutable std::int64_t cached_seq_len = -1;
   mutable std::array<float, max_half> cached_inv_freq{};
@@ -143,13 +149,20 @@ struct CpuEngine::State {
 
   State(RopeSpec s, int threads) : spec(std::move(s)), pool(threads) {}
 
-  /// Fills `out` with the table of a dynamic/longrope call; returns the attention factor.
+  /// Fills `out` with the per-pair inv_freq of a dynamic/longrope call; returns the attention factor.
   double call_table(std::int64_t seq_len, std::array<float, max_half>& out) const {
     const FrequencyTable* fixed = nullptr;
-    if (threshold > 0 && seq_len <= threshold) fixed = &below;
-    if (threshold > 0 && seq_len > threshold && spec.scaling == Scaling::longrope) fixed = &above;
+    const PairAxes* fixed_axes = nullptr;
+    if (threshold > 0 && seq_len <= threshold) {
+      fixed = &below;
+      fixed_axes = &below_axes;
+    }
+    if (threshold > 0 && seq_len > threshold && spec.scaling == Scaling::longrope) {
+      fixed = &above;
+      fixed_axes = &above_axes;
+    }
     if (fixed != nullptr) {
-      std::copy(fixed->inv_freq.begin(), fixed->inv_freq.end(), out.begin());
+      std::copy(fixed_axes->inv_freq.begin(), fixed_axes->inv_freq.end(), out.begin());
       return detail::effective_attention_factor(spec, *fixed);
     }
     {
@@ -162,11 +175,11 @@ struct CpuEngine::State {
     // A new seq_len beyond the threshold: the one place a call allocates (compute_frequencies
     // returns a vector), once per distinct seq_len rather than once per layer.
     const FrequencyTable fresh = compute_frequencies(spec, seq_len);
-    check_table(fresh, half, "per-call");
+    const PairAxes fresh_axes = checked_axes(spec, fresh, half, "per-call");
     const double factor = detail::effective_attention_factor(spec, fresh);
-    std::copy(fresh.inv_freq.begin(), fresh.inv_freq.end(), out.begin());
+    std::copy(fresh_axes.inv_freq.begin(), fresh_axes.inv_freq.end(), out.begin());
     std::lock_guard<std::mutex> lock(cache_mutex);
-    std::copy(fresh.inv_freq.begin(), fresh.inv_freq.end(), cached_inv_freq.begin());
+    std::copy(fresh_axes.inv_freq.begin(), fresh_axes.inv_freq.end(), cached_inv_freq.begin());
     cached_attention_factor = factor;
     cached_seq_len = seq_len;
     return factor;
@@ -189,7 +202,7 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   State& s = *state_;
   s.half = s.spec.rotary() / 2;
   s.table = compute_frequencies(s.spec);
-  check_table(s.table, s.half, "init");
+  s.axes = checked_axes(s.spec, s.table, s.half, "init");
   s.attention_factor = detail::effective_attention_factor(s.spec, s.table);
 
   if (s.spec.scaling == Scaling::dynamic) {
@@ -199,10 +212,10 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   }
   if (detail::table_depends_on_positions(s.spec.scaling) && s.threshold > 0) {
     s.below = compute_frequencies(s.spec, s.threshold);
-    check_table(s.below, s.half, "short-context");
+    s.below_axes = checked_axes(s.spec, s.below, s.half, "short-context");
     if (s.spec.scaling == Scaling::longrope) {
       s.above = compute_frequencies(s.spec, s.threshold + 1);
-      check_table(s.above, s.half, "long-context");
+      s.above_axes = checked_axes(s.spec, s.above, s.half, "long-context");
     }
   }
 
@@ -229,7 +242,9 @@ void CpuEngine::apply(const RopeArgs& args) const {
 
   KernelCall call;
   std::array<float, max_half> call_inv_freq;  // the per-call table (dynamic/longrope), on the stack
-  call.inv_freq = s.table.inv_freq.data();
+  call.inv_freq = s.axes.inv_freq.data();
+  // Every pair's stream is the same for all tables (it depends on the spec only).
+  if (s.spec.position_streams() > 1) call.pair_stream = s.axes.stream.data();
   double factor = s.attention_factor;
   if (detail::table_depends_on_positions(s.spec.scaling)) {
     factor = s.call_table(info.max_position + 1, call_inv_freq);

@@ -11,6 +11,10 @@ namespace posenc::cpu_detail {
 /// Most pairs a head can have; kernels keep one token's cos/sin and one head's window on the stack.
 inline constexpr std::int64_t max_half = max_head_dim / 2;
 
+/// Most position streams a call can have (RopeSpec::validate allows at most 4 M-RoPE sections);
+/// kernels keep one position per stream of the current token.
+inline constexpr std::int32_t max_streams = 4;
+
 /// One tensor (Q or K) of a call. Strides are in elements, as in TensorView.
 struct KernelTensor {
   void* dst = nullptr;
@@ -29,7 +33,10 @@ struct KernelCall {
   KernelTensor k;
   bool has_k = false;
   PositionsView positions;
-  const float* inv_freq = nullptr;  ///< `half` entries
+  const float* inv_freq = nullptr;  ///< `half` entries, one per pair (PairAxes::inv_freq)
+  /// Multi-axis specs: the position stream of each pair (PairAxes::stream); nullptr when every
+  /// pair uses stream 0, so single-stream calls keep one position per token.
+  const std::uint8_t* pair_stream = nullptr;
   std::int64_t half = 0;            ///< pairs per head (rotary_dim / 2)
   std::int64_t offset = 0;          ///< first element of the rotary window
   std::int64_t head_dim = 0;

@@ -51,16 +51,33 @@ inline detail::Pair rotate(float a, float b, float c, float s) {
   }
 }
 
-/// One token's cos/sin row, shared by every head of Q and K.
 template <Act A, Numerics N>
-inline void cos_sin_row(const KernelCall& call, std::int64_t position, float* cos_row, float* sin_row) {
-  for (std::int64_t i = 0; i < call.half; ++i) {
-    detail::CosSin cs;
-    if constexpr (N == Numerics::accurate) {
-      cs = detail::cos_sin_accurate(call.inv_freq[i], position, call.attention_factor);
-    } else {
-      cs = detail::cos_sin_hf<A>(call.inv_freq[i], position, call.attention_factor_f32);
+inline detail::CosSin pair_cos_sin(const KernelCall& call, float inv_freq, std::int64_t position) {
+  if constexpr (N == Numerics::accurate) {
+    return detail::cos_sin_accurate(inv_freq, position, call.attention_factor);
+  } else {
+    return detail::cos_sin_hf<A>(inv_freq, position, call.attention_factor_f32);
+  }
+}
+
+/// One token's cos/sin row, shared by every head of Q and K. Single-stream calls use the token's
+/// one position for every pair; multi-axis calls (M-RoPE, 2-D) read the token's position in each
+/// stream once and give pair i the one of its stream.
+template <Act A, Numerics N>
+inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, float* sin_row) {
+  if (call.pair_stream == nullptr) {
+    const std::int64_t position = detail::position_at(call.positions, t);
+    for (std::int64_t i = 0; i < call.half; ++i) {
+      const detail::CosSin cs = pair_cos_sin<A, N>(call, call.inv_freq[i], position);
+      cos_row[i] = cs.c;
+      sin_row[i] = cs.s;
     }
+    return;
+  }
+  std::int64_t stream_position[max_streams];
+  for (std::int32_t s = 0; s < call.positions.streams; ++s) stream_position[s] = detail::position_at(call.positions, s, t);
+  for (std::int64_t i = 0; i < call.half; ++i) {
+    const detail::CosSin cs = pair_cos_sin<A, N>(call, call.inv_freq[i], stream_position[call.pair_stream[i]]);
     cos_row[i] = cs.c;
     sin_row[i] = cs.s;
   }
@@ -72,6 +89,14 @@ template <Act A, Pairing P, Numerics N>
 inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
                           const float* __restrict sin_row, std::int64_t half, float* __restrict xa,
                           float* __restrict xb) {
+  if constexpr (P == Pairing::half_split_2d) {
+    // Two half-split windows of half/2 pairs each (ChatGLM-6B 2-D). They are disjoint, and each is
+    // loaded before it is stored, so in place stays correct.
+    const std::int64_t q = half / 2;
+    rotate_window<A, Pairing::half_split, N>(src, dst, cos_row, sin_row, q, xa, xb);
+    rotate_window<A, Pairing::half_split, N>(src + half, dst + half, cos_row + q, sin_row + q, q, xa, xb);
+    return;
+  }
   if constexpr (P == Pairing::half_split) {
     for (std::int64_t i = 0; i < half; ++i) {
       xa[i] = to_float<A>(src[i]);
@@ -131,7 +156,7 @@ template <Act A, Pairing P, Numerics N>
   alignas(64) float xa[max_half];
   alignas(64) float xb[max_half];
   for (std::int64_t t = begin; t < end; ++t) {
-    cos_sin_row<A, N>(call, detail::position_at(call.positions, t), cos_row, sin_row);
+    cos_sin_row<A, N>(call, t, cos_row, sin_row);
     rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, xa, xb);
     if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, xa, xb);
   }
@@ -159,6 +184,8 @@ KernelFn select_pairing(Pairing p, Numerics n) noexcept {
       return select_numerics<A, Pairing::interleaved>(n);
     case Pairing::interleaved_to_half:
       return select_numerics<A, Pairing::interleaved_to_half>(n);
+    case Pairing::half_split_2d:
+      return select_numerics<A, Pairing::half_split_2d>(n);
   }
   return nullptr;
 }

@@ -65,10 +65,35 @@ detail::Pair rotate(Numerics numerics, float a, float b, detail::CosSin cs) {
   return detail::rotate_accurate<A>(a, b, cs);
 }
 
+/// Where pair i of a window of `half` pairs is read (a, b) and written (a', b'), relative to the
+/// window's first element (the drawings in rope.hpp).
+struct PairSlots {
+  std::int64_t read_a, read_b, write_a, write_b;
+};
+
+PairSlots pair_slots(Pairing pairing, std::int64_t i, std::int64_t half) {
+  switch (pairing) {
+    case Pairing::half_split:
+      return {i, i + half, i, i + half};
+    case Pairing::interleaved:
+      return {2 * i, 2 * i + 1, 2 * i, 2 * i + 1};
+    case Pairing::interleaved_to_half:
+      return {2 * i, 2 * i + 1, i, i + half};
+    case Pairing::half_split_2d:
+      break;
+  }
+  // Two half-split windows of Q = half/2 pairs: pairs [0, Q) in the first R/2 elements, pairs
+  // [Q, 2Q) in the second.
+  const std::int64_t q = half / 2;
+  const std::int64_t a = i < q ? i : half + (i - q);
+  return {a, a + q, a, a + q};
+}
+
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
-/// place); `cos`/`sin` hold the token's H values, shared by every head of Q and K.
+/// place); `cs` holds the token's H cos/sin values, shared by every head of Q and K. Pair i takes
+/// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i].
 template <Act A>
-void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const std::vector<float>& inv_freq,
+void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const PairAxes& axes,
                    double attention_factor, const ConstTensorView& src, const TensorView& dst, bool in_place) {
   const std::int64_t head_dim = spec.head_dim;
   const std::int64_t rotary = spec.rotary();
@@ -79,31 +104,23 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const s
   std::vector<float> b(static_cast<std::size_t>(half));
 
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
-    const std::int64_t p = detail::position_at(positions, t);
     for (std::int64_t i = 0; i < half; ++i) {
-      cs[i] = cos_sin<A>(spec.numerics, inv_freq[i], p, attention_factor);
+      const std::int64_t p = detail::position_at(positions, axes.stream[i], t);
+      cs[i] = cos_sin<A>(spec.numerics, axes.inv_freq[i], p, attention_factor);
     }
     for (std::int64_t h = 0; h < dst.heads; ++h) {
-      // Where pair i is read from: half_split reads (x[i], x[i+H]); the interleaved forms read
-      // adjacent elements (x[2i], x[2i+1]).
       for (std::int64_t i = 0; i < half; ++i) {
-        const bool adjacent = spec.pairing != Pairing::half_split;
-        const std::int64_t da = window + (adjacent ? 2 * i : i);
-        const std::int64_t db = window + (adjacent ? 2 * i + 1 : i + half);
-        a[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, da));
-        b[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, db));
+        const PairSlots slot = pair_slots(spec.pairing, i, half);
+        a[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_a));
+        b[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_b));
       }
       // The whole window is read before any of it is written, so an in-place interleaved_to_half
       // (which writes pair i where pair i/2 was read) sees only inputs.
       for (std::int64_t i = 0; i < half; ++i) {
         const detail::Pair r = rotate<A>(spec.numerics, a[i], b[i], cs[i]);
-        // Where pair i is written: interleaved writes back to the adjacent slots it read;
-        // half_split and interleaved_to_half write (y[i], y[i+H]).
-        const bool adjacent = spec.pairing == Pairing::interleaved;
-        const std::int64_t da = window + (adjacent ? 2 * i : i);
-        const std::int64_t db = window + (adjacent ? 2 * i + 1 : i + half);
-        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, da), r.a);
-        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, db), r.b);
+        const PairSlots slot = pair_slots(spec.pairing, i, half);
+        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_a), r.a);
+        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_b), r.b);
       }
       // Elements outside the window pass through: copied bit for bit out of place, untouched in place.
       if (!in_place) {
@@ -121,12 +138,12 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const s
 
 template <Act A>
 void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info,
-                 const std::vector<float>& inv_freq, double attention_factor) {
+                 const PairAxes& axes, double attention_factor) {
   const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
-  rotate_tensor<A>(spec, args.positions, inv_freq, attention_factor, q_src, args.q, info.q_in_place);
+  rotate_tensor<A>(spec, args.positions, axes, attention_factor, q_src, args.q, info.q_in_place);
   if (args.k.present()) {
     const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
-    rotate_tensor<A>(spec, args.positions, inv_freq, attention_factor, k_src, args.k, info.k_in_place);
+    rotate_tensor<A>(spec, args.positions, axes, attention_factor, k_src, args.k, info.k_in_place);
   }
 }
 
@@ -138,20 +155,22 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
   const detail::CallInfo info = detail::validate_call(spec, args, /*check_positions=*/true);
 
   // 2. The frequency table of this call. seq_len = largest position + 1 matters only for dynamic
-  //    and longrope, whose table HF re-selects per forward from max(position_ids) + 1.
+  //    and longrope, whose table HF re-selects per forward from max(position_ids) + 1 (the largest
+  //    position of any stream).
   const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
   const double attention_factor = detail::effective_attention_factor(spec, table);
+  const PairAxes axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
   switch (args.q.dtype) {
     case DType::f32:
-      rotate_call<Act::f32>(spec, args, info, table.inv_freq, attention_factor);
+      rotate_call<Act::f32>(spec, args, info, axes, attention_factor);
       break;
     case DType::f16:
-      rotate_call<Act::f16>(spec, args, info, table.inv_freq, attention_factor);
+      rotate_call<Act::f16>(spec, args, info, axes, attention_factor);
       break;
     case DType::bf16:
-      rotate_call<Act::bf16>(spec, args, info, table.inv_freq, attention_factor);
+      rotate_call<Act::bf16>(spec, args, info, axes, attention_factor);
       break;
   }
 }

@@ -236,6 +236,14 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
     if constexpr (P == Pairing::half_split) {
       in_a = p.rotary_offset + lane * V;
       in_b = in_a + p.half;
+    } else if constexpr (P == Pairing::half_split_2d) {
+      // Pairs [0, Q) rotate half-split inside the first R/2 dims, pairs [Q, 2Q) inside the
+      // second (Q = R/4); lane * V is the pair index either way.
+      const int quarter = p.half / 2;
+      const int first = lane * V;
+      const int second_half = first >= quarter ? 1 : 0;
+      in_a = p.rotary_offset + second_half * p.half + (first - second_half * quarter);
+      in_b = in_a + quarter;
     } else {
       in_a = p.rotary_offset + 2 * lane * V;
       in_b = in_a + V;
@@ -295,8 +303,10 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         for (int i = tid; i < tile_count * p.half; i += threads) {
           const int t = i / p.half;
           const int pair = i - t * p.half;
-          const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, first_token + t);
-          if (pair == 0 && (pos < 0 || pos >= p.position_limit)) {
+          const std::int64_t stream = p.pair_stream != nullptr ? p.pair_stream[pair] : 0;
+          const std::int64_t pos =
+              load_position(p.positions, p.positions_i64 != 0, stream * p.stream_stride + first_token + t);
+          if (pos < 0 || pos >= p.position_limit) {
             record_bad_position(p.fault, first_token + t, pos);
           }
           table[i] = cos_sin<A, N>(p.inv_freq[pair], pos, p);
@@ -322,7 +332,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           for (int q = 0; q < V / 2; ++q) {
             std::uint32_t aw;
             std::uint32_t bw;
-            if constexpr (P == Pairing::half_split) {
+            if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
               aw = word_of<S, V>(va[u], va[u], q);
               bw = word_of<S, V>(vb[u], vb[u], q);
             } else {
@@ -349,7 +359,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           for (int v = 0; v < V; ++v) {
             float a;
             float b2;
-            if constexpr (P == Pairing::half_split) {
+            if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
               a = to_float<A>(va[u].v[v]);
               b2 = to_float<A>(vb[u].v[v]);
             } else {

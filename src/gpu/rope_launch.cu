@@ -27,6 +27,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,7 @@ KernelPair dispatch_pairing(Pairing p, Numerics n) {
     case Pairing::half_split: return dispatch_numerics<A, Pairing::half_split>(n);
     case Pairing::interleaved: return dispatch_numerics<A, Pairing::interleaved>(n);
     case Pairing::interleaved_to_half: return dispatch_numerics<A, Pairing::interleaved_to_half>(n);
+    case Pairing::half_split_2d: return dispatch_numerics<A, Pairing::half_split_2d>(n);
   }
   throw Error(ErrorKind::unsupported,
               "GPU engine: unsupported pairing value " + std::to_string(static_cast<int>(p)));
@@ -232,19 +234,37 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
   s.table = compute_frequencies(spec);
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;
-  if (static_cast<std::int64_t>(s.table.inv_freq.size()) != half) {
+  // Per pair: its inverse frequency and position stream (M-RoPE, 2-D); one table of `half`.
+  const PairAxes axes = pair_axes(spec, s.table);
+  if (static_cast<std::int64_t>(axes.inv_freq.size()) != half ||
+      static_cast<std::int64_t>(axes.stream.size()) != half) {
     throw Error(ErrorKind::invalid_argument,
-                "GPU engine: frequency table has " + std::to_string(s.table.inv_freq.size()) +
+                "GPU engine: pair table has " + std::to_string(axes.inv_freq.size()) +
                     " entries, rotary_dim " + std::to_string(rotary) + " needs " +
                     std::to_string(half));
   }
+  const bool multi_stream = spec.position_streams() > 1;
 
-  std::vector<float> host_tables = s.table.inv_freq;
+  std::vector<float> host_tables = axes.inv_freq;
   s.call_dependent = spec.scaling == Scaling::longrope || spec.scaling == Scaling::dynamic;
+  if (s.call_dependent && (multi_stream || spec.pairing == Pairing::half_split_2d)) {
+    throw Error(ErrorKind::unsupported,
+                std::string("GPU engine: scaling '") + to_string(spec.scaling) +
+                    "' (a table chosen per call) with several position streams is not supported");
+  }
   if (spec.scaling == Scaling::longrope) {
     const std::int64_t omp = spec.params.original_max_position_embeddings;
     const FrequencyTable long_table = compute_frequencies(spec, omp + 1);
     host_tables.insert(host_tables.end(), long_table.inv_freq.begin(), long_table.inv_freq.end());
+  }
+
+  // The streams of the pairs travel after the float tables, as bytes (only when there are several).
+  const std::int64_t table_floats = static_cast<std::int64_t>(host_tables.size());
+  if (multi_stream) {
+    const std::size_t words = (axes.stream.size() + 3) / 4;
+    std::vector<float> packed(words, 0.0f);
+    std::memcpy(packed.data(), axes.stream.data(), axes.stream.size());
+    host_tables.insert(host_tables.end(), packed.begin(), packed.end());
   }
 
   CurrentDevice current(device.ordinal());
@@ -263,6 +283,9 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
   // Spec-derived kernel arguments, packed once.
   RopeKernelParams& b = s.base;
   b.inv_freq = static_cast<const float*>(s.tables.data());
+  b.pair_stream = multi_stream
+                      ? reinterpret_cast<const std::uint8_t*>(b.inv_freq + table_floats)
+                      : nullptr;
   b.fault = s.fault();
   b.position_limit = spec.position_limit;
   // As the CPU reference: the spec's override or the scheme's factor; float32 for the hf modes.
@@ -338,13 +361,16 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
   if (k_heads > 0) p.k = kernel_tensor(args.k, args.k_src, info.k_in_place, partial);
   p.positions = args.positions.data;
   p.positions_i64 = args.positions.type == IndexType::i64 ? 1 : 0;
+  p.stream_stride = args.positions.streams > 1 ? args.positions.stream_stride : 0;
   p.q_heads = static_cast<std::int32_t>(q_heads);
   p.total_heads = static_cast<std::int32_t>(q_heads + k_heads);
   const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
 
   // The vectorized instantiation needs every V-element access 16-byte aligned.
   const std::int64_t v = 16 / size_of(dtype);
-  const bool vectorized = s.spec.rotary_offset % v == 0 && p.half % v == 0 &&
+  // half_split_2d: each half's Q = R/4 pairs must split into whole vectors too.
+  const std::int64_t lane_pairs = s.spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
+  const bool vectorized = s.spec.rotary_offset % v == 0 && lane_pairs % v == 0 &&
                           (!copies || head_dim % v == 0) && vector_path_ok(p.q, v) &&
                           (k_heads == 0 || vector_path_ok(p.k, v));
   const std::int64_t width = vectorized ? v : 1;

@@ -45,7 +45,9 @@ struct RopeKernelParams {
   KernelTensor q;
   KernelTensor k;
   const void* positions = nullptr;
-  const float* inv_freq = nullptr;       ///< `half` entries
+  const float* inv_freq = nullptr;       ///< `half` entries, per pair (rope.hpp PairAxes)
+  const std::uint8_t* pair_stream = nullptr;  ///< `half` entries; nullptr: every pair uses stream 0
+  std::int64_t stream_stride = 0;        ///< elements between position streams
   unsigned long long* fault = nullptr;   ///< fault_words entries
   std::int64_t tokens = 0;
   std::int64_t position_limit = 0;

@@ -31,7 +31,7 @@ DeviceChoice choose_device(const std::string& requested) {
 void HostBatch::allocate() {
   q.resize(static_cast<std::size_t>(q_bytes()));
   k.resize(static_cast<std::size_t>(k_bytes()));
-  positions.resize(static_cast<std::size_t>(tokens * size_of(position_type)));
+  positions.resize(static_cast<std::size_t>(tokens * position_streams * size_of(position_type)));
 }
 
 namespace {
@@ -43,7 +43,11 @@ RopeArgs dense_args(const HostBatch& batch, void* q, void* k, const void* positi
   if (batch.k_heads > 0) {
     args.k = TensorView::contiguous(k, batch.dtype, batch.tokens, batch.k_heads, batch.head_dim);
   }
-  args.positions = {positions, batch.position_type, batch.tokens};
+  args.positions.data = positions;
+  args.positions.type = batch.position_type;
+  args.positions.count = batch.tokens;
+  args.positions.streams = batch.position_streams;
+  args.positions.stream_stride = batch.position_streams > 1 ? batch.tokens : 0;
   return args;
 }
 

@@ -33,7 +33,8 @@ void add_device_option(CLI::App& app, std::string& device);
 DeviceChoice choose_device(const std::string& requested);
 
 /// Dense host tensors of one apply call: Q [tokens, q_heads, head_dim], optional K
-/// [tokens, k_heads, head_dim] (k_heads = 0: no K), one position per token.
+/// [tokens, k_heads, head_dim] (k_heads = 0: no K), `position_streams` positions per token,
+/// stream-major ([streams, tokens]; one stream for most models, 3 for M-RoPE).
 struct HostBatch {
   DType dtype = DType::bf16;
   std::int64_t tokens = 0;
@@ -41,6 +42,7 @@ struct HostBatch {
   std::int64_t k_heads = 0;
   std::int64_t head_dim = 0;
   IndexType position_type = IndexType::i64;
+  std::int32_t position_streams = 1;
   std::vector<std::byte> q;
   std::vector<std::byte> k;
   std::vector<std::byte> positions;

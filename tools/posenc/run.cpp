@@ -134,9 +134,10 @@ std::string format(const char* fmt, double a, double b = 0.0, double c = 0.0) {
 }
 
 /// The batch `run` rotates: random Q and K for the config's head counts, positions of several
-/// sequences of different lengths flattened (each 0..length-1).
-HostBatch make_batch(const ModelConfig& config, std::int64_t head_dim, DType dtype, std::int64_t tokens,
-                     const std::vector<std::int64_t>& lengths, std::uint64_t seed) {
+/// sequences of different lengths flattened (each 0..length-1), the same in every position stream
+/// of a multi-axis spec (M-RoPE text tokens; ChatGLM-6B block positions counting like positions).
+HostBatch make_batch(const ModelConfig& config, std::int64_t head_dim, std::int32_t streams, DType dtype,
+                     std::int64_t tokens, const std::vector<std::int64_t>& lengths, std::uint64_t seed) {
   HostBatch batch;
   batch.dtype = dtype;
   batch.tokens = tokens;
@@ -144,10 +145,13 @@ HostBatch make_batch(const ModelConfig& config, std::int64_t head_dim, DType dty
   batch.k_heads = config.num_key_value_heads;
   batch.head_dim = head_dim;
   batch.position_type = IndexType::i64;
+  batch.position_streams = streams;
   batch.allocate();
   auto* positions = reinterpret_cast<std::int64_t*>(batch.positions.data());
-  for (const std::int64_t length : lengths) {
-    for (std::int64_t p = 0; p < length; ++p) *positions++ = p;
+  for (std::int32_t s = 0; s < streams; ++s) {
+    for (const std::int64_t length : lengths) {
+      for (std::int64_t p = 0; p < length; ++p) *positions++ = p;
+    }
   }
   fill_random(batch, seed);
   return batch;
@@ -230,8 +234,9 @@ int run(const RunOptions& options) {
   const DeviceChoice device = choose_device(options.device);
 
   const std::vector<std::int64_t> lengths = sequence_lengths(options.tokens);
-  const HostBatch input = make_batch(config, models.front().spec.head_dim, dtype, options.tokens,
-                                     lengths, options.seed);
+  const HostBatch input = make_batch(config, models.front().spec.head_dim,
+                                     models.front().spec.position_streams(), dtype, options.tokens, lengths,
+                                     options.seed);
   std::string sequences;
   for (const std::int64_t length : lengths) sequences += (sequences.empty() ? "" : " ") + std::to_string(length);
 

@@ -26,15 +26,36 @@ double ulp_of(DType dtype, double m) {
   return std::ldexp(1.0, e - (precision - 1));
 }
 
-std::int64_t position_at(const HostBatch& batch, std::int64_t t) {
+/// Position of token t in stream s (streams are stored stream-major, [streams, tokens]).
+std::int64_t position_at(const HostBatch& batch, std::int64_t s, std::int64_t t) {
+  const std::int64_t i = s * batch.tokens + t;
   if (batch.position_type == IndexType::i32) {
     std::int32_t p;
-    std::memcpy(&p, batch.positions.data() + t * 4, 4);
+    std::memcpy(&p, batch.positions.data() + i * 4, 4);
     return p;
   }
   std::int64_t p;
-  std::memcpy(&p, batch.positions.data() + t * 8, 8);
+  std::memcpy(&p, batch.positions.data() + i * 8, 8);
   return p;
+}
+
+/// The position stream of pair i (rope.hpp: 2-D halves, M-RoPE contiguous or interleaved sections).
+std::int64_t stream_of_pair(const RopeSpec& spec, std::int64_t i) {
+  const std::int64_t half = spec.rotary() / 2;
+  if (spec.pairing == Pairing::half_split_2d) return i < half / 2 ? 0 : 1;
+  const std::vector<std::int64_t>& m = spec.mrope_section;
+  if (m.empty()) return 0;
+  if (spec.mrope_interleaved) {
+    if (m.size() > 1 && i % 3 == 1 && i < 3 * m[1]) return 1;
+    if (m.size() > 2 && i % 3 == 2 && i < 3 * m[2]) return 2;
+    return 0;
+  }
+  std::int64_t end = 0;
+  for (std::size_t s = 0; s < m.size(); ++s) {
+    end += m[s];
+    if (i < end) return static_cast<std::int64_t>(s);
+  }
+  return 0;
 }
 
 struct TensorRef {
@@ -71,7 +92,7 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
   const TensorRef tensors[] = {{"Q", input.q_heads, &input.q, &output.q},
                                {"K", input.k_heads, &input.k, &output.k}};
   for (const std::int64_t t : tokens) {
-    const std::int64_t pos = position_at(input, t);
+    const std::int64_t pos = position_at(input, 0, t);  // named in messages
     for (const TensorRef& tensor : tensors) {
       for (std::int64_t h = 0; h < tensor.heads; ++h) {
         const std::int64_t base = (t * tensor.heads + h) * d;
@@ -85,7 +106,14 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
           // Which elements form pair i, and where its rotated values go (rope.hpp diagrams).
           std::int64_t ia = offset + i;
           std::int64_t ib = offset + i + half;
-          if (spec.pairing != Pairing::half_split) {
+          std::int64_t freq = i;  // index into the table
+          if (spec.pairing == Pairing::half_split_2d) {
+            // Two half-split RoPEs of R/2 dims sharing the R/4 frequencies.
+            const std::int64_t quarter = half / 2;
+            freq = i % quarter;
+            ia = offset + (i < quarter ? 0 : half) + freq;
+            ib = ia + quarter;
+          } else if (spec.pairing != Pairing::half_split) {
             ia = offset + 2 * i;
             ib = offset + 2 * i + 1;
           }
@@ -93,7 +121,8 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
           const std::int64_t ob = spec.pairing == Pairing::interleaved_to_half ? offset + i + half : ib;
           const double a = x[ia];
           const double b = x[ib];
-          const double angle = static_cast<double>(pos) * static_cast<double>(table.inv_freq[i]);
+          const std::int64_t pair_pos = position_at(input, stream_of_pair(spec, i), t);
+          const double angle = static_cast<double>(pair_pos) * static_cast<double>(table.inv_freq[freq]);
           const double c = std::cos(angle) * factor;
           const double s = std::sin(angle) * factor;
           ref[oa] = a * c - b * s;
