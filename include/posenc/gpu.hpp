@@ -5,7 +5,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
+#include "posenc/glm.hpp"
 #include "posenc/rope.hpp"
 #include "posenc/tensor.hpp"
 
@@ -179,6 +181,65 @@ class GpuEngine {
   const RopeSpec& spec() const noexcept;
   const FrequencyTable& frequencies() const noexcept;
   const Device& device() const noexcept;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+/// The device mirror of glm::PositionTracker for continuous batching: per-slot state (length,
+/// rope_delta, pin_from, pin_value) lives in device memory, and each step turns a device-side list
+/// of (slot, new_tokens) entries into the step's positions, on the stream, without a host round
+/// trip, so a scheduler running on the device (or a captured graph) can feed GpuEngine directly.
+///
+/// The step follows glm::PositionTracker's contract exactly (glm.hpp): entries in order, outputs
+/// placed by the exclusive prefix sum of new_tokens, token n of a slot gets
+///     position(n) = n < pin_from ? n + rope_delta : pin_value
+///     block(n)    = n < pin_from ? 0 : n - pin_from + 1       (stream 1 of 2-stream trackers)
+/// (3-stream trackers write position(n) to all three axes), written stream-major with stride
+/// `max_tokens`, then each slot's length grows by its new_tokens.
+///
+/// Bad entries cannot write out of bounds: a slot outside [0, slots()), a slot repeated within
+/// one step, new_tokens < 1, a step longer than max_tokens or with more than max_entries entries,
+/// or a position outside [0, position_limit) is recorded in a device fault word instead (the
+/// offending entry writes nothing and its length is unchanged; other entries proceed), and
+/// `check` reports the first one as posenc::Error naming the entry, the value and the limit.
+class GpuPositionTracker {
+ public:
+  /// Entries one step may hold (the step runs in one block; its offsets live in shared memory).
+  static constexpr std::int64_t max_entries = 4096;
+
+  /// Uploads `host`'s slots (slot i on the device = host slot i). `max_tokens` bounds one step's
+  /// output (the stream stride of the positions it writes).
+  GpuPositionTracker(const glm::PositionTracker& host, const Device& device, std::int64_t max_tokens);
+  ~GpuPositionTracker();
+  GpuPositionTracker(GpuPositionTracker&&) noexcept;
+  GpuPositionTracker& operator=(GpuPositionTracker&&) noexcept;
+  GpuPositionTracker(const GpuPositionTracker&) = delete;
+  GpuPositionTracker& operator=(const GpuPositionTracker&) = delete;
+
+  int streams() const noexcept;
+  std::int64_t slots() const noexcept;
+  std::int64_t max_tokens() const noexcept;
+
+  /// One step on `stream`. `slots` and `new_tokens` are device arrays of `entries` int32 values;
+  /// `total_tokens` (host) is the sum of new_tokens the caller planned, which sizes the launch;
+  /// the device recomputes it and records a fault when they differ. `out` is a device int64
+  /// buffer of streams() * max_tokens() values. Allocates, copies and waits for nothing.
+  void step(const std::int32_t* slots, const std::int32_t* new_tokens, std::int64_t entries,
+            std::int64_t total_tokens, std::int64_t* out, StreamRef stream);
+
+  /// The positions `step` wrote, as GpuEngine takes them.
+  PositionsView positions(const std::int64_t* out, std::int64_t total_tokens) const noexcept {
+    return {out, IndexType::i64, total_tokens, streams(), max_tokens()};
+  }
+
+  /// Synchronizes `stream`; throws posenc::Error(out_of_range / invalid_argument) for the first
+  /// fault recorded since the last check, and clears it.
+  void check(StreamRef stream) const;
+
+  /// Copies the device lengths back (synchronizes; for tests and monitoring, not the hot path).
+  std::vector<std::int64_t> lengths(StreamRef stream) const;
 
  private:
   struct State;

@@ -73,4 +73,23 @@ const Device& GpuEngine::device() const noexcept {
   return none;
 }
 
+struct GpuPositionTracker::State {};
+GpuPositionTracker::GpuPositionTracker(const glm::PositionTracker&, const Device&, std::int64_t) {
+  unsupported("GpuPositionTracker");
+}
+GpuPositionTracker::~GpuPositionTracker() = default;
+GpuPositionTracker::GpuPositionTracker(GpuPositionTracker&&) noexcept = default;
+GpuPositionTracker& GpuPositionTracker::operator=(GpuPositionTracker&&) noexcept = default;
+int GpuPositionTracker::streams() const noexcept { return 0; }
+std::int64_t GpuPositionTracker::slots() const noexcept { return 0; }
+std::int64_t GpuPositionTracker::max_tokens() const noexcept { return 0; }
+void GpuPositionTracker::step(const std::int32_t*, const std::int32_t*, std::int64_t, std::int64_t,
+                              std::int64_t*, StreamRef) {
+  unsupported("GpuPositionTracker::step");
+}
+void GpuPositionTracker::check(StreamRef) const { unsupported("GpuPositionTracker::check"); }
+std::vector<std::int64_t> GpuPositionTracker::lengths(StreamRef) const {
+  unsupported("GpuPositionTracker::lengths");
+}
+
 }  // namespace posenc::gpu
