@@ -67,3 +67,13 @@ if(TARGET posenc_cli)
     set_tests_properties(cli.check.${family} PROPERTIES LABELS cpu)
   endforeach()
 endif()
+
+# `posenc info` names the GLM generation, its position scheme and mask pattern for GLM configs.
+if(TARGET posenc_cli)
+  add_test(NAME cli.info.glm_scheme.chatglm-6b COMMAND posenc_cli info --config ${PROJECT_SOURCE_DIR}/configs/chatglm-6b.json)
+  set_tests_properties(cli.info.glm_scheme.chatglm-6b PROPERTIES LABELS cpu
+    PASS_REGULAR_EXPRESSION "GLM +ChatGLM-6B.*positions +2-D \\(position, block\\).*mask +prefix-LM")
+  add_test(NAME cli.info.glm_scheme.glm-4-9b-chat COMMAND posenc_cli info --config ${PROJECT_SOURCE_DIR}/configs/glm-4-9b-chat.json)
+  set_tests_properties(cli.info.glm_scheme.glm-4-9b-chat PROPERTIES LABELS cpu
+    PASS_REGULAR_EXPRESSION "GLM +ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B.*mask +causal")
+endif()

@@ -6,6 +6,8 @@
 
 #include "command.hpp"
 #include "options.hpp"
+#include "posenc/error.hpp"
+#include "posenc/glm.hpp"
 
 namespace posenc::cli {
 namespace {
@@ -31,6 +33,24 @@ void print_spec(const std::string& layer_type, const RopeSpec& spec) {
   }
 }
 
+/// For a GLM-family config: the position scheme and mask pattern its generation implies
+/// (docs/GLM.md); nothing for other families.
+void print_glm_scheme(const ModelConfig& config) {
+  bool two_d = false;
+  for (const auto& [layer_type, spec] : config.rope) two_d = two_d || spec.pairing == Pairing::half_split_2d;
+  glm::GlmScheme scheme;
+  try {
+    scheme = glm::glm_scheme_for(config.model_type, two_d);
+  } catch (const Error&) {
+    return;  // not a GLM generation
+  }
+  std::printf("GLM      %s\n", scheme.generation.c_str());
+  std::printf("  positions  %s (%d stream%s)\n", scheme.position_scheme.c_str(), scheme.streams,
+              scheme.streams == 1 ? "" : "s");
+  std::printf("  mask       %s\n", scheme.mask_pattern.c_str());
+  std::printf("  rotation   %s\n", scheme.rotation.c_str());
+}
+
 int info(const ModelOptions& options) {
   const ModelConfig config = load_config_or_default(options.config);
   std::printf("config   %s\n", config.source.c_str());
@@ -40,6 +60,7 @@ int info(const ModelOptions& options) {
               static_cast<long long>(config.num_key_value_heads), static_cast<long long>(config.head_dim));
   std::printf("context  max_position_embeddings %lld\n",
               static_cast<long long>(config.max_position_embeddings));
+  print_glm_scheme(config);
 
   if (!options.layer_type.empty()) {
     const ResolvedModel model = select_spec(config, options);  // names the known types if absent
