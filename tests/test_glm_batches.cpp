@@ -9,26 +9,14 @@
 
 #include "posenc/error.hpp"
 #include "posenc/glm.hpp"
+#include "support/specs.hpp"
 
 namespace posenc::glm {
 namespace {
 
 using Ids = std::vector<std::int64_t>;
 
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> substrings) {
-  try {
-    f();
-    ADD_FAILURE() << "expected posenc::Error(" << to_string(kind) << "), nothing was thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << "message: " << e.what();
-    const std::string msg = e.what();
-    for (const char* s : substrings) {
-      EXPECT_NE(msg.find(s), std::string::npos)
-          << "message \"" << msg << "\" lacks \"" << s << "\"";
-    }
-  }
-}
+using test::expect_error;
 
 Ids stream(const PositionIds& p, int s) {
   const auto v = p.stream(s);

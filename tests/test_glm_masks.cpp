@@ -10,26 +10,14 @@
 
 #include "posenc/error.hpp"
 #include "posenc/glm.hpp"
+#include "support/specs.hpp"
 
 namespace posenc::glm {
 namespace {
 
 using Oracle = std::function<bool(std::int64_t q, std::int64_t k)>;
 
-template <typename F>
-void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> substrings) {
-  try {
-    f();
-    ADD_FAILURE() << "expected posenc::Error(" << to_string(kind) << "), nothing was thrown";
-  } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), kind) << "message: " << e.what();
-    const std::string msg = e.what();
-    for (const char* s : substrings) {
-      EXPECT_NE(msg.find(s), std::string::npos)
-          << "message \"" << msg << "\" lacks \"" << s << "\"";
-    }
-  }
-}
+using test::expect_error;
 
 /// Checks the structural promises of MaskRanges: offsets well formed, each row's ranges sorted,
 /// non-empty, inside [0, k_len), and neither overlapping nor touching.

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,9 @@ struct AxisCase {
   Numerics numerics;
   std::int64_t tokens;
 };
+
+/// gtest prints the parameter in test listings: the case name, not its bytes.
+void PrintTo(const AxisCase& c, std::ostream* os) { *os << c.name; }
 
 std::vector<AxisCase> cases() {
   std::vector<AxisCase> out;

@@ -121,4 +121,11 @@ inline ::testing::AssertionResult throws_error(const std::function<void()>& call
   return ::testing::AssertionFailure() << "did not throw (expected " << to_string(kind) << ")";
 }
 
+/// EXPECT form of throws_error, for call sites that list the message parts as string literals.
+template <typename F>
+void expect_error(F&& f, ErrorKind kind, std::initializer_list<const char*> parts) {
+  EXPECT_TRUE(throws_error(std::function<void()>(std::forward<F>(f)), kind,
+                           std::vector<std::string>(parts.begin(), parts.end())));
+}
+
 }  // namespace posenc::test
