@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <limits>
@@ -279,6 +280,45 @@ inline void print_targets(const std::vector<TargetResult>& results) {
     failed += t.pass ? 0 : 1;
   }
   std::printf("%zu targets: %zu passed, %d failed\n", results.size(), results.size() - static_cast<std::size_t>(failed), failed);
+}
+
+/// The options both benchmark programs take.
+struct CommonOptions {
+  bool quick = false;
+  std::string out = ".";
+  std::vector<std::string> filters;
+  std::vector<std::int64_t> tokens;
+  double budget_s = 0;  ///< stop starting new cases after this many seconds (0: no limit)
+};
+
+/// Parses argv: the common flags into `o`; any other flag goes to `own(flag, value)`, which
+/// returns false for one it does not know (then: usage and an error). --help prints usage, exits.
+template <typename Own>
+void parse_args(int argc, char** argv, CommonOptions& o, void (*usage)(), Own&& own) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "--quick") {
+      o.quick = true;
+    } else if (a == "--out") {
+      o.out = value();
+    } else if (a == "--filter") {
+      o.filters = split_list(value());
+    } else if (a == "--tokens") {
+      for (const std::string& t : split_list(value())) o.tokens.push_back(std::stoll(t));
+    } else if (a == "--budget-s") {
+      o.budget_s = std::stod(value());
+    } else if (a == "--help" || a == "-h") {
+      usage();
+      std::exit(0);
+    } else if (!own(a, value)) {
+      usage();
+      throw std::runtime_error("unknown option " + a);
+    }
+  }
 }
 
 }  // namespace posenc::bench

@@ -328,14 +328,9 @@ std::string markdown(const std::string& card, const std::vector<Floor>& floors, 
   return s + "\n" + pb::targets_markdown(targets);
 }
 
-struct Options {
-  bool quick = false;
-  std::string out = ".";
-  std::vector<std::string> filters;
-  std::vector<std::int64_t> tokens;
+struct Options : pb::CommonOptions {
   std::vector<int> threads;
   double floor_gib = 1.0;
-  double budget_s = 0;  ///< stop starting new cases after this many seconds (0: no limit)
 };
 
 void usage() {
@@ -355,34 +350,16 @@ void usage() {
 Options parse_options(int argc, char** argv) {
   Options o;
   std::string threads = "1,all";
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--quick") {
-      o.quick = true;
-    } else if (a == "--out") {
-      o.out = value();
-    } else if (a == "--filter") {
-      o.filters = pb::split_list(value());
-    } else if (a == "--tokens") {
-      for (const std::string& t : pb::split_list(value())) o.tokens.push_back(std::stoll(t));
-    } else if (a == "--threads") {
+  pb::parse_args(argc, argv, o, usage, [&](const std::string& a, auto&& value) {
+    if (a == "--threads") {
       threads = value();
     } else if (a == "--floor-gib") {
       o.floor_gib = std::stod(value());
-    } else if (a == "--budget-s") {
-      o.budget_s = std::stod(value());
-    } else if (a == "--help" || a == "-h") {
-      usage();
-      std::exit(0);
     } else {
-      usage();
-      throw std::runtime_error("unknown option " + a);
+      return false;
     }
-  }
+    return true;
+  });
   for (const std::string& t : pb::split_list(threads)) {
     const int n = t == "all" ? usable_cpus() : std::stoi(t);
     if (n < 1) throw std::runtime_error("--threads: " + t + " is not a thread count");

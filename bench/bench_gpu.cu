@@ -598,13 +598,8 @@ pb::Row floor_row(const std::string& card, const char* variant, double gbps, con
   return r;
 }
 
-struct Options {
-  bool quick = false;
-  std::string out = ".";
-  std::vector<std::string> filters;
-  std::vector<std::int64_t> tokens;
+struct Options : pb::CommonOptions {
   int device = 0;
-  double budget_s = 0;  ///< stop starting new cases after this many seconds (0: no limit)
 };
 
 void usage() {
@@ -622,32 +617,11 @@ void usage() {
 
 Options parse_options(int argc, char** argv) {
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-      return argv[++i];
-    };
-    if (a == "--quick") {
-      o.quick = true;
-    } else if (a == "--out") {
-      o.out = value();
-    } else if (a == "--filter") {
-      o.filters = pb::split_list(value());
-    } else if (a == "--tokens") {
-      for (const std::string& t : pb::split_list(value())) o.tokens.push_back(std::stoll(t));
-    } else if (a == "--device") {
-      o.device = std::stoi(value());
-    } else if (a == "--budget-s") {
-      o.budget_s = std::stod(value());
-    } else if (a == "--help" || a == "-h") {
-      usage();
-      std::exit(0);
-    } else {
-      usage();
-      throw std::runtime_error("unknown option " + a);
-    }
-  }
+  pb::parse_args(argc, argv, o, usage, [&](const std::string& a, auto&& value) {
+    if (a != "--device") return false;
+    o.device = std::stoi(value());
+    return true;
+  });
   if (o.tokens.empty()) {
     o.tokens = o.quick ? std::vector<std::int64_t>{1, 64, 4096, 65536}
                        : std::vector<std::int64_t>{1, 8, 64, 256, 1024, 4096, 16384, 65536};

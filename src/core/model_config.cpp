@@ -507,6 +507,17 @@ RopeSpec make_spec(const Model& m, const RopeDict& d, const Node& dict_node, boo
 
 // ---- model families ----------------------------------------------------------------------------
 
+/// Validates a remote-code family's single spec (a failure becomes a config error naming the
+/// file) and stores it as the "default" layer type.
+void add_default_spec(const Node& cfg, ModelConfig& mc, RopeSpec spec) {
+  try {
+    spec.validate();
+  } catch (const Error& e) {
+    throw Error(ErrorKind::config, "model config " + cfg.source() + ": " + e.what());
+  }
+  mc.rope.emplace("default", std::move(spec));
+}
+
 /// ChatGLM-6B (v1, `position_encoding_2d: true`; rope-semantics.md §4.3): head_dim = hidden_size /
 /// heads, the whole head rotates as two half-split RoPEs of head_dim/2 dims (position, then block
 /// position), base 10000, all heads are kv heads. The remote code forms the angles in the model
@@ -533,12 +544,7 @@ void parse_chatglm_6b(const Node& cfg, ModelConfig& mc) {
   spec.pairing = Pairing::half_split_2d;
   spec.theta = 10000;
   spec.position_limit = std::max(min_position_limit, mc.max_position_embeddings);
-  try {
-    spec.validate();
-  } catch (const Error& e) {
-    throw Error(ErrorKind::config, "model config " + cfg.source() + ": " + e.what());
-  }
-  mc.rope.emplace("default", std::move(spec));
+  add_default_spec(cfg, mc, std::move(spec));
 }
 
 /// GLM remote code (`model_type` "chatglm": ChatGLM2/3, GLM-4-9B): half the head rotates, adjacent
@@ -581,12 +587,7 @@ void parse_chatglm(const Node& cfg, ModelConfig& mc) {
   if (!(rope_ratio > 0.0)) cfg.fail("rope_ratio", "must be > 0");
   spec.theta = 10000 * rope_ratio;  // Python `10000 * self.rope_ratio`
   spec.position_limit = std::max(min_position_limit, mc.max_position_embeddings);
-  try {
-    spec.validate();
-  } catch (const Error& e) {
-    throw Error(ErrorKind::config, "model config " + cfg.source() + ": " + e.what());
-  }
-  mc.rope.emplace("default", std::move(spec));
+  add_default_spec(cfg, mc, std::move(spec));
 }
 
 void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
