@@ -468,3 +468,39 @@ TEST(CpuEngine, ExoticValidLayouts) {
 }
 
 }  // namespace
+
+namespace {
+
+// The row cache (src/cpu/row_cache.hpp): rows filled by one call and reused by later calls give
+// the same bits as computing them, in every dtype and numerics, for positions inside and outside
+// the cached range (the default spec caches positions below 65536).
+TEST(CpuEngineRowCache, RepeatedCallsReuseRowsBitForBit) {
+  const std::vector<std::int64_t> positions = {0, 1, 2, 3, 0, 1, 4095, 65535, 65536, 1 << 20, 3, 3, 77, 0};
+  const std::int64_t tokens = static_cast<std::int64_t>(positions.size());
+  for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
+    for (Numerics numerics : {Numerics::hf_compatible, Numerics::hf_fp32_apply, Numerics::accurate}) {
+      RopeSpec spec;
+      spec.head_dim = 128;
+      spec.theta = 500000.0;
+      spec.numerics = numerics;
+      const CpuEngine engine(spec, CpuOptions{2});
+      for (int call = 0; call < 3; ++call) {  // call 0 fills the rows, calls 1 and 2 read them
+        HostTensor want(dtype, tokens, 3, 128);
+        fill_random(want.view, 100 + static_cast<std::uint64_t>(call));
+        HostTensor got(dtype, tokens, 3, 128);
+        std::memcpy(got.buffer.data(), want.buffer.data(), static_cast<std::size_t>(want.buffer.size()));
+        RopeArgs ref_args;
+        ref_args.q = want.view;
+        ref_args.positions = {positions.data(), IndexType::i64, tokens};
+        apply_reference(spec, ref_args);
+        RopeArgs args = ref_args;
+        args.q = got.view;
+        engine.apply(args);
+        EXPECT_EQ(std::memcmp(want.buffer.data(), got.buffer.data(), static_cast<std::size_t>(want.buffer.size())), 0)
+            << to_string(dtype) << " " << to_string(numerics) << ", call " << call;
+      }
+    }
+  }
+}
+
+}  // namespace

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -122,6 +123,9 @@ KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bo
 
 }  // namespace
 
+/// Most bytes of cos/sin rows an engine caches (65536 positions for 64 pairs).
+constexpr std::int64_t row_cache_bytes = std::int64_t{32} << 20;
+
 struct CpuEngine::State {
   RopeSpec spec;
   FrequencyTable table;  ///< compute_frequencies(spec): the init-time table
@@ -144,6 +148,9 @@ struct CpuEngine::State {
   mutable std::int64_t cached_seq_len = -1;
   mutable std::array<float, max_half> cached_inv_freq{};
   mutable double cached_attention_factor = 1.0;
+
+  /// cos/sin rows by position for fixed-table schemes (row_cache.hpp); null for dynamic/longrope.
+  std::unique_ptr<cpu_detail::RowCache> rows;
 
   mutable cpu_detail::ThreadPool pool;  // running work does not change the engine's state
 
@@ -219,6 +226,12 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
     }
   }
 
+  if (!detail::table_depends_on_positions(s.spec.scaling) && s.half > 0) {
+    // Up to row_cache_bytes of rows (address space only until a position is first used).
+    const std::int64_t by_size = std::max<std::int64_t>(1, row_cache_bytes / (s.half * 2 * std::int64_t{sizeof(float)}));
+    s.rows = std::make_unique<cpu_detail::RowCache>(std::min(s.spec.position_limit, by_size), s.half);
+  }
+
   const Isa isa = select_isa();
   for (DType d : {DType::f32, DType::f16, DType::bf16}) {
     s.kernels[static_cast<std::size_t>(d)] = select_kernel(isa, d, s.spec.pairing, s.spec.numerics);
@@ -243,6 +256,7 @@ void CpuEngine::apply(const RopeArgs& args) const {
   KernelCall call;
   std::array<float, max_half> call_inv_freq;  // the per-call table (dynamic/longrope), on the stack
   call.inv_freq = s.axes.inv_freq.data();
+  call.rows = s.rows.get();
   // Every pair's stream is the same for all tables (it depends on the spec only).
   if (s.spec.position_streams() > 1) call.pair_stream = s.axes.stream.data();
   double factor = s.attention_factor;

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 
+#include "cpu/row_cache.hpp"
 #include "posenc/rope.hpp"
 #include "posenc/tensor.hpp"
 
@@ -40,6 +41,8 @@ struct KernelCall {
   std::int64_t half = 0;            ///< pairs per head (rotary_dim / 2)
   std::int64_t offset = 0;          ///< first element of the rotary window
   std::int64_t head_dim = 0;
+  /// The engine's cos/sin rows by position (fixed-table schemes); nullptr: compute every row.
+  const RowCache* rows = nullptr;
   float attention_factor_f32 = 1.0f;  ///< hf modes: the factor as a float32 operand
   double attention_factor = 1.0;      ///< accurate: applied in double before the one rounding
 };

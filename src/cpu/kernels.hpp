@@ -60,24 +60,71 @@ inline detail::CosSin pair_cos_sin(const KernelCall& call, float inv_freq, std::
   }
 }
 
+/// cos/sin of one pair before the rounding to the activation dtype (what RowCache stores).
+template <Numerics N>
+inline detail::CosSin pair_cos_sin_unrounded(const KernelCall& call, float inv_freq, std::int64_t position) {
+  if constexpr (N == Numerics::accurate) {
+    return detail::cos_sin_accurate(inv_freq, position, call.attention_factor);
+  } else {
+    return detail::cos_sin_hf<Act::f32>(inv_freq, position, call.attention_factor_f32);
+  }
+}
+
+/// The cached (unrounded) row of `position`, computing and publishing it on a miss.
+template <Numerics N>
+inline void cached_row(const KernelCall& call, std::int64_t position, const float*& c, const float*& s,
+                       float* scratch_c, float* scratch_s) {
+  c = call.rows->cos_row(position);
+  if (c != nullptr) {
+    s = call.rows->sin_row(position);
+    return;
+  }
+  for (std::int64_t i = 0; i < call.half; ++i) {
+    const detail::CosSin cs = pair_cos_sin_unrounded<N>(call, call.inv_freq[i], position);
+    scratch_c[i] = cs.c;
+    scratch_s[i] = cs.s;
+  }
+  call.rows->publish(position, scratch_c, scratch_s);
+  c = scratch_c;
+  s = scratch_s;
+}
+
 /// One token's cos/sin row, shared by every head of Q and K. Single-stream calls use the token's
 /// one position for every pair; multi-axis calls (M-RoPE, 2-D) read the token's position in each
-/// stream once and give pair i the one of its stream.
+/// stream once and give pair i the one of its stream. With a row cache the rows come from it (and
+/// are rounded to the activation dtype here: the same bits as computing them, see row_cache.hpp).
 template <Act A, Numerics N>
 inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, float* sin_row) {
-  if (call.pair_stream == nullptr) {
-    const std::int64_t position = detail::position_at(call.positions, t);
-    for (std::int64_t i = 0; i < call.half; ++i) {
-      const detail::CosSin cs = pair_cos_sin<A, N>(call, call.inv_freq[i], position);
-      cos_row[i] = cs.c;
-      sin_row[i] = cs.s;
+  std::int64_t stream_position[max_streams];
+  const std::int32_t streams = call.pair_stream == nullptr ? 1 : call.positions.streams;
+  for (std::int32_t st = 0; st < streams; ++st) stream_position[st] = detail::position_at(call.positions, st, t);
+  if (call.rows != nullptr) {
+    const float* c[max_streams];
+    const float* s[max_streams];
+    alignas(64) float scratch[2 * max_streams][max_half];
+    for (std::int32_t st = 0; st < streams; ++st) {
+      cached_row<N>(call, stream_position[st], c[st], s[st], scratch[2 * st], scratch[2 * st + 1]);
+    }
+    // hf modes round cos/sin to the activation dtype (cos_sin_hf<A> does it inside); accurate
+    // keeps float32 cos/sin.
+    constexpr Act R = N == Numerics::accurate ? Act::f32 : A;
+    if (call.pair_stream == nullptr) {
+      for (std::int64_t i = 0; i < call.half; ++i) {
+        cos_row[i] = detail::round_act<R>(c[0][i]);
+        sin_row[i] = detail::round_act<R>(s[0][i]);
+      }
+    } else {
+      for (std::int64_t i = 0; i < call.half; ++i) {
+        const std::uint8_t st = call.pair_stream[i];
+        cos_row[i] = detail::round_act<R>(c[st][i]);
+        sin_row[i] = detail::round_act<R>(s[st][i]);
+      }
     }
     return;
   }
-  std::int64_t stream_position[max_streams];
-  for (std::int32_t s = 0; s < call.positions.streams; ++s) stream_position[s] = detail::position_at(call.positions, s, t);
   for (std::int64_t i = 0; i < call.half; ++i) {
-    const detail::CosSin cs = pair_cos_sin<A, N>(call, call.inv_freq[i], stream_position[call.pair_stream[i]]);
+    const std::int64_t position = stream_position[call.pair_stream == nullptr ? 0 : call.pair_stream[i]];
+    const detail::CosSin cs = pair_cos_sin<A, N>(call, call.inv_freq[i], position);
     cos_row[i] = cs.c;
     sin_row[i] = cs.s;
   }
