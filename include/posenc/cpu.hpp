@@ -8,6 +8,8 @@
 
 namespace posenc {
 
+struct AppendArgs;  // kv_cache.hpp
+
 /// Validates `args` against `spec` in one pass without writing anything: shapes and dtypes match
 /// the spec and each other, strides are non-negative and do not make a view overlap itself or
 /// another destination, sizes fit in 64 bits, every position lies in [0, spec.position_limit).
@@ -41,6 +43,15 @@ class CpuEngine {
 
   /// Validates everything first (nothing is written when it throws), then rotates.
   void apply(const RopeArgs& args) const;
+
+  /// Fused RoPE + KV-cache append (kv_cache.hpp; include it to build AppendArgs): validates
+  /// everything first (validate_append_args; nothing is written when it throws), then rotates Q
+  /// and K in one pass of apply's kernels (cos/sin once per token, shared by Q and K) with K going
+  /// to a per-call scratch buffer, then casts the rotated K and V into the cache on the pool. The
+  /// cache's K rows hold exactly apply's K bits converted to the cache dtype; results are
+  /// bit-identical to append_reference. Unlike apply, this first version allocates the K-sized
+  /// scratch per call; rotating K straight into the cache rows will remove it.
+  void append(const AppendArgs& args) const;
 
   const RopeSpec& spec() const noexcept;
   /// The table built at construction (the init-time table for dynamic/longrope).

@@ -297,6 +297,19 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
   return info;
 }
 
+void check_input(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions) {
+  if (v.data == nullptr) fail(ErrorKind::invalid_argument, std::string(name) + " is absent (data is null); it is required");
+  check_shape(name, v, spec, positions);
+  check_view(name, v);
+}
+
+void check_disjoint(const char* a_name, const ConstTensorView& a, const char* b_name, const ConstTensorView& b,
+                    const char* why) {
+  const Extent ea = check_view(a_name, a);
+  const Extent eb = check_view(b_name, b);
+  if (views_overlap(ea, eb)) fail_overlap(ea, eb, why);
+}
+
 }  // namespace detail
 
 void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positions) {

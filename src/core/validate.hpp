@@ -31,6 +31,16 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
 /// its positions.
 std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit);
 
+/// Checks a present read-only view the way validate_call checks K: dtype known, head_dim equal to
+/// the spec's, tokens equal to positions.count, strides, extent and self-overlap. Messages name
+/// the view `name` (used for V of a KV-cache append).
+void check_input(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions);
+
+/// Throws Error(invalid_argument) naming both views and `why` when `a` and `b` may share a byte
+/// (exact per token for equal token strides, as for Q/K/V slices of one fused buffer).
+void check_disjoint(const char* a_name, const ConstTensorView& a, const char* b_name, const ConstTensorView& b,
+                    const char* why);
+
 /// Position of token `i` of a host positions view (int32 or int64), stream 0.
 inline std::int64_t position_at(const PositionsView& positions, std::int64_t i) noexcept {
   if (positions.type == IndexType::i32) {

@@ -11,12 +11,14 @@
 #include <thread>
 #include <type_traits>
 
+#include "core/kv_detail.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "cpu/kernel_call.hpp"
 #include "cpu/thread_pool.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
+#include "posenc/kv_cache.hpp"
 
 // The kernels are compiled three times: for the baseline ISA the library is built for, for
 // AVX2+FMA and for AVX-512 (BW/DQ/VL, 512-bit vectors); the widest the CPU has is picked at
@@ -289,6 +291,46 @@ void CpuEngine::apply(const RopeArgs& args) const {
   const std::int64_t chunk = std::max<std::int64_t>({by_balance, by_size, 1});
   // Another thread is using the pool (apply is const and may run concurrently): work alone.
   if (!s.pool.try_run(tokens, chunk, kernel, &call)) kernel(&call, 0, tokens);
+}
+
+void CpuEngine::append(const AppendArgs& args) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "CpuEngine::append on a moved-from engine");
+  const State& s = *state_;
+  detail::validate_append(s.spec, args);  // everything, before any write
+
+  // K goes through apply's kernels into a dense scratch tensor (the caller's K is not written), in
+  // the same call as Q: cos/sin are computed once per token for both, and the cache receives
+  // exactly apply's K bits. The scratch costs one allocation of K's size per call.
+  const ConstTensorView& k = args.k;
+  const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
+  auto scratch = std::make_unique<std::uint32_t[]>(static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4));
+  const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
+  RopeArgs rope;
+  rope.q = args.q;
+  rope.q_src = args.q_src;
+  rope.k = rotated_k;
+  rope.k_src = k;
+  rope.positions = args.positions;
+  apply(rope);  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
+
+  detail::ScatterCall call;
+  call.k = rotated_k;
+  call.v = args.v;
+  call.slots = args.slots;
+  call.cache = args.cache;
+  const std::int64_t tokens = args.positions.count;
+  // Bytes read and written per token, as apply estimates them.
+  const double token_bytes = static_cast<double>(k.heads * k.head_dim) *
+                             (2.0 * static_cast<double>(size_of(k.dtype)) + 2.0 * static_cast<double>(size_of(args.cache.dtype)));
+  const int threads = s.pool.threads();
+  if (threads == 1 || tokens == 1 || token_bytes * static_cast<double>(tokens) < parallel_min_bytes) {
+    detail::scatter_tokens(&call, 0, tokens);
+    return;
+  }
+  const std::int64_t by_balance = (tokens + threads * chunks_per_thread - 1) / (threads * chunks_per_thread);
+  const auto by_size = static_cast<std::int64_t>(std::ceil(chunk_min_bytes / token_bytes));
+  const std::int64_t chunk = std::max<std::int64_t>({by_balance, by_size, 1});
+  if (!s.pool.try_run(tokens, chunk, &detail::scatter_tokens, &call)) detail::scatter_tokens(&call, 0, tokens);
 }
 
 const RopeSpec& CpuEngine::spec() const noexcept { return state_->spec; }

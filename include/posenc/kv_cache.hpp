@@ -1,0 +1,190 @@
+// Fused RoPE + KV-cache append: rotate Q, rotate K and write it with V into a contiguous or paged KV cache, with an optional cast.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <vector>
+
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+namespace posenc {
+
+// ------------------------------------------------------------------------------------------------
+// Cache layouts
+//
+// A cache holds two tensors of equal shape, K and V. Each token of an append call names one
+// *slot*; the slot says where that token's kv_heads rows of head_dim elements go:
+//
+//   contiguous  [batch, max_len, kv_heads, head_dim]          blocks = batch, block_len = max_len
+//               slot = b * max_len + t   (sequence b, cache position t)
+//               row (slot, h) at  (slot * kv_heads + h) * head_dim
+//
+//   paged_nhd   [num_blocks, page_size, kv_heads, head_dim]   blocks = num_blocks, block_len = page_size
+//               slot = block * page_size + offset   (vLLM's slot_mapping)
+//               row (slot, h) at  (slot * kv_heads + h) * head_dim         (same formula as contiguous)
+//
+//   paged_hnd   [num_blocks, kv_heads, page_size, head_dim]
+//               slot = block * page_size + offset
+//               row (slot, h) at  ((block * kv_heads + h) * page_size + offset) * head_dim
+//
+// Drawn for kv_heads = 2, page_size = 2, one block (h0/h1: heads, o0/o1: offsets in the page):
+//   NHD  [o0h0 o0h1 | o1h0 o1h1]        HND  [h0o0 h0o1 | h1o0 h1o1]
+//
+// Slot -1 means "no slot": the token's K and V are not written (padding tokens of a batch replayed
+// through a CUDA graph). Q is still rotated for every token.
+//
+// Element types (CacheDType): f32, f16 and bf16 store the value rounded to nearest even, as
+// PyTorch's `.to(dtype)`; a cache of the activation dtype receives the activation bits unchanged.
+// fp8_e4m3 (OCP E4M3FN: 1 sign, 4 exponent bits with bias 7, 3 mantissa bits, no infinities, NaN
+// 0x7f/0xff, largest finite 448) stores  e4m3(fl32(x / scale)),  where e4m3 rounds to nearest
+// even and saturates: finite values beyond +-448 (and +-inf) become +-448, NaN becomes 0x7f with
+// the sign bit of the input. This is PyTorch's `(x / scale).clamp(-448, 448).to(torch.float8_e4m3fn)`
+// computed in float32. Read a value back as  e4m3_bits_to_float(bits) * scale.
+// ------------------------------------------------------------------------------------------------
+
+/// Where a slot's rows live (drawn above).
+enum class CacheLayout : std::uint8_t { contiguous, paged_nhd, paged_hnd };
+
+/// Element type of the cache.
+enum class CacheDType : std::uint8_t { f32, f16, bf16, fp8_e4m3 };
+
+/// Bytes of one cache element.
+constexpr std::int64_t size_of(CacheDType t) noexcept {
+  return t == CacheDType::f32 ? 4 : t == CacheDType::fp8_e4m3 ? 1 : 2;
+}
+
+/// "contiguous", "paged_nhd", "paged_hnd" / "float32", "float16", "bfloat16", "float8_e4m3fn".
+const char* to_string(CacheLayout layout) noexcept;
+const char* to_string(CacheDType dtype) noexcept;
+
+/// float -> OCP E4M3FN bits: round to nearest even with saturation to +-448 (inf included);
+/// NaN -> 0x7f | sign. The rounding step is PyTorch's c10 fp8e4m3fn_from_fp32_value, applied
+/// after the clamp that makes it saturate.
+inline std::uint8_t float_to_e4m3_bits(float f) noexcept {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  const std::uint32_t sign = u & 0x80000000u;
+  std::uint32_t abs = u ^ sign;
+  const auto sign8 = static_cast<std::uint8_t>(sign >> 24);
+  if (abs > 0x7f800000u) return static_cast<std::uint8_t>(0x7fu | sign8);  // NaN
+  if (abs >= 0x43e00000u) return static_cast<std::uint8_t>(0x7eu | sign8);  // >= 448: saturate
+  std::uint8_t r;
+  if (abs < (121u << 23)) {
+    // Below 2^-6 (the smallest normal): adding 2^14 makes float's ulp 2^-9, the e4m3 subnormal
+    // spacing, so the IEEE add rounds to that grid with ties to even; the difference of the bits
+    // is the count of 2^-9 steps (8 = a carry into the smallest normal, encoded correctly).
+    constexpr std::uint32_t denorm_mask = 141u << 23;
+    float magic;
+    float value;
+    std::memcpy(&magic, &denorm_mask, 4);
+    std::memcpy(&value, &abs, 4);
+    const float sum = value + magic;
+    std::memcpy(&abs, &sum, 4);
+    r = static_cast<std::uint8_t>(abs - denorm_mask);
+  } else {
+    // Normal: rebias the exponent (127 -> 7) and round the 20 dropped mantissa bits to nearest
+    // even; a carry moves the exponent (448 is the largest result below the clamp).
+    const std::uint32_t mant_odd = (abs >> 20) & 1u;
+    abs += (static_cast<std::uint32_t>(7 - 127) << 23) + 0x7ffffu + mant_odd;
+    r = static_cast<std::uint8_t>(abs >> 20);
+  }
+  return static_cast<std::uint8_t>(r | sign8);
+}
+
+/// OCP E4M3FN bits -> float (exact; 0x7f/0xff -> NaN).
+inline float e4m3_bits_to_float(std::uint8_t bits) noexcept {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x80u) << 24;
+  const std::uint32_t exp = (bits >> 3) & 0xfu;
+  const std::uint32_t mant = bits & 0x7u;
+  std::uint32_t u;
+  if (exp == 0xfu && mant == 0x7u) {
+    u = sign | 0x7fc00000u;
+  } else if (exp == 0) {
+    float v = static_cast<float>(mant) * 0.001953125f;  // mant * 2^-9, exact
+    if (sign != 0) v = -v;
+    return v;
+  } else {
+    u = sign | ((exp + 120u) << 23) | (mant << 20);
+  }
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+/// A KV cache in host memory (or, for the GPU engine to come, device memory): two tensors K and V
+/// of the same layout, dtype and shape. Not owned.
+struct KvCacheView {
+  void* k = nullptr;
+  void* v = nullptr;
+  CacheDType dtype = CacheDType::bf16;
+  CacheLayout layout = CacheLayout::paged_nhd;
+  std::int64_t kv_heads = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t blocks = 0;     ///< batch (contiguous) or num_blocks (paged)
+  std::int64_t block_len = 0;  ///< max_len (contiguous) or page_size (paged)
+  /// fp8_e4m3 only: the cache stores e4m3(x / scale); must be finite and > 0. Other dtypes
+  /// require 1 (a scale that would be ignored is an error, not a silent no-op).
+  float k_scale = 1.0f;
+  float v_scale = 1.0f;
+
+  /// Slots the cache holds: blocks * block_len (valid slots are [0, slots())).
+  std::int64_t slots() const noexcept { return blocks * block_len; }
+};
+
+/// Everything one append call reads and writes. Tokens: positions.count.
+///
+/// - Q (`q`, `[tokens, q_heads, head_dim]`) is rotated in place, or from `q_src` into `q` when
+///   `q_src` is present (same rules as RopeArgs).
+/// - K (`k`, `[tokens, kv_heads, head_dim]`) is rotated and written to the cache at the token's
+///   slot; `k` itself is not written.
+/// - V (`v`, same shape as K) is copied to the cache at the same slot.
+/// - `slots[i]` (host memory, positions.count entries) is token i's slot, or -1 to skip its K/V.
+/// - Q, K and V share one activation dtype; the cache may have any CacheDType (the cast is
+///   applied on the way in).
+struct AppendArgs {
+  TensorView q;
+  ConstTensorView q_src;
+  ConstTensorView k;
+  ConstTensorView v;
+  PositionsView positions;
+  const std::int64_t* slots = nullptr;
+  KvCacheView cache;
+};
+
+/// Validates an append call in one pass without writing anything: the rotation of Q and K exactly
+/// as validate_args checks it; V's shape and dtype equal to K's; the cache's shape (kv_heads and
+/// head_dim equal to K's), dtype, layout, alignment, size in 64 bits and scales; no overlap between
+/// the cache and any input or Q; every slot -1 or in [0, cache.slots()) (Error(out_of_range)
+/// naming the token index, the slot and the limit); no non-negative slot given twice (naming both
+/// token indices). Throws posenc::Error.
+void validate_append_args(const RopeSpec& spec, const AppendArgs& args);
+
+/// The definition of the fused append: validate, apply_reference to Q and to K (into a scratch
+/// buffer of K's dtype), then for every token with a slot cast the rotated K and V row by row into
+/// the cache. Plain scalar loops, no threads. CpuEngine::append (cpu.hpp) is tested against it.
+/// The GPU engine's append is to come (issue "Inference integration").
+void append_reference(const RopeSpec& spec, const AppendArgs& args);
+
+/// Builds a vLLM-style slot mapping from a block table, on the host.
+///
+/// - `block_table`: row-major `[batch, blocks_per_seq]` physical block ids; row b lists sequence
+///   b's blocks in order (cache position p of sequence b lives in block_table[b][p / page_size]).
+/// - `token_seq[i]`: the sequence of token i, or -1 for a padding token (its slot is -1).
+/// - `token_pos[i]`: the cache position of token i within its sequence (for a decode step, the
+///   sequence's length before the step; for a prefill chunk, start + i).
+/// - `page_size`: slots per block; `num_blocks`: blocks in the cache.
+///
+/// Returns slot[i] = block_table[token_seq[i]][token_pos[i] / page_size] * page_size +
+/// token_pos[i] % page_size. Throws Error(out_of_range) naming the token index and value for a
+/// sequence outside [0, batch), a position outside [0, blocks_per_seq * page_size) or a block id
+/// outside [0, num_blocks); Error(invalid_argument) for a table whose size is not a multiple of
+/// blocks_per_seq, mismatched token_seq/token_pos lengths, or non-positive sizes.
+std::vector<std::int64_t> slots_from_block_table(std::span<const std::int64_t> block_table,
+                                                 std::int64_t blocks_per_seq,
+                                                 std::span<const std::int64_t> token_seq,
+                                                 std::span<const std::int64_t> token_pos, std::int64_t page_size,
+                                                 std::int64_t num_blocks);
+
+}  // namespace posenc

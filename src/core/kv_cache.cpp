@@ -1,0 +1,351 @@
+// KV-cache append: one-pass validation of an append call, the cast-and-scatter pass into the cache layouts, and slots_from_block_table.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/checked.hpp"
+#include "core/kv_detail.hpp"
+#include "core/rope_math.hpp"
+#include "core/validate.hpp"
+#include "posenc/error.hpp"
+#include "posenc/kv_cache.hpp"
+
+namespace posenc {
+
+const char* to_string(CacheLayout layout) noexcept {
+  switch (layout) {
+    case CacheLayout::contiguous:
+      return "contiguous";
+    case CacheLayout::paged_nhd:
+      return "paged_nhd";
+    case CacheLayout::paged_hnd:
+      return "paged_hnd";
+  }
+  return "unknown";
+}
+
+const char* to_string(CacheDType dtype) noexcept {
+  switch (dtype) {
+    case CacheDType::f32:
+      return "float32";
+    case CacheDType::f16:
+      return "float16";
+    case CacheDType::bf16:
+      return "bfloat16";
+    case CacheDType::fp8_e4m3:
+      return "float8_e4m3fn";
+  }
+  return "unknown";
+}
+
+namespace detail {
+namespace {
+
+[[noreturn]] void fail(ErrorKind kind, const std::string& message) { throw Error(kind, message); }
+
+std::string str(std::int64_t v) { return std::to_string(v); }
+
+bool known(CacheDType t) noexcept {
+  return t == CacheDType::f32 || t == CacheDType::f16 || t == CacheDType::bf16 || t == CacheDType::fp8_e4m3;
+}
+bool known(CacheLayout l) noexcept {
+  return l == CacheLayout::contiguous || l == CacheLayout::paged_nhd || l == CacheLayout::paged_hnd;
+}
+
+/// A byte range [begin, begin + bytes), for the conservative cache-versus-input overlap checks.
+struct Range {
+  const char* name;
+  std::uintptr_t begin;
+  std::uint64_t bytes;
+  bool meets(const Range& o) const noexcept {
+    return bytes != 0 && o.bytes != 0 && begin < o.begin + o.bytes && o.begin < begin + bytes;
+  }
+};
+
+/// Bytes a validated view spans (check_view has proven it fits in 64 bits).
+Range view_range(const char* name, const ConstTensorView& v) {
+  const std::int64_t elems = (v.tokens - 1) * v.token_stride + (v.heads - 1) * v.head_stride + v.head_dim;
+  return {name, reinterpret_cast<std::uintptr_t>(v.data), static_cast<std::uint64_t>(elems * size_of(v.dtype))};
+}
+
+void check_scale(const char* name, float scale, CacheDType dtype) {
+  if (dtype == CacheDType::fp8_e4m3) {
+    if (!(std::isfinite(scale) && scale > 0.0f)) {
+      fail(ErrorKind::invalid_argument,
+           std::string("cache.") + name + " " + std::to_string(scale) + " must be finite and > 0 for an fp8 cache");
+    }
+  } else if (scale != 1.0f) {
+    fail(ErrorKind::invalid_argument, std::string("cache.") + name + " " + std::to_string(scale) +
+                                          " must be 1: scales apply only to an fp8_e4m3 cache, this one is " +
+                                          to_string(dtype));
+  }
+}
+
+/// Checks the cache and returns the bytes of one of its two tensors.
+std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
+  if (c.k == nullptr) fail(ErrorKind::invalid_argument, "cache.k is null");
+  if (c.v == nullptr) fail(ErrorKind::invalid_argument, "cache.v is null");
+  if (!known(c.dtype)) {
+    fail(ErrorKind::invalid_argument, "cache.dtype " + str(static_cast<int>(c.dtype)) + " is not a known CacheDType");
+  }
+  if (!known(c.layout)) {
+    fail(ErrorKind::invalid_argument,
+         "cache.layout " + str(static_cast<int>(c.layout)) + " is not a known CacheLayout");
+  }
+  if (c.kv_heads <= 0) fail(ErrorKind::invalid_argument, "cache.kv_heads " + str(c.kv_heads) + " must be > 0");
+  if (c.head_dim != spec.head_dim) {
+    fail(ErrorKind::invalid_argument,
+         "cache.head_dim " + str(c.head_dim) + " differs from spec.head_dim " + str(spec.head_dim));
+  }
+  if (c.blocks <= 0) fail(ErrorKind::invalid_argument, "cache.blocks " + str(c.blocks) + " must be > 0");
+  if (c.block_len <= 0) fail(ErrorKind::invalid_argument, "cache.block_len " + str(c.block_len) + " must be > 0");
+  const std::int64_t slots = checked_mul(c.blocks, c.block_len, "cache", " slots (blocks * block_len)");
+  const std::int64_t rows = checked_mul(slots, c.kv_heads, "cache", " rows (slots * kv_heads)");
+  const std::int64_t elems = checked_mul(rows, c.head_dim, "cache", " elements");
+  const std::int64_t bytes = checked_mul(elems, size_of(c.dtype), "cache", " bytes");
+  for (const auto& [name, p] : {std::pair<const char*, void*>{"cache.k", c.k}, {"cache.v", c.v}}) {
+    const auto address = reinterpret_cast<std::uintptr_t>(p);
+    if (address % static_cast<std::uintptr_t>(size_of(c.dtype)) != 0) {
+      fail(ErrorKind::invalid_argument, std::string(name) + " is not aligned to its " + str(size_of(c.dtype)) +
+                                            "-byte " + to_string(c.dtype) + " elements");
+    }
+    if (address > UINTPTR_MAX - static_cast<std::uintptr_t>(bytes)) {
+      fail(ErrorKind::overflow, std::string(name) + " spans " + str(bytes) + " bytes, past the end of the address space");
+    }
+  }
+  check_scale("k_scale", c.k_scale, c.dtype);
+  check_scale("v_scale", c.v_scale, c.dtype);
+  return bytes;
+}
+
+/// Every slot is -1 or in [0, limit), and no non-negative slot appears twice.
+void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t limit) {
+  if (slots == nullptr) fail(ErrorKind::invalid_argument, "slots is null (one slot per token is required; -1 skips)");
+  if (reinterpret_cast<std::uintptr_t>(slots) % alignof(std::int64_t) != 0) {
+    fail(ErrorKind::invalid_argument, "slots is not aligned to its 8-byte elements");
+  }
+  std::vector<std::pair<std::int64_t, std::int64_t>> used;  // (slot, token index)
+  used.reserve(static_cast<std::size_t>(tokens));
+  for (std::int64_t i = 0; i < tokens; ++i) {
+    const std::int64_t s = slots[i];
+    if (s == -1) continue;
+    if (s < 0 || s >= limit) {
+      fail(ErrorKind::out_of_range, "slot " + str(s) + " at token index " + str(i) + " is outside [0, " + str(limit) +
+                                        ") (the cache's blocks * block_len; -1 skips a token)");
+    }
+    used.emplace_back(s, i);
+  }
+  // Two tokens writing one slot would race on the CPU and GPU alike, and the survivor would depend
+  // on scheduling: reject it.
+  std::sort(used.begin(), used.end());
+  for (std::size_t j = 1; j < used.size(); ++j) {
+    if (used[j].first == used[j - 1].first) {
+      fail(ErrorKind::invalid_argument, "slot " + str(used[j].first) + " is given to token index " +
+                                            str(used[j - 1].second) + " and token index " + str(used[j].second) +
+                                            ": each slot may be written once per call");
+    }
+  }
+}
+
+}  // namespace
+
+CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a) {
+  if (!a.k.present()) fail(ErrorKind::invalid_argument, "k is absent (k.data is null); an append needs K");
+  // Q and K exactly as apply validates them: K as a destination (its scratch copy is, and K must
+  // not overlap Q, which is written while K is read).
+  RopeArgs rope;
+  rope.q = a.q;
+  rope.q_src = a.q_src;
+  rope.k = TensorView{const_cast<void*>(a.k.data), a.k.dtype, a.k.tokens, a.k.heads,
+                      a.k.head_dim, a.k.token_stride, a.k.head_stride};
+  rope.positions = a.positions;
+  const CallInfo info = validate_call(spec, rope, /*check_positions=*/true);
+
+  check_input("v", a.v, spec, a.positions);
+  if (a.v.dtype != a.k.dtype) {
+    fail(ErrorKind::invalid_argument,
+         std::string("v dtype ") + to_string(a.v.dtype) + " differs from k dtype " + to_string(a.k.dtype));
+  }
+  check_disjoint("q", a.q, "v", a.v, "V is read after Q is written");
+  for (const auto& [name, heads] : {std::pair<const char*, std::int64_t>{"k", a.k.heads}, {"v", a.v.heads}}) {
+    if (heads != a.cache.kv_heads) {
+      fail(ErrorKind::invalid_argument,
+           std::string(name) + " heads " + str(heads) + " differ from cache.kv_heads " + str(a.cache.kv_heads));
+    }
+  }
+  const std::int64_t cache_bytes = check_cache(a.cache, spec);
+
+  // The cache is written while everything else is read: no byte may be shared (conservative, by
+  // whole ranges; a cache never legitimately overlaps activations).
+  const Range cache_k{"cache.k", reinterpret_cast<std::uintptr_t>(a.cache.k), static_cast<std::uint64_t>(cache_bytes)};
+  const Range cache_v{"cache.v", reinterpret_cast<std::uintptr_t>(a.cache.v), static_cast<std::uint64_t>(cache_bytes)};
+  const std::int64_t streams = std::max(a.positions.streams, 1);
+  const Range others[] = {
+      view_range("q", a.q),
+      a.q_src.present() ? view_range("q_src", a.q_src) : Range{"q_src", 0, 0},
+      view_range("k", a.k),
+      view_range("v", a.v),
+      {"positions", reinterpret_cast<std::uintptr_t>(a.positions.data),
+       static_cast<std::uint64_t>(((streams - 1) * a.positions.stream_stride + a.positions.count) *
+                                  size_of(a.positions.type))},
+      {"slots", reinterpret_cast<std::uintptr_t>(a.slots),
+       static_cast<std::uint64_t>(a.positions.count) * sizeof(std::int64_t)},
+  };
+  if (cache_k.meets(cache_v)) {
+    fail(ErrorKind::invalid_argument, "cache.k and cache.v (" + str(cache_bytes) + " bytes each) overlap");
+  }
+  for (const Range& c : {cache_k, cache_v}) {
+    for (const Range& o : others) {
+      if (c.meets(o)) {
+        fail(ErrorKind::invalid_argument, std::string(c.name) + " (" + str(cache_bytes) + " bytes) overlaps " + o.name +
+                                              " (" + str(static_cast<std::int64_t>(o.bytes)) +
+                                              " bytes): the cache must not share memory with the call's inputs");
+      }
+    }
+  }
+  check_slots(a.slots, a.positions.count, a.cache.slots());
+  return info;
+}
+
+namespace {
+
+/// Element offset of row (slot, head) in a cache tensor (the layouts drawn in kv_cache.hpp).
+std::int64_t row_offset(const KvCacheView& c, std::int64_t slot, std::int64_t h) noexcept {
+  if (c.layout == CacheLayout::paged_hnd) {
+    const std::int64_t block = slot / c.block_len;
+    const std::int64_t offset = slot % c.block_len;
+    return ((block * c.kv_heads + h) * c.block_len + offset) * c.head_dim;
+  }
+  return (slot * c.kv_heads + h) * c.head_dim;
+}
+
+float load(DType t, const void* row, std::int64_t d) noexcept {
+  if (t == DType::f32) {
+    float v;
+    std::memcpy(&v, static_cast<const char*>(row) + d * 4, 4);
+    return v;
+  }
+  std::uint16_t bits;
+  std::memcpy(&bits, static_cast<const char*>(row) + d * 2, 2);
+  return t == DType::bf16 ? from_bf16_bits(bits) : from_f16_bits(bits);
+}
+
+/// Whether a cache of dtype `c` holds activations of dtype `a` unchanged (a plain copy of bits).
+bool same_type(DType a, CacheDType c) noexcept {
+  return (a == DType::f32 && c == CacheDType::f32) || (a == DType::f16 && c == CacheDType::f16) ||
+         (a == DType::bf16 && c == CacheDType::bf16);
+}
+
+/// Writes one row of head_dim elements, cast to the cache dtype (scale: fp8 only).
+void write_row(DType from, const void* src, CacheDType to, void* dst, std::int64_t head_dim, float scale) noexcept {
+  if (same_type(from, to)) {
+    std::memcpy(dst, src, static_cast<std::size_t>(head_dim * size_of(from)));
+    return;
+  }
+  auto* out = static_cast<char*>(dst);
+  for (std::int64_t d = 0; d < head_dim; ++d) {
+    const float x = load(from, src, d);
+    switch (to) {
+      case CacheDType::f32:
+        std::memcpy(out + d * 4, &x, 4);
+        break;
+      case CacheDType::f16: {
+        const std::uint16_t bits = to_f16_bits(x);
+        std::memcpy(out + d * 2, &bits, 2);
+        break;
+      }
+      case CacheDType::bf16: {
+        const std::uint16_t bits = to_bf16_bits(x);
+        std::memcpy(out + d * 2, &bits, 2);
+        break;
+      }
+      case CacheDType::fp8_e4m3:
+        out[d] = static_cast<char>(float_to_e4m3_bits(x / scale));
+        break;
+    }
+  }
+}
+
+}  // namespace
+
+void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) noexcept {
+  const auto& call = *static_cast<const ScatterCall*>(context);
+  const KvCacheView& c = call.cache;
+  const std::int64_t act = size_of(call.k.dtype);
+  const std::int64_t elem = size_of(c.dtype);
+  for (std::int64_t t = begin; t < end; ++t) {
+    const std::int64_t slot = call.slots[t];
+    if (slot < 0) continue;  // -1: padding, nothing written (validation allowed no other negative)
+    for (std::int64_t h = 0; h < c.kv_heads; ++h) {
+      const std::int64_t row = row_offset(c, slot, h) * elem;
+      const auto* k = static_cast<const char*>(call.k.data) + (t * call.k.token_stride + h * call.k.head_stride) * act;
+      const auto* v = static_cast<const char*>(call.v.data) + (t * call.v.token_stride + h * call.v.head_stride) * act;
+      write_row(call.k.dtype, k, c.dtype, static_cast<char*>(c.k) + row, c.head_dim, c.k_scale);
+      write_row(call.v.dtype, v, c.dtype, static_cast<char*>(c.v) + row, c.head_dim, c.v_scale);
+    }
+  }
+}
+
+}  // namespace detail
+
+void validate_append_args(const RopeSpec& spec, const AppendArgs& args) {
+  spec.validate();
+  detail::validate_append(spec, args);
+}
+
+std::vector<std::int64_t> slots_from_block_table(std::span<const std::int64_t> block_table,
+                                                 std::int64_t blocks_per_seq,
+                                                 std::span<const std::int64_t> token_seq,
+                                                 std::span<const std::int64_t> token_pos, std::int64_t page_size,
+                                                 std::int64_t num_blocks) {
+  using detail::fail;
+  using detail::str;
+  if (blocks_per_seq <= 0) fail(ErrorKind::invalid_argument, "blocks_per_seq " + str(blocks_per_seq) + " must be > 0");
+  if (page_size <= 0) fail(ErrorKind::invalid_argument, "page_size " + str(page_size) + " must be > 0");
+  if (num_blocks <= 0) fail(ErrorKind::invalid_argument, "num_blocks " + str(num_blocks) + " must be > 0");
+  const auto table_size = static_cast<std::int64_t>(block_table.size());
+  if (table_size % blocks_per_seq != 0) {
+    fail(ErrorKind::invalid_argument, "block_table size " + str(table_size) + " is not a multiple of blocks_per_seq " +
+                                          str(blocks_per_seq));
+  }
+  if (token_seq.size() != token_pos.size()) {
+    fail(ErrorKind::invalid_argument, "token_seq has " + str(static_cast<std::int64_t>(token_seq.size())) +
+                                          " entries but token_pos has " +
+                                          str(static_cast<std::int64_t>(token_pos.size())));
+  }
+  const std::int64_t batch = table_size / blocks_per_seq;
+  const std::int64_t max_pos = detail::checked_mul(blocks_per_seq, page_size, "block table", " positions per sequence");
+  std::vector<std::int64_t> slots(token_seq.size());
+  for (std::size_t i = 0; i < token_seq.size(); ++i) {
+    const std::int64_t b = token_seq[i];
+    const auto index = static_cast<std::int64_t>(i);
+    if (b == -1) {
+      slots[i] = -1;
+      continue;
+    }
+    if (b < 0 || b >= batch) {
+      fail(ErrorKind::out_of_range, "token_seq " + str(b) + " at token index " + str(index) + " is outside [0, " +
+                                        str(batch) + ") (rows of block_table; -1 marks padding)");
+    }
+    const std::int64_t p = token_pos[i];
+    if (p < 0 || p >= max_pos) {
+      fail(ErrorKind::out_of_range, "token_pos " + str(p) + " at token index " + str(index) + " is outside [0, " +
+                                        str(max_pos) + ") (blocks_per_seq * page_size)");
+    }
+    const std::int64_t block = block_table[static_cast<std::size_t>(b * blocks_per_seq + p / page_size)];
+    if (block < 0 || block >= num_blocks) {
+      fail(ErrorKind::out_of_range, "block id " + str(block) + " at block_table[" + str(b) + "][" + str(p / page_size) +
+                                        "] (token index " + str(index) + ") is outside [0, " + str(num_blocks) + ")");
+    }
+    // block < num_blocks, but num_blocks * page_size need not fit in 64 bits.
+    slots[i] = detail::checked_add(detail::checked_mul(block, page_size, "slot", " block id * page_size"), p % page_size,
+                                   "slot", " block id * page_size + offset");
+  }
+  return slots;
+}
+
+}  // namespace posenc

@@ -1,0 +1,29 @@
+// Internals of the fused RoPE + KV-cache append shared by append_reference and CpuEngine::append: validation and the cast-and-scatter pass.
+#pragma once
+
+#include <cstdint>
+
+#include "core/validate.hpp"
+#include "posenc/kv_cache.hpp"
+
+namespace posenc::detail {
+
+/// validate_append_args without spec.validate() (engines validate their spec at construction).
+/// Returns what validate_call learned about the rotation of Q (in place or not, largest position).
+CallInfo validate_append(const RopeSpec& spec, const AppendArgs& args);
+
+/// One cast-and-scatter pass: token t's rotated K rows (from `k`, the scratch apply wrote) and V
+/// rows go to the cache rows of slots[t]; slot -1 skips the token. Lives in the caller's frame
+/// while the pool runs.
+struct ScatterCall {
+  ConstTensorView k;  ///< rotated K, activation dtype
+  ConstTensorView v;
+  const std::int64_t* slots = nullptr;
+  KvCacheView cache;
+};
+
+/// Writes tokens [begin, end) of the ScatterCall `context` (ThreadPool::Task's signature). Slots
+/// are distinct (validated), so tokens can be written by different threads in any order.
+void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) noexcept;
+
+}  // namespace posenc::detail

@@ -1,0 +1,37 @@
+// append_reference: the definition of the fused RoPE + KV-cache append (apply_reference on Q and K, then the plain cast-and-scatter pass).
+#include <cstdint>
+#include <memory>
+
+#include "core/kv_detail.hpp"
+#include "posenc/cpu.hpp"
+#include "posenc/kv_cache.hpp"
+
+namespace posenc {
+
+void append_reference(const RopeSpec& spec, const AppendArgs& args) {
+  spec.validate();
+  detail::validate_append(spec, args);  // everything, before any write
+
+  // K is rotated into a dense scratch tensor of its own dtype: the caller's K is not written.
+  const ConstTensorView& k = args.k;
+  const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
+  auto scratch = std::make_unique<std::uint32_t[]>(static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4));
+  const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
+
+  RopeArgs rope;
+  rope.q = args.q;
+  rope.q_src = args.q_src;
+  rope.k = rotated_k;
+  rope.k_src = k;
+  rope.positions = args.positions;
+  apply_reference(spec, rope);
+
+  detail::ScatterCall call;
+  call.k = rotated_k;
+  call.v = args.v;
+  call.slots = args.slots;
+  call.cache = args.cache;
+  detail::scatter_tokens(&call, 0, args.positions.count);
+}
+
+}  // namespace posenc

@@ -1,0 +1,507 @@
+// Fused RoPE + KV-cache append on the CPU: cache contents against apply's K and independently cast V in every layout and cast, padding slots, errors that write nothing, the e4m3 encoder, slots_from_block_table.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
+#include "posenc/kv_cache.hpp"
+#include "support/compare.hpp"
+#include "support/host_tensor.hpp"
+#include "support/specs.hpp"
+
+namespace posenc::test {
+namespace {
+
+// ---- an independent OCP E4M3FN encoder: nearest of the 127 finite magnitudes, ties to the even code
+
+double e4m3_value(int code) {
+  const int exp = (code >> 3) & 0xf;
+  const int mant = code & 7;
+  return exp == 0 ? std::ldexp(mant, -9) : std::ldexp(1.0 + mant / 8.0, exp - 7);
+}
+
+/// e4m3_value of the finite magnitudes 0x00..0x7e, computed once (the sweep below calls the
+/// encoder millions of times).
+const std::vector<double>& e4m3_magnitudes() {
+  static const std::vector<double> table = [] {
+    std::vector<double> t;
+    for (int code = 0; code <= 0x7e; ++code) t.push_back(e4m3_value(code));
+    return t;
+  }();
+  return table;
+}
+
+std::uint8_t e4m3_expected(float x) {
+  const std::uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
+  if (std::isnan(x)) return static_cast<std::uint8_t>(0x7f | sign);
+  const double a = std::fabs(static_cast<double>(x));
+  if (a >= 448.0) return static_cast<std::uint8_t>(0x7e | sign);  // saturate (inf included)
+  const std::vector<double>& values = e4m3_magnitudes();
+  int best = 0;
+  for (int code = 1; code <= 0x7e; ++code) {
+    const double d = std::fabs(values[static_cast<std::size_t>(code)] - a);
+    const double b = std::fabs(values[static_cast<std::size_t>(best)] - a);
+    if (d < b || (d == b && code % 2 == 0)) best = code;  // a tie goes to the even mantissa
+  }
+  return static_cast<std::uint8_t>(best | sign);
+}
+
+float bits_to_float(std::uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+TEST(E4m3, DecodesEveryCode) {
+  for (int code = 0; code < 256; ++code) {
+    const float f = e4m3_bits_to_float(static_cast<std::uint8_t>(code));
+    if ((code & 0x7f) == 0x7f) {
+      EXPECT_TRUE(std::isnan(f)) << "code " << code;
+      continue;
+    }
+    const double expected = (code & 0x80 ? -1.0 : 1.0) * e4m3_value(code & 0x7f);
+    EXPECT_EQ(static_cast<double>(f), expected) << "code " << code;
+    EXPECT_EQ(std::signbit(f), (code & 0x80) != 0) << "code " << code;
+  }
+}
+
+TEST(E4m3, EncoderMatchesNearestEvenWithSaturation) {
+  std::vector<float> inputs = {0.0f, -0.0f, 448.0f, 449.0f, 464.0f, 479.9f, 480.0f, 1e30f, -1e30f,
+                               std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                               std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::quiet_NaN(),
+                               std::numeric_limits<float>::denorm_min(), std::numeric_limits<float>::max()};
+  // Every finite e4m3 value, the midpoints to its neighbour (ties) and one float ulp either side.
+  for (int code = 0; code <= 0x7e; ++code) {
+    const auto v = static_cast<float>(e4m3_value(code));
+    const auto mid = static_cast<float>((e4m3_value(code) + e4m3_value(code + 1 == 0x7f ? code : code + 1)) / 2);
+    for (float x : {v, mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1000.0f)}) {
+      inputs.push_back(x);
+      inputs.push_back(-x);
+    }
+  }
+  // A sweep over the float bit patterns (both signs, every binade, NaN and inf included).
+  for (std::uint64_t u = 0; u <= 0xffffffffu; u += 1021) inputs.push_back(bits_to_float(static_cast<std::uint32_t>(u)));
+  std::int64_t mismatches = 0;
+  for (float x : inputs) {
+    const std::uint8_t got = float_to_e4m3_bits(x);
+    const std::uint8_t want = e4m3_expected(x);
+    if (got != want && ++mismatches <= 5) {
+      ADD_FAILURE() << "e4m3(" << x << ") = 0x" << std::hex << int{got} << ", expected 0x" << int{want};
+    }
+  }
+  EXPECT_EQ(mismatches, 0);
+  EXPECT_EQ(float_to_e4m3_bits(448.0f), 0x7e);
+  EXPECT_EQ(float_to_e4m3_bits(1e9f), 0x7e);
+  EXPECT_EQ(float_to_e4m3_bits(-std::numeric_limits<float>::infinity()), 0xfe);
+  EXPECT_EQ(float_to_e4m3_bits(std::numeric_limits<float>::quiet_NaN()), 0x7f);
+  EXPECT_EQ(float_to_e4m3_bits(0.0009765625f), 0x00);  // 2^-10: tie between 0 and 2^-9, to even 0
+  EXPECT_EQ(float_to_e4m3_bits(0.0029296875f), 0x02);  // 1.5 * 2^-9: tie between codes 1 and 2, to 2
+}
+
+// ---- the append fixture ------------------------------------------------------------------------
+
+/// A poisoned cache with its own K and V buffers.
+struct HostCache {
+  HostBuffer k;
+  HostBuffer v;
+  KvCacheView view;
+
+  HostCache(CacheDType dtype, CacheLayout layout, std::int64_t kv_heads, std::int64_t head_dim, std::int64_t blocks,
+            std::int64_t block_len) {
+    const std::int64_t bytes = blocks * block_len * kv_heads * head_dim * size_of(dtype);
+    k = HostBuffer(bytes);
+    v = HostBuffer(bytes);
+    view = KvCacheView{k.data(), v.data(), dtype, layout, kv_heads, head_dim, blocks, block_len};
+  }
+};
+
+/// Element offset of (slot, head, d), written from the layout drawings independently of the library.
+std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h, std::int64_t d) {
+  const std::int64_t block = slot / c.block_len;
+  const std::int64_t offset = slot % c.block_len;
+  switch (c.layout) {
+    case CacheLayout::contiguous:  // [batch, max_len, heads, dim], slot = b * max_len + t
+    case CacheLayout::paged_nhd:   // [blocks, page, heads, dim]
+      return ((block * c.block_len + offset) * c.kv_heads + h) * c.head_dim + d;
+    case CacheLayout::paged_hnd:  // [blocks, heads, page, dim]
+      return ((block * c.kv_heads + h) * c.block_len + offset) * c.head_dim + d;
+  }
+  return -1;
+}
+
+/// The cache bits of an activation element of bits `bits`: its exact value cast by the test's own
+/// encoders (encode_value rounds to nearest even; fp8 divides by the scale in float32 first).
+std::uint32_t cast_bits(DType from, std::uint32_t bits, CacheDType to, float scale) {
+  const double value = decode_bits(from, bits);
+  switch (to) {
+    case CacheDType::f32:
+      return encode_value(DType::f32, value);
+    case CacheDType::f16:
+      return encode_value(DType::f16, value);
+    case CacheDType::bf16:
+      return encode_value(DType::bf16, value);
+    case CacheDType::fp8_e4m3:
+      return e4m3_expected(static_cast<float>(value) / scale);
+  }
+  return 0;
+}
+
+/// Writes `bits` as element `index` of a cache image of dtype `t`.
+void put(std::vector<std::byte>& image, CacheDType t, std::int64_t index, std::uint32_t bits) {
+  const std::int64_t size = size_of(t);
+  if (size == 4) std::memcpy(image.data() + index * 4, &bits, 4);
+  if (size == 2) {
+    const auto b = static_cast<std::uint16_t>(bits);
+    std::memcpy(image.data() + index * 2, &b, 2);
+  }
+  if (size == 1) image[static_cast<std::size_t>(index)] = static_cast<std::byte>(bits);
+}
+
+struct Case {
+  RopeSpec spec;
+  DType act = DType::bf16;
+  CacheDType cache = CacheDType::bf16;
+  CacheLayout layout = CacheLayout::paged_nhd;
+  std::int64_t tokens = 7;
+  std::int64_t q_heads = 4;
+  std::int64_t kv_heads = 2;
+  std::int64_t blocks = 4;
+  std::int64_t block_len = 4;
+  std::vector<std::int64_t> slots;  // empty: a default mix of scattered slots and -1
+  bool out_of_place = false;
+  float k_scale = 1.0f;
+  float v_scale = 1.0f;
+  int threads = 2;
+  std::uint64_t seed = 1;
+};
+
+std::string name_of(const Case& c) {
+  return case_name(c.spec, c.act) + " -> " + to_string(c.cache) + " " + to_string(c.layout) +
+         (c.out_of_place ? " out of place" : " in place");
+}
+
+/// Runs `c` through CpuEngine::append and append_reference, and checks Q against apply's Q, the
+/// cache against apply's K and V cast by the test's encoders (every other byte untouched), and
+/// that K and V (and q_src) were not written.
+void run_case(const Case& c) {
+  SCOPED_TRACE(name_of(c));
+  const std::int64_t d = c.spec.head_dim;
+  std::vector<std::int64_t> slots = c.slots;
+  if (slots.empty()) {
+    const std::int64_t capacity = c.blocks * c.block_len;
+    for (std::int64_t t = 0; t < c.tokens; ++t) slots.push_back(t % 3 == 1 ? -1 : (t * 5 + 3) % capacity);
+  }
+  ASSERT_EQ(static_cast<std::int64_t>(slots.size()), c.tokens);
+  HostTensor q_in(c.act, c.tokens, c.q_heads, d);
+  HostTensor k(c.act, c.tokens, c.kv_heads, d, /*token_stride=*/c.kv_heads * d + 8);  // strided, poisoned gaps
+  HostTensor v(c.act, c.tokens, c.kv_heads, d);
+  fill_random(q_in.view, c.seed);
+  fill_random(k.view, c.seed + 1);
+  fill_random(v.view, c.seed + 2);
+  const HostPositions positions(random_positions(c.tokens, 4096, c.seed + 3));
+
+  // What apply produces for Q and K (in place on copies).
+  HostTensor q_want(c.act, c.tokens, c.q_heads, d);
+  HostTensor k_want(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + 8);
+  std::memcpy(q_want.buffer.data(), q_in.buffer.data(), static_cast<std::size_t>(q_in.buffer.size()));
+  std::memcpy(k_want.buffer.data(), k.buffer.data(), static_cast<std::size_t>(k.buffer.size()));
+  const CpuEngine engine(c.spec, CpuOptions{c.threads});
+  engine.apply(RopeArgs{q_want.view, k_want.view, {}, {}, positions.view()});
+
+  // The expected cache image: poison, then each slotted token's rows.
+  HostCache reference_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  std::vector<std::byte> want_k = reference_cache.k.snapshot();
+  std::vector<std::byte> want_v = reference_cache.v.snapshot();
+  for (std::int64_t t = 0; t < c.tokens; ++t) {
+    if (slots[t] < 0) continue;
+    for (std::int64_t h = 0; h < c.kv_heads; ++h) {
+      for (std::int64_t e = 0; e < d; ++e) {
+        const std::int64_t index = cache_index(reference_cache.view, slots[t], h, e);
+        put(want_k, c.cache, index, cast_bits(c.act, load_bits(k_want.cview(), t, h, e), c.cache, c.k_scale));
+        put(want_v, c.cache, index, cast_bits(c.act, load_bits(v.cview(), t, h, e), c.cache, c.v_scale));
+      }
+    }
+  }
+
+  const auto k_before = k.buffer.snapshot();
+  const auto v_before = v.buffer.snapshot();
+  for (bool use_engine : {true, false}) {
+    SCOPED_TRACE(use_engine ? "CpuEngine::append" : "append_reference");
+    HostCache cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+    cache.view.k_scale = c.k_scale;
+    cache.view.v_scale = c.v_scale;
+    HostTensor q(c.act, c.tokens, c.q_heads, d);
+    std::memcpy(q.buffer.data(), q_in.buffer.data(), static_cast<std::size_t>(q_in.buffer.size()));
+    AppendArgs args;
+    if (c.out_of_place) {
+      q = HostTensor(c.act, c.tokens, c.q_heads, d);  // poisoned output
+      args.q_src = q_in.cview();
+    }
+    args.q = q.view;
+    args.k = k.cview();
+    args.v = v.cview();
+    args.positions = positions.view();
+    args.slots = slots.data();
+    args.cache = cache.view;
+    const auto q_in_before = q_in.buffer.snapshot();
+    if (use_engine) {
+      engine.append(args);
+    } else {
+      append_reference(c.spec, args);
+    }
+    EXPECT_TRUE(bits_equal(q_want.cview(), q.cview()));
+    EXPECT_TRUE(bytes_equal(want_k, cache.k));
+    EXPECT_TRUE(bytes_equal(want_v, cache.v));
+    EXPECT_TRUE(bytes_equal(k_before, k.buffer));
+    EXPECT_TRUE(bytes_equal(v_before, v.buffer));
+    if (c.out_of_place) {
+      EXPECT_TRUE(bytes_equal(q_in_before, q_in.buffer));
+    }
+  }
+}
+
+Case base_case(DType act, CacheDType cache, CacheLayout layout) {
+  Case c;
+  c.spec = scheme_spec(Scaling::none, 64, 0, 0, Pairing::half_split, Numerics::hf_compatible);
+  c.act = act;
+  c.cache = cache;
+  c.layout = layout;
+  return c;
+}
+
+const std::vector<CacheLayout> all_layouts = {CacheLayout::contiguous, CacheLayout::paged_nhd,
+                                              CacheLayout::paged_hnd};
+
+TEST(KvAppend, SameDtypeEveryLayoutCopiesApplyBits) {
+  for (CacheLayout layout : all_layouts) {
+    for (DType act : all_dtypes) {
+      const CacheDType cache = act == DType::f32 ? CacheDType::f32 : act == DType::f16 ? CacheDType::f16 : CacheDType::bf16;
+      run_case(base_case(act, cache, layout));
+    }
+  }
+}
+
+TEST(KvAppend, PairingsNumericsAndSchemes) {
+  for (Pairing p : all_pairings) {
+    for (Numerics n : all_numerics) {
+      Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_hnd);
+      c.spec = scheme_spec(Scaling::yarn, 64, 32, 16, p, n);  // partial window with an offset
+      run_case(c);
+    }
+  }
+  Case dynamic = base_case(DType::f16, CacheDType::f16, CacheLayout::contiguous);
+  dynamic.spec = scheme_spec(Scaling::dynamic, 128);  // table depends on the call's positions
+  run_case(dynamic);
+}
+
+TEST(KvAppend, GqaMqaAndOutOfPlaceQ) {
+  for (std::int64_t kv_heads : {1, 2, 8}) {
+    Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_nhd);
+    c.q_heads = 8;
+    c.kv_heads = kv_heads;
+    c.out_of_place = kv_heads != 2;
+    run_case(c);
+  }
+}
+
+TEST(KvAppend, Casts) {
+  const std::vector<std::pair<DType, CacheDType>> casts = {
+      {DType::f32, CacheDType::bf16}, {DType::f32, CacheDType::f16}, {DType::bf16, CacheDType::f32},
+      {DType::f16, CacheDType::bf16}, {DType::bf16, CacheDType::f16}};
+  for (const auto& [act, cache] : casts) {
+    for (CacheLayout layout : all_layouts) run_case(base_case(act, cache, layout));
+  }
+}
+
+TEST(KvAppend, Fp8WithScales) {
+  for (DType act : all_dtypes) {
+    for (CacheLayout layout : all_layouts) {
+      Case c = base_case(act, CacheDType::fp8_e4m3, layout);
+      c.k_scale = 0.0078125f;  // x / scale reaches past 448: saturation is exercised
+      c.v_scale = 0.3f;        // not a power of two: the division rounds
+      run_case(c);
+    }
+  }
+}
+
+TEST(KvAppend, AllPaddingWritesNothing) {
+  Case c = base_case(DType::f32, CacheDType::f32, CacheLayout::paged_nhd);
+  c.slots.assign(static_cast<std::size_t>(c.tokens), -1);
+  run_case(c);  // the expected cache is the poison alone; Q is still rotated
+}
+
+TEST(KvAppend, ManyTokensUseThePool) {
+  // 512 tokens x 8 heads x 128 f32: megabytes, above the engine's single-thread threshold.
+  Case c = base_case(DType::f32, CacheDType::bf16, CacheLayout::paged_hnd);
+  c.spec = scheme_spec(Scaling::llama3, 128);
+  c.tokens = 512;
+  c.q_heads = 8;
+  c.kv_heads = 8;
+  c.blocks = 40;
+  c.block_len = 16;
+  for (std::int64_t t = 0; t < c.tokens; ++t) c.slots.push_back(t % 17 == 0 ? -1 : (t * 7) % 640);
+  run_case(c);
+}
+
+// ---- errors: a clear message, and nothing written ----------------------------------------------
+
+struct ErrorFixture {
+  RopeSpec spec = scheme_spec(Scaling::none, 32);
+  HostTensor q{DType::bf16, 3, 4, 32};
+  HostTensor k{DType::bf16, 3, 2, 32};
+  HostTensor v{DType::bf16, 3, 2, 32};
+  HostPositions positions{std::vector<std::int64_t>{0, 1, 2}};
+  std::vector<std::int64_t> slots{0, 5, -1};
+  HostCache cache{CacheDType::fp8_e4m3, CacheLayout::paged_nhd, 2, 32, 2, 4};
+
+  ErrorFixture() {
+    fill_random(q.view, 11);
+    fill_random(k.view, 12);
+    fill_random(v.view, 13);
+  }
+
+  AppendArgs args() {
+    AppendArgs a;
+    a.q = q.view;
+    a.k = k.cview();
+    a.v = v.cview();
+    a.positions = positions.view();
+    a.slots = slots.data();
+    a.cache = cache.view;
+    return a;
+  }
+
+  /// Both entry points throw `kind` with every part in the message, and write nothing.
+  void expect_rejected(const AppendArgs& a, ErrorKind kind, const std::vector<std::string>& parts) {
+    const CpuEngine engine(spec, CpuOptions{2});
+    const std::vector<std::vector<std::byte>> before = {q.buffer.snapshot(), k.buffer.snapshot(),
+                                                        v.buffer.snapshot(), cache.k.snapshot(),
+                                                        cache.v.snapshot()};
+    EXPECT_TRUE(throws_error([&] { engine.append(a); }, kind, parts));
+    EXPECT_TRUE(throws_error([&] { append_reference(spec, a); }, kind, parts));
+    EXPECT_TRUE(throws_error([&] { validate_append_args(spec, a); }, kind, parts));
+    EXPECT_TRUE(bytes_equal(before[0], q.buffer));
+    EXPECT_TRUE(bytes_equal(before[1], k.buffer));
+    EXPECT_TRUE(bytes_equal(before[2], v.buffer));
+    EXPECT_TRUE(bytes_equal(before[3], cache.k));
+    EXPECT_TRUE(bytes_equal(before[4], cache.v));
+  }
+};
+
+TEST(KvAppendErrors, ValidCallOfTheFixtureSucceeds) {
+  // The error cases below differ from this call in one field each.
+  ErrorFixture f;
+  f.cache.view.k_scale = 0.5f;
+  const AppendArgs a = f.args();
+  EXPECT_NO_THROW(append_reference(f.spec, a));
+  EXPECT_NO_THROW(CpuEngine(f.spec, CpuOptions{2}).append(a));
+}
+
+TEST(KvAppendErrors, SlotOutOfRange) {
+  ErrorFixture f;
+  f.slots = {0, 8, -1};  // 2 blocks x 4 = 8 slots
+  f.expect_rejected(f.args(), ErrorKind::out_of_range, {"slot 8", "token index 1", "[0, 8)"});
+  f.slots = {0, 1, -2};
+  f.expect_rejected(f.args(), ErrorKind::out_of_range, {"slot -2", "token index 2", "[0, 8)"});
+}
+
+TEST(KvAppendErrors, DuplicateSlot) {
+  ErrorFixture f;
+  f.slots = {6, 2, 6};
+  f.expect_rejected(f.args(), ErrorKind::invalid_argument, {"slot 6", "token index 0", "token index 2"});
+}
+
+TEST(KvAppendErrors, WrongHeadsAndShapes) {
+  ErrorFixture f;
+  AppendArgs a = f.args();
+  a.cache.kv_heads = 4;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"k heads 2", "cache.kv_heads 4"});
+  a = f.args();
+  a.v.heads = 1;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"v heads 1", "cache.kv_heads 2"});
+  a = f.args();
+  a.cache.head_dim = 64;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.head_dim 64", "spec.head_dim 32"});
+  a = f.args();
+  a.v.dtype = DType::f16;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"v dtype float16", "k dtype bfloat16"});
+  a = f.args();
+  a.k = ConstTensorView();
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"k is absent"});
+  a = f.args();
+  a.slots = nullptr;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"slots is null"});
+  a = f.args();
+  a.cache.blocks = 0;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.blocks 0"});
+}
+
+TEST(KvAppendErrors, BadScale) {
+  ErrorFixture f;
+  for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    AppendArgs a = f.args();
+    a.cache.v_scale = bad;
+    f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.v_scale", "finite and > 0"});
+  }
+  // A bf16 cache of one block fits the fp8 cache's bytes; a scale there would be silently ignored.
+  AppendArgs a = f.args();
+  a.cache.dtype = CacheDType::bf16;
+  a.cache.blocks = 1;
+  std::vector<std::int64_t> slots = {0, 1, -1};
+  a.slots = slots.data();
+  a.cache.k_scale = 2.0f;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.k_scale", "must be 1", "bfloat16"});
+}
+
+TEST(KvAppendErrors, CacheOverlappingInputs) {
+  ErrorFixture f;
+  AppendArgs a = f.args();
+  a.cache.v = a.cache.k;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.k and cache.v", "overlap"});
+  // A cache laid over V (the rows of 2 tokens fit in it): V would be overwritten while read.
+  a = f.args();
+  a.cache.v = f.v.buffer.data();
+  a.cache.dtype = CacheDType::bf16;
+  a.cache.blocks = 1;
+  a.cache.block_len = 2;
+  std::vector<std::int64_t> slots = {0, 1, -1};
+  a.slots = slots.data();
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.v", "overlaps v"});
+}
+
+// ---- slots_from_block_table --------------------------------------------------------------------
+
+TEST(SlotsFromBlockTable, HandComputedExample) {
+  // Two sequences, two blocks each, page_size 4, 8 blocks in the cache.
+  const std::vector<std::int64_t> table = {7, 2,   // sequence 0: positions 0-3 in block 7, 4-7 in block 2
+                                           5, 0};  // sequence 1: positions 0-3 in block 5, 4-7 in block 0
+  const std::vector<std::int64_t> seq = {0, 1, -1, 0, 1};
+  const std::vector<std::int64_t> pos = {5, 0, 0, 3, 7};
+  const std::vector<std::int64_t> slots = slots_from_block_table(table, 2, seq, pos, 4, 8);
+  // (0, 5): block 2 offset 1 = 9; (1, 0): block 5 offset 0 = 20; padding; (0, 3): 7*4+3 = 31; (1, 7): 0*4+3 = 3
+  EXPECT_EQ(slots, (std::vector<std::int64_t>{9, 20, -1, 31, 3}));
+}
+
+TEST(SlotsFromBlockTable, Errors) {
+  const std::vector<std::int64_t> table = {7, 2, 5, 8};
+  const std::vector<std::int64_t> one = {0};
+  expect_error([&] { slots_from_block_table(table, 2, std::vector<std::int64_t>{1}, std::vector<std::int64_t>{6}, 4, 8); },
+               ErrorKind::out_of_range, {"block id 8", "block_table[1][1]", "token index 0", "[0, 8)"});
+  expect_error([&] { slots_from_block_table(table, 2, std::vector<std::int64_t>{2}, one, 4, 8); },
+               ErrorKind::out_of_range, {"token_seq 2", "[0, 2)"});
+  expect_error([&] { slots_from_block_table(table, 2, one, std::vector<std::int64_t>{8}, 4, 8); },
+               ErrorKind::out_of_range, {"token_pos 8", "[0, 8)"});
+  expect_error([&] { slots_from_block_table(table, 3, one, one, 4, 8); }, ErrorKind::invalid_argument,
+               {"block_table size 4", "blocks_per_seq 3"});
+  expect_error([&] { slots_from_block_table(table, 2, one, std::vector<std::int64_t>{}, 4, 8); },
+               ErrorKind::invalid_argument, {"token_seq has 1", "token_pos has 0"});
+}
+
+}  // namespace
+}  // namespace posenc::test
