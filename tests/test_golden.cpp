@@ -148,6 +148,10 @@ TEST_P(Golden, MatchesTransformers) {
   const std::string layer_type = meta["layer_type"].get<std::string>();
   const posenc::RopeSpec own_spec = model.spec(layer_type == "default" ? "default" : layer_type);
   const bool gpu = posenc::gpu::available();
+  if (!gpu) {
+    std::cout << "[ NOTE     ] " << GetParam() << ": GPU half not run (" << posenc::gpu::unavailable_reason()
+              << "); the CPU engine is checked\n";
+  }
 
   for (const auto& c : meta["cases"]) {
     const std::string case_name = c["name"].get<std::string>();
