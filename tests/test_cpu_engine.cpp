@@ -504,3 +504,50 @@ TEST(CpuEngineRowCache, RepeatedCallsReuseRowsBitForBit) {
 }
 
 }  // namespace
+
+namespace {
+
+// Operation counters: off by default (nothing counted), on: calls, tokens and the bytes the calls
+// must move (in place: only the rotary window; out of place: whole heads), reset to zero.
+TEST(CpuEngineCounters, CountCallsTokensAndBytesOnlyWhenEnabled) {
+  RopeSpec spec;
+  spec.head_dim = 128;
+  spec.rotary_dim = 64;  // partial: in place moves only the window
+  const CpuEngine engine(spec);
+  const std::vector<std::int64_t> positions = {0, 1, 2, 3, 4};
+  HostTensor q(DType::bf16, 5, 4, 128);
+  HostTensor k(DType::bf16, 5, 2, 128);
+  fill_random(q.view, 1);
+  fill_random(k.view, 2);
+  RopeArgs args;
+  args.q = q.view;
+  args.k = k.view;
+  args.positions = {positions.data(), IndexType::i64, 5};
+
+  engine.apply(args);
+  EXPECT_EQ(engine.counters().calls, 0) << "counters are off by default";
+
+  engine.enable_counters(true);
+  engine.apply(args);  // in place
+  HostTensor q_out(DType::bf16, 5, 4, 128);
+  RopeArgs out_of_place = args;
+  out_of_place.q = q_out.view;
+  out_of_place.q_src = q.cview();
+  out_of_place.k = TensorView{};
+  engine.apply(out_of_place);  // Q only, out of place
+  const OperationCounters c = engine.counters();
+  EXPECT_EQ(c.calls, 2);
+  EXPECT_EQ(c.tokens, 10);
+  const std::int64_t in_place = 2 * 5 * (4 + 2) * 64 * 2;  // 2 x tokens x heads x window x bf16
+  const std::int64_t q_whole = 2 * 5 * 4 * 128 * 2;
+  EXPECT_EQ(c.bytes, in_place + q_whole);
+
+  engine.enable_counters(false);
+  engine.apply(args);
+  EXPECT_EQ(engine.counters().calls, 2) << "nothing is counted while off";
+  engine.reset_counters();
+  EXPECT_EQ(engine.counters().calls, 0);
+  EXPECT_EQ(engine.counters().bytes, 0);
+}
+
+}  // namespace

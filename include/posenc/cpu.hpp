@@ -23,6 +23,16 @@ void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positi
 /// (the CPU engine, the GPU engine) is tested against it.
 void apply_reference(const RopeSpec& spec, const RopeArgs& args);
 
+/// What an engine has done since its counters were enabled or reset (for monitoring).
+struct OperationCounters {
+  std::int64_t calls = 0;   ///< apply and append calls
+  std::int64_t tokens = 0;  ///< tokens rotated
+  /// Bytes the calls read and wrote: in place 2 x the rotary windows of Q and K (the pass-through
+  /// dims are not touched), out of place 2 x the whole heads; an append also counts the rotated K
+  /// and V rows it reads and the cache rows it writes (padding slots included: an upper bound).
+  std::int64_t bytes = 0;
+};
+
 /// Options of the CPU engine.
 struct CpuOptions {
   int threads = 0;  ///< worker threads; 0 = std::thread::hardware_concurrency()
@@ -52,6 +62,12 @@ class CpuEngine {
   /// bit-identical to append_reference. Unlike apply, this first version allocates the K-sized
   /// scratch per call; rotating K straight into the cache rows will remove it.
   void append(const AppendArgs& args) const;
+
+  /// Operation counters, off by default. Off, a call pays one relaxed atomic load; on, three
+  /// relaxed atomic adds. Safe to read while other threads apply.
+  void enable_counters(bool on) const noexcept;
+  OperationCounters counters() const noexcept;
+  void reset_counters() const noexcept;
 
   const RopeSpec& spec() const noexcept;
   /// The table built at construction (the init-time table for dynamic/longrope).
