@@ -15,6 +15,7 @@
 
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
+#include "posenc/kv_cache.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
 #include "support/specs.hpp"
@@ -548,6 +549,47 @@ TEST(CpuEngineCounters, CountCallsTokensAndBytesOnlyWhenEnabled) {
   engine.reset_counters();
   EXPECT_EQ(engine.counters().calls, 0);
   EXPECT_EQ(engine.counters().bytes, 0);
+}
+
+}  // namespace
+
+namespace {
+
+// The fused append reuses its per-thread K scratch: after a first call of a given size, further
+// calls of that size or smaller allocate nothing (the steady state of decode and prefill).
+TEST(CpuEngine, AppendAllocatesNothingOnceWarm) {
+  RopeSpec spec = scheme_spec(Scaling::none, 128, 64, 0, Pairing::interleaved, Numerics::hf_compatible);
+  const CpuEngine engine(spec, CpuOptions{2});
+  const std::int64_t tokens = 700;  // large enough for the pool
+  HostTensor q(DType::bf16, tokens, 8, 128), k(DType::bf16, tokens, 2, 128), v(DType::bf16, tokens, 2, 128);
+  fill_random(q.view, 1);
+  fill_random(k.view, 2);
+  fill_random(v.view, 3);
+  std::vector<std::int64_t> positions(static_cast<std::size_t>(tokens)), slots(static_cast<std::size_t>(tokens));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    positions[static_cast<std::size_t>(t)] = t;
+    slots[static_cast<std::size_t>(t)] = t;
+  }
+  std::vector<std::uint16_t> k_cache(static_cast<std::size_t>(tokens * 2 * 128)), v_cache(k_cache.size());
+  AppendArgs args;
+  args.q = q.view;
+  args.k = k.cview();
+  args.v = v.cview();
+  args.positions = {positions.data(), IndexType::i64, tokens};
+  args.slots = slots.data();
+  args.cache.k = k_cache.data();
+  args.cache.v = v_cache.data();
+  args.cache.dtype = CacheDType::bf16;
+  args.cache.layout = CacheLayout::contiguous;
+  args.cache.kv_heads = 2;
+  args.cache.head_dim = 128;
+  args.cache.blocks = 1;
+  args.cache.block_len = tokens;
+  engine.append(args);  // warms the scratch
+  EXPECT_EQ(allocations_during([&] {
+              for (int i = 0; i < 3; ++i) engine.append(args);
+            }),
+            0);
 }
 
 }  // namespace

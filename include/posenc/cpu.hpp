@@ -57,10 +57,10 @@ class CpuEngine {
   /// Fused RoPE + KV-cache append (kv_cache.hpp; include it to build AppendArgs): validates
   /// everything first (validate_append_args; nothing is written when it throws), then rotates Q
   /// and K in one pass of apply's kernels (cos/sin once per token, shared by Q and K) with K going
-  /// to a per-call scratch buffer, then casts the rotated K and V into the cache on the pool. The
+  /// to a scratch buffer, then casts the rotated K and V into the cache on the pool. The
   /// cache's K rows hold exactly apply's K bits converted to the cache dtype; results are
-  /// bit-identical to append_reference. Unlike apply, this first version allocates the K-sized
-  /// scratch per call; rotating K straight into the cache rows will remove it.
+  /// bit-identical to append_reference. The K scratch belongs to the calling thread and only
+  /// grows: a call allocates only when it is larger than every earlier one on that thread.
   void append(const AppendArgs& args) const;
 
   /// Operation counters, off by default. Off, a call pays one relaxed atomic load; on, three

@@ -128,7 +128,9 @@ void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t li
   if (reinterpret_cast<std::uintptr_t>(slots) % alignof(std::int64_t) != 0) {
     fail(ErrorKind::invalid_argument, "slots is not aligned to its 8-byte elements");
   }
-  std::vector<std::pair<std::int64_t, std::int64_t>> used;  // (slot, token index)
+  // (slot, token index); per thread and grow-only, so a steady stream of calls allocates nothing.
+  thread_local std::vector<std::pair<std::int64_t, std::int64_t>> used;
+  used.clear();
   used.reserve(static_cast<std::size_t>(tokens));
   for (std::int64_t i = 0; i < tokens; ++i) {
     const std::int64_t s = slots[i];

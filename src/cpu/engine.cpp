@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <vector>
 
 #include "core/kv_detail.hpp"
 #include "core/rope_math.hpp"
@@ -326,11 +327,14 @@ void CpuEngine::append(const AppendArgs& args) const {
 
   // K goes through apply's kernels into a dense scratch tensor (the caller's K is not written), in
   // the same call as Q: cos/sin are computed once per token for both, and the cache receives
-  // exactly apply's K bits. The scratch costs one allocation of K's size per call.
+  // exactly apply's K bits. The scratch belongs to the calling thread and only grows, so steady
+  // decode and prefill steps allocate nothing.
   const ConstTensorView& k = args.k;
   const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
-  auto scratch = std::make_unique<std::uint32_t[]>(static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4));
-  const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
+  thread_local std::vector<std::uint32_t> scratch;
+  const auto words = static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4);
+  if (scratch.size() < words) scratch.resize(words);
+  const TensorView rotated_k = TensorView::contiguous(scratch.data(), k.dtype, k.tokens, k.heads, k.head_dim);
   RopeArgs rope;
   rope.q = args.q;
   rope.q_src = args.q_src;
