@@ -18,6 +18,7 @@
 #include "posenc/kv_cache.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
+#include "support/kernel_build.hpp"
 #include "support/specs.hpp"
 
 // Counts heap allocations program-wide while enabled, to prove apply allocates nothing.
@@ -196,22 +197,6 @@ struct Case {
   return ::testing::AssertionSuccess();
 }
 
-/// Selects the kernel build for engines constructed while it lives: "baseline" and "avx2" cap the
-/// instruction set (POSENC_CPU_ISA), "native" leaves the choice to the CPU's features (AVX-512
-/// where present). A cap above what the CPU has changes nothing, so every value runs everywhere.
-class KernelBuild {
- public:
-  explicit KernelBuild(const std::string& isa) {
-    if (isa == "native") {
-      unsetenv("POSENC_CPU_ISA");
-    } else {
-      setenv("POSENC_CPU_ISA", isa.c_str(), 1);
-    }
-  }
-  ~KernelBuild() { unsetenv("POSENC_CPU_ISA"); }
-  KernelBuild(const KernelBuild&) = delete;
-  KernelBuild& operator=(const KernelBuild&) = delete;
-};
 
 class EngineSweep : public ::testing::TestWithParam<std::string> {};
 

@@ -12,6 +12,7 @@
 #include "posenc/error.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
+#include "support/kernel_build.hpp"
 #include "support/reference64.hpp"
 #include "support/specs.hpp"
 
@@ -315,20 +316,6 @@ TEST(MultiAxisReference, ChatGlmBlockPositionRotatesOnlySecondHalf) {
 
 // ---- 3. CpuEngine = apply_reference ---------------------------------------------------------------
 
-/// Selects the kernel build for engines constructed while it lives (as test_cpu_engine does).
-class KernelBuild {
- public:
-  explicit KernelBuild(const std::string& isa) {
-    if (isa == "native") {
-      unsetenv("POSENC_CPU_ISA");
-    } else {
-      setenv("POSENC_CPU_ISA", isa.c_str(), 1);
-    }
-  }
-  ~KernelBuild() { unsetenv("POSENC_CPU_ISA"); }
-  KernelBuild(const KernelBuild&) = delete;
-  KernelBuild& operator=(const KernelBuild&) = delete;
-};
 
 /// Destination layouts: dense, or strided with poisoned gaps between heads and tokens.
 HostTensor make(bool strided, DType dtype, std::int64_t tokens, std::int64_t heads, std::int64_t head_dim) {
