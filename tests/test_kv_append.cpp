@@ -13,44 +13,11 @@
 #include "posenc/kv_cache.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
+#include "support/kv_image.hpp"
 #include "support/specs.hpp"
 
 namespace posenc::test {
 namespace {
-
-// ---- an independent OCP E4M3FN encoder: nearest of the 127 finite magnitudes, ties to the even code
-
-double e4m3_value(int code) {
-  const int exp = (code >> 3) & 0xf;
-  const int mant = code & 7;
-  return exp == 0 ? std::ldexp(mant, -9) : std::ldexp(1.0 + mant / 8.0, exp - 7);
-}
-
-/// e4m3_value of the finite magnitudes 0x00..0x7e, computed once (the sweep below calls the
-/// encoder millions of times).
-const std::vector<double>& e4m3_magnitudes() {
-  static const std::vector<double> table = [] {
-    std::vector<double> t;
-    for (int code = 0; code <= 0x7e; ++code) t.push_back(e4m3_value(code));
-    return t;
-  }();
-  return table;
-}
-
-std::uint8_t e4m3_expected(float x) {
-  const std::uint8_t sign = std::signbit(x) ? 0x80 : 0x00;
-  if (std::isnan(x)) return static_cast<std::uint8_t>(0x7f | sign);
-  const double a = std::fabs(static_cast<double>(x));
-  if (a >= 448.0) return static_cast<std::uint8_t>(0x7e | sign);  // saturate (inf included)
-  const std::vector<double>& values = e4m3_magnitudes();
-  int best = 0;
-  for (int code = 1; code <= 0x7e; ++code) {
-    const double d = std::fabs(values[static_cast<std::size_t>(code)] - a);
-    const double b = std::fabs(values[static_cast<std::size_t>(best)] - a);
-    if (d < b || (d == b && code % 2 == 0)) best = code;  // a tie goes to the even mantissa
-  }
-  return static_cast<std::uint8_t>(best | sign);
-}
 
 float bits_to_float(std::uint32_t u) {
   float f;
@@ -106,63 +73,6 @@ TEST(E4m3, EncoderMatchesNearestEvenWithSaturation) {
 
 // ---- the append fixture ------------------------------------------------------------------------
 
-/// A poisoned cache with its own K and V buffers.
-struct HostCache {
-  HostBuffer k;
-  HostBuffer v;
-  KvCacheView view;
-
-  HostCache(CacheDType dtype, CacheLayout layout, std::int64_t kv_heads, std::int64_t head_dim, std::int64_t blocks,
-            std::int64_t block_len) {
-    const std::int64_t bytes = blocks * block_len * kv_heads * head_dim * size_of(dtype);
-    k = HostBuffer(bytes);
-    v = HostBuffer(bytes);
-    view = KvCacheView{k.data(), v.data(), dtype, layout, kv_heads, head_dim, blocks, block_len};
-  }
-};
-
-/// Element offset of (slot, head, d), written from the layout drawings independently of the library.
-std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h, std::int64_t d) {
-  const std::int64_t block = slot / c.block_len;
-  const std::int64_t offset = slot % c.block_len;
-  switch (c.layout) {
-    case CacheLayout::contiguous:  // [batch, max_len, heads, dim], slot = b * max_len + t
-    case CacheLayout::paged_nhd:   // [blocks, page, heads, dim]
-      return ((block * c.block_len + offset) * c.kv_heads + h) * c.head_dim + d;
-    case CacheLayout::paged_hnd:  // [blocks, heads, page, dim]
-      return ((block * c.kv_heads + h) * c.block_len + offset) * c.head_dim + d;
-  }
-  return -1;
-}
-
-/// The cache bits of an activation element of bits `bits`: its exact value cast by the test's own
-/// encoders (encode_value rounds to nearest even; fp8 divides by the scale in float32 first).
-std::uint32_t cast_bits(DType from, std::uint32_t bits, CacheDType to, float scale) {
-  const double value = decode_bits(from, bits);
-  switch (to) {
-    case CacheDType::f32:
-      return encode_value(DType::f32, value);
-    case CacheDType::f16:
-      return encode_value(DType::f16, value);
-    case CacheDType::bf16:
-      return encode_value(DType::bf16, value);
-    case CacheDType::fp8_e4m3:
-      return e4m3_expected(static_cast<float>(value) / scale);
-  }
-  return 0;
-}
-
-/// Writes `bits` as element `index` of a cache image of dtype `t`.
-void put(std::vector<std::byte>& image, CacheDType t, std::int64_t index, std::uint32_t bits) {
-  const std::int64_t size = size_of(t);
-  if (size == 4) std::memcpy(image.data() + index * 4, &bits, 4);
-  if (size == 2) {
-    const auto b = static_cast<std::uint16_t>(bits);
-    std::memcpy(image.data() + index * 2, &b, 2);
-  }
-  if (size == 1) image[static_cast<std::size_t>(index)] = static_cast<std::byte>(bits);
-}
-
 struct Case {
   RopeSpec spec;
   DType act = DType::bf16;
@@ -216,18 +126,9 @@ void run_case(const Case& c) {
 
   // The expected cache image: poison, then each slotted token's rows.
   HostCache reference_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
-  std::vector<std::byte> want_k = reference_cache.k.snapshot();
-  std::vector<std::byte> want_v = reference_cache.v.snapshot();
-  for (std::int64_t t = 0; t < c.tokens; ++t) {
-    if (slots[t] < 0) continue;
-    for (std::int64_t h = 0; h < c.kv_heads; ++h) {
-      for (std::int64_t e = 0; e < d; ++e) {
-        const std::int64_t index = cache_index(reference_cache.view, slots[t], h, e);
-        put(want_k, c.cache, index, cast_bits(c.act, load_bits(k_want.cview(), t, h, e), c.cache, c.k_scale));
-        put(want_v, c.cache, index, cast_bits(c.act, load_bits(v.cview(), t, h, e), c.cache, c.v_scale));
-      }
-    }
-  }
+  reference_cache.view.k_scale = c.k_scale;
+  reference_cache.view.v_scale = c.v_scale;
+  const CacheImage want = expected_cache(reference_cache, k_want.cview(), v.cview(), slots);
 
   const auto k_before = k.buffer.snapshot();
   const auto v_before = v.buffer.snapshot();
@@ -256,8 +157,8 @@ void run_case(const Case& c) {
       append_reference(c.spec, args);
     }
     EXPECT_TRUE(bits_equal(q_want.cview(), q.cview()));
-    EXPECT_TRUE(bytes_equal(want_k, cache.k));
-    EXPECT_TRUE(bytes_equal(want_v, cache.v));
+    EXPECT_TRUE(bytes_equal(want.k, cache.k));
+    EXPECT_TRUE(bytes_equal(want.v, cache.v));
     EXPECT_TRUE(bytes_equal(k_before, k.buffer));
     EXPECT_TRUE(bytes_equal(v_before, v.buffer));
     if (c.out_of_place) {

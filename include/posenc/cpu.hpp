@@ -3,6 +3,7 @@
 
 #include <memory>
 
+#include "posenc/counters.hpp"
 #include "posenc/rope.hpp"
 #include "posenc/tensor.hpp"
 
@@ -22,16 +23,6 @@ void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positi
 /// for the call, and applies the math of rope.hpp with the spec's numerics. Every other path
 /// (the CPU engine, the GPU engine) is tested against it.
 void apply_reference(const RopeSpec& spec, const RopeArgs& args);
-
-/// What an engine has done since its counters were enabled or reset (for monitoring).
-struct OperationCounters {
-  std::int64_t calls = 0;   ///< apply and append calls
-  std::int64_t tokens = 0;  ///< tokens rotated
-  /// Bytes the calls read and wrote: in place 2 x the rotary windows of Q and K (the pass-through
-  /// dims are not touched), out of place 2 x the whole heads; an append also counts the rotated K
-  /// and V rows it reads and the cache rows it writes (padding slots included: an upper bound).
-  std::int64_t bytes = 0;
-};
 
 /// Options of the CPU engine.
 struct CpuOptions {

@@ -7,9 +7,14 @@
 #include <string>
 #include <vector>
 
+#include "posenc/counters.hpp"
 #include "posenc/glm.hpp"
 #include "posenc/rope.hpp"
 #include "posenc/tensor.hpp"
+
+namespace posenc {
+struct AppendArgs;  // kv_cache.hpp
+}  // namespace posenc
 
 namespace posenc::gpu {
 
@@ -174,9 +179,39 @@ class GpuEngine {
   /// throws); positions are not read on the host.
   void apply(const RopeArgs& args, StreamRef stream) const;
 
-  /// Synchronizes `stream`, then throws if a kernel fault or a recorded bad position is pending
-  /// (and clears the record). Cheap enough to call once per step, not meant for the hot path.
+  /// Fused RoPE + KV-cache append (kv_cache.hpp; include it to build AppendArgs), one launch on
+  /// `stream`: Q is rotated in place (or from q_src into q), K is rotated and written with V into
+  /// the cache rows of each token's slot, cast to the cache dtype (fp8_e4m3 with its per-tensor
+  /// scale). Every pointer is a device pointer, `args.slots` included (positions.count int64
+  /// values). Results are bit-identical to CpuEngine::append / append_reference.
+  ///
+  /// Host validation is validate_append_args' except what would need device data: positions
+  /// and slots are not read on the host. In the kernel a slot outside [-1, cache.slots())
+  /// writes nothing (its token's Q is still rotated) and is recorded; `check` reports the first
+  /// such token as Error(out_of_range) with its index, the slot and the limit. Slot -1 skips the
+  /// token's K and V (padding). Two tokens given the same slot both write that row, in an
+  /// unspecified order (the CPU engine rejects this; on the device it would cost a pass over all
+  /// slots). Like apply: no allocation, no copy, no synchronization; graph-capturable.
+  void append(const AppendArgs& args, StreamRef stream) const;
+
+  /// Synchronizes `stream`, then throws if a kernel fault, a recorded bad position or a recorded
+  /// bad slot is pending (and clears the record). Cheap enough to call once per step, not meant
+  /// for the hot path.
   void check(StreamRef stream) const;
+
+  /// Operation counters (counters.hpp), off by default. Off, a call pays one relaxed atomic
+  /// load; on, three relaxed atomic adds. With `device_timing`, each apply/append outside graph
+  /// capture also records a pair of events around its launches on the call's stream (events the
+  /// engine creates here, once; the hot path still allocates nothing and never waits). Timings
+  /// are collected by `counters()` without waiting: pairs whose work has finished are added to
+  /// device_ms. While all `timing_slots` pairs are still pending a call goes untimed (it is
+  /// still counted in calls). Turning timing off keeps the events until the engine is destroyed.
+  static constexpr int timing_slots = 256;
+  void enable_counters(bool on, bool device_timing = false) const;
+  /// Reads the counters (and collects finished device timings). Safe while other threads apply.
+  OperationCounters counters() const;
+  /// Zeroes the counters; timings still pending are dropped.
+  void reset_counters() const;
 
   const RopeSpec& spec() const noexcept;
   const FrequencyTable& frequencies() const noexcept;

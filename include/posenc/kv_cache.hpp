@@ -2,7 +2,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <span>
 #include <vector>
 
@@ -61,59 +60,13 @@ const char* to_string(CacheDType dtype) noexcept;
 
 /// float -> OCP E4M3FN bits: round to nearest even with saturation to +-448 (inf included);
 /// NaN -> 0x7f | sign. The rounding step is PyTorch's c10 fp8e4m3fn_from_fp32_value, applied
-/// after the clamp that makes it saturate.
-inline std::uint8_t float_to_e4m3_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  const std::uint32_t sign = u & 0x80000000u;
-  std::uint32_t abs = u ^ sign;
-  const auto sign8 = static_cast<std::uint8_t>(sign >> 24);
-  if (abs > 0x7f800000u) return static_cast<std::uint8_t>(0x7fu | sign8);  // NaN
-  if (abs >= 0x43e00000u) return static_cast<std::uint8_t>(0x7eu | sign8);  // >= 448: saturate
-  std::uint8_t r;
-  if (abs < (121u << 23)) {
-    // Below 2^-6 (the smallest normal): adding 2^14 makes float's ulp 2^-9, the e4m3 subnormal
-    // spacing, so the IEEE add rounds to that grid with ties to even; the difference of the bits
-    // is the count of 2^-9 steps (8 = a carry into the smallest normal, encoded correctly).
-    constexpr std::uint32_t denorm_mask = 141u << 23;
-    float magic;
-    float value;
-    std::memcpy(&magic, &denorm_mask, 4);
-    std::memcpy(&value, &abs, 4);
-    const float sum = value + magic;
-    std::memcpy(&abs, &sum, 4);
-    r = static_cast<std::uint8_t>(abs - denorm_mask);
-  } else {
-    // Normal: rebias the exponent (127 -> 7) and round the 20 dropped mantissa bits to nearest
-    // even; a carry moves the exponent (448 is the largest result below the clamp).
-    const std::uint32_t mant_odd = (abs >> 20) & 1u;
-    abs += (static_cast<std::uint32_t>(7 - 127) << 23) + 0x7ffffu + mant_odd;
-    r = static_cast<std::uint8_t>(abs >> 20);
-  }
-  return static_cast<std::uint8_t>(r | sign8);
-}
+/// after the clamp that makes it saturate. (The same code converts on the GPU.)
+std::uint8_t float_to_e4m3_bits(float f) noexcept;
 
 /// OCP E4M3FN bits -> float (exact; 0x7f/0xff -> NaN).
-inline float e4m3_bits_to_float(std::uint8_t bits) noexcept {
-  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x80u) << 24;
-  const std::uint32_t exp = (bits >> 3) & 0xfu;
-  const std::uint32_t mant = bits & 0x7u;
-  std::uint32_t u;
-  if (exp == 0xfu && mant == 0x7u) {
-    u = sign | 0x7fc00000u;
-  } else if (exp == 0) {
-    float v = static_cast<float>(mant) * 0.001953125f;  // mant * 2^-9, exact
-    if (sign != 0) v = -v;
-    return v;
-  } else {
-    u = sign | ((exp + 120u) << 23) | (mant << 20);
-  }
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+float e4m3_bits_to_float(std::uint8_t bits) noexcept;
 
-/// A KV cache in host memory (or, for the GPU engine to come, device memory): two tensors K and V
+/// A KV cache in host memory (CpuEngine) or device memory (gpu::GpuEngine): two tensors K and V
 /// of the same layout, dtype and shape. Not owned.
 struct KvCacheView {
   void* k = nullptr;
@@ -164,7 +117,6 @@ void validate_append_args(const RopeSpec& spec, const AppendArgs& args);
 /// The definition of the fused append: validate, apply_reference to Q and to K (into a scratch
 /// buffer of K's dtype), then for every token with a slot cast the rotated K and V row by row into
 /// the cache. Plain scalar loops, no threads. CpuEngine::append (cpu.hpp) is tested against it.
-/// The GPU engine's append is to come (issue "Inference integration").
 void append_reference(const RopeSpec& spec, const AppendArgs& args);
 
 /// Builds a vLLM-style slot mapping from a block table, on the host.

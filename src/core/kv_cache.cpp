@@ -42,6 +42,9 @@ const char* to_string(CacheDType dtype) noexcept {
   return "unknown";
 }
 
+std::uint8_t float_to_e4m3_bits(float f) noexcept { return detail::to_e4m3_bits(f); }
+float e4m3_bits_to_float(std::uint8_t bits) noexcept { return detail::from_e4m3_bits(bits); }
+
 namespace detail {
 namespace {
 
@@ -122,12 +125,17 @@ std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
   return bytes;
 }
 
-/// Every slot is -1 or in [0, limit), and no non-negative slot appears twice.
-void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t limit) {
+/// The slots pointer is usable (host or device memory).
+void check_slots_pointer(const std::int64_t* slots) {
   if (slots == nullptr) fail(ErrorKind::invalid_argument, "slots is null (one slot per token is required; -1 skips)");
   if (reinterpret_cast<std::uintptr_t>(slots) % alignof(std::int64_t) != 0) {
     fail(ErrorKind::invalid_argument, "slots is not aligned to its 8-byte elements");
   }
+}
+
+/// Every slot is -1 or in [0, limit), and no non-negative slot appears twice (host memory).
+void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t limit) {
+  check_slots_pointer(slots);
   // (slot, token index); per thread and grow-only, so a steady stream of calls allocates nothing.
   thread_local std::vector<std::pair<std::int64_t, std::int64_t>> used;
   used.clear();
@@ -155,7 +163,7 @@ void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t li
 
 }  // namespace
 
-CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a) {
+CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_data) {
   if (!a.k.present()) fail(ErrorKind::invalid_argument, "k is absent (k.data is null); an append needs K");
   // Q and K exactly as apply validates them: K as a destination (its scratch copy is, and K must
   // not overlap Q, which is written while K is read).
@@ -165,7 +173,7 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a) {
   rope.k = TensorView{const_cast<void*>(a.k.data), a.k.dtype, a.k.tokens, a.k.heads,
                       a.k.head_dim, a.k.token_stride, a.k.head_stride};
   rope.positions = a.positions;
-  const CallInfo info = validate_call(spec, rope, /*check_positions=*/true);
+  const CallInfo info = validate_call(spec, rope, /*check_positions=*/!device_data);
 
   check_input("v", a.v, spec, a.positions);
   if (a.v.dtype != a.k.dtype) {
@@ -209,7 +217,11 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a) {
       }
     }
   }
-  check_slots(a.slots, a.positions.count, a.cache.slots());
+  if (device_data) {
+    check_slots_pointer(a.slots);  // the values are checked by the kernel (gpu.hpp GpuEngine::append)
+  } else {
+    check_slots(a.slots, a.positions.count, a.cache.slots());
+  }
   return info;
 }
 
@@ -266,7 +278,7 @@ void write_row(DType from, const void* src, CacheDType to, void* dst, std::int64
         break;
       }
       case CacheDType::fp8_e4m3:
-        out[d] = static_cast<char>(float_to_e4m3_bits(x / scale));
+        out[d] = static_cast<char>(to_e4m3_bits(x / scale));
         break;
     }
   }

@@ -10,7 +10,9 @@ namespace posenc::detail {
 
 /// validate_append_args without spec.validate() (engines validate their spec at construction).
 /// Returns what validate_call learned about the rotation of Q (in place or not, largest position).
-CallInfo validate_append(const RopeSpec& spec, const AppendArgs& args);
+/// `device_data`: positions and slots live in device memory and are not read (the GPU engine's
+/// kernel checks them); everything else is checked the same way.
+CallInfo validate_append(const RopeSpec& spec, const AppendArgs& args, bool device_data = false);
 
 /// One cast-and-scatter pass: token t's rotated K rows (from `k`, the scratch apply wrote) and V
 /// rows go to the cache rows of slots[t]; slot -1 skips the token. Lives in the caller's frame

@@ -153,6 +153,46 @@ POSENC_HD float f16_round(float f) {
   return bits_float(sign | r);
 }
 
+/// float -> OCP E4M3FN bits (the fp8 KV cache, kv_cache.hpp): round to nearest even, saturating
+/// to +-448 (inf included); NaN -> 0x7f | sign. PyTorch's c10 fp8e4m3fn_from_fp32_value after the
+/// clamp that makes it saturate.
+POSENC_HD std::uint8_t to_e4m3_bits(float f) {
+  const std::uint32_t u = float_bits(f);
+  const std::uint32_t sign = u & 0x80000000u;
+  std::uint32_t abs = u ^ sign;
+  const auto sign8 = static_cast<std::uint8_t>(sign >> 24);
+  if (abs > 0x7f800000u) return static_cast<std::uint8_t>(0x7fu | sign8);  // NaN
+  if (abs >= 0x43e00000u) return static_cast<std::uint8_t>(0x7eu | sign8);  // >= 448: saturate
+  std::uint8_t r;
+  if (abs < (121u << 23)) {
+    // Below 2^-6 (the smallest normal): adding 2^14 makes float's ulp 2^-9, the e4m3 subnormal
+    // spacing, so the IEEE add rounds to that grid with ties to even; the difference of the bits
+    // is the count of 2^-9 steps (8 = a carry into the smallest normal, encoded correctly).
+    constexpr std::uint32_t denorm_mask = 141u << 23;
+    r = static_cast<std::uint8_t>(float_bits(add_rn(bits_float(abs), bits_float(denorm_mask))) - denorm_mask);
+  } else {
+    // Normal: rebias the exponent (127 -> 7) and round the 20 dropped mantissa bits to nearest
+    // even; a carry moves the exponent (448 is the largest result below the clamp).
+    const std::uint32_t mant_odd = (abs >> 20) & 1u;
+    abs += (static_cast<std::uint32_t>(7 - 127) << 23) + 0x7ffffu + mant_odd;
+    r = static_cast<std::uint8_t>(abs >> 20);
+  }
+  return static_cast<std::uint8_t>(r | sign8);
+}
+
+/// OCP E4M3FN bits -> float (exact; 0x7f/0xff -> NaN).
+POSENC_HD float from_e4m3_bits(std::uint8_t bits) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(bits & 0x80u) << 24;
+  const std::uint32_t exp = (bits >> 3) & 0xfu;
+  const std::uint32_t mant = bits & 0x7u;
+  if (exp == 0xfu && mant == 0x7u) return bits_float(sign | 0x7fc00000u);
+  if (exp == 0) {
+    const float v = mul_rn(static_cast<float>(mant), 0.001953125f);  // mant * 2^-9, exact
+    return sign != 0 ? -v : v;
+  }
+  return bits_float(sign | ((exp + 120u) << 23) | (mant << 20));
+}
+
 /// Whether round_act below uses the device's hardware conversions (checked by the GPU kernels).
 #if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_ROUNDING)
 #define POSENC_MATH_HAS_DEVICE_ROUNDING 1

@@ -13,6 +13,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/counting.hpp"
 #include "core/kv_detail.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
@@ -127,19 +128,6 @@ KernelTensor kernel_tensor(const TensorView& dst, const ConstTensorView& src, bo
 
 }  // namespace
 
-/// Bytes a call reads and writes (OperationCounters::bytes): in place only the rotary window
-/// moves; out of place whole heads are read and written. Sizes were validated to fit in 64 bits.
-std::int64_t moved_bytes(const RopeArgs& args, const detail::CallInfo& info, const RopeSpec& spec) {
-  const std::int64_t element = size_of(args.q.dtype);
-  const auto tensor_bytes = [&](const TensorView& v, bool in_place) {
-    const std::int64_t per_head = in_place ? spec.rotary() : spec.head_dim;
-    return 2 * info.tokens * v.heads * per_head * element;
-  };
-  std::int64_t bytes = tensor_bytes(args.q, info.q_in_place);
-  if (args.k.present()) bytes += tensor_bytes(args.k, info.k_in_place);
-  return bytes;
-}
-
 /// Most bytes of cos/sin rows an engine caches (65536 positions for 64 pairs).
 constexpr std::int64_t row_cache_bytes = std::int64_t{32} << 20;
 
@@ -169,16 +157,8 @@ struct CpuEngine::State {
   /// cos/sin rows by position for fixed-table schemes (row_cache.hpp); null for dynamic/longrope.
   std::unique_ptr<cpu_detail::RowCache> rows;
 
-  /// Operation counters (cpu.hpp OperationCounters); `counting` gates them so they cost nothing off.
-  mutable std::atomic<bool> counting{false};
-  mutable std::atomic<std::int64_t> counted_calls{0};
-  mutable std::atomic<std::int64_t> counted_tokens{0};
-  mutable std::atomic<std::int64_t> counted_bytes{0};
-  void count(std::int64_t tokens, std::int64_t bytes, std::int64_t calls = 1) const noexcept {
-    counted_calls.fetch_add(calls, std::memory_order_relaxed);
-    counted_tokens.fetch_add(tokens, std::memory_order_relaxed);
-    counted_bytes.fetch_add(bytes, std::memory_order_relaxed);
-  }
+  /// Operation counters (counters.hpp); off, they cost one relaxed load per call.
+  mutable detail::CounterSet counters;
 
   mutable cpu_detail::ThreadPool pool;  // running work does not change the engine's state
 
@@ -304,7 +284,7 @@ void CpuEngine::apply(const RopeArgs& args) const {
 
   const KernelFn kernel = s.kernels[static_cast<std::size_t>(args.q.dtype)];
   const std::int64_t tokens = info.tokens;
-  if (s.counting.load(std::memory_order_relaxed)) s.count(tokens, moved_bytes(args, info, s.spec));
+  if (s.counters.enabled()) s.counters.count(1, tokens, detail::moved_bytes(args, info, s.spec));
   // Bytes read and written per token (an estimate for scheduling, so double cannot overflow).
   const double token_bytes = 2.0 * static_cast<double>(size_of(args.q.dtype)) * static_cast<double>(s.spec.head_dim) *
                              static_cast<double>(args.q.heads + (call.has_k ? args.k.heads : 0));
@@ -352,10 +332,9 @@ void CpuEngine::append(const AppendArgs& args) const {
   // Bytes read and written per token, as apply estimates them.
   const double token_bytes = static_cast<double>(k.heads * k.head_dim) *
                              (2.0 * static_cast<double>(size_of(k.dtype)) + 2.0 * static_cast<double>(size_of(args.cache.dtype)));
-  if (s.counting.load(std::memory_order_relaxed)) {
-    // The inner apply counted the call and its Q/K traffic; add the K/V rows read and the cache
-    // rows written (every token's, padding slots included: an upper bound).
-    s.count(0, tokens * k.heads * k.head_dim * 2 * (size_of(k.dtype) + size_of(args.cache.dtype)), 0);
+  if (s.counters.enabled()) {
+    // The inner apply counted the call and its Q/K traffic; add the K/V rows and cache rows.
+    s.counters.count(0, 0, detail::append_extra_bytes(args));
   }
   const int threads = s.pool.threads();
   if (threads == 1 || tokens == 1 || token_bytes * static_cast<double>(tokens) < parallel_min_bytes) {
@@ -368,21 +347,11 @@ void CpuEngine::append(const AppendArgs& args) const {
   if (!s.pool.try_run(tokens, chunk, &detail::scatter_tokens, &call)) detail::scatter_tokens(&call, 0, tokens);
 }
 
-void CpuEngine::enable_counters(bool on) const noexcept {
-  state_->counting.store(on, std::memory_order_relaxed);
-}
+void CpuEngine::enable_counters(bool on) const noexcept { state_->counters.on.store(on, std::memory_order_relaxed); }
 
-OperationCounters CpuEngine::counters() const noexcept {
-  const State& s = *state_;
-  return {s.counted_calls.load(std::memory_order_relaxed), s.counted_tokens.load(std::memory_order_relaxed),
-          s.counted_bytes.load(std::memory_order_relaxed)};
-}
+OperationCounters CpuEngine::counters() const noexcept { return state_->counters.read(); }
 
-void CpuEngine::reset_counters() const noexcept {
-  state_->counted_calls.store(0, std::memory_order_relaxed);
-  state_->counted_tokens.store(0, std::memory_order_relaxed);
-  state_->counted_bytes.store(0, std::memory_order_relaxed);
-}
+void CpuEngine::reset_counters() const noexcept { state_->counters.reset(); }
 
 const RopeSpec& CpuEngine::spec() const noexcept { return state_->spec; }
 const FrequencyTable& CpuEngine::frequencies() const noexcept { return state_->table; }

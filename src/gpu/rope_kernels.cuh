@@ -1,4 +1,4 @@
-// GPU RoPE device code: the rotation kernel, the frequency-selection pre-pass and their helpers (no host code).
+// GPU RoPE device code: the rotation kernel (plain and fused with the KV-cache append) and its helpers (no host code).
 //
 // The per-element arithmetic is rope_math.hpp, shared with the CPU engine, so hf_compatible is
 // bit-identical between the engines. This file only decides which thread touches which bytes.
@@ -25,6 +25,7 @@
 #include "gpu/vendor.hpp"
 #include "core/rope_math.hpp"
 #include "gpu/rope_params.hpp"
+#include "posenc/kv_cache.hpp"
 #include "posenc/rope.hpp"
 
 #if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_ROUNDING) && !POSENC_MATH_HAS_DEVICE_ROUNDING
@@ -129,10 +130,11 @@ __device__ __forceinline__ std::int64_t load_position(const void* positions, boo
                 : static_cast<const std::int32_t*>(positions)[token];
 }
 
-/// Records an out-of-range position (see fault_words). A plain read first keeps the atomics off
-/// the common path when many tokens are bad: the words only decrease.
-__device__ __forceinline__ void record_bad_position(unsigned long long* fault, std::int64_t token,
-                                                    std::int64_t pos) {
+/// Records an out-of-range position or slot `pos` of `token` in the fault word pair at `fault`
+/// (see fault_words). A plain read first keeps the atomics off the common path when many tokens
+/// are bad: the words only decrease.
+__device__ __forceinline__ void record_bad_value(unsigned long long* fault, std::int64_t token,
+                                                 std::int64_t pos) {
   const auto index = static_cast<unsigned long long>(token);
   if (index >= *static_cast<volatile unsigned long long*>(&fault[0])) return;
   constexpr unsigned long long index_cap = 0xffffffffull;
@@ -146,14 +148,18 @@ __device__ __forceinline__ void record_bad_position(unsigned long long* fault, s
   atomicMin(&fault[1], key);
 }
 
-/// The element pointers of head `h` (combined Q+K index) of `token`.
+/// Where row (token, head) of a launch is read and written.
 template <typename S>
 struct HeadPointers {
-  S* dst;
+  S* dst;                 ///< Q rows, and K rows of a plain rotation
   const S* src;
+  unsigned char* cache;   ///< append: the cache row this K or V row goes to (else nullptr)
   bool copy_pass_through;
+  bool rotate;            ///< false for V rows, which are copied as they are
+  float scale;            ///< fp8 cache: the row's tensor scale
 };
 
+/// The row pointers of head `h` (combined Q+K index) of `token`.
 template <typename S>
 __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams& p,
                                                          std::int64_t token, int h) {
@@ -168,7 +174,87 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
   const std::int64_t sts = is_q ? p.q.src_token_stride : p.k.src_token_stride;
   const std::int64_t shs = is_q ? p.q.src_head_stride : p.k.src_head_stride;
   const bool copy = (is_q ? p.q.copy_pass_through : p.k.copy_pass_through) != 0;
-  return {dst + token * dts + head * dhs, src + token * sts + head * shs, copy};
+  return {dst + token * dts + head * dhs, src + token * sts + head * shs, nullptr, copy, true, 1.0f};
+}
+
+__device__ __forceinline__ int cache_element_bytes(std::int32_t dtype) {
+  return dtype == static_cast<std::int32_t>(CacheDType::f32)        ? 4
+         : dtype == static_cast<std::int32_t>(CacheDType::fp8_e4m3) ? 1
+                                                                     : 2;
+}
+
+/// Row pointers of an append launch, whose heads are [Q..., K..., V...]. A K or V row whose
+/// token has slot -1 is inactive; a slot outside [0, slot_limit) is recorded and inactive, so
+/// no slot value can make the kernel write outside the cache (kv_cache.hpp draws the layouts).
+template <typename S>
+__device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelParams& p,
+                                                               std::int64_t token, int h,
+                                                               bool& active) {
+  if (h < p.q_heads) return head_pointers<S>(p, token, h);
+  const KernelCache& c = p.cache;
+  const bool is_k = h < p.q_heads + c.kv_heads;
+  const std::int64_t head = h - p.q_heads - (is_k ? 0 : c.kv_heads);
+  const std::int64_t slot = c.slots[token];
+  if (slot < 0 || slot >= c.slot_limit) {
+    if (slot != -1) record_bad_value(p.fault + slot_fault, token, slot);
+    active = false;
+    return HeadPointers<S>{nullptr, nullptr, nullptr, false, false, 1.0f};
+  }
+  std::int64_t row;
+  if (c.head_major != 0) {
+    const std::int64_t block = slot / c.block_len;
+    row = (block * c.kv_heads + head) * c.block_len + (slot - block * c.block_len);
+  } else {
+    row = slot * c.kv_heads + head;
+  }
+  const std::int64_t offset = row * c.head_dim * cache_element_bytes(c.dtype);
+  const S* src = is_k ? static_cast<const S*>(p.k.src) + token * p.k.src_token_stride + head * p.k.src_head_stride
+                      : static_cast<const S*>(c.v_src) + token * c.v_token_stride + head * c.v_head_stride;
+  unsigned char* cache = static_cast<unsigned char*>(is_k ? c.k : c.v) + offset;
+  return {nullptr, src, cache, true, is_k, is_k ? c.k_scale : c.v_scale};
+}
+
+/// Stores V consecutive elements converted to the cache dtype, in accesses of at most 16 bytes.
+template <typename C, int V, typename Convert>
+__device__ __forceinline__ void store_converted(C* dst, const float (&f)[V], Convert convert) {
+  constexpr int chunk = V * static_cast<int>(sizeof(C)) > 16 ? 16 / static_cast<int>(sizeof(C)) : V;
+#pragma unroll
+  for (int c = 0; c < V; c += chunk) {
+    Packed<C, chunk> out;
+#pragma unroll
+    for (int i = 0; i < chunk; ++i) out.v[i] = convert(f[c + i]);
+    store_packed<C, chunk>(dst + c, out);
+  }
+}
+
+/// Writes V activation elements at element `offset` of a cache row, cast as kv_cache.hpp says
+/// (exactly write_row of the CPU path: a cache of the activation dtype receives the bits).
+template <Act A, int V>
+__device__ __forceinline__ void store_cache(unsigned char* row, int offset,
+                                            const Packed<storage_t<A>, V>& x, std::int32_t dtype,
+                                            float scale) {
+  using S = storage_t<A>;
+  constexpr CacheDType same = A == Act::f32 ? CacheDType::f32 : A == Act::f16 ? CacheDType::f16 : CacheDType::bf16;
+  if (dtype == static_cast<std::int32_t>(same)) {
+    store_packed<S, V>(reinterpret_cast<S*>(row) + offset, x);
+    return;
+  }
+  float f[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) f[v] = to_float<A>(x.v[v]);
+  if (dtype == static_cast<std::int32_t>(CacheDType::f32)) {
+    store_converted<float, V>(reinterpret_cast<float*>(row) + offset, f, [](float y) { return y; });
+  } else if (dtype == static_cast<std::int32_t>(CacheDType::f16)) {
+    store_converted<std::uint16_t, V>(reinterpret_cast<std::uint16_t*>(row) + offset, f,
+                                      [](float y) { return posenc::detail::to_f16_bits(y); });
+  } else if (dtype == static_cast<std::int32_t>(CacheDType::bf16)) {
+    store_converted<std::uint16_t, V>(reinterpret_cast<std::uint16_t*>(row) + offset, f,
+                                      [](float y) { return posenc::detail::to_bf16_bits(y); });
+  } else {
+    store_converted<std::uint8_t, V>(row + offset, f, [scale](float y) {
+      return posenc::detail::to_e4m3_bits(__fdiv_rn(y, scale));
+    });
+  }
 }
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
@@ -202,11 +288,13 @@ inline constexpr int rows_in_flight = 4;
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
+/// Append: the fused RoPE + KV-cache append; the rows are [Q..., K..., V...] and K/V rows go to
+/// the cache (append_row_pointers, store_cache).
 ///
 /// Per tile: the loads of the first batch of rows are issued, then the block computes the tile's
 /// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
 /// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
-template <Act A, Pairing P, Numerics N, int V>
+template <Act A, Pairing P, Numerics N, int V, bool Append>
 __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads)
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
@@ -281,11 +369,17 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         const int r = (b * U + u) * slots + slot;  // neighbouring slots take neighbouring rows
         active[u] = r < rows;
         row_token[u] = 0;
-        hp[u] = HeadPointers<S>{nullptr, nullptr, false};
+        hp[u] = HeadPointers<S>{nullptr, nullptr, nullptr, false, true, 1.0f};
         if (active[u]) {
           const int t = r / p.total_heads;
           row_token[u] = t;
-          hp[u] = head_pointers<S>(p, first_token + t, r - t * p.total_heads);
+          if constexpr (Append) {
+            hp[u] = append_row_pointers<S>(p, first_token + t, r - t * p.total_heads, active[u]);
+          } else {
+            hp[u] = head_pointers<S>(p, first_token + t, r - t * p.total_heads);
+          }
+        }
+        if (active[u]) {
           if (rotary_lane) {
             va[u] = load_packed<S, V>(hp[u].src + in_a);
             vb[u] = load_packed<S, V>(hp[u].src + in_b);
@@ -307,7 +401,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           const std::int64_t pos =
               load_position(p.positions, p.positions_i64 != 0, stream * p.stream_stride + first_token + t);
           if (pos < 0 || pos >= p.position_limit) {
-            record_bad_position(p.fault, first_token + t, pos);
+            record_bad_value(p.fault + position_fault, first_token + t, pos);
           }
           table[i] = cos_sin<A, N>(p.inv_freq[pair], pos, p);
         }
@@ -319,12 +413,27 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       for (int u = 0; u < U; ++u) {
         if (!active[u]) continue;
         if (!rotary_lane) {
-          if (hp[u].copy_pass_through) store_packed<S, V>(hp[u].dst + out_a, va[u]);
+          if (!hp[u].copy_pass_through) continue;
+          if constexpr (Append) {
+            if (hp[u].cache != nullptr) {
+              store_cache<A, V>(hp[u].cache, out_a, va[u], p.cache.dtype, hp[u].scale);
+              continue;
+            }
+          }
+          store_packed<S, V>(hp[u].dst + out_a, va[u]);
           continue;
         }
         const CosSin* cs = table + row_token[u] * p.half + lane * V;
         Vec ra;
         Vec rb;
+        if (!hp[u].rotate) {
+          // A V row of an append: copied to the cache where it was read.
+          if constexpr (Append) {
+            store_cache<A, V>(hp[u].cache, in_a, va[u], p.cache.dtype, hp[u].scale);
+            store_cache<A, V>(hp[u].cache, in_b, vb[u], p.cache.dtype, hp[u].scale);
+          }
+          continue;
+        }
         if constexpr (packed) {
           // Two pairs per step in native 16-bit arithmetic (vendor.hpp: same bits as rotate_hf).
           // A word holds elements (2w, 2w+1); pairs (2q, 2q+1) need a's in one word, b's in another.
@@ -379,67 +488,17 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
             }
           }
         }
+        if constexpr (Append) {
+          if (hp[u].cache != nullptr) {
+            store_cache<A, V>(hp[u].cache, out_a, ra, p.cache.dtype, hp[u].scale);
+            store_cache<A, V>(hp[u].cache, out_b, rb, p.cache.dtype, hp[u].scale);
+            continue;
+          }
+        }
         store_packed<S, V>(hp[u].dst + out_a, ra);
         store_packed<S, V>(hp[u].dst + out_b, rb);
       }
     }
-  }
-}
-
-/// The call's table for Scaling::dynamic with seq_len > max_position_embeddings, pair i: the
-/// float32 tensor arithmetic of Hugging Face's dynamic NTK update, operation for operation as
-/// compute_frequencies (core/frequencies.cpp, dynamic_theta and inv_freq_for_base). Each pow is
-/// evaluated in double and rounded once to float32; the host's per-pair pow is glibc powf, so an
-/// entry may differ from the CPU table by 1 float32 ulp (documented in rope_launch.cu).
-__device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::int64_t seq_len,
-                                                  int i) {
-  using posenc::detail::mul_rn;
-  using posenc::detail::sub_rn;
-  const float s = static_cast<float>(seq_len);
-  const float ratio = sub_rn(__fdiv_rn(mul_rn(p.factor, s), p.max_positions), p.factor_minus_one);
-  // torch turns `** 2` and `** 3` into multiplies (R = 4 gives 2).
-  float scale;
-  if (p.exponent == 2.0) {
-    scale = mul_rn(ratio, ratio);
-  } else if (p.exponent == 3.0) {
-    scale = mul_rn(mul_rn(ratio, ratio), ratio);
-  } else {
-    scale = static_cast<float>(pow(static_cast<double>(ratio), p.exponent));
-  }
-  const float base = mul_rn(p.base, scale);
-  const float e = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(p.rotary_dim));
-  const float pw = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(e)));
-  return __fdiv_rn(1.0f, pw);
-}
-
-/// Frequency-selection pre-pass (one block of select_block_threads): reduces max(position) and
-/// writes the table for this call into `out`, in stream order before the rotation launch.
-__global__ void __launch_bounds__(select_block_threads) select_frequencies_kernel(
-    const SelectParams p) {
-  __shared__ std::int64_t partial[select_block_threads];
-  std::int64_t m = INT64_MIN;
-  for (std::int64_t t = threadIdx.x; t < p.tokens; t += blockDim.x) {
-    const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, t);
-    m = pos > m ? pos : m;
-  }
-  partial[threadIdx.x] = m;
-  __syncthreads();
-  for (int stride = select_block_threads / 2; stride > 0; stride /= 2) {
-    if (static_cast<int>(threadIdx.x) < stride) {
-      const std::int64_t other = partial[threadIdx.x + stride];
-      partial[threadIdx.x] = other > partial[threadIdx.x] ? other : partial[threadIdx.x];
-    }
-    __syncthreads();
-  }
-  const std::int64_t max_pos = partial[0];
-  const std::int64_t seq_len = max_pos == INT64_MAX ? max_pos : max_pos + 1;
-  const bool call_table = seq_len > p.threshold;
-  for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x)) {
-    float f = p.init_table[i];
-    if (call_table) {
-      f = p.mode == SelectMode::longrope ? p.long_table[i] : dynamic_inv_freq(p, seq_len, i);
-    }
-    p.out[i] = f;
   }
 }
 

@@ -28,22 +28,29 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
 #include "gpu/check.hpp"
-#include "gpu/rope_kernels.cuh"
+#include "gpu/rope_dispatch.hpp"
 #include "gpu/rope_params.hpp"
+#include "gpu/select_kernel.cuh"
 #include "gpu/vendor.hpp"
+#include "core/counting.hpp"
+#include "core/kv_detail.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
+#include "posenc/kv_cache.hpp"
 
 namespace posenc::gpu {
 namespace {
 
-using detail::Act;
+using detail::KernelPair;
 using detail::KernelTensor;
+using detail::RopeKernel;
 using detail::RopeKernelParams;
 using detail::SelectParams;
 
@@ -59,14 +66,7 @@ constexpr std::int64_t slots_offset = 256;
 
 constexpr const char* rope_op = "posenc rope";
 constexpr const char* select_op = "posenc frequency selection";
-
-using RopeKernel = void (*)(RopeKernelParams);
-
-/// The two instantiations for one (dtype, pairing, numerics).
-struct KernelPair {
-  RopeKernel vectorized = nullptr;
-  RopeKernel generic = nullptr;
-};
+constexpr const char* append_op = "posenc rope + kv append";
 
 constexpr int dtype_count = 3;
 
@@ -81,46 +81,6 @@ int dtype_index(DType t) {
 }
 
 constexpr DType dtype_at[dtype_count] = {DType::f32, DType::f16, DType::bf16};
-
-// ---- runtime values -> template parameters: the only dispatch -----------------------------------
-
-template <Act A, Pairing P, Numerics N>
-KernelPair kernels_for() {
-  return {&detail::rope_kernel<A, P, N, detail::vector_width<A>>, &detail::rope_kernel<A, P, N, 1>};
-}
-
-template <Act A, Pairing P>
-KernelPair dispatch_numerics(Numerics n) {
-  switch (n) {
-    case Numerics::hf_compatible: return kernels_for<A, P, Numerics::hf_compatible>();
-    case Numerics::hf_fp32_apply: return kernels_for<A, P, Numerics::hf_fp32_apply>();
-    case Numerics::accurate: return kernels_for<A, P, Numerics::accurate>();
-  }
-  throw Error(ErrorKind::unsupported,
-              "GPU engine: unsupported numerics value " + std::to_string(static_cast<int>(n)));
-}
-
-template <Act A>
-KernelPair dispatch_pairing(Pairing p, Numerics n) {
-  switch (p) {
-    case Pairing::half_split: return dispatch_numerics<A, Pairing::half_split>(n);
-    case Pairing::interleaved: return dispatch_numerics<A, Pairing::interleaved>(n);
-    case Pairing::interleaved_to_half: return dispatch_numerics<A, Pairing::interleaved_to_half>(n);
-    case Pairing::half_split_2d: return dispatch_numerics<A, Pairing::half_split_2d>(n);
-  }
-  throw Error(ErrorKind::unsupported,
-              "GPU engine: unsupported pairing value " + std::to_string(static_cast<int>(p)));
-}
-
-KernelPair dispatch_kernels(DType t, Pairing p, Numerics n) {
-  switch (t) {
-    case DType::f32: return dispatch_pairing<Act::f32>(p, n);
-    case DType::f16: return dispatch_pairing<Act::f16>(p, n);
-    case DType::bf16: return dispatch_pairing<Act::bf16>(p, n);
-  }
-  throw Error(ErrorKind::unsupported,
-              "GPU engine: unsupported dtype value " + std::to_string(static_cast<int>(t)));
-}
 
 // ---- launch shape -------------------------------------------------------------------------------
 
@@ -206,24 +166,108 @@ class CurrentDevice {
 
 }  // namespace
 
+namespace detail {
+
+/// Device timing of the counters (gpu.hpp enable_counters): a ring of event pairs, created once.
+/// A slot is free, being recorded (its stop event is not yet enqueued: not collectable), or
+/// pending until its stop event has completed and its time is collected.
+struct DeviceTiming {
+  enum class SlotState : std::uint8_t { free, recording, pending };
+  std::mutex mutex;
+  int ordinal = -1;
+  cudaEvent_t start[GpuEngine::timing_slots] = {};
+  cudaEvent_t stop[GpuEngine::timing_slots] = {};
+  SlotState state[GpuEngine::timing_slots] = {};
+  int next = 0;
+  std::int64_t timed_calls = 0;
+  double device_ms = 0.0;
+
+  explicit DeviceTiming(int device) : ordinal(device) {
+    for (int i = 0; i < GpuEngine::timing_slots; ++i) {
+      POSENC_GPU_CHECK(cudaEventCreate(&start[i]));
+      POSENC_GPU_CHECK(cudaEventCreate(&stop[i]));
+    }
+  }
+  ~DeviceTiming() {
+    for (int i = 0; i < GpuEngine::timing_slots; ++i) {
+      if (start[i] != nullptr) (void)cudaEventDestroy(start[i]);
+      if (stop[i] != nullptr) (void)cudaEventDestroy(stop[i]);
+    }
+  }
+  DeviceTiming(const DeviceTiming&) = delete;
+  DeviceTiming& operator=(const DeviceTiming&) = delete;
+
+  /// Adds slot i's time if its stop event has completed (caller holds the mutex). Never waits.
+  bool collect(int i) {
+    if (state[i] != SlotState::pending) return state[i] == SlotState::free;
+    const cudaError_t ready = cudaEventQuery(stop[i]);
+    if (ready == cudaErrorNotReady) return false;
+    POSENC_GPU_CHECK(ready);
+    float ms = 0.0f;
+    POSENC_GPU_CHECK(cudaEventElapsedTime(&ms, start[i], stop[i]));
+    device_ms += static_cast<double>(ms);
+    ++timed_calls;
+    state[i] = SlotState::free;
+    return true;
+  }
+
+  /// Records the start event of a timed call on `stream` and returns its slot, or -1 when the
+  /// stream is being captured or every slot is still pending (the call goes untimed).
+  int begin(cudaStream_t stream) {
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    POSENC_GPU_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return -1;
+    std::lock_guard<std::mutex> lock(mutex);
+    const int i = next;
+    if (!collect(i)) return -1;
+    POSENC_GPU_CHECK(cudaEventRecord(start[i], stream));
+    state[i] = SlotState::recording;
+    next = (next + 1) % GpuEngine::timing_slots;
+    return i;
+  }
+
+  void end(int i, cudaStream_t stream) {
+    std::lock_guard<std::mutex> lock(mutex);
+    POSENC_GPU_CHECK(cudaEventRecord(stop[i], stream));
+    state[i] = SlotState::pending;
+  }
+};
+
+}  // namespace detail
+
 struct GpuEngine::State {
   RopeSpec spec;
   FrequencyTable table;
   Device device;
   DeviceBuffer tables;   ///< float32: init/short table [half], then the long table (longrope)
   DeviceBuffer scratch;  ///< fault words at 0, selection slots at slots_offset
-  KernelPair kernels[dtype_count];
-  int resident_blocks[dtype_count][2] = {};  ///< per SM, at target_block_threads; [vectorized, generic]
+  KernelPair kernels[2][dtype_count];  ///< [plain rotation, append][dtype]
+  int resident_blocks[2][dtype_count][2] = {};  ///< per SM, at target_block_threads; [.][.][vectorized, generic]
   RopeKernelParams base;                      ///< spec-derived fields, filled once
   SelectParams select;                        ///< spec-derived fields, filled once
   bool call_dependent = false;
   mutable std::atomic<std::uint32_t> next_slot{0};
+
+  mutable posenc::detail::CounterSet counters;
+  mutable std::atomic<bool> timing_on{false};
+  mutable std::mutex timing_mutex;                   ///< guards creating `timing`
+  mutable std::unique_ptr<detail::DeviceTiming> timing;      ///< created by the first enable with timing
 
   unsigned long long* fault() const { return static_cast<unsigned long long*>(scratch.data()); }
   float* slot(std::uint32_t i) const {
     return reinterpret_cast<float*>(static_cast<char*>(scratch.data()) + slots_offset) +
            static_cast<std::int64_t>(i) * base.half;
   }
+  detail::DeviceTiming* active_timing() const {
+    if (!timing_on.load(std::memory_order_relaxed)) return nullptr;
+    std::lock_guard<std::mutex> lock(timing_mutex);
+    return timing.get();
+  }
+
+  /// Everything apply and append share after validation: the pre-pass (call-dependent tables),
+  /// the launch shape, the launch and its checks, and the counters.
+  void launch(RopeKernelParams p, bool append, const PositionsView& positions, std::int64_t tokens,
+              detail::LaunchRecord record, std::int64_t bytes, StreamRef stream) const;
 };
 
 GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::make_unique<State>()) {
@@ -272,6 +316,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
   const std::int64_t scratch_bytes =
       s.call_dependent ? slots_offset + selection_slots * half * std::int64_t{sizeof(float)}
                        : std::int64_t{detail::fault_words * sizeof(unsigned long long)};
+  static_assert(detail::fault_words * sizeof(unsigned long long) <= slots_offset);
   s.scratch = DeviceBuffer(device, scratch_bytes);
   {
     Stream setup(device);
@@ -319,13 +364,16 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
   // Kernels of this spec's pairing and numerics, and their occupancy (also loads them now rather
   // than at the first apply).
   for (int i = 0; i < dtype_count; ++i) {
-    s.kernels[i] = dispatch_kernels(dtype_at[i], spec.pairing, spec.numerics);
-    const RopeKernel ks[2] = {s.kernels[i].vectorized, s.kernels[i].generic};
-    for (int j = 0; j < 2; ++j) {
-      int blocks = 0;
-      POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-          &blocks, ks[j], target_block_threads, detail::max_tile_table_bytes / 2));
-      s.resident_blocks[i][j] = std::max(1, blocks);
+    s.kernels[0][i] = detail::dispatch_kernels<false>(dtype_at[i], spec.pairing, spec.numerics);
+    s.kernels[1][i] = detail::append_kernels(dtype_at[i], spec.pairing, spec.numerics);
+    for (int a = 0; a < 2; ++a) {
+      const RopeKernel ks[2] = {s.kernels[a][i].vectorized, s.kernels[a][i].generic};
+      for (int j = 0; j < 2; ++j) {
+        int blocks = 0;
+        POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &blocks, ks[j], target_block_threads, detail::max_tile_table_bytes / 2));
+        s.resident_blocks[a][i][j] = std::max(1, blocks);
+      }
     }
   }
 }
@@ -338,74 +386,48 @@ const RopeSpec& GpuEngine::spec() const noexcept { return state_->spec; }
 const FrequencyTable& GpuEngine::frequencies() const noexcept { return state_->table; }
 const Device& GpuEngine::device() const noexcept { return state_->device; }
 
-void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
-  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::apply on a moved-from engine");
-  const State& s = *state_;
-  const posenc::detail::CallInfo info = posenc::detail::validate_call(s.spec, args, /*check_positions=*/false);
-  const std::int64_t tokens = info.tokens;
-
-  const std::int64_t q_heads = args.q.heads;
-  const std::int64_t k_heads = args.k.present() ? args.k.heads : 0;
-  if (q_heads + k_heads > INT_MAX) {
-    throw Error(ErrorKind::unsupported, "GPU engine: " + std::to_string(q_heads + k_heads) +
-                                            " heads exceed the kernel's limit of " +
-                                            std::to_string(INT_MAX));
-  }
-  const DType dtype = args.q.dtype;
+void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsView& positions,
+                              std::int64_t tokens, detail::LaunchRecord record, std::int64_t bytes,
+                              StreamRef stream) const {
+  const DType dtype = record.dtype;
   const int di = dtype_index(dtype);
-  const std::int64_t head_dim = s.spec.head_dim;
-  const bool partial = s.base.rotary_dim < head_dim;
-
-  RopeKernelParams p = s.base;
-  p.q = kernel_tensor(args.q, args.q_src, info.q_in_place, partial);
-  if (k_heads > 0) p.k = kernel_tensor(args.k, args.k_src, info.k_in_place, partial);
-  p.positions = args.positions.data;
-  p.positions_i64 = args.positions.type == IndexType::i64 ? 1 : 0;
-  p.stream_stride = args.positions.streams > 1 ? args.positions.stream_stride : 0;
-  p.q_heads = static_cast<std::int32_t>(q_heads);
-  p.total_heads = static_cast<std::int32_t>(q_heads + k_heads);
+  const std::int64_t head_dim = spec.head_dim;
   const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
 
   // The vectorized instantiation needs every V-element access 16-byte aligned.
   const std::int64_t v = 16 / size_of(dtype);
   // half_split_2d: each half's Q = R/4 pairs must split into whole vectors too.
-  const std::int64_t lane_pairs = s.spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
-  const bool vectorized = s.spec.rotary_offset % v == 0 && lane_pairs % v == 0 &&
-                          (!copies || head_dim % v == 0) && vector_path_ok(p.q, v) &&
-                          (k_heads == 0 || vector_path_ok(p.k, v));
+  const std::int64_t lane_pairs = spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
+  bool vectorized = spec.rotary_offset % v == 0 && lane_pairs % v == 0 && (!copies || head_dim % v == 0) &&
+                    vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v));
+  if (append) {
+    // The cache rows are head_dim apart: V-element accesses stay aligned when the bases are.
+    const detail::KernelCache& c = p.cache;
+    vectorized = vectorized && head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) &&
+                 c.v_token_stride % v == 0 && c.v_head_stride % v == 0;
+  }
   const std::int64_t width = vectorized ? v : 1;
   p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
   const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
 
-  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, p.half, s.device.multiprocessor_count(),
-                                         s.resident_blocks[di][vectorized ? 0 : 1]);
+  const int ai = append ? 1 : 0;
+  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, p.half, device.multiprocessor_count(),
+                                         resident_blocks[ai][di][vectorized ? 0 : 1]);
   p.tokens = tokens;
   p.tile_tokens = shape.tile_tokens;
-
-  detail::LaunchRecord record;
-  record.op = rope_op;
-  record.tokens = tokens;
-  record.q_heads = q_heads;
-  record.k_heads = k_heads;
-  record.head_dim = head_dim;
-  record.rotary_dim = p.rotary_dim;
-  record.rotary_offset = p.rotary_offset;
-  record.dtype = dtype;
-  record.pairing = s.spec.pairing;
-  record.numerics = s.spec.numerics;
-  record.positions = args.positions.type;
-  record.in_place = info.q_in_place && info.k_in_place;
   record.vectorized = vectorized;
 
   const auto native = static_cast<cudaStream_t>(stream.native());
-  CurrentDevice current(s.device.ordinal());
+  CurrentDevice current(device.ordinal());
+  detail::DeviceTiming* const timer = active_timing();
+  const int timed = timer != nullptr ? timer->begin(native) : -1;
 
-  if (s.call_dependent) {
-    SelectParams sp = s.select;
-    sp.positions = args.positions.data;
+  if (call_dependent) {
+    SelectParams sp = select;
+    sp.positions = positions.data;
     sp.tokens = tokens;
     sp.positions_i64 = p.positions_i64;
-    sp.out = s.slot(s.next_slot.fetch_add(1, std::memory_order_relaxed) % selection_slots);
+    sp.out = slot(next_slot.fetch_add(1, std::memory_order_relaxed) % selection_slots);
     p.inv_freq = sp.out;
     detail::LaunchRecord select_record = record;
     select_record.op = select_op;
@@ -415,9 +437,180 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
   }
 
   detail::record_launch(native, record);
-  const RopeKernel kernel = vectorized ? s.kernels[di].vectorized : s.kernels[di].generic;
+  const RopeKernel kernel = vectorized ? kernels[ai][di].vectorized : kernels[ai][di].generic;
   kernel<<<shape.grid, shape.block, shape.table_bytes, native>>>(p);
   POSENC_GPU_CHECK_LAUNCH(record);
+
+  if (timed >= 0) timer->end(timed, native);
+  if (counters.enabled()) counters.count(1, tokens, bytes);
+}
+
+namespace {
+
+/// The launch record of a call (formatted only when an error is reported).
+detail::LaunchRecord launch_record(const char* op, const RopeSpec& spec, const RopeKernelParams& p,
+                                   std::int64_t tokens, std::int64_t k_heads, DType dtype, IndexType positions,
+                                   bool in_place) {
+  detail::LaunchRecord record;
+  record.op = op;
+  record.tokens = tokens;
+  record.q_heads = p.q_heads;
+  record.k_heads = k_heads;
+  record.head_dim = spec.head_dim;
+  record.rotary_dim = p.rotary_dim;
+  record.rotary_offset = p.rotary_offset;
+  record.dtype = dtype;
+  record.pairing = spec.pairing;
+  record.numerics = spec.numerics;
+  record.positions = positions;
+  record.in_place = in_place;
+  return record;
+}
+
+/// Heads of one launch must fit the kernel's 32-bit row arithmetic.
+void check_head_count(std::int64_t heads) {
+  if (heads > INT_MAX) {
+    throw Error(ErrorKind::unsupported, "GPU engine: " + std::to_string(heads) + " heads exceed the kernel's limit of " +
+                                            std::to_string(INT_MAX));
+  }
+}
+
+/// "(not recorded ...)" or the value a fault word pair holds for the token it names.
+std::string fault_value(const unsigned long long* pair) {
+  const unsigned long long index = pair[0];
+  if (index < 0xffffffffull && (pair[1] >> 32) == index) {
+    const auto v = static_cast<std::int32_t>(static_cast<std::uint32_t>(pair[1]) ^ 0x80000000u);
+    std::string value = std::to_string(v);
+    if (v == INT32_MAX) value += " or more";
+    if (v == INT32_MIN) value += " or less";
+    return value;
+  }
+  return "(not recorded for token indices >= 2^32-1)";
+}
+
+void set_positions(RopeKernelParams& p, const PositionsView& positions) {
+  p.positions = positions.data;
+  p.positions_i64 = positions.type == IndexType::i64 ? 1 : 0;
+  p.stream_stride = positions.streams > 1 ? positions.stream_stride : 0;
+}
+
+}  // namespace
+
+void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::apply on a moved-from engine");
+  const State& s = *state_;
+  const posenc::detail::CallInfo info = posenc::detail::validate_call(s.spec, args, /*check_positions=*/false);
+  const std::int64_t tokens = info.tokens;
+  const std::int64_t q_heads = args.q.heads;
+  const std::int64_t k_heads = args.k.present() ? args.k.heads : 0;
+  check_head_count(q_heads + k_heads);
+  const bool partial = s.base.rotary_dim < s.spec.head_dim;
+
+  RopeKernelParams p = s.base;
+  p.q = kernel_tensor(args.q, args.q_src, info.q_in_place, partial);
+  if (k_heads > 0) p.k = kernel_tensor(args.k, args.k_src, info.k_in_place, partial);
+  set_positions(p, args.positions);
+  p.q_heads = static_cast<std::int32_t>(q_heads);
+  p.total_heads = static_cast<std::int32_t>(q_heads + k_heads);
+
+  const detail::LaunchRecord record = launch_record(rope_op, s.spec, p, tokens, k_heads, args.q.dtype,
+                                                    args.positions.type, info.q_in_place && info.k_in_place);
+  const std::int64_t bytes = s.counters.enabled() ? posenc::detail::moved_bytes(args, info, s.spec) : 0;
+  s.launch(p, /*append=*/false, args.positions, tokens, record, bytes, stream);
+}
+
+void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::append on a moved-from engine");
+  const State& s = *state_;
+  const posenc::detail::CallInfo info = posenc::detail::validate_append(s.spec, args, /*device_data=*/true);
+  const std::int64_t tokens = info.tokens;
+  const std::int64_t q_heads = args.q.heads;
+  const std::int64_t kv_heads = args.cache.kv_heads;
+  check_head_count(q_heads + 2 * kv_heads);
+  const bool partial = s.base.rotary_dim < s.spec.head_dim;
+
+  RopeKernelParams p = s.base;
+  p.q = kernel_tensor(args.q, args.q_src, info.q_in_place, partial);
+  // K is only read: its rows go to the cache (and so do the pass-through dims, when partial).
+  p.k.src = args.k.data;
+  p.k.src_token_stride = args.k.token_stride;
+  p.k.src_head_stride = args.k.head_stride;
+  p.k.copy_pass_through = partial ? 1 : 0;
+  detail::KernelCache& c = p.cache;
+  c.k = args.cache.k;
+  c.v = args.cache.v;
+  c.v_src = args.v.data;
+  c.v_token_stride = args.v.token_stride;
+  c.v_head_stride = args.v.head_stride;
+  c.slots = args.slots;
+  c.slot_limit = args.cache.slots();
+  c.block_len = args.cache.block_len;
+  c.kv_heads = static_cast<std::int32_t>(kv_heads);
+  c.head_dim = static_cast<std::int32_t>(s.spec.head_dim);
+  c.head_major = args.cache.layout == CacheLayout::paged_hnd ? 1 : 0;
+  c.dtype = static_cast<std::int32_t>(args.cache.dtype);
+  c.k_scale = args.cache.k_scale;
+  c.v_scale = args.cache.v_scale;
+  set_positions(p, args.positions);
+  p.q_heads = static_cast<std::int32_t>(q_heads);
+  p.total_heads = static_cast<std::int32_t>(q_heads + 2 * kv_heads);
+
+  const detail::LaunchRecord record =
+      launch_record(append_op, s.spec, p, tokens, kv_heads, args.q.dtype, args.positions.type, info.q_in_place);
+  std::int64_t bytes = 0;
+  if (s.counters.enabled()) {
+    RopeArgs rope;
+    rope.q = args.q;
+    rope.q_src = args.q_src;
+    bytes = posenc::detail::moved_bytes(rope, info, s.spec) + posenc::detail::append_extra_bytes(args);
+  }
+  s.launch(p, /*append=*/true, args.positions, tokens, record, bytes, stream);
+}
+
+void GpuEngine::enable_counters(bool on, bool device_timing) const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::enable_counters on a moved-from engine");
+  const State& s = *state_;
+  if (on && device_timing) {
+    std::lock_guard<std::mutex> lock(s.timing_mutex);
+    if (!s.timing) {
+      CurrentDevice current(s.device.ordinal());
+      s.timing = std::make_unique<detail::DeviceTiming>(s.device.ordinal());
+    }
+  }
+  s.counters.on.store(on, std::memory_order_relaxed);
+  s.timing_on.store(on && device_timing, std::memory_order_relaxed);
+}
+
+OperationCounters GpuEngine::counters() const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::counters on a moved-from engine");
+  const State& s = *state_;
+  OperationCounters c = s.counters.read();
+  std::lock_guard<std::mutex> lock(s.timing_mutex);
+  if (s.timing) {
+    detail::DeviceTiming& t = *s.timing;
+    CurrentDevice current(s.device.ordinal());
+    std::lock_guard<std::mutex> ring(t.mutex);
+    for (int i = 0; i < timing_slots; ++i) (void)t.collect(i);
+    c.timed_calls = t.timed_calls;
+    c.device_ms = t.device_ms;
+  }
+  return c;
+}
+
+void GpuEngine::reset_counters() const {
+  if (!state_) throw Error(ErrorKind::invalid_argument, "GpuEngine::reset_counters on a moved-from engine");
+  const State& s = *state_;
+  s.counters.reset();
+  std::lock_guard<std::mutex> lock(s.timing_mutex);
+  if (s.timing) {
+    detail::DeviceTiming& t = *s.timing;
+    std::lock_guard<std::mutex> ring(t.mutex);
+    for (auto& state : t.state) {
+      if (state == detail::DeviceTiming::SlotState::pending) state = detail::DeviceTiming::SlotState::free;
+    }
+    t.timed_calls = 0;
+    t.device_ms = 0.0;
+  }
 }
 
 void GpuEngine::check(StreamRef stream) const {
@@ -430,22 +623,26 @@ void GpuEngine::check(StreamRef stream) const {
   unsigned long long words[detail::fault_words] = {};
   POSENC_GPU_CHECK(cudaMemcpyAsync(words, s.fault(), sizeof(words), cudaMemcpyDeviceToHost, native));
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));
-  if (words[0] == detail::fault_clear) return;
+  const unsigned long long* positions = words + detail::position_fault;
+  const unsigned long long* slots = words + detail::slot_fault;
+  if (positions[0] == detail::fault_clear && slots[0] == detail::fault_clear) return;
   POSENC_GPU_CHECK(cudaMemsetAsync(s.fault(), 0xff, sizeof(words), native));
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));
 
-  const unsigned long long index = words[0];
-  std::string value = "(not recorded for token indices >= 2^32-1)";
-  if (index < 0xffffffffull && (words[1] >> 32) == index) {
-    const auto v = static_cast<std::int32_t>(static_cast<std::uint32_t>(words[1]) ^ 0x80000000u);
-    value = std::to_string(v);
-    if (v == INT32_MAX) value += " or more";
-    if (v == INT32_MIN) value += " or less";
+  std::string message;
+  if (slots[0] != detail::fault_clear) {
+    // The slot's limit is the cache's, which check() does not know; the kernel compared against it.
+    message = "GPU engine: slot " + fault_value(slots) + " of token " + std::to_string(slots[0]) +
+              " is outside [0, cache.slots()) and is not -1 (the first such token since the last check; its K "
+              "and V were not written, its Q was rotated)";
   }
-  throw Error(ErrorKind::out_of_range,
-              "GPU engine: position " + value + " of token " + std::to_string(index) +
-                  " is outside [0, " + std::to_string(s.spec.position_limit) +
-                  ") (the first such token since the last check; it was rotated by its angle)");
+  if (positions[0] != detail::fault_clear) {
+    if (!message.empty()) message += "; and ";
+    message += (message.empty() ? "GPU engine: position " : "position ") + fault_value(positions) + " of token " +
+               std::to_string(positions[0]) + " is outside [0, " + std::to_string(s.spec.position_limit) +
+               ") (the first such token since the last check; it was rotated by its angle)";
+  }
+  throw Error(ErrorKind::out_of_range, message);
 }
 
 }  // namespace posenc::gpu

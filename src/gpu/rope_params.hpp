@@ -17,12 +17,15 @@ inline constexpr int vector_block_threads = 256;
 /// Threads of the frequency-selection pre-pass (one block).
 inline constexpr int select_block_threads = 256;
 
-/// The two device words of an engine's position fault record. Both start at all-ones and only
-/// ever decrease (atomicMin), so concurrent writers need no ordering:
-///   [0] the smallest token index with an out-of-range position;
-///   [1] (min(index, 2^32-1) << 32) | biased int32 value, clamped: for the smallest index below
-///       2^32-1 it holds that token's position (saturated to the int32 range).
-inline constexpr int fault_words = 2;
+/// The device words of an engine's fault record: two for positions, two for slots (append).
+/// All start at all-ones and only ever decrease (atomicMin), so concurrent writers need no
+/// ordering. A pair at `first`:
+///   [first]     the smallest token index with an out-of-range value;
+///   [first + 1] (min(index, 2^32-1) << 32) | biased int32 value, clamped: for the smallest index
+///               below 2^32-1 it holds that token's value (saturated to the int32 range).
+inline constexpr int fault_words = 4;
+inline constexpr int position_fault = 0;
+inline constexpr int slot_fault = 2;
 inline constexpr unsigned long long fault_clear = ~0ull;
 
 /// Q or K as the kernel sees it. `src == dst` in place. Strides are in elements.
@@ -35,6 +38,26 @@ struct KernelTensor {
   std::int64_t src_head_stride = 0;
   /// 1 when out of place: pass-through lanes copy the dims outside the rotary window.
   std::int32_t copy_pass_through = 0;
+};
+
+/// The KV cache of an append launch (kv_cache.hpp's layouts); unused by plain rotations. The
+/// launch's rows are [Q heads..., K heads..., V heads...]: K rows are rotated and V rows copied,
+/// both into the cache row of their token's slot, cast to `dtype` on the way.
+struct KernelCache {
+  void* k = nullptr;
+  void* v = nullptr;
+  const void* v_src = nullptr;  ///< the V input, activation dtype
+  std::int64_t v_token_stride = 0;
+  std::int64_t v_head_stride = 0;
+  const std::int64_t* slots = nullptr;  ///< one per token, device memory; -1 skips the token
+  std::int64_t slot_limit = 0;          ///< blocks * block_len
+  std::int64_t block_len = 0;
+  std::int32_t kv_heads = 0;
+  std::int32_t head_dim = 0;
+  std::int32_t head_major = 0;  ///< 1: paged_hnd; 0: contiguous / paged_nhd (the same formula)
+  std::int32_t dtype = 0;       ///< posenc::CacheDType
+  float k_scale = 1.0f;         ///< fp8 only
+  float v_scale = 1.0f;
 };
 
 /// One rotation launch. The block works on tiles of `tile_tokens` consecutive tokens: it first
@@ -61,6 +84,7 @@ struct RopeKernelParams {
   std::int32_t rotary_dim = 0;
   std::int32_t rotary_offset = 0;
   std::int32_t positions_i64 = 1;
+  KernelCache cache;  ///< append launches only
 };
 
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.

@@ -59,7 +59,11 @@ GpuEngine::~GpuEngine() = default;
 GpuEngine::GpuEngine(GpuEngine&&) noexcept = default;
 GpuEngine& GpuEngine::operator=(GpuEngine&&) noexcept = default;
 void GpuEngine::apply(const RopeArgs&, StreamRef) const { unsupported("GpuEngine::apply"); }
+void GpuEngine::append(const AppendArgs&, StreamRef) const { unsupported("GpuEngine::append"); }
 void GpuEngine::check(StreamRef) const { unsupported("GpuEngine::check"); }
+void GpuEngine::enable_counters(bool, bool) const { unsupported("GpuEngine::enable_counters"); }
+OperationCounters GpuEngine::counters() const { unsupported("GpuEngine::counters"); }
+void GpuEngine::reset_counters() const { unsupported("GpuEngine::reset_counters"); }
 const RopeSpec& GpuEngine::spec() const noexcept {
   static const RopeSpec none;
   return none;

@@ -58,11 +58,12 @@
 #define cudaGraphExecDestroy hipGraphExecDestroy
 #define cudaGraphDestroy hipGraphDestroy
 
-// Events (bench/).
+// Events (bench/, engine counters).
 #define cudaEventCreate hipEventCreate
 #define cudaEventDestroy hipEventDestroy
 #define cudaEventRecord hipEventRecord
 #define cudaEventSynchronize hipEventSynchronize
+#define cudaEventQuery hipEventQuery
 #define cudaEventElapsedTime hipEventElapsedTime
 
 // Memory.

@@ -1,0 +1,70 @@
+// GPU device code of the frequency-selection pre-pass (Scaling::longrope, Scaling::dynamic): one block picks or computes the call's table (no host code).
+//
+// A non-template kernel, so it lives apart from rope_kernels.cuh (included by two translation
+// units) and is included by rope_launch.cu alone.
+#pragma once
+
+#include <cstdint>
+
+#include "gpu/rope_kernels.cuh"
+
+namespace posenc::gpu::detail {
+
+/// The call's table for Scaling::dynamic with seq_len > max_position_embeddings, pair i: the
+/// float32 tensor arithmetic of Hugging Face's dynamic NTK update, operation for operation as
+/// compute_frequencies (core/frequencies.cpp, dynamic_theta and inv_freq_for_base). Each pow is
+/// evaluated in double and rounded once to float32; the host's per-pair pow is glibc powf, so an
+/// entry may differ from the CPU table by 1 float32 ulp (documented in rope_launch.cu).
+__device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::int64_t seq_len,
+                                                  int i) {
+  using posenc::detail::mul_rn;
+  using posenc::detail::sub_rn;
+  const float s = static_cast<float>(seq_len);
+  const float ratio = sub_rn(__fdiv_rn(mul_rn(p.factor, s), p.max_positions), p.factor_minus_one);
+  // torch turns `** 2` and `** 3` into multiplies (R = 4 gives 2).
+  float scale;
+  if (p.exponent == 2.0) {
+    scale = mul_rn(ratio, ratio);
+  } else if (p.exponent == 3.0) {
+    scale = mul_rn(mul_rn(ratio, ratio), ratio);
+  } else {
+    scale = static_cast<float>(pow(static_cast<double>(ratio), p.exponent));
+  }
+  const float base = mul_rn(p.base, scale);
+  const float e = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(p.rotary_dim));
+  const float pw = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(e)));
+  return __fdiv_rn(1.0f, pw);
+}
+
+/// Frequency-selection pre-pass (one block of select_block_threads): reduces max(position) and
+/// writes the table for this call into `out`, in stream order before the rotation launch.
+__global__ void __launch_bounds__(select_block_threads) select_frequencies_kernel(
+    const SelectParams p) {
+  __shared__ std::int64_t partial[select_block_threads];
+  std::int64_t m = INT64_MIN;
+  for (std::int64_t t = threadIdx.x; t < p.tokens; t += blockDim.x) {
+    const std::int64_t pos = load_position(p.positions, p.positions_i64 != 0, t);
+    m = pos > m ? pos : m;
+  }
+  partial[threadIdx.x] = m;
+  __syncthreads();
+  for (int stride = select_block_threads / 2; stride > 0; stride /= 2) {
+    if (static_cast<int>(threadIdx.x) < stride) {
+      const std::int64_t other = partial[threadIdx.x + stride];
+      partial[threadIdx.x] = other > partial[threadIdx.x] ? other : partial[threadIdx.x];
+    }
+    __syncthreads();
+  }
+  const std::int64_t max_pos = partial[0];
+  const std::int64_t seq_len = max_pos == INT64_MAX ? max_pos : max_pos + 1;
+  const bool call_table = seq_len > p.threshold;
+  for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x)) {
+    float f = p.init_table[i];
+    if (call_table) {
+      f = p.mode == SelectMode::longrope ? p.long_table[i] : dynamic_inv_freq(p, seq_len, i);
+    }
+    p.out[i] = f;
+  }
+}
+
+}  // namespace posenc::gpu::detail

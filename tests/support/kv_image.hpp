@@ -1,0 +1,49 @@
+// KV-cache test helpers: a poisoned host cache, the layouts written out independently of the library, an independent e4m3 encoder, and the expected cache image of an append.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "posenc/kv_cache.hpp"
+#include "support/host_tensor.hpp"
+
+namespace posenc::test {
+
+/// Value of the finite OCP E4M3FN magnitude code 0x00..0x7e.
+double e4m3_value(int code);
+
+/// The e4m3 code nearest to x by search over every finite magnitude (ties to the even code),
+/// saturating at 448, NaN -> 0x7f | sign: independent of the library's bit arithmetic.
+std::uint8_t e4m3_expected(float x);
+
+/// A poisoned cache with its own K and V buffers (host memory).
+struct HostCache {
+  HostBuffer k;
+  HostBuffer v;
+  KvCacheView view;
+
+  HostCache(CacheDType dtype, CacheLayout layout, std::int64_t kv_heads, std::int64_t head_dim, std::int64_t blocks,
+            std::int64_t block_len);
+};
+
+/// Element offset of (slot, head, d), written from the layout drawings independently of the library.
+std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h, std::int64_t d);
+
+/// The cache bits of an activation element of bits `bits`: its exact value cast by the test's own
+/// encoders (encode_value rounds to nearest even; fp8 divides by the scale in float32 first).
+std::uint32_t cast_bits(DType from, std::uint32_t bits, CacheDType to, float scale);
+
+/// Both cache tensors' bytes.
+struct CacheImage {
+  std::vector<std::byte> k;
+  std::vector<std::byte> v;
+};
+
+/// What an append must leave in `cache` (its current bytes, e.g. the poison, plus the rows of
+/// every token with a slot >= 0): `rotated_k` (K as apply rotates it) and `v` cast to the cache
+/// dtype with the cache's scales.
+CacheImage expected_cache(const HostCache& cache, const ConstTensorView& rotated_k, const ConstTensorView& v,
+                          const std::vector<std::int64_t>& slots);
+
+}  // namespace posenc::test

@@ -1,0 +1,507 @@
+// GPU fused RoPE + KV-cache append: Q and cache against the GPU's own rotation cast by the test's encoders and against CpuEngine::append, in every layout, cast, pairing and numerics; padding, bad slots, host validation, graphs, counters.
+//
+// Two oracles. (1) GpuEngine::apply (tested against the CPU engine in test_gpu_engine) rotates
+// copies of Q and K; the expected cache is that K and the input V cast by the test's own encoders
+// (tests/support/kv_image.hpp) into a poisoned image, so every numerics mode is checked bit for
+// bit, `accurate` included. (2) For the hf numerics, CpuEngine::append on the same inputs must
+// produce the very same bytes. Every byte outside the rows written must stay poisoned, and the
+// inputs K, V (and q_src) must be unchanged.
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "gpu/check.hpp"
+#include "gpu/vendor.hpp"
+#include "gpu_support.hpp"
+#include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
+#include "posenc/gpu.hpp"
+#include "posenc/kv_cache.hpp"
+#include "support/compare.hpp"
+#include "support/host_tensor.hpp"
+#include "support/kv_image.hpp"
+#include "support/specs.hpp"
+
+namespace posenc::test {
+namespace {
+
+using gpu::GpuEngine;
+
+class GpuAppend : public GpuTest {};
+
+struct Case {
+  RopeSpec spec;
+  DType act = DType::bf16;
+  CacheDType cache = CacheDType::bf16;
+  CacheLayout layout = CacheLayout::paged_nhd;
+  std::int64_t tokens = 13;
+  std::int64_t q_heads = 4;
+  std::int64_t kv_heads = 2;
+  std::int64_t blocks = 6;
+  std::int64_t block_len = 4;
+  std::vector<std::int64_t> slots;  ///< empty: scattered slots with some -1
+  bool out_of_place = false;
+  /// Odd strides for K and V: the launcher must fall back to the one-element instantiation.
+  bool unaligned = false;
+  float k_scale = 1.0f;
+  float v_scale = 1.0f;
+  std::uint64_t seed = 1;
+};
+
+std::string name_of(const Case& c) {
+  return case_name(c.spec, c.act) + " -> " + to_string(c.cache) + " " + to_string(c.layout) +
+         (c.out_of_place ? " out of place" : " in place") + (c.unaligned ? " unaligned" : "");
+}
+
+/// A device copy of a host cache (both tensors), and its view.
+struct DeviceCache {
+  DeviceMirror k;
+  DeviceMirror v;
+  KvCacheView view;
+  DeviceCache(const gpu::Device& device, const HostCache& host, gpu::StreamRef stream)
+      : k(device, host.k, stream), v(device, host.v, stream), view(host.view) {
+    view.k = k.map(host.k.data());
+    view.v = v.map(host.v.data());
+  }
+};
+
+gpu::DeviceBuffer upload_slots(const gpu::Device& device, const std::vector<std::int64_t>& slots,
+                               gpu::StreamRef stream) {
+  gpu::DeviceBuffer b(device, static_cast<std::int64_t>(slots.size() * sizeof(std::int64_t)) + 8);
+  b.upload(slots.data(), static_cast<std::int64_t>(slots.size() * sizeof(std::int64_t)), stream);
+  stream.synchronize();
+  return b;
+}
+
+std::vector<std::int64_t> slots_of(const Case& c) {
+  if (!c.slots.empty()) return c.slots;
+  std::vector<std::int64_t> slots;
+  const std::int64_t capacity = c.blocks * c.block_len;
+  // Distinct while tokens <= capacity (7 is coprime to every capacity used here).
+  for (std::int64_t t = 0; t < c.tokens; ++t) slots.push_back(t % 5 == 2 ? -1 : (t * 7 + 3) % capacity);
+  return slots;
+}
+
+void run_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c) {
+  SCOPED_TRACE(name_of(c));
+  const std::int64_t d = c.spec.head_dim;
+  const std::vector<std::int64_t> slots = slots_of(c);
+  ASSERT_EQ(static_cast<std::int64_t>(slots.size()), c.tokens);
+  const std::int64_t pad = c.unaligned ? 1 : 8;
+  HostTensor q_in(c.act, c.tokens, c.q_heads, d);
+  HostTensor k(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + pad);
+  HostTensor v(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + 3 * pad);
+  fill_random(q_in.view, c.seed);
+  fill_random(k.view, c.seed + 1);
+  fill_random(v.view, c.seed + 2);
+  const HostPositions positions(random_positions(c.tokens, 4096, c.seed + 3));
+  const DevicePositions d_positions(device, positions, stream);
+  const gpu::DeviceBuffer d_slots = upload_slots(device, slots, stream);
+  const GpuEngine engine(c.spec, device);
+
+  // Oracle 1: the GPU's own rotation of Q and K, and the cast of K and V into a poisoned image.
+  HostTensor q_want(c.act, c.tokens, c.q_heads, d);
+  HostTensor k_want(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + pad);
+  {
+    DeviceMirror dq(device, q_in.buffer, stream);
+    DeviceMirror dk(device, k.buffer, stream);
+    engine.apply(RopeArgs{dq.map(q_in.view), dk.map(k.view), {}, {}, d_positions.view}, stream);
+    engine.check(stream);
+    dq.download(q_want.buffer, stream);
+    dk.download(k_want.buffer, stream);
+  }
+  HostCache poisoned(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  poisoned.view.k_scale = c.k_scale;
+  poisoned.view.v_scale = c.v_scale;
+  const CacheImage want = expected_cache(poisoned, k_want.cview(), v.cview(), slots);
+
+  // Oracle 2 (hf numerics): the CPU engine's append gives the same bytes.
+  if (c.spec.numerics != Numerics::accurate) {
+    HostCache cpu_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+    cpu_cache.view.k_scale = c.k_scale;
+    cpu_cache.view.v_scale = c.v_scale;
+    HostTensor q_cpu(c.act, c.tokens, c.q_heads, d);
+    std::memcpy(q_cpu.buffer.data(), q_in.buffer.data(), static_cast<std::size_t>(q_in.buffer.size()));
+    AppendArgs a;
+    a.q = q_cpu.view;
+    a.k = k.cview();
+    a.v = v.cview();
+    a.positions = positions.view();
+    a.slots = slots.data();
+    a.cache = cpu_cache.view;
+    CpuEngine(c.spec, CpuOptions{2}).append(a);
+    EXPECT_TRUE(bits_equal(q_want.cview(), q_cpu.cview())) << "GPU apply and CPU append rotate Q differently";
+    EXPECT_TRUE(bytes_equal(want.k, cpu_cache.k)) << "CPU append's K cache differs from the oracle";
+    EXPECT_TRUE(bytes_equal(want.v, cpu_cache.v)) << "CPU append's V cache differs from the oracle";
+  }
+
+  // The GPU append.
+  HostCache host_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  host_cache.view.k_scale = c.k_scale;
+  host_cache.view.v_scale = c.v_scale;
+  DeviceCache cache(device, host_cache, stream);
+  DeviceMirror dq_in(device, q_in.buffer, stream);
+  DeviceMirror dk(device, k.buffer, stream);
+  DeviceMirror dv(device, v.buffer, stream);
+  HostTensor q_out(c.act, c.tokens, c.q_heads, d);  // poisoned destination when out of place
+  DeviceMirror dq_out(device, q_out.buffer, stream);
+  AppendArgs a;
+  if (c.out_of_place) {
+    a.q = dq_out.map(q_out.view);
+    a.q_src = dq_in.map(q_in.cview());
+  } else {
+    a.q = dq_in.map(q_in.view);
+  }
+  a.k = dk.map(k.cview());
+  a.v = dv.map(v.cview());
+  a.positions = d_positions.view;
+  a.slots = static_cast<const std::int64_t*>(d_slots.data());
+  a.cache = cache.view;
+  engine.append(a, stream);
+  engine.check(stream);
+
+  HostTensor q_got(c.act, c.tokens, c.q_heads, d);
+  (c.out_of_place ? dq_out : dq_in).download(q_got.buffer, stream);
+  EXPECT_TRUE(bits_equal(q_want.cview(), q_got.cview())) << "Q";
+  cache.k.download(host_cache.k, stream);
+  cache.v.download(host_cache.v, stream);
+  EXPECT_TRUE(bytes_equal(want.k, host_cache.k)) << "K cache";
+  EXPECT_TRUE(bytes_equal(want.v, host_cache.v)) << "V cache";
+  HostTensor k_after(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + pad);
+  HostTensor v_after(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + 3 * pad);
+  dk.download(k_after.buffer, stream);
+  dv.download(v_after.buffer, stream);
+  EXPECT_TRUE(bytes_equal(k.buffer.snapshot(), k_after.buffer)) << "K input was written";
+  EXPECT_TRUE(bytes_equal(v.buffer.snapshot(), v_after.buffer)) << "V input was written";
+  if (c.out_of_place) {
+    HostTensor q_src_after(c.act, c.tokens, c.q_heads, d);
+    dq_in.download(q_src_after.buffer, stream);
+    EXPECT_TRUE(bytes_equal(q_in.buffer.snapshot(), q_src_after.buffer)) << "q_src was written";
+  }
+}
+
+Case base_case(DType act, CacheDType cache, CacheLayout layout) {
+  Case c;
+  c.spec = scheme_spec(Scaling::none, 128, 0, 0, Pairing::half_split, Numerics::hf_compatible);
+  c.act = act;
+  c.cache = cache;
+  c.layout = layout;
+  return c;
+}
+
+CacheDType same_cache(DType act) {
+  return act == DType::f32 ? CacheDType::f32 : act == DType::f16 ? CacheDType::f16 : CacheDType::bf16;
+}
+
+const std::vector<CacheLayout> all_layouts = {CacheLayout::contiguous, CacheLayout::paged_nhd,
+                                              CacheLayout::paged_hnd};
+
+TEST_F(GpuAppend, SameDtypeEveryLayoutVectorizedAndNot) {
+  for (CacheLayout layout : all_layouts) {
+    for (DType act : all_dtypes) {
+      for (bool unaligned : {false, true}) {
+        Case c = base_case(act, same_cache(act), layout);
+        c.unaligned = unaligned;
+        run_case(device, ref(), c);
+      }
+    }
+  }
+}
+
+TEST_F(GpuAppend, PairingsNumericsPartialWindows) {
+  for (Pairing p : all_pairings) {
+    for (Numerics n : all_numerics) {
+      Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_hnd);
+      c.spec = scheme_spec(Scaling::yarn, 128, 64, 32, p, n);  // partial window with an offset
+      c.out_of_place = n == Numerics::hf_fp32_apply;
+      run_case(device, ref(), c);
+    }
+  }
+}
+
+TEST_F(GpuAppend, CallDependentTables) {
+  for (Scaling s : {Scaling::dynamic, Scaling::longrope}) {
+    Case c = base_case(DType::f16, CacheDType::f16, CacheLayout::contiguous);
+    c.spec = scheme_spec(s, 128);  // positions reach 4096: the call's own table
+    run_case(device, ref(), c);
+  }
+}
+
+TEST_F(GpuAppend, CastsAndFp8Scales) {
+  const std::vector<std::pair<DType, CacheDType>> casts = {
+      {DType::f32, CacheDType::bf16}, {DType::f32, CacheDType::f16}, {DType::bf16, CacheDType::f32},
+      {DType::f16, CacheDType::bf16}, {DType::bf16, CacheDType::f16}};
+  for (const auto& [act, cache] : casts) {
+    for (CacheLayout layout : all_layouts) run_case(device, ref(), base_case(act, cache, layout));
+  }
+  for (DType act : all_dtypes) {
+    for (CacheLayout layout : all_layouts) {
+      for (bool unaligned : {false, true}) {
+        Case c = base_case(act, CacheDType::fp8_e4m3, layout);
+        c.k_scale = 0.0078125f;  // x / scale reaches past 448: saturation
+        c.v_scale = 0.3f;        // not a power of two: the division rounds
+        c.unaligned = unaligned;
+        run_case(device, ref(), c);
+      }
+    }
+  }
+}
+
+TEST_F(GpuAppend, GqaMqaHeadDims) {
+  for (std::int64_t kv_heads : {1, 8}) {
+    for (std::int64_t head_dim : {64, 80, 256}) {
+      Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_nhd);
+      c.spec = scheme_spec(Scaling::none, head_dim, head_dim / 2, 0, Pairing::interleaved, Numerics::hf_compatible);
+      c.q_heads = 8;
+      c.kv_heads = kv_heads;
+      c.out_of_place = kv_heads == 1;
+      run_case(device, ref(), c);
+    }
+  }
+}
+
+TEST_F(GpuAppend, ManyTokensAndAllPadding) {
+  Case big = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_hnd);
+  big.spec = scheme_spec(Scaling::llama3, 128);
+  big.tokens = 3000;
+  big.q_heads = 32;
+  big.kv_heads = 8;
+  big.blocks = 200;
+  big.block_len = 16;
+  for (std::int64_t t = 0; t < big.tokens; ++t) big.slots.push_back(t % 17 == 0 ? -1 : (t * 7) % 3200);
+  run_case(device, ref(), big);
+
+  Case padding = base_case(DType::f32, CacheDType::f32, CacheLayout::paged_nhd);
+  padding.slots.assign(static_cast<std::size_t>(padding.tokens), -1);
+  run_case(device, ref(), padding);  // the cache stays poison; Q is still rotated
+}
+
+// ---- bad slots: recorded on the device, nothing written out of bounds ---------------------------
+
+TEST_F(GpuAppend, BadSlotsAreRecordedAndSkipped) {
+  Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_nhd);
+  c.tokens = 6;
+  const std::int64_t limit = c.blocks * c.block_len;
+  // Token 1: one past the end; token 3: below -1; token 5: huge. The others are written.
+  c.slots = {0, limit, 5, -2, -1, std::int64_t{1} << 40};
+  const RopeSpec& spec = c.spec;
+  const std::int64_t d = spec.head_dim;
+  HostTensor q(c.act, c.tokens, c.q_heads, d);
+  HostTensor k(c.act, c.tokens, c.kv_heads, d);
+  HostTensor v(c.act, c.tokens, c.kv_heads, d);
+  fill_random(q.view, 1);
+  fill_random(k.view, 2);
+  fill_random(v.view, 3);
+  const HostPositions positions(random_positions(c.tokens, 4096, 4));
+  const DevicePositions d_positions(device, positions, ref());
+  const gpu::DeviceBuffer d_slots = upload_slots(device, c.slots, ref());
+  const GpuEngine engine(spec, device);
+
+  // Expected: the valid tokens' rows as the CPU engine writes them (it is given -1 for the bad ones).
+  std::vector<std::int64_t> valid = c.slots;
+  for (auto& s : valid) s = (s >= 0 && s < limit) ? s : -1;
+  HostCache want(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  HostTensor q_want(c.act, c.tokens, c.q_heads, d);
+  std::memcpy(q_want.buffer.data(), q.buffer.data(), static_cast<std::size_t>(q.buffer.size()));
+  AppendArgs host;
+  host.q = q_want.view;
+  host.k = k.cview();
+  host.v = v.cview();
+  host.positions = positions.view();
+  host.slots = valid.data();
+  host.cache = want.view;
+  CpuEngine(spec, CpuOptions{1}).append(host);
+
+  HostCache got(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  DeviceCache cache(device, got, ref());
+  DeviceMirror dq(device, q.buffer, ref());
+  DeviceMirror dk(device, k.buffer, ref());
+  DeviceMirror dv(device, v.buffer, ref());
+  AppendArgs a;
+  a.q = dq.map(q.view);
+  a.k = dk.map(k.cview());
+  a.v = dv.map(v.cview());
+  a.positions = d_positions.view;
+  a.slots = static_cast<const std::int64_t*>(d_slots.data());
+  a.cache = cache.view;
+  engine.append(a, ref());
+  EXPECT_TRUE(throws_error([&] { engine.check(ref()); }, ErrorKind::out_of_range,
+                           {"slot " + std::to_string(limit), "token 1", "not written"}));
+  EXPECT_NO_THROW(engine.check(ref()));  // the record was cleared
+
+  cache.k.download(got.k, ref());
+  cache.v.download(got.v, ref());
+  dq.download(q.buffer, ref());
+  EXPECT_TRUE(bytes_equal(want.k.snapshot(), got.k));
+  EXPECT_TRUE(bytes_equal(want.v.snapshot(), got.v));
+  EXPECT_TRUE(bits_equal(q_want.cview(), q.cview())) << "every token's Q is rotated";
+}
+
+TEST_F(GpuAppend, HostValidationRejectsAndWritesNothing) {
+  const RopeSpec spec = scheme_spec(Scaling::none, 64);
+  HostTensor q(DType::bf16, 3, 4, 64);
+  HostTensor k(DType::bf16, 3, 2, 64);
+  HostTensor v(DType::bf16, 3, 3, 64);  // wrong head count
+  fill_random(q.view, 1);
+  fill_random(k.view, 2);
+  fill_random(v.view, 3);
+  const HostPositions positions(std::vector<std::int64_t>{0, 1, 2});
+  const DevicePositions d_positions(device, positions, ref());
+  const gpu::DeviceBuffer d_slots = upload_slots(device, {0, 1, 2}, ref());
+  HostCache host(CacheDType::bf16, CacheLayout::paged_nhd, 2, 64, 2, 4);
+  DeviceCache cache(device, host, ref());
+  DeviceMirror dq(device, q.buffer, ref());
+  DeviceMirror dk(device, k.buffer, ref());
+  DeviceMirror dv(device, v.buffer, ref());
+  const GpuEngine engine(spec, device);
+  AppendArgs a;
+  a.q = dq.map(q.view);
+  a.k = dk.map(k.cview());
+  a.v = dv.map(v.cview());
+  a.positions = d_positions.view;
+  a.slots = static_cast<const std::int64_t*>(d_slots.data());
+  a.cache = cache.view;
+  EXPECT_TRUE(throws_error([&] { engine.append(a, ref()); }, ErrorKind::invalid_argument, {"v", "3", "2"}));
+  HostTensor v_ok(DType::bf16, 3, 2, 64);
+  fill_random(v_ok.view, 4);
+  DeviceMirror dv_ok(device, v_ok.buffer, ref());
+  a.v = dv_ok.map(v_ok.cview());
+  a.slots = nullptr;
+  EXPECT_TRUE(throws_error([&] { engine.append(a, ref()); }, ErrorKind::invalid_argument, {"slots is null"}));
+  a.slots = static_cast<const std::int64_t*>(d_slots.data());
+  a.cache.k_scale = 0.5f;  // a scale on a bf16 cache
+  EXPECT_TRUE(throws_error([&] { engine.append(a, ref()); }, ErrorKind::invalid_argument, {"k_scale", "must be 1"}));
+  engine.check(ref());
+  HostCache after(CacheDType::bf16, CacheLayout::paged_nhd, 2, 64, 2, 4);
+  cache.k.download(after.k, ref());
+  HostTensor q_after(DType::bf16, 3, 4, 64);
+  dq.download(q_after.buffer, ref());
+  EXPECT_TRUE(bytes_equal(host.k.snapshot(), after.k));
+  EXPECT_TRUE(bytes_equal(q.buffer.snapshot(), q_after.buffer));
+}
+
+// ---- graphs and counters ------------------------------------------------------------------------
+
+/// A fixed decode-like call: 8 tokens, bf16, paged NHD, device data.
+struct DecodeCall {
+  RopeSpec spec = scheme_spec(Scaling::none, 128);
+  HostTensor q{DType::bf16, 8, 8, 128};
+  HostTensor k{DType::bf16, 8, 2, 128};
+  HostTensor v{DType::bf16, 8, 2, 128};
+  HostPositions positions{random_positions(8, 4096, 9)};
+  std::vector<std::int64_t> slots{3, 17, -1, 40, 9, 63, 22, 50};
+  HostCache host{CacheDType::bf16, CacheLayout::paged_nhd, 2, 128, 4, 16};
+
+  DecodeCall() {
+    fill_random(q.view, 1);
+    fill_random(k.view, 2);
+    fill_random(v.view, 3);
+  }
+};
+
+/// DecodeCall's data on the device.
+struct DeviceDecode {
+  DevicePositions positions;
+  gpu::DeviceBuffer slots;
+  DeviceMirror q;
+  DeviceMirror k;
+  DeviceMirror v;
+  DeviceCache cache;
+  AppendArgs args;
+  DeviceDecode(const gpu::Device& device, const DecodeCall& c, gpu::StreamRef s)
+      : positions(device, c.positions, s), slots(upload_slots(device, c.slots, s)), q(device, c.q.buffer, s),
+        k(device, c.k.buffer, s), v(device, c.v.buffer, s), cache(device, c.host, s) {
+    args.q = q.map(c.q.view);
+    args.k = k.map(c.k.cview());
+    args.v = v.map(c.v.cview());
+    args.positions = positions.view;
+    args.slots = static_cast<const std::int64_t*>(slots.data());
+    args.cache = cache.view;
+  }
+};
+
+TEST_F(GpuAppend, CapturedInAGraphLikeDirectCalls) {
+  const DecodeCall call;
+  const GpuEngine engine(call.spec, device);
+  DeviceDecode direct(device, call, ref());
+  DeviceDecode graphed(device, call, ref());
+  const auto native = static_cast<cudaStream_t>(ref().native());
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  POSENC_GPU_CHECK(cudaStreamBeginCapture(native, cudaStreamCaptureModeGlobal));
+  engine.append(graphed.args, ref());  // global capture fails on any allocation, copy or sync
+  POSENC_GPU_CHECK(cudaStreamEndCapture(native, &graph));
+  POSENC_GPU_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; ++i) {
+    POSENC_GPU_CHECK(cudaGraphLaunch(exec, native));
+    engine.append(direct.args, ref());
+  }
+  engine.check(ref());
+  POSENC_GPU_CHECK(cudaGraphExecDestroy(exec));
+  POSENC_GPU_CHECK(cudaGraphDestroy(graph));
+  HostCache a(CacheDType::bf16, CacheLayout::paged_nhd, 2, 128, 4, 16);
+  HostCache b(CacheDType::bf16, CacheLayout::paged_nhd, 2, 128, 4, 16);
+  direct.cache.k.download(a.k, ref());
+  graphed.cache.k.download(b.k, ref());
+  EXPECT_TRUE(bytes_equal(a.k.snapshot(), b.k));
+  EXPECT_FALSE(bytes_equal(call.host.k.snapshot(), b.k)) << "the replays wrote the cache";
+  HostTensor qa(DType::bf16, 8, 8, 128);
+  HostTensor qb(DType::bf16, 8, 8, 128);
+  direct.q.download(qa.buffer, ref());
+  graphed.q.download(qb.buffer, ref());
+  EXPECT_TRUE(bytes_equal(qa.buffer.snapshot(), qb.buffer)) << "three rotations of Q, both ways";
+}
+
+TEST_F(GpuAppend, CountersMatchTheCpuEngineAndTimeTheDevice) {
+  const DecodeCall call;
+  const GpuEngine engine(call.spec, device);
+  DeviceDecode d(device, call, ref());
+  engine.append(d.args, ref());  // counters off: nothing counted
+  engine.enable_counters(true, /*device_timing=*/true);
+  constexpr int calls = 5;
+  for (int i = 0; i < calls; ++i) engine.append(d.args, ref());
+  RopeArgs rope{d.args.q, {}, {}, {}, d.positions.view};
+  engine.apply(rope, ref());
+  ref().synchronize();
+  const OperationCounters g = engine.counters();
+
+  // The CPU engine counts the same calls the same way.
+  const CpuEngine cpu(call.spec, CpuOptions{1});
+  cpu.enable_counters(true);
+  HostTensor q = HostTensor(DType::bf16, 8, 8, 128);
+  std::memcpy(q.buffer.data(), call.q.buffer.data(), static_cast<std::size_t>(call.q.buffer.size()));
+  HostCache cache(CacheDType::bf16, CacheLayout::paged_nhd, 2, 128, 4, 16);
+  AppendArgs host;
+  host.q = q.view;
+  host.k = call.k.cview();
+  host.v = call.v.cview();
+  host.positions = call.positions.view();
+  host.slots = call.slots.data();
+  host.cache = cache.view;
+  for (int i = 0; i < calls; ++i) cpu.append(host);
+  cpu.apply(RopeArgs{q.view, {}, {}, {}, call.positions.view()});
+  const OperationCounters c = cpu.counters();
+  EXPECT_EQ(g.calls, calls + 1);
+  EXPECT_EQ(g.calls, c.calls);
+  EXPECT_EQ(g.tokens, c.tokens);
+  EXPECT_EQ(g.bytes, c.bytes);
+  EXPECT_EQ(g.timed_calls, calls + 1);
+  EXPECT_GT(g.device_ms, 0.0);
+  EXPECT_LT(g.device_ms, 1000.0);
+  EXPECT_EQ(c.timed_calls, 0);
+
+  engine.reset_counters();
+  engine.enable_counters(false);
+  engine.append(d.args, ref());
+  ref().synchronize();
+  const OperationCounters off = engine.counters();
+  EXPECT_EQ(off.calls, 0);
+  EXPECT_EQ(off.timed_calls, 0);
+  EXPECT_EQ(off.device_ms, 0.0);
+}
+
+}  // namespace
+}  // namespace posenc::test
