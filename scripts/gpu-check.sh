@@ -9,6 +9,8 @@
 #   ctest-gpu.log ctest -L gpu           ctest-cpu.log  ctest -L cpu
 #   memcheck.log  racecheck.log  synccheck.log   compute-sanitizer over test_gpu_engine
 # Budget: about 8 minutes on 16 cores (each step is also capped by `timeout`).
+# For a quick iteration: POSENC_GPU_CHECK_TARGETS="test_gpu_append ..." builds only those targets
+# and POSENC_GPU_CHECK_REGEX='test_gpu_append' runs only the matching tests (ctest -R).
 set -euo pipefail
 
 root=$(pwd)
@@ -70,7 +72,9 @@ if ((built)); then
   step configure "$build_log" 120 cmake --preset gpu-h100 -DCMAKE_PREFIX_PATH="$prefix" -DPOSENC_WERROR=ON || built=0
 fi
 if ((built)); then
-  step build "$build_log" 420 cmake --build "$build" -j "$jobs" || built=0
+  targets=()
+  for t in ${POSENC_GPU_CHECK_TARGETS:-}; do targets+=(--target "$t"); done
+  step build "$build_log" 420 cmake --build "$build" -j "$jobs" "${targets[@]}" || built=0
 fi
 if ((!built)); then
   note "build failed: no tests run"
@@ -79,11 +83,13 @@ fi
 
 # ---- tests --------------------------------------------------------------------------------------
 # GPU tests one at a time: the leak tests compare device-wide free memory.
+regex=()
+[[ -n ${POSENC_GPU_CHECK_REGEX:-} ]] && regex=(-R "$POSENC_GPU_CHECK_REGEX")
 step ctest-gpu "$out/ctest-gpu.log" 900 \
-  ctest --test-dir "$build" -L gpu --output-on-failure --timeout 600 || true
+  ctest --test-dir "$build" -L gpu "${regex[@]}" --output-on-failure --timeout 600 || true
 if [[ ${POSENC_GPU_CHECK_CPU:-1} == 1 ]]; then
   step ctest-cpu "$out/ctest-cpu.log" 600 \
-    ctest --test-dir "$build" -L cpu -j "$jobs" --output-on-failure --timeout 600 || true
+    ctest --test-dir "$build" -L cpu "${regex[@]}" -j "$jobs" --output-on-failure --timeout 600 || true
 fi
 for log in ctest-gpu ctest-cpu; do
   [[ -f $out/$log.log ]] || continue
@@ -93,15 +99,24 @@ grep -h "Skipped\|\*\*\*Skipped" "$out/ctest-gpu.log" | head -n 5 | sed 's/^/cte
 
 # ---- compute-sanitizer ----------------------------------------------------------------------------
 engine=$build/tests/test_gpu_engine
+append=$build/tests/test_gpu_append
 if [[ ${POSENC_GPU_CHECK_SANITIZERS:-1} != 1 ]]; then
   note "skipped compute-sanitizer (POSENC_GPU_CHECK_SANITIZERS=0)"
 elif command -v compute-sanitizer >/dev/null 2>&1; then
   # memcheck: the decode sweep (every dtype, pairing, numerics, head_dim, layout), call-dependent
   # tables, position faults, bad input and threads. API errors are the tests' own (deliberate).
   san_s=${POSENC_SANITIZER_S:-300}
-  step memcheck "$out/memcheck.log" "$san_s" compute-sanitizer --tool memcheck --error-exitcode 1 \
-    --report-api-errors no --leak-check full "$engine" \
-    --gtest_filter='Gpu/GpuSweep.*/Decode_*:GpuEngineTest.*-GpuEngineTest.TenThousandCallsAllocateNothing' || true
+  if [[ -x $engine ]]; then
+    step memcheck "$out/memcheck.log" "$san_s" compute-sanitizer --tool memcheck --error-exitcode 1 \
+      --report-api-errors no --leak-check full "$engine" \
+      --gtest_filter='Gpu/GpuSweep.*/Decode_*:GpuEngineTest.*-GpuEngineTest.TenThousandCallsAllocateNothing' || true
+  fi
+  # The fused append: every layout and cast, bad slots (which must write nothing out of bounds).
+  if [[ -x $append ]]; then
+    step memcheck-append "$out/memcheck.log" "$san_s" compute-sanitizer --tool memcheck --error-exitcode 1 \
+      --report-api-errors no --leak-check full "$append" --gtest_filter='GpuAppend.*-GpuAppend.ManyTokens*' || true
+  fi
+  [[ -x $engine ]] || { note "skipped racecheck/synccheck (test_gpu_engine not built)"; note "overall: $([[ $status == 0 ]] && echo PASS || echo FAIL)"; exit $status; }
   # racecheck and synccheck: shared memory of the pre-pass, the block barrier of interleaved_to_half.
   step racecheck "$out/racecheck.log" "$san_s" compute-sanitizer --tool racecheck --error-exitcode 1 "$engine" \
     --gtest_filter='Gpu/GpuSweep.*/Decode_bfloat16_*:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*' || true

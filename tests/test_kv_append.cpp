@@ -250,6 +250,36 @@ TEST(KvAppend, ManyTokensUseThePool) {
   run_case(c);
 }
 
+TEST(KvAppend, CountersReportTheOperationsTraffic) {
+  // 5 tokens, Q [5, 4, 64] bf16 in place (rotary 32), K and V [5, 2, 64] bf16, fp8 cache.
+  const RopeSpec spec = scheme_spec(Scaling::none, 64, 32, 0);
+  HostTensor q(DType::bf16, 5, 4, 64);
+  HostTensor k(DType::bf16, 5, 2, 64);
+  HostTensor v(DType::bf16, 5, 2, 64);
+  fill_random(q.view, 1);
+  fill_random(k.view, 2);
+  fill_random(v.view, 3);
+  const HostPositions positions(std::vector<std::int64_t>{0, 1, 2, 3, 4});
+  const std::vector<std::int64_t> slots{0, -1, 2, 3, 4};
+  HostCache cache(CacheDType::fp8_e4m3, CacheLayout::paged_nhd, 2, 64, 2, 4);
+  AppendArgs a;
+  a.q = q.view;
+  a.k = k.cview();
+  a.v = v.cview();
+  a.positions = positions.view();
+  a.slots = slots.data();
+  a.cache = cache.view;
+  const CpuEngine engine(spec, CpuOptions{1});
+  engine.enable_counters(true);
+  engine.append(a);
+  const OperationCounters c = engine.counters();
+  EXPECT_EQ(c.calls, 1);
+  EXPECT_EQ(c.tokens, 5);
+  // Q's rotary window read and written; K and V read whole (2 bytes), cache rows written (1 byte).
+  EXPECT_EQ(c.bytes, 2 * 5 * 4 * 32 * 2 + 5 * 2 * 64 * 2 * (2 + 1));
+  EXPECT_EQ(c.timed_calls, 0);
+}
+
 // ---- errors: a clear message, and nothing written ----------------------------------------------
 
 struct ErrorFixture {

@@ -333,8 +333,11 @@ void CpuEngine::append(const AppendArgs& args) const {
   const double token_bytes = static_cast<double>(k.heads * k.head_dim) *
                              (2.0 * static_cast<double>(size_of(k.dtype)) + 2.0 * static_cast<double>(size_of(args.cache.dtype)));
   if (s.counters.enabled()) {
-    // The inner apply counted the call and its Q/K traffic; add the K/V rows and cache rows.
-    s.counters.count(0, 0, detail::append_extra_bytes(args));
+    // The inner apply counted the call, Q, and K's rotation into the scratch (2 x K, whole heads).
+    // The counters report the operation's traffic, as the GPU engine does: K and V read once and
+    // the cache rows written once, so the scratch pass is taken back out.
+    const std::int64_t scratch_bytes = 2 * tokens * k.heads * k.head_dim * size_of(k.dtype);
+    s.counters.count(0, 0, detail::append_extra_bytes(args) - scratch_bytes);
   }
   const int threads = s.pool.threads();
   if (threads == 1 || tokens == 1 || token_bytes * static_cast<double>(tokens) < parallel_min_bytes) {
