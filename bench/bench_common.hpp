@@ -1,4 +1,4 @@
-// Shared by the CPU and GPU benchmarks: the CSV row format, random element bits, output comparison, tables.
+// Shared by the CPU and GPU benchmarks: the CSV row format, random element bits, output comparison, the append sweep's slots and verification, tables.
 #pragma once
 
 #include <algorithm>
@@ -7,15 +7,20 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
+#include <numeric>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "posenc/dtype.hpp"
+#include "posenc/kv_cache.hpp"
 #include "posenc/rope.hpp"
 
 // The random-element generator runs on the host (CPU bench) and inside a fill kernel (GPU bench).
@@ -148,9 +153,9 @@ inline void fill_positions(std::int64_t* p, std::int64_t count, std::uint64_t se
   for (std::int64_t i = 0; i < count; ++i) p[i] = random_position(seed, i);
 }
 
-/// Distance in units in the last place of `dtype` between two encodings (sign-magnitude bits).
-inline std::int64_t ulp_distance(DType dtype, std::uint32_t a, std::uint32_t b) {
-  const int bits = dtype == DType::f32 ? 32 : 16;
+/// Distance in units in the last place between two encodings of `bits`-wide sign-magnitude
+/// floating-point elements (32: float32, 16: float16/bfloat16, 8: float8_e4m3fn).
+inline std::int64_t ulp_distance(int bits, std::uint32_t a, std::uint32_t b) {
   const std::uint32_t sign = 1u << (bits - 1);
   auto ordered = [&](std::uint32_t u) -> std::int64_t {
     const std::int64_t mag = static_cast<std::int64_t>(u & (sign - 1u));
@@ -164,27 +169,35 @@ struct Comparison {
   std::int64_t elements = 0;
   std::int64_t mismatches = 0;
   std::int64_t max_ulp = 0;
+
+  /// Adds another comparison's counts (several tensors judged as one).
+  Comparison& operator+=(const Comparison& o) {
+    elements += o.elements;
+    mismatches += o.mismatches;
+    max_ulp = std::max(max_ulp, o.max_ulp);
+    return *this;
+  }
 };
 
-/// Compares `count` elements of `dtype` bit by bit.
-inline Comparison compare_elements(DType dtype, const void* got, const void* want, std::int64_t count) {
+/// Compares `count` elements of `element_bytes` (1, 2 or 4) bytes each, bit by bit.
+inline Comparison compare_bits(int element_bytes, const void* got, const void* want, std::int64_t count) {
   Comparison c;
   c.elements = count;
   for (std::int64_t i = 0; i < count; ++i) {
     std::uint32_t a = 0, b = 0;
-    if (dtype == DType::f32) {
-      a = static_cast<const std::uint32_t*>(got)[i];
-      b = static_cast<const std::uint32_t*>(want)[i];
-    } else {
-      a = static_cast<const std::uint16_t*>(got)[i];
-      b = static_cast<const std::uint16_t*>(want)[i];
-    }
+    std::memcpy(&a, static_cast<const unsigned char*>(got) + i * element_bytes, static_cast<std::size_t>(element_bytes));
+    std::memcpy(&b, static_cast<const unsigned char*>(want) + i * element_bytes, static_cast<std::size_t>(element_bytes));
     if (a != b) {
       ++c.mismatches;
-      c.max_ulp = std::max(c.max_ulp, ulp_distance(dtype, a, b));
+      c.max_ulp = std::max(c.max_ulp, ulp_distance(8 * element_bytes, a, b));
     }
   }
   return c;
+}
+
+/// Compares `count` elements of `dtype` bit by bit.
+inline Comparison compare_elements(DType dtype, const void* got, const void* want, std::int64_t count) {
+  return compare_bits(static_cast<int>(size_of(dtype)), got, want, count);
 }
 
 /// The verdict written to the `verified` column. hf_compatible must be bit-exact (it reproduces
@@ -206,6 +219,144 @@ inline std::vector<std::int64_t> sample_tokens(std::int64_t tokens, std::int64_t
   std::vector<std::int64_t> idx(static_cast<std::size_t>(n));
   for (std::int64_t j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = n == 1 ? 0 : j * (tokens - 1) / (n - 1);
   return idx;
+}
+
+// ---- the append sweep: slots, cache rows, verification -------------------------------------------
+
+/// Slots per page of the paged layouts (vLLM's default block size).
+inline constexpr std::int64_t page_size = 16;
+/// Sequences one append call writes to: a decode step of up to 64 sequences, or chunks of 64 prefills.
+inline constexpr std::int64_t max_batch = 64;
+
+/// Tokens each sequence appends per call (L below).
+inline std::int64_t tokens_per_sequence(std::int64_t tokens) { return (tokens + max_batch - 1) / max_batch; }
+
+/// The slots of every token of `sets` append calls of `tokens` tokens, and the cache shape they
+/// address. Call i is step i of a batch of min(T, 64) sequences, each appending L = T / batch
+/// consecutive tokens (for T <= 64 a decode step, one token per sequence; above, chunked
+/// prefill) after the L * i it appended in earlier steps, so every call writes its own rows.
+/// Contiguous: sequence b owns cache row b (slot = b * max_len + p). Paged: every sequence's pages
+/// come from one shuffled list of all pages, so a sequence's pages lie anywhere in the cache, as in
+/// a long-running server.
+struct SlotPlan {
+  std::vector<std::int64_t> slots;  ///< call i's tokens: slots[i * tokens, (i + 1) * tokens)
+  std::int64_t blocks = 0;
+  std::int64_t block_len = 0;
+};
+
+inline SlotPlan plan_slots(CacheLayout layout, std::int64_t tokens, std::int64_t sets, std::uint64_t seed) {
+  const std::int64_t per_seq = tokens_per_sequence(tokens);
+  const std::int64_t batch = (tokens + per_seq - 1) / per_seq;
+  const std::int64_t length = sets * per_seq;  // cache positions each sequence fills over all calls
+  SlotPlan p;
+  p.block_len = layout == CacheLayout::contiguous ? length : page_size;
+  const std::int64_t blocks_per_seq = (length + p.block_len - 1) / p.block_len;
+  p.blocks = batch * blocks_per_seq;
+  std::vector<std::int64_t> table(static_cast<std::size_t>(p.blocks));
+  std::iota(table.begin(), table.end(), std::int64_t{0});
+  std::mt19937_64 rng(seed);
+  if (layout != CacheLayout::contiguous) std::shuffle(table.begin(), table.end(), rng);
+  std::vector<std::int64_t> seq(static_cast<std::size_t>(sets * tokens)), pos(seq.size());
+  for (std::int64_t i = 0; i < sets; ++i) {
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      seq[static_cast<std::size_t>(i * tokens + t)] = t / per_seq;
+      pos[static_cast<std::size_t>(i * tokens + t)] = i * per_seq + t % per_seq;
+    }
+  }
+  p.slots = slots_from_block_table(table, blocks_per_seq, seq, pos, p.block_len, p.blocks);
+  return p;
+}
+
+/// Element offset of row (slot, head) in one of the cache's two tensors (kv_cache.hpp's drawing).
+POSENC_BENCH_HD std::int64_t cache_row_element(const KvCacheView& c, std::int64_t slot, std::int64_t head) {
+  if (c.layout == CacheLayout::paged_hnd) {
+    const std::int64_t block = slot / c.block_len;
+    return ((block * c.kv_heads + head) * c.block_len + slot % c.block_len) * c.head_dim;
+  }
+  return (slot * c.kv_heads + head) * c.head_dim;  // contiguous and paged_nhd
+}
+
+/// Bytes the fused append must move at least, the byte count of every append row (both
+/// methods): read and write Q, read K and V, write the cache's K and V rows in the cache dtype.
+inline double append_floor_bytes(std::int64_t tokens, std::int64_t q_heads, std::int64_t kv_heads,
+                                 std::int64_t head_dim, DType dtype, CacheDType cache) {
+  const auto es = static_cast<double>(size_of(dtype));
+  const auto kv_elements = static_cast<double>(tokens * kv_heads * head_dim);
+  return 2.0 * static_cast<double>(tokens * q_heads * head_dim) * es + 2.0 * kv_elements * es +
+         2.0 * kv_elements * static_cast<double>(size_of(cache));
+}
+
+/// Copies `bytes` from `from` (engine memory) to `to` (host): a memcpy, or an enqueued
+/// device-to-host copy that completes by the next `wait`.
+using CopyOut = std::function<void(void* to, const void* from, std::int64_t bytes)>;
+
+/// Copies rows tokens[j] of `base` (rows of `row_bytes`, back to back) to row j of `host`.
+inline void gather_rows(const CopyOut& copy, void* host, const void* base, std::int64_t row_bytes,
+                        const std::vector<std::int64_t>& tokens) {
+  for (std::size_t j = 0; j < tokens.size(); ++j)
+    copy(static_cast<unsigned char*>(host) + static_cast<std::int64_t>(j) * row_bytes,
+         static_cast<const unsigned char*>(base) + tokens[j] * row_bytes, row_bytes);
+}
+
+/// Host copies of sampled rows of one tensor: `ref` is what the reference starts from, `got` the result.
+struct SampledRows {
+  std::vector<unsigned char> ref, got;
+  SampledRows(std::int64_t tokens, std::int64_t row_bytes)
+      : ref(static_cast<std::size_t>(tokens * row_bytes)), got(ref.size()) {}
+};
+
+/// Runs `op` (one append of `a`, by any method; it returns when errors are known) and compares Q
+/// and the cache rows of up to 64 sampled tokens with append_reference, run on copies of their
+/// inputs taken before `op`. Bit-exact for hf_compatible; see verdict().
+inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, const std::function<void()>& op,
+                                 const CopyOut& copy, const std::function<void()>& wait) {
+  const KvCacheView& c = a.cache;
+  const std::int64_t d = c.head_dim, hq = a.q.heads, hk = c.kv_heads;
+  const std::int64_t es = size_of(a.q.dtype), ces = size_of(c.dtype);
+  const std::vector<std::int64_t> tokens = sample_tokens(a.positions.count, 64);
+  const auto n = static_cast<std::int64_t>(tokens.size());
+  SampledRows q(n, hq * d * es), k(n, hk * d * es), v(n, hk * d * es), ck(n, hk * d * ces), cv(n, hk * d * ces);
+  std::vector<std::int64_t> pos(static_cast<std::size_t>(n)), slots(pos.size()), host_slots(pos.size());
+
+  gather_rows(copy, q.ref.data(), a.q.data, hq * d * es, tokens);
+  gather_rows(copy, k.ref.data(), a.k.data, hk * d * es, tokens);
+  gather_rows(copy, v.ref.data(), a.v.data, hk * d * es, tokens);
+  gather_rows(copy, pos.data(), a.positions.data, 8, tokens);
+  gather_rows(copy, slots.data(), a.slots, 8, tokens);
+  wait();
+  op();
+  gather_rows(copy, q.got.data(), a.q.data, hq * d * es, tokens);
+  for (std::int64_t j = 0; j < n; ++j) {
+    for (std::int64_t h = 0; h < hk; ++h) {
+      const std::int64_t from = cache_row_element(c, slots[static_cast<std::size_t>(j)], h) * ces;
+      const std::int64_t to = (j * hk + h) * d * ces;
+      copy(ck.got.data() + to, static_cast<const unsigned char*>(c.k) + from, d * ces);
+      copy(cv.got.data() + to, static_cast<const unsigned char*>(c.v) + from, d * ces);
+    }
+  }
+  wait();
+
+  // The reference writes token j to slot j of a contiguous one-sequence host cache, so its rows
+  // line up with the rows copied out above.
+  std::iota(host_slots.begin(), host_slots.end(), std::int64_t{0});
+  AppendArgs host;
+  host.q = TensorView::contiguous(q.ref.data(), a.q.dtype, n, hq, d);
+  host.k = TensorView::contiguous(k.ref.data(), a.k.dtype, n, hk, d);
+  host.v = TensorView::contiguous(v.ref.data(), a.v.dtype, n, hk, d);
+  host.positions = {pos.data(), IndexType::i64, n};
+  host.slots = host_slots.data();
+  host.cache = c;
+  host.cache.k = ck.ref.data();
+  host.cache.v = cv.ref.data();
+  host.cache.layout = CacheLayout::contiguous;
+  host.cache.blocks = 1;
+  host.cache.block_len = n;
+  append_reference(spec, host);
+
+  Comparison cmp = compare_elements(a.q.dtype, q.got.data(), q.ref.data(), n * hq * d);
+  cmp += compare_bits(static_cast<int>(ces), ck.got.data(), ck.ref.data(), n * hk * d);
+  cmp += compare_bits(static_cast<int>(ces), cv.got.data(), cv.ref.data(), n * hk * d);
+  return verdict(cmp, spec.numerics);
 }
 
 inline std::vector<std::string> split_list(const std::string& s, char sep = ',') {
@@ -289,6 +440,7 @@ struct CommonOptions {
   std::vector<std::string> filters;
   std::vector<std::int64_t> tokens;
   double budget_s = 0;  ///< stop starting new cases after this many seconds (0: no limit)
+  bool append = true;   ///< run the append rows (fused append against RoPE + a separate copy)
 };
 
 /// Parses argv: the common flags into `o`; any other flag goes to `own(flag, value)`, which
@@ -311,6 +463,8 @@ void parse_args(int argc, char** argv, CommonOptions& o, void (*usage)(), Own&& 
       for (const std::string& t : split_list(value())) o.tokens.push_back(std::stoll(t));
     } else if (a == "--budget-s") {
       o.budget_s = std::stod(value());
+    } else if (a == "--no-append") {
+      o.append = false;
     } else if (a == "--help" || a == "-h") {
       usage();
       std::exit(0);

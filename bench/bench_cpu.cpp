@@ -11,11 +11,17 @@
 // 1 thread and all threads. Inputs rotate among enough sets that the working set is >= 4x LLC,
 // so that, like the floor, every call reads from DRAM. Each case is verified once on sampled
 // tokens against posenc::apply_reference (bit-exact).
+//
+// Append rows: CpuEngine::append (bfloat16, main shape, contiguous and paged_nhd caches) against
+// apply followed by a separate copy of K and V into the cache on persistent threads, both
+// counted against the bytes the fused call must move and the same RMW floor; verified against
+// posenc::append_reference.
 #include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -23,7 +29,9 @@
 #include <cstring>
 #include <exception>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -33,6 +41,7 @@
 #include "bench_common.hpp"
 
 namespace pb = posenc::bench;
+using posenc::CacheLayout;
 using posenc::DType;
 using posenc::Pairing;
 using posenc::RopeArgs;
@@ -250,11 +259,29 @@ std::string verify_case(const posenc::CpuEngine& engine, const RopeArgs& a, DTyp
   host.positions = {pos.data(), posenc::IndexType::i64, n};
   posenc::apply_reference(engine.spec(), host);
   pb::Comparison c = pb::compare_elements(dtype, q_got.data(), q_ref.data(), n * main_hq * main_d);
-  const pb::Comparison ck = pb::compare_elements(dtype, k_got.data(), k_ref.data(), n * main_hk * main_d);
-  c.elements += ck.elements;
-  c.mismatches += ck.mismatches;
-  c.max_ulp = std::max(c.max_ulp, ck.max_ulp);
+  c += pb::compare_elements(dtype, k_got.data(), k_ref.data(), n * main_hk * main_d);
   return pb::verdict(c, engine.spec().numerics);
+}
+
+/// Times `call` (one call on the next input set): one warm-up, then about `seconds` of calls (5
+/// to 400), each timed alone; fills the row's median, GB/s (over row.bytes), share and note.
+void time_calls(const std::function<void()>& call, std::int64_t sets, double seconds, pb::Row& row) {
+  auto timed = [&] {
+    const auto t0 = clock_type::now();
+    call();
+    return seconds_since(t0);
+  };
+  timed();
+  const double estimate = std::max(1e-6, timed());
+  const int calls = std::clamp(static_cast<int>(seconds / estimate), 5, 400);
+  std::vector<double> us;
+  us.reserve(static_cast<std::size_t>(calls));
+  for (int i = 0; i < calls; ++i) us.push_back(1e6 * timed());
+  row.median_us = pb::median(us);
+  row.gbps = pb::gb_per_s(row.bytes, row.median_us);
+  row.ratio = row.gbps / row.floor_gbps;
+  row.note += (row.note.empty() ? "" : "; ") + std::string("sets=") + std::to_string(sets) +
+              " calls=" + std::to_string(calls);
 }
 
 void run_case(const posenc::CpuEngine& engine, const Layout& l, DType dtype, unsigned char* arena,
@@ -269,24 +296,174 @@ void run_case(const posenc::CpuEngine& engine, const Layout& l, DType dtype, uns
     a.positions = {positions + i * l.tokens, posenc::IndexType::i64, l.tokens};
   }
   row.verified = verify_case(engine, sets[0], dtype);
-
   std::int64_t next = 1;
-  auto call = [&] {
-    const auto t0 = clock_type::now();
-    engine.apply(sets[static_cast<std::size_t>(next++ % l.sets)]);
-    return seconds_since(t0);
+  time_calls([&] { engine.apply(sets[static_cast<std::size_t>(next++ % l.sets)]); }, l.sets, 0.3, row);
+}
+
+// ---- the fused append against apply followed by a separate cache copy -------------------------------
+
+/// Persistent threads for the unfused path's cache copy: the engine's pool is persistent, so a
+/// copy that started threads on every call would pay what the engine does not.
+class Workers {
+ public:
+  explicit Workers(int threads) {
+    for (int i = 1; i < threads; ++i) threads_.emplace_back([this, i] { loop(i); });
+  }
+  ~Workers() {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  Workers(const Workers&) = delete;
+  Workers& operator=(const Workers&) = delete;
+
+  int size() const { return static_cast<int>(threads_.size()) + 1; }
+
+  /// Runs body(i) for i < size() (the caller is 0) and returns when every part is done.
+  void run(const std::function<void(int)>& body) {
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      job_ = &body;
+      pending_ = size() - 1;
+      ++generation_;
+    }
+    wake_.notify_all();
+    body(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return pending_ == 0; });
+  }
+
+ private:
+  void loop(int index) {
+    std::uint64_t seen = 0;
+    for (;;) {
+      const std::function<void(int)>* job = nullptr;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+        job = job_;
+      }
+      (*job)(index);
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int)>* job_ = nullptr;
+  std::uint64_t generation_ = 0;
+  int pending_ = 0;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+/// Input sets of one append case (bfloat16, main shape): Q, K, V and positions per set, the slots
+/// of every set (pb::plan_slots) and one cache that every set writes its own rows of; enough sets
+/// to cover the working set, all filled (and first-touched) before timing.
+struct AppendInputs {
+  std::unique_ptr<HostBuffer> arena;
+  std::vector<std::int64_t> positions;
+  pb::SlotPlan plan;
+  std::vector<RopeArgs> rope;  ///< the unfused path's view of the same Q and K
+  std::vector<posenc::AppendArgs> sets;
+};
+
+AppendInputs make_append_inputs(CacheLayout layout, std::int64_t tokens, std::int64_t working_set, int fill_threads) {
+  constexpr DType dtype = DType::bf16;
+  const std::int64_t q_bytes = tokens * main_hq * main_d * 2, kv_bytes = tokens * main_hk * main_d * 2;
+  const std::int64_t set_stride = (q_bytes + 63) / 64 * 64 + 2 * ((kv_bytes + 63) / 64 * 64);
+  const auto touched = static_cast<std::int64_t>(
+      pb::append_floor_bytes(tokens, main_hq, main_hk, main_d, dtype, posenc::CacheDType::bf16));
+  AppendInputs in;
+  const std::int64_t n = std::max<std::int64_t>(2, (working_set + touched - 1) / touched);
+  in.plan = pb::plan_slots(layout, tokens, n, 0xa99e7dull + static_cast<std::uint64_t>(tokens));
+  const std::int64_t cache_bytes = (in.plan.blocks * in.plan.block_len * main_hk * main_d * 2 + 63) / 64 * 64;
+  in.arena = std::make_unique<HostBuffer>(n * set_stride + 2 * cache_bytes);
+  parallel_fill(in.arena->data(), in.arena->bytes, dtype, fill_threads, 4321);
+  in.positions.resize(static_cast<std::size_t>(n * tokens));
+  pb::fill_positions(in.positions.data(), n * tokens, 98);
+  posenc::KvCacheView cache;
+  cache.k = in.arena->data() + n * set_stride;
+  cache.v = static_cast<unsigned char*>(cache.k) + cache_bytes;
+  cache.layout = layout;
+  cache.kv_heads = main_hk;
+  cache.head_dim = main_d;
+  cache.blocks = in.plan.blocks;
+  cache.block_len = in.plan.block_len;
+  for (std::int64_t i = 0; i < n; ++i) {
+    unsigned char* q = in.arena->data() + i * set_stride;
+    unsigned char* k = q + (q_bytes + 63) / 64 * 64;
+    RopeArgs r;
+    r.q = posenc::TensorView::contiguous(q, dtype, tokens, main_hq, main_d);
+    r.k = posenc::TensorView::contiguous(k, dtype, tokens, main_hk, main_d);
+    r.positions = {in.positions.data() + i * tokens, posenc::IndexType::i64, tokens};
+    posenc::AppendArgs a;
+    a.q = r.q;
+    a.k = r.k;
+    a.v = posenc::TensorView::contiguous(k + (kv_bytes + 63) / 64 * 64, dtype, tokens, main_hk, main_d);
+    a.positions = r.positions;
+    a.slots = in.plan.slots.data() + i * tokens;
+    a.cache = cache;
+    in.rope.push_back(r);
+    in.sets.push_back(a);
+  }
+  return in;
+}
+
+/// The unfused path's copy: each worker takes a slice of the tokens and copies their K and V
+/// rows (same dtype as the cache) to the rows of their slots. Below 1 MiB the caller copies
+/// alone, as the engine's pool does for small calls: waking threads would cost more.
+void scatter_kv(Workers& workers, const posenc::AppendArgs& a) {
+  const std::int64_t tokens = a.positions.count, row_bytes = a.cache.head_dim * posenc::size_of(a.k.dtype);
+  const int parts = 2 * tokens * a.cache.kv_heads * row_bytes < (std::int64_t{1} << 20) ? 1 : workers.size();
+  auto copy = [&](int w) {
+    const std::int64_t end = tokens * (w + 1) / parts;
+    for (std::int64_t t = tokens * w / parts; t < end; ++t) {
+      const std::int64_t slot = a.slots[t];
+      if (slot < 0) continue;
+      for (std::int64_t h = 0; h < a.cache.kv_heads; ++h) {
+        const std::int64_t from = (t * a.cache.kv_heads + h) * row_bytes;
+        const std::int64_t to = pb::cache_row_element(a.cache, slot, h) * posenc::size_of(a.cache.dtype);
+        std::memcpy(static_cast<unsigned char*>(a.cache.k) + to, static_cast<const unsigned char*>(a.k.data) + from,
+                    static_cast<std::size_t>(row_bytes));
+        std::memcpy(static_cast<unsigned char*>(a.cache.v) + to, static_cast<const unsigned char*>(a.v.data) + from,
+                    static_cast<std::size_t>(row_bytes));
+      }
+    }
   };
-  call();
-  const double estimate = std::max(1e-6, call());
-  // About 0.3 s of timed calls per case, at least 5.
-  const int calls = std::clamp(static_cast<int>(0.3 / estimate), 5, 400);
-  std::vector<double> us;
-  us.reserve(static_cast<std::size_t>(calls));
-  for (int i = 0; i < calls; ++i) us.push_back(1e6 * call());
-  row.median_us = pb::median(us);
-  row.gbps = pb::gb_per_s(row.bytes, row.median_us);
-  row.ratio = row.gbps / row.floor_gbps;
-  row.note = "sets=" + std::to_string(l.sets) + " calls=" + std::to_string(calls);
+  if (parts == 1) {
+    copy(0);
+  } else {
+    workers.run(copy);
+  }
+}
+
+/// One append row: verify on set 0 against append_reference, then time.
+void run_append_case(const posenc::CpuEngine& engine, Workers& workers, AppendInputs& in, bool fused, pb::Row& row) {
+  std::int64_t next = 0;
+  const auto n = static_cast<std::int64_t>(in.sets.size());
+  auto call = [&] {
+    const auto i = static_cast<std::size_t>(next++ % n);
+    if (fused) {
+      engine.append(in.sets[i]);
+    } else {
+      engine.apply(in.rope[i]);
+      scatter_kv(workers, in.sets[i]);
+    }
+  };
+  const pb::CopyOut copy = [](void* to, const void* from, std::int64_t bytes) {
+    std::memcpy(to, from, static_cast<std::size_t>(bytes));
+  };
+  row.verified = pb::verify_append(engine.spec(), in.sets[0], call, copy, [] {});
+  row.note = std::string("cache ") + posenc::to_string(in.sets[0].cache.layout) + " " +
+             std::to_string(in.plan.blocks) + "x" + std::to_string(in.plan.block_len) + " slots";
+  time_calls(call, n, 0.2, row);
 }
 
 // ---- targets and output ----------------------------------------------------------------------------
@@ -298,13 +475,13 @@ std::vector<pb::TargetResult> evaluate_targets(const std::vector<pb::Row>& rows)
     if (r.engine != "posenc_cpu") continue;
     ++cases;
     bad += (pb::verdict_ok(r.verified) && !r.verified.empty()) ? 0 : 1;
-    if (r.t < 4096) continue;
+    if (r.t < 4096 || r.variant.rfind("append_", 0) == 0) continue;  // the 80% target is apply's
     out.push_back({r.variant + " " + r.dtype + " threads=" + std::to_string(r.threads) + " T=" + std::to_string(r.t) +
                        ": >= 80% of the RMW floor",
                    pb::percent(r.ratio), std::isfinite(r.ratio) && r.ratio >= 0.80});
   }
   if (cases > 0) {
-    out.push_back({"every case verified against apply_reference (" + std::to_string(cases) + " cases)",
+    out.push_back({"every case verified against apply_reference / append_reference (" + std::to_string(cases) + " cases)",
                    bad == 0 ? std::string("all exact") : std::to_string(bad) + " bad", bad == 0});
   }
   return out;
@@ -336,15 +513,17 @@ struct Options : pb::CommonOptions {
 void usage() {
   std::printf(
       "usage: posenc_bench_cpu [--quick] [--out DIR] [--filter A,B] [--tokens 1024,4096] [--threads 1,all]\n"
-      "                        [--floor-gib G] [--budget-s S]\n"
-      "  --quick      T = 4096, float32 and bfloat16 only\n"
+      "                        [--floor-gib G] [--budget-s S] [--no-append]\n"
+      "  --quick      T = 4096, float32 and bfloat16 only (append: paged_nhd only)\n"
       "  --out DIR    where bench_cpu.csv and bench_cpu.md go (default .)\n"
       "  --filter     keep cases whose 'variant dtype' label contains one of the words\n"
-      "               (main_half_split main_interleaved float32 float16 bfloat16)\n"
+      "               (main_half_split main_interleaved float32 float16 bfloat16; the append rows are\n"
+      "               append_{fused,ropecopy}_{contiguous,paged_nhd}: --filter append runs only those)\n"
       "  --tokens     token counts (default 1024,4096,16384)\n"
       "  --threads    thread counts, 'all' = every CPU this process may use (default 1,all)\n"
       "  --floor-gib  floor buffer size in GiB, raised to 8x LLC when smaller (default 1)\n"
-      "  --budget-s   start no new case after this many seconds; what ran is still written\n");
+      "  --budget-s   start no new case after this many seconds; what ran is still written\n"
+      "  --no-append  skip the append rows (CpuEngine::append against apply + a cache copy)\n");
 }
 
 Options parse_options(int argc, char** argv) {
@@ -418,10 +597,65 @@ int run(const Options& opt) {
   const std::vector<DType> dtypes = opt.quick ? std::vector<DType>{DType::f32, DType::bf16}
                                               : std::vector<DType>{DType::f32, DType::f16, DType::bf16};
   const Pairing pairings[] = {Pairing::half_split, Pairing::interleaved};
-  std::printf("%-17s %-9s %7s %6s %10s %8s %7s  %s\n", "variant", "dtype", "threads", "T", "us", "GB/s", "share",
+  std::printf("%-26s %-9s %7s %6s %10s %8s %7s  %s\n", "variant", "dtype", "threads", "T", "us", "GB/s", "share",
               "verified");
   bool verify_failed = false;
   int skipped = 0;
+  auto out_of_time = [&] {
+    return pb::stop_requested != 0 || (opt.budget_s > 0 && seconds_since(t_begin) > opt.budget_s);
+  };
+  // A row of the main shape; `fi` picks the thread count and its floor.
+  auto make_row = [&](const std::string& variant, DType dtype, Pairing pairing, std::int64_t t, std::size_t fi) {
+    pb::Row row;
+    row.card = card;
+    row.engine = "posenc_cpu";
+    row.variant = variant;
+    row.dtype = posenc::to_string(dtype);
+    row.pairing = posenc::to_string(pairing);
+    row.numerics = posenc::to_string(posenc::Numerics::hf_compatible);
+    row.hq = main_hq;
+    row.hk = main_hk;
+    row.d = main_d;
+    row.r = main_d;
+    row.t = t;
+    row.threads = opt.threads[fi];
+    row.bytes = 2.0 * static_cast<double>(t * (main_hq + main_hk) * main_d * posenc::size_of(dtype));
+    row.bytes_whole = row.bytes;
+    row.floor_gbps = floors[fi].gbps;
+    row.floor_kind = "rmw_loop_f32";
+    return row;
+  };
+  // Runs one case into `row` and records it; an exception becomes the row's error.
+  auto record = [&](pb::Row row, const std::function<void(pb::Row&)>& body) {
+    try {
+      body(row);
+    } catch (const std::exception& e) {
+      row.verified = row.verified.empty() ? std::string("error: ") + e.what() : row.verified;
+      row.note = std::string("error: ") + e.what();
+    }
+    verify_failed = verify_failed || !pb::verdict_ok(row.verified);
+    std::printf("%-26s %-9s %7d %6lld %10s %8s %7s  %s\n", row.variant.c_str(), row.dtype.c_str(), row.threads,
+                static_cast<long long>(row.t), pb::format_number(row.median_us, 1).c_str(),
+                pb::format_number(row.gbps, 1).c_str(), pb::percent(row.ratio).c_str(), row.verified.c_str());
+    std::fflush(stdout);
+    rows.push_back(std::move(row));
+  };
+  // An engine, or the error that every row using it reports.
+  std::string engine_error;
+  auto make_engine = [&](Pairing pairing, int threads) {
+    RopeSpec spec;
+    spec.head_dim = main_d;
+    spec.pairing = pairing;
+    spec.numerics = posenc::Numerics::hf_compatible;
+    engine_error.clear();
+    try {
+      return std::make_unique<posenc::CpuEngine>(spec, posenc::CpuOptions{threads});
+    } catch (const std::exception& e) {
+      engine_error = std::string("engine construction: ") + e.what();
+      return std::unique_ptr<posenc::CpuEngine>();
+    }
+  };
+
   for (DType dtype : dtypes) {
     // One arena and one position table serve every case of this dtype (filled once: the cases
     // rotate the data in place, which keeps it random and finite).
@@ -431,7 +665,7 @@ int run(const Options& opt) {
       arena_bytes = std::max(arena_bytes, l.sets * l.set_stride);
       position_count = std::max(position_count, l.sets * t);
     }
-    if (pb::stop_requested != 0 || (opt.budget_s > 0 && seconds_since(t_begin) > opt.budget_s)) {
+    if (out_of_time()) {
       skipped += static_cast<int>(opt.threads.size() * std::size(pairings) * opt.tokens.size());
       continue;  // not even the arena fill
     }
@@ -446,59 +680,57 @@ int run(const Options& opt) {
     pb::fill_positions(positions.data(), position_count, 99);
 
     for (std::size_t fi = 0; fi < opt.threads.size(); ++fi) {
-      const int threads = opt.threads[fi];
       for (Pairing pairing : pairings) {
         const std::string variant = std::string("main_") + posenc::to_string(pairing);
         if (!pb::matches_filter(variant + " " + posenc::to_string(dtype), opt.filters)) continue;
-        RopeSpec spec;
-        spec.head_dim = main_d;
-        spec.pairing = pairing;
-        spec.numerics = posenc::Numerics::hf_compatible;
-        std::unique_ptr<posenc::CpuEngine> engine;
-        std::string engine_error;
-        try {
-          engine = std::make_unique<posenc::CpuEngine>(spec, posenc::CpuOptions{threads});
-        } catch (const std::exception& e) {
-          engine_error = std::string("error: engine construction: ") + e.what();
-        }
+        const std::unique_ptr<posenc::CpuEngine> engine = make_engine(pairing, opt.threads[fi]);
         for (std::int64_t t : opt.tokens) {
-          if (pb::stop_requested != 0 || (opt.budget_s > 0 && seconds_since(t_begin) > opt.budget_s)) {
+          if (out_of_time()) {
             ++skipped;
             continue;
           }
-          pb::Row row;
-          row.card = card;
-          row.engine = "posenc_cpu";
-          row.variant = variant;
-          row.dtype = posenc::to_string(dtype);
-          row.pairing = posenc::to_string(pairing);
-          row.numerics = posenc::to_string(spec.numerics);
-          row.hq = main_hq;
-          row.hk = main_hk;
-          row.d = main_d;
-          row.r = main_d;
-          row.t = t;
-          row.threads = threads;
-          row.bytes = 2.0 * static_cast<double>(t * (main_hq + main_hk) * main_d * posenc::size_of(dtype));
-          row.bytes_whole = row.bytes;
-          row.floor_gbps = floors[fi].gbps;
-          row.floor_kind = "rmw_loop_f32";
-          if (!engine) {
-            row.verified = engine_error;
-          } else {
-            try {
-              run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
-            } catch (const std::exception& e) {
-              row.verified = row.verified.empty() ? std::string("error: ") + e.what() : row.verified;
-              row.note = std::string("error: ") + e.what();
-            }
+          record(make_row(variant, dtype, pairing, t, fi), [&](pb::Row& row) {
+            if (!engine) throw std::runtime_error(engine_error);
+            run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
+          });
+        }
+      }
+    }
+  }
+
+  // The append sweep (bfloat16, half_split): per cache layout and T one set of inputs, both
+  // methods at every thread count. --quick: paged_nhd only.
+  const CacheLayout append_layouts[] = {CacheLayout::contiguous, CacheLayout::paged_nhd};
+  for (CacheLayout layout : append_layouts) {
+    if (!opt.append || (opt.quick && layout == CacheLayout::contiguous)) continue;
+    std::vector<bool> methods;  // fused?
+    for (bool fused : {true, false}) {
+      const std::string variant = std::string(fused ? "append_fused_" : "append_ropecopy_") + posenc::to_string(layout);
+      if (pb::matches_filter(variant + " bfloat16", opt.filters)) methods.push_back(fused);
+    }
+    for (std::int64_t t : opt.tokens) {
+      if (methods.empty() || out_of_time()) {
+        skipped += static_cast<int>(methods.size() * opt.threads.size());
+        continue;
+      }
+      std::unique_ptr<AppendInputs> inputs;
+      for (std::size_t fi = 0; fi < opt.threads.size(); ++fi) {
+        const std::unique_ptr<posenc::CpuEngine> engine = make_engine(Pairing::half_split, opt.threads[fi]);
+        Workers workers(opt.threads[fi]);
+        for (bool fused : methods) {
+          if (out_of_time()) {
+            ++skipped;
+            continue;
           }
-          verify_failed = verify_failed || !pb::verdict_ok(row.verified);
-          std::printf("%-17s %-9s %7d %6lld %10s %8s %7s  %s\n", row.variant.c_str(), row.dtype.c_str(), threads,
-                      static_cast<long long>(t), pb::format_number(row.median_us, 1).c_str(),
-                      pb::format_number(row.gbps, 1).c_str(), pb::percent(row.ratio).c_str(), row.verified.c_str());
-          std::fflush(stdout);
-          rows.push_back(std::move(row));
+          const std::string variant = std::string(fused ? "append_fused_" : "append_ropecopy_") + posenc::to_string(layout);
+          pb::Row row = make_row(variant, DType::bf16, Pairing::half_split, t, fi);
+          row.bytes = pb::append_floor_bytes(t, main_hq, main_hk, main_d, DType::bf16, posenc::CacheDType::bf16);
+          row.bytes_whole = row.bytes;
+          record(std::move(row), [&](pb::Row& r) {
+            if (!engine) throw std::runtime_error(engine_error);
+            if (!inputs) inputs = std::make_unique<AppendInputs>(make_append_inputs(layout, t, working_set, fill_threads));
+            run_append_case(*engine, workers, *inputs, fused, r);
+          });
         }
       }
     }

@@ -8,7 +8,11 @@
 //   graph   N applies captured into a CUDA graph (several graphs for small T, so that replays also
 //           rotate through more than L2), replayed; per-call time = replay time / N.
 //   verify  once per case, before timing: sampled tokens against posenc::apply_reference (the
-//           CPU definition), bit-exact for hf_compatible.
+//           CPU definition; append_reference for the append rows), bit-exact for hf_compatible.
+//   append  the fused RoPE + KV-cache append (GpuEngine::append: Q in place, K and V into a
+//           contiguous or paged cache) against what a user runs without it (apply, then a
+//           separate scatter of K and V into the cache, timed as one unit), both counted against
+//           the bytes the fused operation must move; verified against posenc::append_reference.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -19,8 +23,12 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
+
+#include <cuda_fp8.h>  // the unfused path's fp8 cast (this program is built for CUDA only)
 
 #include "gpu/vendor.hpp"
 #include "posenc/posenc.hpp"
@@ -28,6 +36,8 @@
 #include "bench_common.hpp"
 
 namespace pb = posenc::bench;
+using posenc::CacheDType;
+using posenc::CacheLayout;
 using posenc::DType;
 using posenc::Numerics;
 using posenc::Pairing;
@@ -90,6 +100,56 @@ __global__ void rmw_kernel(float4* x, std::int64_t n4, float a, float b) {
     if (i < n4) {
       x[i] = make_float4(v[u].x * a + b, v[u].y * a + b, v[u].z * a + b, v[u].w * a + b);
     }
+  }
+}
+
+// ---- kernel: the unfused path's cache copy -------------------------------------------------------
+
+/// Eight bfloat16 values (one 16-byte chunk) -> eight float8_e4m3fn bytes, e4m3(fl32(x / scale))
+/// rounded to nearest even and saturated, the cast kv_cache.hpp defines.
+__device__ uint2 bf16x8_to_e4m3x8(uint4 in, float scale) {
+  const std::uint32_t words[4] = {in.x, in.y, in.z, in.w};
+  std::uint32_t out[2] = {0, 0};
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    const std::uint32_t bits = (words[i / 2] >> (16 * (i % 2))) & 0xffffu;
+    const float x = __fdiv_rn(__uint_as_float(bits << 16), scale);
+    out[i / 4] |= static_cast<std::uint32_t>(__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3)) << (8 * (i % 4));
+  }
+  return make_uint2(out[0], out[1]);
+}
+
+/// What the unfused path launches after apply: K (rotated in place) and V, [tokens, kv_heads,
+/// head_dim] bfloat16 back to back, copied to the cache rows of each token's slot.
+struct ScatterKv {
+  const uint4* k = nullptr;
+  const uint4* v = nullptr;
+  const std::int64_t* slots = nullptr;
+  std::int64_t rows = 0;        ///< tokens * kv_heads
+  std::int64_t row_chunks = 0;  ///< 16-byte chunks of one input row
+  posenc::KvCacheView cache;
+};
+
+// One thread per 16-byte chunk of a (token, head) row, K and V loaded before either store, so
+// each thread has two 16-byte loads in flight: the plain vectorized copy a user would write
+// (vLLM's reshape_and_cache_flash moves the same bytes with narrower accesses).
+template <bool to_fp8>
+__global__ void scatter_kv_kernel(ScatterKv s) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= s.rows * s.row_chunks) return;
+  const std::int64_t row = i / s.row_chunks;
+  const std::int64_t chunk = i % s.row_chunks;
+  const uint4 k = s.k[i];
+  const uint4 v = s.v[i];
+  const std::int64_t slot = s.slots[row / s.cache.kv_heads];
+  if (slot < 0) return;  // padding token: nothing to write
+  const std::int64_t at = pb::cache_row_element(s.cache, slot, row % s.cache.kv_heads);
+  if constexpr (to_fp8) {
+    reinterpret_cast<uint2*>(static_cast<unsigned char*>(s.cache.k) + at)[chunk] = bf16x8_to_e4m3x8(k, s.cache.k_scale);
+    reinterpret_cast<uint2*>(static_cast<unsigned char*>(s.cache.v) + at)[chunk] = bf16x8_to_e4m3x8(v, s.cache.v_scale);
+  } else {
+    reinterpret_cast<uint4*>(static_cast<std::uint16_t*>(s.cache.k) + at)[chunk] = k;
+    reinterpret_cast<uint4*>(static_cast<std::uint16_t*>(s.cache.v) + at)[chunk] = v;
   }
 }
 
@@ -283,7 +343,7 @@ std::vector<Variant> all_variants() {
   return vs;
 }
 
-// ---- one case ------------------------------------------------------------------------------------
+// ---- input sets ----------------------------------------------------------------------------------
 
 constexpr std::int64_t align_up(std::int64_t v, std::int64_t a) { return (v + a - 1) / a * a; }
 
@@ -292,12 +352,16 @@ constexpr std::int64_t align_up(std::int64_t v, std::int64_t a) { return (v + a 
 struct InputSets {
   posenc::gpu::DeviceBuffer arena;
   std::vector<RopeArgs> args;
-  std::int64_t set_bytes = 0;  ///< Q + K + positions of one set, unpadded
+  std::int64_t set_bytes = 0;  ///< bytes one call touches (Q + K + positions, and an append's extra)
   std::int64_t next = 0;       ///< rotation counter: every launch takes the next set
-  const RopeArgs& take() { return args[static_cast<std::size_t>(next++ % static_cast<std::int64_t>(args.size()))]; }
+  std::size_t take_index() { return static_cast<std::size_t>(next++ % static_cast<std::int64_t>(args.size())); }
+  const RopeArgs& take() { return args[take_index()]; }
 };
 
-InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::uint64_t seed) {
+/// `extra_set_bytes`: bytes per set the caller allocates beside these (an append's V, slots and
+/// cache rows); they count towards the working set and the memory budget.
+InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::uint64_t seed,
+                          std::int64_t extra_set_bytes = 0) {
   const std::int64_t es = posenc::size_of(v.dtype);
   const std::int64_t d = v.spec.head_dim;
   const std::int64_t q_bytes = tokens * v.hq * d * es;
@@ -306,8 +370,8 @@ InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::ui
   const std::int64_t q_stride = align_up(q_bytes, 256);
   const std::int64_t k_stride = align_up(k_bytes, 256);
   const std::int64_t p_stride = align_up(p_bytes, 256);
-  const std::int64_t set_bytes = q_bytes + k_bytes + p_bytes;
-  const std::int64_t per_set = q_stride + k_stride + p_stride;
+  const std::int64_t set_bytes = q_bytes + k_bytes + p_bytes + extra_set_bytes;
+  const std::int64_t per_set = q_stride + k_stride + p_stride + extra_set_bytes;
 
   // Enough sets that the launches cycle through >= 4x L2, and never fewer than 2, so no launch
   // finds its inputs left in L2 by the launch before.
@@ -322,7 +386,7 @@ InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::ui
 
   InputSets s;
   s.set_bytes = set_bytes;
-  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * per_set);
+  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * (per_set - extra_set_bytes));
   auto* base = static_cast<unsigned char*>(s.arena.data());
   unsigned char* q0 = base;
   unsigned char* k0 = base + n_sets * q_stride;
@@ -341,6 +405,13 @@ InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::ui
   return s;
 }
 
+/// Device-to-host copies enqueued on the benchmark's stream (complete after g.sync()).
+pb::CopyOut device_to_host(const Gpu& g) {
+  return [&g](void* to, const void* from, std::int64_t bytes) {
+    POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(to, from, static_cast<std::size_t>(bytes), cudaMemcpyDeviceToHost, g.native));
+  };
+}
+
 /// Applies once to `a` on the GPU and compares sampled tokens with apply_reference on the host.
 std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& engine, const RopeArgs& a) {
   const std::int64_t es = posenc::size_of(v.dtype);
@@ -349,53 +420,52 @@ std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& 
   const std::int64_t k_row = v.hk * d * es;
   const std::vector<std::int64_t> tokens = pb::sample_tokens(a.positions.count, 64);
   const auto n = static_cast<std::int64_t>(tokens.size());
-  std::vector<unsigned char> q_ref(static_cast<std::size_t>(n * q_row)), k_ref(static_cast<std::size_t>(n * k_row));
-  std::vector<unsigned char> q_got(q_ref.size()), k_got(k_ref.size());
+  pb::SampledRows q(n, q_row), k(n, k_row);
   std::vector<std::int64_t> pos(static_cast<std::size_t>(n));
+  const pb::CopyOut copy = device_to_host(g);
 
-  auto rows = [&](bool to_host_ref, unsigned char* q_host, unsigned char* k_host) {
-    for (std::int64_t j = 0; j < n; ++j) {
-      const std::int64_t t = tokens[static_cast<std::size_t>(j)];
-      POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(q_host + j * q_row, static_cast<const unsigned char*>(a.q.data) + t * q_row,
-                                              static_cast<std::size_t>(q_row), cudaMemcpyDeviceToHost, g.native));
-      POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(k_host + j * k_row, static_cast<const unsigned char*>(a.k.data) + t * k_row,
-                                              static_cast<std::size_t>(k_row), cudaMemcpyDeviceToHost, g.native));
-      if (to_host_ref) {
-        POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(&pos[static_cast<std::size_t>(j)],
-                                                static_cast<const std::int64_t*>(a.positions.data) + t, 8,
-                                                cudaMemcpyDeviceToHost, g.native));
-      }
-    }
-    g.sync();
-  };
-  rows(true, q_ref.data(), k_ref.data());
+  pb::gather_rows(copy, q.ref.data(), a.q.data, q_row, tokens);
+  pb::gather_rows(copy, k.ref.data(), a.k.data, k_row, tokens);
+  pb::gather_rows(copy, pos.data(), a.positions.data, 8, tokens);
+  g.sync();
   engine.apply(a, g.stream.ref());
   engine.check(g.stream.ref());
-  rows(false, q_got.data(), k_got.data());
+  pb::gather_rows(copy, q.got.data(), a.q.data, q_row, tokens);
+  pb::gather_rows(copy, k.got.data(), a.k.data, k_row, tokens);
+  g.sync();
 
   RopeArgs host;
-  host.q = posenc::TensorView::contiguous(q_ref.data(), v.dtype, n, v.hq, d);
-  host.k = posenc::TensorView::contiguous(k_ref.data(), v.dtype, n, v.hk, d);
+  host.q = posenc::TensorView::contiguous(q.ref.data(), v.dtype, n, v.hq, d);
+  host.k = posenc::TensorView::contiguous(k.ref.data(), v.dtype, n, v.hk, d);
   host.positions = {pos.data(), posenc::IndexType::i64, n};
   posenc::apply_reference(v.spec, host);
 
-  pb::Comparison cq = pb::compare_elements(v.dtype, q_got.data(), q_ref.data(), n * v.hq * d);
-  const pb::Comparison ck = pb::compare_elements(v.dtype, k_got.data(), k_ref.data(), n * v.hk * d);
-  cq.elements += ck.elements;
-  cq.mismatches += ck.mismatches;
-  cq.max_ulp = std::max(cq.max_ulp, ck.max_ulp);
-  return pb::verdict(cq, v.spec.numerics);
+  pb::Comparison c = pb::compare_elements(v.dtype, q.got.data(), q.ref.data(), n * v.hq * d);
+  c += pb::compare_elements(v.dtype, k.got.data(), k.ref.data(), n * v.hk * d);
+  return pb::verdict(c, v.spec.numerics);
 }
 
-/// Per-call microseconds of applies replayed from CUDA graphs of `calls` applies each. For small
+// ---- timing one case -----------------------------------------------------------------------------
+
+/// What a case times: `call` enqueues one operation on the next input set; `check` surfaces the
+/// errors of the calls so far (GpuEngine::check).
+struct TimedCall {
+  std::function<void()> call;
+  std::function<void()> check;
+  std::int64_t sets = 0;       ///< input sets the calls rotate through
+  std::int64_t set_bytes = 0;  ///< bytes one call touches
+  double seconds = 0.2;        ///< event-timed launches to aim for
+  bool graph = true;           ///< also time replays from CUDA graphs
+};
+
+/// Per-call microseconds of calls replayed from CUDA graphs of `calls` calls each. For small
 /// calls one graph's sets would sit in L2 after its first replay, so several graphs over disjoint
 /// sets are built and replayed in turn until the replays cover >= 2x L2.
-double graph_us_per_call(Gpu& g, const posenc::gpu::GpuEngine& engine, InputSets& sets, int calls) {
+double graph_us_per_call(Gpu& g, const TimedCall& c, int calls) {
   const std::int64_t l2 = std::max<std::int64_t>(g.device.l2_bytes(), 1 << 20);
-  const std::int64_t per_graph = static_cast<std::int64_t>(calls) * sets.set_bytes;
+  const std::int64_t per_graph = static_cast<std::int64_t>(calls) * c.set_bytes;
   std::int64_t n_graphs = std::max<std::int64_t>(1, (2 * l2 + per_graph - 1) / per_graph);
-  n_graphs = std::min<std::int64_t>({n_graphs, 128,
-                                     std::max<std::int64_t>(1, static_cast<std::int64_t>(sets.args.size()) / calls)});
+  n_graphs = std::min<std::int64_t>({n_graphs, 128, std::max<std::int64_t>(1, c.sets / calls)});
   std::vector<cudaGraphExec_t> execs;
   auto destroy = [&] {
     for (cudaGraphExec_t e : execs) cudaGraphExecDestroy(e);
@@ -405,7 +475,7 @@ double graph_us_per_call(Gpu& g, const posenc::gpu::GpuEngine& engine, InputSets
     for (std::int64_t gi = 0; gi < n_graphs; ++gi) {
       POSENC_BENCH_CUDA_CHECK(cudaStreamBeginCapture(g.native, cudaStreamCaptureModeGlobal));
       try {
-        for (int c = 0; c < calls; ++c) engine.apply(sets.take(), g.stream.ref());
+        for (int i = 0; i < calls; ++i) c.call();
       } catch (...) {
         cudaGraph_t broken = nullptr;
         cudaStreamEndCapture(g.native, &broken);
@@ -435,6 +505,36 @@ double graph_us_per_call(Gpu& g, const posenc::gpu::GpuEngine& engine, InputSets
   }
 }
 
+/// Times `c` (the method docs/PERFORMANCE.md describes) and fills the row's time, graph time,
+/// GB/s (over row.bytes) and share of the floor.
+void time_case(Gpu& g, const TimedCall& c, const Floor& floor, pb::Row& row) {
+  auto call = [&](int) { c.call(); };
+  for (int i = 0; i < 10; ++i) call(i);
+  const double estimate_us = std::max(0.5, time_block(g, 10, call));
+  // About c.seconds of timed launches, at least 30 and at most the event pool.
+  const int launches = std::clamp(static_cast<int>(c.seconds * 1e6 / estimate_us), 30, g.event_pairs());
+  row.median_us = pb::median(time_each(g, launches, call));
+  c.check();
+
+  const int calls = std::clamp(static_cast<int>(2000.0 / estimate_us), 10, 100);
+  if (c.graph) {
+    try {
+      row.graph_us = graph_us_per_call(g, c, calls);
+      c.check();
+    } catch (const std::exception& e) {
+      row.note += std::string(row.note.empty() ? "" : "; ") + "graph: " + e.what();
+    }
+  }
+
+  row.gbps = pb::gb_per_s(row.bytes, row.median_us);
+  row.floor_gbps = floor.best();
+  row.floor_kind = floor.kind();
+  row.ratio = row.gbps / row.floor_gbps;
+  const std::string info = "sets=" + std::to_string(c.sets) + " launches=" + std::to_string(launches) +
+                           (c.graph ? " graph_calls=" + std::to_string(calls) : std::string());
+  row.note += (row.note.empty() ? "" : "; ") + info;
+}
+
 pb::Row base_row(const std::string& card, const Variant& v, std::int64_t tokens) {
   pb::Row r;
   r.card = card;
@@ -462,30 +562,176 @@ void run_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& engine, pb
   InputSets sets = make_input_sets(g, v, row.t, seed);
   row.verified = verify_case(g, v, engine, sets.args[0]);
   sets.next = 1;
+  const TimedCall c{[&] { engine.apply(sets.take(), g.stream.ref()); }, [&] { engine.check(g.stream.ref()); },
+                    static_cast<std::int64_t>(sets.args.size()), sets.set_bytes};
+  time_case(g, c, floor, row);
+}
 
-  auto apply = [&](int) { engine.apply(sets.take(), g.stream.ref()); };
-  for (int i = 0; i < 10; ++i) apply(i);
-  const double estimate_us = std::max(0.5, time_block(g, 10, apply));
-  // About 0.2 s of timed launches, at least 30 and at most the event pool.
-  const int launches = std::clamp(static_cast<int>(2e5 / estimate_us), 30, g.event_pairs());
-  row.median_us = pb::median(time_each(g, launches, apply));
-  engine.check(g.stream.ref());
+// ---- the fused append against RoPE followed by a separate cache copy ------------------------------
 
-  const int calls = std::clamp(static_cast<int>(2000.0 / estimate_us), 10, 100);
-  try {
-    row.graph_us = graph_us_per_call(g, engine, sets, calls);
-    engine.check(g.stream.ref());
-  } catch (const std::exception& e) {
-    row.note += std::string(row.note.empty() ? "" : "; ") + "graph: " + e.what();
+/// One cache configuration of the append sweep; the activations are the main shape's (bf16,
+/// Q [T, 32, 128], K = V [T, 8, 128], hf_compatible).
+struct AppendCase {
+  std::string name;  ///< layout, and what differs from bf16 half_split
+  CacheLayout layout = CacheLayout::paged_nhd;
+  CacheDType cache = CacheDType::bf16;
+  Pairing pairing = Pairing::half_split;
+  bool in_quick = false;
+  std::vector<std::int64_t> only_tokens;  ///< when not empty: the T of the sweep it runs at
+};
+
+std::vector<AppendCase> append_cases() {
+  const std::vector<std::int64_t> all;
+  return {
+      {"contiguous", CacheLayout::contiguous, CacheDType::bf16, Pairing::half_split, false, all},
+      {"paged_nhd", CacheLayout::paged_nhd, CacheDType::bf16, Pairing::half_split, true, all},
+      {"paged_hnd", CacheLayout::paged_hnd, CacheDType::bf16, Pairing::half_split, false, all},
+      {"paged_nhd_interleaved", CacheLayout::paged_nhd, CacheDType::bf16, Pairing::interleaved, false, {64, 4096, 65536}},
+      {"paged_nhd_fp8", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false, {64, 16384}},
+  };
+}
+
+enum class AppendMethod { fused, rope_copy };
+
+std::string append_variant(const AppendCase& c, AppendMethod m) {
+  return std::string(m == AppendMethod::fused ? "append_fused_" : "append_ropecopy_") + c.name;
+}
+
+/// The activations of an append case as a Variant (for base_row and make_input_sets).
+Variant append_shape(const AppendCase& c) {
+  Variant v;
+  v.name = "append_" + c.name;
+  v.spec = plain_spec(128, c.pairing, Numerics::hf_compatible);
+  return v;
+}
+
+/// An append case's input sets: Q, K and positions as InputSets (the unfused path's RopeArgs),
+/// and beside them V, the slots of every set and the cache. Both methods rotate through the same
+/// sets; every set writes its own cache rows, so the cache lines written rotate too.
+struct AppendSets {
+  InputSets rope;
+  posenc::gpu::DeviceBuffer arena;  ///< V sets, then the slots of every set, then cache K and V
+  std::vector<posenc::AppendArgs> args;
+  std::string note;
+};
+
+AppendSets make_append_sets(Gpu& g, const AppendCase& c, std::int64_t tokens, std::uint64_t seed) {
+  const Variant shape = append_shape(c);
+  const std::int64_t d = shape.spec.head_dim;
+  const std::int64_t v_bytes = tokens * shape.hk * d * posenc::size_of(shape.dtype);
+  const std::int64_t cache_row_bytes = shape.hk * d * posenc::size_of(c.cache);  // one slot of K or of V
+  if ((d * posenc::size_of(shape.dtype)) % 16 != 0) throw std::runtime_error("the copy kernel needs 16-byte rows");
+  AppendSets s;
+  s.rope = make_input_sets(g, shape, tokens, seed, align_up(v_bytes, 256) + tokens * (8 + 2 * cache_row_bytes));
+  const auto n_sets = static_cast<std::int64_t>(s.rope.args.size());
+  const pb::SlotPlan plan = pb::plan_slots(c.layout, tokens, n_sets, seed ^ 0x5107ull);
+  const std::int64_t v_stride = align_up(v_bytes, 256);
+  const std::int64_t slots_bytes = align_up(n_sets * tokens * 8, 256);
+  const std::int64_t cache_bytes = align_up(plan.blocks * plan.block_len * cache_row_bytes, 256);
+  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * v_stride + slots_bytes + 2 * cache_bytes);
+  auto* v0 = static_cast<unsigned char*>(s.arena.data());
+  auto* slots0 = reinterpret_cast<std::int64_t*>(v0 + n_sets * v_stride);
+  unsigned char* cache0 = v0 + n_sets * v_stride + slots_bytes;
+  g.fill_elements(v0, shape.dtype, n_sets * v_stride / posenc::size_of(shape.dtype), seed ^ 0x7676ull);
+  POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(slots0, plan.slots.data(), plan.slots.size() * 8, cudaMemcpyHostToDevice,
+                                          g.native));
+  posenc::KvCacheView cache;
+  cache.k = cache0;
+  cache.v = cache0 + cache_bytes;
+  cache.dtype = c.cache;
+  cache.layout = c.layout;
+  cache.kv_heads = shape.hk;
+  cache.head_dim = d;
+  cache.blocks = plan.blocks;
+  cache.block_len = plan.block_len;
+  if (c.cache == CacheDType::fp8_e4m3) {  // scales other than 1, so the division is exercised
+    cache.k_scale = 0.5f;
+    cache.v_scale = 0.25f;
   }
+  s.args.resize(static_cast<std::size_t>(n_sets));
+  for (std::int64_t i = 0; i < n_sets; ++i) {
+    const RopeArgs& r = s.rope.args[static_cast<std::size_t>(i)];
+    posenc::AppendArgs& a = s.args[static_cast<std::size_t>(i)];
+    a.q = r.q;
+    a.k = r.k;
+    a.v = posenc::TensorView::contiguous(v0 + i * v_stride, shape.dtype, tokens, shape.hk, d);
+    a.positions = r.positions;
+    a.slots = slots0 + i * tokens;
+    a.cache = cache;
+  }
+  s.note = std::string("cache ") + posenc::to_string(c.cache) + " " + posenc::to_string(c.layout) + " " +
+           std::to_string(plan.blocks) + "x" + std::to_string(plan.block_len) + " slots, " +
+           std::to_string(pb::tokens_per_sequence(tokens)) + " token(s) per sequence per call";
+  g.sync();  // plan.slots must outlive the upload
+  return s;
+}
 
-  row.gbps = pb::gb_per_s(row.bytes, row.median_us);
-  row.floor_gbps = floor.best();
-  row.floor_kind = floor.kind();
-  row.ratio = row.gbps / row.floor_gbps;
-  const std::string info = "sets=" + std::to_string(sets.args.size()) + " launches=" + std::to_string(launches) +
-                           " graph_calls=" + std::to_string(calls);
-  row.note += (row.note.empty() ? "" : "; ") + info;
+/// The unfused path's second launch: K and V of `a` into the cache rows of their slots.
+void scatter_kv(const Gpu& g, const posenc::AppendArgs& a) {
+  if (a.cache.dtype != CacheDType::bf16 && a.cache.dtype != CacheDType::fp8_e4m3) {
+    throw std::runtime_error("the bench copy kernel writes bfloat16 or float8_e4m3fn caches only");
+  }
+  ScatterKv s;
+  s.k = static_cast<const uint4*>(a.k.data);
+  s.v = static_cast<const uint4*>(a.v.data);
+  s.slots = a.slots;
+  s.rows = a.positions.count * a.cache.kv_heads;
+  s.row_chunks = a.cache.head_dim * posenc::size_of(a.k.dtype) / 16;
+  s.cache = a.cache;
+  const auto blocks = static_cast<unsigned>((s.rows * s.row_chunks + 255) / 256);
+  if (a.cache.dtype == CacheDType::fp8_e4m3) {
+    scatter_kv_kernel<true><<<blocks, 256, 0, g.native>>>(s);
+  } else {
+    scatter_kv_kernel<false><<<blocks, 256, 0, g.native>>>(s);
+  }
+  POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
+}
+
+/// Runs `op` (one append of `a`, by either method) and compares sampled tokens with append_reference.
+std::string verify_append(Gpu& g, const posenc::gpu::GpuEngine& engine, const posenc::AppendArgs& a,
+                          const std::function<void()>& op) {
+  auto checked_op = [&] {
+    op();
+    engine.check(g.stream.ref());
+  };
+  return pb::verify_append(engine.spec(), a, checked_op, device_to_host(g), [&] { g.sync(); });
+}
+
+/// A row of the append sweep. Its bytes are the fused operation's least traffic, for both
+/// methods: read and write Q, read K and V, write the cache's K and V rows (cache dtype).
+pb::Row append_row(const std::string& card, const AppendCase& c, AppendMethod m, std::int64_t tokens) {
+  const Variant shape = append_shape(c);
+  pb::Row r = base_row(card, shape, tokens);
+  r.variant = append_variant(c, m);
+  r.bytes = pb::append_floor_bytes(tokens, shape.hq, shape.hk, shape.spec.head_dim, shape.dtype, c.cache);
+  r.bytes_whole = r.bytes;
+  if (m == AppendMethod::rope_copy) {  // what the unfused path itself moves: K is also written and read back
+    const double k_bytes = static_cast<double>(tokens * shape.hk * shape.spec.head_dim * posenc::size_of(shape.dtype));
+    r.note = "moves " + pb::format_number(r.bytes + 2.0 * k_bytes, 0) + " bytes";
+  }
+  return r;
+}
+
+/// One append row: verify on set 0, then time. Graphs only at decode sizes, where launch cost
+/// matters (and to keep the sweep inside its time allowance).
+void run_append_case(Gpu& g, const posenc::gpu::GpuEngine& engine, AppendSets& sets, AppendMethod m, pb::Row& row,
+                     const Floor& floor) {
+  const posenc::gpu::StreamRef stream = g.stream.ref();
+  auto call = [&] {
+    const std::size_t i = sets.rope.take_index();
+    if (m == AppendMethod::fused) {
+      engine.append(sets.args[i], stream);
+    } else {
+      engine.apply(sets.rope.args[i], stream);
+      scatter_kv(g, sets.args[i]);
+    }
+  };
+  sets.rope.next = 0;
+  row.verified = verify_append(g, engine, sets.args[0], call);
+  row.note += (row.note.empty() ? "" : "; ") + sets.note;
+  const TimedCall c{call, [&] { engine.check(stream); }, static_cast<std::int64_t>(sets.args.size()),
+                    sets.rope.set_bytes, 0.1, row.t <= 1024};
+  time_case(g, c, floor, row);
 }
 
 /// After a failed case: true when the device is in a sticky error state (every later call would
@@ -542,22 +788,47 @@ std::vector<pb::TargetResult> evaluate_targets(const std::vector<pb::Row>& rows)
     relative(v, "main_half_split", 0.10);
 
   int cases = 0, bad = 0;
+  bool appends = false;
   std::string first_bad;
   for (const pb::Row& r : rows) {
     if (r.engine != "posenc_gpu") continue;
     ++cases;
+    appends = appends || r.variant.rfind("append_", 0) == 0;
     if (!pb::verdict_ok(r.verified) || r.verified.empty()) {
       if (bad++ == 0) first_bad = r.variant + " T=" + std::to_string(r.t) + ": " + r.verified;
     }
   }
   if (cases > 0) {
-    out.push_back({"every case verified against apply_reference (" + std::to_string(cases) + " cases)",
+    out.push_back({std::string("every case verified against apply_reference") +
+                       (appends ? " / append_reference" : "") + " (" + std::to_string(cases) + " cases)",
                    bad == 0 ? std::string("all ok") : std::to_string(bad) + " bad, first " + first_bad, bad == 0});
   }
   return out;
 }
 
 // ---- output ----------------------------------------------------------------------------------------
+
+/// The append sweep side by side: per cache configuration and T, both methods' time and share of
+/// the floor, and the fused call's speed-up (rope+copy time / fused time).
+std::string append_markdown(const std::vector<pb::Row>& rows) {
+  std::string s = "## Fused append against RoPE + a separate cache copy\n\n"
+                  "| cache | T | fused us | rope+copy us | speed-up | fused share | rope+copy share | verified |\n"
+                  "|---|---:|---:|---:|---:|---:|---:|---|\n";
+  int lines = 0;
+  for (const AppendCase& c : append_cases()) {
+    for (const pb::Row& f : rows) {
+      if (f.variant != append_variant(c, AppendMethod::fused)) continue;
+      const pb::Row* u = find_row(rows, append_variant(c, AppendMethod::rope_copy), f.t);
+      const double rc_us = u != nullptr ? u->median_us : pb::not_measured;
+      s += "| " + c.name + " | " + std::to_string(f.t) + " | " + pb::format_number(f.median_us, 2) + " | " +
+           pb::format_number(rc_us, 2) + " | " + pb::format_number(rc_us / f.median_us, 2) + "x | " +
+           pb::percent(f.ratio) + " | " + pb::percent(u != nullptr ? u->ratio : pb::not_measured) + " | " +
+           f.verified + (u != nullptr ? " / " + u->verified : std::string()) + " |\n";
+      ++lines;
+    }
+  }
+  return lines > 0 ? s : std::string();
+}
 
 std::string markdown(const std::string& card, const Floor& start, const Floor& end, const std::vector<pb::Row>& rows,
                      const std::vector<pb::TargetResult>& targets) {
@@ -576,7 +847,7 @@ std::string markdown(const std::string& card, const Floor& start, const Floor& e
          std::to_string(r.t) + " | " + pb::format_number(r.median_us, 2) + " | " + pb::format_number(r.graph_us, 2) +
          " | " + pb::format_number(r.gbps, 0) + " | " + pb::percent(r.ratio) + " | " + r.verified + " |\n";
   }
-  s += "\n" + pb::targets_markdown(targets);
+  s += "\n" + append_markdown(rows) + "\n" + pb::targets_markdown(targets);
   return s;
 }
 
@@ -605,14 +876,18 @@ struct Options : pb::CommonOptions {
 void usage() {
   std::printf(
       "usage: posenc_bench_gpu [--quick] [--out DIR] [--filter A,B] [--tokens 1,64,4096] [--device N]\n"
-      "                        [--budget-s S]\n"
-      "  --quick     T in {1, 64, 4096, 65536} and the main, accurate and f32 variants only\n"
-      "  --out DIR   where bench_gpu.csv and bench_gpu.md go (default .)\n"
-      "  --filter    keep variants whose name contains one of the comma-separated words\n"
-      "              (main_half_split main_interleaved accurate heads_32x32 heads_64x8 heads_96x8\n"
-      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b)\n"
-      "  --tokens    token counts to sweep (default 1,8,64,256,1024,4096,16384,65536)\n"
-      "  --budget-s  start no new case after this many seconds; what ran is still written\n");
+      "                        [--budget-s S] [--no-append]\n"
+      "  --quick      T in {1, 64, 4096, 65536}; the main, accurate and f32 variants and the paged_nhd\n"
+      "               append rows only\n"
+      "  --out DIR    where bench_gpu.csv and bench_gpu.md go (default .)\n"
+      "  --filter     keep variants whose name contains one of the comma-separated words\n"
+      "               (main_half_split main_interleaved accurate heads_32x32 heads_64x8 heads_96x8\n"
+      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b; the append rows are\n"
+      "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
+      "               paged_nhd_fp8}: --filter append runs only those)\n"
+      "  --tokens     token counts to sweep (default 1,8,64,256,1024,4096,16384,65536)\n"
+      "  --budget-s   start no new case after this many seconds; what ran is still written\n"
+      "  --no-append  skip the fused-append rows (GpuEngine::append against apply + a cache copy)\n");
 }
 
 Options parse_options(int argc, char** argv) {
@@ -649,52 +924,92 @@ int run(const Options& opt) {
   rows.push_back(floor_row(card, "floor_memcpy", floor.memcpy_gbps, floor, "start of run"));
   rows.push_back(floor_row(card, "floor_rmw_kernel", floor.rmw_gbps, floor, "start of run"));
 
-  std::printf("%-18s %-10s %-12s %6s %10s %10s %8s %7s  %s\n", "variant", "dtype", "pairing", "T", "us", "graph_us",
+  std::printf("%-37s %-10s %-12s %6s %10s %10s %8s %7s  %s\n", "variant", "dtype", "pairing", "T", "us", "graph_us",
               "GB/s", "share", "verified");
   bool broken = false;
   bool verify_failed = false;
   int skipped = 0;
   std::uint64_t seed = 1;
+  auto out_of_time = [&] {
+    return pb::stop_requested != 0 ||
+           (opt.budget_s > 0 &&
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count() > opt.budget_s);
+  };
+  // Runs one case into `row` and records it; an exception becomes the row's error (and stops the
+  // sweep when the device is left in an error state).
+  auto record = [&](pb::Row row, const std::function<void(pb::Row&)>& body) {
+    try {
+      body(row);
+    } catch (const std::exception& e) {
+      row.verified = row.verified.empty() ? std::string("error: ") + e.what() : row.verified;
+      row.note += std::string(row.note.empty() ? "" : "; ") + "error: " + e.what();
+      broken = device_broken(g);
+    }
+    verify_failed = verify_failed || !pb::verdict_ok(row.verified);
+    std::printf("%-37s %-10s %-12s %6lld %10s %10s %8s %7s  %s\n", row.variant.c_str(), row.dtype.c_str(),
+                row.pairing.c_str(), static_cast<long long>(row.t), pb::format_number(row.median_us, 2).c_str(),
+                pb::format_number(row.graph_us, 2).c_str(), pb::format_number(row.gbps, 0).c_str(),
+                pb::percent(row.ratio).c_str(), row.verified.c_str());
+    std::fflush(stdout);
+    rows.push_back(std::move(row));
+    if (broken) std::fprintf(stderr, "posenc_bench_gpu: the device is in an error state; stopping the sweep\n");
+  };
+  // An engine, or the error that stops every row of its variant.
+  std::string engine_error;
+  auto make_engine = [&](const RopeSpec& spec) {
+    engine_error.clear();
+    try {
+      return std::make_unique<posenc::gpu::GpuEngine>(spec, g.device);
+    } catch (const std::exception& e) {
+      engine_error = std::string("engine construction: ") + e.what();
+      return std::unique_ptr<posenc::gpu::GpuEngine>();
+    }
+  };
+
   for (const Variant& v : all_variants()) {
     if (broken) break;
     if (opt.quick && !v.in_quick) continue;
     if (!pb::matches_filter(v.name, opt.filters)) continue;
-    std::unique_ptr<posenc::gpu::GpuEngine> engine;
-    std::string engine_error;
-    try {
-      engine = std::make_unique<posenc::gpu::GpuEngine>(v.spec, g.device);
-    } catch (const std::exception& e) {
-      engine_error = std::string("error: engine construction: ") + e.what();
-    }
+    const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(v.spec);
     for (std::int64_t t : opt.tokens) {
-      if (pb::stop_requested != 0 ||
-          (opt.budget_s > 0 &&
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count() > opt.budget_s)) {
+      if (broken) break;
+      if (out_of_time()) {
         ++skipped;
         continue;
       }
-      pb::Row row = base_row(card, v, t);
-      if (!engine) {
-        row.verified = engine_error;
-      } else {
-        try {
-          run_case(g, v, *engine, row, floor, seed++ * 0x1000193ull);
-        } catch (const std::exception& e) {
-          row.verified = row.verified.empty() ? std::string("error: ") + e.what() : row.verified;
-          row.note += std::string(row.note.empty() ? "" : "; ") + "error: " + e.what();
-          broken = device_broken(g);
-        }
+      record(base_row(card, v, t), [&](pb::Row& row) {
+        if (!engine) throw std::runtime_error(engine_error);
+        run_case(g, v, *engine, row, floor, seed++ * 0x1000193ull);
+      });
+    }
+  }
+
+  // The append sweep: per cache configuration and T, one set of inputs timed by both methods.
+  for (const AppendCase& c : opt.append ? append_cases() : std::vector<AppendCase>{}) {
+    if (broken) break;
+    if (opt.quick && !c.in_quick) continue;
+    std::vector<AppendMethod> methods;
+    for (AppendMethod m : {AppendMethod::fused, AppendMethod::rope_copy})
+      if (pb::matches_filter(append_variant(c, m), opt.filters)) methods.push_back(m);
+    if (methods.empty()) continue;
+    const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(append_shape(c).spec);
+    for (std::int64_t t : opt.tokens) {
+      if (broken) break;
+      if (!c.only_tokens.empty() && std::find(c.only_tokens.begin(), c.only_tokens.end(), t) == c.only_tokens.end())
+        continue;
+      if (out_of_time()) {
+        skipped += static_cast<int>(methods.size());
+        continue;
       }
-      verify_failed = verify_failed || !pb::verdict_ok(row.verified);
-      std::printf("%-18s %-10s %-12s %6lld %10s %10s %8s %7s  %s\n", row.variant.c_str(), row.dtype.c_str(),
-                  row.pairing.c_str(), static_cast<long long>(t), pb::format_number(row.median_us, 2).c_str(),
-                  pb::format_number(row.graph_us, 2).c_str(), pb::format_number(row.gbps, 0).c_str(),
-                  pb::percent(row.ratio).c_str(), row.verified.c_str());
-      std::fflush(stdout);
-      rows.push_back(std::move(row));
-      if (broken) {
-        std::fprintf(stderr, "posenc_bench_gpu: the device is in an error state; stopping the sweep\n");
-        break;
+      std::unique_ptr<AppendSets> sets;
+      const std::uint64_t case_seed = seed++ * 0x1000193ull;
+      for (AppendMethod m : methods) {
+        if (broken) break;
+        record(append_row(card, c, m, t), [&](pb::Row& row) {
+          if (!engine) throw std::runtime_error(engine_error);
+          if (!sets) sets = std::make_unique<AppendSets>(make_append_sets(g, c, t, case_seed));
+          run_append_case(g, *engine, *sets, m, row, floor);
+        });
       }
     }
   }

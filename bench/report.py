@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Merges the benchmark CSVs into one, writes the results region of docs/PERFORMANCE.md and draws the share-of-floor plot.
+"""Merges the benchmark CSVs into one, writes the results region of docs/PERFORMANCE.md and draws the share-of-floor plots.
 
 Inputs are the CSVs of posenc_bench_gpu, posenc_bench_cpu and torch_baseline.py (same columns).
+Rows whose variant starts with ``append_`` (append_fused_<cache>, append_ropecopy_<cache>) are the
+fused-append sweep: they get their own tables and plot (--png-append), not the apply ones.
 Every figure in the tables is a ratio to the floor that the same program measured in the same run,
 on the card named beside it. The text between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``
 in the document is replaced; the rest is kept. Only the standard library is needed, and matplotlib
@@ -70,6 +72,20 @@ def find(rows, engine, variant, t, threads=None):
     return None
 
 
+APPEND_METHODS = (("fused", "fused"), ("ropecopy", "rope+copy"))  # variant word, label
+
+
+def is_append(r):
+    """A row of the fused-append sweep: variant append_<method>_<cache configuration>."""
+    return r["variant"].startswith("append_")
+
+
+def append_parts(r):
+    """(method word, cache configuration) of an append row's variant."""
+    method, _, config = r["variant"][len("append_"):].partition("_")
+    return method, config
+
+
 def verified_ok(v):
     return bool(v) and not v.startswith("FAILED") and not v.startswith("error") and "FAILED" not in v
 
@@ -107,7 +123,8 @@ def gpu_targets(rows):
     cases = [r for r in rows if r["engine"] == "posenc_gpu"]
     if cases:
         bad = [r for r in cases if not verified_ok(r["verified"])]
-        out.append((f"GPU: every case verified against apply_reference ({len(cases)} cases)",
+        refs = "apply_reference / append_reference" if any(is_append(r) for r in cases) else "apply_reference"
+        out.append((f"GPU: every case verified against {refs} ({len(cases)} cases)",
                     "all ok" if not bad else f"{len(bad)} bad, first {bad[0]['variant']} T={bad[0]['T']}: "
                     f"{bad[0]['verified']}", not bad))
     return out
@@ -117,13 +134,14 @@ def cpu_targets(rows):
     out = []
     cases = [r for r in rows if r["engine"] == "posenc_cpu"]
     for r in cases:
-        if tokens(r) >= 4096:
+        if tokens(r) >= 4096 and not is_append(r):  # the 80% target is apply's
             v = num(r, "ratio")
             out.append((f"CPU {r['variant']} {r['dtype']} threads={r['threads']} T={r['T']}: >= 80% of RMW floor",
                         pct(v), math.isfinite(v) and v >= 0.80))
     if cases:
         bad = [r for r in cases if not verified_ok(r["verified"])]
-        out.append((f"CPU: every case verified against apply_reference ({len(cases)} cases)",
+        refs = "apply_reference / append_reference" if any(is_append(r) for r in cases) else "apply_reference"
+        out.append((f"CPU: every case verified against {refs} ({len(cases)} cases)",
                     "all exact" if not bad else f"{len(bad)} bad", not bad))
     return out
 
@@ -215,7 +233,7 @@ def speedup_table(rows):
 
 
 def cpu_table(rows):
-    cases = [r for r in rows if r["engine"] == "posenc_cpu"]
+    cases = [r for r in rows if r["engine"] == "posenc_cpu" and not is_append(r)]
     if not cases:
         return "_No CPU results in this run._\n"
     ts = sorted({tokens(r) for r in cases})
@@ -239,6 +257,57 @@ def cpu_table(rows):
                 cells.append(f"{pct(num(r, 'ratio'))} ({num(r, 'GBps'):.1f} GB/s){mark}")
         s += f"| {variant} | {dtype} | {threads} | {floor:.1f} | " + " | ".join(cells) + " |\n"
     return s
+
+
+def append_lines(rows, engine):
+    """(cache configuration, threads) of the engine's append rows, in the order they ran."""
+    lines = []
+    for r in rows:
+        if r["engine"] == engine and is_append(r) and (append_parts(r)[1], r["threads"]) not in lines:
+            lines.append((append_parts(r)[1], r["threads"]))
+    return lines
+
+
+def append_cell(r):
+    if r is None:
+        return ""
+    if not verified_ok(r["verified"]) and not math.isfinite(num(r, "ratio")):
+        return "error"
+    return pct(num(r, "ratio")) + ("" if verified_ok(r["verified"]) else " ✗")
+
+
+def append_tables(rows, engine="posenc_gpu"):
+    """Share of the floor of both methods per cache configuration, then the fused call's speed-up."""
+    sel = [r for r in rows if r["engine"] == engine and is_append(r)]
+    lines = append_lines(sel, engine)
+    if not lines:
+        return "_No append results in this run._\n"
+    ts = sorted({tokens(r) for r in sel if tokens(r) > 0})
+
+    def find_append(method, config, threads, t):
+        return find(sel, engine, f"append_{method}_{config}", t, threads or None)
+
+    def label(config, threads):
+        return f"{config}, {threads} thread(s)" if threads else config
+
+    head = " | ".join(f"T={t}" for t in ts)
+    share = f"| cache | method | {head} |\n|---|---|" + "---:|" * len(ts) + "\n"
+    speed = f"| cache | {head} |\n|---|" + "---:|" * len(ts) + "\n"
+    for config, threads in lines:
+        for word, name in APPEND_METHODS:
+            share += (f"| {label(config, threads)} | {name} | "
+                      + " | ".join(append_cell(find_append(word, config, threads, t)) for t in ts) + " |\n")
+        cells = []
+        for t in ts:
+            f, u = find_append("fused", config, threads, t), find_append("ropecopy", config, threads, t)
+            a, b = (num(f, "median_us") if f else math.nan), (num(u, "median_us") if u else math.nan)
+            cells.append(f"{b / a:.2f}x ({us(a)} / {us(b)})" if math.isfinite(a) and math.isfinite(b) and a > 0
+                         else "")
+        speed += f"| {label(config, threads)} | " + " | ".join(cells) + " |\n"
+    return ("Share of the floor (bytes = the fused call's least traffic: read and write Q, read K and V, write the "
+            "cache's K and V rows in the cache dtype; ✗ = output not verified):\n\n" + share
+            + "\nFused speed-up: rope+copy time / fused time (medians: fused / rope+copy us):\n\n"
+            + speed)
 
 
 def floors_text(rows):
@@ -274,7 +343,7 @@ def targets_table(results):
     return s + f"\n{len(results) - failed} of {len(results)} targets met.\n"
 
 
-def results_markdown(rows, png_name):
+def results_markdown(rows, png_name, append_png_name=None):
     cards = sorted({r["card"] for r in rows if r["card"]})
     gpu_cards = sorted({r["card"] for r in rows if r["engine"] in ("posenc_gpu", "torch_eager", "torch_compile")})
     s = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: " + "; ".join(cards) + ".\n"]
@@ -283,14 +352,25 @@ def results_markdown(rows, png_name):
                  "of the same card.\n")
     s.append("### Floors measured in this run\n\n" + floors_text(rows))
     s.append("### Targets\n\n" + targets_table(gpu_targets(rows) + cpu_targets(rows)))
+    apply_rows = [r for r in rows if not is_append(r)]
     s.append("### GPU: share of the floor (achieved GB/s over floor GB/s; ✗ = output not verified)\n\n"
-             + share_table(rows, ("posenc_gpu", "torch_eager", "torch_compile"), "GPU"))
+             + share_table(apply_rows, ("posenc_gpu", "torch_eager", "torch_compile"), "GPU"))
     if png_name:
         s.append(f"![share of the floor against T]({png_name})\n")
     s.append("### GPU: microseconds per call, small T (event-timed one launch / replayed from a CUDA graph)\n\n"
-             + latency_table(rows, ("posenc_gpu", "torch_eager", "torch_compile"), [1, 8, 64, 256, 1024]))
+             + latency_table(apply_rows, ("posenc_gpu", "torch_eager", "torch_compile"), [1, 8, 64, 256, 1024]))
+    s.append("### GPU: fused RoPE + KV-cache append against RoPE followed by a separate cache copy\n\n"
+             + append_tables(rows))
+    if append_png_name:
+        s.append(f"![fused append: share of the floor and speed-up against T]({append_png_name})\n")
+    s.append("Append rows, microseconds per call at small T (event-timed one launch / replayed from a CUDA graph; "
+             "rope+copy is two launches):\n\n"
+             + latency_table([r for r in rows if is_append(r)], ("posenc_gpu",), [1, 8, 64, 256, 1024]))
     s.append("### GPU: posenc speed-up over the PyTorch formula (their time / ours)\n\n" + speedup_table(rows))
     s.append("### CPU: share of the read-modify-write floor (same thread count)\n\n" + cpu_table(rows))
+    if any(r["engine"] == "posenc_cpu" and is_append(r) for r in rows):
+        s.append("### CPU: CpuEngine::append against apply followed by a separate cache copy (same RMW floor)\n\n"
+                 + append_tables(rows, "posenc_cpu"))
     s.append("The merged CSV (every row, with bytes, GB/s, floors, verification and notes) comes with the run.\n")
     return "\n".join(s)
 
@@ -306,14 +386,23 @@ def replace_region(doc_text, region):
 
 # ---- plot ------------------------------------------------------------------------------------------
 
-def draw_plot(rows, path):
+def pyplot():
+    """matplotlib.pyplot with a file backend, or None (with a message) where matplotlib is missing."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         print("report: matplotlib is not installed; no PNG drawn (the tables have every figure)")
+        return None
+    return plt
+
+
+def draw_plot(rows, path):
+    plt = pyplot()
+    if plt is None:
         return False
+    rows = [r for r in rows if not is_append(r)]
     engines = ("posenc_gpu", "torch_eager", "torch_compile")
     lines = ordered_lines(rows, engines)
     if not lines:
@@ -359,6 +448,54 @@ def draw_plot(rows, path):
     return True
 
 
+def draw_append_plot(rows, path):
+    """Share of the floor of both append methods against T, and the fused call's speed-up."""
+    sel = [r for r in rows if r["engine"] == "posenc_gpu" and is_append(r)]
+    configs = [config for config, _ in append_lines(sel, "posenc_gpu")]
+    if not configs:
+        print("report: no GPU append rows; no append PNG drawn")
+        return False
+    plt = pyplot()
+    if plt is None:
+        return False
+    fig, (ax_share, ax_speed) = plt.subplots(1, 2, figsize=(15, 6.5))
+    cmap = plt.get_cmap("tab10")
+
+    def series(method, config):
+        return {tokens(r): r for r in sel if append_parts(r) == (method, config) and tokens(r) > 0}
+
+    for i, config in enumerate(configs):
+        color = cmap(i % 10)
+        for (word, label), style in zip(APPEND_METHODS, ("-", "--")):
+            pts = sorted((t, 100 * num(r, "ratio")) for t, r in series(word, config).items()
+                         if math.isfinite(num(r, "ratio")))
+            if pts:
+                ax_share.plot(*zip(*pts), linestyle=style, marker="o", markersize=3, color=color,
+                              label=f"{config}: {label}")
+        fused, unfused = series("fused", config), series("ropecopy", config)
+        pts = sorted((t, num(unfused[t], "median_us") / num(f, "median_us")) for t, f in fused.items()
+                     if t in unfused and num(f, "median_us") > 0 and math.isfinite(num(unfused[t], "median_us")))
+        if pts:
+            ax_speed.plot(*zip(*pts), marker="o", markersize=3, color=color, label=config)
+    ax_speed.axhline(1.0, color="black", linewidth=0.8)
+    for ax in (ax_share, ax_speed):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("tokens T")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    ax_share.set_ylabel("share of the floor measured in the same run (%)")
+    ax_share.set_title("fused append (solid) and RoPE + separate copy (dashed), same bytes")
+    ax_speed.set_ylabel("rope+copy time / fused time")
+    ax_speed.set_title("speed-up of the fused append")
+    fig.suptitle("posenc fused RoPE + KV-cache append, bf16 Q [T,32,128], K = V [T,8,128], on "
+                 + ", ".join(sorted({r["card"] for r in sel})))
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"report: wrote {path}")
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", nargs="+", required=True, help="CSV files of the benchmark programs")
@@ -366,6 +503,7 @@ def main():
     ap.add_argument("--doc", default="docs/PERFORMANCE.md", help="document whose results region is replaced")
     ap.add_argument("--doc-out", help="where the updated document goes (default: --doc itself)")
     ap.add_argument("--png", help="draw the plot here (needs matplotlib)")
+    ap.add_argument("--png-append", help="draw the fused-append plot here (needs matplotlib)")
     args = ap.parse_args()
 
     rows = read_rows(args.csv)
@@ -380,7 +518,10 @@ def main():
     png_name = None
     if args.png and draw_plot(rows, args.png):
         png_name = os.path.basename(args.png)
-    region = results_markdown(rows, png_name)
+    append_png_name = None
+    if args.png_append and draw_append_plot(rows, args.png_append):
+        append_png_name = os.path.basename(args.png_append)
+    region = results_markdown(rows, png_name, append_png_name)
     doc_text = open(args.doc).read() if os.path.exists(args.doc) else "# posenc performance\n"
     out = args.doc_out or args.doc
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

@@ -4,15 +4,18 @@
 # Run from the repository root after scripts/gpu-check.sh has built the gpu-h100 preset
 # (build/gpu-h100); the two bench targets are (re)built here if needed:
 #
-#     bash bench/run.sh            # full sweep (about 6 minutes)
+#     bash bench/run.sh            # full sweep (about 7 minutes)
 #     bash bench/run.sh --quick    # a few T and variants (about 2 minutes)
 #
-# Writes four files (the device machine returns at most eight):
+# Writes five files (the device machine returns at most eight):
 #   $OUT/bench.csv              every row of the three programs, one CSV
 #   $OUT/PERFORMANCE.md         docs/PERFORMANCE.md with its results region filled in
 #   $OUT/performance_share.png  share of the floor and time per call against T (if matplotlib is there)
+#   $OUT/append_share.png       fused append against RoPE + a separate cache copy (if matplotlib is there)
 #   $OUT/bench.log              everything printed
-# Copy PERFORMANCE.md and performance_share.png into docs/ to publish them.
+# Copy PERFORMANCE.md and the PNGs into docs/ to publish them.
+#
+# POSENC_BENCH_GPU_ARGS adds options to posenc_bench_gpu (e.g. "--no-append", "--filter append").
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -27,7 +30,7 @@ work=$(mktemp -d)
 # command must end inside the device machine's 10-minute limit). Each program stops starting new
 # cases at its allowance and still writes what it measured; the hard limit is the backstop.
 # POSENC_BENCH_{GPU,CPU,TORCH}_S shrink the allowances to fit a shorter device call.
-gpu_warn=${POSENC_BENCH_GPU_S:-240} cpu_warn=${POSENC_BENCH_CPU_S:-90} torch_warn=${POSENC_BENCH_TORCH_S:-120}
+gpu_warn=${POSENC_BENCH_GPU_S:-270} cpu_warn=${POSENC_BENCH_CPU_S:-90} torch_warn=${POSENC_BENCH_TORCH_S:-120}
 gpu_limit=$((gpu_warn + 40)) cpu_limit=$((cpu_warn + 30)) torch_limit=$((torch_warn + 30))
 torch_budget=$((torch_warn - 10))
 
@@ -78,7 +81,9 @@ main() {
   cpu_exe=$(find_exe posenc_bench_cpu)
 
   if [[ -n "$gpu_exe" ]]; then
-    step posenc_bench_gpu "$gpu_limit" "$gpu_warn" "$gpu_exe" --out "$work" --budget-s "$gpu_warn" "${quick[@]}"
+    # shellcheck disable=SC2086  # POSENC_BENCH_GPU_ARGS is a list of words
+    step posenc_bench_gpu "$gpu_limit" "$gpu_warn" "$gpu_exe" --out "$work" --budget-s "$gpu_warn" "${quick[@]}" \
+      ${POSENC_BENCH_GPU_ARGS:-}
   else
     warnings+=("posenc_bench_gpu was not built: no GPU table")
   fi
@@ -94,9 +99,10 @@ main() {
   echo "=== report"
   python3 bench/report.py --csv "$work/bench_gpu.csv" "$work/bench_cpu.csv" "$work/torch_baseline.csv" \
     --merged "$out/bench.csv" --doc docs/PERFORMANCE.md --doc-out "$out/PERFORMANCE.md" \
-    --png "$out/performance_share.png" || warnings+=("report.py failed")
+    --png "$out/performance_share.png" --png-append "$out/append_share.png" || warnings+=("report.py failed")
 
   # The short tables last: the device machine's reply carries the end of the output.
+  [[ -f "$work/bench_gpu.md" ]] && { echo; awk '/^## Fused append/ { on = 1 } /^\| target/ { on = 0 } on' "$work/bench_gpu.md"; }
   for md in "$work/bench_gpu.md" "$work/bench_cpu.md"; do
     [[ -f "$md" ]] && { echo; grep -A200 '^| target' "$md" | grep -v '| pass |' || true; }
   done
