@@ -93,10 +93,14 @@ struct LaunchShape {
 
 /// Chooses the launch from the problem size and the device:
 ///  - a row (token, head) is `lanes` threads; blocks hold ~256 threads (`slots` rows at a time);
-///  - a tile is as many tokens as make target_batches_per_tile batches of rows_in_flight rows per
-///    slot (large T: many heads share each cos/sin), but no more than spreads the tokens over one
-///    wave of resident blocks (small T, decode: one token per block, every SM busy), and no more
-///    than the shared-memory table allows;
+///  - a tile is at most as many tokens as make target_batches_per_tile batches of rows_in_flight
+///    rows per slot (large T: many heads share each cos/sin), and no more than the shared-memory
+///    table allows;
+///  - within that bound, tiles are sized so that the grid fills whole waves of resident blocks:
+///    waves = ceil(tokens / (resident blocks * largest tile)), then the smallest tile that covers
+///    the tokens in that many waves. (A floor here once gave 410 tiles for 396 resident blocks at
+///    T = 4096: a second wave of 14 blocks nearly doubled the time.) Small T, decode: one token
+///    per block, every SM busy;
 ///  - the grid covers every tile (the kernel grid-strides beyond 2^31-1 tiles).
 LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int half, int sm_count,
                          int resident_blocks_per_sm) {
@@ -104,12 +108,14 @@ LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int ha
   const int slots = std::max(1, target_block_threads / lanes);
   const std::int64_t rows_wanted =
       std::int64_t{slots} * detail::rows_in_flight * target_batches_per_tile;
-  std::int64_t tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
+  std::int64_t max_tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
+  max_tile = std::min<std::int64_t>(max_tile, std::max(1, detail::max_tile_table_bytes /
+                                                              (half * static_cast<int>(sizeof(detail::CosSin)))));
+  max_tile = std::min<std::int64_t>(max_tile, std::max(1, INT_MAX / std::max(1, total_heads)));
   const std::int64_t resident_blocks = std::int64_t{sm_count} * std::max(1, resident_blocks_per_sm);
-  tile = std::min(tile, std::max<std::int64_t>(1, tokens / resident_blocks));
-  tile = std::min<std::int64_t>(tile, std::max(1, detail::max_tile_table_bytes /
-                                                      (half * static_cast<int>(sizeof(detail::CosSin)))));
-  tile = std::min<std::int64_t>(tile, std::max(1, INT_MAX / std::max(1, total_heads)));
+  const std::int64_t per_wave = resident_blocks * max_tile;  // fits: both are small
+  const std::int64_t waves = (tokens + per_wave - 1) / per_wave;
+  const std::int64_t tile = std::min(max_tile, (tokens + resident_blocks * waves - 1) / (resident_blocks * waves));
   s.tile_tokens = static_cast<int>(tile);
   s.table_bytes = static_cast<std::size_t>(tile) * static_cast<std::size_t>(half) * sizeof(detail::CosSin);
   const std::int64_t tiles = (tokens + tile - 1) / tile;
