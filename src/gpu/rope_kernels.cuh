@@ -295,7 +295,7 @@ inline constexpr int rows_in_flight = 4;
 /// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
 /// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
 template <Act A, Pairing P, Numerics N, int V, bool Append>
-__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads)
+__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, V == 1 ? 1 : vector_min_blocks)
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
@@ -386,6 +386,31 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           } else if (hp[u].copy_pass_through) {
             va[u] = load_packed<S, V>(hp[u].src + in_a);
           }
+        }
+      }
+      // The next batch's rows into L2 while this one computes and stores: their loads cannot be
+      // issued before this batch's stores (they may alias, as far as the compiler knows), and a
+      // prefetch holds no register, so they then wait for L2 rather than DRAM. Measured (H100,
+      // docs/PERFORMANCE.md variant 8): bf16 -5 to -16 % time at T >= 16384, f32 +7 % (it moves
+      // twice the bytes per instruction and was at the floor already), so f32 does without.
+      if (A != Act::f32 && rotary_lane && b + 1 < batches) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          const int r = ((b + 1) * U + u) * slots + slot;
+          if (r >= rows) break;
+          const int t = r / p.total_heads;
+          const int h = r - t * p.total_heads;
+          const S* src;
+          if constexpr (Append) {
+            const bool v_row = h >= p.q_heads + p.cache.kv_heads;
+            src = v_row ? static_cast<const S*>(p.cache.v_src) + (first_token + t) * p.cache.v_token_stride +
+                              (h - p.q_heads - p.cache.kv_heads) * p.cache.v_head_stride
+                        : head_pointers<S>(p, first_token + t, h).src;
+          } else {
+            src = head_pointers<S>(p, first_token + t, h).src;
+          }
+          device_prefetch_l2(src + in_a);
+          device_prefetch_l2(src + in_b);
         }
       }
       if (b == 0) {

@@ -14,6 +14,11 @@ inline constexpr int max_block_threads = 1024;
 /// head-batched loads need them) instead of the 64 a 1024-thread bound allows.
 inline constexpr int vector_block_threads = 256;
 
+/// Blocks of vector_block_threads the vectorized instantiations must fit on one SM (so at most
+/// 65536 / (3 * 256) = 85 registers): three blocks keep 24 warps per SM in flight, which this
+/// latency-bound kernel needs more than the registers a fourth prefetched row would take.
+inline constexpr int vector_min_blocks = 3;
+
 /// Threads of the frequency-selection pre-pass (one block).
 inline constexpr int select_block_threads = 256;
 

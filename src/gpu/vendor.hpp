@@ -76,6 +76,10 @@ namespace posenc::gpu {
 /// Name of the vendor runtime, for messages ("HIP error ...").
 inline constexpr const char* vendor_name = "HIP";
 inline constexpr const char* vendor_backend = "hip";
+#if defined(__HIPCC__)
+/// An L2 prefetch hint; none is mapped for HIP (the kernels are correct without it).
+__device__ __forceinline__ void device_prefetch_l2(const void*) {}
+#endif
 }  // namespace posenc::gpu
 
 #else
@@ -94,6 +98,10 @@ inline constexpr const char* vendor_backend = "cuda";
 // instructions instead of a dozen; rope_math.hpp uses them in device code when this is defined.
 // (Include this header before core/rope_math.hpp.)
 #define POSENC_DEVICE_ROUNDING 1
+/// Fetches the line holding `p` into L2 without occupying a register (prefetch.global.L2).
+__device__ __forceinline__ void device_prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
 __device__ __forceinline__ float device_round_bf16(float f) {
   return __bfloat162float(__float2bfloat16_rn(f));
 }
