@@ -151,12 +151,14 @@ __device__ __forceinline__ void record_bad_value(unsigned long long* fault, std:
 /// Where row (token, head) of a launch is read and written.
 template <typename S>
 struct HeadPointers {
-  S* dst;                 ///< Q rows, and K rows of a plain rotation
+  /// Q rows and K rows of a plain rotation: S elements. K and V rows of an append: the cache row
+  /// (bytes), written through store_cache. One pointer for both keeps four rows' worth of row
+  /// state within the register budget.
+  void* dst;
   const S* src;
-  unsigned char* cache;   ///< append: the cache row this K or V row goes to (else nullptr)
   bool copy_pass_through;
-  bool rotate;            ///< false for V rows, which are copied as they are
-  float scale;            ///< fp8 cache: the row's tensor scale
+  bool rotate;    ///< false for V rows, which are copied as they are
+  bool to_cache;  ///< dst is a cache row
 };
 
 /// The row pointers of head `h` (combined Q+K index) of `token`.
@@ -174,7 +176,7 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
   const std::int64_t sts = is_q ? p.q.src_token_stride : p.k.src_token_stride;
   const std::int64_t shs = is_q ? p.q.src_head_stride : p.k.src_head_stride;
   const bool copy = (is_q ? p.q.copy_pass_through : p.k.copy_pass_through) != 0;
-  return {dst + token * dts + head * dhs, src + token * sts + head * shs, nullptr, copy, true, 1.0f};
+  return {dst + token * dts + head * dhs, src + token * sts + head * shs, copy, true, false};
 }
 
 __device__ __forceinline__ int cache_element_bytes(std::int32_t dtype) {
@@ -198,7 +200,7 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
   if (slot < 0 || slot >= c.slot_limit) {
     if (slot != -1) record_bad_value(p.fault + slot_fault, token, slot);
     active = false;
-    return HeadPointers<S>{nullptr, nullptr, nullptr, false, false, 1.0f};
+    return HeadPointers<S>{nullptr, nullptr, false, false, false};
   }
   std::int64_t row;
   if (c.head_major != 0) {
@@ -211,7 +213,7 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
   const S* src = is_k ? static_cast<const S*>(p.k.src) + token * p.k.src_token_stride + head * p.k.src_head_stride
                       : static_cast<const S*>(c.v_src) + token * c.v_token_stride + head * c.v_head_stride;
   unsigned char* cache = static_cast<unsigned char*>(is_k ? c.k : c.v) + offset;
-  return {nullptr, src, cache, true, is_k, is_k ? c.k_scale : c.v_scale};
+  return {cache, src, true, is_k, true};
 }
 
 /// Stores V consecutive elements converted to the cache dtype, in accesses of at most 16 bytes.
@@ -227,18 +229,13 @@ __device__ __forceinline__ void store_converted(C* dst, const float (&f)[V], Con
   }
 }
 
-/// Writes V activation elements at element `offset` of a cache row, cast as kv_cache.hpp says
-/// (exactly write_row of the CPU path: a cache of the activation dtype receives the bits).
+/// store_cache's casting path, out of line: it needs a dozen registers for the conversion, and
+/// inlined into rope_kernel's four-row loop those would be held across the whole loop (the
+/// append kernels went from 80 to 120 registers, two blocks per SM instead of three). A cache of
+/// the activation dtype, the common case, never calls it.
 template <Act A, int V>
-__device__ __forceinline__ void store_cache(unsigned char* row, int offset,
-                                            const Packed<storage_t<A>, V>& x, std::int32_t dtype,
-                                            float scale) {
-  using S = storage_t<A>;
-  constexpr CacheDType same = A == Act::f32 ? CacheDType::f32 : A == Act::f16 ? CacheDType::f16 : CacheDType::bf16;
-  if (dtype == static_cast<std::int32_t>(same)) {
-    store_packed<S, V>(reinterpret_cast<S*>(row) + offset, x);
-    return;
-  }
+__device__ __noinline__ void store_cache_cast(unsigned char* row, int offset, Packed<storage_t<A>, V> x,
+                                              std::int32_t dtype, float scale) {
   float f[V];
 #pragma unroll
   for (int v = 0; v < V; ++v) f[v] = to_float<A>(x.v[v]);
@@ -254,6 +251,21 @@ __device__ __forceinline__ void store_cache(unsigned char* row, int offset,
     store_converted<std::uint8_t, V>(row + offset, f, [scale](float y) {
       return posenc::detail::to_e4m3_bits(__fdiv_rn(y, scale));
     });
+  }
+}
+
+/// Writes V activation elements at element `offset` of a cache row, cast as kv_cache.hpp says
+/// (exactly write_row of the CPU path: a cache of the activation dtype receives the bits).
+template <Act A, int V>
+__device__ __forceinline__ void store_cache(unsigned char* row, int offset,
+                                            const Packed<storage_t<A>, V>& x, std::int32_t dtype,
+                                            float scale) {
+  using S = storage_t<A>;
+  constexpr CacheDType same = A == Act::f32 ? CacheDType::f32 : A == Act::f16 ? CacheDType::f16 : CacheDType::bf16;
+  if (dtype == static_cast<std::int32_t>(same)) {
+    store_packed<S, V>(reinterpret_cast<S*>(row) + offset, x);
+  } else {
+    store_cache_cast<A, V>(row, offset, x, dtype, scale);
   }
 }
 
@@ -295,7 +307,7 @@ inline constexpr int rows_in_flight = 4;
 /// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
 /// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
 template <Act A, Pairing P, Numerics N, int V, bool Append>
-__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, V == 1 ? 1 : vector_min_blocks)
+__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, V == 1 || Append ? 1 : vector_min_blocks)
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
@@ -369,7 +381,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         const int r = (b * U + u) * slots + slot;  // neighbouring slots take neighbouring rows
         active[u] = r < rows;
         row_token[u] = 0;
-        hp[u] = HeadPointers<S>{nullptr, nullptr, nullptr, false, true, 1.0f};
+        hp[u] = HeadPointers<S>{nullptr, nullptr, false, true, false};
         if (active[u]) {
           const int t = r / p.total_heads;
           row_token[u] = t;
@@ -440,12 +452,13 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         if (!rotary_lane) {
           if (!hp[u].copy_pass_through) continue;
           if constexpr (Append) {
-            if (hp[u].cache != nullptr) {
-              store_cache<A, V>(hp[u].cache, out_a, va[u], p.cache.dtype, hp[u].scale);
+            if (hp[u].to_cache) {
+              store_cache<A, V>(static_cast<unsigned char*>(hp[u].dst), out_a, va[u], p.cache.dtype,
+                                hp[u].rotate ? p.cache.k_scale : p.cache.v_scale);
               continue;
             }
           }
-          store_packed<S, V>(hp[u].dst + out_a, va[u]);
+          store_packed<S, V>(static_cast<S*>(hp[u].dst) + out_a, va[u]);
           continue;
         }
         const CosSin* cs = table + row_token[u] * p.half + lane * V;
@@ -454,8 +467,9 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         if (!hp[u].rotate) {
           // A V row of an append: copied to the cache where it was read.
           if constexpr (Append) {
-            store_cache<A, V>(hp[u].cache, in_a, va[u], p.cache.dtype, hp[u].scale);
-            store_cache<A, V>(hp[u].cache, in_b, vb[u], p.cache.dtype, hp[u].scale);
+            unsigned char* row = static_cast<unsigned char*>(hp[u].dst);
+            store_cache<A, V>(row, in_a, va[u], p.cache.dtype, p.cache.v_scale);
+            store_cache<A, V>(row, in_b, vb[u], p.cache.dtype, p.cache.v_scale);
           }
           continue;
         }
@@ -514,14 +528,15 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           }
         }
         if constexpr (Append) {
-          if (hp[u].cache != nullptr) {
-            store_cache<A, V>(hp[u].cache, out_a, ra, p.cache.dtype, hp[u].scale);
-            store_cache<A, V>(hp[u].cache, out_b, rb, p.cache.dtype, hp[u].scale);
+          if (hp[u].to_cache) {
+            unsigned char* row = static_cast<unsigned char*>(hp[u].dst);
+            store_cache<A, V>(row, out_a, ra, p.cache.dtype, p.cache.k_scale);
+            store_cache<A, V>(row, out_b, rb, p.cache.dtype, p.cache.k_scale);
             continue;
           }
         }
-        store_packed<S, V>(hp[u].dst + out_a, ra);
-        store_packed<S, V>(hp[u].dst + out_b, rb);
+        store_packed<S, V>(static_cast<S*>(hp[u].dst) + out_a, ra);
+        store_packed<S, V>(static_cast<S*>(hp[u].dst) + out_b, rb);
       }
     }
   }
