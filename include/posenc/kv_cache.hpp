@@ -93,7 +93,8 @@ struct KvCacheView {
 /// - K (`k`, `[tokens, kv_heads, head_dim]`) is rotated and written to the cache at the token's
 ///   slot; `k` itself is not written.
 /// - V (`v`, same shape as K) is copied to the cache at the same slot.
-/// - `slots[i]` (host memory, positions.count entries) is token i's slot, or -1 to skip its K/V.
+/// - `slots[i]` (positions.count entries; host memory for CpuEngine, device memory for
+///   gpu::GpuEngine) is token i's slot, or -1 to skip its K/V.
 /// - Q, K and V share one activation dtype; the cache may have any CacheDType (the cast is
 ///   applied on the way in).
 struct AppendArgs {
