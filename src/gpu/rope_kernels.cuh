@@ -368,7 +368,10 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
     const std::int64_t left = p.tokens - first_token;
     const int tile_count = left < p.tile_tokens ? static_cast<int>(left) : p.tile_tokens;
     const int rows = tile_count * p.total_heads;
-    const int batches = (rows + slots * U - 1) / (slots * U);
+    // gridDim.y blocks share a tile's rows (decode: one row per thread); each computes the table.
+    const int splits = static_cast<int>(gridDim.y);
+    const int split = static_cast<int>(blockIdx.y);
+    const int batches = (rows + slots * U * splits - 1) / (slots * U * splits);
 
     for (int b = 0; b < batches; ++b) {
       HeadPointers<S> hp[U];
@@ -378,7 +381,8 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       bool active[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        const int r = (b * U + u) * slots + slot;  // neighbouring slots take neighbouring rows
+        // Neighbouring slots take neighbouring rows (of this split).
+        const int r = ((b * U + u) * slots + slot) * splits + split;
         active[u] = r < rows;
         row_token[u] = 0;
         hp[u] = HeadPointers<S>{nullptr, nullptr, false, true, false};
@@ -408,7 +412,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       if (A != Act::f32 && rotary_lane && b + 1 < batches) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int r = ((b + 1) * U + u) * slots + slot;
+          const int r = (((b + 1) * U + u) * slots + slot) * splits + split;
           if (r >= rows) break;
           const int t = r / p.total_heads;
           const int h = r - t * p.total_heads;

@@ -119,7 +119,13 @@ LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int ha
   s.tile_tokens = static_cast<int>(tile);
   s.table_bytes = static_cast<std::size_t>(tile) * static_cast<std::size_t>(half) * sizeof(detail::CosSin);
   const std::int64_t tiles = (tokens + tile - 1) / tile;
-  s.grid = dim3(static_cast<unsigned>(std::min<std::int64_t>(tiles, INT_MAX)), 1, 1);
+  // When the tiles leave resident blocks idle (decode), a tile's rows are split over gridDim.y
+  // blocks, up to one row per thread: the per-thread chain of rows is the decode kernel's
+  // latency once the cos/sin table is done.
+  const std::int64_t rows_per_tile = tile * total_heads;
+  const std::int64_t splits = std::max<std::int64_t>(
+      1, std::min({(rows_per_tile + slots - 1) / slots, resident_blocks / tiles, std::int64_t{65535}}));
+  s.grid = dim3(static_cast<unsigned>(std::min<std::int64_t>(tiles, INT_MAX)), static_cast<unsigned>(splits), 1);
   s.block = dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(slots), 1);
   return s;
 }
