@@ -1,14 +1,11 @@
 // Example: the GLM-4 attention layer on the GPU (cuBLAS + posenc's GpuEngine, paged KV cache), float32 or bfloat16, checked against HF fixtures.
-#include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <cstring>
 #include <exception>
 #include <optional>
 #include <string>
-#include <vector>
 
 #include "glm4_attention_gpu_layer.hpp"
+#include "schedule_run.hpp"
 #include "posenc/dtype.hpp"
 
 namespace ex = posenc::examples;
@@ -56,58 +53,7 @@ int main(int argc, char** argv) try {
               static_cast<long long>(options.page_size));
 
   const double tolerance = tolerance_for(dtype);
-  std::vector<float> hidden;
-  std::vector<float> out;
-  double worst = 0.0;
-  bool ok = true;
-  for (std::size_t s = 0; s < schedule.size(); ++s) {
-    const auto& step = schedule[s];
-    for (const auto& e : step.entries) {
-      if (!layer.contains(e.seq_id)) layer.add_sequence(e.seq_id);  // prefill of a new sequence
-    }
-    const auto width = static_cast<std::size_t>(config.hidden_size);
-    const auto first = static_cast<std::size_t>(step.first) * width;
-    const auto rows = static_cast<std::size_t>(step.count) * width;
-    if (fixture) {
-      hidden.assign(fixture->hidden.begin() + static_cast<std::ptrdiff_t>(first),
-                    fixture->hidden.begin() + static_cast<std::ptrdiff_t>(first + rows));
-    } else {
-      hidden.resize(rows);
-      for (std::size_t i = 0; i < rows; ++i) hidden[i] = static_cast<float>(std::sin(0.37 * static_cast<double>(first + i)));
-    }
-    out.resize(rows);
-    const auto positions = layer.step(step.entries, hidden, out);
-
-    std::string pos_text;
-    for (const auto p : positions.stream(0)) {
-      if (!pos_text.empty()) pos_text += ' ';
-      pos_text.append(std::to_string(p));  // append, not operator+: g++ 12 -Wrestrict false positive
-    }
-    if (fixture) {
-      double err = 0.0;
-      double scale = 0.0;
-      bool same_positions = positions.tokens() == step.count;
-      for (std::size_t i = 0; i < rows; ++i) {
-        err = std::max(err, std::abs(static_cast<double>(out[i]) - fixture->output[first + i]));
-        scale = std::max(scale, std::abs(static_cast<double>(fixture->output[first + i])));
-      }
-      for (std::int64_t t = 0; same_positions && t < step.count; ++t) {
-        same_positions &= positions.at(0, t) == fixture->positions[static_cast<std::size_t>(step.first + t)];
-      }
-      const bool within = err <= tolerance * scale;
-      worst = std::max(worst, err / scale);
-      std::printf("step %2zu  tokens %2lld  max|err| %.3e  (relative %.3e%s)  positions %s [%s]\n", s,
-                  static_cast<long long>(step.count), err, err / scale, within ? "" : " > TOLERANCE",
-                  same_positions ? "match" : "DIFFER", pos_text.c_str());
-      ok &= within && same_positions;
-    } else {
-      double norm = 0.0;
-      for (const float v : out) norm += static_cast<double>(v) * v;
-      std::printf("step %2zu  tokens %2lld  |out| %.6f  positions [%s]\n", s, static_cast<long long>(step.count),
-                  std::sqrt(norm), pos_text.c_str());
-    }
-  }
-  if (fixture) std::printf("worst relative error over all steps: %.3e (tolerance %.0e)\n", worst, tolerance);
+  const bool ok = ex::run_schedule(layer, config, schedule, fixture ? &*fixture : nullptr, tolerance);
 
   // The engine's counters: one append per step; device_ms sums the appends' own device time
   // (events around each launch), not the GEMMs or the attention kernel.

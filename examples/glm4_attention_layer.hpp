@@ -55,6 +55,7 @@ class GlmAttentionLayer {
 
   const GlmAttentionConfig& config() const noexcept { return config_; }
   const glm::PositionTracker& tracker() const noexcept { return tracker_; }
+  bool contains(std::int64_t seq_id) const { return tracker_.contains(seq_id); }
   std::int64_t cache_block(std::int64_t seq_id) const;
   /// The K cache [batch, max_len, kv_heads, head_dim]: rotated keys as CpuEngine::append wrote them.
   std::span<const float> k_cache() const noexcept { return k_cache_; }
