@@ -183,7 +183,9 @@ class GpuEngine {
   /// `stream`: Q is rotated in place (or from q_src into q), K is rotated and written with V into
   /// the cache rows of each token's slot, cast to the cache dtype (fp8_e4m3 with its per-tensor
   /// scale). Every pointer is a device pointer, `args.slots` included (positions.count int64
-  /// values). Results are bit-identical to CpuEngine::append / append_reference.
+  /// values). The cache receives exactly `apply`'s K bits and V's bits, cast as kv_cache.hpp
+  /// says: bit-identical to CpuEngine::append / append_reference in the hf numerics (`accurate`
+  /// differs from the CPU as `apply` does, by the device's double-precision sin/cos).
   ///
   /// Host validation is validate_append_args' except what would need device data: positions
   /// and slots are not read on the host. In the kernel a slot outside [-1, cache.slots())
