@@ -11,6 +11,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#endif
+
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "posenc/cpu.hpp"
@@ -161,5 +165,44 @@ TEST(Large, BranchFreeConversionsEqualPlainForAll2To32Floats) {
   });
   EXPECT_EQ(mismatches.load(), 0) << "first mismatching float bits 0x" << std::hex << first_bad.load();
 }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/// The F16C round trip the CPU engine's AVX2 / AVX-512 float16 kernels use (src/cpu/kernels.hpp,
+/// f16_round8), eight floats at a time.
+[[gnu::target("avx2,f16c")]] void f16c_round_trip(const std::uint32_t* in, std::uint32_t* out) {
+  const __m256 x = _mm256_castsi256_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in)));
+  const __m256 r = _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_castps_si256(r));
+}
+
+// The hardware float16 round trip the CPU kernels rely on gives rope_math.hpp's f16_round bits
+// (rounding, subnormals, overflow to inf, NaN payloads) for every float.
+TEST(Large, F16cRoundTripEqualsF16RoundForAll2To32Floats) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) {
+    GTEST_SKIP() << "this CPU has no AVX2/F16C: the CPU engine does not use the F16C kernels here";
+  }
+  std::atomic<std::int64_t> mismatches{0};
+  std::atomic<std::uint64_t> first_bad{~0ull};
+  parallel_for(std::int64_t{1} << 29, 2, [&](std::int64_t begin, std::int64_t end) {
+    std::int64_t bad = 0;
+    std::uint32_t in[8];
+    std::uint32_t out[8];
+    for (std::int64_t group = begin; group < end; ++group) {
+      for (int i = 0; i < 8; ++i) in[i] = static_cast<std::uint32_t>(group * 8 + i);
+      f16c_round_trip(in, out);
+      for (int i = 0; i < 8; ++i) {
+        if (out[i] == plain::bits(detail::f16_round(plain::value(in[i])))) continue;
+        if (bad++ == 0) {
+          std::uint64_t expected = ~0ull;
+          first_bad.compare_exchange_strong(expected, in[i]);
+        }
+      }
+    }
+    mismatches += bad;
+  });
+  EXPECT_EQ(mismatches.load(), 0) << "first mismatching float bits 0x" << std::hex << first_bad.load();
+}
+#endif
 
 }  // namespace

@@ -23,6 +23,10 @@
 #include "posenc/error.hpp"
 #include "posenc/kv_cache.hpp"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>  // the F16C conversions of the AVX2 / AVX-512 kernels (kernels.hpp)
+#endif
+
 // The kernels are compiled three times: for the baseline ISA the library is built for, for
 // AVX2+FMA and for AVX-512 (BW/DQ/VL, 512-bit vectors); the widest the CPU has is picked at
 // construction. On baseline x86-64, std::fma (the `accurate` rotation) is a libm call per element
@@ -31,21 +35,27 @@
 // IEEE arithmetic in all builds (-ffp-contract=off, no fast-math), so all give apply_reference's
 // bits. A macro names the namespace: it is the one thing that differs between the inclusions.
 #define POSENC_CPU_ISA baseline
+#define POSENC_CPU_F16C 0
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define POSENC_CPU_X86_KERNELS 1
 #pragma GCC push_options
-#pragma GCC target("avx2,fma")
+#pragma GCC target("avx2,fma,f16c")
 #define POSENC_CPU_ISA avx2
+#define POSENC_CPU_F16C 1
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 #pragma GCC pop_options
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,prefer-vector-width=512")
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,f16c,prefer-vector-width=512")
 #define POSENC_CPU_ISA avx512
+#define POSENC_CPU_F16C 1
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 #pragma GCC pop_options
 #else
@@ -77,7 +87,9 @@ Isa select_isa() noexcept {
 #if POSENC_CPU_X86_KERNELS
   __builtin_cpu_init();
   Isa best = Isa::baseline;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Isa::avx2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    best = Isa::avx2;
+  }
   if (best == Isa::avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
     best = Isa::avx512;
