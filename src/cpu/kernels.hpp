@@ -142,53 +142,52 @@ inline __m256 f16_round8(__m256 x) {
   return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 
-/// Eight pairs (a, b) of a float16 window from `src` (pairs i .. i+7): half_split reads them from
-/// the two halves, interleaved from eight adjacent 32-bit words (a in the low half of each).
-template <Pairing P>
-inline void load_pairs_f16c(const std::uint16_t* src, std::int64_t i, std::int64_t half, __m256& a, __m256& b) {
-  if constexpr (P == Pairing::interleaved) {
-    const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i));
-    const __m256i lo = _mm256_and_si256(words, _mm256_set1_epi32(0xffff));
-    const __m256i hi = _mm256_srli_epi32(words, 16);
-    // packus works per 128-bit lane: [a0-3 b0-3 | a4-7 b4-7]; the permute gathers [a0-7 | b0-7].
-    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8);
-    a = _mm256_cvtph_ps(_mm256_castsi256_si128(packed));
-    b = _mm256_cvtph_ps(_mm256_extracti128_si256(packed, 1));
-  } else {
-    a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-    b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + half)));
+/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes cos/sin
+/// rows with every entry twice ([c0 c0 c1 c1 ...], built once per token by rotate_tokens).
+template <Act A, Pairing P, Numerics N>
+inline constexpr bool f16c_path = POSENC_CPU_F16C != 0 && A == Act::f16 && N == Numerics::hf_compatible &&
+                                  (P == Pairing::half_split || P == Pairing::interleaved);
+
+/// hf_compatible float16 rotation of interleaved pairs [0, n4) (n4 a multiple of 4) with F16C,
+/// on the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos, x with each pair
+/// swapped times duplicated sin, and `addsub` gives a' = R(ac) - R(bs) in the even lanes and
+/// b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings). Each group of four pairs is read
+/// before it is written, so in place is safe.
+inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2, std::int64_t n4,
+                                    std::uint16_t* dst) {
+  constexpr int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  for (std::int64_t i = 0; i < n4; i += 4) {
+    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
+    const __m256 swapped = _mm256_permute_ps(x, 0xb1);
+    const __m256 xc = f16_round8(_mm256_mul_ps(x, _mm256_loadu_ps(cos2 + 2 * i)));
+    const __m256 xs = f16_round8(_mm256_mul_ps(swapped, _mm256_loadu_ps(sin2 + 2 * i)));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), _mm256_cvtps_ph(_mm256_addsub_ps(xc, xs), rne));
   }
 }
 
-/// hf_compatible float16 rotation of pairs [0, n8) (n8 a multiple of 8) with F16C, straight from
-/// `src` to `dst`: rotate_hf's roundings, the last one straight into the stored bits. In place is
-/// safe because every group of eight pairs is read before it is written and no other group reads
-/// it (half_split and interleaved only: interleaved_to_half writes other groups' inputs).
-template <Pairing P>
-inline void rotate_f16c(const std::uint16_t* src, const float* cos_row, const float* sin_row, std::int64_t n8,
-                        std::int64_t half, std::uint16_t* dst) {
+/// hf_compatible float16 rotation of half-split pairs [0, n8) (n8 a multiple of 8) with F16C,
+/// straight from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored
+/// bits. Each group of eight pairs is read before it is written and no other group reads it, so
+/// in place is safe.
+inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
+                                   std::int64_t n8, std::int64_t half, std::uint16_t* dst) {
   constexpr int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
   for (std::int64_t i = 0; i < n8; i += 8) {
-    __m256 a;
-    __m256 b;
-    load_pairs_f16c<P>(src, i, half, a, b);
+    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + half)));
     const __m256 c = _mm256_loadu_ps(cos_row + i);
     const __m256 s = _mm256_loadu_ps(sin_row + i);
     const __m256 ac = f16_round8(_mm256_mul_ps(a, c));
     const __m256 bs = f16_round8(_mm256_mul_ps(b, s));
     const __m256 bc = f16_round8(_mm256_mul_ps(b, c));
     const __m256 as = f16_round8(_mm256_mul_ps(a, s));
-    const __m128i ra = _mm256_cvtps_ph(_mm256_sub_ps(ac, bs), rne);
-    const __m128i rb = _mm256_cvtps_ph(_mm256_add_ps(bc, as), rne);
-    if constexpr (P == Pairing::interleaved) {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), _mm_unpacklo_epi16(ra, rb));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i + 8), _mm_unpackhi_epi16(ra, rb));
-    } else {
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), ra);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + half), rb);
-    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_sub_ps(ac, bs), rne));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + half), _mm256_cvtps_ph(_mm256_add_ps(bc, as), rne));
   }
 }
+#else
+template <Act A, Pairing P, Numerics N>
+inline constexpr bool f16c_path = false;
 #endif
 
 /// Rotates the window of one head. `src` and `dst` point at the window's first element and may be
@@ -206,11 +205,15 @@ inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* _
     return;
   }
   std::int64_t first = 0;  // pairs before it were rotated by a specialised loop
+  std::int64_t cs_step = 1;  // the F16C interleaved path gets every cos/sin entry twice
 #if POSENC_CPU_F16C
-  if constexpr (A == Act::f16 && N == Numerics::hf_compatible &&
-                (P == Pairing::half_split || P == Pairing::interleaved)) {
+  if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
+    first = half - half % 4;
+    cs_step = 2;
+    rotate_f16c_interleaved(src, cos_row, sin_row, first, dst);
+  } else if constexpr (f16c_path<A, P, N>) {
     first = half - half % 8;
-    rotate_f16c<P>(src, cos_row, sin_row, first, half, dst);
+    rotate_f16c_half_split(src, cos_row, sin_row, first, half, dst);
   }
 #endif
   if constexpr (P == Pairing::half_split) {
@@ -226,7 +229,7 @@ inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* _
   }
   if constexpr (P == Pairing::interleaved) {
     for (std::int64_t i = first; i < half; ++i) {
-      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
+      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[cs_step * i], sin_row[cs_step * i]);
       dst[2 * i] = to_storage<A>(r.a);
       dst[2 * i + 1] = to_storage<A>(r.b);
     }
@@ -273,6 +276,18 @@ template <Act A, Pairing P, Numerics N>
   alignas(64) float xb[max_half];
   for (std::int64_t t = begin; t < end; ++t) {
     cos_sin_row<A, N>(call, t, cos_row, sin_row);
+    if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
+      // Every entry twice, once per token for all its heads (rotate_f16c_interleaved).
+      alignas(64) float cos2[2 * max_half];
+      alignas(64) float sin2[2 * max_half];
+      for (std::int64_t i = 0; i < call.half; ++i) {
+        cos2[2 * i] = cos2[2 * i + 1] = cos_row[i];
+        sin2[2 * i] = sin2[2 * i + 1] = sin_row[i];
+      }
+      rotate_heads<A, P, N>(call, call.q, t, cos2, sin2, xa, xb);
+      if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos2, sin2, xa, xb);
+      continue;
+    }
     rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, xa, xb);
     if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, xa, xb);
   }
