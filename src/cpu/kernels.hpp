@@ -31,13 +31,15 @@ inline float to_float(Storage<A> v) {
   }
 }
 
-/// `v` has already been rounded to A by the rotation; this only re-encodes it (exactly).
+/// `v` has already been rounded to A by the rotation; this only re-encodes it (exactly). For bf16
+/// that rounding (bf16_round) leaves the low 16 bits zero, NaN included, so the stored bits are
+/// the high half: no second rounding and NaN check per element.
 template <Act A>
 inline Storage<A> to_storage(float v) {
   if constexpr (A == Act::f32) {
     return v;
   } else if constexpr (A == Act::bf16) {
-    return detail::to_bf16_bits(v);
+    return static_cast<std::uint16_t>(detail::float_bits(v) >> 16);
   } else {
     return detail::to_f16_bits(v);
   }
