@@ -5,12 +5,36 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "glm4_attention_layer.hpp"
 
 namespace posenc::examples {
+
+/// The step's largest |output| in the fixture (the scale its errors are measured against).
+inline double step_scale(const GlmAttentionFixture& fixture, const ScheduleStep& step, std::size_t width) {
+  const auto first = static_cast<std::size_t>(step.first) * width;
+  const auto rows = static_cast<std::size_t>(step.count) * width;
+  double scale = 0.0;
+  for (std::size_t i = 0; i < rows; ++i) scale = std::max(scale, std::abs(static_cast<double>(fixture.output[first + i])));
+  return scale;
+}
+
+/// Max |out - fixture| of each token of the step (`out` holds the step's rows only).
+inline std::vector<double> token_errors(std::span<const float> out, const GlmAttentionFixture& fixture,
+                                        const ScheduleStep& step, std::size_t width) {
+  const auto first = static_cast<std::size_t>(step.first) * width;
+  std::vector<double> errors(static_cast<std::size_t>(step.count), 0.0);
+  for (std::size_t t = 0; t < errors.size(); ++t) {
+    for (std::size_t d = 0; d < width; ++d) {
+      const std::size_t i = t * width + d;
+      errors[t] = std::max(errors[t], std::abs(static_cast<double>(out[i]) - fixture.output[first + i]));
+    }
+  }
+  return errors;
+}
 
 /// Runs `schedule` through `layer` (GlmAttentionLayer or GlmAttentionGpuLayer: anything with
 /// contains(seq_id), add_sequence(seq_id) and step(entries, hidden, out) -> glm::PositionIds).
@@ -56,12 +80,9 @@ bool run_schedule(Layer& layer, const GlmAttentionConfig& config, const std::vec
                   std::sqrt(norm), pos_text.c_str());
       continue;
     }
-    double err = 0.0;
-    double scale = 0.0;
-    for (std::size_t i = 0; i < rows; ++i) {
-      err = std::max(err, std::abs(static_cast<double>(out[i]) - fixture->output[first + i]));
-      scale = std::max(scale, std::abs(static_cast<double>(fixture->output[first + i])));
-    }
+    const std::vector<double> errors = token_errors(out, *fixture, step, width);
+    const double err = errors.empty() ? 0.0 : *std::max_element(errors.begin(), errors.end());
+    const double scale = step_scale(*fixture, step, width);
     bool same_positions = positions.tokens() == step.count;
     for (std::int64_t t = 0; same_positions && t < step.count; ++t) {
       same_positions = positions.at(0, t) == fixture->positions[static_cast<std::size_t>(step.first + t)];

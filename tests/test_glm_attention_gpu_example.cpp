@@ -56,6 +56,7 @@
 
 #include "glm4_attention_gpu_layer.hpp"
 #include "glm4_attention_layer.hpp"
+#include "schedule_run.hpp"
 #include "gpu_support.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/dtype.hpp"
@@ -149,15 +150,11 @@ void glm_attention_gpu_example::run_schedule(DType dtype) {
     }
 
     // Output per token, relative to the step's scale.
-    double scale = 0.0;
-    for (std::size_t i = 0; i < rows; ++i) scale = std::max(scale, std::abs(static_cast<double>(fixture.output[first + i])));
+    const double scale = ex::step_scale(fixture, step, width);
     ASSERT_GT(scale, 0.0);
+    const std::vector<double> errors = ex::token_errors(out, fixture, step, width);
     for (std::int64_t t = 0; t < step.count; ++t) {
-      double err = 0.0;
-      for (std::size_t d = 0; d < width; ++d) {
-        const std::size_t i = static_cast<std::size_t>(t) * width + d;
-        err = std::max(err, std::abs(static_cast<double>(out[i]) - fixture.output[first + i]));
-      }
+      const double err = errors[static_cast<std::size_t>(t)];
       EXPECT_LE(err, tolerance * scale)
           << to_string(dtype) << " step " << s << " token " << t << " (sequence "
           << fixture.seq_ids[static_cast<std::size_t>(step.first + t)] << ", position " << positions.at(0, t) << ")";

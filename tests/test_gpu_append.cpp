@@ -125,13 +125,7 @@ void run_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c) {
     cpu_cache.view.v_scale = c.v_scale;
     HostTensor q_cpu(c.act, c.tokens, c.q_heads, d);
     std::memcpy(q_cpu.buffer.data(), q_in.buffer.data(), static_cast<std::size_t>(q_in.buffer.size()));
-    AppendArgs a;
-    a.q = q_cpu.view;
-    a.k = k.cview();
-    a.v = v.cview();
-    a.positions = positions.view();
-    a.slots = slots.data();
-    a.cache = cpu_cache.view;
+    AppendArgs a = append_args(q_cpu.view, k.cview(), v.cview(), positions.view(), slots.data(), cpu_cache.view);
     CpuEngine(c.spec, CpuOptions{2}).append(a);
     EXPECT_TRUE(bits_equal(q_want.cview(), q_cpu.cview())) << "GPU apply and CPU append rotate Q differently";
     EXPECT_TRUE(bytes_equal(want.k, cpu_cache.k)) << "CPU append's K cache differs from the oracle";
@@ -306,13 +300,7 @@ TEST_F(GpuAppend, BadSlotsAreRecordedAndSkipped) {
   HostCache want(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
   HostTensor q_want(c.act, c.tokens, c.q_heads, d);
   std::memcpy(q_want.buffer.data(), q.buffer.data(), static_cast<std::size_t>(q.buffer.size()));
-  AppendArgs host;
-  host.q = q_want.view;
-  host.k = k.cview();
-  host.v = v.cview();
-  host.positions = positions.view();
-  host.slots = valid.data();
-  host.cache = want.view;
+  AppendArgs host = append_args(q_want.view, k.cview(), v.cview(), positions.view(), valid.data(), want.view);
   CpuEngine(spec, CpuOptions{1}).append(host);
 
   HostCache got(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
@@ -320,13 +308,8 @@ TEST_F(GpuAppend, BadSlotsAreRecordedAndSkipped) {
   DeviceMirror dq(device, q.buffer, ref());
   DeviceMirror dk(device, k.buffer, ref());
   DeviceMirror dv(device, v.buffer, ref());
-  AppendArgs a;
-  a.q = dq.map(q.view);
-  a.k = dk.map(k.cview());
-  a.v = dv.map(v.cview());
-  a.positions = d_positions.view;
-  a.slots = static_cast<const std::int64_t*>(d_slots.data());
-  a.cache = cache.view;
+  AppendArgs a = append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
+                             static_cast<const std::int64_t*>(d_slots.data()), cache.view);
   engine.append(a, ref());
   EXPECT_TRUE(throws_error([&] { engine.check(ref()); }, ErrorKind::out_of_range,
                            {"slot " + std::to_string(limit), "token 1", "not written"}));
@@ -357,13 +340,8 @@ TEST_F(GpuAppend, HostValidationRejectsAndWritesNothing) {
   DeviceMirror dk(device, k.buffer, ref());
   DeviceMirror dv(device, v.buffer, ref());
   const GpuEngine engine(spec, device);
-  AppendArgs a;
-  a.q = dq.map(q.view);
-  a.k = dk.map(k.cview());
-  a.v = dv.map(v.cview());
-  a.positions = d_positions.view;
-  a.slots = static_cast<const std::int64_t*>(d_slots.data());
-  a.cache = cache.view;
+  AppendArgs a = append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
+                             static_cast<const std::int64_t*>(d_slots.data()), cache.view);
   EXPECT_TRUE(throws_error([&] { engine.append(a, ref()); }, ErrorKind::invalid_argument, {"v", "3", "2"}));
   HostTensor v_ok(DType::bf16, 3, 2, 64);
   fill_random(v_ok.view, 4);
@@ -474,13 +452,8 @@ TEST_F(GpuAppend, CountersMatchTheCpuEngineAndTimeTheDevice) {
   HostTensor q = HostTensor(DType::bf16, 8, 8, 128);
   std::memcpy(q.buffer.data(), call.q.buffer.data(), static_cast<std::size_t>(call.q.buffer.size()));
   HostCache cache(CacheDType::bf16, CacheLayout::paged_nhd, 2, 128, 4, 16);
-  AppendArgs host;
-  host.q = q.view;
-  host.k = call.k.cview();
-  host.v = call.v.cview();
-  host.positions = call.positions.view();
-  host.slots = call.slots.data();
-  host.cache = cache.view;
+  AppendArgs host =
+      append_args(q.view, call.k.cview(), call.v.cview(), call.positions.view(), call.slots.data(), cache.view);
   for (int i = 0; i < calls; ++i) cpu.append(host);
   cpu.apply(RopeArgs{q.view, {}, {}, {}, call.positions.view()});
   const OperationCounters c = cpu.counters();

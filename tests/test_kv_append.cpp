@@ -262,13 +262,7 @@ TEST(KvAppend, CountersReportTheOperationsTraffic) {
   const HostPositions positions(std::vector<std::int64_t>{0, 1, 2, 3, 4});
   const std::vector<std::int64_t> slots{0, -1, 2, 3, 4};
   HostCache cache(CacheDType::fp8_e4m3, CacheLayout::paged_nhd, 2, 64, 2, 4);
-  AppendArgs a;
-  a.q = q.view;
-  a.k = k.cview();
-  a.v = v.cview();
-  a.positions = positions.view();
-  a.slots = slots.data();
-  a.cache = cache.view;
+  AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), cache.view);
   const CpuEngine engine(spec, CpuOptions{1});
   engine.enable_counters(true);
   engine.append(a);
@@ -298,13 +292,7 @@ struct ErrorFixture {
   }
 
   AppendArgs args() {
-    AppendArgs a;
-    a.q = q.view;
-    a.k = k.cview();
-    a.v = v.cview();
-    a.positions = positions.view();
-    a.slots = slots.data();
-    a.cache = cache.view;
+    AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), cache.view);
     return a;
   }
 

@@ -34,6 +34,19 @@ std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h
 /// encoders (encode_value rounds to nearest even; fp8 divides by the scale in float32 first).
 std::uint32_t cast_bits(DType from, std::uint32_t bits, CacheDType to, float scale);
 
+/// The arguments of an append of Q (in place), K and V into `cache` at `slots`.
+inline AppendArgs append_args(const TensorView& q, const ConstTensorView& k, const ConstTensorView& v,
+                              const PositionsView& positions, const std::int64_t* slots, const KvCacheView& cache) {
+  AppendArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.positions = positions;
+  a.slots = slots;
+  a.cache = cache;
+  return a;
+}
+
 /// Both cache tensors' bytes.
 struct CacheImage {
   std::vector<std::byte> k;
