@@ -103,6 +103,15 @@ __global__ void rmw_kernel(float4* x, std::int64_t n4, float a, float b) {
   }
 }
 
+/// The launch floor: a kernel that does nothing, with an argument block the size of the
+/// rotation's (RopeKernelParams, about 300 bytes), so that its event-timed and graph-replayed
+/// times show what any one launch costs on this card and host.
+struct LaunchArgs {
+  unsigned char bytes[320];
+};
+
+__global__ void empty_kernel(const LaunchArgs) {}
+
 // ---- kernel: the unfused path's cache copy -------------------------------------------------------
 
 /// Eight bfloat16 values (one 16-byte chunk) -> eight float8_e4m3fn bytes, e4m3(fl32(x / scale))
@@ -359,9 +368,10 @@ struct InputSets {
 };
 
 /// `extra_set_bytes`: bytes per set the caller allocates beside these (an append's V, slots and
-/// cache rows); they count towards the working set and the memory budget.
+/// cache rows); they count towards the working set and the memory budget. `l2_resident`: one
+/// set, which every call reuses (the --l2-resident analysis mode).
 InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::uint64_t seed,
-                          std::int64_t extra_set_bytes = 0) {
+                          std::int64_t extra_set_bytes = 0, bool l2_resident = false) {
   const std::int64_t es = posenc::size_of(v.dtype);
   const std::int64_t d = v.spec.head_dim;
   const std::int64_t q_bytes = tokens * v.hq * d * es;
@@ -378,6 +388,7 @@ InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::ui
   const std::int64_t l2 = std::max<std::int64_t>(g.device.l2_bytes(), 1 << 20);
   std::int64_t n_sets = std::max<std::int64_t>(2, (4 * l2 + set_bytes - 1) / set_bytes);
   n_sets = std::min<std::int64_t>(n_sets, 1 << 16);
+  if (l2_resident) n_sets = 1;
   const std::int64_t budget = g.device.memory_info().free_bytes * 6 / 10;
   while (n_sets > 1 && n_sets * per_set > budget) --n_sets;
   if (n_sets * per_set > budget) {
@@ -508,12 +519,21 @@ double graph_us_per_call(Gpu& g, const TimedCall& c, int calls) {
 /// Times `c` (the method docs/PERFORMANCE.md describes) and fills the row's time, graph time,
 /// GB/s (over row.bytes) and share of the floor.
 void time_case(Gpu& g, const TimedCall& c, const Floor& floor, pb::Row& row) {
-  auto call = [&](int) { c.call(); };
+  // The host time of each call (packing, validation, launch) rides along: at small T it is what
+  // the event-timed figure mostly is.
+  std::vector<double> host_us;
+  auto call = [&](int) {
+    const auto t0 = std::chrono::steady_clock::now();
+    c.call();
+    host_us.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  };
   for (int i = 0; i < 10; ++i) call(i);
   const double estimate_us = std::max(0.5, time_block(g, 10, call));
   // About c.seconds of timed launches, at least 30 and at most the event pool.
   const int launches = std::clamp(static_cast<int>(c.seconds * 1e6 / estimate_us), 30, g.event_pairs());
+  host_us.clear();
   row.median_us = pb::median(time_each(g, launches, call));
+  const double host_median = pb::median(host_us);
   c.check();
 
   const int calls = std::clamp(static_cast<int>(2000.0 / estimate_us), 10, 100);
@@ -531,7 +551,8 @@ void time_case(Gpu& g, const TimedCall& c, const Floor& floor, pb::Row& row) {
   row.floor_kind = floor.kind();
   row.ratio = row.gbps / row.floor_gbps;
   const std::string info = "sets=" + std::to_string(c.sets) + " launches=" + std::to_string(launches) +
-                           (c.graph ? " graph_calls=" + std::to_string(calls) : std::string());
+                           (c.graph ? " graph_calls=" + std::to_string(calls) : std::string()) +
+                           " host_us=" + pb::format_number(host_median, 2);
   row.note += (row.note.empty() ? "" : "; ") + info;
 }
 
@@ -558,8 +579,8 @@ pb::Row base_row(const std::string& card, const Variant& v, std::int64_t tokens)
 }
 
 void run_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& engine, pb::Row& row, const Floor& floor,
-              std::uint64_t seed) {
-  InputSets sets = make_input_sets(g, v, row.t, seed);
+              std::uint64_t seed, bool l2_resident) {
+  InputSets sets = make_input_sets(g, v, row.t, seed, 0, l2_resident);
   row.verified = verify_case(g, v, engine, sets.args[0]);
   sets.next = 1;
   const TimedCall c{[&] { engine.apply(sets.take(), g.stream.ref()); }, [&] { engine.check(g.stream.ref()); },
@@ -869,14 +890,79 @@ pb::Row floor_row(const std::string& card, const char* variant, double gbps, con
   return r;
 }
 
+/// The launch floor row (engine "launch"): empty_kernel timed exactly as a case (event pairs
+/// around each launch, and per call replayed from graphs), T = 1, no bytes.
+pb::Row launch_row(Gpu& g, const std::string& card, const Floor& floor) {
+  pb::Row r;
+  r.card = card;
+  r.engine = "launch";
+  r.variant = "empty_kernel";
+  r.t = 1;
+  r.bytes = 0;
+  r.bytes_whole = 0;
+  r.verified = "n/a";
+  r.note = "a kernel with an empty body and a 320-byte argument block";
+  const LaunchArgs args{};
+  TimedCall c{[&] {
+                empty_kernel<<<1, 32, 0, g.native>>>(args);
+                POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
+              },
+              [] {}, 1, 1};
+  time_case(g, c, floor, r);
+  r.gbps = pb::not_measured;
+  r.ratio = pb::not_measured;
+  return r;
+}
+
+/// The floor kernel at the size of one main-shape call (bf16 Q [T, 32, 128] + K [T, 8, 128], read
+/// and written in place), timed exactly as a case: inputs rotating past L2, event pairs around
+/// each launch, graph replays. It shows how much of the floor any kernel of that size reaches
+/// once its launch and its ramp are paid, which the large-T floor does not.
+pb::Row sized_floor_row(Gpu& g, const std::string& card, const Floor& floor, std::int64_t tokens) {
+  pb::Row r;
+  r.card = card;
+  r.engine = "floor_sized";
+  r.variant = "rmw_kernel";
+  r.dtype = "bfloat16";
+  r.pairing = "n/a";
+  r.numerics = "n/a";
+  r.hq = 32;
+  r.hk = 8;
+  r.d = 128;
+  r.r = 128;
+  r.t = tokens;
+  const std::int64_t read = tokens * (r.hq + r.hk) * r.d * 2;
+  r.bytes = 2.0 * static_cast<double>(read);
+  r.bytes_whole = r.bytes;
+  r.verified = "n/a";
+  r.note = "in-place x*a+b kernel over the bytes of the main shape";
+  const std::int64_t stride = align_up(read, 256);
+  const std::int64_t l2 = std::max<std::int64_t>(g.device.l2_bytes(), 1 << 20);
+  const std::int64_t sets = std::min<std::int64_t>(std::max<std::int64_t>(2, (4 * l2 + read - 1) / read), 1 << 16);
+  posenc::gpu::DeviceBuffer arena(g.device, sets * stride);
+  g.fill_elements(arena.data(), DType::f32, sets * stride / 4, 0x5eedull + static_cast<std::uint64_t>(tokens));
+  const std::int64_t n4 = read / 16;
+  const auto blocks = static_cast<unsigned>((n4 + rmw_block * rmw_unroll - 1) / (rmw_block * rmw_unroll));
+  std::int64_t next = 0;
+  TimedCall c{[&] {
+                auto* x = reinterpret_cast<float4*>(static_cast<unsigned char*>(arena.data()) + (next++ % sets) * stride);
+                rmw_kernel<<<blocks, rmw_block, 0, g.native>>>(x, n4, 0.999f, 0.001f);
+                POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
+              },
+              [] {}, sets, read};
+  time_case(g, c, floor, r);
+  return r;
+}
+
 struct Options : pb::CommonOptions {
   int device = 0;
+  bool l2_resident = false;  ///< analysis: every call reuses one input set (no append rows, no targets)
 };
 
 void usage() {
   std::printf(
       "usage: posenc_bench_gpu [--quick] [--out DIR] [--filter A,B] [--tokens 1,64,4096] [--device N]\n"
-      "                        [--budget-s S] [--no-append]\n"
+      "                        [--budget-s S] [--no-append] [--l2-resident]\n"
       "  --quick      T in {1, 64, 4096, 65536}; the main, accurate and f32 variants and the paged_nhd\n"
       "               append rows only\n"
       "  --out DIR    where bench_gpu.csv and bench_gpu.md go (default .)\n"
@@ -887,12 +973,19 @@ void usage() {
       "               paged_nhd_fp8}: --filter append runs only those)\n"
       "  --tokens     token counts to sweep (default 1,8,64,256,1024,4096,16384,65536)\n"
       "  --budget-s   start no new case after this many seconds; what ran is still written\n"
-      "  --no-append  skip the fused-append rows (GpuEngine::append against apply + a cache copy)\n");
+      "  --no-append  skip the fused-append rows (GpuEngine::append against apply + a cache copy)\n"
+      "  --l2-resident  analysis: every call reuses one input set, as when the kernel that wrote Q and K\n"
+      "               just ran (engine posenc_gpu_l2; no append rows; not the method of the targets)\n");
 }
 
 Options parse_options(int argc, char** argv) {
   Options o;
   pb::parse_args(argc, argv, o, usage, [&](const std::string& a, auto&& value) {
+    if (a == "--l2-resident") {
+      o.l2_resident = true;
+      o.append = false;
+      return true;
+    }
     if (a != "--device") return false;
     o.device = std::stoi(value());
     return true;
@@ -923,6 +1016,17 @@ int run(const Options& opt) {
   std::vector<pb::Row> rows;
   rows.push_back(floor_row(card, "floor_memcpy", floor.memcpy_gbps, floor, "start of run"));
   rows.push_back(floor_row(card, "floor_rmw_kernel", floor.rmw_gbps, floor, "start of run"));
+
+  rows.push_back(launch_row(g, card, floor));
+  std::printf("launch floor: empty kernel %.2f us event-timed, %.2f us per call in a graph (%s)\n",
+              rows.back().median_us, rows.back().graph_us, rows.back().note.c_str());
+
+  for (std::int64_t t : opt.tokens) {
+    rows.push_back(sized_floor_row(g, card, floor, t));
+    std::printf("floor kernel at the main shape's bytes, T=%lld: %.2f us event-timed (%s of the floor), %.2f us per call in a graph\n",
+                static_cast<long long>(t), rows.back().median_us, pb::percent(rows.back().ratio).c_str(),
+                rows.back().graph_us);
+  }
 
   std::printf("%-37s %-10s %-12s %6s %10s %10s %8s %7s  %s\n", "variant", "dtype", "pairing", "T", "us", "graph_us",
               "GB/s", "share", "verified");
@@ -977,9 +1081,14 @@ int run(const Options& opt) {
         ++skipped;
         continue;
       }
-      record(base_row(card, v, t), [&](pb::Row& row) {
+      pb::Row base = base_row(card, v, t);
+      if (opt.l2_resident) {
+        base.engine = "posenc_gpu_l2";
+        base.note += std::string(base.note.empty() ? "" : "; ") + "one input set reused: inputs resident in L2";
+      }
+      record(std::move(base), [&](pb::Row& row) {
         if (!engine) throw std::runtime_error(engine_error);
-        run_case(g, v, *engine, row, floor, seed++ * 0x1000193ull);
+        run_case(g, v, *engine, row, floor, seed++ * 0x1000193ull, opt.l2_resident);
       });
     }
   }

@@ -354,11 +354,19 @@ def results_markdown(rows, png_name, append_png_name=None):
     s.append("### Targets\n\n" + targets_table(gpu_targets(rows) + cpu_targets(rows)))
     apply_rows = [r for r in rows if not is_append(r)]
     s.append("### GPU: share of the floor (achieved GB/s over floor GB/s; ✗ = output not verified)\n\n"
-             + share_table(apply_rows, ("posenc_gpu", "torch_eager", "torch_compile"), "GPU"))
+             + share_table(apply_rows, ("floor_sized", "posenc_gpu", "posenc_gpu_l2", "torch_eager", "torch_compile"), "GPU")
+             + "\nThe `floor_sized` row is the floor's own read-modify-write kernel moving the main shape's bytes at "
+               "each T, timed like the cases: the share of the floor that any kernel of that size reaches once its "
+               "launch and ramp are paid. `posenc_gpu_l2` rows (when present) reuse one input set, as when the kernel "
+               "that wrote Q and K has just run; they are an analysis, not the method of the targets.\n")
     if png_name:
         s.append(f"![share of the floor against T]({png_name})\n")
     s.append("### GPU: microseconds per call, small T (event-timed one launch / replayed from a CUDA graph)\n\n"
-             + latency_table(apply_rows, ("posenc_gpu", "torch_eager", "torch_compile"), [1, 8, 64, 256, 1024]))
+             + latency_table(apply_rows, ("launch", "floor_sized", "posenc_gpu", "posenc_gpu_l2", "torch_eager", "torch_compile"),
+                           [1, 8, 64, 256, 1024])
+             + "\nThe `launch` row is an empty kernel with a rotation-sized argument block, timed the same way: what any "
+               "one launch costs on this card and host. The host time of each call (`host_us` in the CSV note) is part "
+               "of the event-timed figure whenever the GPU is idle waiting for the host.\n")
     s.append("### GPU: fused RoPE + KV-cache append against RoPE followed by a separate cache copy\n\n"
              + append_tables(rows))
     if append_png_name:
@@ -403,7 +411,7 @@ def draw_plot(rows, path):
     if plt is None:
         return False
     rows = [r for r in rows if not is_append(r)]
-    engines = ("posenc_gpu", "torch_eager", "torch_compile")
+    engines = ("floor_sized", "posenc_gpu", "torch_eager", "torch_compile")
     lines = ordered_lines(rows, engines)
     if not lines:
         print("report: no GPU rows; no PNG drawn")
@@ -417,9 +425,10 @@ def draw_plot(rows, path):
             continue
         x = [tokens(r) for r in sel]
         main = variant.startswith("main_")
-        style = {"posenc_gpu": "-", "torch_eager": "--", "torch_compile": ":"}[engine]
+        style = {"posenc_gpu": "-", "torch_eager": "--", "torch_compile": ":", "floor_sized": "-."}[engine]
         label = variant if engine == "posenc_gpu" else f"{engine}: {variant}"
-        kw = dict(linestyle=style, marker="o", markersize=3, color=cmap(i % 20), linewidth=2.4 if main else 1.2,
+        color = "gray" if engine == "floor_sized" else cmap(i % 20)
+        kw = dict(linestyle=style, marker="o", markersize=3, color=color, linewidth=2.4 if main else 1.2,
                   label=label)
         ax_share.plot(x, [100 * num(r, "ratio") for r in sel], **kw)
         ax_us.plot(x, [num(r, "median_us") for r in sel], **kw)

@@ -148,6 +148,26 @@ __device__ __forceinline__ void record_bad_value(unsigned long long* fault, std:
   atomicMin(&fault[1], key);
 }
 
+/// What one cos/sin table entry (token of the tile, pair) is computed from.
+struct TableEntry {
+  std::int64_t position = 0;
+  float inv_freq = 0.0f;
+};
+
+/// Loads entry i of the tile starting at `first_token`: i = token * half + pair.
+__device__ __forceinline__ TableEntry load_table_entry(const RopeKernelParams& p, std::int64_t first_token,
+                                                       int i) {
+  TableEntry e;
+  const int token = static_cast<int>(divide(static_cast<std::uint32_t>(i), p.by_half));
+  const int pair = i - token * p.half;
+  // The frequency first: it does not depend on the position (it used to wait for it, behind the
+  // range check's branch).
+  e.inv_freq = p.inv_freq[pair];
+  const std::int64_t stream = p.pair_stream != nullptr ? p.pair_stream[pair] : 0;
+  e.position = load_position(p.positions, p.positions_i64 != 0, stream * p.stream_stride + first_token + token);
+  return e;
+}
+
 /// Where row (token, head) of a launch is read and written.
 template <typename S>
 struct HeadPointers {
@@ -298,6 +318,17 @@ __device__ __forceinline__ void set_word(Packed<S, V>& x, Packed<S, V>& y, int w
 /// 16-byte loads in flight.
 inline constexpr int rows_in_flight = 4;
 
+/// Blocks of vector_block_threads per SM the launch bounds ask of an instantiation (each thread
+/// then gets at most 65536 / (blocks * 256) registers). hf_compatible on 16-bit data (packed native
+/// arithmetic) and float32 fit in 80: three blocks (vector_min_blocks). accurate and hf_fp32_apply
+/// on 16-bit data take every element through float32 and need about 104: capped at 85 they
+/// spilled 40-56 bytes per thread inside the row loop and reached 78 % of the floor at T = 65536
+/// instead of 93 % (docs/PERFORMANCE.md variant 14), so they take two. The generic (V = 1) and
+/// append kernels are not capped.
+template <Act A, Numerics N, int V, bool Append>
+inline constexpr int min_blocks =
+    V == 1 || Append ? 1 : (N == Numerics::hf_compatible || A == Act::f32 ? vector_min_blocks : 2);
+
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
 /// Append: the fused RoPE + KV-cache append; the rows are [Q..., K..., V...] and K/V rows go to
@@ -307,7 +338,7 @@ inline constexpr int rows_in_flight = 4;
 /// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
 /// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
 template <Act A, Pairing P, Numerics N, int V, bool Append>
-__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, V == 1 || Append ? 1 : vector_min_blocks)
+__global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, (min_blocks<A, N, V, Append>))
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
@@ -325,7 +356,6 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
   const int slots = static_cast<int>(blockDim.y);
   const int tid = slot * static_cast<int>(blockDim.x) + lane;
   const int threads = slots * static_cast<int>(blockDim.x);
-  const std::int64_t tiles = (p.tokens + p.tile_tokens - 1) / p.tile_tokens;
 
   // Where this lane's two vectors live inside a head (element offsets).
   int in_a = 0;
@@ -362,16 +392,30 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
     out_a = in_a;
   }
 
+  // gridDim.y blocks share a tile's rows (decode: one row per thread); each computes the table.
+  const auto splits = static_cast<std::uint32_t>(gridDim.y);
+  const auto split = static_cast<std::uint32_t>(blockIdx.y);
+  // Row index of batch b, row u of this thread: neighbouring slots take neighbouring rows (of this
+  // split). Unsigned: it may pass INT_MAX for the last batch of a tile of ~2^31 rows.
+  auto row_index = [&](int b, int u) {
+    return ((static_cast<std::uint32_t>(b * U + u) * static_cast<std::uint32_t>(slots) +
+             static_cast<std::uint32_t>(slot)) * splits) + split;
+  };
+
   // Loop bounds depend only on the tile, so every barrier below is reached by the whole block.
-  for (std::int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  for (std::int64_t tile = blockIdx.x; tile < p.tiles; tile += gridDim.x) {
     const std::int64_t first_token = tile * p.tile_tokens;
     const std::int64_t left = p.tokens - first_token;
     const int tile_count = left < p.tile_tokens ? static_cast<int>(left) : p.tile_tokens;
-    const int rows = tile_count * p.total_heads;
-    // gridDim.y blocks share a tile's rows (decode: one row per thread); each computes the table.
-    const int splits = static_cast<int>(gridDim.y);
-    const int split = static_cast<int>(blockIdx.y);
-    const int batches = (rows + slots * U * splits - 1) / (slots * U * splits);
+    const auto rows = static_cast<std::uint32_t>(tile_count * p.total_heads);  // >= 1
+    const int batches = static_cast<int>(divide(rows - 1, p.by_batch)) + 1;
+
+    // The position and frequency of this thread's first cos/sin entry, loaded before the rows:
+    // position -> sincos -> barrier is the longest chain of a small call (decode), so its load
+    // goes out first and the row loads overlap it.
+    const int entries = tile_count * p.half;
+    TableEntry entry;
+    if (tid < entries) entry = load_table_entry(p, first_token, tid);
 
     for (int b = 0; b < batches; ++b) {
       HeadPointers<S> hp[U];
@@ -381,18 +425,17 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       bool active[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
-        // Neighbouring slots take neighbouring rows (of this split).
-        const int r = ((b * U + u) * slots + slot) * splits + split;
+        const std::uint32_t r = row_index(b, u);
         active[u] = r < rows;
         row_token[u] = 0;
         hp[u] = HeadPointers<S>{nullptr, nullptr, false, true, false};
         if (active[u]) {
-          const int t = r / p.total_heads;
+          const int t = static_cast<int>(divide(r, p.by_heads));
           row_token[u] = t;
           if constexpr (Append) {
-            hp[u] = append_row_pointers<S>(p, first_token + t, r - t * p.total_heads, active[u]);
+              hp[u] = append_row_pointers<S>(p, first_token + t, static_cast<int>(r) - t * p.total_heads, active[u]);
           } else {
-            hp[u] = head_pointers<S>(p, first_token + t, r - t * p.total_heads);
+            hp[u] = head_pointers<S>(p, first_token + t, static_cast<int>(r) - t * p.total_heads);
           }
         }
         if (active[u]) {
@@ -412,10 +455,10 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       if (A != Act::f32 && rotary_lane && b + 1 < batches) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-          const int r = (((b + 1) * U + u) * slots + slot) * splits + split;
+          const std::uint32_t r = row_index(b + 1, u);
           if (r >= rows) break;
-          const int t = r / p.total_heads;
-          const int h = r - t * p.total_heads;
+          const int t = static_cast<int>(divide(r, p.by_heads));
+          const int h = static_cast<int>(r) - t * p.total_heads;
           const S* src;
           if constexpr (Append) {
             const bool v_row = h >= p.q_heads + p.cache.kv_heads;
@@ -434,17 +477,16 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           __syncthreads();  // the previous tile's rows are done reading the table
         }
         // The tile's cos/sin, each (token, pair) once. The angle comes from the position value
-        // itself (no table indexed by position), so any position is memory-safe.
-        for (int i = tid; i < tile_count * p.half; i += threads) {
-          const int t = i / p.half;
-          const int pair = i - t * p.half;
-          const std::int64_t stream = p.pair_stream != nullptr ? p.pair_stream[pair] : 0;
-          const std::int64_t pos =
-              load_position(p.positions, p.positions_i64 != 0, stream * p.stream_stride + first_token + t);
-          if (pos < 0 || pos >= p.position_limit) {
-            record_bad_value(p.fault + position_fault, first_token + t, pos);
+        // itself (no table indexed by position), so any position is memory-safe. Each entry's
+        // loads are issued before the previous entry's sincos.
+        for (int i = tid; i < entries; i += threads) {
+          const TableEntry e = entry;
+          if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
+          if (e.position < 0 || e.position >= p.position_limit) {
+            const auto t = static_cast<std::int64_t>(divide(static_cast<std::uint32_t>(i), p.by_half));
+            record_bad_value(p.fault + position_fault, first_token + t, e.position);
           }
-          table[i] = cos_sin<A, N>(p.inv_freq[pair], pos, p);
+          table[i] = cos_sin<A, N>(e.inv_freq, e.position, p);
         }
         __syncthreads();  // also orders every load above before any store below (deinterleave)
       } else if constexpr (deinterleave) {

@@ -427,6 +427,12 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
                                          resident_blocks[ai][di][vectorized ? 0 : 1]);
   p.tokens = tokens;
   p.tile_tokens = shape.tile_tokens;
+  p.tiles = (tokens + shape.tile_tokens - 1) / shape.tile_tokens;
+  // Divisors of the kernel's index arithmetic (each < 2^31: heads by check_head_count, half by the
+  // spec's head_dim limit, the batch by the block and grid limits).
+  p.by_heads = detail::make_divisor(static_cast<std::uint32_t>(p.total_heads));
+  p.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
+  p.by_batch = detail::make_divisor(shape.block.y * detail::rows_in_flight * shape.grid.y);
   record.vectorized = vectorized;
 
   const auto native = static_cast<cudaStream_t>(stream.native());

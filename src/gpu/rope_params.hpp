@@ -33,6 +33,30 @@ inline constexpr int position_fault = 0;
 inline constexpr int slot_fault = 2;
 inline constexpr unsigned long long fault_clear = ~0ull;
 
+/// Division by a launch constant d in [1, 2^31) without the ~25-instruction integer division:
+/// n / d == (mulhi(n, mul) + n) >> shift for every n in [0, 2^31) (Granlund-Montgomery with a
+/// 33-bit multiplier whose top bit is the `+ n`). The kernel's row and table indices are divided
+/// by the head count and the pair count on the decode critical path, before the first load.
+struct Divisor {
+  std::uint32_t mul = 0;
+  std::uint32_t shift = 0;
+};
+
+/// The Divisor of d (1 <= d < 2^31; checked by the launcher).
+constexpr Divisor make_divisor(std::uint32_t d) {
+  std::uint32_t shift = 0;
+  while ((std::uint64_t{1} << shift) < d) ++shift;
+  const std::uint64_t mul = ((std::uint64_t{1} << 32) * ((std::uint64_t{1} << shift) - d)) / d + 1;
+  return {static_cast<std::uint32_t>(mul), shift};
+}
+
+/// n / d for n in [0, 2^31) (n + mulhi(n, mul) < 2^32 there, so the sum cannot wrap). constexpr
+/// functions are device functions too (nvcc --expt-relaxed-constexpr; clang for HIP).
+constexpr std::uint32_t divide(std::uint32_t n, Divisor d) {
+  const auto hi = static_cast<std::uint32_t>((std::uint64_t{n} * d.mul) >> 32);
+  return (hi + n) >> d.shift;
+}
+
 /// Q or K as the kernel sees it. `src == dst` in place. Strides are in elements.
 struct KernelTensor {
   void* dst = nullptr;
@@ -78,6 +102,7 @@ struct RopeKernelParams {
   std::int64_t stream_stride = 0;        ///< elements between position streams
   unsigned long long* fault = nullptr;   ///< fault_words entries
   std::int64_t tokens = 0;
+  std::int64_t tiles = 0;                ///< ceil(tokens / tile_tokens), from the launcher
   std::int64_t position_limit = 0;
   double attention_factor = 1.0;         ///< accurate numerics (double, as the CPU reference)
   float attention_factor_f32 = 1.0f;     ///< hf numerics (float32, as Hugging Face)
@@ -89,6 +114,9 @@ struct RopeKernelParams {
   std::int32_t rotary_dim = 0;
   std::int32_t rotary_offset = 0;
   std::int32_t positions_i64 = 1;
+  Divisor by_heads;   ///< total_heads: row -> token of the tile
+  Divisor by_half;    ///< half: table entry -> token of the tile
+  Divisor by_batch;   ///< rows of one batch of the whole grid row (blockDim.y * rows_in_flight * gridDim.y)
   KernelCache cache;  ///< append launches only
 };
 
