@@ -6,8 +6,8 @@
 // Thread mapping of rope_kernel (one launch rotates Q and K):
 //   tile    = tile_tokens consecutive tokens; blocks grid-stride over tiles. The block computes
 //             the tile's cos/sin once per (token, pair) into shared memory, shared by all heads.
-//   row     = (token, head) of the tile; blockDim.y row slots take rows in turn, rows_in_flight
-//             rows per thread with all their loads issued before the first store.
+//   row     = (token, head) of the tile; blockDim.y row slots take rows in turn, rows_in_flight_for
+//             rows per thread and batch with all their loads issued before the first store.
 //   lane    = threadIdx.x within the row. Lanes [0, rotary_lanes) each own V consecutive pairs of
 //             the rotary window; the remaining lanes (out of place only) copy the pass-through dims.
 // Memory: each element is read once and written once. A rotary lane moves two V-element vectors
@@ -313,21 +313,26 @@ __device__ __forceinline__ void set_word(Packed<S, V>& x, Packed<S, V>& y, int w
   dst.v[i + 1] = static_cast<S>(value >> 16);
 }
 
-/// Rows whose loads a thread issues before the first of their stores. Stores may alias later
-/// loads as far as the compiler knows, so without this batching a thread would keep only two
-/// 16-byte loads in flight.
-inline constexpr int rows_in_flight = 4;
+/// Rows a thread takes per batch: their loads are all issued before the first of their stores
+/// (stores may alias later loads as far as the compiler knows). The vectorized kernels take one
+/// row and rely on warps instead: at 45-62 registers four or five blocks of 256 threads fit on an
+/// SM, and the next batch's rows are prefetched into L2. Measured on the H100 (docs/PERFORMANCE.md
+/// variants 17-21), bf16 at T = 65536 / 16384: four rows at three blocks per SM 92 / 87 % of the
+/// floor, two rows at four blocks 96 / 90 %, one row at five blocks 98 / 94 %, eight rows at two
+/// blocks 86 / 79 %; the fused append went from 92 to 98 % with one row at four blocks. The
+/// one-element (unaligned) kernels take four.
+constexpr int rows_in_flight_for(bool vectorized) { return vectorized ? 1 : 4; }
 
 /// Blocks of vector_block_threads per SM the launch bounds ask of an instantiation (each thread
-/// then gets at most 65536 / (blocks * 256) registers). hf_compatible on 16-bit data (packed native
-/// arithmetic) and float32 fit in 80: three blocks (vector_min_blocks). accurate and hf_fp32_apply
-/// on 16-bit data take every element through float32 and need about 104: capped at 85 they
-/// spilled 40-56 bytes per thread inside the row loop and reached 78 % of the floor at T = 65536
-/// instead of 93 % (docs/PERFORMANCE.md variant 14), so they take two. The generic (V = 1) and
-/// append kernels are not capped.
+/// then gets at most 65536 / (blocks * 256) registers): five for the vectorized rotations of
+/// float32 and of hf_compatible on 16-bit data (packed native arithmetic, 45-48 registers); four
+/// for accurate and hf_fp32_apply on 16-bit data, which take every element through float32 (54),
+/// and for the appends (53-62: cache row addressing and the casts). A cap below a kernel's need
+/// makes it spill inside the row loop (variant 14: 56 spilled bytes cost accurate 15 points). The
+/// generic (V = 1) kernels are not capped.
 template <Act A, Numerics N, int V, bool Append>
 inline constexpr int min_blocks =
-    V == 1 || Append ? 1 : (N == Numerics::hf_compatible || A == Act::f32 ? vector_min_blocks : 2);
+    V == 1 ? 1 : (!Append && (A == Act::f32 || N == Numerics::hf_compatible) ? 5 : 4);
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
@@ -343,7 +348,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
   constexpr bool deinterleave = P == Pairing::interleaved_to_half;
-  constexpr int U = rows_in_flight;
+  constexpr int U = rows_in_flight_for(V > 1);
   // hf_compatible on 16-bit data rotates two pairs per instruction where the vendor allows it.
   constexpr bool packed =
       has_packed_rotation && N == Numerics::hf_compatible && A != Act::f32 && V % 2 == 0;

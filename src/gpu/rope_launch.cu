@@ -94,8 +94,8 @@ struct LaunchShape {
 /// Chooses the launch from the problem size and the device:
 ///  - a row (token, head) is `lanes` threads; blocks hold ~256 threads (`slots` rows at a time);
 ///  - a tile is at most as many tokens as make target_batches_per_tile batches of rows_in_flight
-///    rows per slot (large T: many heads share each cos/sin), and no more than the shared-memory
-///    table allows;
+///    rows per slot (the instantiation's rows_in_flight_for; large T: many heads share each
+///    cos/sin), and no more than the shared-memory table allows;
 ///  - within that bound, tiles are sized so that the grid fills whole waves of resident blocks:
 ///    waves = ceil(tokens / (resident blocks * largest tile)), then the smallest tile that covers
 ///    the tokens in that many waves. (A floor here once gave 410 tiles for 396 resident blocks at
@@ -103,11 +103,11 @@ struct LaunchShape {
 ///    per block, every SM busy;
 ///  - the grid covers every tile (the kernel grid-strides beyond 2^31-1 tiles).
 LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int half, int sm_count,
-                         int resident_blocks_per_sm) {
+                         int resident_blocks_per_sm, int rows_in_flight) {
   LaunchShape s;
   const int slots = std::max(1, target_block_threads / lanes);
   const std::int64_t rows_wanted =
-      std::int64_t{slots} * detail::rows_in_flight * target_batches_per_tile;
+      std::int64_t{slots} * rows_in_flight * target_batches_per_tile;
   std::int64_t max_tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
   max_tile = std::min<std::int64_t>(max_tile, std::max(1, detail::max_tile_table_bytes /
                                                               (half * static_cast<int>(sizeof(detail::CosSin)))));
@@ -423,8 +423,9 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
   const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
 
   const int ai = append ? 1 : 0;
+  const int rows_in_flight = detail::rows_in_flight_for(vectorized);
   const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, p.half, device.multiprocessor_count(),
-                                         resident_blocks[ai][di][vectorized ? 0 : 1]);
+                                         resident_blocks[ai][di][vectorized ? 0 : 1], rows_in_flight);
   p.tokens = tokens;
   p.tile_tokens = shape.tile_tokens;
   p.tiles = (tokens + shape.tile_tokens - 1) / shape.tile_tokens;
@@ -432,7 +433,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
   // spec's head_dim limit, the batch by the block and grid limits).
   p.by_heads = detail::make_divisor(static_cast<std::uint32_t>(p.total_heads));
   p.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
-  p.by_batch = detail::make_divisor(shape.block.y * detail::rows_in_flight * shape.grid.y);
+  p.by_batch = detail::make_divisor(shape.block.y * static_cast<unsigned>(rows_in_flight) * shape.grid.y);
   record.vectorized = vectorized;
 
   const auto native = static_cast<cudaStream_t>(stream.native());

@@ -14,11 +14,6 @@ inline constexpr int max_block_threads = 1024;
 /// head-batched loads need them) instead of the 64 a 1024-thread bound allows.
 inline constexpr int vector_block_threads = 256;
 
-/// Blocks of vector_block_threads the vectorized instantiations must fit on one SM (so at most
-/// 65536 / (3 * 256) = 85 registers): three blocks keep 24 warps per SM in flight, which this
-/// latency-bound kernel needs more than the registers a fourth prefetched row would take.
-inline constexpr int vector_min_blocks = 3;
-
 /// Threads of the frequency-selection pre-pass (one block).
 inline constexpr int select_block_threads = 256;
 
@@ -116,7 +111,7 @@ struct RopeKernelParams {
   std::int32_t positions_i64 = 1;
   Divisor by_heads;   ///< total_heads: row -> token of the tile
   Divisor by_half;    ///< half: table entry -> token of the tile
-  Divisor by_batch;   ///< rows of one batch of the whole grid row (blockDim.y * rows_in_flight * gridDim.y)
+  Divisor by_batch;   ///< rows of one batch of the tile's blocks (blockDim.y * rows_in_flight_for * gridDim.y)
   KernelCache cache;  ///< append launches only
 };
 
