@@ -56,9 +56,11 @@ using detail::SelectParams;
 
 /// Launch-shape constants (see choose_shape).
 constexpr int target_block_threads = 256;
-/// A tile aims at this many batches of rows per block, so the cos/sin table (FP64 trig in
-/// hf_compatible) is shared by enough heads and the partial last batch wastes little.
-constexpr int target_batches_per_tile = 4;
+/// A tile aims at this many batches of rows per block: enough heads share each cos/sin (FP64
+/// trig), and a block's batches, each waiting for its rows, stay few. Measured with one row per
+/// thread (H100, docs/PERFORMANCE.md variant 22): 3 beat 4 by 0.7-1.9 points at T = 4096-65536 and
+/// 2 lost 5-6 points.
+constexpr int target_batches_per_tile = 3;
 /// Table slots of the call-dependent pre-pass.
 constexpr int selection_slots = 16;
 /// Byte offset of the slots inside the scratch buffer (after the fault words, 256-aligned).
