@@ -71,6 +71,22 @@ std::string cpu_model() {
   return "unknown CPU";
 }
 
+/// The instruction-set flags that decide which CPU kernel build runs (src/cpu/engine.cpp).
+std::string kernel_flags() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("flags", 0) != 0) continue;
+    std::string out;
+    for (const char* flag : {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512_bf16"}) {
+      const std::string word = std::string(" ") + flag + " ";
+      if ((line + " ").find(word) != std::string::npos) out += std::string(out.empty() ? "" : " ") + flag;
+    }
+    return out.empty() ? "none of avx2/f16c/avx512" : out;
+  }
+  return "unknown (no /proc/cpuinfo flags)";
+}
+
 /// CPUs this process may run on (the affinity mask, which a container may narrow below the
 /// machine's count), the "all threads" of the targets.
 int usable_cpus() {
@@ -553,7 +569,8 @@ int run(const Options& opt) {
   const std::string card = cpu_model();
   const std::int64_t llc = llc_bytes();
   const int fill_threads = usable_cpus();
-  std::printf("CPU: %s, %d usable CPUs, LLC %lld MiB\n", card.c_str(), fill_threads, static_cast<long long>(llc >> 20));
+  std::printf("CPU: %s, %d usable CPUs, LLC %lld MiB, kernel ISA flags: %s\n", card.c_str(), fill_threads,
+              static_cast<long long>(llc >> 20), kernel_flags().c_str());
   // Other processes competing for cores or memory bandwidth make every figure below (floor and
   // engine alike) unreliable; say so where the numbers are read.
   std::string load_note;

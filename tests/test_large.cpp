@@ -1,4 +1,4 @@
-// Large tests (label large): a bf16 Q of more than 2^31 elements rotated by CpuEngine and checked at sampled tokens, and the branch-free conversions over all 2^32 floats.
+// Large tests (label large): a bf16 Q of more than 2^31 elements rotated by CpuEngine and checked at sampled tokens, and the conversions (branch-free, F16C, AVX512-BF16) over all 2^32 floats.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -175,27 +175,104 @@ TEST(Large, BranchFreeConversionsEqualPlainForAll2To32Floats) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_castps_si256(r));
 }
 
+/// The same round trip in the EVEX forms of the AVX-512 build (f16c_round with 16 lanes), sixteen
+/// floats at a time: the masked forms with every lane on, as the kernels write them.
+[[gnu::target("avx512f")]] void f16c_round_trip16(const std::uint32_t* in, std::uint32_t* out) {
+  const __m512 x = _mm512_castsi512_ps(_mm512_loadu_si512(in));
+  const __m512 r =
+      _mm512_maskz_cvtph_ps(0xffff, _mm512_maskz_cvtps_ph(0xffff, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  _mm512_storeu_si512(out, _mm512_castps_si512(r));
+}
+
+/// Compares `round_trip` (`lanes` floats at a time) with f16_round for every float.
+template <int lanes, class RoundTrip>
+void expect_f16_round_for_all_floats(RoundTrip round_trip) {
+  std::atomic<std::int64_t> mismatches{0};
+  std::atomic<std::uint64_t> first_bad{~0ull};
+  parallel_for((std::int64_t{1} << 32) / lanes, 2, [&](std::int64_t begin, std::int64_t end) {
+    std::int64_t bad = 0;
+    std::uint32_t in[lanes];
+    std::uint32_t out[lanes];
+    for (std::int64_t group = begin; group < end; ++group) {
+      for (int i = 0; i < lanes; ++i) in[i] = static_cast<std::uint32_t>(group * lanes + i);
+      round_trip(in, out);
+      for (int i = 0; i < lanes; ++i) {
+        if (out[i] == plain::bits(detail::f16_round(plain::value(in[i])))) continue;
+        if (bad++ == 0) {
+          std::uint64_t expected = ~0ull;
+          first_bad.compare_exchange_strong(expected, in[i]);
+        }
+      }
+    }
+    mismatches += bad;
+  });
+  EXPECT_EQ(mismatches.load(), 0) << "first mismatching float bits 0x" << std::hex << first_bad.load();
+}
+
 // The hardware float16 round trip the CPU kernels rely on gives rope_math.hpp's f16_round bits
-// (rounding, subnormals, overflow to inf, NaN payloads) for every float.
+// (rounding, subnormals, overflow to inf, NaN payloads) for every float, in both widths.
 TEST(Large, F16cRoundTripEqualsF16RoundForAll2To32Floats) {
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("f16c")) {
     GTEST_SKIP() << "this CPU has no AVX2/F16C: the CPU engine does not use the F16C kernels here";
   }
+  expect_f16_round_for_all_floats<8>(f16c_round_trip);
+}
+
+TEST(Large, F16cRoundTrip16LanesEqualsF16RoundForAll2To32Floats) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("f16c")) {
+    GTEST_SKIP() << "this CPU has no AVX-512: the CPU engine does not use the 16-lane F16C kernels here";
+  }
+  expect_f16_round_for_all_floats<16>(f16c_round_trip16);
+}
+
+/// The bfloat16 rounding of the CPU engine's AVX512-BF16 kernels (src/cpu/kernels.hpp): 32 floats
+/// rounded by vcvtne2ps2bf16 and widened back to float lanes by unpacking against zero, as the
+/// kernels do, then put back in input order (the unpack's lane order is tested with the kernels).
+[[gnu::target("avx512f,avx512bw,avx512bf16")]] void bf16_hardware_round(const std::uint32_t* in,
+                                                                       std::uint32_t* out) {
+  const __m512 low = _mm512_castsi512_ps(_mm512_loadu_si512(in));
+  const __m512 high = _mm512_castsi512_ps(_mm512_loadu_si512(in + 16));
+  const __m512i words = reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(high, low));  // in[0..31] in order
+  const __m512i zero = _mm512_setzero_si512();
+  // The low unpack holds words {0-3, 8-11, 16-19, 24-27}, the high one {4-7, 12-15, 20-23, 28-31}.
+  alignas(64) std::uint32_t unpacked[32];
+  _mm512_store_si512(unpacked, _mm512_unpacklo_epi16(zero, words));
+  _mm512_store_si512(unpacked + 16, _mm512_unpackhi_epi16(zero, words));
+  for (int k = 0; k < 16; ++k) {
+    out[8 * (k / 4) + k % 4] = unpacked[k];
+    out[8 * (k / 4) + 4 + k % 4] = unpacked[16 + k];
+  }
+}
+
+// The hardware bfloat16 rounding the CPU kernels use on AVX512-BF16 gives bf16_round's bits
+// (rounding, overflow to inf, NaN payloads) for every float that is not subnormal; subnormals,
+// which it takes as zero, become a zero of their sign. The kernels take that path only where no
+// rounding can see a subnormal (tests/test_cpu_engine.cpp checks the guard, kernels.hpp argues it).
+TEST(Large, Bf16HardwareRoundEqualsBf16RoundForAll2To32Floats) {
+  __builtin_cpu_init();
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512bf16")) {
+    GTEST_SKIP() << "this CPU has no AVX512-BF16: the CPU engine does not use vcvtne2ps2bf16 here";
+  }
   std::atomic<std::int64_t> mismatches{0};
   std::atomic<std::uint64_t> first_bad{~0ull};
-  parallel_for(std::int64_t{1} << 29, 2, [&](std::int64_t begin, std::int64_t end) {
+  parallel_for(std::int64_t{1} << 27, 2, [&](std::int64_t begin, std::int64_t end) {
     std::int64_t bad = 0;
-    std::uint32_t in[8];
-    std::uint32_t out[8];
+    std::uint32_t in[32];
+    std::uint32_t out[32];
     for (std::int64_t group = begin; group < end; ++group) {
-      for (int i = 0; i < 8; ++i) in[i] = static_cast<std::uint32_t>(group * 8 + i);
-      f16c_round_trip(in, out);
-      for (int i = 0; i < 8; ++i) {
-        if (out[i] == plain::bits(detail::f16_round(plain::value(in[i])))) continue;
+      for (int i = 0; i < 32; ++i) in[i] = static_cast<std::uint32_t>(group * 32 + i);
+      bf16_hardware_round(in, out);
+      for (int i = 0; i < 32; ++i) {
+        const bool subnormal = (in[i] & 0x7f800000u) == 0 && (in[i] & 0x007fffffu) != 0;
+        const std::uint32_t expected =
+            subnormal ? in[i] & 0x80000000u : plain::bits(detail::bf16_round(plain::value(in[i])));
+        if (out[i] == expected) continue;
         if (bad++ == 0) {
-          std::uint64_t expected = ~0ull;
-          first_bad.compare_exchange_strong(expected, in[i]);
+          std::uint64_t none = ~0ull;
+          first_bad.compare_exchange_strong(none, in[i]);
         }
       }
     }

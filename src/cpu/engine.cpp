@@ -28,15 +28,18 @@
 #endif
 
 // The kernels are compiled three times: for the baseline ISA the library is built for, for
-// AVX2+FMA and for AVX-512 (BW/DQ/VL, 512-bit vectors); the widest the CPU has is picked at
-// construction. On baseline x86-64, std::fma (the `accurate` rotation) is a libm call per element
-// and conversions run 4 wide; the bf16 rounding emulation of hf_compatible is compute-bound, so
-// each doubling of the vector width nearly doubles throughput. Every operation is exactly rounded
-// IEEE arithmetic in all builds (-ffp-contract=off, no fast-math), so all give apply_reference's
-// bits. A macro names the namespace: it is the one thing that differs between the inclusions.
+// AVX2+FMA and for AVX-512 (BW/DQ/VL, 512-bit vectors), and the bfloat16 hf_compatible ones a
+// fourth time for AVX-512 with AVX512-BF16; the widest the CPU has is picked at construction. On
+// baseline x86-64, std::fma (the `accurate` rotation) is a libm call per element and conversions
+// run 4 wide; the bf16 rounding emulation of hf_compatible is compute-bound, so each doubling of
+// the vector width nearly doubles throughput. Every operation is exactly rounded IEEE arithmetic
+// in all builds (-ffp-contract=off, no fast-math), so all give apply_reference's bits. Macros name
+// the namespace and the build's conversion instructions: they are what differs between inclusions.
 #define POSENC_CPU_ISA baseline
 #define POSENC_CPU_F16C 0
+#define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_BF16
 #undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 
@@ -45,16 +48,32 @@
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 #define POSENC_CPU_ISA avx2
-#define POSENC_CPU_F16C 1
+#define POSENC_CPU_F16C 8
+#define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_BF16
 #undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 #pragma GCC pop_options
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,f16c,prefer-vector-width=512")
 #define POSENC_CPU_ISA avx512
-#define POSENC_CPU_F16C 1
+#define POSENC_CPU_F16C 16
+#define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
+#undef POSENC_CPU_BF16
+#undef POSENC_CPU_F16C
+#undef POSENC_CPU_ISA
+#pragma GCC pop_options
+// AVX-512 plus AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids): only the bfloat16 hf_compatible
+// kernels, whose roundings use vcvtne2ps2bf16; every other combination comes from the AVX-512 build.
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,f16c,prefer-vector-width=512")
+#define POSENC_CPU_ISA avx512_bf16
+#define POSENC_CPU_F16C 16
+#define POSENC_CPU_BF16 1
+#include "cpu/kernels.hpp"
+#undef POSENC_CPU_BF16
 #undef POSENC_CPU_F16C
 #undef POSENC_CPU_ISA
 #pragma GCC pop_options
@@ -79,10 +98,10 @@ constexpr double chunk_min_bytes = 64.0 * 1024;
 constexpr std::int64_t chunks_per_thread = 4;
 
 /// The kernel builds, widest last.
-enum class Isa { baseline, avx2, avx512 };
+enum class Isa { baseline, avx2, avx512, avx512_bf16 };
 
 /// The widest build the CPU supports, unless the environment variable POSENC_CPU_ISA names a
-/// narrower one ("baseline" or "avx2"; tests run every build against the reference).
+/// narrower one ("baseline", "avx2" or "avx512"; tests run every build against the reference).
 Isa select_isa() noexcept {
 #if POSENC_CPU_X86_KERNELS
   __builtin_cpu_init();
@@ -94,9 +113,11 @@ Isa select_isa() noexcept {
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl")) {
     best = Isa::avx512;
   }
+  if (best == Isa::avx512 && __builtin_cpu_supports("avx512bf16")) best = Isa::avx512_bf16;
   const char* forced = std::getenv("POSENC_CPU_ISA");
   if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return Isa::baseline;
-  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && best == Isa::avx512) return Isa::avx2;
+  if (forced != nullptr && std::strcmp(forced, "avx2") == 0 && best >= Isa::avx512) return Isa::avx2;
+  if (forced != nullptr && std::strcmp(forced, "avx512") == 0 && best == Isa::avx512_bf16) return Isa::avx512;
   return best;
 #else
   return Isa::baseline;
@@ -105,6 +126,10 @@ Isa select_isa() noexcept {
 
 KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) noexcept {
 #if POSENC_CPU_X86_KERNELS
+  if (isa == Isa::avx512_bf16) {
+    if (const KernelFn k = cpu_detail::avx512_bf16::select_kernel(d, p, n)) return k;
+    isa = Isa::avx512;
+  }
   if (isa == Isa::avx512) return cpu_detail::avx512::select_kernel(d, p, n);
   if (isa == Isa::avx2) return cpu_detail::avx2::select_kernel(d, p, n);
 #else

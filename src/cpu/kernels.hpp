@@ -1,7 +1,8 @@
 // The CPU engine's kernels, specialised at compile time on dtype x pairing x numerics; included once per instruction set by engine.cpp.
 //
-// No include guard on purpose: engine.cpp includes this file twice, with POSENC_CPU_ISA naming a
-// different namespace each time and, the second time, inside `#pragma GCC target("avx2,fma")`.
+// No include guard on purpose: engine.cpp includes this file once per kernel build, with
+// POSENC_CPU_ISA naming a different namespace each time and, after the baseline one, inside a
+// `#pragma GCC target(...)` of that build's instruction set.
 // The per-element arithmetic comes from rope_math.hpp (included before any target pragma, so
 // its inline functions stay baseline code that the AVX2 kernels may inline); the loops here are
 // written so the compiler vectorizes them: load a head's window into float arrays, rotate, store.
@@ -9,7 +10,10 @@
 #error "define POSENC_CPU_ISA (the namespace of this instantiation) before including kernels.hpp"
 #endif
 #ifndef POSENC_CPU_F16C
-#error "define POSENC_CPU_F16C (1 where the instantiation's target has F16C) before including kernels.hpp"
+#error "define POSENC_CPU_F16C (lanes per F16C conversion: 0 none, 8 ymm, 16 zmm) before including kernels.hpp"
+#endif
+#ifndef POSENC_CPU_BF16
+#error "define POSENC_CPU_BF16 (1 for the AVX512-BF16 instantiation) before including kernels.hpp"
 #endif
 
 namespace posenc::cpu_detail::POSENC_CPU_ISA {
@@ -136,55 +140,77 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
 }
 
 #if POSENC_CPU_F16C
-/// Eight floats rounded to float16 and back with the F16C conversions (vcvtps2ph with
-/// round-to-nearest-even, vcvtph2ps): the same bits as rope_math.hpp's f16_round for every
-/// float (tests/test_large.cpp compares all 2^32), in two instructions instead of a dozen
-/// integer operations per lane.
-inline __m256 f16_round8(__m256 x) {
-  return _mm256_cvtph_ps(_mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+// ---- float16 hf_compatible on F16C --------------------------------------------------------------
+//
+// The rotation's roundings to float16 are vcvtps2ph (round to nearest even) + vcvtph2ps: the same
+// bits as rope_math.hpp's f16_round for every float (tests/test_large.cpp compares all 2^32, in
+// both widths), in two instructions instead of a dozen integer operations per lane. The kernels are
+// written once over the vector type below: eight lanes (ymm) in the AVX2 build, sixteen (zmm, the
+// EVEX forms of the same conversions) in the AVX-512 builds, which on Zen 4 cut the time per head
+// by 40 % (a zmm conversion costs about what a ymm one does, for twice the lanes).
+#if POSENC_CPU_F16C == 16
+using F16Vec = __m512;
+inline constexpr std::int64_t f16c_lanes = 16;
+/// The masked forms with every lane on are the plain instructions; GCC 12's unmasked intrinsics read
+/// an undefined vector, which -Wmaybe-uninitialized reports.
+inline F16Vec f16c_load(const std::uint16_t* p) {
+  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
 }
+inline __m256i f16c_pack(F16Vec x) {
+  return _mm512_maskz_cvtps_ph(0xffff, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline void f16c_store(std::uint16_t* p, F16Vec x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16c_pack(x));
+}
+inline F16Vec f16c_round(F16Vec x) { return _mm512_maskz_cvtph_ps(0xffff, f16c_pack(x)); }
+inline F16Vec load_floats(const float* p) { return _mm512_loadu_ps(p); }
+inline F16Vec swap_pairs(F16Vec x) { return _mm512_shuffle_ps(x, x, 0xb1); }
+#else
+using F16Vec = __m256;
+inline constexpr std::int64_t f16c_lanes = 8;
+inline F16Vec f16c_load(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m128i f16c_pack(F16Vec x) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void f16c_store(std::uint16_t* p, F16Vec x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), f16c_pack(x)); }
+inline F16Vec f16c_round(F16Vec x) { return _mm256_cvtph_ps(f16c_pack(x)); }
+inline F16Vec load_floats(const float* p) { return _mm256_loadu_ps(p); }
+inline F16Vec swap_pairs(F16Vec x) { return _mm256_permute_ps(x, 0xb1); }
+#endif
 
-/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes cos/sin
-/// rows with every entry twice ([c0 c0 c1 c1 ...], built once per token by rotate_tokens).
+/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes lane rows
+/// (lane_rows): each cos entry twice, [c0 c0 c1 c1 ...], then the sin entries as [-s0 s0 -s1 s1 ...].
 template <Act A, Pairing P, Numerics N>
-inline constexpr bool f16c_path = POSENC_CPU_F16C != 0 && A == Act::f16 && N == Numerics::hf_compatible &&
+inline constexpr bool f16c_path = A == Act::f16 && N == Numerics::hf_compatible &&
                                   (P == Pairing::half_split || P == Pairing::interleaved);
 
-/// hf_compatible float16 rotation of interleaved pairs [0, n4) (n4 a multiple of 4) with F16C,
-/// on the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos, x with each pair
-/// swapped times duplicated sin, and `addsub` gives a' = R(ac) - R(bs) in the even lanes and
-/// b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings). Each group of four pairs is read
-/// before it is written, so in place is safe.
-inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2, std::int64_t n4,
+/// hf_compatible float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2), on
+/// the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos plus x with each pair
+/// swapped times (-s, s) gives a' = R(ac) + R(b(-s)) in the even lanes, the bits of R(ac) - R(bs)
+/// (R is odd, x + (-y) is x - y), and b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings).
+/// Each group of pairs is read before it is written, so in place is safe.
+inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n, std::int64_t n,
                                     std::uint16_t* dst) {
-  constexpr int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  for (std::int64_t i = 0; i < n4; i += 4) {
-    const __m256 x = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i)));
-    const __m256 swapped = _mm256_permute_ps(x, 0xb1);
-    const __m256 xc = f16_round8(_mm256_mul_ps(x, _mm256_loadu_ps(cos2 + 2 * i)));
-    const __m256 xs = f16_round8(_mm256_mul_ps(swapped, _mm256_loadu_ps(sin2 + 2 * i)));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), _mm256_cvtps_ph(_mm256_addsub_ps(xc, xs), rne));
+  for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
+    const F16Vec x = f16c_load(src + i);
+    const F16Vec xc = f16c_round(x * load_floats(cos2 + i));
+    const F16Vec xs = f16c_round(swap_pairs(x) * load_floats(sin2n + i));
+    f16c_store(dst + i, xc + xs);
   }
 }
 
-/// hf_compatible float16 rotation of half-split pairs [0, n8) (n8 a multiple of 8) with F16C,
-/// straight from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored
-/// bits. Each group of eight pairs is read before it is written and no other group reads it, so
-/// in place is safe.
+/// hf_compatible float16 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes), straight
+/// from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored bits. Each
+/// group of pairs is read before it is written and no other group reads it, so in place is safe.
 inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
-                                   std::int64_t n8, std::int64_t half, std::uint16_t* dst) {
-  constexpr int rne = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
-  for (std::int64_t i = 0; i < n8; i += 8) {
-    const __m256 a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
-    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + half)));
-    const __m256 c = _mm256_loadu_ps(cos_row + i);
-    const __m256 s = _mm256_loadu_ps(sin_row + i);
-    const __m256 ac = f16_round8(_mm256_mul_ps(a, c));
-    const __m256 bs = f16_round8(_mm256_mul_ps(b, s));
-    const __m256 bc = f16_round8(_mm256_mul_ps(b, c));
-    const __m256 as = f16_round8(_mm256_mul_ps(a, s));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(_mm256_sub_ps(ac, bs), rne));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i + half), _mm256_cvtps_ph(_mm256_add_ps(bc, as), rne));
+                                   std::int64_t n, std::int64_t half, std::uint16_t* dst) {
+  for (std::int64_t i = 0; i < n; i += f16c_lanes) {
+    const F16Vec a = f16c_load(src + i);
+    const F16Vec b = f16c_load(src + i + half);
+    const F16Vec c = load_floats(cos_row + i);
+    const F16Vec s = load_floats(sin_row + i);
+    f16c_store(dst + i, f16c_round(a * c) - f16c_round(b * s));
+    f16c_store(dst + i + half, f16c_round(b * c) + f16c_round(a * s));
   }
 }
 #else
@@ -192,51 +218,237 @@ template <Act A, Pairing P, Numerics N>
 inline constexpr bool f16c_path = false;
 #endif
 
-/// Rotates the window of one head. `src` and `dst` point at the window's first element and may be
-/// the same memory (in place): the window is loaded into `xa`/`xb` before anything is stored.
-template <Act A, Pairing P, Numerics N>
-inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
-                          const float* __restrict sin_row, std::int64_t half, float* __restrict xa,
-                          float* __restrict xb) {
-  if constexpr (P == Pairing::half_split_2d) {
-    // Two half-split windows of half/2 pairs each (ChatGLM-6B 2-D). They are disjoint, and each is
-    // loaded before it is stored, so in place stays correct.
-    const std::int64_t q = half / 2;
-    rotate_window<A, Pairing::half_split, N>(src, dst, cos_row, sin_row, q, xa, xb);
-    rotate_window<A, Pairing::half_split, N>(src + half, dst + half, cos_row + q, sin_row + q, q, xa, xb);
-    return;
+#if POSENC_CPU_BF16
+// ---- bfloat16 hf_compatible on AVX512-BF16 -------------------------------------------------------
+//
+// vcvtne2ps2bf16 rounds 32 floats to bfloat16 (round to nearest even) in one instruction. It gives
+// bf16_round's bits for every float except the subnormals, which it takes as zero whatever MXCSR
+// says (tests/test_large.cpp checks all 2^32 floats). So this path only runs where no rounding can
+// see a subnormal: cos/sin entries 0 or of magnitude >= 2^-40 (checked once per token) and
+// activations 0 or >= 2^-79 (checked per block; a block with a smaller one takes the emulation).
+// Then every product is 0 or >= 2^-119 in magnitude, its rounding a multiple of 2^-126, and so is
+// the sum of two such roundings: 0 or normal. NaN and infinity round as bf16_round does.
+//
+// 32 bfloat16 words become floats in two instructions, without shuffles: shifted left by 16 they
+// are the even words, masked to the high half the odd ones (lane k holds word 2k, or 2k + 1).
+// Loads widen that way and so do the rounded products, so the half-split path rearranges cos/sin
+// into even and odd pairs once per token, and one word permutation per stored vector restores the
+// order. The permutations below are computed from these rules, not written out. (Widening in order
+// instead, one rounding of 16 lanes at a time, reached 58-63 % of the floor on one thread against
+// 80 % for this.)
+
+/// Lanes k of the even / odd widening hold words 2k / 2k + 1. (A GNU vector shift: GCC 12's
+/// _mm512_slli_epi32 reads an undefined vector, which -Wmaybe-uninitialized reports.)
+using u32x16 = std::uint32_t __attribute__((vector_size(64)));
+inline __m512 widen_even(__m512i w) { return reinterpret_cast<__m512>(reinterpret_cast<u32x16>(w) << 16); }
+inline __m512 widen_odd(__m512i w) {
+  return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
+}
+
+/// Word w of `round2(high, low)` holds lane w % 16 of `low` (w < 16) or of `high` (vcvtne2ps2bf16).
+inline __m512i round2(__m512 high, __m512 low) {
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(high, low));
+}
+
+/// hf_compatible rotation of 16 pairs (a, b) in lanes, with cos, sin and -sin in the same lanes:
+/// a' = R(R(ac) + R(b(-s))), the bits of R(R(ac) - R(bs)) (R is odd, x + (-y) is x - y), and
+/// b' = R(R(bc) + R(as)). Where each result lands in the returned 32 words: bf16_core_word.
+inline __m512i bf16_rotate16(__m512 a, __m512 b, const float* c, const float* s, const float* ns) {
+  const __m512 cv = _mm512_load_ps(c);
+  // x = [R(bc) | R(ac)] and y = [R(as) | R(-bs)]: word for word, the two terms of one result.
+  const __m512i x = round2(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, cv));
+  const __m512i y = round2(_mm512_mul_ps(b, _mm512_load_ps(ns)), _mm512_mul_ps(a, _mm512_load_ps(s)));
+  return round2(_mm512_add_ps(widen_odd(x), widen_odd(y)), _mm512_add_ps(widen_even(x), widen_even(y)));
+}
+
+/// What word w of bf16_rotate16's result holds: a' (a true) or b' of the pair in `lane`.
+struct CoreWord {
+  bool a;
+  int lane;
+};
+constexpr CoreWord bf16_core_word(int w) {
+  const int m = 2 * (w % 16) + (w >= 16 ? 1 : 0);  // the word of x and y summed there
+  return {m >= 16, m % 16};
+}
+
+/// Lanes of 32 bfloat16 words that are nonzero and below 2^-79 in magnitude (exponent field < 48).
+inline __mmask32 bf16_tiny(__m512i w) {
+  const __m512i twice = _mm512_add_epi16(w, w);  // the magnitude times two: the sign drops out
+  return _mm512_cmp_epu16_mask(_mm512_sub_epi16(twice, _mm512_set1_epi16(1)), _mm512_set1_epi16(0x2fff),
+                               _MM_CMPINT_LT);
+}
+
+/// Whether cos/sin entries [0, n) are all 0 or at least 2^-40 in magnitude (n a multiple of 16).
+inline bool bf16_rows_usable(const float* c, const float* s, std::int64_t n) {
+  const __m512 limit = _mm512_set1_ps(0x1p-40f);
+  const __m512 zero = _mm512_setzero_ps();
+  auto tiny = [&](__m512 x) {
+    return _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ) & _mm512_cmp_ps_mask(_mm512_abs_ps(x), limit, _CMP_LT_OQ);
+  };
+  __mmask16 found = 0;
+  for (std::int64_t i = 0; i < n; i += 16) found |= tiny(_mm512_loadu_ps(c + i)) | tiny(_mm512_loadu_ps(s + i));
+  return found == 0;
+}
+
+/// Half-split blocks: 32 pairs, [a0..a31] and [b0..b31]; the even widening holds the even pairs,
+/// the odd one the odd pairs. Lane rows per block: cos, sin and -sin of the even and the odd
+/// pairs, [c_e c_o s_e s_o ns_e ns_o] (96 floats).
+inline constexpr std::int64_t bf16_half_split_block = 32;
+
+/// Where a'[p] (entry p) and b'[p] (entry 32 + p) of a half-split block land in (f_e, f_o).
+consteval std::array<std::int16_t, 64> bf16_half_split_positions() {
+  std::array<std::int16_t, 64> out{};
+  for (int v = 0; v < 2; ++v) {  // f_e, f_o: the even / odd pairs
+    for (int w = 0; w < 32; ++w) {
+      const CoreWord cw = bf16_core_word(w);
+      out[static_cast<std::size_t>((cw.a ? 0 : 32) + 2 * cw.lane + v)] = static_cast<std::int16_t>(32 * v + w);
+    }
   }
-  std::int64_t first = 0;  // pairs before it were rotated by a specialised loop
-  std::int64_t cs_step = 1;  // the F16C interleaved path gets every cos/sin entry twice
-#if POSENC_CPU_F16C
-  if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
-    first = half - half % 4;
-    cs_step = 2;
-    rotate_f16c_interleaved(src, cos_row, sin_row, first, dst);
-  } else if constexpr (f16c_path<A, P, N>) {
-    first = half - half % 8;
-    rotate_f16c_half_split(src, cos_row, sin_row, first, half, dst);
+  return out;
+}
+
+/// hf_compatible bfloat16 rotation of half-split pairs [0, n) (n a multiple of 32); a block with an
+/// activation below 2^-79 takes `fallback` (the emulation). Each block is read before it is written
+/// and no other block reads it, so in place is safe.
+template <class Fallback>
+inline void rotate_bf16_half_split(const std::uint16_t* src, const float* lanes, std::int64_t n, std::int64_t half,
+                                   std::uint16_t* dst, Fallback&& fallback) {
+  static constexpr std::array<std::int16_t, 64> pos = bf16_half_split_positions();
+  const __m512i a_index = _mm512_loadu_si512(pos.data());
+  const __m512i b_index = _mm512_loadu_si512(pos.data() + 32);
+  for (std::int64_t i = 0; i < n; i += bf16_half_split_block, lanes += 96) {
+    const __m512i a = _mm512_loadu_si512(src + i);
+    const __m512i b = _mm512_loadu_si512(src + half + i);
+    if ((bf16_tiny(a) | bf16_tiny(b)) != 0) {
+      fallback(i, i + bf16_half_split_block);
+      continue;
+    }
+    const __m512i f_e = bf16_rotate16(widen_even(a), widen_even(b), lanes, lanes + 32, lanes + 64);
+    const __m512i f_o = bf16_rotate16(widen_odd(a), widen_odd(b), lanes + 16, lanes + 48, lanes + 80);
+    _mm512_storeu_si512(dst + i, _mm512_permutex2var_epi16(f_e, a_index, f_o));
+    _mm512_storeu_si512(dst + half + i, _mm512_permutex2var_epi16(f_e, b_index, f_o));
+  }
+}
+
+/// Interleaved blocks: 16 pairs, 32 words [a0 b0 a1 b1 ...]; the even widening holds the a, the
+/// odd one the b, pair k in lane k. Lane rows per block: cos, sin and -sin, [c s ns] (48 floats).
+inline constexpr std::int64_t bf16_interleaved_block = 16;
+
+/// Where element e (0-31: a'[e / 2] or b'[e / 2]) of an interleaved block lands in the result.
+consteval std::array<std::int16_t, 32> bf16_interleaved_positions() {
+  std::array<std::int16_t, 32> out{};
+  for (int w = 0; w < 32; ++w) {
+    const CoreWord cw = bf16_core_word(w);
+    out[static_cast<std::size_t>(2 * cw.lane + (cw.a ? 0 : 1))] = static_cast<std::int16_t>(w);
+  }
+  return out;
+}
+
+/// hf_compatible bfloat16 rotation of interleaved pairs [0, n) (n a multiple of 16), as above.
+template <class Fallback>
+inline void rotate_bf16_interleaved(const std::uint16_t* src, const float* lanes, std::int64_t n, std::uint16_t* dst,
+                                    Fallback&& fallback) {
+  static constexpr std::array<std::int16_t, 32> pos = bf16_interleaved_positions();
+  const __m512i index = _mm512_loadu_si512(pos.data());
+  for (std::int64_t i = 0; i < n; i += bf16_interleaved_block, lanes += 48) {
+    const __m512i x = _mm512_loadu_si512(src + 2 * i);
+    if (bf16_tiny(x) != 0) {
+      fallback(i, i + bf16_interleaved_block);
+      continue;
+    }
+    const __m512i f = bf16_rotate16(widen_even(x), widen_odd(x), lanes, lanes + 16, lanes + 32);
+    _mm512_storeu_si512(dst + 2 * i, _mm512_permutexvar_epi16(index, f));
+  }
+}
+
+template <Act A, Pairing P, Numerics N>
+inline constexpr bool bf16_path = A == Act::bf16 && N == Numerics::hf_compatible &&
+                                  (P == Pairing::half_split || P == Pairing::interleaved);
+#else
+template <Act A, Pairing P, Numerics N>
+inline constexpr bool bf16_path = false;
+#endif
+
+/// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
+template <Act A, Pairing P, Numerics N>
+inline constexpr bool uses_lane_rows = bf16_path<A, P, N> || (f16c_path<A, P, N> && P == Pairing::interleaved);
+
+/// Builds the lane rows of one token from its cos/sin rows; returns nullptr where the vector path
+/// must not run for this token (bfloat16: a cos/sin entry below 2^-40).
+template <Act A, Pairing P, Numerics N>
+inline const float* lane_rows(const float* cos_row, const float* sin_row, std::int64_t half, float* lanes) {
+#if POSENC_CPU_BF16
+  if constexpr (bf16_path<A, P, N>) {
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    float* out = lanes;
+    if constexpr (P == Pairing::half_split) {
+      const std::int64_t n = half - half % bf16_half_split_block;
+      if (!bf16_rows_usable(cos_row, sin_row, n)) return nullptr;
+      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+      for (std::int64_t i = 0; i < n; i += bf16_half_split_block, out += 96) {
+        const __m512 c0 = _mm512_loadu_ps(cos_row + i), c1 = _mm512_loadu_ps(cos_row + i + 16);
+        const __m512 s0 = _mm512_loadu_ps(sin_row + i), s1 = _mm512_loadu_ps(sin_row + i + 16);
+        const __m512 s_e = _mm512_permutex2var_ps(s0, even, s1), s_o = _mm512_permutex2var_ps(s0, odd, s1);
+        _mm512_store_ps(out, _mm512_permutex2var_ps(c0, even, c1));
+        _mm512_store_ps(out + 16, _mm512_permutex2var_ps(c0, odd, c1));
+        _mm512_store_ps(out + 32, s_e);
+        _mm512_store_ps(out + 48, s_o);
+        _mm512_store_ps(out + 64, _mm512_xor_ps(s_e, sign));
+        _mm512_store_ps(out + 80, _mm512_xor_ps(s_o, sign));
+      }
+    } else {
+      const std::int64_t n = half - half % bf16_interleaved_block;
+      if (!bf16_rows_usable(cos_row, sin_row, n)) return nullptr;
+      for (std::int64_t i = 0; i < n; i += bf16_interleaved_block, out += 48) {
+        const __m512 s = _mm512_loadu_ps(sin_row + i);
+        _mm512_store_ps(out, _mm512_loadu_ps(cos_row + i));
+        _mm512_store_ps(out + 16, s);
+        _mm512_store_ps(out + 32, _mm512_xor_ps(s, sign));
+      }
+    }
+    return lanes;
   }
 #endif
+  if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
+    // Each cos entry twice, then each sin entry negated and as is (rotate_f16c_interleaved).
+    for (std::int64_t i = 0; i < half; ++i) {
+      lanes[2 * i] = lanes[2 * i + 1] = cos_row[i];
+      lanes[2 * half + 2 * i] = -sin_row[i];
+      lanes[2 * half + 2 * i + 1] = sin_row[i];
+    }
+    return lanes;
+  }
+  (void)cos_row, (void)sin_row, (void)half;
+  return nullptr;
+}
+
+/// Rotates pairs [begin, end) of one head's window with rope_math.hpp's arithmetic, written so the
+/// compiler vectorizes it: the pairs are loaded into `xa`/`xb` before anything is stored, so `src`
+/// and `dst` may be the same memory.
+template <Act A, Pairing P, Numerics N>
+inline void rotate_pairs(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
+                         const float* __restrict sin_row, std::int64_t half, std::int64_t begin, std::int64_t end,
+                         float* __restrict xa, float* __restrict xb) {
   if constexpr (P == Pairing::half_split) {
-    for (std::int64_t i = first; i < half; ++i) {
+    for (std::int64_t i = begin; i < end; ++i) {
       xa[i] = to_float<A>(src[i]);
       xb[i] = to_float<A>(src[i + half]);
     }
   } else {
-    for (std::int64_t i = first; i < half; ++i) {
+    for (std::int64_t i = begin; i < end; ++i) {
       xa[i] = to_float<A>(src[2 * i]);
       xb[i] = to_float<A>(src[2 * i + 1]);
     }
   }
   if constexpr (P == Pairing::interleaved) {
-    for (std::int64_t i = first; i < half; ++i) {
-      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[cs_step * i], sin_row[cs_step * i]);
+    for (std::int64_t i = begin; i < end; ++i) {
+      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
       dst[2 * i] = to_storage<A>(r.a);
       dst[2 * i + 1] = to_storage<A>(r.b);
     }
   } else {  // half_split and interleaved_to_half write (y[i], y[i + H])
-    for (std::int64_t i = first; i < half; ++i) {
+    for (std::int64_t i = begin; i < end; ++i) {
       const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
       dst[i] = to_storage<A>(r.a);
       dst[i + half] = to_storage<A>(r.b);
@@ -244,10 +456,55 @@ inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* _
   }
 }
 
+/// Rotates the window of one head. `src` and `dst` point at the window's first element and may be
+/// the same memory (in place). `lanes` are the token's lane rows (lane_rows), or nullptr.
+template <Act A, Pairing P, Numerics N>
+inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
+                          const float* __restrict sin_row, const float* lanes, std::int64_t half,
+                          float* __restrict xa, float* __restrict xb) {
+  if constexpr (P == Pairing::half_split_2d) {
+    // Two half-split windows of half/2 pairs each (ChatGLM-6B 2-D). They are disjoint, and each is
+    // loaded before it is stored, so in place stays correct.
+    const std::int64_t q = half / 2;
+    rotate_window<A, Pairing::half_split, N>(src, dst, cos_row, sin_row, nullptr, q, xa, xb);
+    rotate_window<A, Pairing::half_split, N>(src + half, dst + half, cos_row + q, sin_row + q, nullptr, q, xa, xb);
+    return;
+  }
+  std::int64_t first = 0;  // pairs before it were rotated by a specialised loop
+#if POSENC_CPU_BF16
+  if constexpr (bf16_path<A, P, N>) {
+    if (lanes != nullptr) {
+      // The emulation for a block with a tiny activation.
+      auto fallback = [&](std::int64_t begin, std::int64_t end) {
+        rotate_pairs<A, P, N>(src, dst, cos_row, sin_row, half, begin, end, xa, xb);
+      };
+      if constexpr (P == Pairing::interleaved) {
+        first = half - half % bf16_interleaved_block;
+        rotate_bf16_interleaved(src, lanes, first, dst, fallback);
+      } else {
+        first = half - half % bf16_half_split_block;
+        rotate_bf16_half_split(src, lanes, first, half, dst, fallback);
+      }
+    }
+  }
+#endif
+#if POSENC_CPU_F16C
+  if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
+    first = half - half % (f16c_lanes / 2);
+    rotate_f16c_interleaved(src, lanes, lanes + 2 * half, first, dst);
+  } else if constexpr (f16c_path<A, P, N>) {
+    first = half - half % f16c_lanes;
+    rotate_f16c_half_split(src, cos_row, sin_row, first, half, dst);
+  }
+#endif
+  (void)lanes;
+  rotate_pairs<A, P, N>(src, dst, cos_row, sin_row, half, first, half, xa, xb);
+}
+
 /// Every head of one tensor at token t.
 template <Act A, Pairing P, Numerics N>
 inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t, const float* cos_row,
-                         const float* sin_row, float* xa, float* xb) {
+                         const float* sin_row, const float* lanes, float* xa, float* xb) {
   using S = Storage<A>;
   const std::int64_t rotary = 2 * call.half;
   const std::int64_t tail = call.head_dim - call.offset - rotary;
@@ -256,7 +513,7 @@ inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int
   for (std::int64_t h = 0; h < x.heads; ++h) {
     const S* src = src_token + h * x.src_head_stride;
     S* dst = dst_token + h * x.dst_head_stride;
-    rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, call.half, xa, xb);
+    rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
     if (x.copy_pass) {  // out of place: the pass-through elements are copied bit for bit
       if (call.offset > 0) std::memcpy(dst, src, static_cast<std::size_t>(call.offset) * sizeof(S));
       if (tail > 0) {
@@ -276,22 +533,13 @@ template <Act A, Pairing P, Numerics N>
   alignas(64) float sin_row[max_half];
   alignas(64) float xa[max_half];
   alignas(64) float xb[max_half];
+  alignas(64) float lane_storage[uses_lane_rows<A, P, N> ? 4 * max_half : 1];
   for (std::int64_t t = begin; t < end; ++t) {
     cos_sin_row<A, N>(call, t, cos_row, sin_row);
-    if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
-      // Every entry twice, once per token for all its heads (rotate_f16c_interleaved).
-      alignas(64) float cos2[2 * max_half];
-      alignas(64) float sin2[2 * max_half];
-      for (std::int64_t i = 0; i < call.half; ++i) {
-        cos2[2 * i] = cos2[2 * i + 1] = cos_row[i];
-        sin2[2 * i] = sin2[2 * i + 1] = sin_row[i];
-      }
-      rotate_heads<A, P, N>(call, call.q, t, cos2, sin2, xa, xb);
-      if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos2, sin2, xa, xb);
-      continue;
-    }
-    rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, xa, xb);
-    if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, xa, xb);
+    const float* lanes = nullptr;
+    if constexpr (uses_lane_rows<A, P, N>) lanes = lane_rows<A, P, N>(cos_row, sin_row, call.half, lane_storage);
+    rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, lanes, xa, xb);
+    if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, lanes, xa, xb);
   }
 }
 
@@ -324,7 +572,15 @@ KernelFn select_pairing(Pairing p, Numerics n) noexcept {
 }
 
 /// The kernel for a (dtype, pairing, numerics) combination; nullptr for values outside the enums.
+/// The AVX512-BF16 build holds only the combinations it specialises (nullptr for the others, which
+/// the AVX-512 build serves), so that its inclusion does not compile every kernel a fourth time.
 inline KernelFn select_kernel(DType d, Pairing p, Numerics n) noexcept {
+#if POSENC_CPU_BF16
+  if (d != DType::bf16 || n != Numerics::hf_compatible) return nullptr;
+  if (p == Pairing::half_split) return &rotate_tokens<Act::bf16, Pairing::half_split, Numerics::hf_compatible>;
+  if (p == Pairing::interleaved) return &rotate_tokens<Act::bf16, Pairing::interleaved, Numerics::hf_compatible>;
+  return nullptr;
+#endif
   switch (d) {
     case DType::f32:
       return select_pairing<Act::f32>(p, n);

@@ -6,9 +6,9 @@
 
 namespace posenc::test {
 
-/// "baseline" and "avx2" cap the instruction set (POSENC_CPU_ISA), "native" leaves the choice to
-/// the CPU's features (AVX-512 where present). A cap above what the CPU has changes nothing, so
-/// every value runs everywhere.
+/// "baseline", "avx2" and "avx512" (AVX-512 without the AVX512-BF16 kernels) cap the instruction
+/// set (POSENC_CPU_ISA), "native" leaves the choice to the CPU's features (AVX512-BF16 where
+/// present). A cap above what the CPU has changes nothing, so every value runs everywhere.
 class KernelBuild {
  public:
   explicit KernelBuild(const std::string& isa) {
