@@ -438,7 +438,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           const int t = static_cast<int>(divide(r, p.by_heads));
           row_token[u] = t;
           if constexpr (Append) {
-              hp[u] = append_row_pointers<S>(p, first_token + t, static_cast<int>(r) - t * p.total_heads, active[u]);
+            hp[u] = append_row_pointers<S>(p, first_token + t, static_cast<int>(r) - t * p.total_heads, active[u]);
           } else {
             hp[u] = head_pointers<S>(p, first_token + t, static_cast<int>(r) - t * p.total_heads);
           }
