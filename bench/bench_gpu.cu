@@ -522,6 +522,7 @@ void time_case(Gpu& g, const TimedCall& c, const Floor& floor, pb::Row& row) {
   // The host time of each call (packing, validation, launch) rides along: at small T it is what
   // the event-timed figure mostly is.
   std::vector<double> host_us;
+  host_us.reserve(static_cast<std::size_t>(g.event_pairs()) + 20);  // no allocation between timed calls
   auto call = [&](int) {
     const auto t0 = std::chrono::steady_clock::now();
     c.call();

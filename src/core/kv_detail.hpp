@@ -14,6 +14,18 @@ namespace posenc::detail {
 /// kernel checks them); everything else is checked the same way.
 CallInfo validate_append(const RopeSpec& spec, const AppendArgs& args, bool device_data = false);
 
+/// The rotation an append performs before its scatter: Q as the caller gave it, K from the
+/// caller's K into `rotated_k` (a dense scratch, so the caller's K is not written), same positions.
+inline RopeArgs append_rotation(const AppendArgs& args, const TensorView& rotated_k) {
+  RopeArgs rope;
+  rope.q = args.q;
+  rope.q_src = args.q_src;
+  rope.k = rotated_k;
+  rope.k_src = args.k;
+  rope.positions = args.positions;
+  return rope;
+}
+
 /// One cast-and-scatter pass: token t's rotated K rows (from `k`, the scratch apply wrote) and V
 /// rows go to the cache rows of slots[t]; slot -1 skips the token. Lives in the caller's frame
 /// while the pool runs.

@@ -352,13 +352,7 @@ void CpuEngine::append(const AppendArgs& args) const {
   const auto words = static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4);
   if (scratch.size() < words) scratch.resize(words);
   const TensorView rotated_k = TensorView::contiguous(scratch.data(), k.dtype, k.tokens, k.heads, k.head_dim);
-  RopeArgs rope;
-  rope.q = args.q;
-  rope.q_src = args.q_src;
-  rope.k = rotated_k;
-  rope.k_src = k;
-  rope.positions = args.positions;
-  apply(rope);  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
+  apply(detail::append_rotation(args, rotated_k));  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
 
   detail::ScatterCall call;
   call.k = rotated_k;

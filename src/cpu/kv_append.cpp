@@ -18,13 +18,7 @@ void append_reference(const RopeSpec& spec, const AppendArgs& args) {
   auto scratch = std::make_unique<std::uint32_t[]>(static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4));
   const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
 
-  RopeArgs rope;
-  rope.q = args.q;
-  rope.q_src = args.q_src;
-  rope.k = rotated_k;
-  rope.k_src = k;
-  rope.positions = args.positions;
-  apply_reference(spec, rope);
+  apply_reference(spec, detail::append_rotation(args, rotated_k));
 
   detail::ScatterCall call;
   call.k = rotated_k;
