@@ -8,6 +8,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <unistd.h>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -548,6 +549,164 @@ TEST(ModelConfigErrors, BadInputNamesKeyAndValue) {
   }
 }
 
+/// Parses `text`; expects posenc::Error of `kind` whose message names bad.json and holds every part.
+void expect_rejected(const std::string& what, const std::string& text, posenc::ErrorKind kind,
+                     const std::vector<std::string>& parts) {
+  try {
+    (void)posenc::parse_model_config(text, "bad.json");
+    ADD_FAILURE() << what << ": accepted";
+  } catch (const posenc::Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(e.kind(), kind) << what << ": " << m.substr(0, 300);
+    EXPECT_NE(m.find("bad.json"), std::string::npos) << what << ": message lacks the source: " << m.substr(0, 300);
+    for (const std::string& part : parts)
+      EXPECT_NE(m.find(part), std::string::npos) << what << ": message \"" << m.substr(0, 300) << "\" lacks \""
+                                                 << part << "\"";
+    EXPECT_LT(m.size(), 600u) << what << ": the message quotes too much";
+  }
+}
+
+const std::string llama_keys = R"("model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, )"
+                               R"("max_position_embeddings": 4096)";
+
+std::string nested(const std::string& open, const std::string& close, std::size_t levels) {
+  std::string s;
+  s.reserve(levels * (open.size() + close.size()) + 1);
+  for (std::size_t i = 0; i < levels; ++i) s += open;
+  s += "1";
+  for (std::size_t i = 0; i < levels; ++i) s += close;
+  return s;
+}
+
+// Regression (issue 17, item 1): an 80,000-level config overflowed the stack while a message
+// dumped the value (top level, an unknown rope_scaling key, rope_scaling vs rope_parameters).
+TEST(ModelConfigLimits, DeepNestingIsAConfigErrorNamingTheLimit) {
+  using K = posenc::ErrorKind;
+  const std::size_t deep = 80000;
+  const std::string objects = nested(R"({"a": )", "}", deep);
+  const std::string arrays = nested("[", "]", deep);
+  const std::vector<std::string> limit = {"nested deeper than the limit of 64 levels", "max_config_depth"};
+  expect_rejected("deep top level", objects, K::config, limit);
+  expect_rejected("deep array", arrays, K::config, limit);
+  expect_rejected("deep unknown rope key",
+                  "{" + llama_keys + R"(, "rope_scaling": {"rope_type": "linear", "factor": 2, "x": )" + objects + "}}",
+                  K::config, limit);
+  expect_rejected("deep rope_scaling vs rope_parameters",
+                  "{" + llama_keys + R"(, "rope_scaling": {"x": )" + arrays + R"(}, "rope_parameters": {"x": )" +
+                      arrays + "}}",
+                  K::config, limit);
+  // The limit itself is accepted: 64 levels in all (the top-level object is the first).
+  const std::string at_limit = "{" + llama_keys + R"(, "extra": )" + nested("[", "]", 63) + "}";
+  EXPECT_NO_THROW((void)posenc::parse_model_config(at_limit, "ok.json"));
+  const std::string over = "{" + llama_keys + R"(, "extra": )" + nested("[", "]", 64) + "}";
+  expect_rejected("65 levels", over, K::config, limit);
+}
+
+TEST(ModelConfigLimits, SizeLimitAndNumbersTooLargeForADouble) {
+  using K = posenc::ErrorKind;
+  std::string big = "{" + llama_keys + "}";
+  big.append(static_cast<std::size_t>(posenc::max_config_bytes) + 1 - big.size(), ' ');
+  expect_rejected("over the size limit", big, K::config, {"16777217 bytes exceeds the limit of 16777216 bytes"});
+  // Regression (issue 17, item 3): 1e400 escaped as a JSON-library exception naming no file (exit 1).
+  expect_rejected("1e400", "{" + llama_keys + R"(, "rope_theta": 1e400})", K::config, {"not valid JSON", "1e400"});
+  expect_rejected("1e400 in an ignored key", "{" + llama_keys + R"(, "unused": [1e400]})", K::config,
+                  {"not valid JSON"});
+}
+
+// Regression (issue 17, items 1 and 7): messages quoted keys and values whole and raw.
+TEST(ModelConfigLimits, MessagesQuoteAShortEscapedExcerpt) {
+  using K = posenc::ErrorKind;
+  const std::string long_key(1 << 20, 'k');
+  expect_rejected("megabyte key",
+                  "{" + llama_keys + R"(, "rope_scaling": {"rope_type": "linear", "factor": 2, ")" + long_key + R"(": 1}})",
+                  K::config, {"rope_scaling.kkkk", "...", "unknown key"});
+  expect_rejected("escape sequences in a key",
+                  "{" + llama_keys + R"(, "rope_scaling": {"rope_type": "linear", "factor": 2, "\u001b[2J\nx": 1}})",
+                  K::config, {"\\x1b[2J\\nx", "unknown key"});
+  std::string long_list = "[1";
+  for (int i = 0; i < 100000; ++i) long_list += ", 1";
+  expect_rejected("long value", "{" + llama_keys + R"(, "rope_theta": )" + long_list + "]}", K::config,
+                  {"'rope_theta' = [1,1,1", "...", "expected a number"});
+  // Invalid UTF-8 is a syntax error whose message quotes the byte escaped.
+  expect_rejected("invalid UTF-8", "{" + llama_keys + ", \"rope_scaling\": {\"rope_type\": \"\xff\xfe\"}}", K::config,
+                  {"not valid JSON", "UTF-8", "\\xff"});
+}
+
+// Regression (issue 17, item 7): 2^32 attention heads were accepted and `run` tried to allocate them.
+TEST(ModelConfigLimits, HeadCountsAreBounded) {
+  using K = posenc::ErrorKind;
+  expect_rejected("2^32 heads", R"({"model_type": "llama", "head_dim": 128, "num_attention_heads": 4294967296})",
+                  K::config, {"num_attention_heads", "4294967296", "exceeds the limit of 65536 heads"});
+  expect_rejected("2^32 kv heads", R"({"model_type": "llama", "head_dim": 128, "num_attention_heads": 32,
+      "num_key_value_heads": 4294967296})", K::config, {"num_key_value_heads", "limit of 65536"});
+  expect_rejected("chatglm groups", R"({"model_type": "chatglm", "kv_channels": 128, "num_attention_heads": 32,
+      "multi_query_attention": true, "multi_query_group_num": 100000})", K::config,
+                  {"multi_query_group_num", "100000", "limit of 65536"});
+  const ModelConfig at_limit = posenc::parse_model_config(
+      R"({"model_type": "llama", "head_dim": 128, "num_attention_heads": 65536, "num_key_value_heads": 65536})");
+  EXPECT_EQ(at_limit.num_attention_heads, posenc::max_heads);
+}
+
+// Regression (issue 17, item 6): parameters giving non-finite inv_freq or attention factors were
+// accepted; "factor": 0 meant "derive it" for yarn/longrope but was an error for linear/dynamic.
+TEST(ModelConfigLimits, ParametersGivingNonFiniteResultsAreRejected) {
+  using K = posenc::ErrorKind;
+  const std::string base = "{" + llama_keys + ", ";
+  // LongRoPE lists of the 64 frequencies of head_dim 128, the first short factor given as `first`.
+  const auto longrope_lists = [](const std::string& first) {
+    std::string short_list = first;
+    std::string long_list = "2";
+    for (int i = 1; i < 64; ++i) {
+      short_list += ", 1";
+      long_list += ", 2";
+    }
+    return R"("short_factor": [)" + short_list + R"(], "long_factor": [)" + long_list + "]";
+  };
+  struct Case {
+    const char* what;
+    std::string text;
+    std::vector<std::string> parts;
+  };
+  const std::vector<Case> cases = {
+      {"tiny theta", base + R"("rope_theta": 1e-300})", {"RopeSpec.theta = 1e-300", "float32"}},
+      {"huge theta", base + R"("rope_theta": 1e300})", {"RopeSpec.theta = 1e+300", "float32"}},
+      {"tiny linear factor", base + R"("rope_scaling": {"rope_type": "linear", "factor": 1e-300}})",
+       {"params.factor = 1e-300", "float32"}},
+      {"huge yarn attention factor", base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4,
+        "original_max_position_embeddings": 1024, "attention_factor": 1e308}})",
+       {"attention_factor = 1e+308", "65504"}},
+      {"huge yarn mscale", base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4,
+        "original_max_position_embeddings": 1024, "mscale": 1e308, "mscale_all_dim": 1}})",
+       {"params.mscale = 1e+308", "attention factor"}},
+      {"huge dynamic factor", base + R"("rope_scaling": {"rope_type": "dynamic", "factor": 1e34}})",
+       {"scaling dynamic", "params.factor = 1e+34", "seq_len 16777216"}},
+      {"yarn betas swapped", base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4,
+        "original_max_position_embeddings": 1024, "beta_fast": 1, "beta_slow": 32}})",
+       {"params.beta_fast = 1", "> params.beta_slow = 32"}},
+      {"yarn betas equal", base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4,
+        "original_max_position_embeddings": 1024, "beta_fast": 8, "beta_slow": 8}})",
+       {"params.beta_fast = 8", "> params.beta_slow = 8"}},
+      {"longrope tiny entry", base + R"("rope_scaling": {"rope_type": "longrope", "original_max_position_embeddings": 1024, )" +
+           longrope_lists("1e-300") + "}}",
+       {"params.short_factor[0] = 1e-300", "float32"}},
+      {"huge original max", base + R"("rope_scaling": {"rope_type": "yarn", "factor": 4,
+        "original_max_position_embeddings": 9223372036854775807}})",
+       {"params.original_max_position_embeddings = 9223372036854775807", "2^53"}},
+  };
+  for (const Case& c : cases) expect_rejected(c.what, c.text, K::config, c.parts);
+  for (const char* scheme : {"linear", "dynamic", "yarn", "longrope", "llama3"}) {
+    std::string dict = std::string(R"("rope_scaling": {"rope_type": ")") + scheme + R"(", "factor": 0)";
+    if (std::string(scheme) == "llama3") dict += R"(, "low_freq_factor": 1, "high_freq_factor": 4)";
+    if (std::string(scheme) == "longrope") dict += ", " + longrope_lists("1");
+    expect_rejected(std::string("factor 0 for ") + scheme, base + dict + "}}", K::config,
+                    {"rope_scaling.factor' = 0", "must be > 0", "omit the key"});
+  }
+  // Absent, the factor is derived for yarn and longrope (4096 / 1024).
+  const ModelConfig derived = posenc::parse_model_config(
+      base + R"("rope_scaling": {"rope_type": "yarn", "original_max_position_embeddings": 1024}})");
+  EXPECT_EQ(derived.spec().params.factor, 4.0);
+}
+
 TEST(ModelConfigErrors, UnreadableFilesAreIoErrors) {
   for (const std::string& path : {configs_dir + "/no-such-model.json", configs_dir}) {
     try {
@@ -558,6 +717,21 @@ TEST(ModelConfigErrors, UnreadableFilesAreIoErrors) {
       EXPECT_NE(std::string(e.what()).find(path), std::string::npos) << e.what();
     }
   }
+  // Regression (issue 17, item 7): a symlink loop was reported as "no such file".
+  const std::filesystem::path loop =
+      std::filesystem::temp_directory_path() / ("posenc_config_loop_" + std::to_string(::getpid()) + ".json");
+  std::filesystem::remove(loop);
+  std::filesystem::create_symlink(loop, loop);
+  try {
+    (void)posenc::load_model_config(loop.string());
+    ADD_FAILURE() << "a symlink loop was accepted";
+  } catch (const posenc::Error& e) {
+    EXPECT_EQ(e.kind(), posenc::ErrorKind::io) << e.what();
+    EXPECT_NE(std::string(e.what()).find("symbolic links"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("no such file"), std::string::npos) << e.what();
+  }
+  std::filesystem::remove(loop);
+
   const ModelConfig mc = posenc::load_model_config(configs_dir + "/llama-3.1-8b.json");
   try {
     (void)mc.spec("sliding_attention");

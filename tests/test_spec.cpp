@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
 
@@ -165,6 +166,109 @@ TEST(SpecValidate, RejectsBadSchemeParameters) {
             << c.bad.what << ": message \"" << e.what() << "\" lacks \"" << part << "\"";
     }
   }
+}
+
+// Regression (issue 17, items 4 and 6): parameters that make inv_freq, an angle or the attention
+// factor non-finite were accepted (the engines then wrote inf/NaN with no error), and context
+// lengths near INT64_MAX overflowed `threshold + 1` in the CPU engine's constructor.
+TEST(SpecValidate, RejectsParametersGivingNonFiniteResults) {
+  struct SchemeCase {
+    Scaling scaling;
+    BadCase bad;
+  };
+  const std::vector<SchemeCase> cases = {
+      {Scaling::none, {"tiny theta", [](RopeSpec& s) { s.theta = 1e-300; }, {"RopeSpec.theta = 1e-300", "float32"}}},
+      {Scaling::none, {"huge theta", [](RopeSpec& s) { s.theta = 1e39; }, {"RopeSpec.theta = 1e+39", "float32"}}},
+      {Scaling::none,
+       {"angles overflow float32",
+        [](RopeSpec& s) {
+          s.theta = 2e-38;  // inv_freq[0] = 1, the last ones ~1e37
+          s.position_limit = std::int64_t{1} << 40;
+        },
+        {"inv_freq[", "angle at position 1099511627775 overflows float32"}}},
+      {Scaling::none,
+       {"huge attention factor", [](RopeSpec& s) { s.attention_factor = 1e308; },
+        {"RopeSpec.attention_factor = 1e+308", "65504"}}},
+      {Scaling::none,
+       {"tiny attention factor", [](RopeSpec& s) { s.attention_factor = 1e-300; },
+        {"RopeSpec.attention_factor = 1e-300"}}},
+      {Scaling::linear,
+       {"tiny linear factor", [](RopeSpec& s) { s.params.factor = 1e-300; }, {"params.factor = 1e-300", "float32"}}},
+      {Scaling::linear,
+       {"huge linear factor", [](RopeSpec& s) { s.params.factor = 1e300; }, {"params.factor = 1e+300", "float32"}}},
+      {Scaling::dynamic,
+       {"dynamic theta' overflows", [](RopeSpec& s) { s.params.factor = 1e30; },
+        {"scaling dynamic", "params.factor = 1e+30", "seq_len 2147483648", "inv_freq["}}},
+      {Scaling::dynamic,
+       {"dynamic L near INT64_MAX",
+        [](RopeSpec& s) { s.params.max_position_embeddings = std::numeric_limits<std::int64_t>::max(); },
+        {"params.max_position_embeddings = 9223372036854775807", "2^53"}}},
+      {Scaling::yarn,
+       {"yarn betas swapped",
+        [](RopeSpec& s) {
+          s.params.beta_fast = 1;
+          s.params.beta_slow = 32;
+        },
+        {"params.beta_fast = 1", "> params.beta_slow = 32"}}},
+      {Scaling::yarn,
+       {"yarn beta_fast defaulted below beta_slow", [](RopeSpec& s) { s.params.beta_slow = 40; },
+        {"params.beta_fast = 32", "> params.beta_slow = 40"}}},
+      {Scaling::yarn, {"yarn theta 1", [](RopeSpec& s) { s.theta = 1; }, {"RopeSpec.theta = 1", "> 1 for yarn"}}},
+      {Scaling::yarn,
+       {"yarn tiny factor", [](RopeSpec& s) { s.params.factor = 1e-300; }, {"params.factor = 1e-300", "float32"}}},
+      {Scaling::yarn,
+       {"yarn derived attention factor overflows",
+        [](RopeSpec& s) {
+          s.params.mscale = 1e308;  // DeepSeek's ratio get_mscale(f, mscale) / get_mscale(f, mscale_all_dim)
+          s.params.mscale_all_dim = 1;
+        },
+        {"scaling yarn", "params.mscale = 1e+308", "attention factor"}}},
+      {Scaling::yarn,
+       {"yarn original max near INT64_MAX",
+        [](RopeSpec& s) { s.params.original_max_position_embeddings = std::numeric_limits<std::int64_t>::max(); },
+        {"params.original_max_position_embeddings = 9223372036854775807", "2^53"}}},
+      {Scaling::longrope,
+       {"longrope tiny entry", [](RopeSpec& s) { s.params.short_factor[1] = 1e-300; },
+        {"params.short_factor[1] = 1e-300", "float32"}}},
+      {Scaling::longrope,
+       {"longrope attention factor divides by ln 1",
+        [](RopeSpec& s) { s.params.original_max_position_embeddings = 1; },
+        {"scaling longrope", "params.original_max_position_embeddings = 1", "attention factor inf"}}},
+      {Scaling::longrope,
+       {"longrope original max near INT64_MAX",
+        [](RopeSpec& s) { s.params.original_max_position_embeddings = std::numeric_limits<std::int64_t>::max(); },
+        {"params.original_max_position_embeddings = 9223372036854775807", "2^53"}}},
+      {Scaling::llama3,
+       {"llama3 tiny factor", [](RopeSpec& s) { s.params.factor = 1e-300; }, {"params.factor = 1e-300"}}},
+      {Scaling::llama3,
+       {"llama3 huge high band", [](RopeSpec& s) { s.params.high_freq_factor = 1e300; },
+        {"params.high_freq_factor = 1e+300", "float32"}}},
+  };
+  for (const SchemeCase& c : cases) {
+    RopeSpec spec = scheme(c.scaling);
+    c.bad.mutate(spec);
+    try {
+      spec.validate();
+      ADD_FAILURE() << c.bad.what << ": accepted";
+    } catch (const posenc::Error& e) {
+      EXPECT_EQ(e.kind(), posenc::ErrorKind::invalid_argument) << c.bad.what;
+      for (const std::string& part : c.bad.message_parts)
+        EXPECT_NE(std::string(e.what()).find(part), std::string::npos)
+            << c.bad.what << ": message \"" << e.what() << "\" lacks \"" << part << "\"";
+    }
+  }
+  // The engines validate at construction: no engine is built on such a spec.
+  RopeSpec huge_omp = scheme(Scaling::longrope);
+  huge_omp.params.original_max_position_embeddings = std::numeric_limits<std::int64_t>::max();
+  EXPECT_THROW(posenc::CpuEngine{huge_omp}, posenc::Error);
+  // The boundaries themselves are accepted.
+  RopeSpec edge = scheme(Scaling::longrope);
+  edge.params.original_max_position_embeddings = std::int64_t{1} << 53;
+  edge.params.max_position_embeddings = std::int64_t{1} << 53;
+  EXPECT_NO_THROW(edge.validate());
+  RopeSpec big_factor = scheme(Scaling::none);
+  big_factor.attention_factor = 65504.0;
+  EXPECT_NO_THROW(big_factor.validate());
 }
 
 TEST(SpecValidate, IgnoresParametersOfOtherSchemes) {

@@ -1,8 +1,10 @@
 // posenc::Error: the one exception type every posenc operation throws, with a machine-readable kind.
 #pragma once
 
+#include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace posenc {
 
@@ -31,5 +33,10 @@ class Error : public std::runtime_error {
  private:
   ErrorKind kind_;
 };
+
+/// `text` made safe to quote in an error message: at most `max_chars` characters (a cut is marked
+/// "..."), control characters, C1 controls and bytes that are not UTF-8 written as escapes (\n,
+/// \x1b), so a hostile file cannot flood or drive a terminal through a message.
+std::string message_excerpt(std::string_view text, std::size_t max_chars = 80);
 
 }  // namespace posenc

@@ -26,6 +26,12 @@ struct ModelConfig {
   const RopeSpec& spec(const std::string& layer_type = "default") const;
 };
 
+/// Limits of config ingestion (docs/CLI.md, "Input limits"); exceeding one is posenc::Error(config)
+/// naming the limit. Real configs are a few KB deep at most 5 levels, with at most a few hundred heads.
+inline constexpr std::int64_t max_config_bytes = std::int64_t{16} << 20;  ///< config.json text size
+inline constexpr int max_config_depth = 64;            ///< nested JSON objects and arrays
+inline constexpr std::int64_t max_heads = 65536;       ///< num_attention_heads, num_key_value_heads
+
 /// Parses config.json text. Unknown or contradictory rope keys give posenc::Error(config) naming
 /// the key and the value. `source` labels messages.
 ModelConfig parse_model_config(const std::string& json_text, const std::string& source = "<text>");

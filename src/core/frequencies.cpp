@@ -12,10 +12,12 @@
 // * This translation unit is compiled with -ffp-contract=off: no a*b+c may become an FMA.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numbers>
 #include <string>
 
 #include "core/frequencies_detail.hpp"
+#include "core/text_detail.hpp"
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
 
@@ -205,13 +207,73 @@ std::vector<float> llama3_inv_freq(const RopeSpec& spec) {
   return inv;
 }
 
+/// "scaling yarn, theta = 10000, params.factor = 4, ...": what a frequency-range message names.
+std::string scheme_text(const RopeSpec& spec) {
+  using detail::number_text;
+  const ScalingParams& p = spec.params;
+  std::string s = std::string("scaling ") + to_string(spec.scaling) + ", theta = " + number_text(spec.theta);
+  switch (spec.scaling) {
+    case Scaling::none:
+    case Scaling::table: break;
+    case Scaling::llama3:
+      s += ", params.low_freq_factor = " + number_text(p.low_freq_factor) +
+           ", params.high_freq_factor = " + number_text(p.high_freq_factor);
+      [[fallthrough]];
+    case Scaling::linear:
+    case Scaling::dynamic:
+    case Scaling::yarn:
+    case Scaling::longrope: s += ", params.factor = " + number_text(p.factor); break;
+  }
+  if (spec.scaling == Scaling::dynamic)
+    s += ", params.max_position_embeddings = " + number_text(p.max_position_embeddings);
+  if (spec.scaling == Scaling::yarn)
+    s += ", params.mscale = " + number_text(p.mscale) + ", params.mscale_all_dim = " + number_text(p.mscale_all_dim);
+  if (spec.scaling == Scaling::yarn || spec.scaling == Scaling::longrope || spec.scaling == Scaling::llama3)
+    s += ", params.original_max_position_embeddings = " + number_text(p.original_max_position_embeddings);
+  return s + ", position_limit = " + number_text(spec.position_limit);
+}
+
 }  // namespace
 
-FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
-  spec.validate();
-  if (seq_len && *seq_len < 1)
-    throw Error(ErrorKind::invalid_argument, "compute_frequencies: seq_len = " + std::to_string(*seq_len) +
-                                                 ": must be >= 1 (the call's largest position + 1)");
+namespace detail {
+
+void check_frequency_range(const RopeSpec& spec) {
+  const auto fail = [&](const std::string& what) {
+    throw Error(ErrorKind::invalid_argument, "RopeSpec (" + scheme_text(spec) + ") " + what);
+  };
+  // The tables the spec can give: at init, and the extreme per-call ones. dynamic's theta' grows
+  // with seq_len, so its largest is at position_limit; longrope switches to its long factors once
+  // seq_len passes original_max_position_embeddings (<= 2^53: validated, so + 1 cannot overflow).
+  std::vector<std::optional<std::int64_t>> seq_lens = {std::nullopt};
+  const ScalingParams& p = spec.params;
+  if (spec.scaling == Scaling::dynamic && spec.position_limit > p.max_position_embeddings)
+    seq_lens.push_back(spec.position_limit);
+  if (spec.scaling == Scaling::longrope && spec.position_limit > p.original_max_position_embeddings)
+    seq_lens.push_back(p.original_max_position_embeddings + 1);
+  // The largest angle is inv_freq * fl32(position_limit - 1), formed in float32 by hf_compatible.
+  const auto last_position = static_cast<float>(spec.position_limit - 1);
+  for (const std::optional<std::int64_t> seq_len : seq_lens) {
+    const FrequencyTable table = frequencies_unchecked(spec, seq_len);
+    const std::string at = seq_len ? " for seq_len " + number_text(*seq_len) : std::string(" at init");
+    for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
+      const float v = table.inv_freq[i];
+      if (!(std::isfinite(v) && v > 0.0f))
+        fail("gives inv_freq[" + std::to_string(i) + "] = " + number_text(static_cast<double>(v)) + at +
+             ": every inverse frequency must be finite and > 0 in float32 (a parameter is out of range)");
+      if (!std::isfinite(v * last_position))
+        fail("gives inv_freq[" + std::to_string(i) + "] = " + number_text(static_cast<double>(v)) + at +
+             ", whose angle at position " + number_text(spec.position_limit - 1) +
+             " overflows float32: lower the frequencies or position_limit");
+    }
+    const double af = spec.attention_factor.value_or(table.attention_factor);
+    if (!(af >= static_cast<double>(std::numeric_limits<float>::min()) && af <= max_attention_factor))
+      fail("gives the attention factor " + number_text(af) + at + ": it must lie in [" +
+           number_text(static_cast<double>(std::numeric_limits<float>::min())) + ", " +
+           number_text(max_attention_factor) + "]");
+  }
+}
+
+FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
   // Every scheme works on frequency_dim(): R, or R/2 for half_split_2d, whose halves are each a
   // RoPE of R/2 dims (pair_axes spreads the table over the pairs).
   const std::int64_t r = spec.frequency_dim();
@@ -250,6 +312,16 @@ FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int6
   }
   if (spec.attention_factor) table.attention_factor = *spec.attention_factor;
   return table;
+}
+
+}  // namespace detail
+
+FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
+  spec.validate();
+  if (seq_len && *seq_len < 1)
+    throw Error(ErrorKind::invalid_argument, "compute_frequencies: seq_len = " + std::to_string(*seq_len) +
+                                                 ": must be >= 1 (the call's largest position + 1)");
+  return detail::frequencies_unchecked(spec, seq_len);
 }
 
 }  // namespace posenc

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "posenc/rope.hpp"
@@ -61,5 +62,20 @@ float dynamic_theta(double theta, double factor, std::int64_t seq_len, std::int6
 /// forward pass): all Python double, rounded to float32 only where it meets the exponent tensor.
 double dynamic_theta_python(double theta, double factor, std::int64_t seq_len,
                             std::int64_t max_position_embeddings, std::int64_t rotary);
+
+/// Largest attention factor a spec may give (override or scheme): the largest float16, so a unit
+/// input stays finite in every activation dtype. Real models use about 1 to 2.
+inline constexpr double max_attention_factor = 65504.0;
+
+/// compute_frequencies without RopeSpec::validate() (which calls check_frequency_range): `spec`
+/// must have passed the per-field checks.
+FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len);
+
+/// The last step of RopeSpec::validate(): the tables the spec can produce (at init, and for
+/// dynamic/longrope at the largest seq_len position_limit allows) hold finite inv_freq > 0 whose
+/// angles stay finite in float32 up to position_limit - 1, and the attention factor lies in
+/// [smallest normal float32, max_attention_factor]. Throws posenc::Error(invalid_argument) naming
+/// the scheme's parameters otherwise.
+void check_frequency_range(const RopeSpec& spec);
 
 }  // namespace posenc::detail

@@ -128,11 +128,11 @@ std::string family_name(std::string type) {
 
 // ---- typed access with messages that name the key and the value --------------------------------
 
+/// A JSON value as quoted in a message: its first 80 characters, escaped (message_excerpt).
+/// Invalid UTF-8 inside strings is replaced instead of thrown on; the nesting depth is bounded by
+/// max_config_depth, so dump() cannot exhaust the stack.
 std::string value_text(const json& v) {
-  std::string s = v.dump();
-  constexpr std::size_t max_len = 80;
-  if (s.size() > max_len) s = s.substr(0, max_len - 3) + "...";
-  return s;
+  return message_excerpt(v.dump(-1, ' ', false, json::error_handler_t::replace));
 }
 
 /// One JSON object of the config, with its key prefix ("", "text_config.", "rope_scaling.").
@@ -146,6 +146,8 @@ class Node {
   /// "rope_scaling" for the node of "rope_scaling." keys.
   std::string name() const { return prefix_.empty() ? std::string("top level") : prefix_.substr(0, prefix_.size() - 1); }
   std::string key(std::string_view k) const { return prefix_ + std::string(k); }
+  /// key(k) as quoted in a message (keys come from the file: escaped and cut).
+  std::string key_text(std::string_view k) const { return message_excerpt(key(k)); }
 
   /// Present and not null (HF treats null as absent).
   bool has(std::string_view k) const {
@@ -156,11 +158,11 @@ class Node {
   [[noreturn]] void fail(std::string_view k, const std::string& problem) const {
     const auto it = obj_->find(k);
     const std::string value = it == obj_->end() ? "(not given)" : value_text(*it);
-    throw Error(ErrorKind::config, "model config " + source() + ": key '" + key(k) + "' = " + value + ": " + problem);
+    throw Error(ErrorKind::config, "model config " + source() + ": key '" + key_text(k) + "' = " + value + ": " + problem);
   }
 
   [[noreturn]] void fail_missing(std::string_view k, const std::string& why) const {
-    throw Error(ErrorKind::config, "model config " + source() + ": key '" + key(k) + "' is missing: " + why);
+    throw Error(ErrorKind::config, "model config " + source() + ": key '" + key_text(k) + "' is missing: " + why);
   }
 
   std::optional<double> number(std::string_view k) const {
@@ -211,7 +213,7 @@ class Node {
     out.reserve(v.size());
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (!v[i].is_number() || !std::isfinite(v[i].get<double>()))
-        throw Error(ErrorKind::config, "model config " + source() + ": key '" + key(k) + "[" + std::to_string(i) +
+        throw Error(ErrorKind::config, "model config " + source() + ": key '" + key_text(k) + "[" + std::to_string(i) +
                                            "]' = " + value_text(v[i]) + ": expected a finite number");
       out.push_back(v[i].get<double>());
     }
@@ -237,6 +239,13 @@ class Node {
     return *v;
   }
 
+  /// A head count: positive(), and at most max_heads.
+  std::int64_t heads(std::string_view k, std::optional<std::int64_t> fallback, const std::string& why) const {
+    const std::int64_t v = positive(k, fallback, why);
+    if (v > max_heads) fail(k, "exceeds the limit of " + number_text(max_heads) + " heads");
+    return v;
+  }
+
  private:
   const json* obj_;
   std::string prefix_;
@@ -248,7 +257,7 @@ std::optional<double> either_number(const Node& n, std::string_view a, std::stri
   const std::optional<double> va = n.number(a);
   const std::optional<double> vb = n.number(b);
   if (va && vb && *va != *vb)
-    n.fail(b, "contradicts '" + n.key(a) + "' = " + number_text(*va) + " (two spellings of one value)");
+    n.fail(b, "contradicts '" + n.key_text(a) + "' = " + number_text(*va) + " (two spellings of one value)");
   return va ? va : vb;
 }
 
@@ -317,7 +326,7 @@ RopeDict read_rope_dict(const Node& d) {
   const std::optional<std::string> rope_type = d.string("rope_type");
   const std::optional<std::string> legacy_type = d.string("type");
   if (rope_type && legacy_type && *rope_type != *legacy_type)
-    d.fail("type", "contradicts '" + d.key("rope_type") + "' = \"" + *rope_type + "\"");
+    d.fail("type", "contradicts '" + d.key_text("rope_type") + "' = " + value_text(json(*rope_type)));
   r.rope_type = rope_type ? *rope_type : legacy_type ? *legacy_type : "default";
   const std::string_view type_key = rope_type ? "rope_type" : "type";
 
@@ -326,7 +335,7 @@ RopeDict read_rope_dict(const Node& d) {
     if (s.rope_type == r.rope_type) scheme = &s;
   if (scheme == nullptr) {
     if (r.rope_type == "proportional")
-      throw Error(ErrorKind::unsupported, "model config " + d.source() + ": key '" + d.key(type_key) +
+      throw Error(ErrorKind::unsupported, "model config " + d.source() + ": key '" + d.key_text(type_key) +
                                               "' = \"proportional\": this rope_type is not supported by posenc");
     d.fail(type_key, "unknown rope_type (known: " + scheme_names() + ")");
   }
@@ -346,6 +355,12 @@ RopeDict read_rope_dict(const Node& d) {
   r.theta = d.number("rope_theta");
   r.partial = d.number("partial_rotary_factor");
   r.factor = d.number("factor");
+  // 0 is no factor in any scheme: linear, dynamic and llama3 divide by it, and HF's yarn uses it as
+  // given (1 / (0 * f) is inf). Only an absent factor is derived (yarn, longrope), so "factor": 0
+  // is an error whatever the scheme (docs/CLI.md).
+  if (r.factor && *r.factor == 0.0)
+    d.fail("factor", "must be > 0 (omit the key to derive max_position_embeddings / "
+                     "original_max_position_embeddings for yarn and longrope)");
   r.attention_factor = d.number("attention_factor");
   r.beta_fast = d.number("beta_fast");
   r.beta_slow = d.number("beta_slow");
@@ -523,7 +538,7 @@ void add_default_spec(const Node& cfg, ModelConfig& mc, RopeSpec spec) {
 /// position), base 10000, all heads are kv heads. The remote code forms the angles in the model
 /// dtype (fp16); posenc forms them in float32, as every other family (RopeSpec::describe says so).
 void parse_chatglm_6b(const Node& cfg, ModelConfig& mc) {
-  mc.num_attention_heads = cfg.positive("num_attention_heads", std::nullopt, "the number of query heads");
+  mc.num_attention_heads = cfg.heads("num_attention_heads", std::nullopt, "the number of query heads");
   mc.num_key_value_heads = mc.num_attention_heads;
   const std::int64_t hidden = cfg.positive("hidden_size", std::nullopt, "head_dim = hidden_size / heads");
   if (hidden % mc.num_attention_heads != 0)
@@ -556,7 +571,7 @@ void parse_chatglm(const Node& cfg, ModelConfig& mc) {
     parse_chatglm_6b(cfg, mc);
     return;
   }
-  mc.num_attention_heads = cfg.positive("num_attention_heads", std::nullopt, "the number of query heads");
+  mc.num_attention_heads = cfg.heads("num_attention_heads", std::nullopt, "the number of query heads");
   std::int64_t head_dim = 0;
   if (cfg.has("kv_channels")) {
     head_dim = cfg.positive("kv_channels", std::nullopt, "");
@@ -569,7 +584,7 @@ void parse_chatglm(const Node& cfg, ModelConfig& mc) {
   mc.head_dim = head_dim;
   if (cfg.boolean("multi_query_attention").value_or(false))
     mc.num_key_value_heads =
-        cfg.positive("multi_query_group_num", std::nullopt, "multi_query_attention is true");
+        cfg.heads("multi_query_group_num", std::nullopt, "multi_query_attention is true");
   else
     mc.num_key_value_heads = mc.num_attention_heads;
   mc.max_position_embeddings = cfg.integer("seq_length").value_or(0);
@@ -600,10 +615,10 @@ void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
   // Heads and head size (GPT-J spells them n_head / n_embd / n_positions).
   const std::string_view heads_key = gptj ? "n_head" : "num_attention_heads";
   mc.num_attention_heads =
-      cfg.positive(heads_key, fam.heads ? std::optional<std::int64_t>(fam.heads) : std::nullopt,
-                   "the number of query heads");
-  mc.num_key_value_heads = cfg.positive("num_key_value_heads",
-                                        fam.kv_heads ? fam.kv_heads : mc.num_attention_heads, "");
+      cfg.heads(heads_key, fam.heads ? std::optional<std::int64_t>(fam.heads) : std::nullopt,
+                "the number of query heads");
+  mc.num_key_value_heads = cfg.heads("num_key_value_heads",
+                                     fam.kv_heads ? fam.kv_heads : mc.num_attention_heads, "");
   if (mc.num_attention_heads % mc.num_key_value_heads != 0)
     cfg.fail("num_key_value_heads",
              "must divide num_attention_heads = " + number_text(mc.num_attention_heads));
@@ -650,7 +665,7 @@ void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
   const json* scaling = cfg.object("rope_scaling");
   const json* parameters = cfg.object("rope_parameters");
   if (scaling && parameters && *scaling != *parameters)
-    cfg.fail("rope_parameters", "contradicts '" + cfg.key("rope_scaling") + "' = " + value_text(*scaling) +
+    cfg.fail("rope_parameters", "contradicts '" + cfg.key_text("rope_scaling") + "' = " + value_text(*scaling) +
                                     " (give one of them)");
   const std::string dict_name = scaling ? "rope_scaling" : "rope_parameters";
   static const json empty = json::object();
@@ -713,17 +728,42 @@ const RopeSpec& ModelConfig::spec(const std::string& layer_type) const {
   if (it != rope.end()) return it->second;
   std::string have;
   for (const auto& [name, s] : rope) have += (have.empty() ? "" : ", ") + name;
-  throw Error(ErrorKind::config, "model config " + source + ": no RoPE spec for layer type '" + layer_type +
-                                     "' (it has: " + (have.empty() ? "none" : have) + ")");
+  throw Error(ErrorKind::config, "model config " + source + ": no RoPE spec for layer type '" +
+                                     message_excerpt(layer_type) + "' (it has: " +
+                                     (have.empty() ? std::string("none") : message_excerpt(have, 400)) + ")");
 }
 
-ModelConfig parse_model_config(const std::string& json_text, const std::string& source) {
-  json root;
+namespace {
+
+/// Parses `text` with its size and nesting depth bounded. The depth is checked by the parser's
+/// callback as each object or array opens, before anything deeper is built: nlohmann's parser is
+/// iterative, but dump() and comparisons of a value recurse, so an unbounded depth would let a
+/// small file exhaust the stack. Every JSON-library failure (syntax, a number too large for a
+/// double such as 1e400) is a config error naming the file.
+json parse_bounded(const std::string& text, const std::string& source) {
+  if (static_cast<std::int64_t>(text.size()) > max_config_bytes)
+    throw Error(ErrorKind::config, "model config " + source + ": " + std::to_string(text.size()) +
+                                       " bytes exceeds the limit of " + std::to_string(max_config_bytes) +
+                                       " bytes (max_config_bytes)");
+  const json::parser_callback_t limit_depth = [&source](int depth, json::parse_event_t event, json&) {
+    // `depth` counts the containers enclosing the one that starts (0 for the top level).
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= max_config_depth)
+      throw Error(ErrorKind::config, "model config " + source + ": JSON nested deeper than the limit of " +
+                                         std::to_string(max_config_depth) + " levels (max_config_depth)");
+    return true;
+  };
   try {
-    root = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw Error(ErrorKind::config, "model config " + source + ": not valid JSON: " + e.what());
+    return json::parse(text, limit_depth);
+  } catch (const json::exception& e) {
+    throw Error(ErrorKind::config, "model config " + source + ": not valid JSON: " + message_excerpt(e.what(), 200));
   }
+}
+
+}  // namespace
+
+ModelConfig parse_model_config(const std::string& json_text, const std::string& source) {
+  const json root = parse_bounded(json_text, source);
   if (!root.is_object())
     throw Error(ErrorKind::config, "model config " + source + ": the top level must be a JSON object, got " +
                                        value_text(root));
@@ -745,10 +785,22 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
 }
 
 ModelConfig load_model_config(const std::string& path) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
+  const fs::file_status status = fs::status(path, ec);
+  // status() reports why a path cannot be followed (a symlink loop, a permission) in `ec`; only a
+  // path that does not exist is "no such file".
+  if (ec && status.type() != fs::file_type::not_found)
+    throw Error(ErrorKind::io, "cannot read model config '" + path + "': " + ec.message());
+  if (!fs::is_regular_file(status))
     throw Error(ErrorKind::io, "cannot read model config '" + path + "': " +
-                                   (std::filesystem::exists(path, ec) ? "not a regular file" : "no such file"));
+                                   (fs::exists(status) ? "not a regular file" : "no such file"));
+  // The size limit is checked before reading, so a huge file costs no memory.
+  const std::uintmax_t size = fs::file_size(path, ec);
+  if (!ec && size > static_cast<std::uintmax_t>(max_config_bytes))
+    throw Error(ErrorKind::config, "model config " + path + ": " + std::to_string(size) +
+                                       " bytes exceeds the limit of " + std::to_string(max_config_bytes) +
+                                       " bytes (max_config_bytes)");
   std::ifstream in(path, std::ios::binary);
   if (!in.is_open()) throw Error(ErrorKind::io, "cannot open model config '" + path + "': " + std::strerror(errno));
   const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};

@@ -1,10 +1,13 @@
 // RopeSpec validation and description, and the names of the spec's enumerations.
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "core/frequencies_detail.hpp"
 #include "core/text_detail.hpp"
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
@@ -65,17 +68,42 @@ void require_positive(const std::string& field, std::int64_t v) {
   if (v <= 0) reject(field, number_text(v), "must be > 0");
 }
 
+constexpr double float32_min = std::numeric_limits<float>::min();  // smallest normal float32
+constexpr double float32_max = std::numeric_limits<float>::max();
+
+/// A value the schemes round to float32 (theta, factors) must be a normal float32: below the
+/// smallest normal it rounds to 0 or a subnormal and a division by it is inf; above the largest it
+/// rounds to inf.
+void require_float32(const std::string& field, double v) {
+  if (!(v >= float32_min && v <= float32_max))
+    reject(field, number_text(v),
+           "must be finite and > 0, within float32's normal range [" + number_text(float32_min) + ", " +
+               number_text(float32_max) + "] (it is rounded to float32)");
+}
+
+/// Context lengths the schemes divide and take logarithms of in double: exact there up to 2^53,
+/// which also keeps `length + 1` (the first seq_len past it) from overflowing.
+constexpr std::int64_t max_context = std::int64_t{1} << 53;
+
+void require_context(const std::string& field, std::int64_t v) {
+  require_positive(field, v);
+  if (v > max_context) reject(field, number_text(v), "must be <= 2^53 = " + number_text(max_context));
+}
+
 // yarn and longrope accept factor 0 as "derive it as max_position_embeddings / original_max"
 // (what HF does when the config has no factor), so that path needs max_position_embeddings.
-void require_factor_or_derivable(const ScalingParams& p) {
+// `in_float32`: the scheme rounds the factor to float32 (yarn), not only uses it in double (longrope).
+void require_factor_or_derivable(const ScalingParams& p, bool in_float32) {
   if (p.factor == 0.0) {
     if (p.max_position_embeddings <= 0)
       reject("params.max_position_embeddings", number_text(p.max_position_embeddings),
              "must be > 0 when params.factor = 0 (factor derived as max_position_embeddings / "
              "original_max_position_embeddings)");
+    require_context("params.max_position_embeddings", p.max_position_embeddings);
     return;
   }
-  require_positive("params.factor", p.factor);
+  if (in_float32) require_float32("params.factor", p.factor);
+  else require_positive("params.factor", p.factor);
 }
 
 template <typename T>
@@ -84,10 +112,13 @@ void require_list(const std::string& field, const std::vector<T>& values, std::i
     reject(field + ".size()", number_text(static_cast<std::int64_t>(values.size())),
            std::string(pairing == Pairing::half_split_2d ? "must equal rotary_dim / 4 = " : "must equal rotary_dim / 2 = ") +
                number_text(expected));
-  for (std::size_t i = 0; i < values.size(); ++i)
-    if (!positive_finite(static_cast<double>(values[i])))
-      reject(field + "[" + std::to_string(i) + "]", number_text(static_cast<double>(values[i])),
-             "must be finite and > 0");
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const auto v = static_cast<double>(values[i]);
+    if (!positive_finite(v)) reject(field + "[" + std::to_string(i) + "]", number_text(v), "must be finite and > 0");
+    // LongRoPE factors are rounded to float32 and divided by: a normal float32 (a table's
+    // inv_freq already is a float32, and may be subnormal: a tiny angle is still an angle).
+    if constexpr (std::is_same_v<T, double>) require_float32(field + "[" + std::to_string(i) + "]", v);
+  }
 }
 
 std::string section_text(const std::vector<std::int64_t>& section) {
@@ -151,10 +182,12 @@ void RopeSpec::validate() const {
   if (pairing == Pairing::half_split_2d && r % 4 != 0)
     reject("rotary_dim", number_text(r), "must be a multiple of 4 for half_split_2d (two halves of pairs)");
   validate_mrope(*this);
-  if (!positive_finite(theta)) reject("theta", number_text(theta), "must be finite and > 0");
+  require_float32("theta", theta);
   if (position_limit <= 0) reject("position_limit", number_text(position_limit), "must be > 0");
-  if (attention_factor && !positive_finite(*attention_factor))
-    reject("attention_factor", number_text(*attention_factor), "must be finite and > 0");
+  if (attention_factor && !(*attention_factor >= float32_min && *attention_factor <= detail::max_attention_factor))
+    reject("attention_factor", number_text(*attention_factor),
+           "must be finite and > 0, within [" + number_text(float32_min) + ", " +
+               number_text(detail::max_attention_factor) + "] (it scales cos and sin in every dtype)");
 
   // The schemes work on frequency_dim() (R, or R/2 for half_split_2d): their lists have
   // frequency_dim() / 2 entries.
@@ -164,34 +197,44 @@ void RopeSpec::validate() const {
     case Scaling::none:
       break;
     case Scaling::linear:
-      require_positive("params.factor", p.factor);
+      require_float32("params.factor", p.factor);
       break;
     case Scaling::dynamic:
-      require_positive("params.factor", p.factor);
-      require_positive("params.max_position_embeddings", p.max_position_embeddings);
+      require_float32("params.factor", p.factor);
+      require_context("params.max_position_embeddings", p.max_position_embeddings);
       // theta' uses the exponent R / (R - 2).
       if (fd < 4)
         reject(pairing == Pairing::half_split_2d ? "rotary_dim / 2" : "rotary_dim", number_text(fd),
                "must be >= 4 for dynamic scaling (exponent R/(R-2))");
       break;
-    case Scaling::yarn:
-      require_factor_or_derivable(p);
-      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
+    case Scaling::yarn: {
+      require_factor_or_derivable(p, /*in_float32=*/true);
+      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
       require_non_negative("params.beta_fast", p.beta_fast);
       require_non_negative("params.beta_slow", p.beta_slow);
       require_non_negative("params.mscale", p.mscale);
       require_non_negative("params.mscale_all_dim", p.mscale_all_dim);
+      // The ramp runs from the dimension of beta_fast rotations to that of beta_slow: the other
+      // way round it swaps interpolation and extrapolation. 0 means the default (32, 1).
+      const double fast = p.beta_fast != 0.0 ? p.beta_fast : 32.0;
+      const double slow = p.beta_slow != 0.0 ? p.beta_slow : 1.0;
+      if (!(fast > slow))
+        reject("params.beta_fast", number_text(fast), "must be > params.beta_slow = " + number_text(slow));
+      // The correction range divides by ln(theta).
+      if (!(theta > 1.0)) reject("theta", number_text(theta), "must be > 1 for yarn (its ramp divides by ln theta)");
       break;
+    }
     case Scaling::longrope:
-      require_factor_or_derivable(p);
-      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
+      require_factor_or_derivable(p, /*in_float32=*/false);
+      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
       require_list("params.short_factor", p.short_factor, fd / 2, pairing);
       require_list("params.long_factor", p.long_factor, fd / 2, pairing);
       break;
     case Scaling::llama3:
-      require_positive("params.factor", p.factor);
-      require_positive("params.original_max_position_embeddings", p.original_max_position_embeddings);
-      require_positive("params.low_freq_factor", p.low_freq_factor);
+      require_float32("params.factor", p.factor);
+      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
+      require_float32("params.low_freq_factor", p.low_freq_factor);
+      require_float32("params.high_freq_factor", p.high_freq_factor);
       // The smoothing divides by (high - low).
       if (!std::isfinite(p.high_freq_factor) || !(p.high_freq_factor > p.low_freq_factor))
         reject("params.high_freq_factor", number_text(p.high_freq_factor),
@@ -201,6 +244,9 @@ void RopeSpec::validate() const {
       require_list("params.inv_freq", p.inv_freq, fd / 2, pairing);
       break;
   }
+  // Every parameter is in range on its own; together they must still give finite frequencies,
+  // angles and attention factor (e.g. a dynamic factor whose theta' overflows at position_limit).
+  detail::check_frequency_range(*this);
 }
 
 std::string RopeSpec::describe() const {
