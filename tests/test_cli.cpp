@@ -1,19 +1,30 @@
 // The posenc CLI end to end: `apply` and `check` through .npy files, golden fixture copies, and the exit codes of bad usage.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
+#include <cerrno>
+#include <csignal>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "npy.hpp"
+#include "output.hpp"
 #include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
 #include "posenc/model_config.hpp"
 
@@ -31,17 +42,65 @@ struct CliResult {
   std::string output;  // stdout and stderr together
 };
 
-/// Runs `posenc <args>` through the shell and captures its exit code and output.
-CliResult run_cli(const std::string& args) {
-  const std::string command = std::string("'") + POSENC_CLI_PATH + "' " + args + " 2>&1";
+/// How the child that runs the CLI is constrained, to make its writes fail.
+struct ChildLimits {
+  /// RLIMIT_FSIZE in bytes, with SIGXFSZ ignored: writes past it fail with EFBIG.
+  std::optional<rlim_t> file_size = std::nullopt;
+  bool drop_root = false;           ///< run as nobody when root (root writes into read-only directories)
+  /// RLIMIT_CPU and RLIMIT_AS for hostile inputs: a hang or a runaway allocation fails the test
+  /// instead of stalling or exhausting the machine.
+  std::optional<rlim_t> cpu_seconds = std::nullopt;
+  std::optional<rlim_t> address_space = std::nullopt;
+};
+
+/// Exit code of a child that could not drop root privileges.
+constexpr int cannot_drop_root = 125;
+
+/// Runs `posenc <args>` through the shell in a child under `limits`, and captures its exit code
+/// and output (stdout and stderr together).
+CliResult run_cli(const std::string& args, const ChildLimits& limits = {}) {
+  const std::string command = std::string("'") + POSENC_CLI_PATH + "' " + args;
   CliResult result;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  std::array<char, 4096> buffer{};
-  while (const std::size_t got = std::fread(buffer.data(), 1, buffer.size(), pipe)) {
-    result.output.append(buffer.data(), got);
+  int fds[2];
+  if (::pipe(fds) != 0) return result;
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    ::close(fds[0]);
+    ::close(fds[1]);
+    if (limits.file_size) {
+      std::signal(SIGXFSZ, SIG_IGN);  // inherited through exec: a write past the limit fails with EFBIG
+      const rlimit limit{*limits.file_size, *limits.file_size};
+      if (::setrlimit(RLIMIT_FSIZE, &limit) != 0) ::_exit(126);
+    }
+    for (const auto& [resource, value] :
+         {std::pair{RLIMIT_CPU, limits.cpu_seconds}, std::pair{RLIMIT_AS, limits.address_space}}) {
+      const rlimit limit{value.value_or(RLIM_INFINITY), value.value_or(RLIM_INFINITY)};
+      if (value && ::setrlimit(resource, &limit) != 0) ::_exit(126);
+    }
+    if (limits.drop_root && ::geteuid() == 0 && (::setgid(65534) != 0 || ::setuid(65534) != 0)) {
+      ::_exit(cannot_drop_root);
+    }
+    ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    ::_exit(127);
   }
-  const int status = pclose(pipe);
+  ::close(fds[1]);
+  if (pid < 0) {
+    ::close(fds[0]);
+    return result;
+  }
+  std::array<char, 4096> buffer{};
+  for (;;) {
+    const ssize_t got = ::read(fds[0], buffer.data(), buffer.size());
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) break;
+    result.output.append(buffer.data(), static_cast<std::size_t>(got));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   return result;
 }
@@ -355,6 +414,393 @@ TEST_F(CliTest, CheckComparesAUsersDumpAndHonoursTheTolerance) {
     EXPECT_NE(r.output.find(c.says), std::string::npos)
         << "posenc " << c.args << ": message lacks '" << c.says << "':\n" << r.output;
   }
+}
+
+// --- output safety: all outputs or none, every existing file unchanged on failure -----------------
+
+std::string file_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// The names in `dir` (temporaries included: they start with '.').
+std::set<std::string> entries(const fs::path& dir) {
+  std::set<std::string> names;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) names.insert(e.path().filename().string());
+  return names;
+}
+
+/// Inputs for `apply` whose outputs differ in size: Q [4, 2, 128] f32 (4224 bytes as .npy) and
+/// K [4, 32, 128] f32 (65664 bytes), so a limit between the two fails the second output only.
+class OutputSafetyTest : public CliTest {
+ protected:
+  void SetUp() override {
+    CliTest::SetUp();
+    const std::vector<std::int64_t> q_shape = {4, 2, 128};
+    const std::vector<std::int64_t> k_shape = {4, 32, 128};
+    const std::vector<std::int64_t> p_shape = {4};
+    write_npy(path("q.npy"), NpyType::f32, q_shape, bytes_of(test_values(4 * 2 * 128, 0.2f)));
+    write_npy(path("k.npy"), NpyType::f32, k_shape, bytes_of(test_values(4 * 32 * 128, 0.9f)));
+    write_npy(path("pos.npy"), NpyType::i64, p_shape, bytes_of(std::vector<std::int64_t>{0, 1, 2, 3}));
+  }
+
+  /// `posenc apply` of q.npy/k.npy writing `out_q` and `out_k`.
+  std::string apply_args(const fs::path& out_q, const fs::path& out_k) const {
+    return "apply --config '" + glm_config_ + "' --q '" + path("q.npy") + "' --k '" + path("k.npy") +
+           "' --positions '" + path("pos.npy") + "' --out-q '" + out_q.string() + "' --out-k '" + out_k.string() +
+           "' --device cpu";
+  }
+
+  /// Expects a failed write: exit 1, the message naming `failed` and `reason`; `unchanged` files
+  /// hold `old`, and `dir` holds exactly the entries it held before.
+  static void expect_nothing_changed(const CliResult& r, const std::string& failed, const std::string& reason,
+                                     const std::vector<fs::path>& unchanged, const std::string& old,
+                                     const fs::path& dir, const std::set<std::string>& before) {
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find(failed), std::string::npos) << "the message must name " << failed << ":\n" << r.output;
+    EXPECT_NE(r.output.find(reason), std::string::npos) << "the message must say '" << reason << "':\n" << r.output;
+    for (const fs::path& p : unchanged) EXPECT_EQ(file_text(p), old) << p << " was changed by a failed apply";
+    EXPECT_EQ(entries(dir), before) << "a failed apply left files behind or removed some in " << dir;
+  }
+};
+
+// Regression (issue 17, item 2): a write failing midway left --out-q written (or truncated the
+// --q it named) although the command exited 1.
+TEST_F(OutputSafetyTest, FileSizeLimitLeavesEveryFileAsItWas) {
+  const std::string old = "previous contents";
+  std::ofstream(path("out_q.npy")) << old;
+  std::ofstream(path("out_k.npy")) << old;
+  const std::set<std::string> before = entries(dir_);
+  // The first output fails (its 4224 bytes exceed 2000), then only the second (65664 > 20000).
+  for (const rlim_t limit : {rlim_t{2000}, rlim_t{20000}}) {
+    const CliResult r = run_cli(apply_args(path("out_q.npy"), path("out_k.npy")), {.file_size = limit});
+    expect_nothing_changed(r, limit == 2000 ? path("out_q.npy") : path("out_k.npy"), "File too large",
+                           {path("out_q.npy"), path("out_k.npy")}, old, dir_, before);
+  }
+  // --out-q naming --q: the input survives a failed write whole and readable.
+  const std::string q_before = file_text(path("q.npy"));
+  const CliResult r = run_cli(apply_args(path("q.npy"), path("out_k.npy")), {.file_size = 2000});
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_EQ(file_text(path("q.npy")), q_before) << "a failed write destroyed the --q input it was to replace";
+  EXPECT_NO_THROW(read_npy(path("q.npy")));
+  EXPECT_EQ(entries(dir_), before);
+
+  // Without the limit the same commands succeed, --out-q = --q included.
+  const CliResult ok = run_cli(apply_args(path("q.npy"), path("out_k.npy")));
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  EXPECT_NE(file_text(path("q.npy")), q_before) << "--out-q = --q must hold the rotated Q";
+  EXPECT_EQ(read_npy(path("out_k.npy")).shape, (std::vector<std::int64_t>{4, 32, 128}));
+  EXPECT_EQ(entries(dir_), before) << "a successful apply left temporaries behind";
+}
+
+TEST_F(OutputSafetyTest, ReadOnlyDirectoryLeavesEveryFileAsItWas) {
+  // Q goes to a writable directory, K to a read-only one: K cannot be created, so Q must not
+  // appear either. The child runs as nobody when the test runs as root (root ignores modes).
+  const fs::path rw = dir_ / "rw";
+  const fs::path ro = dir_ / "ro";
+  fs::create_directories(rw);
+  fs::create_directories(ro);
+  const std::string old = "previous contents";
+  std::ofstream(rw / "out_q.npy") << old;
+  std::ofstream(ro / "out_k.npy") << old;
+  fs::permissions(rw, fs::perms::all);
+  fs::permissions(rw / "out_q.npy", fs::perms::all);
+  fs::permissions(ro / "out_k.npy", fs::perms::all);  // the file itself is writable, its directory is not
+  fs::permissions(ro, fs::perms::owner_read | fs::perms::owner_exec | fs::perms::group_read |
+                          fs::perms::group_exec | fs::perms::others_read | fs::perms::others_exec);
+  const std::set<std::string> rw_before = entries(rw);
+  const std::set<std::string> ro_before = entries(ro);
+  const CliResult r = run_cli(apply_args(rw / "out_q.npy", ro / "out_k.npy"), {.drop_root = true});
+  fs::permissions(ro, fs::perms::owner_all);  // let TearDown remove it
+  if (r.exit_code == cannot_drop_root) GTEST_SKIP() << "running as root without the right to become nobody";
+  expect_nothing_changed(r, (ro / "out_k.npy").string(), "cannot create a temporary file",
+                         {rw / "out_q.npy", ro / "out_k.npy"}, old, rw, rw_before);
+  EXPECT_EQ(entries(ro), ro_before);
+}
+
+TEST_F(OutputSafetyTest, FullDeviceLeavesEveryFileAsItWas) {
+  // A 64 KiB tmpfs holds Q (4224 bytes) but not K (65664): the device fills on the second output.
+  const fs::path full = dir_ / "full";
+  fs::create_directories(full);
+  if (::mount("tmpfs", full.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    GTEST_SKIP() << "cannot mount a small tmpfs here (" << std::strerror(errno)
+                 << "); OutputFilesTest.InjectedFullDeviceLeavesNothingBehind covers ENOSPC in-process";
+  }
+  struct Unmount {
+    const fs::path& at;
+    ~Unmount() { ::umount2(at.c_str(), MNT_DETACH); }
+  } unmount{full};
+  const std::string old = "previous contents";
+  std::ofstream(full / "out_q.npy") << old;
+  const std::set<std::string> before = entries(full);
+  const CliResult r = run_cli(apply_args(full / "out_q.npy", full / "out_k.npy"));
+  expect_nothing_changed(r, (full / "out_k.npy").string(), "No space left on device", {full / "out_q.npy"}, old,
+                         full, before);
+}
+
+TEST_F(OutputSafetyTest, FailedRenameRestoresTheOutputsAlreadyMoved) {
+  // --out-k names a directory: every output is written, Q is renamed into place, K's rename fails;
+  // Q must be put back.
+  const std::string old = "previous contents";
+  std::ofstream(path("out_q.npy")) << old;
+  fs::create_directories(dir_ / "out_k.npy");
+  std::ofstream(dir_ / "out_k.npy" / "keep") << "x";
+  const std::set<std::string> before = entries(dir_);
+  const CliResult r = run_cli(apply_args(path("out_q.npy"), path("out_k.npy")));
+  expect_nothing_changed(r, path("out_k.npy"), "cannot move the complete output into place", {path("out_q.npy")},
+                         old, dir_, before);
+}
+
+TEST_F(OutputSafetyTest, OutputsNamingOneFileAreRefused) {
+  const CliResult r = run_cli(apply_args(path("out.npy"), dir_ / "." / "out.npy"));
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--out-q and --out-k name the same file"), std::string::npos) << r.output;
+  EXPECT_FALSE(fs::exists(path("out.npy")));
+}
+
+/// A write that lands on /dev/full instead of its file: ENOSPC, as a full device gives.
+ssize_t write_to_dev_full(int, const void* data, std::size_t size) {
+  const int fd = ::open("/dev/full", O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  const ssize_t wrote = ::write(fd, data, size);
+  const int error = errno;
+  ::close(fd);
+  errno = error;
+  return wrote;
+}
+
+using OutputFilesTest = CliTest;
+
+TEST_F(OutputFilesTest, InjectedFullDeviceLeavesNothingBehind) {
+  std::ofstream(path("a.npy")) << "old a";
+  const std::set<std::string> before = entries(dir_);
+  const std::vector<std::byte> bytes(100, std::byte{7});
+  {
+    OutputFiles outputs(&write_to_dev_full);
+    try {
+      outputs.stage(path("a.npy"), {bytes});
+      ADD_FAILURE() << "a write to /dev/full succeeded";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::io);
+      EXPECT_NE(std::string(e.what()).find(path("a.npy") + ": write error: No space left on device"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_EQ(file_text(path("a.npy")), "old a");
+  EXPECT_EQ(entries(dir_), before);
+}
+
+TEST_F(OutputFilesTest, InterruptRemovesTheTemporaries) {
+  // A child stages two outputs, then is interrupted before committing: the signal handler removes
+  // the temporaries and the child still dies of the signal.
+  std::ofstream(path("a")) << "old a";
+  const std::set<std::string> before = entries(dir_);
+  for (const int signal : {SIGINT, SIGTERM, SIGHUP}) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      const std::vector<std::byte> bytes(10, std::byte{1});
+      OutputFiles outputs;
+      outputs.stage(path("a"), {bytes});
+      outputs.stage(path("b"), {bytes});
+      std::raise(signal);
+      ::_exit(0);  // not reached
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == signal) << "signal " << signal << ", status " << status;
+    EXPECT_EQ(file_text(path("a")), "old a");
+    EXPECT_EQ(entries(dir_), before) << "signal " << signal << " left temporaries behind";
+  }
+}
+
+TEST_F(OutputFilesTest, CommitsAllTogetherAndUncommittedStagesVanish) {
+  std::ofstream(path("a")) << "old a";
+  fs::permissions(path("a"), fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  const std::set<std::string> before = entries(dir_);
+  const std::vector<std::byte> one(3, std::byte{'1'});
+  const std::vector<std::byte> two(2, std::byte{'2'});
+  {
+    OutputFiles outputs;
+    outputs.stage(path("a"), {one, two});
+    outputs.stage(path("b"), {two});
+    EXPECT_EQ(file_text(path("a")), "old a") << "staging must not touch the target";
+    EXPECT_FALSE(fs::exists(path("b")));
+  }  // never committed
+  EXPECT_EQ(file_text(path("a")), "old a");
+  EXPECT_EQ(entries(dir_), before);
+
+  // Through a symlink the target is replaced and the link kept; the old file's mode is kept.
+  fs::create_symlink(path("a"), path("link"));
+  OutputFiles outputs;
+  outputs.stage(path("link"), {one, two});
+  outputs.stage(path("b"), {two});
+  outputs.commit();
+  EXPECT_EQ(file_text(path("a")), "11122");
+  EXPECT_EQ(file_text(path("b")), "22");
+  EXPECT_TRUE(fs::is_symlink(path("link")));
+  EXPECT_EQ(fs::status(path("a")).permissions() & fs::perms::all,
+            fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read);
+  std::set<std::string> after = before;
+  after.insert("b");
+  after.insert("link");
+  EXPECT_EQ(entries(dir_), after);
+}
+
+// --- hostile input: exit 2 naming the cause, quickly, with short messages ----------------------
+
+/// Limits for a command fed hostile input: 30 s of CPU, 4 GiB of address space.
+const ChildLimits hostile = {.cpu_seconds = 30, .address_space = rlim_t{4} << 30};
+
+/// Expects exit 2 with every part in a message of reasonable length.
+void expect_refused(const CliResult& r, const std::string& what, const std::vector<std::string>& parts) {
+  EXPECT_EQ(r.exit_code, 2) << what << "\n" << r.output.substr(0, 2000);
+  for (const std::string& part : parts)
+    EXPECT_NE(r.output.find(part), std::string::npos) << what << ": output lacks '" << part << "':\n"
+                                                      << r.output.substr(0, 2000);
+  EXPECT_LT(r.output.size(), 2000u) << what << ": the output quotes too much";
+}
+
+/// A fixture meta.json in `dir` for the llama-3.1 golden files (absolute paths), with `cases`
+/// as the JSON text of the "cases" value; `positions` names the positions file.
+void write_meta(const fs::path& dir, const std::string& cases) {
+  fs::create_directories(dir);
+  std::ofstream(dir / "meta.json") << R"({"config": ")" << POSENC_SOURCE_DIR << R"(/configs/llama-3.1-8b.json", )"
+                                   << R"("cases": )" << cases << "}";
+}
+
+std::string fixture_case(const std::string& positions, const std::string& name = R"("main")",
+                         const std::string& attention_factor = "1.0") {
+  const std::string g = std::string(POSENC_GOLDEN_DIR) + "/llama-3.1/";
+  return R"([{"name": )" + name + R"(, "positions": ")" + positions + R"(", "inv_freq": ")" + g +
+         R"(main.inv_freq.npy", "attention_factor": )" + attention_factor + R"(, "dtypes": {"bfloat16": {"q": ")" +
+         g + R"(main.bfloat16.q.npy", "k": ")" + g + R"(main.bfloat16.k.npy", "q_out": ")" + g +
+         R"(main.bfloat16.q_out.npy", "k_out": ")" + g + R"(main.bfloat16.k_out.npy"}}}])";
+}
+
+// Regression (issue 17, items 3, 4, 5): wrong types in meta.json and 1e400 exited 1 with a raw
+// JSON-library message; a zero-size positions shape with a huge first dimension hung `check`;
+// an INT64_MAX position overflowed `max_position + 1` and the message named no position.
+TEST_F(CliTest, CheckRefusesHostileFixtures) {
+  const std::string golden_positions = std::string(POSENC_GOLDEN_DIR) + "/llama-3.1/main.positions.npy";
+  write_meta(dir_ / "ok", fixture_case(golden_positions));
+  const CliResult ok = run_cli("check --fixture '" + path("ok") + "' --device cpu", hostile);
+  ASSERT_EQ(ok.exit_code, 0) << "the hand-written meta.json itself must pass\n" << ok.output;
+
+  const std::vector<std::int64_t> empty_shape = {std::int64_t{1} << 32, 0};
+  write_npy(path("empty_pos.npy"), NpyType::i64, empty_shape, {});
+  const std::vector<std::int64_t> streams_shape = {5, 18};
+  write_npy(path("streams_pos.npy"), NpyType::i64, streams_shape, bytes_of(std::vector<std::int64_t>(90, 1)));
+  std::vector<std::int64_t> huge(18, 1);
+  huge[3] = std::numeric_limits<std::int64_t>::max();
+  const std::vector<std::int64_t> huge_shape = {18};
+  write_npy(path("huge_pos.npy"), NpyType::i64, huge_shape, bytes_of(huge));
+
+  struct Case {
+    const char* what;
+    std::string cases;
+    std::vector<std::string> says;
+  };
+  const std::vector<Case> cases = {
+      {"cases not a list", "5", {"meta.json: key 'cases' = 5: expected a list of cases"}},
+      {"name not a string", fixture_case(golden_positions, "7"), {"key 'cases[0].name' = 7: expected a string"}},
+      {"attention factor not a number", fixture_case(golden_positions, R"("main")", R"("x")"),
+       {"key 'cases[0].attention_factor' = \"x\": expected a number"}},
+      {"1e400", fixture_case(golden_positions, R"("main")", "1e400"), {"meta.json: not valid JSON", "1e400"}},
+      {"deep nesting", "[" + std::string(100000, '[') + std::string(100000, ']') + "]",
+       {"meta.json: JSON nested deeper than the limit of 64 levels"}},
+      {"zero-size positions with a huge first dimension", fixture_case(path("empty_pos.npy")),
+       {"empty_pos.npy: shape [4294967296, 0] has no positions"}},
+      {"five position streams", fixture_case(path("streams_pos.npy")),
+       {"streams_pos.npy: shape [5, 18] has 5 position streams, over the limit of 4"}},
+      {"INT64_MAX position", fixture_case(path("huge_pos.npy")),
+       {"huge_pos.npy: position 9223372036854775807 at element 3 is outside [0, 16777216)"}},
+  };
+  for (const Case& c : cases) {
+    write_meta(dir_ / "bad", c.cases);
+    expect_refused(run_cli("check --fixture '" + path("bad") + "' --device cpu", hostile), c.what, c.says);
+  }
+}
+
+// Regression (issue 17, items 4 and 7): --tolerance-ulps >= 2^63 saturated and let a NaN pass;
+// an INT64_MAX position with --inv-freq overflowed `max_position + 1`.
+TEST_F(CliTest, CheckDumpRefusesSaturatingTolerancesAndHugePositions) {
+  const std::string golden = std::string(POSENC_GOLDEN_DIR) + "/llama-3.1/";
+  NpyArray expected = read_npy(golden + "main.bfloat16.q_out.npy");
+  const std::uint16_t nan_bits = 0x7fc0;
+  std::memcpy(expected.data.data() + 10, &nan_bits, 2);
+  write_npy(path("nan_q_out.npy"), expected.type, expected.shape, expected.data);
+  const std::string inputs = "check --config '" + std::string(POSENC_SOURCE_DIR) + "/configs/llama-3.1-8b.json' --q '" +
+                             golden + "main.bfloat16.q.npy' --dtype bf16 --device cpu ";
+  const std::string nan_run = inputs + "--positions '" + golden + "main.positions.npy' --expect-q '" +
+                              path("nan_q_out.npy") + "' --tolerance-ulps ";
+  expect_refused(run_cli(nan_run + "9223372036854775808", hostile), "2^63 ulps", {"--tolerance-ulps"});
+  const CliResult widest = run_cli(nan_run + "4294967296", hostile);
+  EXPECT_EQ(widest.exit_code, 1) << "a NaN against a number must fail at any tolerance\n" << widest.output;
+  EXPECT_NE(widest.output.find("NaN against a number"), std::string::npos) << widest.output;
+
+  std::vector<std::int64_t> huge(18, 1);
+  huge[17] = std::numeric_limits<std::int64_t>::max();
+  const std::vector<std::int64_t> shape = {18};
+  write_npy(path("huge_pos.npy"), NpyType::i64, shape, bytes_of(huge));
+  expect_refused(run_cli(inputs + "--positions '" + path("huge_pos.npy") + "' --expect-q '" + golden +
+                             "main.bfloat16.q_out.npy' --inv-freq '" + golden + "main.inv_freq.npy'",
+                         hostile),
+                 "INT64_MAX position", {"position 9223372036854775807 at element 17 is outside [0, 16777216)"});
+}
+
+// Regression (issue 17, items 1, 3, 4, 7) through the CLI: each hostile input is exit 2 naming
+// the file and the limit or value, with a short message.
+TEST_F(CliTest, HostileConfigsAndInputsExitTwo) {
+  const std::string llama = R"({"model_type": "llama", "head_dim": 128, "max_position_embeddings": 4096, )";
+  std::ofstream(path("deep.json")) << llama << R"("num_attention_heads": 8, "x": )" << std::string(80000, '[')
+                                   << std::string(80000, ']') << "}";
+  std::ofstream(path("big_number.json")) << llama << R"("num_attention_heads": 8, "rope_theta": 1e400})";
+  std::ofstream(path("heads.json")) << llama << R"("num_attention_heads": 4294967296})";
+  std::ofstream(path("wide.json")) << llama << R"("num_attention_heads": 65536, "num_key_value_heads": 65536})";
+  std::ofstream(path("garbage.json")) << llama << R"("num_attention_heads": 8, "rope_theta": 1e-300})";
+  fs::create_symlink(path("loop.json"), path("loop.json"));
+  const std::vector<std::int64_t> zero_heads = {4, 0, 128};
+  write_npy(path("q0.npy"), NpyType::f32, zero_heads, {});
+  const std::vector<std::int64_t> zero_flat = {4, 0};
+  write_npy(path("q0flat.npy"), NpyType::f32, zero_flat, {});
+  const std::vector<std::int64_t> p_shape = {4};
+  write_npy(path("pos.npy"), NpyType::i64, p_shape, bytes_of(std::vector<std::int64_t>{0, 1, 2, 3}));
+  {
+    std::ofstream evil(path("evil.npy"), std::ios::binary);
+    const std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1,), '\x1b[2J': 1" +
+                               std::string(5000, '\n') + "}";
+    evil << std::string("\x93NUMPY\x01\x00", 8) << static_cast<char>(header.size() & 0xff)
+         << static_cast<char>(header.size() >> 8) << header << std::string(4, '\0');
+  }
+
+  struct Case {
+    const char* what;
+    std::string args;
+    std::vector<std::string> says;
+  };
+  const std::string apply = "apply --config '" + glm_config_ + "' --positions '" + path("pos.npy") + "' --out-q '" +
+                            path("out.npy") + "' --device cpu --q ";
+  const std::vector<Case> cases = {
+      {"deep config", "info --config '" + path("deep.json") + "'",
+       {"deep.json", "nested deeper than the limit of 64 levels"}},
+      {"1e400", "info --config '" + path("big_number.json") + "'", {"big_number.json", "not valid JSON", "1e400"}},
+      {"2^32 heads", "run --tokens 16 --device cpu --config '" + path("heads.json") + "'",
+       {"heads.json", "'num_attention_heads' = 4294967296", "limit of 65536 heads"}},
+      {"run batch over its limit", "run --device cpu --config '" + path("wide.json") + "'",
+       {"--tokens 4096 x (65536 + 65536 heads) x head_dim 128", "limit of 2147483648", "max_run_elements"}},
+      {"rope_theta 1e-300", "info --config '" + path("garbage.json") + "'", {"garbage.json", "theta = 1e-300"}},
+      {"symlink loop", "info --config '" + path("loop.json") + "'", {"loop.json", "symbolic links"}},
+      {"zero heads", apply + "'" + path("q0.npy") + "'", {"q0.npy: shape [4, 0, 128] has no heads"}},
+      {"zero flat heads", apply + "'" + path("q0flat.npy") + "'", {"q0flat.npy: shape [4, 0] has no heads"}},
+      {"hostile .npy header", apply + "'" + path("evil.npy") + "'", {"evil.npy", "\\x1b[2J", "..."}},
+  };
+  for (const Case& c : cases) {
+    const CliResult r = run_cli(c.args, hostile);
+    expect_refused(r, c.what, c.says);
+    EXPECT_EQ(r.output.find('\x1b'), std::string::npos) << c.what << ": a raw escape reached the terminal";
+  }
+  EXPECT_FALSE(fs::exists(path("out.npy")));
 }
 
 }  // namespace

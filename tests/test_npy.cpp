@@ -125,8 +125,73 @@ TEST(Npy, WritesVersion2WhenTheHeaderOutgrowsVersion1) {
   const std::vector<std::int64_t> shape(22000, 1);  // "1, " x 22000 > 65535 header bytes
   const std::vector<std::byte> file = encode_npy(NpyType::f32, shape, zeros(4));
   EXPECT_EQ(static_cast<int>(file[6]), 2);
-  const NpyArray back = decode_npy(file, "big-header.npy");
-  EXPECT_EQ(back.shape.size(), shape.size());
+  // Such a header is over the reader's limits (as over NumPy's own np.load default).
+  expect_decode_error(file, "over the limit of 10000 (max_npy_header_bytes");
+}
+
+// Regression (issue 17, items 5 and 7): a zero-size shape with a huge first dimension made
+// `check --fixture` loop for minutes, and malformed headers were echoed raw and whole.
+TEST(Npy, HeaderSizeRankAndElementLimitsAreNamed) {
+  const std::string big(10001 - 2, ' ');
+  expect_decode_error(handmade(2, "{}" + big, {}), "declares 10001 bytes, over the limit of 10000");
+  std::string dims;
+  for (int i = 0; i < 65; ++i) dims += "1, ";
+  expect_decode_error(handmade(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims + "), }", zeros(4)),
+                      "more than 64 dimensions (max_npy_dims)");
+  expect_decode_error(handmade(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (4294967297, 0), }", {}),
+                      "a dimension exceeds the limit of 4294967296 (max_npy_elements)");
+  expect_decode_error(handmade(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (99999999999999999999, 0), }", {}),
+                      "a dimension exceeds the limit of 4294967296");
+  expect_decode_error(handmade(1, "{'descr': '<f2', 'fortran_order': False, 'shape': (65536, 65537), }", {}),
+                      "has more than 4294967296 elements (max_npy_elements)");
+  // At the limits: 64 dimensions, and an empty array whose dimensions are all within the limit.
+  std::string dims64;
+  for (int i = 0; i < 64; ++i) dims64 += "1, ";
+  EXPECT_EQ(decode_npy(handmade(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (" + dims64 + "), }",
+                                zeros(4)), "ok.npy").shape.size(), 64u);
+  EXPECT_EQ(decode_npy(handmade(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (4294967296, 0), }", {}),
+                       "ok.npy").count(), 0);
+}
+
+TEST(Npy, MalformedHeadersAreQuotedShortAndEscaped) {
+  const std::string hostile = "{'descr': '\x1b[2J\x1b]0;pwned\x07', 'fortran_order': False, 'shape': (1,)\n" +
+                              std::string(9000, 'A') + "}";
+  for (const std::vector<std::byte>& file :
+       {handmade(1, hostile, zeros(4)), handmade(1, "{'\x1b[31m" + std::string(9000, 'k') + "': 1}", {})}) {
+    try {
+      decode_npy(file, "evil.npy");
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_LT(what.size(), 400u) << what;
+      EXPECT_EQ(what.find('\x1b'), std::string::npos) << "a raw escape reached the message: " << what;
+      EXPECT_EQ(what.find('\n'), std::string::npos) << what;
+      EXPECT_NE(what.find("\\x1b"), std::string::npos) << "the escape is not shown escaped: " << what;
+    }
+  }
+}
+
+TEST(Npy, ReadChecksTheHeaderAndSizeBeforeReadingData) {
+  // A few bytes declaring 16 GiB: refused from the header and the file size, nothing allocated.
+  const auto path = (std::filesystem::temp_directory_path() / "posenc_test_npy_huge.npy").string();
+  {
+    const std::vector<std::byte> file =
+        handmade(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (65536, 65536), }", zeros(64));
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fwrite(file.data(), 1, file.size(), f);
+    std::fclose(f);
+  }
+  try {
+    read_npy(path);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated data: shape (65536, 65536) of <f4 needs 17179869184 bytes, "
+                                         "the file has 64"),
+              std::string::npos)
+        << e.what();
+  }
+  std::filesystem::remove(path);
 }
 
 TEST(Npy, AcceptsHeaderVariantsOtherWritersProduce) {

@@ -9,6 +9,7 @@
 #include "device.hpp"
 #include "npy.hpp"
 #include "options.hpp"
+#include "output.hpp"
 #include "posenc/error.hpp"
 #include "tensors.hpp"
 
@@ -28,6 +29,9 @@ struct ApplyOptions {
 };
 
 int apply(const ApplyOptions& options) {
+  if (!options.out_k_path.empty() && same_file(options.out_q_path, options.out_k_path)) {
+    usage_error("--out-q and --out-k name the same file (" + options.out_q_path + ")");
+  }
   const ResolvedModel model = resolve_model(options.model);
   const std::int64_t head_dim = model.spec.head_dim;
 
@@ -43,12 +47,18 @@ int apply(const ApplyOptions& options) {
   runner.check();
   runner.download();
 
-  write_npy(options.out_q_path, output_type(dtype), loaded.q_shape, batch.q);
-  if (has_k) write_npy(options.out_k_path, output_type(dtype), loaded.k_shape, batch.k);
+  // Both outputs or neither: a failure leaves every file as it was, --q too when --out-q names it.
+  const std::vector<std::byte> q_header = encode_npy_header(output_type(dtype), loaded.q_shape);
+  const std::vector<std::byte> k_header =
+      has_k ? encode_npy_header(output_type(dtype), loaded.k_shape) : std::vector<std::byte>{};
+  OutputFiles outputs;
+  outputs.stage(options.out_q_path, {q_header, batch.q});
+  if (has_k) outputs.stage(options.out_k_path, {k_header, batch.k});
+  outputs.commit();
   std::printf("posenc apply: %lld tokens, Q %s%s %s, %s layer type %s, numerics %s, on %s (%s) -> %s%s\n",
               static_cast<long long>(batch.tokens), shape_text(loaded.q_shape).c_str(),
               has_k ? (", K " + shape_text(loaded.k_shape)).c_str() : "", to_string(dtype),
-              model.config.source.c_str(), model.layer_type.c_str(), to_string(model.spec.numerics),
+              model.config.source.c_str(), message_excerpt(model.layer_type).c_str(), to_string(model.spec.numerics),
               runner.description().c_str(), device.reason.c_str(), options.out_q_path.c_str(),
               has_k ? (", " + options.out_k_path).c_str() : "");
   return exit_ok;

@@ -20,6 +20,7 @@
 #include "npy.hpp"
 #include "options.hpp"
 #include "posenc/error.hpp"
+#include "posenc/model_config.hpp"
 #include "tensors.hpp"
 
 namespace posenc::cli {
@@ -40,6 +41,13 @@ struct CheckOptions {
   std::int64_t tolerance_ulps = 0;
 };
 
+/// Largest --tolerance-ulps: the distance from -inf to +inf in float32 is about 2^32 ulps, so a
+/// larger value could only mean a wrapped or saturated number.
+constexpr std::int64_t max_tolerance_ulps = std::int64_t{1} << 32;
+
+/// Most position streams a spec takes (RopeSpec: t, h, w and a fourth M-RoPE section).
+constexpr std::int64_t max_position_streams = 4;
+
 // ------------------------------------------------------------------------------------------------
 // Shared by both modes
 // ------------------------------------------------------------------------------------------------
@@ -47,9 +55,9 @@ struct CheckOptions {
 /// The float32 values of a 1-D '<f4' inv_freq file; usage error otherwise.
 std::vector<float> read_inv_freq(const std::string& path) {
   const NpyArray a = read_input(path);
-  if (a.type != NpyType::f32 || a.shape.size() != 1) {
-    usage_error(path + ": inv_freq must be a 1-D '<f4' array, not " + npy_descr(a.type) + " " +
-                shape_text(a.shape));
+  if (a.type != NpyType::f32 || a.shape.size() != 1 || a.count() == 0) {
+    usage_error(path + ": inv_freq must be a 1-D '<f4' array with at least one value, not " + npy_descr(a.type) +
+                " " + shape_text(a.shape));
   }
   std::vector<float> v(static_cast<std::size_t>(a.count()));
   std::memcpy(v.data(), a.data.data(), v.size() * sizeof(float));
@@ -75,8 +83,12 @@ RopeSpec with_table(const RopeSpec& spec, std::vector<float> inv_freq, double at
   return fed;
 }
 
-/// The largest of the int32 or int64 positions in `bytes` (0 when there are none).
-std::int64_t max_position(IndexType type, const std::vector<std::byte>& bytes) {
+/// The call's seq_len, its largest position + 1, after checking that every int32 or int64
+/// position in `bytes` lies in [0, spec.position_limit): a usage error naming the file, the
+/// element and the limit otherwise (the frequency table of a dynamic or longrope spec depends on
+/// seq_len, so it is formed before the engine sees the positions).
+std::int64_t checked_seq_len(IndexType type, const std::vector<std::byte>& bytes, const RopeSpec& spec,
+                             const std::string& path) {
   std::int64_t m = 0;
   const std::int64_t count = static_cast<std::int64_t>(bytes.size()) / size_of(type);
   for (std::int64_t i = 0; i < count; ++i) {
@@ -88,9 +100,13 @@ std::int64_t max_position(IndexType type, const std::vector<std::byte>& bytes) {
     } else {
       std::memcpy(&p, bytes.data() + i * 8, 8);
     }
+    if (p < 0 || p >= spec.position_limit) {
+      usage_error(path + ": position " + std::to_string(p) + " at element " + std::to_string(i) +
+                  " is outside [0, " + std::to_string(spec.position_limit) + ") (the spec's position_limit)");
+    }
     m = std::max(m, p);
   }
-  return m;
+  return m + 1;  // m < position_limit <= INT64_MAX
 }
 
 /// Rotates `batch` in place on `device` and brings the result back to the host.
@@ -117,15 +133,112 @@ std::string format(const char* fmt, double value) {
 // Fixture mode: tests/golden/<family> written by scripts/golden/generate.py
 // ------------------------------------------------------------------------------------------------
 
-nlohmann::json read_meta(const fs::path& dir) {
+/// The .npy files of one dtype of a fixture case.
+struct FixtureFiles {
+  std::string q, k, q_out, k_out;
+};
+
+struct FixtureCase {
+  std::string name;
+  std::string positions;
+  std::string inv_freq;
+  double attention_factor = 1.0;
+  std::vector<std::pair<std::string, FixtureFiles>> dtypes;  ///< dtype name ("bfloat16") and its files
+};
+
+/// meta.json of a golden fixture (scripts/golden/generate.py), every field type-checked.
+struct FixtureMeta {
+  std::string config;
+  std::string layer_type = "default";
+  std::string family = "?", transformers = "?", torch = "?", cpu_capability = "?";
+  std::vector<FixtureCase> cases;
+};
+
+/// Reads meta.json under the config limits (size, nesting depth) and checks the type of every
+/// field it uses: any problem is a usage error naming the file and the key, with the value as a
+/// short escaped excerpt.
+FixtureMeta read_meta(const fs::path& dir) {
+  using json = nlohmann::json;
   const fs::path path = dir / "meta.json";
-  std::ifstream in(path);
-  if (!in) usage_error(path.string() + ": cannot be read (--fixture takes a tests/golden/<family> directory)");
-  try {
-    return nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    usage_error(path.string() + ": " + e.what());
+  const std::string name = path.string();
+  std::error_code ec;
+  const std::uintmax_t size = fs::file_size(path, ec);
+  std::ifstream in(path, std::ios::binary);
+  if (ec || !in) usage_error(name + ": cannot be read (--fixture takes a tests/golden/<family> directory)");
+  if (size > static_cast<std::uintmax_t>(max_config_bytes)) {
+    usage_error(name + ": " + std::to_string(size) + " bytes exceeds the limit of " +
+                std::to_string(max_config_bytes) + " bytes (max_config_bytes)");
   }
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const json::parser_callback_t limit_depth = [&name](int depth, json::parse_event_t event, json&) {
+    if ((event == json::parse_event_t::object_start || event == json::parse_event_t::array_start) &&
+        depth >= max_config_depth) {
+      usage_error(name + ": JSON nested deeper than the limit of " + std::to_string(max_config_depth) +
+                  " levels (max_config_depth)");
+    }
+    return true;
+  };
+  json root;
+  try {
+    root = json::parse(text, limit_depth);
+  } catch (const json::exception& e) {
+    usage_error(name + ": not valid JSON: " + message_excerpt(e.what(), 200));
+  }
+
+  const auto bad = [&](const std::string& key, const json* value, const std::string& expected) {
+    usage_error(name + ": key '" + message_excerpt(key) + "' = " +
+                (value ? message_excerpt(value->dump(-1, ' ', false, json::error_handler_t::replace))
+                       : std::string("(not given)")) +
+                ": expected " + expected);
+  };
+  const auto member = [&](const json& object, const std::string& key, const std::string& where) -> const json* {
+    if (!object.is_object()) bad(where, &object, "a JSON object");
+    const auto it = object.find(key);
+    return it == object.end() ? nullptr : &*it;
+  };
+  const auto string = [&](const json& object, const std::string& key, const std::string& where, bool required,
+                          std::string& out) {
+    const json* v = member(object, key, where);
+    const std::string full = where.empty() ? key : where + "." + key;
+    if (v == nullptr && !required) return;
+    if (v == nullptr || !v->is_string()) bad(full, v, "a string");
+    out = v->get<std::string>();
+  };
+
+  FixtureMeta meta;
+  string(root, "config", "", true, meta.config);
+  string(root, "layer_type", "", false, meta.layer_type);
+  string(root, "family", "", false, meta.family);
+  string(root, "transformers", "", false, meta.transformers);
+  string(root, "torch", "", false, meta.torch);
+  string(root, "cpu_capability", "", false, meta.cpu_capability);
+  const json* cases = member(root, "cases", "");
+  if (cases == nullptr || !cases->is_array()) bad("cases", cases, "a list of cases");
+  for (std::size_t i = 0; i < cases->size(); ++i) {
+    const json& c = (*cases)[i];
+    const std::string where = "cases[" + std::to_string(i) + "]";
+    FixtureCase fc;
+    fc.name = "?";
+    string(c, "name", where, false, fc.name);
+    string(c, "positions", where, true, fc.positions);
+    string(c, "inv_freq", where, true, fc.inv_freq);
+    const json* af = member(c, "attention_factor", where);
+    if (af == nullptr || !af->is_number()) bad(where + ".attention_factor", af, "a number");
+    fc.attention_factor = af->get<double>();
+    const json* dtypes = member(c, "dtypes", where);
+    if (dtypes == nullptr || !dtypes->is_object()) bad(where + ".dtypes", dtypes, "an object of dtypes");
+    for (const auto& [dtype, files] : dtypes->items()) {
+      const std::string at = where + ".dtypes." + dtype;
+      FixtureFiles f;
+      string(files, "q", at, true, f.q);
+      string(files, "k", at, true, f.k);
+      string(files, "q_out", at, true, f.q_out);
+      string(files, "k_out", at, true, f.k_out);
+      fc.dtypes.emplace_back(dtype, std::move(f));
+    }
+    meta.cases.push_back(std::move(fc));
+  }
+  return meta;
 }
 
 /// meta.json names the config relative to the repository root: --root, else the path as given
@@ -166,14 +279,14 @@ std::vector<std::byte> load_as(const fs::path& path, DType dtype, std::int64_t h
   return out;
 }
 
-FixtureTensors load_fixture_tensors(const fs::path& dir, const nlohmann::json& files, DType dtype,
+FixtureTensors load_fixture_tensors(const fs::path& dir, const FixtureFiles& files, DType dtype,
                                     std::int64_t head_dim) {
   FixtureTensors t{dtype, 0, 0, 0, {}, {}, {}, {}};
   std::int64_t k_tokens = 0;
-  t.q = load_as(dir / files.at("q").get<std::string>(), dtype, head_dim, t.tokens, t.q_heads);
-  t.q_out = load_as(dir / files.at("q_out").get<std::string>(), dtype, head_dim, t.tokens, t.q_heads);
-  t.k = load_as(dir / files.at("k").get<std::string>(), dtype, head_dim, k_tokens, t.k_heads);
-  t.k_out = load_as(dir / files.at("k_out").get<std::string>(), dtype, head_dim, k_tokens, t.k_heads);
+  t.q = load_as(dir / files.q, dtype, head_dim, t.tokens, t.q_heads);
+  t.q_out = load_as(dir / files.q_out, dtype, head_dim, t.tokens, t.q_heads);
+  t.k = load_as(dir / files.k, dtype, head_dim, k_tokens, t.k_heads);
+  t.k_out = load_as(dir / files.k_out, dtype, head_dim, k_tokens, t.k_heads);
   if (k_tokens != t.tokens) usage_error(dir.string() + ": Q and K have different token counts");
   return t;
 }
@@ -224,7 +337,7 @@ struct CasePositions {
   std::int32_t streams = 1;       ///< streams passed to the engine
   std::vector<std::byte> data;    ///< int64, stream-major
   std::int64_t tokens = 0;
-  std::int64_t max_position = 0;
+  std::int64_t seq_len = 1;       ///< largest position + 1
   std::string skip_reason;        ///< non-empty: the case cannot run in this build
   std::string note;
 };
@@ -236,8 +349,13 @@ CasePositions case_positions(const NpyArray& pos, const std::string& path, const
   }
   CasePositions out;
   out.tokens = pos.shape.back();
-  out.max_position = max_position(IndexType::i64, pos.data);
   const std::int64_t streams = pos.shape.size() == 2 ? pos.shape[0] : 1;
+  if (out.tokens == 0 || streams == 0) usage_error(path + ": shape " + shape_text(pos.shape) + " has no positions");
+  if (streams > max_position_streams) {
+    usage_error(path + ": shape " + shape_text(pos.shape) + " has " + std::to_string(streams) +
+                " position streams, over the limit of " + std::to_string(max_position_streams));
+  }
+  out.seq_len = checked_seq_len(IndexType::i64, pos.data, spec, path);
   out.data = pos.data;
   out.streams = static_cast<std::int32_t>(streams);
   if (streams == 1) return out;
@@ -271,17 +389,9 @@ CasePositions case_positions(const NpyArray& pos, const std::string& path, const
 
 int check_fixture(const CheckOptions& options) {
   const fs::path dir = options.fixture;
-  const nlohmann::json meta = read_meta(dir);
-  std::string config_name;
-  std::string layer_type;
-  try {
-    config_name = meta.at("config").get<std::string>();
-    layer_type = meta.value("layer_type", std::string("default"));
-    (void)meta.at("cases").size();
-  } catch (const nlohmann::json::exception& e) {
-    usage_error((dir / "meta.json").string() + ": " + e.what());
-  }
-  const fs::path config_path = resolve_fixture_config(dir, config_name, options.root);
+  const FixtureMeta meta = read_meta(dir);
+  const std::string& layer_type = meta.layer_type;
+  const fs::path config_path = resolve_fixture_config(dir, meta.config, options.root);
   // The config's own numerics: they are the HF arithmetic of that model file (hf_compatible, or
   // hf_fp32_apply for Cohere, whose model file rotates in float32), which the fixture recorded.
   const ResolvedModel model = resolve_model({config_path.string(), layer_type, ""});
@@ -300,11 +410,10 @@ int check_fixture(const CheckOptions& options) {
   }
 
   std::printf("posenc check: fixture %s (%s, transformers %s, torch %s, cpu capability %s)\n",
-              dir.string().c_str(), meta.value("family", std::string("?")).c_str(),
-              meta.value("transformers", std::string("?")).c_str(), meta.value("torch", std::string("?")).c_str(),
-              meta.value("cpu_capability", std::string("?")).c_str());
+              dir.string().c_str(), message_excerpt(meta.family).c_str(), message_excerpt(meta.transformers).c_str(),
+              message_excerpt(meta.torch).c_str(), message_excerpt(meta.cpu_capability).c_str());
   std::printf("config  %s, layer type %s, numerics %s\n", config_path.string().c_str(),
-              model.layer_type.c_str(), to_string(own_spec.numerics));
+              message_excerpt(model.layer_type).c_str(), to_string(own_spec.numerics));
   std::printf("devices cpu%s%s\n", devices.size() > 1 ? " and gpu" : "",
               gpu_note.empty() ? "" : (" (gpu not run: " + gpu_note + ")").c_str());
 
@@ -312,90 +421,99 @@ int check_fixture(const CheckOptions& options) {
   int passes = 0;
   int skips = 0;
   int diffs = 0;  // informational: posenc's own table differs from the fixture's by an ulp
-  for (const nlohmann::json& c : meta.at("cases")) {
-    const std::string case_name = c.value("name", std::string("?"));
+  for (const FixtureCase& c : meta.cases) {
+    const std::string case_name = message_excerpt(c.name);
+    const std::string pos_path = (dir / c.positions).string();
+    const CasePositions positions = case_positions(read_input(pos_path), pos_path, own_spec);
+    if (!positions.skip_reason.empty()) {
+      for (const auto& [dname, files] : c.dtypes) {
+        std::printf("SKIP  %s/%s: %s\n", case_name.c_str(), message_excerpt(dname).c_str(),
+                    positions.skip_reason.c_str());
+        ++skips;
+      }
+      continue;
+    }
+
+    // inv_freq: posenc's own table from the config against the one transformers used. They may
+    // differ by 1 float32 ulp (transformers' SIMD pow on the generating host vs glibc powf).
+    const std::vector<float> fixture_inv = read_inv_freq((dir / c.inv_freq).string());
+    const FrequencyTable own = compute_frequencies(own_spec, positions.seq_len);
+    const double want_af = c.attention_factor;
+    const double own_af = own_spec.attention_factor.value_or(own.attention_factor);
+    std::int64_t exact = 0;
+    std::int64_t worst = 0;
+    const bool same_size = own.inv_freq.size() == fixture_inv.size();
+    for (std::size_t i = 0; same_size && i < fixture_inv.size(); ++i) {
+      const std::int64_t u = float_ulps(own.inv_freq[i], fixture_inv[i]);
+      exact += u == 0;
+      worst = std::max(worst, u);
+    }
+    const bool own_exact = same_size && exact == static_cast<std::int64_t>(fixture_inv.size());
+    const bool af_ok = std::fabs(own_af - want_af) <= 1e-12 * std::max(1.0, std::fabs(want_af));
+    const bool table_ok = same_size && worst <= 1 && af_ok;
+    if (!same_size) {
+      std::printf("FAIL  %s inv_freq: posenc has %zu frequencies, the fixture %zu (rotary dim differs)\n",
+                  case_name.c_str(), own.inv_freq.size(), fixture_inv.size());
+    } else {
+      std::printf("%s  %s inv_freq: %lld/%zu bit-exact with posenc's table (worst %lld ulp), attention "
+                  "factor %.17g vs %.17g%s\n",
+                  table_ok ? "PASS" : "FAIL", case_name.c_str(), static_cast<long long>(exact),
+                  fixture_inv.size(), static_cast<long long>(worst), own_af, want_af,
+                  own_exact ? "" : "; results with posenc's table are informational");
+    }
+    table_ok ? ++passes : ++failures;
+
+    const RopeSpec fed = with_table(own_spec, fixture_inv, want_af);
     try {
-      const std::string pos_path = (dir / c.at("positions").get<std::string>()).string();
-      const CasePositions positions = case_positions(read_input(pos_path), pos_path, own_spec);
-      if (!positions.skip_reason.empty()) {
-        for (const auto& [dname, files] : c.at("dtypes").items()) {
-          std::printf("SKIP  %s/%s: %s\n", case_name.c_str(), dname.c_str(), positions.skip_reason.c_str());
-          ++skips;
-        }
-        continue;
+      fed.validate();  // the fixture's table and factor, as an engine would check them
+    } catch (const Error& e) {
+      usage_error((dir / c.inv_freq).string() + " with meta.json's attention_factor: " + e.what());
+    }
+    for (const auto& [dtype_name, files] : c.dtypes) {
+      const std::string dname = message_excerpt(dtype_name);
+      DType dtype;
+      try {
+        dtype = parse_dtype(dtype_name.c_str());
+      } catch (const Error&) {
+        usage_error((dir / "meta.json").string() + ": case " + case_name + ": '" + dname +
+                    "' is not a dtype (expected " + dtype_help + ")");
       }
-
-      // inv_freq: posenc's own table from the config against the one transformers used. They may
-      // differ by 1 float32 ulp (transformers' SIMD pow on the generating host vs glibc powf).
-      const std::vector<float> fixture_inv = read_inv_freq((dir / c.at("inv_freq").get<std::string>()).string());
-      const FrequencyTable own = compute_frequencies(own_spec, positions.max_position + 1);
-      const double want_af = c.at("attention_factor").get<double>();
-      const double own_af = own_spec.attention_factor.value_or(own.attention_factor);
-      std::int64_t exact = 0;
-      std::int64_t worst = 0;
-      const bool same_size = own.inv_freq.size() == fixture_inv.size();
-      for (std::size_t i = 0; same_size && i < fixture_inv.size(); ++i) {
-        const std::int64_t u = float_ulps(own.inv_freq[i], fixture_inv[i]);
-        exact += u == 0;
-        worst = std::max(worst, u);
+      const FixtureTensors t = load_fixture_tensors(dir, files, dtype, head_dim);
+      if (t.tokens != positions.tokens) {
+        usage_error(pos_path + ": " + std::to_string(positions.tokens) + " tokens, but the " + dname +
+                    " tensors have " + std::to_string(t.tokens));
       }
-      const bool own_exact = same_size && exact == static_cast<std::int64_t>(fixture_inv.size());
-      const bool af_ok = std::fabs(own_af - want_af) <= 1e-12 * std::max(1.0, std::fabs(want_af));
-      const bool table_ok = same_size && worst <= 1 && af_ok;
-      if (!same_size) {
-        std::printf("FAIL  %s inv_freq: posenc has %zu frequencies, the fixture %zu (rotary dim differs)\n",
-                    case_name.c_str(), own.inv_freq.size(), fixture_inv.size());
-      } else {
-        std::printf("%s  %s inv_freq: %lld/%zu bit-exact with posenc's table (worst %lld ulp), attention "
-                    "factor %.17g vs %.17g%s\n",
-                    table_ok ? "PASS" : "FAIL", case_name.c_str(), static_cast<long long>(exact),
-                    fixture_inv.size(), static_cast<long long>(worst), own_af, want_af,
-                    own_exact ? "" : "; results with posenc's table are informational");
-      }
-      table_ok ? ++passes : ++failures;
-
-      const RopeSpec fed = with_table(own_spec, fixture_inv, want_af);
-      for (const auto& [dname, files] : c.at("dtypes").items()) {
-        const DType dtype = parse_dtype_option(dname);
-        const FixtureTensors t = load_fixture_tensors(dir, files, dtype, head_dim);
-        if (t.tokens != positions.tokens) {
-          usage_error(pos_path + ": " + std::to_string(positions.tokens) + " tokens, but the " + dname +
-                      " tensors have " + std::to_string(t.tokens));
-        }
-        for (const bool use_fixture_table : {true, false}) {
-          for (const DeviceChoice& device : devices) {
-            HostBatch batch;
-            batch.dtype = dtype;
-            batch.tokens = t.tokens;
-            batch.q_heads = t.q_heads;
-            batch.k_heads = t.k_heads;
-            batch.head_dim = head_dim;
-            batch.position_type = IndexType::i64;
-            batch.position_streams = positions.streams;
-            batch.allocate();
-            batch.q = t.q;
-            batch.k = t.k;
-            batch.positions = positions.data;
-            rotate(use_fixture_table ? fed : own_spec, device, options.threads, batch);
-            const RunReport r = compare_fixture(t, batch, head_dim);
-            // With posenc's table a 1-ulp inv_freq difference legitimately moves outputs.
-            const bool counts = use_fixture_table || own_exact;
-            const char* verdict = r.pass ? "PASS" : counts ? "FAIL" : "DIFF";
-            std::printf("%s  %s/%s %s, %s inv_freq%s: %s\n", verdict, case_name.c_str(), dname.c_str(),
-                        device.kind == DeviceKind::gpu ? "gpu" : "cpu",
-                        use_fixture_table ? "fixture" : "posenc", positions.note.c_str(), r.line.c_str());
-            if (r.pass) {
-              ++passes;
-            } else if (counts) {
-              ++failures;
-            } else {
-              ++diffs;
-            }
+      for (const bool use_fixture_table : {true, false}) {
+        for (const DeviceChoice& device : devices) {
+          HostBatch batch;
+          batch.dtype = dtype;
+          batch.tokens = t.tokens;
+          batch.q_heads = t.q_heads;
+          batch.k_heads = t.k_heads;
+          batch.head_dim = head_dim;
+          batch.position_type = IndexType::i64;
+          batch.position_streams = positions.streams;
+          batch.allocate();
+          batch.q = t.q;
+          batch.k = t.k;
+          batch.positions = positions.data;
+          rotate(use_fixture_table ? fed : own_spec, device, options.threads, batch);
+          const RunReport r = compare_fixture(t, batch, head_dim);
+          // With posenc's table a 1-ulp inv_freq difference legitimately moves outputs.
+          const bool counts = use_fixture_table || own_exact;
+          const char* verdict = r.pass ? "PASS" : counts ? "FAIL" : "DIFF";
+          std::printf("%s  %s/%s %s, %s inv_freq%s: %s\n", verdict, case_name.c_str(), dname.c_str(),
+                      device.kind == DeviceKind::gpu ? "gpu" : "cpu",
+                      use_fixture_table ? "fixture" : "posenc", positions.note.c_str(), r.line.c_str());
+          if (r.pass) {
+            ++passes;
+          } else if (counts) {
+            ++failures;
+          } else {
+            ++diffs;
           }
         }
       }
-    } catch (const nlohmann::json::exception& e) {
-      usage_error((dir / "meta.json").string() + ": case " + case_name + ": " + e.what());
     }
   }
   std::printf("%s: %d passed, %d failed, %d skipped", failures == 0 ? "PASS" : "FAIL", passes, failures, skips);
@@ -451,7 +569,8 @@ int check_dump(const CheckOptions& options) {
   std::string table_text = "posenc's, from the config";
   if (!options.inv_freq.empty()) {
     std::vector<float> inv = read_inv_freq(options.inv_freq);
-    const FrequencyTable own = compute_frequencies(spec, max_position(batch.position_type, batch.positions) + 1);
+    const FrequencyTable own = compute_frequencies(
+        spec, checked_seq_len(batch.position_type, batch.positions, spec, options.inputs.positions));
     if (inv.size() != own.inv_freq.size()) {
       usage_error(options.inv_freq + ": " + std::to_string(inv.size()) + " frequencies, but the config's RoPE has " +
                   std::to_string(own.inv_freq.size()));
@@ -464,7 +583,8 @@ int check_dump(const CheckOptions& options) {
   const std::string where = rotate(spec, device, options.threads, batch);
 
   std::printf("posenc check: %s layer type %s, numerics %s, %s, %lld tokens, Q %s%s\n",
-              model.config.source.c_str(), model.layer_type.c_str(), to_string(spec.numerics), to_string(dtype),
+              model.config.source.c_str(), message_excerpt(model.layer_type).c_str(), to_string(spec.numerics),
+              to_string(dtype),
               static_cast<long long>(batch.tokens), shape_text(loaded.q_shape).c_str(),
               has_k ? (", K " + shape_text(loaded.k_shape)).c_str() : "");
   std::printf("inv_freq  %s\n", table_text.c_str());
@@ -529,8 +649,8 @@ Runner setup(CLI::App& app) {
       app.add_option("--dtype", options->inputs.dtype,
                      std::string("activation dtype (default: the dtype of --q): ") + dtype_help),
       app.add_option("--tolerance-ulps", options->tolerance_ulps,
-                     "ulps of the dtype an element may differ by (default 0: bit-exact)")
-          ->check(CLI::NonNegativeNumber),
+                     "ulps of the dtype an element may differ by (default 0: bit-exact; at most 2^32)")
+          ->check(CLI::Range(std::int64_t{0}, max_tolerance_ulps)),
   };
   dump_options[1]->needs(dump_options[4]);
   dump_options[4]->needs(dump_options[1]);

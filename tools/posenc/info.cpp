@@ -13,7 +13,7 @@ namespace posenc::cli {
 namespace {
 
 void print_spec(const std::string& layer_type, const RopeSpec& spec) {
-  std::printf("\nlayer type %s\n", layer_type.c_str());
+  std::printf("\nlayer type %s\n", message_excerpt(layer_type).c_str());
   const std::string description = spec.describe();
   std::printf("%s", description.c_str());
   if (!description.empty() && description.back() != '\n') std::printf("\n");
@@ -54,7 +54,7 @@ void print_glm_scheme(const ModelConfig& config) {
 int info(const ModelOptions& options) {
   const ModelConfig config = load_config_or_default(options.config);
   std::printf("config   %s\n", config.source.c_str());
-  std::printf("model    %s\n", config.model_type.c_str());
+  std::printf("model    %s\n", message_excerpt(config.model_type).c_str());
   std::printf("heads    %lld query, %lld key/value, head_dim %lld\n",
               static_cast<long long>(config.num_attention_heads),
               static_cast<long long>(config.num_key_value_heads), static_cast<long long>(config.head_dim));

@@ -9,6 +9,7 @@
 #include <optional>
 #include <string_view>
 
+#include "output.hpp"
 #include "posenc/error.hpp"
 
 namespace posenc::cli {
@@ -62,14 +63,14 @@ class HeaderParser {
         header.shape = parse_shape();
         have_shape = true;
       } else {
-        error("unexpected header key '" + key + "'");
+        error("unexpected header key '" + message_excerpt(key) + "'");
       }
       skip_space();
       if (peek() == ',') {
         ++pos_;
         continue;
       }
-      if (peek() != '}') error("expected ',' or '}' after the value of '" + key + "'");
+      if (peek() != '}') error("expected ',' or '}' after the value of '" + message_excerpt(key) + "'");
     }
     ++pos_;
     skip_space();
@@ -82,7 +83,7 @@ class HeaderParser {
 
  private:
   [[noreturn]] void error(const std::string& what) const {
-    fail(label_, "malformed .npy header (" + what + ") in \"" + std::string(text_) + "\"");
+    fail(label_, "malformed .npy header (" + what + ") in \"" + message_excerpt(text_) + "\"");
   }
 
   char peek() const { return pos_ < text_.size() ? text_[pos_] : '\0'; }
@@ -133,11 +134,16 @@ class HeaderParser {
       std::int64_t value = 0;
       while (peek() >= '0' && peek() <= '9') {
         const int digit = peek() - '0';
-        if (value > (std::numeric_limits<std::int64_t>::max() - digit) / 10) {
-          error("dimension does not fit in 64 bits");
+        // Every dimension is bounded, also in an array with no elements: loops over one
+        // dimension must not run for ages on a file of a few bytes.
+        if (value > (max_npy_elements - digit) / 10) {
+          error("a dimension exceeds the limit of " + std::to_string(max_npy_elements) + " (max_npy_elements)");
         }
         value = value * 10 + digit;
         ++pos_;
+      }
+      if (static_cast<std::int64_t>(shape.size()) == max_npy_dims) {
+        error("more than " + std::to_string(max_npy_dims) + " dimensions (max_npy_dims)");
       }
       if (peek() == 'L') ++pos_;  // Python 2 long literal, written by old NumPy
       shape.push_back(value);
@@ -159,7 +165,7 @@ class HeaderParser {
 
 NpyType type_from_descr(const std::string& descr, const std::string& label) {
   if (descr.size() != 3) {
-    fail(label, "unsupported dtype '" + descr +
+    fail(label, "unsupported dtype '" + message_excerpt(descr) +
                     "' (supported: <f4, <f2, <u2 or <V2 for bfloat16 bits, <i4, <i8)");
   }
   const char order = descr[0];
@@ -170,14 +176,16 @@ NpyType type_from_descr(const std::string& descr, const std::string& label) {
   }
   // '=' is native order, which the static_assert above pins to little-endian; NumPy writes '|' for
   // types without a byte order (void, one-byte types).
-  if (order != '<' && order != '=' && order != '|') fail(label, "unknown byte order in dtype '" + descr + "'");
+  if (order != '<' && order != '=' && order != '|') {
+    fail(label, "unknown byte order in dtype '" + message_excerpt(descr) + "'");
+  }
   if (kind == "f4") return NpyType::f32;
   if (kind == "f2") return NpyType::f16;
   if (kind == "V2") return NpyType::bf16;
   if (kind == "u2") return NpyType::u16;
   if (kind == "i4") return NpyType::i32;
   if (kind == "i8") return NpyType::i64;
-  fail(label, "unsupported dtype '" + descr +
+  fail(label, "unsupported dtype '" + message_excerpt(descr) +
                   "' (supported: <f4, <f2, <u2 or <V2 for bfloat16 bits, <i4, <i8)");
 }
 
@@ -233,56 +241,102 @@ std::int64_t NpyArray::count() const noexcept {
   return n;
 }
 
-NpyArray decode_npy(std::span<const std::byte> bytes, const std::string& label) {
-  constexpr std::size_t prefix = 8;  // magic + major + minor
-  if (bytes.size() < prefix ||
-      std::memcmp(bytes.data(), npy_magic.data(), npy_magic.size()) != 0) {
+namespace {
+
+/// magic + major + minor, then the header length (2 bytes in version 1, 4 in versions 2 and 3).
+constexpr std::size_t npy_prefix = 8;
+constexpr std::size_t npy_longest_prefix = npy_prefix + 4;
+
+/// What a .npy header says: the array's type and shape, where its data starts and how long it is.
+struct NpyLayout {
+  NpyType type = NpyType::f32;
+  std::vector<std::int64_t> shape;
+  std::string descr;
+  std::size_t data_offset = 0;
+  std::int64_t data_bytes = 0;
+};
+
+/// The header length a file's first bytes declare (at most npy_longest_prefix of them are read),
+/// after checking magic, version and the header-size limit; sets `length_width`.
+std::size_t declared_header_length(std::span<const std::byte> bytes, const std::string& label,
+                                   std::size_t& length_width) {
+  if (bytes.size() < npy_prefix || std::memcmp(bytes.data(), npy_magic.data(), npy_magic.size()) != 0) {
     fail(label, "not a .npy file (the magic string \\x93NUMPY is missing)");
   }
   const auto major = static_cast<unsigned>(bytes[6]);
   const auto minor = static_cast<unsigned>(bytes[7]);
   if (major < 1 || major > 3 || minor != 0) {
-    fail(label, "unsupported .npy format version " + std::to_string(major) + "." +
-                    std::to_string(minor) + " (supported: 1.0, 2.0, 3.0)");
+    fail(label, "unsupported .npy format version " + std::to_string(major) + "." + std::to_string(minor) +
+                    " (supported: 1.0, 2.0, 3.0)");
   }
   // Version 1 stores the header length in 2 bytes, versions 2 and 3 in 4 (3 allows UTF-8 text).
-  const std::size_t length_width = major == 1 ? 2 : 4;
-  if (bytes.size() < prefix + length_width) fail(label, "truncated .npy header");
-  const std::size_t header_length = read_le(bytes, prefix, length_width);
-  const std::size_t data_offset = prefix + length_width + header_length;
-  if (bytes.size() < data_offset) {
-    fail(label, "truncated .npy header: it declares " + std::to_string(header_length) +
-                    " bytes, the file has " + std::to_string(bytes.size() - prefix - length_width));
+  length_width = major == 1 ? 2 : 4;
+  if (bytes.size() < npy_prefix + length_width) fail(label, "truncated .npy header");
+  const std::size_t header_length = read_le(bytes, npy_prefix, length_width);
+  if (header_length > static_cast<std::size_t>(max_npy_header_bytes)) {
+    fail(label, "the .npy header declares " + std::to_string(header_length) + " bytes, over the limit of " +
+                    std::to_string(max_npy_header_bytes) + " (max_npy_header_bytes, as NumPy's np.load)");
   }
-  const std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + prefix + length_width,
+  return header_length;
+}
+
+/// Parses the header in `bytes` (the file's first bytes, holding at least the whole header).
+NpyLayout parse_layout(std::span<const std::byte> bytes, const std::string& label) {
+  std::size_t length_width = 0;
+  const std::size_t header_length = declared_header_length(bytes, label, length_width);
+  NpyLayout layout;
+  layout.data_offset = npy_prefix + length_width + header_length;
+  if (bytes.size() < layout.data_offset) {
+    fail(label, "truncated .npy header: it declares " + std::to_string(header_length) + " bytes, the file has " +
+                    std::to_string(bytes.size() - npy_prefix - length_width));
+  }
+  const std::string_view header_text(reinterpret_cast<const char*>(bytes.data()) + npy_prefix + length_width,
                                      header_length);
   const HeaderParser::Header header = HeaderParser(header_text, label).parse();
   if (header.fortran_order) {
     fail(label, "fortran_order is True; posenc reads C-order arrays only "
                 "(save np.ascontiguousarray(a) instead)");
   }
+  layout.type = type_from_descr(header.descr, label);
+  layout.shape = header.shape;
+  layout.descr = header.descr;
+  const std::optional<std::int64_t> elements = checked_bytes(layout.shape, 1);
+  if (!elements || *elements > max_npy_elements) {
+    fail(label, "shape " + shape_text(layout.shape) + " has more than " + std::to_string(max_npy_elements) +
+                    " elements (max_npy_elements)");
+  }
+  layout.data_bytes = *elements * npy_item_size(layout.type);
+  return layout;
+}
 
+/// The data after the header must be exactly what the shape needs.
+void check_data_size(const NpyLayout& layout, std::uintmax_t available, const std::string& label) {
+  const auto expected = static_cast<std::uintmax_t>(layout.data_bytes);
+  if (available < expected) {
+    fail(label, "truncated data: shape " + shape_text(layout.shape) + " of " + layout.descr + " needs " +
+                    std::to_string(expected) + " bytes, the file has " + std::to_string(available));
+  }
+  if (available > expected) {
+    fail(label, std::to_string(available - expected) + " unexpected bytes after the data of shape " +
+                    shape_text(layout.shape));
+  }
+}
+
+}  // namespace
+
+NpyArray decode_npy(std::span<const std::byte> bytes, const std::string& label) {
+  const NpyLayout layout = parse_layout(bytes, label);
+  check_data_size(layout, bytes.size() - layout.data_offset, label);
   NpyArray array;
-  array.type = type_from_descr(header.descr, label);
-  array.shape = header.shape;
-  const std::optional<std::int64_t> expected = checked_bytes(array.shape, npy_item_size(array.type));
-  if (!expected) fail(label, "shape " + shape_text(array.shape) + " is too large");
-  const std::size_t available = bytes.size() - data_offset;
-  if (available < static_cast<std::size_t>(*expected)) {
-    fail(label, "truncated data: shape " + shape_text(array.shape) + " of " + header.descr +
-                    " needs " + std::to_string(*expected) + " bytes, the file has " +
-                    std::to_string(available));
-  }
-  if (available > static_cast<std::size_t>(*expected)) {
-    fail(label, std::to_string(available - static_cast<std::size_t>(*expected)) +
-                    " unexpected bytes after the data of shape " + shape_text(array.shape));
-  }
-  array.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(data_offset), bytes.end());
+  array.type = layout.type;
+  array.shape = layout.shape;
+  array.data.assign(bytes.begin() + static_cast<std::ptrdiff_t>(layout.data_offset), bytes.end());
   return array;
 }
 
-std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> shape,
-                                  std::span<const std::byte> data) {
+namespace {
+
+void check_encodable(NpyType type, std::span<const std::int64_t> shape, std::span<const std::byte> data) {
   const std::optional<std::int64_t> expected = checked_bytes(shape, npy_item_size(type));
   if (!expected || static_cast<std::size_t>(*expected) != data.size()) {
     throw Error(ErrorKind::invalid_argument,
@@ -290,6 +344,11 @@ std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> sh
                     (expected ? std::to_string(*expected) : std::string("too many")) +
                     " bytes, got " + std::to_string(data.size()));
   }
+}
+
+}  // namespace
+
+std::vector<std::byte> encode_npy_header(NpyType type, std::span<const std::int64_t> shape) {
   std::string header = std::string("{'descr': '") + npy_descr(type) +
                        "', 'fortran_order': False, 'shape': " + shape_text(shape) + ", }";
   // Version 1 when the padded header fits its 16-bit length, else version 2.
@@ -300,7 +359,7 @@ std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> sh
   header.push_back('\n');
 
   std::vector<std::byte> out;
-  out.reserve(total + data.size());
+  out.reserve(total);
   for (const char c : npy_magic) out.push_back(static_cast<std::byte>(c));
   out.push_back(std::byte{static_cast<unsigned char>(v1 ? 1 : 2)});
   out.push_back(std::byte{0});
@@ -309,6 +368,13 @@ std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> sh
     out.push_back(static_cast<std::byte>((length >> (8 * i)) & 0xffu));
   }
   for (const char c : header) out.push_back(static_cast<std::byte>(c));
+  return out;
+}
+
+std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> shape,
+                                  std::span<const std::byte> data) {
+  check_encodable(type, shape, data);
+  std::vector<std::byte> out = encode_npy_header(type, shape);
   out.insert(out.end(), data.begin(), data.end());
   return out;
 }
@@ -316,26 +382,49 @@ std::vector<std::byte> encode_npy(NpyType type, std::span<const std::int64_t> sh
 NpyArray read_npy(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail(path, "cannot open for reading: " + std::string(std::strerror(errno)));
-  std::vector<std::byte> bytes;
-  std::vector<char> chunk(std::size_t{1} << 20);
-  while (in) {
-    in.read(chunk.data(), static_cast<std::streamsize>(chunk.size()));
+  const auto read = [&](std::vector<std::byte>& into, std::size_t at, std::size_t count) {
+    into.resize(at + count);
+    in.read(reinterpret_cast<char*>(into.data() + at), static_cast<std::streamsize>(count));
     const auto got = static_cast<std::size_t>(in.gcount());
-    const auto* first = reinterpret_cast<const std::byte*>(chunk.data());
-    bytes.insert(bytes.end(), first, first + got);
+    into.resize(at + got);
+    if (in.bad()) fail(path, "read error");
+    return got == count;
+  };
+  // The header first, so that its limits and the data size are checked before anything large is
+  // read or allocated.
+  std::vector<std::byte> head;
+  read(head, 0, npy_longest_prefix);
+  std::size_t length_width = 0;
+  const std::size_t header_length = declared_header_length(head, path, length_width);
+  head.resize(npy_prefix + length_width);  // the version 1 prefix is shorter than what was read
+  in.clear();
+  in.seekg(static_cast<std::streamoff>(head.size()));
+  read(head, head.size(), header_length);
+  const NpyLayout layout = parse_layout(head, path);
+
+  in.clear();
+  in.seekg(0, std::ios::end);
+  const std::streamoff end = in.tellg();
+  if (end < 0) fail(path, "cannot tell the file's size");
+  check_data_size(layout, static_cast<std::uintmax_t>(end) - layout.data_offset, path);
+
+  NpyArray array;
+  array.type = layout.type;
+  array.shape = layout.shape;
+  in.seekg(static_cast<std::streamoff>(layout.data_offset));
+  if (!read(array.data, 0, static_cast<std::size_t>(layout.data_bytes))) {
+    fail(path, "the file shrank while it was read");
   }
-  if (in.bad()) fail(path, "read error");
-  return decode_npy(bytes, path);
+  return array;
 }
 
 void write_npy(const std::string& path, NpyType type, std::span<const std::int64_t> shape,
                std::span<const std::byte> data) {
-  const std::vector<std::byte> bytes = encode_npy(type, shape, data);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail(path, "cannot open for writing: " + std::string(std::strerror(errno)));
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) fail(path, "write error (disk full?)");
+  check_encodable(type, shape, data);
+  const std::vector<std::byte> header = encode_npy_header(type, shape);
+  OutputFiles output;
+  output.stage(path, {header, data});
+  output.commit();
 }
 
 }  // namespace posenc::cli

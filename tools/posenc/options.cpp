@@ -53,8 +53,8 @@ ResolvedModel select_spec(ModelConfig config, const ModelOptions& options) {
   if (it == model.config.rope.end()) {
     std::string known;
     for (const auto& [name, spec] : model.config.rope) known += (known.empty() ? "" : ", ") + name;
-    usage_error("config " + model.config.source + " has no layer type '" + model.layer_type +
-                "'; pass --layer-type with one of: " + known);
+    usage_error("config " + model.config.source + " has no layer type '" + message_excerpt(model.layer_type) +
+                "'; pass --layer-type with one of: " + message_excerpt(known, 400));
   }
   model.spec = it->second;
   if (!options.numerics.empty()) model.spec.numerics = parse_numerics_option(options.numerics);

@@ -13,10 +13,14 @@
 #include "device.hpp"
 #include "elements.hpp"
 #include "options.hpp"
+#include "posenc/error.hpp"
 #include "verify.hpp"
 
 namespace posenc::cli {
 namespace {
+
+/// Most Q and K elements `run` allocates (8 GiB in float32, on the host and again on a GPU).
+constexpr std::int64_t max_run_elements = std::int64_t{1} << 31;
 
 struct RunOptions {
   ModelOptions model;
@@ -165,7 +169,7 @@ std::string shape_text(std::int64_t a, std::int64_t b, std::int64_t c) {
 int run_layer(const ResolvedModel& model, const RunOptions& options, const DeviceChoice& device,
               const HostBatch& input, const std::vector<std::int64_t>& lengths) {
   const std::int64_t max_position = *std::max_element(lengths.begin(), lengths.end()) - 1;
-  print_field("layer", model.layer_type);
+  print_field("layer", message_excerpt(model.layer_type));
   print_field("spec", indent(model.spec.describe()));
 
   HostBatch batch = input;  // the engine overwrites this copy; the reference reads `input`
@@ -209,7 +213,7 @@ int run_layer(const ResolvedModel& model, const RunOptions& options, const Devic
   }
   if (!passed) {
     std::fprintf(stderr, "posenc run: error: layer type %s: %lld of %lld values exceed the bound (%s)\n",
-                 model.layer_type.c_str(), static_cast<long long>(stats.failures),
+                 message_excerpt(model.layer_type).c_str(), static_cast<long long>(stats.failures),
                  static_cast<long long>(stats.values), stats.worst.c_str());
     return exit_failure;
   }
@@ -231,6 +235,15 @@ int run(const RunOptions& options) {
     models.push_back(select_spec(config, chosen));
   }
   const DType dtype = parse_dtype_option(options.dtype);
+  // The batch is allocated on the host (and the device): bound it before allocating anything.
+  const std::int64_t heads = config.num_attention_heads + config.num_key_value_heads;  // <= 2 * max_heads
+  const std::int64_t head_dim = models.front().spec.head_dim;                          // <= max_head_dim
+  if (options.tokens > max_run_elements / heads / head_dim) {
+    usage_error("--tokens " + std::to_string(options.tokens) + " x (" + std::to_string(config.num_attention_heads) +
+                " + " + std::to_string(config.num_key_value_heads) + " heads) x head_dim " + std::to_string(head_dim) +
+                " exceeds the limit of " + std::to_string(max_run_elements) +
+                " Q and K elements of `run` (max_run_elements); lower --tokens");
+  }
   const DeviceChoice device = choose_device(options.device);
 
   const std::vector<std::int64_t> lengths = sequence_lengths(options.tokens);
@@ -241,7 +254,7 @@ int run(const RunOptions& options) {
   for (const std::int64_t length : lengths) sequences += (sequences.empty() ? "" : " ") + std::to_string(length);
 
   std::printf("posenc run: apply RoPE to a prefill batch, verify against float64, time it\n");
-  print_field("config", config.source + " (model_type " + config.model_type + ")");
+  print_field("config", config.source + " (model_type " + message_excerpt(config.model_type) + ")");
   print_field("batch", std::to_string(input.tokens) + " tokens in " + std::to_string(lengths.size()) +
                            " sequences (" + sequences + "), positions 0.." +
                            std::to_string(*std::max_element(lengths.begin(), lengths.end()) - 1));

@@ -11,6 +11,7 @@
 #include "elements.hpp"
 #include "options.hpp"
 #include "posenc/error.hpp"
+#include "posenc/model_config.hpp"
 
 namespace posenc::cli {
 
@@ -52,15 +53,25 @@ DType source_dtype(const NpyArray& array, DType dtype, const std::string& path) 
 
 std::int64_t heads_of(const NpyArray& array, std::int64_t head_dim, const std::string& path) {
   const auto& s = array.shape;
-  if (s.size() == 3 && s[2] == head_dim) return s[1];
-  if (s.size() == 2 && s[1] % head_dim == 0) return s[1] / head_dim;
-  usage_error(path + ": shape " + shape_text(s) + " is neither [tokens, heads, " +
-              std::to_string(head_dim) + "] nor [tokens, heads * " + std::to_string(head_dim) +
-              "] (head_dim " + std::to_string(head_dim) + " from the config)");
+  std::int64_t heads = -1;
+  if (s.size() == 3 && s[2] == head_dim) heads = s[1];
+  if (s.size() == 2 && s[1] % head_dim == 0) heads = s[1] / head_dim;
+  if (heads < 0) {
+    usage_error(path + ": shape " + shape_text(s) + " is neither [tokens, heads, " +
+                std::to_string(head_dim) + "] nor [tokens, heads * " + std::to_string(head_dim) +
+                "] (head_dim " + std::to_string(head_dim) + " from the config)");
+  }
+  if (heads == 0) usage_error(path + ": shape " + shape_text(s) + " has no heads");
+  if (heads > max_heads) {
+    usage_error(path + ": shape " + shape_text(s) + " has " + std::to_string(heads) +
+                " heads, over the limit of " + std::to_string(max_heads) + " (max_heads)");
+  }
+  return heads;
 }
 
 void convert_into(const NpyArray& array, DType from, DType dtype, std::vector<std::byte>& out) {
   const std::int64_t n = array.count();
+  if (n == 0) return;  // an empty vector's data() may be null, which memcpy must not see
   if (from == dtype) {
     std::memcpy(out.data(), array.data.data(), static_cast<std::size_t>(n * size_of(dtype)));
     return;
@@ -199,9 +210,11 @@ void compare_tensor(const std::string& tensor, DType dtype, std::int64_t tokens,
       ++stats.values;
       stats.max_ulps = std::max(stats.max_ulps, ulps);
       if (!std::isnan(abs_error)) stats.max_abs_error = std::max(stats.max_abs_error, abs_error);
+      // NaN against a number never matches, whatever the tolerance (its distance is INT64_MAX).
+      const bool nan_against_number = ulps == std::numeric_limits<std::int64_t>::max();
       const bool ok = tolerance.head_relative_exponent
                           ? ulps == 0 || abs_error <= allowed_abs  // NaN error fails
-                          : ulps <= tolerance.max_ulps;
+                          : !nan_against_number && ulps <= tolerance.max_ulps;
       if (ok) continue;
       if (stats.mismatches++ == 0) stats.first = Mismatch{tensor, th / heads, th % heads, d, g, w, ulps};
     }

@@ -87,7 +87,7 @@ struct CompareStats {
 /// `head_relative_exponent` is set, |got - want| <= 2^exponent * max|input| over the element's
 /// head (the fixture bound for float32, where transformers' cos/sin are not correctly rounded).
 struct Tolerance {
-  std::int64_t max_ulps = 0;
+  std::int64_t max_ulps = 0;  ///< a NaN against a number is a mismatch at any value
   std::optional<int> head_relative_exponent;
 };
 
