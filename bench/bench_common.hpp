@@ -36,6 +36,8 @@ inline constexpr double not_measured = std::numeric_limits<double>::quiet_NaN();
 
 /// Position ids are drawn uniformly from [0, position_range), as the targets specify.
 inline constexpr std::int64_t position_range = 8192;
+/// The decode rows' positions: sequences anywhere in a 128k context.
+inline constexpr std::int64_t decode_position_range = 131072;
 
 /// One CSV row. The three benchmark programs (bench_gpu, bench_cpu, torch_baseline.py) write the
 /// same columns so that report.py can merge them; a field that does not apply stays empty.
@@ -143,10 +145,10 @@ inline void fill_random(void* data, DType dtype, std::int64_t count, std::uint64
   }
 }
 
-/// Position id `i` of a random stream: uniform in [0, position_range).
-POSENC_BENCH_HD std::int64_t random_position(std::uint64_t seed, std::int64_t i) {
+/// Position id `i` of a random stream: uniform in [0, range).
+POSENC_BENCH_HD std::int64_t random_position(std::uint64_t seed, std::int64_t i, std::int64_t range = position_range) {
   return static_cast<std::int64_t>(mix64(seed ^ (0x51ed2701ull + static_cast<std::uint64_t>(i))) %
-                                   static_cast<std::uint64_t>(position_range));
+                                   static_cast<std::uint64_t>(range));
 }
 
 inline void fill_positions(std::int64_t* p, std::int64_t count, std::uint64_t seed) {
@@ -198,6 +200,41 @@ inline Comparison compare_bits(int element_bytes, const void* got, const void* w
 /// Compares `count` elements of `dtype` bit by bit.
 inline Comparison compare_elements(DType dtype, const void* got, const void* want, std::int64_t count) {
   return compare_bits(static_cast<int>(size_of(dtype)), got, want, count);
+}
+
+/// Squared differences and squared reference values summed over elements, for a relative L2 error.
+struct L2Error {
+  double diff2 = 0;
+  double ref2 = 0;
+  double relative() const { return ref2 > 0 ? std::sqrt(diff2 / ref2) : (diff2 > 0 ? 1.0 : 0.0); }
+  L2Error& operator+=(const L2Error& o) {
+    diff2 += o.diff2;
+    ref2 += o.ref2;
+    return *this;
+  }
+};
+
+/// Element `i` of a `dtype` array as a double.
+inline double element_value(DType dtype, const void* base, std::int64_t i) {
+  if (dtype == DType::f32) {
+    float f = 0;
+    std::memcpy(&f, static_cast<const unsigned char*>(base) + i * 4, 4);
+    return f;
+  }
+  std::uint16_t h = 0;
+  std::memcpy(&h, static_cast<const unsigned char*>(base) + i * 2, 2);
+  return dtype == DType::bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+}
+
+inline L2Error l2_error(DType dtype, const void* got, const void* want, std::int64_t count) {
+  L2Error e;
+  for (std::int64_t i = 0; i < count; ++i) {
+    const double w = element_value(dtype, want, i);
+    const double d = element_value(dtype, got, i) - w;
+    e.diff2 += d * d;
+    e.ref2 += w * w;
+  }
+  return e;
 }
 
 /// The verdict written to the `verified` column. hf_compatible must be bit-exact (it reproduces

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources) into .deps/ from this machine's Debian packages.
+# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources; FlashInfer's headers for the benchmark's peer) into .deps/.
 #
 # Run here, before a device call that carries `.deps` (gitignored). Layout:
 #   .deps/prefix/include/{nlohmann,CLI}           headers
@@ -7,6 +7,14 @@
 #                                                  to themselves, so the prefix can move)
 #   .deps/googletest/                             GoogleTest sources; scripts/gpu-check.sh builds and
 #                                                  installs them into .deps/prefix on the GPU machine
+#   .deps/flashinfer/include/flashinfer/           FlashInfer's C++ headers, from the flashinfer-python
+#   .deps/flashinfer/VERSION                       wheel on PyPI (`pip download --no-deps`; only
+#                                                  flashinfer/data/include is kept): bench/CMakeLists.txt
+#                                                  builds posenc_bench_gpu's FlashInfer rows from them.
+#                                                  Nothing of FlashInfer is committed.
+# The first three come from this machine's Debian packages. POSENC_FLASHINFER_VERSION picks the
+# wheel (default 0.7.4); a copy of that version already in .deps is kept, so only the first run
+# downloads. Without network or pip the benchmark still builds, without its peer rows.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +46,15 @@ cli_headers=$(first_dir /usr/include/CLI) || die "CLI11 headers not found (apt-g
 cli_cmake=$(first_dir /usr/share/cmake/CLI11 /usr/lib/cmake/CLI11 /usr/lib/x86_64-linux-gnu/cmake/CLI11 || true)
 gtest_src=$(first_dir /usr/src/googletest) || die "GoogleTest sources not found (apt-get install googletest)"
 
+flashinfer_version=${POSENC_FLASHINFER_VERSION:-0.7.4}
+flashinfer_id="flashinfer-python $flashinfer_version"
+kept=""
+if [[ -f $deps/flashinfer/VERSION && $(head -n 1 "$deps/flashinfer/VERSION") == "$flashinfer_id" &&
+  -f $deps/flashinfer/include/flashinfer/pos_enc.cuh ]]; then
+  kept=$(mktemp -d)
+  mv "$deps/flashinfer" "$kept/flashinfer"
+fi
+
 rm -rf "$deps"
 mkdir -p "$prefix/include" "$prefix/share/cmake"
 cp -r "$nlohmann_headers" "$prefix/include/"
@@ -50,11 +67,53 @@ else
 fi
 cp -r "$gtest_src" "$deps/googletest"
 
+# FlashInfer's headers: the wheel's flashinfer/data/include, nothing else.
+flashinfer_note="kept from an earlier run"
+if [[ -n $kept ]]; then
+  mv "$kept/flashinfer" "$deps/flashinfer"
+  rmdir "$kept"
+else
+  wheel_dir=$(mktemp -d)
+  if python3 -m pip download --quiet --no-deps --only-binary=:all: --dest "$wheel_dir" \
+    "flashinfer-python==$flashinfer_version" >"$wheel_dir/pip.log" 2>&1; then
+    python3 - "$wheel_dir" "$deps/flashinfer/include" <<'PY'
+import glob, os, sys, zipfile
+wheel_dir, dest = sys.argv[1], sys.argv[2]
+wheels = glob.glob(os.path.join(wheel_dir, "flashinfer_python-*.whl"))
+if len(wheels) != 1:
+    sys.exit(f"expected one flashinfer_python wheel in {wheel_dir}, found {wheels}")
+prefix = "flashinfer/data/include/"
+with zipfile.ZipFile(wheels[0]) as z:
+    names = [n for n in z.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    for n in names:
+        target = os.path.join(dest, n[len(prefix):])
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(n) as src, open(target, "wb") as out:
+            out.write(src.read())
+print(f"  {len(names)} headers from {os.path.basename(wheels[0])}")
+PY
+    echo "$flashinfer_id" >"$deps/flashinfer/VERSION"
+    flashinfer_note="pip download flashinfer-python==$flashinfer_version"
+  else
+    echo "stage-gpu-deps: warning: could not download flashinfer-python==$flashinfer_version (see below);" \
+      "the benchmark builds without its FlashInfer rows" >&2
+    tail -n 5 "$wheel_dir/pip.log" >&2
+    flashinfer_note="not staged"
+  fi
+  rm -rf "$wheel_dir"
+fi
+if [[ -f $deps/flashinfer/include/flashinfer/pos_enc.cuh ]]; then
+  echo "FlashInfer headers: $flashinfer_id ($flashinfer_note)"
+elif [[ $flashinfer_note != "not staged" ]]; then
+  die "the flashinfer-python wheel has no flashinfer/data/include/flashinfer/pos_enc.cuh"
+fi
+
 size=$(du -sm "$deps" | cut -f1)
 echo "staged into $deps (${size} MiB):"
 echo "  nlohmann-json  $nlohmann_headers + $nlohmann_cmake"
 echo "  CLI11          $cli_headers${cli_cmake:+ + $cli_cmake}"
 echo "  googletest     $gtest_src"
+echo "  flashinfer     $flashinfer_id ($flashinfer_note)"
 if ((size > 48)); then
   echo "stage-gpu-deps: warning: ${size} MiB is close to the 64 MiB a device call can carry" >&2
 fi
