@@ -699,7 +699,9 @@ constexpr fi::Kernel peer_kernels[] = {fi::Kernel::pos_ids, fi::Kernel::cos_sin_
 const char* peer_engine(fi::Kernel k) { return k == fi::Kernel::pos_ids ? "flashinfer_pos_ids" : "flashinfer_cos_sin"; }
 
 /// A variant's cos/sin cache (cos_sin_table_kernel) of `position_range` rows: the input of
-/// FlashInfer's cache kernel, and what an engine keeps for it.
+/// FlashInfer's cache kernel, and what an engine keeps for it. One row of slack follows the last:
+/// FlashInfer's interleaved cache kernel loads whole vectors from a row's sin half and uses half of
+/// each, so with a partial rotary window its last loads reach up to R/2 elements past the row.
 struct CosSinTable {
   posenc::gpu::DeviceBuffer buffer;
   std::int64_t rows = 0;
@@ -719,7 +721,8 @@ CosSinTable make_cos_sin_table(Gpu& g, const Variant& v) {
   }
   posenc::gpu::DeviceBuffer inv_freq(g.device, half * 4);
   inv_freq.upload(f.inv_freq.data(), half * 4, g.stream.ref());
-  t.buffer = posenc::gpu::DeviceBuffer(g.device, t.rows * t.rotary * 4);
+  t.buffer = posenc::gpu::DeviceBuffer(g.device, (t.rows + 1) * t.rotary * 4);
+  t.buffer.fill_bytes(0, g.stream.ref());
   cos_sin_table_kernel<<<g.device.multiprocessor_count() * 8, 256, 0, g.native>>>(
       static_cast<float*>(t.buffer.data()), static_cast<const float*>(inv_freq.data()), t.rows, static_cast<int>(half),
       f.attention_factor);

@@ -24,8 +24,13 @@ COLUMNS = [
 ]
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-SHARE_TARGETS = [(65536, 0.94), (16384, 0.92), (4096, 0.85), (1024, 0.65)]
-DECODE_T = [1, 8, 64]
+# Issue 18: large-T regression guard (share of the floor), mid sizes (share of the size-matched copy
+# kernel's share), decode (faster than FlashInfer's best; within a slack of the copy kernel).
+GUARD_TARGETS = [(65536, 0.98), (16384, 0.94)]
+MID_T, MID_SHARE_OF_COPY = [1024, 4096], 0.97
+DECODE_T = [1, 8, 64, 256]
+DECODE_GRAPH_SLACK_US, DECODE_LAUNCH_SLACK_US = 0.15, 0.3
+TARGET_VARIANTS = ["main_half_split", "main_interleaved", "cache_half_split", "cache_interleaved"]
 RELATIVE_T = [4096, 16384, 65536]
 RELATIVE_VARIANTS = ["heads_32x32", "heads_64x8", "heads_96x8", "heads_128x8", "hd64", "hd80", "hd96", "hd256",
                      "f32", "f16"]
@@ -92,21 +97,67 @@ def verified_ok(v):
 
 # ---- targets (the issue "performance at the memory-bandwidth limit") -------------------------------
 
+FI_ENGINES = ("flashinfer_pos_ids", "flashinfer_cos_sin")
+GPU_ENGINES = ("posenc_gpu",) + FI_ENGINES + ("torch_eager", "torch_compile")
+
+
+def peer_base(variant):
+    """The spec path's variant for a cos/sin-cache row (decode_X_cache -> decode_X, cache_X -> main_X)."""
+    if variant.endswith("_cache"):
+        return variant[: -len("_cache")]
+    if variant.startswith("cache_"):
+        return "main_" + variant[len("cache_"):]
+    return variant
+
+
+def best_fi(rows, variant, t, key):
+    """FlashInfer's best (smallest) time of `key` for `variant` at T, and its engine; (nan, None) if none."""
+    best, who = math.nan, None
+    for engine in FI_ENGINES:
+        r = find(rows, engine, variant, t)
+        if r and verified_ok(r["verified"]):
+            v = num(r, key)
+            if math.isfinite(v) and not (v >= best):
+                best, who = v, engine
+    return best, who
+
+
+def us_pair(a, b):
+    return f"{us(a)} vs {us(b)} us"
+
+
 def gpu_targets(rows):
     out = []
-    for variant in ("main_half_split", "main_interleaved"):
-        for t, need in SHARE_TARGETS:
+    for r in rows:
+        if r["engine"] != "posenc_gpu" or not r["variant"].startswith("decode_"):
+            continue
+        base, t = peer_base(r["variant"]), tokens(r)
+        e, g = num(r, "median_us"), num(r, "graph_us_per_call")
+        name = f"GPU {r['variant']} T={t}: "
+        fe, fg = best_fi(rows, base, t, "median_us")[0], best_fi(rows, base, t, "graph_us_per_call")[0]
+        if math.isfinite(fe) or math.isfinite(fg):
+            out.append((name + "faster than FlashInfer's best (graph; one launch)",
+                        f"graph {us_pair(g, fg)}; launch {us_pair(e, fe)}", g < fg and e < fe))
+        c = find(rows, "floor_sized", base, t)
+        if c:
+            ce, cg = num(c, "median_us"), num(c, "graph_us_per_call")
+            out.append((name + f"<= copy + {DECODE_GRAPH_SLACK_US} us (graph), + {DECODE_LAUNCH_SLACK_US} us (one launch)",
+                        f"graph {us_pair(g, cg)}; launch {us_pair(e, ce)}",
+                        g <= cg + DECODE_GRAPH_SLACK_US and e <= ce + DECODE_LAUNCH_SLACK_US))
+    for variant in TARGET_VARIANTS:
+        for t in MID_T:
+            r, c = find(rows, "posenc_gpu", variant, t), find(rows, "floor_sized", "rmw_kernel", t)
+            if r and c:
+                a, b = num(r, "ratio"), num(c, "ratio")
+                rel = a / b if b else math.nan
+                out.append((f"GPU {variant} T={t}: >= {MID_SHARE_OF_COPY:.0%} of the copy kernel",
+                            f"{pct(rel)} ({pct(a)} vs {pct(b)} of floor)",
+                            math.isfinite(rel) and rel >= MID_SHARE_OF_COPY))
+        for t, need in GUARD_TARGETS:
             r = find(rows, "posenc_gpu", variant, t)
             if r:
                 v = num(r, "ratio")
                 out.append((f"GPU {variant} T={t}: >= {need:.0%} of floor", pct(v), math.isfinite(v) and v >= need))
-        for t in DECODE_T:
-            r = find(rows, "posenc_gpu", variant, t)
-            if r:
-                e, g = num(r, "median_us"), num(r, "graph_us_per_call")
-                out.append((f"GPU {variant} T={t}: one launch <= 4.0 us", us(e) + " us", math.isfinite(e) and e <= 4.0))
-                out.append((f"GPU {variant} T={t}: graph replay <= 1.5 us/call", us(g) + " us",
-                            math.isfinite(g) and g <= 1.5))
 
     def relative(variant, within):
         for t in RELATIVE_T:
@@ -127,6 +178,12 @@ def gpu_targets(rows):
         out.append((f"GPU: every case verified against {refs} ({len(cases)} cases)",
                     "all ok" if not bad else f"{len(bad)} bad, first {bad[0]['variant']} T={bad[0]['T']}: "
                     f"{bad[0]['verified']}", not bad))
+    peers = [r for r in rows if r["engine"] in FI_ENGINES]
+    if peers:
+        bad = [r for r in peers if not verified_ok(r["verified"])]
+        out.append((f"GPU: FlashInfer rows rotate as posenc does (rel_l2 <= 1e-2 vs accurate; {len(peers)} rows)",
+                    "all ok" if not bad else f"{len(bad)} bad, first {bad[0]['engine']}/{bad[0]['variant']} "
+                    f"T={bad[0]['T']}: {bad[0]['verified']}", not bad))
     return out
 
 
@@ -210,7 +267,8 @@ def latency_table(rows, engines, ts):
 
 
 def speedup_table(rows):
-    pairs = [("main_half_split", "hf_half_split"), ("main_half_split", "hf_half_split_cached"),
+    pairs = [("main_half_split", "vllm_half_split"), ("main_half_split", "hf_half_split"),
+             ("main_half_split", "hf_half_split_cached"), ("main_interleaved", "vllm_interleaved"),
              ("main_interleaved", "glm_interleaved")]
     ts = sorted({tokens(r) for r in rows if r["engine"] == "posenc_gpu" and tokens(r) > 0})
     out = []
@@ -230,6 +288,99 @@ def speedup_table(rows):
         return "_No torch baseline in this run._\n"
     return ("| posenc vs | " + " | ".join(f"T={t}" for t in ts) + " |\n|---|" + "---:|" * len(ts) + "\n"
             + "\n".join(out) + "\n")
+
+
+# ---- posenc against its peers ---------------------------------------------------------------------
+
+# PyTorch rows that time the same shape and pairing as a posenc variant (their positions, Q, K and
+# bytes are the main shape's: bf16 Q [T, 32, 128], K [T, 8, 128]).
+TORCH_PEERS = {
+    "main_half_split": ["vllm_half_split", "hf_half_split", "hf_half_split_cached"],
+    "main_interleaved": ["vllm_interleaved", "glm_interleaved"],
+}
+PEER_LABELS = {"flashinfer_pos_ids": "FI pos_ids", "flashinfer_cos_sin": "FI cache",
+               "torch_eager": "eager", "torch_compile": "compile"}
+
+
+def peer_label(r):
+    if r["engine"] in FI_ENGINES:
+        return PEER_LABELS[r["engine"]]
+    who = "vLLM" if r["variant"].startswith("vllm") else "HF cached" if r["variant"].endswith("_cached") else "HF"
+    return f"{who} {PEER_LABELS.get(r['engine'], r['engine'])}"
+
+
+def peers_of(rows, variant, t):
+    """Verified peer rows timing posenc variant `variant`'s shape at T: FlashInfer's kernels (same
+    input sets) and the PyTorch formulas (same shape, their own inputs)."""
+    base = peer_base(variant)
+    found = [find(rows, e, base, t) for e in FI_ENGINES]
+    found += [find(rows, e, tv, t) for tv in TORCH_PEERS.get(base, []) for e in ("torch_eager", "torch_compile")]
+    return [r for r in found if r and verified_ok(r["verified"])]
+
+
+def peer_ratio_lines(rows):
+    """Per posenc variant that has peers, dtype and T: (best peer time / posenc time, best peer's label)
+    for one launch and per call in a graph. Above 1: posenc is faster."""
+    lines = []
+    for r in rows:
+        if r["engine"] != "posenc_gpu" or is_append(r):
+            continue
+        peers = peers_of(rows, r["variant"], tokens(r))
+        if not peers:
+            continue
+        cells = []
+        for key in ("median_us", "graph_us_per_call"):
+            ours = num(r, key)
+            timed = [(num(p, key), peer_label(p)) for p in peers if math.isfinite(num(p, key))]
+            if timed and math.isfinite(ours) and ours > 0:
+                best, who = min(timed)
+                cells.append((best / ours, who))
+            else:
+                cells.append((math.nan, ""))
+        lines.append(((r["variant"], r["dtype"]), tokens(r), cells))
+    return lines
+
+
+def peer_ratio_tables(rows):
+    lines = peer_ratio_lines(rows)
+    if not lines:
+        return "_No peer rows in this run (FlashInfer's headers absent and no PyTorch baseline)._\n"
+    keys, ts = [], sorted({t for _, t, _ in lines})
+    for k, _, _ in lines:
+        if k not in keys:
+            keys.append(k)
+    out = []
+    for i, what in enumerate(("one launch, event-timed", "per call, replayed from a CUDA graph")):
+        s = (f"posenc speed / best peer's, {what} (best peer's us / posenc's; above 1.00 posenc is faster; the "
+             "best peer in brackets):\n\n| variant | dtype | " + " | ".join(f"T={t}" for t in ts) + " |\n|---|---|"
+             + "---:|" * len(ts) + "\n")
+        for k in keys:
+            cells = []
+            for t in ts:
+                c = next((c for kk, tt, c in lines if kk == k and tt == t), None)
+                cells.append("" if c is None or not math.isfinite(c[i][0]) else f"{c[i][0]:.2f} ({c[i][1]})")
+            s += f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |\n"
+        out.append(s)
+    return "\n".join(out)
+
+
+def decode_table(rows):
+    """The decode rows: posenc, FlashInfer's best and the copy kernel of the same bytes."""
+    sel = [r for r in rows if r["engine"] == "posenc_gpu" and r["variant"].startswith("decode_")]
+    if not sel:
+        return "_No decode rows in this run._\n"
+    s = ("| variant | shape | T | posenc us (launch / graph) | FlashInfer best (launch / graph) | copy kernel "
+         "(launch / graph) |\n|---|---|---:|---:|---:|---:|\n")
+    for r in sel:
+        base, t = peer_base(r["variant"]), tokens(r)
+        fe, fe_who = best_fi(rows, base, t, "median_us")
+        fg, fg_who = best_fi(rows, base, t, "graph_us_per_call")
+        c = find(rows, "floor_sized", base, t)
+        fi = f"{us(fe)} / {us(fg)}" + (f" ({PEER_LABELS[fe_who]} / {PEER_LABELS[fg_who]})" if fe_who and fg_who else "")
+        copy = f"{us(num(c, 'median_us'))} / {us(num(c, 'graph_us_per_call'))}" if c else ""
+        s += (f"| {r['variant']} | {describe_shape(r)} | {t} | {us(num(r, 'median_us'))} / "
+              f"{us(num(r, 'graph_us_per_call'))} | {fi} | {copy} |\n")
+    return s
 
 
 def cpu_table(rows):
@@ -327,7 +478,7 @@ def floors_text(rows):
     if not lines:
         return ""
     used = sorted({f"{r['engine']}: {r['floor_kind']}" for r in rows
-                   if r["engine"] in ("posenc_gpu", "torch_eager", "torch_compile") and r["floor_kind"]})
+                   if r["engine"] in GPU_ENGINES and r["floor_kind"]})
     return ("| card | floor | GB/s (read + write) |\n|---|---|---:|\n" + "\n".join(lines) + "\n\n"
             + ("Ratios use, per program, the better of its floors at the start of its run: "
                + "; ".join(used) + ".\n" if used else ""))
@@ -345,16 +496,22 @@ def targets_table(results):
 
 def results_markdown(rows, png_name, append_png_name=None):
     cards = sorted({r["card"] for r in rows if r["card"]})
-    gpu_cards = sorted({r["card"] for r in rows if r["engine"] in ("posenc_gpu", "torch_eager", "torch_compile")})
+    gpu_cards = sorted({r["card"] for r in rows if r["engine"] in GPU_ENGINES})
     s = [f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on: " + "; ".join(cards) + ".\n"]
     if len(gpu_cards) > 1:
         s.append(f"**Warning:** GPU rows come from more than one card ({', '.join(gpu_cards)}): compare only rows "
                  "of the same card.\n")
     s.append("### Floors measured in this run\n\n" + floors_text(rows))
     s.append("### Targets\n\n" + targets_table(gpu_targets(rows) + cpu_targets(rows)))
+    s.append("### GPU: posenc against its peers\n\n" + peer_ratio_tables(rows)
+             + "\nPeers: FlashInfer's `BatchQKApplyRotaryPosIds` (the Llama 3.1 form for llama3 scaling) and "
+               "`BatchQKApplyRotaryPosIdsCosSinCache`, in place, in the same program on the same input sets; the "
+               "PyTorch formulas (vLLM's native path, HF's) in `torch_baseline.py` on the same card and shape.\n")
+    s.append("### GPU: decode (one token per sequence, positions uniform in [0, 131072))\n\n" + decode_table(rows))
     apply_rows = [r for r in rows if not is_append(r)]
     s.append("### GPU: share of the floor (achieved GB/s over floor GB/s; ✗ = output not verified)\n\n"
-             + share_table(apply_rows, ("floor_sized", "posenc_gpu", "posenc_gpu_l2", "torch_eager", "torch_compile"), "GPU")
+             + share_table(apply_rows, ("floor_sized", "posenc_gpu", "posenc_gpu_l2") + FI_ENGINES
+                           + ("torch_eager", "torch_compile"), "GPU")
              + "\nThe `floor_sized` row is the floor's own read-modify-write kernel moving the main shape's bytes at "
                "each T, timed like the cases: the share of the floor that any kernel of that size reaches once its "
                "launch and ramp are paid. `posenc_gpu_l2` rows (when present) reuse one input set, as when the kernel "
@@ -362,8 +519,8 @@ def results_markdown(rows, png_name, append_png_name=None):
     if png_name:
         s.append(f"![share of the floor against T]({png_name})\n")
     s.append("### GPU: microseconds per call, small T (event-timed one launch / replayed from a CUDA graph)\n\n"
-             + latency_table(apply_rows, ("launch", "floor_sized", "posenc_gpu", "posenc_gpu_l2", "torch_eager", "torch_compile"),
-                           [1, 8, 64, 256, 1024])
+             + latency_table(apply_rows, ("launch", "floor_sized", "posenc_gpu", "posenc_gpu_l2") + FI_ENGINES
+                             + ("torch_eager", "torch_compile"), [1, 8, 64, 256, 1024])
              + "\nThe `launch` row is an empty kernel with a rotation-sized argument block, timed the same way: what any "
                "one launch costs on this card and host. The host time of each call (`host_us` in the CSV note) is part "
                "of the event-timed figure whenever the GPU is idle waiting for the host.\n")
@@ -411,7 +568,10 @@ def draw_plot(rows, path):
     if plt is None:
         return False
     rows = [r for r in rows if not is_append(r)]
-    engines = ("floor_sized", "posenc_gpu", "torch_eager", "torch_compile")
+    engines = ("floor_sized", "posenc_gpu") + FI_ENGINES + ("torch_eager", "torch_compile")
+    # The sweep's main shape and its peers; the decode rows have their own table.
+    rows = [r for r in rows if not r["variant"].startswith("decode_")
+            and (r["engine"] not in FI_ENGINES or r["variant"].startswith("main_"))]
     lines = ordered_lines(rows, engines)
     if not lines:
         print("report: no GPU rows; no PNG drawn")
@@ -425,27 +585,26 @@ def draw_plot(rows, path):
             continue
         x = [tokens(r) for r in sel]
         main = variant.startswith("main_")
-        style = {"posenc_gpu": "-", "torch_eager": "--", "torch_compile": ":", "floor_sized": "-."}[engine]
+        style = {"posenc_gpu": "-", "torch_eager": "--", "torch_compile": ":", "floor_sized": "-.",
+                 "flashinfer_pos_ids": (0, (3, 1, 1, 1)), "flashinfer_cos_sin": (0, (5, 2))}[engine]
         label = variant if engine == "posenc_gpu" else f"{engine}: {variant}"
         color = "gray" if engine == "floor_sized" else cmap(i % 20)
         kw = dict(linestyle=style, marker="o", markersize=3, color=color, linewidth=2.4 if main else 1.2,
                   label=label)
         ax_share.plot(x, [100 * num(r, "ratio") for r in sel], **kw)
         ax_us.plot(x, [num(r, "median_us") for r in sel], **kw)
-    for t, need in SHARE_TARGETS:
+    for t, need in GUARD_TARGETS:
         ax_share.plot([t], [100 * need], marker="_", markersize=18, color="black")
     ax_share.set_xscale("log", base=2)
     ax_share.set_xlabel("tokens T")
     ax_share.set_ylabel("share of the floor measured in the same run (%)")
     ax_share.set_title("achieved GB/s / floor GB/s (black bars: targets)")
     ax_share.grid(True, which="both", alpha=0.3)
-    for t in DECODE_T:
-        ax_us.plot([t], [4.0], marker="_", markersize=18, color="black")
     ax_us.set_xscale("log", base=2)
     ax_us.set_yscale("log")
     ax_us.set_xlabel("tokens T")
     ax_us.set_ylabel("microseconds per call (event-timed, median)")
-    ax_us.set_title("time per call (black bars: 4.0 us decode target)")
+    ax_us.set_title("time per call, one launch (event-timed)")
     ax_us.grid(True, which="both", alpha=0.3)
     ax_us.legend(fontsize=7, loc="upper left", ncol=1)
     cards = sorted({r["card"] for r in rows if r["engine"] in engines})
@@ -538,12 +697,41 @@ def main():
         f.write(replace_region(doc_text, region))
     print(f"report: wrote {out}")
 
-    results = gpu_targets(rows) + cpu_targets(rows)
+    print_summary(rows, gpu_targets(rows) + cpu_targets(rows))
+    return 0
+
+
+def print_summary(rows, results):
+    """What a short console tail must show: each issue-18 target with PASS/FAIL, the failures of the
+    others, and posenc's speed over its best peer at every T."""
     failed = [r for r in results if not r[2]]
     print(f"report: {len(results) - len(failed)} of {len(results)} targets met")
-    for name, measured, _ in failed:
-        print(f"  FAIL {name}: {measured}")
-    return 0
+    print("=== targets")
+    quiet = 0
+    for name, measured, ok in results:
+        per_case = name.startswith("CPU ") or " of main_half_split" in name
+        if per_case and ok:
+            quiet += 1
+            continue
+        print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {measured}")
+    if quiet:
+        print(f"  ({quiet} more passed: the relative GPU variants and the per-case CPU shares)")
+    lines = peer_ratio_lines(rows)
+    if lines:
+        ts = sorted({t for _, t, _ in lines})
+        print("=== posenc speed / best peer's (their us / ours), one launch | graph; > 1: posenc faster")
+        print(f"  {'variant':<24} {'dtype':<9}" + "".join(f" {'T=' + str(t):>13}" for t in ts))
+        keys = []
+        for k, _, _ in lines:
+            if k not in keys:
+                keys.append(k)
+        for k in keys:
+            cells = []
+            for t in ts:
+                c = next((c for kk, tt, c in lines if kk == k and tt == t), None)
+                cells.append("" if c is None else
+                             f"{c[0][0]:.2f}|{c[1][0]:.2f}".replace("nan", "-"))
+            print(f"  {k[0]:<24} {k[1]:<9}" + "".join(f" {c:>13}" for c in cells))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # Run from the repository root after scripts/gpu-check.sh has built the gpu-h100 preset
 # (build/gpu-h100); the two bench targets are (re)built here if needed:
 #
-#     bash bench/run.sh            # full sweep (about 7 minutes)
+#     bash bench/run.sh            # full sweep (about 8 minutes)
 #     bash bench/run.sh --quick    # a few T and variants (about 2 minutes)
 #
 # Writes five files (the device machine returns at most eight):
@@ -16,6 +16,9 @@
 # Copy PERFORMANCE.md and the PNGs into docs/ to publish them.
 #
 # POSENC_BENCH_GPU_ARGS adds options to posenc_bench_gpu (e.g. "--no-append", "--filter append").
+# POSENC_BENCH_PEERS=0 drops FlashInfer's rows, POSENC_BENCH_DECODE=0 the decode rows (each saves
+# a few tens of seconds); POSENC_BENCH_TORCH_ARGS adds options to torch_baseline.py (e.g.
+# "--variants vllm" for vLLM's rows only, "--no-compile").
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 1
@@ -30,7 +33,7 @@ work=$(mktemp -d)
 # command must end inside the device machine's 10-minute limit). Each program stops starting new
 # cases at its allowance and still writes what it measured; the hard limit is the backstop.
 # POSENC_BENCH_{GPU,CPU,TORCH}_S shrink the allowances to fit a shorter device call.
-gpu_warn=${POSENC_BENCH_GPU_S:-270} cpu_warn=${POSENC_BENCH_CPU_S:-90} torch_warn=${POSENC_BENCH_TORCH_S:-120}
+gpu_warn=${POSENC_BENCH_GPU_S:-330} cpu_warn=${POSENC_BENCH_CPU_S:-90} torch_warn=${POSENC_BENCH_TORCH_S:-150}
 gpu_limit=$((gpu_warn + 40)) cpu_limit=$((cpu_warn + 30)) torch_limit=$((torch_warn + 30))
 torch_budget=$((torch_warn - 10))
 
@@ -80,10 +83,13 @@ main() {
   gpu_exe=$(find_exe posenc_bench_gpu)
   cpu_exe=$(find_exe posenc_bench_cpu)
 
+  local gpu_args=()
+  [[ ${POSENC_BENCH_PEERS:-1} == 0 ]] && gpu_args+=(--no-peers)
+  [[ ${POSENC_BENCH_DECODE:-1} == 0 ]] && gpu_args+=(--no-decode)
   if [[ -n "$gpu_exe" ]]; then
     # shellcheck disable=SC2086  # POSENC_BENCH_GPU_ARGS is a list of words
     step posenc_bench_gpu "$gpu_limit" "$gpu_warn" "$gpu_exe" --out "$work" --budget-s "$gpu_warn" "${quick[@]}" \
-      ${POSENC_BENCH_GPU_ARGS:-}
+      "${gpu_args[@]}" ${POSENC_BENCH_GPU_ARGS:-}
   else
     warnings+=("posenc_bench_gpu was not built: no GPU table")
   fi
@@ -92,20 +98,19 @@ main() {
   else
     warnings+=("posenc_bench_cpu was not built: no CPU table")
   fi
+  # shellcheck disable=SC2086  # POSENC_BENCH_TORCH_ARGS is a list of words
   step torch_baseline "$torch_limit" "$torch_warn" \
-    env PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --out "$work" --budget-s "$torch_budget" "${quick[@]}"
+    env PYTHONUNBUFFERED=1 python3 bench/torch_baseline.py --out "$work" --budget-s "$torch_budget" "${quick[@]}" \
+    ${POSENC_BENCH_TORCH_ARGS:-}
 
+  # The short tables last: the device machine's reply carries the end of the output.
+  [[ -f "$work/bench_gpu.md" ]] && { echo; awk '/^## (posenc against FlashInfer|Fused append)/ { on = 1 } /^\| target/ { on = 0 } on' "$work/bench_gpu.md"; }
   echo
   echo "=== report"
+  # Its summary (every issue-18 target with PASS/FAIL, posenc's speed over its best peer) ends the log.
   python3 bench/report.py --csv "$work/bench_gpu.csv" "$work/bench_cpu.csv" "$work/torch_baseline.csv" \
     --merged "$out/bench.csv" --doc docs/PERFORMANCE.md --doc-out "$out/PERFORMANCE.md" \
     --png "$out/performance_share.png" --png-append "$out/append_share.png" || warnings+=("report.py failed")
-
-  # The short tables last: the device machine's reply carries the end of the output.
-  [[ -f "$work/bench_gpu.md" ]] && { echo; awk '/^## Fused append/ { on = 1 } /^\| target/ { on = 0 } on' "$work/bench_gpu.md"; }
-  for md in "$work/bench_gpu.md" "$work/bench_cpu.md"; do
-    [[ -f "$md" ]] && { echo; grep -A200 '^| target' "$md" | grep -v '| pass |' || true; }
-  done
   echo
   if ((${#warnings[@]})); then
     printf 'WARNING: %s\n' "${warnings[@]}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What a user would otherwise run: Hugging Face's RoPE formula in eager PyTorch and under torch.compile, timed like posenc_bench_gpu.
+"""What a user would otherwise run: vLLM's native RoPE and Hugging Face's formula, eager and under torch.compile, timed like posenc_bench_gpu.
 
 Measured on the same card, in the same way as bench_gpu.cu, and written in the same CSV columns so
 that report.py can put both in one table:
@@ -12,8 +12,16 @@ that report.py can put both in one table:
   directly even though the formula moves many more bytes than that (cos/sin tables, rotate_half
   copies, the concatenations).
 
-Variants (bf16, Q [T, 32, 128], K [T, 8, 128], int64 positions in [0, 8192)):
+Variants (bf16, Q [T, 32, 128], K [T, 8, 128], int64 positions in [0, 8192)), in this order (the
+first ones are the strongest baselines, and a short time budget keeps them):
 
+* ``vllm_half_split`` / ``vllm_interleaved``: vLLM's native formula (``RotaryEmbedding.forward_static``
+  with ``ApplyRotaryEmb.forward_static``, is_neox_style True / False): the cos/sin cache (float32
+  ``[cos | sin]`` of ``t * inv_freq``, kept in the model dtype as vLLM keeps it) indexed by position,
+  split into cos and sin, rotate (``x1*cos - x2*sin``, ``x2*cos + x1*sin``), concatenate (or stack
+  for adjacent pairs), then ``copy_`` back into Q and K, in place as engines call RoPE. Under
+  ``torch.compile`` with static shapes (``dynamic=False``, ``fullgraph=True``): one compilation per T,
+  before the timing (``torch._dynamo.reset()`` between Ts, so no cache limit falls back to eager);
 * ``hf_half_split``: transformers' ``LlamaRotaryEmbedding.forward`` (cos/sin from the positions, in
   float32, cast to bf16: HF does this once per forward) plus ``apply_rotary_pos_emb``
   (``q*cos + rotate_half(q)*sin``), both inside the timed region;
@@ -21,8 +29,9 @@ Variants (bf16, Q [T, 32, 128], K [T, 8, 128], int64 positions in [0, 8192)):
 * ``glm_interleaved``: the HF Glm/Glm4 form (cos/sin halves ``repeat_interleave``d, pairwise
   ``rotate_half``, rotary part sliced and concatenated back), cos/sin inside the timed region.
 
-Each in eager mode (``torch_eager``) and under ``torch.compile`` (``torch_compile``, dynamic
-shapes so that one compilation serves the sweep). Nothing is downloaded; only torch is needed.
+The HF variants run in eager mode (``torch_eager``) and under ``torch.compile`` (``torch_compile``,
+dynamic shapes so that one compilation serves the sweep), vLLM's under both too (static shapes).
+Nothing is downloaded; only torch is needed.
 """
 
 import argparse
@@ -90,6 +99,53 @@ def apply_glm_interleaved(torch, q, k, cos, sin):
     q_embed = (q_rot * cos) + (rotate_half_interleaved(torch, q_rot) * sin)
     k_embed = (k_rot * cos) + (rotate_half_interleaved(torch, k_rot) * sin)
     return torch.cat([q_embed, q_pass], dim=-1), torch.cat([k_embed, k_pass], dim=-1)
+
+
+# ---- vLLM's native path (vllm/model_executor/layers/rotary_embedding: base.py, common.py) ---------
+
+def vllm_cos_sin_cache(torch, base, rotary_dim, max_position, dtype):
+    """RotaryEmbeddingBase._compute_cos_sin_cache, then ``cache.to(dtype)`` as its __init__ does."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.float) / rotary_dim))
+    t = torch.arange(max_position, dtype=torch.float)
+    freqs = torch.einsum("i,j -> ij", t, inv_freq)
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1).to(dtype)
+
+
+def vllm_apply_rotary_emb(torch, x, cos, sin, is_neox_style):
+    """ApplyRotaryEmb.forward_static (apply_rotary_emb_torch)."""
+    cos = cos.unsqueeze(-2).to(x.dtype)
+    sin = sin.unsqueeze(-2).to(x.dtype)
+    if is_neox_style:
+        x1, x2 = torch.chunk(x, 2, dim=-1)
+    else:
+        x1 = x[..., ::2]
+        x2 = x[..., 1::2]
+    o1 = x1 * cos - x2 * sin
+    o2 = x2 * cos + x1 * sin
+    if is_neox_style:
+        return torch.cat((o1, o2), dim=-1)
+    return torch.stack((o1, o2), dim=-1).flatten(-2)
+
+
+def vllm_forward_static(torch, positions, query, key, head_size, rotary_dim, cos_sin_cache, is_neox_style):
+    """RotaryEmbedding.forward_static: index the cache by position, split, rotate, concatenate."""
+    positions = positions.flatten()
+    num_tokens = positions.shape[0]
+    cos_sin = cos_sin_cache.index_select(0, positions)
+    cos, sin = cos_sin.chunk(2, dim=-1)
+    query_shape = query.shape
+    query = query.view(num_tokens, -1, head_size)
+    query_rot = query[..., :rotary_dim]
+    query_pass = query[..., rotary_dim:]
+    query_rot = vllm_apply_rotary_emb(torch, query_rot, cos, sin, is_neox_style)
+    query = torch.cat((query_rot, query_pass), dim=-1).reshape(query_shape)
+    key_shape = key.shape
+    key = key.view(num_tokens, -1, head_size)
+    key_rot = key[..., :rotary_dim]
+    key_pass = key[..., rotary_dim:]
+    key_rot = vllm_apply_rotary_emb(torch, key_rot, cos, sin, is_neox_style)
+    key = torch.cat((key_rot, key_pass), dim=-1).reshape(key_shape)
+    return query, key
 
 
 def reference_f64(torch, q, positions, inv_freq, interleaved):
@@ -168,12 +224,13 @@ class Sets:
 
 
 def run_case(torch, card, engine, variant, fn, tokens, l2_bytes, inv_freq, floor_gbps, graph):
-    pairing = "interleaved" if variant.startswith("glm") else "half_split"
+    pairing = "interleaved" if variant.startswith("glm") or variant.endswith("_interleaved") else "half_split"
     cached = variant.endswith("_cached")
     bytes_moved = 2.0 * tokens * (HQ + HK) * HEAD_DIM * 2
     row = {
         "card": card, "engine": engine, "variant": variant, "dtype": "bfloat16", "pairing": pairing,
-        "numerics": "hf_compatible" if engine == "torch_eager" else "inductor_fused",
+        "numerics": ("inductor_fused" if engine == "torch_compile"
+                     else "vllm_native" if variant.startswith("vllm") else "hf_compatible"),
         "Hq": HQ, "Hk": HK, "D": HEAD_DIM, "R": HEAD_DIM, "T": tokens, "threads": "",
         "bytes": f"{bytes_moved:.0f}", "bytes_whole": f"{bytes_moved:.0f}",
         "floor_GBps": f"{floor_gbps:.1f}", "floor_kind": "torch_copy", "note": "",
@@ -185,10 +242,12 @@ def run_case(torch, card, engine, variant, fn, tokens, l2_bytes, inv_freq, floor
             return fn(sets.q[i], sets.k[i], sets.cos[i], sets.sin[i])
         return fn(sets.q[i], sets.k[i], sets.positions[i])
 
-    # Check once that the variant computes RoPE: first tokens of set 0 against float64.
-    q_out, _ = call_set(0)
+    # Check once that the variant computes RoPE: first tokens of set 0 against float64 (of the input
+    # as it was before the call: the vLLM variants rotate in place).
     check = min(tokens, 256)
-    ref = reference_f64(torch, sets.q[0][:check], sets.positions[0][:check], inv_freq, pairing == "interleaved")
+    q_in = sets.q[0][:check].clone()
+    q_out, _ = call_set(0)
+    ref = reference_f64(torch, q_in, sets.positions[0][:check], inv_freq, pairing == "interleaved")
     err = ((q_out[:check].double() - ref).norm() / ref.norm()).item()
     row["verified"] = f"rel_err={err:.1e} vs float64" + ("" if err < 1e-2 else " FAILED")
 
@@ -235,6 +294,8 @@ def main():
     parser.add_argument("--budget-s", type=float, default=110.0,
                         help="stop starting new cases after this many seconds (default 110)")
     parser.add_argument("--no-compile", action="store_true", help="eager variants only")
+    parser.add_argument("--variants", help="comma-separated words: run only the engine/variant names containing one "
+                        "(e.g. vllm, torch_compile/vllm, hf_half_split)")
     args = parser.parse_args()
 
     t_begin = time.monotonic()
@@ -270,11 +331,41 @@ def main():
         cos, sin = hf_cos_sin(torch, inv_freq, positions, q.dtype)
         return apply_glm_interleaved(torch, q, k, cos, sin)
 
-    variants = [("torch_eager", "hf_half_split", hf_full), ("torch_eager", "hf_half_split_cached", hf_cached),
-                ("torch_eager", "glm_interleaved", glm_full)]
+    cos_sin_cache = vllm_cos_sin_cache(torch, 10000.0, HEAD_DIM, POSITION_RANGE, torch.bfloat16).to("cuda")
+
+    def vllm_inplace(is_neox_style):
+        def fn(q, k, positions):
+            q_out, k_out = vllm_forward_static(torch, positions, q, k, HEAD_DIM, HEAD_DIM, cos_sin_cache,
+                                               is_neox_style)
+            q.copy_(q_out)
+            k.copy_(k_out)
+            return q, k
+        return fn
+
+    def static_compile(fn):
+        def make(_tokens):
+            # One static-shape compilation per T; a reset keeps the recompile limit from ever
+            # sending a later T back to eager.
+            torch._dynamo.reset()
+            return torch.compile(fn, dynamic=False, fullgraph=True)
+        return make
+
+    def same(fn):
+        return lambda _tokens: fn
+
+    # (engine, variant, make): make(T) gives the callable timed at T.
+    variants = []
+    for name, fn in (("vllm_half_split", vllm_inplace(True)), ("vllm_interleaved", vllm_inplace(False))):
+        if not args.no_compile:
+            variants.append(("torch_compile", name, static_compile(fn)))
+        variants.append(("torch_eager", name, same(fn)))
+    hf = [("hf_half_split", hf_full), ("hf_half_split_cached", hf_cached), ("glm_interleaved", glm_full)]
+    variants += [("torch_eager", name, same(fn)) for name, fn in hf]
     if not args.no_compile:
-        variants += [("torch_compile", name, torch.compile(fn, dynamic=True))
-                     for _, name, fn in list(variants)]
+        variants += [("torch_compile", name, same(torch.compile(fn, dynamic=True))) for name, fn in hf]
+    if args.variants:
+        words = [w for w in args.variants.split(",") if w]
+        variants = [v for v in variants if any(w in f"{v[0]}/{v[1]}" for w in words)]
 
     rows = [{
         "card": card, "engine": "floor", "variant": "floor_torch_copy", "dtype": "float32",
@@ -285,13 +376,13 @@ def main():
     print(f"{'engine':<14} {'variant':<22} {'T':>6} {'us':>10} {'graph_us':>9} {'GB/s':>8} {'share':>7}  verified")
     skipped = []
     interrupted = False
-    for engine, variant, fn in variants:
+    for engine, variant, make in variants:
         for t in tokens:
             if interrupted or time.monotonic() - t_begin > args.budget_s:
                 skipped.append(f"{engine}/{variant}/T={t}")
                 continue
             try:
-                row = run_case(torch, card, engine, variant, fn, t, l2_bytes, inv_freq, floor_gbps, graph=True)
+                row = run_case(torch, card, engine, variant, make(t), t, l2_bytes, inv_freq, floor_gbps, graph=True)
             except KeyboardInterrupt:  # run.sh's time limit: keep what was measured
                 interrupted = True
                 skipped.append(f"{engine}/{variant}/T={t}")
