@@ -426,7 +426,7 @@ glm::PositionIds GlmAttentionGpuLayer::step(std::span<const glm::StepEntry> entr
   args.positions = s.tracker.positions(positions, tokens);  // the tracker's output, never seen by the host
   args.slots = static_cast<const std::int64_t*>(s.slots.data());
   args.cache = KvCacheView{s.k_cache.data(), s.v_cache.data(),
-                           dt == DType::f32 ? CacheDType::f32 : CacheDType::bf16,
+                           cache_dtype_of(dt),
                            CacheLayout::paged_nhd, c.kv_heads, c.head_dim, s.page_count, page_size};
   s.engine.append(args, ref);
 

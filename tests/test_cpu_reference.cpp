@@ -263,9 +263,9 @@ TEST(Conversions, BranchFreeEqualPlainOnBoundarySample) {
       const float f = plain::value(u);
       ASSERT_EQ(detail::to_f16_bits(f), plain::to_f16(f)) << std::hex << "to_f16_bits(bits 0x" << u << ")";
       ASSERT_EQ(detail::to_bf16_bits(f), plain::to_bf16(f)) << std::hex << "to_bf16_bits(bits 0x" << u << ")";
-      ASSERT_EQ(plain::bits(detail::round_act<detail::Act::f16>(f)), plain::bits(plain::from_f16(plain::to_f16(f))))
+      ASSERT_EQ(plain::bits(detail::round_act<DType::f16>(f)), plain::bits(plain::from_f16(plain::to_f16(f))))
           << std::hex << "round_act<f16>(bits 0x" << u << ")";
-      ASSERT_EQ(plain::bits(detail::round_act<detail::Act::bf16>(f)), plain::bits(plain::from_bf16(plain::to_bf16(f))))
+      ASSERT_EQ(plain::bits(detail::round_act<DType::bf16>(f)), plain::bits(plain::from_bf16(plain::to_bf16(f))))
           << std::hex << "round_act<bf16>(bits 0x" << u << ")";
       ++checked;
     }

@@ -13,6 +13,7 @@
 
 #include "posenc/dtype.hpp"
 #include "posenc/error.hpp"
+#include "posenc/kv_cache.hpp"
 
 namespace {
 
@@ -222,6 +223,53 @@ TEST(DtypeRoundTo, MatchesTheBitConversions) {
               bits(posenc::bf16_bits_to_float(posenc::float_to_bf16_bits(f))))
         << std::hexfloat << f;
   }
+}
+
+// load_element / store_element: the element at its byte offset, widened exactly, stored rounded
+// (the same bits as the conversions above); an unknown dtype is an error, not a 2-byte guess.
+TEST(DtypeElements, LoadAndStoreEveryDtype) {
+  using posenc::DType;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<std::uint32_t> any;
+  for (const DType t : posenc::all_dtypes) {
+    unsigned char buffer[3 * 4] = {};
+    for (int n = 0; n < 20'000; ++n) {
+      const float f = from_bits(any(rng));
+      if (std::isnan(f)) continue;
+      posenc::store_element(t, buffer, 1, f);
+      const float back = posenc::load_element(t, buffer, 1);
+      ASSERT_EQ(bits(back), bits(posenc::round_to(t, f))) << posenc::to_string(t) << " " << std::hexfloat << f;
+      std::uint32_t stored = 0;
+      std::memcpy(&stored, buffer + posenc::size_of(t), static_cast<std::size_t>(posenc::size_of(t)));
+      const std::uint32_t want = t == DType::f32   ? bits(f)
+                                 : t == DType::f16 ? posenc::float_to_f16_bits(f)
+                                                   : posenc::float_to_bf16_bits(f);
+      ASSERT_EQ(stored, want) << posenc::to_string(t) << " " << std::hexfloat << f;
+    }
+    EXPECT_EQ(posenc::size_of(posenc::cache_dtype_of(t)), posenc::size_of(t));
+    EXPECT_STREQ(posenc::to_string(posenc::cache_dtype_of(t)), posenc::to_string(t));
+  }
+  const auto unknown = static_cast<DType>(7);
+  EXPECT_EQ(posenc::size_of(unknown), 0);
+  float x = 1.0f;
+  EXPECT_THROW(posenc::store_element(unknown, &x, 0, 2.0f), posenc::Error);
+  EXPECT_THROW((void)posenc::load_element(unknown, &x, 0), posenc::Error);
+  EXPECT_EQ(x, 1.0f);
+}
+
+// What an ulp is: 2^(exponent - significand_bits + 1) at a normal value, the smallest normal's
+// spacing below.
+TEST(DtypeElements, SignificandAndExponentRange) {
+  using posenc::DType;
+  EXPECT_EQ(posenc::significand_bits(DType::f32), std::numeric_limits<float>::digits);
+  EXPECT_EQ(posenc::min_normal_exponent(DType::f32), std::numeric_limits<float>::min_exponent - 1);
+  // float16: 1 + 2^-10 is the next value after 1, 2^-14 the smallest normal.
+  EXPECT_EQ(posenc::significand_bits(DType::f16), 11);
+  EXPECT_EQ(posenc::f16_bits_to_float(0x3c01), 1.0f + std::ldexp(1.0f, 1 - posenc::significand_bits(DType::f16)));
+  EXPECT_EQ(posenc::f16_bits_to_float(0x0400), std::ldexp(1.0f, posenc::min_normal_exponent(DType::f16)));
+  // bfloat16: 1 + 2^-7, smallest normal 2^-126.
+  EXPECT_EQ(posenc::bf16_bits_to_float(0x3f81), 1.0f + std::ldexp(1.0f, 1 - posenc::significand_bits(DType::bf16)));
+  EXPECT_EQ(posenc::bf16_bits_to_float(0x0080), std::ldexp(1.0f, posenc::min_normal_exponent(DType::bf16)));
 }
 
 TEST(DtypeNames, ParseAndPrint) {

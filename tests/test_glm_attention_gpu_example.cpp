@@ -324,7 +324,7 @@ TEST_F(glm_attention_gpu_example, SlotOutsideTheCacheIsReportedAndWritesNothing)
   for (const DType dtype : {DType::f32, DType::bf16}) {
     SCOPED_TRACE(to_string(dtype));
     const std::int64_t e = posenc::size_of(dtype);
-    const auto cache_dtype = dtype == DType::f32 ? posenc::CacheDType::f32 : posenc::CacheDType::bf16;
+    const auto cache_dtype = posenc::cache_dtype_of(dtype);
     std::mt19937 rng(11);
     std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
     const auto random_bytes = [&](std::int64_t count) {

@@ -186,10 +186,6 @@ Case base_case(DType act, CacheDType cache, CacheLayout layout) {
   return c;
 }
 
-CacheDType same_cache(DType act) {
-  return act == DType::f32 ? CacheDType::f32 : act == DType::f16 ? CacheDType::f16 : CacheDType::bf16;
-}
-
 const std::vector<CacheLayout> all_layouts = {CacheLayout::contiguous, CacheLayout::paged_nhd,
                                               CacheLayout::paged_hnd};
 
@@ -197,7 +193,7 @@ TEST_F(GpuAppend, SameDtypeEveryLayoutVectorizedAndNot) {
   for (CacheLayout layout : all_layouts) {
     for (DType act : all_dtypes) {
       for (bool unaligned : {false, true}) {
-        Case c = base_case(act, same_cache(act), layout);
+        Case c = base_case(act, cache_dtype_of(act), layout);
         c.unaligned = unaligned;
         run_case(device, ref(), c);
       }

@@ -182,7 +182,7 @@ const std::vector<CacheLayout> all_layouts = {CacheLayout::contiguous, CacheLayo
 TEST(KvAppend, SameDtypeEveryLayoutCopiesApplyBits) {
   for (CacheLayout layout : all_layouts) {
     for (DType act : all_dtypes) {
-      const CacheDType cache = act == DType::f32 ? CacheDType::f32 : act == DType::f16 ? CacheDType::f16 : CacheDType::bf16;
+      const CacheDType cache = cache_dtype_of(act);
       run_case(base_case(act, cache, layout));
     }
   }

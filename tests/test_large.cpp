@@ -154,8 +154,8 @@ TEST(Large, BranchFreeConversionsEqualPlainForAll2To32Floats) {
       const float f = plain::value(u);
       const bool ok =
           detail::to_f16_bits(f) == plain::to_f16(f) && detail::to_bf16_bits(f) == plain::to_bf16(f) &&
-          plain::bits(detail::round_act<detail::Act::f16>(f)) == plain::bits(plain::from_f16(plain::to_f16(f))) &&
-          plain::bits(detail::round_act<detail::Act::bf16>(f)) == plain::bits(plain::from_bf16(plain::to_bf16(f)));
+          plain::bits(detail::round_act<DType::f16>(f)) == plain::bits(plain::from_f16(plain::to_f16(f))) &&
+          plain::bits(detail::round_act<DType::bf16>(f)) == plain::bits(plain::from_bf16(plain::to_bf16(f)));
       if (!ok && bad++ == 0) {
         std::uint64_t expected = ~0ull;
         first_bad.compare_exchange_strong(expected, u);

@@ -1,20 +1,55 @@
 // Element types posenc reads and writes, and exact host conversions between them and float.
 #pragma once
 
+#include <array>
 #include <cstdint>
-#include <cstring>
 
 namespace posenc {
 
 /// Activation element types of Q and K.
 enum class DType : std::uint8_t { f32, f16, bf16 };
 
+/// Every DType, in enum order (the CPU engine builds a kernel for each; tests sweep them).
+inline constexpr std::array<DType, 3> all_dtypes = {DType::f32, DType::f16, DType::bf16};
+
 /// Element types of position ids.
 enum class IndexType : std::uint8_t { i32, i64 };
 
-/// Bytes of one element.
-constexpr std::int64_t size_of(DType t) noexcept { return t == DType::f32 ? 4 : 2; }
-constexpr std::int64_t size_of(IndexType t) noexcept { return t == IndexType::i32 ? 4 : 8; }
+/// Bytes of one element (0 for a value outside the enum, which validation rejects first).
+constexpr std::int64_t size_of(DType t) noexcept {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f16: return 2;
+    case DType::bf16: return 2;
+  }
+  return 0;
+}
+/// Significand bits, the implicit one included (24, 11, 8), and the exponent of the smallest normal
+/// value (-126, -14, -126): what an ulp of the dtype is at a given magnitude.
+constexpr int significand_bits(DType t) noexcept {
+  switch (t) {
+    case DType::f32: return 24;
+    case DType::f16: return 11;
+    case DType::bf16: return 8;
+  }
+  return 0;
+}
+constexpr int min_normal_exponent(DType t) noexcept {
+  switch (t) {
+    case DType::f32: return -126;
+    case DType::f16: return -14;
+    case DType::bf16: return -126;
+  }
+  return 0;
+}
+
+constexpr std::int64_t size_of(IndexType t) noexcept {
+  switch (t) {
+    case IndexType::i32: return 4;
+    case IndexType::i64: return 8;
+  }
+  return 0;
+}
 
 /// "float32", "float16", "bfloat16" / "int32", "int64".
 const char* to_string(DType t) noexcept;
@@ -25,21 +60,10 @@ const char* to_string(IndexType t) noexcept;
 DType parse_dtype(const char* text);
 
 /// float -> bfloat16 bits, round to nearest even (NaN stays a quiet NaN), as PyTorch's cast does.
-inline std::uint16_t float_to_bf16_bits(float f) noexcept {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<std::uint16_t>(u >> 16);
-}
+std::uint16_t float_to_bf16_bits(float f) noexcept;
 
 /// bfloat16 bits -> float (exact).
-inline float bf16_bits_to_float(std::uint16_t h) noexcept {
-  const std::uint32_t u = static_cast<std::uint32_t>(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
+float bf16_bits_to_float(std::uint16_t h) noexcept;
 
 /// float -> IEEE binary16 bits, round to nearest even, with subnormals, overflow to inf, NaN kept.
 std::uint16_t float_to_f16_bits(float f) noexcept;
@@ -47,7 +71,15 @@ std::uint16_t float_to_f16_bits(float f) noexcept;
 /// IEEE binary16 bits -> float (exact).
 float f16_bits_to_float(std::uint16_t h) noexcept;
 
+// The three below throw posenc::Error(invalid_argument) for a `t` outside the enum.
+
 /// Rounds `f` to the nearest value representable in `t` (identity for f32).
-float round_to(DType t, float f) noexcept;
+float round_to(DType t, float f);
+
+/// Element `index` of a buffer of `t` elements, widened exactly to float.
+float load_element(DType t, const void* data, std::int64_t index);
+
+/// Stores `value` as element `index` of a buffer of `t` elements, rounded to nearest even.
+void store_element(DType t, void* data, std::int64_t index, float value);
 
 }  // namespace posenc

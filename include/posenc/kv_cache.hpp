@@ -49,9 +49,25 @@ enum class CacheLayout : std::uint8_t { contiguous, paged_nhd, paged_hnd };
 /// Element type of the cache.
 enum class CacheDType : std::uint8_t { f32, f16, bf16, fp8_e4m3 };
 
-/// Bytes of one cache element.
+/// Bytes of one cache element (0 for a value outside the enum, which validation rejects first).
 constexpr std::int64_t size_of(CacheDType t) noexcept {
-  return t == CacheDType::f32 ? 4 : t == CacheDType::fp8_e4m3 ? 1 : 2;
+  switch (t) {
+    case CacheDType::f32: return 4;
+    case CacheDType::f16: return 2;
+    case CacheDType::bf16: return 2;
+    case CacheDType::fp8_e4m3: return 1;
+  }
+  return 0;
+}
+
+/// The cache dtype that holds activations of `t` unchanged (the append copies their bits).
+constexpr CacheDType cache_dtype_of(DType t) noexcept {
+  switch (t) {
+    case DType::f32: return CacheDType::f32;
+    case DType::f16: return CacheDType::f16;
+    case DType::bf16: return CacheDType::bf16;
+  }
+  return CacheDType::f32;
 }
 
 /// "contiguous", "paged_nhd", "paged_hnd" / "float32", "float16", "bfloat16", "float8_e4m3fn".

@@ -1,10 +1,11 @@
-// Names of element types, dtype parsing, and the exported host float <-> float16 conversions.
+// Names of element types, dtype parsing, and the exported host conversions (thin wrappers over element.hpp).
 #include "posenc/dtype.hpp"
 
 #include <string>
 #include <string_view>
 
-#include "core/rope_math.hpp"
+#include "core/dispatch.hpp"
+#include "core/element.hpp"
 #include "posenc/error.hpp"
 
 namespace posenc {
@@ -37,19 +38,26 @@ DType parse_dtype(const char* text) {
                   "\" (expected float32/f32/fp32, float16/f16/fp16/half or bfloat16/bf16)");
 }
 
-// The conversions live in rope_math.hpp so that host code, the CPU engine and the GPU kernels all
-// round through the same lines; these are thin exported wrappers.
+// The conversions live in conversions.hpp and element.hpp so that host code, the CPU engine and
+// the GPU kernels all round through the same lines; these are thin exported wrappers.
+std::uint16_t float_to_bf16_bits(float f) noexcept { return detail::to_bf16_bits(f); }
+
+float bf16_bits_to_float(std::uint16_t h) noexcept { return detail::from_bf16_bits(h); }
+
 std::uint16_t float_to_f16_bits(float f) noexcept { return detail::to_f16_bits(f); }
 
 float f16_bits_to_float(std::uint16_t h) noexcept { return detail::from_f16_bits(h); }
 
-float round_to(DType t, float f) noexcept {
-  switch (t) {
-    case DType::f32: return f;
-    case DType::f16: return detail::round_act<detail::Act::f16>(f);
-    case DType::bf16: return detail::round_act<detail::Act::bf16>(f);
-  }
-  return f;
+float round_to(DType t, float f) {
+  return detail::visit(t, [f](auto d) { return detail::round_act<d.value>(f); });
+}
+
+float load_element(DType t, const void* data, std::int64_t index) {
+  return detail::visit(t, [&](auto d) { return detail::load_at<d.value>(data, index); });
+}
+
+void store_element(DType t, void* data, std::int64_t index, float value) {
+  detail::visit(t, [&](auto d) { detail::store_at<d.value>(data, index, value); });
 }
 
 }  // namespace posenc

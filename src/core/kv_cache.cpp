@@ -9,7 +9,8 @@
 
 #include "core/checked.hpp"
 #include "core/kv_detail.hpp"
-#include "core/rope_math.hpp"
+#include "core/dispatch.hpp"
+#include "core/element.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
 #include "posenc/kv_cache.hpp"
@@ -52,9 +53,7 @@ namespace {
 
 std::string str(std::int64_t v) { return std::to_string(v); }
 
-bool known(CacheDType t) noexcept {
-  return t == CacheDType::f32 || t == CacheDType::f16 || t == CacheDType::bf16 || t == CacheDType::fp8_e4m3;
-}
+bool known(CacheDType t) noexcept { return size_of(t) != 0; }
 bool known(CacheLayout l) noexcept {
   return l == CacheLayout::contiguous || l == CacheLayout::paged_nhd || l == CacheLayout::paged_hnd;
 }
@@ -237,51 +236,22 @@ std::int64_t row_offset(const KvCacheView& c, std::int64_t slot, std::int64_t h)
   return (slot * c.kv_heads + h) * c.head_dim;
 }
 
-float load(DType t, const void* row, std::int64_t d) noexcept {
-  if (t == DType::f32) {
-    float v;
-    std::memcpy(&v, static_cast<const char*>(row) + d * 4, 4);
-    return v;
-  }
-  std::uint16_t bits;
-  std::memcpy(&bits, static_cast<const char*>(row) + d * 2, 2);
-  return t == DType::bf16 ? from_bf16_bits(bits) : from_f16_bits(bits);
-}
-
-/// Whether a cache of dtype `c` holds activations of dtype `a` unchanged (a plain copy of bits).
-bool same_type(DType a, CacheDType c) noexcept {
-  return (a == DType::f32 && c == CacheDType::f32) || (a == DType::f16 && c == CacheDType::f16) ||
-         (a == DType::bf16 && c == CacheDType::bf16);
-}
-
-/// Writes one row of head_dim elements, cast to the cache dtype (scale: fp8 only).
-void write_row(DType from, const void* src, CacheDType to, void* dst, std::int64_t head_dim, float scale) noexcept {
-  if (same_type(from, to)) {
+/// Writes one row of head_dim elements, cast to the cache dtype (scale: fp8 only). A cache of the
+/// activation's own dtype receives its bits.
+void write_row(DType from, const void* src, CacheDType to, void* dst, std::int64_t head_dim, float scale) {
+  if (cache_dtype_of(from) == to) {
     std::memcpy(dst, src, static_cast<std::size_t>(head_dim * size_of(from)));
     return;
   }
-  auto* out = static_cast<char*>(dst);
-  for (std::int64_t d = 0; d < head_dim; ++d) {
-    const float x = load(from, src, d);
-    switch (to) {
-      case CacheDType::f32:
-        std::memcpy(out + d * 4, &x, 4);
-        break;
-      case CacheDType::f16: {
-        const std::uint16_t bits = to_f16_bits(x);
-        std::memcpy(out + d * 2, &bits, 2);
-        break;
+  visit(from, [&](auto a) {
+    visit(to, [&](auto c) {
+      using Out = typename CacheElement<c.value>::Storage;
+      for (std::int64_t d = 0; d < head_dim; ++d) {
+        const Out y = CacheElement<c.value>::encode(load_at<a.value>(src, d), scale);
+        std::memcpy(static_cast<char*>(dst) + d * static_cast<std::int64_t>(sizeof y), &y, sizeof y);
       }
-      case CacheDType::bf16: {
-        const std::uint16_t bits = to_bf16_bits(x);
-        std::memcpy(out + d * 2, &bits, 2);
-        break;
-      }
-      case CacheDType::fp8_e4m3:
-        out[d] = static_cast<char>(to_e4m3_bits(x / scale));
-        break;
-    }
-  }
+    });
+  });
 }
 
 }  // namespace

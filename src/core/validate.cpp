@@ -25,8 +25,8 @@ std::string address_text(std::uintptr_t a) {
   return text;
 }
 
-bool known(DType t) noexcept { return t == DType::f32 || t == DType::f16 || t == DType::bf16; }
-bool known(IndexType t) noexcept { return t == IndexType::i32 || t == IndexType::i64; }
+bool known(DType t) noexcept { return size_of(t) != 0; }
+bool known(IndexType t) noexcept { return size_of(t) != 0; }
 
 /// One tensor view reduced to what the overlap checks need, all sizes in bytes.
 struct Extent {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/counting.hpp"
+#include "core/dispatch.hpp"
 #include "core/kv_detail.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
@@ -124,7 +125,7 @@ Isa select_isa() noexcept {
 #endif
 }
 
-KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) noexcept {
+KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) {
 #if POSENC_CPU_X86_KERNELS
   if (isa == Isa::avx512_bf16) {
     if (const KernelFn k = cpu_detail::avx512_bf16::select_kernel(d, p, n)) return k;
@@ -174,7 +175,7 @@ struct CpuEngine::State {
   PairAxes axes;         ///< pair_axes(spec, table): per pair inv_freq and position stream
   double attention_factor = 1.0;
   std::int64_t half = 0;
-  std::array<KernelFn, 3> kernels{};  ///< by DType, for the spec's pairing and numerics
+  std::array<KernelFn, all_dtypes.size()> kernels{};  ///< by DType, for the spec's pairing and numerics
 
   // dynamic / longrope: the table depends on seq_len = the call's largest position + 1. Both
   // schemes keep one table up to a threshold (dynamic: max_position_embeddings; longrope:
@@ -278,13 +279,8 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   }
 
   const Isa isa = select_isa();
-  for (DType d : {DType::f32, DType::f16, DType::bf16}) {
+  for (const DType d : all_dtypes) {
     s.kernels[static_cast<std::size_t>(d)] = select_kernel(isa, d, s.spec.pairing, s.spec.numerics);
-    if (s.kernels[static_cast<std::size_t>(d)] == nullptr) {
-      throw Error(ErrorKind::invalid_argument,
-                  "spec.pairing " + std::to_string(static_cast<int>(s.spec.pairing)) + " or spec.numerics " +
-                      std::to_string(static_cast<int>(s.spec.numerics)) + " is not a known value");
-    }
   }
 }
 

@@ -18,65 +18,18 @@
 
 namespace posenc::cpu_detail::POSENC_CPU_ISA {
 
-using detail::Act;
+using detail::Element;
+using detail::storage_t;
 
-/// How an activation element is stored: float for f32, its 16 bits for f16/bf16.
-template <Act A>
-using Storage = std::conditional_t<A == Act::f32, float, std::uint16_t>;
-
-template <Act A>
-inline float to_float(Storage<A> v) {
-  if constexpr (A == Act::f32) {
-    return v;
-  } else if constexpr (A == Act::bf16) {
-    return detail::from_bf16_bits(v);
-  } else {
-    return detail::from_f16_bits(v);
-  }
-}
-
-/// `v` has already been rounded to A by the rotation; this only re-encodes it (exactly). For bf16
-/// that rounding (bf16_round) leaves the low 16 bits zero, NaN included, so the stored bits are
-/// the high half: no second rounding and NaN check per element.
-template <Act A>
-inline Storage<A> to_storage(float v) {
-  if constexpr (A == Act::f32) {
-    return v;
-  } else if constexpr (A == Act::bf16) {
-    return static_cast<std::uint16_t>(detail::float_bits(v) >> 16);
-  } else {
-    return detail::to_f16_bits(v);
-  }
-}
-
-template <Act A, Numerics N>
-inline detail::Pair rotate(float a, float b, float c, float s) {
-  if constexpr (N == Numerics::hf_compatible) {
-    return detail::rotate_hf<A>(a, b, {c, s});
-  } else if constexpr (N == Numerics::hf_fp32_apply) {
-    return detail::rotate_fp32<A>(a, b, {c, s});
-  } else {
-    return detail::rotate_accurate<A>(a, b, {c, s});
-  }
-}
-
-template <Act A, Numerics N>
+template <DType A, Numerics N>
 inline detail::CosSin pair_cos_sin(const KernelCall& call, float inv_freq, std::int64_t position) {
-  if constexpr (N == Numerics::accurate) {
-    return detail::cos_sin_accurate(inv_freq, position, call.attention_factor);
-  } else {
-    return detail::cos_sin_hf<A>(inv_freq, position, call.attention_factor_f32);
-  }
+  return detail::cos_sin<A, N>(inv_freq, position, call.attention_factor, call.attention_factor_f32);
 }
 
 /// cos/sin of one pair before the rounding to the activation dtype (what RowCache stores).
 template <Numerics N>
 inline detail::CosSin pair_cos_sin_unrounded(const KernelCall& call, float inv_freq, std::int64_t position) {
-  if constexpr (N == Numerics::accurate) {
-    return detail::cos_sin_accurate(inv_freq, position, call.attention_factor);
-  } else {
-    return detail::cos_sin_hf<Act::f32>(inv_freq, position, call.attention_factor_f32);
-  }
+  return pair_cos_sin<DType::f32, N>(call, inv_freq, position);
 }
 
 /// The cached (unrounded) row of `position`, computing and publishing it on a miss.
@@ -102,7 +55,7 @@ inline void cached_row(const KernelCall& call, std::int64_t position, const floa
 /// one position for every pair; multi-axis calls (M-RoPE, 2-D) read the token's position in each
 /// stream once and give pair i the one of its stream. With a row cache the rows come from it (and
 /// are rounded to the activation dtype here: the same bits as computing them, see row_cache.hpp).
-template <Act A, Numerics N>
+template <DType A, Numerics N>
 inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, float* sin_row) {
   std::int64_t stream_position[max_streams];
   const std::int32_t streams = call.pair_stream == nullptr ? 1 : call.positions.streams;
@@ -116,7 +69,7 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
     }
     // hf modes round cos/sin to the activation dtype (cos_sin_hf<A> does it inside); accurate
     // keeps float32 cos/sin.
-    constexpr Act R = N == Numerics::accurate ? Act::f32 : A;
+    constexpr DType R = N == Numerics::accurate ? DType::f32 : A;
     if (call.pair_stream == nullptr) {
       for (std::int64_t i = 0; i < call.half; ++i) {
         cos_row[i] = detail::round_act<R>(c[0][i]);
@@ -180,8 +133,8 @@ inline F16Vec swap_pairs(F16Vec x) { return _mm256_permute_ps(x, 0xb1); }
 
 /// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes lane rows
 /// (lane_rows): each cos entry twice, [c0 c0 c1 c1 ...], then the sin entries as [-s0 s0 -s1 s1 ...].
-template <Act A, Pairing P, Numerics N>
-inline constexpr bool f16c_path = A == Act::f16 && N == Numerics::hf_compatible &&
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool f16c_path = A == DType::f16 && N == Numerics::hf_compatible &&
                                   (P == Pairing::half_split || P == Pairing::interleaved);
 
 /// hf_compatible float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2), on
@@ -214,7 +167,7 @@ inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_ro
   }
 }
 #else
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 inline constexpr bool f16c_path = false;
 #endif
 
@@ -361,21 +314,21 @@ inline void rotate_bf16_interleaved(const std::uint16_t* src, const float* lanes
   }
 }
 
-template <Act A, Pairing P, Numerics N>
-inline constexpr bool bf16_path = A == Act::bf16 && N == Numerics::hf_compatible &&
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_path = A == DType::bf16 && N == Numerics::hf_compatible &&
                                   (P == Pairing::half_split || P == Pairing::interleaved);
 #else
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 inline constexpr bool bf16_path = false;
 #endif
 
 /// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 inline constexpr bool uses_lane_rows = bf16_path<A, P, N> || (f16c_path<A, P, N> && P == Pairing::interleaved);
 
 /// Builds the lane rows of one token from its cos/sin rows; returns nullptr where the vector path
 /// must not run for this token (bfloat16: a cos/sin entry below 2^-40).
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 inline const float* lane_rows(const float* cos_row, const float* sin_row, std::int64_t half, float* lanes) {
 #if POSENC_CPU_BF16
   if constexpr (bf16_path<A, P, N>) {
@@ -426,40 +379,40 @@ inline const float* lane_rows(const float* cos_row, const float* sin_row, std::i
 /// Rotates pairs [begin, end) of one head's window with rope_math.hpp's arithmetic, written so the
 /// compiler vectorizes it: the pairs are loaded into `xa`/`xb` before anything is stored, so `src`
 /// and `dst` may be the same memory.
-template <Act A, Pairing P, Numerics N>
-inline void rotate_pairs(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
+template <DType A, Pairing P, Numerics N>
+inline void rotate_pairs(const storage_t<A>* src, storage_t<A>* dst, const float* __restrict cos_row,
                          const float* __restrict sin_row, std::int64_t half, std::int64_t begin, std::int64_t end,
                          float* __restrict xa, float* __restrict xb) {
   if constexpr (P == Pairing::half_split) {
     for (std::int64_t i = begin; i < end; ++i) {
-      xa[i] = to_float<A>(src[i]);
-      xb[i] = to_float<A>(src[i + half]);
+      xa[i] = Element<A>::widen(src[i]);
+      xb[i] = Element<A>::widen(src[i + half]);
     }
   } else {
     for (std::int64_t i = begin; i < end; ++i) {
-      xa[i] = to_float<A>(src[2 * i]);
-      xb[i] = to_float<A>(src[2 * i + 1]);
+      xa[i] = Element<A>::widen(src[2 * i]);
+      xb[i] = Element<A>::widen(src[2 * i + 1]);
     }
   }
   if constexpr (P == Pairing::interleaved) {
     for (std::int64_t i = begin; i < end; ++i) {
-      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
-      dst[2 * i] = to_storage<A>(r.a);
-      dst[2 * i + 1] = to_storage<A>(r.b);
+      const detail::Pair r = detail::rotate<A, N>(xa[i], xb[i], {cos_row[i], sin_row[i]});
+      dst[2 * i] = Element<A>::narrow_rounded(r.a);
+      dst[2 * i + 1] = Element<A>::narrow_rounded(r.b);
     }
   } else {  // half_split and interleaved_to_half write (y[i], y[i + H])
     for (std::int64_t i = begin; i < end; ++i) {
-      const detail::Pair r = rotate<A, N>(xa[i], xb[i], cos_row[i], sin_row[i]);
-      dst[i] = to_storage<A>(r.a);
-      dst[i + half] = to_storage<A>(r.b);
+      const detail::Pair r = detail::rotate<A, N>(xa[i], xb[i], {cos_row[i], sin_row[i]});
+      dst[i] = Element<A>::narrow_rounded(r.a);
+      dst[i + half] = Element<A>::narrow_rounded(r.b);
     }
   }
 }
 
 /// Rotates the window of one head. `src` and `dst` point at the window's first element and may be
 /// the same memory (in place). `lanes` are the token's lane rows (lane_rows), or nullptr.
-template <Act A, Pairing P, Numerics N>
-inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* __restrict cos_row,
+template <DType A, Pairing P, Numerics N>
+inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const float* __restrict cos_row,
                           const float* __restrict sin_row, const float* lanes, std::int64_t half,
                           float* __restrict xa, float* __restrict xb) {
   if constexpr (P == Pairing::half_split_2d) {
@@ -502,10 +455,10 @@ inline void rotate_window(const Storage<A>* src, Storage<A>* dst, const float* _
 }
 
 /// Every head of one tensor at token t.
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t, const float* cos_row,
                          const float* sin_row, const float* lanes, float* xa, float* xb) {
-  using S = Storage<A>;
+  using S = storage_t<A>;
   const std::int64_t rotary = 2 * call.half;
   const std::int64_t tail = call.head_dim - call.offset - rotary;
   const S* src_token = static_cast<const S*>(x.src) + t * x.src_token_stride;
@@ -526,7 +479,7 @@ inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int
 /// The kernel: tokens [begin, end) of a call; cos/sin computed once per token for Q and K.
 /// `flatten` inlines the whole call tree (rope_math.hpp's helpers are plain `inline`, and GCC
 /// otherwise keeps rotate_hf out of line, which stops the rotation loop from vectorizing).
-template <Act A, Pairing P, Numerics N>
+template <DType A, Pairing P, Numerics N>
 [[gnu::flatten]] void rotate_tokens(const void* context, std::int64_t begin, std::int64_t end) noexcept {
   const KernelCall& call = *static_cast<const KernelCall*>(context);
   alignas(64) float cos_row[max_half];
@@ -543,53 +496,17 @@ template <Act A, Pairing P, Numerics N>
   }
 }
 
-template <Act A, Pairing P>
-KernelFn select_numerics(Numerics n) noexcept {
-  switch (n) {
-    case Numerics::hf_compatible:
-      return &rotate_tokens<A, P, Numerics::hf_compatible>;
-    case Numerics::hf_fp32_apply:
-      return &rotate_tokens<A, P, Numerics::hf_fp32_apply>;
-    case Numerics::accurate:
-      return &rotate_tokens<A, P, Numerics::accurate>;
-  }
-  return nullptr;
-}
-
-template <Act A>
-KernelFn select_pairing(Pairing p, Numerics n) noexcept {
-  switch (p) {
-    case Pairing::half_split:
-      return select_numerics<A, Pairing::half_split>(n);
-    case Pairing::interleaved:
-      return select_numerics<A, Pairing::interleaved>(n);
-    case Pairing::interleaved_to_half:
-      return select_numerics<A, Pairing::interleaved_to_half>(n);
-    case Pairing::half_split_2d:
-      return select_numerics<A, Pairing::half_split_2d>(n);
-  }
-  return nullptr;
-}
-
-/// The kernel for a (dtype, pairing, numerics) combination; nullptr for values outside the enums.
-/// The AVX512-BF16 build holds only the combinations it specialises (nullptr for the others, which
-/// the AVX-512 build serves), so that its inclusion does not compile every kernel a fourth time.
-inline KernelFn select_kernel(DType d, Pairing p, Numerics n) noexcept {
-#if POSENC_CPU_BF16
-  if (d != DType::bf16 || n != Numerics::hf_compatible) return nullptr;
-  if (p == Pairing::half_split) return &rotate_tokens<Act::bf16, Pairing::half_split, Numerics::hf_compatible>;
-  if (p == Pairing::interleaved) return &rotate_tokens<Act::bf16, Pairing::interleaved, Numerics::hf_compatible>;
-  return nullptr;
-#endif
-  switch (d) {
-    case DType::f32:
-      return select_pairing<Act::f32>(p, n);
-    case DType::f16:
-      return select_pairing<Act::f16>(p, n);
-    case DType::bf16:
-      return select_pairing<Act::bf16>(p, n);
-  }
-  return nullptr;
+/// The kernel for a (dtype, pairing, numerics) combination; throws Error for values outside the
+/// enums. The AVX512-BF16 build holds only the combinations it specialises (nullptr for the others,
+/// which the AVX-512 build serves), so that its inclusion does not compile every kernel a fourth time.
+inline KernelFn select_kernel(DType d, Pairing p, Numerics n) {
+  return detail::visit(d, p, n, [](auto dtype, auto pairing, auto numerics) -> KernelFn {
+    if constexpr (POSENC_CPU_BF16 == 0 || bf16_path<dtype.value, pairing.value, numerics.value>) {
+      return &rotate_tokens<dtype.value, pairing.value, numerics.value>;
+    } else {
+      return nullptr;
+    }
+  });
 }
 
 }  // namespace posenc::cpu_detail::POSENC_CPU_ISA

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/dispatch.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "posenc/cpu.hpp"
@@ -10,59 +11,10 @@
 namespace posenc {
 namespace {
 
-using detail::Act;
-
-/// Reads element `index` (in elements from `data`) of a tensor of activation type A as float.
-template <Act A>
-float load(const void* data, std::int64_t index) {
-  if constexpr (A == Act::f32) {
-    float v;
-    std::memcpy(&v, static_cast<const char*>(data) + index * 4, 4);
-    return v;
-  } else {
-    std::uint16_t bits;
-    std::memcpy(&bits, static_cast<const char*>(data) + index * 2, 2);
-    return A == Act::bf16 ? detail::from_bf16_bits(bits) : detail::from_f16_bits(bits);
-  }
-}
-
-/// Writes `value`, already rounded to A by the rotation, as element `index`.
-template <Act A>
-void store(void* data, std::int64_t index, float value) {
-  if constexpr (A == Act::f32) {
-    std::memcpy(static_cast<char*>(data) + index * 4, &value, 4);
-  } else {
-    const std::uint16_t bits = A == Act::bf16 ? detail::to_bf16_bits(value) : detail::to_f16_bits(value);
-    std::memcpy(static_cast<char*>(data) + index * 2, &bits, 2);
-  }
-}
-
 /// Element offset of (t, h, d) in a view: t * token_stride + h * head_stride + d.
 std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std::int64_t t, std::int64_t h,
                        std::int64_t d) {
   return t * token_stride + h * head_stride + d;
-}
-
-/// cos/sin of pair i at position p, scaled by the attention factor, as the numerics policy says.
-/// The hf modes take the factor as float32 (HF multiplies by a Python float in a float32 op).
-template <Act A>
-detail::CosSin cos_sin(Numerics numerics, float inv_freq, std::int64_t p, double attention_factor) {
-  if (numerics == Numerics::accurate) return detail::cos_sin_accurate(inv_freq, p, attention_factor);
-  return detail::cos_sin_hf<A>(inv_freq, p, static_cast<float>(attention_factor));
-}
-
-/// The rotation of one pair (a, b) as the numerics policy says.
-template <Act A>
-detail::Pair rotate(Numerics numerics, float a, float b, detail::CosSin cs) {
-  switch (numerics) {
-    case Numerics::hf_compatible:
-      return detail::rotate_hf<A>(a, b, cs);
-    case Numerics::hf_fp32_apply:
-      return detail::rotate_fp32<A>(a, b, cs);
-    case Numerics::accurate:
-      break;
-  }
-  return detail::rotate_accurate<A>(a, b, cs);
 }
 
 /// Where pair i of a window of `half` pairs is read (a, b) and written (a', b'), relative to the
@@ -92,7 +44,7 @@ PairSlots pair_slots(Pairing pairing, std::int64_t i, std::int64_t half) {
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
 /// place); `cs` holds the token's H cos/sin values, shared by every head of Q and K. Pair i takes
 /// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i].
-template <Act A>
+template <DType A, Numerics N>
 void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const PairAxes& axes,
                    double attention_factor, const ConstTensorView& src, const TensorView& dst, bool in_place) {
   const std::int64_t head_dim = spec.head_dim;
@@ -106,21 +58,21 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const P
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
     for (std::int64_t i = 0; i < half; ++i) {
       const std::int64_t p = detail::position_at(positions, axes.stream[i], t);
-      cs[i] = cos_sin<A>(spec.numerics, axes.inv_freq[i], p, attention_factor);
+      cs[i] = detail::cos_sin<A, N>(axes.inv_freq[i], p, attention_factor, static_cast<float>(attention_factor));
     }
     for (std::int64_t h = 0; h < dst.heads; ++h) {
       for (std::int64_t i = 0; i < half; ++i) {
         const PairSlots slot = pair_slots(spec.pairing, i, half);
-        a[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_a));
-        b[i] = load<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_b));
+        a[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_a));
+        b[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_b));
       }
       // The whole window is read before any of it is written, so an in-place interleaved_to_half
       // (which writes pair i where pair i/2 was read) sees only inputs.
       for (std::int64_t i = 0; i < half; ++i) {
-        const detail::Pair r = rotate<A>(spec.numerics, a[i], b[i], cs[i]);
+        const detail::Pair r = detail::rotate<A, N>(a[i], b[i], cs[i]);
         const PairSlots slot = pair_slots(spec.pairing, i, half);
-        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_a), r.a);
-        store<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_b), r.b);
+        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_a), r.a);
+        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_b), r.b);
       }
       // Elements outside the window pass through: copied bit for bit out of place, untouched in place.
       if (!in_place) {
@@ -136,14 +88,14 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const P
   }
 }
 
-template <Act A>
+template <DType A, Numerics N>
 void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info,
                  const PairAxes& axes, double attention_factor) {
   const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
-  rotate_tensor<A>(spec, args.positions, axes, attention_factor, q_src, args.q, info.q_in_place);
+  rotate_tensor<A, N>(spec, args.positions, axes, attention_factor, q_src, args.q, info.q_in_place);
   if (args.k.present()) {
     const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
-    rotate_tensor<A>(spec, args.positions, axes, attention_factor, k_src, args.k, info.k_in_place);
+    rotate_tensor<A, N>(spec, args.positions, axes, attention_factor, k_src, args.k, info.k_in_place);
   }
 }
 
@@ -162,17 +114,11 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
   const PairAxes axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
-  switch (args.q.dtype) {
-    case DType::f32:
-      rotate_call<Act::f32>(spec, args, info, axes, attention_factor);
-      break;
-    case DType::f16:
-      rotate_call<Act::f16>(spec, args, info, axes, attention_factor);
-      break;
-    case DType::bf16:
-      rotate_call<Act::bf16>(spec, args, info, axes, attention_factor);
-      break;
-  }
+  detail::visit(args.q.dtype, [&](auto dtype) {
+    detail::visit(spec.numerics, [&](auto numerics) {
+      rotate_call<dtype.value, numerics.value>(spec, args, info, axes, attention_factor);
+    });
+  });
 }
 
 }  // namespace posenc

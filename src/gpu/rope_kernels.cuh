@@ -21,7 +21,7 @@
 
 #include <cstdint>
 
-// vendor.hpp first: it provides the hardware conversions rope_math.hpp uses in device code.
+// vendor.hpp first: it provides the hardware conversions element.hpp uses in device code.
 #include "gpu/vendor.hpp"
 #include "core/rope_math.hpp"
 #include "gpu/rope_params.hpp"
@@ -29,30 +29,18 @@
 #include "posenc/rope.hpp"
 
 #if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_ROUNDING) && !POSENC_MATH_HAS_DEVICE_ROUNDING
-#error "core/rope_math.hpp was included before gpu/vendor.hpp: device code would round in software"
+#error "core/element.hpp was included before gpu/vendor.hpp: device code would round in software"
 #endif
 
 namespace posenc::gpu::detail {
 
-using posenc::detail::Act;
+/// The activation dtype as a template argument (element.hpp: Element<DType>).
+using Act = posenc::DType;
 using posenc::detail::CosSin;
 using posenc::detail::Pair;
-
-/// Storage type of one activation element (f16/bf16 travel as their bits).
-template <Act A>
-struct StorageOf {
-  using type = std::uint16_t;
-};
-template <>
-struct StorageOf<Act::f32> {
-  using type = float;
-};
-template <Act A>
-using storage_t = typename StorageOf<A>::type;
-
-/// Elements per 16-byte vector: the width of the vectorized instantiation.
-template <Act A>
-inline constexpr int vector_width = static_cast<int>(16 / sizeof(storage_t<A>));
+using posenc::detail::rotate;
+using posenc::detail::storage_t;
+using posenc::detail::vector_width;
 
 /// N elements moved as one access (16 bytes for the vectorized width).
 template <typename S, int N>
@@ -72,56 +60,20 @@ __device__ __forceinline__ void store_packed(S* p, const Packed<S, N>& value) {
 
 template <Act A>
 __device__ __forceinline__ float to_float(storage_t<A> s) {
-  if constexpr (A == Act::f32) {
-    return s;
-  } else if constexpr (A == Act::bf16) {
-    return posenc::detail::from_bf16_bits(s);
-  } else {
-#if defined(POSENC_DEVICE_ROUNDING)
-    return device_f16_value(s);
-#else
-    return posenc::detail::from_f16_bits(s);
-#endif
-  }
+  return posenc::detail::Element<A>::widen(s);
 }
 
 /// `f` is already rounded to the activation dtype by rope_math (every rotate_* ends in
-/// round_act), so this conversion is exact. For bf16 that rounding leaves the low 16 bits zero
-/// (NaN included), so the bits are just the high half: no second rounding on the hot path.
+/// round_act), so this conversion is exact and cheap (element.hpp: narrow_rounded).
 template <Act A>
 __device__ __forceinline__ storage_t<A> from_float(float f) {
-  if constexpr (A == Act::f32) {
-    return f;
-  } else if constexpr (A == Act::bf16) {
-    return static_cast<std::uint16_t>(posenc::detail::float_bits(f) >> 16);
-  } else {
-#if defined(POSENC_DEVICE_ROUNDING)
-    return device_f16_bits(f);
-#else
-    return posenc::detail::to_f16_bits(f);
-#endif
-  }
+  return posenc::detail::Element<A>::narrow_rounded(f);
 }
 
 template <Act A, Numerics N>
 __device__ __forceinline__ CosSin cos_sin(float inv_freq, std::int64_t pos,
                                           const RopeKernelParams& p) {
-  if constexpr (N == Numerics::accurate) {
-    return posenc::detail::cos_sin_accurate(inv_freq, pos, p.attention_factor);
-  } else {
-    return posenc::detail::cos_sin_hf<A>(inv_freq, pos, p.attention_factor_f32);
-  }
-}
-
-template <Act A, Numerics N>
-__device__ __forceinline__ Pair rotate(float a, float b, CosSin cs) {
-  if constexpr (N == Numerics::hf_compatible) {
-    return posenc::detail::rotate_hf<A>(a, b, cs);
-  } else if constexpr (N == Numerics::hf_fp32_apply) {
-    return posenc::detail::rotate_fp32<A>(a, b, cs);
-  } else {
-    return posenc::detail::rotate_accurate<A>(a, b, cs);
-  }
+  return posenc::detail::cos_sin<A, N>(inv_freq, pos, p.attention_factor, p.attention_factor_f32);
 }
 
 __device__ __forceinline__ std::int64_t load_position(const void* positions, bool is_i64,
@@ -200,9 +152,7 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
 }
 
 __device__ __forceinline__ int cache_element_bytes(std::int32_t dtype) {
-  return dtype == static_cast<std::int32_t>(CacheDType::f32)        ? 4
-         : dtype == static_cast<std::int32_t>(CacheDType::fp8_e4m3) ? 1
-                                                                     : 2;
+  return static_cast<int>(size_of(static_cast<CacheDType>(dtype)));
 }
 
 /// Row pointers of an append launch, whose heads are [Q..., K..., V...]. A K or V row whose
@@ -236,23 +186,26 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
   return {cache, src, true, is_k, true};
 }
 
-/// Stores V consecutive elements converted to the cache dtype, in accesses of at most 16 bytes.
-template <typename C, int V, typename Convert>
-__device__ __forceinline__ void store_converted(C* dst, const float (&f)[V], Convert convert) {
-  constexpr int chunk = V * static_cast<int>(sizeof(C)) > 16 ? 16 / static_cast<int>(sizeof(C)) : V;
+/// Stores V consecutive values encoded as cache dtype C (element.hpp: CacheElement), in accesses of
+/// at most 16 bytes.
+template <CacheDType C, int V>
+__device__ __forceinline__ void store_converted(unsigned char* row, int offset, const float (&f)[V], float scale) {
+  using Out = typename posenc::detail::CacheElement<C>::Storage;
+  Out* dst = reinterpret_cast<Out*>(row) + offset;
+  constexpr int chunk = V * static_cast<int>(sizeof(Out)) > 16 ? 16 / static_cast<int>(sizeof(Out)) : V;
 #pragma unroll
   for (int c = 0; c < V; c += chunk) {
-    Packed<C, chunk> out;
+    Packed<Out, chunk> out;
 #pragma unroll
-    for (int i = 0; i < chunk; ++i) out.v[i] = convert(f[c + i]);
-    store_packed<C, chunk>(dst + c, out);
+    for (int i = 0; i < chunk; ++i) out.v[i] = posenc::detail::CacheElement<C>::encode(f[c + i], scale);
+    store_packed<Out, chunk>(dst + c, out);
   }
 }
 
 /// store_cache's casting path, out of line: it needs a dozen registers for the conversion, and
-/// inlined into rope_kernel's four-row loop those would be held across the whole loop (the
-/// append kernels went from 80 to 120 registers, two blocks per SM instead of three). A cache of
-/// the activation dtype, the common case, never calls it.
+/// inlined into rope_kernel's row loop those would be held across the whole loop (two blocks per
+/// SM instead of three at the time this was measured). A cache of the activation dtype, the
+/// common case, never calls it.
 template <Act A, int V>
 __device__ __noinline__ void store_cache_cast(unsigned char* row, int offset, Packed<storage_t<A>, V> x,
                                               std::int32_t dtype, float scale) {
@@ -260,17 +213,13 @@ __device__ __noinline__ void store_cache_cast(unsigned char* row, int offset, Pa
 #pragma unroll
   for (int v = 0; v < V; ++v) f[v] = to_float<A>(x.v[v]);
   if (dtype == static_cast<std::int32_t>(CacheDType::f32)) {
-    store_converted<float, V>(reinterpret_cast<float*>(row) + offset, f, [](float y) { return y; });
+    store_converted<CacheDType::f32, V>(row, offset, f, scale);
   } else if (dtype == static_cast<std::int32_t>(CacheDType::f16)) {
-    store_converted<std::uint16_t, V>(reinterpret_cast<std::uint16_t*>(row) + offset, f,
-                                      [](float y) { return posenc::detail::to_f16_bits(y); });
+    store_converted<CacheDType::f16, V>(row, offset, f, scale);
   } else if (dtype == static_cast<std::int32_t>(CacheDType::bf16)) {
-    store_converted<std::uint16_t, V>(reinterpret_cast<std::uint16_t*>(row) + offset, f,
-                                      [](float y) { return posenc::detail::to_bf16_bits(y); });
-  } else {
-    store_converted<std::uint8_t, V>(row + offset, f, [scale](float y) {
-      return posenc::detail::to_e4m3_bits(__fdiv_rn(y, scale));
-    });
+    store_converted<CacheDType::bf16, V>(row, offset, f, scale);
+  } else if (dtype == static_cast<std::int32_t>(CacheDType::fp8_e4m3)) {
+    store_converted<CacheDType::fp8_e4m3, V>(row, offset, f, scale);
   }
 }
 
@@ -281,7 +230,7 @@ __device__ __forceinline__ void store_cache(unsigned char* row, int offset,
                                             const Packed<storage_t<A>, V>& x, std::int32_t dtype,
                                             float scale) {
   using S = storage_t<A>;
-  constexpr CacheDType same = A == Act::f32 ? CacheDType::f32 : A == Act::f16 ? CacheDType::f16 : CacheDType::bf16;
+  constexpr CacheDType same = cache_dtype_of(A);
   if (dtype == static_cast<std::int32_t>(same)) {
     store_packed<S, V>(reinterpret_cast<S*>(row) + offset, x);
   } else {

@@ -9,12 +9,11 @@
 namespace posenc::test {
 namespace {
 
-int mantissa_bits(DType t) { return t == DType::f32 ? 23 : t == DType::bf16 ? 7 : 10; }
-int min_normal_exponent(DType t) { return t == DType::f16 ? -14 : -126; }
+int mantissa_bits(DType t) { return significand_bits(t) - 1; }
 
 std::string hex(std::uint32_t bits, DType t) {
   std::ostringstream s;
-  s << "0x" << std::hex << std::setfill('0') << std::setw(t == DType::f32 ? 8 : 4) << bits;
+  s << "0x" << std::hex << std::setfill('0') << std::setw(static_cast<int>(2 * size_of(t))) << bits;
   return s.str();
 }
 
@@ -26,7 +25,7 @@ std::string value_text(double v) {
 
 /// Bits mapped to a line where adjacent values are adjacent integers (sign-magnitude to two's complement).
 std::int64_t ordered(DType t, std::uint32_t bits) {
-  const int width = t == DType::f32 ? 32 : 16;
+  const int width = static_cast<int>(8 * size_of(t));
   const std::uint32_t sign = 1u << (width - 1);
   const std::int64_t magnitude = bits & (sign - 1u);
   return (bits & sign) != 0 ? -magnitude : magnitude;

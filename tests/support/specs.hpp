@@ -21,7 +21,6 @@ inline const std::vector<Pairing> all_pairings = {Pairing::half_split, Pairing::
                                                   Pairing::interleaved_to_half};
 inline const std::vector<Numerics> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
                                                    Numerics::accurate};
-inline const std::vector<DType> all_dtypes = {DType::f32, DType::f16, DType::bf16};
 
 /// A spec of scheme `s` with parameters modelled on real checkpoints (Llama 3.1, Qwen3 YaRN,
 /// Phi-3.5 LongRoPE-like synthetic factors, dynamic NTK with a 4096 window).

@@ -11,7 +11,6 @@
 
 #include "command.hpp"
 #include "device.hpp"
-#include "elements.hpp"
 #include "options.hpp"
 #include "posenc/error.hpp"
 #include "verify.hpp"

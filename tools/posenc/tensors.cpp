@@ -8,7 +8,6 @@
 #include <limits>
 
 #include "command.hpp"
-#include "elements.hpp"
 #include "options.hpp"
 #include "posenc/error.hpp"
 #include "posenc/model_config.hpp"
@@ -31,15 +30,14 @@ std::string shape_text(const std::vector<std::int64_t>& shape) {
 
 std::optional<DType> float_dtype(NpyType type) {
   switch (type) {
-    case NpyType::f32:
-      return DType::f32;
-    case NpyType::f16:
-      return DType::f16;
-    case NpyType::bf16:
-      return DType::bf16;
-    default:
-      return std::nullopt;
+    case NpyType::f32: return DType::f32;
+    case NpyType::f16: return DType::f16;
+    case NpyType::bf16: return DType::bf16;
+    case NpyType::u16:  // bfloat16 bits only when the user says so (source_dtype)
+    case NpyType::i32:
+    case NpyType::i64: return std::nullopt;
   }
+  return std::nullopt;
 }
 
 DType source_dtype(const NpyArray& array, DType dtype, const std::string& path) {
@@ -82,7 +80,12 @@ void convert_into(const NpyArray& array, DType from, DType dtype, std::vector<st
 }
 
 NpyType output_type(DType dtype) {
-  return dtype == DType::f32 ? NpyType::f32 : dtype == DType::f16 ? NpyType::f16 : NpyType::bf16;
+  switch (dtype) {
+    case DType::f32: return NpyType::f32;
+    case DType::f16: return NpyType::f16;
+    case DType::bf16: return NpyType::bf16;
+  }
+  usage_error("dtype " + std::to_string(static_cast<int>(dtype)) + " has no .npy type");
 }
 
 namespace {
@@ -164,24 +167,17 @@ namespace {
 
 /// `value`'s place in the total order of `dtype`'s values: consecutive values differ by 1, and
 /// -0 sits just below +0.
-std::int64_t ordered_bits(DType dtype, float value) noexcept {
-  std::uint32_t bits;
-  int width;
-  if (dtype == DType::f32) {
-    std::memcpy(&bits, &value, 4);
-    width = 32;
-  } else {
-    bits = dtype == DType::bf16 ? float_to_bf16_bits(value) : float_to_f16_bits(value);
-    width = 16;
-  }
-  const std::uint32_t sign = std::uint32_t{1} << (width - 1);
+std::int64_t ordered_bits(DType dtype, float value) {
+  std::uint32_t bits = 0;  // the element's bits in the low size_of(dtype) bytes (little-endian)
+  store_element(dtype, &bits, 0, value);
+  const std::uint32_t sign = std::uint32_t{1} << (8 * size_of(dtype) - 1);
   const std::int64_t magnitude = bits & (sign - 1);
   return (bits & sign) ? -magnitude - 1 : magnitude;
 }
 
 }  // namespace
 
-std::int64_t dtype_ulps(DType dtype, float a, float b) noexcept {
+std::int64_t dtype_ulps(DType dtype, float a, float b) {
   if (std::isnan(a) || std::isnan(b)) {
     return std::isnan(a) && std::isnan(b) ? 0 : std::numeric_limits<std::int64_t>::max();
   }

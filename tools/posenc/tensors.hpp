@@ -61,7 +61,7 @@ LoadedInputs load_inputs(const InputPaths& paths, std::int64_t head_dim, std::in
 /// Distance between two values of `dtype` in units in the last place of that dtype: how many
 /// representable values lie between them (0 = same bits, +0 and -0 count as 1 apart). Both NaN
 /// counts as 0; one NaN as INT64_MAX.
-std::int64_t dtype_ulps(DType dtype, float a, float b) noexcept;
+std::int64_t dtype_ulps(DType dtype, float a, float b);
 
 /// Where and how an output element differs from the expected one.
 struct Mismatch {

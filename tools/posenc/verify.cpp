@@ -7,16 +7,14 @@
 #include <cstring>
 #include <vector>
 
-#include "elements.hpp"
 
 namespace posenc::cli {
 namespace {
 
 /// Spacing of `dtype` values at magnitude `m` (the ulp of a value in [2^e, 2^(e+1))).
 double ulp_of(DType dtype, double m) {
-  // precision (significand bits incl. the implicit one) and smallest normal exponent
-  const int precision = dtype == DType::f16 ? 11 : dtype == DType::bf16 ? 8 : 24;
-  const int min_exponent = dtype == DType::f16 ? -14 : -126;
+  const int precision = significand_bits(dtype);
+  const int min_exponent = min_normal_exponent(dtype);
   int e = min_exponent;
   if (m > 0.0) {
     int frexp_exp = 0;
