@@ -89,16 +89,20 @@ for t in ${POSENC_PROFILE_TOKENS:-1 64}; do
     peers=(--no-peers)
     [[ $name == fi_* ]] && peers=()
     csv=$out/ncu-$name-T$t.csv
-    # --launch-skip 40: past the verification launch and the warm-up, inside the event-timed launches.
-    if timeout "$run_s" ncu --csv --page raw --print-units base -k "regex:$regex" --launch-skip 40 --launch-count 1 \
-      --metrics "$metrics" "$bench" --filter "$model" --tokens "$t" --no-append "${peers[@]}" --budget-s 30 \
-      --out "$out/bench-$name-$t" >"$csv.log" 2>&1; then
-      # ncu's CSV is the part of its output from the header line on ("ID","Process ID",...).
-      sed -n '/^"ID"/,$p' "$csv.log" >"$csv"
+    # --launch-skip 40: past the verification launch and the warm-up, inside the event-timed launches;
+    # --kill yes ends the benchmark once that launch is profiled (its exit status is then not 0).
+    timeout "$run_s" ncu --kill yes --csv --page raw --print-units base -k "regex:$regex" --launch-skip 40 \
+      --launch-count 1 --metrics "$metrics" "$bench" --filter "$model" --tokens "$t" --no-append "${peers[@]}" \
+      --budget-s 30 --out "$out/bench-$name-$t" >"$csv.log" 2>&1 || true
+    # ncu's CSV is the part of its output from the header line on ("ID","Process ID",...): header,
+    # units, one row per profiled launch.
+    sed -n '/^"ID"/,$p' "$csv.log" >"$csv"
+    if (($(wc -l <"$csv") >= 3)); then
       csvs+=("$name T=$t::$csv")
       rm -f "$csv.log"
     else
-      echo "ncu $name T=$t failed or timed out (exit $?; see $(basename "$csv.log"))"
+      echo "ncu $name T=$t: nothing profiled (see $(basename "$csv.log"))"
+      rm -f "$csv"
     fi
     rm -rf "$out/bench-$name-$t"
   done
