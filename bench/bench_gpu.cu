@@ -782,15 +782,17 @@ void launch_peer(const Gpu& g, fi::Kernel k, const fi::Call& c) {
 
 /// Runs `op` (one FlashInfer launch on `a`) and compares sampled tokens with posenc's `accurate`
 /// rotation of the same input (apply_reference: float32 cos/sin of the exact angle, one rounding),
-/// the arithmetic closest to FlashInfer's float32 math. Never expected bit-exact: the pos_ids
-/// kernel forms the angle in float32 with __powf and __sincosf, which drift as positions grow, and
-/// both kernels round their float32 products separately. FAILED only past a relative L2 error of
-/// 1e-2, where the peer would not be computing the same rotation.
+/// the arithmetic closest to FlashInfer's float32 math, and with the variant's own numerics (what
+/// the posenc row computes, bit for bit). Never expected bit-exact: the pos_ids kernel forms the
+/// angle in float32 with __powf and __sincosf, which drift as positions grow, and both kernels
+/// round their float32 products separately. FAILED only past a relative L2 error of 1e-2 against
+/// `accurate`, where the peer would not be computing the same rotation.
 std::string verify_peer(Gpu& g, const Variant& v, const RopeArgs& a, const std::function<void()>& op) {
   SampledCase s = run_sampled(g, v, a, [&] {
     op();
     g.sync();
   });
+  SampledCase own = s;
   RopeSpec accurate = v.spec;
   accurate.numerics = Numerics::accurate;
   reference_rotate(v, accurate, s);
@@ -800,8 +802,14 @@ std::string verify_peer(Gpu& g, const Variant& v, const RopeArgs& a, const std::
   e += pb::l2_error(v.dtype, s.k.got.data(), s.k.ref.data(), s.n * v.hk * d);
   char rel[32];
   std::snprintf(rel, sizeof rel, "%.1e", e.relative());
-  const std::string text = "vs posenc accurate: max " + std::to_string(c.max_ulp) + " ulp, " +
-                           std::to_string(c.mismatches) + "/" + std::to_string(c.elements) + " differ, rel_l2 " + rel;
+  std::string text = "vs posenc accurate: max " + std::to_string(c.max_ulp) + " ulp, " + std::to_string(c.mismatches) +
+                     "/" + std::to_string(c.elements) + " differ, rel_l2 " + rel;
+  if (v.spec.numerics != Numerics::accurate) {
+    reference_rotate(v, v.spec, own);
+    const pb::Comparison o = compare_sampled(v, own);
+    text += "; vs posenc " + std::string(posenc::to_string(v.spec.numerics)) + ": max " + std::to_string(o.max_ulp) +
+            " ulp, " + std::to_string(o.mismatches) + " differ";
+  }
   return e.relative() <= 1e-2 ? text : "FAILED (" + text + ")";
 }
 
