@@ -108,11 +108,11 @@ void DeviceMirror::download(HostBuffer& into, gpu::StreamRef stream) const {
 
 DevicePositions::DevicePositions(const gpu::Device& device, const HostPositions& host, gpu::StreamRef stream) {
   const PositionsView hv = host.view();
-  const std::int64_t bytes = hv.count * size_of(hv.type);
+  const std::int64_t bytes = static_cast<std::int64_t>(host.values.size()) * size_of(hv.type);  // every stream
   buffer = gpu::DeviceBuffer(device, bytes);
   buffer.upload(hv.data, bytes, stream);
   stream.synchronize();
-  view = PositionsView{buffer.data(), hv.type, hv.count};
+  view = PositionsView{buffer.data(), hv.type, hv.count, hv.streams, hv.stream_stride};
 }
 
 Expected64 expected_from(const ConstTensorView& v) {

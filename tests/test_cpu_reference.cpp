@@ -37,7 +37,7 @@ using WorstErrors = std::map<std::string, std::pair<double, double>>;  // key ->
   HostTensor k(dtype, tokens, 1, spec.head_dim);
   fill_random(q_src.view, seed);
   fill_random(k_src.view, seed + 1);
-  const HostPositions pos(positions);
+  const HostPositions pos(spec, positions);
   RopeArgs args{q.view, k.view, q_src.cview(), k_src.cview(), pos.view()};
   apply_reference(spec, args);
 
@@ -46,10 +46,10 @@ using WorstErrors = std::map<std::string, std::pair<double, double>>;  // key ->
   const double af = detail::effective_attention_factor(spec, table);
   const double bound = tolerance_ulps(dtype, spec.numerics, af);
   const AngleModel model = angle_model_for(spec.numerics);
-  const Geometry g = Geometry::of(spec);
+  const PairAxes axes = pair_axes(spec, table);
   for (const auto& [name, src, dst] :
        {std::tuple{"q", q_src.cview(), q.cview()}, std::tuple{"k", k_src.cview(), k.cview()}}) {
-    const Expected64 expected = rotate64(g, table.inv_freq, af, model, src, pos.view());
+    const Expected64 expected = rotate64(spec, axes, af, model, src, pos.view());
     ErrorStats stats;
     ::testing::AssertionResult r = near64(expected, dst, dtype, bound, &stats);
     if (!r) return ::testing::AssertionFailure() << case_name(spec, dtype) << " " << name << ": " << r.message();
@@ -159,7 +159,7 @@ TEST(ReferenceLayout, PassThroughCopiedOutOfPlaceUntouchedInPlace) {
       // A signalling-looking NaN payload outside the window must be copied, not re-encoded.
       store_bits(src.view, 3, 1, 127, dtype == DType::f32 ? 0x7f800123u : 0x7c01u);
       store_bits(src.view, 3, 1, 0, dtype == DType::f32 ? 0xff812345u : 0xfe01u);
-      const HostPositions pos({0, 1, 17, 4096, 99999});
+      const HostPositions pos(spec, {0, 1, 17, 4096, 99999});
 
       HostTensor out(dtype, tokens, 2, 128, 2 * 128 + 24, 128 + 8);  // gaps between heads and tokens
       const std::vector<std::byte> out_before = out.buffer.snapshot();
@@ -193,7 +193,7 @@ TEST(ReferenceLayout, InPlaceEqualsOutOfPlaceForEveryPairing) {
         const RopeSpec spec = scheme_spec(Scaling::yarn, 64, 0, 0, pairing, numerics);
         HostTensor src(dtype, 7, 4, 64);
         fill_random(src.view, 7);
-        const HostPositions pos(positions_in(0, 200000, 7, 3));
+        const HostPositions pos(spec, positions_in(0, 200000, 7, 3));
         HostTensor out(dtype, 7, 4, 64);
         apply_reference(spec, RopeArgs{out.view, {}, src.cview(), {}, pos.view()});
         HostTensor in_place(dtype, 7, 4, 64);

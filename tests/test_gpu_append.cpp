@@ -97,7 +97,7 @@ void run_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c) {
   fill_random(q_in.view, c.seed);
   fill_random(k.view, c.seed + 1);
   fill_random(v.view, c.seed + 2);
-  const HostPositions positions(random_positions(c.tokens, 4096, c.seed + 3));
+  const HostPositions positions(c.spec, random_positions(c.tokens, 4096, c.seed + 3));
   const DevicePositions d_positions(device, positions, stream);
   const gpu::DeviceBuffer d_slots = upload_slots(device, slots, stream);
   const GpuEngine engine(c.spec, device);

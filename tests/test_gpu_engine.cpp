@@ -92,8 +92,8 @@ void expect_matches(const SweepCase& c, const RopeSpec& spec, const std::vector<
   }
   EXPECT_TRUE(near64(expected_from(cpu), gpu, c.dtype, accurate_ulps(c.dtype)))
       << name << ": GPU vs CPU engine beyond " << accurate_ulps(c.dtype) << " ulps";
-  const Expected64 ref =
-      rotate64(Geometry::of(spec), inv_freq, attention_factor, AngleModel::exact, input, positions);
+  const Expected64 ref = rotate64(spec, pair_axes(spec, FrequencyTable{inv_freq, attention_factor}),
+                                  attention_factor, AngleModel::exact, input, positions);
   EXPECT_TRUE(near64(ref, gpu, c.dtype, accurate_ulps(c.dtype)))
       << name << ": GPU vs float64 reference beyond " << accurate_ulps(c.dtype) << " ulps";
 }

@@ -114,7 +114,7 @@ void run_case(const Case& c) {
   fill_random(q_in.view, c.seed);
   fill_random(k.view, c.seed + 1);
   fill_random(v.view, c.seed + 2);
-  const HostPositions positions(random_positions(c.tokens, 4096, c.seed + 3));
+  const HostPositions positions(c.spec, random_positions(c.tokens, 4096, c.seed + 3));
 
   // What apply produces for Q and K (in place on copies).
   HostTensor q_want(c.act, c.tokens, c.q_heads, d);

@@ -128,7 +128,7 @@ TEST(Large, TensorAbove2To31ElementsRotatedByCpuEngine) {
   EXPECT_TRUE(bits_equal(rows.cview(), engine_rows.cview())) << "sampled tokens of the large tensor vs apply_reference";
 
   const FrequencyTable table = compute_frequencies(spec, tokens);
-  const Expected64 expected = rotate64(Geometry::of(spec), table.inv_freq, table.attention_factor,
+  const Expected64 expected = rotate64(spec, pair_axes(spec, table), table.attention_factor,
                                        AngleModel::float32_product, inputs.cview(), sample_pos.view());
   EXPECT_TRUE(near64(expected, engine_rows.cview(), DType::bf16,
                      tolerance_ulps(DType::bf16, spec.numerics, table.attention_factor)));

@@ -100,7 +100,7 @@ std::vector<std::vector<std::int64_t>> random_streams(std::int32_t streams, std:
   return out;
 }
 
-// ---- an independent float64 model of multi-axis rotation (written from rope.hpp's comments) ---
+// ---- the streams and frequencies of a float64 model (written from rope.hpp's comments) ---------
 
 /// The stream of pair i, restated from the text of rope.hpp rather than taken from pair_axes.
 int stream_of(const RopeSpec& spec, std::int64_t i) {
@@ -121,49 +121,19 @@ int stream_of(const RopeSpec& spec, std::int64_t i) {
   return -1;
 }
 
-/// Rotates every head of `src` with long double cos/sin. `table` is compute_frequencies' output
-/// (R/4 values for half_split_2d, whose two halves each reuse it).
-Expected64 rotate_multi64(const RopeSpec& spec, const std::vector<float>& table, double factor, AngleModel model,
-                          const ConstTensorView& src, const StreamPositions& pos) {
-  Expected64 e{src.tokens, src.heads, src.head_dim, {}};
-  e.values.resize(static_cast<std::size_t>(src.tokens * src.heads * src.head_dim));
-  const std::int64_t r = spec.rotary();
-  const std::int64_t half = r / 2;
-  const std::int64_t w = spec.rotary_offset;
-  for (std::int64_t t = 0; t < src.tokens; ++t) {
-    for (std::int64_t h = 0; h < src.heads; ++h) {
-      double* out = &e.values[static_cast<std::size_t>((t * src.heads + h) * src.head_dim)];
-      for (std::int64_t d = 0; d < src.head_dim; ++d) out[d] = load_value(src, t, h, d);
-      for (std::int64_t i = 0; i < half; ++i) {
-        std::int64_t ia = 0, ib = 0;  // read = written slots for these pairings
-        float f = 0;
-        if (spec.pairing == Pairing::half_split_2d) {
-          const std::int64_t quarter = r / 4;
-          const std::int64_t j = i % quarter;
-          const std::int64_t base = i < quarter ? 0 : r / 2;
-          ia = base + j;
-          ib = base + j + quarter;
-          f = table[static_cast<std::size_t>(j)];
-        } else {
-          ia = spec.pairing == Pairing::half_split ? i : 2 * i;
-          ib = spec.pairing == Pairing::half_split ? i + half : 2 * i + 1;
-          f = table[static_cast<std::size_t>(i)];
-        }
-        const std::int64_t p = pos.at(stream_of(spec, i), t);
-        const long double angle = model == AngleModel::exact
-                                      ? static_cast<long double>(f) * static_cast<long double>(p)
-                                      : static_cast<long double>(static_cast<float>(
-                                            static_cast<double>(f) * static_cast<double>(static_cast<float>(p))));
-        const long double c = cosl(angle) * factor;
-        const long double s = sinl(angle) * factor;
-        const long double a = load_value(src, t, h, w + ia);
-        const long double b = load_value(src, t, h, w + ib);
-        out[w + ia] = static_cast<double>(a * c - b * s);
-        out[w + ib] = static_cast<double>(b * c + a * s);
-      }
-    }
+/// Each pair's frequency and stream, restated from rope.hpp's text rather than taken from
+/// pair_axes: `table` is compute_frequencies' output (R/4 values for half_split_2d, whose two
+/// halves each reuse it).
+PairAxes axes_of(const RopeSpec& spec, const std::vector<float>& table) {
+  PairAxes axes;
+  const std::int64_t half = spec.rotary() / 2;
+  const std::int64_t quarter = spec.rotary() / 4;
+  for (std::int64_t i = 0; i < half; ++i) {
+    const std::int64_t f = spec.pairing == Pairing::half_split_2d ? i % quarter : i;
+    axes.inv_freq.push_back(table[static_cast<std::size_t>(f)]);
+    axes.stream.push_back(static_cast<std::uint8_t>(stream_of(spec, i)));
   }
-  return e;
+  return axes;
 }
 
 /// Out-of-place apply_reference of `spec` on fresh random Q/K; returns the destinations.
@@ -198,9 +168,9 @@ TEST(MultiAxisReference, MatchesFloat64Model) {
         ASSERT_EQ(static_cast<std::int64_t>(table.inv_freq.size()), spec.frequency_dim() / 2);
         const double tol = tolerance_ulps(dtype, numerics, 1.0);
         const AngleModel model = angle_model_for(numerics);
-        EXPECT_TRUE(near64(rotate_multi64(spec, table.inv_freq, 1.0, model, run.q_src.cview(), pos), run.q.cview(),
+        EXPECT_TRUE(near64(rotate64(spec, axes_of(spec, table.inv_freq), 1.0, model, run.q_src.cview(), pos.view()), run.q.cview(),
                            dtype, tol));
-        EXPECT_TRUE(near64(rotate_multi64(spec, table.inv_freq, 1.0, model, run.k_src.cview(), pos), run.k.cview(),
+        EXPECT_TRUE(near64(rotate64(spec, axes_of(spec, table.inv_freq), 1.0, model, run.k_src.cview(), pos.view()), run.k.cview(),
                            dtype, tol));
       }
     }

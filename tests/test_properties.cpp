@@ -37,19 +37,22 @@ TEST(Properties, PositionZeroIsIdentity) {
           const RopeSpec spec = scheme_spec(scheme, 96, 64, 16, pairing, numerics);
           HostTensor src(dtype, 3, 2, 96);
           fill_random(src.view, 5);
-          const HostPositions pos({0, 0, 0});
+          const HostPositions pos(spec, {0, 0, 0});
           const HostTensor out = rotate_both(spec, src, pos);
+          std::vector<std::int64_t> from(96);  // the input element that output d must equal
+          for (std::int64_t d = 0; d < 96; ++d) from[static_cast<std::size_t>(d)] = d;
+          for (std::int64_t i = 0; i < 32; ++i) {
+            const PairPlaces at = pair_places(pairing, 32, i);
+            from[static_cast<std::size_t>(16 + at.write_a)] = 16 + at.read_a;
+            from[static_cast<std::size_t>(16 + at.write_b)] = 16 + at.read_b;
+          }
           for (std::int64_t t = 0; t < 3; ++t) {
             for (std::int64_t h = 0; h < 2; ++h) {
               for (std::int64_t d = 0; d < 96; ++d) {
-                std::int64_t from = d;  // the input element that output d must equal
-                if (pairing == Pairing::interleaved_to_half && d >= 16 && d < 80) {
-                  const std::int64_t i = d - 16;
-                  from = 16 + (i < 32 ? 2 * i : 2 * (i - 32) + 1);
-                }
-                ASSERT_EQ(load_bits(src.cview(), t, h, from), load_bits(out.cview(), t, h, d))
+                ASSERT_EQ(load_bits(src.cview(), t, h, from[static_cast<std::size_t>(d)]),
+                          load_bits(out.cview(), t, h, d))
                     << case_name(spec, dtype) << ": output (" << t << ", " << h << ", " << d
-                    << ") is not input element " << from << " at position 0";
+                    << ") is not input element " << from[static_cast<std::size_t>(d)] << " at position 0";
               }
             }
           }
@@ -68,7 +71,7 @@ TEST(Properties, PairNormsPreservedFloat32Accurate) {
     const double factor = compute_frequencies(spec).attention_factor;
     HostTensor src(DType::f32, 64, 4, 128);
     fill_random(src.view, 77);
-    const HostPositions pos(random_positions(64, std::int64_t{1} << 20, 3));
+    const HostPositions pos(spec, random_positions(64, std::int64_t{1} << 20, 3));
     const HostTensor out = rotate_both(spec, src, pos);
     for (std::int64_t t = 0; t < 64; ++t) {
       for (std::int64_t h = 0; h < 4; ++h) {
@@ -76,13 +79,11 @@ TEST(Properties, PairNormsPreservedFloat32Accurate) {
         for (std::int64_t d = 0; d < 128; ++d)
           head_max = std::fmax(head_max, std::fabs(load_value(out.cview(), t, h, d)));
         for (std::int64_t i = 0; i < 64; ++i) {
-          const bool adjacent = pairing != Pairing::half_split;
-          const std::int64_t ia = adjacent ? 2 * i : i;
-          const std::int64_t ib = adjacent ? 2 * i + 1 : i + 64;
-          const std::int64_t oa = pairing == Pairing::interleaved ? 2 * i : i;
-          const std::int64_t ob = pairing == Pairing::interleaved ? 2 * i + 1 : i + 64;
-          const double in = std::hypot(load_value(src.cview(), t, h, ia), load_value(src.cview(), t, h, ib));
-          const double norm = std::hypot(load_value(out.cview(), t, h, oa), load_value(out.cview(), t, h, ob));
+          const PairPlaces at = pair_places(pairing, 64, i);
+          const double in =
+              std::hypot(load_value(src.cview(), t, h, at.read_a), load_value(src.cview(), t, h, at.read_b));
+          const double norm =
+              std::hypot(load_value(out.cview(), t, h, at.write_a), load_value(out.cview(), t, h, at.write_b));
           ASSERT_NEAR(norm, in * factor, 5 * 0x1p-23 * head_max)
               << to_string(pairing) << " token " << t << " head " << h << " pair " << i << " at position "
               << pos.values[static_cast<std::size_t>(t)];
@@ -92,15 +93,16 @@ TEST(Properties, PairNormsPreservedFloat32Accurate) {
   }
 }
 
-/// Swaps the two members of every pair of the window (half_split: the two halves; interleaved:
-/// neighbours), in place. Rotating a swapped pair by +angle and swapping back rotates by -angle:
-/// (b, a) -> (b c - a s, a c + b s), i.e. (a, b) -> (a c + b s, b c - a s).
+/// Swaps the two members of every pair of the window (pair_places; pairings that write a pair
+/// where they read it), in place. Rotating a swapped pair by +angle and swapping back rotates by
+/// -angle: (b, a) -> (b c - a s, a c + b s), i.e. (a, b) -> (a c + b s, b c - a s).
 void swap_pairs(const TensorView& v, Pairing pairing, std::int64_t half) {
   for (std::int64_t t = 0; t < v.tokens; ++t) {
     for (std::int64_t h = 0; h < v.heads; ++h) {
       for (std::int64_t i = 0; i < half; ++i) {
-        const std::int64_t a = pairing == Pairing::half_split ? i : 2 * i;
-        const std::int64_t b = pairing == Pairing::half_split ? i + half : 2 * i + 1;
+        const PairPlaces at = pair_places(pairing, half, i);
+        const std::int64_t a = at.read_a;
+        const std::int64_t b = at.read_b;
         const std::uint32_t x = load_bits(ConstTensorView(v), t, h, a);
         store_bits(v, t, h, a, load_bits(ConstTensorView(v), t, h, b));
         store_bits(v, t, h, b, x);
@@ -113,14 +115,15 @@ void swap_pairs(const TensorView& v, Pairing pairing, std::int64_t half) {
 // bound (3.33 ulp of the head max per rotation; 7 used), and within twice the bf16 hf_compatible
 // bound (3.33 ulp each; 7 used).
 TEST(Properties, InverseRotationRestoresInput) {
-  for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved}) {
+  // Every pairing that writes a pair where it read it (interleaved_to_half moves them).
+  for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved, Pairing::half_split_2d}) {
     for (const auto& [dtype, numerics, ulps] :
          {std::tuple{DType::f32, Numerics::accurate, 7.0}, std::tuple{DType::bf16, Numerics::hf_compatible, 7.0},
           std::tuple{DType::f16, Numerics::hf_fp32_apply, 4.0}}) {
       const RopeSpec spec = scheme_spec(Scaling::llama3, 128, 0, 0, pairing, numerics);
       HostTensor src(dtype, 32, 3, 128);
       fill_random(src.view, 101);
-      const HostPositions pos(random_positions(32, 1 << 20, 8));
+      const HostPositions pos(spec, random_positions(32, 1 << 20, 8));
       HostTensor x(dtype, 32, 3, 128);
       std::memcpy(x.buffer.data(), src.buffer.data(), static_cast<std::size_t>(src.buffer.size()));
       const CpuEngine engine(spec, CpuOptions{2});
@@ -170,8 +173,15 @@ TEST(Properties, DotProductDependsOnlyOnDistance) {
       }
       std::vector<std::int64_t> qp;
       for (const std::int64_t o : offsets) qp.push_back(o + distance);
-      const HostTensor q = rotate_both(spec, q_src, HostPositions(qp));
-      const HostTensor k = rotate_both(spec, k_src, HostPositions(offsets));
+      // Every stream holds the same positions, so each stream's distance is `distance`.
+      const std::int32_t streams = spec.position_streams();
+      auto in_every_stream = [streams](const std::vector<std::int64_t>& p) {
+        std::vector<std::int64_t> out;
+        for (std::int32_t s = 0; s < streams; ++s) out.insert(out.end(), p.begin(), p.end());
+        return HostPositions(out, IndexType::i64, streams);
+      };
+      const HostTensor q = rotate_both(spec, q_src, in_every_stream(qp));
+      const HostTensor k = rotate_both(spec, k_src, in_every_stream(offsets));
       for (std::int64_t h = 0; h < 2; ++h) {
         auto bound = [&](std::int64_t t) {
           double mq = 0, mk = 0, sq = 0, sk = 0;

@@ -1,6 +1,7 @@
 // RopeSpec: everything that defines a model's rotary position embedding, independent of hardware.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -73,8 +74,45 @@ namespace posenc {
 /// Which elements of the rotary window form a rotation pair (drawn above).
 enum class Pairing : std::uint8_t { half_split, interleaved, interleaved_to_half, half_split_2d };
 
+/// Every Pairing, in enum order.
+inline constexpr std::array<Pairing, 4> all_pairings = {Pairing::half_split, Pairing::interleaved,
+                                                         Pairing::interleaved_to_half, Pairing::half_split_2d};
+
+/// Where pair i of a rotary window of `half` pairs is read (a_i, b_i) and where a_i', b_i' are
+/// written, in elements from the window's first element.
+struct PairPlaces {
+  std::int64_t read_a = 0;
+  std::int64_t read_b = 0;
+  std::int64_t write_a = 0;
+  std::int64_t write_b = 0;
+};
+
+/// The pairings drawn above, as code: the one definition of the layouts, which the reference, the
+/// CPU engine, the CLI's verifier and the tests all use (the GPU kernel's lanes move V consecutive
+/// pairs laid out the same way). All zero for a value outside the enum (RopeSpec::validate
+/// rejects it first).
+constexpr PairPlaces pair_places(Pairing pairing, std::int64_t half, std::int64_t i) noexcept {
+  switch (pairing) {
+    case Pairing::half_split: return {i, i + half, i, i + half};
+    case Pairing::interleaved: return {2 * i, 2 * i + 1, 2 * i, 2 * i + 1};
+    case Pairing::interleaved_to_half: return {2 * i, 2 * i + 1, i, i + half};
+    case Pairing::half_split_2d: {
+      // Two half-split windows of q = half/2 pairs: pairs [0, q) in the first R/2 elements,
+      // pairs [q, 2q) in the second.
+      const std::int64_t q = half / 2;
+      const std::int64_t a = i < q ? i : half + (i - q);
+      return {a, a + q, a, a + q};
+    }
+  }
+  return {};
+}
+
 /// How cos/sin and the rotation are rounded (described above).
 enum class Numerics : std::uint8_t { hf_compatible, hf_fp32_apply, accurate };
+
+/// Every Numerics, in enum order.
+inline constexpr std::array<Numerics, 3> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
+                                                         Numerics::accurate};
 
 /// Frequency scheme: how inv_freq and the attention factor are derived (rope-semantics.md §2).
 enum class Scaling : std::uint8_t {

@@ -377,35 +377,22 @@ inline const float* lane_rows(const float* cos_row, const float* sin_row, std::i
 }
 
 /// Rotates pairs [begin, end) of one head's window with rope_math.hpp's arithmetic, written so the
-/// compiler vectorizes it: the pairs are loaded into `xa`/`xb` before anything is stored, so `src`
-/// and `dst` may be the same memory.
+/// compiler vectorizes it: the pairs (pair_places, a compile-time layout here) are loaded into
+/// `xa`/`xb` before anything is stored, so `src` and `dst` may be the same memory.
 template <DType A, Pairing P, Numerics N>
 inline void rotate_pairs(const storage_t<A>* src, storage_t<A>* dst, const float* __restrict cos_row,
                          const float* __restrict sin_row, std::int64_t half, std::int64_t begin, std::int64_t end,
                          float* __restrict xa, float* __restrict xb) {
-  if constexpr (P == Pairing::half_split) {
-    for (std::int64_t i = begin; i < end; ++i) {
-      xa[i] = Element<A>::widen(src[i]);
-      xb[i] = Element<A>::widen(src[i + half]);
-    }
-  } else {
-    for (std::int64_t i = begin; i < end; ++i) {
-      xa[i] = Element<A>::widen(src[2 * i]);
-      xb[i] = Element<A>::widen(src[2 * i + 1]);
-    }
+  for (std::int64_t i = begin; i < end; ++i) {
+    const PairPlaces at = pair_places(P, half, i);
+    xa[i] = Element<A>::widen(src[at.read_a]);
+    xb[i] = Element<A>::widen(src[at.read_b]);
   }
-  if constexpr (P == Pairing::interleaved) {
-    for (std::int64_t i = begin; i < end; ++i) {
-      const detail::Pair r = detail::rotate<A, N>(xa[i], xb[i], {cos_row[i], sin_row[i]});
-      dst[2 * i] = Element<A>::narrow_rounded(r.a);
-      dst[2 * i + 1] = Element<A>::narrow_rounded(r.b);
-    }
-  } else {  // half_split and interleaved_to_half write (y[i], y[i + H])
-    for (std::int64_t i = begin; i < end; ++i) {
-      const detail::Pair r = detail::rotate<A, N>(xa[i], xb[i], {cos_row[i], sin_row[i]});
-      dst[i] = Element<A>::narrow_rounded(r.a);
-      dst[i + half] = Element<A>::narrow_rounded(r.b);
-    }
+  for (std::int64_t i = begin; i < end; ++i) {
+    const detail::Pair r = detail::rotate<A, N>(xa[i], xb[i], {cos_row[i], sin_row[i]});
+    const PairPlaces at = pair_places(P, half, i);
+    dst[at.write_a] = Element<A>::narrow_rounded(r.a);
+    dst[at.write_b] = Element<A>::narrow_rounded(r.b);
   }
 }
 
@@ -416,8 +403,9 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
                           const float* __restrict sin_row, const float* lanes, std::int64_t half,
                           float* __restrict xa, float* __restrict xb) {
   if constexpr (P == Pairing::half_split_2d) {
-    // Two half-split windows of half/2 pairs each (ChatGLM-6B 2-D). They are disjoint, and each is
-    // loaded before it is stored, so in place stays correct.
+    // pair_places' two half-split windows of half/2 pairs (ChatGLM-6B 2-D), each rotated as a
+    // half-split window so that its loops vectorize. They are disjoint, and each is loaded before
+    // it is stored, so in place stays correct.
     const std::int64_t q = half / 2;
     rotate_window<A, Pairing::half_split, N>(src, dst, cos_row, sin_row, nullptr, q, xa, xb);
     rotate_window<A, Pairing::half_split, N>(src + half, dst + half, cos_row + q, sin_row + q, nullptr, q, xa, xb);

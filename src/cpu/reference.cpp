@@ -17,30 +17,6 @@ std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std:
   return t * token_stride + h * head_stride + d;
 }
 
-/// Where pair i of a window of `half` pairs is read (a, b) and written (a', b'), relative to the
-/// window's first element (the drawings in rope.hpp).
-struct PairSlots {
-  std::int64_t read_a, read_b, write_a, write_b;
-};
-
-PairSlots pair_slots(Pairing pairing, std::int64_t i, std::int64_t half) {
-  switch (pairing) {
-    case Pairing::half_split:
-      return {i, i + half, i, i + half};
-    case Pairing::interleaved:
-      return {2 * i, 2 * i + 1, 2 * i, 2 * i + 1};
-    case Pairing::interleaved_to_half:
-      return {2 * i, 2 * i + 1, i, i + half};
-    case Pairing::half_split_2d:
-      break;
-  }
-  // Two half-split windows of Q = half/2 pairs: pairs [0, Q) in the first R/2 elements, pairs
-  // [Q, 2Q) in the second.
-  const std::int64_t q = half / 2;
-  const std::int64_t a = i < q ? i : half + (i - q);
-  return {a, a + q, a, a + q};
-}
-
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
 /// place); `cs` holds the token's H cos/sin values, shared by every head of Q and K. Pair i takes
 /// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i].
@@ -62,17 +38,17 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const P
     }
     for (std::int64_t h = 0; h < dst.heads; ++h) {
       for (std::int64_t i = 0; i < half; ++i) {
-        const PairSlots slot = pair_slots(spec.pairing, i, half);
-        a[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_a));
-        b[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + slot.read_b));
+        const PairPlaces at = pair_places(spec.pairing, half, i);
+        a[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + at.read_a));
+        b[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + at.read_b));
       }
       // The whole window is read before any of it is written, so an in-place interleaved_to_half
       // (which writes pair i where pair i/2 was read) sees only inputs.
       for (std::int64_t i = 0; i < half; ++i) {
         const detail::Pair r = detail::rotate<A, N>(a[i], b[i], cs[i]);
-        const PairSlots slot = pair_slots(spec.pairing, i, half);
-        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_a), r.a);
-        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + slot.write_b), r.b);
+        const PairPlaces at = pair_places(spec.pairing, half, i);
+        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + at.write_a), r.a);
+        detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + at.write_b), r.b);
       }
       // Elements outside the window pass through: copied bit for bit out of place, untouched in place.
       if (!in_place) {

@@ -156,17 +156,40 @@ void fill_random(const TensorView& v, std::uint64_t seed) {
   }
 }
 
-HostPositions::HostPositions(std::vector<std::int64_t> v, IndexType t) : type(t), values(std::move(v)) {
+HostPositions::HostPositions(std::vector<std::int64_t> v, IndexType t, std::int32_t s)
+    : type(t), streams(s), values(std::move(v)) {
   if (type == IndexType::i32) {
     values32.reserve(values.size());
     for (std::int64_t p : values) values32.push_back(static_cast<std::int32_t>(p));
   }
 }
 
+namespace {
+
+std::vector<std::int64_t> spread_streams(const std::vector<std::int64_t>& first, std::int32_t streams) {
+  std::vector<std::int64_t> out = first;
+  std::int64_t top = 0;
+  for (const std::int64_t p : first) top = std::max(top, p);
+  const auto tokens = static_cast<std::int64_t>(first.size());
+  for (std::int32_t s = 1; s < streams; ++s) {
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      out.push_back((first[static_cast<std::size_t>(t)] * (s + 2) + 7 * t + s) % (top + 1));
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+HostPositions::HostPositions(const RopeSpec& spec, const std::vector<std::int64_t>& first, IndexType t)
+    : HostPositions(spread_streams(first, spec.position_streams()), t, spec.position_streams()) {}
+
 PositionsView HostPositions::view() const {
   PositionsView p;
   p.type = type;
-  p.count = static_cast<std::int64_t>(values.size());
+  p.count = static_cast<std::int64_t>(values.size()) / streams;
+  p.streams = streams;
+  p.stream_stride = streams > 1 ? p.count : 0;
   p.data = type == IndexType::i32 ? static_cast<const void*>(values32.data()) : static_cast<const void*>(values.data());
   return p;
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "posenc/dtype.hpp"
+#include "posenc/rope.hpp"
 #include "posenc/tensor.hpp"
 
 namespace posenc::test {
@@ -89,14 +90,20 @@ double random_value(DType dtype, std::uint64_t seed, std::int64_t t, std::int64_
 /// Writes random_value(seed, t, h, d) into every element of the view (gaps untouched).
 void fill_random(const TensorView& v, std::uint64_t seed);
 
-/// One position per token in host memory, as int32 or int64.
+/// Positions in host memory, as int32 or int64: `streams` streams of one position per token,
+/// stream-major (`values` holds streams x tokens).
 struct HostPositions {
   IndexType type = IndexType::i64;
+  std::int32_t streams = 1;
   std::vector<std::int64_t> values;
   std::vector<std::int32_t> values32;
 
   HostPositions() = default;
-  HostPositions(std::vector<std::int64_t> v, IndexType t = IndexType::i64);
+  HostPositions(std::vector<std::int64_t> v, IndexType t = IndexType::i64, std::int32_t streams = 1);
+  /// The spec.position_streams() streams a call of `spec` needs: stream 0 is `first`, the others
+  /// (ChatGLM-6B's block positions, M-RoPE's h and w) are other values in [0, max(first)], so the
+  /// call's largest position is first's.
+  HostPositions(const RopeSpec& spec, const std::vector<std::int64_t>& first, IndexType t = IndexType::i64);
   PositionsView view() const;
 };
 

@@ -1,4 +1,4 @@
-// Test support: an independent float64 RoPE reference (long double angles and cos/sin), written apart from rope_math.hpp.
+// Test support: an independent float64 RoPE reference (long double angles and cos/sin), written apart from rope_math.hpp; the pair layout is pair_places'.
 #pragma once
 
 #include <cmath>
@@ -25,22 +25,6 @@ enum class AngleModel {
 inline AngleModel angle_model_for(Numerics n) {
   return n == Numerics::accurate ? AngleModel::exact : AngleModel::float32_product;
 }
-
-/// The rotation geometry the reference needs from a spec (head_dim, rotary window, pairing).
-struct Geometry {
-  std::int64_t head_dim = 0;
-  std::int64_t rotary = 0;
-  std::int64_t offset = 0;
-  Pairing pairing = Pairing::half_split;
-
-  static Geometry of(const RopeSpec& spec) { return {spec.head_dim, spec.rotary(), spec.rotary_offset, spec.pairing}; }
-};
-
-/// Rotates one head: `in` and `out` hold head_dim values; elements outside the window are copied.
-/// inv_freq has rotary/2 float32 entries; cos and sin are evaluated in long double and scaled by
-/// `attention_factor` before the rotation, which is also evaluated in long double.
-void rotate_head64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
-                   std::int64_t position, const double* in, double* out);
 
 /// Expected outputs of a whole tensor: values[(t * heads + h) * head_dim + d].
 struct Expected64 {
@@ -85,8 +69,12 @@ inline double tolerance_ulps(DType dtype, Numerics numerics, double attention_fa
   return cos_sin + products + 0.5 + 1e-3;
 }
 
-/// Rotates every head of `src` (a host view) by `positions` (host).
-Expected64 rotate64(const Geometry& g, const std::vector<float>& inv_freq, double attention_factor, AngleModel model,
+/// Rotates every head of `src` (a host view) as `spec` lays it out (head_dim, rotary window,
+/// pairing: pair_places), pair i by the position of stream axes.stream[i] (`positions`, host,
+/// any number of streams) times axes.inv_freq[i]. cos and sin are evaluated in long double and
+/// scaled by `attention_factor` before the rotation, which is also evaluated in long double.
+/// Elements outside the window are copied.
+Expected64 rotate64(const RopeSpec& spec, const PairAxes& axes, double attention_factor, AngleModel model,
                     const ConstTensorView& src, const PositionsView& positions);
 
 }  // namespace posenc::test

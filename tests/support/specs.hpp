@@ -1,4 +1,4 @@
-// Test support: one realistic RopeSpec per frequency scheme, the enum lists sweeps iterate, and error expectations.
+// Test support: one realistic RopeSpec per frequency scheme, the scheme list sweeps iterate (the other enums' lists are public: all_dtypes, all_pairings, all_numerics), and error expectations.
 #pragma once
 
 #include <cmath>
@@ -17,10 +17,6 @@ namespace posenc::test {
 
 inline const std::vector<Scaling> all_schemes = {Scaling::none,     Scaling::linear, Scaling::dynamic, Scaling::yarn,
                                                  Scaling::longrope, Scaling::llama3, Scaling::table};
-inline const std::vector<Pairing> all_pairings = {Pairing::half_split, Pairing::interleaved,
-                                                  Pairing::interleaved_to_half};
-inline const std::vector<Numerics> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
-                                                   Numerics::accurate};
 
 /// A spec of scheme `s` with parameters modelled on real checkpoints (Llama 3.1, Qwen3 YaRN,
 /// Phi-3.5 LongRoPE-like synthetic factors, dynamic NTK with a 4096 window).
@@ -34,7 +30,7 @@ inline RopeSpec scheme_spec(Scaling s, std::int64_t head_dim = 64, std::int64_t 
   spec.pairing = pairing;
   spec.numerics = numerics;
   spec.scaling = s;
-  const std::int64_t half = spec.rotary() / 2;
+  const std::int64_t half = spec.frequency_dim() / 2;  // entries of a table or factor list
   ScalingParams& p = spec.params;
   switch (s) {
     case Scaling::none:

@@ -37,25 +37,6 @@ std::int64_t position_at(const HostBatch& batch, std::int64_t s, std::int64_t t)
   return p;
 }
 
-/// The position stream of pair i (rope.hpp: 2-D halves, M-RoPE contiguous or interleaved sections).
-std::int64_t stream_of_pair(const RopeSpec& spec, std::int64_t i) {
-  const std::int64_t half = spec.rotary() / 2;
-  if (spec.pairing == Pairing::half_split_2d) return i < half / 2 ? 0 : 1;
-  const std::vector<std::int64_t>& m = spec.mrope_section;
-  if (m.empty()) return 0;
-  if (spec.mrope_interleaved) {
-    if (m.size() > 1 && i % 3 == 1 && i < 3 * m[1]) return 1;
-    if (m.size() > 2 && i % 3 == 2 && i < 3 * m[2]) return 2;
-    return 0;
-  }
-  std::int64_t end = 0;
-  for (std::size_t s = 0; s < m.size(); ++s) {
-    end += m[s];
-    if (i < end) return static_cast<std::int64_t>(s);
-  }
-  return 0;
-}
-
 struct TensorRef {
   const char* name;
   std::int64_t heads;
@@ -77,6 +58,7 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;
   const std::int64_t offset = spec.rotary_offset;
+  const PairAxes axes = pair_axes(spec, table);  // per pair: frequency and position stream
   const double factor = spec.attention_factor.value_or(table.attention_factor);
   const bool hf_angle = spec.numerics != Numerics::accurate;
   const DType dtype = input.dtype;
@@ -101,26 +83,16 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
           scale[i] = std::fabs(x[i]);
         }
         for (std::int64_t i = 0; i < half; ++i) {
-          // Which elements form pair i, and where its rotated values go (rope.hpp diagrams).
-          std::int64_t ia = offset + i;
-          std::int64_t ib = offset + i + half;
-          std::int64_t freq = i;  // index into the table
-          if (spec.pairing == Pairing::half_split_2d) {
-            // Two half-split RoPEs of R/2 dims sharing the R/4 frequencies.
-            const std::int64_t quarter = half / 2;
-            freq = i % quarter;
-            ia = offset + (i < quarter ? 0 : half) + freq;
-            ib = ia + quarter;
-          } else if (spec.pairing != Pairing::half_split) {
-            ia = offset + 2 * i;
-            ib = offset + 2 * i + 1;
-          }
-          const std::int64_t oa = spec.pairing == Pairing::interleaved_to_half ? offset + i : ia;
-          const std::int64_t ob = spec.pairing == Pairing::interleaved_to_half ? offset + i + half : ib;
+          // Which elements form pair i, and where its rotated values go (rope.hpp).
+          const PairPlaces at = pair_places(spec.pairing, half, i);
+          const std::int64_t ia = offset + at.read_a;
+          const std::int64_t ib = offset + at.read_b;
+          const std::int64_t oa = offset + at.write_a;
+          const std::int64_t ob = offset + at.write_b;
           const double a = x[ia];
           const double b = x[ib];
-          const std::int64_t pair_pos = position_at(input, stream_of_pair(spec, i), t);
-          const double angle = static_cast<double>(pair_pos) * static_cast<double>(table.inv_freq[freq]);
+          const std::int64_t pair_pos = position_at(input, axes.stream[i], t);
+          const double angle = static_cast<double>(pair_pos) * static_cast<double>(axes.inv_freq[i]);
           const double c = std::cos(angle) * factor;
           const double s = std::sin(angle) * factor;
           ref[oa] = a * c - b * s;
