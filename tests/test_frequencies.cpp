@@ -135,7 +135,7 @@ TEST(FrequenciesReference, EveryVectorWithinOneUlpAndMostlyBitExact) {
     exact += n.exact;
     total += static_cast<int>(table.inv_freq.size());
   }
-  // The reference host's SLEEF powf disagrees with glibc powf in ~1% of entries (rope-semantics §1.4).
+  // The reference host's SLEEF powf disagrees with glibc powf in ~1% of entries (docs/NUMERICS.md §5.1).
   EXPECT_GE(exact, total - total * 3 / 100) << "more 1-ulp differences than the SIMD-capability effect explains";
 }
 
@@ -148,7 +148,7 @@ TEST(FrequenciesReference, AttentionFactorsMatch) {
   }
 }
 
-// ---- §6.1 extra checks -------------------------------------------------------------------------
+// ---- the worked values of docs/NUMERICS.md §5.2 ---------------------------------------------
 
 TEST(FrequenciesYarn, CorrectionRanges) {
   // (a) DeepSeek-V3 rope part: R 64, theta 1e4, OMP 4096, beta 32/1 -> [10, 23].

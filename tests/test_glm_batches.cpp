@@ -25,7 +25,7 @@ Ids stream(const PositionIds& p, int s) {
 
 constexpr TokenId t0 = 11, t1 = 12, t2 = 13, t3 = 14;
 
-// ---- HF attention-mask positions (§5.1, §6.3) -------------------------------------------------
+// ---- HF attention-mask positions (docs/NUMERICS.md §7.4) ---------------------------------------
 
 TEST(glmBatches, LeftPaddedMaskWorkedExample) {
   const std::vector<std::uint8_t> mask = {0, 0, 1, 1, 1, /**/ 1, 1, 1, 1, 1};
@@ -77,7 +77,7 @@ TEST(glmBatches, ChatGlm2LeftPaddedArange) {
                {"length -1", "index 1"});
 }
 
-// ---- ChatGLM-6B left-padded batch (§4.3 tokenizer _pad) ---------------------------------------
+// ---- ChatGLM-6B left-padded batch (docs/NUMERICS.md §7.3, tokenizer _pad) -----------------------
 
 TEST(glmBatches, ChatGlm6bBatchPadsWithZerosAndKeepsTokenizerMask) {
   const GlmSpecialTokens sp;

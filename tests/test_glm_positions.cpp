@@ -1,4 +1,4 @@
-// GLM position ids per generation: every worked example of rope-semantics.md §6.3 exactly, and clear errors for bad input.
+// GLM position ids per generation: every worked example of docs/NUMERICS.md §7 exactly, and clear errors for bad input.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -122,7 +122,7 @@ TEST(glmSpecialTokens, DuplicateOrNegativeIdsAreErrors) {
   expect_error([&] { n.validate(); }, ErrorKind::invalid_argument, {"<eop>", "-7"});
 }
 
-// ---- original GLM blank infilling (§4.1, §6.3) ------------------------------------------------
+// ---- original GLM blank infilling (docs/NUMERICS.md §7.1) -------------------------------------
 
 TEST(glmBlankInfilling, WorkedExampleSixTokensTwoSpans) {
   // Text x1..x6, spans {x3} and {x5, x6}; Part B in the shuffled order (span 1, then span 0).
@@ -223,7 +223,7 @@ TEST(glmBlankInfilling, InferenceContextAndGeneration) {
                {"first_block is 0"});
 }
 
-// ---- GLM-130B (§4.2) ------------------------------------------------------------------------
+// ---- GLM-130B (docs/NUMERICS.md §7.2) ---------------------------------------------------------
 
 TEST(glmGlm130b, MaskPinsPositionsFromSop) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
@@ -274,7 +274,7 @@ TEST(glmGlm130b, MissingTokensAreClearErrors) {
                {"no <sop>", "150004"});
 }
 
-// ---- ChatGLM-6B (§4.3, §6.3) -----------------------------------------------------------------
+// ---- ChatGLM-6B (docs/NUMERICS.md §7.3) -------------------------------------------------------
 
 TEST(glmChatGlm6b, PromptWithGmaskAndDecodeSteps) {
   const GlmSpecialTokens sp;
@@ -340,7 +340,7 @@ TEST(glmChatGlm6b, FirstReleaseIdsAndErrors) {
                {"no mask token before <sop> at index 2", "[MASK]=130000", "[gMASK]=130001"});
 }
 
-// ---- M-RoPE (§4.5, §5.2, §6.3) ---------------------------------------------------------------
+// ---- M-RoPE (docs/NUMERICS.md §7.5) -----------------------------------------------------------
 
 VisionGrid grid(std::int64_t t, std::int64_t h, std::int64_t w, std::int64_t merge = 2) {
   VisionGrid g;

@@ -5,7 +5,7 @@
 // call, and transformers' outputs. For every case this test checks:
 //   1. inv_freq: posenc's own table (from the family's config.json) equals the fixture's bit for
 //      bit, or differs by at most 1 float32 ulp (transformers computed it with the host's SIMD
-//      pow, which can differ from glibc powf by an ulp; rope-semantics.md §1.4). It prints how
+//      pow, which can differ from glibc powf by an ulp; docs/NUMERICS.md §5.1). It prints how
 //      many entries were exact.
 //   2. Outputs in hf_compatible numerics, with the fixture's inv_freq fed in (so the check does
 //      not depend on the host's pow): bf16 and fp16 bit for bit; fp32 within

@@ -15,7 +15,7 @@
 // Everything here is host code in plain C++20. It produces position ids and attention patterns;
 // it rotates nothing. The rotation engines consume the ids (one stream per token for 1-D RoPE,
 // two or three streams for ChatGLM-6B 2-D RoPE and M-RoPE). docs/GLM.md is the newcomer's guide;
-// section marks (§4.3, ...) refer to the project's semantics reference, rope-semantics.md.
+// section marks (§7.3, ...) refer to docs/NUMERICS.md, which states each generation's rules.
 //
 // Conventions used throughout:
 // - Token ids, positions, lengths and indices are int64. Errors are posenc::Error naming the
@@ -267,7 +267,7 @@ DenseMask dense_mask(std::span<const AttentionPattern> patterns, const MaskGeome
 DenseMask to_dense(const MaskRanges& ranges);
 
 // ------------------------------------------------------------------------------------------------
-// Original GLM: blank infilling (rope-semantics.md §4.1)
+// Original GLM: blank infilling (§7.1)
 // ------------------------------------------------------------------------------------------------
 
 /// Which mask token replaces a span in Part A.
@@ -326,7 +326,7 @@ PositionIds blank_infilling_generation(std::int64_t mask_position, std::int64_t 
                                        std::int64_t count);
 
 // ------------------------------------------------------------------------------------------------
-// GLM-130B (§4.2)
+// GLM-130B (§7.2)
 // ------------------------------------------------------------------------------------------------
 
 /// 1-D positions of a GLM-130B input `context + <sop> + generated...`.
@@ -351,7 +351,7 @@ Glm130bPositions glm130b_positions(std::span<const TokenId> tokens,
                                    const GlmSpecialTokens& special = GlmSpecialTokens::glm_130b());
 
 // ------------------------------------------------------------------------------------------------
-// ChatGLM-6B (§4.3): 2-D RoPE ids (position, block)
+// ChatGLM-6B (§7.3): 2-D RoPE ids (position, block)
 // ------------------------------------------------------------------------------------------------
 
 /// Which mask token fixes the generation position when a prompt holds both.
@@ -410,7 +410,7 @@ ChatGlm6bBatch chatglm6b_batch(std::span<const std::vector<TokenId>> sequences,
                                MaskTokenRule rule = MaskTokenRule::mask_first);
 
 // ------------------------------------------------------------------------------------------------
-// ChatGLM2/3, GLM-4 and HF-native decoders (§4.4, §5.1)
+// ChatGLM2/3, GLM-4 and HF-native decoders (§7.4)
 // ------------------------------------------------------------------------------------------------
 
 /// HF `generate()` pad-slot fill value: 1 up to transformers v5.0, 0 from v5.3.
@@ -433,7 +433,7 @@ BatchPositions next_positions_from_attention_mask(std::span<const std::uint8_t> 
 BatchPositions left_padded_arange(std::span<const std::int64_t> lengths, std::int64_t pad_fill = 0);
 
 // ------------------------------------------------------------------------------------------------
-// M-RoPE: GLM-4.1V / GLM-4.5V, Qwen2-VL / Qwen2.5-VL / Qwen3-VL (§4.5, §5.2)
+// M-RoPE: GLM-4.1V / GLM-4.5V, Qwen2-VL / Qwen2.5-VL / Qwen3-VL (§7.5)
 // ------------------------------------------------------------------------------------------------
 
 /// Where the text after a vision block starts.

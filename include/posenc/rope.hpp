@@ -57,7 +57,7 @@ namespace posenc {
 // The pairing (half_split or interleaved) is independent of the stream assignment. When all
 // streams hold the same positions, M-RoPE is exactly 1-D RoPE.
 //
-// Numerics (see docs and DESIGN.md):
+// Numerics (docs/NUMERICS.md §3 gives each rounding step):
 //   hf_compatible  reproduces Hugging Face transformers' eager arithmetic: inv_freq in float32,
 //                  angle = fl32(inv_freq[i] * fl32(p)), cos/sin correctly rounded to float32 and
 //                  multiplied by fl32(attention_factor), then rounded to the activation dtype;
@@ -114,7 +114,7 @@ enum class Numerics : std::uint8_t { hf_compatible, hf_fp32_apply, accurate };
 inline constexpr std::array<Numerics, 3> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
                                                          Numerics::accurate};
 
-/// Frequency scheme: how inv_freq and the attention factor are derived (rope-semantics.md §2).
+/// Frequency scheme: how inv_freq and the attention factor are derived (docs/NUMERICS.md §5).
 enum class Scaling : std::uint8_t {
   none,      ///< default theta: inv_freq[i] = 1 / theta^(2i/R)
   linear,    ///< position interpolation: default / factor
@@ -209,7 +209,7 @@ struct PairAxes {
 PairAxes pair_axes(const RopeSpec& spec, const FrequencyTable& table);
 
 /// Computes the frequency table exactly as Hugging Face transformers 5.x does on the CPU
-/// (float32 arithmetic, glibc-equivalent powf; rope-semantics.md §1.4, §2).
+/// (float32 arithmetic, glibc-equivalent powf; docs/NUMERICS.md §5).
 ///
 /// `seq_len` is the call's largest position + 1. It matters only for `dynamic` (theta grows when
 /// seq_len > max_position_embeddings) and `longrope` (long factors when seq_len >

@@ -1,6 +1,6 @@
 // Frequency schemes: inv_freq and the attention factor of a RopeSpec, as transformers 5.x computes them on the CPU.
 //
-// Bit-exactness notes (rope-semantics.md §1.4, §2):
+// Bit-exactness notes (docs/NUMERICS.md §5):
 // * torch evaluates `base ** exponent_tensor` with the CPU capability's powf. Its DEFAULT
 //   capability is glibc powf followed by a float32 reciprocal, which is what std::pow(float, float)
 //   gives here. AVX2/AVX512 builds of torch use SLEEF and differ by 1 ulp in about 1% of entries,

@@ -1,6 +1,6 @@
 // Model configuration ingestion: a Hugging Face config.json (transformers 4.x/5.x, GLM remote code) to RopeSpecs.
 //
-// Resolution follows transformers 5.17 (rope-semantics.md §2.0, §8):
+// Resolution follows transformers 5.17 (docs/NUMERICS.md §6):
 // * rope parameters come from `rope_scaling` (4.x) or `rope_parameters` (5.x; a single dict or a dict
 //   keyed by layer type). The legacy `type` key names the scheme when `rope_type` is absent.
 // * rope_theta: the dict's value, else the top-level `rope_theta`, else the model's default theta
@@ -67,7 +67,7 @@ struct Family {
   std::int64_t kv_heads = 0;
   std::int64_t head_dim = 0;
   std::int64_t max_pos = 0;
-  // M-RoPE families (rope-semantics.md §3.3): the sections transformers uses when the rope dict
+  // M-RoPE families (docs/NUMERICS.md §2.2): the sections transformers uses when the rope dict
   // has no mrope_section (all zero: none, the config must give them), and Qwen3-VL's interleaved
   // assignment, which transformers applies whatever `mrope_interleaved` says.
   bool mrope = false;
@@ -533,7 +533,7 @@ void add_default_spec(const Node& cfg, ModelConfig& mc, RopeSpec spec) {
   mc.rope.emplace("default", std::move(spec));
 }
 
-/// ChatGLM-6B (v1, `position_encoding_2d: true`; rope-semantics.md §4.3): head_dim = hidden_size /
+/// ChatGLM-6B (v1, `position_encoding_2d: true`; docs/NUMERICS.md §7.3): head_dim = hidden_size /
 /// heads, the whole head rotates as two half-split RoPEs of head_dim/2 dims (position, then block
 /// position), base 10000, all heads are kv heads. The remote code forms the angles in the model
 /// dtype (fp16); posenc forms them in float32, as every other family (RopeSpec::describe says so).

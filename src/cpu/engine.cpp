@@ -35,49 +35,34 @@
 // run 4 wide; the bf16 rounding emulation of hf_compatible is compute-bound, so each doubling of
 // the vector width nearly doubles throughput. Every operation is exactly rounded IEEE arithmetic
 // in all builds (-ffp-contract=off, no fast-math), so all give apply_reference's bits. Macros name
-// the namespace and the build's conversion instructions: they are what differs between inclusions.
+// the namespace, the target (none: the library's baseline) and the build's conversion
+// instructions: they are what differs between inclusions (kernels.hpp undefines them at its end).
 #define POSENC_CPU_ISA baseline
 #define POSENC_CPU_F16C 0
 #define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
-#undef POSENC_CPU_BF16
-#undef POSENC_CPU_F16C
-#undef POSENC_CPU_ISA
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define POSENC_CPU_X86_KERNELS 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
 #define POSENC_CPU_ISA avx2
+#define POSENC_CPU_TARGET "avx2,fma,f16c"
 #define POSENC_CPU_F16C 8
 #define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
-#undef POSENC_CPU_BF16
-#undef POSENC_CPU_F16C
-#undef POSENC_CPU_ISA
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,fma,f16c,prefer-vector-width=512")
+
 #define POSENC_CPU_ISA avx512
+#define POSENC_CPU_TARGET "avx512f,avx512bw,avx512dq,avx512vl,fma,f16c,prefer-vector-width=512"
 #define POSENC_CPU_F16C 16
 #define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
-#undef POSENC_CPU_BF16
-#undef POSENC_CPU_F16C
-#undef POSENC_CPU_ISA
-#pragma GCC pop_options
+
 // AVX-512 plus AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids): only the bfloat16 hf_compatible
 // kernels, whose roundings use vcvtne2ps2bf16; every other combination comes from the AVX-512 build.
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,f16c,prefer-vector-width=512")
 #define POSENC_CPU_ISA avx512_bf16
+#define POSENC_CPU_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,f16c,prefer-vector-width=512"
 #define POSENC_CPU_F16C 16
 #define POSENC_CPU_BF16 1
 #include "cpu/kernels.hpp"
-#undef POSENC_CPU_BF16
-#undef POSENC_CPU_F16C
-#undef POSENC_CPU_ISA
-#pragma GCC pop_options
 #else
 #define POSENC_CPU_X86_KERNELS 0
 #endif

@@ -1,8 +1,9 @@
 // The CPU engine's kernels, specialised at compile time on dtype x pairing x numerics; included once per instruction set by engine.cpp.
 //
 // No include guard on purpose: engine.cpp includes this file once per kernel build, with
-// POSENC_CPU_ISA naming a different namespace each time and, after the baseline one, inside a
-// `#pragma GCC target(...)` of that build's instruction set.
+// POSENC_CPU_ISA naming a different namespace each time and, after the baseline one,
+// POSENC_CPU_TARGET the instruction set it is compiled for (`#pragma GCC target`, here). The
+// macros are undefined at the end, ready for the next inclusion.
 // The per-element arithmetic comes from rope_math.hpp (included before any target pragma, so
 // its inline functions stay baseline code that the AVX2 kernels may inline); the loops here are
 // written so the compiler vectorizes them: load a head's window into float arrays, rotate, store.
@@ -14,6 +15,12 @@
 #endif
 #ifndef POSENC_CPU_BF16
 #error "define POSENC_CPU_BF16 (1 for the AVX512-BF16 instantiation) before including kernels.hpp"
+#endif
+#ifdef POSENC_CPU_TARGET
+#define POSENC_CPU_PRAGMA_TEXT(text) #text
+#define POSENC_CPU_PRAGMA(text) _Pragma(POSENC_CPU_PRAGMA_TEXT(text))
+#pragma GCC push_options
+POSENC_CPU_PRAGMA(GCC target(POSENC_CPU_TARGET))
 #endif
 
 namespace posenc::cpu_detail::POSENC_CPU_ISA {
@@ -99,8 +106,8 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
 // bits as rope_math.hpp's f16_round for every float (tests/test_large.cpp compares all 2^32, in
 // both widths), in two instructions instead of a dozen integer operations per lane. The kernels are
 // written once over the vector type below: eight lanes (ymm) in the AVX2 build, sixteen (zmm, the
-// EVEX forms of the same conversions) in the AVX-512 builds, which on Zen 4 cut the time per head
-// by 40 % (a zmm conversion costs about what a ymm one does, for twice the lanes).
+// EVEX forms of the same conversions) in the AVX-512 builds, because a zmm conversion costs about
+// what a ymm one does, for twice the lanes (docs/PERFORMANCE.md, CPU variant C5-f16).
 #if POSENC_CPU_F16C == 16
 using F16Vec = __m512;
 inline constexpr std::int64_t f16c_lanes = 16;
@@ -187,8 +194,8 @@ inline constexpr bool f16c_path = false;
 // Loads widen that way and so do the rounded products, so the half-split path rearranges cos/sin
 // into even and odd pairs once per token, and one word permutation per stored vector restores the
 // order. The permutations below are computed from these rules, not written out. (Widening in order
-// instead, one rounding of 16 lanes at a time, reached 58-63 % of the floor on one thread against
-// 80 % for this.)
+// instead costs one conversion per 16 lanes and three instructions per widening: slower, CPU
+// variant C5-a in docs/PERFORMANCE.md.)
 
 /// Lanes k of the even / odd widening hold words 2k / 2k + 1. (A GNU vector shift: GCC 12's
 /// _mm512_slli_epi32 reads an undefined vector, which -Wmaybe-uninitialized reports.)
@@ -498,3 +505,13 @@ inline KernelFn select_kernel(DType d, Pairing p, Numerics n) {
 }
 
 }  // namespace posenc::cpu_detail::POSENC_CPU_ISA
+
+#ifdef POSENC_CPU_TARGET
+#pragma GCC pop_options
+#undef POSENC_CPU_PRAGMA
+#undef POSENC_CPU_PRAGMA_TEXT
+#undef POSENC_CPU_TARGET
+#endif
+#undef POSENC_CPU_BF16
+#undef POSENC_CPU_F16C
+#undef POSENC_CPU_ISA

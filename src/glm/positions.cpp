@@ -17,13 +17,7 @@ GlmSpecialTokens GlmSpecialTokens::chatglm_6b() noexcept {
 }
 
 GlmSpecialTokens GlmSpecialTokens::chatglm_6b_first_release() noexcept {
-  GlmSpecialTokens t;
-  t.mask = 150000;
-  t.gmask = 150001;
-  t.smask = 150002;
-  t.sop = 150004;
-  t.eop = 150005;
-  return t;
+  return {.mask = 150000, .gmask = 150001, .smask = 150002, .sop = 150004, .eop = 150005};
 }
 
 GlmSpecialTokens GlmSpecialTokens::glm_130b() noexcept {
@@ -31,25 +25,17 @@ GlmSpecialTokens GlmSpecialTokens::glm_130b() noexcept {
 }
 
 GlmSpecialTokens GlmSpecialTokens::chatglm2() noexcept {
-  GlmSpecialTokens t;
-  t.mask = 64789;
-  t.gmask = 64790;
-  t.smask = 64791;
-  t.sop = 64792;
-  t.eop = 64793;
-  return t;
+  return {.mask = 64789, .gmask = 64790, .smask = 64791, .sop = 64792, .eop = 64793};
 }
 
 GlmSpecialTokens GlmSpecialTokens::glm4() noexcept {
-  GlmSpecialTokens t;
-  t.mask = 151330;
-  t.gmask = 151331;
-  t.smask = 151332;
-  t.sop = 151333;
-  t.eop = 151334;
-  t.begin_of_image = 151339;
-  t.end_of_image = 151340;
-  return t;
+  return {.mask = 151330,
+          .gmask = 151331,
+          .smask = 151332,
+          .sop = 151333,
+          .eop = 151334,
+          .begin_of_image = 151339,
+          .end_of_image = 151340};
 }
 
 void GlmSpecialTokens::validate() const {

@@ -130,8 +130,10 @@ void EngineRunner::download() {
 std::string EngineRunner::description() const {
   if (state_->gpu_side) {
     const gpu::Device& d = state_->gpu_side->device;
-    return "gpu " + std::to_string(d.ordinal()) + ": " + d.name() + " (" + gpu::backend_name() +
-           ", " + std::to_string(d.multiprocessor_count()) + " SMs)";
+    const int cc = d.compute_capability();
+    return "gpu " + std::to_string(d.ordinal()) + ": " + d.name() + " (" + gpu::backend_name() + ", compute " +
+           std::to_string(cc / 10) + "." + std::to_string(cc % 10) + ", " + std::to_string(d.multiprocessor_count()) +
+           " SMs, " + std::to_string(d.total_memory_bytes() >> 20) + " MiB)";
   }
   return "cpu (CpuEngine, " + std::to_string(state_->cpu->threads()) + " threads)";
 }
