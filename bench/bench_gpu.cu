@@ -309,6 +309,9 @@ struct Variant {
   std::string note;
   std::int64_t position_range = pb::position_range;  ///< positions are uniform in [0, position_range)
   bool peers = false;  ///< FlashInfer's kernels run beside it, on the same input sets
+  /// Rotate by a caller's cos/sin cache (RopeArgs::cos_sin, vLLM's rotary_embedding): the float32
+  /// [position_range, R] table FlashInfer's cache kernel reads (CosSinTable), not the spec's angles.
+  bool cos_sin_cache = false;
 };
 
 RopeSpec plain_spec(std::int64_t head_dim, Pairing pairing, Numerics numerics) {
@@ -416,6 +419,14 @@ std::vector<Variant> all_variants() {
   add("f32", plain_spec(128, Pairing::half_split, hf), 32, 8, DType::f32, true);
   add("f16", plain_spec(128, Pairing::half_split, hf), 32, 8, DType::f16, false);
   vs.back().peers = true;
+  // The engines' contract (vLLM / sgl-kernel rotary_embedding): the main shapes with cos/sin read
+  // from a float32 cache, as vLLM keeps it. Same bytes as main_* (the cache rows, 512 bytes a
+  // token against Q and K's 20 KiB, are not counted); FlashInfer's cache kernel is the peer of
+  // main_* already, on the same table.
+  add("cache_half_split", plain_spec(128, Pairing::half_split, hf), 32, 8, DType::bf16, true);
+  vs.back().cos_sin_cache = true;
+  add("cache_interleaved", plain_spec(128, Pairing::interleaved, hf), 32, 8, DType::bf16, false);
+  vs.back().cos_sin_cache = true;
   vs.push_back(glm4_variant());
   vs.back().peers = true;
   return vs;
@@ -521,12 +532,15 @@ SampledCase run_sampled(Gpu& g, const Variant& v, const RopeArgs& a, const std::
   return s;
 }
 
-/// Rotates the sampled inputs (`s.q.ref`, `s.k.ref`) in place on the host by apply_reference.
-void reference_rotate(const Variant& v, const RopeSpec& spec, SampledCase& s) {
+/// Rotates the sampled inputs (`s.q.ref`, `s.k.ref`) in place on the host by apply_reference;
+/// `cos_sin`: the case's cos/sin cache, in host memory, when it has one.
+void reference_rotate(const Variant& v, const RopeSpec& spec, SampledCase& s,
+                      const posenc::CosSinCacheView& cos_sin = {}) {
   RopeArgs host;
   host.q = posenc::TensorView::contiguous(s.q.ref.data(), v.dtype, s.n, v.hq, v.spec.head_dim);
   host.k = posenc::TensorView::contiguous(s.k.ref.data(), v.dtype, s.n, v.hk, v.spec.head_dim);
   host.positions = {s.pos.data(), posenc::IndexType::i64, s.n};
+  host.cos_sin = cos_sin;
   posenc::apply_reference(spec, host);
 }
 
@@ -543,7 +557,17 @@ std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& 
     engine.apply(a, g.stream.ref());
     engine.check(g.stream.ref());
   });
-  reference_rotate(v, v.spec, s);
+  std::vector<unsigned char> cos_sin;  // a host copy of the call's cos/sin cache, when it has one
+  posenc::CosSinCacheView host_cos_sin;
+  if (a.cos_sin.present()) {
+    const posenc::CosSinCacheView& c = a.cos_sin;
+    cos_sin.resize(static_cast<std::size_t>(((c.rows - 1) * c.row_stride + c.rotary_dim) * posenc::size_of(c.dtype)));
+    device_to_host(g)(cos_sin.data(), c.data, static_cast<std::int64_t>(cos_sin.size()));
+    g.sync();
+    host_cos_sin = c;
+    host_cos_sin.data = cos_sin.data();
+  }
+  reference_rotate(v, v.spec, s, host_cos_sin);
   return pb::verdict(compare_sampled(v, s), v.spec.numerics);
 }
 
@@ -1463,6 +1487,14 @@ int run(const Options& opt) {
     }
     record(std::move(base), [&](pb::Row& row) {
       if (engine == nullptr) throw std::runtime_error(engine_error);
+      if (v.cos_sin_cache) {
+        // The same float32 table FlashInfer's cache kernel reads, shared by every input set.
+        if (!table) table = std::make_unique<CosSinTable>(make_cos_sin_table(g, v));
+        const auto view = posenc::CosSinCacheView::contiguous(table->data(), DType::f32, table->rows, table->rotary);
+        for (RopeArgs& a : input().args) a.cos_sin = view;
+        row.note += std::string(row.note.empty() ? "" : "; ") + "cos/sin from a float32 [" +
+                    std::to_string(table->rows) + ", " + std::to_string(table->rotary) + "] cache";
+      }
       run_case(g, v, *engine, input(), row, floor);
     });
     if (!peers || !v.peers) return;

@@ -172,26 +172,10 @@ struct Case {
       return ::testing::AssertionFailure() << c.name() << ": K " << r.message();
     }
   }
-  const auto ref_buffers = ref.buffers();
-  const auto eng_buffers = eng.buffers();
   std::vector<ConstTensorView> destinations = {ConstTensorView(eng.args.q)};
   if (eng.args.k.present()) destinations.emplace_back(eng.args.k);
-  for (std::size_t i = 0; i < eng_buffers.size(); ++i) {
-    if (auto r = bytes_equal(ref_buffers[i]->snapshot(), *eng_buffers[i]); !r) {
-      return ::testing::AssertionFailure()
-             << c.name() << ": buffer " << i << " differs from the reference's: " << r.message();
-    }
-    std::vector<ConstTensorView> inside;
-    for (const ConstTensorView& d : destinations) {
-      const auto* p = static_cast<const std::byte*>(d.data);
-      if (p >= eng_buffers[i]->data() && p < eng_buffers[i]->data() + eng_buffers[i]->size()) inside.push_back(d);
-    }
-    if (auto r = only_views_written(before[i], *eng_buffers[i], inside); !r) {
-      return ::testing::AssertionFailure() << c.name() << ": buffer " << i << ": " << r.message();
-    }
-  }
-  for (const ConstTensorView& d : destinations) {
-    if (auto r = all_written(d); !r) return ::testing::AssertionFailure() << c.name() << ": " << r.message();
+  if (auto r = buffers_match(ref.buffers(), eng.buffers(), before, destinations); !r) {
+    return ::testing::AssertionFailure() << c.name() << ": " << r.message();
   }
   return ::testing::AssertionSuccess();
 }
@@ -327,8 +311,8 @@ TEST_P(EngineSweep, SpecialValuesBitIdentical) {
         const HostPositions pos(spec, random_positions(tokens, 1 << 20, 17));
         HostTensor a(dtype, tokens, 2, 64);
         HostTensor b(dtype, tokens, 2, 64);
-        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view()});
-        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view()});
+        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view(), {}});
+        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view(), {}});
         EXPECT_TRUE(bits_equal(a.cview(), b.cview(), NanBits::any_nan)) << case_name(spec, dtype);
       }
     }
@@ -378,8 +362,8 @@ TEST_P(EngineSweep, Bf16TinyMagnitudesBitIdentical) {
         const HostPositions pos(p);
         HostTensor a(DType::bf16, tokens, heads, head_dim);
         HostTensor b(DType::bf16, tokens, heads, head_dim);
-        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view()});
-        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view()});
+        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view(), {}});
+        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view(), {}});
         EXPECT_TRUE(bits_equal(a.cview(), b.cview())) << case_name(spec, DType::bf16) << " factor " << factor;
       }
     }
@@ -498,8 +482,8 @@ TEST(CpuEngine, ExoticValidLayouts) {
     fill_random(ref_view, 9);
     fill_random(eng_view, 9);
     const HostPositions pos(random_positions(s.tokens, 1000, 4));
-    apply_reference(spec, RopeArgs{ref_view, {}, {}, {}, pos.view()});
-    CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{eng_view, {}, {}, {}, pos.view()});
+    apply_reference(spec, RopeArgs{ref_view, {}, {}, {}, pos.view(), {}});
+    CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{eng_view, {}, {}, {}, pos.view(), {}});
     EXPECT_TRUE(bytes_equal(ref_buffer.snapshot(), eng_buffer)) << describe(ConstTensorView(eng_view));
     EXPECT_TRUE(all_written(ConstTensorView(eng_view))) << describe(ConstTensorView(eng_view));
   }

@@ -38,7 +38,7 @@ using WorstErrors = std::map<std::string, std::pair<double, double>>;  // key ->
   fill_random(q_src.view, seed);
   fill_random(k_src.view, seed + 1);
   const HostPositions pos(spec, positions);
-  RopeArgs args{q.view, k.view, q_src.cview(), k_src.cview(), pos.view()};
+  RopeArgs args{q.view, k.view, q_src.cview(), k_src.cview(), pos.view(), {}};
   apply_reference(spec, args);
 
   const std::int64_t max_position = *std::max_element(positions.begin(), positions.end());
@@ -163,13 +163,13 @@ TEST(ReferenceLayout, PassThroughCopiedOutOfPlaceUntouchedInPlace) {
 
       HostTensor out(dtype, tokens, 2, 128, 2 * 128 + 24, 128 + 8);  // gaps between heads and tokens
       const std::vector<std::byte> out_before = out.buffer.snapshot();
-      apply_reference(spec, RopeArgs{out.view, {}, src.cview(), {}, pos.view()});
+      apply_reference(spec, RopeArgs{out.view, {}, src.cview(), {}, pos.view(), {}});
       EXPECT_TRUE(all_written(out.cview())) << to_string(dtype);
       EXPECT_TRUE(only_views_written(out_before, out.buffer, {out.cview()})) << to_string(dtype);
 
       HostTensor in_place(dtype, tokens, 2, 128);
       std::memcpy(in_place.buffer.data(), src.buffer.data(), static_cast<std::size_t>(src.buffer.size()));
-      apply_reference(spec, RopeArgs{in_place.view, {}, {}, {}, pos.view()});
+      apply_reference(spec, RopeArgs{in_place.view, {}, {}, {}, pos.view(), {}});
       EXPECT_TRUE(bits_equal(out.cview(), in_place.cview())) << to_string(pairing) << " " << to_string(dtype);
       for (std::int64_t t = 0; t < tokens; ++t) {
         for (std::int64_t h = 0; h < 2; ++h) {
@@ -195,10 +195,10 @@ TEST(ReferenceLayout, InPlaceEqualsOutOfPlaceForEveryPairing) {
         fill_random(src.view, 7);
         const HostPositions pos(spec, positions_in(0, 200000, 7, 3));
         HostTensor out(dtype, 7, 4, 64);
-        apply_reference(spec, RopeArgs{out.view, {}, src.cview(), {}, pos.view()});
+        apply_reference(spec, RopeArgs{out.view, {}, src.cview(), {}, pos.view(), {}});
         HostTensor in_place(dtype, 7, 4, 64);
         std::memcpy(in_place.buffer.data(), src.buffer.data(), static_cast<std::size_t>(src.buffer.size()));
-        apply_reference(spec, RopeArgs{in_place.view, {}, {}, {}, pos.view()});
+        apply_reference(spec, RopeArgs{in_place.view, {}, {}, {}, pos.view(), {}});
         EXPECT_TRUE(bits_equal(out.cview(), in_place.cview())) << case_name(spec, dtype);
       }
     }
@@ -222,8 +222,8 @@ TEST(ReferenceLayout, FusedQkvViewsInPlace) {
     const HostPositions pos(positions_in(0, 5000, tokens, 5), IndexType::i32);
     const std::vector<std::byte> before = fused.buffer.snapshot();
 
-    apply_reference(spec, RopeArgs{fused.q, fused.k, {}, {}, pos.view()});
-    apply_reference(spec, RopeArgs{q_dense.view, k_dense.view, {}, {}, pos.view()});
+    apply_reference(spec, RopeArgs{fused.q, fused.k, {}, {}, pos.view(), {}});
+    apply_reference(spec, RopeArgs{q_dense.view, k_dense.view, {}, {}, pos.view(), {}});
     EXPECT_TRUE(bits_equal(q_dense.cview(), ConstTensorView(fused.q))) << to_string(dtype);
     EXPECT_TRUE(bits_equal(k_dense.cview(), ConstTensorView(fused.k))) << to_string(dtype);
     EXPECT_TRUE(only_views_written(before, fused.buffer, {fused.q, fused.k})) << to_string(dtype);
@@ -240,8 +240,8 @@ TEST(ReferenceLayout, Int32AndInt64PositionsAgree) {
   HostTensor b(DType::bf16, 11, 2, 96);
   const HostPositions p64(p, IndexType::i64);
   const HostPositions p32(p, IndexType::i32);
-  apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, p64.view()});
-  apply_reference(spec, RopeArgs{b.view, {}, src.cview(), {}, p32.view()});
+  apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, p64.view(), {}});
+  apply_reference(spec, RopeArgs{b.view, {}, src.cview(), {}, p32.view(), {}});
   EXPECT_TRUE(bits_equal(a.cview(), b.cview()));
 }
 

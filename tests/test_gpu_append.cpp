@@ -108,7 +108,7 @@ void run_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c) {
   {
     DeviceMirror dq(device, q_in.buffer, stream);
     DeviceMirror dk(device, k.buffer, stream);
-    engine.apply(RopeArgs{dq.map(q_in.view), dk.map(k.view), {}, {}, d_positions.view}, stream);
+    engine.apply(RopeArgs{dq.map(q_in.view), dk.map(k.view), {}, {}, d_positions.view, {}}, stream);
     engine.check(stream);
     dq.download(q_want.buffer, stream);
     dk.download(k_want.buffer, stream);
@@ -437,7 +437,7 @@ TEST_F(GpuAppend, CountersMatchTheCpuEngineAndTimeTheDevice) {
   engine.enable_counters(true, /*device_timing=*/true);
   constexpr int calls = 5;
   for (int i = 0; i < calls; ++i) engine.append(d.args, ref());
-  RopeArgs rope{d.args.q, {}, {}, {}, d.positions.view};
+  RopeArgs rope{d.args.q, {}, {}, {}, d.positions.view, {}};
   engine.apply(rope, ref());
   ref().synchronize();
   const OperationCounters g = engine.counters();
@@ -451,7 +451,7 @@ TEST_F(GpuAppend, CountersMatchTheCpuEngineAndTimeTheDevice) {
   AppendArgs host =
       append_args(q.view, call.k.cview(), call.v.cview(), call.positions.view(), call.slots.data(), cache.view);
   for (int i = 0; i < calls; ++i) cpu.append(host);
-  cpu.apply(RopeArgs{q.view, {}, {}, {}, call.positions.view()});
+  cpu.apply(RopeArgs{q.view, {}, {}, {}, call.positions.view(), {}});
   const OperationCounters c = cpu.counters();
   EXPECT_EQ(g.calls, calls + 1);
   EXPECT_EQ(g.calls, c.calls);

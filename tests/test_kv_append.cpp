@@ -122,7 +122,7 @@ void run_case(const Case& c) {
   std::memcpy(q_want.buffer.data(), q_in.buffer.data(), static_cast<std::size_t>(q_in.buffer.size()));
   std::memcpy(k_want.buffer.data(), k.buffer.data(), static_cast<std::size_t>(k.buffer.size()));
   const CpuEngine engine(c.spec, CpuOptions{c.threads});
-  engine.apply(RopeArgs{q_want.view, k_want.view, {}, {}, positions.view()});
+  engine.apply(RopeArgs{q_want.view, k_want.view, {}, {}, positions.view(), {}});
 
   // The expected cache image: poison, then each slotted token's rows.
   HostCache reference_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);

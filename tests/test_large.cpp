@@ -98,7 +98,7 @@ TEST(Large, TensorAbove2To31ElementsRotatedByCpuEngine) {
   const HostPositions pos(std::move(positions));
 
   const auto t1 = std::chrono::steady_clock::now();
-  engine.apply(RopeArgs{q, {}, {}, {}, pos.view()});
+  engine.apply(RopeArgs{q, {}, {}, {}, pos.view(), {}});
   const auto t2 = std::chrono::steady_clock::now();
   const double seconds = std::chrono::duration<double>(t2 - t1).count();
   std::printf("  fill %.2f s; CpuEngine (%d threads) rotated %.2f GB in place in %.2f s: %.2f GB/s read+write\n",
@@ -124,7 +124,7 @@ TEST(Large, TensorAbove2To31ElementsRotatedByCpuEngine) {
     }
   }
   const HostPositions sample_pos(sample);
-  apply_reference(spec, RopeArgs{rows.view, {}, {}, {}, sample_pos.view()});
+  apply_reference(spec, RopeArgs{rows.view, {}, {}, {}, sample_pos.view(), {}});
   EXPECT_TRUE(bits_equal(rows.cview(), engine_rows.cview())) << "sampled tokens of the large tensor vs apply_reference";
 
   const FrequencyTable table = compute_frequencies(spec, tokens);

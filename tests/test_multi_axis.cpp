@@ -148,7 +148,7 @@ struct RopeRun {
     fill_random(q_src.view, seed);
     fill_random(k_src.view, seed + 1);
   }
-  RopeArgs args(const PositionsView& p) const { return RopeArgs{q.view, k.view, q_src.cview(), k_src.cview(), p}; }
+  RopeArgs args(const PositionsView& p) const { return RopeArgs{q.view, k.view, q_src.cview(), k_src.cview(), p, {}}; }
 };
 
 // ---- 1. the reference against the float64 model -----------------------------------------------
@@ -454,7 +454,7 @@ TEST(MultiAxisErrors, BadCallsAreNamedAndWriteNothing) {
   };
   for (const Bad& c : cases) {
     SCOPED_TRACE(c.what);
-    const RopeArgs args{q.view, k.view, {}, {}, c.positions};
+    const RopeArgs args{q.view, k.view, {}, {}, c.positions, {}};
     EXPECT_TRUE(throws_error([&] { engine.apply(args); }, c.kind, c.parts));
     EXPECT_TRUE(throws_error([&] { apply_reference(glm4v, args); }, c.kind, c.parts));
     EXPECT_TRUE(throws_error([&] { validate_args(glm4v, args); }, c.kind, c.parts));
@@ -463,12 +463,12 @@ TEST(MultiAxisErrors, BadCallsAreNamedAndWriteNothing) {
   }
   // A stream extent that does not fit in 64 bits.
   huge.stream_stride = std::int64_t{1} << 62;
-  EXPECT_TRUE(throws_error([&] { engine.apply(RopeArgs{q.view, k.view, {}, {}, huge}); }, ErrorKind::overflow,
+  EXPECT_TRUE(throws_error([&] { engine.apply(RopeArgs{q.view, k.view, {}, {}, huge, {}}); }, ErrorKind::overflow,
                            {"stream_stride"}));
   // Out of range in stream 2 only.
   tight.position_limit = 65536;
   const CpuEngine tight_engine(tight, CpuOptions{1});
-  const RopeArgs far_args{q.view, k.view, {}, {}, far.view()};
+  const RopeArgs far_args{q.view, k.view, {}, {}, far.view(), {}};
   for (const auto& run : {std::function<void()>([&] { tight_engine.apply(far_args); }),
                           std::function<void()>([&] { apply_reference(tight, far_args); })}) {
     EXPECT_TRUE(throws_error(run, ErrorKind::out_of_range,

@@ -20,8 +20,8 @@ using namespace posenc::test;  // NOLINT(google-build-using-namespace)
 HostTensor rotate_both(const RopeSpec& spec, const HostTensor& src, const HostPositions& pos) {
   HostTensor ref(src.view.dtype, src.view.tokens, src.view.heads, src.view.head_dim);
   HostTensor eng(src.view.dtype, src.view.tokens, src.view.heads, src.view.head_dim);
-  apply_reference(spec, RopeArgs{ref.view, {}, src.cview(), {}, pos.view()});
-  CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{eng.view, {}, src.cview(), {}, pos.view()});
+  apply_reference(spec, RopeArgs{ref.view, {}, src.cview(), {}, pos.view(), {}});
+  CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{eng.view, {}, src.cview(), {}, pos.view(), {}});
   EXPECT_TRUE(bits_equal(ref.cview(), eng.cview())) << case_name(spec, src.view.dtype);
   return eng;
 }
@@ -127,9 +127,9 @@ TEST(Properties, InverseRotationRestoresInput) {
       HostTensor x(dtype, 32, 3, 128);
       std::memcpy(x.buffer.data(), src.buffer.data(), static_cast<std::size_t>(src.buffer.size()));
       const CpuEngine engine(spec, CpuOptions{2});
-      engine.apply(RopeArgs{x.view, {}, {}, {}, pos.view()});
+      engine.apply(RopeArgs{x.view, {}, {}, {}, pos.view(), {}});
       swap_pairs(x.view, pairing, 64);
-      engine.apply(RopeArgs{x.view, {}, {}, {}, pos.view()});
+      engine.apply(RopeArgs{x.view, {}, {}, {}, pos.view(), {}});
       swap_pairs(x.view, pairing, 64);
       Expected64 expected{32, 3, 128, {}};
       for (std::int64_t t = 0; t < 32; ++t) {

@@ -44,7 +44,7 @@ struct Problem {
     fill_random(q_src.view, 3);
     fill_random(k_src.view, 4);
     fill_random(fused.q, 5);
-    args = RopeArgs{q.view, k.view, q_src.cview(), k_src.cview(), positions.view()};
+    args = RopeArgs{q.view, k.view, q_src.cview(), k_src.cview(), positions.view(), {}};
   }
 
   /// Every byte the call could write or read.
@@ -271,7 +271,7 @@ TEST(Validation, ScanPositionsReturnsTheLargest) {
 // interleave but never meet, which the exact check accepts (a whole-range test would not).
 TEST(Validation, FusedQkvNeighboursAreNotAnOverlap) {
   Problem s;
-  s.args = RopeArgs{s.fused.q, s.fused.k, {}, {}, s.positions.view()};
+  s.args = RopeArgs{s.fused.q, s.fused.k, {}, {}, s.positions.view(), {}};
   EXPECT_NO_THROW(validate_args(s.spec, s.args));
   // K right after V's first head instead (still disjoint per token).
   s.args.k = s.fused.v;

@@ -13,14 +13,17 @@ struct AppendArgs;  // kv_cache.hpp
 
 /// Validates `args` against `spec` in one pass without writing anything: shapes and dtypes match
 /// the spec and each other, strides are non-negative and do not make a view overlap itself or
-/// another destination, sizes fit in 64 bits, every position lies in [0, spec.position_limit).
+/// another destination, sizes fit in 64 bits, every position lies in [0, spec.position_limit)
+/// (and in [0, cos_sin.rows) when a cos/sin cache is given; the cache itself is checked as
+/// tensor.hpp CosSinCacheView says).
 /// Throws posenc::Error naming the value, its index and the limit. `check_positions` = false
 /// skips reading positions (they live in device memory for the GPU engine).
 void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positions = true);
 
 /// The definition of RoPE in this codebase: plain scalar loops over tokens, heads and pairs, one
 /// element at a time, no threads, no vectorization. It validates, computes the frequency table
-/// for the call, and applies the math of rope.hpp with the spec's numerics. Every other path
+/// for the call (or reads the caller's cos/sin cache, RopeArgs::cos_sin), and applies the math of
+/// rope.hpp with the spec's numerics. Every other path
 /// (the CPU engine, the GPU engine) is tested against it.
 void apply_reference(const RopeSpec& spec, const RopeArgs& args);
 
@@ -31,7 +34,8 @@ struct CpuOptions {
 
 /// Multi-threaded, vectorizable CPU engine. Built once per spec: the frequency table is computed
 /// at construction (and per call only for the `dynamic`/`longrope` schemes, whose table depends
-/// on the call's largest position). cos/sin are computed once per token and shared by its heads.
+/// on the call's largest position). cos/sin are computed once per token and shared by its heads;
+/// with a cos/sin cache in the call (RopeArgs::cos_sin) they are read from its row instead.
 /// Results are bit-identical to apply_reference.
 class CpuEngine {
  public:

@@ -165,6 +165,14 @@ class MemoryPool {
 /// outside [0, spec.position_limit) are still rotated by their angle, and the first one seen is
 /// recorded in a device-side fault word; `check` reports it as posenc::Error(out_of_range) with
 /// the token index, the value and the limit.
+///
+/// A caller's cos/sin cache (RopeArgs::cos_sin, AppendArgs::cos_sin; device memory) is different:
+/// it is indexed by position, so a position outside [0, min(cos_sin.rows, spec.position_limit))
+/// never indexes it. That token's rows get the identity rotation (cos 1, sin 0: written as they
+/// were read, for finite inputs), and `check` reports the first such token as
+/// posenc::Error(out_of_range) with its index, the value and the limit (the cache's rows). The
+/// cache's entries are read in the kernel's cos/sin table step, once per (token, pair) and tile,
+/// in place of the angle computation; everything else is the spec path's launch.
 class GpuEngine {
  public:
   GpuEngine(const RopeSpec& spec, const Device& device);
@@ -196,8 +204,9 @@ class GpuEngine {
   /// slots). Like apply: no allocation, no copy, no synchronization; graph-capturable.
   void append(const AppendArgs& args, StreamRef stream) const;
 
-  /// Synchronizes `stream`, then throws if a kernel fault, a recorded bad position or a recorded
-  /// bad slot is pending (and clears the record). Cheap enough to call once per step, not meant
+  /// Synchronizes `stream`, then throws if a kernel fault, a recorded bad position (outside the
+  /// spec's limit, or outside a caller's cos/sin cache) or a recorded bad slot is pending (and
+  /// clears the record). Cheap enough to call once per step, not meant
   /// for the hot path.
   void check(StreamRef stream) const;
 

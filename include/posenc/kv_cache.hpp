@@ -113,6 +113,8 @@ struct KvCacheView {
 ///   gpu::GpuEngine) is token i's slot, or -1 to skip its K/V.
 /// - Q, K and V share one activation dtype; the cache may have any CacheDType (the cast is
 ///   applied on the way in).
+/// - `cos_sin` (optional): Q and K are rotated by the caller's cos/sin cache instead of the spec's
+///   frequencies, exactly as RopeArgs::cos_sin (tensor.hpp); it must not overlap Q or the KV cache.
 struct AppendArgs {
   TensorView q;
   ConstTensorView q_src;
@@ -121,6 +123,7 @@ struct AppendArgs {
   PositionsView positions;
   const std::int64_t* slots = nullptr;
   KvCacheView cache;
+  CosSinCacheView cos_sin;
 };
 
 /// Validates an append call in one pass without writing anything: the rotation of Q and K exactly

@@ -69,6 +69,18 @@ namespace posenc {
 //                  and sin rounded once to float32, rotation in float32 rounded once to the
 //                  activation dtype. Error against a float64 reference of the same inv_freq stays
 //                  within a few float32 ulps for positions up to at least 2^20.
+//
+// Caller's cos/sin cache (RopeArgs::cos_sin, tensor.hpp CosSinCacheView; vLLM's and sgl-kernel's
+// `rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)`): c_i and s_i are
+// entries i and R/2 + i of the cache row of the token's position, read as float, and nothing is
+// computed from the spec's frequencies (no attention factor either: the cache holds it). The spec
+// still gives head_dim, rotary_dim (equal to the cache's), rotary_offset, the pairing (is_neox =
+// half_split, !is_neox = interleaved; interleaved_to_half also works) and the numerics:
+//   hf_compatible  c_i, s_i rounded to the activation dtype (`cos.to(x.dtype)`), then the 3-round
+//                  rotation above: vLLM's native path and its CUDA kernel for 16-bit dtypes.
+//   hf_fp32_apply  c_i, s_i rounded to the activation dtype, rotation in float32 rounded once.
+//   accurate       c_i, s_i as float32 (no rounding to the activation dtype), rotation in float32
+//                  (fused multiply-add) rounded once.
 // ------------------------------------------------------------------------------------------------
 
 /// Which elements of the rotary window form a rotation pair (drawn above).

@@ -67,6 +67,35 @@ struct PositionsView {
   std::int64_t stream_stride = 0;  ///< elements between streams (>= count when streams > 1)
 };
 
+/// A caller's cos/sin cache, as vLLM's and sgl-kernel's `rotary_embedding(positions, query, key,
+/// head_size, cos_sin_cache, is_neox)` take it: `[rows, rotary_dim]`, row p holding the cos of the
+/// R/2 pairs of position p, then their sin (R = rotary_dim):
+///
+///     row p:  [ c_0  c_1 ... c_{R/2-1} | s_0  s_1 ... s_{R/2-1} ]
+///     element (p, j) lives at  data + (p * row_stride + j) * size_of(dtype)
+///
+/// With a cache, pair i of a token at position p is rotated by (c_i, s_i) of row p instead of the
+/// angle the spec's frequencies give: the cache already holds any scaling and attention factor,
+/// so theta, scaling and attention_factor of the spec are ignored (rope.hpp "Caller's cos/sin
+/// cache" gives the arithmetic). The dtype (f32, f16, bf16) may differ from the activation dtype.
+/// Positions must lie in [0, rows): the CPU engine rejects others before writing anything, the
+/// GPU engine never reads the cache for them (gpu.hpp). Not owned.
+struct CosSinCacheView {
+  const void* data = nullptr;
+  DType dtype = DType::f32;
+  std::int64_t rows = 0;        ///< valid positions are [0, rows)
+  std::int64_t rotary_dim = 0;  ///< R: elements of a row that are read (R/2 cos, then R/2 sin)
+  std::int64_t row_stride = 0;  ///< elements between row p and row p+1 (>= rotary_dim)
+
+  bool present() const noexcept { return data != nullptr; }
+
+  /// A dense `[rows, rotary_dim]` cache (row_stride = rotary_dim).
+  static CosSinCacheView contiguous(const void* data, DType dtype, std::int64_t rows,
+                                    std::int64_t rotary_dim) noexcept {
+    return {data, dtype, rows, rotary_dim, rotary_dim};
+  }
+};
+
 /// Everything one `apply` call reads and writes.
 ///
 /// - `q` is written. `k` is written when present (K is optional: MLA-style Q-only calls).
@@ -75,12 +104,17 @@ struct PositionsView {
 ///   same dtype and shape as their destination but may have other strides, and must not overlap
 ///   any destination unless they are exactly the same view.
 /// - Q and K may have different head counts (GQA/MQA); both have `positions.count` tokens.
+/// - `cos_sin` (optional): rotate by the caller's cos/sin cache instead of the spec's frequencies
+///   (CosSinCacheView). Only single-stream pairings take one (half_split, interleaved,
+///   interleaved_to_half; no M-RoPE); its rotary_dim must equal the spec's, and it must not
+///   overlap a destination.
 struct RopeArgs {
   TensorView q;
   TensorView k;
   ConstTensorView q_src;
   ConstTensorView k_src;
   PositionsView positions;
+  CosSinCacheView cos_sin;
 };
 
 }  // namespace posenc

@@ -172,6 +172,7 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
   rope.k = TensorView{const_cast<void*>(a.k.data), a.k.dtype, a.k.tokens, a.k.heads,
                       a.k.head_dim, a.k.token_stride, a.k.head_stride};
   rope.positions = a.positions;
+  rope.cos_sin = a.cos_sin;
   const CallInfo info = validate_call(spec, rope, /*check_positions=*/!device_data);
 
   check_input("v", a.v, spec, a.positions);
@@ -203,6 +204,10 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
                                   size_of(a.positions.type))},
       {"slots", reinterpret_cast<std::uintptr_t>(a.slots),
        static_cast<std::uint64_t>(a.positions.count) * sizeof(std::int64_t)},
+      // validate_call checked the cos/sin cache, so its extent is known to fit.
+      a.cos_sin.present() ? Range{"cos_sin", reinterpret_cast<std::uintptr_t>(a.cos_sin.data),
+                                  static_cast<std::uint64_t>(check_cos_sin(spec, a.cos_sin))}
+                          : Range{"cos_sin", 0, 0},
   };
   if (cache_k.meets(cache_v)) {
     fail(ErrorKind::invalid_argument, "cache.k and cache.v (" + str(cache_bytes) + " bytes each) overlap");

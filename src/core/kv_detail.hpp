@@ -23,6 +23,7 @@ inline RopeArgs append_rotation(const AppendArgs& args, const TensorView& rotate
   rope.k = rotated_k;
   rope.k_src = args.k;
   rope.positions = args.positions;
+  rope.cos_sin = args.cos_sin;
   return rope;
 }
 

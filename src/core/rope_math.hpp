@@ -48,6 +48,28 @@ POSENC_HD CosSin cos_sin_accurate(float inv_freq, std::int64_t pos, double atten
   return {static_cast<float>(cd * attention_factor), static_cast<float>(sd * attention_factor)};
 }
 
+// ---- a caller's cos/sin cache (tensor.hpp CosSinCacheView) -------------------------------------
+
+/// Element `index` of a cos/sin cache of `dtype`, as float (exact). Typed loads: validation
+/// checked the alignment.
+POSENC_HD float cos_sin_cache_entry(const void* data, DType dtype, std::int64_t index) {
+  if (dtype == DType::f32) return static_cast<const float*>(data)[index];
+  const std::uint16_t bits = static_cast<const std::uint16_t*>(data)[index];
+  return dtype == DType::bf16 ? Element<DType::bf16>::widen(bits) : Element<DType::f16>::widen(bits);
+}
+
+/// The cos/sin a cache's entries (c, s) give a rotation under numerics N in activation dtype A:
+/// the hf modes round them to A, as `cos.to(x.dtype)` does; accurate uses them as float32.
+template <DType A, Numerics N>
+POSENC_HD CosSin cos_sin_from_cache(float c, float s) {
+  if constexpr (N == Numerics::accurate) {
+    return {c, s};
+  } else {
+    const Pair r = round_act2<A>(c, s);
+    return {r.a, r.b};
+  }
+}
+
 // ---- the rotation of one pair ------------------------------------------------------------------
 
 /// hf_compatible: a' = R(R(a*c) - R(b*s)), b' = R(R(b*c) + R(a*s)), R = round to the activation

@@ -183,7 +183,7 @@ void check_source(const char* name, const ConstTensorView& src, const char* dst_
 
 }  // namespace
 
-std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit) {
+std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit, const char* limit_name) {
   if (positions.data == nullptr) fail(ErrorKind::invalid_argument, "positions.data is null");
   std::int64_t max_position = -1;
   const std::int32_t streams = std::max(positions.streams, 1);
@@ -195,7 +195,8 @@ std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit) 
         const std::int64_t v = p[i];
         if (v < 0 || v >= limit) {
           fail(ErrorKind::out_of_range, "position " + str(v) + (streams > 1 ? " of stream " + str(s) : std::string()) +
-                                            " at token index " + str(i) + " is outside [0, " + str(limit) + ")");
+                                            " at token index " + str(i) + " is outside [0, " + str(limit) + ")" +
+                                            (limit_name != nullptr ? " (" + std::string(limit_name) + ")" : std::string()));
         }
         max_position = std::max(max_position, v);
       }
@@ -207,6 +208,44 @@ std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit) 
     scan(static_cast<const std::int64_t*>(positions.data));
   }
   return max_position;
+}
+
+std::int64_t check_cos_sin(const RopeSpec& spec, const CosSinCacheView& c) {
+  if (spec.pairing == Pairing::half_split_2d || !spec.mrope_section.empty()) {
+    fail(ErrorKind::invalid_argument,
+         std::string("a cos/sin cache gives one row per position: it needs a single-stream spec, but spec.pairing is ") +
+             to_string(spec.pairing) + " with " + str(spec.position_streams()) +
+             " position stream(s) (half_split_2d and M-RoPE take their angles from the spec)");
+  }
+  if (!known(c.dtype)) {
+    fail(ErrorKind::invalid_argument, "cos_sin dtype " + str(static_cast<int>(c.dtype)) + " is not a known DType");
+  }
+  if (c.rows < 1) {
+    fail(ErrorKind::invalid_argument, "cos_sin rows " + str(c.rows) + " must be >= 1 (one row per position)");
+  }
+  if (c.rotary_dim != spec.rotary()) {
+    fail(ErrorKind::invalid_argument, "cos_sin rotary_dim " + str(c.rotary_dim) + " differs from the spec's rotary_dim " +
+                                          str(spec.rotary()) + " (a row holds rotary_dim / 2 cos, then as many sin)");
+  }
+  if (c.row_stride < c.rotary_dim) {
+    fail(ErrorKind::invalid_argument, "cos_sin row_stride " + str(c.row_stride) + " is less than its rotary_dim " +
+                                          str(c.rotary_dim) + ": rows would overlap");
+  }
+  const std::int64_t elem = size_of(c.dtype);
+  const auto address = reinterpret_cast<std::uintptr_t>(c.data);
+  if (address % static_cast<std::uintptr_t>(elem) != 0) {
+    fail(ErrorKind::invalid_argument,
+         "cos_sin data address " + address_text(address) + " is not aligned to its " + str(elem) + "-byte elements");
+  }
+  // Elements spanned: (rows - 1) * row_stride + rotary_dim.
+  const std::int64_t lead = checked_mul(c.rows - 1, c.row_stride, "cos_sin", " extent (rows - 1) * row_stride");
+  const std::int64_t elems = checked_add(lead, c.rotary_dim, "cos_sin", " extent in elements");
+  const std::int64_t bytes = checked_mul(elems, elem, "cos_sin", " extent in bytes");
+  if (address > UINTPTR_MAX - static_cast<std::uintptr_t>(bytes)) {
+    fail(ErrorKind::overflow, "cos_sin spans " + str(bytes) + " bytes from address " + address_text(address) +
+                                  ", past the end of the address space");
+  }
+  return bytes;
 }
 
 CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_positions) {
@@ -293,7 +332,24 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
     }
   }
 
-  if (check_positions) info.max_position = scan_positions(pos, spec.position_limit);
+  std::int64_t limit = spec.position_limit;
+  const char* limit_name = nullptr;
+  if (args.cos_sin.present()) {
+    // The cache is read while Q and K are written: it must share no byte with them (a whole-range
+    // test; a cache never legitimately lies inside an activation buffer).
+    Extent c;
+    c.name = "cos_sin";
+    c.begin = reinterpret_cast<std::uintptr_t>(args.cos_sin.data);
+    c.bytes = check_cos_sin(spec, args.cos_sin);
+    c.tokens = -1;  // never equal to a view's: views_overlap compares whole ranges
+    if (views_overlap(c, q)) fail_overlap(c, q, "the cos/sin cache must not share memory with a destination");
+    if (args.k.present() && views_overlap(c, k)) {
+      fail_overlap(c, k, "the cos/sin cache must not share memory with a destination");
+    }
+    limit = cos_sin_limit(spec, args.cos_sin);
+    limit_name = limit == args.cos_sin.rows ? "rows of the cos/sin cache" : "spec.position_limit";
+  }
+  if (check_positions) info.max_position = scan_positions(pos, limit, limit_name);
   return info;
 }
 

@@ -29,7 +29,20 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
 /// Error(out_of_range) "position P at token index I is outside [0, L)" for the first bad one, with
 /// " of stream S" after P when the view has several streams. Usable by GPU code on a host copy of
 /// its positions.
-std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit);
+///
+/// `limit_name`, when given, says in parentheses what the limit is ("rows of the cos/sin cache").
+std::int64_t scan_positions(const PositionsView& positions, std::int64_t limit, const char* limit_name = nullptr);
+
+/// Checks a present cos/sin cache (tensor.hpp CosSinCacheView) against the spec: a single-stream
+/// pairing, rotary_dim equal to the spec's, rows >= 1, row_stride >= rotary_dim, a known dtype,
+/// aligned data, and an extent that fits in 64 bits and in the address space. Returns the extent
+/// in bytes (from data to one past the last element read). Throws posenc::Error.
+std::int64_t check_cos_sin(const RopeSpec& spec, const CosSinCacheView& cache);
+
+/// Positions a call with cache `cache` may use: [0, cos_sin_limit) = [0, min(rows, position_limit)).
+inline std::int64_t cos_sin_limit(const RopeSpec& spec, const CosSinCacheView& cache) noexcept {
+  return cache.rows < spec.position_limit ? cache.rows : spec.position_limit;
+}
 
 /// Checks a present read-only view the way validate_call checks K: dtype known, head_dim equal to
 /// the spec's, tokens equal to positions.count, strides, extent and self-overlap. Messages name

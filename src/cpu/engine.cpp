@@ -286,7 +286,8 @@ void CpuEngine::apply(const RopeArgs& args) const {
   // Every pair's stream is the same for all tables (it depends on the spec only).
   if (s.spec.position_streams() > 1) call.pair_stream = s.axes.stream.data();
   double factor = s.attention_factor;
-  if (detail::table_depends_on_positions(s.spec.scaling)) {
+  call.cos_sin = args.cos_sin;  // present: the rows come from the caller's cache (no table is read)
+  if (!args.cos_sin.present() && detail::table_depends_on_positions(s.spec.scaling)) {
     factor = s.call_table(info.max_position + 1, call_inv_freq);
     call.inv_freq = call_inv_freq.data();
   }

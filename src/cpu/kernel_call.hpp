@@ -43,6 +43,9 @@ struct KernelCall {
   std::int64_t head_dim = 0;
   /// The engine's cos/sin rows by position (fixed-table schemes); nullptr: compute every row.
   const RowCache* rows = nullptr;
+  /// The caller's cos/sin cache (RopeArgs::cos_sin); when present, rows come from it and
+  /// inv_freq, pair_stream, rows and the attention factors are not read.
+  CosSinCacheView cos_sin;
   float attention_factor_f32 = 1.0f;  ///< hf modes: the factor as a float32 operand
   double attention_factor = 1.0;      ///< accurate: applied in double before the one rounding
 };

@@ -58,12 +58,37 @@ inline void cached_row(const KernelCall& call, std::int64_t position, const floa
   s = scratch_s;
 }
 
+/// One token's cos/sin row from the caller's cos/sin cache of dtype C: entries i and R/2 + i of
+/// the row of the token's position (validated to lie in [0, rows)), rounded as cos_sin_from_cache.
+template <DType A, Numerics N, DType C>
+inline void cos_sin_cache_row(const KernelCall& call, std::int64_t t, float* cos_row, float* sin_row) {
+  using S = detail::storage_t<C>;
+  const CosSinCacheView& c = call.cos_sin;
+  const S* row = static_cast<const S*>(c.data) + detail::position_at(call.positions, t) * c.row_stride;
+  for (std::int64_t i = 0; i < call.half; ++i) {
+    const detail::CosSin cs = detail::cos_sin_from_cache<A, N>(detail::Element<C>::widen(row[i]),
+                                                               detail::Element<C>::widen(row[call.half + i]));
+    cos_row[i] = cs.c;
+    sin_row[i] = cs.s;
+  }
+}
+
 /// One token's cos/sin row, shared by every head of Q and K. Single-stream calls use the token's
 /// one position for every pair; multi-axis calls (M-RoPE, 2-D) read the token's position in each
 /// stream once and give pair i the one of its stream. With a row cache the rows come from it (and
 /// are rounded to the activation dtype here: the same bits as computing them, see row_cache.hpp).
 template <DType A, Numerics N>
 inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, float* sin_row) {
+  if (call.cos_sin.present()) {  // its dtype was validated: one of the three
+    if (call.cos_sin.dtype == DType::f32) {
+      cos_sin_cache_row<A, N, DType::f32>(call, t, cos_row, sin_row);
+    } else if (call.cos_sin.dtype == DType::bf16) {
+      cos_sin_cache_row<A, N, DType::bf16>(call, t, cos_row, sin_row);
+    } else {
+      cos_sin_cache_row<A, N, DType::f16>(call, t, cos_row, sin_row);
+    }
+    return;
+  }
   std::int64_t stream_position[max_streams];
   const std::int32_t streams = call.pair_stream == nullptr ? 1 : call.positions.streams;
   for (std::int32_t st = 0; st < streams; ++st) stream_position[st] = detail::position_at(call.positions, st, t);

@@ -17,12 +17,37 @@ std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std:
   return t * token_stride + h * head_stride + d;
 }
 
+/// Where a token's cos/sin come from: the spec's frequencies (per pair inv_freq and position
+/// stream, and the attention factor), or the caller's cos/sin cache when `cache` is present.
+struct AngleSource {
+  const PairAxes* axes = nullptr;
+  double attention_factor = 1.0;
+  CosSinCacheView cache;
+};
+
+/// cos/sin of pair i of token t under numerics N (rope.hpp).
+template <DType A, Numerics N>
+detail::CosSin token_cos_sin(const PositionsView& positions, const AngleSource& from, std::int64_t t,
+                             std::int64_t i) {
+  if (from.cache.present()) {
+    // Row of the token's position (validated to lie in [0, rows)): cos at i, sin at R/2 + i.
+    const std::int64_t row = detail::position_at(positions, t) * from.cache.row_stride;
+    const float c = detail::cos_sin_cache_entry(from.cache.data, from.cache.dtype, row + i);
+    const float s = detail::cos_sin_cache_entry(from.cache.data, from.cache.dtype, row + from.cache.rotary_dim / 2 + i);
+    return detail::cos_sin_from_cache<A, N>(c, s);
+  }
+  const std::int64_t p = detail::position_at(positions, from.axes->stream[i], t);
+  return detail::cos_sin<A, N>(from.axes->inv_freq[i], p, from.attention_factor,
+                               static_cast<float>(from.attention_factor));
+}
+
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
 /// place); `cs` holds the token's H cos/sin values, shared by every head of Q and K. Pair i takes
-/// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i].
+/// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i], or its cos/sin
+/// from the caller's cache.
 template <DType A, Numerics N>
-void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const PairAxes& axes,
-                   double attention_factor, const ConstTensorView& src, const TensorView& dst, bool in_place) {
+void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const AngleSource& from,
+                   const ConstTensorView& src, const TensorView& dst, bool in_place) {
   const std::int64_t head_dim = spec.head_dim;
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;  // H: pairs per head
@@ -32,10 +57,7 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const P
   std::vector<float> b(static_cast<std::size_t>(half));
 
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
-    for (std::int64_t i = 0; i < half; ++i) {
-      const std::int64_t p = detail::position_at(positions, axes.stream[i], t);
-      cs[i] = detail::cos_sin<A, N>(axes.inv_freq[i], p, attention_factor, static_cast<float>(attention_factor));
-    }
+    for (std::int64_t i = 0; i < half; ++i) cs[i] = token_cos_sin<A, N>(positions, from, t, i);
     for (std::int64_t h = 0; h < dst.heads; ++h) {
       for (std::int64_t i = 0; i < half; ++i) {
         const PairPlaces at = pair_places(spec.pairing, half, i);
@@ -65,35 +87,40 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const P
 }
 
 template <DType A, Numerics N>
-void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info,
-                 const PairAxes& axes, double attention_factor) {
+void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info, const AngleSource& from) {
   const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
-  rotate_tensor<A, N>(spec, args.positions, axes, attention_factor, q_src, args.q, info.q_in_place);
+  rotate_tensor<A, N>(spec, args.positions, from, q_src, args.q, info.q_in_place);
   if (args.k.present()) {
     const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
-    rotate_tensor<A, N>(spec, args.positions, axes, attention_factor, k_src, args.k, info.k_in_place);
+    rotate_tensor<A, N>(spec, args.positions, from, k_src, args.k, info.k_in_place);
   }
 }
 
 }  // namespace
 
 void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
-  // 1. Validate everything (spec, shapes, strides, overlap, positions) before writing anything.
+  // 1. Validate everything (spec, shapes, strides, overlap, positions, the cos/sin cache) before
+  //    writing anything.
   spec.validate();
   const detail::CallInfo info = detail::validate_call(spec, args, /*check_positions=*/true);
 
-  // 2. The frequency table of this call. seq_len = largest position + 1 matters only for dynamic
-  //    and longrope, whose table HF re-selects per forward from max(position_ids) + 1 (the largest
-  //    position of any stream).
-  const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
-  const double attention_factor = detail::effective_attention_factor(spec, table);
-  const PairAxes axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
+  // 2. Where cos/sin come from: the caller's cache, or the frequency table of this call.
+  //    seq_len = largest position + 1 matters only for dynamic and longrope, whose table HF
+  //    re-selects per forward from max(position_ids) + 1 (the largest position of any stream).
+  AngleSource from;
+  PairAxes axes;
+  if (args.cos_sin.present()) {
+    from.cache = args.cos_sin;
+  } else {
+    const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
+    from.attention_factor = detail::effective_attention_factor(spec, table);
+    axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
+    from.axes = &axes;
+  }
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
   detail::visit(args.q.dtype, [&](auto dtype) {
-    detail::visit(spec.numerics, [&](auto numerics) {
-      rotate_call<dtype.value, numerics.value>(spec, args, info, axes, attention_factor);
-    });
+    detail::visit(spec.numerics, [&](auto numerics) { rotate_call<dtype.value, numerics.value>(spec, args, info, from); });
   });
 }
 

@@ -100,6 +100,37 @@ __device__ __forceinline__ void record_bad_value(unsigned long long* fault, std:
   atomicMin(&fault[1], key);
 }
 
+/// Records a position outside [0, limit) of a caller's cos/sin cache at the cache's fault words
+/// (rope_params.hpp fault_words: the pair of record_bad_value, then the token's limit).
+__device__ __forceinline__ void record_cos_sin_fault(unsigned long long* fault, std::int64_t token,
+                                                     std::int64_t pos, std::int64_t limit) {
+  const auto index = static_cast<unsigned long long>(token);
+  if (index >= *static_cast<volatile unsigned long long*>(&fault[0])) return;
+  record_bad_value(fault, token, pos);
+  constexpr unsigned long long cap = 0xffffffffull;
+  const auto l = static_cast<unsigned long long>(limit);
+  atomicMin(&fault[2], ((index < cap ? index : cap) << 32) | (l < cap ? l : cap));
+}
+
+/// Table entry i (= token * half + pair) of the tile starting at `first_token` from the caller's
+/// cos/sin cache: elements pair and half + pair of the row of `position`. A position outside
+/// [0, cos_sin_limit) never indexes the cache: it is recorded and the entry is the identity
+/// rotation (cos 1, sin 0), so the token's rows are written as they were read.
+template <Act A, Numerics N>
+__device__ __forceinline__ CosSin cache_table_entry(const RopeKernelParams& p, std::int64_t first_token, int i,
+                                                    std::int64_t position) {
+  const int token = static_cast<int>(divide(static_cast<std::uint32_t>(i), p.by_half));
+  if (position < 0 || position >= p.cos_sin_limit) {
+    record_cos_sin_fault(p.fault + cos_sin_fault, first_token + token, position, p.cos_sin_limit);
+    return {1.0f, 0.0f};
+  }
+  const std::int64_t at = position * p.cos_sin_row_stride + (i - token * p.half);
+  const auto dtype = static_cast<DType>(p.cos_sin_dtype);
+  const float c = posenc::detail::cos_sin_cache_entry(p.cos_sin, dtype, at);
+  const float s = posenc::detail::cos_sin_cache_entry(p.cos_sin, dtype, at + p.half);
+  return posenc::detail::cos_sin_from_cache<A, N>(c, s);
+}
+
 /// What one cos/sin table entry (token of the tile, pair) is computed from.
 struct TableEntry {
   std::int64_t position = 0;
@@ -432,15 +463,26 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         }
         // The tile's cos/sin, each (token, pair) once. The angle comes from the position value
         // itself (no table indexed by position), so any position is memory-safe. Each entry's
-        // loads are issued before the previous entry's sincos.
-        for (int i = tid; i < entries; i += threads) {
-          const TableEntry e = entry;
-          if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
-          if (e.position < 0 || e.position >= p.position_limit) {
-            const auto t = static_cast<std::int64_t>(divide(static_cast<std::uint32_t>(i), p.by_half));
-            record_bad_value(p.fault + position_fault, first_token + t, e.position);
+        // loads are issued before the previous entry's sincos. A caller's cos/sin cache replaces
+        // the angle by its row, indexed only by positions inside it. The branch is taken once per
+        // tile rather than per entry: inside the loop it cost the 16-bit float32-rotation kernels
+        // 6 registers (ptxas, sm_90); as two loops no kernel's register allocation grew.
+        if (p.cos_sin != nullptr) {
+          for (int i = tid; i < entries; i += threads) {
+            const TableEntry e = entry;
+            if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
+            table[i] = cache_table_entry<A, N>(p, first_token, i, e.position);
           }
-          table[i] = cos_sin<A, N>(e.inv_freq, e.position, p);
+        } else {
+          for (int i = tid; i < entries; i += threads) {
+            const TableEntry e = entry;
+            if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
+            if (e.position < 0 || e.position >= p.position_limit) {
+              const auto t = static_cast<std::int64_t>(divide(static_cast<std::uint32_t>(i), p.by_half));
+              record_bad_value(p.fault + position_fault, first_token + t, e.position);
+            }
+            table[i] = cos_sin<A, N>(e.inv_freq, e.position, p);
+          }
         }
         __syncthreads();  // also orders every load above before any store below (deinterleave)
       } else if constexpr (deinterleave) {

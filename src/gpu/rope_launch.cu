@@ -443,7 +443,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
   detail::DeviceTiming* const timer = active_timing();
   const int timed = timer != nullptr ? timer->begin(native) : -1;
 
-  if (call_dependent) {
+  if (call_dependent && p.cos_sin == nullptr) {  // a caller's cos/sin cache reads no frequency table
     SelectParams sp = select;
     sp.positions = positions.data;
     sp.tokens = tokens;
@@ -515,6 +515,15 @@ void set_positions(RopeKernelParams& p, const PositionsView& positions) {
   p.stream_stride = positions.streams > 1 ? positions.stream_stride : 0;
 }
 
+/// The caller's cos/sin cache, when the call has one (validated by validate_call).
+void set_cos_sin(RopeKernelParams& p, const RopeSpec& spec, const CosSinCacheView& cache) {
+  if (!cache.present()) return;
+  p.cos_sin = cache.data;
+  p.cos_sin_row_stride = cache.row_stride;
+  p.cos_sin_limit = posenc::detail::cos_sin_limit(spec, cache);
+  p.cos_sin_dtype = static_cast<std::int32_t>(cache.dtype);
+}
+
 }  // namespace
 
 void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
@@ -531,6 +540,7 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
   p.q = kernel_tensor(args.q, args.q_src, info.q_in_place, partial);
   if (k_heads > 0) p.k = kernel_tensor(args.k, args.k_src, info.k_in_place, partial);
   set_positions(p, args.positions);
+  set_cos_sin(p, s.spec, args.cos_sin);
   p.q_heads = static_cast<std::int32_t>(q_heads);
   p.total_heads = static_cast<std::int32_t>(q_heads + k_heads);
 
@@ -573,6 +583,7 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
   c.k_scale = args.cache.k_scale;
   c.v_scale = args.cache.v_scale;
   set_positions(p, args.positions);
+  set_cos_sin(p, s.spec, args.cos_sin);
   p.q_heads = static_cast<std::int32_t>(q_heads);
   p.total_heads = static_cast<std::int32_t>(q_heads + 2 * kv_heads);
 
@@ -646,7 +657,8 @@ void GpuEngine::check(StreamRef stream) const {
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));
   const unsigned long long* positions = words + detail::position_fault;
   const unsigned long long* slots = words + detail::slot_fault;
-  if (positions[0] == detail::fault_clear && slots[0] == detail::fault_clear) return;
+  const unsigned long long* cached = words + detail::cos_sin_fault;
+  if (positions[0] == detail::fault_clear && slots[0] == detail::fault_clear && cached[0] == detail::fault_clear) return;
   POSENC_GPU_CHECK(cudaMemsetAsync(s.fault(), 0xff, sizeof(words), native));
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));
 
@@ -662,6 +674,19 @@ void GpuEngine::check(StreamRef stream) const {
     message += (message.empty() ? "GPU engine: position " : "position ") + fault_value(positions) + " of token " +
                std::to_string(positions[0]) + " is outside [0, " + std::to_string(s.spec.position_limit) +
                ") (the first such token since the last check; it was rotated by its angle)";
+  }
+  if (cached[0] != detail::fault_clear) {
+    // The limit is the call's: min(cos_sin.rows, spec.position_limit), recorded with the token.
+    std::string limit = "the cos/sin cache's rows";
+    if (cached[0] < 0xffffffffull && (cached[2] >> 32) == cached[0]) {
+      const unsigned long long rows = cached[2] & 0xffffffffull;
+      limit = std::to_string(rows) + (rows == 0xffffffffull ? " or more" : "");
+    }
+    if (!message.empty()) message += "; and ";
+    message += (message.empty() ? "GPU engine: position " : "position ") + fault_value(cached) + " of token " +
+               std::to_string(cached[0]) + " is outside [0, " + limit +
+               "), the rows of the cos/sin cache (or spec.position_limit, if smaller) (the first such token since the "
+               "last check; the cache was not read for it and its rows were written unrotated)";
   }
   throw Error(ErrorKind::out_of_range, message);
 }

@@ -17,15 +17,18 @@ inline constexpr int vector_block_threads = 256;
 /// Threads of the frequency-selection pre-pass (one block).
 inline constexpr int select_block_threads = 256;
 
-/// The device words of an engine's fault record: two for positions, two for slots (append).
-/// All start at all-ones and only ever decrease (atomicMin), so concurrent writers need no
-/// ordering. A pair at `first`:
+/// The device words of an engine's fault record: two for positions, two for slots (append),
+/// three for positions outside a caller's cos/sin cache. All start at all-ones and only ever
+/// decrease (atomicMin), so concurrent writers need no ordering. A pair at `first`:
 ///   [first]     the smallest token index with an out-of-range value;
 ///   [first + 1] (min(index, 2^32-1) << 32) | biased int32 value, clamped: for the smallest index
 ///               below 2^32-1 it holds that token's value (saturated to the int32 range).
-inline constexpr int fault_words = 4;
+/// The cos/sin cache's record has a third word, as the limit differs from call to call:
+///   [first + 2] (min(index, 2^32-1) << 32) | min(limit, 2^32-1): that token's limit.
+inline constexpr int fault_words = 7;
 inline constexpr int position_fault = 0;
 inline constexpr int slot_fault = 2;
+inline constexpr int cos_sin_fault = 4;
 inline constexpr unsigned long long fault_clear = ~0ull;
 
 /// Division by a launch constant d in [1, 2^31) without the ~25-instruction integer division:
@@ -109,6 +112,14 @@ struct RopeKernelParams {
   std::int32_t rotary_dim = 0;
   std::int32_t rotary_offset = 0;
   std::int32_t positions_i64 = 1;
+  /// The caller's cos/sin cache (RopeArgs::cos_sin, tensor.hpp), or nullptr: the table entries
+  /// come from the spec's frequencies. When present, entry (token, pair i) is elements i and
+  /// half + i of row position * cos_sin_row_stride, and inv_freq is not used.
+  const void* cos_sin = nullptr;
+  std::int64_t cos_sin_row_stride = 0;  ///< elements between rows
+  /// min(rows, position_limit): positions outside [0, cos_sin_limit) never index the cache.
+  std::int64_t cos_sin_limit = 0;
+  std::int32_t cos_sin_dtype = 0;       ///< posenc::DType value of the cache's elements
   Divisor by_heads;   ///< total_heads: row -> token of the tile
   Divisor by_half;    ///< half: table entry -> token of the tile
   Divisor by_batch;   ///< rows of one batch of the tile's blocks (blockDim.y * rows_in_flight_for * gridDim.y)

@@ -165,4 +165,27 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
   return ::testing::AssertionSuccess();
 }
 
+::testing::AssertionResult buffers_match(const std::vector<const HostBuffer*>& expected,
+                                         const std::vector<const HostBuffer*>& actual,
+                                         const std::vector<std::vector<std::byte>>& before,
+                                         const std::vector<ConstTensorView>& destinations) {
+  for (std::size_t i = 0; i < actual.size(); ++i) {
+    if (auto r = bytes_equal(expected[i]->snapshot(), *actual[i]); !r) {
+      return ::testing::AssertionFailure() << "buffer " << i << " differs from the reference's: " << r.message();
+    }
+    std::vector<ConstTensorView> inside;
+    for (const ConstTensorView& d : destinations) {
+      const auto* p = static_cast<const std::byte*>(d.data);
+      if (p >= actual[i]->data() && p < actual[i]->data() + actual[i]->size()) inside.push_back(d);
+    }
+    if (auto r = only_views_written(before[i], *actual[i], inside); !r) {
+      return ::testing::AssertionFailure() << "buffer " << i << ": " << r.message();
+    }
+  }
+  for (const ConstTensorView& d : destinations) {
+    if (auto r = all_written(d); !r) return r;
+  }
+  return ::testing::AssertionSuccess();
+}
+
 }  // namespace posenc::test

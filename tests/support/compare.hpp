@@ -62,4 +62,13 @@ inline ::testing::AssertionResult bytes_equal(const std::vector<std::byte>& befo
 /// No element of `v` still holds the poison pattern (it was written).
 ::testing::AssertionResult all_written(const ConstTensorView& v);
 
+/// Two runs of one call on identical buffers (`expected` by the reference, `actual` by the code
+/// under test, in the same order): every buffer agrees byte for byte, each `actual` buffer changed
+/// only inside the `destinations` it holds (against `before`, its bytes before the call), and
+/// every destination element was written.
+::testing::AssertionResult buffers_match(const std::vector<const HostBuffer*>& expected,
+                                         const std::vector<const HostBuffer*>& actual,
+                                         const std::vector<std::vector<std::byte>>& before,
+                                         const std::vector<ConstTensorView>& destinations);
+
 }  // namespace posenc::test

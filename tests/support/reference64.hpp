@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "posenc/dtype.hpp"
@@ -76,5 +77,12 @@ inline double tolerance_ulps(DType dtype, Numerics numerics, double attention_fa
 /// Elements outside the window are copied.
 Expected64 rotate64(const RopeSpec& spec, const PairAxes& axes, double attention_factor, AngleModel model,
                     const ConstTensorView& src, const PositionsView& positions);
+
+/// Fills the cos and sin (rotary/2 entries each) that token t's pairs are rotated by.
+using TokenCosSin64 = std::function<void(std::int64_t t, long double* cos_values, long double* sin_values)>;
+
+/// The float64 rotation of every head of `src` by the cos/sin `token_cos_sin` gives (rotate64 is
+/// this with the angles of `axes`), in long double, pairs laid out by pair_places.
+Expected64 rotate64_by(const RopeSpec& spec, const ConstTensorView& src, const TokenCosSin64& token_cos_sin);
 
 }  // namespace posenc::test
