@@ -126,7 +126,7 @@ void sweep(std::uint64_t first_seed) {
   std::uint64_t n = first_seed;
   for (const DType dtype : all_dtypes) {
     for (const DType cache_dtype : all_dtypes) {
-      for (const Pairing pairing : all_pairings) {
+      for (const Pairing pairing : cos_sin_pairings) {
         for (const Numerics numerics : all_numerics) {
           for (const bool is_partial : {false, true}) {
             for (const bool fused : {false, true}) {
@@ -173,7 +173,7 @@ TEST_P(CosSinCacheBuilds, EngineEqualsReference) {
   const KernelBuild build(GetParam());
   std::uint64_t n = 5000;
   for (const DType dtype : all_dtypes) {
-    for (const Pairing pairing : all_pairings) {
+    for (const Pairing pairing : cos_sin_pairings) {
       for (const Numerics numerics : all_numerics) {
         for (const std::int64_t tokens : {1, 40, 700}) {  // 700 tokens: the thread pool
           CosSinCase c;
@@ -204,7 +204,7 @@ INSTANTIATE_TEST_SUITE_P(Builds, CosSinCacheBuilds, ::testing::Values("native", 
 TEST(CosSinCache, CacheOfTheSpecsOwnCosSinEqualsSpecPath) {
   std::uint64_t n = 7000;
   for (const Scaling scheme : {Scaling::none, Scaling::yarn, Scaling::llama3}) {
-    for (const Pairing pairing : all_pairings) {
+    for (const Pairing pairing : cos_sin_pairings) {
       for (const Numerics numerics : all_numerics) {
         const RopeSpec spec = scheme_spec(scheme, 128, n % 2 == 0 ? 0 : 64, 0, pairing, numerics);
         const std::int64_t rows = 3000;
@@ -254,7 +254,7 @@ TEST(CosSinCache, SpecFrequenciesAreIgnored) {
 TEST(CosSinCache, AppendEqualsReferenceAndApply) {
   std::uint64_t n = 9000;
   for (const DType dtype : all_dtypes) {
-    for (const Pairing pairing : all_pairings) {
+    for (const Pairing pairing : cos_sin_pairings) {
       for (const Numerics numerics : all_numerics) {
         ++n;
         CosSinCase c;

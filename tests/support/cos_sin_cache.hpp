@@ -13,6 +13,10 @@
 
 namespace posenc::test {
 
+/// The pairings a cos/sin cache serves: the single-stream ones (a row holds one position's cos/sin).
+inline constexpr Pairing cos_sin_pairings[] = {Pairing::half_split, Pairing::interleaved,
+                                               Pairing::interleaved_to_half};
+
 /// One call of the rotation from a caller's cos/sin cache, as the CPU and GPU suites sweep it: the
 /// activation and cache dtypes, the rotation, the heads, the memory layout, the cache's shape.
 struct CosSinCase {
