@@ -1,0 +1,124 @@
+"""posenc: exact rotary position embeddings (RoPE) for LLM queries and keys, on CPU and CUDA.
+
+    import posenc, torch
+    spec = posenc.RopeSpec.from_config("config.json")          # or RopeSpec(head_dim=128, theta=1e6)
+    posenc.apply_rope_(q, k, positions, spec)                  # q [T, Hq, D], k [T, Hk, D], in place
+
+torch tensors go through the torch ops torch.ops.posenc.* (torch.compile- and CUDA-graph-safe);
+NumPy arrays run on the CPU engine directly. docs/PYTHON.md documents every function.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+from . import _core
+from ._errors import (ConfigError, Error, FileError, InvalidArgumentError, OutOfRangeError, SizeOverflowError,
+                      UnsupportedError, VendorError, from_kind)
+from ._spec import RopeSpec, all_specs, load_config
+
+_core._set_error_factory(from_kind)
+
+__version__ = _core.version()
+__all__ = [
+    "RopeSpec", "apply_rope_", "apply_rope", "append_kv_", "rotary_embedding", "check", "gpu_available",
+    "gpu_unavailable_reason", "backend", "load_config", "Error", "InvalidArgumentError", "OutOfRangeError",
+    "SizeOverflowError", "ConfigError", "UnsupportedError", "VendorError", "FileError",
+]
+
+try:  # torch is optional: without it posenc works on NumPy arrays.
+    import torch as _torch
+except ImportError:  # pragma: no cover - exercised where torch is absent
+    _torch = None
+if _torch is not None:
+    from . import _torch_ops
+
+
+def gpu_available() -> bool:
+    """True when this build has a GPU backend and a device is visible."""
+    return _core.gpu_available()
+
+
+def gpu_unavailable_reason() -> str:
+    """Why no GPU can be used, or "" when one can."""
+    return _core.gpu_unavailable_reason()
+
+
+def backend() -> str:
+    """"cuda", "hip" or "none": the GPU backend this build was compiled for."""
+    return _core.backend()
+
+
+def _is_torch(x: Any) -> bool:
+    return _torch is not None and isinstance(x, _torch.Tensor)
+
+
+def apply_rope_(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec) -> None:
+    """Rotates q ([T, Hq, D], [T, Hq*D] or [B, S, Hq, D]) and k in place by `spec`.
+
+    positions: int32/int64, one per token ([T] or [B, S]); [streams, T] for specs with several
+    position streams (M-RoPE, ChatGLM 2-D). torch tensors (CPU or CUDA) or NumPy arrays."""
+    if _is_torch(q):
+        _torch.ops.posenc.apply_rope_(q, k, positions, spec.id)
+    else:
+        _numpy_apply(q, k, positions, spec, out=False)
+
+
+def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec) -> Tuple[Any, Optional[Any]]:
+    """Like apply_rope_, but returns new (q, k) (k None when absent); the inputs are not written."""
+    if _is_torch(q):
+        out = _torch.ops.posenc.apply_rope(q, k, positions, spec.id)
+        return out[0], (out[1] if len(out) > 1 else None)
+    return _numpy_apply(q, k, positions, spec, out=True)
+
+
+def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Any, spec: RopeSpec,
+               layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """Fused RoPE + KV-cache append (torch tensors): q rotated in place; k rotated and v copied into
+    k_cache/v_cache at each token's slot (int64, -1 skips the token), cast to the cache dtype.
+
+    Cache shapes: contiguous [B, L, Hk, D]; paged_nhd [blocks, page, Hk, D]; paged_hnd [blocks, Hk, page, D].
+    float8_e4m3fn caches store fp8(x / scale)."""
+    _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
+                                 float(v_scale))
+
+
+def rotary_embedding(positions: Any, query: Any, key: Optional[Any], head_size: int, cos_sin_cache: Any,
+                     is_neox: bool = True) -> None:
+    """vLLM's / sgl-kernel's rotary_embedding: rotates query and key in place by the rows of the
+    caller's cos_sin_cache [max_position, rot_dim] (cos of the rot_dim/2 pairs, then sin).
+    A position outside [0, max_position) raises (CPU) or is recorded and raised by check() (GPU);
+    it never reads outside the cache."""
+    _torch.ops.posenc.rotary_embedding(positions, query, key, head_size, cos_sin_cache, is_neox)
+
+
+def check(device: Any = None) -> None:
+    """Synchronizes `device` (default: the current CUDA device) and raises the first fault that a
+    GPU op recorded since the last check (an out-of-range position or slot), naming token, value
+    and limit. Call it once per step, not per layer."""
+    if _torch is None or not _torch.cuda.is_available():
+        return
+    dev = _torch.device(device) if device is not None else _torch.device("cuda", _torch.cuda.current_device())
+    index = dev.index if dev.index is not None else _torch.cuda.current_device()
+    stream = _torch.cuda.current_stream(index).cuda_stream
+    for spec in all_specs():
+        engine = spec._engines.get(("cuda", index))
+        if engine is not None:
+            engine.check(stream)
+
+
+def _numpy_apply(q, k, positions, spec: RopeSpec, out: bool):
+    import numpy as np
+    from . import _tensors as tv
+    q_t = tv.np_tensor_tuple(q, spec.head_dim, "q")
+    k_t = tv.np_tensor_tuple(k, spec.head_dim, "k") if k is not None else None
+    pos_array, pos = tv.np_positions_tuple(np.asarray(positions), q_t[2], spec.position_streams)  # kept alive
+    engine = spec.engine("cpu")
+    if not out:
+        engine.apply(q_t, k_t, None, None, pos, None)
+        return None
+    q_out = np.empty_like(q, order="C")
+    k_out = np.empty_like(k, order="C") if k is not None else None
+    engine.apply(tv.np_tensor_tuple(q_out, spec.head_dim, "q_out"),
+                 tv.np_tensor_tuple(k_out, spec.head_dim, "k_out") if k is not None else None, q_t, k_t, pos, None)
+    return q_out, k_out
