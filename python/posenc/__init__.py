@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from typing import Any, Optional, Tuple
 
+try:  # torch is optional: without it posenc works on NumPy arrays. Imported before the extension
+    # so that a CUDA build binds to the CUDA runtime torch already loaded (one runtime per process).
+    import torch as _torch
+except ImportError:  # pragma: no cover - exercised where torch is absent
+    _torch = None
+
 from . import _core
 from ._errors import (ConfigError, Error, FileError, InvalidArgumentError, OutOfRangeError, SizeOverflowError,
                       UnsupportedError, VendorError, from_kind)
@@ -26,10 +32,6 @@ __all__ = [
     "SizeOverflowError", "ConfigError", "UnsupportedError", "VendorError", "FileError",
 ]
 
-try:  # torch is optional: without it posenc works on NumPy arrays.
-    import torch as _torch
-except ImportError:  # pragma: no cover - exercised where torch is absent
-    _torch = None
 if _torch is not None:
     from . import _torch_ops
 
@@ -110,8 +112,8 @@ def check(device: Any = None) -> None:
 def _numpy_apply(q, k, positions, spec: RopeSpec, out: bool):
     import numpy as np
     from . import _tensors as tv
-    q_t = tv.np_tensor_tuple(q, spec.head_dim, "q")
-    k_t = tv.np_tensor_tuple(k, spec.head_dim, "k") if k is not None else None
+    q_t = tv.np_tensor_tuple(q, spec.head_dim, "q", written=not out)
+    k_t = tv.np_tensor_tuple(k, spec.head_dim, "k", written=not out) if k is not None else None
     pos_array, pos = tv.np_positions_tuple(np.asarray(positions), q_t[2], spec.position_streams)  # kept alive
     engine = spec.engine("cpu")
     if not out:

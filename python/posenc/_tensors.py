@@ -170,8 +170,8 @@ def np_act_code(a: Any, name: str) -> int:
     return code
 
 
-def np_tensor_tuple(a: Any, head_dim: int, name: str):
-    if not a.flags.writeable:
+def np_tensor_tuple(a: Any, head_dim: int, name: str, written: bool = True):
+    if written and not a.flags.writeable:
         raise InvalidArgumentError(f"{name}: the array is read-only")
     shape = a.shape
     stride = tuple(s // a.itemsize for s in a.strides)
