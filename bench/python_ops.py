@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""The Python package's ops on the GPU: per-call host overhead, and the engines' contract against vLLM's native formula.
+
+Run on a CUDA machine after `pip install .` (scripts/gpu-all.sh does). Everything in one process, one card:
+
+* overhead: for each op, the wall time of a call at T = 1 in eager mode (N calls back to back, then one
+  synchronize; the GPU work of a call is ~2-5 us, so the wall time per call is the host's cost), next to
+  torch's own cheapest in-place op (`x.add_(1)`) as the dispatcher's floor; and the device time per call
+  when the same calls are replayed from a CUDA graph (host cost gone);
+* contract: `posenc.rotary_embedding` (caller's cos/sin cache) and `posenc.apply_rope_` (spec path),
+  against vLLM's `forward_native` formula (index the cache by position, split, rotate, concatenate, copy_
+  back in place as vLLM does) in eager mode and under torch.compile with static shapes (one compile per
+  T, outside the timing), bf16 Q [T, 32*128], K [T, 8*128], cos/sin cache [131072, 128] bf16, positions
+  uniform in [0, 131072). Each call timed by a CUDA event pair, median of many; input sets rotate so the
+  working set is >= 4x L2 for T >= 256; T <= 256 also graph-replayed per call. The floor: a copy of the
+  same bytes (Q and K read + written) by torch's copy_ at the same T, and a 1 GiB copy.
+Writes CSV rows (--csv) and prints a Markdown table.
+"""
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+
+import torch
+
+import posenc
+
+HQ, HK, D = 32, 8, 128
+MAX_POS = 131072
+
+
+def vllm_native(positions, query, key, head_size, cos_sin_cache, is_neox):
+    """vLLM's RotaryEmbedding.forward_native, in place through copy_ as vLLM's custom-op wrapper does."""
+    positions = positions.flatten()
+    n = positions.shape[0]
+    cos, sin = cos_sin_cache.index_select(0, positions).chunk(2, dim=-1)
+    rot = cos_sin_cache.shape[1]
+    for x in (query, key):
+        shape = x.shape
+        v = x.view(n, -1, head_size)
+        xr = v[..., :rot]
+        c, s = cos.unsqueeze(-2).to(x.dtype), sin.unsqueeze(-2).to(x.dtype)
+        if is_neox:
+            x1, x2 = torch.chunk(xr, 2, dim=-1)
+            out = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+        else:
+            x1, x2 = xr[..., ::2], xr[..., 1::2]
+            out = torch.stack((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1).flatten(-2)
+        if rot < head_size:
+            out = torch.cat((out, v[..., rot:]), dim=-1)
+        x.copy_(out.reshape(shape))
+
+
+def event_time(fn, sets, reps):
+    start = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    stop = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(3):
+        fn(*sets[i % len(sets)])
+    torch.cuda.synchronize()
+    for i in range(reps):
+        args = sets[i % len(sets)]
+        start[i].record()
+        fn(*args)
+        stop[i].record()
+    torch.cuda.synchronize()
+    return statistics.median(a.elapsed_time(b) * 1e3 for a, b in zip(start, stop))
+
+
+def graph_time(fn, args, calls=50, replays=20):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn(*args)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn(*args)
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        times.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(times)
+
+
+def host_time(fn, args, calls=2000):
+    for _ in range(20):
+        fn(*args)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) * 1e6 / calls
+
+
+def make_sets(T, n_sets, dtype=torch.bfloat16):
+    g = torch.Generator(device="cuda").manual_seed(T)
+    sets = []
+    for _ in range(n_sets):
+        q = torch.randn((T, HQ * D), device="cuda", generator=g).to(dtype)
+        k = torch.randn((T, HK * D), device="cuda", generator=g).to(dtype)
+        pos = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
+        sets.append((pos, q, k))
+    return sets
+
+
+def overhead_rows(card):
+    spec = posenc.RopeSpec(head_dim=D, theta=5e5)
+    cache = make_cache()
+    (pos, q, k), = make_sets(1, 1)
+    v = torch.randn_like(k)
+    slots = torch.zeros(1, dtype=torch.long, device="cuda")
+    kc = torch.zeros((16, 16, HK, D), dtype=torch.bfloat16, device="cuda")
+    vc = torch.zeros_like(kc)
+    q3, k3, v3 = q.view(1, HQ, D), k.view(1, HK, D), v.view(1, HK, D)
+    ops = {
+        "torch x.add_(1) (dispatcher floor)": (lambda q: q.add_(1), (q,)),
+        "torch.ops.posenc.apply_rope_": (lambda p, q, k: torch.ops.posenc.apply_rope_(q, k, p, spec.id), (pos, q3, k3)),
+        "posenc.apply_rope_": (lambda p, q, k: posenc.apply_rope_(q, k, p, spec), (pos, q3, k3)),
+        "posenc.apply_rope (out of place)": (lambda p, q, k: posenc.apply_rope(q, k, p, spec), (pos, q3, k3)),
+        "posenc.append_kv_": (lambda p, q, k, v: posenc.append_kv_(q, k, v, p, slots, kc, vc, spec), (pos, q3, k3, v3)),
+        "posenc.rotary_embedding": (lambda p, q, k: posenc.rotary_embedding(p, q, k, D, cache, True), (pos, q, k)),
+        "vLLM forward_native (eager)": (lambda p, q, k: vllm_native(p, q, k, D, cache, True), (pos, q, k)),
+    }
+    rows = []
+    for name, (fn, args) in ops.items():
+        rows.append(dict(card=card, kind="overhead", variant=name, T=1, host_us=host_time(fn, args),
+                         graph_us=graph_time(fn, args)))
+    return rows
+
+
+def make_cache():
+    inv = 1.0 / (1e4 ** (torch.arange(0, D, 2, dtype=torch.float32, device="cuda") / D))
+    f = torch.arange(MAX_POS, dtype=torch.float32, device="cuda")[:, None] * inv
+    return torch.cat((f.cos(), f.sin()), dim=-1).to(torch.bfloat16)
+
+
+def copy_floor(T, sets):
+    def fn(pos, q, k):
+        q.copy_(q_src)
+        k.copy_(k_src)
+    q_src, k_src = torch.empty_like(sets[0][1]), torch.empty_like(sets[0][2])
+    return event_time(fn, sets, reps_for(T))
+
+
+def reps_for(T):
+    return 200 if T <= 4096 else 50
+
+
+def contract_rows(card, tokens):
+    spec = posenc.RopeSpec(head_dim=D, theta=1e4)
+    cache = make_cache()
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    for T in tokens:
+        bytes_moved = 2 * T * (HQ + HK) * D * 2
+        n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved // 2) + 1))
+        sets = make_sets(T, n_sets)
+        # Correctness first: every variant gives the same bits as vLLM's eager formula.
+        p, q, k = sets[0]
+        ref_q, ref_k = q.clone(), k.clone()
+        vllm_native(p, ref_q, ref_k, D, cache, True)
+        torch._dynamo.reset()
+        compiled = torch.compile(vllm_native, dynamic=False, fullgraph=True)
+        variants = {
+            "posenc.rotary_embedding": lambda p, q, k: posenc.rotary_embedding(p, q, k, D, cache, True),
+            "posenc.apply_rope_ (spec)": lambda p, q, k: posenc.apply_rope_(q.view(T, HQ, D), k.view(T, HK, D), p, spec),
+            "vLLM native, eager": lambda p, q, k: vllm_native(p, q, k, D, cache, True),
+            "vLLM native, torch.compile static": lambda p, q, k: compiled(p, q, k, D, cache, True),
+        }
+        floor_us = copy_floor(T, sets)
+        for name, fn in variants.items():
+            qq, kk = q.clone(), k.clone()
+            fn(p, qq, kk)
+            torch.cuda.synchronize()
+            verified = "" if "spec" in name else str(bool(torch.equal(qq, ref_q) and torch.equal(kk, ref_k)))
+            us = event_time(fn, sets, reps_for(T))
+            gus = graph_time(fn, sets[0]) if T <= 256 else None
+            rows.append(dict(card=card, kind="contract", variant=name, T=T, median_us=us, graph_us=gus,
+                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us, verified=verified))
+        posenc.check()
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--csv", default=None)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    if not torch.cuda.is_available() or not posenc.gpu_available():
+        print("python_ops.py: no CUDA device or posenc built without GPU support:", posenc.gpu_unavailable_reason())
+        return 0
+    card = torch.cuda.get_device_name(0)
+    tokens = [1, 64, 4096, 65536] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536]
+    rows = overhead_rows(card) + contract_rows(card, tokens)
+    print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
+    print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
+    print("|---|---|---|")
+    for r in rows:
+        if r["kind"] == "overhead":
+            print(f"| {r['variant']} | {r['host_us']:.1f} | {r['graph_us']:.2f} |")
+    print("\n| T | variant | median us | graph us/call | GB/s | % of same-size copy | bit-identical to vLLM eager |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["kind"] == "contract":
+            g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
+            print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
+                  f"{100 * r['ratio']:.1f} | {r['verified']} |")
+    if a.csv:
+        keys = sorted({k for r in rows for k in r})
+        with open(a.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
