@@ -192,6 +192,60 @@ def contract_rows(card, tokens):
     return rows
 
 
+def model_rows(card):
+    """One 4096-token prefill and one decode step (after it) of a GLM-4-9B-shaped stack of two decoder
+    layers with random bf16 weights, transformers' own RoPE vs posenc.transformers.patch; CUDA events,
+    median of 10 (prefill) / 50 (decode)."""
+    try:
+        import transformers
+        from posenc import transformers as posenc_tf
+    except ImportError as e:
+        print(f"python_ops.py: model rows skipped ({e})")
+        return []
+    cfg = transformers.GlmConfig(vocab_size=32000, hidden_size=4096, intermediate_size=13696, num_hidden_layers=2,
+                                 num_attention_heads=32, num_key_value_heads=2, head_dim=128,
+                                 partial_rotary_factor=0.5, max_position_embeddings=131072, rope_theta=10000.0,
+                                 attn_implementation="sdpa")
+    torch.manual_seed(0)
+    model = transformers.GlmForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, 32000, (1, 4096), device="cuda")
+    rows = []
+    for patched in (False, True):
+        if patched:
+            posenc_tf.patch(model)
+
+        def prefill():
+            with torch.no_grad():
+                return model(input_ids=ids, use_cache=True)
+
+        out = prefill()
+        cache = out.past_key_values
+        nxt = out.logits[:, -1:].argmax(-1)
+
+        def decode():
+            with torch.no_grad():
+                c = transformers.DynamicCache()
+                for i, layer in enumerate(cache.layers):
+                    c.update(layer.keys, layer.values, i)
+                return c
+
+        base = decode()
+        pos = torch.tensor([[4096]], device="cuda")
+
+        def step():
+            with torch.no_grad():
+                # crop the cache back so every timed step decodes at position 4096
+                base.crop(4096)
+                return model(input_ids=nxt, past_key_values=base, position_ids=pos, use_cache=True)
+
+        t_prefill = event_time(lambda: prefill(), [()], 10)
+        t_decode = event_time(lambda: step(), [()], 50)
+        name = "posenc.transformers.patch" if patched else "transformers (unpatched)"
+        rows.append(dict(card=card, kind="model", variant=name, T=4096, prefill_ms=t_prefill / 1e3,
+                         decode_us=t_decode))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", default=None)
@@ -202,7 +256,7 @@ def main():
         return 0
     card = torch.cuda.get_device_name(0)
     tokens = [1, 64, 4096, 65536] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536]
-    rows = overhead_rows(card) + contract_rows(card, tokens)
+    rows = overhead_rows(card) + contract_rows(card, tokens) + model_rows(card)
     print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
     print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
     print("|---|---|---|")
@@ -216,6 +270,12 @@ def main():
             g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
             print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
                   f"{100 * r['ratio']:.1f} | {r['verified']} |")
+    if any(r["kind"] == "model" for r in rows):
+        print("\n| GLM-4-9B-shaped stack, 2 layers, bf16 | 4096-token prefill ms | decode step at 4096 us |")
+        print("|---|---|---|")
+        for r in rows:
+            if r["kind"] == "model":
+                print(f"| {r['variant']} | {r['prefill_ms']:.2f} | {r['decode_us']:.0f} |")
     if a.csv:
         keys = sorted({k for r in rows for k in r})
         with open(a.csv, "w", newline="") as f:
