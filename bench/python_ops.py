@@ -204,7 +204,7 @@ def model_rows(card):
         return []
     cfg = transformers.GlmConfig(vocab_size=32000, hidden_size=4096, intermediate_size=13696, num_hidden_layers=2,
                                  num_attention_heads=32, num_key_value_heads=2, head_dim=128,
-                                 partial_rotary_factor=0.5, max_position_embeddings=131072, rope_theta=10000.0,
+                                 partial_rotary_factor=0.5, max_position_embeddings=131072, rope_theta=10000.0, pad_token_id=0,
                                  attn_implementation="sdpa")
     torch.manual_seed(0)
     model = transformers.GlmForCausalLM(cfg).to(device="cuda", dtype=torch.bfloat16).eval()
