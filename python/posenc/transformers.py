@@ -79,6 +79,9 @@ FAMILIES: Dict[str, Family] = {
     "mistral": Family("transformers.models.mistral.modeling_mistral", "MistralRotaryEmbedding", _STANDARD),
     "qwen2": Family("transformers.models.qwen2.modeling_qwen2", "Qwen2RotaryEmbedding", _STANDARD),
     "qwen3": Family("transformers.models.qwen3.modeling_qwen3", "Qwen3RotaryEmbedding", _STANDARD),
+    "mixtral": Family("transformers.models.mixtral.modeling_mixtral", "MixtralRotaryEmbedding", _STANDARD),
+    "qwen2_moe": Family("transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeRotaryEmbedding", _STANDARD),
+    "qwen3_moe": Family("transformers.models.qwen3_moe.modeling_qwen3_moe", "Qwen3MoeRotaryEmbedding", _STANDARD),
     # Phi-3 / Phi-3.5 / Phi-4-mini: half-split over the first R dims (partial_rotary_factor), LongRoPE.
     "phi3": Family("transformers.models.phi3.modeling_phi3", "Phi3RotaryEmbedding", _STANDARD, partial=True),
     # GLM-4 (glm, glm4): adjacent pairs over the first R dims.
@@ -158,6 +161,8 @@ class RotaryPositions:
         return self._materialized
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # protocol probes (copy, pickle, torch.compile) get the usual answer
+            raise AttributeError(name)
         raise UnsupportedError(
             f"posenc.transformers: code outside the model file's apply function used the patched rotary "
             f"embedding's output as a tensor (attribute '{name}'); this code path is not covered by the patch: "
@@ -181,6 +186,8 @@ class _RotaryState:
     def __init__(self, family: Family, module: Any, numerics: str) -> None:
         self.family = family
         self.numerics = numerics
+        self.rope_type = str(getattr(module, "rope_type", "default"))
+        self.updates_at_call_time = "dynamic" in self.rope_type or "longrope" in self.rope_type
         self.original_forward = module.forward  # the class's bound forward (decorators included)
         self._lock = threading.Lock()
         # (rotation, head_dim) -> (inv_freq buffer, its version, attention_scaling, mrope_section, spec)
@@ -191,21 +198,43 @@ class _RotaryState:
         self.fallback_reasons: Dict[str, int] = {}
 
     def spec(self, marker: RotaryPositions, rotation: Rotation, head_dim: int) -> RopeSpec:
-        inv = marker.inv_freq
-        scaling = marker.attention_scaling
         key = (rotation, head_dim)
         hit = self._by_buffer.get(key)
+        if torch.compiler.is_compiling():
+            # A traced graph cannot read the buffer; it takes the spec of the buffer as patch() (or the
+            # last eager call) saw it. Rotary modules that change inv_freq at call time are refused.
+            if hit is None or self.updates_at_call_time:
+                raise UnsupportedError(
+                    f"posenc.transformers: torch.compile of a patched model needs a spec for head_dim {head_dim} "
+                    f"built before tracing (run the model once eagerly) and a rotary module whose inv_freq is "
+                    f"fixed (rope_type '{self.rope_type}')")
+            return hit[4]
+        inv = marker.inv_freq
+        scaling = marker.attention_scaling
         if (hit is not None and hit[0] is inv and hit[1] == inv._version and hit[2] == scaling
                 and hit[3] == marker.mrope_section):
             return hit[4]
+        return self._refresh(key, inv, scaling, marker.mrope_section)
+
+    def _refresh(self, key: Tuple[Rotation, int], inv: torch.Tensor, scaling: float, mrope_section: tuple) -> RopeSpec:
         with self._lock:
             values = tuple(inv.detach().to("cpu", torch.float32).tolist())  # the one host read per table
-            spec = self._by_value.get((key, values, scaling, marker.mrope_section))
+            spec = self._by_value.get((key, values, scaling, mrope_section))
             if spec is None:
-                spec = self._build(values, float(scaling), marker.mrope_section, rotation, head_dim)
-                self._by_value[(key, values, scaling, marker.mrope_section)] = spec
-            self._by_buffer[key] = (inv, inv._version, scaling, marker.mrope_section, spec)
+                spec = self._build(values, float(scaling), mrope_section, key[0], key[1])
+                self._by_value[(key, values, scaling, mrope_section)] = spec
+            self._by_buffer[key] = (inv, inv._version, scaling, mrope_section, spec)
         return spec
+
+    def prepare(self, module: Any, head_dims: Tuple[int, ...]) -> None:
+        """Builds the specs of the current table for the head sizes the model's attention will pass,
+        so that a traced (torch.compile) forward finds them."""
+        rotary = 2 * module.inv_freq.numel()
+        mrope = tuple(module.mrope_section) if self.family.mrope else ()
+        for _, rotation in self.family.applies:
+            for head_dim in head_dims:
+                if head_dim == rotary or (self.family.partial and head_dim > rotary):
+                    self._refresh((rotation, head_dim), module.inv_freq, module.attention_scaling, mrope)
 
     def _build(self, inv_freq: Tuple[float, ...], scaling: float, mrope_section: tuple, rotation: Rotation,
                head_dim: int) -> RopeSpec:
@@ -356,6 +385,21 @@ def _refuse(model: Any, why: str) -> UnsupportedError:
         f"Supported model types: {', '.join(supported_model_types())}")
 
 
+def _head_dims(model: Any) -> Tuple[int, ...]:
+    """Head sizes the attention passes to the apply function, from the config (DeepSeek's MLA: its
+    rotary part); the rotary module's own window size is always tried as well."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    dims = set()
+    for name in ("head_dim", "qk_rope_head_dim"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            dims.add(value)
+    hidden, heads = getattr(config, "hidden_size", None), getattr(config, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0:
+        dims.add(hidden // heads)
+    return tuple(sorted(dims))
+
+
 def patch(model: Any, numerics: str = "hf_compatible") -> Any:
     """Replaces the rotary embedding of a loaded transformers model with posenc's ops; returns the model.
 
@@ -396,8 +440,11 @@ def patch(model: Any, numerics: str = "hf_compatible") -> Any:
         if not isinstance(getattr(m, "inv_freq", None), torch.Tensor):
             raise _refuse(model, f"its {family.rotary_class} has no inv_freq buffer")
     forward = _patched_forward()
+    head_dims = _head_dims(model)
     for m in rotaries:
-        m._posenc_state = _RotaryState(family, m, numerics)
+        state = _RotaryState(family, m, numerics)
+        state.prepare(m, head_dims)
+        m._posenc_state = state
         m.forward = types.MethodType(forward, m)
     _install_applies(family, module)
     model._posenc_patch = _Patch(family, model_type, numerics, rotaries)

@@ -39,6 +39,17 @@ def _config(family: str):
     if family == "qwen3":  # Qwen3 with YaRN (factor 4 over 32768), QK norm
         return t.Qwen3Config(**COMMON, head_dim=32, max_position_embeddings=131072, rope_parameters=dict(
             rope_type="yarn", rope_theta=1e6, factor=4.0, original_max_position_embeddings=32768))
+    if family == "mixtral":
+        return t.MixtralConfig(**COMMON, head_dim=32, num_local_experts=4, num_experts_per_tok=2, sliding_window=None,
+                               rope_parameters=dict(rope_type="default", rope_theta=1e6))
+    if family == "qwen2_moe":
+        return t.Qwen2MoeConfig(**COMMON, moe_intermediate_size=32, shared_expert_intermediate_size=64, num_experts=4,
+                                num_experts_per_tok=2, rope_parameters=dict(rope_type="default", rope_theta=1e6))
+    if family == "qwen3_moe":  # Qwen3-30B-A3B style, with YaRN
+        return t.Qwen3MoeConfig(**COMMON, head_dim=32, moe_intermediate_size=32, num_experts=4, num_experts_per_tok=2,
+                                max_position_embeddings=131072, rope_parameters=dict(
+                                    rope_type="yarn", rope_theta=1e6, factor=4.0,
+                                    original_max_position_embeddings=32768))
     if family == "phi3":
         # Phi-4-mini style: LongRoPE over 24 of 32 dims; the original context is 16 tokens here, so
         # generation crosses it and the rotary module swaps in the long factors mid-run.
@@ -86,7 +97,7 @@ def _config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "phi3", "glm", "glm4", "glm4_moe", "gpt_oss", "deepseek_v3",
+FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "glm", "glm4", "glm4_moe", "gpt_oss", "deepseek_v3",
             "deepseek_v3_no_interleave", "cohere", "qwen2_vl"]
 
 _models = {}
@@ -329,6 +340,24 @@ def test_qwen2_vl_image_grid_positions(device):
     assert torch.equal(got_seq, want_seq)
     assert torch.equal(got_exact_seq, exact_seq) and torch.equal(got_exact_logits, exact_logits)
     _compare("qwen2_vl+image", want_logits, got_logits, "bfloat16", device)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_torch_compile_fullgraph(family):
+    """A patched model traces whole under torch.compile(fullgraph=True): the rotary module's marker
+    and the spec (built by patch()) are plain Python; the posenc op is one opaque call per layer."""
+    model = _model(family, "bfloat16", "cpu")
+    ids, mask = _prompt("cpu")
+    pt.patch(model)
+    try:
+        with torch.no_grad():
+            want = model(input_ids=ids, attention_mask=mask).logits
+            torch._dynamo.reset()
+            got = torch.compile(model, backend="aot_eager", fullgraph=True)(input_ids=ids, attention_mask=mask).logits
+    finally:
+        pt.unpatch(model)
+        torch._dynamo.reset()
+    assert torch.equal(got, want)
 
 
 def test_unsupported_model_is_refused_and_untouched():
