@@ -279,6 +279,40 @@ def test_rotation_matches_at_long_positions(family):
           f"torch's cos/sin: " + ", ".join(report))
 
 
+@pytest.mark.parametrize("layout", ["bhsd_view", "bhsd_dense", "bshd_unsqueeze2"])
+@pytest.mark.parametrize("batch_positions", [1, 3])
+def test_apply_layouts_and_position_broadcast(layout, batch_positions):
+    """The patched apply function against transformers' (correctly rounded cos/sin) for the layouts
+    an attention can pass: HF's transposed view (one pass), a dense [B, H, S, D] with B > 1 (copied
+    once), [B, S, H, D] with unsqueeze_dim=2; positions [1, S] broadcast over the batch or [B, S]."""
+    from transformers.models.llama import modeling_llama
+    model, rotary, _, head_dim = _rotation_case("llama")
+    B, S, H = 3, 7, 4
+    g = torch.Generator().manual_seed(5)
+    positions = torch.randint(0, 100000, (batch_positions, S), generator=g)
+    x = torch.zeros(B, S, 8, dtype=torch.bfloat16)
+    bshd = torch.randn(B, S, H, head_dim, generator=g).to(torch.bfloat16)
+    if layout == "bhsd_view":
+        q, dim = bshd.transpose(1, 2), 1
+    elif layout == "bhsd_dense":
+        q, dim = bshd.transpose(1, 2).contiguous(), 1
+    else:
+        q, dim = bshd, 2
+    k = q[:, :2] if dim == 1 else q[:, :, :2]
+    q_before, k_before = q.clone(), k.clone()
+    with torch.no_grad(), exact_trig():
+        want = modeling_llama.apply_rotary_pos_emb(q, k, *rotary(x, positions), unsqueeze_dim=dim)
+    pt.patch(model)
+    try:
+        with torch.no_grad():
+            marker, _ = rotary(x, positions)
+            got = modeling_llama.apply_rotary_pos_emb(q, k, marker, marker, unsqueeze_dim=dim)
+    finally:
+        pt.unpatch(model)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert torch.equal(q, q_before) and torch.equal(k, k_before), "the inputs must not be written"
+
+
 def test_patched_calls_posenc_not_transformers(monkeypatch):
     """The patched model never builds cos/sin: transformers' apply function is not called, the
     posenc op is, once per layer."""
