@@ -122,8 +122,8 @@ class RotaryPositions:
 
     Code that would use it as a tensor gets a posenc.UnsupportedError saying so."""
 
-    __slots__ = ("position_ids", "inv_freq", "attention_scaling", "mrope_section", "dtype", "device", "_state",
-                 "_module", "_x", "_positions", "_materialized")
+    __slots__ = ("position_ids", "inv_freq", "attention_scaling", "mrope_section", "dtype", "_state", "_x",
+                 "_positions", "_materialized")
 
     def __init__(self, state: "_RotaryState", module: Any, x: torch.Tensor, position_ids: torch.Tensor) -> None:
         self.position_ids = position_ids
@@ -131,9 +131,7 @@ class RotaryPositions:
         self.attention_scaling = module.attention_scaling
         self.mrope_section = tuple(module.mrope_section) if state.family.mrope else ()
         self.dtype = x.dtype
-        self.device = x.device
         self._state = state
-        self._module = module
         self._x = x
         self._positions: Dict[Tuple[int, int], torch.Tensor] = {}
         self._materialized: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
@@ -176,7 +174,8 @@ class RotaryPositions:
             f"posenc.transformers.unpatch(model)")
 
     def __repr__(self) -> str:
-        return (f"RotaryPositions(position_ids={list(self.position_ids.shape)}, rotary_dim={2 * self.inv_freq.numel()}, "
+        return (f"RotaryPositions(position_ids={list(self.position_ids.shape)}, "
+                f"rotary_dim={2 * self.inv_freq.numel()}, "
                 f"attention_scaling={self.attention_scaling}, mrope_section={list(self.mrope_section)})")
 
 
@@ -409,7 +408,8 @@ def patch(model: Any, numerics: str = "hf_compatible") -> Any:
     Raises posenc.UnsupportedError for a model whose family is not in FAMILIES. Patching a patched
     model with the same numerics returns it unchanged."""
     if numerics not in _NUMERICS:
-        raise InvalidArgumentError(f"posenc.transformers.patch: numerics '{numerics}' is not one of {', '.join(_NUMERICS)}")
+        raise InvalidArgumentError(
+            f"posenc.transformers.patch: numerics '{numerics}' is not one of {', '.join(_NUMERICS)}")
     current: Optional[_Patch] = getattr(model, "_posenc_patch", None)
     if current is not None:
         if current.numerics == numerics:
@@ -429,8 +429,9 @@ def patch(model: Any, numerics: str = "hf_compatible") -> Any:
     rotary_class = getattr(module, family.rotary_class, None)
     if missing or rotary_class is None:
         import transformers
-        raise _refuse(model, f"this transformers ({transformers.__version__}) lacks "
-                             f"{', '.join(missing + ([] if rotary_class else [family.rotary_class]))} in {family.module}")
+        lacking = missing + ([] if rotary_class else [family.rotary_class])
+        raise _refuse(model, f"this transformers ({transformers.__version__}) lacks {', '.join(lacking)} "
+                             f"in {family.module}")
     rotaries = [m for m in model.modules() if type(m) is rotary_class]
     if not rotaries:
         raise _refuse(model, f"no {family.rotary_class} module inside (a subclass or a replaced module is not patched)")

@@ -75,7 +75,8 @@ def _config(family: str):
                                                    beta_slow=1.0, original_max_position_embeddings=4096,
                                                    truncate=False))
     if family.startswith("deepseek_v3"):  # MLA with a 16-dim rotary part, YaRN factor 40 with mscale
-        return t.DeepseekV3Config(**{**COMMON, "num_key_value_heads": 4}, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+        return t.DeepseekV3Config(**{**COMMON, "num_key_value_heads": 4}, moe_intermediate_size=32,
+                                  n_routed_experts=4, num_experts_per_tok=2,
                                   n_shared_experts=1, n_group=1, topk_group=1, first_k_dense_replace=1,
                                   kv_lora_rank=32, q_lora_rank=48, qk_rope_head_dim=16, qk_nope_head_dim=32,
                                   v_head_dim=32, rope_interleave=not family.endswith("no_interleave"),
@@ -97,8 +98,8 @@ def _config(family: str):
     raise KeyError(family)
 
 
-FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "glm", "glm4", "glm4_moe", "gpt_oss", "deepseek_v3",
-            "deepseek_v3_no_interleave", "cohere", "qwen2_vl"]
+FAMILIES = ["llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "phi3", "glm", "glm4",
+            "glm4_moe", "gpt_oss", "deepseek_v3", "deepseek_v3_no_interleave", "cohere", "qwen2_vl"]
 
 _models = {}
 
