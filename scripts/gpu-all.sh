@@ -4,7 +4,9 @@
 # Run from the repository root with `.deps` carried (scripts/stage-gpu-deps.sh prepares it here):
 #     device call: carry [".deps"], command: bash scripts/gpu-all.sh
 # What comes back under $OUT (the device returns at most 8 files):
-#   check-logs.tar.gz   every gpu-check log (summary, build, ctest-gpu, sanitizers) + golden parity
+#   check-logs.tar.gz   every gpu-check log (summary, build, ctest-gpu, sanitizers) + golden parity,
+#                       python/ (gpu-python.sh: pip build, pytest, python_ops)
+#   python_ops.md       bench/python_ops.py's tables (POSENC_PYTHON=0 skips the Python step)
 #   summary.txt         gpu-check's summary and the golden parity result
 #   bench.csv PERFORMANCE.md performance_share.png bench.log   from bench/run.sh
 # The reply's tail: gpu-check's summary, then every issue-18 target with PASS/FAIL and posenc's speed
@@ -30,6 +32,14 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
   timeout "${POSENC_SANITIZER_S:-75}" compute-sanitizer --tool memcheck --error-exitcode 1 \
     build/gpu-h100/tests/test_gpu_multi_axis --gtest_filter='*bfloat16*' >"$logs/memcheck-multi-axis.log" 2>&1
   echo "memcheck test_gpu_multi_axis (bf16): exit $?, $(grep -h 'ERROR SUMMARY' "$logs/memcheck-multi-axis.log")" >>"$logs/summary.txt"
+fi
+# The Python package against the machine's torch: pytest (CUDA included) and bench/python_ops.py.
+if [[ ${POSENC_PYTHON:-1} != 0 ]]; then
+  mkdir -p "$logs/python"
+  OUT=$logs/python timeout "${POSENC_PYTHON_S:-540}" bash scripts/gpu-python.sh >/dev/null 2>&1
+  echo "python (gpu-python.sh): exit $?" >>"$logs/summary.txt"
+  cat "$logs/python/summary-python.txt" >>"$logs/summary.txt" 2>/dev/null
+  cp "$logs/python/python_ops.md" "$out/python_ops.md" 2>/dev/null
 fi
 cp "$logs/summary.txt" "$out/summary.txt"
 tar -czf "$out/check-logs.tar.gz" -C "$logs" .
