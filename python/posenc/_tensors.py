@@ -25,25 +25,25 @@ def _dtype_tables():
 _tables = None
 
 
-def act_code(t: Any, name: str) -> int:
+def _code(t: Any, name: str, cache: bool) -> int:
     global _tables
     if _tables is None:
         _tables = _dtype_tables()
-    code = _tables[0].get(t.dtype)
+    code = _tables[1 if cache else 0].get(t.dtype)
     if code is None:
-        raise InvalidArgumentError(f"{name}: dtype {t.dtype} is not supported (float32, float16, bfloat16)")
+        allowed = "float32, float16, bfloat16" + (", float8_e4m3fn" if cache else "")
+        raise InvalidArgumentError(f"{name}: dtype {t.dtype} is not supported ({allowed})")
     return code
+
+
+def act_code(t: Any, name: str) -> int:
+    """DType code of an activation tensor (or a cos/sin cache)."""
+    return _code(t, name, cache=False)
 
 
 def cache_code(t: Any, name: str) -> int:
-    global _tables
-    if _tables is None:
-        _tables = _dtype_tables()
-    code = _tables[1].get(t.dtype)
-    if code is None:
-        raise InvalidArgumentError(
-            f"{name}: dtype {t.dtype} is not supported (float32, float16, bfloat16, float8_e4m3fn)")
-    return code
+    """CacheDType code of a KV-cache tensor."""
+    return _code(t, name, cache=True)
 
 
 def heads_view(shape: Tuple[int, ...], stride: Tuple[int, ...], head_dim: int, name: str) -> Tuple[int, int, int, int]:
