@@ -19,6 +19,7 @@
 
 #include <gtest/gtest.h>
 
+#include "core/schemes.hpp"
 #include "gpu_support.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
@@ -26,6 +27,7 @@
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
 #include "support/reference64.hpp"
+#include "support/specs.hpp"
 
 namespace posenc::test {
 namespace {
@@ -386,6 +388,43 @@ TEST_F(GpuEngineTest, DynamicNtkMatchesTheCpuBelowAndAboveTheThreshold) {
     const GpuEngine plain_engine(plain, device);
     const Outputs base = run_both(plain, plain_engine, positions_up_to(17, max), 6, dtype);
     EXPECT_FALSE(bits_equal(base.gpu.q, out.gpu.q)) << "dynamic NTK above the threshold rotated like the default scheme";
+  }
+}
+
+// Every row of the scheme registry (src/core/schemes.cpp) against the CPU engine, with a call below
+// and above a call-dependent threshold: a new scheme is checked here with no new test code. Fixed
+// and short/long tables are bit-exact in the hf modes; a growing table (dynamic NTK) computed on
+// the device may differ by the stated tolerance of DynamicNtkMatchesTheCpuBelowAndAboveTheThreshold;
+// accurate is compared within accurate_ulps.
+TEST_F(GpuEngineTest, EveryRegistrySchemeMatchesTheCpuEngine) {
+  std::uint64_t seed = 900;
+  for (const detail::SchemeRow& row : detail::scheme_rows()) {
+    for (const Numerics numerics : all_numerics) {
+      const RopeSpec spec = scheme_spec(row.scaling, 128, 0, 0, Pairing::half_split, numerics);
+      const GpuEngine engine(spec, device);
+      const std::int64_t threshold = row.threshold != nullptr ? row.threshold(spec.params) : 0;
+      std::vector<std::int64_t> largest = {threshold > 0 ? threshold - 1 : 70000};
+      if (threshold > 0) largest.push_back(2 * threshold + 5);
+      for (const std::int64_t max : largest) {
+        for (const DType dtype : {DType::bf16, DType::f32}) {
+          SCOPED_TRACE(case_name(spec, dtype) + " largest position " + std::to_string(max));
+          const Outputs out = run_both(spec, engine, positions_up_to(17, max), ++seed, dtype);
+          const bool grown = row.call_table == detail::CallTable::grows && max + 1 > threshold;
+          if (numerics != Numerics::accurate && !grown) {
+            EXPECT_TRUE(bits_equal(out.cpu.q, out.gpu.q));
+            EXPECT_TRUE(bits_equal(out.cpu.k, out.gpu.k));
+            continue;
+          }
+          double ulps = numerics == Numerics::accurate ? accurate_ulps(dtype) : 0.0;
+          if (grown) {
+            ulps += 1.0 + std::sqrt(2.0) * static_cast<double>(max) * std::ldexp(1.0, -23) *
+                              std::ldexp(1.0, significand_bits(dtype));
+          }
+          EXPECT_TRUE(near64(expected_from(out.cpu.q), out.gpu.q, dtype, ulps)) << "tolerance " << ulps;
+          EXPECT_TRUE(near64(expected_from(out.cpu.k), out.gpu.k, dtype, ulps)) << "tolerance " << ulps;
+        }
+      }
+    }
   }
 }
 

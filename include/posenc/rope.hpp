@@ -137,6 +137,21 @@ enum class Scaling : std::uint8_t {
   table,     ///< caller-supplied inv_freq table
 };
 
+/// A frequency scheme as the library's scheme registry (one row per Scaling) describes it.
+struct SchemeInfo {
+  Scaling scaling = Scaling::none;
+  std::string name;                     ///< to_string(scaling)
+  std::string summary;                  ///< one line: how inv_freq and the attention factor are derived
+  std::vector<std::string> rope_types;  ///< the config.json rope_type names that select it
+  bool depends_on_call = false;  ///< the table is re-selected per call from the call's largest position
+};
+
+/// Every frequency scheme, in Scaling order.
+std::vector<SchemeInfo> frequency_schemes();
+
+/// The entry of `scaling`; throws posenc::Error(invalid_argument) for a value outside the enum.
+SchemeInfo scheme_info(Scaling scaling);
+
 /// Parameters of the frequency schemes. Only the fields of the chosen scheme are read.
 struct ScalingParams {
   double factor = 1.0;  ///< linear, dynamic, yarn, longrope (0: max_pos/original_max), llama3

@@ -38,6 +38,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/schemes.hpp"
 #include "core/text_detail.hpp"
 #include "posenc/error.hpp"
 #include "posenc/model_config.hpp"
@@ -289,35 +290,11 @@ struct RopeDict {
 constexpr std::string_view common_keys[] = {"rope_type", "type", "rope_theta", "partial_rotary_factor",
                                              "mrope_section", "mrope_interleaved"};
 
-struct SchemeKeys {
-  std::string_view rope_type;
-  Scaling scaling;
-  std::vector<std::string_view> keys;
-};
-
-const std::vector<SchemeKeys>& schemes() {
-  static const std::vector<SchemeKeys> table = {
-      {"default", Scaling::none, {}},
-      {"mrope", Scaling::none, {}},  // Qwen2-VL 4.x spelling, rewritten to "default" by HF
-      {"linear", Scaling::linear, {"factor"}},
-      {"dynamic", Scaling::dynamic, {"factor"}},
-      {"yarn",
-       Scaling::yarn,
-       {"factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow", "mscale",
-        "mscale_all_dim", "truncate"}},
-      {"longrope", Scaling::longrope,
-       {"short_factor", "long_factor", "factor", "original_max_position_embeddings", "attention_factor"}},
-      {"su", Scaling::longrope,  // Phi-3 pre-release name of longrope
-       {"short_factor", "long_factor", "factor", "original_max_position_embeddings", "attention_factor"}},
-      {"llama3", Scaling::llama3,
-       {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}},
-  };
-  return table;
-}
-
+/// "default, mrope, linear, ...": every rope_type the registry knows.
 std::string scheme_names() {
   std::string s;
-  for (const SchemeKeys& k : schemes()) s += (s.empty() ? "" : ", ") + std::string(k.rope_type);
+  for (const detail::SchemeRow& row : detail::scheme_rows())
+    for (std::string_view name : row.rope_types) s += (s.empty() ? "" : ", ") + std::string(name);
   return s;
 }
 
@@ -330,9 +307,7 @@ RopeDict read_rope_dict(const Node& d) {
   r.rope_type = rope_type ? *rope_type : legacy_type ? *legacy_type : "default";
   const std::string_view type_key = rope_type ? "rope_type" : "type";
 
-  const SchemeKeys* scheme = nullptr;
-  for (const SchemeKeys& s : schemes())
-    if (s.rope_type == r.rope_type) scheme = &s;
+  const detail::SchemeRow* scheme = detail::scheme_for_rope_type(r.rope_type);
   if (scheme == nullptr) {
     if (r.rope_type == "proportional")
       throw Error(ErrorKind::unsupported, "model config " + d.source() + ": key '" + d.key_text(type_key) +
@@ -343,10 +318,11 @@ RopeDict read_rope_dict(const Node& d) {
 
   for (const auto& [key, value] : d.raw().items()) {
     const bool known = std::find(std::begin(common_keys), std::end(common_keys), key) != std::end(common_keys) ||
-                       std::find(scheme->keys.begin(), scheme->keys.end(), key) != scheme->keys.end();
+                       std::find(scheme->config_keys.begin(), scheme->config_keys.end(), key) !=
+                           scheme->config_keys.end();
     if (!known) {
       std::string allowed;
-      for (std::string_view k : scheme->keys) allowed += ", " + std::string(k);
+      for (std::string_view k : scheme->config_keys) allowed += ", " + std::string(k);
       d.fail(key, "unknown key for rope_type \"" + r.rope_type + "\" (allowed: rope_type, type, rope_theta, "
                   "partial_rotary_factor, mrope_section, mrope_interleaved" + allowed + ")");
     }
@@ -385,22 +361,8 @@ RopeDict read_rope_dict(const Node& d) {
   }
   r.mrope_interleaved = d.boolean("mrope_interleaved");
 
-  const auto require = [&](std::string_view k, bool present) {
-    if (!present) d.fail_missing(k, "rope_type \"" + r.rope_type + "\" requires it");
-  };
-  switch (r.scaling) {
-    case Scaling::linear:
-    case Scaling::dynamic: require("factor", r.factor.has_value()); break;
-    case Scaling::longrope:
-      require("short_factor", r.short_factor.has_value());
-      require("long_factor", r.long_factor.has_value());
-      break;
-    case Scaling::llama3:
-      require("factor", r.factor.has_value());
-      require("low_freq_factor", r.low_freq_factor.has_value());
-      require("high_freq_factor", r.high_freq_factor.has_value());
-      break;
-    default: break;
+  for (std::string_view k : scheme->required_keys) {
+    if (!d.has(k)) d.fail_missing(k, "rope_type \"" + r.rope_type + "\" requires it");
   }
   return r;
 }
@@ -451,10 +413,11 @@ RopeSpec make_spec(const Model& m, const RopeDict& d, const Node& dict_node, boo
     spec.rotary_dim = rotary;
   }
 
+  // The scheme's parameters. read_rope_dict accepted only the keys of this scheme (the registry
+  // row's config_keys) and checked its required ones, so each present key belongs to it.
+  const detail::SchemeRow& scheme = detail::scheme_row(d.scaling);
   ScalingParams& p = spec.params;
-  const bool needs_original_max =
-      d.scaling == Scaling::yarn || d.scaling == Scaling::longrope || d.scaling == Scaling::llama3;
-  if (needs_original_max) {
+  if (scheme.uses_original_max) {
     // A top-level original_max_position_embeddings (Phi-3) overrides the dict's, single dict only.
     if (!keyed && m.original_max) p.original_max_position_embeddings = *m.original_max;
     else if (d.original_max) p.original_max_position_embeddings = *d.original_max;
@@ -463,37 +426,26 @@ RopeSpec make_spec(const Model& m, const RopeDict& d, const Node& dict_node, boo
                                                      "original_max_position_embeddings)");
   }
   p.max_position_embeddings = m.max_pos;
-  if (d.factor) p.factor = *d.factor;
-  switch (d.scaling) {
-    case Scaling::dynamic:
-      if (m.max_pos <= 0) cfg.fail_missing("max_position_embeddings", "dynamic scaling needs it");
-      break;
-    case Scaling::yarn:
-    case Scaling::longrope:
-      if (!d.factor) {
-        if (m.max_pos <= 0) cfg.fail_missing("max_position_embeddings", "needed to derive the missing factor");
-        p.factor = static_cast<double>(m.max_pos) / static_cast<double>(p.original_max_position_embeddings);
-      }
-      if (d.scaling == Scaling::yarn) {
-        p.beta_fast = d.beta_fast.value_or(0.0) != 0.0 ? *d.beta_fast : 32.0;  // HF `beta_fast or 32`
-        p.beta_slow = d.beta_slow.value_or(0.0) != 0.0 ? *d.beta_slow : 1.0;
-        p.mscale = d.mscale.value_or(0.0);
-        p.mscale_all_dim = d.mscale_all_dim.value_or(0.0);
-        // HF 5.x reads `truncate` from the outer config.rope_parameters, so inside a layer-keyed
-        // dict it is never seen and truncation stays on.
-        p.truncate = keyed ? true : d.truncate.value_or(true);
-      } else {
-        p.short_factor = *d.short_factor;
-        p.long_factor = *d.long_factor;
-      }
-      if (d.attention_factor) spec.attention_factor = *d.attention_factor;
-      break;
-    case Scaling::llama3:
-      p.low_freq_factor = *d.low_freq_factor;
-      p.high_freq_factor = *d.high_freq_factor;
-      break;
-    default: break;
+  if (scheme.uses_max_position && m.max_pos <= 0)
+    cfg.fail_missing("max_position_embeddings", "rope_type \"" + d.rope_type + "\" needs it");
+  if (d.factor) {
+    p.factor = *d.factor;
+  } else if (scheme.derives_factor) {
+    if (m.max_pos <= 0) cfg.fail_missing("max_position_embeddings", "needed to derive the missing factor");
+    p.factor = static_cast<double>(m.max_pos) / static_cast<double>(p.original_max_position_embeddings);
   }
+  p.beta_fast = d.beta_fast.value_or(0.0) != 0.0 ? *d.beta_fast : 32.0;  // HF `beta_fast or 32`
+  p.beta_slow = d.beta_slow.value_or(0.0) != 0.0 ? *d.beta_slow : 1.0;
+  p.mscale = d.mscale.value_or(0.0);
+  p.mscale_all_dim = d.mscale_all_dim.value_or(0.0);
+  // HF 5.x reads `truncate` from the outer config.rope_parameters, so inside a layer-keyed dict it
+  // is never seen and truncation stays on.
+  p.truncate = keyed ? true : d.truncate.value_or(true);
+  if (d.low_freq_factor) p.low_freq_factor = *d.low_freq_factor;
+  if (d.high_freq_factor) p.high_freq_factor = *d.high_freq_factor;
+  if (d.short_factor) p.short_factor = *d.short_factor;
+  if (d.long_factor) p.long_factor = *d.long_factor;
+  if (d.attention_factor) spec.attention_factor = *d.attention_factor;
 
   // M-RoPE: the dict's sections, else the family's default (GLM-4V [8, 12, 12], Qwen3-VL
   // [24, 20, 20]); Qwen3-VL always interleaves. A config that contradicts its family's fixed

@@ -1,4 +1,5 @@
 // RopeSpec validation and description, and the names of the spec's enumerations.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -8,6 +9,8 @@
 #include <vector>
 
 #include "core/frequencies_detail.hpp"
+#include "core/schemes.hpp"
+#include "core/spec_checks.hpp"
 #include "core/text_detail.hpp"
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
@@ -34,27 +37,37 @@ const char* to_string(Numerics n) noexcept {
 }
 
 const char* to_string(Scaling s) noexcept {
-  switch (s) {
-    case Scaling::none: return "none";
-    case Scaling::linear: return "linear";
-    case Scaling::dynamic: return "dynamic";
-    case Scaling::yarn: return "yarn";
-    case Scaling::longrope: return "longrope";
-    case Scaling::llama3: return "llama3";
-    case Scaling::table: return "table";
-  }
-  return "unknown";
+  const detail::SchemeRow* row = detail::find_scheme_row(s);
+  return row != nullptr ? row->name.data() : "unknown";  // the name is a string literal
+}
+
+namespace detail {
+
+void reject(const std::string& field, const std::string& value, const std::string& limit) {
+  throw Error(ErrorKind::invalid_argument, "RopeSpec." + field + " = " + value + ": " + limit);
 }
 
 namespace {
 
-using detail::number_text;
+bool positive_finite(double v) { return std::isfinite(v) && v > 0.0; }
 
-[[noreturn]] void reject(const std::string& field, const std::string& value, const std::string& limit) {
-  throw Error(ErrorKind::invalid_argument, "RopeSpec." + field + " = " + value + ": " + limit);
+/// Both list types: `expected` finite entries > 0; LongRoPE factors (double) are rounded to
+/// float32 and divided by, so they must be normal float32 values (a table's inv_freq already is
+/// a float32, and may be subnormal: a tiny angle is still an angle).
+template <typename T>
+void check_list(const std::string& field, const std::vector<T>& values, std::int64_t expected, Pairing pairing) {
+  if (static_cast<std::int64_t>(values.size()) != expected)
+    reject(field + ".size()", number_text(static_cast<std::int64_t>(values.size())),
+           std::string(pairing == Pairing::half_split_2d ? "must equal rotary_dim / 4 = " : "must equal rotary_dim / 2 = ") +
+               number_text(expected));
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const auto v = static_cast<double>(values[i]);
+    if (!positive_finite(v)) reject(field + "[" + std::to_string(i) + "]", number_text(v), "must be finite and > 0");
+    if constexpr (std::is_same_v<T, double>) require_float32(field + "[" + std::to_string(i) + "]", v);
+  }
 }
 
-bool positive_finite(double v) { return std::isfinite(v) && v > 0.0; }
+}  // namespace
 
 void require_positive(const std::string& field, double v) {
   if (!positive_finite(v)) reject(field, number_text(v), "must be finite and > 0");
@@ -68,12 +81,6 @@ void require_positive(const std::string& field, std::int64_t v) {
   if (v <= 0) reject(field, number_text(v), "must be > 0");
 }
 
-constexpr double float32_min = std::numeric_limits<float>::min();  // smallest normal float32
-constexpr double float32_max = std::numeric_limits<float>::max();
-
-/// A value the schemes round to float32 (theta, factors) must be a normal float32: below the
-/// smallest normal it rounds to 0 or a subnormal and a division by it is inf; above the largest it
-/// rounds to inf.
 void require_float32(const std::string& field, double v) {
   if (!(v >= float32_min && v <= float32_max))
     reject(field, number_text(v),
@@ -81,18 +88,11 @@ void require_float32(const std::string& field, double v) {
                number_text(float32_max) + "] (it is rounded to float32)");
 }
 
-/// Context lengths the schemes divide and take logarithms of in double: exact there up to 2^53,
-/// which also keeps `length + 1` (the first seq_len past it) from overflowing.
-constexpr std::int64_t max_context = std::int64_t{1} << 53;
-
 void require_context(const std::string& field, std::int64_t v) {
   require_positive(field, v);
   if (v > max_context) reject(field, number_text(v), "must be <= 2^53 = " + number_text(max_context));
 }
 
-// yarn and longrope accept factor 0 as "derive it as max_position_embeddings / original_max"
-// (what HF does when the config has no factor), so that path needs max_position_embeddings.
-// `in_float32`: the scheme rounds the factor to float32 (yarn), not only uses it in double (longrope).
 void require_factor_or_derivable(const ScalingParams& p, bool in_float32) {
   if (p.factor == 0.0) {
     if (p.max_position_embeddings <= 0)
@@ -106,20 +106,22 @@ void require_factor_or_derivable(const ScalingParams& p, bool in_float32) {
   else require_positive("params.factor", p.factor);
 }
 
-template <typename T>
-void require_list(const std::string& field, const std::vector<T>& values, std::int64_t expected, Pairing pairing) {
-  if (static_cast<std::int64_t>(values.size()) != expected)
-    reject(field + ".size()", number_text(static_cast<std::int64_t>(values.size())),
-           std::string(pairing == Pairing::half_split_2d ? "must equal rotary_dim / 4 = " : "must equal rotary_dim / 2 = ") +
-               number_text(expected));
-  for (std::size_t i = 0; i < values.size(); ++i) {
-    const auto v = static_cast<double>(values[i]);
-    if (!positive_finite(v)) reject(field + "[" + std::to_string(i) + "]", number_text(v), "must be finite and > 0");
-    // LongRoPE factors are rounded to float32 and divided by: a normal float32 (a table's
-    // inv_freq already is a float32, and may be subnormal: a tiny angle is still an angle).
-    if constexpr (std::is_same_v<T, double>) require_float32(field + "[" + std::to_string(i) + "]", v);
-  }
+void require_list(const std::string& field, const std::vector<double>& values, std::int64_t expected, Pairing pairing) {
+  check_list(field, values, expected, pairing);
 }
+
+void require_list(const std::string& field, const std::vector<float>& values, std::int64_t expected, Pairing pairing) {
+  check_list(field, values, expected, pairing);
+}
+
+}  // namespace detail
+
+namespace {
+
+using detail::float32_min;
+using detail::number_text;
+using detail::reject;
+using detail::require_float32;
 
 std::string section_text(const std::vector<std::int64_t>& section) {
   std::string s = "[";
@@ -161,12 +163,12 @@ void validate_mrope(const RopeSpec& spec) {
 
 void RopeSpec::validate() const {
   // Enumerations first: a value cast from a bad integer would otherwise select no code path.
-  if (static_cast<int>(pairing) > static_cast<int>(Pairing::half_split_2d))
+  if (std::find(all_pairings.begin(), all_pairings.end(), pairing) == all_pairings.end())
     reject("pairing", std::to_string(static_cast<int>(pairing)), "is not a Pairing value");
-  if (static_cast<int>(numerics) > static_cast<int>(Numerics::accurate))
+  if (std::find(all_numerics.begin(), all_numerics.end(), numerics) == all_numerics.end())
     reject("numerics", std::to_string(static_cast<int>(numerics)), "is not a Numerics value");
-  if (static_cast<int>(scaling) > static_cast<int>(Scaling::table))
-    reject("scaling", std::to_string(static_cast<int>(scaling)), "is not a Scaling value");
+  const detail::SchemeRow* row = detail::find_scheme_row(scaling);
+  if (row == nullptr) reject("scaling", std::to_string(static_cast<int>(scaling)), "is not a Scaling value");
 
   if (head_dim < 2 || head_dim > max_head_dim)
     reject("head_dim", number_text(head_dim), "must be in [2, " + number_text(max_head_dim) + "]");
@@ -189,61 +191,7 @@ void RopeSpec::validate() const {
            "must be finite and > 0, within [" + number_text(float32_min) + ", " +
                number_text(detail::max_attention_factor) + "] (it scales cos and sin in every dtype)");
 
-  // The schemes work on frequency_dim() (R, or R/2 for half_split_2d): their lists have
-  // frequency_dim() / 2 entries.
-  const std::int64_t fd = frequency_dim();
-  const ScalingParams& p = params;
-  switch (scaling) {
-    case Scaling::none:
-      break;
-    case Scaling::linear:
-      require_float32("params.factor", p.factor);
-      break;
-    case Scaling::dynamic:
-      require_float32("params.factor", p.factor);
-      require_context("params.max_position_embeddings", p.max_position_embeddings);
-      // theta' uses the exponent R / (R - 2).
-      if (fd < 4)
-        reject(pairing == Pairing::half_split_2d ? "rotary_dim / 2" : "rotary_dim", number_text(fd),
-               "must be >= 4 for dynamic scaling (exponent R/(R-2))");
-      break;
-    case Scaling::yarn: {
-      require_factor_or_derivable(p, /*in_float32=*/true);
-      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
-      require_non_negative("params.beta_fast", p.beta_fast);
-      require_non_negative("params.beta_slow", p.beta_slow);
-      require_non_negative("params.mscale", p.mscale);
-      require_non_negative("params.mscale_all_dim", p.mscale_all_dim);
-      // The ramp runs from the dimension of beta_fast rotations to that of beta_slow: the other
-      // way round it swaps interpolation and extrapolation. 0 means the default (32, 1).
-      const double fast = p.beta_fast != 0.0 ? p.beta_fast : 32.0;
-      const double slow = p.beta_slow != 0.0 ? p.beta_slow : 1.0;
-      if (!(fast > slow))
-        reject("params.beta_fast", number_text(fast), "must be > params.beta_slow = " + number_text(slow));
-      // The correction range divides by ln(theta).
-      if (!(theta > 1.0)) reject("theta", number_text(theta), "must be > 1 for yarn (its ramp divides by ln theta)");
-      break;
-    }
-    case Scaling::longrope:
-      require_factor_or_derivable(p, /*in_float32=*/false);
-      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
-      require_list("params.short_factor", p.short_factor, fd / 2, pairing);
-      require_list("params.long_factor", p.long_factor, fd / 2, pairing);
-      break;
-    case Scaling::llama3:
-      require_float32("params.factor", p.factor);
-      require_context("params.original_max_position_embeddings", p.original_max_position_embeddings);
-      require_float32("params.low_freq_factor", p.low_freq_factor);
-      require_float32("params.high_freq_factor", p.high_freq_factor);
-      // The smoothing divides by (high - low).
-      if (!std::isfinite(p.high_freq_factor) || !(p.high_freq_factor > p.low_freq_factor))
-        reject("params.high_freq_factor", number_text(p.high_freq_factor),
-               "must be finite and > params.low_freq_factor = " + number_text(p.low_freq_factor));
-      break;
-    case Scaling::table:
-      require_list("params.inv_freq", p.inv_freq, fd / 2, pairing);
-      break;
-  }
+  row->validate(*this);  // the scheme's own parameters (schemes.cpp)
   // Every parameter is in range on its own; together they must still give finite frequencies,
   // angles and attention factor (e.g. a dynamic factor whose theta' overflows at position_limit).
   detail::check_frequency_range(*this);
@@ -272,36 +220,12 @@ std::string RopeSpec::describe() const {
         << " position streams\n";
   }
   out << "theta             " << number_text(theta) << '\n';
-  out << "scaling           " << to_string(scaling);
-  const ScalingParams& p = params;
-  const auto factor_text = [&] {
-    return p.factor == 0.0 ? std::string("max_pos/original_max") : number_text(p.factor);
-  };
-  switch (scaling) {
-    case Scaling::none: break;
-    case Scaling::linear: out << " (factor " << factor_text() << ")"; break;
-    case Scaling::dynamic:
-      out << " (factor " << factor_text() << ", max_position_embeddings " << p.max_position_embeddings << ")";
-      break;
-    case Scaling::yarn:
-      out << " (factor " << factor_text() << ", original_max_position_embeddings "
-          << p.original_max_position_embeddings << ", beta_fast " << number_text(p.beta_fast) << ", beta_slow "
-          << number_text(p.beta_slow) << ", mscale " << number_text(p.mscale) << ", mscale_all_dim "
-          << number_text(p.mscale_all_dim) << ", truncate " << (p.truncate ? "true" : "false") << ")";
-      break;
-    case Scaling::longrope:
-      out << " (factor " << factor_text() << ", original_max_position_embeddings "
-          << p.original_max_position_embeddings << ", " << p.short_factor.size() << " short / "
-          << p.long_factor.size() << " long factors)";
-      break;
-    case Scaling::llama3:
-      out << " (factor " << factor_text() << ", low_freq_factor " << number_text(p.low_freq_factor)
-          << ", high_freq_factor " << number_text(p.high_freq_factor) << ", original_max_position_embeddings "
-          << p.original_max_position_embeddings << ")";
-      break;
-    case Scaling::table: out << " (" << p.inv_freq.size() << " caller-supplied inv_freq values)"; break;
-  }
-  out << '\n';
+  const detail::SchemeRow& row = detail::scheme_row(scaling);
+  out << "scaling           " << row.name;
+  const std::vector<detail::SchemeParameter> parameters = row.parameters(params);
+  for (std::size_t i = 0; i < parameters.size(); ++i)
+    out << (i == 0 ? " (" : ", ") << parameters[i].name << ' ' << parameters[i].text << (i + 1 == parameters.size() ? ")" : "");
+  out << "\n                  " << row.summary << '\n';
   out << "attention factor  "
       << (attention_factor ? number_text(*attention_factor) + " (override)" : std::string("from the scheme"))
       << '\n';

@@ -71,11 +71,6 @@ inline std::int64_t position_at(const PositionsView& positions, std::int32_t s, 
   return position_at(positions, s * positions.stream_stride + i);
 }
 
-/// True for the schemes whose frequency table depends on the call's largest position.
-constexpr bool table_depends_on_positions(Scaling scaling) noexcept {
-  return scaling == Scaling::dynamic || scaling == Scaling::longrope;
-}
-
 /// The attention factor a call uses: the spec's override when given, else the scheme's.
 inline double effective_attention_factor(const RopeSpec& spec, const FrequencyTable& table) noexcept {
   return spec.attention_factor ? *spec.attention_factor : table.attention_factor;

@@ -16,6 +16,7 @@
 #include "core/counting.hpp"
 #include "core/dispatch.hpp"
 #include "core/kv_detail.hpp"
+#include "core/schemes.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "cpu/kernel_call.hpp"
@@ -162,11 +163,12 @@ struct CpuEngine::State {
   std::int64_t half = 0;
   std::array<KernelFn, all_dtypes.size()> kernels{};  ///< by DType, for the spec's pairing and numerics
 
-  // dynamic / longrope: the table depends on seq_len = the call's largest position + 1. Both
-  // schemes keep one table up to a threshold (dynamic: max_position_embeddings; longrope:
-  // original_max_position_embeddings), computed here once. Above it, longrope has a second fixed
-  // table and dynamic a table per seq_len: the last one is cached, so the layers of one step
-  // compute it once. threshold < 0: no threshold known, every seq_len goes through the cache.
+  // Call-dependent schemes (schemes.hpp CallTable; dynamic, longrope): the table depends on
+  // seq_len = the call's largest position + 1. They keep one table up to the scheme's threshold,
+  // computed here once. Above it, a short/long scheme has a second fixed table and a growing one a
+  // table per seq_len: the last one is cached, so the layers of one step compute it once.
+  // threshold < 0: no threshold known, every seq_len goes through the cache.
+  detail::CallTable table_kind = detail::CallTable::fixed;
   std::int64_t threshold = -1;
   FrequencyTable below;  ///< seq_len <= threshold
   FrequencyTable above;  ///< longrope, seq_len > threshold
@@ -195,7 +197,7 @@ struct CpuEngine::State {
       fixed = &below;
       fixed_axes = &below_axes;
     }
-    if (threshold > 0 && seq_len > threshold && spec.scaling == Scaling::longrope) {
+    if (threshold > 0 && seq_len > threshold && table_kind == detail::CallTable::short_long) {
       fixed = &above;
       fixed_axes = &above_axes;
     }
@@ -243,21 +245,19 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   s.axes = checked_axes(s.spec, s.table, s.half, "init");
   s.attention_factor = detail::effective_attention_factor(s.spec, s.table);
 
-  if (s.spec.scaling == Scaling::dynamic) {
-    s.threshold = s.spec.params.max_position_embeddings;
-  } else if (s.spec.scaling == Scaling::longrope) {
-    s.threshold = s.spec.params.original_max_position_embeddings;  // > 0: RopeSpec::validate requires it
-  }
-  if (detail::table_depends_on_positions(s.spec.scaling) && s.threshold > 0) {
+  const detail::SchemeRow& scheme = detail::scheme_row(s.spec.scaling);
+  s.table_kind = scheme.call_table;
+  if (scheme.threshold != nullptr) s.threshold = scheme.threshold(s.spec.params);  // > 0: validated
+  if (s.table_kind != detail::CallTable::fixed && s.threshold > 0) {
     s.below = compute_frequencies(s.spec, s.threshold);
     s.below_axes = checked_axes(s.spec, s.below, s.half, "short-context");
-    if (s.spec.scaling == Scaling::longrope) {
+    if (s.table_kind == detail::CallTable::short_long) {
       s.above = compute_frequencies(s.spec, s.threshold + 1);
       s.above_axes = checked_axes(s.spec, s.above, s.half, "long-context");
     }
   }
 
-  if (!detail::table_depends_on_positions(s.spec.scaling) && s.half > 0) {
+  if (s.table_kind == detail::CallTable::fixed && s.half > 0) {
     // Up to row_cache_bytes of rows (address space only until a position is first used).
     const std::int64_t by_size = std::max<std::int64_t>(1, row_cache_bytes / (s.half * 2 * std::int64_t{sizeof(float)}));
     s.rows = std::make_unique<cpu_detail::RowCache>(std::min(s.spec.position_limit, by_size), s.half);

@@ -9,14 +9,19 @@
 
 #include <gtest/gtest.h>
 
+#include "core/schemes.hpp"
 #include "posenc/dtype.hpp"
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
 
 namespace posenc::test {
 
-inline const std::vector<Scaling> all_schemes = {Scaling::none,     Scaling::linear, Scaling::dynamic, Scaling::yarn,
-                                                 Scaling::longrope, Scaling::llama3, Scaling::table};
+/// Every scheme of the registry (src/core/schemes.cpp), in Scaling order.
+inline const std::vector<Scaling> all_schemes = [] {
+  std::vector<Scaling> out;
+  for (const SchemeInfo& scheme : frequency_schemes()) out.push_back(scheme.scaling);
+  return out;
+}();
 
 /// A spec of scheme `s` with parameters modelled on real checkpoints (Llama 3.1, Qwen3 YaRN,
 /// Phi-3.5 LongRoPE-like synthetic factors, dynamic NTK with a 4096 window).
@@ -77,12 +82,12 @@ inline RopeSpec scheme_spec(Scaling s, std::int64_t head_dim = 64, std::int64_t 
   return spec;
 }
 
-/// The largest position below which the scheme's table does not depend on the call (dynamic:
-/// max_position_embeddings; longrope: original_max_position_embeddings), or 0.
+/// The largest position + 1 up to which the scheme's table does not depend on the call (the
+/// registry row's threshold: dynamic max_position_embeddings, longrope
+/// original_max_position_embeddings), or 0 for a fixed table.
 inline std::int64_t scheme_threshold(const RopeSpec& spec) {
-  if (spec.scaling == Scaling::dynamic) return spec.params.max_position_embeddings;
-  if (spec.scaling == Scaling::longrope) return spec.params.original_max_position_embeddings;
-  return 0;
+  const detail::SchemeRow& row = detail::scheme_row(spec.scaling);
+  return row.threshold != nullptr ? row.threshold(spec.params) : 0;
 }
 
 /// "yarn/interleaved/accurate/bfloat16" for messages.

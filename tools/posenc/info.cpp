@@ -22,7 +22,7 @@ void print_spec(const std::string& layer_type, const RopeSpec& spec) {
   std::printf("attention factor  %.9g (scheme)", table.attention_factor);
   if (spec.attention_factor) std::printf(", %.9g (config override, used)", *spec.attention_factor);
   std::printf("\n");
-  const bool per_call = spec.scaling == Scaling::dynamic || spec.scaling == Scaling::longrope;
+  const bool per_call = scheme_info(spec.scaling).depends_on_call;
   std::printf("inv_freq  %zu float32 values%s\n", table.inv_freq.size(),
               per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)"
                        : "");
