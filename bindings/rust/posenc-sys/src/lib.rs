@@ -1,0 +1,467 @@
+//! Raw FFI declarations of libposenc, the C ABI of posenc (`include/posenc/posenc.h`), written by
+//! hand to mirror that header field for field. The safe API is the `posenc` crate.
+//!
+//! Every function returns a [`posenc_status`] (except [`posenc_status_name`],
+//! [`posenc_last_error`] and the `*_destroy` functions); on failure [`posenc_last_error`] holds a
+//! thread-local message naming the value, its index and the limit. Structs that may grow start
+//! with `struct_size`, which callers set to `size_of` of the struct (see posenc.h, "ABI growth").
+#![allow(non_camel_case_types)]
+
+use std::marker::{PhantomData, PhantomPinned};
+use std::mem::size_of;
+
+pub use std::os::raw::{c_char, c_void};
+
+// --- status codes, versions -------------------------------------------------------------------
+
+pub type posenc_status = i32;
+pub const POSENC_OK: posenc_status = 0;
+pub const POSENC_ERROR_INVALID_ARGUMENT: posenc_status = 1;
+pub const POSENC_ERROR_OUT_OF_RANGE: posenc_status = 2;
+pub const POSENC_ERROR_OVERFLOW: posenc_status = 3;
+pub const POSENC_ERROR_CONFIG: posenc_status = 4;
+pub const POSENC_ERROR_UNSUPPORTED: posenc_status = 5;
+pub const POSENC_ERROR_VENDOR: posenc_status = 6;
+pub const POSENC_ERROR_IO: posenc_status = 7;
+pub const POSENC_ERROR_OUT_OF_MEMORY: posenc_status = 8;
+pub const POSENC_ERROR_INTERNAL: posenc_status = 9;
+
+/// The posenc.h these declarations mirror.
+pub const POSENC_VERSION_MAJOR: i32 = 0;
+pub const POSENC_VERSION_MINOR: i32 = 1;
+pub const POSENC_VERSION_PATCH: i32 = 0;
+pub const POSENC_ABI_VERSION: i32 = 1;
+
+// --- enumerations (fixed numbers) ---------------------------------------------------------------
+
+pub const POSENC_DTYPE_F32: i32 = 0;
+pub const POSENC_DTYPE_F16: i32 = 1;
+pub const POSENC_DTYPE_BF16: i32 = 2;
+pub const POSENC_INDEX_I32: i32 = 0;
+pub const POSENC_INDEX_I64: i32 = 1;
+pub const POSENC_CACHE_F32: i32 = 0;
+pub const POSENC_CACHE_F16: i32 = 1;
+pub const POSENC_CACHE_BF16: i32 = 2;
+pub const POSENC_CACHE_FP8_E4M3: i32 = 3;
+pub const POSENC_LAYOUT_CONTIGUOUS: i32 = 0;
+pub const POSENC_LAYOUT_PAGED_NHD: i32 = 1;
+pub const POSENC_LAYOUT_PAGED_HND: i32 = 2;
+pub const POSENC_PAIRING_HALF_SPLIT: i32 = 0;
+pub const POSENC_PAIRING_INTERLEAVED: i32 = 1;
+pub const POSENC_PAIRING_INTERLEAVED_TO_HALF: i32 = 2;
+pub const POSENC_PAIRING_HALF_SPLIT_2D: i32 = 3;
+pub const POSENC_NUMERICS_HF_COMPATIBLE: i32 = 0;
+pub const POSENC_NUMERICS_HF_FP32_APPLY: i32 = 1;
+pub const POSENC_NUMERICS_ACCURATE: i32 = 2;
+pub const POSENC_SCALING_NONE: i32 = 0;
+pub const POSENC_SCALING_LINEAR: i32 = 1;
+pub const POSENC_SCALING_DYNAMIC: i32 = 2;
+pub const POSENC_SCALING_YARN: i32 = 3;
+pub const POSENC_SCALING_LONGROPE: i32 = 4;
+pub const POSENC_SCALING_LLAMA3: i32 = 5;
+pub const POSENC_SCALING_TABLE: i32 = 6;
+pub const POSENC_NEVER_PINNED: i64 = i64::MAX;
+
+// --- opaque handles ------------------------------------------------------------------------------
+
+macro_rules! opaque {
+    ($($name:ident),*) => {$(
+        #[repr(C)]
+        pub struct $name {
+            _data: [u8; 0],
+            _marker: PhantomData<(*mut u8, PhantomPinned)>,
+        }
+    )*};
+}
+opaque!(posenc_config, posenc_spec, posenc_cpu_engine, posenc_gpu_engine, posenc_position_tracker);
+
+// --- structs ------------------------------------------------------------------------------------
+
+/// Implements `make()`: zeroed, with `struct_size` set (posenc.h's `*_make()` helpers).
+macro_rules! make {
+    ($($name:ident),*) => {$(
+        impl $name {
+            pub fn make() -> Self {
+                // SAFETY: every field is an integer, a float or a raw pointer: all-zero is valid.
+                let mut value: Self = unsafe { std::mem::zeroed() };
+                value.struct_size = size_of::<Self>();
+                value
+            }
+        }
+    )*};
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_version_info {
+    pub struct_size: usize,
+    pub major: i32,
+    pub minor: i32,
+    pub patch: i32,
+    pub abi: i32,
+    pub version: *const c_char,
+    pub backend: *const c_char,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_gpu_info {
+    pub struct_size: usize,
+    pub backend: *const c_char,
+    pub device_count: i32,
+    pub available: i32,
+    pub unavailable_reason: *const c_char,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_config_info {
+    pub struct_size: usize,
+    pub model_type: *const c_char,
+    pub source: *const c_char,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    pub max_position_embeddings: i64,
+    pub layer_type_count: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_spec_desc {
+    pub struct_size: usize,
+    pub head_dim: i64,
+    pub rotary_dim: i64,
+    pub rotary_offset: i64,
+    pub pairing: i32,
+    pub numerics: i32,
+    pub theta: f64,
+    pub attention_factor: f64,
+    pub position_limit: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_spec_info {
+    pub struct_size: usize,
+    pub head_dim: i64,
+    pub rotary_dim: i64,
+    pub rotary_offset: i64,
+    pub pairing: i32,
+    pub numerics: i32,
+    pub scaling: i32,
+    pub position_streams: i32,
+    pub theta: f64,
+    pub attention_factor: f64,
+    pub position_limit: i64,
+    pub frequency_count: i64,
+    pub mrope_section_count: i64,
+    pub mrope_interleaved: i32,
+    pub reserved: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_tensor {
+    pub data: *mut c_void,
+    pub dtype: i32,
+    pub reserved: i32,
+    pub tokens: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub token_stride: i64,
+    pub head_stride: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_const_tensor {
+    pub data: *const c_void,
+    pub dtype: i32,
+    pub reserved: i32,
+    pub tokens: i64,
+    pub heads: i64,
+    pub head_dim: i64,
+    pub token_stride: i64,
+    pub head_stride: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_positions {
+    pub data: *const c_void,
+    pub type_: i32,
+    pub streams: i32,
+    pub count: i64,
+    pub stream_stride: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_rope_args {
+    pub struct_size: usize,
+    pub q: posenc_tensor,
+    pub k: posenc_tensor,
+    pub q_src: posenc_const_tensor,
+    pub k_src: posenc_const_tensor,
+    pub positions: posenc_positions,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_kv_cache {
+    pub k: *mut c_void,
+    pub v: *mut c_void,
+    pub dtype: i32,
+    pub layout: i32,
+    pub kv_heads: i64,
+    pub head_dim: i64,
+    pub blocks: i64,
+    pub block_len: i64,
+    pub k_scale: f32,
+    pub v_scale: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_append_args {
+    pub struct_size: usize,
+    pub q: posenc_tensor,
+    pub q_src: posenc_const_tensor,
+    pub k: posenc_const_tensor,
+    pub v: posenc_const_tensor,
+    pub positions: posenc_positions,
+    pub slots: *const i64,
+    pub cache: posenc_kv_cache,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_counters {
+    pub struct_size: usize,
+    pub calls: i64,
+    pub tokens: i64,
+    pub bytes: i64,
+    pub timed_calls: i64,
+    pub device_ms: f64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_cpu_options {
+    pub struct_size: usize,
+    pub threads: i32,
+    pub reserved: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_sequence_state {
+    pub struct_size: usize,
+    pub length: i64,
+    pub rope_delta: i64,
+    pub pin_from: i64,
+    pub pin_value: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct posenc_step_entry {
+    pub seq_id: i64,
+    pub new_tokens: i64,
+}
+
+make!(
+    posenc_version_info,
+    posenc_gpu_info,
+    posenc_config_info,
+    posenc_spec_desc,
+    posenc_spec_info,
+    posenc_rope_args,
+    posenc_append_args,
+    posenc_counters,
+    posenc_cpu_options
+);
+
+impl posenc_sequence_state {
+    /// A fresh sequence: length 0, rope_delta 0, never pinned.
+    pub fn make() -> Self {
+        posenc_sequence_state {
+            struct_size: size_of::<Self>(),
+            length: 0,
+            rope_delta: 0,
+            pin_from: POSENC_NEVER_PINNED,
+            pin_value: 0,
+        }
+    }
+}
+
+// --- functions ----------------------------------------------------------------------------------
+
+extern "C" {
+    pub fn posenc_status_name(status: posenc_status) -> *const c_char;
+    pub fn posenc_last_error() -> *const c_char;
+    pub fn posenc_get_version(out: *mut posenc_version_info) -> posenc_status;
+    pub fn posenc_get_gpu_info(out: *mut posenc_gpu_info) -> posenc_status;
+
+    pub fn posenc_config_load(path: *const c_char, out: *mut *mut posenc_config) -> posenc_status;
+    pub fn posenc_config_parse(
+        json: *const c_char,
+        length: usize,
+        source: *const c_char,
+        out: *mut *mut posenc_config,
+    ) -> posenc_status;
+    pub fn posenc_config_default(out: *mut *mut posenc_config) -> posenc_status;
+    pub fn posenc_config_destroy(config: *mut posenc_config);
+    pub fn posenc_config_get_info(config: *const posenc_config, out: *mut posenc_config_info) -> posenc_status;
+    pub fn posenc_config_layer_type(config: *const posenc_config, index: i64, out: *mut *const c_char)
+        -> posenc_status;
+    pub fn posenc_config_spec(
+        config: *const posenc_config,
+        layer_type: *const c_char,
+        out: *mut *mut posenc_spec,
+    ) -> posenc_status;
+
+    pub fn posenc_spec_create(desc: *const posenc_spec_desc, out: *mut *mut posenc_spec) -> posenc_status;
+    pub fn posenc_spec_with_numerics(spec: *const posenc_spec, numerics: i32, out: *mut *mut posenc_spec)
+        -> posenc_status;
+    pub fn posenc_spec_with_position_limit(
+        spec: *const posenc_spec,
+        position_limit: i64,
+        out: *mut *mut posenc_spec,
+    ) -> posenc_status;
+    pub fn posenc_spec_destroy(spec: *mut posenc_spec);
+    pub fn posenc_spec_get_info(spec: *const posenc_spec, out: *mut posenc_spec_info) -> posenc_status;
+    pub fn posenc_spec_inv_freq(spec: *const posenc_spec, out: *mut f32, capacity: usize) -> posenc_status;
+    pub fn posenc_spec_mrope_section(spec: *const posenc_spec, out: *mut i64, capacity: usize) -> posenc_status;
+    pub fn posenc_spec_describe(spec: *const posenc_spec, out: *mut *const c_char) -> posenc_status;
+
+    pub fn posenc_cpu_engine_create(
+        spec: *const posenc_spec,
+        options: *const posenc_cpu_options,
+        out: *mut *mut posenc_cpu_engine,
+    ) -> posenc_status;
+    pub fn posenc_cpu_engine_destroy(engine: *mut posenc_cpu_engine);
+    pub fn posenc_cpu_engine_apply(engine: *const posenc_cpu_engine, args: *const posenc_rope_args) -> posenc_status;
+    pub fn posenc_cpu_engine_append(engine: *const posenc_cpu_engine, args: *const posenc_append_args)
+        -> posenc_status;
+    pub fn posenc_cpu_engine_threads(engine: *const posenc_cpu_engine, out: *mut i32) -> posenc_status;
+    pub fn posenc_cpu_engine_set_counters(engine: *const posenc_cpu_engine, on: i32) -> posenc_status;
+    pub fn posenc_cpu_engine_get_counters(engine: *const posenc_cpu_engine, out: *mut posenc_counters)
+        -> posenc_status;
+    pub fn posenc_cpu_engine_reset_counters(engine: *const posenc_cpu_engine) -> posenc_status;
+    pub fn posenc_apply_reference(spec: *const posenc_spec, args: *const posenc_rope_args) -> posenc_status;
+    pub fn posenc_append_reference(spec: *const posenc_spec, args: *const posenc_append_args) -> posenc_status;
+
+    pub fn posenc_gpu_engine_create(spec: *const posenc_spec, device: i32, out: *mut *mut posenc_gpu_engine)
+        -> posenc_status;
+    pub fn posenc_gpu_engine_destroy(engine: *mut posenc_gpu_engine);
+    pub fn posenc_gpu_engine_apply(
+        engine: *const posenc_gpu_engine,
+        args: *const posenc_rope_args,
+        stream: *mut c_void,
+    ) -> posenc_status;
+    pub fn posenc_gpu_engine_append(
+        engine: *const posenc_gpu_engine,
+        args: *const posenc_append_args,
+        stream: *mut c_void,
+    ) -> posenc_status;
+    pub fn posenc_gpu_engine_check(engine: *const posenc_gpu_engine, stream: *mut c_void) -> posenc_status;
+    pub fn posenc_gpu_engine_set_counters(engine: *const posenc_gpu_engine, on: i32, device_timing: i32)
+        -> posenc_status;
+    pub fn posenc_gpu_engine_get_counters(engine: *const posenc_gpu_engine, out: *mut posenc_counters)
+        -> posenc_status;
+    pub fn posenc_gpu_engine_reset_counters(engine: *const posenc_gpu_engine) -> posenc_status;
+
+    pub fn posenc_position_tracker_create(
+        streams: i32,
+        position_limit: i64,
+        out: *mut *mut posenc_position_tracker,
+    ) -> posenc_status;
+    pub fn posenc_position_tracker_destroy(tracker: *mut posenc_position_tracker);
+    pub fn posenc_position_tracker_add(
+        tracker: *mut posenc_position_tracker,
+        seq_id: i64,
+        state: *const posenc_sequence_state,
+    ) -> posenc_status;
+    pub fn posenc_position_tracker_remove(tracker: *mut posenc_position_tracker, seq_id: i64) -> posenc_status;
+    pub fn posenc_position_tracker_contains(
+        tracker: *const posenc_position_tracker,
+        seq_id: i64,
+        out: *mut i32,
+    ) -> posenc_status;
+    pub fn posenc_position_tracker_get_state(
+        tracker: *const posenc_position_tracker,
+        seq_id: i64,
+        out: *mut posenc_sequence_state,
+    ) -> posenc_status;
+    pub fn posenc_position_tracker_pin(tracker: *mut posenc_position_tracker, seq_id: i64, pin_value: i64)
+        -> posenc_status;
+    pub fn posenc_position_tracker_size(tracker: *const posenc_position_tracker, out: *mut i64) -> posenc_status;
+    pub fn posenc_position_tracker_streams(tracker: *const posenc_position_tracker, out: *mut i32)
+        -> posenc_status;
+    pub fn posenc_position_tracker_step(
+        tracker: *mut posenc_position_tracker,
+        entries: *const posenc_step_entry,
+        entry_count: usize,
+        positions: *mut i64,
+        capacity: usize,
+        tokens: *mut i64,
+    ) -> posenc_status;
+    pub fn posenc_position_tracker_peek(
+        tracker: *const posenc_position_tracker,
+        entries: *const posenc_step_entry,
+        entry_count: usize,
+        positions: *mut i64,
+        capacity: usize,
+        tokens: *mut i64,
+    ) -> posenc_status;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{align_of, size_of};
+
+    /// The layouts of posenc.h version 1 on LP64 targets (tests/capi/test_capi.c checks the same
+    /// numbers on the C side): a mismatch here is a binding bug.
+    #[test]
+    #[cfg(target_pointer_width = "64")]
+    fn layouts_match_posenc_h() {
+        assert_eq!(size_of::<posenc_tensor>(), 56);
+        assert_eq!(size_of::<posenc_const_tensor>(), 56);
+        assert_eq!(size_of::<posenc_positions>(), 32);
+        assert_eq!(size_of::<posenc_kv_cache>(), 64);
+        assert_eq!(size_of::<posenc_rope_args>(), 264);
+        assert_eq!(size_of::<posenc_append_args>(), 336);
+        assert_eq!(size_of::<posenc_version_info>(), 40);
+        assert_eq!(size_of::<posenc_gpu_info>(), 32);
+        assert_eq!(size_of::<posenc_config_info>(), 64);
+        assert_eq!(size_of::<posenc_spec_desc>(), 64);
+        assert_eq!(size_of::<posenc_spec_info>(), 96);
+        assert_eq!(size_of::<posenc_counters>(), 48);
+        assert_eq!(size_of::<posenc_cpu_options>(), 16);
+        assert_eq!(size_of::<posenc_sequence_state>(), 40);
+        assert_eq!(size_of::<posenc_step_entry>(), 16);
+        assert_eq!(align_of::<posenc_rope_args>(), 8);
+    }
+
+    #[test]
+    fn library_reports_this_headers_version() {
+        let mut info = posenc_version_info::make();
+        let status = unsafe { posenc_get_version(&mut info) };
+        assert_eq!(status, POSENC_OK);
+        assert_eq!(
+            (info.major, info.minor, info.patch, info.abi),
+            (POSENC_VERSION_MAJOR, POSENC_VERSION_MINOR, POSENC_VERSION_PATCH, POSENC_ABI_VERSION)
+        );
+    }
+
+    #[test]
+    fn failures_leave_a_message() {
+        let status = unsafe { posenc_get_version(std::ptr::null_mut()) };
+        assert_eq!(status, POSENC_ERROR_INVALID_ARGUMENT);
+        let message = unsafe { std::ffi::CStr::from_ptr(posenc_last_error()) };
+        assert_eq!(message.to_bytes(), b"posenc_get_version: out is NULL");
+    }
+}

@@ -1,0 +1,209 @@
+//! The CPU engine, the reference definition and the GPU engine, with the arguments of their calls.
+
+use std::marker::PhantomData;
+use std::os::raw::c_void;
+
+use crate::element::{CacheElement, Element};
+use crate::views::{KvCacheMut, Positions, Tensor, TensorMut};
+use crate::{check, create, sys, Error, Result, Spec, Status};
+
+/// One apply: Q is written, K too when given (K is optional). In place unless sources are given;
+/// out of place, a source has its destination's shape and any strides. Q and K may have different
+/// head counts (GQA/MQA) and have `positions.count()` tokens.
+pub struct RopeArgs<'a, T: Element> {
+    raw: sys::posenc_rope_args,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Element> RopeArgs<'a, T> {
+    pub fn new(q: TensorMut<'a, T>, positions: Positions<'a>) -> Self {
+        let mut raw = sys::posenc_rope_args::make();
+        raw.q = q.raw;
+        raw.positions = positions.raw;
+        RopeArgs { raw, _borrow: PhantomData }
+    }
+    pub fn k(mut self, k: TensorMut<'a, T>) -> Self {
+        self.raw.k = k.raw;
+        self
+    }
+    /// Rotate from `q_src` into Q (out of place).
+    pub fn q_src(mut self, q_src: Tensor<'a, T>) -> Self {
+        self.raw.q_src = q_src.raw;
+        self
+    }
+    pub fn k_src(mut self, k_src: Tensor<'a, T>) -> Self {
+        self.raw.k_src = k_src.raw;
+        self
+    }
+    /// The C struct (for logging or a GPU call built from host-side shapes).
+    pub fn raw(&self) -> &sys::posenc_rope_args {
+        &self.raw
+    }
+}
+
+/// One fused append: Q rotated, K rotated and written with V into the cache row of each token's
+/// slot (cast to the cache's element type); slot -1 skips the token's K and V.
+pub struct AppendArgs<'a, T: Element, C: CacheElement> {
+    raw: sys::posenc_append_args,
+    _borrow: PhantomData<(&'a mut [T], &'a mut [C])>,
+}
+
+impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
+    /// `slots` holds one slot per token (`positions.count()` of them).
+    pub fn new(
+        q: TensorMut<'a, T>,
+        k: Tensor<'a, T>,
+        v: Tensor<'a, T>,
+        positions: Positions<'a>,
+        slots: &'a [i64],
+        cache: KvCacheMut<'a, C>,
+    ) -> Result<Self> {
+        if slots.len() as i64 != positions.count() {
+            return Err(Error::new(
+                Status::InvalidArgument,
+                format!("AppendArgs: {} slots for {} tokens (one slot per token)", slots.len(), positions.count()),
+            ));
+        }
+        let mut raw = sys::posenc_append_args::make();
+        raw.q = q.raw;
+        raw.k = k.raw;
+        raw.v = v.raw;
+        raw.positions = positions.raw;
+        raw.slots = slots.as_ptr();
+        raw.cache = cache.raw;
+        Ok(AppendArgs { raw, _borrow: PhantomData })
+    }
+    pub fn q_src(mut self, q_src: Tensor<'a, T>) -> Self {
+        self.raw.q_src = q_src.raw;
+        self
+    }
+}
+
+/// What an engine has done since its counters were enabled or reset.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Counters {
+    pub calls: i64,
+    pub tokens: i64,
+    pub bytes: i64,
+    pub timed_calls: i64,
+    pub device_ms: f64,
+}
+
+impl Counters {
+    fn from_raw(c: &sys::posenc_counters) -> Counters {
+        Counters { calls: c.calls, tokens: c.tokens, bytes: c.bytes, timed_calls: c.timed_calls, device_ms: c.device_ms }
+    }
+}
+
+handle!(
+    /// The multi-threaded CPU engine, built once per spec.
+    CpuEngine, posenc_cpu_engine, posenc_cpu_engine_destroy,
+    // SAFETY: the C ABI allows concurrent calls on an engine (every call takes it as const).
+);
+
+impl CpuEngine {
+    /// An engine on all hardware threads.
+    pub fn new(spec: &Spec) -> Result<CpuEngine> {
+        create(|out| unsafe { sys::posenc_cpu_engine_create(spec.as_ptr(), std::ptr::null(), out) })
+            .map(|raw| CpuEngine { raw })
+    }
+
+    pub fn with_threads(spec: &Spec, threads: i32) -> Result<CpuEngine> {
+        let mut options = sys::posenc_cpu_options::make();
+        options.threads = threads;
+        create(|out| unsafe { sys::posenc_cpu_engine_create(spec.as_ptr(), &options, out) })
+            .map(|raw| CpuEngine { raw })
+    }
+
+    /// Validates everything (nothing is written on error), then rotates.
+    pub fn apply<T: Element>(&self, args: &mut RopeArgs<'_, T>) -> Result<()> {
+        check(unsafe { sys::posenc_cpu_engine_apply(self.raw.as_ptr(), &args.raw) })
+    }
+
+    /// Validates everything (slots in [-1, slots), none twice), then rotates and appends.
+    pub fn append<T: Element, C: CacheElement>(&self, args: &mut AppendArgs<'_, T, C>) -> Result<()> {
+        check(unsafe { sys::posenc_cpu_engine_append(self.raw.as_ptr(), &args.raw) })
+    }
+
+    pub fn threads(&self) -> Result<i32> {
+        let mut threads = 0;
+        check(unsafe { sys::posenc_cpu_engine_threads(self.raw.as_ptr(), &mut threads) })?;
+        Ok(threads)
+    }
+
+    pub fn set_counters(&self, on: bool) -> Result<()> {
+        check(unsafe { sys::posenc_cpu_engine_set_counters(self.raw.as_ptr(), on as i32) })
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = sys::posenc_counters::make();
+        check(unsafe { sys::posenc_cpu_engine_get_counters(self.raw.as_ptr(), &mut c) })?;
+        Ok(Counters::from_raw(&c))
+    }
+
+    pub fn reset_counters(&self) -> Result<()> {
+        check(unsafe { sys::posenc_cpu_engine_reset_counters(self.raw.as_ptr()) })
+    }
+}
+
+/// The definition every engine is tested against (scalar loops, one thread).
+pub fn reference_apply<T: Element>(spec: &Spec, args: &mut RopeArgs<'_, T>) -> Result<()> {
+    check(unsafe { sys::posenc_apply_reference(spec.as_ptr(), &args.raw) })
+}
+
+pub fn reference_append<T: Element, C: CacheElement>(spec: &Spec, args: &mut AppendArgs<'_, T, C>) -> Result<()> {
+    check(unsafe { sys::posenc_append_reference(spec.as_ptr(), &args.raw) })
+}
+
+handle!(
+    /// The GPU engine on one device. Its calls take device pointers and a vendor stream
+    /// (cudaStream_t / hipStream_t; null is the legacy default stream), so they are `unsafe`: this
+    /// crate cannot check device memory. Host-side validation (shapes, strides, dtypes) still runs
+    /// before any launch.
+    GpuEngine, posenc_gpu_engine, posenc_gpu_engine_destroy,
+    // SAFETY: as CpuEngine.
+);
+
+impl GpuEngine {
+    /// Error(Unsupported) naming the reason where there is no GPU or no GPU support.
+    pub fn new(spec: &Spec, device: i32) -> Result<GpuEngine> {
+        create(|out| unsafe { sys::posenc_gpu_engine_create(spec.as_ptr(), device, out) }).map(|raw| GpuEngine { raw })
+    }
+
+    /// One launch on `stream`; no allocation, copy or wait.
+    ///
+    /// # Safety
+    /// Every pointer in `args` is memory of this engine's device that its view describes, alive
+    /// until the stream has run the launch; `stream` is null or a live stream of that device.
+    pub unsafe fn apply_raw(&self, args: &sys::posenc_rope_args, stream: *mut c_void) -> Result<()> {
+        check(sys::posenc_gpu_engine_apply(self.raw.as_ptr(), args, stream))
+    }
+
+    /// # Safety
+    /// As [`GpuEngine::apply_raw`]; `args.slots` is device memory too.
+    pub unsafe fn append_raw(&self, args: &sys::posenc_append_args, stream: *mut c_void) -> Result<()> {
+        check(sys::posenc_gpu_engine_append(self.raw.as_ptr(), args, stream))
+    }
+
+    /// Synchronizes `stream`, then reports a kernel fault or the first recorded bad position or slot.
+    ///
+    /// # Safety
+    /// `stream` is null or a live stream of this engine's device.
+    pub unsafe fn check(&self, stream: *mut c_void) -> Result<()> {
+        check(sys::posenc_gpu_engine_check(self.raw.as_ptr(), stream))
+    }
+
+    pub fn set_counters(&self, on: bool, device_timing: bool) -> Result<()> {
+        check(unsafe { sys::posenc_gpu_engine_set_counters(self.raw.as_ptr(), on as i32, device_timing as i32) })
+    }
+
+    pub fn counters(&self) -> Result<Counters> {
+        let mut c = sys::posenc_counters::make();
+        check(unsafe { sys::posenc_gpu_engine_get_counters(self.raw.as_ptr(), &mut c) })?;
+        Ok(Counters::from_raw(&c))
+    }
+
+    pub fn reset_counters(&self) -> Result<()> {
+        check(unsafe { sys::posenc_gpu_engine_reset_counters(self.raw.as_ptr()) })
+    }
+}

@@ -1,0 +1,162 @@
+//! The continuous-batching position tracker: each step's positions for prefill chunks and decode tokens of many sequences.
+
+
+use crate::views::Positions;
+use crate::{check, create, sys, Error, Result, Status};
+
+/// A sequence's state. A token at absolute index n (n tokens precede it) gets
+/// `position(n) = n < pin_from ? n + rope_delta : pin_value` and, on stream 1 of 2-stream
+/// trackers, `block(n) = n < pin_from ? 0 : n - pin_from + 1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequenceState {
+    /// Tokens already in the sequence (its KV cache).
+    pub length: i64,
+    pub rope_delta: i64,
+    /// `None`: never pinned.
+    pub pin_from: Option<i64>,
+    pub pin_value: i64,
+}
+
+impl Default for SequenceState {
+    fn default() -> Self {
+        SequenceState { length: 0, rope_delta: 0, pin_from: None, pin_value: 0 }
+    }
+}
+
+/// `new_tokens` tokens of sequence `seq_id` in one step (a prefill chunk, or 1 to decode).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepEntry {
+    pub seq_id: i64,
+    pub new_tokens: i64,
+}
+
+// StepEntry is passed to the library as posenc_step_entry: same layout.
+const _: () = assert!(
+    std::mem::size_of::<StepEntry>() == std::mem::size_of::<sys::posenc_step_entry>()
+        && std::mem::align_of::<StepEntry>() == std::mem::align_of::<sys::posenc_step_entry>()
+);
+
+/// One step's positions: `streams` x `tokens`, stream-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PositionIds {
+    pub streams: i32,
+    pub tokens: i64,
+    pub values: Vec<i64>,
+}
+
+impl PositionIds {
+    /// The `tokens` values of stream `s`.
+    pub fn stream(&self, s: usize) -> &[i64] {
+        let tokens = self.tokens as usize;
+        &self.values[s * tokens..(s + 1) * tokens]
+    }
+
+    /// As an engine call takes them.
+    pub fn positions(&self) -> Positions<'_> {
+        Positions::streams(&self.values, self.streams, self.tokens).expect("a step's values hold streams x tokens ids")
+    }
+}
+
+handle!(
+    /// Position bookkeeping for continuous batching (host). A step that fails changes nothing.
+    PositionTracker, posenc_position_tracker, posenc_position_tracker_destroy,
+    // SAFETY: mutation needs &mut self; the library's read-only calls on one tracker may run at once.
+);
+
+impl PositionTracker {
+    /// `streams` 1, 2 (ChatGLM-6B 2-D) or 3 (M-RoPE); positions must lie in [0, position_limit).
+    pub fn new(streams: i32, position_limit: i64) -> Result<PositionTracker> {
+        create(|out| unsafe { sys::posenc_position_tracker_create(streams, position_limit, out) })
+            .map(|raw| PositionTracker { raw })
+    }
+
+    pub fn add_sequence(&mut self, seq_id: i64, state: SequenceState) -> Result<()> {
+        let mut raw = sys::posenc_sequence_state::make();
+        raw.length = state.length;
+        raw.rope_delta = state.rope_delta;
+        raw.pin_from = state.pin_from.unwrap_or(sys::POSENC_NEVER_PINNED);
+        raw.pin_value = state.pin_value;
+        check(unsafe { sys::posenc_position_tracker_add(self.raw.as_ptr(), seq_id, &raw) })
+    }
+
+    pub fn remove_sequence(&mut self, seq_id: i64) -> Result<()> {
+        check(unsafe { sys::posenc_position_tracker_remove(self.raw.as_ptr(), seq_id) })
+    }
+
+    pub fn contains(&self, seq_id: i64) -> Result<bool> {
+        let mut flag = 0;
+        check(unsafe { sys::posenc_position_tracker_contains(self.raw.as_ptr(), seq_id, &mut flag) })?;
+        Ok(flag != 0)
+    }
+
+    pub fn state(&self, seq_id: i64) -> Result<SequenceState> {
+        let mut raw = sys::posenc_sequence_state::make();
+        check(unsafe { sys::posenc_position_tracker_get_state(self.raw.as_ptr(), seq_id, &mut raw) })?;
+        Ok(SequenceState {
+            length: raw.length,
+            rope_delta: raw.rope_delta,
+            pin_from: if raw.pin_from == sys::POSENC_NEVER_PINNED { None } else { Some(raw.pin_from) },
+            pin_value: raw.pin_value,
+        })
+    }
+
+    /// Re-pins a sequence from its current length (its block position restarts at 1).
+    pub fn pin(&mut self, seq_id: i64, pin_value: i64) -> Result<()> {
+        check(unsafe { sys::posenc_position_tracker_pin(self.raw.as_ptr(), seq_id, pin_value) })
+    }
+
+    pub fn len(&self) -> Result<i64> {
+        let mut size = 0;
+        check(unsafe { sys::posenc_position_tracker_size(self.raw.as_ptr(), &mut size) })?;
+        Ok(size)
+    }
+
+    pub fn is_empty(&self) -> Result<bool> {
+        self.len().map(|n| n == 0)
+    }
+
+    pub fn streams(&self) -> Result<i32> {
+        let mut streams = 0;
+        check(unsafe { sys::posenc_position_tracker_streams(self.raw.as_ptr(), &mut streams) })?;
+        Ok(streams)
+    }
+
+    /// The step's positions, then the sequences' lengths grow by their new tokens.
+    pub fn step(&mut self, entries: &[StepEntry]) -> Result<PositionIds> {
+        let raw = self.raw.as_ptr();
+        self.run(entries, |e, n, out, cap, tokens| unsafe { sys::posenc_position_tracker_step(raw, e, n, out, cap, tokens) })
+    }
+
+    /// The same positions without committing.
+    pub fn peek(&self, entries: &[StepEntry]) -> Result<PositionIds> {
+        let raw = self.raw.as_ptr();
+        self.run(entries, |e, n, out, cap, tokens| unsafe { sys::posenc_position_tracker_peek(raw, e, n, out, cap, tokens) })
+    }
+
+    fn run(
+        &self,
+        entries: &[StepEntry],
+        call: impl FnOnce(*const sys::posenc_step_entry, usize, *mut i64, usize, *mut i64) -> sys::posenc_status,
+    ) -> Result<PositionIds> {
+        // Sized from the entries; a bad entry (new_tokens < 1, unknown sequence) is the library's to name.
+        let total = entries
+            .iter()
+            .try_fold(0i64, |sum, e| sum.checked_add(e.new_tokens.max(0)))
+            .ok_or_else(|| Error::new(Status::Overflow, "PositionTracker: the step's tokens overflow i64".to_string()))?;
+        let streams = self.streams()?;
+        let capacity = (streams as i64)
+            .checked_mul(total)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| Error::new(Status::Overflow, format!("PositionTracker: {} tokens x {} streams overflow", total, streams)))?;
+        let mut values: Vec<i64> = Vec::new();
+        values.try_reserve_exact(capacity).map_err(|_| {
+            Error::new(Status::OutOfMemory, format!("PositionTracker: no memory for {} positions", capacity))
+        })?;
+        values.resize(capacity, 0);
+        let mut tokens = 0i64;
+        check(call(entries.as_ptr() as *const sys::posenc_step_entry, entries.len(), values.as_mut_ptr(), capacity, &mut tokens))?;
+        values.truncate((streams as i64 * tokens) as usize);
+        Ok(PositionIds { streams, tokens, values })
+    }
+}

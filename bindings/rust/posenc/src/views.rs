@@ -1,0 +1,288 @@
+//! Views of caller slices as the C ABI takes them: each is checked to lie inside its slice, so the library never touches memory beyond it.
+
+use std::marker::PhantomData;
+use std::os::raw::c_void;
+
+use crate::element::{CacheElement, Element};
+use crate::{sys, Error, Result, Status};
+
+fn invalid(message: String) -> Error {
+    Error::new(Status::InvalidArgument, message)
+}
+
+fn length(len: usize) -> i64 {
+    // A slice never holds more than isize::MAX bytes, so its element count fits in i64.
+    len as i64
+}
+
+/// Elements a [tokens, heads, head_dim] view with these strides spans (0 when empty), checked.
+fn tensor_extent(
+    what: &str,
+    tokens: i64,
+    heads: i64,
+    head_dim: i64,
+    token_stride: i64,
+    head_stride: i64,
+    slice_len: usize,
+) -> Result<()> {
+    if tokens < 0 || heads < 0 || head_dim < 0 || token_stride < 0 || head_stride < 0 {
+        return Err(invalid(format!(
+            "{}: shape [{}, {}, {}] and strides ({}, {}) must not be negative",
+            what, tokens, heads, head_dim, token_stride, head_stride
+        )));
+    }
+    if tokens == 0 || heads == 0 || head_dim == 0 {
+        return Ok(()); // nothing is addressed; the library names the empty dimension
+    }
+    let extent = (tokens - 1)
+        .checked_mul(token_stride)
+        .and_then(|a| (heads - 1).checked_mul(head_stride).and_then(|b| a.checked_add(b)))
+        .and_then(|a| a.checked_add(head_dim));
+    match extent {
+        Some(extent) if extent <= length(slice_len) => Ok(()),
+        Some(extent) => Err(invalid(format!(
+            "{}: [{}, {}, {}] with strides ({}, {}) spans {} elements, but its slice holds {}",
+            what, tokens, heads, head_dim, token_stride, head_stride, extent, slice_len
+        ))),
+        None => Err(Error::new(
+            Status::Overflow,
+            format!(
+                "{}: [{}, {}, {}] with strides ({}, {}) spans more than 2^63 elements",
+                what, tokens, heads, head_dim, token_stride, head_stride
+            ),
+        )),
+    }
+}
+
+/// A writable `[tokens, heads, head_dim]` view of a slice, head_dim contiguous, strides in elements:
+/// element (t, h, d) is `data[t * token_stride + h * head_stride + d]`.
+pub struct TensorMut<'a, T: Element> {
+    pub(crate) raw: sys::posenc_tensor,
+    _borrow: PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: Element> TensorMut<'a, T> {
+    /// A dense view (token_stride = heads * head_dim, head_stride = head_dim).
+    pub fn new(data: &'a mut [T], tokens: i64, heads: i64, head_dim: i64) -> Result<Self> {
+        let token_stride = heads.checked_mul(head_dim).unwrap_or(-1);
+        Self::strided(data, tokens, heads, head_dim, token_stride, head_dim)
+    }
+
+    /// A strided view, e.g. Q or K inside a fused QKV buffer.
+    pub fn strided(
+        data: &'a mut [T],
+        tokens: i64,
+        heads: i64,
+        head_dim: i64,
+        token_stride: i64,
+        head_stride: i64,
+    ) -> Result<Self> {
+        tensor_extent("TensorMut", tokens, heads, head_dim, token_stride, head_stride, data.len())?;
+        Ok(TensorMut {
+            raw: sys::posenc_tensor {
+                data: data.as_mut_ptr() as *mut c_void,
+                dtype: T::DTYPE,
+                reserved: 0,
+                tokens,
+                heads,
+                head_dim,
+                token_stride,
+                head_stride,
+            },
+            _borrow: PhantomData,
+        })
+    }
+}
+
+/// A read-only view (an out-of-place source, or an append's K and V).
+pub struct Tensor<'a, T: Element> {
+    pub(crate) raw: sys::posenc_const_tensor,
+    _borrow: PhantomData<&'a [T]>,
+}
+
+impl<'a, T: Element> Tensor<'a, T> {
+    pub fn new(data: &'a [T], tokens: i64, heads: i64, head_dim: i64) -> Result<Self> {
+        let token_stride = heads.checked_mul(head_dim).unwrap_or(-1);
+        Self::strided(data, tokens, heads, head_dim, token_stride, head_dim)
+    }
+
+    pub fn strided(
+        data: &'a [T],
+        tokens: i64,
+        heads: i64,
+        head_dim: i64,
+        token_stride: i64,
+        head_stride: i64,
+    ) -> Result<Self> {
+        tensor_extent("Tensor", tokens, heads, head_dim, token_stride, head_stride, data.len())?;
+        Ok(Tensor {
+            raw: sys::posenc_const_tensor {
+                data: data.as_ptr() as *const c_void,
+                dtype: T::DTYPE,
+                reserved: 0,
+                tokens,
+                heads,
+                head_dim,
+                token_stride,
+                head_stride,
+            },
+            _borrow: PhantomData,
+        })
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i32 {}
+    impl Sealed for i64 {}
+}
+
+/// Position id element types.
+pub trait PositionIndex: Copy + sealed::Sealed {
+    const TYPE: i32;
+}
+impl PositionIndex for i32 {
+    const TYPE: i32 = crate::sys::POSENC_INDEX_I32;
+}
+impl PositionIndex for i64 {
+    const TYPE: i32 = crate::sys::POSENC_INDEX_I64;
+}
+
+/// Position ids, one per token and stream (stream-major: stream s of token t at `ids[s * count + t]`).
+/// Batches are flattened: a ragged batch, a padded batch and a decode step are all one position
+/// per token.
+#[derive(Clone, Copy)]
+pub struct Positions<'a> {
+    pub(crate) raw: sys::posenc_positions,
+    _borrow: PhantomData<&'a [i64]>,
+}
+
+impl<'a> Positions<'a> {
+    /// One stream: a position per element.
+    pub fn new<I: PositionIndex>(ids: &'a [I]) -> Positions<'a> {
+        let count = length(ids.len());
+        Positions {
+            raw: sys::posenc_positions {
+                data: ids.as_ptr() as *const c_void,
+                type_: I::TYPE,
+                streams: 1,
+                count,
+                stream_stride: count,
+            },
+            _borrow: PhantomData,
+        }
+    }
+
+    /// `streams` streams of `count` tokens, stream-major (ChatGLM-6B 2-D: 2, M-RoPE: 3).
+    pub fn streams<I: PositionIndex>(ids: &'a [I], streams: i32, count: i64) -> Result<Positions<'a>> {
+        let needed = (streams as i64).checked_mul(count);
+        if streams < 1 || count < 0 || needed != Some(length(ids.len())) {
+            return Err(invalid(format!(
+                "Positions::streams: {} streams of {} tokens need {} ids, the slice holds {}",
+                streams,
+                count,
+                needed.map_or("too many".to_string(), |n| n.to_string()),
+                ids.len()
+            )));
+        }
+        Ok(Positions {
+            raw: sys::posenc_positions {
+                data: ids.as_ptr() as *const c_void,
+                type_: I::TYPE,
+                streams,
+                count,
+                stream_stride: count,
+            },
+            _borrow: PhantomData,
+        })
+    }
+
+    /// Tokens.
+    pub fn count(&self) -> i64 {
+        self.raw.count
+    }
+}
+
+/// Where a KV-cache slot's rows live (slot = block * block_len + offset):
+/// contiguous `[batch, max_len, kv_heads, head_dim]`, paged NHD `[blocks, page_size, kv_heads,
+/// head_dim]`, paged HND `[blocks, kv_heads, page_size, head_dim]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CacheLayout {
+    Contiguous,
+    PagedNhd,
+    PagedHnd,
+}
+
+impl CacheLayout {
+    fn to_raw(self) -> i32 {
+        match self {
+            CacheLayout::Contiguous => sys::POSENC_LAYOUT_CONTIGUOUS,
+            CacheLayout::PagedNhd => sys::POSENC_LAYOUT_PAGED_NHD,
+            CacheLayout::PagedHnd => sys::POSENC_LAYOUT_PAGED_HND,
+        }
+    }
+}
+
+/// A KV cache in two slices of equal size (K and V), `blocks * block_len` slots of
+/// `kv_heads * head_dim` elements each.
+pub struct KvCacheMut<'a, C: CacheElement> {
+    pub(crate) raw: sys::posenc_kv_cache,
+    _borrow: PhantomData<&'a mut [C]>,
+}
+
+impl<'a, C: CacheElement> KvCacheMut<'a, C> {
+    pub fn new(
+        k: &'a mut [C],
+        v: &'a mut [C],
+        layout: CacheLayout,
+        blocks: i64,
+        block_len: i64,
+        kv_heads: i64,
+        head_dim: i64,
+    ) -> Result<Self> {
+        let dims = [blocks, block_len, kv_heads, head_dim];
+        let elements = dims.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+        match elements {
+            Some(n) if n <= length(k.len()) && n <= length(v.len()) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "KvCacheMut: {} blocks x {} slots x {} heads x {} dims need {} elements in K and in V, the slices hold {} and {}",
+                    blocks,
+                    block_len,
+                    kv_heads,
+                    head_dim,
+                    elements.map_or("an invalid number of".to_string(), |n| n.to_string()),
+                    k.len(),
+                    v.len()
+                )))
+            }
+        }
+        Ok(KvCacheMut {
+            raw: sys::posenc_kv_cache {
+                k: k.as_mut_ptr() as *mut c_void,
+                v: v.as_mut_ptr() as *mut c_void,
+                dtype: C::CACHE_DTYPE,
+                layout: layout.to_raw(),
+                kv_heads,
+                head_dim,
+                blocks,
+                block_len,
+                k_scale: 1.0,
+                v_scale: 1.0,
+            },
+            _borrow: PhantomData,
+        })
+    }
+
+    /// fp8 caches: the cache stores e4m3(x / scale) (other dtypes require 1).
+    pub fn with_scales(mut self, k_scale: f32, v_scale: f32) -> Self {
+        self.raw.k_scale = k_scale;
+        self.raw.v_scale = v_scale;
+        self
+    }
+
+    /// Slots the cache holds.
+    pub fn slots(&self) -> i64 {
+        self.raw.blocks * self.raw.block_len
+    }
+}

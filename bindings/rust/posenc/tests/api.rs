@@ -1,0 +1,339 @@
+// The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, tracker, errors.
+use posenc::{
+    gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config,
+    CpuEngine, GpuEngine, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, RopeArgs, Scaling,
+    SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
+};
+
+const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../configs");
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) as f32
+        })
+        .collect()
+}
+
+fn plain_spec(numerics: Numerics, limit: i64) -> Spec {
+    let mut desc = SpecDesc::new(64);
+    desc.numerics = numerics;
+    desc.position_limit = Some(limit);
+    Spec::new(&desc).expect("spec")
+}
+
+fn assert_error<T>(result: posenc::Result<T>, status: Status, fragments: &[&str]) {
+    let error = match result {
+        Ok(_) => panic!("the call must fail with {:?}", status),
+        Err(error) => error,
+    };
+    assert_eq!(error.status(), status, "{}", error);
+    for f in fragments {
+        assert!(error.message().contains(f), "message lacks {:?}: {}", f, error.message());
+    }
+}
+
+#[test]
+fn version_and_backend() {
+    let v = version().unwrap();
+    assert_eq!((v.major, v.minor, v.patch, v.abi), (0, 1, 0, 1));
+    assert_eq!(v.version, "0.1.0");
+    let gpu = gpu_info().unwrap();
+    assert_eq!(gpu.backend, v.backend);
+    assert_eq!(gpu.available, gpu.unavailable_reason.is_empty());
+}
+
+#[test]
+fn configs_and_specs() {
+    let glm = Config::glm4_9b_chat().unwrap();
+    let info = glm.info().unwrap();
+    assert_eq!((info.model_type.as_str(), info.num_attention_heads, info.num_key_value_heads), ("chatglm", 32, 2));
+    assert_eq!(glm.layer_types().unwrap(), vec!["default".to_string()]);
+    let spec = glm.spec(None).unwrap().info().unwrap();
+    assert_eq!((spec.head_dim, spec.rotary_dim, spec.pairing, spec.theta), (128, 64, Pairing::Interleaved, 5.0e6));
+
+    let gemma = Config::load(format!("{}/gemma-3-4b.json", CONFIGS)).unwrap();
+    assert_eq!(gemma.layer_types().unwrap(), vec!["full_attention", "sliding_attention"]);
+    assert_eq!(gemma.spec(Some("full_attention")).unwrap().info().unwrap().scaling, Scaling::Linear);
+    assert_error(gemma.spec(None), Status::Config, &["posenc_config_spec", "default", "sliding_attention"]);
+
+    let vl = Config::load(format!("{}/qwen2-vl-7b.json", CONFIGS)).unwrap().spec(None).unwrap();
+    assert_eq!(vl.mrope_section().unwrap(), vec![16, 24, 24]);
+    assert_eq!(vl.info().unwrap().position_streams, 3);
+
+    assert_error(Config::load("/nonexistent.json"), Status::Io, &["/nonexistent.json"]);
+    assert_error(Config::parse("{\"model_type\": ", "cut"), Status::Config, &["cut"]);
+    assert_error(Config::parse("{}", "with\0nul"), Status::InvalidArgument, &["NUL byte at index 4"]);
+
+    let desc = SpecDesc::new(64);
+    let s = Spec::new(&desc).unwrap();
+    assert_eq!(s.inv_freq().unwrap().len(), 32);
+    assert_eq!(s.inv_freq().unwrap()[0], 1.0);
+    assert!(s.describe().unwrap().contains("half_split"));
+    assert_eq!(s.with_numerics(Numerics::Accurate).unwrap().info().unwrap().numerics, Numerics::Accurate);
+    assert_eq!(s.with_position_limit(77).unwrap().info().unwrap().position_limit, 77);
+    assert_error(Spec::new(&SpecDesc::new(63)), Status::InvalidArgument, &["posenc_spec_create", "63"]);
+    let mut zero = SpecDesc::new(64);
+    zero.theta = 0.0;
+    assert_error(Spec::new(&zero), Status::InvalidArgument, &["theta 0"]);
+}
+
+/// f32, accurate numerics, GQA: float64 within 4 float32 ulps; the engine equals the reference.
+#[test]
+fn cpu_engine_against_float64_and_reference() {
+    let (t, hq, hk, d) = (5usize, 4usize, 2usize, 64usize);
+    let spec = plain_spec(Numerics::Accurate, 4096);
+    let engine = CpuEngine::with_threads(&spec, 2).unwrap();
+    assert_eq!(engine.threads().unwrap(), 2);
+    let q_in = random(t * hq * d, 1);
+    let k_in = random(t * hk * d, 2);
+    let positions: Vec<i32> = vec![0, 17, 4095, 300, 1];
+    let (mut q, mut k) = (q_in.clone(), k_in.clone());
+    {
+        let qv = TensorMut::new(&mut q, t as i64, hq as i64, d as i64).unwrap();
+        let kv = TensorMut::new(&mut k, t as i64, hk as i64, d as i64).unwrap();
+        engine.apply(&mut RopeArgs::new(qv, Positions::new(&positions)).k(kv)).unwrap();
+    }
+    let inv_freq = spec.inv_freq().unwrap();
+    for (input, output, heads) in [(&q_in, &q, hq), (&k_in, &k, hk)] {
+        for ti in 0..t {
+            for h in 0..heads {
+                let base = (ti * heads + h) * d;
+                for i in 0..d / 2 {
+                    let angle = inv_freq[i] as f64 * positions[ti] as f64;
+                    let (a, b) = (input[base + i] as f64, input[base + i + d / 2] as f64);
+                    let ulp = (a.abs() + b.abs()) * f32::EPSILON as f64;
+                    assert!((output[base + i] as f64 - (a * angle.cos() - b * angle.sin())).abs() <= 4.0 * ulp);
+                    assert!((output[base + i + d / 2] as f64 - (b * angle.cos() + a * angle.sin())).abs() <= 4.0 * ulp);
+                }
+            }
+        }
+    }
+
+    // bf16, hf_compatible: engine == reference, bit for bit.
+    let hf = plain_spec(Numerics::HfCompatible, 4096);
+    let hf_engine = CpuEngine::new(&hf).unwrap();
+    let qb_in: Vec<Bf16> = q_in.iter().map(|&x| Bf16::from_f32(x)).collect();
+    let (mut qb, mut qb_ref) = (qb_in.clone(), qb_in.clone());
+    hf_engine
+        .apply(&mut RopeArgs::new(TensorMut::new(&mut qb, 5, 4, 64).unwrap(), Positions::new(&positions)))
+        .unwrap();
+    reference_apply(&hf, &mut RopeArgs::new(TensorMut::new(&mut qb_ref, 5, 4, 64).unwrap(), Positions::new(&positions)))
+        .unwrap();
+    assert_eq!(qb, qb_ref);
+    assert_ne!(qb, qb_in);
+
+    // Out of place into a poisoned destination: every element written, same bits as in place.
+    let mut out = vec![f32::NAN; t * hq * d];
+    engine
+        .apply(
+            &mut RopeArgs::new(TensorMut::new(&mut out, 5, 4, 64).unwrap(), Positions::new(&positions))
+                .q_src(Tensor::new(&q_in, 5, 4, 64).unwrap()),
+        )
+        .unwrap();
+    assert_eq!(out, q);
+}
+
+#[test]
+fn apply_errors_leave_data_untouched() {
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let q_in = random(5 * 4 * 64, 3);
+    let mut q = q_in.clone();
+    let bad: Vec<i64> = vec![0, 1, 2, 5000, 4];
+    let result = engine.apply(&mut RopeArgs::new(TensorMut::new(&mut q, 5, 4, 64).unwrap(), Positions::new(&bad)));
+    assert_error(result, Status::OutOfRange, &["posenc_cpu_engine_apply", "position 5000", "token index 3", "[0, 1000)"]);
+    let good: Vec<i64> = vec![0, 1, 2, 3, 4];
+    let result = engine.apply(&mut RopeArgs::new(TensorMut::strided(&mut q, 5, 4, 32, 128, 32).unwrap(), Positions::new(&good)));
+    assert_error(result, Status::InvalidArgument, &["head_dim", "32", "64"]);
+    assert_eq!(q, q_in);
+
+    // Views are checked against their slices before the library sees them.
+    assert_error(TensorMut::new(&mut q, 6, 4, 64), Status::InvalidArgument, &["spans 1536 elements", "holds 1280"]);
+    assert_error(TensorMut::strided(&mut q, 5, 4, 64, -256, 64), Status::InvalidArgument, &["negative"]);
+    assert_error(TensorMut::strided(&mut q, 2, 2, 2, i64::MAX, 1), Status::Overflow, &["2^63"]);
+    assert_error(Positions::streams(&good, 2, 5), Status::InvalidArgument, &["2 streams of 5 tokens need 10 ids"]);
+}
+
+#[test]
+fn counters() {
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let mut q = random(2 * 64, 4);
+    let positions: Vec<i64> = vec![3, 4];
+    assert_eq!(engine.counters().unwrap().calls, 0);
+    engine.set_counters(true).unwrap();
+    for _ in 0..3 {
+        engine.apply(&mut RopeArgs::new(TensorMut::new(&mut q, 2, 1, 64).unwrap(), Positions::new(&positions))).unwrap();
+    }
+    let c = engine.counters().unwrap();
+    assert_eq!((c.calls, c.tokens, c.bytes), (3, 6, 3 * 2 * 2 * 64 * 4));
+    engine.reset_counters().unwrap();
+    assert_eq!(engine.counters().unwrap().calls, 0);
+}
+
+/// Fused append into a paged bf16 cache: engine == reference; slot -1 writes nothing.
+#[test]
+fn append_into_paged_cache() {
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let (t, hq, hk, d) = (3i64, 4i64, 2i64, 64i64);
+    let q_in: Vec<f32> = random((t * hq * d) as usize, 6);
+    let k: Vec<f32> = random((t * hk * d) as usize, 7);
+    let v: Vec<f32> = random((t * hk * d) as usize, 8);
+    let positions: Vec<i64> = vec![10, 11, 12];
+    let slots: Vec<i64> = vec![5, -1, 2];
+    let (blocks, page) = (2i64, 4i64);
+    let cells = (blocks * page * hk * d) as usize;
+    let poison = Bf16(0x7fc1);
+    let (mut ck, mut cv, mut ck_ref, mut cv_ref) = (vec![poison; cells], vec![poison; cells], vec![poison; cells], vec![poison; cells]);
+    let (mut q, mut q_ref) = (q_in.clone(), q_in.clone());
+    {
+        let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
+        assert_eq!(cache.slots(), 8);
+        let mut args = AppendArgs::new(
+            TensorMut::new(&mut q, t, hq, d).unwrap(),
+            Tensor::new(&k, t, hk, d).unwrap(),
+            Tensor::new(&v, t, hk, d).unwrap(),
+            Positions::new(&positions),
+            &slots,
+            cache,
+        )
+        .unwrap();
+        engine.append(&mut args).unwrap();
+    }
+    {
+        let cache = KvCacheMut::new(&mut ck_ref, &mut cv_ref, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
+        let mut args = AppendArgs::new(
+            TensorMut::new(&mut q_ref, t, hq, d).unwrap(),
+            Tensor::new(&k, t, hk, d).unwrap(),
+            Tensor::new(&v, t, hk, d).unwrap(),
+            Positions::new(&positions),
+            &slots,
+            cache,
+        )
+        .unwrap();
+        reference_append(&spec, &mut args).unwrap();
+    }
+    assert_eq!(q, q_ref);
+    assert_eq!(ck, ck_ref);
+    assert_eq!(cv, cv_ref);
+    // Two slots of 2 heads x 64 dims written in K and in V; every other cell still poisoned.
+    assert_eq!(ck.iter().filter(|&&x| x != poison).count(), 2 * 2 * 64);
+    assert_eq!(cv.iter().filter(|&&x| x != poison).count(), 2 * 2 * 64);
+
+    let bad_slots: Vec<i64> = vec![5, 8, 2];
+    let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
+    let mut args = AppendArgs::new(
+        TensorMut::new(&mut q, t, hq, d).unwrap(),
+        Tensor::new(&k, t, hk, d).unwrap(),
+        Tensor::new(&v, t, hk, d).unwrap(),
+        Positions::new(&positions),
+        &bad_slots,
+        cache,
+    )
+    .unwrap();
+    assert_error(engine.append(&mut args), Status::OutOfRange, &["posenc_cpu_engine_append", "8", "token index 1"]);
+    assert_eq!(q, q_ref);
+    assert_eq!(ck, ck_ref);
+
+    let short: Vec<i64> = vec![1, 2];
+    let mut small = vec![poison; 4];
+    let mut small_v = vec![poison; 4];
+    assert_error(
+        KvCacheMut::new(&mut small, &mut small_v, CacheLayout::Contiguous, 1, 4, 2, 64),
+        Status::InvalidArgument,
+        &["need 512 elements"],
+    );
+    let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
+    assert_error(
+        AppendArgs::new(
+            TensorMut::new(&mut q, t, hq, d).unwrap(),
+            Tensor::new(&k, t, hk, d).unwrap(),
+            Tensor::new(&v, t, hk, d).unwrap(),
+            Positions::new(&positions),
+            &short,
+            cache,
+        ),
+        Status::InvalidArgument,
+        &["2 slots for 3 tokens"],
+    );
+}
+
+#[test]
+fn position_tracker() {
+    let mut tracker = PositionTracker::new(1, 100).unwrap();
+    tracker.add_sequence(7, SequenceState::default()).unwrap();
+    tracker.add_sequence(9, SequenceState { length: 5, ..SequenceState::default() }).unwrap();
+    assert_eq!(tracker.len().unwrap(), 2);
+    let prefill = [StepEntry { seq_id: 7, new_tokens: 3 }, StepEntry { seq_id: 9, new_tokens: 1 }];
+    assert_eq!(tracker.peek(&prefill).unwrap().values, vec![0, 1, 2, 5]);
+    assert_eq!(tracker.state(7).unwrap().length, 0);
+    let ids = tracker.step(&prefill).unwrap();
+    assert_eq!((ids.streams, ids.tokens, ids.values.clone()), (1, 4, vec![0, 1, 2, 5]));
+    assert_eq!(ids.positions().count(), 4);
+    let decode = [StepEntry { seq_id: 7, new_tokens: 1 }, StepEntry { seq_id: 9, new_tokens: 1 }];
+    assert_eq!(tracker.step(&decode).unwrap().values, vec![3, 6]);
+
+    assert_error(tracker.step(&[StepEntry { seq_id: 8, new_tokens: 1 }]), Status::InvalidArgument, &["8", "not tracked"]);
+    assert_error(tracker.step(&[StepEntry { seq_id: 9, new_tokens: 200 }]), Status::OutOfRange, &["100"]);
+    assert_error(tracker.step(&[StepEntry { seq_id: 9, new_tokens: 0 }]), Status::InvalidArgument, &["new_tokens 0"]);
+    assert_eq!(tracker.state(9).unwrap().length, 7);
+    assert_error(tracker.add_sequence(7, SequenceState::default()), Status::InvalidArgument, &["7"]);
+    tracker.remove_sequence(7).unwrap();
+    assert!(!tracker.contains(7).unwrap());
+
+    // ChatGLM-6B 2-D: positions pinned at the mask from <sop> on, block positions counting up.
+    let mut two = PositionTracker::new(2, 100).unwrap();
+    two.add_sequence(1, SequenceState { pin_from: Some(3), pin_value: 2, ..SequenceState::default() }).unwrap();
+    let ids = two.step(&[StepEntry { seq_id: 1, new_tokens: 5 }]).unwrap();
+    assert_eq!(ids.stream(0), &[0, 1, 2, 2, 2]);
+    assert_eq!(ids.stream(1), &[0, 0, 0, 1, 2]);
+    assert_error(PositionTracker::new(4, 100), Status::InvalidArgument, &["4"]);
+}
+
+#[test]
+fn gpu_engine_says_why_not() {
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let gpu = gpu_info().unwrap();
+    match GpuEngine::new(&spec, 0) {
+        Ok(engine) => {
+            assert!(gpu.available);
+            engine.set_counters(true, false).unwrap();
+            assert_eq!(engine.counters().unwrap().calls, 0);
+        }
+        Err(error) => {
+            assert!(!gpu.available);
+            assert_eq!(error.status(), Status::Unsupported, "{}", error);
+            assert!(error.message().contains(&gpu.unavailable_reason), "{}", error);
+        }
+    }
+    assert_error(GpuEngine::new(&spec, -1), Status::InvalidArgument, &["device is -1"]);
+}
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn both<T: Send + Sync>() {}
+    both::<Config>();
+    both::<Spec>();
+    both::<CpuEngine>();
+    both::<GpuEngine>();
+    both::<PositionTracker>();
+    // One engine shared by threads.
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    std::thread::scope(|scope| {
+        for seed in 0..2u64 {
+            let engine = &engine;
+            scope.spawn(move || {
+                let mut q = random(64, 10 + seed);
+                let positions: Vec<i64> = vec![seed as i64];
+                engine.apply(&mut RopeArgs::new(TensorMut::new(&mut q, 1, 1, 64).unwrap(), Positions::new(&positions))).unwrap();
+            });
+        }
+    });
+}

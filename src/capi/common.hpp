@@ -1,0 +1,135 @@
+// Internals of the C ABI: handle types, the exception-to-status guard, versioned struct I/O, view conversions.
+#pragma once
+
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <type_traits>
+
+#include "posenc/cpu.hpp"
+#include "posenc/error.hpp"
+#include "posenc/glm.hpp"
+#include "posenc/gpu.hpp"
+#include "posenc/kv_cache.hpp"
+#include "posenc/model_config.hpp"
+#include "posenc/posenc.h"
+#include "posenc/rope.hpp"
+#include "posenc/tensor.hpp"
+
+// The opaque handles of posenc.h. Each owns its C++ object; a spec also keeps what its const char*
+// and table accessors hand out, so the pointers stay valid while the handle lives.
+struct posenc_config {
+  posenc::ModelConfig config;
+  std::vector<std::string> layer_types;  // keys of config.rope, sorted (std::map order)
+};
+struct posenc_spec {
+  posenc::RopeSpec spec;
+  posenc::FrequencyTable frequencies;  // init-time table (compute_frequencies without seq_len)
+  std::string description;
+};
+struct posenc_cpu_engine {
+  posenc::CpuEngine engine;
+};
+struct posenc_gpu_engine {
+  posenc::gpu::GpuEngine engine;
+};
+struct posenc_position_tracker {
+  posenc::glm::PositionTracker tracker;
+};
+
+namespace posenc::capi {
+
+/// Records `message` as this thread's last error, prefixed with the C function's name.
+posenc_status fail(posenc_status status, const char* function, const char* message) noexcept;
+/// Clears this thread's last error (every successful call does).
+void clear_error() noexcept;
+posenc_status status_of(ErrorKind kind) noexcept;
+
+/// Runs `body`, turning every exception into a status and this thread's last-error message. No
+/// exception crosses the C boundary.
+template <class Body>
+posenc_status guard(const char* function, Body&& body) noexcept {
+  try {
+    body();
+    clear_error();
+    return POSENC_OK;
+  } catch (const Error& e) {
+    return fail(status_of(e.kind()), function, e.what());
+  } catch (const std::bad_alloc&) {
+    return fail(POSENC_ERROR_OUT_OF_MEMORY, function, "a host allocation failed");
+  } catch (const std::exception& e) {
+    return fail(POSENC_ERROR_INTERNAL, function, e.what());
+  } catch (...) {
+    return fail(POSENC_ERROR_INTERNAL, function, "an exception that is not a std::exception");
+  }
+}
+
+/// Error(invalid_argument) "<name> is NULL" unless `pointer` is set.
+void require(const void* pointer, const char* name);
+
+/// Largest struct_size accepted: far above any posenc struct, low enough that a garbage value
+/// (an uninitialized struct) is refused before it makes us read beyond the caller's memory.
+inline constexpr std::size_t max_struct_size = 4096;
+
+/// Checks a caller's struct_size for a struct whose first version is `min_size` bytes (see
+/// posenc.h "ABI growth"): at least min_size, a multiple of the struct's alignment and at most
+/// max_struct_size. Error(invalid_argument) naming the value, the limit and the fix otherwise.
+void check_struct_size(std::size_t struct_size, std::size_t min_size, std::size_t alignment, const char* name,
+                       const char* type);
+
+/// Error(unsupported) naming the first non-zero byte of [known_size, struct_size): a field of a
+/// newer posenc.h that this library cannot honour.
+void check_unknown_tail(const void* in, std::size_t struct_size, std::size_t known_size, const char* name,
+                        const char* type);
+
+/// An input struct as this library knows it: the caller's first struct_size bytes, the rest zero.
+template <class T>
+T read_in(const T* in, std::size_t min_size, const char* name, const char* type) {
+  static_assert(std::is_trivially_copyable_v<T>);
+  require(in, name);
+  check_struct_size(in->struct_size, min_size, alignof(T), name, type);
+  check_unknown_tail(in, in->struct_size, sizeof(T), name, type);
+  T value;
+  std::memset(&value, 0, sizeof value);
+  std::memcpy(&value, in, in->struct_size < sizeof(T) ? in->struct_size : sizeof(T));
+  return value;
+}
+
+/// Validates an output struct's struct_size (first version `min_size` bytes), for write_out.
+/// Bytes beyond what this library knows belong to the caller and are left alone.
+template <class T>
+void check_out(const T* out, std::size_t min_size, const char* name, const char* type) {
+  require(out, name);
+  check_struct_size(out->struct_size, min_size, alignof(T), name, type);
+}
+
+/// Writes `value` into the caller's struct up to its struct_size (which is kept).
+template <class T>
+void write_out(T* out, T value) noexcept {
+  value.struct_size = out->struct_size;
+  std::memcpy(out, &value, out->struct_size < sizeof(T) ? out->struct_size : sizeof(T));
+}
+
+/// Enum values of posenc.h to the C++ enums; Error(invalid_argument) naming `what` and the
+/// accepted values otherwise.
+DType to_dtype(std::int32_t value, const std::string& what);
+IndexType to_index_type(std::int32_t value, const std::string& what);
+CacheDType to_cache_dtype(std::int32_t value, const std::string& what);
+CacheLayout to_layout(std::int32_t value, const std::string& what);
+Pairing to_pairing(std::int32_t value, const std::string& what);
+Numerics to_numerics(std::int32_t value, const std::string& what);
+/// 0 or 1 (a C boolean); Error(invalid_argument) otherwise.
+bool to_bool(std::int32_t value, const std::string& what);
+
+TensorView to_view(const posenc_tensor& t, const std::string& what);
+ConstTensorView to_view(const posenc_const_tensor& t, const std::string& what);
+PositionsView to_view(const posenc_positions& p, const std::string& what);
+KvCacheView to_view(const posenc_kv_cache& c, const std::string& what);
+
+/// The C++ arguments of a call (fields named "args->q.dtype" and so on in messages).
+RopeArgs to_args(const posenc_rope_args* args);
+AppendArgs to_args(const posenc_append_args* args);
+
+posenc_counters to_counters(const OperationCounters& c) noexcept;
+
+}  // namespace posenc::capi

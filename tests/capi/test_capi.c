@@ -1,0 +1,953 @@
+/* test_capi.c: the C ABI (posenc.h) exercised from C99: success paths against float64 and the reference, every error path, ABI growth. */
+#include <posenc/posenc.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef POSENC_CONFIGS_DIR
+#error "POSENC_CONFIGS_DIR must name the repository's configs/ directory"
+#endif
+
+/* ---------------------------------------------------------------------------------------------
+ * A small harness: every check counts; a failure prints the line, the call and the last error.
+ * ------------------------------------------------------------------------------------------- */
+
+static int checks = 0;
+static int failures = 0;
+
+#define CHECK(cond)                                                                                   \
+  do {                                                                                                \
+    ++checks;                                                                                         \
+    if (!(cond)) {                                                                                    \
+      ++failures;                                                                                     \
+      fprintf(stderr, "%s:%d: CHECK(%s) failed (last error: \"%s\")\n", __FILE__, __LINE__, #cond,   \
+              posenc_last_error());                                                                   \
+    }                                                                                                 \
+  } while (0)
+
+#define CHECK_OK(call)                                                                                \
+  do {                                                                                                \
+    const posenc_status status_ = (call);                                                             \
+    ++checks;                                                                                         \
+    if (status_ != POSENC_OK) {                                                                       \
+      ++failures;                                                                                     \
+      fprintf(stderr, "%s:%d: %s returned %s: %s\n", __FILE__, __LINE__, #call,                       \
+              posenc_status_name(status_), posenc_last_error());                                      \
+    } else if (posenc_last_error()[0] != '\0') {                                                      \
+      ++failures;                                                                                     \
+      fprintf(stderr, "%s:%d: %s succeeded but left the error \"%s\"\n", __FILE__, __LINE__, #call,   \
+              posenc_last_error());                                                                   \
+    }                                                                                                 \
+  } while (0)
+
+/* The call must return `want`, with a message that starts with the called function's name and
+ * contains every fragment. */
+static void expect_error(const char* file, int line, const char* call_text, posenc_status got, posenc_status want,
+                         const char* const* fragments) {
+  const char* message = posenc_last_error();
+  size_t name_length = strcspn(call_text, "(");
+  ++checks;
+  if (got != want) {
+    ++failures;
+    fprintf(stderr, "%s:%d: %s returned %s, expected %s (message: \"%s\")\n", file, line, call_text,
+            posenc_status_name(got), posenc_status_name(want), message);
+    return;
+  }
+  if (strncmp(message, call_text, name_length) != 0 || message[name_length] != ':') {
+    ++failures;
+    fprintf(stderr, "%s:%d: the message of %.*s does not start with its name: \"%s\"\n", file, line,
+            (int)name_length, call_text, message);
+  }
+  for (; *fragments != NULL; ++fragments) {
+    if (strstr(message, *fragments) == NULL) {
+      ++failures;
+      fprintf(stderr, "%s:%d: the message of %.*s lacks \"%s\": \"%s\"\n", file, line, (int)name_length, call_text,
+              *fragments, message);
+    }
+  }
+}
+
+#define CHECK_ERR(call, want, ...)                                                                    \
+  do {                                                                                                \
+    const char* const fragments_[] = {__VA_ARGS__, NULL};                                             \
+    expect_error(__FILE__, __LINE__, #call, (call), (want), fragments_);                              \
+  } while (0)
+
+/* Random values in [-1, 1) (never all zeros), and bfloat16 conversions (round to nearest even). */
+static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
+static double uniform(void) {
+  rng_state ^= rng_state << 13;
+  rng_state ^= rng_state >> 7;
+  rng_state ^= rng_state << 17;
+  return (double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+}
+static void fill_random(float* data, size_t count) {
+  size_t i;
+  for (i = 0; i < count; ++i) data[i] = (float)uniform();
+}
+static uint16_t bf16_from_float(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Versions, status names, GPU query
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_version_and_status(void) {
+  posenc_version_info info = posenc_version_info_make();
+  posenc_gpu_info gpu = posenc_gpu_info_make();
+  posenc_version_info small = posenc_version_info_make();
+  CHECK_OK(posenc_get_version(&info));
+  CHECK(info.major == POSENC_VERSION_MAJOR && info.minor == POSENC_VERSION_MINOR && info.patch == POSENC_VERSION_PATCH);
+  CHECK(info.abi == POSENC_ABI_VERSION);
+  CHECK(info.version != NULL && strcmp(info.version, "0.1.0") == 0);
+  CHECK(info.backend != NULL && (strcmp(info.backend, "cuda") == 0 || strcmp(info.backend, "hip") == 0 ||
+                                 strcmp(info.backend, "none") == 0));
+
+  CHECK_OK(posenc_get_gpu_info(&gpu));
+  CHECK(strcmp(gpu.backend, info.backend) == 0);
+  CHECK(gpu.unavailable_reason != NULL);
+  if (gpu.available) {
+    CHECK(gpu.device_count > 0 && gpu.unavailable_reason[0] == '\0');
+  } else {
+    CHECK(strlen(gpu.unavailable_reason) > 0);
+    if (strcmp(gpu.backend, "none") == 0) CHECK(gpu.device_count == 0 && strstr(gpu.unavailable_reason, "without GPU"));
+  }
+
+  CHECK_ERR(posenc_get_version(NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  small.struct_size = 0;
+  CHECK_ERR(posenc_get_version(&small), POSENC_ERROR_INVALID_ARGUMENT, "out->struct_size is 0",
+            "sizeof(posenc_version_info)", "posenc_version_info_make()");
+  CHECK_ERR(posenc_get_gpu_info(NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+
+  CHECK(strcmp(posenc_status_name(POSENC_OK), "ok") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_INVALID_ARGUMENT), "invalid_argument") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_OUT_OF_RANGE), "out_of_range") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_OVERFLOW), "overflow") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_CONFIG), "config") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_UNSUPPORTED), "unsupported") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_VENDOR), "vendor") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_IO), "io") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_OUT_OF_MEMORY), "out_of_memory") == 0);
+  CHECK(strcmp(posenc_status_name(POSENC_ERROR_INTERNAL), "internal") == 0);
+  CHECK(strcmp(posenc_status_name(12345), "unknown") == 0);
+
+  /* A successful call clears the previous failure's message. */
+  CHECK(posenc_get_version(NULL) != POSENC_OK && posenc_last_error()[0] != '\0');
+  CHECK_OK(posenc_get_version(&info));
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * ABI: the struct layouts of this posenc.h (LP64), and growth in both directions
+ * ------------------------------------------------------------------------------------------- */
+
+/* What a caller compiled against a newer posenc.h would pass: this version's struct, then a
+ * field this library does not know. */
+typedef struct future_version_info {
+  posenc_version_info known;
+  int64_t future_field;
+} future_version_info;
+
+typedef struct future_rope_args {
+  posenc_rope_args known;
+  int64_t future_field;
+} future_rope_args;
+
+static void test_abi_layout(void) {
+  future_version_info future;
+  if (sizeof(void*) == 8) {
+    /* The ABI of version 1 on LP64 targets: a change here breaks every compiled caller. */
+    CHECK(sizeof(posenc_tensor) == 56 && sizeof(posenc_const_tensor) == 56);
+    CHECK(sizeof(posenc_positions) == 32);
+    CHECK(sizeof(posenc_kv_cache) == 64);
+    CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 && offsetof(posenc_rope_args, positions) == 232);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 && offsetof(posenc_append_args, cache) == 272);
+    CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
+    CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 64);
+    CHECK(sizeof(posenc_spec_info) == 96 && sizeof(posenc_counters) == 48);
+    CHECK(sizeof(posenc_cpu_options) == 16 && sizeof(posenc_sequence_state) == 40);
+    CHECK(sizeof(posenc_step_entry) == 16);
+  }
+
+  /* A newer caller's output struct: filled up to what this library knows, the rest untouched. */
+  memset(&future, 0, sizeof future);
+  future.known.struct_size = sizeof future;
+  future.future_field = 0x5a5a5a5a;
+  CHECK_OK(posenc_get_version(&future.known));
+  CHECK(future.known.struct_size == sizeof future && future.known.abi == POSENC_ABI_VERSION);
+  CHECK(future.future_field == 0x5a5a5a5a);
+
+  /* Implausible and misaligned sizes. */
+  future.known.struct_size = 100000;
+  CHECK_ERR(posenc_get_version(&future.known), POSENC_ERROR_INVALID_ARGUMENT, "struct_size is 100000",
+            "above the limit 4096");
+  future.known.struct_size = sizeof(posenc_version_info) + 4;
+  CHECK_ERR(posenc_get_version(&future.known), POSENC_ERROR_INVALID_ARGUMENT, "not a multiple of",
+            "alignment 8");
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Configs and specs
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_config(void) {
+  posenc_config* config = NULL;
+  posenc_config* gemma = NULL;
+  posenc_config* text = NULL;
+  posenc_config* untouched = (posenc_config*)&checks; /* a failed call must not write it */
+  posenc_spec* spec = NULL;
+  posenc_config_info info = posenc_config_info_make();
+  posenc_spec_info spec_info = posenc_spec_info_make();
+  const char* name = NULL;
+  const char* description = NULL;
+  float inv_freq[64];
+  int64_t i;
+  const char* llama3 =
+      "{\"model_type\": \"llama\", \"num_attention_heads\": 32, \"num_key_value_heads\": 8, \"hidden_size\": 4096,"
+      " \"max_position_embeddings\": 131072, \"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": \"llama3\","
+      " \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0,"
+      " \"original_max_position_embeddings\": 8192}}";
+  const char* bad_key = "{\"model_type\": \"llama\", \"num_attention_heads\": 32, \"hidden_size\": 4096,"
+                        " \"rope_scaling\": {\"rope_type\": \"warp\", \"factor\": 2.0}}";
+
+  /* The embedded default: GLM-4-9B-chat (remote code: kv_channels 128, rope_ratio 500). */
+  CHECK_OK(posenc_config_default(&config));
+  CHECK_OK(posenc_config_get_info(config, &info));
+  CHECK(strcmp(info.model_type, "chatglm") == 0 && strstr(info.source, "glm-4-9b-chat") != NULL);
+  CHECK(info.num_attention_heads == 32 && info.num_key_value_heads == 2 && info.head_dim == 128);
+  CHECK(info.layer_type_count == 1);
+  CHECK_OK(posenc_config_layer_type(config, 0, &name));
+  CHECK(strcmp(name, "default") == 0);
+  CHECK_OK(posenc_config_spec(config, NULL, &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &spec_info));
+  CHECK(spec_info.head_dim == 128 && spec_info.rotary_dim == 64 && spec_info.rotary_offset == 0);
+  CHECK(spec_info.pairing == POSENC_PAIRING_INTERLEAVED && spec_info.scaling == POSENC_SCALING_NONE);
+  CHECK(spec_info.theta == 5000000.0 && spec_info.attention_factor == 1.0);
+  CHECK(spec_info.position_streams == 1 && spec_info.frequency_count == 32 && spec_info.mrope_section_count == 0);
+  CHECK_OK(posenc_spec_inv_freq(spec, inv_freq, 32));
+  /* inv_freq[i] = 1 / theta^(2i/64), computed in float32 as transformers does: within 2 ulps. */
+  for (i = 0; i < 32; ++i) {
+    const double want = 1.0 / pow(5000000.0, (double)(2 * i) / 64.0);
+    CHECK(fabs(inv_freq[i] - want) <= 2.0 * want * 1.1920929e-7);
+  }
+  CHECK_OK(posenc_spec_mrope_section(spec, NULL, 0)); /* a single stream: nothing to write */
+  CHECK_OK(posenc_spec_describe(spec, &description));
+  CHECK(strstr(description, "interleaved") != NULL);
+  CHECK_ERR(posenc_spec_inv_freq(spec, inv_freq, 31), POSENC_ERROR_INVALID_ARGUMENT, "capacity 31", "32 inv_freq");
+  CHECK_ERR(posenc_spec_inv_freq(spec, NULL, 32), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_spec_describe(spec, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_spec_get_info(NULL, &spec_info), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  posenc_spec_destroy(spec);
+  spec = NULL;
+
+  /* A layer-typed config from a file: one spec per attention layer type. */
+  CHECK_OK(posenc_config_load(POSENC_CONFIGS_DIR "/gemma-3-4b.json", &gemma));
+  CHECK_OK(posenc_config_get_info(gemma, &info));
+  CHECK(strcmp(info.model_type, "gemma3") == 0 && info.layer_type_count == 2);
+  CHECK_OK(posenc_config_layer_type(gemma, 0, &name));
+  CHECK(strcmp(name, "full_attention") == 0);
+  CHECK_OK(posenc_config_layer_type(gemma, 1, &name));
+  CHECK(strcmp(name, "sliding_attention") == 0);
+  CHECK_OK(posenc_config_spec(gemma, "sliding_attention", &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &spec_info));
+  CHECK(spec_info.theta == 10000.0 && spec_info.scaling == POSENC_SCALING_NONE);
+  posenc_spec_destroy(spec);
+  CHECK_OK(posenc_config_spec(gemma, "full_attention", &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &spec_info));
+  CHECK(spec_info.theta == 1000000.0 && spec_info.scaling == POSENC_SCALING_LINEAR);
+  posenc_spec_destroy(spec);
+  spec = NULL;
+  CHECK_ERR(posenc_config_layer_type(gemma, 2, &name), POSENC_ERROR_OUT_OF_RANGE, "index 2 is outside [0, 2)");
+  CHECK_ERR(posenc_config_layer_type(gemma, -1, &name), POSENC_ERROR_OUT_OF_RANGE, "index -1");
+  CHECK_ERR(posenc_config_spec(gemma, NULL, &spec), POSENC_ERROR_CONFIG, "default", "full_attention");
+  CHECK_ERR(posenc_config_spec(gemma, "chunked", &spec), POSENC_ERROR_CONFIG, "chunked");
+  CHECK(spec == NULL);
+
+  /* Text: a Llama 3.1 scheme, and a bad one. */
+  CHECK_OK(posenc_config_parse(llama3, strlen(llama3), "llama3-text", &text));
+  CHECK_OK(posenc_config_get_info(text, &info));
+  CHECK(strcmp(info.source, "llama3-text") == 0 && info.head_dim == 128 && info.num_key_value_heads == 8);
+  CHECK_OK(posenc_config_spec(text, "default", &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &spec_info));
+  CHECK(spec_info.scaling == POSENC_SCALING_LLAMA3 && spec_info.theta == 500000.0);
+  posenc_spec_destroy(spec);
+  spec = NULL;
+  CHECK_ERR(posenc_config_parse(bad_key, strlen(bad_key), NULL, &untouched), POSENC_ERROR_CONFIG, "warp", "<text>");
+  CHECK_ERR(posenc_config_parse("{\"model_type\": ", 15, "cut", &untouched), POSENC_ERROR_CONFIG, "cut");
+  CHECK_ERR(posenc_config_parse(llama3, (size_t)1 << 40, NULL, &untouched), POSENC_ERROR_CONFIG,
+            "length 1099511627776", "config text limit");
+  CHECK_ERR(posenc_config_parse(NULL, 0, NULL, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "json is NULL");
+  CHECK_ERR(posenc_config_parse(llama3, strlen(llama3), NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_config_load("/nonexistent/posenc-config.json", &untouched), POSENC_ERROR_IO,
+            "/nonexistent/posenc-config.json");
+  CHECK_ERR(posenc_config_load(NULL, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "path is NULL");
+  CHECK_ERR(posenc_config_load(POSENC_CONFIGS_DIR "/gemma-3-4b.json", NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "out is NULL");
+  CHECK_ERR(posenc_config_default(NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_config_get_info(NULL, &info), POSENC_ERROR_INVALID_ARGUMENT, "config is NULL");
+  CHECK_ERR(posenc_config_get_info(text, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_config_layer_type(NULL, 0, &name), POSENC_ERROR_INVALID_ARGUMENT, "config is NULL");
+  CHECK_ERR(posenc_config_layer_type(text, 0, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_config_spec(NULL, NULL, &spec), POSENC_ERROR_INVALID_ARGUMENT, "config is NULL");
+  CHECK_ERR(posenc_config_spec(text, NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(untouched == (posenc_config*)&checks);
+
+  posenc_config_destroy(config);
+  posenc_config_destroy(gemma);
+  posenc_config_destroy(text);
+  posenc_config_destroy(NULL);
+}
+
+static void test_spec_create(void) {
+  posenc_spec_desc desc = posenc_spec_desc_make();
+  posenc_spec* spec = NULL;
+  posenc_spec* other = NULL;
+  posenc_spec_info info = posenc_spec_info_make();
+  posenc_spec_desc old = posenc_spec_desc_make();
+
+  desc.head_dim = 64; /* every other field zero: the defaults */
+  CHECK_OK(posenc_spec_create(&desc, &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &info));
+  CHECK(info.head_dim == 64 && info.rotary_dim == 64 && info.pairing == POSENC_PAIRING_HALF_SPLIT);
+  CHECK(info.numerics == POSENC_NUMERICS_HF_COMPATIBLE && info.theta == 10000.0 && info.attention_factor == 1.0);
+  CHECK(info.position_limit == (int64_t)1 << 31 && info.frequency_count == 32);
+
+  CHECK_OK(posenc_spec_with_numerics(spec, POSENC_NUMERICS_ACCURATE, &other));
+  CHECK_OK(posenc_spec_get_info(other, &info));
+  CHECK(info.numerics == POSENC_NUMERICS_ACCURATE && info.head_dim == 64);
+  posenc_spec_destroy(other);
+  CHECK_OK(posenc_spec_with_position_limit(spec, 100, &other));
+  CHECK_OK(posenc_spec_get_info(other, &info));
+  CHECK(info.position_limit == 100);
+  posenc_spec_destroy(other);
+  other = NULL;
+
+  desc.rotary_dim = 32;
+  desc.rotary_offset = 16;
+  desc.pairing = POSENC_PAIRING_INTERLEAVED;
+  desc.theta = 500000.0;
+  desc.attention_factor = 0.5;
+  CHECK_OK(posenc_spec_create(&desc, &other));
+  CHECK_OK(posenc_spec_get_info(other, &info));
+  CHECK(info.rotary_dim == 32 && info.rotary_offset == 16 && info.pairing == POSENC_PAIRING_INTERLEAVED);
+  CHECK(info.theta == 500000.0 && info.attention_factor == 0.5 && info.frequency_count == 16);
+  posenc_spec_destroy(other);
+  other = NULL;
+
+  desc = posenc_spec_desc_make();
+  desc.head_dim = 63;
+  CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "63");
+  desc.head_dim = 64;
+  desc.pairing = 9;
+  CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "desc->pairing is 9",
+            "POSENC_PAIRING_HALF_SPLIT (0)");
+  desc.pairing = 0;
+  desc.numerics = -1;
+  CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "desc->numerics is -1");
+  desc.numerics = 0;
+  desc.theta = -1.0;
+  CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "theta");
+  desc.theta = 0.0;
+  CHECK_ERR(posenc_spec_create(NULL, &other), POSENC_ERROR_INVALID_ARGUMENT, "desc is NULL");
+  CHECK_ERR(posenc_spec_create(&desc, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  old = desc;
+  old.struct_size = 0;
+  CHECK_ERR(posenc_spec_create(&old, &other), POSENC_ERROR_INVALID_ARGUMENT, "desc->struct_size is 0, below 64");
+  CHECK(other == NULL);
+
+  CHECK_ERR(posenc_spec_with_numerics(spec, 3, &other), POSENC_ERROR_INVALID_ARGUMENT, "numerics is 3");
+  CHECK_ERR(posenc_spec_with_numerics(NULL, 0, &other), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_spec_with_numerics(spec, 0, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_spec_with_position_limit(spec, 0, &other), POSENC_ERROR_INVALID_ARGUMENT, "position_limit");
+  CHECK_ERR(posenc_spec_with_position_limit(NULL, 10, &other), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_spec_with_position_limit(spec, 10, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_spec_mrope_section(NULL, NULL, 0), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_spec_describe(NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_spec_inv_freq(NULL, NULL, 0), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK(other == NULL);
+  posenc_spec_destroy(spec);
+  posenc_spec_destroy(NULL);
+}
+
+static void test_mrope_spec(void) {
+  posenc_config* config = NULL;
+  posenc_spec* spec = NULL;
+  posenc_spec_info info = posenc_spec_info_make();
+  int64_t section[3] = {0, 0, 0};
+  CHECK_OK(posenc_config_load(POSENC_CONFIGS_DIR "/qwen2-vl-7b.json", &config));
+  CHECK_OK(posenc_config_spec(config, NULL, &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &info));
+  CHECK(info.position_streams == 3 && info.mrope_section_count == 3 && info.mrope_interleaved == 0);
+  CHECK_OK(posenc_spec_mrope_section(spec, section, 3));
+  CHECK(section[0] == 16 && section[1] == 24 && section[2] == 24);
+  CHECK_ERR(posenc_spec_mrope_section(spec, section, 2), POSENC_ERROR_INVALID_ARGUMENT, "capacity 2",
+            "3 M-RoPE sections");
+  CHECK_ERR(posenc_spec_mrope_section(spec, NULL, 3), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  posenc_spec_destroy(spec);
+  posenc_config_destroy(config);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The CPU engine
+ * ------------------------------------------------------------------------------------------- */
+
+enum { T = 5, HQ = 4, HK = 2, D = 64 };
+
+static posenc_spec* plain_spec(int32_t numerics, int64_t position_limit) {
+  posenc_spec_desc desc = posenc_spec_desc_make();
+  posenc_spec* spec = NULL;
+  desc.head_dim = D;
+  desc.numerics = numerics;
+  desc.position_limit = position_limit;
+  CHECK_OK(posenc_spec_create(&desc, &spec));
+  return spec;
+}
+
+/* Max error of a half-split rotation of `in` into `out` ([tokens, heads, D]) against float64, in
+ * units of float32 ulps at the pair's magnitude. */
+static double max_ulps_f32(const posenc_spec* spec, const float* in, const float* out, int64_t tokens, int64_t heads,
+                           const int64_t* positions) {
+  float inv_freq[D / 2];
+  double worst = 0.0;
+  int64_t t, h, i;
+  CHECK_OK(posenc_spec_inv_freq(spec, inv_freq, D / 2));
+  for (t = 0; t < tokens; ++t) {
+    for (h = 0; h < heads; ++h) {
+      const float* x = in + (t * heads + h) * D;
+      const float* y = out + (t * heads + h) * D;
+      for (i = 0; i < D / 2; ++i) {
+        const double angle = (double)inv_freq[i] * (double)positions[t];
+        const double a = x[i], b = x[i + D / 2];
+        const double ulp = (fabs(a) + fabs(b)) * 1.1920928955078125e-07 + 1e-30;
+        const double ea = fabs(y[i] - (a * cos(angle) - b * sin(angle))) / ulp;
+        const double eb = fabs(y[i + D / 2] - (b * cos(angle) + a * sin(angle))) / ulp;
+        if (ea > worst) worst = ea;
+        if (eb > worst) worst = eb;
+      }
+    }
+  }
+  return worst;
+}
+
+static void test_cpu_apply(void) {
+  posenc_spec* accurate = plain_spec(POSENC_NUMERICS_ACCURATE, 1000);
+  posenc_spec* hf = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_cpu_options options = posenc_cpu_options_make();
+  posenc_cpu_engine* engine = NULL;
+  posenc_cpu_engine* hf_engine = NULL;
+  posenc_rope_args args = posenc_rope_args_make();
+  posenc_counters counters = posenc_counters_make();
+  static float q_in[T * HQ * D], k_in[T * HK * D], q[T * HQ * D], k[T * HK * D], q_out[T * HQ * D];
+  static uint16_t qb[T * HQ * D], kb[T * HK * D], qb_ref[T * HQ * D], kb_ref[T * HK * D];
+  int64_t positions[T] = {0, 7, 999, 123, 1};
+  int32_t positions32[T] = {0, 7, 999, 123, 1};
+  int32_t threads = 0;
+  size_t i;
+
+  fill_random(q_in, T * HQ * D);
+  fill_random(k_in, T * HK * D);
+  options.threads = 2;
+  CHECK_OK(posenc_cpu_engine_create(accurate, &options, &engine));
+  CHECK_OK(posenc_cpu_engine_threads(engine, &threads));
+  CHECK(threads == 2);
+
+  /* f32, accurate numerics, GQA (4 query heads, 2 KV heads), int64 positions: float64 within 4 ulps. */
+  memcpy(q, q_in, sizeof q);
+  memcpy(k, k_in, sizeof k);
+  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  args.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK(max_ulps_f32(accurate, q_in, q, T, HQ, positions) <= 4.0);
+  CHECK(max_ulps_f32(accurate, k_in, k, T, HK, positions) <= 4.0);
+  CHECK(memcmp(q, q_in, sizeof q) != 0);
+
+  /* int32 positions give the same bits. */
+  memcpy(q_out, q, sizeof q);
+  memcpy(q, q_in, sizeof q);
+  memcpy(k, k_in, sizeof k);
+  args.positions = posenc_positions_1d(positions32, POSENC_INDEX_I32, T);
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK(memcmp(q, q_out, sizeof q) == 0);
+
+  /* Out of place, Q only: every element of the poisoned destination written, same bits. */
+  memset(q, 0xff, sizeof q); /* NaN everywhere */
+  args = posenc_rope_args_make();
+  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  args.q_src = posenc_const_tensor_contiguous(q_in, POSENC_DTYPE_F32, T, HQ, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK(memcmp(q, q_out, sizeof q) == 0);
+
+  /* bf16, hf_compatible: the engine equals posenc_apply_reference bit for bit. */
+  for (i = 0; i < T * HQ * D; ++i) qb[i] = qb_ref[i] = bf16_from_float(q_in[i]);
+  for (i = 0; i < T * HK * D; ++i) kb[i] = kb_ref[i] = bf16_from_float(k_in[i]);
+  CHECK_OK(posenc_cpu_engine_create(hf, NULL, &hf_engine));
+  args = posenc_rope_args_make();
+  args.q = posenc_tensor_contiguous(qb, POSENC_DTYPE_BF16, T, HQ, D);
+  args.k = posenc_tensor_contiguous(kb, POSENC_DTYPE_BF16, T, HK, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  CHECK_OK(posenc_cpu_engine_apply(hf_engine, &args));
+  args.q.data = qb_ref;
+  args.k.data = kb_ref;
+  CHECK_OK(posenc_apply_reference(hf, &args));
+  CHECK(memcmp(qb, qb_ref, sizeof qb) == 0 && memcmp(kb, kb_ref, sizeof kb) == 0);
+  for (i = 0; i < T * HQ * D && qb[i] == bf16_from_float(q_in[i]); ++i) {
+  }
+  CHECK(i < T * HQ * D); /* it did rotate */
+
+  /* Counters: off by default, then two calls of T tokens. */
+  CHECK_OK(posenc_cpu_engine_get_counters(engine, &counters));
+  CHECK(counters.calls == 0);
+  CHECK_OK(posenc_cpu_engine_set_counters(engine, 1));
+  args = posenc_rope_args_make();
+  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  args.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK_OK(posenc_cpu_engine_get_counters(engine, &counters));
+  CHECK(counters.calls == 2 && counters.tokens == 2 * T && counters.bytes == 2 * 2 * (T * (HQ + HK) * D * 4));
+  CHECK(counters.timed_calls == 0 && counters.device_ms == 0.0);
+  CHECK_OK(posenc_cpu_engine_reset_counters(engine));
+  CHECK_OK(posenc_cpu_engine_get_counters(engine, &counters));
+  CHECK(counters.calls == 0 && counters.tokens == 0);
+  CHECK_ERR(posenc_cpu_engine_set_counters(engine, 2), POSENC_ERROR_INVALID_ARGUMENT, "on is 2");
+  counters.struct_size = 8;
+  CHECK_ERR(posenc_cpu_engine_get_counters(engine, &counters), POSENC_ERROR_INVALID_ARGUMENT,
+            "out->struct_size is 8, below 48");
+  CHECK_ERR(posenc_cpu_engine_get_counters(NULL, &counters), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_cpu_engine_reset_counters(NULL), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_cpu_engine_set_counters(NULL, 0), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_cpu_engine_threads(NULL, &threads), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_cpu_engine_threads(engine, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_cpu_engine_destroy(hf_engine);
+  posenc_cpu_engine_destroy(NULL);
+  posenc_spec_destroy(accurate);
+  posenc_spec_destroy(hf);
+}
+
+/* Every rejected apply leaves Q and K as they were. */
+static void test_cpu_apply_errors(void) {
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_cpu_engine* engine = NULL;
+  posenc_cpu_engine* untouched = (posenc_cpu_engine*)&checks;
+  posenc_cpu_options options = posenc_cpu_options_make();
+  posenc_rope_args good = posenc_rope_args_make();
+  posenc_rope_args args;
+  future_rope_args future;
+  static float q[T * HQ * D], k[T * HK * D], q_copy[T * HQ * D], k_copy[T * HK * D], q_done[T * HQ * D];
+  int64_t positions[T] = {0, 1, 2, 3, 4};
+  int64_t bad_positions[T] = {0, 1, 2, 5000, 4};
+
+  fill_random(q, T * HQ * D);
+  fill_random(k, T * HK * D);
+  memcpy(q_copy, q, sizeof q);
+  memcpy(k_copy, k, sizeof k);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  good.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  good.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
+  good.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+
+  args = good;
+  args.q.head_dim = 32;
+  args.q.token_stride = HQ * 32;
+  args.q.head_stride = 32;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "head_dim", "32", "64");
+  args = good;
+  args.k.tokens = T + 1;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "6", "5");
+  args = good;
+  args.positions = posenc_positions_1d(bad_positions, POSENC_INDEX_I64, T);
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_OUT_OF_RANGE, "position 5000",
+            "token index 3", "[0, 1000)");
+  args = good;
+  args.q.token_stride = 1; /* tokens overlap each other */
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "q");
+  args = good;
+  args.k.data = q; /* K on top of Q */
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "overlap");
+  args = good;
+  args.q.dtype = 7;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->q.dtype is 7",
+            "POSENC_DTYPE_BF16 (2)");
+  args = good;
+  args.k.reserved = 1;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->k.reserved is 1");
+  args = good;
+  args.q_src = posenc_const_tensor_contiguous(q_copy, 3, T, HQ, D);
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->q_src.dtype is 3");
+  args = good;
+  args.q_src = posenc_const_tensor_contiguous(q_copy, POSENC_DTYPE_F32, T, HQ, D);
+  args.q_src.reserved = 2;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->q_src.reserved is 2");
+  args = good;
+  args.k_src = posenc_const_tensor_contiguous(k_copy, POSENC_DTYPE_F16, T, HK, D);
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "k_src");
+  args = good;
+  args.positions.type = 9;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->positions.type is 9",
+            "POSENC_INDEX_I64 (1)");
+  args = good;
+  args.positions.streams = 2;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "positions.streams 2");
+  args = good;
+  args.positions.data = NULL;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "positions.data is null");
+  args = good;
+  args.q.data = NULL;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "q is absent");
+  CHECK_ERR(posenc_cpu_engine_apply(engine, NULL), POSENC_ERROR_INVALID_ARGUMENT, "args is NULL");
+  CHECK_ERR(posenc_cpu_engine_apply(NULL, &good), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_apply_reference(NULL, &good), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_apply_reference(spec, NULL), POSENC_ERROR_INVALID_ARGUMENT, "args is NULL");
+
+  /* struct_size: missing, misaligned, implausible. */
+  args = good;
+  args.struct_size = 0;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->struct_size is 0",
+            "below 264", "sizeof(posenc_rope_args)");
+  args.struct_size = 268;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "struct_size is 268",
+            "alignment 8");
+  args.struct_size = 5000;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "struct_size is 5000",
+            "above the limit 4096");
+
+  /* A newer caller setting a field this library lacks: refused, naming the byte. */
+  memset(&future, 0, sizeof future);
+  future.known = good;
+  future.known.struct_size = sizeof future;
+  future.future_field = 1;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &future.known), POSENC_ERROR_UNSUPPORTED,
+            "byte 264 of posenc_rope_args", "struct_size 272", "knows only its first 264 bytes");
+
+  CHECK(memcmp(q, q_copy, sizeof q) == 0 && memcmp(k, k_copy, sizeof k) == 0);
+
+  /* ...and the same newer caller leaving the field zero is served, with the same result. */
+  future.future_field = 0;
+  CHECK_OK(posenc_cpu_engine_apply(engine, &future.known));
+  memcpy(q_done, q, sizeof q);
+  memcpy(q, q_copy, sizeof q);
+  memcpy(k, k_copy, sizeof k);
+  CHECK_OK(posenc_cpu_engine_apply(engine, &good));
+  CHECK(memcmp(q, q_done, sizeof q) == 0 && memcmp(q, q_copy, sizeof q) != 0);
+
+  /* Engine creation errors. */
+  options.threads = -3;
+  CHECK_ERR(posenc_cpu_engine_create(spec, &options, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "options->threads is -3");
+  options.threads = 1;
+  options.reserved = 4;
+  CHECK_ERR(posenc_cpu_engine_create(spec, &options, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "options->reserved is 4");
+  options.reserved = 0;
+  options.struct_size = 4;
+  CHECK_ERR(posenc_cpu_engine_create(spec, &options, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "options->struct_size is 4, below 16");
+  CHECK_ERR(posenc_cpu_engine_create(NULL, NULL, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_cpu_engine_create(spec, NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(untouched == (posenc_cpu_engine*)&checks);
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
+/* Fused RoPE + KV-cache append into a contiguous float32 cache: the engine equals the reference,
+ * the cache's K rows hold apply's K bits, V rows V's bits, slot -1 writes nothing. */
+static void test_cpu_append(void) {
+  enum { TA = 3, BLOCKS = 2, LEN = 8 };
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_cpu_engine* engine = NULL;
+  posenc_append_args good = posenc_append_args_make();
+  posenc_append_args args;
+  posenc_rope_args rope = posenc_rope_args_make();
+  static float q[TA * HQ * D], q_ref[TA * HQ * D], k[TA * HK * D], v[TA * HK * D], k_rot[TA * HK * D];
+  static float ck[BLOCKS * LEN * HK * D], cv[BLOCKS * LEN * HK * D], ck_ref[BLOCKS * LEN * HK * D],
+      cv_ref[BLOCKS * LEN * HK * D], ck_before[BLOCKS * LEN * HK * D];
+  int64_t positions[TA] = {4, 5, 6};
+  int64_t slots[TA] = {0, 9, -1};
+  int64_t bad_slots[TA] = {0, 16, -1};
+  int64_t twice[TA] = {3, 3, -1};
+  size_t i;
+
+  fill_random(q, TA * HQ * D);
+  fill_random(k, TA * HK * D);
+  fill_random(v, TA * HK * D);
+  memcpy(q_ref, q, sizeof q);
+  for (i = 0; i < BLOCKS * LEN * HK * D; ++i) ck[i] = cv[i] = ck_ref[i] = cv_ref[i] = -1234.5f;
+  memcpy(ck_before, ck, sizeof ck);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  good.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, TA, HQ, D);
+  good.k = posenc_const_tensor_contiguous(k, POSENC_DTYPE_F32, TA, HK, D);
+  good.v = posenc_const_tensor_contiguous(v, POSENC_DTYPE_F32, TA, HK, D);
+  good.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, TA);
+  good.slots = slots;
+  good.cache.k = ck;
+  good.cache.v = cv;
+  good.cache.dtype = POSENC_CACHE_F32;
+  good.cache.layout = POSENC_LAYOUT_CONTIGUOUS;
+  good.cache.kv_heads = HK;
+  good.cache.head_dim = D;
+  good.cache.blocks = BLOCKS;
+  good.cache.block_len = LEN;
+  good.cache.k_scale = 1.0f;
+  good.cache.v_scale = 1.0f;
+
+  /* Errors first: nothing may be written. */
+  args = good;
+  args.slots = bad_slots;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_OUT_OF_RANGE, "16", "token index 1", "16)");
+  args.slots = twice;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "3", "0", "1");
+  args = good;
+  args.cache.dtype = 9;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->cache.dtype is 9",
+            "POSENC_CACHE_FP8_E4M3 (3)");
+  args = good;
+  args.cache.layout = 7;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->cache.layout is 7");
+  args = good;
+  args.cache.k_scale = 2.0f;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "scale");
+  args = good;
+  args.v.dtype = 4;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->v.dtype is 4");
+  args = good;
+  args.struct_size = 16;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->struct_size is 16",
+            "below 336", "posenc_append_args");
+  CHECK_ERR(posenc_cpu_engine_append(engine, NULL), POSENC_ERROR_INVALID_ARGUMENT, "args is NULL");
+  CHECK_ERR(posenc_cpu_engine_append(NULL, &good), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_append_reference(NULL, &good), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(ck, ck_before, sizeof ck) == 0 &&
+        memcmp(cv, ck_before, sizeof cv) == 0);
+
+  CHECK_OK(posenc_cpu_engine_append(engine, &good));
+  args = good;
+  args.q.data = q_ref;
+  args.cache.k = ck_ref;
+  args.cache.v = cv_ref;
+  CHECK_OK(posenc_append_reference(spec, &args));
+  CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(ck, ck_ref, sizeof ck) == 0 && memcmp(cv, cv_ref, sizeof cv) == 0);
+
+  /* K rows = apply's K: rotate a copy of K out of place. */
+  rope.q = posenc_tensor_contiguous(k_rot, POSENC_DTYPE_F32, TA, HK, D);
+  rope.q_src = posenc_const_tensor_contiguous(k, POSENC_DTYPE_F32, TA, HK, D);
+  rope.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, TA);
+  CHECK_OK(posenc_apply_reference(spec, &rope));
+  CHECK(memcmp(ck + 0 * HK * D, k_rot + 0 * HK * D, HK * D * sizeof(float)) == 0);
+  CHECK(memcmp(ck + 9 * HK * D, k_rot + 1 * HK * D, HK * D * sizeof(float)) == 0);
+  CHECK(memcmp(cv + 9 * HK * D, v + 1 * HK * D, HK * D * sizeof(float)) == 0);
+  /* Only slots 0 and 9 were written. */
+  for (i = 0; i < BLOCKS * LEN * HK * D; ++i) {
+    const size_t slot = i / (HK * D);
+    if (slot != 0 && slot != 9 && (ck[i] != -1234.5f || cv[i] != -1234.5f)) break;
+  }
+  CHECK(i == BLOCKS * LEN * HK * D);
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The position tracker
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_tracker(void) {
+  posenc_position_tracker* tracker = NULL;
+  posenc_position_tracker* two = NULL;
+  posenc_position_tracker* untouched = (posenc_position_tracker*)&checks;
+  posenc_sequence_state state = posenc_sequence_state_make();
+  posenc_sequence_state got = posenc_sequence_state_make();
+  posenc_step_entry prefill[2] = {{7, 3}, {9, 1}};
+  posenc_step_entry decode[2] = {{7, 1}, {9, 1}};
+  posenc_step_entry unknown[2] = {{7, 1}, {8, 1}};
+  posenc_step_entry repeated[2] = {{7, 1}, {7, 1}};
+  posenc_step_entry empty[1] = {{7, 0}};
+  posenc_step_entry far[1] = {{9, 200}};
+  posenc_step_entry chat[1] = {{1, 5}};
+  int64_t positions[16];
+  int64_t tokens = 0;
+  int64_t size = 0;
+  int32_t flag = 0, streams = 0;
+
+  CHECK_OK(posenc_position_tracker_create(1, 100, &tracker));
+  CHECK_OK(posenc_position_tracker_streams(tracker, &streams));
+  CHECK(streams == 1);
+  CHECK_OK(posenc_position_tracker_add(tracker, 7, NULL));
+  state.length = 5; /* sequence 9 already holds 5 tokens */
+  CHECK_OK(posenc_position_tracker_add(tracker, 9, &state));
+  CHECK_OK(posenc_position_tracker_size(tracker, &size));
+  CHECK(size == 2);
+  CHECK_OK(posenc_position_tracker_contains(tracker, 9, &flag));
+  CHECK(flag == 1);
+  CHECK_OK(posenc_position_tracker_contains(tracker, 8, &flag));
+  CHECK(flag == 0);
+
+  /* peek does not commit; step does. */
+  CHECK_OK(posenc_position_tracker_peek(tracker, prefill, 2, positions, 16, &tokens));
+  CHECK(tokens == 4 && positions[0] == 0 && positions[1] == 1 && positions[2] == 2 && positions[3] == 5);
+  CHECK_OK(posenc_position_tracker_get_state(tracker, 7, &got));
+  CHECK(got.length == 0);
+  CHECK_OK(posenc_position_tracker_step(tracker, prefill, 2, positions, 4, &tokens));
+  CHECK(tokens == 4 && positions[0] == 0 && positions[2] == 2 && positions[3] == 5);
+  CHECK_OK(posenc_position_tracker_step(tracker, decode, 2, positions, 16, &tokens));
+  CHECK(tokens == 2 && positions[0] == 3 && positions[1] == 6);
+  CHECK_OK(posenc_position_tracker_get_state(tracker, 9, &got));
+  CHECK(got.length == 7 && got.rope_delta == 0 && got.pin_from == POSENC_NEVER_PINNED);
+
+  /* Failed steps change nothing. */
+  CHECK_ERR(posenc_position_tracker_step(tracker, unknown, 2, positions, 16, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "8");
+  CHECK_ERR(posenc_position_tracker_step(tracker, repeated, 2, positions, 16, &tokens),
+            POSENC_ERROR_INVALID_ARGUMENT, "7");
+  CHECK_ERR(posenc_position_tracker_step(tracker, empty, 1, positions, 16, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "new_tokens");
+  CHECK_ERR(posenc_position_tracker_step(tracker, far, 1, positions, 16, &tokens), POSENC_ERROR_OUT_OF_RANGE,
+            "100");
+  CHECK_ERR(posenc_position_tracker_step(tracker, decode, 2, positions, 1, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "capacity 1 is below the 2 positions");
+  CHECK_ERR(posenc_position_tracker_step(tracker, decode, 2, NULL, 16, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "positions is NULL");
+  CHECK_ERR(posenc_position_tracker_step(tracker, decode, 2, positions, 16, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "tokens is NULL");
+  CHECK_ERR(posenc_position_tracker_step(tracker, NULL, 2, positions, 16, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "entries is NULL");
+  CHECK_ERR(posenc_position_tracker_peek(tracker, decode, 2, positions, 0, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "capacity 0");
+  CHECK_OK(posenc_position_tracker_get_state(tracker, 7, &got));
+  CHECK(got.length == 4);
+
+  CHECK_ERR(posenc_position_tracker_add(tracker, 7, NULL), POSENC_ERROR_INVALID_ARGUMENT, "7");
+  state.length = -2;
+  CHECK_ERR(posenc_position_tracker_add(tracker, 11, &state), POSENC_ERROR_INVALID_ARGUMENT, "-2");
+  state.struct_size = 12;
+  CHECK_ERR(posenc_position_tracker_add(tracker, 11, &state), POSENC_ERROR_INVALID_ARGUMENT,
+            "state->struct_size is 12, below 40");
+  CHECK_ERR(posenc_position_tracker_remove(tracker, 8), POSENC_ERROR_INVALID_ARGUMENT, "8");
+  CHECK_ERR(posenc_position_tracker_get_state(tracker, 8, &got), POSENC_ERROR_INVALID_ARGUMENT, "8");
+  CHECK_ERR(posenc_position_tracker_pin(tracker, 8, 1), POSENC_ERROR_INVALID_ARGUMENT, "8");
+  got.struct_size = 0;
+  CHECK_ERR(posenc_position_tracker_get_state(tracker, 7, &got), POSENC_ERROR_INVALID_ARGUMENT,
+            "out->struct_size is 0");
+  CHECK_OK(posenc_position_tracker_remove(tracker, 7));
+  CHECK_OK(posenc_position_tracker_size(tracker, &size));
+  CHECK(size == 1);
+
+  /* ChatGLM-6B style 2-D positions: pinned at the mask from <sop> on, block positions count up. */
+  CHECK_OK(posenc_position_tracker_create(2, 100, &two));
+  state = posenc_sequence_state_make();
+  state.pin_from = 3;
+  state.pin_value = 2;
+  CHECK_OK(posenc_position_tracker_add(two, 1, &state));
+  CHECK_OK(posenc_position_tracker_step(two, chat, 1, positions, 10, &tokens));
+  CHECK(tokens == 5);
+  CHECK(positions[0] == 0 && positions[1] == 1 && positions[2] == 2 && positions[3] == 2 && positions[4] == 2);
+  CHECK(positions[5] == 0 && positions[6] == 0 && positions[7] == 0 && positions[8] == 1 && positions[9] == 2);
+  CHECK_OK(posenc_position_tracker_pin(two, 1, 7));
+  got = posenc_sequence_state_make();
+  CHECK_OK(posenc_position_tracker_get_state(two, 1, &got));
+  CHECK(got.pin_from == 5 && got.pin_value == 7);
+
+  CHECK_ERR(posenc_position_tracker_create(4, 100, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "4");
+  CHECK_ERR(posenc_position_tracker_create(1, 0, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "0");
+  CHECK_ERR(posenc_position_tracker_create(1, 10, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(untouched == (posenc_position_tracker*)&checks);
+  CHECK_ERR(posenc_position_tracker_add(NULL, 1, NULL), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_remove(NULL, 1), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_contains(NULL, 1, &flag), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_contains(two, 1, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_position_tracker_get_state(NULL, 1, &got), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_pin(NULL, 1, 1), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_size(NULL, &size), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_size(two, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_position_tracker_streams(NULL, &streams), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_streams(two, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_position_tracker_step(NULL, chat, 1, positions, 10, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_peek(NULL, chat, 1, positions, 10, &tokens), POSENC_ERROR_INVALID_ARGUMENT,
+            "tracker is NULL");
+
+  posenc_position_tracker_destroy(tracker);
+  posenc_position_tracker_destroy(two);
+  posenc_position_tracker_destroy(NULL);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The GPU engine: creation, host-side validation and the stream contract. Without a GPU every
+ * operation reports why; with one, the engine is created and its host validation runs before any
+ * launch (the device arithmetic is covered by the C++ GPU suites).
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_gpu_engine(void) {
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_gpu_engine* engine = NULL;
+  posenc_gpu_engine* untouched = (posenc_gpu_engine*)&checks;
+  posenc_gpu_info gpu = posenc_gpu_info_make();
+  posenc_rope_args args = posenc_rope_args_make();
+  posenc_append_args append = posenc_append_args_make();
+  posenc_counters counters = posenc_counters_make();
+  float dummy[16];
+  int64_t position = 0;
+
+  CHECK_OK(posenc_get_gpu_info(&gpu));
+  CHECK_ERR(posenc_gpu_engine_create(spec, -1, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "device is -1");
+  CHECK_ERR(posenc_gpu_engine_create(NULL, 0, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
+  CHECK_ERR(posenc_gpu_engine_create(spec, 0, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_gpu_engine_apply(NULL, &args, NULL), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_gpu_engine_append(NULL, &append, NULL), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_gpu_engine_check(NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_gpu_engine_set_counters(NULL, 1, 0), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_gpu_engine_get_counters(NULL, &counters), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  CHECK_ERR(posenc_gpu_engine_reset_counters(NULL), POSENC_ERROR_INVALID_ARGUMENT, "engine is NULL");
+  if (!gpu.available) {
+    CHECK_ERR(posenc_gpu_engine_create(spec, 0, &untouched), POSENC_ERROR_UNSUPPORTED, gpu.unavailable_reason);
+    CHECK(untouched == (posenc_gpu_engine*)&checks);
+    printf("test_capi: GPU engine: creation refused as expected (%s); apply paths need a GPU\n",
+           gpu.unavailable_reason);
+    posenc_gpu_engine_destroy(NULL);
+    posenc_spec_destroy(spec);
+    return;
+  }
+  CHECK_OK(posenc_gpu_engine_create(spec, 0, &engine));
+  /* Host validation fails before any launch, so host pointers are safe to pass here. */
+  args.q = posenc_tensor_contiguous(dummy, POSENC_DTYPE_F32, 1, 1, 16);
+  args.positions = posenc_positions_1d(&position, POSENC_INDEX_I64, 1);
+  CHECK_ERR(posenc_gpu_engine_apply(engine, &args, NULL), POSENC_ERROR_INVALID_ARGUMENT, "head_dim", "16");
+  args.q.dtype = 8;
+  CHECK_ERR(posenc_gpu_engine_apply(engine, &args, NULL), POSENC_ERROR_INVALID_ARGUMENT, "args->q.dtype is 8");
+  CHECK_ERR(posenc_gpu_engine_append(engine, NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "args is NULL");
+  CHECK_OK(posenc_gpu_engine_set_counters(engine, 1, 1));
+  CHECK_ERR(posenc_gpu_engine_set_counters(engine, 1, 5), POSENC_ERROR_INVALID_ARGUMENT, "device_timing is 5");
+  CHECK_OK(posenc_gpu_engine_check(engine, NULL));
+  CHECK_OK(posenc_gpu_engine_get_counters(engine, &counters));
+  CHECK(counters.calls == 0);
+  CHECK_OK(posenc_gpu_engine_reset_counters(engine));
+  posenc_gpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
+int main(void) {
+  test_version_and_status();
+  test_abi_layout();
+  test_config();
+  test_spec_create();
+  test_mrope_spec();
+  test_cpu_apply();
+  test_cpu_apply_errors();
+  test_cpu_append();
+  test_tracker();
+  test_gpu_engine();
+  printf("test_capi: %d checks, %d failed\n", checks, failures);
+  return failures == 0 ? 0 : 1;
+}
