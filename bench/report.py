@@ -709,6 +709,8 @@ def print_summary(rows, results):
     print("=== targets")
     quiet = 0
     for name, measured, ok in results:
+        if name.startswith("GPU decode_"):
+            continue  # the compact table below
         per_case = name.startswith("CPU ") or " of main_half_split" in name
         if per_case and ok:
             quiet += 1
@@ -716,6 +718,23 @@ def print_summary(rows, results):
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {measured}")
     if quiet:
         print(f"  ({quiet} more passed: the relative GPU variants and the per-case CPU shares)")
+    decode = {name: ok for name, _, ok in results if name.startswith("GPU decode_")}
+    if decode:
+        print(f"=== decode targets: faster than FlashInfer's best | <= copy + {DECODE_GRAPH_SLACK_US} us (graph), "
+              f"+ {DECODE_LAUNCH_SLACK_US} us (launch); us: posenc / FlashInfer best / copy kernel")
+        for r in rows:
+            if r["engine"] != "posenc_gpu" or not r["variant"].startswith("decode_"):
+                continue
+            base, t = peer_base(r["variant"]), tokens(r)
+            prefix = f"GPU {r['variant']} T={t}: "
+            marks = [next((("PASS" if ok else "FAIL") for n, ok in decode.items() if n.startswith(prefix + what)), "-")
+                     for what in ("faster", "<= copy")]
+            c = find(rows, "floor_sized", base, t)
+            cells = []
+            for key in ("graph_us_per_call", "median_us"):
+                cells.append(f"{us(num(r, key))} / {us(best_fi(rows, base, t, key)[0])} / "
+                             f"{us(num(c, key)) if c else 'n/a'}")
+            print(f"  {r['variant']:<27} T={t:<4} {marks[0]} {marks[1]}  graph {cells[0]:<20} launch {cells[1]}")
     lines = peer_ratio_lines(rows)
     if lines:
         ts = sorted({t for _, t, _ in lines})
