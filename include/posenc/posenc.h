@@ -254,6 +254,20 @@ typedef struct posenc_positions {
   int64_t stream_stride; /* elements between streams (>= count when streams > 1) */
 } posenc_positions;
 
+/* A caller's cos/sin cache (vLLM's cos_sin_cache [rows, rotary_dim]): row p =
+ * [cos_0 .. cos_{R/2-1} | sin_0 .. sin_{R/2-1}]. When present, it replaces the spec's frequency
+ * scheme (theta, scaling and attention factor are ignored); positions must lie in [0, rows) (the
+ * CPU engine refuses others before writing; the GPU engine rotates them by the identity and
+ * posenc_gpu_engine_check reports the first). Single-stream pairings only. */
+typedef struct posenc_cos_sin_cache {
+  const void* data; /* NULL: absent */
+  int32_t dtype;    /* POSENC_DTYPE_*, may differ from the activations' */
+  int32_t reserved; /* must be 0 */
+  int64_t rows;
+  int64_t rotary_dim; /* must equal the spec's rotary_dim */
+  int64_t row_stride; /* elements between rows (>= rotary_dim) */
+} posenc_cos_sin_cache;
+
 /* One apply: q is written; k too when present (K is optional). In place: leave q_src/k_src
  * absent. Out of place: q_src (and k_src when k is present) have q's (k's) dtype and shape, any
  * strides, and do not overlap a destination unless they are exactly the same view. Q and K may
@@ -265,6 +279,8 @@ typedef struct posenc_rope_args {
   posenc_const_tensor q_src;
   posenc_const_tensor k_src;
   posenc_positions positions;
+  /* Appended after the first version (a caller whose struct_size ends before it has no cache). */
+  posenc_cos_sin_cache cos_sin;
 } posenc_rope_args;
 
 /* A KV cache: two tensors K and V of one layout, dtype and shape (docs/C_API.md draws the
@@ -296,6 +312,8 @@ typedef struct posenc_append_args {
   posenc_positions positions;
   const int64_t* slots;
   posenc_kv_cache cache;
+  /* Appended after the first version, as in posenc_rope_args; must not overlap Q or the cache. */
+  posenc_cos_sin_cache cos_sin;
 } posenc_append_args;
 
 /* What an engine has done since its counters were enabled or reset. */

@@ -171,6 +171,12 @@ PositionsView to_view(const posenc_positions& p, const std::string& what) {
   return {p.data, type, p.count, p.streams, p.stream_stride};
 }
 
+CosSinCacheView to_view(const posenc_cos_sin_cache& c, const std::string& what) {
+  if (c.data == nullptr) return {};
+  check_reserved(c.reserved, what);
+  return {c.data, to_dtype(c.dtype, what + ".dtype"), c.rows, c.rotary_dim, c.row_stride};
+}
+
 KvCacheView to_view(const posenc_kv_cache& c, const std::string& what) {
   KvCacheView view;
   view.k = c.k;
@@ -199,6 +205,7 @@ RopeArgs to_args(const posenc_rope_args* in) {
   args.q_src = to_view(a.q_src, "args->q_src");
   args.k_src = to_view(a.k_src, "args->k_src");
   args.positions = to_view(a.positions, "args->positions");
+  args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
   return args;
 }
 
@@ -212,6 +219,7 @@ AppendArgs to_args(const posenc_append_args* in) {
   args.positions = to_view(a.positions, "args->positions");
   args.slots = a.slots;
   args.cache = to_view(a.cache, "args->cache");
+  args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
   return args;
 }
 

@@ -124,6 +124,7 @@ bool to_bool(std::int32_t value, const std::string& what);
 TensorView to_view(const posenc_tensor& t, const std::string& what);
 ConstTensorView to_view(const posenc_const_tensor& t, const std::string& what);
 PositionsView to_view(const posenc_positions& p, const std::string& what);
+CosSinCacheView to_view(const posenc_cos_sin_cache& c, const std::string& what);
 KvCacheView to_view(const posenc_kv_cache& c, const std::string& what);
 
 /// The C++ arguments of a call (fields named "args->q.dtype" and so on in messages).

@@ -163,12 +163,15 @@ typedef struct future_rope_args {
 static void test_abi_layout(void) {
   future_version_info future;
   if (sizeof(void*) == 8) {
-    /* The ABI of version 1 on LP64 targets: a change here breaks every compiled caller. */
+    /* The ABI 1 layouts on LP64 targets: a change here breaks every compiled caller. The call
+     * structs' first version ended at `positions` / `cache`; `cos_sin` was appended since. */
     CHECK(sizeof(posenc_tensor) == 56 && sizeof(posenc_const_tensor) == 56);
-    CHECK(sizeof(posenc_positions) == 32);
+    CHECK(sizeof(posenc_positions) == 32 && sizeof(posenc_cos_sin_cache) == 40);
     CHECK(sizeof(posenc_kv_cache) == 64);
-    CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 && offsetof(posenc_rope_args, positions) == 232);
-    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 && offsetof(posenc_append_args, cache) == 272);
+    CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40);
+    CHECK(offsetof(posenc_rope_args, positions) == 232 && offsetof(posenc_rope_args, cos_sin) == 264);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40);
+    CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
     CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
     CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 64);
     CHECK(sizeof(posenc_spec_info) == 96 && sizeof(posenc_counters) == 48);
@@ -629,11 +632,11 @@ static void test_cpu_apply_errors(void) {
   future.known.struct_size = sizeof future;
   future.future_field = 1;
   CHECK_ERR(posenc_cpu_engine_apply(engine, &future.known), POSENC_ERROR_UNSUPPORTED,
-            "byte 264 of posenc_rope_args", "struct_size 272", "knows only its first 264 bytes");
+            "byte 304 of posenc_rope_args", "struct_size 312", "knows only its first 304 bytes");
 
   CHECK(memcmp(q, q_copy, sizeof q) == 0 && memcmp(k, k_copy, sizeof k) == 0);
 
-  /* ...and the same newer caller leaving the field zero is served, with the same result. */
+  /* ...and the same newer caller leaving the field zero is served, like a current one. */
   future.future_field = 0;
   CHECK_OK(posenc_cpu_engine_apply(engine, &future.known));
   memcpy(q_done, q, sizeof q);
@@ -641,6 +644,16 @@ static void test_cpu_apply_errors(void) {
   memcpy(k, k_copy, sizeof k);
   CHECK_OK(posenc_cpu_engine_apply(engine, &good));
   CHECK(memcmp(q, q_done, sizeof q) == 0 && memcmp(q, q_copy, sizeof q) != 0);
+  /* An older caller (the first posenc.h: the struct ends at positions, 264 bytes) gets the same:
+   * what lies beyond its struct_size is never read. */
+  memcpy(q, q_copy, sizeof q);
+  memcpy(k, k_copy, sizeof k);
+  args = good;
+  args.struct_size = offsetof(posenc_rope_args, cos_sin);
+  args.cos_sin.data = q_copy;
+  args.cos_sin.dtype = 99;
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  CHECK(memcmp(q, q_done, sizeof q) == 0);
 
   /* Engine creation errors. */
   options.threads = -3;
@@ -657,6 +670,66 @@ static void test_cpu_apply_errors(void) {
   CHECK_ERR(posenc_cpu_engine_create(NULL, NULL, &untouched), POSENC_ERROR_INVALID_ARGUMENT, "spec is NULL");
   CHECK_ERR(posenc_cpu_engine_create(spec, NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
   CHECK(untouched == (posenc_cpu_engine*)&checks);
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
+/* A caller's cos/sin cache (vLLM's cos_sin_cache): the engine equals the reference bit for bit,
+ * and a cache built from the spec's own frequencies in float64 is within float32 rounding of the
+ * spec path (accurate numerics). */
+static void test_cos_sin_cache(void) {
+  enum { ROWS = 16 };
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_ACCURATE, 1000);
+  posenc_cpu_engine* engine = NULL;
+  posenc_rope_args args = posenc_rope_args_make();
+  static float cache[ROWS * D], q_in[T * HQ * D], q[T * HQ * D], q_ref[T * HQ * D];
+  float inv_freq[D / 2];
+  int64_t positions[T] = {3, 0, 15, 9, 1};
+  int64_t outside[T] = {3, 0, 16, 9, 1};
+  int64_t p, i;
+
+  CHECK_OK(posenc_spec_inv_freq(spec, inv_freq, D / 2));
+  for (p = 0; p < ROWS; ++p) {
+    for (i = 0; i < D / 2; ++i) {
+      cache[p * D + i] = (float)cos((double)inv_freq[i] * (double)p);
+      cache[p * D + D / 2 + i] = (float)sin((double)inv_freq[i] * (double)p);
+    }
+  }
+  fill_random(q_in, T * HQ * D);
+  memcpy(q, q_in, sizeof q);
+  memcpy(q_ref, q_in, sizeof q);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  args.cos_sin.data = cache;
+  args.cos_sin.dtype = POSENC_DTYPE_F32;
+  args.cos_sin.rows = ROWS;
+  args.cos_sin.rotary_dim = D;
+  args.cos_sin.row_stride = D;
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  args.q.data = q_ref;
+  CHECK_OK(posenc_apply_reference(spec, &args));
+  CHECK(memcmp(q, q_ref, sizeof q) == 0);
+  CHECK(max_ulps_f32(spec, q_in, q, T, HQ, positions) <= 4.0);
+
+  memcpy(q, q_in, sizeof q);
+  args.q.data = q;
+  args.positions = posenc_positions_1d(outside, POSENC_INDEX_I64, T);
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_OUT_OF_RANGE, "position 16", "token index 2",
+            "[0, 16)");
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  args.cos_sin.rotary_dim = D / 2;
+  args.cos_sin.row_stride = D / 2;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "rotary_dim");
+  args.cos_sin.rotary_dim = D;
+  args.cos_sin.row_stride = D;
+  args.cos_sin.dtype = 5;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->cos_sin.dtype is 5");
+  args.cos_sin.dtype = POSENC_DTYPE_F32;
+  args.cos_sin.reserved = 1;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->cos_sin.reserved is 1");
+  CHECK(memcmp(q, q_in, sizeof q) == 0);
 
   posenc_cpu_engine_destroy(engine);
   posenc_spec_destroy(spec);
@@ -739,6 +812,24 @@ static void test_cpu_append(void) {
   args.cache.v = cv_ref;
   CHECK_OK(posenc_append_reference(spec, &args));
   CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(ck, ck_ref, sizeof ck) == 0 && memcmp(cv, cv_ref, sizeof cv) == 0);
+
+  /* The cos/sin cache reaches the append too: one with 5 rows cannot serve position 5. */
+  {
+    static float table[5 * D];
+    size_t j;
+    for (j = 0; j < 5 * D; ++j) table[j] = 0.5f;
+    memcpy(ck_before, ck, sizeof ck);
+    memcpy(q_ref, q, sizeof q);
+    args = good;
+    args.cos_sin.data = table;
+    args.cos_sin.dtype = POSENC_DTYPE_F32;
+    args.cos_sin.rows = 5;
+    args.cos_sin.rotary_dim = D;
+    args.cos_sin.row_stride = D;
+    CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_OUT_OF_RANGE, "position 5", "token index 1",
+              "[0, 5)");
+    CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(ck, ck_before, sizeof ck) == 0);
+  }
 
   /* K rows = apply's K: rotate a copy of K out of place. */
   rope.q = posenc_tensor_contiguous(k_rot, POSENC_DTYPE_F32, TA, HK, D);
@@ -945,6 +1036,7 @@ int main(void) {
   test_mrope_spec();
   test_cpu_apply();
   test_cpu_apply_errors();
+  test_cos_sin_cache();
   test_cpu_append();
   test_tracker();
   test_gpu_engine();

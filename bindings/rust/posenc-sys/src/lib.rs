@@ -198,6 +198,17 @@ pub struct posenc_positions {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
+pub struct posenc_cos_sin_cache {
+    pub data: *const c_void,
+    pub dtype: i32,
+    pub reserved: i32,
+    pub rows: i64,
+    pub rotary_dim: i64,
+    pub row_stride: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
 pub struct posenc_rope_args {
     pub struct_size: usize,
     pub q: posenc_tensor,
@@ -205,6 +216,7 @@ pub struct posenc_rope_args {
     pub q_src: posenc_const_tensor,
     pub k_src: posenc_const_tensor,
     pub positions: posenc_positions,
+    pub cos_sin: posenc_cos_sin_cache,
 }
 
 #[repr(C)]
@@ -233,6 +245,7 @@ pub struct posenc_append_args {
     pub positions: posenc_positions,
     pub slots: *const i64,
     pub cache: posenc_kv_cache,
+    pub cos_sin: posenc_cos_sin_cache,
 }
 
 #[repr(C)]
@@ -431,9 +444,10 @@ mod tests {
         assert_eq!(size_of::<posenc_tensor>(), 56);
         assert_eq!(size_of::<posenc_const_tensor>(), 56);
         assert_eq!(size_of::<posenc_positions>(), 32);
+        assert_eq!(size_of::<posenc_cos_sin_cache>(), 40);
         assert_eq!(size_of::<posenc_kv_cache>(), 64);
-        assert_eq!(size_of::<posenc_rope_args>(), 264);
-        assert_eq!(size_of::<posenc_append_args>(), 336);
+        assert_eq!(size_of::<posenc_rope_args>(), 304);
+        assert_eq!(size_of::<posenc_append_args>(), 376);
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);

@@ -4,7 +4,7 @@ use std::marker::PhantomData;
 use std::os::raw::c_void;
 
 use crate::element::{CacheElement, Element};
-use crate::views::{KvCacheMut, Positions, Tensor, TensorMut};
+use crate::views::{CosSinCache, KvCacheMut, Positions, Tensor, TensorMut};
 use crate::{check, create, sys, Error, Result, Spec, Status};
 
 /// One apply: Q is written, K too when given (K is optional). In place unless sources are given;
@@ -33,6 +33,11 @@ impl<'a, T: Element> RopeArgs<'a, T> {
     }
     pub fn k_src(mut self, k_src: Tensor<'a, T>) -> Self {
         self.raw.k_src = k_src.raw;
+        self
+    }
+    /// Rotate by a caller's cos/sin cache instead of the spec's frequencies.
+    pub fn cos_sin(mut self, cache: CosSinCache<'a>) -> Self {
+        self.raw.cos_sin = cache.raw;
         self
     }
     /// The C struct (for logging or a GPU call built from host-side shapes).
@@ -75,6 +80,10 @@ impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
     }
     pub fn q_src(mut self, q_src: Tensor<'a, T>) -> Self {
         self.raw.q_src = q_src.raw;
+        self
+    }
+    pub fn cos_sin(mut self, cache: CosSinCache<'a>) -> Self {
+        self.raw.cos_sin = cache.raw;
         self
     }
 }

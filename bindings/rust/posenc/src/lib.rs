@@ -48,7 +48,7 @@ mod views;
 pub use element::{Bf16, CacheElement, Element, Fp8E4m3, F16};
 pub use engine::{reference_append, reference_apply, AppendArgs, Counters, CpuEngine, GpuEngine, RopeArgs};
 pub use tracker::{PositionIds, PositionTracker, SequenceState, StepEntry};
-pub use views::{CacheLayout, KvCacheMut, PositionIndex, Positions, Tensor, TensorMut};
+pub use views::{CacheLayout, CosSinCache, KvCacheMut, PositionIndex, Positions, Tensor, TensorMut};
 
 // ------------------------------------------------------------------------------------------------
 // Errors

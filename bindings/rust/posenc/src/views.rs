@@ -203,6 +203,35 @@ impl<'a> Positions<'a> {
     }
 }
 
+/// A caller's cos/sin cache `[rows, rotary_dim]` (vLLM's cos_sin_cache): row p holds the cos of the
+/// R/2 pairs at position p, then their sin. It replaces the spec's frequency scheme.
+#[derive(Clone, Copy)]
+pub struct CosSinCache<'a> {
+    pub(crate) raw: sys::posenc_cos_sin_cache,
+    _borrow: PhantomData<&'a [f32]>,
+}
+
+impl<'a> CosSinCache<'a> {
+    pub fn new<E: Element>(data: &'a [E], rows: i64, rotary_dim: i64) -> Result<CosSinCache<'a>> {
+        Self::strided(data, rows, rotary_dim, rotary_dim)
+    }
+
+    pub fn strided<E: Element>(data: &'a [E], rows: i64, rotary_dim: i64, row_stride: i64) -> Result<CosSinCache<'a>> {
+        tensor_extent("CosSinCache", rows, 1, rotary_dim, row_stride, 0, data.len())?;
+        Ok(CosSinCache {
+            raw: sys::posenc_cos_sin_cache {
+                data: data.as_ptr() as *const c_void,
+                dtype: E::DTYPE,
+                reserved: 0,
+                rows,
+                rotary_dim,
+                row_stride,
+            },
+            _borrow: PhantomData,
+        })
+    }
+}
+
 /// Where a KV-cache slot's rows live (slot = block * block_len + offset):
 /// contiguous `[batch, max_len, kv_heads, head_dim]`, paged NHD `[blocks, page_size, kv_heads,
 /// head_dim]`, paged HND `[blocks, kv_heads, page_size, head_dim]`.

@@ -1,6 +1,6 @@
-// The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, tracker, errors.
+// The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, cos/sin cache, tracker, errors.
 use posenc::{
-    gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config,
+    gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache,
     CpuEngine, GpuEngine, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, RopeArgs, Scaling,
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
@@ -174,6 +174,48 @@ fn counters() {
     assert_eq!((c.calls, c.tokens, c.bytes), (3, 6, 3 * 2 * 2 * 64 * 4));
     engine.reset_counters().unwrap();
     assert_eq!(engine.counters().unwrap().calls, 0);
+}
+
+/// A caller's cos/sin cache built in float64 from the spec's frequencies: the engine equals the
+/// reference bit for bit and the spec path within float32 rounding.
+#[test]
+fn cos_sin_cache() {
+    let spec = plain_spec(Numerics::Accurate, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let inv_freq = spec.inv_freq().unwrap();
+    let rows = 32usize;
+    let mut cache = vec![0.0f32; rows * 64];
+    for p in 0..rows {
+        for i in 0..32 {
+            cache[p * 64 + i] = (inv_freq[i] as f64 * p as f64).cos() as f32;
+            cache[p * 64 + 32 + i] = (inv_freq[i] as f64 * p as f64).sin() as f32;
+        }
+    }
+    let q_in = random(3 * 2 * 64, 5);
+    let positions: Vec<i64> = vec![31, 0, 9];
+    let (mut q, mut q_ref, mut q_spec) = (q_in.clone(), q_in.clone(), q_in.clone());
+    let table = CosSinCache::new(&cache, rows as i64, 64).unwrap();
+    engine
+        .apply(&mut RopeArgs::new(TensorMut::new(&mut q, 3, 2, 64).unwrap(), Positions::new(&positions)).cos_sin(table))
+        .unwrap();
+    reference_apply(
+        &spec,
+        &mut RopeArgs::new(TensorMut::new(&mut q_ref, 3, 2, 64).unwrap(), Positions::new(&positions)).cos_sin(table),
+    )
+    .unwrap();
+    engine.apply(&mut RopeArgs::new(TensorMut::new(&mut q_spec, 3, 2, 64).unwrap(), Positions::new(&positions))).unwrap();
+    assert_eq!(q, q_ref);
+    for (a, b) in q.iter().zip(q_spec.iter()) {
+        assert!((a - b).abs() <= 4.0 * f32::EPSILON * 2.0, "{} vs {}", a, b);
+    }
+    let outside: Vec<i64> = vec![32, 0, 9];
+    let mut q2 = q_in.clone();
+    let result = engine.apply(
+        &mut RopeArgs::new(TensorMut::new(&mut q2, 3, 2, 64).unwrap(), Positions::new(&outside)).cos_sin(table),
+    );
+    assert_error(result, Status::OutOfRange, &["position 32", "token index 0", "[0, 32)"]);
+    assert_eq!(q2, q_in);
+    assert_error(CosSinCache::new(&cache, 33, 64), Status::InvalidArgument, &["spans 2112 elements"]);
 }
 
 /// Fused append into a paged bf16 cache: engine == reference; slot -1 writes nothing.
