@@ -172,6 +172,7 @@ def contract_rows(card, tokens):
         sets = make_sets(T, n_sets)
         # Correctness first: every variant gives the same bits as vLLM's eager formula.
         p, q, k = sets[0]
+        q, k = q.clone(), k.clone()  # pristine: timing rotates the sets in place, call after call
         ref_q, ref_k = q.clone(), k.clone()
         vllm_native(p, ref_q, ref_k, D, cache, True)
         torch._dynamo.reset()
