@@ -215,9 +215,9 @@ class GpuEngine {
   /// capture also records a pair of events around its launches on the call's stream (events the
   /// engine creates here, once; the hot path still allocates nothing and never waits). Timings
   /// are collected by `counters()` without waiting: pairs whose work has finished are added to
-  /// device_ms. While all `timing_slots` pairs are still pending a call goes untimed (it is
+  /// device_ms. While all `timing_pairs` pairs are still pending a call goes untimed (it is
   /// still counted in calls). Turning timing off keeps the events until the engine is destroyed.
-  static constexpr int timing_slots = 256;
+  static constexpr int timing_pairs = 256;
   void enable_counters(bool on, bool device_timing = false) const;
   /// Reads the counters (and collects finished device timings). Safe while other threads apply.
   OperationCounters counters() const;

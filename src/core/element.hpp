@@ -97,9 +97,12 @@ struct Element<DType::f16> {
 template <DType D>
 using storage_t = typename Element<D>::Storage;
 
-/// Elements in one 16-byte access: the width of the GPU's vectorized instantiations.
+/// Bytes of one vector access of the GPU's vectorized instantiations.
+inline constexpr std::int64_t vector_bytes = 16;
+
+/// Elements in one vector access: the width of the GPU's vectorized instantiations.
 template <DType D>
-inline constexpr int vector_width = static_cast<int>(16 / sizeof(storage_t<D>));
+inline constexpr int vector_width = static_cast<int>(vector_bytes / static_cast<std::int64_t>(sizeof(storage_t<D>)));
 
 static_assert(sizeof(storage_t<DType::f32>) == size_of(DType::f32));
 static_assert(sizeof(storage_t<DType::f16>) == size_of(DType::f16));

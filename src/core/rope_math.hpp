@@ -53,9 +53,12 @@ POSENC_HD CosSin cos_sin_accurate(float inv_freq, std::int64_t pos, double atten
 /// Element `index` of a cos/sin cache of `dtype`, as float (exact). Typed loads: validation
 /// checked the alignment.
 POSENC_HD float cos_sin_cache_entry(const void* data, DType dtype, std::int64_t index) {
-  if (dtype == DType::f32) return static_cast<const float*>(data)[index];
-  const std::uint16_t bits = static_cast<const std::uint16_t*>(data)[index];
-  return dtype == DType::bf16 ? Element<DType::bf16>::widen(bits) : Element<DType::f16>::widen(bits);
+  switch (dtype) {
+    case DType::f32: return static_cast<const float*>(data)[index];
+    case DType::f16: return Element<DType::f16>::widen(static_cast<const std::uint16_t*>(data)[index]);
+    case DType::bf16: return Element<DType::bf16>::widen(static_cast<const std::uint16_t*>(data)[index]);
+  }
+  return 0.0f;  // validation rejects a dtype outside the enum
 }
 
 /// The cos/sin a cache's entries (c, s) give a rotation under numerics N in activation dtype A:

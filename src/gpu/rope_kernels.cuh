@@ -6,7 +6,7 @@
 // Thread mapping of rope_kernel (one launch rotates Q and K):
 //   tile    = tile_tokens consecutive tokens; blocks grid-stride over tiles. The block computes
 //             the tile's cos/sin once per (token, pair) into shared memory, shared by all heads.
-//   row     = (token, head) of the tile; blockDim.y row slots take rows in turn, rows_in_flight_for
+//   row     = (token, head) of the tile; blockDim.y row groups take rows in turn, rows_in_flight_for
 //             rows per thread and batch with all their loads issued before the first store.
 //   lane    = threadIdx.x within the row. Lanes [0, rotary_lanes) each own V consecutive pairs of
 //             the rotary window; the remaining lanes (out of place only) copy the pass-through dims.
@@ -15,7 +15,9 @@
 //   half_split           A = x[off + i .. +V],  B = x[off + H + i .. +V]   pairs (A[v], B[v])
 //   interleaved          A||B = x[off + 2i .. +2V]                           pairs (e[2v], e[2v+1])
 //   interleaved_to_half  read as interleaved, write A' to y[off + i ..], B' to y[off + H + i ..]
-// so no lane re-reads its partner's data. interleaved_to_half writes other lanes' input bytes
+//   half_split_2d        half_split inside each half of the window
+// (the lane's offsets come from pair_places, rope.hpp's one layout definition), so no lane
+// re-reads its partner's data. interleaved_to_half writes other lanes' input bytes
 // when in place, so its rows load, synchronize the block, then store.
 #pragma once
 
@@ -34,9 +36,8 @@
 
 namespace posenc::gpu::detail {
 
-/// The activation dtype as a template argument (element.hpp: Element<DType>).
-using Act = posenc::DType;
 using posenc::detail::CosSin;
+using posenc::detail::Element;
 using posenc::detail::Pair;
 using posenc::detail::rotate;
 using posenc::detail::storage_t;
@@ -58,19 +59,7 @@ __device__ __forceinline__ void store_packed(S* p, const Packed<S, N>& value) {
   *reinterpret_cast<Packed<S, N>*>(p) = value;
 }
 
-template <Act A>
-__device__ __forceinline__ float to_float(storage_t<A> s) {
-  return posenc::detail::Element<A>::widen(s);
-}
-
-/// `f` is already rounded to the activation dtype by rope_math (every rotate_* ends in
-/// round_act), so this conversion is exact and cheap (element.hpp: narrow_rounded).
-template <Act A>
-__device__ __forceinline__ storage_t<A> from_float(float f) {
-  return posenc::detail::Element<A>::narrow_rounded(f);
-}
-
-template <Act A, Numerics N>
+template <DType A, Numerics N>
 __device__ __forceinline__ CosSin cos_sin(float inv_freq, std::int64_t pos,
                                           const RopeKernelParams& p) {
   return posenc::detail::cos_sin<A, N>(inv_freq, pos, p.attention_factor, p.attention_factor_f32);
@@ -116,7 +105,7 @@ __device__ __forceinline__ void record_cos_sin_fault(unsigned long long* fault, 
 /// cos/sin cache: elements pair and half + pair of the row of `position`. A position outside
 /// [0, cos_sin_limit) never indexes the cache: it is recorded and the entry is the identity
 /// rotation (cos 1, sin 0), so the token's rows are written as they were read.
-template <Act A, Numerics N>
+template <DType A, Numerics N>
 __device__ __forceinline__ CosSin cache_table_entry(const RopeKernelParams& p, std::int64_t first_token, int i,
                                                     std::int64_t position) {
   const int token = static_cast<int>(divide(static_cast<std::uint32_t>(i), p.by_half));
@@ -234,15 +223,15 @@ __device__ __forceinline__ void store_converted(unsigned char* row, int offset, 
 }
 
 /// store_cache's casting path, out of line: it needs a dozen registers for the conversion, and
-/// inlined into rope_kernel's row loop those would be held across the whole loop (two blocks per
-/// SM instead of three at the time this was measured). A cache of the activation dtype, the
-/// common case, never calls it.
-template <Act A, int V>
+/// inlined into rope_kernel's row loop those would be held across the whole loop, costing the
+/// append kernels a resident block per SM. A cache of the activation dtype, the common case, never
+/// calls it.
+template <DType A, int V>
 __device__ __noinline__ void store_cache_cast(unsigned char* row, int offset, Packed<storage_t<A>, V> x,
                                               std::int32_t dtype, float scale) {
   float f[V];
 #pragma unroll
-  for (int v = 0; v < V; ++v) f[v] = to_float<A>(x.v[v]);
+  for (int v = 0; v < V; ++v) f[v] = Element<A>::widen(x.v[v]);
   if (dtype == static_cast<std::int32_t>(CacheDType::f32)) {
     store_converted<CacheDType::f32, V>(row, offset, f, scale);
   } else if (dtype == static_cast<std::int32_t>(CacheDType::f16)) {
@@ -256,7 +245,7 @@ __device__ __noinline__ void store_cache_cast(unsigned char* row, int offset, Pa
 
 /// Writes V activation elements at element `offset` of a cache row, cast as kv_cache.hpp says
 /// (exactly write_row of the CPU path: a cache of the activation dtype receives the bits).
-template <Act A, int V>
+template <DType A, int V>
 __device__ __forceinline__ void store_cache(unsigned char* row, int offset,
                                             const Packed<storage_t<A>, V>& x, std::int32_t dtype,
                                             float scale) {
@@ -293,26 +282,81 @@ __device__ __forceinline__ void set_word(Packed<S, V>& x, Packed<S, V>& y, int w
   dst.v[i + 1] = static_cast<S>(value >> 16);
 }
 
-/// Rows a thread takes per batch: their loads are all issued before the first of their stores
-/// (stores may alias later loads as far as the compiler knows). The vectorized kernels take one
-/// row and rely on warps instead: at 45-62 registers four or five blocks of 256 threads fit on an
-/// SM, and the next batch's rows are prefetched into L2. Measured on the H100 (docs/PERFORMANCE.md
-/// variants 17-21), bf16 at T = 65536 / 16384: four rows at three blocks per SM 92 / 87 % of the
-/// floor, two rows at four blocks 96 / 90 %, one row at five blocks 98 / 94 %, eight rows at two
-/// blocks 86 / 79 %; the fused append went from 92 to 98 % with one row at four blocks. The
-/// one-element (unaligned) kernels take four.
-constexpr int rows_in_flight_for(bool vectorized) { return vectorized ? 1 : 4; }
+/// Rotates the V pairs of one row that a lane holds in (va, vb) by the lane's V cos/sin entries
+/// `cs`, into (ra, rb) laid out as they were read (or de-interleaved, interleaved_to_half).
+/// hf_compatible on 16-bit data rotates two pairs per instruction where the vendor allows it.
+template <DType A, Pairing P, Numerics N, int V>
+__device__ __forceinline__ void rotate_vectors(const Packed<storage_t<A>, V>& va, const Packed<storage_t<A>, V>& vb,
+                                               const CosSin* cs, Packed<storage_t<A>, V>& ra,
+                                               Packed<storage_t<A>, V>& rb) {
+  using S = storage_t<A>;
+  constexpr bool packed = has_packed_rotation && N == Numerics::hf_compatible && A != DType::f32 && V % 2 == 0;
+  if constexpr (packed) {
+    // Two pairs per step in native 16-bit arithmetic (vendor.hpp: same bits as rotate_hf).
+    // A word holds elements (2w, 2w+1); pairs (2q, 2q+1) need a's in one word, b's in another.
+#pragma unroll
+    for (int q = 0; q < V / 2; ++q) {
+      std::uint32_t aw;
+      std::uint32_t bw;
+      if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
+        aw = word_of<S, V>(va, va, q);
+        bw = word_of<S, V>(vb, vb, q);
+      } else {
+        const std::uint32_t w0 = word_of<S, V>(va, vb, 2 * q);      // a_2q, b_2q
+        const std::uint32_t w1 = word_of<S, V>(va, vb, 2 * q + 1);  // a_2q+1, b_2q+1
+        aw = __byte_perm(w0, w1, 0x5410);
+        bw = __byte_perm(w0, w1, 0x7632);
+      }
+      const std::uint32_t cw = device_pack2<A == DType::bf16>(cs[2 * q].c, cs[2 * q + 1].c);
+      const std::uint32_t sw = device_pack2<A == DType::bf16>(cs[2 * q].s, cs[2 * q + 1].s);
+      std::uint32_t ao;
+      std::uint32_t bo;
+      device_rotate_hf_x2<A == DType::bf16>(aw, bw, cw, sw, ao, bo);
+      if constexpr (P == Pairing::interleaved) {
+        set_word<S, V>(ra, rb, 2 * q, __byte_perm(ao, bo, 0x5410));
+        set_word<S, V>(ra, rb, 2 * q + 1, __byte_perm(ao, bo, 0x7632));
+      } else {
+        set_word<S, V>(ra, ra, q, ao);
+        set_word<S, V>(rb, rb, q, bo);
+      }
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      float a;
+      float b2;
+      if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
+        a = Element<A>::widen(va.v[v]);
+        b2 = Element<A>::widen(vb.v[v]);
+      } else {
+        // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
+        const int e = 2 * v;
+        a = Element<A>::widen(e < V ? va.v[e] : vb.v[e - V]);
+        b2 = Element<A>::widen(e + 1 < V ? va.v[e + 1] : vb.v[e + 1 - V]);
+      }
+      const Pair r = rotate<A, N>(a, b2, cs[v]);
+      if constexpr (P == Pairing::interleaved) {
+        const int e = 2 * v;
+        (e < V ? ra.v[e] : rb.v[e - V]) = Element<A>::narrow_rounded(r.a);
+        (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = Element<A>::narrow_rounded(r.b);
+      } else {
+        ra.v[v] = Element<A>::narrow_rounded(r.a);
+        rb.v[v] = Element<A>::narrow_rounded(r.b);
+      }
+    }
+  }
+}
 
 /// Blocks of vector_block_threads per SM the launch bounds ask of an instantiation (each thread
 /// then gets at most 65536 / (blocks * 256) registers): five for the vectorized rotations of
-/// float32 and of hf_compatible on 16-bit data (packed native arithmetic, 45-48 registers); four
-/// for accurate and hf_fp32_apply on 16-bit data, which take every element through float32 (54),
-/// and for the appends (53-62: cache row addressing and the casts). A cap below a kernel's need
-/// makes it spill inside the row loop (variant 14: 56 spilled bytes cost accurate 15 points). The
-/// generic (V = 1) kernels are not capped.
-template <Act A, Numerics N, int V, bool Append>
+/// float32 and of hf_compatible on 16-bit data (packed native arithmetic, the fewest registers);
+/// four for accurate and hf_fp32_apply on 16-bit data, which take every element through float32,
+/// and for the appends (cache row addressing and the casts). A cap below a kernel's need makes it
+/// spill inside the row loop, which costs more than the extra block gains (docs/PERFORMANCE.md,
+/// variant 14). The generic (V = 1) kernels are not capped.
+template <DType A, Numerics N, int V, bool Append>
 inline constexpr int min_blocks =
-    V == 1 ? 1 : (!Append && (A == Act::f32 || N == Numerics::hf_compatible) ? 5 : 4);
+    V == 1 ? 1 : (!Append && (A == DType::f32 || N == Numerics::hf_compatible) ? 5 : 4);
 
 /// Rotates Q and K. A = activation dtype, P = pairing, N = numerics, V = pairs per lane (and
 /// elements per access): vector_width<A> when the launcher proved 16-byte alignment, else 1.
@@ -322,54 +366,40 @@ inline constexpr int min_blocks =
 /// Per tile: the loads of the first batch of rows are issued, then the block computes the tile's
 /// cos/sin table cooperatively (each (token, pair) once, spread over all threads, overlapping the
 /// loads' latency), synchronizes, and every row reads its lane's V entries from the table.
-template <Act A, Pairing P, Numerics N, int V, bool Append>
+template <DType A, Pairing P, Numerics N, int V, bool Append>
 __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_threads, (min_blocks<A, N, V, Append>))
     rope_kernel(const RopeKernelParams p) {
   using S = storage_t<A>;
   using Vec = Packed<S, V>;
   constexpr bool deinterleave = P == Pairing::interleaved_to_half;
   constexpr int U = rows_in_flight_for(V > 1);
-  // hf_compatible on 16-bit data rotates two pairs per instruction where the vendor allows it.
-  constexpr bool packed =
-      has_packed_rotation && N == Numerics::hf_compatible && A != Act::f32 && V % 2 == 0;
   extern __shared__ unsigned char tile_bytes[];
+  static_assert(sizeof(CosSin) == table_entry_bytes);
   CosSin* const table = reinterpret_cast<CosSin*>(tile_bytes);
 
   const int lane = static_cast<int>(threadIdx.x);
   const bool rotary_lane = lane < p.rotary_lanes;
-  const int slot = static_cast<int>(threadIdx.y);
-  const int slots = static_cast<int>(blockDim.y);
-  const int tid = slot * static_cast<int>(blockDim.x) + lane;
-  const int threads = slots * static_cast<int>(blockDim.x);
+  const int row_group = static_cast<int>(threadIdx.y);  // the block's rows in flight: blockDim.y groups of lanes
+  const int row_groups = static_cast<int>(blockDim.y);
+  const int tid = row_group * static_cast<int>(blockDim.x) + lane;
+  const int threads = row_groups * static_cast<int>(blockDim.x);
 
-  // Where this lane's two vectors live inside a head (element offsets).
+  // Where this lane's two vectors live inside a head (element offsets). A rotary lane moves pairs
+  // [lane * V, lane * V + V).
   int in_a = 0;
   int in_b = 0;
   int out_a = 0;
   int out_b = 0;
   if (rotary_lane) {
-    if constexpr (P == Pairing::half_split) {
-      in_a = p.rotary_offset + lane * V;
-      in_b = in_a + p.half;
-    } else if constexpr (P == Pairing::half_split_2d) {
-      // Pairs [0, Q) rotate half-split inside the first R/2 dims, pairs [Q, 2Q) inside the
-      // second (Q = R/4); lane * V is the pair index either way.
-      const int quarter = p.half / 2;
-      const int first = lane * V;
-      const int second_half = first >= quarter ? 1 : 0;
-      in_a = p.rotary_offset + second_half * p.half + (first - second_half * quarter);
-      in_b = in_a + quarter;
-    } else {
-      in_a = p.rotary_offset + 2 * lane * V;
-      in_b = in_a + V;
-    }
-    if constexpr (deinterleave) {
-      out_a = p.rotary_offset + lane * V;
-      out_b = out_a + p.half;
-    } else {
-      out_a = in_a;
-      out_b = in_b;
-    }
+    // pair_places of the lane's first pair (rope.hpp, the one layout definition); a layout that
+    // keeps a pair's two elements adjacent holds the lane's 2V elements as two consecutive vectors.
+    constexpr bool adjacent_reads = pair_places(P, 8, 0).read_b == 1;
+    constexpr bool adjacent_writes = pair_places(P, 8, 0).write_b == 1;
+    const PairPlaces first = pair_places(P, p.half, lane * V);
+    in_a = p.rotary_offset + static_cast<int>(first.read_a);
+    in_b = adjacent_reads ? in_a + V : p.rotary_offset + static_cast<int>(first.read_b);
+    out_a = p.rotary_offset + static_cast<int>(first.write_a);
+    out_b = adjacent_writes ? out_a + V : p.rotary_offset + static_cast<int>(first.write_b);
   } else {
     // Pass-through lane: one vector of the dims outside [off, off + R), which are V-aligned.
     const int j = (lane - p.rotary_lanes) * V;
@@ -380,11 +410,11 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
   // gridDim.y blocks share a tile's rows (decode: one row per thread); each computes the table.
   const auto splits = static_cast<std::uint32_t>(gridDim.y);
   const auto split = static_cast<std::uint32_t>(blockIdx.y);
-  // Row index of batch b, row u of this thread: neighbouring slots take neighbouring rows (of this
-  // split). Unsigned: it may pass INT_MAX for the last batch of a tile of ~2^31 rows.
+  // Row index of batch b, row u of this thread: neighbouring row groups take neighbouring rows (of
+  // this split). Unsigned: it may pass INT_MAX for the last batch of a tile of ~2^31 rows.
   auto row_index = [&](int b, int u) {
-    return ((static_cast<std::uint32_t>(b * U + u) * static_cast<std::uint32_t>(slots) +
-             static_cast<std::uint32_t>(slot)) * splits) + split;
+    return ((static_cast<std::uint32_t>(b * U + u) * static_cast<std::uint32_t>(row_groups) +
+             static_cast<std::uint32_t>(row_group)) * splits) + split;
   };
 
   // Loop bounds depend only on the tile, so every barrier below is reached by the whole block.
@@ -434,10 +464,10 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
       }
       // The next batch's rows into L2 while this one computes and stores: their loads cannot be
       // issued before this batch's stores (they may alias, as far as the compiler knows), and a
-      // prefetch holds no register, so they then wait for L2 rather than DRAM. Measured (H100,
-      // docs/PERFORMANCE.md variant 8): bf16 -5 to -16 % time at T >= 16384, f32 +7 % (it moves
-      // twice the bytes per instruction and was at the floor already), so f32 does without.
-      if (A != Act::f32 && rotary_lane && b + 1 < batches) {
+      // prefetch holds no register, so they then wait for L2 rather than DRAM. float32 does
+      // without: it moves twice the bytes per instruction, is at the copy floor already, and the
+      // prefetch slowed it (docs/PERFORMANCE.md, variant 8).
+      if (A != DType::f32 && rotary_lane && b + 1 < batches) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const std::uint32_t r = row_index(b + 1, u);
@@ -465,8 +495,8 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         // itself (no table indexed by position), so any position is memory-safe. Each entry's
         // loads are issued before the previous entry's sincos. A caller's cos/sin cache replaces
         // the angle by its row, indexed only by positions inside it. The branch is taken once per
-        // tile rather than per entry: inside the loop it cost the 16-bit float32-rotation kernels
-        // 6 registers (ptxas, sm_90); as two loops no kernel's register allocation grew.
+        // tile rather than per entry: inside the loop it costs the 16-bit float32-rotation kernels
+        // registers, as two loops it costs none.
         if (p.cos_sin != nullptr) {
           for (int i = tid; i < entries; i += threads) {
             const TableEntry e = entry;
@@ -515,60 +545,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           }
           continue;
         }
-        if constexpr (packed) {
-          // Two pairs per step in native 16-bit arithmetic (vendor.hpp: same bits as rotate_hf).
-          // A word holds elements (2w, 2w+1); pairs (2q, 2q+1) need a's in one word, b's in another.
-#pragma unroll
-          for (int q = 0; q < V / 2; ++q) {
-            std::uint32_t aw;
-            std::uint32_t bw;
-            if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
-              aw = word_of<S, V>(va[u], va[u], q);
-              bw = word_of<S, V>(vb[u], vb[u], q);
-            } else {
-              const std::uint32_t w0 = word_of<S, V>(va[u], vb[u], 2 * q);      // a_2q, b_2q
-              const std::uint32_t w1 = word_of<S, V>(va[u], vb[u], 2 * q + 1);  // a_2q+1, b_2q+1
-              aw = __byte_perm(w0, w1, 0x5410);
-              bw = __byte_perm(w0, w1, 0x7632);
-            }
-            const std::uint32_t cw = device_pack2<A == Act::bf16>(cs[2 * q].c, cs[2 * q + 1].c);
-            const std::uint32_t sw = device_pack2<A == Act::bf16>(cs[2 * q].s, cs[2 * q + 1].s);
-            std::uint32_t ao;
-            std::uint32_t bo;
-            device_rotate_hf_x2<A == Act::bf16>(aw, bw, cw, sw, ao, bo);
-            if constexpr (P == Pairing::interleaved) {
-              set_word<S, V>(ra, rb, 2 * q, __byte_perm(ao, bo, 0x5410));
-              set_word<S, V>(ra, rb, 2 * q + 1, __byte_perm(ao, bo, 0x7632));
-            } else {
-              set_word<S, V>(ra, ra, q, ao);
-              set_word<S, V>(rb, rb, q, bo);
-            }
-          }
-        } else {
-#pragma unroll
-          for (int v = 0; v < V; ++v) {
-            float a;
-            float b2;
-            if constexpr (P == Pairing::half_split || P == Pairing::half_split_2d) {
-              a = to_float<A>(va[u].v[v]);
-              b2 = to_float<A>(vb[u].v[v]);
-            } else {
-              // Pair v is elements 2v, 2v+1 of the concatenation va||vb.
-              const int e = 2 * v;
-              a = to_float<A>(e < V ? va[u].v[e] : vb[u].v[e - V]);
-              b2 = to_float<A>(e + 1 < V ? va[u].v[e + 1] : vb[u].v[e + 1 - V]);
-            }
-            const Pair r = rotate<A, N>(a, b2, cs[v]);
-            if constexpr (P == Pairing::interleaved) {
-              const int e = 2 * v;
-              (e < V ? ra.v[e] : rb.v[e - V]) = from_float<A>(r.a);
-              (e + 1 < V ? ra.v[e + 1] : rb.v[e + 1 - V]) = from_float<A>(r.b);
-            } else {
-              ra.v[v] = from_float<A>(r.a);
-              rb.v[v] = from_float<A>(r.b);
-            }
-          }
-        }
+        rotate_vectors<A, P, N, V>(va[u], vb[u], cs, ra, rb);
         if constexpr (Append) {
           if (hp[u].to_cache) {
             unsigned char* row = static_cast<unsigned char*>(hp[u].dst);

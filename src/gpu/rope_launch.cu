@@ -7,13 +7,14 @@
 // captured in a CUDA/HIP graph. Everything that depends only on the spec and the device (frequency
 // table upload, kernel occupancy) happens once, in the constructor.
 //
-// Call-dependent tables (Scaling::longrope, Scaling::dynamic): Hugging Face picks the table from
-// the call's largest position. Instead of a host round trip, apply() first launches a one-block
-// pre-pass on the same stream (select_frequencies_kernel) that reduces max(position) and writes
-// the call's table into one of `selection_slots` engine-owned slots; the rotation launch reads it.
-//   longrope: both the short and the long table are computed by compute_frequencies on the host
-//             and uploaded at construction; the pre-pass only selects. Bit-identical to the CPU.
-//   dynamic:  when max(position) + 1 > max_position_embeddings the pre-pass computes the grown
+// Call-dependent tables (the scheme registry's CallTable: longrope, dynamic): Hugging Face picks
+// the table from the call's largest position. Instead of a host round trip, apply() first launches
+// a one-block pre-pass on the same stream (select_frequencies_kernel) that reduces max(position)
+// and writes the call's table into one of `selection_tables` engine-owned tables; the rotation
+// launch reads it.
+//   short_long (longrope): both tables are computed by compute_frequencies on the host and
+//             uploaded at construction; the pre-pass only selects. Bit-identical to the CPU.
+//   grows (dynamic NTK): when max(position) + 1 > max_position_embeddings the pre-pass computes the grown
 //             base and inv_freq with the same float32 operations as compute_frequencies, each pow
 //             evaluated in double and rounded once to float32. The host evaluates the per-pair
 //             base'^e_i with glibc powf, which is not correctly rounded, so an inv_freq entry can
@@ -21,8 +22,9 @@
 //             two double pows differ in their last bit). Tested with the tolerance that bound
 //             implies (tests/test_gpu_engine.cpp, DynamicNtk*). Below the threshold the uploaded
 //             default table is used, bit-identical to the CPU.
-//   Slots rotate per call, so applies of one engine in flight on different streams at once do not
-//   share a table unless more than `selection_slots` are in flight together.
+//   The tables rotate per call, so applies of one engine in flight on different streams at once do
+//   not share a table unless more than `selection_tables` are in flight together.
+// The launch shape is launch_shape.hpp's pure function; device timing is device_timing.hpp.
 #include <algorithm>
 #include <atomic>
 #include <climits>
@@ -34,12 +36,17 @@
 #include <vector>
 
 #include "gpu/check.hpp"
+#include "gpu/device_scope.hpp"
+#include "gpu/device_timing.hpp"
+#include "gpu/launch_shape.hpp"
 #include "gpu/rope_dispatch.hpp"
 #include "gpu/rope_params.hpp"
 #include "gpu/select_kernel.cuh"
 #include "gpu/vendor.hpp"
 #include "core/counting.hpp"
+#include "core/element.hpp"
 #include "core/kv_detail.hpp"
+#include "core/schemes.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
@@ -54,83 +61,19 @@ using detail::RopeKernel;
 using detail::RopeKernelParams;
 using detail::SelectParams;
 
-/// Launch-shape constants (see choose_shape).
-constexpr int target_block_threads = 256;
-/// A tile aims at this many batches of rows per block: enough heads share each cos/sin (FP64
-/// trig), and a block's batches, each waiting for its rows, stay few. Measured with one row per
-/// thread (H100, docs/PERFORMANCE.md variant 22): 3 beat 4 by 0.7-1.9 points at T = 4096-65536 and
-/// 2 lost 5-6 points.
-constexpr int target_batches_per_tile = 3;
-/// Table slots of the call-dependent pre-pass.
-constexpr int selection_slots = 16;
-/// Byte offset of the slots inside the scratch buffer (after the fault words, 256-aligned).
-constexpr std::int64_t slots_offset = 256;
+using detail::DeviceScope;
+
+/// Tables of the call-dependent pre-pass, used in turn.
+constexpr int selection_tables = 16;
+/// Byte offset of the tables inside the scratch buffer (after the fault words, 256-aligned).
+constexpr std::int64_t tables_offset = 256;
 
 constexpr const char* rope_op = "posenc rope";
 constexpr const char* select_op = "posenc frequency selection";
 constexpr const char* append_op = "posenc rope + kv append";
 
-constexpr int dtype_count = 3;
-
-int dtype_index(DType t) {
-  switch (t) {
-    case DType::f32: return 0;
-    case DType::f16: return 1;
-    case DType::bf16: return 2;
-  }
-  throw Error(ErrorKind::unsupported,
-              "GPU engine: unsupported dtype value " + std::to_string(static_cast<int>(t)));
-}
-
-constexpr DType dtype_at[dtype_count] = {DType::f32, DType::f16, DType::bf16};
-
-// ---- launch shape -------------------------------------------------------------------------------
-
-struct LaunchShape {
-  dim3 grid;
-  dim3 block;
-  int tile_tokens = 1;
-  std::size_t table_bytes = 0;  ///< dynamic shared memory: the tile's cos/sin
-};
-
-/// Chooses the launch from the problem size and the device:
-///  - a row (token, head) is `lanes` threads; blocks hold ~256 threads (`slots` rows at a time);
-///  - a tile is at most as many tokens as make target_batches_per_tile batches of rows_in_flight
-///    rows per slot (the instantiation's rows_in_flight_for; large T: many heads share each
-///    cos/sin), and no more than the shared-memory table allows;
-///  - within that bound, tiles are sized so that the grid fills whole waves of resident blocks:
-///    waves = ceil(tokens / (resident blocks * largest tile)), then the smallest tile that covers
-///    the tokens in that many waves. (A floor here once gave 410 tiles for 396 resident blocks at
-///    T = 4096: a second wave of 14 blocks nearly doubled the time.) Small T, decode: one token
-///    per block, every SM busy;
-///  - the grid covers every tile (the kernel grid-strides beyond 2^31-1 tiles).
-LaunchShape choose_shape(std::int64_t tokens, int total_heads, int lanes, int half, int sm_count,
-                         int resident_blocks_per_sm, int rows_in_flight) {
-  LaunchShape s;
-  const int slots = std::max(1, target_block_threads / lanes);
-  const std::int64_t rows_wanted =
-      std::int64_t{slots} * rows_in_flight * target_batches_per_tile;
-  std::int64_t max_tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
-  max_tile = std::min<std::int64_t>(max_tile, std::max(1, detail::max_tile_table_bytes /
-                                                              (half * static_cast<int>(sizeof(detail::CosSin)))));
-  max_tile = std::min<std::int64_t>(max_tile, std::max(1, INT_MAX / std::max(1, total_heads)));
-  const std::int64_t resident_blocks = std::int64_t{sm_count} * std::max(1, resident_blocks_per_sm);
-  const std::int64_t per_wave = resident_blocks * max_tile;  // fits: both are small
-  const std::int64_t waves = (tokens + per_wave - 1) / per_wave;
-  const std::int64_t tile = std::min(max_tile, (tokens + resident_blocks * waves - 1) / (resident_blocks * waves));
-  s.tile_tokens = static_cast<int>(tile);
-  s.table_bytes = static_cast<std::size_t>(tile) * static_cast<std::size_t>(half) * sizeof(detail::CosSin);
-  const std::int64_t tiles = (tokens + tile - 1) / tile;
-  // When the tiles leave resident blocks idle (decode), a tile's rows are split over gridDim.y
-  // blocks, up to one row per thread: the per-thread chain of rows is the decode kernel's
-  // latency once the cos/sin table is done.
-  const std::int64_t rows_per_tile = tile * total_heads;
-  const std::int64_t splits = std::max<std::int64_t>(
-      1, std::min({(rows_per_tile + slots - 1) / slots, resident_blocks / tiles, std::int64_t{65535}}));
-  s.grid = dim3(static_cast<unsigned>(std::min<std::int64_t>(tiles, INT_MAX)), static_cast<unsigned>(splits), 1);
-  s.block = dim3(static_cast<unsigned>(lanes), static_cast<unsigned>(slots), 1);
-  return s;
-}
+/// Kernels and occupancy are kept per dtype, indexed by its value.
+constexpr std::size_t dtype_count = all_dtypes.size();
 
 bool aligned16(const void* p) { return (reinterpret_cast<std::uintptr_t>(p) & 15u) == 0; }
 
@@ -160,107 +103,20 @@ bool vector_path_ok(const KernelTensor& t, std::int64_t v) {
          t.dst_head_stride % v == 0 && t.src_token_stride % v == 0 && t.src_head_stride % v == 0;
 }
 
-/// Makes `ordinal` current for the scope (kernels must be launched with the stream's device current).
-class CurrentDevice {
- public:
-  explicit CurrentDevice(int ordinal) : ordinal_(ordinal) {
-    POSENC_GPU_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != ordinal_) POSENC_GPU_CHECK(cudaSetDevice(ordinal_));
-  }
-  ~CurrentDevice() {
-    if (previous_ != ordinal_ && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
-  }
-  CurrentDevice(const CurrentDevice&) = delete;
-  CurrentDevice& operator=(const CurrentDevice&) = delete;
-
- private:
-  int ordinal_;
-  int previous_ = -1;
-};
-
 }  // namespace
-
-namespace detail {
-
-/// Device timing of the counters (gpu.hpp enable_counters): a ring of event pairs, created once.
-/// A slot is free, being recorded (its stop event is not yet enqueued: not collectable), or
-/// pending until its stop event has completed and its time is collected.
-struct DeviceTiming {
-  enum class SlotState : std::uint8_t { free, recording, pending };
-  std::mutex mutex;
-  int ordinal = -1;
-  cudaEvent_t start[GpuEngine::timing_slots] = {};
-  cudaEvent_t stop[GpuEngine::timing_slots] = {};
-  SlotState state[GpuEngine::timing_slots] = {};
-  int next = 0;
-  std::int64_t timed_calls = 0;
-  double device_ms = 0.0;
-
-  explicit DeviceTiming(int device) : ordinal(device) {
-    for (int i = 0; i < GpuEngine::timing_slots; ++i) {
-      POSENC_GPU_CHECK(cudaEventCreate(&start[i]));
-      POSENC_GPU_CHECK(cudaEventCreate(&stop[i]));
-    }
-  }
-  ~DeviceTiming() {
-    for (int i = 0; i < GpuEngine::timing_slots; ++i) {
-      if (start[i] != nullptr) (void)cudaEventDestroy(start[i]);
-      if (stop[i] != nullptr) (void)cudaEventDestroy(stop[i]);
-    }
-  }
-  DeviceTiming(const DeviceTiming&) = delete;
-  DeviceTiming& operator=(const DeviceTiming&) = delete;
-
-  /// Adds slot i's time if its stop event has completed (caller holds the mutex). Never waits.
-  bool collect(int i) {
-    if (state[i] != SlotState::pending) return state[i] == SlotState::free;
-    const cudaError_t ready = cudaEventQuery(stop[i]);
-    if (ready == cudaErrorNotReady) return false;
-    POSENC_GPU_CHECK(ready);
-    float ms = 0.0f;
-    POSENC_GPU_CHECK(cudaEventElapsedTime(&ms, start[i], stop[i]));
-    device_ms += static_cast<double>(ms);
-    ++timed_calls;
-    state[i] = SlotState::free;
-    return true;
-  }
-
-  /// Records the start event of a timed call on `stream` and returns its slot, or -1 when the
-  /// stream is being captured or every slot is still pending (the call goes untimed).
-  int begin(cudaStream_t stream) {
-    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-    POSENC_GPU_CHECK(cudaStreamIsCapturing(stream, &capture));
-    if (capture != cudaStreamCaptureStatusNone) return -1;
-    std::lock_guard<std::mutex> lock(mutex);
-    const int i = next;
-    if (!collect(i)) return -1;
-    POSENC_GPU_CHECK(cudaEventRecord(start[i], stream));
-    state[i] = SlotState::recording;
-    next = (next + 1) % GpuEngine::timing_slots;
-    return i;
-  }
-
-  void end(int i, cudaStream_t stream) {
-    std::lock_guard<std::mutex> lock(mutex);
-    POSENC_GPU_CHECK(cudaEventRecord(stop[i], stream));
-    state[i] = SlotState::pending;
-  }
-};
-
-}  // namespace detail
 
 struct GpuEngine::State {
   RopeSpec spec;
   FrequencyTable table;
   Device device;
   DeviceBuffer tables;   ///< float32: init/short table [half], then the long table (longrope)
-  DeviceBuffer scratch;  ///< fault words at 0, selection slots at slots_offset
+  DeviceBuffer scratch;  ///< fault words at 0, selection tables at tables_offset
   KernelPair kernels[2][dtype_count];  ///< [plain rotation, append][dtype]
   int resident_blocks[2][dtype_count][2] = {};  ///< per SM, at target_block_threads; [.][.][vectorized, generic]
   RopeKernelParams base;                      ///< spec-derived fields, filled once
   SelectParams select;                        ///< spec-derived fields, filled once
   bool call_dependent = false;
-  mutable std::atomic<std::uint32_t> next_slot{0};
+  mutable std::atomic<std::uint32_t> next_table{0};
 
   mutable posenc::detail::CounterSet counters;
   mutable std::atomic<bool> timing_on{false};
@@ -268,8 +124,8 @@ struct GpuEngine::State {
   mutable std::unique_ptr<detail::DeviceTiming> timing;      ///< created by the first enable with timing
 
   unsigned long long* fault() const { return static_cast<unsigned long long*>(scratch.data()); }
-  float* slot(std::uint32_t i) const {
-    return reinterpret_cast<float*>(static_cast<char*>(scratch.data()) + slots_offset) +
+  float* selection_table(std::uint32_t i) const {
+    return reinterpret_cast<float*>(static_cast<char*>(scratch.data()) + tables_offset) +
            static_cast<std::int64_t>(i) * base.half;
   }
   detail::DeviceTiming* active_timing() const {
@@ -304,16 +160,17 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
   const bool multi_stream = spec.position_streams() > 1;
 
   std::vector<float> host_tables = axes.inv_freq;
-  s.call_dependent = spec.scaling == Scaling::longrope || spec.scaling == Scaling::dynamic;
+  const posenc::detail::SchemeRow& scheme = posenc::detail::scheme_row(spec.scaling);
+  s.call_dependent = scheme.call_table != posenc::detail::CallTable::fixed;
   if (s.call_dependent && (multi_stream || spec.pairing == Pairing::half_split_2d)) {
     throw Error(ErrorKind::unsupported,
                 std::string("GPU engine: scaling '") + to_string(spec.scaling) +
                     "' (a table chosen per call) with several position streams is not supported");
   }
-  if (spec.scaling == Scaling::longrope) {
-    const std::int64_t omp = spec.params.original_max_position_embeddings;
-    const FrequencyTable long_table = compute_frequencies(spec, omp + 1);
-    host_tables.insert(host_tables.end(), long_table.inv_freq.begin(), long_table.inv_freq.end());
+  const std::int64_t threshold = s.call_dependent ? scheme.threshold(spec.params) : 0;
+  if (scheme.call_table == posenc::detail::CallTable::short_long) {
+    const FrequencyTable second = compute_frequencies(spec, threshold + 1);
+    host_tables.insert(host_tables.end(), second.inv_freq.begin(), second.inv_freq.end());
   }
 
   // The streams of the pairs travel after the float tables, as bytes (only when there are several).
@@ -325,12 +182,12 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
     host_tables.insert(host_tables.end(), packed.begin(), packed.end());
   }
 
-  CurrentDevice current(device.ordinal());
+  DeviceScope scope(device.ordinal());
   s.tables = DeviceBuffer(device, static_cast<std::int64_t>(host_tables.size() * sizeof(float)));
   const std::int64_t scratch_bytes =
-      s.call_dependent ? slots_offset + selection_slots * half * std::int64_t{sizeof(float)}
+      s.call_dependent ? tables_offset + selection_tables * half * std::int64_t{sizeof(float)}
                        : std::int64_t{detail::fault_words * sizeof(unsigned long long)};
-  static_assert(detail::fault_words * sizeof(unsigned long long) <= slots_offset);
+  static_assert(detail::fault_words * sizeof(unsigned long long) <= tables_offset);
   s.scratch = DeviceBuffer(device, scratch_bytes);
   {
     Stream setup(device);
@@ -360,13 +217,14 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
     sp.half = static_cast<std::int32_t>(half);
     sp.rotary_dim = static_cast<std::int32_t>(rotary);
     sp.init_table = static_cast<const float*>(s.tables.data());
-    if (spec.scaling == Scaling::longrope) {
+    sp.threshold = threshold;
+    if (scheme.call_table == posenc::detail::CallTable::short_long) {
       sp.mode = detail::SelectMode::longrope;
-      sp.threshold = spec.params.original_max_position_embeddings;
       sp.long_table = sp.init_table + half;
     } else {
+      // CallTable::grows: the pre-pass grows dynamic NTK's theta (select_kernel.cuh); another
+      // growing scheme would need a mode of its own there.
       sp.mode = detail::SelectMode::dynamic;
-      sp.threshold = spec.params.max_position_embeddings;
       sp.base = static_cast<float>(spec.theta);
       sp.factor = static_cast<float>(spec.params.factor);
       sp.max_positions = static_cast<float>(spec.params.max_position_embeddings);
@@ -377,15 +235,16 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
 
   // Kernels of this spec's pairing and numerics, and their occupancy (also loads them now rather
   // than at the first apply).
-  for (int i = 0; i < dtype_count; ++i) {
-    s.kernels[0][i] = detail::dispatch_kernels<false>(dtype_at[i], spec.pairing, spec.numerics);
-    s.kernels[1][i] = detail::append_kernels(dtype_at[i], spec.pairing, spec.numerics);
+  for (const DType dtype : all_dtypes) {
+    const auto i = static_cast<std::size_t>(dtype);
+    s.kernels[0][i] = detail::dispatch_kernels<false>(dtype, spec.pairing, spec.numerics);
+    s.kernels[1][i] = detail::append_kernels(dtype, spec.pairing, spec.numerics);
     for (int a = 0; a < 2; ++a) {
       const RopeKernel ks[2] = {s.kernels[a][i].vectorized, s.kernels[a][i].generic};
       for (int j = 0; j < 2; ++j) {
         int blocks = 0;
         POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &blocks, ks[j], target_block_threads, detail::max_tile_table_bytes / 2));
+            &blocks, ks[j], detail::target_block_threads, detail::max_tile_table_bytes / 2));
         s.resident_blocks[a][i][j] = std::max(1, blocks);
       }
     }
@@ -404,12 +263,12 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
                               std::int64_t tokens, detail::LaunchRecord record, std::int64_t bytes,
                               StreamRef stream) const {
   const DType dtype = record.dtype;
-  const int di = dtype_index(dtype);
+  const auto di = static_cast<std::size_t>(dtype);  // validated: one of all_dtypes
   const std::int64_t head_dim = spec.head_dim;
   const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
 
   // The vectorized instantiation needs every V-element access 16-byte aligned.
-  const std::int64_t v = 16 / size_of(dtype);
+  const std::int64_t v = posenc::detail::vector_bytes / size_of(dtype);
   // half_split_2d: each half's Q = R/4 pairs must split into whole vectors too.
   const std::int64_t lane_pairs = spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
   bool vectorized = spec.rotary_offset % v == 0 && lane_pairs % v == 0 && (!copies || head_dim % v == 0) &&
@@ -426,20 +285,27 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
 
   const int ai = append ? 1 : 0;
   const int rows_in_flight = detail::rows_in_flight_for(vectorized);
-  const LaunchShape shape = choose_shape(tokens, p.total_heads, lanes, p.half, device.multiprocessor_count(),
-                                         resident_blocks[ai][di][vectorized ? 0 : 1], rows_in_flight);
+  detail::ShapeInput shape_input;
+  shape_input.tokens = tokens;
+  shape_input.total_heads = p.total_heads;
+  shape_input.lanes = lanes;
+  shape_input.half = p.half;
+  shape_input.sm_count = device.multiprocessor_count();
+  shape_input.resident_blocks_per_sm = resident_blocks[ai][di][vectorized ? 0 : 1];
+  shape_input.rows_in_flight = rows_in_flight;
+  const detail::LaunchShape shape = detail::choose_shape(shape_input);
   p.tokens = tokens;
   p.tile_tokens = shape.tile_tokens;
-  p.tiles = (tokens + shape.tile_tokens - 1) / shape.tile_tokens;
+  p.tiles = shape.tiles;
   // Divisors of the kernel's index arithmetic (each < 2^31: heads by check_head_count, half by the
   // spec's head_dim limit, the batch by the block and grid limits).
   p.by_heads = detail::make_divisor(static_cast<std::uint32_t>(p.total_heads));
   p.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
-  p.by_batch = detail::make_divisor(shape.block.y * static_cast<unsigned>(rows_in_flight) * shape.grid.y);
+  p.by_batch = detail::make_divisor(shape.block_y * static_cast<std::uint32_t>(rows_in_flight) * shape.grid_y);
   record.vectorized = vectorized;
 
   const auto native = static_cast<cudaStream_t>(stream.native());
-  CurrentDevice current(device.ordinal());
+  DeviceScope scope(device.ordinal());
   detail::DeviceTiming* const timer = active_timing();
   const int timed = timer != nullptr ? timer->begin(native) : -1;
 
@@ -448,7 +314,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
     sp.positions = positions.data;
     sp.tokens = tokens;
     sp.positions_i64 = p.positions_i64;
-    sp.out = slot(next_slot.fetch_add(1, std::memory_order_relaxed) % selection_slots);
+    sp.out = selection_table(next_table.fetch_add(1, std::memory_order_relaxed) % selection_tables);
     p.inv_freq = sp.out;
     detail::LaunchRecord select_record = record;
     select_record.op = select_op;
@@ -459,7 +325,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
 
   detail::record_launch(native, record);
   const RopeKernel kernel = vectorized ? kernels[ai][di].vectorized : kernels[ai][di].generic;
-  kernel<<<shape.grid, shape.block, shape.table_bytes, native>>>(p);
+  kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);
   POSENC_GPU_CHECK_LAUNCH(record);
 
   if (timed >= 0) timer->end(timed, native);
@@ -605,7 +471,7 @@ void GpuEngine::enable_counters(bool on, bool device_timing) const {
   if (on && device_timing) {
     std::lock_guard<std::mutex> lock(s.timing_mutex);
     if (!s.timing) {
-      CurrentDevice current(s.device.ordinal());
+      DeviceScope scope(s.device.ordinal());
       s.timing = std::make_unique<detail::DeviceTiming>(s.device.ordinal());
     }
   }
@@ -620,9 +486,9 @@ OperationCounters GpuEngine::counters() const {
   std::lock_guard<std::mutex> lock(s.timing_mutex);
   if (s.timing) {
     detail::DeviceTiming& t = *s.timing;
-    CurrentDevice current(s.device.ordinal());
+    DeviceScope scope(s.device.ordinal());
     std::lock_guard<std::mutex> ring(t.mutex);
-    for (int i = 0; i < timing_slots; ++i) (void)t.collect(i);
+    for (int i = 0; i < timing_pairs; ++i) (void)t.collect(i);
     c.timed_calls = t.timed_calls;
     c.device_ms = t.device_ms;
   }
@@ -638,7 +504,7 @@ void GpuEngine::reset_counters() const {
     detail::DeviceTiming& t = *s.timing;
     std::lock_guard<std::mutex> ring(t.mutex);
     for (auto& state : t.state) {
-      if (state == detail::DeviceTiming::SlotState::pending) state = detail::DeviceTiming::SlotState::free;
+      if (state == detail::DeviceTiming::PairState::pending) state = detail::DeviceTiming::PairState::free;
     }
     t.timed_calls = 0;
     t.device_ms = 0.0;
@@ -651,7 +517,7 @@ void GpuEngine::check(StreamRef stream) const {
   stream.synchronize();  // an asynchronous fault is reported first, naming its launch
 
   const auto native = static_cast<cudaStream_t>(stream.native());
-  CurrentDevice current(s.device.ordinal());
+  DeviceScope scope(s.device.ordinal());
   unsigned long long words[detail::fault_words] = {};
   POSENC_GPU_CHECK(cudaMemcpyAsync(words, s.fault(), sizeof(words), cudaMemcpyDeviceToHost, native));
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));

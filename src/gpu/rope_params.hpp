@@ -129,6 +129,18 @@ struct RopeKernelParams {
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
 inline constexpr int max_tile_table_bytes = 16384;
 
+/// Bytes of one entry of that table: a (cos, sin) pair of floats (rope_math.hpp CosSin).
+inline constexpr int table_entry_bytes = 8;
+
+/// Rows a thread takes per batch: their loads are all issued before the first of their stores
+/// (stores may alias later loads as far as the compiler knows). The vectorized kernels take one
+/// row and rely on warps instead: with one row a thread needs few enough registers for four or
+/// five blocks of 256 threads per SM, and more resident warps hide the loads better than deeper
+/// batches do (docs/PERFORMANCE.md, variants 17-21); the next batch's rows are prefetched into L2.
+/// The one-element (unaligned) kernels take four.
+constexpr int rows_in_flight_for(bool vectorized) { return vectorized ? 1 : 4; }
+
+
 /// Which call-dependent table the pre-pass builds.
 enum class SelectMode : std::int32_t { longrope = 1, dynamic = 2 };
 

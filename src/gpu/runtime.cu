@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "gpu/check.hpp"
+#include "gpu/device_scope.hpp"
 #include "gpu/vendor.hpp"
 #include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
@@ -173,46 +174,7 @@ void throw_async_fault(cudaError_t error, cudaStream_t stream, bool any_stream, 
 
 namespace {
 
-/// Makes `ordinal` the calling thread's device for a scope, restoring the previous one after.
-class DeviceScope {
- public:
-  explicit DeviceScope(int ordinal) {
-    POSENC_GPU_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != ordinal) POSENC_GPU_CHECK(cudaSetDevice(ordinal));
-    ordinal_ = ordinal;
-  }
-  ~DeviceScope() {
-    if (previous_ != ordinal_) (void)cudaSetDevice(previous_);
-  }
-  DeviceScope(const DeviceScope&) = delete;
-  DeviceScope& operator=(const DeviceScope&) = delete;
-
- private:
-  int previous_ = -1;
-  int ordinal_ = -1;
-};
-
-/// Best effort for destructors (which must not throw): switch device, ignore failures.
-class DeviceScopeNoThrow {
- public:
-  explicit DeviceScopeNoThrow(int ordinal) noexcept {
-    if (cudaGetDevice(&previous_) != cudaSuccess) {
-      (void)cudaGetLastError();
-      previous_ = ordinal;
-    }
-    if (previous_ != ordinal && cudaSetDevice(ordinal) != cudaSuccess) (void)cudaGetLastError();
-    ordinal_ = ordinal;
-  }
-  ~DeviceScopeNoThrow() {
-    if (previous_ != ordinal_ && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
-  }
-  DeviceScopeNoThrow(const DeviceScopeNoThrow&) = delete;
-  DeviceScopeNoThrow& operator=(const DeviceScopeNoThrow&) = delete;
-
- private:
-  int previous_ = -1;
-  int ordinal_ = -1;
-};
+using detail::DeviceScope;
 
 void check_range(const char* what, std::int64_t offset, std::int64_t bytes, std::int64_t size) {
   if (offset < 0 || bytes < 0 || offset > size || bytes > size - offset) {
@@ -318,7 +280,7 @@ Stream::~Stream() {
   if (stream_ == nullptr) return;
   const auto stream = static_cast<cudaStream_t>(stream_);
   detail::forget_stream(stream);
-  DeviceScopeNoThrow scope(ordinal_);
+  DeviceScope scope(ordinal_, std::nothrow);
   // Pending work still completes; the handle is released when it has.
   if (cudaStreamDestroy(stream) != cudaSuccess) (void)cudaGetLastError();
 }
@@ -358,7 +320,7 @@ DeviceBuffer::DeviceBuffer(const Device& device, std::int64_t bytes) : ordinal_(
 
 DeviceBuffer::~DeviceBuffer() {
   if (ptr_ == nullptr) return;
-  DeviceScopeNoThrow scope(ordinal_);
+  DeviceScope scope(ordinal_, std::nothrow);
   if (cudaFree(ptr_) != cudaSuccess) (void)cudaGetLastError();
 }
 
@@ -436,7 +398,7 @@ struct MemoryPool::State {
 
   /// Frees every cached block; the caller holds the mutex.
   void free_all() noexcept {
-    DeviceScopeNoThrow scope(device.ordinal());
+    DeviceScope scope(device.ordinal(), std::nothrow);
     for (auto& [size, blocks] : free_blocks) {
       for (void* p : blocks) {
         if (cudaFree(p) != cudaSuccess) (void)cudaGetLastError();

@@ -1,0 +1,39 @@
+// choose_shape (launch_shape.hpp): plain host arithmetic, compiled in every build so the CPU tests cover it.
+#include "gpu/launch_shape.hpp"
+
+#include <algorithm>
+#include <climits>
+
+#include "gpu/rope_params.hpp"
+
+namespace posenc::gpu::detail {
+
+LaunchShape choose_shape(const ShapeInput& in) {
+  LaunchShape s;
+  const int lanes = std::max(1, in.lanes);
+  const int total_heads = std::max(1, in.total_heads);
+  const int half = std::max(1, in.half);
+  const int row_groups = std::max(1, target_block_threads / lanes);
+  const std::int64_t rows_wanted = std::int64_t{row_groups} * std::max(1, in.rows_in_flight) * target_batches_per_tile;
+  std::int64_t max_tile = std::max<std::int64_t>(1, rows_wanted / total_heads);
+  max_tile = std::min<std::int64_t>(max_tile, std::max(1, max_tile_table_bytes / (half * table_entry_bytes)));
+  max_tile = std::min<std::int64_t>(max_tile, std::max(1, INT_MAX / total_heads));
+  const std::int64_t resident_blocks = std::int64_t{std::max(1, in.sm_count)} * std::max(1, in.resident_blocks_per_sm);
+  const std::int64_t per_wave = resident_blocks * max_tile;  // fits: both are small
+  const std::int64_t waves = (in.tokens + per_wave - 1) / per_wave;
+  const std::int64_t tile =
+      std::min(max_tile, (in.tokens + resident_blocks * waves - 1) / (resident_blocks * waves));
+  s.tile_tokens = static_cast<int>(tile);
+  s.table_bytes = static_cast<std::size_t>(tile) * static_cast<std::size_t>(half) * table_entry_bytes;
+  s.tiles = (in.tokens + tile - 1) / tile;
+  const std::int64_t rows_per_tile = tile * total_heads;
+  const std::int64_t splits = std::max<std::int64_t>(
+      1, std::min({(rows_per_tile + row_groups - 1) / row_groups, resident_blocks / s.tiles, std::int64_t{65535}}));
+  s.grid_x = static_cast<std::uint32_t>(std::min<std::int64_t>(s.tiles, INT_MAX));
+  s.grid_y = static_cast<std::uint32_t>(splits);
+  s.block_x = static_cast<std::uint32_t>(lanes);
+  s.block_y = static_cast<std::uint32_t>(row_groups);
+  return s;
+}
+
+}  // namespace posenc::gpu::detail

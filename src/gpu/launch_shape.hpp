@@ -1,0 +1,50 @@
+// The launch shape of rope_kernel (grid, block, tile, shared memory) as a pure host function of the problem size and the device's occupancy, unit-tested on the CPU.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace posenc::gpu::detail {
+
+/// Threads a block aims at: rows of `lanes` threads, as many rows as fit.
+inline constexpr int target_block_threads = 256;
+
+/// A tile aims at this many batches of rows per block: enough heads share each (FP64) cos/sin,
+/// and a block's batches, each waiting for its rows, stay few (docs/PERFORMANCE.md, variant 22).
+inline constexpr int target_batches_per_tile = 3;
+
+/// What the shape depends on.
+struct ShapeInput {
+  std::int64_t tokens = 1;         ///< >= 1
+  int total_heads = 1;             ///< rows per token (Q + K heads, + V heads in an append)
+  int lanes = 1;                   ///< threads per row: rotary lanes, plus pass-through lanes when copying
+  int half = 1;                    ///< pairs per head: cos/sin entries per token
+  int sm_count = 1;                ///< the device's multiprocessors
+  int resident_blocks_per_sm = 1;  ///< of this instantiation at target_block_threads (occupancy)
+  int rows_in_flight = 1;          ///< rows a thread takes per batch (rope_params.hpp rows_in_flight_for)
+};
+
+struct LaunchShape {
+  std::uint32_t grid_x = 1;   ///< tiles (the kernel grid-strides beyond 2^31 - 1)
+  std::uint32_t grid_y = 1;   ///< blocks sharing one tile's rows
+  std::uint32_t block_x = 1;  ///< lanes of a row
+  std::uint32_t block_y = 1;  ///< row groups: rows in flight at once
+  int tile_tokens = 1;
+  std::int64_t tiles = 1;        ///< ceil(tokens / tile_tokens)
+  std::size_t table_bytes = 0;   ///< dynamic shared memory: the tile's cos/sin
+};
+
+/// Chooses the launch:
+///  - a row (token, head) is `lanes` threads; blocks hold ~target_block_threads threads;
+///  - a tile is at most as many tokens as make target_batches_per_tile batches of rows_in_flight
+///    rows per row group (large T: many heads share each cos/sin), and no more than the
+///    shared-memory table (max_tile_table_bytes) and the kernel's 32-bit row index allow;
+///  - within that bound, tiles are sized so that the grid fills whole waves of resident blocks:
+///    waves = ceil(tokens / (resident blocks * largest tile)), then the smallest tile that covers
+///    the tokens in that many waves (a floor here once launched 410 tiles on 396 resident blocks:
+///    a second wave of 14 blocks nearly doubled the time). Decode: one token per block;
+///  - when the tiles leave resident blocks idle, a tile's rows are split over grid_y blocks, up to
+///    one row per thread: the per-thread chain of rows is the decode latency once the table is done.
+LaunchShape choose_shape(const ShapeInput& in);
+
+}  // namespace posenc::gpu::detail

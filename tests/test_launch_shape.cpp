@@ -1,0 +1,138 @@
+// The GPU launcher's launch shape (src/gpu/launch_shape.hpp), checked on the host: every token covered, whole waves of resident blocks, the shared-memory and 32-bit bounds, decode splits.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "gpu/launch_shape.hpp"
+#include "gpu/rope_params.hpp"
+
+namespace {
+
+using posenc::gpu::detail::choose_shape;
+using posenc::gpu::detail::LaunchShape;
+using posenc::gpu::detail::ShapeInput;
+
+/// An H100-like device: 132 SMs; a vectorized bf16 rotation of Llama-3-8B heads (32 + 8, head 128).
+ShapeInput h100_llama(std::int64_t tokens) {
+  ShapeInput in;
+  in.tokens = tokens;
+  in.total_heads = 40;
+  in.lanes = 8;  // 64 pairs / V = 8
+  in.half = 64;
+  in.sm_count = 132;
+  in.resident_blocks_per_sm = 5;
+  in.rows_in_flight = posenc::gpu::detail::rows_in_flight_for(true);
+  return in;
+}
+
+std::string text(const ShapeInput& in) {
+  return "T=" + std::to_string(in.tokens) + " heads=" + std::to_string(in.total_heads) + " lanes=" +
+         std::to_string(in.lanes) + " half=" + std::to_string(in.half) + " sms=" + std::to_string(in.sm_count) +
+         " resident=" + std::to_string(in.resident_blocks_per_sm) + " rows=" + std::to_string(in.rows_in_flight);
+}
+
+/// What every shape must satisfy.
+void expect_valid(const ShapeInput& in, const LaunchShape& s) {
+  SCOPED_TRACE(text(in));
+  ASSERT_GE(s.tile_tokens, 1);
+  // Tiles cover every token, the last one partly at most.
+  EXPECT_EQ(s.tiles, (in.tokens + s.tile_tokens - 1) / s.tile_tokens);
+  EXPECT_GE(s.tiles * s.tile_tokens, in.tokens);
+  EXPECT_LT((s.tiles - 1) * s.tile_tokens, in.tokens);
+  // The grid covers the tiles, or grid-strides over them beyond INT_MAX.
+  EXPECT_EQ(s.grid_x, static_cast<std::uint32_t>(std::min<std::int64_t>(s.tiles, INT_MAX)));
+  EXPECT_GE(s.grid_y, 1u);
+  EXPECT_LE(s.grid_y, 65535u);
+  // A row is `lanes` threads; the block stays near 256 threads (one row at least).
+  EXPECT_EQ(s.block_x, static_cast<std::uint32_t>(in.lanes));
+  EXPECT_EQ(s.block_y, static_cast<std::uint32_t>(std::max(1, posenc::gpu::detail::target_block_threads / in.lanes)));
+  // The table fits its shared memory (unless one token alone is larger) and the row index 32 bits.
+  EXPECT_EQ(s.table_bytes, static_cast<std::size_t>(s.tile_tokens) * static_cast<std::size_t>(in.half) *
+                               posenc::gpu::detail::table_entry_bytes);
+  if (s.tile_tokens > 1) {
+    EXPECT_LE(s.table_bytes, static_cast<std::size_t>(posenc::gpu::detail::max_tile_table_bytes));
+  }
+  EXPECT_LE(std::int64_t{s.tile_tokens} * in.total_heads, std::int64_t{INT_MAX});
+}
+
+TEST(LaunchShape, DecodeUsesOneTokenPerBlockAndSplitsItsRows) {
+  const ShapeInput in = h100_llama(1);
+  const LaunchShape s = choose_shape(in);
+  expect_valid(in, s);
+  EXPECT_EQ(s.tile_tokens, 1);
+  EXPECT_EQ(s.grid_x, 1u);
+  // 40 rows over 32 row groups: two blocks share them, each row group one row at most.
+  EXPECT_EQ(s.grid_y, 2u);
+}
+
+// The wave-count bug this function once had: a floor instead of a ceiling made T = 4096 launch 410
+// tiles on 396 resident blocks (3 SMs' worth of a second wave). The tiles must fill whole waves.
+TEST(LaunchShape, TilesFillWholeWavesOfResidentBlocks) {
+  for (const int sms : {66, 108, 132}) {
+    for (const int resident : {2, 3, 4, 5}) {
+      for (std::int64_t tokens = 1; tokens <= 300000; tokens = tokens * 3 + 1) {
+        ShapeInput in = h100_llama(tokens);
+        in.sm_count = sms;
+        in.resident_blocks_per_sm = resident;
+        const LaunchShape s = choose_shape(in);
+        expect_valid(in, s);
+        const std::int64_t blocks = std::int64_t{sms} * resident;
+        // The fewest waves any tile within the bound could need, and this shape's waves.
+        const std::int64_t largest = std::max<std::int64_t>(1, 32 * in.rows_in_flight * 3 / in.total_heads);
+        const std::int64_t fewest = (tokens + blocks * largest - 1) / (blocks * largest);
+        EXPECT_EQ((s.tiles + blocks - 1) / blocks, fewest) << "T=" << tokens << " sms=" << sms << " resident=" << resident;
+        // And the smallest tile that does it: one token less per tile would need another wave.
+        if (s.tile_tokens > 1) {
+          const std::int64_t fewer = (tokens + s.tile_tokens - 2) / (s.tile_tokens - 1);
+          EXPECT_GT((fewer + blocks - 1) / blocks, fewest) << "T=" << tokens;
+        }
+      }
+    }
+  }
+  // T = 4096 on 396 resident blocks with tiles of at most 8 tokens: 683 tiles of 6 tokens fill two
+  // waves; the floor (4096 / 792 = 5 tokens) would launch 820 tiles, a third wave of 28 blocks.
+  ShapeInput in = h100_llama(4096);
+  in.total_heads = 12;
+  in.resident_blocks_per_sm = 3;
+  const LaunchShape s = choose_shape(in);
+  EXPECT_EQ(s.tile_tokens, 6);
+  EXPECT_EQ(s.tiles, 683);
+  EXPECT_EQ((s.tiles + 395) / 396, 2);
+}
+
+TEST(LaunchShape, LargeHeadsAreBoundedByTheSharedMemoryTable) {
+  ShapeInput in = h100_llama(1 << 20);
+  in.half = 512;  // head_dim 1024: 4 KiB of cos/sin per token
+  in.total_heads = 2;
+  in.lanes = 64;
+  const LaunchShape s = choose_shape(in);
+  expect_valid(in, s);
+  EXPECT_EQ(s.tile_tokens, posenc::gpu::detail::max_tile_table_bytes / (512 * posenc::gpu::detail::table_entry_bytes));
+}
+
+TEST(LaunchShape, HugeCallsGridStrideAndKeepTheRowIndexIn32Bits) {
+  ShapeInput in = h100_llama(std::int64_t{1} << 40);
+  in.total_heads = 1 << 30;  // tile * heads must stay below 2^31
+  const LaunchShape s = choose_shape(in);
+  expect_valid(in, s);
+  EXPECT_EQ(s.tile_tokens, 1);
+  EXPECT_EQ(s.grid_x, static_cast<std::uint32_t>(INT_MAX));
+}
+
+// Unaligned (generic) instantiations: one element per lane, four rows in flight, up to 1024 lanes.
+TEST(LaunchShape, GenericInstantiationsAndWideRows) {
+  for (const int lanes : {1, 3, 64, 128, 256, 512, 1024}) {
+    for (const std::int64_t tokens : {1, 7, 1000, 65536}) {
+      ShapeInput in = h100_llama(tokens);
+      in.lanes = lanes;
+      in.rows_in_flight = posenc::gpu::detail::rows_in_flight_for(false);
+      in.resident_blocks_per_sm = 1;
+      expect_valid(in, choose_shape(in));
+    }
+  }
+}
+
+}  // namespace
