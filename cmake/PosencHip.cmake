@@ -1,8 +1,10 @@
-# HIP compile check: builds every src/gpu/*.cu with hipcc for POSENC_HIP_ARCHITECTURES into a static library in ALL (nothing runs it).
+# hipcc builds every src/gpu/*.cu for POSENC_HIP_ARCHITECTURES: into posenc itself (the HIP engine,
+# POSENC_WITH_HIP) or into posenc_hip_check beside a CUDA engine (compile check; nothing links it).
 #
-# CMake's HIP language needs a ROCm CMake package that distributions do not ship, so hipcc is
-# driven directly: one custom command per source, then the objects are archived. The point is that
-# CI proves the one-source CUDA/HIP promise (src/gpu/vendor.hpp is the only switch) on every change.
+# CMake's HIP language needs a ROCm CMake package that Debian 12 does not ship in a usable form, so
+# hipcc is driven directly: one custom command per source. Non-relocatable HIP objects carry their
+# device code and register it from a static constructor, so the host linker links them like any
+# object, with the HIP runtime (libamdhip64). Included from src/CMakeLists.txt.
 file(GLOB POSENC_HIP_SOURCES CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/src/gpu/*.cu)
 file(GLOB POSENC_HIP_DEPENDS CONFIGURE_DEPENDS
   ${PROJECT_SOURCE_DIR}/src/gpu/*.hpp
@@ -37,5 +39,10 @@ foreach(source IN LISTS POSENC_HIP_SOURCES)
 endforeach()
 
 set_source_files_properties(${posenc_hip_objects} PROPERTIES EXTERNAL_OBJECT TRUE GENERATED TRUE)
-add_library(posenc_hip_check STATIC ${posenc_hip_objects})
-set_target_properties(posenc_hip_check PROPERTIES LINKER_LANGUAGE CXX)
+if(POSENC_WITH_HIP)
+  target_sources(posenc PRIVATE ${posenc_hip_objects})
+  target_link_libraries(posenc PUBLIC ${POSENC_AMDHIP64})
+else()
+  add_library(posenc_hip_check STATIC ${posenc_hip_objects})
+  set_target_properties(posenc_hip_check PROPERTIES LINKER_LANGUAGE CXX)
+endif()

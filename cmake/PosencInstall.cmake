@@ -14,11 +14,6 @@ endif()
 # libposenc.so (the C ABI, posenc::c in the CMake package) and its pkg-config file `posenc`.
 if(TARGET posenc_c)
   install(TARGETS posenc_c EXPORT posenc-targets LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
-  # The GPU backend compiled into the library, as posenc_get_version() reports it.
-  set(POSENC_BACKEND none)
-  if(POSENC_WITH_CUDA)
-    set(POSENC_BACKEND cuda)
-  endif()
   file(RELATIVE_PATH POSENC_PC_PREFIX_FROM_PCDIR /posenc-prefix/${CMAKE_INSTALL_LIBDIR}/pkgconfig /posenc-prefix)
   configure_file(${PROJECT_SOURCE_DIR}/cmake/posenc.pc.in ${PROJECT_BINARY_DIR}/posenc.pc @ONLY)
   install(FILES ${PROJECT_BINARY_DIR}/posenc.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs what building and testing posenc needs on Debian 12 (idempotent): toolchain, CMake,
-# Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, Python 3; hipcc when the
-# archive has it. Runs as root (CI) or through sudo. Installed packages are skipped without a word.
+# Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, Python 3; hipcc and cargo
+# when the archive has them. Runs as root (CI) or through sudo. Installed packages are skipped without a word.
 set -euo pipefail
 
 required=(build-essential cmake ninja-build nlohmann-json3-dev libcli11-dev libgtest-dev
           libgmock-dev googletest libbenchmark-dev python3 git)
-# HIP compile check of the GPU sources (cmake/PosencHip.cmake); the build skips it without hipcc.
-optional=(hipcc)
+# Optional, each named by its package and its command: hipcc (the HIP engine, or beside CUDA a HIP
+# compile check: cmake/PosencGpu.cmake; it brings libamdhip64-dev), cargo (the Rust crates' tests,
+# rust.cargo_test). The build skips what is missing, and says so.
+optional=(hipcc cargo)
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
@@ -34,9 +36,9 @@ apt_get() { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get "$@"; }
 missing=()
 for p in "${required[@]}"; do installed "$p" || missing+=("$p"); done
 missing_optional=()
-if ! command -v hipcc >/dev/null 2>&1; then
-  for p in "${optional[@]}"; do installed "$p" || missing_optional+=("$p"); done
-fi
+for p in "${optional[@]}"; do
+  command -v "$p" >/dev/null 2>&1 || installed "$p" || missing_optional+=("$p")
+done
 
 if [[ ${#missing[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
   exit 0  # everything is there: no network, no output

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <vector>
 
 int main() {
@@ -26,6 +27,11 @@ int main() {
   if (std::fabs(got - want) > 1e-6 || q[0] != 1.0f) {
     std::fprintf(stderr, "posenc consumer: wrong rotation (got %.9g, want %.9g; position 0 gave %.9g)\n",
                  got, want, static_cast<double>(q[0]));
+    return 1;
+  }
+  if (std::strcmp(posenc::gpu::backend_name(), POSENC_PACKAGE_BACKEND) != 0) {
+    std::fprintf(stderr, "posenc consumer: the package says backend %s, the library %s\n", POSENC_PACKAGE_BACKEND,
+                 posenc::gpu::backend_name());
     return 1;
   }
   return 0;
