@@ -54,7 +54,6 @@ TEST(SchemeRegistry, OneCompleteRowPerScheme) {
     EXPECT_EQ(info.depends_on_call, row.call_table != CallTable::fixed);
     EXPECT_EQ(info.rope_types.size(), row.rope_types.size());
   }
-  EXPECT_EQ(frequency_schemes().size(), rows.size());
   EXPECT_EQ(all_schemes.size(), rows.size());
   EXPECT_EQ(detail::scheme_for_rope_type("proportional"), nullptr);
   EXPECT_THROW((void)detail::scheme_row(static_cast<Scaling>(rows.size())), Error);

@@ -71,10 +71,7 @@ std::uint16_t float_to_f16_bits(float f) noexcept;
 /// IEEE binary16 bits -> float (exact).
 float f16_bits_to_float(std::uint16_t h) noexcept;
 
-// The three below throw posenc::Error(invalid_argument) for a `t` outside the enum.
-
-/// Rounds `f` to the nearest value representable in `t` (identity for f32).
-float round_to(DType t, float f);
+// The two below throw posenc::Error(invalid_argument) for a `t` outside the enum.
 
 /// Element `index` of a buffer of `t` elements, widened exactly to float.
 float load_element(DType t, const void* data, std::int64_t index);

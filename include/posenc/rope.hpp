@@ -146,9 +146,6 @@ struct SchemeInfo {
   bool depends_on_call = false;  ///< the table is re-selected per call from the call's largest position
 };
 
-/// Every frequency scheme, in Scaling order.
-std::vector<SchemeInfo> frequency_schemes();
-
 /// The entry of `scaling`; throws posenc::Error(invalid_argument) for a value outside the enum.
 SchemeInfo scheme_info(Scaling scaling);
 

@@ -48,10 +48,6 @@ std::uint16_t float_to_f16_bits(float f) noexcept { return detail::to_f16_bits(f
 
 float f16_bits_to_float(std::uint16_t h) noexcept { return detail::from_f16_bits(h); }
 
-float round_to(DType t, float f) {
-  return detail::visit(t, [f](auto d) { return detail::round_act<d.value>(f); });
-}
-
 float load_element(DType t, const void* data, std::int64_t index) {
   return detail::visit(t, [&](auto d) { return detail::load_at<d.value>(data, index); });
 }

@@ -319,10 +319,4 @@ SchemeInfo scheme_info(Scaling scaling) {
   return info;
 }
 
-std::vector<SchemeInfo> frequency_schemes() {
-  std::vector<SchemeInfo> out;
-  for (const detail::SchemeRow& row : detail::scheme_rows()) out.push_back(scheme_info(row.scaling));
-  return out;
-}
-
 }  // namespace posenc

@@ -19,7 +19,7 @@ namespace posenc::test {
 /// Every scheme of the registry (src/core/schemes.cpp), in Scaling order.
 inline const std::vector<Scaling> all_schemes = [] {
   std::vector<Scaling> out;
-  for (const SchemeInfo& scheme : frequency_schemes()) out.push_back(scheme.scaling);
+  for (const detail::SchemeRow& row : detail::scheme_rows()) out.push_back(row.scaling);
   return out;
 }();
 
