@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing posenc needs on Debian 12 (idempotent): toolchain, CMake,
 # Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, Python 3; hipcc and cargo
-# when the archive has them. Runs as root (CI) or through sudo. Installed packages are skipped without a word.
+# when the archive has them; clang and its sanitizer/libFuzzer runtime with POSENC_FUZZ=1. Runs as
+# root (CI) or through sudo. Installed packages are skipped without a word.
 set -euo pipefail
 
 required=(build-essential cmake ninja-build nlohmann-json3-dev libcli11-dev libgtest-dev
@@ -10,6 +11,19 @@ required=(build-essential cmake ninja-build nlohmann-json3-dev libcli11-dev libg
 # compile check: cmake/PosencGpu.cmake; it brings libamdhip64-dev), cargo (the Rust crates' tests,
 # rust.cargo_test). The build skips what is missing, and says so.
 optional=(hipcc cargo)
+
+# Fuzzing, only when asked for (POSENC_FUZZ=1: scripts/fuzz.sh, the fuzz step of .ci/run): clang
+# and the runtime libraries of its version (libFuzzer, ASan, UBSan: libclang-rt-<major>-dev).
+fuzz=${POSENC_FUZZ:-0}
+clang_runtime() {
+  local major
+  major=$(clang --version 2>/dev/null | sed -n 's/.*clang version \([0-9][0-9]*\).*/\1/p' | head -n 1)
+  [[ -n $major ]] && echo "libclang-rt-$major-dev"
+}
+if [[ $fuzz == 1 ]]; then
+  required+=(clang)
+  if runtime=$(clang_runtime); then required+=("$runtime"); fi
+fi
 
 say() { printf 'setup.sh: %s\n' "$*"; }
 
@@ -51,6 +65,11 @@ apt_get update -qq
 if [[ ${#missing[@]} -gt 0 ]]; then
   say "installing ${missing[*]}"
   apt_get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# clang was just installed: its runtime's name is known only now.
+if [[ $fuzz == 1 ]] && runtime=$(clang_runtime) && ! installed "$runtime"; then
+  say "installing $runtime"
+  apt_get install -y -qq --no-install-recommends "$runtime"
 fi
 
 for p in "${missing_optional[@]}"; do

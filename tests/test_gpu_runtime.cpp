@@ -132,7 +132,7 @@ TEST_F(GpuRuntime, BufferMisuseIsRejectedWithTheLimit) {
 
 TEST_F(GpuRuntime, OutOfMemoryCarriesTheVendorStringAndLeavesTheDeviceUsable) {
   constexpr std::int64_t petabyte = std::int64_t{1} << 50;
-  const std::string m = error_message([&] { DeviceBuffer huge(device, petabyte); }, ErrorKind::vendor);
+  const std::string m = error_message([&] { DeviceBuffer huge(device, petabyte); }, ErrorKind::out_of_memory);
   EXPECT_NE(m.find("out of memory"), std::string::npos) << m;
   EXPECT_NE(m.find(std::to_string(petabyte)), std::string::npos) << m;
   EXPECT_NE(m.find("Malloc"), std::string::npos) << m;
@@ -143,7 +143,7 @@ TEST_F(GpuRuntime, OutOfMemoryCarriesTheVendorStringAndLeavesTheDeviceUsable) {
   EXPECT_NO_THROW(device.synchronize());
 
   MemoryPool pool(device);
-  const std::string pm = error_message([&] { (void)pool.acquire(petabyte); }, ErrorKind::vendor);
+  const std::string pm = error_message([&] { (void)pool.acquire(petabyte); }, ErrorKind::out_of_memory);
   EXPECT_NE(pm.find("out of memory"), std::string::npos) << pm;
   EXPECT_EQ(pool.allocation_count(), 0);
 }

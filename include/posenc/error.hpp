@@ -17,6 +17,7 @@ enum class ErrorKind {
   unsupported,       ///< valid request that this build or device cannot serve
   vendor,            ///< the CUDA/HIP runtime reported an error (message carries its string)
   io,                ///< a file could not be read or written, or has a bad format
+  out_of_memory,     ///< host or device memory could not be allocated (names what, and its size where known)
 };
 
 /// Returns the lower-case name of `kind` ("invalid_argument", ...).

@@ -108,7 +108,8 @@ class Stream {
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  /// Allocates `bytes` on `device`; throws posenc::Error(vendor) with the vendor string on failure.
+  /// Allocates `bytes` on `device`; throws posenc::Error with the vendor string and the size on
+  /// failure: kind out_of_memory when the device is out of memory, else vendor.
   DeviceBuffer(const Device& device, std::int64_t bytes);
   ~DeviceBuffer();
   DeviceBuffer(DeviceBuffer&&) noexcept;
@@ -142,9 +143,13 @@ class MemoryPool {
   MemoryPool(const MemoryPool&) = delete;
   MemoryPool& operator=(const MemoryPool&) = delete;
 
-  /// A buffer of at least `bytes` (rounded up to the size class).
+  /// A buffer of at least `bytes` (rounded up to the size class). When the device is out of
+  /// memory and blocks are cached, they are freed and the allocation is tried once more; if that
+  /// fails too, posenc::Error(out_of_memory) names the request and its size class, and the pool
+  /// is left empty but usable.
   DeviceBuffer acquire(std::int64_t bytes);
   /// Gives a buffer back to the pool for reuse; the caller must ensure no pending work uses it.
+  /// When there is no host memory to record the block, it is freed instead.
   void release(DeviceBuffer&& buffer);
   /// Frees every cached block.
   void trim();

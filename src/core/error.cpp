@@ -3,6 +3,9 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <string>
+
+#include "core/memory.hpp"
 
 namespace posenc {
 
@@ -15,6 +18,7 @@ const char* to_string(ErrorKind kind) noexcept {
     case ErrorKind::unsupported: return "unsupported";
     case ErrorKind::vendor: return "vendor";
     case ErrorKind::io: return "io";
+    case ErrorKind::out_of_memory: return "out_of_memory";
   }
   return "unknown";
 }
@@ -86,4 +90,13 @@ std::string message_excerpt(std::string_view text, std::size_t max_chars) {
   return out;
 }
 
+namespace detail {
+
+void throw_out_of_host_memory(const std::string& what, std::int64_t bytes) {
+  std::string message = "out of host memory allocating " + what;
+  if (bytes >= 0) message += " (" + std::to_string(bytes) + " bytes)";
+  throw Error(ErrorKind::out_of_memory, message);
+}
+
+}  // namespace detail
 }  // namespace posenc

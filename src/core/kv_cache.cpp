@@ -11,6 +11,7 @@
 #include "core/kv_detail.hpp"
 #include "core/dispatch.hpp"
 #include "core/element.hpp"
+#include "core/memory.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
 #include "posenc/kv_cache.hpp"
@@ -138,7 +139,8 @@ void check_slots(const std::int64_t* slots, std::int64_t tokens, std::int64_t li
   // (slot, token index); per thread and grow-only, so a steady stream of calls allocates nothing.
   thread_local std::vector<std::pair<std::int64_t, std::int64_t>> used;
   used.clear();
-  used.reserve(static_cast<std::size_t>(tokens));
+  allocating("the duplicate-slot check's table", tokens * std::int64_t{sizeof(used[0])},
+             [&] { used.reserve(static_cast<std::size_t>(tokens)); });
   for (std::int64_t i = 0; i < tokens; ++i) {
     const std::int64_t s = slots[i];
     if (s == -1) continue;
@@ -281,9 +283,11 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
 
 }  // namespace detail
 
-void validate_append_args(const RopeSpec& spec, const AppendArgs& args) {
+void validate_append_args(const RopeSpec& spec, const AppendArgs& args) try {
   spec.validate();
   detail::validate_append(spec, args);
+} catch (const std::bad_alloc&) {
+  detail::throw_out_of_host_memory("the working memory of validate_append_args");
 }
 
 std::vector<std::int64_t> slots_from_block_table(std::span<const std::int64_t> block_table,

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "core/checked.hpp"
+#include "core/memory.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
 
@@ -368,9 +369,11 @@ void check_disjoint(const char* a_name, const ConstTensorView& a, const char* b_
 
 }  // namespace detail
 
-void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positions) {
+void validate_args(const RopeSpec& spec, const RopeArgs& args, bool check_positions) try {
   spec.validate();
   detail::validate_call(spec, args, check_positions);
+} catch (const std::bad_alloc&) {  // the names and numbers of its checks are strings
+  detail::throw_out_of_host_memory("the working memory of validate_args");
 }
 
 }  // namespace posenc

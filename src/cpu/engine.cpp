@@ -8,14 +8,17 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "core/counting.hpp"
 #include "core/dispatch.hpp"
 #include "core/kv_detail.hpp"
+#include "core/memory.hpp"
 #include "core/schemes.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
@@ -214,8 +217,12 @@ struct CpuEngine::State {
     }
     // A new seq_len beyond the threshold: the one place a call allocates (compute_frequencies
     // returns a vector), once per distinct seq_len rather than once per layer.
-    const FrequencyTable fresh = compute_frequencies(spec, seq_len);
-    const PairAxes fresh_axes = checked_axes(spec, fresh, half, "per-call");
+    const auto [fresh, fresh_axes] = detail::allocating(
+        "the per-call frequency table", half * std::int64_t{2 * sizeof(float)}, [&] {
+          FrequencyTable table = compute_frequencies(spec, seq_len);
+          PairAxes axes = checked_axes(spec, table, half, "per-call");
+          return std::pair(std::move(table), std::move(axes));
+        });
     const double factor = detail::effective_attention_factor(spec, fresh);
     std::copy(fresh_axes.inv_freq.begin(), fresh_axes.inv_freq.end(), out.begin());
     std::lock_guard<std::mutex> lock(cache_mutex);
@@ -226,7 +233,9 @@ struct CpuEngine::State {
   }
 };
 
-CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
+// A function-try-block: a std::bad_alloc from any of the construction's small allocations (state,
+// frequency tables, worker threads' bookkeeping) leaves nothing behind and becomes Error(out_of_memory).
+CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) try {
   spec.validate();
   if (spec.head_dim > max_head_dim || spec.rotary() > spec.head_dim) {
     throw Error(ErrorKind::invalid_argument, "head_dim " + std::to_string(spec.head_dim) + " / rotary_dim " +
@@ -260,13 +269,17 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) {
   if (s.table_kind == detail::CallTable::fixed && s.half > 0) {
     // Up to row_cache_bytes of rows (address space only until a position is first used).
     const std::int64_t by_size = std::max<std::int64_t>(1, row_cache_bytes / (s.half * 2 * std::int64_t{sizeof(float)}));
-    s.rows = std::make_unique<cpu_detail::RowCache>(std::min(s.spec.position_limit, by_size), s.half);
+    const std::int64_t positions = std::min(s.spec.position_limit, by_size);
+    s.rows = detail::allocating("the CpuEngine's cos/sin row cache", cpu_detail::RowCache::bytes(positions, s.half),
+                                [&] { return std::make_unique<cpu_detail::RowCache>(positions, s.half); });
   }
 
   const Isa isa = select_isa();
   for (const DType d : all_dtypes) {
     s.kernels[static_cast<std::size_t>(d)] = select_kernel(isa, d, s.spec.pairing, s.spec.numerics);
   }
+} catch (const std::bad_alloc&) {
+  detail::throw_out_of_host_memory("the CpuEngine's state and frequency tables");
 }
 
 CpuEngine::~CpuEngine() = default;
@@ -332,7 +345,10 @@ void CpuEngine::append(const AppendArgs& args) const {
   const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
   thread_local std::vector<std::uint32_t> scratch;
   const auto words = static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4);
-  if (scratch.size() < words) scratch.resize(words);
+  if (scratch.size() < words) {
+    detail::allocating("CpuEngine::append's K scratch", static_cast<std::int64_t>(words * sizeof(std::uint32_t)),
+                       [&] { scratch.resize(words); });
+  }
   const TensorView rotated_k = TensorView::contiguous(scratch.data(), k.dtype, k.tokens, k.heads, k.head_dim);
   apply(detail::append_rotation(args, rotated_k));  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
 

@@ -3,19 +3,24 @@
 #include <memory>
 
 #include "core/kv_detail.hpp"
+#include "core/memory.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/kv_cache.hpp"
 
 namespace posenc {
 
-void append_reference(const RopeSpec& spec, const AppendArgs& args) {
+// A function-try-block: validation's strings and the tables are small allocations too.
+void append_reference(const RopeSpec& spec, const AppendArgs& args) try {
   spec.validate();
   detail::validate_append(spec, args);  // everything, before any write
 
   // K is rotated into a dense scratch tensor of its own dtype: the caller's K is not written.
   const ConstTensorView& k = args.k;
   const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
-  auto scratch = std::make_unique<std::uint32_t[]>(static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4));
+  const std::int64_t words = (elems * size_of(k.dtype) + 3) / 4;
+  const auto scratch = detail::allocating("append_reference's K scratch", words * 4, [&] {
+    return std::make_unique<std::uint32_t[]>(static_cast<std::size_t>(words));
+  });
   const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
 
   apply_reference(spec, detail::append_rotation(args, rotated_k));
@@ -26,6 +31,8 @@ void append_reference(const RopeSpec& spec, const AppendArgs& args) {
   call.slots = args.slots;
   call.cache = args.cache;
   detail::scatter_tokens(&call, 0, args.positions.count);
+} catch (const std::bad_alloc&) {
+  detail::throw_out_of_host_memory("the working memory of append_reference");
 }
 
 }  // namespace posenc

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/dispatch.hpp"
+#include "core/memory.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "posenc/cpu.hpp"
@@ -41,20 +42,31 @@ detail::CosSin token_cos_sin(const PositionsView& positions, const AngleSource& 
                                static_cast<float>(from.attention_factor));
 }
 
+/// The per-pair rows rotate_tensor works in: a token's H cos/sin values and a head's H pairs.
+/// Allocated once per call, before anything is written, so a failed allocation writes nothing.
+struct PairRows {
+  std::vector<detail::CosSin> cs;
+  std::vector<float> a;
+  std::vector<float> b;
+
+  explicit PairRows(std::int64_t half)
+      : cs(static_cast<std::size_t>(half)), a(static_cast<std::size_t>(half)), b(static_cast<std::size_t>(half)) {}
+};
+
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
-/// place); `cs` holds the token's H cos/sin values, shared by every head of Q and K. Pair i takes
-/// its angle from position stream axes.stream[i] with frequency axes.inv_freq[i], or its cos/sin
-/// from the caller's cache.
+/// place); rows.cs holds the token's H cos/sin values, shared by every head of Q and K. Pair i
+/// takes its angle from position stream axes.stream[i] with frequency axes.inv_freq[i], or its
+/// cos/sin from the caller's cache.
 template <DType A, Numerics N>
 void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const AngleSource& from,
-                   const ConstTensorView& src, const TensorView& dst, bool in_place) {
+                   const ConstTensorView& src, const TensorView& dst, bool in_place, PairRows& rows) {
   const std::int64_t head_dim = spec.head_dim;
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;  // H: pairs per head
   const std::int64_t window = spec.rotary_offset;
-  std::vector<detail::CosSin> cs(static_cast<std::size_t>(half));
-  std::vector<float> a(static_cast<std::size_t>(half));
-  std::vector<float> b(static_cast<std::size_t>(half));
+  std::vector<detail::CosSin>& cs = rows.cs;
+  std::vector<float>& a = rows.a;
+  std::vector<float>& b = rows.b;
 
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
     for (std::int64_t i = 0; i < half; ++i) cs[i] = token_cos_sin<A, N>(positions, from, t, i);
@@ -87,18 +99,20 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
 }
 
 template <DType A, Numerics N>
-void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info, const AngleSource& from) {
+void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info, const AngleSource& from,
+                 PairRows& rows) {
   const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
-  rotate_tensor<A, N>(spec, args.positions, from, q_src, args.q, info.q_in_place);
+  rotate_tensor<A, N>(spec, args.positions, from, q_src, args.q, info.q_in_place, rows);
   if (args.k.present()) {
     const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
-    rotate_tensor<A, N>(spec, args.positions, from, k_src, args.k, info.k_in_place);
+    rotate_tensor<A, N>(spec, args.positions, from, k_src, args.k, info.k_in_place, rows);
   }
 }
 
 }  // namespace
 
-void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
+// A function-try-block: validation's strings are small allocations too.
+void apply_reference(const RopeSpec& spec, const RopeArgs& args) try {
   // 1. Validate everything (spec, shapes, strides, overlap, positions, the cos/sin cache) before
   //    writing anything.
   spec.validate();
@@ -112,16 +126,26 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) {
   if (args.cos_sin.present()) {
     from.cache = args.cos_sin;
   } else {
-    const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
-    from.attention_factor = detail::effective_attention_factor(spec, table);
-    axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
+    detail::allocating("apply_reference's frequency table", spec.rotary() * std::int64_t{2 * sizeof(float)}, [&] {
+      const FrequencyTable table = compute_frequencies(spec, info.max_position + 1);
+      from.attention_factor = detail::effective_attention_factor(spec, table);
+      axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
+    });
     from.axes = &axes;
   }
+  const std::int64_t half = spec.rotary() / 2;
+  PairRows rows = detail::allocating("apply_reference's per-pair rows",
+                                     half * std::int64_t{sizeof(detail::CosSin) + 2 * sizeof(float)},
+                                     [&] { return PairRows(half); });
 
-  // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype.
+  // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype (every
+  //    allocation is behind us: nothing below can fail).
   detail::visit(args.q.dtype, [&](auto dtype) {
-    detail::visit(spec.numerics, [&](auto numerics) { rotate_call<dtype.value, numerics.value>(spec, args, info, from); });
+    detail::visit(spec.numerics,
+                  [&](auto numerics) { rotate_call<dtype.value, numerics.value>(spec, args, info, from, rows); });
   });
+} catch (const std::bad_alloc&) {
+  detail::throw_out_of_host_memory("the working memory of apply_reference");
 }
 
 }  // namespace posenc

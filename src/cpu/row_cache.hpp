@@ -29,6 +29,11 @@ class RowCache {
 
   std::int64_t positions() const noexcept { return positions_; }
 
+  /// Bytes a cache of `positions` rows of `half` pairs allocates (cos, sin and a state byte per row).
+  static constexpr std::int64_t bytes(std::int64_t positions, std::int64_t half) noexcept {
+    return positions * (half * 2 * std::int64_t{sizeof(float)} + 1);
+  }
+
   /// The row of `p`, or nullptr when it is not (yet) cached or p is outside the cache.
   const float* cos_row(std::int64_t p) const noexcept {
     if (p < 0 || p >= positions_ || state_[p].load(std::memory_order_acquire) != ready) return nullptr;

@@ -6,8 +6,12 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
+
+#include "posenc/error.hpp"
 
 namespace posenc::cpu_detail {
 
@@ -20,20 +24,27 @@ class ThreadPool {
   /// `fn(context, begin, end)` processes items [begin, end). It must not throw.
   using Task = void (*)(const void* context, std::int64_t begin, std::int64_t end) noexcept;
 
+  /// Starts threads - 1 workers. When one cannot be started (no memory for its bookkeeping: the
+  /// std::bad_alloc propagates; the system refuses a thread: posenc::Error(unsupported)), the
+  /// workers already running are stopped and joined first: a joinable std::thread destroyed by
+  /// the unwinding would call std::terminate.
   explicit ThreadPool(int threads) {
     const int workers = std::max(threads, 1) - 1;
-    workers_.reserve(static_cast<std::size_t>(workers));
-    for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+    try {
+      workers_.reserve(static_cast<std::size_t>(workers));
+      for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error& e) {
+      stop();
+      throw Error(ErrorKind::unsupported, "CpuEngine: cannot start worker thread " + std::to_string(workers_.size() + 1) +
+                                              " of " + std::to_string(workers) + " (CpuOptions.threads " +
+                                              std::to_string(threads) + "): " + e.what());
+    } catch (...) {
+      stop();
+      throw;
+    }
   }
 
-  ~ThreadPool() {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stop_ = true;
-    }
-    wake_.notify_all();
-    for (std::thread& w : workers_) w.join();
-  }
+  ~ThreadPool() { stop(); }
 
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -79,6 +90,16 @@ class ThreadPool {
       if (begin >= items_) return;
       task_(context_, begin, std::min(begin + chunk_, items_));
     }
+  }
+
+  /// Stops and joins every started worker.
+  void stop() noexcept {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (std::thread& w : workers_) w.join();
   }
 
   void worker_loop() noexcept {

@@ -12,6 +12,7 @@
 
 #include "gpu/vendor.hpp"
 #include "posenc/dtype.hpp"
+#include "posenc/error.hpp"
 #include "posenc/rope.hpp"
 
 namespace posenc::gpu::detail {
@@ -33,7 +34,14 @@ struct LaunchRecord {
   bool vectorized = true;
 };
 
-/// Throws posenc::Error(vendor): "<vendor> error: <string> (<name>, code N) in `<call>` at file:line".
+/// The kind of a failed vendor call: out_of_memory for cudaErrorMemoryAllocation, else vendor.
+ErrorKind error_kind(cudaError_t error) noexcept;
+
+/// Every device allocation posenc makes: cudaMalloc, unless the test seam of alloc_faults.hpp
+/// injects a failure. Does not clear the vendor's last error.
+cudaError_t device_malloc(void** ptr, std::int64_t bytes) noexcept;
+
+/// Throws posenc::Error(vendor, or out_of_memory for cudaErrorMemoryAllocation): "<vendor> error: <string> (<name>, code N) in `<call>` at file:line".
 /// Clears the vendor's last-error state first, so a recoverable error (bad argument, out of memory)
 /// does not resurface on the next unrelated call; sticky faults cannot be cleared and stay reported.
 [[noreturn]] void throw_vendor_error(cudaError_t error, const char* call, const char* file, int line);

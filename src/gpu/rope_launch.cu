@@ -32,6 +32,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,7 @@
 #include "core/counting.hpp"
 #include "core/element.hpp"
 #include "core/kv_detail.hpp"
+#include "core/memory.hpp"
 #include "core/schemes.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
@@ -140,7 +142,7 @@ struct GpuEngine::State {
               detail::LaunchRecord record, std::int64_t bytes, StreamRef stream) const;
 };
 
-GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::make_unique<State>()) {
+GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(std::make_unique<State>()) {
   spec.validate();
   State& s = *state_;
   s.spec = spec;
@@ -249,6 +251,8 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) : state_(std::m
       }
     }
   }
+} catch (const std::bad_alloc&) {  // the host side's small allocations (state, tables); device ones name their size
+  posenc::detail::throw_out_of_host_memory("the GpuEngine's host state and tables");
 }
 
 GpuEngine::~GpuEngine() = default;

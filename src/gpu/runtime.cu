@@ -1,14 +1,18 @@
 // The GPU runtime of gpu.hpp (device, streams, buffers, caching pool) and the error/launch-record machinery of check.hpp.
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <new>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "core/memory.hpp"
+#include "gpu/alloc_faults.hpp"
 #include "gpu/check.hpp"
 #include "gpu/device_scope.hpp"
 #include "gpu/vendor.hpp"
@@ -143,10 +147,38 @@ std::string describe(const LaunchRecord& rec) {
   return s;
 }
 
+ErrorKind error_kind(cudaError_t error) noexcept {
+  return error == cudaErrorMemoryAllocation ? ErrorKind::out_of_memory : ErrorKind::vendor;
+}
+
 void throw_vendor_error(cudaError_t error, const char* call, const char* file, int line) {
   (void)cudaGetLastError();  // clear a recoverable error so it does not resurface later
-  const ErrorKind kind = ErrorKind::vendor;
-  throw Error(kind, vendor_error_text(error) + " in `" + call + "` at " + where(file, line));
+  throw Error(error_kind(error), vendor_error_text(error) + " in `" + call + "` at " + where(file, line));
+}
+
+// ---- device allocation, and its fault-injection seam (alloc_faults.hpp) --------------------------
+
+namespace {
+std::atomic<std::int64_t> allocation_attempts{0};
+std::atomic<std::int64_t> fail_from{0};   // attempts numbered [fail_from, fail_until) fail
+std::atomic<std::int64_t> fail_until{0};
+}  // namespace
+
+void fail_device_allocations(std::int64_t skip, std::int64_t count) noexcept {
+  const std::int64_t from = allocation_attempts.load() + std::max<std::int64_t>(skip, 0);
+  fail_until.store(0);
+  fail_from.store(from);
+  fail_until.store(count > 0 ? from + count : 0);
+}
+
+std::int64_t device_allocation_attempts() noexcept { return allocation_attempts.load(); }
+
+cudaError_t device_malloc(void** ptr, std::int64_t bytes) noexcept {
+  const std::int64_t attempt = allocation_attempts.fetch_add(1);
+  if (attempt >= fail_from.load() && attempt < fail_until.load()) [[unlikely]] {
+    return cudaErrorMemoryAllocation;  // injected: the vendor allocator is not called
+  }
+  return cudaMalloc(ptr, static_cast<std::size_t>(bytes));
 }
 
 void throw_launch_error(cudaError_t error, const LaunchRecord& record, const char* file,
@@ -307,10 +339,10 @@ DeviceBuffer::DeviceBuffer(const Device& device, std::int64_t bytes) : ordinal_(
   if (bytes == 0) return;
   DeviceScope scope(ordinal_);
   void* ptr = nullptr;
-  const cudaError_t error = cudaMalloc(&ptr, static_cast<std::size_t>(bytes));
+  const cudaError_t error = detail::device_malloc(&ptr, bytes);
   if (error != cudaSuccess) {
     (void)cudaGetLastError();
-    throw Error(ErrorKind::vendor, detail::vendor_error_text(error) + " in `cudaMalloc` allocating " +
+    throw Error(detail::error_kind(error), detail::vendor_error_text(error) + " in `cudaMalloc` allocating " +
                                        std::to_string(bytes) + " bytes on GPU " +
                                        std::to_string(ordinal_) + " (" + device.name() + ")");
   }
@@ -409,8 +441,10 @@ struct MemoryPool::State {
   }
 };
 
-MemoryPool::MemoryPool(const Device& device) : state_(std::make_unique<State>()) {
+MemoryPool::MemoryPool(const Device& device) try : state_(std::make_unique<State>()) {
   state_->device = device;
+} catch (const std::bad_alloc&) {
+  posenc::detail::throw_out_of_host_memory("a MemoryPool's state", sizeof(State));
 }
 
 MemoryPool::~MemoryPool() {
@@ -440,16 +474,16 @@ DeviceBuffer MemoryPool::acquire(std::int64_t bytes) {
   }
   DeviceScope scope(state_->device.ordinal());
   void* ptr = nullptr;
-  cudaError_t error = cudaMalloc(&ptr, static_cast<std::size_t>(cls));
+  cudaError_t error = detail::device_malloc(&ptr, cls);
   if (error == cudaErrorMemoryAllocation && state_->cached > 0) {
     // Blocks of other classes are cached: give them back and try once more.
     (void)cudaGetLastError();
     state_->free_all();
-    error = cudaMalloc(&ptr, static_cast<std::size_t>(cls));
+    error = detail::device_malloc(&ptr, cls);
   }
   if (error != cudaSuccess) {
     (void)cudaGetLastError();
-    throw Error(ErrorKind::vendor, detail::vendor_error_text(error) +
+    throw Error(detail::error_kind(error), detail::vendor_error_text(error) +
                                        " in `cudaMalloc` for MemoryPool::acquire(" +
                                        std::to_string(bytes) + ") (size class " +
                                        std::to_string(cls) + " bytes) on GPU " +
@@ -469,7 +503,11 @@ void MemoryPool::release(DeviceBuffer&& buffer) {
                     ", the pool on GPU " + std::to_string(state_->device.ordinal()));
   }
   std::lock_guard<std::mutex> lock(state_->mutex);
-  state_->free_blocks[buffer.bytes_].push_back(buffer.ptr_);
+  try {
+    state_->free_blocks[buffer.bytes_].push_back(buffer.ptr_);
+  } catch (const std::bad_alloc&) {
+    return;  // no host memory to remember the block: `buffer` still owns it and frees it
+  }
   state_->cached += buffer.bytes_;
   buffer.ptr_ = nullptr;
   buffer.bytes_ = 0;

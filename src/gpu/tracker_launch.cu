@@ -2,10 +2,12 @@
 #include <algorithm>
 #include <climits>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "core/memory.hpp"
 #include "gpu/check.hpp"
 #include "gpu/tracker_kernels.cuh"
 #include "gpu/tracker_params.hpp"
@@ -38,7 +40,7 @@ constexpr const char* step_op = "posenc position tracker step";
 }  // namespace
 
 GpuPositionTracker::GpuPositionTracker(const glm::PositionTracker& host, const Device& device,
-                                       std::int64_t max_tokens)
+                                       std::int64_t max_tokens) try
     : state_(std::make_unique<State>()) {
   State& s = *state_;
   if (max_tokens < 1 || max_tokens > INT_MAX) {
@@ -54,7 +56,10 @@ GpuPositionTracker::GpuPositionTracker(const glm::PositionTracker& host, const D
   // One allocation for everything, at construction; step() allocates nothing.
   const std::int64_t n = std::max<std::int64_t>(s.slots, 1);
   s.layout = n;
-  std::vector<std::int64_t> image(static_cast<std::size_t>(4 * n + (n + 1) / 2 + 1), 0);
+  const std::int64_t words = 4 * n + (n + 1) / 2 + 1;
+  std::vector<std::int64_t> image = posenc::detail::allocating(
+      "the GpuPositionTracker's host image of its slots", words * std::int64_t{sizeof(std::int64_t)},
+      [&] { return std::vector<std::int64_t>(static_cast<std::size_t>(words), 0); });
   const auto put = [&](int array, std::span<const std::int64_t> values) {
     std::copy(values.begin(), values.end(), image.begin() + array * n);
   };
@@ -69,6 +74,8 @@ GpuPositionTracker::GpuPositionTracker(const glm::PositionTracker& host, const D
   Stream setup(device);
   s.memory.upload(image.data(), s.memory.size_bytes(), setup.ref());
   setup.synchronize();
+} catch (const std::bad_alloc&) {
+  posenc::detail::throw_out_of_host_memory("the GpuPositionTracker's state");
 }
 
 GpuPositionTracker::~GpuPositionTracker() = default;

@@ -1,6 +1,7 @@
 // gpu.hpp for builds without CUDA: nothing is available, and every operation says posenc was built without GPU support.
 #include <string>
 
+#include "gpu/alloc_faults.hpp"
 #include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
 
@@ -95,5 +96,11 @@ void GpuPositionTracker::check(StreamRef) const { unsupported("GpuPositionTracke
 std::vector<std::int64_t> GpuPositionTracker::lengths(StreamRef) const {
   unsupported("GpuPositionTracker::lengths");
 }
+
+namespace detail {
+// No device allocation ever happens in this build; the seam exists so its tests link.
+void fail_device_allocations(std::int64_t, std::int64_t) noexcept {}
+std::int64_t device_allocation_attempts() noexcept { return 0; }
+}  // namespace detail
 
 }  // namespace posenc::gpu

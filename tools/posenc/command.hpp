@@ -60,4 +60,9 @@ bool register_command(Command command);
 /// Every registered subcommand, sorted by name.
 std::vector<Command> registered_commands();
 
+/// The whole CLI, as `posenc argv[1] ...` runs it (main.cpp): parses, runs the subcommand, prints
+/// errors to stderr and returns the exit code. Holds no state between calls, so tests and the
+/// fuzzer (fuzz/fuzz_cli.cpp) call it in-process.
+int run_command_line(int argc, char** argv);
+
 }  // namespace posenc::cli

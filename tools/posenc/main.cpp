@@ -1,4 +1,4 @@
-// Entry point of the posenc CLI: builds the subcommands from the registry, parses, runs, maps errors to exit codes.
+// The posenc CLI as a function (run_command_line): builds the subcommands from the registry, parses, runs, maps errors to exit codes.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -45,7 +45,7 @@ int run_reporting_errors(const char* name, const posenc::cli::Runner& runner) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int posenc::cli::run_command_line(int argc, char** argv) {
   CLI::App app{"posenc: rotary position embeddings (RoPE) for LLM queries and keys, on CPU and GPU.\n"
                "Exit codes: 0 ok, 1 failed (verification, device, write), 2 bad usage, config or input."};
   app.name("posenc");
