@@ -38,6 +38,10 @@ endif()
 
 if(POSENC_INSTALL)
   set(consumer_args)
+  if(CMAKE_CXX_FLAGS)
+    # A library built with sanitizers (the debug preset) links only into code built with them too.
+    list(APPEND consumer_args "-DCMAKE_CXX_FLAGS=${CMAKE_CXX_FLAGS}")
+  endif()
   if(POSENC_WITH_CUDA)
     # The package's find_dependency(CUDAToolkit) must find the toolkit this build used.
     get_filename_component(cuda_root ${CUDAToolkit_BIN_DIR} DIRECTORY)
