@@ -86,18 +86,28 @@ posenc::RopeSpec make_spec(FuzzedDataProvider& in) {
   return spec;
 }
 
+/// The shape a call's views share when the input does not say otherwise.
+struct Shape {
+  std::int64_t tokens = 0;
+  std::int64_t heads = 0;
+  std::int64_t head_dim = 0;
+};
+
 /// A view into the arena with fuzzed dtype, offset, counts and strides; absent when `optional`
-/// and the input says so.
-posenc::TensorView make_view(FuzzedDataProvider& in, std::byte* arena, bool optional, std::int64_t head_dim) {
+/// and the input says so. Each count is `hint`'s unless the input picks another (an exhausted
+/// input keeps the hint, so short inputs make consistent calls that get past validation).
+posenc::TensorView make_view(FuzzedDataProvider& in, std::byte* arena, bool optional, Shape hint) {
   posenc::TensorView v;
   if (optional && in.ConsumeBool()) return v;
   v.data = arena + in.ConsumeIntegralInRange<std::size_t>(0, arena_bytes - 1);
   v.dtype = static_cast<posenc::DType>(in.ConsumeIntegralInRange<int>(0, 3));
-  v.tokens = dimension(in, 6);
-  v.heads = dimension(in, 4);
-  v.head_dim = in.ConsumeBool() ? head_dim : dimension(in, 64);
-  v.head_stride = in.ConsumeBool() ? v.head_dim : dimension(in, 128);
-  v.token_stride = in.ConsumeBool() ? v.heads * v.head_stride : dimension(in, 512);
+  v.tokens = !in.ConsumeBool() ? hint.tokens : dimension(in, 6);
+  v.heads = !in.ConsumeBool() ? hint.heads : dimension(in, 4);
+  v.head_dim = !in.ConsumeBool() ? hint.head_dim : dimension(in, 64);
+  v.head_stride = !in.ConsumeBool() ? v.head_dim : dimension(in, 128);
+  std::int64_t dense = 0;  // heads * head_stride; INT64_MAX on overflow (one more hostile stride)
+  if (__builtin_mul_overflow(v.heads, v.head_stride, &dense)) dense = std::numeric_limits<std::int64_t>::max();
+  v.token_stride = !in.ConsumeBool() ? dense : dimension(in, 512);
   return v;
 }
 
@@ -149,10 +159,12 @@ struct Positions {
 Positions make_positions(FuzzedDataProvider& in, const posenc::RopeSpec& spec, std::int64_t tokens) {
   Positions p;
   const bool wide = in.ConsumeBool();
-  const std::size_t n = in.ConsumeIntegralInRange<std::size_t>(0, 32);
+  // Enough values for every stream unless the input asks for a short buffer.
+  const std::size_t enough = static_cast<std::size_t>(std::max<std::int64_t>(tokens, 0) * spec.position_streams());
+  const std::size_t n = !in.ConsumeBool() ? std::min<std::size_t>(enough, 32) : in.ConsumeIntegralInRange<std::size_t>(0, 32);
   const std::int64_t limit = std::max<std::int64_t>(spec.position_limit, 1);
   for (std::size_t i = 0; i < n; ++i) {
-    const std::int64_t value = in.ConsumeIntegralInRange<int>(0, 7) == 0
+    const std::int64_t value = in.ConsumeIntegralInRange<int>(0, 15) == 15
                                    ? in.ConsumeIntegral<std::int64_t>()
                                    : in.ConsumeIntegralInRange<std::int64_t>(0, std::min<std::int64_t>(limit - 1, 1 << 30));
     p.i64.push_back(value);
@@ -160,9 +172,9 @@ Positions make_positions(FuzzedDataProvider& in, const posenc::RopeSpec& spec, s
   }
   p.view.type = wide ? posenc::IndexType::i64 : posenc::IndexType::i32;
   p.view.data = n == 0 ? nullptr : (wide ? static_cast<const void*>(p.i64.data()) : p.i32.data());
-  p.view.count = in.ConsumeBool() ? tokens : dimension(in, 8);
-  p.view.streams = in.ConsumeBool() ? spec.position_streams() : static_cast<std::int32_t>(dimension(in, 4));
-  p.view.stream_stride = in.ConsumeBool() ? p.view.count : dimension(in, 16);
+  p.view.count = !in.ConsumeBool() ? tokens : dimension(in, 8);
+  p.view.streams = !in.ConsumeBool() ? spec.position_streams() : static_cast<std::int32_t>(dimension(in, 4));
+  p.view.stream_stride = !in.ConsumeBool() ? p.view.count : dimension(in, 16);
   if (p.view.count >= 0 && p.view.count <= 32 && p.view.streams >= 1 && p.view.streams <= 4 &&
       p.view.stream_stride >= 0 && p.view.stream_stride <= 32) {
     const std::int64_t extent = p.view.count == 0 ? 0 : (p.view.streams - 1) * p.view.stream_stride + p.view.count;
@@ -187,12 +199,15 @@ void require_unchanged_outside(const std::vector<std::byte>& before, const std::
 int fuzz_apply(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   std::vector<std::byte> arena(arena_bytes);
   fill_finite(arena, 1);
+  const std::int64_t tokens = in.ConsumeIntegralInRange<std::int64_t>(1, 6);
+  const Shape q_shape{tokens, in.ConsumeIntegralInRange<std::int64_t>(1, 4), spec.head_dim};
+  const Shape k_shape{tokens, in.ConsumeIntegralInRange<std::int64_t>(1, 4), spec.head_dim};
   posenc::RopeArgs args;
-  args.q = make_view(in, arena.data(), false, spec.head_dim);
-  args.k = make_view(in, arena.data(), true, spec.head_dim);
-  if (in.ConsumeBool()) args.q_src = make_view(in, arena.data(), false, spec.head_dim);
-  if (in.ConsumeBool()) args.k_src = make_view(in, arena.data(), false, spec.head_dim);
-  Positions positions = make_positions(in, spec, args.q.tokens);
+  args.q = make_view(in, arena.data(), false, q_shape);
+  args.k = make_view(in, arena.data(), true, k_shape);
+  if (in.ConsumeBool()) args.q_src = make_view(in, arena.data(), false, q_shape);
+  if (in.ConsumeBool()) args.k_src = make_view(in, arena.data(), false, k_shape);
+  Positions positions = make_positions(in, spec, tokens);
   args.positions = positions.view;
 
   try {
@@ -239,12 +254,17 @@ int fuzz_apply(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
 int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   std::vector<std::byte> arena(arena_bytes);
   fill_finite(arena, 2);
+  const std::int64_t tokens = in.ConsumeIntegralInRange<std::int64_t>(1, 6);
+  const Shape q_shape{tokens, in.ConsumeIntegralInRange<std::int64_t>(1, 4), spec.head_dim};
+  const Shape kv_shape{tokens, in.ConsumeIntegralInRange<std::int64_t>(1, 4), spec.head_dim};
   posenc::AppendArgs args;
-  args.q = make_view(in, arena.data(), false, spec.head_dim);
-  if (in.ConsumeBool()) args.q_src = make_view(in, arena.data(), false, spec.head_dim);
-  args.k = make_view(in, arena.data(), true, spec.head_dim);
-  args.v = make_view(in, arena.data(), true, spec.head_dim);
-  Positions positions = make_positions(in, spec, args.q.tokens);
+  args.q = make_view(in, arena.data(), false, q_shape);
+  if (in.ConsumeBool()) args.q_src = make_view(in, arena.data(), false, q_shape);
+  args.k = make_view(in, arena.data(), true, kv_shape);
+  posenc::TensorView v_view = make_view(in, arena.data(), true, kv_shape);
+  if (!in.ConsumeBool()) v_view.dtype = args.k.dtype;  // V shares K's dtype unless the input says otherwise
+  args.v = v_view;
+  Positions positions = make_positions(in, spec, tokens);
   args.positions = positions.view;
 
   // The cache: its own exact-size buffers when its described size is small, else a token buffer
@@ -252,10 +272,10 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   posenc::KvCacheView& c = args.cache;
   c.dtype = static_cast<posenc::CacheDType>(in.ConsumeIntegralInRange<int>(0, 4));
   c.layout = static_cast<posenc::CacheLayout>(in.ConsumeIntegralInRange<int>(0, 3));
-  c.kv_heads = in.ConsumeBool() ? args.k.heads : dimension(in, 4);
-  c.head_dim = in.ConsumeBool() ? spec.head_dim : dimension(in, 64);
-  c.blocks = dimension(in, 4);
-  c.block_len = dimension(in, 4);
+  c.kv_heads = !in.ConsumeBool() ? kv_shape.heads : dimension(in, 4);
+  c.head_dim = !in.ConsumeBool() ? spec.head_dim : dimension(in, 64);
+  c.blocks = !in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(1, 4) : dimension(in, 4);
+  c.block_len = !in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(1, 8) : dimension(in, 8);
   if (c.dtype == posenc::CacheDType::fp8_e4m3 && in.ConsumeBool()) {
     c.k_scale = in.PickValueInArray<float>({0.5f, 3.0f, 0.0f, -1.0f, 1e-30f});
     c.v_scale = in.PickValueInArray<float>({0.25f, 7.0f, 0.0f});
@@ -277,14 +297,26 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   c.v = cache_v.data();
 
   // Slots: host memory, read by validation for positions.count entries.
+  // Slots: distinct ones in order (-1 past the cache) unless the input picks any value.
   std::vector<std::int64_t> slots;
   const std::int64_t slot_limit = c.blocks > 0 && c.block_len > 0 && c.blocks <= 64 && c.block_len <= 64
                                       ? c.blocks * c.block_len
                                       : 1;
-  const std::size_t slot_count = in.ConsumeIntegralInRange<std::size_t>(0, 32);
+  const std::size_t slot_count = !in.ConsumeBool() ? static_cast<std::size_t>(tokens)
+                                                   : in.ConsumeIntegralInRange<std::size_t>(0, 32);
+  const std::int64_t first_slot = in.ConsumeIntegralInRange<std::int64_t>(0, slot_limit - 1);
   for (std::size_t i = 0; i < slot_count; ++i) {
-    slots.push_back(in.ConsumeIntegralInRange<int>(0, 7) == 0 ? in.ConsumeIntegral<std::int64_t>()
-                                                              : in.ConsumeIntegralInRange<std::int64_t>(-1, slot_limit - 1));
+    const std::int64_t ordered = first_slot + static_cast<std::int64_t>(i) < slot_limit ? first_slot + static_cast<std::int64_t>(i) : -1;
+    switch (in.ConsumeIntegralInRange<int>(0, 7)) {
+      case 6:
+        slots.push_back(in.ConsumeIntegralInRange<std::int64_t>(-1, slot_limit - 1));
+        break;
+      case 7:
+        slots.push_back(in.ConsumeIntegral<std::int64_t>());
+        break;
+      default:
+        slots.push_back(ordered);
+    }
   }
   args.slots = slots.empty() ? nullptr : slots.data();
   const bool slots_readable = positions.view.count >= 0 && positions.view.count <= static_cast<std::int64_t>(slots.size());

@@ -217,12 +217,13 @@ struct CpuEngine::State {
     }
     // A new seq_len beyond the threshold: the one place a call allocates (compute_frequencies
     // returns a vector), once per distinct seq_len rather than once per layer.
-    const auto [fresh, fresh_axes] = detail::allocating(
-        "the per-call frequency table", half * std::int64_t{2 * sizeof(float)}, [&] {
-          FrequencyTable table = compute_frequencies(spec, seq_len);
-          PairAxes axes = checked_axes(spec, table, half, "per-call");
-          return std::pair(std::move(table), std::move(axes));
-        });
+    const auto computed = detail::allocating("the per-call frequency table", half * std::int64_t{2 * sizeof(float)}, [&] {
+      FrequencyTable call_table = compute_frequencies(spec, seq_len);
+      PairAxes call_axes = checked_axes(spec, call_table, half, "per-call");
+      return std::pair(std::move(call_table), std::move(call_axes));
+    });
+    const FrequencyTable& fresh = computed.first;
+    const PairAxes& fresh_axes = computed.second;
     const double factor = detail::effective_attention_factor(spec, fresh);
     std::copy(fresh_axes.inv_freq.begin(), fresh_axes.inv_freq.end(), out.begin());
     std::lock_guard<std::mutex> lock(cache_mutex);
