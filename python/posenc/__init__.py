@@ -19,8 +19,8 @@ except ImportError:  # pragma: no cover - exercised where torch is absent
     _torch = None
 
 from . import _core
-from ._errors import (ConfigError, Error, FileError, InvalidArgumentError, OutOfRangeError, SizeOverflowError,
-                      UnsupportedError, VendorError, from_kind)
+from ._errors import (ConfigError, Error, FileError, InvalidArgumentError, OutOfMemoryError, OutOfRangeError,
+                      SizeOverflowError, UnsupportedError, VendorError, from_kind)
 from ._spec import RopeSpec, all_specs, load_config
 
 _core._set_error_factory(from_kind)
@@ -29,7 +29,7 @@ __version__ = _core.version()
 __all__ = [
     "RopeSpec", "apply_rope_", "apply_rope", "append_kv_", "rotary_embedding", "check", "gpu_available",
     "gpu_unavailable_reason", "backend", "load_config", "Error", "InvalidArgumentError", "OutOfRangeError",
-    "SizeOverflowError", "ConfigError", "UnsupportedError", "VendorError", "FileError",
+    "SizeOverflowError", "ConfigError", "UnsupportedError", "VendorError", "FileError", "OutOfMemoryError",
 ]
 
 if _torch is not None:

@@ -42,8 +42,12 @@ class FileError(Error, OSError):
     kind = "io"
 
 
+class OutOfMemoryError(Error, MemoryError):
+    kind = "out_of_memory"
+
+
 _BY_KIND = {c.kind: c for c in (InvalidArgumentError, OutOfRangeError, SizeOverflowError, ConfigError,
-                               UnsupportedError, VendorError, FileError)}
+                               UnsupportedError, VendorError, FileError, OutOfMemoryError)}
 
 
 def from_kind(kind: str, message: str) -> Error:
