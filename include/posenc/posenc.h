@@ -61,7 +61,7 @@ enum {
   POSENC_ERROR_UNSUPPORTED = 5,      /* valid, but this build, device or library version cannot serve it */
   POSENC_ERROR_VENDOR = 6,           /* the CUDA/HIP runtime failed (the message carries its string) */
   POSENC_ERROR_IO = 7,               /* a file could not be read or has a bad format */
-  POSENC_ERROR_OUT_OF_MEMORY = 8,    /* a host allocation failed */
+  POSENC_ERROR_OUT_OF_MEMORY = 8,    /* a host or device allocation failed (the message names it) */
   POSENC_ERROR_INTERNAL = 9          /* a bug in posenc: please report the message */
 };
 

@@ -51,6 +51,7 @@ posenc_status status_of(ErrorKind kind) noexcept {
     case ErrorKind::unsupported: return POSENC_ERROR_UNSUPPORTED;
     case ErrorKind::vendor: return POSENC_ERROR_VENDOR;
     case ErrorKind::io: return POSENC_ERROR_IO;
+    case ErrorKind::out_of_memory: return POSENC_ERROR_OUT_OF_MEMORY;
   }
   return POSENC_ERROR_INTERNAL;
 }
