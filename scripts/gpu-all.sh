@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# On the GPU machine, in one 10-minute call: gpu-check (build, GPU tests), golden parity, compute-sanitizer over every GPU test binary (gpu-sanitize.sh), then the benchmarks.
+# On the GPU machine, in one 10-minute call: gpu-check (build, GPU tests, quick sanitizers), golden parity, Python, then the benchmarks.
 #
 # Run from the repository root with `.deps` carried (scripts/stage-gpu-deps.sh prepares it here):
 #     device call: carry [".deps"], command: bash scripts/gpu-all.sh
+# compute-sanitizer over every GPU test binary (scripts/gpu-sanitize.sh, about 6 minutes) does not
+# fit beside the benchmarks: it is a call of its own, which reuses build/gpu-h100 on a warm machine
+# and builds it otherwise:
+#     device call: carry [".deps"], command: bash scripts/gpu-sanitize.sh
+# or, in this script, POSENC_GPU_ALL_SANITIZE=1 POSENC_GPU_ALL_BENCH=0 POSENC_PYTHON=0 (tests + sanitizers).
 # What comes back under $OUT (the device returns at most 8 files):
-#   check-logs.tar.gz   every gpu-check log (summary, build, ctest-gpu) + golden parity + sanitize/
-#                       (gpu-sanitize.sh, a log per run) + python/ (gpu-python.sh: pip build, pytest, python_ops)
+#   check-logs.tar.gz   every gpu-check log (summary, build, ctest-gpu, sanitizers) + golden parity +
+#                       python/ (gpu-python.sh: pip build, pytest, python_ops) + sanitize/ (POSENC_GPU_ALL_SANITIZE=1)
 #   python_ops.md       bench/python_ops.py's tables (POSENC_PYTHON=0 skips the Python step)
 #   summary.txt         gpu-check's summary and the golden parity result
 #   bench.csv PERFORMANCE.md performance_share.png bench.log   from bench/run.sh
@@ -18,8 +23,10 @@ set -u
 out=${OUT:?set OUT}
 logs=$(mktemp -d)
 
-# gpu-check builds and runs the GPU tests; the compute-sanitizer step is gpu-sanitize's below.
-OUT=$logs POSENC_GPU_CHECK_CPU=0 POSENC_GPU_CHECK_SANITIZERS=0 bash scripts/gpu-check.sh
+# gpu-check builds, runs the GPU tests and its quick sanitizer subset (gpu-sanitize's full matrix
+# replaces the subset under POSENC_GPU_ALL_SANITIZE=1).
+OUT=$logs POSENC_GPU_CHECK_CPU=0 POSENC_GPU_CHECK_SANITIZERS=$((1 - ${POSENC_GPU_ALL_SANITIZE:-0})) \
+  POSENC_SANITIZER_S=${POSENC_SANITIZER_S:-75} bash scripts/gpu-check.sh
 check=$?
 
 # Golden parity is labelled cpu (it runs everywhere); its GPU half runs only where a GPU is.
@@ -28,18 +35,18 @@ if [[ -x $golden ]]; then
   timeout 120 "$golden" >"$logs/golden.log" 2>&1
   echo "golden parity (CPU and GPU engines vs transformers fixtures): exit $?, $(grep -c '^\[       OK \]' "$logs/golden.log") families passed" >>"$logs/summary.txt"
 fi
-# ---- compute-sanitizer: memcheck, racecheck, synccheck, initcheck over every GPU test binary ----
-# One log per run in check-logs.tar.gz (sanitize/), one line per run and a total in summary.txt.
-# Bounded by POSENC_SANITIZER_BUDGET_S: with the benchmarks in the same 10-minute call it gets 60 s
-# (memcheck over the quickest binaries); the whole matrix needs a call of its own:
-# POSENC_GPU_ALL_BENCH=0 POSENC_PYTHON=0 (budget 420 s). POSENC_GPU_ALL_SANITIZE=0 skips it.
+# compute-sanitizer, every tool over every GPU test binary (POSENC_GPU_ALL_SANITIZE=1): a log per
+# run in check-logs.tar.gz (sanitize/), a line per run in summary.txt.
 sanitize=0
-if [[ ${POSENC_GPU_ALL_SANITIZE:-1} == 1 ]]; then
-  default_budget=$([[ ${POSENC_GPU_ALL_BENCH:-1} == 1 ]] && echo 60 || echo 420)
-  OUT=$logs/sanitize POSENC_SANITIZER_BUDGET_S=${POSENC_SANITIZER_BUDGET_S:-$default_budget} \
-    bash scripts/gpu-sanitize.sh build/gpu-h100 >/dev/null 2>&1
+if [[ ${POSENC_GPU_ALL_SANITIZE:-0} == 1 ]]; then
+  OUT='' POSENC_SANITIZER_LOGS=$logs/sanitize bash scripts/gpu-sanitize.sh build/gpu-h100 >/dev/null 2>&1
   sanitize=$?
   sed 's/^/sanitize: /' "$logs/sanitize/summary.txt" >>"$logs/summary.txt"
+elif command -v compute-sanitizer >/dev/null 2>&1; then
+  # Multi-axis rotation under memcheck too (the gpu-check sanitizer steps cover test_gpu_engine).
+  timeout "${POSENC_SANITIZER_S:-75}" compute-sanitizer --tool memcheck --error-exitcode 1 \
+    build/gpu-h100/tests/test_gpu_multi_axis --gtest_filter='*bfloat16*' >"$logs/memcheck-multi-axis.log" 2>&1
+  echo "memcheck test_gpu_multi_axis (bf16): exit $?, $(grep -h 'ERROR SUMMARY' "$logs/memcheck-multi-axis.log")" >>"$logs/summary.txt"
 fi
 # The Python package against the machine's torch: pytest (CUDA included) and bench/python_ops.py.
 if [[ ${POSENC_PYTHON:-1} != 0 ]]; then

@@ -11,6 +11,8 @@
 # Budget: about 8 minutes on 16 cores (each step is also capped by `timeout`).
 # For a quick iteration: POSENC_GPU_CHECK_TARGETS="test_gpu_append ..." builds only those targets
 # and POSENC_GPU_CHECK_REGEX='test_gpu_append' runs only the matching tests (ctest -R).
+# POSENC_GPU_CHECK_BUILD_ONLY=1 stops after the build (scripts/gpu-sanitize.sh uses it). The
+# compute-sanitizer steps here are a quick subset; gpu-sanitize.sh runs every tool over every binary.
 set -euo pipefail
 
 root=$(pwd)
@@ -79,6 +81,10 @@ fi
 if ((!built)); then
   note "build failed: no tests run"
   exit 1
+fi
+if [[ ${POSENC_GPU_CHECK_BUILD_ONLY:-0} == 1 ]]; then
+  note "built $build; no tests run (POSENC_GPU_CHECK_BUILD_ONLY=1)"
+  exit 0
 fi
 
 # ---- tests --------------------------------------------------------------------------------------

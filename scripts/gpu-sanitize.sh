@@ -1,163 +1,235 @@
 #!/usr/bin/env bash
-# On the GPU machine: compute-sanitizer memcheck, racecheck, synccheck and initcheck over every GPU test binary of a build, a log per run and one summary.
+# On the GPU machine: compute-sanitizer memcheck, racecheck, synccheck and initcheck over every GPU test binary of a build, one summary line per (tool, binary).
 #
-# usage: scripts/gpu-sanitize.sh [BUILD_DIR]        (default build/gpu-h100; run from the repository root)
+# usage: bash scripts/gpu-sanitize.sh [BUILD_DIR]   (default build/gpu-h100; run from the repository root)
+# As a device call of its own (about 1 minute of build on a fresh machine, then about 6 of runs):
+#     carry [".deps"], command: bash scripts/gpu-sanitize.sh
+# BUILD_DIR is reused when it holds a build; otherwise scripts/gpu-check.sh builds build/gpu-h100
+# first (POSENC_GPU_CHECK_BUILD_ONLY=1: no tests; needs `.deps` carried).
+#
+# Binaries: the executable of every ctest labelled gpu (`ctest -L gpu -N`: each GoogleTest binary
+# once, `posenc_cli run --device gpu` with its arguments), plus the GPU halves of two cpu-labelled
+# tests: test_golden (the GPU engine against the transformers fixtures) and test_capi (the C ABI's
+# GPU engine). A new GPU test is picked up without editing this script.
+# Runs: every tool over every binary, POSENC_SANITIZER_JOBS at a time, the longest first. Filters
+# (gtest_filter below) only where a run would not fit; each says why.
+# A run passes with the tool's summary at 0 errors, exit status 0 and no test skipped.
+# test_gpu_fault faults on purpose (a kernel writes through an invalid pointer): under memcheck it
+# is the positive control, passing only when memcheck reports that invalid write in the rope
+# kernel; under the other tools it must pass as usual.
+#
 # Environment:
-#   OUT                        where logs go (default BUILD_DIR/sanitize): <tool>.<binary>.log, summary.txt
 #   POSENC_SANITIZER_TOOLS     default "memcheck racecheck synccheck initcheck"
-#   POSENC_SANITIZER_JOBS      runs at the same time (default 4; each is its own process and context)
+#   POSENC_SANITIZER_JOBS      runs at the same time (default 6; each its own process and context)
 #   POSENC_SANITIZER_S         time limit of one run (default 300 s)
-#   POSENC_SANITIZER_BUDGET_S  the whole step's wall-clock limit (default 420): no run starts after
-#                              it, and a run's own limit is cut to what is left of it; runs left
-#                              are reported "NOT RUN", cut ones "TIMEOUT", and both fail the step
-#
-# Binaries: every tests/test_gpu_* of the build (test_gpu_divisor excepted: host arithmetic, no
-# device code), test_glm_attention_gpu_example and test_golden (its GPU half), whichever exist.
-# Filters, only where a run would not fit (each says why, in gtest_filter below):
-#   - test_gpu_engine: the GpuSweep decode cases (every dtype, pairing, numerics, head_dim, layout;
-#     tokens 1, 7, 64) plus every GpuEngineTest; the prefill cases (T = 1000 and 65536) run the
-#     same kernels on larger grids and take minutes under the tools. racecheck and synccheck, the
-#     slowest, run the cases with shared memory or block barriers (bf16 decode sweep, LongRoPE and
-#     dynamic NTK pre-pass, interleaved_to_half).
-#   - test_gpu_large: memcheck and initcheck only (its point is indexing past 2^31 elements; its
-#     kernels' shared memory and barriers are those racecheck/synccheck check on test_gpu_engine).
-#   - tests comparing device-wide free memory (GpuRuntime.FreeMemoryIsStableOverBufferChurn,
-#     GpuEngineTest.TenThousandCallsAllocateNothing) are left out: runs share the device, and the
-#     tools allocate memory of their own. ctest -L gpu runs them alone. test_gpu_alloc_fault skips
-#     only its free-memory comparisons (POSENC_TEST_DEVICE_SHARED=1); memcheck's leak check
-#     covers the same ground here.
-#   - test_gpu_fault faults on purpose (a kernel writes through an invalid pointer): under memcheck
-#     it is the positive control, passing when memcheck reports that invalid access in the posenc
-#     rope kernel; under the other tools it must pass as usual.
-# Exit status: 0 when every run passed, 1 otherwise. One line per run and a total in summary.txt.
+#   POSENC_SANITIZER_BUDGET_S  wall-clock limit of all runs (default 330 s): no run starts after it,
+#                              and a run's own limit is cut to what is left of it; runs left are
+#                              reported "NOT RUN", cut ones "TIMEOUT", and both fail the script
+#   POSENC_SANITIZER_LOGS      where logs go (default BUILD_DIR/sanitize): <tool>.<binary>.log, summary.txt
+#   OUT                        when set (a device call), summary.txt and sanitize-logs.tar.gz are copied there
+# Exit status: 0 when every run passed, 1 otherwise.
 set -uo pipefail
 
 build=${1:-build/gpu-h100}
-tests=$build/tests
-out=${OUT:-$build/sanitize}
-mkdir -p "$out"
-summary=$out/summary.txt
-: >"$summary"
+logs=${POSENC_SANITIZER_LOGS:-$build/sanitize}
 tools=${POSENC_SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}
-jobs=${POSENC_SANITIZER_JOBS:-4}
+jobs=${POSENC_SANITIZER_JOBS:-6}
 limit=${POSENC_SANITIZER_S:-300}
-budget=${POSENC_SANITIZER_BUDGET_S:-420}
+budget=${POSENC_SANITIZER_BUDGET_S:-330}
 
-command -v compute-sanitizer >/dev/null 2>&1 || { echo "FAILED  compute-sanitizer not found on PATH" | tee -a "$summary"; exit 1; }
-[[ -d $tests ]] || { echo "FAILED  no test binaries in $tests" | tee -a "$summary"; exit 1; }
+# finish STATUS: copies the summary and the logs to $OUT (device call) and exits with STATUS.
+finish() {
+  if [[ -n ${OUT:-} && -d $logs ]]; then
+    mkdir -p "$OUT"
+    cp "$logs/summary.txt" "$OUT/summary.txt" 2>/dev/null
+    tar -czf "$OUT/sanitize-logs.tar.gz" -C "$logs" . 2>/dev/null
+  fi
+  exit "$1"
+}
 
-binaries=()
-for b in "$tests"/test_gpu_* "$tests"/test_glm_attention_gpu_example "$tests"/test_golden; do
-  [[ -x $b && -f $b ]] || continue
-  case $(basename "$b") in test_gpu_divisor|*.*) continue ;; esac
-  binaries+=("$b")
-done
+mkdir -p "$logs"
+summary=$logs/summary.txt
+: >"$summary"
+fail() { echo "FAILED  $*" | tee -a "$summary"; finish 1; }
 
-# gtest_filter TOOL BINARY: the filter of that run ("" = every test); "skip" = not run under TOOL.
+# ---- the build ----------------------------------------------------------------------------------
+if [[ ! -f $build/CTestTestfile.cmake ]]; then
+  [[ $build == build/gpu-h100 ]] || fail "no build in $build (only build/gpu-h100 is built here)"
+  echo "gpu-sanitize: no build in $build: building it with scripts/gpu-check.sh (build only)" | tee -a "$summary"
+  OUT=$logs/build POSENC_GPU_CHECK_BUILD_ONLY=1 bash scripts/gpu-check.sh >/dev/null 2>&1 ||
+    fail "scripts/gpu-check.sh could not build $build: $logs/build/build.log"
+fi
+command -v compute-sanitizer >/dev/null 2>&1 || fail "compute-sanitizer not found on PATH"
+command -v python3 >/dev/null 2>&1 || fail "python3 not found (it reads ctest's test list)"
+
+# ---- the binaries: one line per binary, "name<TAB>gtest|plain<TAB>workdir<TAB>command..." ---------
+binaries=$(python3 - "$build" <<'EOF'
+import json, os, subprocess, sys
+
+build = sys.argv[1]
+listing = subprocess.run(["ctest", "--test-dir", build, "-N", "--show-only=json-v1"],
+                         capture_output=True, text=True, check=True).stdout
+gpu_halves = {"test_golden", "test_capi"}  # cpu-labelled tests with a GPU half
+runs = {}
+for test in json.loads(listing)["tests"]:
+    command = test.get("command") or []
+    props = {p["name"]: p["value"] for p in test.get("properties", [])}
+    labels = props.get("LABELS", [])
+    labels = labels if isinstance(labels, list) else [labels]
+    if not command or ("gpu" not in labels and os.path.basename(command[0]) not in gpu_halves):
+        continue
+    gtest = any(a.startswith("--gtest_") for a in command[1:])
+    args = [a for a in command[1:] if not a.startswith("--gtest_")]
+    key = (command[0], tuple(args))
+    if key not in runs:
+        runs[key] = (gtest, props.get("WORKING_DIRECTORY", build))
+names = set()
+for (exe, args), (gtest, workdir) in runs.items():
+    name = os.path.basename(exe)
+    while name in names:
+        name += "_"
+    names.add(name)
+    print("\t".join([name, "gtest" if gtest else "plain", workdir, exe, *args]))
+EOF
+) || fail "ctest -N could not list the tests of $build"
+[[ -n $binaries ]] || fail "no GPU test in $build (a CPU-only build?)"
+
+# gtest_filter TOOL BINARY: that run's filter ("" = every test). Left out everywhere: the two tests
+# comparing device-wide free memory (GpuRuntime.FreeMemoryIsStableOverBufferChurn,
+# GpuEngineTest.TenThousandCallsAllocateNothing: runs share the device, and the tools allocate
+# memory of their own; `ctest -L gpu` runs them alone, and memcheck's leak check covers the same
+# ground here), and GpuUnavailable.* (it skips wherever a GPU exists). test_gpu_alloc_fault skips
+# only its free-memory comparisons (POSENC_TEST_DEVICE_SHARED=1).
 gtest_filter() {
   local tool=$1 name=$2
   case $name in
     test_gpu_engine)
+      # The prefill sweeps (T = 1000 and 65536) run the decode sweep's kernels on larger grids and
+      # take minutes under each tool. racecheck and synccheck, the slowest, run the cases with
+      # shared memory or block barriers: the bf16 decode sweep, the LongRoPE and dynamic-NTK
+      # pre-pass, interleaved_to_half and the registry's every scheme.
       case $tool in
-        racecheck) echo 'Gpu/GpuSweep.*/Decode_bfloat16_*:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*' ;;
-        synccheck) echo 'Gpu/GpuSweep.*/Decode_*_interleavedtohalf:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*' ;;
+        racecheck) echo 'Gpu/GpuSweep.*/Decode_bfloat16_*:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*:GpuEngineTest.EveryRegistryScheme*' ;;
+        synccheck) echo 'Gpu/GpuSweep.*/Decode_*_interleavedtohalf:GpuEngineTest.LongRope*:GpuEngineTest.Dynamic*:GpuEngineTest.EveryRegistryScheme*' ;;
         *) echo 'Gpu/GpuSweep.*/Decode_*:GpuEngineTest.*-GpuEngineTest.TenThousandCallsAllocateNothing' ;;
       esac ;;
-    test_gpu_runtime) echo '*-GpuRuntime.FreeMemoryIsStableOverBufferChurn' ;;
-    test_gpu_large) [[ $tool == memcheck || $tool == initcheck ]] && echo '' || echo skip ;;
+    test_gpu_cos_sin_cache)
+      # LongCalls runs the sweep's kernels on 8192 tokens of 40 heads: memcheck and initcheck only.
+      case $tool in
+        racecheck | synccheck) echo '*-GpuCosSinCache.LongCalls*' ;;
+        *) echo '' ;;
+      esac ;;
+    test_gpu_append)
+      # ManyTokens (3000 tokens over 200 pages) under memcheck and initcheck only; the other
+      # tests cover every kernel of the fused append.
+      case $tool in
+        racecheck | synccheck) echo '*-GpuAppend.ManyTokens*' ;;
+        *) echo '' ;;
+      esac ;;
+    test_gpu_runtime) echo '*-GpuRuntime.FreeMemoryIsStableOverBufferChurn:GpuUnavailable.*' ;;
     *) echo '' ;;
   esac
 }
 
-# sanitize TOOL BINARY SECONDS: one run; writes its log and a result file "<status>|<line>".
+# rank BINARY: the order runs start in (longest first, so the last ones to start are short).
+rank() {
+  case $1 in
+    test_gpu_engine) echo 0 ;; test_gpu_append) echo 1 ;; test_glm_attention_gpu_example) echo 2 ;;
+    test_golden) echo 3 ;; test_gpu_large) echo 4 ;; test_gpu_cos_sin_cache) echo 5 ;;
+    test_gpu_multi_axis) echo 6 ;; test_gpu_alloc_fault) echo 7 ;; *) echo 9 ;;
+  esac
+}
+
+# sanitize TOOL SECONDS NAME KIND WORKDIR COMMAND...: one run; writes its log and "<status>|<line>".
 sanitize() {
-  local tool=$1 binary=$2 limit=$3 name filter log result start rc=0
-  name=$(basename "$binary")
-  filter=$(gtest_filter "$tool" "$name")
-  log=$out/$tool.$name.log
-  result=$out/.$tool.$name.result
+  local tool=$1 seconds=$2 name=$3 kind=$4 workdir=$5
+  shift 5
+  local filter log=$logs/$tool.$name.log result=$logs/.$tool.$name.result start=$SECONDS rc=0
+  filter=$( [[ $kind == gtest ]] && gtest_filter "$tool" "$name")
   local args=(--tool "$tool" --error-exitcode 99 --report-api-errors no)
   [[ $tool == memcheck ]] && args+=(--leak-check full)
-  local gtest=()
-  [[ -n $filter ]] && gtest=(--gtest_filter="$filter")
-  start=$SECONDS
+  local extra=()
+  [[ -n $filter ]] && extra=(--gtest_filter="$filter")
   {
-    echo "== compute-sanitizer ${args[*]} $binary ${gtest[*]}"
-    POSENC_TEST_DEVICE_SHARED=1 timeout --kill-after=15 "$limit" compute-sanitizer "${args[@]}" "$binary" "${gtest[@]}"
+    echo "== (cd $workdir && compute-sanitizer ${args[*]} $* ${extra[*]})"
+    (cd "$workdir" && POSENC_TEST_DEVICE_SHARED=1 exec timeout --kill-after=15 "$seconds" \
+      compute-sanitizer "${args[@]}" "$@" "${extra[@]}")
   } >"$log" 2>&1 || rc=$?
   local took=$((SECONDS - start))
-  local errors
-  # memcheck, synccheck, initcheck: "ERROR SUMMARY: N errors"; racecheck: "RACECHECK SUMMARY: H hazards
-  # displayed (N errors, W warnings)".
-  errors=$(grep -hoE 'ERROR SUMMARY: [0-9]+ error' "$log" | grep -oE '[0-9]+' | tail -n 1)
+  # memcheck, synccheck, initcheck: "========= ERROR SUMMARY: N errors"; racecheck: "========= RACECHECK
+  # SUMMARY: H hazards displayed (N errors, W warnings)".
+  local report errors
   if [[ $tool == racecheck ]]; then
-    local hazards
-    hazards=$(grep -hoE 'RACECHECK SUMMARY: .*\([0-9]+ error' "$log" | grep -oE '[0-9]+ error' | grep -oE '[0-9]+' | tail -n 1)
-    [[ -n $hazards ]] && errors=$hazards
+    report=$(grep -hoE 'RACECHECK SUMMARY: .*' "$log" | tail -n 1)
+    errors=$(grep -oE '\([0-9]+ error' <<<"$report" | grep -oE '[0-9]+')
   fi
-  local passed
-  passed=$(grep -o '\[  PASSED  \] [0-9]* test' "$log" | grep -o '[0-9]*' | tail -n 1)
+  [[ -n ${report:-} ]] || report=$(grep -hoE 'ERROR SUMMARY: [0-9]+ errors?' "$log" | tail -n 1)
+  [[ -n ${errors:-} ]] || errors=$(grep -oE '[0-9]+' <<<"$report" | head -n 1)
+  local passed skipped
+  passed=$(grep -oE '\[  PASSED  \] [0-9]+ test' "$log" | grep -oE '[0-9]+' | tail -n 1)
+  skipped=$(grep -oE '\[  SKIPPED \] [0-9]+ test' "$log" | grep -oE '[0-9]+' | tail -n 1)
   local status=ok detail
   if [[ $name == test_gpu_fault && $tool == memcheck ]]; then
-    # The positive control: memcheck must catch the deliberate invalid write in the rope kernel.
     if [[ ${errors:-0} -ge 1 ]] && grep -A4 -E 'Invalid __global__ (write|read)' "$log" | grep -qi 'rope'; then
-      detail="deliberate invalid access caught (${errors} error(s), as intended)"
+      detail="$report: the deliberate invalid write, caught as intended"
     else
       status=FAILED
-      detail="memcheck did not report the deliberate invalid access (errors: ${errors:-none}, exit $rc)"
+      detail="memcheck did not report the deliberate invalid write (${report:-no summary}, exit $rc)"
     fi
   elif [[ $rc == 124 || $rc == 137 ]]; then
     status=TIMEOUT
-    detail="after ${limit}s"
-  elif [[ -z $errors ]]; then
+    detail="after ${seconds}s${report:+ ($report)}"
+  elif [[ -z $report ]]; then
     status=FAILED
     detail="no sanitizer summary (exit $rc)"
   elif [[ $errors != 0 || $rc != 0 ]]; then
     status=FAILED
-    detail="$errors error(s), exit $rc$([[ $rc == 99 ]] && echo ' (sanitizer errors)')"
+    detail="$report, exit $rc$([[ $rc == 99 ]] && echo ' (sanitizer errors)')"
+  elif [[ ${skipped:-0} != 0 ]]; then
+    status=FAILED
+    detail="$report, but $skipped test(s) skipped"
   else
-    detail="0 errors, ${passed:-?} tests passed"
+    detail="$report$([[ $kind == gtest ]] && echo "; ${passed:-?} tests passed")"
   fi
-  printf '%s|%-7s %-9s %-32s %s (%ss)%s\n' "$status" "$status" "$tool" "$name" "$detail" "$took" \
+  printf '%s|%-7s %-9s %-30s %s (%ss)%s\n' "$status" "$status" "$tool" "$name" "$detail" "$took" \
     "$([[ -n $filter ]] && echo " [filter $filter]")" >"$result"
 }
+
+# ---- the runs -----------------------------------------------------------------------------------
+queue=$(while IFS= read -r line; do
+  name=${line%%$'\t'*}
+  for tool in $tools; do printf '%s\t%s\t%s\n' "$(rank "$name")" "$tool" "$line"; done
+done <<<"$binaries" | sort -s -t $'\t' -k1,1n)
 
 start=$SECONDS
 runs=0
 not_run=()
-for tool in $tools; do
-  for binary in "${binaries[@]}"; do
-    name=$(basename "$binary")
-    [[ $(gtest_filter "$tool" "$name") == skip ]] && continue
-    left=$((budget - (SECONDS - start)))
-    if ((left < 10)); then
-      not_run+=("$tool $name")
-      continue
-    fi
-    rm -f "$out/.$tool.$name.result"
-    sanitize "$tool" "$binary" "$((left < limit ? left : limit))" &
-    runs=$((runs + 1))
-    while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
-  done
-done
+rm -f "$logs"/.*.result
+while IFS=$'\t' read -r _ tool name kind workdir command; do
+  left=$((budget - (SECONDS - start)))
+  if ((left < 10)); then
+    not_run+=("$tool $name")
+    continue
+  fi
+  read -r -a command <<<"$command"
+  sanitize "$tool" "$((left < limit ? left : limit))" "$name" "$kind" "$workdir" "${command[@]}" &
+  runs=$((runs + 1))
+  while (($(jobs -rp | wc -l) >= jobs)); do wait -n; done
+done <<<"$queue"
 wait
 
 status=0
 failed=0
-errors_total=0
-for result in "$out"/.*.result; do
+for result in "$logs"/.*.result; do
   [[ -f $result ]] || continue
-  line=$(cut -d'|' -f2- "$result")
-  echo "$line" >>"$summary"
+  cut -d'|' -f2- "$result" >>"$summary"
   [[ $(cut -d'|' -f1 "$result") == ok ]] || { status=1; failed=$((failed + 1)); }
-  n=$(grep -oE ' [0-9]+ error' <<<"$line" | grep -oE '[0-9]+' | head -n 1)
-  [[ $line == *"as intended"* ]] || errors_total=$((errors_total + ${n:-0}))
   rm -f "$result"
 done
 for r in "${not_run[@]}"; do
   echo "NOT RUN $r (budget of ${budget}s spent)" >>"$summary"
   status=1
 done
-echo "compute-sanitizer: $runs runs over ${#binaries[@]} binaries in $((SECONDS - start))s, $failed failed, $errors_total errors, ${#not_run[@]} not run ($tools)" >>"$summary"
+echo "compute-sanitizer: $runs runs ($tools) over $(wc -l <<<"$binaries") binaries in $((SECONDS - start))s: $failed failed, ${#not_run[@]} not run" >>"$summary"
 cat "$summary"
-exit $status
+finish $status
