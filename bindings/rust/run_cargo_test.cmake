@@ -10,6 +10,12 @@ if(NOT CARGO)
   return()
 endif()
 
+# PRELOAD: a sanitizer runtime the library needs loaded first, given to the programs cargo runs (not to cargo).
+set(runner)
+if(PRELOAD)
+  set(runner --config "target.'cfg(all())'.runner = ['env', 'LD_PRELOAD=${PRELOAD}']")
+endif()
+
 foreach(step IN ITEMS test example)
   if(step STREQUAL "test")
     set(args test)
@@ -18,7 +24,7 @@ foreach(step IN ITEMS test example)
   endif()
   execute_process(
     COMMAND ${CMAKE_COMMAND} -E env POSENC_LIB_DIR=${LIB_DIR} CARGO_TARGET_DIR=${TARGET_DIR}
-            ${CARGO} ${args} --offline --locked --manifest-path ${MANIFEST}
+            ${CARGO} ${args} --offline --locked --manifest-path ${MANIFEST} ${runner}
     RESULT_VARIABLE rc)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "rust.cargo_test: cargo ${args} failed (${rc})")

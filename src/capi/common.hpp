@@ -56,7 +56,7 @@ posenc_status guard(const char* function, Body&& body) noexcept {
   } catch (const Error& e) {
     return fail(status_of(e.kind()), function, e.what());
   } catch (const std::bad_alloc&) {
-    return fail(POSENC_ERROR_OUT_OF_MEMORY, function, "a host allocation failed");
+    return fail(POSENC_ERROR_OUT_OF_MEMORY, function, "out of host memory (an allocation of the C ABI failed)");
   } catch (const std::exception& e) {
     return fail(POSENC_ERROR_INTERNAL, function, e.what());
   } catch (...) {

@@ -201,6 +201,7 @@ std::string RopeSpec::describe() const {
   using detail::number_text;
   const std::int64_t r = rotary();
   std::ostringstream out;
+  out.exceptions(std::ios::badbit);  // a stream swallows bad_alloc and truncates; out of memory must say so
   out << "head_dim          " << head_dim << '\n';
   out << "rotary window     dims [" << rotary_offset << ", " << rotary_offset + r << ") of " << head_dim
       << " (" << frequency_dim() / 2 << " frequencies";

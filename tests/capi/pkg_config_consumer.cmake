@@ -33,7 +33,9 @@ step(libdir ${PKG_CONFIG} --variable=libdir posenc)
 string(STRIP "${step_output}" libdir)
 separate_arguments(cflags UNIX_COMMAND "${cflags}")
 separate_arguments(libs UNIX_COMMAND "${libs}")
-step(compile ${C_COMPILER} -std=c99 -Wall -Wextra -Wpedantic -Werror ${cflags} "-DPOSENC_CONFIGS_DIR=\"${CONFIGS_DIR}\""
+# EXTRA_CFLAGS: the build's own C flags; a library built with sanitizers links only into code built with them.
+separate_arguments(extra UNIX_COMMAND "${EXTRA_CFLAGS}")
+step(compile ${C_COMPILER} -std=c99 -Wall -Wextra -Wpedantic -Werror ${extra} ${cflags} "-DPOSENC_CONFIGS_DIR=\"${CONFIGS_DIR}\""
      ${SOURCE} -o ${WORK_DIR}/test_capi ${libs} -lm -Wl,-rpath,${libdir})
 step(run ${WORK_DIR}/test_capi)
 message(STATUS "${step_output}")
