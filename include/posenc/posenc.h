@@ -438,6 +438,282 @@ POSENC_API posenc_status posenc_position_tracker_peek(const posenc_position_trac
                                                       int64_t* positions, size_t capacity, int64_t* tokens);
 
 /* ---------------------------------------------------------------------------------------------
+ * GLM position ids and attention masks (host; docs/GLM.md is the guide, include/posenc/glm.hpp
+ * the full contracts)
+ *
+ * Builders compute the position ids each GLM generation's own code computes (ChatGLM-6B's 2-D
+ * (position, block) ids, GLM-130B's pinned ids, the original GLM's blank infilling, ChatGLM2/3
+ * and GLM-4's padded batches, M-RoPE (t, h, w) streams for GLM-4.1V / GLM-4.5V and Qwen-VL,
+ * glm-4v-9b's image expansion) and return them in a posenc_glm_positions handle; an engine call
+ * takes them as they are (posenc_glm_positions_view). Masks are built from attention patterns
+ * into a posenc_glm_mask handle: per-row visible key ranges, or the dense additive mask.
+ *
+ * Arrays of structs that start with struct_size (grids, patterns): every element has the same
+ * struct_size, and element i starts struct_size * i bytes after the first.
+ * ------------------------------------------------------------------------------------------- */
+
+/* "This generation has no such token." */
+#define POSENC_GLM_NO_TOKEN ((int64_t)-1)
+
+/* The special token ids the position rules look for (no token: POSENC_GLM_NO_TOKEN). */
+typedef struct posenc_glm_special_tokens {
+  size_t struct_size;
+  int64_t mask;           /* [MASK]  short blank (positions pinned to it) */
+  int64_t gmask;          /* [gMASK] generation blank (left-to-right continuation) */
+  int64_t smask;          /* [sMASK] sentence blank */
+  int64_t sop;            /* <sop>   start of a piece */
+  int64_t eop;            /* <eop>   end of a piece */
+  int64_t begin_of_image; /* glm-4v-9b <|begin_of_image|> */
+  int64_t end_of_image;   /* glm-4v-9b <|end_of_image|> */
+} posenc_glm_special_tokens;
+
+enum {                                            /* vocabularies of posenc_glm_special_tokens_get */
+  POSENC_GLM_TOKENS_CHATGLM_6B = 0,               /* [MASK] 130000 .. <eop> 130005 */
+  POSENC_GLM_TOKENS_CHATGLM_6B_FIRST_RELEASE = 1, /* the same + 20000 (icetk with image tokens) */
+  POSENC_GLM_TOKENS_GLM_130B = 2,                 /* [MASK] 150000 .. <eop> 150005 */
+  POSENC_GLM_TOKENS_CHATGLM2 = 3,                 /* ChatGLM2-6B / ChatGLM3-6B: [MASK] 64789 .. eop 64793 */
+  POSENC_GLM_TOKENS_GLM4 = 4                      /* GLM-4-9B / glm-4v-9b: [MASK] 151330 .., images 151339/151340 */
+};
+POSENC_API posenc_status posenc_glm_special_tokens_get(int32_t vocabulary, posenc_glm_special_tokens* out);
+
+/* Which mask token fixes ChatGLM-6B's generation position when a prompt holds both. */
+enum {
+  POSENC_GLM_RULE_MASK_FIRST = 0, /* the tokenizer's rule: [MASK] if present, else [gMASK] */
+  POSENC_GLM_RULE_GMASK_FIRST = 1 /* the model-side fallback when position_ids are not supplied */
+};
+
+/* The result of a builder. */
+typedef struct posenc_glm_positions posenc_glm_positions;
+
+/* What a builder produced. Pointers live as long as the handle. Fields a builder does not set
+ * are 0 (NULL), except mask_token (POSENC_GLM_NO_TOKEN). */
+typedef struct posenc_glm_positions_info {
+  size_t struct_size;
+  int32_t streams;       /* 1, 2 (position, block) or 3 (M-RoPE t, h, w) */
+  int32_t pinned;        /* GLM-130B: 1 when the positions from <sop> on are pinned to mask_position */
+  int64_t tokens;        /* tokens, all rows of a batch together */
+  const int64_t* values; /* streams * tokens: stream s of token i at values[s * tokens + i] */
+  /* Batches (left-padded rows; a single sequence is batch 1, length tokens): token (b, t) is
+   * token index b * length + t. */
+  int64_t batch;
+  int64_t length;
+  const uint8_t* valid; /* batch * length, 1 = real token, 0 = padding; NULL: all real */
+  /* What the rules found in the tokens. */
+  int64_t prefix_len;    /* the bidirectional prefix (prefix_lm): ChatGLM-6B context_length (its
+                            <sop>), GLM-130B sop_index, blank infilling sep */
+  int64_t mask_position; /* ChatGLM-6B, GLM-130B: index of the generation mask */
+  int64_t mask_token;    /* ... and which token it is */
+  int64_t rope_delta;    /* M-RoPE, glm-4v-9b: a later token at index n has position n + rope_delta */
+  int64_t next_position; /* single sequences: the position of the token after the last (not set by
+                            blank_infilling_context, whose continuation depends on the mask chosen) */
+  int64_t next_block;    /* ChatGLM-6B, blank infilling generation: its block position */
+  int64_t boi_index;     /* glm-4v-9b: index of <|begin_of_image|> */
+  int64_t num_patches;   /* glm-4v-9b: image embeddings the placeholder expanded to */
+  /* Lists: blank infilling context: the sorted indices of its mask tokens; ChatGLM-6B batch: per
+   * row (batch entries) the mask position (unpadded), the left pads and the prefix_lm length in
+   * slots (pads + context_length). */
+  int64_t mask_position_count;
+  const int64_t* mask_positions;
+  const int64_t* pad_counts;
+  const int64_t* prefix_lens;
+} posenc_glm_positions_info;
+
+POSENC_API void posenc_glm_positions_destroy(posenc_glm_positions* positions);
+POSENC_API posenc_status posenc_glm_positions_get_info(const posenc_glm_positions* positions,
+                                                       posenc_glm_positions_info* out);
+/* The ids as an engine call takes them (int64, `streams` streams, stream_stride = tokens). */
+POSENC_API posenc_status posenc_glm_positions_view(const posenc_glm_positions* positions, posenc_positions* out);
+/* The tracker state that continues this prompt (posenc_position_tracker_add): ChatGLM-6B (pinned
+ * at the mask from <sop> on), GLM-130B, M-RoPE and glm-4v-9b prompts; POSENC_ERROR_INVALID_ARGUMENT
+ * for the other builders' results. */
+POSENC_API posenc_status posenc_glm_positions_tracker_state(const posenc_glm_positions* positions,
+                                                            posenc_sequence_state* out);
+
+/* Plain 1-D positions past_len .. past_len + count - 1 (ChatGLM2/3 and GLM-4 prefill, and every
+ * decoder without special rules). */
+POSENC_API posenc_status posenc_glm_arange(int64_t past_len, int64_t count, posenc_glm_positions** out);
+/* ChatGLM2/3 / GLM-4 tokenizer padding: rows of lengths[b] tokens left-padded to the longest,
+ * real tokens 0 .. n-1, pads pad_fill (the tokenizer uses 0). */
+POSENC_API posenc_status posenc_glm_left_padded_arange(const int64_t* lengths, size_t batch, int64_t pad_fill,
+                                                       posenc_glm_positions** out);
+/* Hugging Face position ids of a padded batch from its 0/1 attention mask [batch * length]:
+ * cumsum(mask) - 1 per row, padding pad_fill (generate() uses 1 up to transformers 5.0, 0 later). */
+POSENC_API posenc_status posenc_glm_positions_from_attention_mask(const uint8_t* mask, int64_t batch, int64_t length,
+                                                                  int64_t pad_fill, posenc_glm_positions** out);
+/* The positions of the next new_tokens tokens of each row after `mask` (decode): count(real) + i;
+ * [batch, new_tokens], all valid. */
+POSENC_API posenc_status posenc_glm_next_positions_from_attention_mask(const uint8_t* mask, int64_t batch,
+                                                                       int64_t length, int64_t new_tokens,
+                                                                       posenc_glm_positions** out);
+/* ChatGLM-6B prompt `... [gMASK] <sop> ...`: 2 streams, position = arange pinned at the mask from
+ * <sop> on, block = 0 before <sop>, 1, 2, ... from it. `special` NULL: ChatGLM-6B's vocabulary;
+ * `rule` POSENC_GLM_RULE_MASK_FIRST or POSENC_GLM_RULE_GMASK_FIRST. */
+POSENC_API posenc_status posenc_glm_chatglm6b_positions(const int64_t* tokens, size_t count,
+                                                        const posenc_glm_special_tokens* special, int32_t rule,
+                                                        posenc_glm_positions** out);
+/* A left-padded ChatGLM-6B batch as its tokenizer builds it: `tokens` holds the rows one after
+ * the other, row b has lengths[b] tokens; pads get position 0, block 0, validity 0. */
+POSENC_API posenc_status posenc_glm_chatglm6b_batch(const int64_t* tokens, const int64_t* lengths, size_t batch,
+                                                    const posenc_glm_special_tokens* special, int32_t rule,
+                                                    posenc_glm_positions** out);
+/* GLM-130B `context <sop> generated...`: 1-D arange; with a [MASK]/[sMASK] generation mask the
+ * positions from <sop> on are pinned to it. `special` NULL: GLM-130B's vocabulary. */
+POSENC_API posenc_status posenc_glm_glm130b_positions(const int64_t* tokens, size_t count,
+                                                      const posenc_glm_special_tokens* special,
+                                                      posenc_glm_positions** out);
+/* The original GLM's inference on a context holding mask tokens: 2 streams (arange, 0), sep =
+ * count, the mask indices as mask_positions. `special` is required (the original GLM has no single
+ * vocabulary). */
+POSENC_API posenc_status posenc_glm_blank_infilling_context(const int64_t* tokens, size_t count,
+                                                            const posenc_glm_special_tokens* special,
+                                                            posenc_glm_positions** out);
+/* Generating into the mask at mask_position: `count` tokens at position mask_position, blocks
+ * first_block, first_block + 1, ... (1 for the <sop>). */
+POSENC_API posenc_status posenc_glm_blank_infilling_generation(int64_t mask_position, int64_t first_block,
+                                                               int64_t count, posenc_glm_positions** out);
+
+/* M-RoPE (GLM-4.1V / GLM-4.5V, Qwen2-VL, Qwen2.5-VL, Qwen3-VL). */
+
+/* A vision block as Hugging Face's grid_thw gives it (before the spatial merge): t temporal
+ * patches of an h x w grid; the language model sees t * (h / merge) * (w / merge) tokens.
+ * posenc_glm_vision_grid_make sets the defaults. */
+typedef struct posenc_glm_vision_grid {
+  size_t struct_size;
+  int64_t t;                  /* [1] */
+  int64_t h;
+  int64_t w;
+  int64_t spatial_merge_size; /* [2] */
+  int64_t temporal_interval;  /* [1] t-id step between temporal patches */
+  float seconds_per_grid;     /* [0] when > 0, Qwen2.5-VL 4.x's float rule replaces temporal_interval: */
+  float tokens_per_second;    /*     t-id = start + int64(float32(float32(ti) * seconds_per_grid) * tokens_per_second) */
+} posenc_glm_vision_grid;
+
+/* A piece of an M-RoPE sequence: a run of text tokens or one vision block. */
+enum { POSENC_GLM_SEGMENT_TEXT = 0, POSENC_GLM_SEGMENT_VISION = 1 };
+typedef struct posenc_glm_mrope_segment {
+  int32_t kind;     /* POSENC_GLM_SEGMENT_* */
+  int32_t reserved; /* must be 0 */
+  int64_t value;    /* text: its tokens (>= 1); vision: the index of its grid in `grids` */
+} posenc_glm_mrope_segment;
+
+/* Where the text after a vision block starts. */
+enum {
+  POSENC_GLM_NEXT_TEXT_MAX_PLUS_ONE = 0,  /* transformers 4.x: max(ids so far) + 1 */
+  POSENC_GLM_NEXT_TEXT_SPATIAL_EXTENT = 1 /* transformers 5.3+: block start + max(H', W') */
+};
+/* How a video's patches appear in the tokens. */
+enum {
+  POSENC_GLM_VIDEO_WHOLE = 0,    /* one block of t * H' * W' tokens (Qwen2-VL, Qwen2.5-VL) */
+  POSENC_GLM_VIDEO_PER_FRAME = 1 /* t frame groups of H' * W' tokens, text between them allowed
+                                    (GLM-4.1V / GLM-4.5V with transformers 5.3+, Qwen3-VL) */
+};
+
+/* The tokens that stand for vision patches. */
+typedef struct posenc_glm_vision_tokens {
+  size_t struct_size;
+  int64_t image;
+  int64_t video;
+} posenc_glm_vision_tokens;
+enum {
+  POSENC_GLM_VISION_QWEN2_VL = 0, /* image 151655, video 151656 (also Qwen2.5-VL, Qwen3-VL) */
+  POSENC_GLM_VISION_GLM4V = 1     /* GLM-4.1V / GLM-4.5V: image 151343, video 151344 */
+};
+POSENC_API posenc_status posenc_glm_vision_tokens_get(int32_t family, posenc_glm_vision_tokens* out);
+
+/* 3-stream ids of one sequence from its segments: text advances all axes by 1; a vision block
+ * starting at s gets t-id s + temporal offset, h-id s + i, w-id s + j; `rule` places the text after
+ * it. Sets rope_delta and next_position. */
+POSENC_API posenc_status posenc_glm_mrope_positions(const posenc_glm_mrope_segment* segments, size_t segment_count,
+                                                    const posenc_glm_vision_grid* grids, size_t grid_count,
+                                                    int32_t rule, posenc_glm_positions** out);
+/* The same from the token ids: runs of vision->image / vision->video tokens consume image_grids /
+ * video_grids in order, each run exactly its grid's tokens (the message names the index of a run
+ * that is not, and grids that run out or are left over). */
+POSENC_API posenc_status posenc_glm_mrope_positions_from_tokens(
+    const int64_t* tokens, size_t count, const posenc_glm_vision_tokens* vision,
+    const posenc_glm_vision_grid* image_grids, size_t image_grid_count, const posenc_glm_vision_grid* video_grids,
+    size_t video_grid_count, int32_t rule, int32_t video_layout, posenc_glm_positions** out);
+/* Decode: `count` tokens after past_len tokens, all three axes past_len + rope_delta + i. */
+POSENC_API posenc_status posenc_glm_mrope_decode_positions(int64_t past_len, int64_t rope_delta, int64_t count,
+                                                           posenc_glm_positions** out);
+/* glm-4v-9b (remote code): the placeholder between <|begin_of_image|> and <|end_of_image|> becomes
+ * num_patches embeddings, all at position boi_index + 1; 1 stream of count - 1 + num_patches ids.
+ * `special` NULL: GLM-4's vocabulary. */
+POSENC_API posenc_status posenc_glm_glm4v_remote_positions(const int64_t* tokens, size_t count, int64_t num_patches,
+                                                           const posenc_glm_special_tokens* special,
+                                                           posenc_glm_positions** out);
+
+/* Attention masks. Query row r of q_len queries over k_len keys is key slot k_len - q_len + r (a
+ * KV-cache offset); slots count padding. */
+enum {
+  POSENC_GLM_PATTERN_CAUSAL = 0,        /* visible(q, k) = k <= q */
+  POSENC_GLM_PATTERN_BIDIRECTIONAL = 1, /* true */
+  POSENC_GLM_PATTERN_PREFIX_LM = 2,     /* k < prefix_len || k <= q (prefix_len <= k_len) */
+  POSENC_GLM_PATTERN_LOCAL_WINDOW = 3,  /* q - window < k <= q (window >= 1) */
+  POSENC_GLM_PATTERN_GLOBAL_LOCAL = 4,  /* k <= q && (global(q) || global(k) || q - k < window) */
+  POSENC_GLM_PATTERN_CUSTOM = 5         /* predicate(context, q, k) != 0 */
+};
+
+typedef struct posenc_glm_attention_pattern {
+  size_t struct_size;
+  int32_t kind;     /* POSENC_GLM_PATTERN_* */
+  int32_t reserved; /* must be 0 */
+  int64_t prefix_len;
+  int64_t window;
+  const int64_t* global_positions; /* global_local: key slots, any order */
+  size_t global_count;
+  /* custom: called for every (q, k) of the call, on the calling thread; it must not unwind. */
+  int32_t (*predicate)(void* context, int64_t q, int64_t k);
+  void* context;
+} posenc_glm_attention_pattern;
+
+/* What a row that sees no key becomes. */
+enum {
+  POSENC_GLM_EMPTY_ROWS_MASKED = 0,     /* stays all masked (the caller discards padding rows) */
+  POSENC_GLM_EMPTY_ROWS_ALL_VISIBLE = 1 /* sees every key slot (ChatGLM2/3 remote code) */
+};
+
+typedef struct posenc_glm_mask_geometry {
+  size_t struct_size;
+  int64_t batch; /* [1] when 0 */
+  int64_t q_len;
+  int64_t k_len;
+  /* NULL: no padding; else [batch * k_len] 0/1 per key slot (e.g. posenc_glm_positions_info.valid):
+   * it masks padding keys and the query rows at padding slots. */
+  const uint8_t* valid;
+  int32_t empty_rows; /* POSENC_GLM_EMPTY_ROWS_* */
+  int32_t reserved;   /* must be 0 */
+} posenc_glm_mask_geometry;
+
+typedef struct posenc_glm_mask posenc_glm_mask;
+
+typedef struct posenc_glm_key_range {
+  int64_t begin;
+  int64_t end;
+} posenc_glm_key_range;
+
+/* Row i = b * q_len + r sees the key slots of ranges[row_offsets[i] .. row_offsets[i + 1]), which
+ * are sorted, non-empty, disjoint and not adjacent. Pointers live as long as the handle. */
+typedef struct posenc_glm_mask_info {
+  size_t struct_size;
+  int64_t batch;
+  int64_t q_len;
+  int64_t k_len;
+  int64_t range_count;
+  const int64_t* row_offsets; /* batch * q_len + 1 entries */
+  const posenc_glm_key_range* ranges;
+} posenc_glm_mask_info;
+
+/* `patterns`: one for every row of the batch, or `batch` of them (one per sequence). */
+POSENC_API posenc_status posenc_glm_mask_create(const posenc_glm_attention_pattern* patterns, size_t pattern_count,
+                                                const posenc_glm_mask_geometry* geometry, posenc_glm_mask** out);
+POSENC_API void posenc_glm_mask_destroy(posenc_glm_mask* mask);
+POSENC_API posenc_status posenc_glm_mask_get_info(const posenc_glm_mask* mask, posenc_glm_mask_info* out);
+/* The dense additive mask [batch, q_len, k_len], row-major: 0.0f visible, -INFINITY masked;
+ * `capacity` >= batch * q_len * k_len (at most 2^30 elements). */
+POSENC_API posenc_status posenc_glm_mask_dense(const posenc_glm_mask* mask, float* out, size_t capacity);
+
+/* ---------------------------------------------------------------------------------------------
  * Helpers (inline, compiled into the caller): initialized structs and plain views
  * ------------------------------------------------------------------------------------------- */
 
@@ -457,6 +733,11 @@ POSENC_DEFINE_MAKE(posenc_rope_args)
 POSENC_DEFINE_MAKE(posenc_append_args)
 POSENC_DEFINE_MAKE(posenc_counters)
 POSENC_DEFINE_MAKE(posenc_cpu_options)
+POSENC_DEFINE_MAKE(posenc_glm_special_tokens)
+POSENC_DEFINE_MAKE(posenc_glm_positions_info)
+POSENC_DEFINE_MAKE(posenc_glm_vision_tokens)
+POSENC_DEFINE_MAKE(posenc_glm_mask_geometry)
+POSENC_DEFINE_MAKE(posenc_glm_mask_info)
 #undef POSENC_DEFINE_MAKE
 
 /* A fresh sequence: length 0, rope_delta 0, never pinned. */
@@ -466,6 +747,28 @@ static inline posenc_sequence_state posenc_sequence_state_make(void) {
   state.struct_size = sizeof state;
   state.pin_from = POSENC_NEVER_PINNED;
   return state;
+}
+
+/* A t x h x w vision grid with the defaults: spatial merge 2, temporal interval 1. */
+static inline posenc_glm_vision_grid posenc_glm_vision_grid_make(int64_t t, int64_t h, int64_t w) {
+  posenc_glm_vision_grid grid;
+  memset(&grid, 0, sizeof grid);
+  grid.struct_size = sizeof grid;
+  grid.t = t;
+  grid.h = h;
+  grid.w = w;
+  grid.spatial_merge_size = 2;
+  grid.temporal_interval = 1;
+  return grid;
+}
+
+/* An attention pattern of one kind (its parameters zero: set prefix_len, window, ... after). */
+static inline posenc_glm_attention_pattern posenc_glm_pattern_make(int32_t kind) {
+  posenc_glm_attention_pattern pattern;
+  memset(&pattern, 0, sizeof pattern);
+  pattern.struct_size = sizeof pattern;
+  pattern.kind = kind;
+  return pattern;
 }
 
 /* A dense [tokens, heads, head_dim] view (token_stride = heads * head_dim). */

@@ -146,13 +146,13 @@ bool to_bool(std::int32_t value, const std::string& what) {
   return value == 1;
 }
 
-namespace {
-
 void check_reserved(std::int32_t reserved, const std::string& what) {
   if (reserved != 0) invalid(what + ".reserved is " + std::to_string(reserved) + ", must be 0");
 }
 
-}  // namespace
+void invalid_enum(const std::string& what, std::int32_t value, const char* accepted) {
+  invalid(enum_message(what, value, accepted));
+}
 
 TensorView to_view(const posenc_tensor& t, const std::string& what) {
   if (t.data == nullptr) return {};  // absent: its other fields are not read

@@ -3,8 +3,10 @@
 
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
@@ -35,6 +37,21 @@ struct posenc_gpu_engine {
 };
 struct posenc_position_tracker {
   posenc::glm::PositionTracker tracker;
+};
+// A builder's result: the ids, what the builder found, and the arrays `info`'s pointers address
+// (filled once by capi::publish, after which the handle is immutable).
+struct posenc_glm_positions {
+  posenc::glm::PositionIds ids;
+  std::vector<std::uint8_t> valid;  // empty: every token real
+  std::vector<std::int64_t> mask_positions;
+  std::vector<std::int64_t> pad_counts;
+  std::vector<std::int64_t> prefix_lens;
+  std::optional<posenc::glm::SequenceState> state;  // set where glm::tracker_state applies
+  posenc_glm_positions_info info;
+};
+struct posenc_glm_mask {
+  posenc::glm::MaskRanges ranges;
+  std::vector<posenc_glm_key_range> c_ranges;  // ranges in posenc.h's layout
 };
 
 namespace posenc::capi {
@@ -95,6 +112,29 @@ T read_in(const T* in, std::size_t min_size, const char* name, const char* type)
   return value;
 }
 
+/// A caller's array of `count` structs that start with struct_size, as read_in reads each: every
+/// element has the first one's struct_size, which is the array's stride (posenc.h, GLM section).
+/// Messages name the element as name[i].
+template <class T>
+std::vector<T> read_array(const T* first, std::size_t count, std::size_t min_size, const char* name,
+                          const char* type) {
+  std::vector<T> out;
+  if (count == 0) return out;
+  require(first, name);
+  const std::size_t stride = first->struct_size;
+  out.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto* element = reinterpret_cast<const T*>(reinterpret_cast<const unsigned char*>(first) + stride * i);
+    const std::string element_name = std::string(name) + "[" + std::to_string(i) + "]";
+    if (element->struct_size != stride)
+      throw Error(ErrorKind::invalid_argument,
+                  element_name + "->struct_size is " + std::to_string(element->struct_size) + ", not " +
+                      std::to_string(stride) + " as " + name + "[0]'s (every element of an array has the same size)");
+    out.push_back(read_in(element, min_size, element_name.c_str(), type));
+  }
+  return out;
+}
+
 /// Validates an output struct's struct_size (first version `min_size` bytes), for write_out.
 /// Bytes beyond what this library knows belong to the caller and are left alone.
 template <class T>
@@ -118,6 +158,10 @@ CacheDType to_cache_dtype(std::int32_t value, const std::string& what);
 CacheLayout to_layout(std::int32_t value, const std::string& what);
 Pairing to_pairing(std::int32_t value, const std::string& what);
 Numerics to_numerics(std::int32_t value, const std::string& what);
+/// Error(invalid_argument) "<what> is <value>, not one of <accepted>".
+[[noreturn]] void invalid_enum(const std::string& what, std::int32_t value, const char* accepted);
+/// Error(invalid_argument) unless a reserved field is 0.
+void check_reserved(std::int32_t reserved, const std::string& what);
 /// 0 or 1 (a C boolean); Error(invalid_argument) otherwise.
 bool to_bool(std::int32_t value, const std::string& what);
 

@@ -177,6 +177,12 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_spec_info) == 96 && sizeof(posenc_counters) == 48);
     CHECK(sizeof(posenc_cpu_options) == 16 && sizeof(posenc_sequence_state) == 40);
     CHECK(sizeof(posenc_step_entry) == 16);
+    /* Appended with the GLM builders (their first version). */
+    CHECK(sizeof(posenc_glm_special_tokens) == 64 && sizeof(posenc_glm_positions_info) == 152);
+    CHECK(sizeof(posenc_glm_vision_grid) == 56 && sizeof(posenc_glm_mrope_segment) == 16);
+    CHECK(sizeof(posenc_glm_vision_tokens) == 24 && sizeof(posenc_glm_attention_pattern) == 64);
+    CHECK(sizeof(posenc_glm_mask_geometry) == 48 && sizeof(posenc_glm_key_range) == 16);
+    CHECK(sizeof(posenc_glm_mask_info) == 56);
   }
 
   /* A newer caller's output struct: filled up to what this library knows, the rest untouched. */
@@ -1028,6 +1034,448 @@ static void test_gpu_engine(void) {
   posenc_spec_destroy(spec);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * GLM position ids and attention masks (the worked examples of docs/GLM.md; tests/capi/
+ * test_capi_glm.cpp checks every builder against the C++ functions on random inputs)
+ * ------------------------------------------------------------------------------------------- */
+
+/* The builder's info, or a zeroed one when the call failed. */
+static posenc_glm_positions_info glm_info(const posenc_glm_positions* positions) {
+  posenc_glm_positions_info info = posenc_glm_positions_info_make();
+  if (positions != NULL) CHECK_OK(posenc_glm_positions_get_info(positions, &info));
+  return info;
+}
+
+/* Whether the ids are exactly `expected` (streams * tokens values, stream-major). */
+static int glm_ids_are(const posenc_glm_positions_info* info, int32_t streams, int64_t tokens,
+                       const int64_t* expected) {
+  return info->streams == streams && info->tokens == tokens && info->values != NULL &&
+         memcmp(info->values, expected, (size_t)(streams * tokens) * sizeof(int64_t)) == 0;
+}
+
+/* Rotates random Q and K of `spec` at the builder's positions with the CPU engine and with the
+ * reference: the ids an engine takes are the builder's own buffer, used as they are. */
+static void glm_apply_matches_reference(const posenc_spec* spec, const posenc_glm_positions* positions) {
+  posenc_spec_info spec_info = posenc_spec_info_make();
+  posenc_glm_positions_info info = glm_info(positions);
+  posenc_cpu_engine* engine = NULL;
+  posenc_rope_args args = posenc_rope_args_make();
+  float *in, *q, *q_ref;
+  size_t count;
+  CHECK_OK(posenc_spec_get_info(spec, &spec_info));
+  CHECK(spec_info.position_streams == info.streams);
+  count = (size_t)(info.tokens * 2 * spec_info.head_dim);
+  in = malloc(count * sizeof(float));
+  q = malloc(count * sizeof(float));
+  q_ref = malloc(count * sizeof(float));
+  if (in == NULL || q == NULL || q_ref == NULL) {
+    CHECK(!"out of memory");
+  } else {
+    fill_random(in, count);
+    memcpy(q, in, count * sizeof(float));
+    memcpy(q_ref, in, count * sizeof(float));
+    CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+    CHECK_OK(posenc_glm_positions_view(positions, &args.positions));
+    CHECK(args.positions.data == info.values && args.positions.streams == info.streams &&
+          args.positions.stream_stride == info.tokens);
+    args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, info.tokens, 2, spec_info.head_dim);
+    CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+    args.q.data = q_ref;
+    CHECK_OK(posenc_apply_reference(spec, &args));
+    CHECK(memcmp(q, q_ref, count * sizeof(float)) == 0);
+    CHECK(memcmp(q, in, count * sizeof(float)) != 0); /* every call here has a non-zero position */
+    posenc_cpu_engine_destroy(engine);
+  }
+  free(in);
+  free(q);
+  free(q_ref);
+}
+
+static void test_glm_vocabularies(void) {
+  posenc_glm_special_tokens tokens = posenc_glm_special_tokens_make();
+  posenc_glm_vision_tokens vision = posenc_glm_vision_tokens_make();
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_GLM4, &tokens));
+  CHECK(tokens.mask == 151330 && tokens.gmask == 151331 && tokens.sop == 151333 && tokens.begin_of_image == 151339);
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_CHATGLM2, &tokens));
+  CHECK(tokens.mask == 64789 && tokens.eop == 64793 && tokens.begin_of_image == POSENC_GLM_NO_TOKEN);
+  CHECK_ERR(posenc_glm_special_tokens_get(9, &tokens), POSENC_ERROR_INVALID_ARGUMENT, "vocabulary is 9",
+            "POSENC_GLM_TOKENS_GLM4 (4)");
+  CHECK(tokens.mask == 64789); /* untouched */
+  CHECK_OK(posenc_glm_vision_tokens_get(POSENC_GLM_VISION_GLM4V, &vision));
+  CHECK(vision.image == 151343 && vision.video == 151344);
+}
+
+static void test_glm_chatglm6b(void) {
+  posenc_glm_special_tokens sp = posenc_glm_special_tokens_make();
+  posenc_glm_positions* p = NULL;
+  posenc_glm_positions* untouched = (posenc_glm_positions*)&checks;
+  posenc_glm_positions* out = untouched;
+  posenc_glm_positions_info info;
+  posenc_sequence_state state = posenc_sequence_state_make();
+  posenc_position_tracker* tracker = NULL;
+  posenc_config* config = NULL;
+  posenc_spec* spec = NULL;
+  posenc_step_entry decode[1] = {{0, 1}};
+  int64_t step[2], tokens = 0;
+  int64_t prompt[5], no_sop[3], batch_tokens[8], lengths[2];
+  static const int64_t ids[10] = {0, 1, 2, 3, 3, /* block */ 0, 0, 0, 0, 1};
+  static const int64_t batch_ids[10] = {0, 0, 0, 1, 1, 0, 1, 2, 3, 3};
+  static const int64_t batch_blocks[10] = {0, 0, 0, 0, 1, 0, 0, 0, 0, 1};
+  static const uint8_t batch_valid[10] = {0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_CHATGLM_6B, &sp));
+  prompt[0] = 11, prompt[1] = 12, prompt[2] = 13, prompt[3] = sp.gmask, prompt[4] = sp.sop;
+  CHECK_OK(posenc_glm_chatglm6b_positions(prompt, 5, NULL, POSENC_GLM_RULE_MASK_FIRST, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 2, 5, ids));
+  CHECK(info.batch == 1 && info.length == 5 && info.valid == NULL);
+  CHECK(info.prefix_len == 4 && info.mask_position == 3 && info.mask_token == sp.gmask);
+  CHECK(info.next_position == 3 && info.next_block == 2);
+
+  /* Decode continues through the tracker from the prompt's state: position pinned, block + 1. */
+  CHECK_OK(posenc_glm_positions_tracker_state(p, &state));
+  CHECK(state.length == 5 && state.pin_from == 4 && state.pin_value == 3 && state.rope_delta == 0);
+  CHECK_OK(posenc_position_tracker_create(2, 2048, &tracker));
+  CHECK_OK(posenc_position_tracker_add(tracker, 0, &state));
+  CHECK_OK(posenc_position_tracker_step(tracker, decode, 1, step, 2, &tokens));
+  CHECK(tokens == 1 && step[0] == 3 && step[1] == 2);
+  CHECK_OK(posenc_position_tracker_step(tracker, decode, 1, step, 2, &tokens));
+  CHECK(step[0] == 3 && step[1] == 3);
+  posenc_position_tracker_destroy(tracker);
+
+  /* The ids feed ChatGLM-6B's 2-D rotation as they are. */
+  CHECK_OK(posenc_config_load(POSENC_CONFIGS_DIR "/chatglm-6b.json", &config));
+  CHECK_OK(posenc_config_spec(config, NULL, &spec));
+  glm_apply_matches_reference(spec, p);
+  posenc_spec_destroy(spec);
+  posenc_config_destroy(config);
+  posenc_glm_positions_destroy(p);
+
+  /* A left-padded batch of the prompt without its first two tokens and the whole prompt. */
+  memcpy(batch_tokens, prompt + 2, 3 * sizeof(int64_t));
+  memcpy(batch_tokens + 3, prompt, 5 * sizeof(int64_t));
+  lengths[0] = 3, lengths[1] = 5;
+  CHECK_OK(posenc_glm_chatglm6b_batch(batch_tokens, lengths, 2, &sp, POSENC_GLM_RULE_MASK_FIRST, &p));
+  info = glm_info(p);
+  CHECK(info.streams == 2 && info.batch == 2 && info.length == 5 && info.tokens == 10);
+  CHECK(info.values != NULL && memcmp(info.values, batch_ids, sizeof batch_ids) == 0 &&
+        memcmp(info.values + 10, batch_blocks, sizeof batch_blocks) == 0);
+  CHECK(info.valid != NULL && memcmp(info.valid, batch_valid, sizeof batch_valid) == 0);
+  CHECK(info.mask_position_count == 2 && info.mask_positions[0] == 1 && info.mask_positions[1] == 3);
+  CHECK(info.pad_counts[0] == 2 && info.pad_counts[1] == 0 && info.prefix_lens[0] == 4 && info.prefix_lens[1] == 4);
+  CHECK_ERR(posenc_glm_positions_tracker_state(p, &state), POSENC_ERROR_INVALID_ARGUMENT, "no tracked sequence");
+  posenc_glm_positions_destroy(p);
+
+  /* Errors name what is missing; the out-pointer stays as it was. */
+  no_sop[0] = 11, no_sop[1] = sp.gmask, no_sop[2] = 12;
+  CHECK_ERR(posenc_glm_chatglm6b_positions(no_sop, 3, &sp, POSENC_GLM_RULE_MASK_FIRST, &out),
+            POSENC_ERROR_INVALID_ARGUMENT, "<sop>", "130004");
+  CHECK(out == untouched);
+  CHECK_ERR(posenc_glm_chatglm6b_positions(prompt, 5, &sp, 2, &out), POSENC_ERROR_INVALID_ARGUMENT, "rule is 2");
+  CHECK_ERR(posenc_glm_chatglm6b_positions(NULL, 5, &sp, 0, &out), POSENC_ERROR_INVALID_ARGUMENT, "tokens is NULL");
+  lengths[1] = -4;
+  CHECK_ERR(posenc_glm_chatglm6b_batch(batch_tokens, lengths, 2, &sp, 0, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "lengths[1] is -4");
+  CHECK(out == untouched);
+}
+
+static void test_glm_130b_and_blank_infilling(void) {
+  posenc_glm_special_tokens sp = posenc_glm_special_tokens_make();
+  posenc_glm_positions* p = NULL;
+  posenc_glm_positions* out = (posenc_glm_positions*)&checks;
+  posenc_glm_positions_info info;
+  posenc_sequence_state state = posenc_sequence_state_make();
+  int64_t context[7], infill[5];
+  static const int64_t pinned[7] = {0, 1, 2, 3, 2, 2, 2};
+  static const int64_t infill_ids[10] = {0, 1, 2, 3, 4, 0, 0, 0, 0, 0};
+  static const int64_t generation[6] = {2, 2, 2, 1, 2, 3};
+
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_GLM_130B, &sp));
+  context[0] = 11, context[1] = 12, context[2] = sp.mask, context[3] = 14, context[4] = sp.sop;
+  context[5] = 15, context[6] = 16;
+  CHECK_OK(posenc_glm_glm130b_positions(context, 7, NULL, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 7, pinned));
+  CHECK(info.pinned == 1 && info.mask_position == 2 && info.prefix_len == 4 && info.mask_token == sp.mask);
+  CHECK(info.next_position == 2);
+  CHECK_OK(posenc_glm_positions_tracker_state(p, &state));
+  CHECK(state.length == 7 && state.pin_from == 4 && state.pin_value == 2);
+  posenc_glm_positions_destroy(p);
+  CHECK_ERR(posenc_glm_glm130b_positions(context, 3, NULL, &out), POSENC_ERROR_INVALID_ARGUMENT, "no <sop>",
+            "150004");
+
+  /* The original GLM: a context with two masks, then generation into the first. */
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_CHATGLM_6B, &sp));
+  infill[0] = 11, infill[1] = 12, infill[2] = sp.mask, infill[3] = 14, infill[4] = sp.gmask;
+  CHECK_OK(posenc_glm_blank_infilling_context(infill, 5, &sp, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 2, 5, infill_ids));
+  CHECK(info.prefix_len == 5 && info.mask_position_count == 2 && info.mask_positions[0] == 2 &&
+        info.mask_positions[1] == 4);
+  posenc_glm_positions_destroy(p);
+  CHECK_ERR(posenc_glm_blank_infilling_context(infill, 5, NULL, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "special is NULL", "no single vocabulary");
+  CHECK_OK(posenc_glm_blank_infilling_generation(2, 1, 3, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 2, 3, generation) && info.next_position == 2 && info.next_block == 4);
+  posenc_glm_positions_destroy(p);
+  CHECK_ERR(posenc_glm_blank_infilling_generation(2, 0, 1, &out), POSENC_ERROR_INVALID_ARGUMENT, "first_block is 0");
+  CHECK(out == (posenc_glm_positions*)&checks);
+}
+
+static void test_glm_batches(void) {
+  posenc_glm_positions* p = NULL;
+  posenc_glm_positions* out = (posenc_glm_positions*)&checks;
+  posenc_glm_positions_info info;
+  posenc_sequence_state state = posenc_sequence_state_make();
+  static const uint8_t mask[10] = {0, 0, 1, 1, 1, 1, 1, 1, 1, 1};
+  static const uint8_t bad_mask[4] = {1, 1, 3, 1};
+  static const int64_t from_mask[10] = {1, 1, 0, 1, 2, 0, 1, 2, 3, 4};
+  static const int64_t next[2] = {3, 5};
+  static const int64_t lengths[2] = {2, 4};
+  static const int64_t padded[8] = {0, 0, 0, 1, 0, 1, 2, 3};
+  static const int64_t arange[3] = {7, 8, 9};
+
+  /* Hugging Face: cumsum(mask) - 1, padding 1 (transformers 4.x generate()), then the next token. */
+  CHECK_OK(posenc_glm_positions_from_attention_mask(mask, 2, 5, 1, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 10, from_mask) && info.batch == 2 && info.length == 5);
+  CHECK(info.valid != NULL && memcmp(info.valid, mask, sizeof mask) == 0);
+  CHECK_ERR(posenc_glm_positions_tracker_state(p, &state), POSENC_ERROR_INVALID_ARGUMENT, "no tracked sequence");
+  posenc_glm_positions_destroy(p);
+  CHECK_OK(posenc_glm_next_positions_from_attention_mask(mask, 2, 5, 1, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 2, next) && info.batch == 2 && info.length == 1);
+  posenc_glm_positions_destroy(p);
+  CHECK_ERR(posenc_glm_positions_from_attention_mask(bad_mask, 2, 2, 0, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "mask value 3 at [1, 0]");
+  CHECK_ERR(posenc_glm_positions_from_attention_mask(NULL, 2, 2, 0, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "mask is NULL");
+  CHECK_ERR(posenc_glm_positions_from_attention_mask(mask, INT64_MAX, 3, 0, &out), POSENC_ERROR_OVERFLOW, "mask");
+
+  /* ChatGLM2/3 and GLM-4 tokenizer padding. */
+  CHECK_OK(posenc_glm_left_padded_arange(lengths, 2, 0, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 8, padded) && info.batch == 2 && info.length == 4 && info.valid[1] == 0 &&
+        info.valid[2] == 1);
+  posenc_glm_positions_destroy(p);
+  CHECK_OK(posenc_glm_arange(7, 3, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 3, arange) && info.next_position == 10 && info.mask_token == POSENC_GLM_NO_TOKEN);
+  posenc_glm_positions_destroy(p);
+  CHECK_ERR(posenc_glm_arange(-1, 3, &out), POSENC_ERROR_INVALID_ARGUMENT, "past_len", "-1");
+  CHECK_ERR(posenc_glm_arange(0, 3, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK(out == (posenc_glm_positions*)&checks);
+}
+
+static void test_glm_mrope(void) {
+  posenc_glm_positions* p = NULL;
+  posenc_glm_positions* out = (posenc_glm_positions*)&checks;
+  posenc_glm_positions_info info;
+  posenc_sequence_state state = posenc_sequence_state_make();
+  posenc_glm_vision_tokens vision = posenc_glm_vision_tokens_make();
+  posenc_glm_special_tokens sp = posenc_glm_special_tokens_make();
+  posenc_glm_vision_grid grids[2];
+  posenc_glm_mrope_segment segments[3] = {{POSENC_GLM_SEGMENT_TEXT, 0, 3},
+                                          {POSENC_GLM_SEGMENT_VISION, 0, 0},
+                                          {POSENC_GLM_SEGMENT_TEXT, 0, 2}};
+  posenc_config* config = NULL;
+  posenc_spec* spec = NULL;
+  int64_t tokens[9], remote[10];
+  int i;
+  /* Qwen2-VL's worked example: 3 text tokens, a 1x4x4 image (2x2 merged), 2 text tokens. */
+  static const int64_t ids[27] = {0, 1, 2, 3, 3, 3, 3, 5, 6, 0, 1, 2, 3, 3, 4, 4, 5, 6, 0, 1, 2, 3, 4, 3, 4, 5, 6};
+  static const int64_t decode[6] = {7, 8, 7, 8, 7, 8};
+  static const int64_t remote_ids[13] = {0, 1, 2, 3, 4, 5, 6, 6, 6, 6, 7, 8, 9};
+
+  grids[0] = posenc_glm_vision_grid_make(1, 4, 4);
+  grids[1] = posenc_glm_vision_grid_make(1, 4, 4);
+  CHECK_OK(posenc_glm_mrope_positions(segments, 3, grids, 1, POSENC_GLM_NEXT_TEXT_SPATIAL_EXTENT, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 3, 9, ids) && info.rope_delta == -2 && info.next_position == 7);
+  CHECK_OK(posenc_glm_positions_tracker_state(p, &state));
+  CHECK(state.length == 9 && state.rope_delta == -2 && state.pin_from == POSENC_NEVER_PINNED);
+  posenc_glm_positions_destroy(p);
+
+  /* The same from token ids, GLM-4.1V's vision tokens; the ids feed GLM-4.1V's M-RoPE. */
+  CHECK_OK(posenc_glm_vision_tokens_get(POSENC_GLM_VISION_GLM4V, &vision));
+  for (i = 0; i < 9; ++i) tokens[i] = i >= 3 && i < 7 ? vision.image : 11 + i;
+  CHECK_OK(posenc_glm_mrope_positions_from_tokens(tokens, 9, &vision, grids, 1, NULL, 0,
+                                                  POSENC_GLM_NEXT_TEXT_SPATIAL_EXTENT, POSENC_GLM_VIDEO_PER_FRAME, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 3, 9, ids) && info.rope_delta == -2);
+  CHECK_OK(posenc_config_load(POSENC_CONFIGS_DIR "/glm-4.1v-9b.json", &config));
+  CHECK_OK(posenc_config_spec(config, NULL, &spec));
+  glm_apply_matches_reference(spec, p);
+  posenc_glm_positions_destroy(p);
+  CHECK_OK(posenc_glm_mrope_decode_positions(9, -2, 2, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 3, 2, decode) && info.next_position == 9);
+  glm_apply_matches_reference(spec, p);
+  posenc_glm_positions_destroy(p);
+  posenc_spec_destroy(spec);
+  posenc_config_destroy(config);
+
+  /* Errors name the element. */
+  CHECK_ERR(posenc_glm_mrope_positions_from_tokens(tokens, 6, &vision, grids, 1, NULL, 0, 1, 0, &out),
+            POSENC_ERROR_INVALID_ARGUMENT, "image grid 0 needs 4 tokens");
+  CHECK_ERR(posenc_glm_mrope_positions_from_tokens(tokens, 9, NULL, grids, 1, NULL, 0, 1, 0, &out),
+            POSENC_ERROR_INVALID_ARGUMENT, "vision is NULL");
+  segments[1].value = 2;
+  CHECK_ERR(posenc_glm_mrope_positions(segments, 3, grids, 2, 1, &out), POSENC_ERROR_OUT_OF_RANGE,
+            "segments[1].value (a grid index) is 2", "[0, 2)");
+  segments[1].value = 0;
+  segments[2].reserved = 1;
+  CHECK_ERR(posenc_glm_mrope_positions(segments, 3, grids, 2, 1, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "segments[2].reserved is 1");
+  segments[2].reserved = 0;
+  CHECK_ERR(posenc_glm_mrope_positions(segments, 3, grids, 2, 5, &out), POSENC_ERROR_INVALID_ARGUMENT, "rule is 5");
+  grids[1].struct_size = sizeof grids[1] - 8;
+  CHECK_ERR(posenc_glm_mrope_positions(segments, 3, grids, 2, 1, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "grids[1]->struct_size is 48", "every element");
+  grids[1] = posenc_glm_vision_grid_make(1, 3, 4);
+  segments[1].value = 1;
+  CHECK_ERR(posenc_glm_mrope_positions(segments, 3, grids, 2, 1, &out), POSENC_ERROR_INVALID_ARGUMENT, "segment 1",
+            "h 3", "spatial_merge_size 2");
+  CHECK(out == (posenc_glm_positions*)&checks);
+
+  /* glm-4v-9b: <|begin_of_image|> at 5, one placeholder, <|end_of_image|> at 7; 4 patches. */
+  CHECK_OK(posenc_glm_special_tokens_get(POSENC_GLM_TOKENS_GLM4, &sp));
+  for (i = 0; i < 10; ++i) remote[i] = 11 + i;
+  remote[5] = sp.begin_of_image, remote[6] = 0, remote[7] = sp.end_of_image;
+  CHECK_OK(posenc_glm_glm4v_remote_positions(remote, 10, 4, NULL, &p));
+  info = glm_info(p);
+  CHECK(glm_ids_are(&info, 1, 13, remote_ids) && info.rope_delta == -3 && info.boi_index == 5 &&
+        info.num_patches == 4 && info.next_position == 10);
+  posenc_glm_positions_destroy(p);
+}
+
+/* A custom pattern: query q sees key k when q - k is even (several ranges per row). */
+static int32_t even_distance(void* context, int64_t q, int64_t k) {
+  ++*(int64_t*)context;
+  return (q - k) % 2 == 0 ? 1 : 0;
+}
+
+static void test_glm_masks(void) {
+  posenc_glm_mask* mask = NULL;
+  posenc_glm_mask* out = (posenc_glm_mask*)&checks;
+  posenc_glm_mask_info info = posenc_glm_mask_info_make();
+  posenc_glm_mask_geometry geometry = posenc_glm_mask_geometry_make();
+  posenc_glm_attention_pattern patterns[2];
+  posenc_glm_positions* padded = NULL;
+  posenc_glm_positions_info padded_info;
+  static const int64_t lengths[2] = {2, 4};
+  static const int64_t bad_global[1] = {9};
+  int64_t calls = 0;
+  float dense[2 * 4 * 4 + 1];
+  int i, visible = 0;
+
+  /* A causal mask over a left-padded batch, the padding taken from the builder. */
+  CHECK_OK(posenc_glm_left_padded_arange(lengths, 2, 0, &padded));
+  padded_info = glm_info(padded);
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_CAUSAL);
+  geometry.batch = 2;
+  geometry.q_len = 4;
+  geometry.k_len = 4;
+  geometry.valid = padded_info.valid;
+  CHECK_OK(posenc_glm_mask_create(patterns, 1, &geometry, &mask));
+  CHECK_OK(posenc_glm_mask_get_info(mask, &info));
+  CHECK(info.batch == 2 && info.q_len == 4 && info.k_len == 4);
+  /* Row 0 (padding): nothing. Row 2 of sequence 0 (its first real token) sees slot 2 only. */
+  CHECK(info.row_offsets[0] == 0 && info.row_offsets[1] == 0);
+  CHECK(info.ranges[info.row_offsets[2]].begin == 2 && info.ranges[info.row_offsets[2]].end == 3);
+  dense[32] = 7.0f;
+  CHECK_OK(posenc_glm_mask_dense(mask, dense, 33));
+  CHECK(dense[32] == 7.0f && isinf(dense[0]) && dense[0] < 0 && dense[2 * 4 + 2] == 0.0f && isinf(dense[2 * 4 + 3]));
+  for (i = 16; i < 32; ++i) visible += dense[i] == 0.0f; /* sequence 1: lower triangle */
+  CHECK(visible == 10);
+  CHECK_ERR(posenc_glm_mask_dense(mask, dense, 31), POSENC_ERROR_INVALID_ARGUMENT, "capacity 31", "32 elements");
+  posenc_glm_mask_destroy(mask);
+  posenc_glm_positions_destroy(padded);
+
+  /* One pattern per sequence: prefix-LM (ChatGLM-6B's prompt) and a custom predicate. */
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_PREFIX_LM);
+  patterns[0].prefix_len = 3;
+  patterns[1] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_CUSTOM);
+  patterns[1].predicate = even_distance;
+  patterns[1].context = &calls;
+  geometry.valid = NULL;
+  CHECK_OK(posenc_glm_mask_create(patterns, 2, &geometry, &mask));
+  CHECK(calls >= 16); /* every (q, k) of sequence 1 at least once, through the caller's context */
+  CHECK_OK(posenc_glm_mask_dense(mask, dense, 32));
+  CHECK(dense[0 * 4 + 2] == 0.0f && isinf(dense[0 * 4 + 3]) && dense[3 * 4 + 3] == 0.0f);
+  CHECK(dense[16 + 3 * 4 + 1] == 0.0f && isinf(dense[16 + 3 * 4 + 2]) && dense[16 + 3 * 4 + 3] == 0.0f);
+  posenc_glm_mask_destroy(mask);
+
+  /* Errors name the pattern, the value and the limit. */
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_LOCAL_WINDOW);
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "attention pattern 0 (local_window): window 0", "at least 1");
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_GLOBAL_LOCAL);
+  patterns[0].window = 2;
+  patterns[0].global_positions = bad_global;
+  patterns[0].global_count = 1;
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_OUT_OF_RANGE,
+            "global_positions[0] = 9", "[0, 4)");
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_CUSTOM);
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "patterns[0].predicate is NULL");
+  patterns[0] = posenc_glm_pattern_make(6);
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "patterns[0].kind is 6");
+  patterns[0] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_CAUSAL);
+  patterns[1] = posenc_glm_pattern_make(POSENC_GLM_PATTERN_CAUSAL);
+  patterns[1].struct_size = 8;
+  CHECK_ERR(posenc_glm_mask_create(patterns, 2, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "patterns[1]->struct_size is 8");
+  CHECK_ERR(posenc_glm_mask_create(patterns, 0, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT, "0 patterns",
+            "batch 2");
+  geometry.q_len = 5;
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT, "q_len 5",
+            "k_len 4");
+  geometry.q_len = 4;
+  geometry.empty_rows = 2;
+  CHECK_ERR(posenc_glm_mask_create(patterns, 1, &geometry, &out), POSENC_ERROR_INVALID_ARGUMENT,
+            "geometry->empty_rows is 2");
+  CHECK(out == (posenc_glm_mask*)&checks);
+}
+
+static void test_glm_abi_growth(void) {
+  /* A newer caller's vision grid with a field this library lacks: refused, naming the byte. */
+  struct {
+    posenc_glm_vision_grid known;
+    int64_t future_field;
+  } future;
+  struct {
+    posenc_glm_positions_info known;
+    int64_t future_field;
+  } future_info;
+  posenc_glm_mrope_segment segment = {POSENC_GLM_SEGMENT_VISION, 0, 0};
+  posenc_glm_positions* p = NULL;
+  posenc_glm_positions_info first;
+  future.known = posenc_glm_vision_grid_make(1, 2, 2);
+  future.known.struct_size = sizeof future;
+  future.future_field = 1;
+  CHECK_ERR(posenc_glm_mrope_positions(&segment, 1, &future.known, 1, 0, &p), POSENC_ERROR_UNSUPPORTED,
+            "grids[0]: byte 56", "needs a newer libposenc");
+  future.future_field = 0; /* zero: absent, served */
+  CHECK_OK(posenc_glm_mrope_positions(&segment, 1, &future.known, 1, 0, &p));
+
+  /* Output structs are filled up to their struct_size: a newer caller's tail is left alone, an
+   * older caller's shorter struct is not overrun. */
+  memset(&future_info, 0, sizeof future_info);
+  future_info.known.struct_size = sizeof future_info;
+  future_info.future_field = 0x5a5a;
+  CHECK_OK(posenc_glm_positions_get_info(p, &future_info.known));
+  CHECK(future_info.known.tokens == 1 && future_info.known.streams == 3 && future_info.future_field == 0x5a5a);
+  /* posenc_glm_positions_info's first version is this one: nothing shorter exists. */
+  first = posenc_glm_positions_info_make();
+  first.struct_size = offsetof(posenc_glm_positions_info, values);
+  CHECK_ERR(posenc_glm_positions_get_info(p, &first), POSENC_ERROR_INVALID_ARGUMENT, "out->struct_size is 24",
+            "below 152");
+  posenc_glm_positions_destroy(p);
+}
+
 int main(void) {
   test_version_and_status();
   test_abi_layout();
@@ -1039,6 +1487,13 @@ int main(void) {
   test_cos_sin_cache();
   test_cpu_append();
   test_tracker();
+  test_glm_vocabularies();
+  test_glm_chatglm6b();
+  test_glm_130b_and_blank_infilling();
+  test_glm_batches();
+  test_glm_mrope();
+  test_glm_masks();
+  test_glm_abi_growth();
   test_gpu_engine();
   printf("test_capi: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
