@@ -61,6 +61,30 @@ pub const POSENC_SCALING_LONGROPE: i32 = 4;
 pub const POSENC_SCALING_LLAMA3: i32 = 5;
 pub const POSENC_SCALING_TABLE: i32 = 6;
 pub const POSENC_NEVER_PINNED: i64 = i64::MAX;
+pub const POSENC_GLM_NO_TOKEN: i64 = -1;
+pub const POSENC_GLM_TOKENS_CHATGLM_6B: i32 = 0;
+pub const POSENC_GLM_TOKENS_CHATGLM_6B_FIRST_RELEASE: i32 = 1;
+pub const POSENC_GLM_TOKENS_GLM_130B: i32 = 2;
+pub const POSENC_GLM_TOKENS_CHATGLM2: i32 = 3;
+pub const POSENC_GLM_TOKENS_GLM4: i32 = 4;
+pub const POSENC_GLM_RULE_MASK_FIRST: i32 = 0;
+pub const POSENC_GLM_RULE_GMASK_FIRST: i32 = 1;
+pub const POSENC_GLM_SEGMENT_TEXT: i32 = 0;
+pub const POSENC_GLM_SEGMENT_VISION: i32 = 1;
+pub const POSENC_GLM_NEXT_TEXT_MAX_PLUS_ONE: i32 = 0;
+pub const POSENC_GLM_NEXT_TEXT_SPATIAL_EXTENT: i32 = 1;
+pub const POSENC_GLM_VIDEO_WHOLE: i32 = 0;
+pub const POSENC_GLM_VIDEO_PER_FRAME: i32 = 1;
+pub const POSENC_GLM_VISION_QWEN2_VL: i32 = 0;
+pub const POSENC_GLM_VISION_GLM4V: i32 = 1;
+pub const POSENC_GLM_PATTERN_CAUSAL: i32 = 0;
+pub const POSENC_GLM_PATTERN_BIDIRECTIONAL: i32 = 1;
+pub const POSENC_GLM_PATTERN_PREFIX_LM: i32 = 2;
+pub const POSENC_GLM_PATTERN_LOCAL_WINDOW: i32 = 3;
+pub const POSENC_GLM_PATTERN_GLOBAL_LOCAL: i32 = 4;
+pub const POSENC_GLM_PATTERN_CUSTOM: i32 = 5;
+pub const POSENC_GLM_EMPTY_ROWS_MASKED: i32 = 0;
+pub const POSENC_GLM_EMPTY_ROWS_ALL_VISIBLE: i32 = 1;
 
 // --- opaque handles ------------------------------------------------------------------------------
 
@@ -73,7 +97,15 @@ macro_rules! opaque {
         }
     )*};
 }
-opaque!(posenc_config, posenc_spec, posenc_cpu_engine, posenc_gpu_engine, posenc_position_tracker);
+opaque!(
+    posenc_config,
+    posenc_spec,
+    posenc_cpu_engine,
+    posenc_gpu_engine,
+    posenc_position_tracker,
+    posenc_glm_positions,
+    posenc_glm_mask
+);
 
 // --- structs ------------------------------------------------------------------------------------
 
@@ -82,7 +114,8 @@ macro_rules! make {
     ($($name:ident),*) => {$(
         impl $name {
             pub fn make() -> Self {
-                // SAFETY: every field is an integer, a float or a raw pointer: all-zero is valid.
+                // SAFETY: every field is an integer, a float, a raw pointer or an Option of a function
+                // pointer: all-zero is valid (None for the function pointer).
                 let mut value: Self = unsafe { std::mem::zeroed() };
                 value.struct_size = size_of::<Self>();
                 value
@@ -284,6 +317,121 @@ pub struct posenc_step_entry {
     pub new_tokens: i64,
 }
 
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_special_tokens {
+    pub struct_size: usize,
+    pub mask: i64,
+    pub gmask: i64,
+    pub smask: i64,
+    pub sop: i64,
+    pub eop: i64,
+    pub begin_of_image: i64,
+    pub end_of_image: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_positions_info {
+    pub struct_size: usize,
+    pub streams: i32,
+    pub pinned: i32,
+    pub tokens: i64,
+    pub values: *const i64,
+    pub batch: i64,
+    pub length: i64,
+    pub valid: *const u8,
+    pub prefix_len: i64,
+    pub mask_position: i64,
+    pub mask_token: i64,
+    pub rope_delta: i64,
+    pub next_position: i64,
+    pub next_block: i64,
+    pub boi_index: i64,
+    pub num_patches: i64,
+    pub mask_position_count: i64,
+    pub mask_positions: *const i64,
+    pub pad_counts: *const i64,
+    pub prefix_lens: *const i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_vision_grid {
+    pub struct_size: usize,
+    pub t: i64,
+    pub h: i64,
+    pub w: i64,
+    pub spatial_merge_size: i64,
+    pub temporal_interval: i64,
+    pub seconds_per_grid: f32,
+    pub tokens_per_second: f32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct posenc_glm_mrope_segment {
+    pub kind: i32,
+    pub reserved: i32,
+    pub value: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_vision_tokens {
+    pub struct_size: usize,
+    pub image: i64,
+    pub video: i64,
+}
+
+/// `posenc_glm_attention_pattern.predicate`: non-zero when query slot `q` sees key slot `k`.
+pub type posenc_glm_predicate = Option<unsafe extern "C" fn(context: *mut c_void, q: i64, k: i64) -> i32>;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_attention_pattern {
+    pub struct_size: usize,
+    pub kind: i32,
+    pub reserved: i32,
+    pub prefix_len: i64,
+    pub window: i64,
+    pub global_positions: *const i64,
+    pub global_count: usize,
+    pub predicate: posenc_glm_predicate,
+    pub context: *mut c_void,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_mask_geometry {
+    pub struct_size: usize,
+    pub batch: i64,
+    pub q_len: i64,
+    pub k_len: i64,
+    pub valid: *const u8,
+    pub empty_rows: i32,
+    pub reserved: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct posenc_glm_key_range {
+    pub begin: i64,
+    pub end: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct posenc_glm_mask_info {
+    pub struct_size: usize,
+    pub batch: i64,
+    pub q_len: i64,
+    pub k_len: i64,
+    pub range_count: i64,
+    pub row_offsets: *const i64,
+    pub ranges: *const posenc_glm_key_range,
+}
+
 make!(
     posenc_version_info,
     posenc_gpu_info,
@@ -293,8 +441,30 @@ make!(
     posenc_rope_args,
     posenc_append_args,
     posenc_counters,
-    posenc_cpu_options
+    posenc_cpu_options,
+    posenc_glm_special_tokens,
+    posenc_glm_positions_info,
+    posenc_glm_vision_tokens,
+    posenc_glm_attention_pattern,
+    posenc_glm_mask_geometry,
+    posenc_glm_mask_info
 );
+
+impl posenc_glm_vision_grid {
+    /// A t x h x w grid with posenc.h's defaults (posenc_glm_vision_grid_make): merge 2, interval 1.
+    pub fn make(t: i64, h: i64, w: i64) -> Self {
+        posenc_glm_vision_grid {
+            struct_size: size_of::<Self>(),
+            t,
+            h,
+            w,
+            spatial_merge_size: 2,
+            temporal_interval: 1,
+            seconds_per_grid: 0.0,
+            tokens_per_second: 0.0,
+        }
+    }
+}
 
 impl posenc_sequence_state {
     /// A fresh sequence: length 0, rope_delta 0, never pinned.
@@ -429,6 +599,116 @@ extern "C" {
         capacity: usize,
         tokens: *mut i64,
     ) -> posenc_status;
+
+    pub fn posenc_glm_special_tokens_get(vocabulary: i32, out: *mut posenc_glm_special_tokens) -> posenc_status;
+    pub fn posenc_glm_vision_tokens_get(family: i32, out: *mut posenc_glm_vision_tokens) -> posenc_status;
+    pub fn posenc_glm_positions_destroy(positions: *mut posenc_glm_positions);
+    pub fn posenc_glm_positions_get_info(
+        positions: *const posenc_glm_positions,
+        out: *mut posenc_glm_positions_info,
+    ) -> posenc_status;
+    pub fn posenc_glm_positions_view(positions: *const posenc_glm_positions, out: *mut posenc_positions)
+        -> posenc_status;
+    pub fn posenc_glm_positions_tracker_state(
+        positions: *const posenc_glm_positions,
+        out: *mut posenc_sequence_state,
+    ) -> posenc_status;
+    pub fn posenc_glm_arange(past_len: i64, count: i64, out: *mut *mut posenc_glm_positions) -> posenc_status;
+    pub fn posenc_glm_left_padded_arange(
+        lengths: *const i64,
+        batch: usize,
+        pad_fill: i64,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_positions_from_attention_mask(
+        mask: *const u8,
+        batch: i64,
+        length: i64,
+        pad_fill: i64,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_next_positions_from_attention_mask(
+        mask: *const u8,
+        batch: i64,
+        length: i64,
+        new_tokens: i64,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_chatglm6b_positions(
+        tokens: *const i64,
+        count: usize,
+        special: *const posenc_glm_special_tokens,
+        rule: i32,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_chatglm6b_batch(
+        tokens: *const i64,
+        lengths: *const i64,
+        batch: usize,
+        special: *const posenc_glm_special_tokens,
+        rule: i32,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_glm130b_positions(
+        tokens: *const i64,
+        count: usize,
+        special: *const posenc_glm_special_tokens,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_blank_infilling_context(
+        tokens: *const i64,
+        count: usize,
+        special: *const posenc_glm_special_tokens,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_blank_infilling_generation(
+        mask_position: i64,
+        first_block: i64,
+        count: i64,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_mrope_positions(
+        segments: *const posenc_glm_mrope_segment,
+        segment_count: usize,
+        grids: *const posenc_glm_vision_grid,
+        grid_count: usize,
+        rule: i32,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_mrope_positions_from_tokens(
+        tokens: *const i64,
+        count: usize,
+        vision: *const posenc_glm_vision_tokens,
+        image_grids: *const posenc_glm_vision_grid,
+        image_grid_count: usize,
+        video_grids: *const posenc_glm_vision_grid,
+        video_grid_count: usize,
+        rule: i32,
+        video_layout: i32,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_mrope_decode_positions(
+        past_len: i64,
+        rope_delta: i64,
+        count: i64,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_glm4v_remote_positions(
+        tokens: *const i64,
+        count: usize,
+        num_patches: i64,
+        special: *const posenc_glm_special_tokens,
+        out: *mut *mut posenc_glm_positions,
+    ) -> posenc_status;
+    pub fn posenc_glm_mask_create(
+        patterns: *const posenc_glm_attention_pattern,
+        pattern_count: usize,
+        geometry: *const posenc_glm_mask_geometry,
+        out: *mut *mut posenc_glm_mask,
+    ) -> posenc_status;
+    pub fn posenc_glm_mask_destroy(mask: *mut posenc_glm_mask);
+    pub fn posenc_glm_mask_get_info(mask: *const posenc_glm_mask, out: *mut posenc_glm_mask_info) -> posenc_status;
+    pub fn posenc_glm_mask_dense(mask: *const posenc_glm_mask, out: *mut f32, capacity: usize) -> posenc_status;
 }
 
 #[cfg(test)]
@@ -458,6 +738,15 @@ mod tests {
         assert_eq!(size_of::<posenc_sequence_state>(), 40);
         assert_eq!(size_of::<posenc_step_entry>(), 16);
         assert_eq!(align_of::<posenc_rope_args>(), 8);
+        assert_eq!(size_of::<posenc_glm_special_tokens>(), 64);
+        assert_eq!(size_of::<posenc_glm_positions_info>(), 152);
+        assert_eq!(size_of::<posenc_glm_vision_grid>(), 56);
+        assert_eq!(size_of::<posenc_glm_mrope_segment>(), 16);
+        assert_eq!(size_of::<posenc_glm_vision_tokens>(), 24);
+        assert_eq!(size_of::<posenc_glm_attention_pattern>(), 64);
+        assert_eq!(size_of::<posenc_glm_mask_geometry>(), 48);
+        assert_eq!(size_of::<posenc_glm_key_range>(), 16);
+        assert_eq!(size_of::<posenc_glm_mask_info>(), 56);
     }
 
     #[test]

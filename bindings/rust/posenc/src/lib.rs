@@ -6,7 +6,9 @@
 //! - [`CpuEngine`] rotates Q and K held in slices ([`TensorMut`], [`Tensor`]) at the positions of
 //!   [`Positions`], in place or out of place, and appends to a KV cache ([`KvCacheMut`]).
 //! - [`PositionTracker`] produces each continuous-batching step's positions (prefill chunks and
-//!   decode tokens of many sequences).
+//!   decode tokens of many sequences); [`glm`] builds the position ids of every GLM generation
+//!   (ChatGLM-6B's 2-D ids, GLM-130B, blank infilling, padded batches, M-RoPE for GLM-4.1V/4.5V)
+//!   and attention masks.
 //! - [`GpuEngine`] takes device pointers and a vendor stream (raw, `unsafe`).
 //!
 //! Every failure is an [`Error`] with the library's [`Status`] and its message, which names the
@@ -260,6 +262,8 @@ c_enum!(
         Table = sys::POSENC_SCALING_TABLE,
     }
 );
+
+pub mod glm;
 
 // ------------------------------------------------------------------------------------------------
 // Configs and specs

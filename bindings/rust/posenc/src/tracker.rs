@@ -17,6 +17,17 @@ pub struct SequenceState {
     pub pin_value: i64,
 }
 
+impl SequenceState {
+    pub(crate) fn from_raw(raw: &sys::posenc_sequence_state) -> SequenceState {
+        SequenceState {
+            length: raw.length,
+            rope_delta: raw.rope_delta,
+            pin_from: if raw.pin_from == sys::POSENC_NEVER_PINNED { None } else { Some(raw.pin_from) },
+            pin_value: raw.pin_value,
+        }
+    }
+}
+
 impl Default for SequenceState {
     fn default() -> Self {
         SequenceState { length: 0, rope_delta: 0, pin_from: None, pin_value: 0 }
@@ -93,12 +104,7 @@ impl PositionTracker {
     pub fn state(&self, seq_id: i64) -> Result<SequenceState> {
         let mut raw = sys::posenc_sequence_state::make();
         check(unsafe { sys::posenc_position_tracker_get_state(self.raw.as_ptr(), seq_id, &mut raw) })?;
-        Ok(SequenceState {
-            length: raw.length,
-            rope_delta: raw.rope_delta,
-            pin_from: if raw.pin_from == sys::POSENC_NEVER_PINNED { None } else { Some(raw.pin_from) },
-            pin_value: raw.pin_value,
-        })
+        Ok(SequenceState::from_raw(&raw))
     }
 
     /// Re-pins a sequence from its current length (its block position restarts at 1).
