@@ -4,8 +4,9 @@
 # usage: bash scripts/gpu-sanitize.sh [BUILD_DIR]   (default build/gpu-h100; run from the repository root)
 # As a device call of its own (about 1 minute of build on a fresh machine, then about 6 of runs):
 #     carry [".deps"], command: bash scripts/gpu-sanitize.sh
-# BUILD_DIR is reused when it holds a build; otherwise scripts/gpu-check.sh builds build/gpu-h100
-# first (POSENC_GPU_CHECK_BUILD_ONLY=1: no tests; needs `.deps` carried).
+# BUILD_DIR is reused when it holds a build (brought up to date by `cmake --build`); otherwise
+# scripts/gpu-check.sh builds build/gpu-h100 first (POSENC_GPU_CHECK_BUILD_ONLY=1: no tests; needs
+# `.deps` carried).
 #
 # Binaries: the executable of every ctest labelled gpu (`ctest -L gpu -N`: each GoogleTest binary
 # once, `posenc_cli run --device gpu` with its arguments), plus the GPU halves of two cpu-labelled
@@ -53,7 +54,12 @@ summary=$logs/summary.txt
 fail() { echo "FAILED  $*" | tee -a "$summary"; finish 1; }
 
 # ---- the build ----------------------------------------------------------------------------------
-if [[ ! -f $build/CTestTestfile.cmake ]]; then
+mkdir -p "$logs/build"
+if [[ -f $build/CTestTestfile.cmake ]]; then
+  # Brought up to date (a no-op right after gpu-check.sh built it from the same tree).
+  timeout 420 cmake --build "$build" -j "$(nproc)" >"$logs/build/build.log" 2>&1 ||
+    fail "cmake --build $build failed: $logs/build/build.log"
+else
   [[ $build == build/gpu-h100 ]] || fail "no build in $build (only build/gpu-h100 is built here)"
   echo "gpu-sanitize: no build in $build: building it with scripts/gpu-check.sh (build only)" | tee -a "$summary"
   OUT=$logs/build POSENC_GPU_CHECK_BUILD_ONLY=1 bash scripts/gpu-check.sh >/dev/null 2>&1 ||
