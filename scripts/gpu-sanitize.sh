@@ -21,9 +21,9 @@
 #
 # Environment:
 #   POSENC_SANITIZER_TOOLS     default "memcheck racecheck synccheck initcheck"
-#   POSENC_SANITIZER_JOBS      runs at the same time (default 6; each its own process and context)
+#   POSENC_SANITIZER_JOBS      runs at the same time (default 8 on 16 cores; each its own process and context)
 #   POSENC_SANITIZER_S         time limit of one run (default 300 s)
-#   POSENC_SANITIZER_BUDGET_S  wall-clock limit of all runs (default 330 s): no run starts after it,
+#   POSENC_SANITIZER_BUDGET_S  wall-clock limit of all runs (default 360 s): no run starts in its last 30 s,
 #                              and a run's own limit is cut to what is left of it; runs left are
 #                              reported "NOT RUN", cut ones "TIMEOUT", and both fail the script
 #   POSENC_SANITIZER_LOGS      where logs go (default BUILD_DIR/sanitize): <tool>.<binary>.log, summary.txt
@@ -34,9 +34,9 @@ set -uo pipefail
 build=${1:-build/gpu-h100}
 logs=${POSENC_SANITIZER_LOGS:-$build/sanitize}
 tools=${POSENC_SANITIZER_TOOLS:-memcheck racecheck synccheck initcheck}
-jobs=${POSENC_SANITIZER_JOBS:-6}
+jobs=${POSENC_SANITIZER_JOBS:-8}
 limit=${POSENC_SANITIZER_S:-300}
-budget=${POSENC_SANITIZER_BUDGET_S:-330}
+budget=${POSENC_SANITIZER_BUDGET_S:-360}
 
 # finish STATUS: copies the summary and the logs to $OUT (device call) and exits with STATUS.
 finish() {
@@ -213,7 +213,7 @@ not_run=()
 rm -f "$logs"/.*.result
 while IFS=$'\t' read -r _ tool name kind workdir command; do
   left=$((budget - (SECONDS - start)))
-  if ((left < 10)); then
+  if ((left < 30)); then  # too little left for a run to finish
     not_run+=("$tool $name")
     continue
   fi
