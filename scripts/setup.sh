@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs what building and testing posenc needs on Debian 12 (idempotent): toolchain, CMake,
-# Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, Python 3; hipcc and cargo
-# when the archive has them; clang and its sanitizer/libFuzzer runtime with POSENC_FUZZ=1. Runs as
-# root (CI) or through sudo. Installed packages are skipped without a word.
+# Ninja, nlohmann-json, CLI11, GoogleTest/GoogleMock, Google Benchmark, SLEEF, Python 3, and Intel
+# MKL's static libraries from PyPI (mkl-static, into /opt/posenc/mkl); hipcc and cargo when the
+# archive has them; clang and its sanitizer/libFuzzer runtime with POSENC_FUZZ=1. Runs as root (CI)
+# or through sudo. Installed packages are skipped without a word.
 set -euo pipefail
 
 required=(build-essential cmake ninja-build nlohmann-json3-dev libcli11-dev libgtest-dev
-          libgmock-dev googletest libbenchmark-dev python3 git)
+          libgmock-dev googletest libbenchmark-dev libsleef-dev python3 python3-pip git)
+# torch's CPU cos/sin are Intel MKL's (docs/NUMERICS.md §3.4); posenc links the same functions from
+# MKL's static libraries (cmake/PosencMath.cmake). 2024.2.0 is the MKL torch 2.11's wheels carry.
+mkl_version=2024.2.0
+mkl_prefix=/opt/posenc/mkl
 # Optional, each named by its package and its command: hipcc (the HIP engine, or beside CUDA a HIP
 # compile check: cmake/PosencGpu.cmake; it brings libamdhip64-dev), cargo (the Rust crates' tests,
 # rust.cargo_test). The build skips what is missing, and says so.
@@ -54,13 +59,18 @@ for p in "${optional[@]}"; do
   command -v "$p" >/dev/null 2>&1 || installed "$p" || missing_optional+=("$p")
 done
 
-if [[ ${#missing[@]} -eq 0 && ${#missing_optional[@]} -eq 0 ]]; then
+need_mkl=0
+[[ -f $mkl_prefix/lib/libmkl_core.a ]] || need_mkl=1
+
+if [[ ${#missing[@]} -eq 0 && ${#missing_optional[@]} -eq 0 && $need_mkl -eq 0 ]]; then
   exit 0  # everything is there: no network, no output
 fi
 
-# One `apt-get update` per run, and only when something has to be installed.
-say "updating the package lists"
-apt_get update -qq
+# One `apt-get update` per run, and only when a package has to be installed.
+if [[ ${#missing[@]} -gt 0 || ${#missing_optional[@]} -gt 0 ]]; then
+  say "updating the package lists"
+  apt_get update -qq
+fi
 
 if [[ ${#missing[@]} -gt 0 ]]; then
   say "installing ${missing[*]}"
@@ -80,3 +90,11 @@ for p in "${missing_optional[@]}"; do
     say "optional $p is not in the package archive; continuing without it"
   fi
 done
+
+if ((need_mkl)); then
+  # --prefix puts the wheel's lib/*.a under $mkl_prefix (and leaves the system Python alone);
+  # --no-deps: the sequential layer needs no OpenMP or TBB.
+  say "installing Intel MKL $mkl_version's static libraries (PyPI mkl-static) into $mkl_prefix"
+  "${as_root[@]}" python3 -m pip install -q --root-user-action=ignore --no-deps --no-cache-dir --prefix "$mkl_prefix" "mkl-static==$mkl_version"
+  [[ -f $mkl_prefix/lib/libmkl_core.a ]] || { say "mkl-static installed no $mkl_prefix/lib/libmkl_core.a" >&2; exit 1; }
+fi

@@ -309,7 +309,8 @@ TEST_F(glm_attention_gpu_example, StepPastMaxLenThrowsAndCommitsNothing) {
 // Q still rotated for every token, and the record cleared afterwards.
 TEST_F(glm_attention_gpu_example, SlotOutsideTheCacheIsReportedAndWritesNothing) {
   const ex::GlmAttentionConfig config;
-  const auto spec = ex::glm_rope_spec(config);
+  auto spec = ex::glm_rope_spec(config);
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   posenc::gpu::GpuEngine engine(spec, device);
   posenc::CpuEngine cpu_engine(spec);
   constexpr std::int64_t tokens = 4;

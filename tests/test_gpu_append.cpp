@@ -179,7 +179,7 @@ void run_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c) {
 
 Case base_case(DType act, CacheDType cache, CacheLayout layout) {
   Case c;
-  c.spec = scheme_spec(Scaling::none, 128, 0, 0, Pairing::half_split, Numerics::hf_compatible);
+  c.spec = exact_arithmetic(scheme_spec(Scaling::none, 128, 0, 0, Pairing::half_split, Numerics::hf_compatible));
   c.act = act;
   c.cache = cache;
   c.layout = layout;
@@ -205,7 +205,7 @@ TEST_F(GpuAppend, PairingsNumericsPartialWindows) {
   for (Pairing p : all_pairings) {
     for (Numerics n : all_numerics) {
       Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_hnd);
-      c.spec = scheme_spec(Scaling::yarn, 128, 64, 32, p, n);  // partial window with an offset
+      c.spec = exact_arithmetic(scheme_spec(Scaling::yarn, 128, 64, 32, p, n));  // partial window with an offset
       c.out_of_place = n == Numerics::hf_fp32_apply;
       run_case(device, ref(), c);
     }
@@ -215,7 +215,7 @@ TEST_F(GpuAppend, PairingsNumericsPartialWindows) {
 TEST_F(GpuAppend, CallDependentTables) {
   for (Scaling s : {Scaling::dynamic, Scaling::longrope}) {
     Case c = base_case(DType::f16, CacheDType::f16, CacheLayout::contiguous);
-    c.spec = scheme_spec(s, 128);  // positions reach 4096: the call's own table
+    c.spec = exact_arithmetic(scheme_spec(s, 128));  // positions reach 4096: the call's own table
     run_case(device, ref(), c);
   }
 }
@@ -244,7 +244,7 @@ TEST_F(GpuAppend, GqaMqaHeadDims) {
   for (std::int64_t kv_heads : {1, 8}) {
     for (std::int64_t head_dim : {64, 80, 256}) {
       Case c = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_nhd);
-      c.spec = scheme_spec(Scaling::none, head_dim, head_dim / 2, 0, Pairing::interleaved, Numerics::hf_compatible);
+      c.spec = exact_arithmetic(scheme_spec(Scaling::none, head_dim, head_dim / 2, 0, Pairing::interleaved, Numerics::hf_compatible));
       c.q_heads = 8;
       c.kv_heads = kv_heads;
       c.out_of_place = kv_heads == 1;
@@ -255,7 +255,7 @@ TEST_F(GpuAppend, GqaMqaHeadDims) {
 
 TEST_F(GpuAppend, ManyTokensAndAllPadding) {
   Case big = base_case(DType::bf16, CacheDType::bf16, CacheLayout::paged_hnd);
-  big.spec = scheme_spec(Scaling::llama3, 128);
+  big.spec = exact_arithmetic(scheme_spec(Scaling::llama3, 128));
   big.tokens = 3000;
   big.q_heads = 32;
   big.kv_heads = 8;
@@ -320,7 +320,7 @@ TEST_F(GpuAppend, BadSlotsAreRecordedAndSkipped) {
 }
 
 TEST_F(GpuAppend, HostValidationRejectsAndWritesNothing) {
-  const RopeSpec spec = scheme_spec(Scaling::none, 64);
+  const RopeSpec spec = exact_arithmetic(scheme_spec(Scaling::none, 64));
   HostTensor q(DType::bf16, 3, 4, 64);
   HostTensor k(DType::bf16, 3, 2, 64);
   HostTensor v(DType::bf16, 3, 3, 64);  // wrong head count
@@ -361,7 +361,7 @@ TEST_F(GpuAppend, HostValidationRejectsAndWritesNothing) {
 
 /// A fixed decode-like call: 8 tokens, bf16, paged NHD, device data.
 struct DecodeCall {
-  RopeSpec spec = scheme_spec(Scaling::none, 128);
+  RopeSpec spec = exact_arithmetic(scheme_spec(Scaling::none, 128));
   HostTensor q{DType::bf16, 8, 8, 128};
   HostTensor k{DType::bf16, 8, 2, 128};
   HostTensor v{DType::bf16, 8, 2, 128};

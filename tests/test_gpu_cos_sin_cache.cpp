@@ -54,7 +54,7 @@ BothEngines run_both(const gpu::Device& device, gpu::StreamRef stream, const Cos
   fill_random_parallel(r.input.q, c.seed * 2 + 1);
   if (r.input.k.present()) fill_random_parallel(r.input.k, c.seed * 2 + 2);
   const std::vector<std::byte> input_bytes = r.input.buffer.snapshot();
-  const RopeSpec spec = c.spec();
+  const RopeSpec spec = exact_arithmetic(c.spec());
 
   r.cpu = c.out_of_place ? make_layout(c.dtype, c.tokens, c.q_heads, c.kv_heads, c.head_dim, layout_of(c), c.pad)
                          : clone(r.input);
@@ -114,7 +114,7 @@ BothEngines run_both(const gpu::Device& device, gpu::StreamRef stream, const Cos
 void expect_case(const gpu::Device& device, gpu::StreamRef stream, const CosSinCase& c) {
   const HostCosSinCache cache = random_cos_sin_cache(c.cache_dtype, c.rows, c.rotary, c.rotary + c.row_pad, c.seed);
   const std::vector<std::int64_t> pos = random_positions(c.tokens, c.rows, c.seed);
-  const GpuEngine engine(c.spec(), device);
+  const GpuEngine engine(exact_arithmetic(c.spec()), device);
   const BothEngines r = run_both(device, stream, c, cache, pos, pos, engine);
   EXPECT_NO_THROW(engine.check(stream)) << c.name();
   EXPECT_TRUE(all_written(r.gpu.q)) << c.name();
@@ -201,7 +201,7 @@ TEST_F(GpuCosSinCache, CacheOfTheSpecsOwnCosSinEqualsSpecPath) {
       for (const Numerics numerics : {Numerics::hf_compatible, Numerics::hf_fp32_apply}) {
         for (const DType dtype : all_dtypes) {
           ++n;
-          const RopeSpec spec = scheme_spec(scheme, 128, n % 2 == 0 ? 0 : 64, 0, pairing, numerics);
+          const RopeSpec spec = exact_arithmetic(scheme_spec(scheme, 128, n % 2 == 0 ? 0 : 64, 0, pairing, numerics));
           const std::int64_t rows = 8192;
           const std::int64_t tokens = 1000;
           const HostCosSinCache cache = spec_cos_sin_cache(spec, rows);
@@ -260,7 +260,7 @@ TEST_F(GpuCosSinCache, OutOfRangePositionsAreIdentityAndReported) {
           pos[static_cast<std::size_t>(t)] = value;
           valid[static_cast<std::size_t>(t)] = 0;
         }
-        const GpuEngine engine(c.spec(), device);
+        const GpuEngine engine(exact_arithmetic(c.spec()), device);
         const BothEngines r = run_both(device, ref(), c, cache, pos, valid, engine);
         EXPECT_TRUE(throws_error([&] { engine.check(ref()); }, ErrorKind::out_of_range,
                                  {"position 100 of token 5", "[0, 100)", "cos/sin cache"}))
@@ -307,7 +307,7 @@ TEST_F(GpuCosSinCache, FaultNamesTheCallsLimit) {
   CosSinCase c;
   c.tokens = 10;
   c.rows = 64;
-  RopeSpec spec = c.spec();
+  RopeSpec spec = exact_arithmetic(c.spec());
   spec.position_limit = 32;
   const HostCosSinCache cache = random_cos_sin_cache(DType::f32, c.rows, c.rotary, -1, 9);
   std::vector<std::int64_t> pos = random_positions(c.tokens, 32, 9);
@@ -341,7 +341,7 @@ TEST_F(GpuCosSinCache, AppendMatchesCpuEngine) {
         c.numerics = numerics;
         c.head_dim = 64;
         c.rotary = n % 2 == 0 ? 64 : 32;
-        const RopeSpec spec = c.spec();
+        const RopeSpec spec = exact_arithmetic(c.spec());
         const std::int64_t tokens = 50;
         const std::int64_t kv_heads = 2;
         const HostCosSinCache cache = random_cos_sin_cache(all_dtypes[n % 3], 500, c.rotary, -1, n);
@@ -412,6 +412,7 @@ TEST_F(GpuCosSinCache, AppendMatchesCpuEngine) {
 // Host validation before the launch: a multi-stream spec or a mismatched cache is refused.
 TEST_F(GpuCosSinCache, HostValidation) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 64;
   const HostCosSinCache cache = random_cos_sin_cache(DType::f32, 10, 32, -1, 1);
   QkLayout q = make_layout(DType::bf16, 4, 2, 0, 64, LayoutKind::separate, 0);

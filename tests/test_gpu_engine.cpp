@@ -73,6 +73,7 @@ std::string describe_case(const SweepCase& c) {
 
 RopeSpec spec_of(const SweepCase& c) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = c.head_dim;
   spec.rotary_dim = c.rotary;
   spec.rotary_offset = c.offset;
@@ -333,6 +334,7 @@ std::vector<std::int64_t> positions_up_to(std::int64_t count, std::int64_t max) 
 
 RopeSpec longrope_spec() {
   RopeSpec spec;  // Phi-3-mini-128k-like
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 96;
   spec.scaling = Scaling::longrope;
   spec.params.original_max_position_embeddings = 4096;
@@ -359,6 +361,7 @@ TEST_F(GpuEngineTest, LongRopeSelectsTheTableFromTheCallsLargestPosition) {
 
 TEST_F(GpuEngineTest, DynamicNtkMatchesTheCpuBelowAndAboveTheThreshold) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 128;
   spec.scaling = Scaling::dynamic;
   spec.params.factor = 4.0;
@@ -400,7 +403,7 @@ TEST_F(GpuEngineTest, EveryRegistrySchemeMatchesTheCpuEngine) {
   std::uint64_t seed = 900;
   for (const detail::SchemeRow& row : detail::scheme_rows()) {
     for (const Numerics numerics : all_numerics) {
-      const RopeSpec spec = scheme_spec(row.scaling, 128, 0, 0, Pairing::half_split, numerics);
+      const RopeSpec spec = exact_arithmetic(scheme_spec(row.scaling, 128, 0, 0, Pairing::half_split, numerics));
       const GpuEngine engine(spec, device);
       const std::int64_t threshold = row.threshold != nullptr ? row.threshold(spec.params) : 0;
       std::vector<std::int64_t> largest = {threshold > 0 ? threshold - 1 : 70000};
@@ -447,6 +450,7 @@ std::string error_of(const std::function<void()>& fn, ErrorKind kind) {
 
 TEST_F(GpuEngineTest, OutOfRangePositionsAreRotatedRecordedAndReportedByCheck) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 64;
   spec.position_limit = 4096;
   const GpuEngine engine(spec, device);
@@ -520,6 +524,7 @@ TEST_F(GpuEngineTest, OutOfRangePositionsAreRotatedRecordedAndReportedByCheck) {
 
 TEST_F(GpuEngineTest, BadInputsThrowBeforeAnyDeviceWrite) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 128;
   const GpuEngine engine(spec, device);
   const std::int64_t tokens = 16;
@@ -607,6 +612,7 @@ TEST_F(GpuEngineTest, SeveralThreadsOnSeveralStreamsDoNotInterfere) {
       try {
         const Job& job = jobs[j];
         RopeSpec spec;
+        spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
         spec.head_dim = job.head_dim;
         spec.rotary_dim = job.rotary;
         spec.pairing = job.pairing;
@@ -659,6 +665,7 @@ TEST_F(GpuEngineTest, SeveralThreadsOnSeveralStreamsDoNotInterfere) {
 
 TEST_F(GpuEngineTest, TenThousandCallsAllocateNothing) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 128;
   spec.scaling = Scaling::longrope;  // the pre-pass path too
   spec.params = longrope_spec().params;

@@ -19,6 +19,7 @@ class GpuFault : public GpuTest {};
 
 TEST_F(GpuFault, InvalidDevicePointerIsReportedWithTheLaunch) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 128;
   const gpu::GpuEngine engine(spec, device);
   const std::int64_t tokens = 4096;

@@ -108,6 +108,7 @@ void check_graph_matches_direct_calls(const gpu::Device& device, gpu::StreamRef 
 
 TEST_F(GpuGraph, CapturedAppliesReplayLikeDirectCalls) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 128;
   spec.rotary_dim = 64;  // partial: the out-of-place call copies pass-through dims too
   check_graph_matches_direct_calls(device, ref(), spec);
@@ -115,6 +116,7 @@ TEST_F(GpuGraph, CapturedAppliesReplayLikeDirectCalls) {
 
 TEST_F(GpuGraph, CallDependentTablesAreCapturedWithTheirPrePass) {
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = 64;
   spec.scaling = Scaling::dynamic;
   spec.params.factor = 2.0;

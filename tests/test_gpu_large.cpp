@@ -35,6 +35,7 @@ TEST_F(GpuLarge, QueryAbove2To31ElementsMatchesTheCpuOnSampledTokens) {
   }
 
   RopeSpec spec;
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;  // compared bit for bit with the CPU
   spec.head_dim = head_dim;
   spec.theta = 500000.0;
   const gpu::GpuEngine engine(spec, device);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace posenc {
@@ -126,6 +127,20 @@ enum class Numerics : std::uint8_t { hf_compatible, hf_fp32_apply, accurate };
 inline constexpr std::array<Numerics, 3> all_numerics = {Numerics::hf_compatible, Numerics::hf_fp32_apply,
                                                          Numerics::accurate};
 
+/// Whose float32 arithmetic the hf numerics reproduce (docs/NUMERICS.md §3.4): the library that
+/// computes transformers' `base ** exponent` (inv_freq), `cos` and `sin` on that device. Only the
+/// hf numerics read it; `accurate` always uses the exact tables.
+enum class HfArithmetic : std::uint8_t {
+  engine,      ///< torch on the engine's own device: CpuEngine -> torch_cpu, GpuEngine -> torch_cuda (default)
+  torch_cpu,   ///< torch 2.x on an x86-64 CPU (SLEEF and glibc powf, Intel MKL's vmsCos/vmsSin)
+  torch_cuda,  ///< torch on an NVIDIA GPU (CUDA's float powf/cosf/sinf)
+  exact,       ///< correctly rounded pow/cos/sin: identical bits on every engine (the behaviour before this option)
+};
+
+/// Every HfArithmetic, in enum order.
+inline constexpr std::array<HfArithmetic, 4> all_hf_arithmetics = {HfArithmetic::engine, HfArithmetic::torch_cpu,
+                                                                   HfArithmetic::torch_cuda, HfArithmetic::exact};
+
 /// Frequency scheme: how inv_freq and the attention factor are derived (docs/NUMERICS.md §5).
 enum class Scaling : std::uint8_t {
   none,      ///< default theta: inv_freq[i] = 1 / theta^(2i/R)
@@ -178,6 +193,8 @@ struct RopeSpec {
   ScalingParams params;
   std::optional<double> attention_factor;  ///< overrides the scheme's attention factor
   Numerics numerics = Numerics::hf_compatible;
+  /// Whose pow/cos/sin the hf numerics reproduce; an engine refuses one it cannot (docs/NUMERICS.md §3.4).
+  HfArithmetic hf_arithmetic = HfArithmetic::engine;
   /// M-RoPE: pairs per position stream (empty: a single stream). See "Multi-axis RoPE" above.
   std::vector<std::int64_t> mrope_section;
   bool mrope_interleaved = false;  ///< Qwen3-VL's interleaved assignment instead of contiguous
@@ -215,6 +232,11 @@ inline constexpr std::int64_t max_head_dim = 1024;
 const char* to_string(Pairing p) noexcept;
 const char* to_string(Numerics n) noexcept;
 const char* to_string(Scaling s) noexcept;
+const char* to_string(HfArithmetic a) noexcept;
+
+/// The HfArithmetic named `name` ("engine", "torch_cpu", "torch_cuda", "exact"); nullopt for any
+/// other text.
+std::optional<HfArithmetic> parse_hf_arithmetic(std::string_view name) noexcept;
 
 /// The frequency data of a spec: inv_freq (R/2 float32 values) and the attention factor.
 struct FrequencyTable {

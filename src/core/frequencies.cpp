@@ -1,11 +1,8 @@
 // Frequency tables: compute_frequencies through the scheme registry (schemes.cpp), the float32 building blocks the schemes share, and the range check of the tables a spec can give.
 //
 // Bit-exactness notes (docs/NUMERICS.md §5):
-// * torch evaluates `base ** exponent_tensor` with the CPU capability's powf. Its DEFAULT
-//   capability is glibc powf followed by a float32 reciprocal, which is what std::pow(float, float)
-//   gives here. AVX2/AVX512 builds of torch use SLEEF and differ by 1 ulp in about 1% of entries,
-//   so tables from such a host can differ from ours by 1 ulp; callers needing that exact table
-//   supply it with Scaling::table.
+// * torch evaluates `base ** exponent_tensor` with its device's pow; which pow stands for which
+//   HfArithmetic is hf_arithmetic.hpp's TorchPowers, handed to every scheme.
 // * Each float32 tensor op rounds; Python scalars are rounded to float32 where they meet a tensor;
 //   `scalar / tensor` is torch's `tensor.reciprocal() * scalar` (two roundings). The comments at
 //   each expression say which is which.
@@ -29,33 +26,20 @@ namespace {
 
 float f32(double v) { return static_cast<float>(v); }
 
-// torch's float32 `tensor ** python_scalar` on a 0-dim tensor (PowKernel.cpp,
-// pow_tensor_scalar_optimized_kernel<float, double>): 2 and 3 become multiplies; otherwise the
-// scalar path computes std::pow(float, double), i.e. the double pow of the widened base with the
-// unrounded Python exponent, rounded to float32.
-float pow_tensor_scalar(float base, double exponent) {
-  if (exponent == 2.0) return base * base;
-  if (exponent == 3.0) return base * base * base;
-  return f32(std::pow(static_cast<double>(base), exponent));
-}
-
 }  // namespace
 
 float rope_exponent(std::int64_t i, std::int64_t rotary) {
   return static_cast<float>(2 * i) / static_cast<float>(rotary);
 }
 
-std::vector<float> inv_freq_for_base(float base, std::int64_t rotary) {
-  std::vector<float> inv(static_cast<std::size_t>(rotary / 2));
-  for (std::int64_t i = 0; i < rotary / 2; ++i) {
-    const float p = std::pow(base, rope_exponent(i, rotary));  // glibc powf
-    inv[static_cast<std::size_t>(i)] = 1.0f / p;              // reciprocal (the `* 1.0` is exact)
-  }
+std::vector<float> inv_freq_for_base(float base, std::int64_t rotary, const TorchPowers& powers) {
+  std::vector<float> inv = powers.table(base, rotary);  // base ** (arange(0, R, 2).float() / R)
+  for (float& v : inv) v = 1.0f / v;                    // reciprocal (the `* 1.0` is exact)
   return inv;
 }
 
-std::vector<float> default_inv_freq(double theta, std::int64_t rotary) {
-  return inv_freq_for_base(f32(theta), rotary);
+std::vector<float> default_inv_freq(double theta, std::int64_t rotary, const TorchPowers& powers) {
+  return inv_freq_for_base(f32(theta), rotary, powers);
 }
 
 CorrectionRange yarn_correction_range(std::int64_t rotary, double theta, double original_max, double beta_fast,
@@ -106,13 +90,13 @@ double deepseek_softmax_scale_multiplier(const ScalingParams& params) {
 }
 
 float dynamic_theta(double theta, double factor, std::int64_t seq_len, std::int64_t max_position_embeddings,
-                    std::int64_t rotary) {
+                    std::int64_t rotary, const TorchPowers& powers) {
   const std::int64_t s = std::max(seq_len, max_position_embeddings);  // torch.maximum, int64
   const double r = static_cast<double>(rotary);
   float x = f32(factor) * static_cast<float>(s);         // factor * seq_len        (float32 tensor)
   x = x / static_cast<float>(max_position_embeddings);  // / max_position_embeddings
   x = x - f32(factor - 1);                              // - (factor - 1): Python double, then fl32
-  x = pow_tensor_scalar(x, r / (r - 2));                // ** (dim / (dim - 2))
+  x = powers.scalar(x, r / (r - 2));                    // ** (dim / (dim - 2))
   return f32(theta) * x;                                // base * tensor
 }
 
@@ -161,7 +145,7 @@ void check_frequency_range(const RopeSpec& spec) {
   // The largest angle is inv_freq * fl32(position_limit - 1), formed in float32 by hf_compatible.
   const auto last_position = static_cast<float>(spec.position_limit - 1);
   for (const std::optional<std::int64_t> seq_len : seq_lens) {
-    const FrequencyTable table = frequencies_unchecked(spec, seq_len);
+    const FrequencyTable table = frequencies_unchecked(spec, seq_len, host_powers(HfArithmetic::exact));
     const std::string at = seq_len ? " for seq_len " + number_text(*seq_len) : std::string(" at init");
     for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
       const float v = table.inv_freq[i];
@@ -181,10 +165,11 @@ void check_frequency_range(const RopeSpec& spec) {
   }
 }
 
-FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
+FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len,
+                                     const TorchPowers& powers) {
   // Every scheme works on frequency_dim(): R, or R/2 for half_split_2d, whose halves are each a
   // RoPE of R/2 dims (pair_axes spreads the table over the pairs).
-  FrequencyTable table = scheme_row(spec.scaling).table(spec, seq_len);
+  FrequencyTable table = scheme_row(spec.scaling).table(spec, seq_len, powers);
   if (spec.attention_factor) table.attention_factor = *spec.attention_factor;
   return table;
 }
@@ -196,7 +181,9 @@ FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int6
   if (seq_len && *seq_len < 1)
     throw Error(ErrorKind::invalid_argument, "compute_frequencies: seq_len = " + std::to_string(*seq_len) +
                                                  ": must be >= 1 (the call's largest position + 1)");
-  return detail::frequencies_unchecked(spec, seq_len);
+  // On the host, an engine-dependent spec takes the CPU engine's arithmetic.
+  const HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
+  return detail::frequencies_unchecked(spec, seq_len, detail::host_powers(arithmetic));
 }
 
 }  // namespace posenc

@@ -9,6 +9,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/hf_arithmetic.hpp"
 #include "posenc/rope.hpp"
 
 namespace posenc::detail {
@@ -16,12 +17,12 @@ namespace posenc::detail {
 /// e_i = fl32(fl32(2i) / fl32(R)): torch `arange(0, R, 2).float() / R`.
 float rope_exponent(std::int64_t i, std::int64_t rotary);
 
-/// fl32(1 / powf(base, e_i)) for i < R/2: torch `1.0 / (base ** (arange(0, R, 2).float() / R))` with
-/// `base` already a float32 value. powf is glibc's, i.e. torch's DEFAULT CPU capability.
-std::vector<float> inv_freq_for_base(float base, std::int64_t rotary);
+/// fl32(1 / base^e_i) for i < R/2: torch `1.0 / (base ** (arange(0, R, 2).float() / R))` with
+/// `base` already a float32 value and the powers of `powers` (the device's torch, or exact).
+std::vector<float> inv_freq_for_base(float base, std::int64_t rotary, const TorchPowers& powers);
 
-/// The default scheme: inv_freq_for_base(fl32(theta), R).
-std::vector<float> default_inv_freq(double theta, std::int64_t rotary);
+/// The default scheme: inv_freq_for_base(fl32(theta), R, powers).
+std::vector<float> default_inv_freq(double theta, std::int64_t rotary, const TorchPowers& powers);
 
 /// YaRN's [low, high] dimension range in Python double, after truncation (floor/ceil when
 /// `truncate`) and clamping to [0, R-1], before the `low == high` nudge of the ramp.
@@ -54,9 +55,10 @@ double deepseek_softmax_scale_multiplier(const ScalingParams& params);
 /// Dynamic NTK theta' when HF recomputes in the forward pass: seq_len is then a tensor
 /// (`max(position_ids) + 1`), so theta' runs in float32 tensor arithmetic, s = max(seq_len, L):
 ///   x = fl32(fl32(fl32(factor) * fl32(s)) / fl32(L)) - fl32(factor - 1)   (each op rounded)
-///   theta' = fl32(theta) * fl32(pow(double(x), R / (R - 2)))           (0-dim `tensor ** scalar`)
+///   theta' = fl32(theta) * powers.scalar(x, R / (R - 2))               (0-dim `tensor ** scalar`)
+/// (on the CPU, and in exact, the scalar power is fl32(pow(double(x), R / (R - 2)))).
 float dynamic_theta(double theta, double factor, std::int64_t seq_len, std::int64_t max_position_embeddings,
-                    std::int64_t rotary);
+                    std::int64_t rotary, const TorchPowers& powers);
 
 /// The same theta' when HF is called with a Python int seq_len (its reference scripts, not the
 /// forward pass): all Python double, rounded to float32 only where it meets the exponent tensor.
@@ -67,15 +69,18 @@ double dynamic_theta_python(double theta, double factor, std::int64_t seq_len,
 /// input stays finite in every activation dtype. Real models use about 1 to 2.
 inline constexpr double max_attention_factor = 65504.0;
 
-/// compute_frequencies without RopeSpec::validate() (which calls check_frequency_range): `spec`
-/// must have passed the per-field checks.
-FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len);
+/// compute_frequencies without RopeSpec::validate() (which calls check_frequency_range), with the
+/// powers of a given arithmetic (host_powers, or an engine's own): `spec` must have passed the
+/// per-field checks.
+FrequencyTable frequencies_unchecked(const RopeSpec& spec, std::optional<std::int64_t> seq_len,
+                                     const TorchPowers& powers);
 
 /// The last step of RopeSpec::validate(): the tables the spec can produce (at init, and for
 /// dynamic/longrope at the largest seq_len position_limit allows) hold finite inv_freq > 0 whose
 /// angles stay finite in float32 up to position_limit - 1, and the attention factor lies in
 /// [smallest normal float32, max_attention_factor]. Throws posenc::Error(invalid_argument) naming
-/// the scheme's parameters otherwise.
+/// the scheme's parameters otherwise. The tables checked are the exact ones: every arithmetic's
+/// are within a float32 ulp of them.
 void check_frequency_range(const RopeSpec& spec);
 
 }  // namespace posenc::detail

@@ -20,22 +20,30 @@ struct CosSin {
   float s;
 };
 
-/// hf_compatible / hf_fp32_apply: HF's float32 pipeline. The position is converted to float32
-/// (exact below 2^24, rounded above, as torch does), the angle is the float32 product, cos/sin are
-/// the correctly rounded float32 values of that angle (evaluated in double and rounded once, so
-/// host and device agree), then multiplied by the float32 attention factor and rounded to the
-/// activation dtype.
+/// hf numerics: HF's float32 angle `inv_freq @ position_ids.float()`. The position is converted to
+/// float32 (exact below 2^24, rounded above, as torch does) and the angle is the float32 product
+/// (the matrix product has one term, so torch rounds the product once).
+POSENC_HD float hf_angle(float inv_freq, std::int64_t pos) { return mul_rn(inv_freq, static_cast<float>(pos)); }
+
+/// hf numerics: HF's `emb.cos() * attention_scaling` then `.to(x.dtype)`, from the float32 cos
+/// and sin of the angle (whichever library the arithmetic takes them from).
+template <DType A>
+POSENC_HD CosSin cos_sin_hf_scaled(float c, float s, float attention_factor) {
+  const Pair r = round_act2<A>(mul_rn(c, attention_factor), mul_rn(s, attention_factor));
+  return {r.a, r.b};
+}
+
+/// hf numerics with the exact arithmetic: cos/sin of the float32 angle are its correctly rounded
+/// float32 values (evaluated in double and rounded once, so host and device agree), then
+/// multiplied by the float32 attention factor and rounded to the activation dtype. (torch_cpu
+/// takes cos/sin from MKL instead: core/hf_arithmetic.hpp.)
 template <DType A>
 POSENC_HD CosSin cos_sin_hf(float inv_freq, std::int64_t pos, float attention_factor) {
-  const float p = static_cast<float>(pos);
-  const double angle = static_cast<double>(mul_rn(inv_freq, p));
+  const double angle = static_cast<double>(hf_angle(inv_freq, pos));
   double sd;
   double cd;
   sincos(angle, &sd, &cd);  // one argument reduction for both; same values as sin() and cos()
-  const float c = static_cast<float>(cd);
-  const float s = static_cast<float>(sd);
-  const Pair r = round_act2<A>(mul_rn(c, attention_factor), mul_rn(s, attention_factor));
-  return {r.a, r.b};
+  return cos_sin_hf_scaled<A>(static_cast<float>(cd), static_cast<float>(sd), attention_factor);
 }
 
 /// accurate: the angle inv_freq * pos is formed in double (exact for |pos| < 2^29), reduced and

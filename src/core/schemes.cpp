@@ -19,14 +19,14 @@ float f32(double v) { return static_cast<float>(v); }
 
 // ---- inv_freq of each scheme (transformers 5.x, expression for expression; docs/NUMERICS.md §5) -
 
-std::vector<float> linear_inv_freq(const RopeSpec& spec) {
-  std::vector<float> inv = default_inv_freq(spec.theta, spec.frequency_dim());
+std::vector<float> linear_inv_freq(const RopeSpec& spec, const TorchPowers& powers) {
+  std::vector<float> inv = default_inv_freq(spec.theta, spec.frequency_dim(), powers);
   const float factor = f32(spec.params.factor);
   for (float& v : inv) v = v / factor;  // in-place `inv_freq /= factor`
   return inv;
 }
 
-std::vector<float> yarn_inv_freq(const RopeSpec& spec) {
+std::vector<float> yarn_inv_freq(const RopeSpec& spec, const TorchPowers& powers) {
   const ScalingParams& p = spec.params;
   const std::int64_t r = spec.frequency_dim();
   const float factor = f32(resolved_factor(p));
@@ -40,10 +40,10 @@ std::vector<float> yarn_inv_freq(const RopeSpec& spec) {
   const float low32 = f32(range.low);
   const float span32 = f32(high - range.low);  // (max - min) in Python, rounded when it divides the tensor
 
-  const float base = f32(spec.theta);
+  const std::vector<float> pos_freqs = powers.table(f32(spec.theta), r);  // base ** (arange / dim)
   std::vector<float> inv(static_cast<std::size_t>(r / 2));
   for (std::int64_t i = 0; i < r / 2; ++i) {
-    const float pos_freq = std::pow(base, rope_exponent(i, r));
+    const float pos_freq = pos_freqs[static_cast<std::size_t>(i)];
     const float extrapolation = 1.0f / pos_freq;             // 1.0 / pos_freqs
     const float interpolation = 1.0f / (factor * pos_freq);  // 1.0 / (factor * pos_freqs)
     // linear_ramp_factor: clamp((arange(float32) - min) / (max - min), 0, 1)
@@ -56,25 +56,26 @@ std::vector<float> yarn_inv_freq(const RopeSpec& spec) {
   return inv;
 }
 
-std::vector<float> longrope_inv_freq(const RopeSpec& spec, std::optional<std::int64_t> seq_len) {
+std::vector<float> longrope_inv_freq(const RopeSpec& spec, std::optional<std::int64_t> seq_len,
+                                     const TorchPowers& powers) {
   const ScalingParams& p = spec.params;
   const std::int64_t r = spec.frequency_dim();
   // Long factors once the call reaches past the pretraining length (HF `seq_len > OMP`).
   const bool use_long = seq_len && *seq_len > p.original_max_position_embeddings;
   const std::vector<double>& ext = use_long ? p.long_factor : p.short_factor;
-  const float base = f32(spec.theta);
+  const std::vector<float> pos_freqs = powers.table(f32(spec.theta), r);  // base ** inv_freq_shape
   std::vector<float> inv(static_cast<std::size_t>(r / 2));
   for (std::int64_t i = 0; i < r / 2; ++i) {
-    const float pos_freq = std::pow(base, rope_exponent(i, r));
+    const float pos_freq = pos_freqs[static_cast<std::size_t>(i)];
     // torch.tensor(factors, float32) rounds each factor; 1.0 / (ext * pos_freq)
     inv[static_cast<std::size_t>(i)] = 1.0f / (f32(ext[static_cast<std::size_t>(i)]) * pos_freq);
   }
   return inv;
 }
 
-std::vector<float> llama3_inv_freq(const RopeSpec& spec) {
+std::vector<float> llama3_inv_freq(const RopeSpec& spec, const TorchPowers& powers) {
   const ScalingParams& p = spec.params;
-  std::vector<float> inv = default_inv_freq(spec.theta, spec.frequency_dim());
+  std::vector<float> inv = default_inv_freq(spec.theta, spec.frequency_dim(), powers);
   const double old_context = static_cast<double>(p.original_max_position_embeddings);
   // Python doubles, rounded to float32 where they meet the wavelen tensor.
   const float low_freq_wavelen = f32(old_context / p.low_freq_factor);
@@ -117,8 +118,8 @@ const std::array<SchemeRow, 7>& rows() {
           .name = "none",
           .summary = "inv_freq[i] = 1 / theta^(2i/R) (the default)",
           .rope_types = {"default", "mrope"},  // "mrope": Qwen2-VL's 4.x spelling of default
-          .table = [](const RopeSpec& s, std::optional<std::int64_t>) {
-            return with_unit_factor(default_inv_freq(s.theta, s.frequency_dim()));
+          .table = [](const RopeSpec& s, std::optional<std::int64_t>, const TorchPowers& powers) {
+            return with_unit_factor(default_inv_freq(s.theta, s.frequency_dim(), powers));
           },
           .validate = [](const RopeSpec&) {},
           .parameters = [](const ScalingParams&) { return std::vector<SchemeParameter>{}; },
@@ -130,7 +131,9 @@ const std::array<SchemeRow, 7>& rows() {
           .rope_types = {"linear"},
           .config_keys = {"factor"},
           .required_keys = {"factor"},
-          .table = [](const RopeSpec& s, std::optional<std::int64_t>) { return with_unit_factor(linear_inv_freq(s)); },
+          .table = [](const RopeSpec& s, std::optional<std::int64_t>, const TorchPowers& powers) {
+            return with_unit_factor(linear_inv_freq(s, powers));
+          },
           .validate = [](const RopeSpec& s) { require_float32("params.factor", s.params.factor); },
           .parameters = [](const ScalingParams& p) { return std::vector<SchemeParameter>{{"factor", factor_text(p)}}; },
       },
@@ -145,15 +148,15 @@ const std::array<SchemeRow, 7>& rows() {
           .uses_max_position = true,
           .call_table = CallTable::grows,
           .threshold = max_position_threshold,
-          .table = [](const RopeSpec& s, std::optional<std::int64_t> seq_len) {
+          .table = [](const RopeSpec& s, std::optional<std::int64_t> seq_len, const TorchPowers& powers) {
             // HF recomputes only when the call grows past max_position_embeddings; below that the
             // init table (= default) is used.
             const ScalingParams& p = s.params;
             const std::int64_t r = s.frequency_dim();
             if (seq_len && *seq_len > p.max_position_embeddings)
-              return with_unit_factor(
-                  inv_freq_for_base(dynamic_theta(s.theta, p.factor, *seq_len, p.max_position_embeddings, r), r));
-            return with_unit_factor(default_inv_freq(s.theta, r));
+              return with_unit_factor(inv_freq_for_base(
+                  dynamic_theta(s.theta, p.factor, *seq_len, p.max_position_embeddings, r, powers), r, powers));
+            return with_unit_factor(default_inv_freq(s.theta, r, powers));
           },
           .validate = [](const RopeSpec& s) {
             require_float32("params.factor", s.params.factor);
@@ -177,8 +180,8 @@ const std::array<SchemeRow, 7>& rows() {
                           "mscale", "mscale_all_dim", "truncate"},
           .uses_original_max = true,
           .derives_factor = true,
-          .table = [](const RopeSpec& s, std::optional<std::int64_t>) {
-            return FrequencyTable{yarn_inv_freq(s), yarn_attention_factor(s.params)};
+          .table = [](const RopeSpec& s, std::optional<std::int64_t>, const TorchPowers& powers) {
+            return FrequencyTable{yarn_inv_freq(s, powers), yarn_attention_factor(s.params)};
           },
           .validate = [](const RopeSpec& s) {
             const ScalingParams& p = s.params;
@@ -221,8 +224,8 @@ const std::array<SchemeRow, 7>& rows() {
           .derives_factor = true,
           .call_table = CallTable::short_long,
           .threshold = original_max_threshold,
-          .table = [](const RopeSpec& s, std::optional<std::int64_t> seq_len) {
-            return FrequencyTable{longrope_inv_freq(s, seq_len), longrope_attention_factor(s.params)};
+          .table = [](const RopeSpec& s, std::optional<std::int64_t> seq_len, const TorchPowers& powers) {
+            return FrequencyTable{longrope_inv_freq(s, seq_len, powers), longrope_attention_factor(s.params)};
           },
           .validate = [](const RopeSpec& s) {
             const ScalingParams& p = s.params;
@@ -247,7 +250,9 @@ const std::array<SchemeRow, 7>& rows() {
           .config_keys = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
           .required_keys = {"factor", "low_freq_factor", "high_freq_factor"},
           .uses_original_max = true,
-          .table = [](const RopeSpec& s, std::optional<std::int64_t>) { return with_unit_factor(llama3_inv_freq(s)); },
+          .table = [](const RopeSpec& s, std::optional<std::int64_t>, const TorchPowers& powers) {
+            return with_unit_factor(llama3_inv_freq(s, powers));
+          },
           .validate = [](const RopeSpec& s) {
             const ScalingParams& p = s.params;
             require_float32("params.factor", p.factor);
@@ -271,7 +276,9 @@ const std::array<SchemeRow, 7>& rows() {
           .scaling = Scaling::table,
           .name = "table",
           .summary = "the caller's inv_freq table",
-          .table = [](const RopeSpec& s, std::optional<std::int64_t>) { return with_unit_factor(s.params.inv_freq); },
+          .table = [](const RopeSpec& s, std::optional<std::int64_t>, const TorchPowers&) {
+            return with_unit_factor(s.params.inv_freq);
+          },
           .validate = [](const RopeSpec& s) {
             require_list("params.inv_freq", s.params.inv_freq, s.frequency_dim() / 2, s.pairing);
           },

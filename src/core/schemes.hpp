@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/hf_arithmetic.hpp"
 #include "posenc/rope.hpp"
 
 namespace posenc::detail {
@@ -49,8 +50,9 @@ struct SchemeRow {
   /// CallTable::short_long / grows: the largest seq_len the init table serves.
   std::int64_t (*threshold)(const ScalingParams&) = nullptr;
   /// inv_freq (frequency_dim()/2 float32 values) and the scheme's attention factor for a call
-  /// whose largest position is seq_len - 1 (absent: the table at init). No spec override applied.
-  FrequencyTable (*table)(const RopeSpec&, std::optional<std::int64_t> seq_len) = nullptr;
+  /// whose largest position is seq_len - 1 (absent: the table at init), with the powers of one
+  /// arithmetic (hf_arithmetic.hpp). No spec override applied.
+  FrequencyTable (*table)(const RopeSpec&, std::optional<std::int64_t> seq_len, const TorchPowers& powers) = nullptr;
 
   // ---- validation and text (spec.cpp) -------------------------------------------------------
   /// The scheme's own checks of a spec whose common fields have passed (throws Error).

@@ -3,8 +3,10 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
@@ -34,6 +36,22 @@ const char* to_string(Numerics n) noexcept {
     case Numerics::accurate: return "accurate";
   }
   return "unknown";
+}
+
+const char* to_string(HfArithmetic a) noexcept {
+  switch (a) {
+    case HfArithmetic::engine: return "engine";
+    case HfArithmetic::torch_cpu: return "torch_cpu";
+    case HfArithmetic::torch_cuda: return "torch_cuda";
+    case HfArithmetic::exact: return "exact";
+  }
+  return "unknown";
+}
+
+std::optional<HfArithmetic> parse_hf_arithmetic(std::string_view name) noexcept {
+  for (const HfArithmetic a : all_hf_arithmetics)
+    if (name == to_string(a)) return a;
+  return std::nullopt;
 }
 
 const char* to_string(Scaling s) noexcept {
@@ -167,6 +185,8 @@ void RopeSpec::validate() const {
     reject("pairing", std::to_string(static_cast<int>(pairing)), "is not a Pairing value");
   if (std::find(all_numerics.begin(), all_numerics.end(), numerics) == all_numerics.end())
     reject("numerics", std::to_string(static_cast<int>(numerics)), "is not a Numerics value");
+  if (std::find(all_hf_arithmetics.begin(), all_hf_arithmetics.end(), hf_arithmetic) == all_hf_arithmetics.end())
+    reject("hf_arithmetic", std::to_string(static_cast<int>(hf_arithmetic)), "is not an HfArithmetic value");
   const detail::SchemeRow* row = detail::find_scheme_row(scaling);
   if (row == nullptr) reject("scaling", std::to_string(static_cast<int>(scaling)), "is not a Scaling value");
 
@@ -231,6 +251,10 @@ std::string RopeSpec::describe() const {
       << (attention_factor ? number_text(*attention_factor) + " (override)" : std::string("from the scheme"))
       << '\n';
   out << "numerics          " << to_string(numerics) << '\n';
+  out << "hf arithmetic     " << to_string(hf_arithmetic);
+  if (numerics == Numerics::accurate) out << " (not used by accurate numerics: exact tables)";
+  else if (hf_arithmetic == HfArithmetic::engine) out << " (torch_cpu on the CPU engine, torch_cuda on the GPU engine)";
+  out << '\n';
   out << "position limit    " << position_limit << '\n';
   return out.str();
 }

@@ -17,6 +17,7 @@
 
 #include "core/counting.hpp"
 #include "core/dispatch.hpp"
+#include "core/hf_arithmetic.hpp"
 #include "core/kv_detail.hpp"
 #include "core/memory.hpp"
 #include "core/schemes.hpp"
@@ -164,6 +165,8 @@ struct CpuEngine::State {
   PairAxes axes;         ///< pair_axes(spec, table): per pair inv_freq and position stream
   double attention_factor = 1.0;
   std::int64_t half = 0;
+  /// The arithmetic of the tables and hf cos/sin: the spec's, `engine` meaning torch_cpu.
+  HfArithmetic arithmetic = HfArithmetic::exact;
   std::array<KernelFn, all_dtypes.size()> kernels{};  ///< by DType, for the spec's pairing and numerics
 
   // Call-dependent schemes (schemes.hpp CallTable; dynamic, longrope): the table depends on
@@ -248,8 +251,12 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) try {
     throw Error(ErrorKind::invalid_argument, "CpuOptions.threads " + std::to_string(threads) + " must be >= 0");
   }
   if (threads == 0) threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+  // The arithmetic this engine reproduces: torch on this CPU, or exact; CUDA's cannot run here.
+  const HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
+  detail::require_host_arithmetic(arithmetic, "CpuEngine");
   state_ = std::make_unique<State>(std::move(spec), threads);
   State& s = *state_;
+  s.arithmetic = arithmetic;
   s.half = s.spec.rotary() / 2;
   s.table = compute_frequencies(s.spec);
   s.axes = checked_axes(s.spec, s.table, s.half, "init");
@@ -314,6 +321,7 @@ void CpuEngine::apply(const RopeArgs& args) const {
   call.head_dim = s.spec.head_dim;
   call.attention_factor_f32 = static_cast<float>(factor);
   call.attention_factor = factor;
+  call.torch_cpu_trig = s.arithmetic == HfArithmetic::torch_cpu;
 
   const KernelFn kernel = s.kernels[static_cast<std::size_t>(args.q.dtype)];
   const std::int64_t tokens = info.tokens;

@@ -46,6 +46,9 @@ struct KernelCall {
   /// The caller's cos/sin cache (RopeArgs::cos_sin); when present, rows come from it and
   /// inv_freq, pair_stream, rows and the attention factors are not read.
   CosSinCacheView cos_sin;
+  /// hf numerics with HfArithmetic::torch_cpu: a row's cos/sin come from torch's CPU library
+  /// (core/hf_arithmetic.hpp, MKL) applied to the row's float32 angles; false: rope_math.hpp's.
+  bool torch_cpu_trig = false;
   float attention_factor_f32 = 1.0f;  ///< hf modes: the factor as a float32 operand
   double attention_factor = 1.0;      ///< accurate: applied in double before the one rounding
 };

@@ -39,6 +39,23 @@ inline detail::CosSin pair_cos_sin_unrounded(const KernelCall& call, float inv_f
   return pair_cos_sin<DType::f32, N>(call, inv_freq, position);
 }
 
+/// hf numerics, torch_cpu arithmetic: one row of cos/sin, unrounded (fl32(cos * af), as RowCache
+/// holds them) when A is f32, else rounded to A. Pair i's angle uses position[stream(i)]:
+/// `positions` holds one position per stream, `pair_stream` picks it (nullptr: stream 0).
+template <DType A>
+inline void torch_cpu_row(const KernelCall& call, const std::int64_t* positions, const std::uint8_t* pair_stream,
+                          float* cos_row, float* sin_row) {
+  alignas(64) float angle[max_half];
+  for (std::int64_t i = 0; i < call.half; ++i)
+    angle[i] = detail::hf_angle(call.inv_freq[i], positions[pair_stream == nullptr ? 0 : pair_stream[i]]);
+  detail::torch_cpu_cos_sin(angle, call.half, cos_row, sin_row);  // MKL, a whole row per call
+  for (std::int64_t i = 0; i < call.half; ++i) {
+    const detail::CosSin cs = detail::cos_sin_hf_scaled<A>(cos_row[i], sin_row[i], call.attention_factor_f32);
+    cos_row[i] = cs.c;
+    sin_row[i] = cs.s;
+  }
+}
+
 /// The cached (unrounded) row of `position`, computing and publishing it on a miss.
 template <Numerics N>
 inline void cached_row(const KernelCall& call, std::int64_t position, const float*& c, const float*& s,
@@ -48,10 +65,14 @@ inline void cached_row(const KernelCall& call, std::int64_t position, const floa
     s = call.rows->sin_row(position);
     return;
   }
-  for (std::int64_t i = 0; i < call.half; ++i) {
-    const detail::CosSin cs = pair_cos_sin_unrounded<N>(call, call.inv_freq[i], position);
-    scratch_c[i] = cs.c;
-    scratch_s[i] = cs.s;
+  if (N != Numerics::accurate && call.torch_cpu_trig) {
+    torch_cpu_row<DType::f32>(call, &position, nullptr, scratch_c, scratch_s);
+  } else {
+    for (std::int64_t i = 0; i < call.half; ++i) {
+      const detail::CosSin cs = pair_cos_sin_unrounded<N>(call, call.inv_freq[i], position);
+      scratch_c[i] = cs.c;
+      scratch_s[i] = cs.s;
+    }
   }
   call.rows->publish(position, scratch_c, scratch_s);
   c = scratch_c;
@@ -114,6 +135,10 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
         sin_row[i] = detail::round_act<R>(s[st][i]);
       }
     }
+    return;
+  }
+  if (N != Numerics::accurate && call.torch_cpu_trig) {
+    torch_cpu_row<A>(call, stream_position, call.pair_stream, cos_row, sin_row);
     return;
   }
   for (std::int64_t i = 0; i < call.half; ++i) {

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/dispatch.hpp"
+#include "core/hf_arithmetic.hpp"
 #include "core/memory.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
@@ -23,6 +24,7 @@ std::int64_t offset_of(std::int64_t token_stride, std::int64_t head_stride, std:
 struct AngleSource {
   const PairAxes* axes = nullptr;
   double attention_factor = 1.0;
+  bool torch_cpu = false;  ///< hf numerics with HfArithmetic::torch_cpu: cos/sin from torch's CPU library
   CosSinCacheView cache;
 };
 
@@ -42,17 +44,41 @@ detail::CosSin token_cos_sin(const PositionsView& positions, const AngleSource& 
                                static_cast<float>(from.attention_factor));
 }
 
-/// The per-pair rows rotate_tensor works in: a token's H cos/sin values and a head's H pairs.
-/// Allocated once per call, before anything is written, so a failed allocation writes nothing.
+/// The per-pair rows rotate_tensor works in: a token's H cos/sin values and a head's H pairs, and
+/// for torch_cpu a token's H angles and MKL's cos/sin of them. Allocated once per call, before
+/// anything is written, so a failed allocation writes nothing.
 struct PairRows {
   std::vector<detail::CosSin> cs;
   std::vector<float> a;
   std::vector<float> b;
+  std::vector<float> angle;
+  std::vector<float> c;
+  std::vector<float> s;
 
   explicit PairRows(std::int64_t half)
-      : cs(static_cast<std::size_t>(half)), a(static_cast<std::size_t>(half)), b(static_cast<std::size_t>(half)) {}
+      : cs(static_cast<std::size_t>(half)),
+        a(static_cast<std::size_t>(half)),
+        b(static_cast<std::size_t>(half)),
+        angle(static_cast<std::size_t>(half)),
+        c(static_cast<std::size_t>(half)),
+        s(static_cast<std::size_t>(half)) {}
 };
 
+/// The cos/sin of every pair of token t, into rows.cs. torch_cpu evaluates a token's angles in one
+/// call of torch's CPU cos/sin (each value depends on its angle alone).
+template <DType A, Numerics N>
+void token_row(const PositionsView& positions, const AngleSource& from, std::int64_t t, PairRows& rows) {
+  const auto half = static_cast<std::int64_t>(rows.cs.size());
+  if (N == Numerics::accurate || !from.torch_cpu || from.cache.present()) {
+    for (std::int64_t i = 0; i < half; ++i) rows.cs[i] = token_cos_sin<A, N>(positions, from, t, i);
+    return;
+  }
+  for (std::int64_t i = 0; i < half; ++i)
+    rows.angle[i] = detail::hf_angle(from.axes->inv_freq[i], detail::position_at(positions, from.axes->stream[i], t));
+  detail::torch_cpu_cos_sin(rows.angle.data(), half, rows.c.data(), rows.s.data());
+  for (std::int64_t i = 0; i < half; ++i)
+    rows.cs[i] = detail::cos_sin_hf_scaled<A>(rows.c[i], rows.s[i], static_cast<float>(from.attention_factor));
+}
 /// Rotates every head of one tensor (Q or K). `src` is the input (the destination itself when in
 /// place); rows.cs holds the token's H cos/sin values, shared by every head of Q and K. Pair i
 /// takes its angle from position stream axes.stream[i] with frequency axes.inv_freq[i], or its
@@ -69,7 +95,7 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
   std::vector<float>& b = rows.b;
 
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
-    for (std::int64_t i = 0; i < half; ++i) cs[i] = token_cos_sin<A, N>(positions, from, t, i);
+    token_row<A, N>(positions, from, t, rows);
     for (std::int64_t h = 0; h < dst.heads; ++h) {
       for (std::int64_t i = 0; i < half; ++i) {
         const PairPlaces at = pair_places(spec.pairing, half, i);
@@ -117,6 +143,10 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) try {
   //    writing anything.
   spec.validate();
   const detail::CallInfo info = detail::validate_call(spec, args, /*check_positions=*/true);
+  // The arithmetic of the CPU engine: torch on this CPU for `engine`, or the spec's own (a
+  // caller's cos/sin cache needs none).
+  const HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
+  if (!args.cos_sin.present()) detail::require_host_arithmetic(arithmetic, "apply_reference");
 
   // 2. Where cos/sin come from: the caller's cache, or the frequency table of this call.
   //    seq_len = largest position + 1 matters only for dynamic and longrope, whose table HF
@@ -131,11 +161,12 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) try {
       from.attention_factor = detail::effective_attention_factor(spec, table);
       axes = pair_axes(spec, table);  // per pair: inv_freq and position stream
     });
+    from.torch_cpu = arithmetic == HfArithmetic::torch_cpu;
     from.axes = &axes;
   }
   const std::int64_t half = spec.rotary() / 2;
   PairRows rows = detail::allocating("apply_reference's per-pair rows",
-                                     half * std::int64_t{sizeof(detail::CosSin) + 2 * sizeof(float)},
+                                     half * std::int64_t{sizeof(detail::CosSin) + 5 * sizeof(float)},
                                      [&] { return PairRows(half); });
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype (every

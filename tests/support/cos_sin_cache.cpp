@@ -5,7 +5,9 @@
 #include <cstring>
 #include <numbers>
 #include <string>
+#include <vector>
 
+#include "core/hf_arithmetic.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 
@@ -80,13 +82,23 @@ HostCosSinCache spec_cos_sin_cache(const RopeSpec& spec, std::int64_t rows) {
   const FrequencyTable table = compute_frequencies(spec);
   const double factor = detail::effective_attention_factor(spec, table);
   const std::int64_t half = spec.rotary() / 2;
+  // The CPU engine's arithmetic: hf numerics under torch_cpu take cos/sin from torch's CPU library.
+  const bool torch_cpu = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu) == HfArithmetic::torch_cpu;
   HostCosSinCache cache(DType::f32, rows, spec.rotary());
+  std::vector<float> angle(static_cast<std::size_t>(half));
+  std::vector<float> c(static_cast<std::size_t>(half));
+  std::vector<float> s(static_cast<std::size_t>(half));
   for (std::int64_t p = 0; p < rows; ++p) {
+    if (torch_cpu) {
+      for (std::int64_t i = 0; i < half; ++i) angle[i] = detail::hf_angle(table.inv_freq[i], p);
+      detail::torch_cpu_cos_sin(angle.data(), half, c.data(), s.data());
+    }
     for (std::int64_t i = 0; i < half; ++i) {
       const float inv_freq = table.inv_freq[static_cast<std::size_t>(i)];
       const detail::CosSin cs = spec.numerics == Numerics::accurate
                                     ? detail::cos_sin_accurate(inv_freq, p, factor)
-                                    : detail::cos_sin_hf<DType::f32>(inv_freq, p, static_cast<float>(factor));
+                                : torch_cpu ? detail::cos_sin_hf_scaled<DType::f32>(c[i], s[i], static_cast<float>(factor))
+                                            : detail::cos_sin_hf<DType::f32>(inv_freq, p, static_cast<float>(factor));
       cache.set(p, i, cs.c);  // float32 values: stored exactly
       cache.set(p, half + i, cs.s);
     }

@@ -23,6 +23,13 @@ inline const std::vector<Scaling> all_schemes = [] {
   return out;
 }();
 
+/// `spec` with HfArithmetic::exact: the GPU tests use it wherever they compare the GPU engine with
+/// the CPU engine or apply_reference bit for bit (each engine's own torch arithmetic differs).
+inline RopeSpec exact_arithmetic(RopeSpec spec) {
+  spec.hf_arithmetic = HfArithmetic::exact;
+  return spec;
+}
+
 /// A spec of scheme `s` with parameters modelled on real checkpoints (Llama 3.1, Qwen3 YaRN,
 /// Phi-3.5 LongRoPE-like synthetic factors, dynamic NTK with a 4096 window).
 inline RopeSpec scheme_spec(Scaling s, std::int64_t head_dim = 64, std::int64_t rotary_dim = 0,
