@@ -212,6 +212,8 @@ TEST_P(EngineSweep, BitIdenticalToReference) {
                    layouts[(n / 3) % layouts.size()],
                    (n / 5) % 2 == 1,
                    threads};
+            // Both arithmetics the CPU engine reproduces: torch_cpu (the default) and exact.
+            c.spec.hf_arithmetic = (n / 7) % 2 == 0 ? posenc::HfArithmetic::engine : posenc::HfArithmetic::exact;
             const CpuEngine engine(c.spec, CpuOptions{threads});
             ASSERT_EQ(engine.threads(), threads);
             // Positions up to 2^20; for dynamic/longrope this call is above the threshold.
@@ -500,11 +502,13 @@ TEST(CpuEngineRowCache, RepeatedCallsReuseRowsBitForBit) {
   const std::vector<std::int64_t> positions = {0, 1, 2, 3, 0, 1, 4095, 65535, 65536, 1 << 20, 3, 3, 77, 0};
   const std::int64_t tokens = static_cast<std::int64_t>(positions.size());
   for (DType dtype : {DType::bf16, DType::f16, DType::f32}) {
-    for (Numerics numerics : {Numerics::hf_compatible, Numerics::hf_fp32_apply, Numerics::accurate}) {
+    for (Numerics numerics : {Numerics::hf_compatible, Numerics::hf_fp32_apply, Numerics::accurate})
+    for (const posenc::HfArithmetic arithmetic : {posenc::HfArithmetic::torch_cpu, posenc::HfArithmetic::exact}) {
       RopeSpec spec;
       spec.head_dim = 128;
       spec.theta = 500000.0;
       spec.numerics = numerics;
+      spec.hf_arithmetic = arithmetic;
       const CpuEngine engine(spec, CpuOptions{2});
       for (int call = 0; call < 3; ++call) {  // call 0 fills the rows, calls 1 and 2 read them
         HostTensor want(dtype, tokens, 3, 128);
@@ -519,7 +523,7 @@ TEST(CpuEngineRowCache, RepeatedCallsReuseRowsBitForBit) {
         args.q = got.view;
         engine.apply(args);
         EXPECT_EQ(std::memcmp(want.buffer.data(), got.buffer.data(), static_cast<std::size_t>(want.buffer.size())), 0)
-            << to_string(dtype) << " " << to_string(numerics) << ", call " << call;
+            << to_string(dtype) << " " << to_string(numerics) << " " << to_string(arithmetic) << ", call " << call;
       }
     }
   }

@@ -1,19 +1,20 @@
 // Model parity: posenc against fixtures written by Hugging Face transformers' own RoPE code (tests/golden).
 //
-// Each family directory holds what scripts/golden/generate.py recorded: random Q/K in bf16, fp16
-// and fp32, positions, the inv_freq and attention factor transformers' rotary module used for the
-// call, and transformers' outputs. For every case this test checks:
-//   1. inv_freq: posenc's own table (from the family's config.json) equals the fixture's bit for
-//      bit, or differs by at most 1 float32 ulp (transformers computed it with the host's SIMD
-//      pow, which can differ from glibc powf by an ulp; docs/NUMERICS.md §5.1). It prints how
-//      many entries were exact.
-//   2. Outputs in hf_compatible numerics, with the fixture's inv_freq fed in (so the check does
-//      not depend on the host's pow): bf16 and fp16 bit for bit; fp32 within
-//      2^-21 * max|x| of the head, because transformers' CPU cos/sin (SLEEF, up to 1 ulp) is not
-//      correctly rounded and posenc's is.
+// Each family directory holds what scripts/golden/generate.py recorded on a CPU: random Q/K in
+// bf16, fp16 and fp32, positions, the inv_freq and attention factor transformers' rotary module
+// used for the call, and transformers' outputs. For every case this test checks:
+//   1. inv_freq: posenc's own table (from the family's config.json; hf_arithmetic engine is
+//      torch_cpu on the host) equals the fixture's bit for bit where this CPU has the fixture's
+//      torch CPU capability, else within 1 float32 ulp (the capability moves entries between
+//      SLEEF's and glibc's powf; docs/NUMERICS.md §3.4). It prints how many entries were exact.
+//   2. Outputs in the config's numerics with the fixture's inv_freq fed in, on the CPU engine
+//      (torch_cpu: MKL's cos/sin as torch's): bit for bit in every dtype. In a build without MKL
+//      the exact arithmetic runs instead: bf16 and fp16 bit for bit (where cos/sin round alike),
+//      fp32 within 2^-21 * max|x| of the head.
 //   3. When posenc's own table was bit-exact, the same bit-for-bit outputs with posenc's table
 //      (the full path a user gets from the config alone).
-//   4. The GPU engine gives the same bits as the CPU engine, where a GPU is present.
+//   4. The GPU engine gives the same bits as the CPU engine in the exact arithmetic, where a GPU
+//      is present.
 // M-RoPE fixtures (qwen2-vl, glm4v) store positions as [3, tokens] (t, h, w), passed as three
 // position streams; their "grid" cases have distinct t/h/w positions, so the sections are checked.
 #include <gtest/gtest.h>
@@ -28,6 +29,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/hf_arithmetic.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/gpu.hpp"
 #include "posenc/model_config.hpp"
@@ -146,7 +148,15 @@ TEST_P(Golden, MatchesTransformers) {
   const nlohmann::json meta = read_json(dir / "meta.json");
   const posenc::ModelConfig model = posenc::load_model_config((source_dir / meta["config"].get<std::string>()).string());
   const std::string layer_type = meta["layer_type"].get<std::string>();
-  const posenc::RopeSpec own_spec = model.spec(layer_type == "default" ? "default" : layer_type);
+  // The CPU engine's own arithmetic (torch_cpu) where this build links MKL, else exact.
+  const bool torch_cpu = posenc::detail::torch_cpu_trig_available();
+  posenc::RopeSpec own_spec = model.spec(layer_type == "default" ? "default" : layer_type);
+  if (!torch_cpu) own_spec.hf_arithmetic = posenc::HfArithmetic::exact;
+  const std::string capability = meta["cpu_capability"].get<std::string>();
+  const bool same_capability =
+      (capability == "AVX512" && posenc::detail::torch_cpu_capability() == posenc::detail::TorchCpuCapability::avx512) ||
+      (capability == "AVX2" && posenc::detail::torch_cpu_capability() == posenc::detail::TorchCpuCapability::avx2) ||
+      (capability == "DEFAULT" && posenc::detail::torch_cpu_capability() == posenc::detail::TorchCpuCapability::baseline);
   const bool gpu = posenc::gpu::available();
   if (!gpu) {
     std::cout << "[ NOTE     ] " << GetParam() << ": GPU half not run (" << posenc::gpu::unavailable_reason()
@@ -176,6 +186,9 @@ TEST_P(Golden, MatchesTransformers) {
       EXPECT_LE(u, 1) << "inv_freq[" << i << "]: posenc " << own.inv_freq[i] << " vs " << want_inv[i];
     }
     const bool own_table_exact = exact == static_cast<std::int64_t>(want_inv.size());
+    if (torch_cpu && same_capability) {
+      EXPECT_TRUE(own_table_exact) << "torch_cpu at the fixture's CPU capability";
+    }
     std::cout << "[ NOTE     ] " << GetParam() << "/" << case_name << ": inv_freq " << exact << "/"
               << want_inv.size() << " bit-exact (worst " << worst << " ulp; fixture cpu capability "
               << meta["cpu_capability"].get<std::string>() << ")"
@@ -191,7 +204,7 @@ TEST_P(Golden, MatchesTransformers) {
     for (const auto& [dname, files] : c["dtypes"].items()) {
       SCOPED_TRACE(dname);
       const posenc::DType t = dtype_of(dname);
-      const bool exact_dtype = t != posenc::DType::f32;
+      const bool exact_dtype = torch_cpu || t != posenc::DType::f32;
       const NpyArray q_in = read_npy((dir / files["q"].get<std::string>()).string());
       const NpyArray k_in = read_npy((dir / files["k"].get<std::string>()).string());
       const NpyArray q_want = read_npy((dir / files["q_out"].get<std::string>()).string());
@@ -213,11 +226,16 @@ TEST_P(Golden, MatchesTransformers) {
         EXPECT_TRUE(matches(mine.k, k_want, k_in, t, exact_dtype, "K (CPU, posenc inv_freq)"));
       }
 
-      // 4. GPU: the same bits as the CPU engine.
+      // 4. GPU: the same bits as the CPU engine, both in the exact arithmetic.
       if (gpu) {
+        posenc::RopeSpec fed_exact = fed;
+        fed_exact.hf_arithmetic = posenc::HfArithmetic::exact;
+        const posenc::CpuEngine cpu_exact_engine(fed_exact);
+        const Outputs cpu_exact = rotate(q_in, k_in, t, positions, streams,
+                                         [&](const posenc::RopeArgs& a) { cpu_exact_engine.apply(a); });
         const auto device = posenc::gpu::Device::open(0);
         const posenc::gpu::Stream stream(device);
-        const posenc::gpu::GpuEngine engine(fed, device);
+        const posenc::gpu::GpuEngine engine(fed_exact, device);
         auto run_gpu = [&](const posenc::RopeArgs& host) {
           const std::int64_t qb = static_cast<std::int64_t>(q_in.data.size()), kb = static_cast<std::int64_t>(k_in.data.size());
           const std::int64_t pb = static_cast<std::int64_t>(positions.size() * 8);
@@ -239,8 +257,8 @@ TEST_P(Golden, MatchesTransformers) {
           engine.check(stream.ref());
         };
         const Outputs g = rotate(q_in, k_in, t, positions, streams, run_gpu);
-        EXPECT_TRUE(g.q == cpu.q) << "GPU Q differs from the CPU engine";
-        EXPECT_TRUE(g.k == cpu.k) << "GPU K differs from the CPU engine";
+        EXPECT_TRUE(g.q == cpu_exact.q) << "GPU Q differs from the CPU engine (exact arithmetic)";
+        EXPECT_TRUE(g.k == cpu_exact.k) << "GPU K differs from the CPU engine (exact arithmetic)";
       }
     }
   }

@@ -117,6 +117,12 @@ enum {                                  /* which elements of the rotary window f
   POSENC_PAIRING_HALF_SPLIT_2D = 3      /* ChatGLM-6B 2-D: two half-split halves, two position streams */
 };
 enum { POSENC_NUMERICS_HF_COMPATIBLE = 0, POSENC_NUMERICS_HF_FP32_APPLY = 1, POSENC_NUMERICS_ACCURATE = 2 };
+enum {                                   /* whose pow/cos/sin the hf numerics reproduce (docs/NUMERICS.md 3.4) */
+  POSENC_HF_ARITHMETIC_ENGINE = 0,       /* torch on the engine's device: CPU engine torch_cpu, GPU engine torch_cuda */
+  POSENC_HF_ARITHMETIC_TORCH_CPU = 1,    /* torch on an x86-64 CPU (SLEEF/glibc pow, Intel MKL cos/sin) */
+  POSENC_HF_ARITHMETIC_TORCH_CUDA = 2,   /* torch on an NVIDIA GPU (CUDA's powf/cosf/sinf) */
+  POSENC_HF_ARITHMETIC_EXACT = 3         /* correctly rounded pow/cos/sin: the same bits on every engine */
+};
 enum {
   POSENC_SCALING_NONE = 0,
   POSENC_SCALING_LINEAR = 1,
@@ -177,14 +183,19 @@ typedef struct posenc_spec_desc {
   double theta;             /* [10000] */
   double attention_factor;  /* [the scheme's: 1] multiplies cos and sin */
   int64_t position_limit;   /* [2^31] positions must lie in [0, position_limit) */
+  /* Appended after the first version (a caller whose struct_size ends before it gets the default). */
+  int32_t hf_arithmetic;    /* [POSENC_HF_ARITHMETIC_ENGINE] an engine refuses one it cannot reproduce */
+  int32_t reserved;         /* must be 0 */
 } posenc_spec_desc;
 
 POSENC_API posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out);
-/* A copy of `spec` with other numerics / another position limit. */
+/* A copy of `spec` with other numerics / another position limit / another HF arithmetic. */
 POSENC_API posenc_status posenc_spec_with_numerics(const posenc_spec* spec, int32_t numerics,
                                                    posenc_spec** out);
 POSENC_API posenc_status posenc_spec_with_position_limit(const posenc_spec* spec, int64_t position_limit,
                                                          posenc_spec** out);
+POSENC_API posenc_status posenc_spec_with_hf_arithmetic(const posenc_spec* spec, int32_t hf_arithmetic,
+                                                        posenc_spec** out);
 POSENC_API void posenc_spec_destroy(posenc_spec* spec);
 
 typedef struct posenc_spec_info {
@@ -203,10 +214,15 @@ typedef struct posenc_spec_info {
   int64_t mrope_section_count; /* entries posenc_spec_mrope_section writes (0: single stream) */
   int32_t mrope_interleaved;
   int32_t reserved;
+  /* Appended after the first version. */
+  int32_t hf_arithmetic;     /* as given (POSENC_HF_ARITHMETIC_ENGINE stays ENGINE: each engine resolves it) */
+  int32_t reserved2;
 } posenc_spec_info;
 
 POSENC_API posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* out);
-/* The init-time inv_freq table (float32, as transformers computes it); `capacity` >= frequency_count. */
+/* The init-time inv_freq table (float32, as transformers computes it on the host: ENGINE means
+ * TORCH_CPU here; POSENC_ERROR_UNSUPPORTED for TORCH_CUDA, whose tables the GPU engine computes);
+ * `capacity` >= frequency_count. */
 POSENC_API posenc_status posenc_spec_inv_freq(const posenc_spec* spec, float* out, size_t capacity);
 /* The M-RoPE pairs per stream; `capacity` >= mrope_section_count. */
 POSENC_API posenc_status posenc_spec_mrope_section(const posenc_spec* spec, int64_t* out, size_t capacity);

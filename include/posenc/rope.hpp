@@ -60,8 +60,9 @@ namespace posenc {
 //
 // Numerics (docs/NUMERICS.md §3 gives each rounding step):
 //   hf_compatible  reproduces Hugging Face transformers' eager arithmetic: inv_freq in float32,
-//                  angle = fl32(inv_freq[i] * fl32(p)), cos/sin correctly rounded to float32 and
-//                  multiplied by fl32(attention_factor), then rounded to the activation dtype;
+//                  angle = fl32(inv_freq[i] * fl32(p)), float32 cos/sin of the spec's
+//                  hf_arithmetic (torch's on the engine's device by default; exact: correctly
+//                  rounded) multiplied by fl32(attention_factor), then rounded to the activation dtype;
 //                  the two products are each rounded to the activation dtype before the add,
 //                  and the sum is rounded again ("3-round", HF's `q*cos + rotate_half(q)*sin`).
 //   hf_fp32_apply  as hf_compatible for cos/sin (rounded to the activation dtype), but the
@@ -254,8 +255,10 @@ struct PairAxes {
 };
 PairAxes pair_axes(const RopeSpec& spec, const FrequencyTable& table);
 
-/// Computes the frequency table exactly as Hugging Face transformers 5.x does on the CPU
-/// (float32 arithmetic, glibc-equivalent powf; docs/NUMERICS.md §5).
+/// Computes the frequency table exactly as Hugging Face transformers 5.x does, in float32 with the
+/// pow of spec.hf_arithmetic (docs/NUMERICS.md §3.4, §5): `engine` means torch_cpu here (the CPU
+/// engine's table; GpuEngine::frequencies() gives the GPU engine's), `accurate` numerics the exact
+/// table. Throws Error(unsupported) for torch_cuda, whose tables only the GPU engine computes.
 ///
 /// `seq_len` is the call's largest position + 1. It matters only for `dynamic` (theta grows when
 /// seq_len > max_position_embeddings) and `longrope` (long factors when seq_len >

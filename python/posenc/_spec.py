@@ -16,7 +16,8 @@ _registry_lock = threading.Lock()
 _registry: Dict[int, "RopeSpec"] = {}
 
 _FIELDS = (
-    "head_dim", "rotary_dim", "rotary_offset", "pairing", "theta", "scaling", "numerics", "attention_factor",
+    "head_dim", "rotary_dim", "rotary_offset", "pairing", "theta", "scaling", "numerics", "hf_arithmetic",
+    "attention_factor",
     "mrope_section", "mrope_interleaved", "position_limit", "factor", "original_max_position_embeddings",
     "max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
     "low_freq_factor", "high_freq_factor", "short_factor", "long_factor", "inv_freq",
@@ -30,6 +31,11 @@ class RopeSpec:
 
         spec = posenc.RopeSpec(head_dim=128, theta=1e6)                 # Qwen2-style half-split
         spec = posenc.RopeSpec(head_dim=128, rotary_dim=64, pairing="interleaved", theta=5e6)  # GLM-4
+
+    ``hf_arithmetic`` says whose float32 pow/cos/sin the hf numerics reproduce: "engine" (the
+    default: torch on the tensors' device, i.e. "torch_cpu" for CPU tensors and "torch_cuda" for
+    CUDA tensors), "torch_cpu", "torch_cuda" or "exact" (correctly rounded, the same bits on every
+    device). An engine refuses an arithmetic it cannot reproduce (docs/PYTHON.md).
 
     A spec is immutable once built (engines are cached per spec); :meth:`replace` returns a
     modified copy. Field names and meanings are the C++ ones (docs/PYTHON.md lists them).
@@ -64,13 +70,14 @@ class RopeSpec:
 
     @classmethod
     def from_config(cls, config: Union[str, os.PathLike, Mapping[str, Any]], layer_type: str = "default",
-                    numerics: Optional[str] = None) -> "RopeSpec":
+                    numerics: Optional[str] = None, hf_arithmetic: Optional[str] = None) -> "RopeSpec":
         """The spec of a Hugging Face ``config.json`` (a path, its JSON text, or a dict such as
         ``transformers.PretrainedConfig.to_dict()``), for ``layer_type`` ("default" for models with
         one rotary embedding; e.g. "full_attention"/"sliding_attention" for Gemma 3)."""
         model = load_config(config)
         spec = cls._wrap(model.spec(layer_type))
-        return spec.replace(numerics=numerics) if numerics is not None else spec
+        changes = {k: v for k, v in (("numerics", numerics), ("hf_arithmetic", hf_arithmetic)) if v is not None}
+        return spec.replace(**changes) if changes else spec
 
     def replace(self, **fields: Any) -> "RopeSpec":
         """A copy with some fields changed (validated like a new spec)."""
@@ -118,7 +125,7 @@ class RopeSpec:
     def __repr__(self) -> str:
         s = self._spec
         return (f"RopeSpec(head_dim={s.head_dim}, rotary={s.rotary()}, pairing={s.pairing}, theta={s.theta:g}, "
-                f"scaling={s.scaling}, numerics={s.numerics}, id={self._id})")
+                f"scaling={s.scaling}, numerics={s.numerics}, hf_arithmetic={s.hf_arithmetic}, id={self._id})")
 
     # -- engines ------------------------------------------------------------------------------------
 

@@ -42,6 +42,7 @@ from ._spec import RopeSpec
 __all__ = ["patch", "unpatch", "is_patched", "supported_model_types", "RotaryPositions", "FAMILIES"]
 
 _NUMERICS = ("hf_compatible", "hf_fp32_apply", "accurate")
+_HF_ARITHMETICS = ("engine", "torch_cpu", "torch_cuda", "exact")
 _ACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -182,9 +183,10 @@ class RotaryPositions:
 # ---- per rotary module: the original forward and the spec cache --------------------------------
 
 class _RotaryState:
-    def __init__(self, family: Family, module: Any, numerics: str) -> None:
+    def __init__(self, family: Family, module: Any, numerics: str, hf_arithmetic: str) -> None:
         self.family = family
         self.numerics = numerics
+        self.hf_arithmetic = hf_arithmetic
         self.rope_type = str(getattr(module, "rope_type", "default"))
         self.updates_at_call_time = "dynamic" in self.rope_type or "longrope" in self.rope_type
         self.original_forward = module.forward  # the class's bound forward (decorators included)
@@ -246,7 +248,7 @@ class _RotaryState:
         numerics = rotation.numerics if self.numerics == "hf_compatible" else self.numerics
         fields: Dict[str, Any] = dict(head_dim=head_dim, rotary_dim=rotary, pairing=rotation.pairing,
                                       scaling="table", inv_freq=list(inv_freq), attention_factor=scaling,
-                                      numerics=numerics)
+                                      numerics=numerics, hf_arithmetic=self.hf_arithmetic)
         if mrope_section:
             if sum(mrope_section) != len(inv_freq):
                 raise InvalidArgumentError(
@@ -370,6 +372,7 @@ class _Patch:
     family: Family
     model_type: str
     numerics: str
+    hf_arithmetic: str
     rotary_modules: List[Any]
 
 
@@ -399,20 +402,26 @@ def _head_dims(model: Any) -> Tuple[int, ...]:
     return tuple(sorted(dims))
 
 
-def patch(model: Any, numerics: str = "hf_compatible") -> Any:
+def patch(model: Any, numerics: str = "hf_compatible", hf_arithmetic: str = "engine") -> Any:
     """Replaces the rotary embedding of a loaded transformers model with posenc's ops; returns the model.
 
     numerics: "hf_compatible" (transformers' own arithmetic for the family: bit-identical Q/K in
-    bf16 and fp16 given equal cos/sin; Cohere's float32 rotation is posenc's hf_fp32_apply),
-    "hf_fp32_apply", or "accurate" (posenc's accurate angles and one rounding; not transformers').
+    bf16 and fp16; Cohere's float32 rotation is posenc's hf_fp32_apply), "hf_fp32_apply", or
+    "accurate" (posenc's accurate angles and one rounding; not transformers').
+    hf_arithmetic: whose cos/sin the hf numerics take: "engine" (torch's on the tensors' device,
+    which is what the unpatched model computes), or "torch_cpu", "torch_cuda", "exact". The table
+    is always the rotary module's own inv_freq buffer.
     Raises posenc.UnsupportedError for a model whose family is not in FAMILIES. Patching a patched
-    model with the same numerics returns it unchanged."""
+    model with the same numerics and arithmetic returns it unchanged."""
     if numerics not in _NUMERICS:
         raise InvalidArgumentError(
             f"posenc.transformers.patch: numerics '{numerics}' is not one of {', '.join(_NUMERICS)}")
+    if hf_arithmetic not in _HF_ARITHMETICS:
+        raise InvalidArgumentError(
+            f"posenc.transformers.patch: hf_arithmetic '{hf_arithmetic}' is not one of {', '.join(_HF_ARITHMETICS)}")
     current: Optional[_Patch] = getattr(model, "_posenc_patch", None)
     if current is not None:
-        if current.numerics == numerics:
+        if current.numerics == numerics and current.hf_arithmetic == hf_arithmetic:
             return model
         unpatch(model)
     if not callable(getattr(model, "modules", None)):
@@ -443,12 +452,12 @@ def patch(model: Any, numerics: str = "hf_compatible") -> Any:
     forward = _patched_forward()
     head_dims = _head_dims(model)
     for m in rotaries:
-        state = _RotaryState(family, m, numerics)
+        state = _RotaryState(family, m, numerics, hf_arithmetic)
         state.prepare(m, head_dims)
         m._posenc_state = state
         m.forward = types.MethodType(forward, m)
     _install_applies(family, module)
-    model._posenc_patch = _Patch(family, model_type, numerics, rotaries)
+    model._posenc_patch = _Patch(family, model_type, numerics, hf_arithmetic, rotaries)
     return model
 
 

@@ -140,6 +140,12 @@ posenc::Numerics parse_numerics(const std::string& s) {
   using N = posenc::Numerics;
   return parse_enum<N>(s, "numerics", {N::hf_compatible, N::hf_fp32_apply, N::accurate});
 }
+posenc::HfArithmetic parse_hf_arithmetic(const std::string& s) {
+  const std::optional<posenc::HfArithmetic> a = posenc::parse_hf_arithmetic(s);
+  if (a) return *a;
+  using A = posenc::HfArithmetic;
+  return parse_enum<A>(s, "hf_arithmetic", {A::engine, A::torch_cpu, A::torch_cuda, A::exact});  // throws, naming them
+}
 posenc::Scaling parse_scaling(const std::string& s) {
   using S = posenc::Scaling;
   return parse_enum<S>(s, "scaling", {S::none, S::linear, S::dynamic, S::yarn, S::longrope, S::llama3, S::table});
@@ -207,6 +213,9 @@ NB_MODULE(_core, m) {
       .def_prop_rw(
           "numerics", [](const posenc::RopeSpec& s) { return std::string(posenc::to_string(s.numerics)); },
           [](posenc::RopeSpec& s, const std::string& v) { s.numerics = parse_numerics(v); })
+      .def_prop_rw(
+          "hf_arithmetic", [](const posenc::RopeSpec& s) { return std::string(posenc::to_string(s.hf_arithmetic)); },
+          [](posenc::RopeSpec& s, const std::string& v) { s.hf_arithmetic = parse_hf_arithmetic(v); })
       .def_rw("attention_factor", &posenc::RopeSpec::attention_factor)
       .def_rw("mrope_section", &posenc::RopeSpec::mrope_section)
       .def_rw("mrope_interleaved", &posenc::RopeSpec::mrope_interleaved)

@@ -14,7 +14,7 @@ recomputes). tests/test_hf_arithmetic.cpp holds posenc's engine to them with zer
 
 Files: meta.json (versions, the device's CPU capability, scheme parameters, positions sets, every
 call's seq_len, table offset, attention factor and digests), inv_freq.npy (float32 tables, one
-after another), positions.npy (int32 positions sets, one after another).
+after another; calls selecting the same table share it), positions.npy (int32 positions sets, one after another).
 """
 from __future__ import annotations
 
@@ -47,6 +47,7 @@ def main() -> int:
     positions_sets: dict[str, dict] = {}
     positions_all: list[np.ndarray] = []
     tables: list[np.ndarray] = []
+    table_at: dict[bytes, int] = {}
     offset = 0
     table_offset = 0
     cases = []
@@ -67,11 +68,15 @@ def main() -> int:
                     for dname, dtype in hr.DTYPES.items():
                         module = hr.rotary_module(scheme, theta, dim, args.device)
                         q, k, inv, af = hr.rotate(module, pos, dtype, Q_HEADS, K_HEADS, args.device)
-                        call["digests"][dname] = [str(hr.digest(hr.bits(q))), str(hr.digest(hr.bits(k)))]
-                    call["inv_freq"] = {"offset": table_offset, "count": int(inv.size)}
+                        call["digests"][dname] = [f"{hr.digest(hr.bits(q)):016x}", f"{hr.digest(hr.bits(k)):016x}"]
+                    table = inv.astype(np.float32)
+                    key = table.tobytes()
+                    if key not in table_at:  # calls that select the same table share it
+                        table_at[key] = table_offset
+                        tables.append(table)
+                        table_offset += table.size
+                    call["inv_freq"] = {"offset": table_at[key], "count": int(table.size)}
                     call["attention_factor"] = af
-                    tables.append(inv.astype(np.float32))
-                    table_offset += inv.size
                     case["calls"].append(call)
                 cases.append(case)
             print(f"  {scheme} theta {theta:g}: {len(hr.DIMS)} dims", flush=True)
@@ -89,7 +94,7 @@ def main() -> int:
         "q_heads": Q_HEADS,
         "k_heads": K_HEADS,
         "act_input": "hf_rotary.act_input: Q salt 1, K salt 2, rounded to the dtype by torch's .to()",
-        "digest": "hf_rotary.digest over the [tokens, heads, dim] output bits, as decimal strings",
+        "digest": "hf_rotary.digest over the [tokens, heads, dim] output bits, as 16 hex digits",
         "params": hr.PARAMS,
         "longrope_factors": {str(d): dict(zip(("short", "long"), hr.longrope_factors(d))) for d in hr.DIMS},
         "positions": positions_sets,

@@ -141,6 +141,16 @@ Numerics to_numerics(std::int32_t value, const std::string& what) {
   invalid(enum_message(what, value, "POSENC_NUMERICS_HF_COMPATIBLE (0) .. POSENC_NUMERICS_ACCURATE (2)"));
 }
 
+HfArithmetic to_hf_arithmetic(std::int32_t value, const std::string& what) {
+  switch (value) {
+    case POSENC_HF_ARITHMETIC_ENGINE: return HfArithmetic::engine;
+    case POSENC_HF_ARITHMETIC_TORCH_CPU: return HfArithmetic::torch_cpu;
+    case POSENC_HF_ARITHMETIC_TORCH_CUDA: return HfArithmetic::torch_cuda;
+    case POSENC_HF_ARITHMETIC_EXACT: return HfArithmetic::exact;
+  }
+  invalid(enum_message(what, value, "POSENC_HF_ARITHMETIC_ENGINE (0) .. POSENC_HF_ARITHMETIC_EXACT (3)"));
+}
+
 bool to_bool(std::int32_t value, const std::string& what) {
   if (value != 0 && value != 1) invalid(enum_message(what, value, "0, 1"));
   return value == 1;
@@ -308,6 +318,10 @@ static_assert(static_cast<int>(Pairing::half_split) == POSENC_PAIRING_HALF_SPLIT
 static_assert(static_cast<int>(Numerics::hf_compatible) == POSENC_NUMERICS_HF_COMPATIBLE &&
               static_cast<int>(Numerics::hf_fp32_apply) == POSENC_NUMERICS_HF_FP32_APPLY &&
               static_cast<int>(Numerics::accurate) == POSENC_NUMERICS_ACCURATE);
+static_assert(static_cast<int>(HfArithmetic::engine) == POSENC_HF_ARITHMETIC_ENGINE &&
+              static_cast<int>(HfArithmetic::torch_cpu) == POSENC_HF_ARITHMETIC_TORCH_CPU &&
+              static_cast<int>(HfArithmetic::torch_cuda) == POSENC_HF_ARITHMETIC_TORCH_CUDA &&
+              static_cast<int>(HfArithmetic::exact) == POSENC_HF_ARITHMETIC_EXACT);
 static_assert(static_cast<int>(Scaling::none) == POSENC_SCALING_NONE &&
               static_cast<int>(Scaling::linear) == POSENC_SCALING_LINEAR &&
               static_cast<int>(Scaling::dynamic) == POSENC_SCALING_DYNAMIC &&

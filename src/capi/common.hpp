@@ -26,8 +26,12 @@ struct posenc_config {
 };
 struct posenc_spec {
   posenc::RopeSpec spec;
-  posenc::FrequencyTable frequencies;  // init-time table (compute_frequencies without seq_len)
+  /// The init-time table as compute_frequencies gives it on the host; for hf_arithmetic
+  /// torch_cuda (whose tables the GPU engine computes) the exact one, for its size and attention
+  /// factor only (host_table false: posenc_spec_inv_freq refuses it).
+  posenc::FrequencyTable frequencies;
   std::string description;
+  bool host_table = true;
 };
 struct posenc_cpu_engine {
   posenc::CpuEngine engine;
@@ -158,6 +162,7 @@ CacheDType to_cache_dtype(std::int32_t value, const std::string& what);
 CacheLayout to_layout(std::int32_t value, const std::string& what);
 Pairing to_pairing(std::int32_t value, const std::string& what);
 Numerics to_numerics(std::int32_t value, const std::string& what);
+HfArithmetic to_hf_arithmetic(std::int32_t value, const std::string& what);
 /// Error(invalid_argument) "<what> is <value>, not one of <accepted>".
 [[noreturn]] void invalid_enum(const std::string& what, std::int32_t value, const char* accepted);
 /// Error(invalid_argument) unless a reserved field is 0.

@@ -1,8 +1,10 @@
 // C ABI: model configurations (file, text, embedded default) and specs (from a config or a plain description).
+#include <cstddef>
 #include <memory>
 #include <string>
 
 #include "capi/common.hpp"
+#include "core/hf_arithmetic.hpp"
 
 using namespace posenc;
 using capi::guard;
@@ -11,13 +13,22 @@ namespace {
 
 constexpr double default_theta = 10000.0;
 
+// The first versions of the structs that have grown since (posenc.h "ABI growth").
+constexpr std::size_t spec_desc_first_size = offsetof(posenc_spec_desc, position_limit) + sizeof(std::int64_t);
+constexpr std::size_t spec_info_first_size = offsetof(posenc_spec_info, reserved) + sizeof(std::int32_t);
+
 /// A spec handle: validated, with its frequency table and description computed once, so the
 /// accessors hand out pointers that live as long as the handle.
 posenc_spec* make_spec(RopeSpec spec) {
   spec.validate();
-  FrequencyTable table = compute_frequencies(spec);
+  // torch_cuda tables come from the GPU engine; the host keeps the exact one for the table's size
+  // and attention factor (the same in every arithmetic).
+  const bool host_table = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu) != HfArithmetic::torch_cuda;
+  RopeSpec host = spec;
+  if (!host_table) host.hf_arithmetic = HfArithmetic::exact;
+  FrequencyTable table = compute_frequencies(host);
   std::string description = spec.describe();
-  return new posenc_spec{std::move(spec), std::move(table), std::move(description)};
+  return new posenc_spec{std::move(spec), std::move(table), std::move(description), host_table};
 }
 
 posenc_config* make_config(ModelConfig config) {
@@ -99,7 +110,7 @@ posenc_status posenc_config_spec(const posenc_config* config, const char* layer_
 
 posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out) {
   return guard(__func__, [&] {
-    const posenc_spec_desc d = capi::read_in(desc, sizeof(posenc_spec_desc), "desc", "posenc_spec_desc");
+    const posenc_spec_desc d = capi::read_in(desc, spec_desc_first_size, "desc", "posenc_spec_desc");
     capi::require(out, "out");
     RopeSpec spec;
     spec.head_dim = d.head_dim;
@@ -110,6 +121,8 @@ posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out
     spec.theta = d.theta == 0.0 ? default_theta : d.theta;
     if (d.attention_factor != 0.0) spec.attention_factor = d.attention_factor;
     if (d.position_limit != 0) spec.position_limit = d.position_limit;
+    spec.hf_arithmetic = capi::to_hf_arithmetic(d.hf_arithmetic, "desc->hf_arithmetic");
+    capi::check_reserved(d.reserved, "desc");
     *out = make_spec(std::move(spec));
   });
 }
@@ -120,6 +133,16 @@ posenc_status posenc_spec_with_numerics(const posenc_spec* spec, int32_t numeric
     capi::require(out, "out");
     RopeSpec copy = spec->spec;
     copy.numerics = capi::to_numerics(numerics, "numerics");
+    *out = make_spec(std::move(copy));
+  });
+}
+
+posenc_status posenc_spec_with_hf_arithmetic(const posenc_spec* spec, int32_t hf_arithmetic, posenc_spec** out) {
+  return guard(__func__, [&] {
+    capi::require(spec, "spec");
+    capi::require(out, "out");
+    RopeSpec copy = spec->spec;
+    copy.hf_arithmetic = capi::to_hf_arithmetic(hf_arithmetic, "hf_arithmetic");
     *out = make_spec(std::move(copy));
   });
 }
@@ -139,7 +162,7 @@ void posenc_spec_destroy(posenc_spec* spec) { delete spec; }
 posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* out) {
   return guard(__func__, [&] {
     capi::require(spec, "spec");
-    capi::check_out(out, sizeof(posenc_spec_info), "out", "posenc_spec_info");
+    capi::check_out(out, spec_info_first_size, "out", "posenc_spec_info");
     const RopeSpec& s = spec->spec;
     posenc_spec_info info;
     std::memset(&info, 0, sizeof info);
@@ -156,6 +179,7 @@ posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* ou
     info.frequency_count = static_cast<std::int64_t>(spec->frequencies.inv_freq.size());
     info.mrope_section_count = static_cast<std::int64_t>(s.mrope_section.size());
     info.mrope_interleaved = s.mrope_interleaved ? 1 : 0;
+    info.hf_arithmetic = static_cast<std::int32_t>(s.hf_arithmetic);
     capi::write_out(out, info);
   });
 }
@@ -164,6 +188,9 @@ posenc_status posenc_spec_inv_freq(const posenc_spec* spec, float* out, size_t c
   return guard(__func__, [&] {
     capi::require(spec, "spec");
     capi::require(out, "out");
+    if (!spec->host_table)
+      throw Error(ErrorKind::unsupported, "the spec's hf_arithmetic is torch_cuda: its inv_freq comes from CUDA's powf "
+                                          "on the GPU engine, not from the host");
     const auto& table = spec->frequencies.inv_freq;
     if (capacity < table.size())
       throw Error(ErrorKind::invalid_argument, "capacity " + std::to_string(capacity) + " is below the " +

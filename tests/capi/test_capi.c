@@ -173,8 +173,9 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40);
     CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
     CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
-    CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 64);
-    CHECK(sizeof(posenc_spec_info) == 96 && sizeof(posenc_counters) == 48);
+    CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 72);
+    CHECK(offsetof(posenc_spec_desc, hf_arithmetic) == 64 && offsetof(posenc_spec_info, hf_arithmetic) == 96);
+    CHECK(sizeof(posenc_spec_info) == 104 && sizeof(posenc_counters) == 48);
     CHECK(sizeof(posenc_cpu_options) == 16 && sizeof(posenc_sequence_state) == 40);
     CHECK(sizeof(posenc_step_entry) == 16);
     /* Appended with the GLM builders (their first version). */
@@ -337,6 +338,44 @@ static void test_spec_create(void) {
   CHECK(info.position_limit == 100);
   posenc_spec_destroy(other);
   other = NULL;
+
+  /* hf_arithmetic: ENGINE by default (also for a caller of the first, 64-byte posenc_spec_desc),
+   * kept as given; a TORCH_CUDA spec has no host table and the CPU engine refuses it. */
+  CHECK(info.hf_arithmetic == POSENC_HF_ARITHMETIC_ENGINE);
+  {
+    posenc_spec_desc first = desc;
+    posenc_spec_info first_info = posenc_spec_info_make();
+    posenc_cpu_engine* cpu = NULL;
+    float inv_freq[32];
+    first.struct_size = offsetof(posenc_spec_desc, hf_arithmetic);
+    CHECK_OK(posenc_spec_create(&first, &other));
+    first_info.struct_size = offsetof(posenc_spec_info, hf_arithmetic);
+    first_info.hf_arithmetic = 77; /* beyond the caller's struct_size: left alone */
+    CHECK_OK(posenc_spec_get_info(other, &first_info));
+    CHECK(first_info.hf_arithmetic == 77 && first_info.head_dim == 64);
+    posenc_spec_destroy(other);
+    CHECK_OK(posenc_spec_with_hf_arithmetic(spec, POSENC_HF_ARITHMETIC_EXACT, &other));
+    CHECK_OK(posenc_spec_get_info(other, &info));
+    CHECK(info.hf_arithmetic == POSENC_HF_ARITHMETIC_EXACT);
+    posenc_spec_destroy(other);
+    CHECK_OK(posenc_spec_with_hf_arithmetic(spec, POSENC_HF_ARITHMETIC_TORCH_CUDA, &other));
+    CHECK_OK(posenc_spec_get_info(other, &info));
+    CHECK(info.hf_arithmetic == POSENC_HF_ARITHMETIC_TORCH_CUDA && info.frequency_count == 32);
+    CHECK_ERR(posenc_spec_inv_freq(other, inv_freq, 32), POSENC_ERROR_UNSUPPORTED, "torch_cuda");
+    CHECK_ERR(posenc_cpu_engine_create(other, NULL, &cpu), POSENC_ERROR_UNSUPPORTED, "torch_cuda", "NVIDIA GPU");
+    posenc_spec_destroy(other);
+    CHECK_ERR(posenc_spec_with_hf_arithmetic(spec, 4, &other), POSENC_ERROR_INVALID_ARGUMENT, "hf_arithmetic is 4");
+    desc.hf_arithmetic = 9;
+    CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "desc->hf_arithmetic is 9");
+    desc.hf_arithmetic = POSENC_HF_ARITHMETIC_TORCH_CPU;
+    desc.reserved = 1;
+    CHECK_ERR(posenc_spec_create(&desc, &other), POSENC_ERROR_INVALID_ARGUMENT, "reserved is 1");
+    desc.reserved = 0;
+    CHECK_OK(posenc_spec_create(&desc, &other));
+    posenc_spec_destroy(other);
+    desc.hf_arithmetic = 0;
+    other = NULL;
+  }
 
   desc.rotary_dim = 32;
   desc.rotary_offset = 16;

@@ -394,7 +394,7 @@ int check_fixture(const CheckOptions& options) {
   const fs::path config_path = resolve_fixture_config(dir, meta.config, options.root);
   // The config's own numerics: they are the HF arithmetic of that model file (hf_compatible, or
   // hf_fp32_apply for Cohere, whose model file rotates in float32), which the fixture recorded.
-  const ResolvedModel model = resolve_model({config_path.string(), layer_type, ""});
+  const ResolvedModel model = resolve_model({config_path.string(), layer_type, "", ""});
   const RopeSpec& own_spec = model.spec;
   const std::int64_t head_dim = own_spec.head_dim;
 
@@ -434,8 +434,9 @@ int check_fixture(const CheckOptions& options) {
       continue;
     }
 
-    // inv_freq: posenc's own table from the config against the one transformers used. They may
-    // differ by 1 float32 ulp (transformers' SIMD pow on the generating host vs glibc powf).
+    // inv_freq: posenc's own table from the config against the one transformers used. torch_cpu
+    // reproduces torch at this CPU's capability; a fixture made at another capability (or on a GPU)
+    // may differ by 1 float32 ulp where its pow was another library's.
     const std::vector<float> fixture_inv = read_inv_freq((dir / c.inv_freq).string());
     const FrequencyTable own = compute_frequencies(own_spec, positions.seq_len);
     const double want_af = c.attention_factor;
@@ -570,7 +571,7 @@ int check_dump(const CheckOptions& options) {
   if (!options.inv_freq.empty()) {
     std::vector<float> inv = read_inv_freq(options.inv_freq);
     const FrequencyTable own = compute_frequencies(
-        spec, checked_seq_len(batch.position_type, batch.positions, spec, options.inputs.positions));
+        with_host_tables(spec), checked_seq_len(batch.position_type, batch.positions, spec, options.inputs.positions));
     if (inv.size() != own.inv_freq.size()) {
       usage_error(options.inv_freq + ": " + std::to_string(inv.size()) + " frequencies, but the config's RoPE has " +
                   std::to_string(own.inv_freq.size()));

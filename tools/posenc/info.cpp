@@ -18,14 +18,17 @@ void print_spec(const std::string& layer_type, const RopeSpec& spec) {
   std::printf("%s", description.c_str());
   if (!description.empty() && description.back() != '\n') std::printf("\n");
 
-  const FrequencyTable table = compute_frequencies(spec);
+  // The table posenc's CPU engine uses (engine = torch_cpu on the host); torch_cuda's tables come
+  // from the GPU engine (`posenc apply --device gpu`), so the host prints the exact one instead.
+  const bool cuda = spec.hf_arithmetic == HfArithmetic::torch_cuda && spec.numerics != Numerics::accurate;
+  const FrequencyTable table = compute_frequencies(with_host_tables(spec));
   std::printf("attention factor  %.9g (scheme)", table.attention_factor);
   if (spec.attention_factor) std::printf(", %.9g (config override, used)", *spec.attention_factor);
   std::printf("\n");
   const bool per_call = scheme_info(spec.scaling).depends_on_call;
-  std::printf("inv_freq  %zu float32 values%s\n", table.inv_freq.size(),
-              per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)"
-                       : "");
+  std::printf("inv_freq  %zu float32 values%s%s\n", table.inv_freq.size(),
+              per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)" : "",
+              cuda ? " (exact: torch_cuda's table is computed on the GPU)" : "");
   std::printf("  %5s  %-16s  %s\n", "i", "hex", "decimal");
   for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
     const double value = table.inv_freq[i];
@@ -67,7 +70,11 @@ int info(const ModelOptions& options) {
     print_spec(model.layer_type, model.spec);
     return exit_ok;
   }
-  for (const auto& [layer_type, spec] : config.rope) print_spec(layer_type, spec);
+  for (const auto& [layer_type, spec] : config.rope) {
+    RopeSpec shown = spec;
+    if (!options.hf_arithmetic.empty()) shown.hf_arithmetic = *parse_hf_arithmetic(options.hf_arithmetic);  // CLI11 checked it
+    print_spec(layer_type, shown);
+  }
   return exit_ok;
 }
 

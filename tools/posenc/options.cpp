@@ -1,8 +1,9 @@
-// Shared option parsing: config loading with usage-error reporting, layer-type selection, dtype and numerics.
+// Shared option parsing: config loading with usage-error reporting, layer-type selection, dtype, numerics and HF arithmetic.
 #include "options.hpp"
 
 #include <CLI/CLI.hpp>
 
+#include <optional>
 #include <utility>
 
 #include "command.hpp"
@@ -24,6 +25,10 @@ void add_model_options(CLI::App& app, ModelOptions& options, bool config_require
     app.add_option("--numerics", options.numerics, "override the numerics policy")
         ->check(CLI::IsMember({"hf_compatible", "hf_fp32_apply", "accurate"}));
   }
+  app.add_option("--hf-arithmetic", options.hf_arithmetic,
+                 "whose float32 pow/cos/sin the hf numerics reproduce: engine (default: torch on the engine's "
+                 "device), torch_cpu, torch_cuda or exact (docs/NUMERICS.md 3.4)")
+      ->check(CLI::IsMember({"engine", "torch_cpu", "torch_cuda", "exact"}));
 }
 
 ModelConfig load_config_or_default(const std::string& path) {
@@ -58,6 +63,11 @@ ResolvedModel select_spec(ModelConfig config, const ModelOptions& options) {
   }
   model.spec = it->second;
   if (!options.numerics.empty()) model.spec.numerics = parse_numerics_option(options.numerics);
+  if (!options.hf_arithmetic.empty()) {
+    const std::optional<HfArithmetic> a = parse_hf_arithmetic(options.hf_arithmetic);
+    if (!a) usage_error("--hf-arithmetic: unknown arithmetic '" + options.hf_arithmetic + "' (expected " + hf_arithmetic_help + ")");
+    model.spec.hf_arithmetic = *a;
+  }
   try {
     model.spec.validate();
   } catch (const Error& e) {
@@ -79,6 +89,11 @@ Numerics parse_numerics_option(const std::string& text) {
     if (text == to_string(n)) return n;
   }
   usage_error("--numerics: unknown policy '" + text + "' (expected " + numerics_help + ")");
+}
+
+RopeSpec with_host_tables(RopeSpec spec) {
+  if (spec.hf_arithmetic == HfArithmetic::torch_cuda) spec.hf_arithmetic = HfArithmetic::exact;
+  return spec;
 }
 
 }  // namespace posenc::cli

@@ -181,7 +181,7 @@ int run_layer(const ResolvedModel& model, const RunOptions& options, const Devic
   runner.check();
   runner.download();
   const std::vector<std::int64_t> sample = sample_tokens(batch.tokens, lengths);
-  const FrequencyTable table = compute_frequencies(model.spec, max_position + 1);
+  const FrequencyTable table = compute_frequencies(with_host_tables(model.spec), max_position + 1);
   const VerifyStats stats = verify_sample(model.spec, table, input, batch, sample);
   const bool passed = stats.failures == 0;
   print_field("verify", std::to_string(sample.size()) + " tokens x " +
