@@ -56,6 +56,41 @@ if(NOT POSENC_HIP STREQUAL "OFF")
 endif()
 message(STATUS "posenc: HIP engine ${POSENC_WITH_HIP}; HIP compile check of the GPU sources ${POSENC_WITH_HIP_CHECK}")
 
+# The AMD targets hipcc compiles for: POSENC_HIP_ARCHITECTURES when set, else every one of CDNA2
+# (gfx90a), CDNA3 (gfx942), RDNA2 (gfx1030) and RDNA3 (gfx1100) that this hipcc can target, probed
+# once per hipcc with a one-line kernel. Debian 12's hipcc 5.2.3 targets gfx90a and gfx1030 only
+# (clang 15 rejects gfx942; its device libraries lack gfx1100): docs/ARCHITECTURE.md says what a
+# newer ROCm adds.
+set(POSENC_HIP_TARGETS ${POSENC_HIP_ARCHITECTURES})
+if((POSENC_WITH_HIP OR POSENC_WITH_HIP_CHECK) AND NOT POSENC_HIP_TARGETS)
+  if(NOT POSENC_HIP_PROBED_FOR STREQUAL POSENC_HIPCC)
+    set(probe_dir ${PROJECT_BINARY_DIR}/hip-target-probe)
+    file(WRITE ${probe_dir}/probe.cu "#include <hip/hip_runtime.h>\n__global__ void posenc_probe(float* x) { x[threadIdx.x] *= 2.0f; }\n")
+    set(supported)
+    foreach(arch IN ITEMS gfx90a gfx942 gfx1030 gfx1100)
+      execute_process(
+        COMMAND ${POSENC_HIPCC} -x hip --offload-arch=${arch} -c ${probe_dir}/probe.cu -o ${probe_dir}/${arch}.o
+        RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+      if(rc EQUAL 0)
+        list(APPEND supported ${arch})
+      else()
+        string(REGEX MATCH "error: [^\n]*" reason "${err}")
+        message(STATUS "posenc: hipcc cannot target ${arch}: ${reason}")
+      endif()
+    endforeach()
+    if(NOT supported)
+      message(FATAL_ERROR "posenc: hipcc (${POSENC_HIPCC}) targets none of gfx90a, gfx942, gfx1030, gfx1100; "
+                          "set POSENC_HIP_ARCHITECTURES")
+    endif()
+    set(POSENC_HIP_PROBED_FOR ${POSENC_HIPCC} CACHE INTERNAL "the hipcc whose targets were probed")
+    set(POSENC_HIP_PROBED_TARGETS "${supported}" CACHE INTERNAL "the AMD targets that hipcc compiles for")
+  endif()
+  set(POSENC_HIP_TARGETS ${POSENC_HIP_PROBED_TARGETS})
+endif()
+if(POSENC_WITH_HIP OR POSENC_WITH_HIP_CHECK)
+  message(STATUS "posenc: HIP targets ${POSENC_HIP_TARGETS}")
+endif()
+
 # The GPU backend compiled into libposenc (posenc::gpu::backend_name(), the CMake package's
 # posenc_BACKEND, posenc.pc's `backend` variable).
 if(POSENC_WITH_CUDA)

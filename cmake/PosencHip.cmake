@@ -1,4 +1,4 @@
-# hipcc builds every src/gpu/*.cu for POSENC_HIP_ARCHITECTURES: into posenc itself (the HIP engine,
+# hipcc builds every src/gpu/*.cu for POSENC_HIP_TARGETS (cmake/PosencGpu.cmake): into posenc itself (the HIP engine,
 # POSENC_WITH_HIP) or into posenc_hip_check beside a CUDA engine (compile check; nothing links it).
 #
 # CMake's HIP language needs a ROCm CMake package that Debian 12 does not ship in a usable form, so
@@ -20,7 +20,7 @@ set(posenc_hip_flags
 if(POSENC_WERROR)
   list(APPEND posenc_hip_flags -Werror)
 endif()
-foreach(arch IN LISTS POSENC_HIP_ARCHITECTURES)
+foreach(arch IN LISTS POSENC_HIP_TARGETS)
   list(APPEND posenc_hip_flags --offload-arch=${arch})
 endforeach()
 
@@ -33,7 +33,7 @@ foreach(source IN LISTS POSENC_HIP_SOURCES)
     COMMAND ${CMAKE_COMMAND} -E make_directory ${CMAKE_CURRENT_BINARY_DIR}/hip
     COMMAND ${POSENC_HIPCC} ${posenc_hip_flags} -c ${source} -o ${object}
     DEPENDS ${source} ${POSENC_HIP_DEPENDS}
-    COMMENT "hipcc (${POSENC_HIP_ARCHITECTURES}) ${name}.cu"
+    COMMENT "hipcc (${POSENC_HIP_TARGETS}) ${name}.cu"
     VERBATIM)
   list(APPEND posenc_hip_objects ${object})
 endforeach()

@@ -121,6 +121,16 @@ void publish(Result r, posenc_glm_positions** out) {
   *out = r.release();
 }
 
+/// An M-RoPE prompt's result: its ids, rope_delta, next position and tracker state.
+void publish_mrope(glm::MropePositions p, posenc_glm_positions** out) {
+  const glm::SequenceState state = glm::tracker_state(p);
+  Result r = single(std::move(p.positions));
+  r->info.rope_delta = p.rope_delta;
+  r->info.next_position = p.next_position;
+  r->state = state;
+  publish(std::move(r), out);
+}
+
 // ---- masks --------------------------------------------------------------------------------------
 
 glm::AttentionPattern to_pattern(const posenc_glm_attention_pattern& p, const std::string& name) {
@@ -409,13 +419,7 @@ posenc_status posenc_glm_mrope_positions(const posenc_glm_mrope_segment* segment
         capi::invalid_enum(name + ".kind", s.kind, "POSENC_GLM_SEGMENT_TEXT (0), POSENC_GLM_SEGMENT_VISION (1)");
       }
     }
-    glm::MropePositions p = glm::mrope_positions(list, to_next_text(rule));
-    const glm::SequenceState state = glm::tracker_state(p);
-    Result r = single(std::move(p.positions));
-    r->info.rope_delta = p.rope_delta;
-    r->info.next_position = p.next_position;
-    r->state = state;
-    publish(std::move(r), out);
+    publish_mrope(glm::mrope_positions(list, to_next_text(rule)), out);
   });
 }
 
@@ -430,15 +434,11 @@ posenc_status posenc_glm_mrope_positions_from_tokens(const int64_t* tokens, size
     glm::VisionTokens vt;
     vt.image = v.image;
     vt.video = v.video;
-    glm::MropePositions p = glm::mrope_positions_from_tokens(
-        token_span(tokens, count), vt, to_grids(image_grids, image_grid_count, "image_grids"),
-        to_grids(video_grids, video_grid_count, "video_grids"), to_next_text(rule), to_video_layout(video_layout));
-    const glm::SequenceState state = glm::tracker_state(p);
-    Result r = single(std::move(p.positions));
-    r->info.rope_delta = p.rope_delta;
-    r->info.next_position = p.next_position;
-    r->state = state;
-    publish(std::move(r), out);
+    publish_mrope(glm::mrope_positions_from_tokens(token_span(tokens, count), vt,
+                                                   to_grids(image_grids, image_grid_count, "image_grids"),
+                                                   to_grids(video_grids, video_grid_count, "video_grids"),
+                                                   to_next_text(rule), to_video_layout(video_layout)),
+                  out);
   });
 }
 

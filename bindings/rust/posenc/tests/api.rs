@@ -5,6 +5,9 @@ use posenc::{
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
 
+mod common;
+use common::assert_error;
+
 const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../configs");
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -24,17 +27,6 @@ fn plain_spec(numerics: Numerics, limit: i64) -> Spec {
     desc.numerics = numerics;
     desc.position_limit = Some(limit);
     Spec::new(&desc).expect("spec")
-}
-
-fn assert_error<T>(result: posenc::Result<T>, status: Status, fragments: &[&str]) {
-    let error = match result {
-        Ok(_) => panic!("the call must fail with {:?}", status),
-        Err(error) => error,
-    };
-    assert_eq!(error.status(), status, "{}", error);
-    for f in fragments {
-        assert!(error.message().contains(f), "message lacks {:?}: {}", f, error.message());
-    }
 }
 
 #[test]

@@ -5,18 +5,10 @@ use posenc::glm::{
 };
 use posenc::{reference_apply, Config, CpuEngine, PositionTracker, RopeArgs, SequenceState, Status, StepEntry, TensorMut};
 
-const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../configs");
+mod common;
+use common::assert_error;
 
-fn assert_error<T>(result: posenc::Result<T>, status: Status, fragments: &[&str]) {
-    let error = match result {
-        Ok(_) => panic!("the call must fail with {:?}", status),
-        Err(error) => error,
-    };
-    assert_eq!(error.status(), status, "{}", error);
-    for f in fragments {
-        assert!(error.message().contains(f), "message lacks {:?}: {}", f, error.message());
-    }
-}
+const CONFIGS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../configs");
 
 /// The engine and the reference rotate random f32 Q [T, 2, head_dim] at the builder's ids alike,
 /// and the rotation changed the data.
