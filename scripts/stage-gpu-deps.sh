@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources; FlashInfer's headers for the benchmark's peer) into .deps/.
+# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources, SLEEF, MKL's vmsCos/vmsSin; FlashInfer's headers for the benchmark's peer) into .deps/.
 #
 # Run here, before a device call that carries `.deps` (gitignored). Layout:
 #   .deps/prefix/include/{nlohmann,CLI}           headers
@@ -7,6 +7,11 @@
 #                                                  to themselves, so the prefix can move)
 #   .deps/googletest/                             GoogleTest sources; scripts/gpu-check.sh builds and
 #                                                  installs them into .deps/prefix on the GPU machine
+#   .deps/prefix/{include/sleef.h,lib/libsleef.so*} SLEEF (torch's CPU powf, HfArithmetic::torch_cpu)
+#   .deps/mkl/lib/posenc_mkl_vml.o                MKL's vmsCos/vmsSin with what they call (about
+#                                                  1.4 MB, cmake/posenc_mkl_object.cmake, from the
+#                                                  mkl-static libraries scripts/setup.sh installed),
+#                                                  which cmake/PosencMath.cmake finds there
 #   .deps/flashinfer/include/flashinfer/           FlashInfer's C++ headers, from the flashinfer-python
 #   .deps/flashinfer/VERSION                       wheel on PyPI (`pip download --no-deps`; only
 #                                                  flashinfer/data/include is kept): bench/CMakeLists.txt
@@ -45,6 +50,12 @@ nlohmann_cmake=$(first_dir /usr/share/cmake/nlohmann_json /usr/lib/cmake/nlohman
 cli_headers=$(first_dir /usr/include/CLI) || die "CLI11 headers not found (apt-get install libcli11-dev)"
 cli_cmake=$(first_dir /usr/share/cmake/CLI11 /usr/lib/cmake/CLI11 /usr/lib/x86_64-linux-gnu/cmake/CLI11 || true)
 gtest_src=$(first_dir /usr/src/googletest) || die "GoogleTest sources not found (apt-get install googletest)"
+sleef_header=/usr/include/x86_64-linux-gnu/sleef.h
+[[ -f $sleef_header ]] || sleef_header=/usr/include/sleef.h
+[[ -f $sleef_header ]] || die "SLEEF not found (apt-get install libsleef-dev; scripts/setup.sh does)"
+sleef_libs=$(dirname "$(readlink -f "$(ldconfig -p | sed -n 's/.*libsleef\.so\.3 .*=> //p' | head -n 1)")")
+mkl_lib=${POSENC_MKL_ROOT:-/opt/posenc/mkl}/lib
+[[ -f $mkl_lib/libmkl_core.a ]] || die "MKL's static libraries not found in $mkl_lib (scripts/setup.sh installs them)"
 
 flashinfer_version=${POSENC_FLASHINFER_VERSION:-0.7.4}
 flashinfer_id="flashinfer-python $flashinfer_version"
@@ -66,6 +77,11 @@ else
   echo "stage-gpu-deps: no CLI11 CMake package; the CLI falls back to its own lookup" >&2
 fi
 cp -r "$gtest_src" "$deps/googletest"
+mkdir -p "$prefix/lib" "$deps/mkl/lib"
+cp "$sleef_header" "$prefix/include/"
+cp -L "$sleef_libs"/libsleef.so "$sleef_libs"/libsleef.so.3 "$prefix/lib/"  # copies, not links
+cmake -DLINKER=ld -DOBJCOPY=objcopy -DMKL_LIB_DIR="$mkl_lib" -DOUT="$deps/mkl/lib/posenc_mkl_vml.o" \
+  -P "$root/cmake/posenc_mkl_object.cmake"
 
 # FlashInfer's headers: the wheel's flashinfer/data/include, nothing else.
 flashinfer_note="kept from an earlier run"
@@ -113,6 +129,8 @@ echo "staged into $deps (${size} MiB):"
 echo "  nlohmann-json  $nlohmann_headers + $nlohmann_cmake"
 echo "  CLI11          $cli_headers${cli_cmake:+ + $cli_cmake}"
 echo "  googletest     $gtest_src"
+echo "  SLEEF          $sleef_header + $sleef_libs/libsleef.so.3"
+echo "  MKL            vmsCos/vmsSin from $mkl_lib (posenc_mkl_vml.o)"
 echo "  flashinfer     $flashinfer_id ($flashinfer_note)"
 if ((size > 48)); then
   echo "stage-gpu-deps: warning: ${size} MiB is close to the 64 MiB a device call can carry" >&2
