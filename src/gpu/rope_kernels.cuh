@@ -65,6 +65,22 @@ __device__ __forceinline__ CosSin cos_sin(float inv_freq, std::int64_t pos,
   return posenc::detail::cos_sin<A, N>(inv_freq, pos, p.attention_factor, p.attention_factor_f32);
 }
 
+/// The hf numerics as torch computes them on this GPU (HfArithmetic::torch_cuda, docs/NUMERICS.md):
+/// the angle is the float32 product of the frequency and the float32 position, cos and sin are
+/// the vendor math library's float cosf/sinf of it (what ATen's cos/sin kernels call; no fast-math
+/// in either build), then each is multiplied by the float32 attention factor and rounded to the
+/// activation dtype. sincosf gives the bits of cosf and sinf with one argument reduction.
+template <DType A>
+__device__ __forceinline__ CosSin cos_sin_vendor_trig(float inv_freq, std::int64_t pos, float attention_factor) {
+  const float angle = posenc::detail::mul_rn(inv_freq, static_cast<float>(pos));
+  float s;
+  float c;
+  sincosf(angle, &s, &c);
+  const Pair r = posenc::detail::round_act2<A>(posenc::detail::mul_rn(c, attention_factor),
+                                               posenc::detail::mul_rn(s, attention_factor));
+  return {r.a, r.b};
+}
+
 __device__ __forceinline__ std::int64_t load_position(const void* positions, bool is_i64,
                                                       std::int64_t token) {
   return is_i64 ? static_cast<const std::int64_t*>(positions)[token]
@@ -497,22 +513,32 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         // the angle by its row, indexed only by positions inside it. The branch is taken once per
         // tile rather than per entry: inside the loop it costs the 16-bit float32-rotation kernels
         // registers, as two loops it costs none.
+        // The vendor-trig branch (hf numerics reproducing torch on this GPU) is a third such loop.
+        auto fill_table = [&](auto entry_value) {
+          for (int i = tid; i < entries; i += threads) {
+            const TableEntry e = entry;
+            if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
+            table[i] = entry_value(i, e);
+          }
+        };
+        auto check_position = [&](int i, std::int64_t position) {
+          if (position < 0 || position >= p.position_limit) {
+            const auto t = static_cast<std::int64_t>(divide(static_cast<std::uint32_t>(i), p.by_half));
+            record_bad_value(p.fault + position_fault, first_token + t, position);
+          }
+        };
         if (p.cos_sin != nullptr) {
-          for (int i = tid; i < entries; i += threads) {
-            const TableEntry e = entry;
-            if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
-            table[i] = cache_table_entry<A, N>(p, first_token, i, e.position);
-          }
+          fill_table([&](int i, const TableEntry& e) { return cache_table_entry<A, N>(p, first_token, i, e.position); });
+        } else if (N != Numerics::accurate && p.vendor_trig != 0) {
+          fill_table([&](int i, const TableEntry& e) {
+            check_position(i, e.position);
+            return cos_sin_vendor_trig<A>(e.inv_freq, e.position, p.attention_factor_f32);
+          });
         } else {
-          for (int i = tid; i < entries; i += threads) {
-            const TableEntry e = entry;
-            if (i + threads < entries) entry = load_table_entry(p, first_token, i + threads);
-            if (e.position < 0 || e.position >= p.position_limit) {
-              const auto t = static_cast<std::int64_t>(divide(static_cast<std::uint32_t>(i), p.by_half));
-              record_bad_value(p.fault + position_fault, first_token + t, e.position);
-            }
-            table[i] = cos_sin<A, N>(e.inv_freq, e.position, p);
-          }
+          fill_table([&](int i, const TableEntry& e) {
+            check_position(i, e.position);
+            return cos_sin<A, N>(e.inv_freq, e.position, p);
+          });
         }
         __syncthreads();  // also orders every load above before any store below (deinterleave)
       } else if constexpr (deinterleave) {

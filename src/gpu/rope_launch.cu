@@ -46,6 +46,7 @@
 #include "gpu/vendor.hpp"
 #include "core/counting.hpp"
 #include "core/element.hpp"
+#include "core/hf_arithmetic.hpp"
 #include "core/kv_detail.hpp"
 #include "core/memory.hpp"
 #include "core/schemes.hpp"
@@ -147,7 +148,24 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
   State& s = *state_;
   s.spec = spec;
   s.device = device;
-  s.table = compute_frequencies(spec);
+  // Whose arithmetic the hf numerics reproduce (rope.hpp HfArithmetic). On this engine `engine`
+  // means torch on the GPU. torch's CPU cos/sin (and its CPU pow at call time) have no device
+  // counterpart, so torch_cpu is refused rather than approximated.
+  const HfArithmetic arithmetic = posenc::detail::effective_arithmetic(spec, HfArithmetic::torch_cuda);
+  if (arithmetic == HfArithmetic::torch_cpu) {
+    throw Error(ErrorKind::unsupported,
+                "GPU engine: hf_arithmetic 'torch_cpu' cannot be reproduced on a GPU (torch's CPU cos, sin and "
+                "call-time pow come from CPU libraries with no device counterpart); use 'torch_cuda' (transformers "
+                "on a GPU), 'exact', or the CPU engine");
+  }
+  const bool vendor = arithmetic == HfArithmetic::torch_cuda;
+  // transformers builds the init-time table on the CPU even for a model that runs on the GPU
+  // (from_pretrained initializes non-persistent buffers there and moves them), so torch_cuda takes
+  // torch's CPU table; only tables computed during a call (dynamic NTK's grown table, LongRoPE's
+  // long table) come from the GPU's arithmetic.
+  RopeSpec host_spec = spec;  // the arithmetic of the tables computed on the host
+  host_spec.hf_arithmetic = vendor ? HfArithmetic::torch_cpu : HfArithmetic::exact;
+  s.table = compute_frequencies(host_spec);
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;
   // Per pair: its inverse frequency and position stream (M-RoPE, 2-D); one table of `half`.
@@ -170,9 +188,15 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
                     "' (a table chosen per call) with several position streams is not supported");
   }
   const std::int64_t threshold = s.call_dependent ? scheme.threshold(spec.params) : 0;
+  // LongRoPE's long table: on the host, or (torch_cuda) by longrope_long_table_kernel below.
+  const bool long_on_device = scheme.call_table == posenc::detail::CallTable::short_long && vendor;
   if (scheme.call_table == posenc::detail::CallTable::short_long) {
-    const FrequencyTable second = compute_frequencies(spec, threshold + 1);
-    host_tables.insert(host_tables.end(), second.inv_freq.begin(), second.inv_freq.end());
+    if (long_on_device) {
+      for (const double f : spec.params.long_factor) host_tables.push_back(static_cast<float>(f));
+    } else {
+      const FrequencyTable second = compute_frequencies(host_spec, threshold + 1);
+      host_tables.insert(host_tables.end(), second.inv_freq.begin(), second.inv_freq.end());
+    }
   }
 
   // The streams of the pairs travel after the float tables, as bytes (only when there are several).
@@ -195,6 +219,18 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
     Stream setup(device);
     s.tables.upload(host_tables.data(), s.tables.size_bytes(), setup.ref());
     s.scratch.fill_bytes(0xff, setup.ref());  // fault words = fault_clear
+    if (long_on_device) {
+      // The long factors were uploaded where the long table goes; the kernel overwrites them in
+      // place (entry i reads factor i only).
+      float* const long_table = static_cast<float*>(s.tables.data()) + half;
+      const auto setup_stream = static_cast<cudaStream_t>(setup.ref().native());
+      constexpr int threads = 128;
+      detail::longrope_long_table_kernel<<<static_cast<unsigned>((half + threads - 1) / threads), threads, 0,
+                                           setup_stream>>>(long_table, static_cast<float>(spec.theta),
+                                                           1.0f / static_cast<float>(rotary),
+                                                           static_cast<int>(half), long_table);
+      POSENC_GPU_CHECK(cudaGetLastError());
+    }
     setup.synchronize();
   }
 
@@ -210,6 +246,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
   const double attention_factor = posenc::detail::effective_attention_factor(spec, s.table);
   b.attention_factor = attention_factor;
   b.attention_factor_f32 = static_cast<float>(attention_factor);
+  b.vendor_trig = vendor ? 1 : 0;
   b.half = static_cast<std::int32_t>(half);
   b.rotary_dim = static_cast<std::int32_t>(rotary);
   b.rotary_offset = static_cast<std::int32_t>(spec.rotary_offset);
@@ -232,6 +269,12 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
       sp.max_positions = static_cast<float>(spec.params.max_position_embeddings);
       sp.factor_minus_one = static_cast<float>(spec.params.factor - 1.0);
       sp.exponent = static_cast<double>(rotary) / static_cast<double>(rotary - 2);
+      sp.vendor_arithmetic = vendor ? 1 : 0;
+      // ATen's CUDA true division by a scalar: a multiply by the float32 reciprocal, formed on the
+      // host in float32 (opmath) from the float32 divisor.
+      sp.inv_max_positions = 1.0f / static_cast<float>(spec.params.max_position_embeddings);
+      sp.inv_rotary_dim = 1.0f / static_cast<float>(rotary);
+      sp.exponent_f32 = static_cast<float>(sp.exponent);
     }
   }
 

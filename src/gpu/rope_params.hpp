@@ -104,6 +104,9 @@ struct RopeKernelParams {
   std::int64_t position_limit = 0;
   double attention_factor = 1.0;         ///< accurate numerics (double, as the CPU reference)
   float attention_factor_f32 = 1.0f;     ///< hf numerics (float32, as Hugging Face)
+  /// hf numerics: 1 = cos/sin by the vendor's float cosf/sinf (HfArithmetic::torch_cuda), 0 =
+  /// correctly rounded (HfArithmetic::exact). Unused by accurate numerics and a caller's cache.
+  std::int32_t vendor_trig = 0;
   std::int32_t q_heads = 0;
   std::int32_t total_heads = 0;          ///< q_heads + k_heads
   std::int32_t tile_tokens = 1;
@@ -164,7 +167,13 @@ struct SelectParams {
   float factor = 1.0f;            ///< fl32(factor)
   float max_positions = 1.0f;     ///< fl32(max_position_embeddings)
   float factor_minus_one = 0.0f;  ///< fl32(factor - 1)   (Python double subtraction, then rounded)
-  double exponent = 1.0;          ///< dim / (dim - 2), unrounded (torch's 0-dim `tensor ** scalar`)
+  double exponent = 1.0;          ///< dim / (dim - 2), unrounded (torch's 0-dim `tensor ** scalar` on the CPU)
+  /// 1: the grown table as torch computes it on CUDA (HfArithmetic::torch_cuda; select_kernel.cuh),
+  /// 0: as on the CPU with each pow correctly rounded (HfArithmetic::exact).
+  std::int32_t vendor_arithmetic = 0;
+  float inv_max_positions = 1.0f;  ///< fl32(1 / fl32(max_position_embeddings)): ATen CUDA divides by a scalar so
+  float inv_rotary_dim = 1.0f;     ///< fl32(1 / fl32(rotary_dim))
+  float exponent_f32 = 1.0f;       ///< fl32(dim / (dim - 2)): CUDA's `tensor ** scalar` takes it as float
 };
 
 }  // namespace posenc::gpu::detail

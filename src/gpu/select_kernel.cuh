@@ -36,6 +36,43 @@ __device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::in
   return __fdiv_rn(1.0f, pw);
 }
 
+/// The same table as transformers computes it at call time on CUDA (HfArithmetic::torch_cuda): the
+/// float32 tensor operations of dynamic_inv_freq, with ATen's CUDA kernels' roundings: a tensor
+/// divided by a Python number is multiplied by the float32 reciprocal of that number, `tensor **
+/// scalar` is powf with the exponent rounded to float32 (2 and 3 are multiplies), `base ** e` is
+/// powf, and `1.0 / x` is a correctly rounded reciprocal.
+__device__ __forceinline__ float dynamic_inv_freq_vendor(const SelectParams& p, std::int64_t seq_len,
+                                                         int i) {
+  using posenc::detail::mul_rn;
+  using posenc::detail::sub_rn;
+  const float s = static_cast<float>(seq_len);
+  const float ratio = sub_rn(mul_rn(mul_rn(p.factor, s), p.inv_max_positions), p.factor_minus_one);
+  float scale;
+  if (p.exponent == 2.0) {
+    scale = mul_rn(ratio, ratio);
+  } else if (p.exponent == 3.0) {
+    scale = mul_rn(mul_rn(ratio, ratio), ratio);
+  } else {
+    scale = powf(ratio, p.exponent_f32);
+  }
+  const float base = mul_rn(p.base, scale);
+  const float e = mul_rn(static_cast<float>(2 * i), p.inv_rotary_dim);
+  return __fdiv_rn(1.0f, powf(base, e));
+}
+
+/// LongRoPE's long table as transformers computes it on CUDA when a call first passes the original
+/// context (HfArithmetic::torch_cuda): inv_freq[i] = 1 / (fl32(long_factor[i]) * powf(fl32(theta),
+/// fl32(2i) * fl32(1/dim))), the division by dim again a multiply by the float32 reciprocal. Run
+/// once by the engine's constructor; `long_factor` holds the float32 factors, `out` half entries.
+__global__ void longrope_long_table_kernel(const float* long_factor, float base, float inv_rotary_dim, int half,
+                                           float* out) {
+  using posenc::detail::mul_rn;
+  const int i = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (i >= half) return;
+  const float e = mul_rn(static_cast<float>(2 * i), inv_rotary_dim);
+  out[i] = __fdiv_rn(1.0f, mul_rn(long_factor[i], powf(base, e)));
+}
+
 /// Frequency-selection pre-pass (one block of select_block_threads): reduces max(position) and
 /// writes the table for this call into `out`, in stream order before the rotation launch.
 __global__ void __launch_bounds__(select_block_threads) select_frequencies_kernel(
@@ -61,7 +98,11 @@ __global__ void __launch_bounds__(select_block_threads) select_frequencies_kerne
   for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x)) {
     float f = p.init_table[i];
     if (call_table) {
-      f = p.mode == SelectMode::longrope ? p.long_table[i] : dynamic_inv_freq(p, seq_len, i);
+      if (p.mode == SelectMode::longrope) {
+        f = p.long_table[i];
+      } else {
+        f = p.vendor_arithmetic != 0 ? dynamic_inv_freq_vendor(p, seq_len, i) : dynamic_inv_freq(p, seq_len, i);
+      }
     }
     p.out[i] = f;
   }
