@@ -26,7 +26,8 @@ CMAKE_ARGS="${CMAKE_ARGS:--DCMAKE_CUDA_ARCHITECTURES=90}" \
 export PYTHONPATH=$target:$PYTHONPATH
 say "built in $((SECONDS - start)) s: $("$py" -c 'import posenc, torch; print("posenc", posenc.__version__, posenc.backend(), "gpu", posenc.gpu_available(), "torch", torch.__version__)' 2>&1)"
 
-(cd python/tests && timeout "${POSENC_PYTEST_S:-300}" "$py" -m pytest -q -rs -p no:cacheprovider . ) \
+# POSENC_PYTEST_ARGS: pytest's arguments (default: the whole suite), e.g. "test_ops.py -k cuda".
+(cd python/tests && timeout "${POSENC_PYTEST_S:-300}" "$py" -m pytest -q -rs -p no:cacheprovider ${POSENC_PYTEST_ARGS:-.} ) \
   >"$out/pytest.log" 2>&1
 status=$?
 say "pytest: exit $status: $(tail -1 "$out/pytest.log")"

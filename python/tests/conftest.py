@@ -42,16 +42,25 @@ def device(request):
     return request.param
 
 
-def hf_reference(x, positions, spec, pairing=None):
-    """Hugging Face's eager arithmetic in torch on the CPU (hf_compatible), with cos/sin correctly
-    rounded from float64 (posenc's choice; transformers' own float32 cos can differ by an ulp):
-        angle = fl32(inv_freq * fl32(p)); c = fl32(cos(angle)) * fl32(af) -> dtype; out = x*c + rot(x)*s.
-    x: [T, H, D] torch tensor (CPU); positions: [T] int64 (one stream)."""
+def hf_reference(x, positions, spec, pairing=None, device="cpu"):
+    """transformers' eager arithmetic (hf_compatible) as torch computes it on `device`, for the spec's
+    hf_arithmetic: with "engine" (the default) torch's own float32 cos/sin on that device (what
+    posenc's engine of that device reproduces), with "exact" cos/sin correctly rounded from float64:
+        angle = fl32(inv_freq * fl32(p)); c = cos(angle) * fl32(af) -> dtype; out = x*c + rot(x)*s.
+    The table is the spec's (torch's CPU table: transformers builds it on the CPU, also for a model
+    on the GPU); call-time tables computed on the GPU (dynamic NTK, LongRoPE's long table) are not
+    modelled here. x: [T, H, D] torch tensor (CPU); positions: [T] int64 (one stream)."""
     inv_freq, af = spec.frequencies(int(positions.max()) + 1)
     inv = torch.tensor(inv_freq, dtype=torch.float32)
     angle = positions.to(torch.float32)[:, None] * inv[None, :]
-    cos = (torch.cos(angle.double()).float() * torch.tensor(af, dtype=torch.float32)).to(x.dtype)[:, None, :]
-    sin = (torch.sin(angle.double()).float() * torch.tensor(af, dtype=torch.float32)).to(x.dtype)[:, None, :]
+    factor = torch.tensor(af, dtype=torch.float32)
+    if spec.hf_arithmetic == "exact":
+        c, s = torch.cos(angle.double()).float(), torch.sin(angle.double()).float()
+    else:
+        on = angle.to(device)
+        c, s = torch.cos(on).cpu(), torch.sin(on).cpu()
+    cos = (c * factor).to(x.dtype)[:, None, :]
+    sin = (s * factor).to(x.dtype)[:, None, :]
     return rotate_with(x, cos, sin, spec, pairing)
 
 

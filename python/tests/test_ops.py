@@ -30,16 +30,18 @@ def positions(n, seed, limit=131072, dtype=torch.int64, device="cpu"):
     return torch.randint(0, limit, (n,), generator=g, dtype=torch.int64).to(dtype).to(device)
 
 
+@pytest.mark.parametrize("arithmetic", ["engine", "exact"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", sorted(SPECS))
-def test_in_place_matches_hf_formula_bit_for_bit(device, name, dtype):
-    spec = posenc.RopeSpec(**SPECS[name])
+def test_in_place_matches_hf_formula_bit_for_bit(device, name, dtype, arithmetic):
+    """engine: torch's own cos/sin on the device; exact: correctly rounded (the same bits everywhere)."""
+    spec = posenc.RopeSpec(**SPECS[name], hf_arithmetic=arithmetic)
     T, hq, hk = 37, 6, 2
     q = make((T, hq, spec.head_dim), dtype, 1, device)
     k = make((T, hk, spec.head_dim), dtype, 2, device)
     pos = positions(T, 3, device=device)
-    want_q = hf_reference(q.cpu(), pos.cpu(), spec)
-    want_k = hf_reference(k.cpu(), pos.cpu(), spec)
+    want_q = hf_reference(q.cpu(), pos.cpu(), spec, device=device)
+    want_k = hf_reference(k.cpu(), pos.cpu(), spec, device=device)
     posenc.apply_rope_(q, k, pos, spec)
     posenc.check(device if device == "cuda" else None)
     assert torch.equal(q.cpu(), want_q), "Q differs from the HF formula"
@@ -80,8 +82,8 @@ def test_fused_qkv_slices_gqa_and_flattened_heads(device, pos_dtype):
     qkv = make((T, (hq + 2 * hk) * D), "bfloat16", 9, device)
     q, k, v = qkv.split([hq * D, hk * D, hk * D], dim=-1)
     pos = positions(T, 10, dtype=getattr(torch, pos_dtype), device=device)
-    want_q = hf_reference(q.cpu().reshape(T, hq, D), pos.cpu().long(), spec)
-    want_k = hf_reference(k.cpu().reshape(T, hk, D), pos.cpu().long(), spec)
+    want_q = hf_reference(q.cpu().reshape(T, hq, D), pos.cpu().long(), spec, device=device)
+    want_k = hf_reference(k.cpu().reshape(T, hk, D), pos.cpu().long(), spec, device=device)
     v0 = v.clone()
     posenc.apply_rope_(q, k, pos, spec)
     assert torch.equal(q.cpu().reshape(T, hq, D), want_q)
@@ -95,7 +97,7 @@ def test_batched_layouts_merge_tokens(device):
     B, S, H, D = 3, 5, 4, 64
     x = make((B, S, H, D), "float16", 11, device).transpose(1, 2)  # HF: proj(x).view(B, S, H, D).transpose(1, 2)
     pos = positions(B * S, 12, limit=4096, device=device).reshape(B, S)
-    want = hf_reference(x.transpose(1, 2).reshape(B * S, H, D).cpu(), pos.reshape(-1).cpu(), spec)
+    want = hf_reference(x.transpose(1, 2).reshape(B * S, H, D).cpu(), pos.reshape(-1).cpu(), spec, device=device)
     posenc.apply_rope_(x.transpose(1, 2), None, pos, spec)
     assert torch.equal(x.transpose(1, 2).reshape(B * S, H, D).cpu(), want)
     # A dense [B, H, S, D] has no single token stride: a clear error, nothing written.

@@ -58,14 +58,16 @@ def rope_parameters(scheme: str, theta: float, dim: int) -> dict:
 
 
 def rotary_module(scheme: str, theta: float, dim: int, device: str):
-    """A fresh LlamaRotaryEmbedding on `device` (its init table built there, as a model's is)."""
+    """A fresh LlamaRotaryEmbedding on `device`, built as from_pretrained builds a model's: transformers 5
+    initializes the non-persistent inv_freq buffer on the CPU (its rope functions run without a
+    device) and copies it to the model's device, so the init table is torch's CPU table on every
+    device; tables computed during a call (dynamic NTK, LongRoPE's long table) come from `device`."""
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
     cfg = LlamaConfig(hidden_size=2 * dim, num_attention_heads=2, num_key_value_heads=1, head_dim=dim,
                       max_position_embeddings=PARAMS[scheme]["max_position_embeddings"],
                       rope_parameters=rope_parameters(scheme, theta, dim))
-    with torch.device(device):
-        return LlamaRotaryEmbedding(cfg)
+    return LlamaRotaryEmbedding(cfg).to(device)
 
 
 def act_input(tokens: int, heads: int, dim: int, salt: int) -> np.ndarray:
