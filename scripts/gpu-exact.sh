@@ -8,7 +8,7 @@
 #   python/              gpu-python.sh's logs (pip build, pytest)
 #   sweep-cuda.jsonl     one line per case of scripts/golden/sweep_bitexact.py --device cuda
 # Knobs (seconds): POSENC_EXACT_CHECK_S (170), POSENC_EXACT_SWEEP_S (100), POSENC_EXACT_PYTEST_S (50);
-# POSENC_EXACT_STRIDE (97: every 97th position 0 .. 2^20 - 1 plus the top 64 and the thresholds' neighbours).
+# POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1 plus the top 64 and the thresholds' neighbours).
 set -u
 out=${OUT:?set OUT}
 summary=$out/summary.txt
@@ -34,7 +34,7 @@ if [[ -d /tmp/posenc-py/posenc ]]; then
   start=$SECONDS
   PYTHONPATH=/tmp/posenc-py:/tmp/posenc-py-deps${PYTHONPATH:+:$PYTHONPATH} \
     timeout "${POSENC_EXACT_SWEEP_S:-100}" python3 scripts/golden/sweep_bitexact.py --device cuda \
-    --stride "${POSENC_EXACT_STRIDE:-97}" --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
+    --stride "${POSENC_EXACT_STRIDE:-1}" --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
   say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) cases"
   grep -E "differ|^\|" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"

@@ -66,7 +66,9 @@ def positions_of(scheme: str, stride: int) -> list[np.ndarray]:
     calls = [c for c in calls if c.size]
     if t is not None:  # a chunk ending exactly at the threshold, then past it: both sides of the switch
         calls.insert(0, pos[pos < t])
-        calls.append(pos[pos < t])  # below again after the far calls
+        # Below again after the far calls, strictly (seq_len < t): transformers' dynamic module only
+        # returns to its init table then (it keeps its largest table otherwise; docs/NUMERICS.md §5.3).
+        calls.append(pos[pos < t - 1])
     return calls
 
 
@@ -82,14 +84,15 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
     accurate = posenc_spec(scheme, theta, dim, "accurate") if error else None
     module = hr.rotary_module(scheme, theta, dim, device)  # one module through the calls, as a model keeps it
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-    gen = torch.Generator(device="cpu").manual_seed(int.from_bytes(hashlib.sha256(f"{scheme}/{theta}/{dim}/{dname}".encode()).digest()[:4], "little"))
+    # Inputs drawn on the device itself: a CPU generator would dominate a GPU sweep of every position.
+    gen = torch.Generator(device=device).manual_seed(int.from_bytes(hashlib.sha256(f"{scheme}/{theta}/{dim}/{dname}".encode()).digest()[:4], "little"))
     values = differ = 0
     first_diff = None
     err = {f"{lo}-{hi}": [0.0, 0.0] for lo, hi in RANGES}  # transformers, posenc accurate (max |err| / max |x|)
     for pos in positions_of(scheme, stride):
         n = pos.size
-        q = torch.randn(n, 1, dim, generator=gen).to(dtype).to(device)
-        k = torch.randn(n, 1, dim, generator=gen).to(dtype).to(device)
+        q = torch.randn(n, 1, dim, generator=gen, device=device).to(dtype)
+        k = torch.randn(n, 1, dim, generator=gen, device=device).to(dtype)
         p = torch.from_numpy(pos).to(device)
         cos, sin = module(q.transpose(0, 1)[None], p[None])
         q_hf, k_hf = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
