@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# On the GPU machine, one call: the C++ GPU tests of the arithmetic and engine, the Python package against the machine's torch, the bit-exactness sweep on CUDA and pytest's CUDA exactness cases.
+# On the GPU machine, one call: the C++ GPU tests of the arithmetic and engine, the Python package against the machine's torch, the bit-exactness sweep on CUDA, then pytest's CUDA exactness cases.
 #
 # Run from the repository root with `.deps` and `.whl` carried (scripts/stage-gpu-deps.sh; the
 # wheels gpu-python.sh names). Each step is capped by `timeout` and its log lands under $OUT:
 #   summary.txt          every step's outcome, the sweep's table
 #   check/               gpu-check.sh's logs (build, ctest-gpu)
-#   python/              gpu-python.sh's logs (pip build, pytest)
+#   python/              gpu-python.sh's logs (pip build)
 #   sweep-cuda.jsonl     one line per case of scripts/golden/sweep_bitexact.py --device cuda
-# Knobs (seconds): POSENC_EXACT_CHECK_S (170), POSENC_EXACT_SWEEP_S (100), POSENC_EXACT_PYTEST_S (50);
-# POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1 plus the top 64 and the thresholds' neighbours).
+#   sweep.log pytest.log
+# Knobs (seconds): POSENC_EXACT_CHECK_S (150), POSENC_EXACT_BUILD_S (120), POSENC_EXACT_SWEEP_S (150),
+# POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1).
 set -u
 out=${OUT:?set OUT}
 summary=$out/summary.txt
@@ -18,27 +19,34 @@ say() { echo "$*" | tee -a "$summary"; }
 
 start=$SECONDS
 OUT=$out/check POSENC_GPU_CHECK_CPU=0 POSENC_GPU_CHECK_SANITIZERS=0 \
-  POSENC_GPU_CHECK_TARGETS="${POSENC_EXACT_TARGETS:-test_gpu_arithmetic test_gpu_engine test_gpu_append test_gpu_cos_sin_cache test_golden}" \
-  POSENC_GPU_CHECK_REGEX="${POSENC_EXACT_REGEX:-GpuArithmetic|GpuEngine|GpuSweep|GpuAppend|GpuCosSinCache|Golden}" \
-  timeout "${POSENC_EXACT_CHECK_S:-170}" bash scripts/gpu-check.sh >/dev/null 2>&1
+  POSENC_GPU_CHECK_TARGETS="${POSENC_EXACT_TARGETS:-test_gpu_arithmetic test_gpu_engine test_gpu_append test_gpu_cos_sin_cache}" \
+  POSENC_GPU_CHECK_REGEX="${POSENC_EXACT_REGEX:-GpuArithmetic|GpuEngine|GpuSweep|GpuAppend|GpuCosSinCache}" \
+  timeout "${POSENC_EXACT_CHECK_S:-150}" bash scripts/gpu-check.sh >/dev/null 2>&1
 say "gpu-check (C++ GPU tests): exit $? after $((SECONDS - start)) s"
 cat "$out/check/summary.txt" >>"$summary" 2>/dev/null
+grep -E "^\[  FAILED|Failure|Expected|Which is" "$out/check/ctest-gpu.log" 2>/dev/null | head -n 20 >>"$summary"
 
 start=$SECONDS
-OUT=$out/python POSENC_PY_BENCH=0 POSENC_PYTEST_S="${POSENC_EXACT_PYTEST_S:-50}" \
-  POSENC_PYTEST_ARGS="test_ops.py test_transformers.py -k cuda" bash scripts/gpu-python.sh >/dev/null 2>&1
-say "gpu-python (build + pytest -k cuda): exit $? after $((SECONDS - start)) s"
-cat "$out/python/summary-python.txt" >>"$summary" 2>/dev/null
+OUT=$out/python POSENC_PY_BENCH=0 POSENC_PYTEST_S=1 \
+  timeout "${POSENC_EXACT_BUILD_S:-120}" bash scripts/gpu-python.sh >/dev/null 2>&1
+say "python package build: after $((SECONDS - start)) s: $(grep -h built "$out/python/summary-python.txt" 2>/dev/null)"
+export PYTHONPATH=/tmp/posenc-py:/tmp/posenc-py-deps${PYTHONPATH:+:$PYTHONPATH}
 
 if [[ -d /tmp/posenc-py/posenc ]]; then
   start=$SECONDS
-  PYTHONPATH=/tmp/posenc-py:/tmp/posenc-py-deps${PYTHONPATH:+:$PYTHONPATH} \
-    timeout "${POSENC_EXACT_SWEEP_S:-100}" python3 scripts/golden/sweep_bitexact.py --device cuda \
+  timeout "${POSENC_EXACT_SWEEP_S:-150}" python3 scripts/golden/sweep_bitexact.py --device cuda \
     --stride "${POSENC_EXACT_STRIDE:-1}" --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
   say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) cases"
-  grep -E "differ|^\|" "$out/sweep.log" | head -n 40 >>"$summary"
+  grep -E "<--|^\||Total" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"
+
+  start=$SECONDS
+  (cd python/tests && timeout "${POSENC_EXACT_PYTEST_S:-60}" python3 -m pytest -q -rs -p no:cacheprovider \
+    test_ops.py test_transformers.py -k cuda) >"$out/pytest.log" 2>&1
+  say "pytest -k cuda (test_ops, test_transformers): exit $? after $((SECONDS - start)) s: $(tail -n 1 "$out/pytest.log")"
+  grep -E "^FAILED|Error" "$out/pytest.log" | head -n 10 >>"$summary"
 else
-  say "sweep: not run (no Python package)"
+  say "sweep and pytest: not run (no Python package; see python/python-build.log)"
+  tail -n 20 "$out/python/python-build.log" >>"$summary" 2>/dev/null
 fi
 cat "$summary"
