@@ -2,8 +2,9 @@
 #   SLEEF (Debian libsleef-dev; required): the powf of torch's vectorized pow kernel.
 #   Intel MKL (PyPI mkl-static; POSENC_MKL, ON by default): vmsCos/vmsSin, torch's cos and sin.
 # Defines posenc_link_math(target), which src/CMakeLists.txt calls for the library.
-find_path(POSENC_SLEEF_INCLUDE_DIR sleef.h)
-find_library(POSENC_SLEEF_LIBRARY sleef)
+# .deps/prefix: what scripts/stage-gpu-deps.sh carries to the GPU machine (no libsleef-dev there).
+find_path(POSENC_SLEEF_INCLUDE_DIR sleef.h HINTS "${PROJECT_SOURCE_DIR}/.deps/prefix/include")
+find_library(POSENC_SLEEF_LIBRARY sleef HINTS "${PROJECT_SOURCE_DIR}/.deps/prefix/lib")
 if(NOT POSENC_SLEEF_INCLUDE_DIR OR NOT POSENC_SLEEF_LIBRARY)
   message(FATAL_ERROR "posenc: SLEEF not found (sleef.h, libsleef): apt-get install libsleef-dev "
                       "(scripts/setup.sh installs it), or set CMAKE_PREFIX_PATH to a SLEEF install")

@@ -26,6 +26,9 @@ say "gpu-check (C++ GPU tests): exit $? after $((SECONDS - start)) s"
 cat "$out/check/summary.txt" >>"$summary" 2>/dev/null
 grep -E "^\[  FAILED|Failure|Expected|Which is" "$out/check/ctest-gpu.log" 2>/dev/null | head -n 20 >>"$summary"
 
+# The staged libsleef.so.3 (the GPU machine has no libsleef3) for the Python extension, whose
+# installed copy carries no build-tree RPATH.
+export LD_LIBRARY_PATH=$PWD/.deps/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 start=$SECONDS
 OUT=$out/python POSENC_PY_BENCH=0 POSENC_PYTEST_S=1 \
   timeout "${POSENC_EXACT_BUILD_S:-120}" bash scripts/gpu-python.sh >/dev/null 2>&1
