@@ -30,6 +30,7 @@
 #include "posenc/error.hpp"
 #include "posenc/rope.hpp"
 #include "support/host_tensor.hpp"
+#include "support/trig_fingerprint.hpp"
 
 namespace {
 
@@ -211,9 +212,19 @@ int compare_outputs(const nlohmann::json& c, const nlohmann::json& call, const R
   return differ;
 }
 
-bool have_mkl(std::string& why) {
-  if (detail::torch_cpu_trig_available()) return true;
-  why = "this build has no Intel MKL (POSENC_MKL=OFF): torch_cpu's cos/sin are unavailable";
+/// Whether this host's torch_cpu cos/sin are the fixture host's: MKL is linked, and its kernel
+/// for this CPU gives the fixture's fingerprint (tests/support/trig_fingerprint.hpp). Else `why`.
+bool same_trig(std::string& why) {
+  if (!detail::torch_cpu_trig_available()) {
+    why = "this build has no Intel MKL (POSENC_MKL=OFF): torch_cpu's cos/sin are unavailable";
+    return false;
+  }
+  const std::string here = posenc::test::torch_cpu_trig_fingerprint();
+  const std::string there = fixture().meta.at("cpu_trig_fingerprint").get<std::string>();
+  if (here == there) return true;
+  why = "MKL's cos/sin kernel on this CPU rounds differently from the fixture host's (fingerprint " + here +
+        ", fixture " + there + "): torch on this CPU gives other outputs too; regenerate the fixtures here "
+        "(scripts/golden/arithmetic_fixtures.py) to compare";
   return false;
 }
 
@@ -266,7 +277,7 @@ TEST(HfArithmeticTorchCpu, EngineWithItsOwnTablesMatchesTransformers) {
   // across the thresholds, MKL cos/sin, the 3-round rotation. The tables depend on the CPU
   // capability, so this needs the fixture's (TablesOfEveryCall... covers the tables elsewhere).
   std::string why;
-  if (!have_mkl(why)) GTEST_SKIP() << why;
+  if (!same_trig(why)) GTEST_SKIP() << why;
   if (detail::torch_cpu_capability() != fixture_capability())
     GTEST_SKIP() << "the fixture was made at torch CPU capability " << fixture().meta.at("cpu_capability").get<std::string>()
                  << ", this CPU's torch would use another (see TablesOfEveryCallAtTheFixturesCapability and "
@@ -288,7 +299,7 @@ TEST(HfArithmeticTorchCpu, CosSinAndRotationWithTheFixturesTables) {
   // Host-independent part: the engine given transformers' own table and attention factor for each
   // call (Scaling::table) reproduces its outputs, so MKL's cos/sin and the rotation match.
   std::string why;
-  if (!have_mkl(why)) GTEST_SKIP() << why;
+  if (!same_trig(why)) GTEST_SKIP() << why;
   int differ = 0;
   for (const auto& c : fixture().meta.at("cases")) {
     for (const auto& call : c.at("calls")) {
@@ -308,7 +319,7 @@ TEST(HfArithmeticTorchCpu, ReferenceMatchesTransformers) {
   // apply_reference (plain loops) follows the same arithmetic: every scheme and theta at dim 80
   // (AVX-512's pow tail) with the fixture's tables.
   std::string why;
-  if (!have_mkl(why)) GTEST_SKIP() << why;
+  if (!same_trig(why)) GTEST_SKIP() << why;
   int differ = 0;
   for (const auto& c : fixture().meta.at("cases")) {
     if (c.at("dim").get<std::int64_t>() != 80) continue;

@@ -89,6 +89,8 @@ def main() -> int:
         "transformers": transformers.__version__,
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # MKL picks its cos/sin kernel by CPU: tests compare outputs only where theirs is the same.
+        "cpu_trig_fingerprint": hr.trig_fingerprint(),
         "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
         "module": "transformers.models.llama.modeling_llama (LlamaRotaryEmbedding, apply_rotary_pos_emb)",
         "q_heads": Q_HEADS,

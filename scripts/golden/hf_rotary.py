@@ -134,3 +134,13 @@ def calls(scheme: str, seed: int = 16) -> list[tuple[str, np.ndarray]]:
     below = np.concatenate([np.arange(0, 1024, dtype=np.int64), spread(rng, 1024, t - 1, 1000), [t - 1]])
     above = np.concatenate([np.arange(0, 1024, dtype=np.int64), spread(rng, 1024, t, 1000), [t]])
     return [("below", below), ("above", above), ("far", far), ("below_again", below)]
+
+
+def trig_fingerprint() -> str:
+    """Which cos/sin this host's torch computes on the CPU (Intel MKL picks its kernel by CPU: the
+    generic one on AMD, others on Intel): the digest of torch's float32 cos then sin of 8192 fixed
+    angles up to 2^20 (angle i = fl32(u_i) * 2^-12, u_i = i * 2654435761 mod 2^32), as 16 hex digits.
+    tests/support/trig_fingerprint.hpp computes the same with posenc's MKL."""
+    u = (np.arange(8192, dtype=np.uint64) * np.uint64(2654435761)) % np.uint64(1 << 32)
+    angle = torch.from_numpy(u.astype(np.float32) * np.float32(2.0 ** -12))
+    return f"{digest(np.concatenate([bits(angle.cos()), bits(angle.sin())])):016x}"

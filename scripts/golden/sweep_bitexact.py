@@ -108,16 +108,24 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
             differ += count
             values += a.numel()
         if error and dtype == torch.float32:
-            inv = module.inv_freq.detach().double().cpu()
-            ang = torch.from_numpy(pos).double()[:, None] * inv[None, :]  # exact product of the float32 table
-            c, s = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+            # Each side against float64 RoPE of its own float32 table (the exact angle p * inv_freq,
+            # float64 cos/sin, the attention factor in float64): transformers' table is the module's,
+            # posenc accurate's the correctly rounded one.
             x = q.double().cpu()[:, 0]
             rot = torch.cat((-x[:, dim // 2:], x[:, :dim // 2]), -1)
-            want = x * c * module.attention_scaling + rot * s * module.attention_scaling
-            q_acc, _ = posenc.apply_rope(q, k, p, accurate)
             scale = x.abs().amax(-1)
-            e_hf = ((q_hf.double().cpu()[:, 0] - want).abs().amax(-1) / scale).numpy()
-            e_acc = ((q_acc.double().cpu()[:, 0] - want).abs().amax(-1) / scale).numpy()
+
+            def rope64(inv, af):
+                ang = torch.from_numpy(pos).double()[:, None] * torch.as_tensor(inv, dtype=torch.float64)[None, :]
+                c, s = torch.cat((ang.cos(), ang.cos()), -1), torch.cat((ang.sin(), ang.sin()), -1)
+                return x * c * af + rot * s * af
+
+            want_hf = rope64(module.inv_freq.detach().double().cpu(), float(module.attention_scaling))
+            acc_inv, acc_af = accurate.frequencies(int(pos.max()) + 1)
+            want_acc = rope64(acc_inv, acc_af)
+            q_acc, _ = posenc.apply_rope(q, k, p, accurate)
+            e_hf = ((q_hf.double().cpu()[:, 0] - want_hf).abs().amax(-1) / scale).numpy()
+            e_acc = ((q_acc.double().cpu()[:, 0] - want_acc).abs().amax(-1) / scale).numpy()
             for lo, hi in RANGES:
                 m = (pos >= lo) & (pos < hi)
                 if m.any():
