@@ -31,6 +31,18 @@ posenc_spec* make_spec(RopeSpec spec) {
   return new posenc_spec{std::move(spec), std::move(table), std::move(description), host_table};
 }
 
+/// posenc_spec_with_*: a validated copy of `spec` with one field changed by `change`.
+template <class Change>
+posenc_status spec_with(const char* function, const posenc_spec* spec, posenc_spec** out, Change&& change) {
+  return guard(function, [&] {
+    capi::require(spec, "spec");
+    capi::require(out, "out");
+    RopeSpec copy = spec->spec;
+    change(copy);
+    *out = make_spec(std::move(copy));
+  });
+}
+
 posenc_config* make_config(ModelConfig config) {
   std::vector<std::string> layer_types;
   for (const auto& entry : config.rope) layer_types.push_back(entry.first);
@@ -128,33 +140,17 @@ posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out
 }
 
 posenc_status posenc_spec_with_numerics(const posenc_spec* spec, int32_t numerics, posenc_spec** out) {
-  return guard(__func__, [&] {
-    capi::require(spec, "spec");
-    capi::require(out, "out");
-    RopeSpec copy = spec->spec;
-    copy.numerics = capi::to_numerics(numerics, "numerics");
-    *out = make_spec(std::move(copy));
-  });
+  return spec_with(__func__, spec, out, [&](RopeSpec& copy) { copy.numerics = capi::to_numerics(numerics, "numerics"); });
 }
 
 posenc_status posenc_spec_with_hf_arithmetic(const posenc_spec* spec, int32_t hf_arithmetic, posenc_spec** out) {
-  return guard(__func__, [&] {
-    capi::require(spec, "spec");
-    capi::require(out, "out");
-    RopeSpec copy = spec->spec;
+  return spec_with(__func__, spec, out, [&](RopeSpec& copy) {
     copy.hf_arithmetic = capi::to_hf_arithmetic(hf_arithmetic, "hf_arithmetic");
-    *out = make_spec(std::move(copy));
   });
 }
 
 posenc_status posenc_spec_with_position_limit(const posenc_spec* spec, int64_t position_limit, posenc_spec** out) {
-  return guard(__func__, [&] {
-    capi::require(spec, "spec");
-    capi::require(out, "out");
-    RopeSpec copy = spec->spec;
-    copy.position_limit = position_limit;
-    *out = make_spec(std::move(copy));
-  });
+  return spec_with(__func__, spec, out, [&](RopeSpec& copy) { copy.position_limit = position_limit; });
 }
 
 void posenc_spec_destroy(posenc_spec* spec) { delete spec; }
