@@ -37,6 +37,11 @@ struct CpuOptions {
 /// on the call's largest position). cos/sin are computed once per token and shared by its heads;
 /// with a cos/sin cache in the call (RopeArgs::cos_sin) they are read from its row instead.
 /// Results are bit-identical to apply_reference.
+///
+/// The hf numerics follow spec.hf_arithmetic (rope.hpp): `engine` and `torch_cpu` reproduce torch
+/// on this x86-64 CPU (SLEEF/glibc pow, Intel MKL cos/sin), `exact` the correctly rounded
+/// functions. The constructor throws Error(unsupported) for `torch_cuda` (CUDA's libdevice runs
+/// only on an NVIDIA GPU) and, in a build without MKL (POSENC_MKL=OFF), for `torch_cpu`.
 class CpuEngine {
  public:
   explicit CpuEngine(RopeSpec spec, CpuOptions options = {});
