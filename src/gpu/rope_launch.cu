@@ -12,16 +12,17 @@
 // a one-block pre-pass on the same stream (select_frequencies_kernel) that reduces max(position)
 // and writes the call's table into one of `selection_tables` engine-owned tables; the rotation
 // launch reads it.
-//   short_long (longrope): both tables are computed by compute_frequencies on the host and
-//             uploaded at construction; the pre-pass only selects. Bit-identical to the CPU.
-//   grows (dynamic NTK): when max(position) + 1 > max_position_embeddings the pre-pass computes the grown
-//             base and inv_freq with the same float32 operations as compute_frequencies, each pow
-//             evaluated in double and rounded once to float32. The host evaluates the per-pair
-//             base'^e_i with glibc powf, which is not correctly rounded, so an inv_freq entry can
-//             differ from the CPU's by 1 float32 ulp in rare cases (and theta' likewise where the
-//             two double pows differ in their last bit). Tested with the tolerance that bound
-//             implies (tests/test_gpu_engine.cpp, DynamicNtk*). Below the threshold the uploaded
-//             default table is used, bit-identical to the CPU.
+//   short_long (longrope): both tables are uploaded at construction and the pre-pass only selects.
+//             exact: both from compute_frequencies on the host, bit-identical to the CPU engine;
+//             torch_cuda: the short (init) table from the host in torch_cpu arithmetic, the long one
+//             computed on the device by longrope_long_table_kernel, as transformers does on CUDA.
+//   grows (dynamic NTK): when max(position) + 1 > max_position_embeddings the pre-pass computes the
+//             grown base and inv_freq with the float32 operations of transformers' update
+//             (select_kernel.cuh dynamic_inv_freq): for exact with each pow evaluated in double and
+//             rounded once, which can differ from the host's double pow in its last bit, so an
+//             entry can differ from the CPU's by 1 float32 ulp in rare cases (tested with that
+//             tolerance, tests/test_gpu_engine.cpp DynamicNtk*); for torch_cuda with CUDA's powf and
+//             ATen's reciprocal-multiply divisions. Below the threshold the uploaded init table is used.
 //   The tables rotate per call, so applies of one engine in flight on different streams at once do
 //   not share a table unless more than `selection_tables` are in flight together.
 // The launch shape is launch_shape.hpp's pure function; device timing is device_timing.hpp.

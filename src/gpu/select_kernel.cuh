@@ -11,53 +11,35 @@
 namespace posenc::gpu::detail {
 
 /// The call's table for Scaling::dynamic with seq_len > max_position_embeddings, pair i: the
-/// float32 tensor arithmetic of Hugging Face's dynamic NTK update, operation for operation as
-/// compute_frequencies (core/frequencies.cpp, dynamic_theta and inv_freq_for_base). Each pow is
-/// evaluated in double and rounded once to float32; the host's per-pair pow is glibc powf, so an
-/// entry may differ from the CPU table by 1 float32 ulp (documented in rope_launch.cu).
-__device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::int64_t seq_len,
-                                                  int i) {
+/// float32 tensor arithmetic of Hugging Face's dynamic NTK update, operation for operation, in one
+/// of two roundings of the same steps:
+///   Vendor = false (HfArithmetic::exact): as compute_frequencies (core/frequencies.cpp), true
+///     divisions and each pow evaluated in double and rounded once to float32;
+///   Vendor = true (HfArithmetic::torch_cuda): as ATen's CUDA kernels round them: a tensor divided
+///     by a Python number is multiplied by the float32 reciprocal of that number, `tensor ** scalar`
+///     is powf with the exponent rounded to float32, `base ** e` is powf.
+/// In both, torch turns `** 2` and `** 3` into multiplies (R = 4 gives 2) and `1.0 / x` is a
+/// correctly rounded reciprocal.
+template <bool Vendor>
+__device__ __forceinline__ float dynamic_inv_freq(const SelectParams& p, std::int64_t seq_len, int i) {
   using posenc::detail::mul_rn;
   using posenc::detail::sub_rn;
-  const float s = static_cast<float>(seq_len);
-  const float ratio = sub_rn(__fdiv_rn(mul_rn(p.factor, s), p.max_positions), p.factor_minus_one);
-  // torch turns `** 2` and `** 3` into multiplies (R = 4 gives 2).
+  const float scaled = mul_rn(p.factor, static_cast<float>(seq_len));
+  const float ratio =
+      sub_rn(Vendor ? mul_rn(scaled, p.inv_max_positions) : __fdiv_rn(scaled, p.max_positions), p.factor_minus_one);
   float scale;
   if (p.exponent == 2.0) {
     scale = mul_rn(ratio, ratio);
   } else if (p.exponent == 3.0) {
     scale = mul_rn(mul_rn(ratio, ratio), ratio);
   } else {
-    scale = static_cast<float>(pow(static_cast<double>(ratio), p.exponent));
+    scale = Vendor ? powf(ratio, p.exponent_f32) : static_cast<float>(pow(static_cast<double>(ratio), p.exponent));
   }
   const float base = mul_rn(p.base, scale);
-  const float e = __fdiv_rn(static_cast<float>(2 * i), static_cast<float>(p.rotary_dim));
-  const float pw = static_cast<float>(pow(static_cast<double>(base), static_cast<double>(e)));
+  const auto two_i = static_cast<float>(2 * i);
+  const float e = Vendor ? mul_rn(two_i, p.inv_rotary_dim) : __fdiv_rn(two_i, static_cast<float>(p.rotary_dim));
+  const float pw = Vendor ? powf(base, e) : static_cast<float>(pow(static_cast<double>(base), static_cast<double>(e)));
   return __fdiv_rn(1.0f, pw);
-}
-
-/// The same table as transformers computes it at call time on CUDA (HfArithmetic::torch_cuda): the
-/// float32 tensor operations of dynamic_inv_freq, with ATen's CUDA kernels' roundings: a tensor
-/// divided by a Python number is multiplied by the float32 reciprocal of that number, `tensor **
-/// scalar` is powf with the exponent rounded to float32 (2 and 3 are multiplies), `base ** e` is
-/// powf, and `1.0 / x` is a correctly rounded reciprocal.
-__device__ __forceinline__ float dynamic_inv_freq_vendor(const SelectParams& p, std::int64_t seq_len,
-                                                         int i) {
-  using posenc::detail::mul_rn;
-  using posenc::detail::sub_rn;
-  const float s = static_cast<float>(seq_len);
-  const float ratio = sub_rn(mul_rn(mul_rn(p.factor, s), p.inv_max_positions), p.factor_minus_one);
-  float scale;
-  if (p.exponent == 2.0) {
-    scale = mul_rn(ratio, ratio);
-  } else if (p.exponent == 3.0) {
-    scale = mul_rn(mul_rn(ratio, ratio), ratio);
-  } else {
-    scale = powf(ratio, p.exponent_f32);
-  }
-  const float base = mul_rn(p.base, scale);
-  const float e = mul_rn(static_cast<float>(2 * i), p.inv_rotary_dim);
-  return __fdiv_rn(1.0f, powf(base, e));
 }
 
 /// LongRoPE's long table as transformers computes it on CUDA when a call first passes the original
@@ -101,7 +83,7 @@ __global__ void __launch_bounds__(select_block_threads) select_frequencies_kerne
       if (p.mode == SelectMode::longrope) {
         f = p.long_table[i];
       } else {
-        f = p.vendor_arithmetic != 0 ? dynamic_inv_freq_vendor(p, seq_len, i) : dynamic_inv_freq(p, seq_len, i);
+        f = p.vendor_arithmetic != 0 ? dynamic_inv_freq<true>(p, seq_len, i) : dynamic_inv_freq<false>(p, seq_len, i);
       }
     }
     p.out[i] = f;
