@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <tuple>
@@ -377,16 +378,30 @@ TEST(HfArithmeticRefusals, CpuEngineRefusesCudasArithmetic) {
   EXPECT_NO_THROW(CpuEngine{spec});
 }
 
-TEST(HfArithmeticRefusals, TorchCudaTablesAreTheGpuEnginesToCompute) {
+TEST(HfArithmeticRefusals, TorchCudaInitTableIsTheCpusAndCallTablesAreTheGpus) {
+  // transformers builds a model's init table on the CPU, also for a model on a GPU: the host gives
+  // torch_cpu's table; a dynamic table grown during a call comes from CUDA's powf, which it refuses.
   RopeSpec spec;
-  spec.head_dim = 64;
+  spec.head_dim = 80;
+  spec.theta = 1e7;  // entry 34 of d 80 differs between SLEEF/glibc and correctly rounded
+  spec.scaling = Scaling::dynamic;
+  spec.params.factor = 2.0;
+  spec.params.max_position_embeddings = 4096;
+  RopeSpec cpu = spec;
+  cpu.hf_arithmetic = HfArithmetic::torch_cpu;
   spec.hf_arithmetic = HfArithmetic::torch_cuda;
+  for (const std::optional<std::int64_t> seq_len : {std::optional<std::int64_t>{}, std::optional<std::int64_t>{4096}}) {
+    const std::vector<float> got = posenc::compute_frequencies(spec, seq_len).inv_freq;
+    const std::vector<float> want = posenc::compute_frequencies(cpu, seq_len).inv_freq;
+    for (std::size_t i = 0; i < want.size(); ++i) ASSERT_EQ(bits(got[i]), bits(want[i])) << i;
+  }
   try {
-    (void)posenc::compute_frequencies(spec);
-    FAIL() << "compute_frequencies computed a torch_cuda table on the host";
+    (void)posenc::compute_frequencies(spec, 4097);
+    FAIL() << "compute_frequencies computed torch_cuda's grown table on the host";
   } catch (const posenc::Error& e) {
     EXPECT_EQ(e.kind(), posenc::ErrorKind::unsupported);
     EXPECT_NE(std::string(e.what()).find("GPU engine"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("4097"), std::string::npos) << e.what();
   }
 }
 

@@ -220,9 +220,8 @@ typedef struct posenc_spec_info {
 } posenc_spec_info;
 
 POSENC_API posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* out);
-/* The init-time inv_freq table (float32, as transformers computes it on the host: ENGINE means
- * TORCH_CPU here; POSENC_ERROR_UNSUPPORTED for TORCH_CUDA, whose tables the GPU engine computes);
- * `capacity` >= frequency_count. */
+/* The init-time inv_freq table (float32, as transformers computes it: ENGINE means TORCH_CPU here;
+ * TORCH_CUDA's init table is the CPU's too, transformers builds it there); `capacity` >= frequency_count. */
 POSENC_API posenc_status posenc_spec_inv_freq(const posenc_spec* spec, float* out, size_t capacity);
 /* The M-RoPE pairs per stream; `capacity` >= mrope_section_count. */
 POSENC_API posenc_status posenc_spec_mrope_section(const posenc_spec* spec, int64_t* out, size_t capacity);

@@ -257,8 +257,9 @@ PairAxes pair_axes(const RopeSpec& spec, const FrequencyTable& table);
 
 /// Computes the frequency table exactly as Hugging Face transformers 5.x does, in float32 with the
 /// pow of spec.hf_arithmetic (docs/NUMERICS.md §3.4, §5): `engine` means torch_cpu here (the CPU
-/// engine's table; GpuEngine::frequencies() gives the GPU engine's), `accurate` numerics the exact
-/// table. Throws Error(unsupported) for torch_cuda, whose tables only the GPU engine computes.
+/// engine's table), `accurate` numerics the exact table. For torch_cuda it gives the init table,
+/// which transformers builds on the CPU; a call-time table of dynamic/longrope beyond the
+/// threshold comes from CUDA's powf, and asking for one throws Error(unsupported).
 ///
 /// `seq_len` is the call's largest position + 1. It matters only for `dynamic` (theta grows when
 /// seq_len > max_position_embeddings) and `longrope` (long factors when seq_len >

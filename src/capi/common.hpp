@@ -26,12 +26,8 @@ struct posenc_config {
 };
 struct posenc_spec {
   posenc::RopeSpec spec;
-  /// The init-time table as compute_frequencies gives it on the host; for hf_arithmetic
-  /// torch_cuda (whose tables the GPU engine computes) the exact one, for its size and attention
-  /// factor only (host_table false: posenc_spec_inv_freq refuses it).
-  posenc::FrequencyTable frequencies;
+  posenc::FrequencyTable frequencies;  // init-time table (compute_frequencies without seq_len)
   std::string description;
-  bool host_table = true;
 };
 struct posenc_cpu_engine {
   posenc::CpuEngine engine;

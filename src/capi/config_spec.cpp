@@ -4,7 +4,6 @@
 #include <string>
 
 #include "capi/common.hpp"
-#include "core/hf_arithmetic.hpp"
 
 using namespace posenc;
 using capi::guard;
@@ -21,14 +20,9 @@ constexpr std::size_t spec_info_first_size = offsetof(posenc_spec_info, reserved
 /// accessors hand out pointers that live as long as the handle.
 posenc_spec* make_spec(RopeSpec spec) {
   spec.validate();
-  // torch_cuda tables come from the GPU engine; the host keeps the exact one for the table's size
-  // and attention factor (the same in every arithmetic).
-  const bool host_table = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu) != HfArithmetic::torch_cuda;
-  RopeSpec host = spec;
-  if (!host_table) host.hf_arithmetic = HfArithmetic::exact;
-  FrequencyTable table = compute_frequencies(host);
+  FrequencyTable table = compute_frequencies(spec);  // torch_cuda too: the init table is the CPU's
   std::string description = spec.describe();
-  return new posenc_spec{std::move(spec), std::move(table), std::move(description), host_table};
+  return new posenc_spec{std::move(spec), std::move(table), std::move(description)};
 }
 
 /// posenc_spec_with_*: a validated copy of `spec` with one field changed by `change`.
@@ -184,9 +178,6 @@ posenc_status posenc_spec_inv_freq(const posenc_spec* spec, float* out, size_t c
   return guard(__func__, [&] {
     capi::require(spec, "spec");
     capi::require(out, "out");
-    if (!spec->host_table)
-      throw Error(ErrorKind::unsupported, "the spec's hf_arithmetic is torch_cuda: its inv_freq comes from CUDA's powf "
-                                          "on the GPU engine, not from the host");
     const auto& table = spec->frequencies.inv_freq;
     if (capacity < table.size())
       throw Error(ErrorKind::invalid_argument, "capacity " + std::to_string(capacity) + " is below the " +

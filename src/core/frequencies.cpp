@@ -182,7 +182,19 @@ FrequencyTable compute_frequencies(const RopeSpec& spec, std::optional<std::int6
     throw Error(ErrorKind::invalid_argument, "compute_frequencies: seq_len = " + std::to_string(*seq_len) +
                                                  ": must be >= 1 (the call's largest position + 1)");
   // On the host, an engine-dependent spec takes the CPU engine's arithmetic.
-  const HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
+  HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
+  if (arithmetic == HfArithmetic::torch_cuda) {
+    // transformers builds the init table on the CPU also for a model on a GPU (docs/NUMERICS.md
+    // §3.4): the host has it. Tables computed during a call come from CUDA's powf.
+    const detail::SchemeRow& row = detail::scheme_row(spec.scaling);
+    if (seq_len && row.threshold != nullptr && *seq_len > row.threshold(spec.params))
+      throw Error(ErrorKind::unsupported,
+                  "compute_frequencies: hf_arithmetic torch_cuda, seq_len " + std::to_string(*seq_len) +
+                      ": this call's table comes from CUDA's powf on the GPU (the GPU engine computes it); "
+                      "the host has only the init table, up to seq_len " +
+                      std::to_string(row.threshold(spec.params)));
+    arithmetic = HfArithmetic::torch_cpu;
+  }
   return detail::frequencies_unchecked(spec, seq_len, detail::host_powers(arithmetic));
 }
 

@@ -35,7 +35,8 @@ struct TorchPowers {
 };
 
 /// The host's powers of `arithmetic` (exact or torch_cpu). Throws Error(unsupported) for
-/// torch_cuda, whose powers only the GPU engine computes, and for `engine` (resolve it first).
+/// torch_cuda, whose call-time powers only the GPU engine computes (its init table is torch_cpu's:
+/// compute_frequencies), and for `engine` (resolve it first).
 const TorchPowers& host_powers(HfArithmetic arithmetic);
 
 /// ATen's CPU capability (`torch.backends.cpu.get_cpu_capability()`): it sets the vector width of

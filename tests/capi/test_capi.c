@@ -340,7 +340,7 @@ static void test_spec_create(void) {
   other = NULL;
 
   /* hf_arithmetic: ENGINE by default (also for a caller of the first, 64-byte posenc_spec_desc),
-   * kept as given; a TORCH_CUDA spec has no host table and the CPU engine refuses it. */
+   * kept as given; a TORCH_CUDA spec has the CPU's init table, and the CPU engine refuses it. */
   CHECK(info.hf_arithmetic == POSENC_HF_ARITHMETIC_ENGINE);
   {
     posenc_spec_desc first = desc;
@@ -361,7 +361,8 @@ static void test_spec_create(void) {
     CHECK_OK(posenc_spec_with_hf_arithmetic(spec, POSENC_HF_ARITHMETIC_TORCH_CUDA, &other));
     CHECK_OK(posenc_spec_get_info(other, &info));
     CHECK(info.hf_arithmetic == POSENC_HF_ARITHMETIC_TORCH_CUDA && info.frequency_count == 32);
-    CHECK_ERR(posenc_spec_inv_freq(other, inv_freq, 32), POSENC_ERROR_UNSUPPORTED, "torch_cuda");
+    CHECK_OK(posenc_spec_inv_freq(other, inv_freq, 32)); /* the init table: torch's CPU one */
+    CHECK(inv_freq[0] == 1.0f && inv_freq[31] > 0.0f && inv_freq[31] < inv_freq[30]);
     CHECK_ERR(posenc_cpu_engine_create(other, NULL, &cpu), POSENC_ERROR_UNSUPPORTED, "torch_cuda", "NVIDIA GPU");
     posenc_spec_destroy(other);
     CHECK_ERR(posenc_spec_with_hf_arithmetic(spec, 4, &other), POSENC_ERROR_INVALID_ARGUMENT, "hf_arithmetic is 4");

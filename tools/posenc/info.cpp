@@ -18,17 +18,15 @@ void print_spec(const std::string& layer_type, const RopeSpec& spec) {
   std::printf("%s", description.c_str());
   if (!description.empty() && description.back() != '\n') std::printf("\n");
 
-  // The table posenc's CPU engine uses (engine = torch_cpu on the host); torch_cuda's tables come
-  // from the GPU engine (`posenc apply --device gpu`), so the host prints the exact one instead.
-  const bool cuda = spec.hf_arithmetic == HfArithmetic::torch_cuda && spec.numerics != Numerics::accurate;
-  const FrequencyTable table = compute_frequencies(with_host_tables(spec));
+  // The init table of the spec's arithmetic (engine = torch_cpu on the host; torch_cuda's init
+  // table is the CPU's too: transformers builds it there).
+  const FrequencyTable table = compute_frequencies(spec);
   std::printf("attention factor  %.9g (scheme)", table.attention_factor);
   if (spec.attention_factor) std::printf(", %.9g (config override, used)", *spec.attention_factor);
   std::printf("\n");
   const bool per_call = scheme_info(spec.scaling).depends_on_call;
-  std::printf("inv_freq  %zu float32 values%s%s\n", table.inv_freq.size(),
-              per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)" : "",
-              cuda ? " (exact: torch_cuda's table is computed on the GPU)" : "");
+  std::printf("inv_freq  %zu float32 values%s\n", table.inv_freq.size(),
+              per_call ? " (the table at init; this scheme rebuilds it per call from the largest position)" : "");
   std::printf("  %5s  %-16s  %s\n", "i", "hex", "decimal");
   for (std::size_t i = 0; i < table.inv_freq.size(); ++i) {
     const double value = table.inv_freq[i];

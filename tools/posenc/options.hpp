@@ -52,8 +52,9 @@ DType parse_dtype_option(const std::string& text);
 /// Parses a --numerics value; usage error naming the text otherwise.
 Numerics parse_numerics_option(const std::string& text);
 
-/// `spec` for tables computed on the host (compute_frequencies): torch_cuda's tables come from the
-/// GPU engine, so the host uses the exact ones there (within a float32 ulp of them).
+/// `spec` for tables computed on the host at any seq_len (compute_frequencies): torch_cuda's
+/// call-time tables come from the GPU engine, so the host uses the exact ones (within a float32
+/// ulp of them; its float64 verification does not need the GPU's bits).
 RopeSpec with_host_tables(RopeSpec spec);
 
 /// Label of an embedded config in messages.
