@@ -17,15 +17,20 @@ foreach(name mkl_intel_lp64 mkl_sequential mkl_core)  # the LP64 interface, no t
   endif()
   list(APPEND archives "${MKL_LIB_DIR}/lib${name}.a")
 endforeach()
+# -m: the inputs are archives only, from which lld (clang's linker: the fuzz preset) cannot infer the
+# target; MKL is x86-64 only.
 execute_process(
-  COMMAND "${LINKER}" -r -o "${OUT}.tmp" -u vmsCos -u vmsSin --start-group ${archives} --end-group
+  COMMAND "${LINKER}" -r -m elf_x86_64 -o "${OUT}.tmp" -u vmsCos -u vmsSin --start-group ${archives} --end-group
   RESULT_VARIABLE rc ERROR_VARIABLE err)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "posenc_mkl_object.cmake: ${LINKER} -r failed: ${err}")
 endif()
+# Kept global under both names: GNU objcopy matches --keep-global-symbol after the renaming,
+# llvm-objcopy (clang's: the fuzz preset) before it.
 execute_process(
   COMMAND "${OBJCOPY}" --redefine-sym vmsCos=posencmkl_vmsCos --redefine-sym vmsSin=posencmkl_vmsSin
-          --keep-global-symbol=posencmkl_vmsCos --keep-global-symbol=posencmkl_vmsSin "${OUT}.tmp" "${OUT}"
+          --keep-global-symbol=posencmkl_vmsCos --keep-global-symbol=posencmkl_vmsSin
+          --keep-global-symbol=vmsCos --keep-global-symbol=vmsSin "${OUT}.tmp" "${OUT}"
   RESULT_VARIABLE rc ERROR_VARIABLE err)
 file(REMOVE "${OUT}.tmp")
 if(NOT rc EQUAL 0)
