@@ -25,6 +25,7 @@ import datetime
 import hashlib
 import json
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -194,6 +195,7 @@ def main() -> int:
     ap.add_argument("--error", action="store_true", help="also measure float32 errors against float64 RoPE")
     ap.add_argument("--out", default="", help="JSON lines, appended and resumed (default build/sweep-<device>.jsonl)")
     ap.add_argument("--no-docs", action="store_true", help="do not write the summary into docs/MODELS.md")
+    ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
     out = Path(args.out or REPO / "build" / f"sweep-{args.device}.jsonl")
@@ -212,6 +214,22 @@ def main() -> int:
     meta = {"transformers": transformers.__version__, "torch": torch.__version__,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "hardware": hardware,
             "date": datetime.date.today().isoformat(), "stride": args.stride}
+    if not args.in_process:
+        # One child process per (scheme, theta): posenc keeps every spec (and the CPU engine's row
+        # cache, up to 32 MB once long positions are used) for the life of the process, so a whole
+        # grid in one process would grow to tens of GB.
+        for scheme in args.schemes.split(","):
+            for theta in args.thetas.split(","):
+                missing = [(d, n) for d in args.dims.split(",") for n in args.dtypes.split(",")
+                           if (scheme, float(theta), int(d), n, args.stride) not in done]
+                if missing:
+                    subprocess.run([sys.executable, __file__, "--in-process", "--no-docs", "--device", args.device,
+                                    "--stride", str(args.stride), "--schemes", scheme, "--thetas", theta,
+                                    "--dims", args.dims, "--dtypes", args.dtypes, "--out", str(out)]
+                                   + (["--error"] if args.error else []), check=True)
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done[(r["scheme"], r["theta"], r["dim"], r["dtype"], r["stride"])] = r
     records = []
     with out.open("a") as f:
         for scheme in args.schemes.split(","):
