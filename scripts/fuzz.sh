@@ -50,7 +50,14 @@ mkdir -p "$work/logs"
 
 # Per target: the longest input and the extra read-only seed directories.
 max_len() { case $1 in fuzz_config) echo 16384 ;; fuzz_npy) echo 4096 ;; fuzz_cli) echo 1024 ;; *) echo 512 ;; esac; }
-extra_seeds() { [[ $1 == fuzz_config ]] && echo "$root/configs"; }
+# seed_dirs NAME: the committed seed directories of NAME that exist (libFuzzer exits 1 on a missing
+# corpus directory, and git keeps no empty ones).
+seed_dirs() {
+  local dir
+  for dir in "$root/fuzz/corpus/${1#fuzz_}" $([[ $1 == fuzz_config ]] && echo "$root/configs"); do
+    [[ -d $dir ]] && echo "$dir"
+  done
+}
 
 # run_target NAME: fuzzes NAME for $seconds, writes its log, prints its summary line.
 run_target() {
@@ -64,7 +71,7 @@ run_target() {
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} \
     "$exe" -seed="$seed" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=3072 \
     -max_len="$(max_len "$name")" -close_fd_mask=3 -print_final_stats=1 "${dict[@]}" \
-    -artifact_prefix="$artifacts" "$corpus" "$root/fuzz/corpus/$short" $(extra_seeds "$name") \
+    -artifact_prefix="$artifacts" "$corpus" $(seed_dirs "$name") \
     >"$log" 2>&1 || rc=$?
   local took=$((SECONDS - start))
   echo "$rc" >"$work/logs/$name.status"
@@ -98,6 +105,7 @@ done
 if ((merge)); then
   for name in "${targets[@]}"; do
     short=${name#fuzz_}
+    mkdir -p "$root/fuzz/corpus/$short"
     "$bin/$name" -merge=1 -close_fd_mask=3 "$root/fuzz/corpus/$short" "$work/corpus/$name" \
       >"$work/logs/$name.merge.log" 2>&1 && echo "fuzz: merged new coverage of $name into fuzz/corpus/$short"
   done
