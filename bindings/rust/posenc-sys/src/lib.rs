@@ -53,6 +53,10 @@ pub const POSENC_PAIRING_HALF_SPLIT_2D: i32 = 3;
 pub const POSENC_NUMERICS_HF_COMPATIBLE: i32 = 0;
 pub const POSENC_NUMERICS_HF_FP32_APPLY: i32 = 1;
 pub const POSENC_NUMERICS_ACCURATE: i32 = 2;
+pub const POSENC_HF_ARITHMETIC_ENGINE: i32 = 0;
+pub const POSENC_HF_ARITHMETIC_TORCH_CPU: i32 = 1;
+pub const POSENC_HF_ARITHMETIC_TORCH_CUDA: i32 = 2;
+pub const POSENC_HF_ARITHMETIC_EXACT: i32 = 3;
 pub const POSENC_SCALING_NONE: i32 = 0;
 pub const POSENC_SCALING_LINEAR: i32 = 1;
 pub const POSENC_SCALING_DYNAMIC: i32 = 2;
@@ -171,6 +175,9 @@ pub struct posenc_spec_desc {
     pub theta: f64,
     pub attention_factor: f64,
     pub position_limit: i64,
+    // Appended after the first version (a struct_size ending before it gives the default).
+    pub hf_arithmetic: i32,
+    pub reserved: i32,
 }
 
 #[repr(C)]
@@ -191,33 +198,31 @@ pub struct posenc_spec_info {
     pub mrope_section_count: i64,
     pub mrope_interleaved: i32,
     pub reserved: i32,
+    // Appended after the first version.
+    pub hf_arithmetic: i32,
+    pub reserved2: i32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct posenc_tensor {
-    pub data: *mut c_void,
-    pub dtype: i32,
-    pub reserved: i32,
-    pub tokens: i64,
-    pub heads: i64,
-    pub head_dim: i64,
-    pub token_stride: i64,
-    pub head_stride: i64,
+/// posenc_tensor and its read-only twin posenc_const_tensor: the same fields, the data pointer
+/// mutable or const.
+macro_rules! tensor {
+    ($name:ident, $data:ty) => {
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug)]
+        pub struct $name {
+            pub data: $data,
+            pub dtype: i32,
+            pub reserved: i32,
+            pub tokens: i64,
+            pub heads: i64,
+            pub head_dim: i64,
+            pub token_stride: i64,
+            pub head_stride: i64,
+        }
+    };
 }
-
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct posenc_const_tensor {
-    pub data: *const c_void,
-    pub dtype: i32,
-    pub reserved: i32,
-    pub tokens: i64,
-    pub heads: i64,
-    pub head_dim: i64,
-    pub token_stride: i64,
-    pub head_stride: i64,
-}
+tensor!(posenc_tensor, *mut c_void);
+tensor!(posenc_const_tensor, *const c_void);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -513,6 +518,11 @@ extern "C" {
         position_limit: i64,
         out: *mut *mut posenc_spec,
     ) -> posenc_status;
+    pub fn posenc_spec_with_hf_arithmetic(
+        spec: *const posenc_spec,
+        hf_arithmetic: i32,
+        out: *mut *mut posenc_spec,
+    ) -> posenc_status;
     pub fn posenc_spec_destroy(spec: *mut posenc_spec);
     pub fn posenc_spec_get_info(spec: *const posenc_spec, out: *mut posenc_spec_info) -> posenc_status;
     pub fn posenc_spec_inv_freq(spec: *const posenc_spec, out: *mut f32, capacity: usize) -> posenc_status;
@@ -731,8 +741,8 @@ mod tests {
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);
-        assert_eq!(size_of::<posenc_spec_desc>(), 64);
-        assert_eq!(size_of::<posenc_spec_info>(), 96);
+        assert_eq!(size_of::<posenc_spec_desc>(), 72);
+        assert_eq!(size_of::<posenc_spec_info>(), 104);
         assert_eq!(size_of::<posenc_counters>(), 48);
         assert_eq!(size_of::<posenc_cpu_options>(), 16);
         assert_eq!(size_of::<posenc_sequence_state>(), 40);
@@ -747,6 +757,13 @@ mod tests {
         assert_eq!(size_of::<posenc_glm_mask_geometry>(), 48);
         assert_eq!(size_of::<posenc_glm_key_range>(), 16);
         assert_eq!(size_of::<posenc_glm_mask_info>(), 56);
+        // Appended fields sit where posenc.h puts them (offsetof; Rust 1.63 has no offset_of!).
+        fn offset<S, F>(base: &S, field: &F) -> usize {
+            field as *const F as usize - base as *const S as usize
+        }
+        let (desc, info) = (posenc_spec_desc::make(), posenc_spec_info::make());
+        assert_eq!(offset(&desc, &desc.hf_arithmetic), 64);
+        assert_eq!(offset(&info, &info.hf_arithmetic), 96);
     }
 
     #[test]

@@ -212,10 +212,10 @@ pub fn gpu_info() -> Result<GpuInfo> {
 // ------------------------------------------------------------------------------------------------
 
 macro_rules! c_enum {
-    ($(#[$doc:meta])* $name:ident { $($variant:ident = $value:path),* $(,)? }) => {
+    ($(#[$doc:meta])* $name:ident { $($(#[$variant_doc:meta])* $variant:ident = $value:path),* $(,)? }) => {
         $(#[$doc])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum $name { $($variant),* }
+        pub enum $name { $($(#[$variant_doc])* $variant),* }
         impl $name {
             pub fn to_raw(self) -> i32 {
                 match self { $($name::$variant => $value),* }
@@ -248,6 +248,20 @@ c_enum!(
         HfCompatible = sys::POSENC_NUMERICS_HF_COMPATIBLE,
         HfFp32Apply = sys::POSENC_NUMERICS_HF_FP32_APPLY,
         Accurate = sys::POSENC_NUMERICS_ACCURATE,
+    }
+);
+c_enum!(
+    /// Whose float32 pow/cos/sin the hf numerics reproduce (docs/NUMERICS.md §3.4); `accurate`
+    /// ignores it. An engine refuses one it cannot reproduce (`Status::Unsupported`).
+    HfArithmetic {
+        /// torch on the engine's own device: `TorchCpu` on the CPU engine, `TorchCuda` on the GPU engine.
+        Engine = sys::POSENC_HF_ARITHMETIC_ENGINE,
+        /// torch on an x86-64 CPU (SLEEF/glibc pow, Intel MKL cos/sin): the CPU engine only.
+        TorchCpu = sys::POSENC_HF_ARITHMETIC_TORCH_CPU,
+        /// torch on an NVIDIA GPU (CUDA's powf/cosf/sinf): the GPU engine only.
+        TorchCuda = sys::POSENC_HF_ARITHMETIC_TORCH_CUDA,
+        /// Correctly rounded pow/cos/sin: the same bits on every engine.
+        Exact = sys::POSENC_HF_ARITHMETIC_EXACT,
     }
 );
 c_enum!(
@@ -347,7 +361,7 @@ impl Config {
 
 /// A plain spec: default-theta RoPE (a scaling scheme comes from a config). Defaults as posenc.h's
 /// posenc_spec_desc: rotary_dim = head_dim, offset 0, half_split, hf_compatible, theta 10000, the
-/// scheme's attention factor, positions below 2^31.
+/// scheme's attention factor, positions below 2^31, hf_arithmetic `Engine`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpecDesc {
     pub head_dim: i64,
@@ -358,6 +372,7 @@ pub struct SpecDesc {
     pub theta: f64,
     pub attention_factor: Option<f64>,
     pub position_limit: Option<i64>,
+    pub hf_arithmetic: HfArithmetic,
 }
 
 impl SpecDesc {
@@ -371,6 +386,7 @@ impl SpecDesc {
             theta: 10000.0,
             attention_factor: None,
             position_limit: None,
+            hf_arithmetic: HfArithmetic::Engine,
         }
     }
 }
@@ -398,6 +414,8 @@ pub struct SpecInfo {
     pub frequency_count: i64,
     pub mrope_section_count: i64,
     pub mrope_interleaved: bool,
+    /// As given (`Engine` stays `Engine`: each engine resolves it).
+    pub hf_arithmetic: HfArithmetic,
 }
 
 impl Spec {
@@ -411,6 +429,7 @@ impl Spec {
         d.theta = desc.theta;
         d.attention_factor = desc.attention_factor.unwrap_or(0.0);
         d.position_limit = desc.position_limit.unwrap_or(0);
+        d.hf_arithmetic = desc.hf_arithmetic.to_raw();
         // Zero means "the default" in posenc_spec_desc: refuse it here where the caller meant a value.
         if desc.theta == 0.0 || desc.attention_factor == Some(0.0) || desc.position_limit == Some(0) {
             return Err(Error::new(
@@ -441,6 +460,7 @@ impl Spec {
             frequency_count: i.frequency_count,
             mrope_section_count: i.mrope_section_count,
             mrope_interleaved: i.mrope_interleaved != 0,
+            hf_arithmetic: HfArithmetic::from_raw(i.hf_arithmetic)?,
         })
     }
 
@@ -474,6 +494,13 @@ impl Spec {
 
     pub fn with_position_limit(&self, position_limit: i64) -> Result<Spec> {
         create(|out| unsafe { sys::posenc_spec_with_position_limit(self.raw.as_ptr(), position_limit, out) })
+            .map(|raw| Spec { raw })
+    }
+
+    /// A copy whose hf numerics reproduce another arithmetic (an engine refuses one it cannot
+    /// reproduce when it is built from the spec).
+    pub fn with_hf_arithmetic(&self, hf_arithmetic: HfArithmetic) -> Result<Spec> {
+        create(|out| unsafe { sys::posenc_spec_with_hf_arithmetic(self.raw.as_ptr(), hf_arithmetic.to_raw(), out) })
             .map(|raw| Spec { raw })
     }
 

@@ -1,7 +1,7 @@
 // The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, cos/sin cache, tracker, errors.
 use posenc::{
     gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache,
-    CpuEngine, GpuEngine, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, RopeArgs, Scaling,
+    CpuEngine, GpuEngine, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, RopeArgs, Scaling,
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
 
@@ -72,6 +72,58 @@ fn configs_and_specs() {
     let mut zero = SpecDesc::new(64);
     zero.theta = 0.0;
     assert_error(Spec::new(&zero), Status::InvalidArgument, &["theta 0"]);
+}
+
+/// hf_arithmetic reaches the library: kept by the spec, refused by the CPU engine where it cannot
+/// reproduce it (torch_cuda), and torch_cpu and exact give other bits where their pow and cos/sin do.
+#[test]
+fn hf_arithmetic_reaches_the_engine() {
+    let plain = Spec::new(&SpecDesc::new(64)).unwrap();
+    assert_eq!(plain.info().unwrap().hf_arithmetic, HfArithmetic::Engine);
+    assert_eq!(plain.with_hf_arithmetic(HfArithmetic::Exact).unwrap().info().unwrap().hf_arithmetic, HfArithmetic::Exact);
+
+    let mut desc = SpecDesc::new(64);
+    desc.hf_arithmetic = HfArithmetic::TorchCuda;
+    let cuda = Spec::new(&desc).unwrap();
+    assert_eq!(cuda.info().unwrap().hf_arithmetic, HfArithmetic::TorchCuda);
+    assert_error(CpuEngine::new(&cuda), Status::Unsupported, &["posenc_cpu_engine_create", "torch_cuda", "NVIDIA GPU"]);
+    assert_error(
+        reference_apply(&cuda, &mut RopeArgs::new(TensorMut::new(&mut random(64, 9), 1, 1, 64).unwrap(), Positions::new(&[1i64]))),
+        Status::Unsupported,
+        &["torch_cuda"],
+    );
+    // accurate numerics never read the arithmetic.
+    CpuEngine::new(&cuda.with_numerics(Numerics::Accurate).unwrap()).unwrap();
+
+    // head_dim 80, theta 1e7: torch's CPU table (SLEEF/glibc powf) and the correctly rounded one
+    // differ in an entry; the rotations differ wherever that or MKL's cos/sin does.
+    let (t, d) = (64usize, 80usize);
+    let mut desc = SpecDesc::new(d as i64);
+    desc.theta = 1e7;
+    desc.hf_arithmetic = HfArithmetic::TorchCpu;
+    let torch_cpu = Spec::new(&desc).unwrap();
+    let exact = torch_cpu.with_hf_arithmetic(HfArithmetic::Exact).unwrap();
+    let (table_cpu, table_exact) = (torch_cpu.inv_freq().unwrap(), exact.inv_freq().unwrap());
+    assert_eq!(table_cpu.len(), d / 2);
+    assert!(table_cpu.iter().zip(&table_exact).any(|(a, b)| a.to_bits() != b.to_bits()), "the tables are equal");
+
+    let q_in = random(t * d, 11);
+    let positions: Vec<i64> = (0..t as i64).map(|i| i * 15_551 + 7).collect();
+    let rotate = |spec: &Spec| -> posenc::Result<Vec<f32>> {
+        let engine = CpuEngine::new(spec)?;
+        let (mut q, mut q_ref) = (q_in.clone(), q_in.clone());
+        engine.apply(&mut RopeArgs::new(TensorMut::new(&mut q, t as i64, 1, d as i64)?, Positions::new(&positions)))?;
+        reference_apply(spec, &mut RopeArgs::new(TensorMut::new(&mut q_ref, t as i64, 1, d as i64)?, Positions::new(&positions)))?;
+        assert_eq!(q, q_ref, "the engine and the reference disagree");
+        assert_ne!(q, q_in);
+        Ok(q)
+    };
+    let q_exact = rotate(&exact).unwrap();
+    match rotate(&torch_cpu) {
+        Ok(q_cpu) => assert_ne!(q_cpu, q_exact, "torch_cpu and exact gave the same bits"),
+        // A build without Intel MKL (POSENC_MKL=OFF) cannot reproduce torch's CPU cos/sin.
+        Err(error) => assert_error::<()>(Err(error), Status::Unsupported, &["torch_cpu", "POSENC_MKL=OFF"]),
+    }
 }
 
 /// f32, accurate numerics, GQA: float64 within 4 float32 ulps; the engine equals the reference.
@@ -213,46 +265,45 @@ fn cos_sin_cache() {
 /// Fused append into a paged bf16 cache: engine == reference; slot -1 writes nothing.
 #[test]
 fn append_into_paged_cache() {
+    const T: i64 = 3;
+    const HQ: i64 = 4;
+    const HK: i64 = 2;
+    const D: i64 = 64;
+    const BLOCKS: i64 = 2;
+    const PAGE: i64 = 4;
+    /// Q [T, HQ, D], K and V [T, HK, D] appended at `slots` into a paged HND cache (K `ck`, V `cv`).
+    fn args<'a>(
+        q: &'a mut [f32],
+        kv: (&'a [f32], &'a [f32]),
+        positions: &'a [i64],
+        slots: &'a [i64],
+        cache: (&'a mut [Bf16], &'a mut [Bf16]),
+    ) -> posenc::Result<AppendArgs<'a, f32, Bf16>> {
+        AppendArgs::new(
+            TensorMut::new(q, T, HQ, D).unwrap(),
+            Tensor::new(kv.0, T, HK, D).unwrap(),
+            Tensor::new(kv.1, T, HK, D).unwrap(),
+            Positions::new(positions),
+            slots,
+            KvCacheMut::new(cache.0, cache.1, CacheLayout::PagedHnd, BLOCKS, PAGE, HK, D).unwrap(),
+        )
+    }
+
     let spec = plain_spec(Numerics::HfCompatible, 1000);
     let engine = CpuEngine::new(&spec).unwrap();
-    let (t, hq, hk, d) = (3i64, 4i64, 2i64, 64i64);
-    let q_in: Vec<f32> = random((t * hq * d) as usize, 6);
-    let k: Vec<f32> = random((t * hk * d) as usize, 7);
-    let v: Vec<f32> = random((t * hk * d) as usize, 8);
+    let q_in: Vec<f32> = random((T * HQ * D) as usize, 6);
+    let k: Vec<f32> = random((T * HK * D) as usize, 7);
+    let v: Vec<f32> = random((T * HK * D) as usize, 8);
     let positions: Vec<i64> = vec![10, 11, 12];
     let slots: Vec<i64> = vec![5, -1, 2];
-    let (blocks, page) = (2i64, 4i64);
-    let cells = (blocks * page * hk * d) as usize;
+    let cells = (BLOCKS * PAGE * HK * D) as usize;
     let poison = Bf16(0x7fc1);
     let (mut ck, mut cv, mut ck_ref, mut cv_ref) = (vec![poison; cells], vec![poison; cells], vec![poison; cells], vec![poison; cells]);
     let (mut q, mut q_ref) = (q_in.clone(), q_in.clone());
-    {
-        let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
-        assert_eq!(cache.slots(), 8);
-        let mut args = AppendArgs::new(
-            TensorMut::new(&mut q, t, hq, d).unwrap(),
-            Tensor::new(&k, t, hk, d).unwrap(),
-            Tensor::new(&v, t, hk, d).unwrap(),
-            Positions::new(&positions),
-            &slots,
-            cache,
-        )
+    assert_eq!(KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, BLOCKS, PAGE, HK, D).unwrap().slots(), 8);
+    engine.append(&mut args(&mut q, (&k, &v), &positions, &slots, (&mut ck, &mut cv)).unwrap()).unwrap();
+    reference_append(&spec, &mut args(&mut q_ref, (&k, &v), &positions, &slots, (&mut ck_ref, &mut cv_ref)).unwrap())
         .unwrap();
-        engine.append(&mut args).unwrap();
-    }
-    {
-        let cache = KvCacheMut::new(&mut ck_ref, &mut cv_ref, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
-        let mut args = AppendArgs::new(
-            TensorMut::new(&mut q_ref, t, hq, d).unwrap(),
-            Tensor::new(&k, t, hk, d).unwrap(),
-            Tensor::new(&v, t, hk, d).unwrap(),
-            Positions::new(&positions),
-            &slots,
-            cache,
-        )
-        .unwrap();
-        reference_append(&spec, &mut args).unwrap();
-    }
     assert_eq!(q, q_ref);
     assert_eq!(ck, ck_ref);
     assert_eq!(cv, cv_ref);
@@ -261,17 +312,8 @@ fn append_into_paged_cache() {
     assert_eq!(cv.iter().filter(|&&x| x != poison).count(), 2 * 2 * 64);
 
     let bad_slots: Vec<i64> = vec![5, 8, 2];
-    let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
-    let mut args = AppendArgs::new(
-        TensorMut::new(&mut q, t, hq, d).unwrap(),
-        Tensor::new(&k, t, hk, d).unwrap(),
-        Tensor::new(&v, t, hk, d).unwrap(),
-        Positions::new(&positions),
-        &bad_slots,
-        cache,
-    )
-    .unwrap();
-    assert_error(engine.append(&mut args), Status::OutOfRange, &["posenc_cpu_engine_append", "8", "token index 1"]);
+    let mut bad = args(&mut q, (&k, &v), &positions, &bad_slots, (&mut ck, &mut cv)).unwrap();
+    assert_error(engine.append(&mut bad), Status::OutOfRange, &["posenc_cpu_engine_append", "8", "token index 1"]);
     assert_eq!(q, q_ref);
     assert_eq!(ck, ck_ref);
 
@@ -283,16 +325,8 @@ fn append_into_paged_cache() {
         Status::InvalidArgument,
         &["need 512 elements"],
     );
-    let cache = KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedHnd, blocks, page, hk, d).unwrap();
     assert_error(
-        AppendArgs::new(
-            TensorMut::new(&mut q, t, hq, d).unwrap(),
-            Tensor::new(&k, t, hk, d).unwrap(),
-            Tensor::new(&v, t, hk, d).unwrap(),
-            Positions::new(&positions),
-            &short,
-            cache,
-        ),
+        args(&mut q, (&k, &v), &positions, &short, (&mut ck, &mut cv)),
         Status::InvalidArgument,
         &["2 slots for 3 tokens"],
     );
