@@ -786,34 +786,27 @@ static inline posenc_glm_attention_pattern posenc_glm_pattern_make(int32_t kind)
   return pattern;
 }
 
-/* A dense [tokens, heads, head_dim] view (token_stride = heads * head_dim). */
-static inline posenc_tensor posenc_tensor_contiguous(void* data, int32_t dtype, int64_t tokens, int64_t heads,
-                                                     int64_t head_dim) {
-  posenc_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = dtype;
-  t.tokens = tokens;
-  t.heads = heads;
-  t.head_dim = head_dim;
-  t.token_stride = heads * head_dim;
-  t.head_stride = head_dim;
-  return t;
-}
-
-static inline posenc_const_tensor posenc_const_tensor_contiguous(const void* data, int32_t dtype, int64_t tokens,
-                                                                 int64_t heads, int64_t head_dim) {
-  posenc_const_tensor t;
-  memset(&t, 0, sizeof t);
-  t.data = data;
-  t.dtype = dtype;
-  t.tokens = tokens;
-  t.heads = heads;
-  t.head_dim = head_dim;
-  t.token_stride = heads * head_dim;
-  t.head_stride = head_dim;
-  return t;
-}
+/* A dense [tokens, heads, head_dim] view (token_stride = heads * head_dim):
+ *   posenc_tensor       posenc_tensor_contiguous(void* data, int32_t dtype, int64_t tokens, int64_t heads,
+ *                                                int64_t head_dim);
+ *   posenc_const_tensor posenc_const_tensor_contiguous(const void* data, ...the same...); */
+#define POSENC_DEFINE_CONTIGUOUS(type, data_type)                                                   \
+  static inline type type##_contiguous(data_type data, int32_t dtype, int64_t tokens, int64_t heads, \
+                                       int64_t head_dim) {                                          \
+    type t;                                                                                         \
+    memset(&t, 0, sizeof t);                                                                        \
+    t.data = data;                                                                                  \
+    t.dtype = dtype;                                                                                \
+    t.tokens = tokens;                                                                              \
+    t.heads = heads;                                                                                \
+    t.head_dim = head_dim;                                                                          \
+    t.token_stride = heads * head_dim;                                                              \
+    t.head_stride = head_dim;                                                                       \
+    return t;                                                                                       \
+  }
+POSENC_DEFINE_CONTIGUOUS(posenc_tensor, void*)
+POSENC_DEFINE_CONTIGUOUS(posenc_const_tensor, const void*)
+#undef POSENC_DEFINE_CONTIGUOUS
 
 /* One stream of `count` positions. */
 static inline posenc_positions posenc_positions_1d(const void* data, int32_t type, int64_t count) {

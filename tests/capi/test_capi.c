@@ -459,6 +459,28 @@ static posenc_spec* plain_spec(int32_t numerics, int64_t position_limit) {
   return spec;
 }
 
+/* A float32 call on T tokens, in place until the caller adds sources: Q [T, HQ, D], K [T, HK, D]
+ * (none when `k` is NULL). */
+static posenc_rope_args f32_rope_args(float* q, float* k, const int64_t* positions) {
+  posenc_rope_args args = posenc_rope_args_make();
+  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  if (k != NULL) args.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
+  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  return args;
+}
+
+/* A float32 cos/sin cache of `rows` rows over the whole head (rotary_dim D). */
+static posenc_cos_sin_cache f32_cos_sin(const float* table, int64_t rows) {
+  posenc_cos_sin_cache cache;
+  memset(&cache, 0, sizeof cache);
+  cache.data = table;
+  cache.dtype = POSENC_DTYPE_F32;
+  cache.rows = rows;
+  cache.rotary_dim = D;
+  cache.row_stride = D;
+  return cache;
+}
+
 /* Max error of a half-split rotation of `in` into `out` ([tokens, heads, D]) against float64, in
  * units of float32 ulps at the pair's magnitude. */
 static double max_ulps_f32(const posenc_spec* spec, const float* in, const float* out, int64_t tokens, int64_t heads,
@@ -510,9 +532,7 @@ static void test_cpu_apply(void) {
   /* f32, accurate numerics, GQA (4 query heads, 2 KV heads), int64 positions: float64 within 4 ulps. */
   memcpy(q, q_in, sizeof q);
   memcpy(k, k_in, sizeof k);
-  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
-  args.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
-  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  args = f32_rope_args(q, k, positions);
   CHECK_OK(posenc_cpu_engine_apply(engine, &args));
   CHECK(max_ulps_f32(accurate, q_in, q, T, HQ, positions) <= 4.0);
   CHECK(max_ulps_f32(accurate, k_in, k, T, HK, positions) <= 4.0);
@@ -528,10 +548,8 @@ static void test_cpu_apply(void) {
 
   /* Out of place, Q only: every element of the poisoned destination written, same bits. */
   memset(q, 0xff, sizeof q); /* NaN everywhere */
-  args = posenc_rope_args_make();
-  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
+  args = f32_rope_args(q, NULL, positions);
   args.q_src = posenc_const_tensor_contiguous(q_in, POSENC_DTYPE_F32, T, HQ, D);
-  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
   CHECK_OK(posenc_cpu_engine_apply(engine, &args));
   CHECK(memcmp(q, q_out, sizeof q) == 0);
 
@@ -556,10 +574,7 @@ static void test_cpu_apply(void) {
   CHECK_OK(posenc_cpu_engine_get_counters(engine, &counters));
   CHECK(counters.calls == 0);
   CHECK_OK(posenc_cpu_engine_set_counters(engine, 1));
-  args = posenc_rope_args_make();
-  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
-  args.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
-  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  args = f32_rope_args(q, k, positions);
   CHECK_OK(posenc_cpu_engine_apply(engine, &args));
   CHECK_OK(posenc_cpu_engine_apply(engine, &args));
   CHECK_OK(posenc_cpu_engine_get_counters(engine, &counters));
@@ -591,7 +606,7 @@ static void test_cpu_apply_errors(void) {
   posenc_cpu_engine* engine = NULL;
   posenc_cpu_engine* untouched = (posenc_cpu_engine*)&checks;
   posenc_cpu_options options = posenc_cpu_options_make();
-  posenc_rope_args good = posenc_rope_args_make();
+  posenc_rope_args good;
   posenc_rope_args args;
   future_rope_args future;
   static float q[T * HQ * D], k[T * HK * D], q_copy[T * HQ * D], k_copy[T * HK * D], q_done[T * HQ * D];
@@ -603,9 +618,7 @@ static void test_cpu_apply_errors(void) {
   memcpy(q_copy, q, sizeof q);
   memcpy(k_copy, k, sizeof k);
   CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
-  good.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
-  good.k = posenc_tensor_contiguous(k, POSENC_DTYPE_F32, T, HK, D);
-  good.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
+  good = f32_rope_args(q, k, positions);
 
   args = good;
   args.q.head_dim = 32;
@@ -746,13 +759,8 @@ static void test_cos_sin_cache(void) {
   memcpy(q, q_in, sizeof q);
   memcpy(q_ref, q_in, sizeof q);
   CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
-  args.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, T, HQ, D);
-  args.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, T);
-  args.cos_sin.data = cache;
-  args.cos_sin.dtype = POSENC_DTYPE_F32;
-  args.cos_sin.rows = ROWS;
-  args.cos_sin.rotary_dim = D;
-  args.cos_sin.row_stride = D;
+  args = f32_rope_args(q, NULL, positions);
+  args.cos_sin = f32_cos_sin(cache, ROWS);
   CHECK_OK(posenc_cpu_engine_apply(engine, &args));
   args.q.data = q_ref;
   CHECK_OK(posenc_apply_reference(spec, &args));
@@ -867,11 +875,7 @@ static void test_cpu_append(void) {
     memcpy(ck_before, ck, sizeof ck);
     memcpy(q_ref, q, sizeof q);
     args = good;
-    args.cos_sin.data = table;
-    args.cos_sin.dtype = POSENC_DTYPE_F32;
-    args.cos_sin.rows = 5;
-    args.cos_sin.rotary_dim = D;
-    args.cos_sin.row_stride = D;
+    args.cos_sin = f32_cos_sin(table, 5);
     CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_OUT_OF_RANGE, "position 5", "token index 1",
               "[0, 5)");
     CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(ck, ck_before, sizeof ck) == 0);

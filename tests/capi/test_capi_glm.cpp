@@ -193,6 +193,12 @@ TEST_F(CapiGlm, VocabulariesAreTheCppOnes) {
 }
 
 TEST_F(CapiGlm, PlainAndPaddedBatches) {
+  const auto same_batch = [](const BatchPositions& want, const Built& got) {
+    EXPECT_EQ(got.ids(), want.positions);
+    EXPECT_EQ(got.info.batch, want.batch);
+    EXPECT_EQ(got.info.length, want.length);
+    EXPECT_EQ(got.valid(), want.valid);
+  };
   for (int round = 0; round < rounds; ++round) {
     const std::int64_t past = coin(0.05) ? -1 : uniform(0, 100), count = uniform(0, 9);
     same_result(
@@ -213,12 +219,7 @@ TEST_F(CapiGlm, PlainAndPaddedBatches) {
         [&](posenc_glm_positions** out) {
           return posenc_glm_left_padded_arange(lengths.data(), lengths.size(), fill, out);
         },
-        [&](const BatchPositions& want, const Built& got) {
-          EXPECT_EQ(got.ids(), want.positions);
-          EXPECT_EQ(got.info.batch, want.batch);
-          EXPECT_EQ(got.info.length, want.length);
-          EXPECT_EQ(got.valid(), want.valid);
-        });
+        same_batch);
 
     const std::int64_t batch = uniform(0, 4), length = uniform(0, 6), new_tokens = uniform(0, 3);
     const std::vector<std::uint8_t> mask = mask01(batch * length);
@@ -227,23 +228,14 @@ TEST_F(CapiGlm, PlainAndPaddedBatches) {
         [&](posenc_glm_positions** out) {
           return posenc_glm_positions_from_attention_mask(mask.data(), batch, length, fill, out);
         },
-        [&](const BatchPositions& want, const Built& got) {
-          EXPECT_EQ(got.ids(), want.positions);
-          EXPECT_EQ(got.info.batch, want.batch);
-          EXPECT_EQ(got.info.length, want.length);
-          EXPECT_EQ(got.valid(), want.valid);
-        });
+        same_batch);
     same_result(
         "next_positions_from_attention_mask",
         [&] { return next_positions_from_attention_mask(mask, batch, length, new_tokens); },
         [&](posenc_glm_positions** out) {
           return posenc_glm_next_positions_from_attention_mask(mask.data(), batch, length, new_tokens, out);
         },
-        [&](const BatchPositions& want, const Built& got) {
-          EXPECT_EQ(got.ids(), want.positions);
-          EXPECT_EQ(got.info.length, want.length);
-          EXPECT_EQ(got.valid(), want.valid);
-        });
+        same_batch);
   }
   expect_both_outcomes(4);
 }

@@ -33,32 +33,25 @@ pub struct Bf16(pub u16);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Fp8E4m3(pub u8);
 
-impl sealed::Sealed for f32 {}
-impl sealed::Sealed for F16 {}
-impl sealed::Sealed for Bf16 {}
-impl sealed::Sealed for Fp8E4m3 {}
-
-impl Element for f32 {
-    const DTYPE: i32 = sys::POSENC_DTYPE_F32;
+/// Seals the element types and gives each its posenc.h number: activation (`DTYPE`) where it is one,
+/// KV cache (`CACHE_DTYPE`).
+macro_rules! elements {
+    ($($ty:ty: $($dtype:ident)? / $cache:ident;)*) => {$(
+        impl sealed::Sealed for $ty {}
+        $(impl Element for $ty {
+            const DTYPE: i32 = sys::$dtype;
+        })?
+        impl CacheElement for $ty {
+            const CACHE_DTYPE: i32 = sys::$cache;
+        }
+    )*};
 }
-impl Element for F16 {
-    const DTYPE: i32 = sys::POSENC_DTYPE_F16;
-}
-impl Element for Bf16 {
-    const DTYPE: i32 = sys::POSENC_DTYPE_BF16;
-}
-impl CacheElement for f32 {
-    const CACHE_DTYPE: i32 = sys::POSENC_CACHE_F32;
-}
-impl CacheElement for F16 {
-    const CACHE_DTYPE: i32 = sys::POSENC_CACHE_F16;
-}
-impl CacheElement for Bf16 {
-    const CACHE_DTYPE: i32 = sys::POSENC_CACHE_BF16;
-}
-impl CacheElement for Fp8E4m3 {
-    const CACHE_DTYPE: i32 = sys::POSENC_CACHE_FP8_E4M3;
-}
+elements!(
+    f32: POSENC_DTYPE_F32 / POSENC_CACHE_F32;
+    F16: POSENC_DTYPE_F16 / POSENC_CACHE_F16;
+    Bf16: POSENC_DTYPE_BF16 / POSENC_CACHE_BF16;
+    Fp8E4m3: / POSENC_CACHE_FP8_E4M3;
+);
 
 impl Bf16 {
     /// Rounds to nearest even (NaN stays a quiet NaN), as PyTorch's cast does.

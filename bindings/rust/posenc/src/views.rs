@@ -54,82 +54,60 @@ fn tensor_extent(
     }
 }
 
-/// A writable `[tokens, heads, head_dim]` view of a slice, head_dim contiguous, strides in elements:
-/// element (t, h, d) is `data[t * token_stride + h * head_stride + d]`.
-pub struct TensorMut<'a, T: Element> {
-    pub(crate) raw: sys::posenc_tensor,
-    _borrow: PhantomData<&'a mut [T]>,
+/// A `[tokens, heads, head_dim]` view type over `$slice` (`&mut [T]` or `&[T]`) as the C struct
+/// `$raw`: `new` (dense) and `strided`, both checked against the slice.
+macro_rules! tensor_view {
+    ($(#[$doc:meta])* $name:ident, $raw:ident, $slice:ty, $as_ptr:ident, $pointer:ty) => {
+        $(#[$doc])*
+        pub struct $name<'a, T: Element> {
+            pub(crate) raw: sys::$raw,
+            _borrow: PhantomData<$slice>,
+        }
+
+        impl<'a, T: Element> $name<'a, T> {
+            /// A dense view (token_stride = heads * head_dim, head_stride = head_dim).
+            pub fn new(data: $slice, tokens: i64, heads: i64, head_dim: i64) -> Result<Self> {
+                let token_stride = heads.checked_mul(head_dim).unwrap_or(-1);
+                Self::strided(data, tokens, heads, head_dim, token_stride, head_dim)
+            }
+
+            /// A strided view, e.g. Q or K inside a fused QKV buffer.
+            pub fn strided(
+                data: $slice,
+                tokens: i64,
+                heads: i64,
+                head_dim: i64,
+                token_stride: i64,
+                head_stride: i64,
+            ) -> Result<Self> {
+                tensor_extent(stringify!($name), tokens, heads, head_dim, token_stride, head_stride, data.len())?;
+                Ok($name {
+                    raw: sys::$raw {
+                        data: data.$as_ptr() as $pointer,
+                        dtype: T::DTYPE,
+                        reserved: 0,
+                        tokens,
+                        heads,
+                        head_dim,
+                        token_stride,
+                        head_stride,
+                    },
+                    _borrow: PhantomData,
+                })
+            }
+        }
+    };
 }
 
-impl<'a, T: Element> TensorMut<'a, T> {
-    /// A dense view (token_stride = heads * head_dim, head_stride = head_dim).
-    pub fn new(data: &'a mut [T], tokens: i64, heads: i64, head_dim: i64) -> Result<Self> {
-        let token_stride = heads.checked_mul(head_dim).unwrap_or(-1);
-        Self::strided(data, tokens, heads, head_dim, token_stride, head_dim)
-    }
-
-    /// A strided view, e.g. Q or K inside a fused QKV buffer.
-    pub fn strided(
-        data: &'a mut [T],
-        tokens: i64,
-        heads: i64,
-        head_dim: i64,
-        token_stride: i64,
-        head_stride: i64,
-    ) -> Result<Self> {
-        tensor_extent("TensorMut", tokens, heads, head_dim, token_stride, head_stride, data.len())?;
-        Ok(TensorMut {
-            raw: sys::posenc_tensor {
-                data: data.as_mut_ptr() as *mut c_void,
-                dtype: T::DTYPE,
-                reserved: 0,
-                tokens,
-                heads,
-                head_dim,
-                token_stride,
-                head_stride,
-            },
-            _borrow: PhantomData,
-        })
-    }
-}
-
-/// A read-only view (an out-of-place source, or an append's K and V).
-pub struct Tensor<'a, T: Element> {
-    pub(crate) raw: sys::posenc_const_tensor,
-    _borrow: PhantomData<&'a [T]>,
-}
-
-impl<'a, T: Element> Tensor<'a, T> {
-    pub fn new(data: &'a [T], tokens: i64, heads: i64, head_dim: i64) -> Result<Self> {
-        let token_stride = heads.checked_mul(head_dim).unwrap_or(-1);
-        Self::strided(data, tokens, heads, head_dim, token_stride, head_dim)
-    }
-
-    pub fn strided(
-        data: &'a [T],
-        tokens: i64,
-        heads: i64,
-        head_dim: i64,
-        token_stride: i64,
-        head_stride: i64,
-    ) -> Result<Self> {
-        tensor_extent("Tensor", tokens, heads, head_dim, token_stride, head_stride, data.len())?;
-        Ok(Tensor {
-            raw: sys::posenc_const_tensor {
-                data: data.as_ptr() as *const c_void,
-                dtype: T::DTYPE,
-                reserved: 0,
-                tokens,
-                heads,
-                head_dim,
-                token_stride,
-                head_stride,
-            },
-            _borrow: PhantomData,
-        })
-    }
-}
+tensor_view!(
+    /// A writable `[tokens, heads, head_dim]` view of a slice, head_dim contiguous, strides in
+    /// elements: element (t, h, d) is `data[t * token_stride + h * head_stride + d]`.
+    TensorMut, posenc_tensor, &'a mut [T], as_mut_ptr, *mut c_void
+);
+tensor_view!(
+    /// A read-only view (an out-of-place source, or an append's K and V), laid out as [`TensorMut`].
+    Tensor, posenc_const_tensor, &'a [T], as_ptr, *const c_void
+);
 
 mod sealed {
     pub trait Sealed {}
