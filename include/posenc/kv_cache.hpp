@@ -31,6 +31,23 @@ namespace posenc {
 // Drawn for kv_heads = 2, page_size = 2, one block (h0/h1: heads, o0/o1: offsets in the page):
 //   NHD  [o0h0 o0h1 | o1h0 o1h1]        HND  [h0o0 h0o1 | h1o0 h1o1]
 //
+//   mla         [num_blocks, page_size, latent_dim + head_dim]   one tensor: cache.k (cache.v is null)
+//               slot = block * page_size + offset; kv_heads = 1
+//               row of slot at  slot * (latent_dim + head_dim):
+//                 [ c_kv: latent_dim elements (the call's V, copied) | k_pe: head_dim elements (the call's K, rotated) ]
+//   Multi-head latent attention (DeepSeek-V2/V3/R1, Kimi K2): the cache FlashMLA and vLLM read, e.g.
+//   576 = 512 + 64 per slot ([num_blocks, page_size, 1, 576] in FlashMLA is the same bytes). In an
+//   append with this layout K is k_pe `[tokens, 1, head_dim]` (the decoupled RoPE key, shared by all
+//   heads; head_dim = the spec's head_dim = qk_rope_head_dim), V is the compressed latent c_kv
+//   `[tokens, 1, latent_dim]` exactly as the caller gives it (engines apply kv_a_layernorm before),
+//   and Q is usually the rope slice of the full query (docs/ARCHITECTURE.md "MLA"): a TensorView of
+//   head_dim = qk_rope_head_dim whose head_stride is qk_nope_head_dim + qk_rope_head_dim, pointing
+//   at element qk_nope_head_dim of head 0, rotated in place while the nope part is untouched.
+//   latent_dim must be a multiple of head_dim (512 = 8 x 64; the GPU kernel copies the latent in
+//   pieces of head_dim).
+//   fp8_e4m3: c_kv is stored with v_scale and k_pe with k_scale. vLLM's fp8 MLA cache uses one scale
+//   for the whole 576-element row: pass the same value as both.
+//
 // Slot -1 means "no slot": the token's K and V are not written (padding tokens of a batch replayed
 // through a CUDA graph). Q is still rotated for every token.
 //
@@ -44,7 +61,7 @@ namespace posenc {
 // ------------------------------------------------------------------------------------------------
 
 /// Where a slot's rows live (drawn above).
-enum class CacheLayout : std::uint8_t { contiguous, paged_nhd, paged_hnd };
+enum class CacheLayout : std::uint8_t { contiguous, paged_nhd, paged_hnd, mla };
 
 /// Element type of the cache.
 enum class CacheDType : std::uint8_t { f32, f16, bf16, fp8_e4m3 };
@@ -70,7 +87,7 @@ constexpr CacheDType cache_dtype_of(DType t) noexcept {
   return CacheDType::f32;
 }
 
-/// "contiguous", "paged_nhd", "paged_hnd" / "float32", "float16", "bfloat16", "float8_e4m3fn".
+/// "contiguous", "paged_nhd", "paged_hnd", "mla" / "float32", "float16", "bfloat16", "float8_e4m3fn".
 const char* to_string(CacheLayout layout) noexcept;
 const char* to_string(CacheDType dtype) noexcept;
 
@@ -83,7 +100,8 @@ std::uint8_t float_to_e4m3_bits(float f) noexcept;
 float e4m3_bits_to_float(std::uint8_t bits) noexcept;
 
 /// A KV cache in host memory (CpuEngine) or device memory (gpu::GpuEngine): two tensors K and V
-/// of the same layout, dtype and shape. Not owned.
+/// of the same layout, dtype and shape, or (CacheLayout::mla) one tensor `k` whose rows hold the
+/// latent and the rotated k_pe. Not owned.
 struct KvCacheView {
   void* k = nullptr;
   void* v = nullptr;
@@ -97,6 +115,10 @@ struct KvCacheView {
   /// require 1 (a scale that would be ignored is an error, not a silent no-op).
   float k_scale = 1.0f;
   float v_scale = 1.0f;
+  /// CacheLayout::mla only: elements of the latent c_kv in each row (kv_lora_rank, 512 for
+  /// DeepSeek-V3), a multiple of head_dim; the row is latent_dim + head_dim elements. Other layouts
+  /// require 0.
+  std::int64_t latent_dim = 0;
 
   /// Slots the cache holds: blocks * block_len (valid slots are [0, slots())).
   std::int64_t slots() const noexcept { return blocks * block_len; }
@@ -108,7 +130,8 @@ struct KvCacheView {
 ///   `q_src` is present (same rules as RopeArgs).
 /// - K (`k`, `[tokens, kv_heads, head_dim]`) is rotated and written to the cache at the token's
 ///   slot; `k` itself is not written.
-/// - V (`v`, same shape as K) is copied to the cache at the same slot.
+/// - V (`v`, same shape as K) is copied to the cache at the same slot. With CacheLayout::mla, K
+///   is k_pe `[tokens, 1, head_dim]` and V the latent c_kv `[tokens, 1, cache.latent_dim]`.
 /// - `slots[i]` (positions.count entries; host memory for CpuEngine, device memory for
 ///   gpu::GpuEngine) is token i's slot, or -1 to skip its K/V.
 /// - Q, K and V share one activation dtype; the cache may have any CacheDType (the cast is
@@ -127,8 +150,10 @@ struct AppendArgs {
 };
 
 /// Validates an append call in one pass without writing anything: the rotation of Q and K exactly
-/// as validate_args checks it; V's shape and dtype equal to K's; the cache's shape (kv_heads and
-/// head_dim equal to K's), dtype, layout, alignment, size in 64 bits and scales; no overlap between
+/// as validate_args checks it; V's shape and dtype equal to K's (mla: V's head_dim equal to
+/// cache.latent_dim); the cache's shape (kv_heads and head_dim equal to K's; mla: kv_heads 1,
+/// latent_dim a positive multiple of head_dim, cache.v null; other layouts: latent_dim 0), dtype,
+/// layout, alignment, size in 64 bits and scales; no overlap between
 /// the cache and any input or Q; every slot -1 or in [0, cache.slots()) (Error(out_of_range)
 /// naming the token index, the slot and the limit); no non-negative slot given twice (naming both
 /// token indices). Throws posenc::Error.

@@ -54,10 +54,13 @@ inline std::int64_t moved_bytes(const RopeArgs& args, const CallInfo& info, cons
 }
 
 /// Bytes an append moves beyond the rotation of Q: the K and V rows read and the cache rows
-/// written, for every token (padding slots included: an upper bound).
+/// written, for every token (padding slots included: an upper bound). V has K's shape, except
+/// with the mla layout (one latent of cache.latent_dim per token).
 inline std::int64_t append_extra_bytes(const AppendArgs& args) noexcept {
   const ConstTensorView& k = args.k;
-  return args.positions.count * k.heads * k.head_dim * 2 * (size_of(k.dtype) + size_of(args.cache.dtype));
+  const ConstTensorView& v = args.v;
+  return args.positions.count * (k.heads * k.head_dim + v.heads * v.head_dim) *
+         (size_of(k.dtype) + size_of(args.cache.dtype));
 }
 
 }  // namespace posenc::detail

@@ -26,6 +26,8 @@ const char* to_string(CacheLayout layout) noexcept {
       return "paged_nhd";
     case CacheLayout::paged_hnd:
       return "paged_hnd";
+    case CacheLayout::mla:
+      return "mla";
   }
   return "unknown";
 }
@@ -56,7 +58,8 @@ std::string str(std::int64_t v) { return std::to_string(v); }
 
 bool known(CacheDType t) noexcept { return size_of(t) != 0; }
 bool known(CacheLayout l) noexcept {
-  return l == CacheLayout::contiguous || l == CacheLayout::paged_nhd || l == CacheLayout::paged_hnd;
+  return l == CacheLayout::contiguous || l == CacheLayout::paged_nhd || l == CacheLayout::paged_hnd ||
+         l == CacheLayout::mla;
 }
 
 /// A byte range [begin, begin + bytes), for the conservative cache-versus-input overlap checks.
@@ -88,10 +91,40 @@ void check_scale(const char* name, float scale, CacheDType dtype) {
   }
 }
 
-/// Checks the cache and returns the bytes of one of its two tensors.
+/// Largest CacheLayout::mla latent_dim (elements per row; far above any model's kv_lora_rank, and
+/// small enough for the GPU kernel's 32-bit row arithmetic).
+constexpr std::int64_t max_latent_dim = std::int64_t{1} << 24;
+
+/// The mla layout's own rules (kv_heads 1, one tensor, a latent of whole head_dim pieces), and
+/// latent_dim 0 for every other layout. Runs after the layout and head_dim are known to be valid.
+void check_latent(const KvCacheView& c) {
+  if (c.layout != CacheLayout::mla) {
+    if (c.latent_dim != 0) {
+      fail(ErrorKind::invalid_argument, "cache.latent_dim " + str(c.latent_dim) +
+                                            " must be 0: only the mla layout has a latent, this cache is " +
+                                            to_string(c.layout));
+    }
+    return;
+  }
+  if (c.kv_heads != 1) {
+    fail(ErrorKind::invalid_argument, "cache.kv_heads " + str(c.kv_heads) +
+                                          " must be 1 for the mla layout (one shared k_pe and one latent per slot)");
+  }
+  if (c.v != nullptr) {
+    fail(ErrorKind::invalid_argument,
+         "cache.v must be null for the mla layout: cache.k holds each slot's latent and k_pe in one row");
+  }
+  if (c.latent_dim <= 0 || c.latent_dim > max_latent_dim || c.latent_dim % c.head_dim != 0) {
+    fail(ErrorKind::invalid_argument, "cache.latent_dim " + str(c.latent_dim) + " must be a multiple of head_dim " +
+                                          str(c.head_dim) + " in [" + str(c.head_dim) + ", " + str(max_latent_dim) +
+                                          "] for the mla layout");
+  }
+}
+
+/// Checks the cache and returns the bytes of one of its tensors (both K and V; mla: the one tensor).
 std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
   if (c.k == nullptr) fail(ErrorKind::invalid_argument, "cache.k is null");
-  if (c.v == nullptr) fail(ErrorKind::invalid_argument, "cache.v is null");
+  if (c.v == nullptr && c.layout != CacheLayout::mla) fail(ErrorKind::invalid_argument, "cache.v is null");
   if (!known(c.dtype)) {
     fail(ErrorKind::invalid_argument, "cache.dtype " + str(static_cast<int>(c.dtype)) + " is not a known CacheDType");
   }
@@ -104,13 +137,17 @@ std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
     fail(ErrorKind::invalid_argument,
          "cache.head_dim " + str(c.head_dim) + " differs from spec.head_dim " + str(spec.head_dim));
   }
+  check_latent(c);
   if (c.blocks <= 0) fail(ErrorKind::invalid_argument, "cache.blocks " + str(c.blocks) + " must be > 0");
   if (c.block_len <= 0) fail(ErrorKind::invalid_argument, "cache.block_len " + str(c.block_len) + " must be > 0");
   const std::int64_t slots = checked_mul(c.blocks, c.block_len, "cache", " slots (blocks * block_len)");
   const std::int64_t rows = checked_mul(slots, c.kv_heads, "cache", " rows (slots * kv_heads)");
-  const std::int64_t elems = checked_mul(rows, c.head_dim, "cache", " elements");
+  // mla: kv_heads is 1 and each slot's row is latent_dim + head_dim elements.
+  const std::int64_t row_elems = c.head_dim + c.latent_dim;
+  const std::int64_t elems = checked_mul(rows, row_elems, "cache", " elements");
   const std::int64_t bytes = checked_mul(elems, size_of(c.dtype), "cache", " bytes");
   for (const auto& [name, p] : {std::pair<const char*, void*>{"cache.k", c.k}, {"cache.v", c.v}}) {
+    if (p == nullptr) continue;  // mla's absent cache.v (check_latent)
     const auto address = reinterpret_cast<std::uintptr_t>(p);
     if (address % static_cast<std::uintptr_t>(size_of(c.dtype)) != 0) {
       fail(ErrorKind::invalid_argument, std::string(name) + " is not aligned to its " + str(size_of(c.dtype)) +
@@ -176,8 +213,12 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
   rope.positions = a.positions;
   rope.cos_sin = a.cos_sin;
   const CallInfo info = validate_call(spec, rope, /*check_positions=*/!device_data);
+  // The cache before V: with the mla layout it says what V's head_dim must be.
+  const std::int64_t cache_bytes = check_cache(a.cache, spec);
 
-  check_input("v", a.v, spec, a.positions);
+  const bool mla = a.cache.layout == CacheLayout::mla;
+  check_input("v", a.v, mla ? a.cache.latent_dim : spec.head_dim, mla ? "cache.latent_dim" : "spec.head_dim",
+              a.positions);
   if (a.v.dtype != a.k.dtype) {
     fail(ErrorKind::invalid_argument,
          std::string("v dtype ") + to_string(a.v.dtype) + " differs from k dtype " + to_string(a.k.dtype));
@@ -189,12 +230,12 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
            std::string(name) + " heads " + str(heads) + " differ from cache.kv_heads " + str(a.cache.kv_heads));
     }
   }
-  const std::int64_t cache_bytes = check_cache(a.cache, spec);
 
   // The cache is written while everything else is read: no byte may be shared (conservative, by
   // whole ranges; a cache never legitimately overlaps activations).
   const Range cache_k{"cache.k", reinterpret_cast<std::uintptr_t>(a.cache.k), static_cast<std::uint64_t>(cache_bytes)};
-  const Range cache_v{"cache.v", reinterpret_cast<std::uintptr_t>(a.cache.v), static_cast<std::uint64_t>(cache_bytes)};
+  const Range cache_v{"cache.v", reinterpret_cast<std::uintptr_t>(a.cache.v),
+                      mla ? 0 : static_cast<std::uint64_t>(cache_bytes)};  // mla: one tensor
   const std::int64_t streams = std::max(a.positions.streams, 1);
   const Range others[] = {
       view_range("q", a.q),
@@ -271,6 +312,15 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
   for (std::int64_t t = begin; t < end; ++t) {
     const std::int64_t slot = call.slots[t];
     if (slot < 0) continue;  // -1: padding, nothing written (validation allowed no other negative)
+    if (c.layout == CacheLayout::mla) {
+      // One row per slot in cache.k: [latent (V) | k_pe (rotated K)]; one head each.
+      char* row = static_cast<char*>(c.k) + slot * (c.latent_dim + c.head_dim) * elem;
+      const auto* k = static_cast<const char*>(call.k.data) + t * call.k.token_stride * act;
+      const auto* v = static_cast<const char*>(call.v.data) + t * call.v.token_stride * act;
+      write_row(call.v.dtype, v, c.dtype, row, c.latent_dim, c.v_scale);
+      write_row(call.k.dtype, k, c.dtype, row + c.latent_dim * elem, c.head_dim, c.k_scale);
+      continue;
+    }
     for (std::int64_t h = 0; h < c.kv_heads; ++h) {
       const std::int64_t row = row_offset(c, slot, h) * elem;
       const auto* k = static_cast<const char*>(call.k.data) + (t * call.k.token_stride + h * call.k.head_stride) * act;

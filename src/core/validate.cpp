@@ -148,14 +148,16 @@ bool same_view(const Extent& a, const Extent& b) noexcept {
   return a.begin == b.begin && a.token_stride == b.token_stride && a.head_stride == b.head_stride;
 }
 
-void check_shape(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions) {
+/// `head_dim` is what the view's head_dim must be, named `head_dim_name` in the message.
+void check_shape(const char* name, const ConstTensorView& v, std::int64_t head_dim, const char* head_dim_name,
+                 const PositionsView& positions) {
   const auto n = [name] { return std::string(name); };  // messages only: no allocation on success
   if (!known(v.dtype)) {
     fail(ErrorKind::invalid_argument, n() + " dtype " + str(static_cast<int>(v.dtype)) + " is not a known DType");
   }
-  if (v.head_dim != spec.head_dim) {
+  if (v.head_dim != head_dim) {
     fail(ErrorKind::invalid_argument,
-         n() + " head_dim " + str(v.head_dim) + " differs from spec.head_dim " + str(spec.head_dim));
+         n() + " head_dim " + str(v.head_dim) + " differs from " + head_dim_name + " " + str(head_dim));
   }
   if (v.tokens != positions.count) {
     fail(ErrorKind::invalid_argument,
@@ -297,9 +299,9 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
   info.tokens = pos.count;
 
   // Shapes and dtypes first: they make the clearest messages.
-  check_shape("q", args.q, spec, pos);
+  check_shape("q", args.q, spec.head_dim, "spec.head_dim", pos);
   if (args.k.present()) {
-    check_shape("k", args.k, spec, pos);
+    check_shape("k", args.k, spec.head_dim, "spec.head_dim", pos);
     if (args.k.dtype != args.q.dtype) {
       fail(ErrorKind::invalid_argument,
            std::string("k dtype ") + to_string(args.k.dtype) + " differs from q dtype " + to_string(args.q.dtype));
@@ -354,9 +356,10 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
   return info;
 }
 
-void check_input(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions) {
+void check_input(const char* name, const ConstTensorView& v, std::int64_t head_dim, const char* head_dim_name,
+                 const PositionsView& positions) {
   if (v.data == nullptr) fail(ErrorKind::invalid_argument, std::string(name) + " is absent (data is null); it is required");
-  check_shape(name, v, spec, positions);
+  check_shape(name, v, head_dim, head_dim_name, positions);
   check_view(name, v);
 }
 

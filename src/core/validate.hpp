@@ -45,9 +45,11 @@ inline std::int64_t cos_sin_limit(const RopeSpec& spec, const CosSinCacheView& c
 }
 
 /// Checks a present read-only view the way validate_call checks K: dtype known, head_dim equal to
-/// the spec's, tokens equal to positions.count, strides, extent and self-overlap. Messages name
+/// `head_dim` (named `head_dim_name` in the message: "spec.head_dim", or "cache.latent_dim" for an
+/// MLA latent), tokens equal to positions.count, strides, extent and self-overlap. Messages name
 /// the view `name` (used for V of a KV-cache append).
-void check_input(const char* name, const ConstTensorView& v, const RopeSpec& spec, const PositionsView& positions);
+void check_input(const char* name, const ConstTensorView& v, std::int64_t head_dim, const char* head_dim_name,
+                 const PositionsView& positions);
 
 /// Throws Error(invalid_argument) naming both views and `why` when `a` and `b` may share a byte
 /// (exact per token for equal token strides, as for Q/K/V slices of one fused buffer).

@@ -368,8 +368,8 @@ void CpuEngine::append(const AppendArgs& args) const {
   call.cache = args.cache;
   const std::int64_t tokens = args.positions.count;
   // Bytes read and written per token, as apply estimates them.
-  const double token_bytes = static_cast<double>(k.heads * k.head_dim) *
-                             (2.0 * static_cast<double>(size_of(k.dtype)) + 2.0 * static_cast<double>(size_of(args.cache.dtype)));
+  const double token_bytes = static_cast<double>(k.heads * k.head_dim + args.v.heads * args.v.head_dim) *
+                             static_cast<double>(size_of(k.dtype) + size_of(args.cache.dtype));
   if (s.counters.enabled()) {
     // The inner apply counted the call, Q, and K's rotation into the scratch (2 x K, whole heads).
     // The counters report the operation's traffic, as the GPU engine does: K and V read once and

@@ -50,6 +50,19 @@ HostCache::HostCache(CacheDType dtype, CacheLayout layout, std::int64_t kv_heads
   view = KvCacheView{k.data(), v.data(), dtype, layout, kv_heads, head_dim, blocks, block_len};
 }
 
+HostCache HostCache::mla(CacheDType dtype, std::int64_t latent_dim, std::int64_t head_dim, std::int64_t blocks,
+                         std::int64_t block_len) {
+  HostCache c;
+  c.k = HostBuffer(blocks * block_len * (latent_dim + head_dim) * size_of(dtype));
+  c.view = KvCacheView{c.k.data(), nullptr, dtype, CacheLayout::mla, 1, head_dim, blocks, block_len};
+  c.view.latent_dim = latent_dim;
+  return c;
+}
+
+std::int64_t mla_latent_index(const KvCacheView& c, std::int64_t slot, std::int64_t e) {
+  return slot * (c.latent_dim + c.head_dim) + e;  // [blocks, block_len, latent + rope]: one row per slot
+}
+
 std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h, std::int64_t d) {
   const std::int64_t block = slot / c.block_len;
   const std::int64_t offset = slot % c.block_len;
@@ -59,6 +72,8 @@ std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h
       return ((block * c.block_len + offset) * c.kv_heads + h) * c.head_dim + d;
     case CacheLayout::paged_hnd:  // [blocks, heads, page, dim]
       return ((block * c.kv_heads + h) * c.block_len + offset) * c.head_dim + d;
+    case CacheLayout::mla:  // k_pe after the latent; one head
+      return h == 0 ? mla_latent_index(c, slot, c.latent_dim + d) : -1;
   }
   return -1;
 }
@@ -100,6 +115,16 @@ CacheImage expected_cache(const HostCache& cache, const ConstTensorView& rotated
   for (std::int64_t t = 0; t < static_cast<std::int64_t>(slots.size()); ++t) {
     const std::int64_t slot = slots[static_cast<std::size_t>(t)];
     if (slot < 0 || slot >= c.slots()) continue;  // padding (or a bad slot the GPU skips)
+    if (c.layout == CacheLayout::mla) {
+      for (std::int64_t e = 0; e < c.latent_dim; ++e) {
+        put(image.k, c.dtype, mla_latent_index(c, slot, e), cast_bits(v.dtype, load_bits(v, t, 0, e), c.dtype, c.v_scale));
+      }
+      for (std::int64_t e = 0; e < c.head_dim; ++e) {
+        put(image.k, c.dtype, cache_index(c, slot, 0, e),
+            cast_bits(rotated_k.dtype, load_bits(rotated_k, t, 0, e), c.dtype, c.k_scale));
+      }
+      continue;
+    }
     for (std::int64_t h = 0; h < c.kv_heads; ++h) {
       for (std::int64_t e = 0; e < c.head_dim; ++e) {
         const std::int64_t index = cache_index(c, slot, h, e);

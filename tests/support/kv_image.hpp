@@ -25,10 +25,22 @@ struct HostCache {
 
   HostCache(CacheDType dtype, CacheLayout layout, std::int64_t kv_heads, std::int64_t head_dim, std::int64_t blocks,
             std::int64_t block_len);
+
+  /// A poisoned CacheLayout::mla cache: one tensor [blocks, block_len, latent_dim + head_dim] in
+  /// `k` (`v` stays empty and view.v null), kv_heads 1.
+  static HostCache mla(CacheDType dtype, std::int64_t latent_dim, std::int64_t head_dim, std::int64_t blocks,
+                       std::int64_t block_len);
+
+ private:
+  HostCache() = default;
 };
 
 /// Element offset of (slot, head, d), written from the layout drawings independently of the library.
+/// For the mla layout: element d of the slot's k_pe (after the latent); mla_latent_index gives the latent's.
 std::int64_t cache_index(const KvCacheView& c, std::int64_t slot, std::int64_t h, std::int64_t d);
+
+/// Element offset of element e of the latent (c_kv) of `slot` in an mla cache.
+std::int64_t mla_latent_index(const KvCacheView& c, std::int64_t slot, std::int64_t e);
 
 /// The cache bits of an activation element of bits `bits`: its exact value cast by the test's own
 /// encoders (encode_value rounds to nearest even; fp8 divides by the scale in float32 first).
@@ -55,7 +67,7 @@ struct CacheImage {
 
 /// What an append must leave in `cache` (its current bytes, e.g. the poison, plus the rows of
 /// every token with a slot >= 0): `rotated_k` (K as apply rotates it) and `v` cast to the cache
-/// dtype with the cache's scales.
+/// dtype with the cache's scales. For an mla cache (`v` the latent) everything lands in image.k.
 CacheImage expected_cache(const HostCache& cache, const ConstTensorView& rotated_k, const ConstTensorView& v,
                           const std::vector<std::int64_t>& slots);
 
