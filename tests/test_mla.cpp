@@ -4,8 +4,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <numeric>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -17,6 +15,7 @@
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
 #include "support/kv_image.hpp"
+#include "support/mla_tensors.hpp"
 #include "support/reference64.hpp"
 #include "support/specs.hpp"
 
@@ -33,44 +32,6 @@ RopeSpec deepseek_spec(Numerics numerics = Numerics::hf_compatible) {
   return spec;
 }
 
-/// The tensors of one MLA call, laid out as DeepSeek-V3's attention produces them:
-///   q_full  [tokens, heads, nope + rope]      q = its rope slice (head_stride nope + rope)
-///   ckv_full [tokens, latent + rope]          v = c_kv = [..., :latent], k = k_pe = [..., latent:]
-struct MlaTensors {
-  HostTensor q_full;
-  HostTensor ckv_full;
-  TensorView q;
-  ConstTensorView k;
-  ConstTensorView v;
-
-  MlaTensors(DType act, std::int64_t tokens, std::int64_t heads, std::int64_t nope, std::int64_t rope,
-             std::int64_t latent, std::uint64_t seed)
-      : q_full(act, tokens, heads, nope + rope), ckv_full(act, tokens, 1, latent + rope) {
-    fill_random(q_full.view, seed);
-    fill_random(ckv_full.view, seed + 1);
-    const std::int64_t e = size_of(act);
-    q = TensorView{static_cast<std::byte*>(q_full.view.data) + nope * e, act, tokens, heads, rope,
-                   heads * (nope + rope), nope + rope};
-    auto* base = static_cast<const std::byte*>(ckv_full.view.data);
-    k = ConstTensorView(base + latent * e, act, tokens, 1, rope, latent + rope, rope);
-    v = ConstTensorView(base, act, tokens, 1, latent, latent + rope, latent);
-  }
-};
-
-/// A dense copy of a view (so apply can rotate it without touching the original).
-HostTensor dense_copy(const ConstTensorView& src) {
-  HostTensor out(src.dtype, src.tokens, src.heads, src.head_dim);
-  const std::int64_t e = size_of(src.dtype);
-  for (std::int64_t t = 0; t < src.tokens; ++t) {
-    for (std::int64_t h = 0; h < src.heads; ++h) {
-      std::memcpy(static_cast<std::byte*>(out.view.data) + ((t * src.heads + h) * src.head_dim) * e,
-                  static_cast<const std::byte*>(src.data) + (t * src.token_stride + h * src.head_stride) * e,
-                  static_cast<std::size_t>(src.head_dim * e));
-    }
-  }
-  return out;
-}
-
 /// Rotated `out` against the float64 rotation of `in` (same shapes) within tolerance_ulps.
 ::testing::AssertionResult near_float64(const RopeSpec& spec, const ConstTensorView& in, const ConstTensorView& out,
                                         const std::vector<std::int64_t>& positions) {
@@ -80,19 +41,6 @@ HostTensor dense_copy(const ConstTensorView& src) {
   const double af = detail::effective_attention_factor(spec, table);
   const Expected64 expected = rotate64(spec, pair_axes(spec, table), af, angle_model_for(spec.numerics), in, pos.view());
   return near64(expected, out, in.dtype, tolerance_ulps(in.dtype, spec.numerics, af));
-}
-
-/// Random distinct slots in [0, capacity), every `pad_every`-th token -1.
-std::vector<std::int64_t> random_slots(std::int64_t tokens, std::int64_t capacity, std::int64_t pad_every,
-                                       std::uint64_t seed) {
-  std::vector<std::int64_t> all(static_cast<std::size_t>(capacity));
-  std::iota(all.begin(), all.end(), 0);
-  std::shuffle(all.begin(), all.end(), std::mt19937_64(seed));
-  std::vector<std::int64_t> slots;
-  for (std::int64_t t = 0; t < tokens; ++t) {
-    slots.push_back(pad_every > 0 && t % pad_every == pad_every - 1 ? -1 : all[static_cast<std::size_t>(t)]);
-  }
-  return slots;
 }
 
 // ---- Q's rope slice inside [tokens, heads, nope + rope] ------------------------------------------

@@ -74,13 +74,20 @@ def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec) -> Tupl
     return _numpy_apply(q, k, positions, spec, out=True)
 
 
-def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Any, spec: RopeSpec,
-               layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Optional[Any],
+               spec: RopeSpec, layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0) -> None:
     """Fused RoPE + KV-cache append (torch tensors): q rotated in place; k rotated and v copied into
     k_cache/v_cache at each token's slot (int64, -1 skips the token), cast to the cache dtype.
 
     Cache shapes: contiguous [B, L, Hk, D]; paged_nhd [blocks, page, Hk, D]; paged_hnd [blocks, Hk, page, D].
-    float8_e4m3fn caches store fp8(x / scale)."""
+    float8_e4m3fn caches store fp8(x / scale).
+
+    layout "mla" (DeepSeek-V3 / Kimi K2 multi-head latent attention): q is the rope slice of the
+    query, e.g. q_full[..., qk_nope_head_dim:] (a view: rotated in place, the nope part untouched);
+    k is k_pe [T, 1, rope] (or [T, rope]); v is the latent c_kv [T, 1, latent] (or [T, latent]), e.g.
+    both slices of kv_a_proj_with_mqa's output; k_cache is the one cache [blocks, page, latent + rope]
+    (or FlashMLA's [blocks, page, 1, latent + rope]) receiving [c_kv | rotated k_pe] per slot, and
+    v_cache is None. fp8: c_kv is divided by v_scale, k_pe by k_scale (vLLM uses one scale: pass it twice)."""
     _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
                                  float(v_scale))
 

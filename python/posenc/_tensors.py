@@ -9,7 +9,7 @@ from ._errors import InvalidArgumentError
 # DType codes of the extension (posenc::DType order) and CacheDType codes.
 _F32, _F16, _BF16 = 0, 1, 2
 _CACHE_FP8 = 3
-LAYOUTS = {"contiguous": 0, "paged_nhd": 1, "paged_hnd": 2}
+LAYOUTS = {"contiguous": 0, "paged_nhd": 1, "paged_hnd": 2, "mla": 3}
 
 
 def _dtype_tables():
@@ -136,10 +136,28 @@ def engine_for(spec: Any, device: Any):
 
 
 def kv_cache_tuple(k_cache: Any, v_cache: Any, layout: str, kv_heads: int, head_dim: int,
-                   k_scale: float, v_scale: float):
+                   k_scale: float, v_scale: float, latent_dim: int = 0):
+    """The extension's cache tuple. layout "mla": k_cache is the one [blocks, page, latent_dim + head_dim]
+    (or [blocks, page, 1, latent_dim + head_dim], FlashMLA's) tensor and v_cache is None."""
     code = LAYOUTS.get(layout)
     if code is None:
         raise InvalidArgumentError(f"layout '{layout}' is not one of {', '.join(LAYOUTS)}")
+    if layout == "mla":
+        if v_cache is not None:
+            raise InvalidArgumentError("v_cache must be None for layout 'mla': k_cache holds [c_kv | k_pe] per slot")
+        s = tuple(k_cache.shape)
+        if k_cache.dim() not in (3, 4) or (k_cache.dim() == 4 and s[2] != 1):
+            raise InvalidArgumentError(
+                f"k_cache: shape {list(s)}, want [blocks, page, latent + rope] or [blocks, page, 1, latent + rope]")
+        if not k_cache.is_contiguous():
+            raise InvalidArgumentError(f"k_cache: must be contiguous (strides {list(k_cache.stride())})")
+        if s[-1] != latent_dim + head_dim:
+            raise InvalidArgumentError(
+                f"k_cache: rows of {s[-1]} elements; c_kv ({latent_dim}) + k_pe ({head_dim}) need {latent_dim + head_dim}")
+        return (k_cache.data_ptr(), 0, cache_code(k_cache, "k_cache"), code, kv_heads, head_dim, s[0], s[1],
+                float(k_scale), float(v_scale), latent_dim)
+    if v_cache is None:
+        raise InvalidArgumentError(f"v_cache is None; layout '{layout}' needs a V cache")
     for name, c in (("k_cache", k_cache), ("v_cache", v_cache)):
         if c.dim() != 4:
             raise InvalidArgumentError(f"{name}: shape {list(c.shape)} is not 4-D")
@@ -157,7 +175,7 @@ def kv_cache_tuple(k_cache: Any, v_cache: Any, layout: str, kv_heads: int, head_
         raise InvalidArgumentError(
             f"k_cache: shape {list(s)} ({layout}) holds {heads} heads of {dim}; K has {kv_heads} heads of {head_dim}")
     return (k_cache.data_ptr(), v_cache.data_ptr(), cache_code(k_cache, "k_cache"), code, kv_heads, head_dim,
-            blocks, block_len, float(k_scale), float(v_scale))
+            blocks, block_len, float(k_scale), float(v_scale), 0)
 
 
 # ---- NumPy ------------------------------------------------------------------------------------------

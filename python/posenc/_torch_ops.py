@@ -77,24 +77,28 @@ def _(q, k, positions, spec_id):
 
 @torch.library.custom_op("posenc::append_kv_", mutates_args=("q", "k_cache", "v_cache"))
 def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
-               v_cache: Tensor, spec_id: int, layout: str, k_scale: float, v_scale: float) -> None:
+               v_cache: Optional[Tensor], spec_id: int, layout: str, k_scale: float, v_scale: float) -> None:
     """Fused RoPE + KV-cache append: q rotated in place; k rotated and v copied into the caches at
-    each token's slot (-1: skipped), cast to the cache dtype (float8_e4m3fn: divided by the scale)."""
+    each token's slot (-1: skipped), cast to the cache dtype (float8_e4m3fn: divided by the scale).
+    layout "mla": k is k_pe, v the latent c_kv, k_cache the one [c_kv | k_pe] cache, v_cache None."""
     spec = spec_by_id(spec_id)
     device = q.device
     for name, t in (("k", k), ("v", v), ("positions", positions), ("slots", slots), ("k_cache", k_cache),
                     ("v_cache", v_cache)):
-        tv.same_device(name, t, device)
+        if t is not None:
+            tv.same_device(name, t, device)
     if slots.dtype != torch.int64:
         raise InvalidArgumentError(f"slots: dtype {slots.dtype}, want int64")
     head_dim = spec.head_dim
     q_t = tv.tensor_tuple(q, head_dim, "q")
     k_t = tv.tensor_tuple(k, head_dim, "k")
-    v_t = tv.tensor_tuple(v, head_dim, "v")
+    # mla: V is the latent c_kv, as wide as the cache row minus k_pe.
+    latent_dim = k_cache.shape[-1] - head_dim if layout == "mla" else 0
+    v_t = tv.tensor_tuple(v, latent_dim if layout == "mla" else head_dim, "v")
     if slots.numel() != q_t[2] or (slots.numel() > 1 and not slots.is_contiguous()):
         raise InvalidArgumentError(f"slots: {slots.numel()} values (contiguous) wanted for {q_t[2]} tokens")
     pos = tv.positions_tuple(positions, q_t[2], spec.position_streams)
-    cache = tv.kv_cache_tuple(k_cache, v_cache, layout, k_t[3], head_dim, k_scale, v_scale)
+    cache = tv.kv_cache_tuple(k_cache, v_cache, layout, k_t[3], head_dim, k_scale, v_scale, latent_dim)
     engine = tv.engine_for(spec, device)
     if device.type == "cuda":
         engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, tv.stream_of(device))

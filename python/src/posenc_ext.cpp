@@ -31,9 +31,10 @@ using TensorTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, 
 using PositionsTuple = std::tuple<std::uintptr_t, bool, std::int64_t, int, std::int64_t>;
 /// (data pointer, DType code, rows, rotary_dim, row_stride).
 using CacheTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, std::int64_t>;
-/// (k pointer, v pointer, CacheDType code, layout code, kv_heads, head_dim, blocks, block_len, k_scale, v_scale).
+/// (k pointer, v pointer, CacheDType code, layout code, kv_heads, head_dim, blocks, block_len, k_scale, v_scale,
+/// latent_dim); the mla layout passes v pointer 0 and its latent_dim, the others latent_dim 0.
 using KvCacheTuple = std::tuple<std::uintptr_t, std::uintptr_t, int, int, std::int64_t, std::int64_t,
-                                std::int64_t, std::int64_t, float, float>;
+                                std::int64_t, std::int64_t, float, float, std::int64_t>;
 
 posenc::DType dtype_of(int code) {
   switch (code) {
@@ -97,14 +98,14 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
   args.v = tensor_view(v);
   args.positions = positions_view(positions);
   args.slots = reinterpret_cast<const std::int64_t*>(slots);
-  const auto& [kp, vp, dtype, layout, kv_heads, head_dim, blocks, block_len, k_scale, v_scale] = cache;
+  const auto& [kp, vp, dtype, layout, kv_heads, head_dim, blocks, block_len, k_scale, v_scale, latent_dim] = cache;
   if (dtype < 0 || dtype > 3) {
     throw posenc::Error(posenc::ErrorKind::invalid_argument,
                         "cache dtype code " + std::to_string(dtype) + " outside [0, 4)");
   }
-  if (layout < 0 || layout > 2) {
+  if (layout < 0 || layout > 3) {
     throw posenc::Error(posenc::ErrorKind::invalid_argument,
-                        "cache layout code " + std::to_string(layout) + " outside [0, 3)");
+                        "cache layout code " + std::to_string(layout) + " outside [0, 4)");
   }
   args.cache.k = reinterpret_cast<void*>(kp);
   args.cache.v = reinterpret_cast<void*>(vp);
@@ -116,6 +117,7 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
   args.cache.block_len = block_len;
   args.cache.k_scale = k_scale;
   args.cache.v_scale = v_scale;
+  args.cache.latent_dim = latent_dim;
   args.cos_sin = cache_view(cos_sin);
   return args;
 }

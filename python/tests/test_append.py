@@ -83,3 +83,62 @@ def test_append_errors(device):
         with pytest.raises(posenc.OutOfRangeError, match="slot 8 .*token index 1|token index 1.*8"):
             posenc.append_kv_(q, k, v, pos, torch.tensor([0, 8, 1, 2]), cache, cache.clone(), spec)
         assert torch.equal(q, q0)
+
+
+def test_mla_rope_slice_and_latent_cache(device):
+    """DeepSeek-V3: q_pe is a view of q_full[..., 128:] rotated in place; k_pe and c_kv are views of
+    the compressed KV; the cache row is [c_kv | rotated k_pe] (576), FlashMLA's 4-D shape and vLLM's 3-D."""
+    import os
+    from conftest import REPO
+    spec = posenc.RopeSpec.from_config(os.path.join(REPO, "configs", "deepseek-v3.json"))
+    T, H, nope, rope, latent = 11, 4, 128, 64, 512
+    blocks, page = 3, 8
+    q_full = rand((T, H, nope + rope), torch.bfloat16, 1, device)
+    ckv = rand((T, latent + rope), torch.bfloat16, 2, device)
+    pos = torch.randint(0, 163840, (T,), generator=torch.Generator().manual_seed(3)).to(device)
+    slots = torch.randperm(blocks * page, generator=torch.Generator().manual_seed(4))[:T]
+    slots[[1, 6]] = -1
+    slots = slots.to(device)
+    q_pe, k_pe, c_kv = q_full[..., nope:], ckv[:, latent:], ckv[:, :latent]
+
+    q_want, k_rot = posenc.apply_rope(q_pe.contiguous(), k_pe.unsqueeze(1).contiguous(), pos, spec)
+    for shape in ((blocks, page, latent + rope), (blocks, page, 1, latent + rope)):
+        for dtype, scale in ((torch.bfloat16, 1.0), (torch.float8_e4m3fn, 0.25)):
+            q = q_full.clone()
+            cache = torch.full(shape, 3.0).to(dtype).to(device)
+            want = cache.clone().cpu().view(blocks * page, latent + rope)
+            for t, s in enumerate(slots.tolist()):
+                if s >= 0:
+                    row = torch.cat([c_kv[t].float().cpu(), k_rot[t, 0].float().cpu()])
+                    if dtype == torch.float8_e4m3fn:
+                        row = (row / scale).clamp(-448, 448)
+                    want[s] = row.to(dtype)
+            ckv_in = ckv.clone()
+            posenc.append_kv_(q[..., nope:], k_pe, c_kv, pos, slots, cache, None, spec, layout="mla",
+                              k_scale=scale, v_scale=scale)
+            posenc.check(device if device == "cuda" else None)
+            assert torch.equal(q[..., nope:], q_want)
+            assert torch.equal(q[..., :nope], q_full[..., :nope]), "the nope part is not written"
+            assert torch.equal(ckv, ckv_in)
+            assert torch.equal(cache.cpu().reshape(blocks * page, -1).view(torch.uint8), want.view(torch.uint8))
+
+
+def test_mla_errors(device):
+    spec = posenc.RopeSpec(head_dim=64, pairing="interleaved_to_half")
+    q = rand((4, 2, 192), torch.bfloat16, 1, device)[..., 128:]
+    ckv = rand((4, 576), torch.bfloat16, 2, device)
+    pos = torch.arange(4, device=device)
+    slots = torch.arange(4, device=device)
+    cache = torch.zeros((2, 4, 576), dtype=torch.bfloat16, device=device)
+    with pytest.raises(posenc.InvalidArgumentError, match="v_cache must be None"):
+        posenc.append_kv_(q, ckv[:, 512:], ckv[:, :512], pos, slots, cache, cache.clone(), spec, layout="mla")
+    with pytest.raises(posenc.InvalidArgumentError, match="last dim 256 is neither head_dim 512"):
+        posenc.append_kv_(q, ckv[:, 512:], ckv[:, :256], pos, slots, cache, None, spec, layout="mla")
+    with pytest.raises(posenc.InvalidArgumentError, match="latent_dim 500 must be a multiple of head_dim 64"):
+        posenc.append_kv_(q, ckv[:, 512:], ckv[:, :500], pos, slots, cache[..., :564].contiguous(), None, spec,
+                          layout="mla")
+    with pytest.raises(posenc.InvalidArgumentError, match=r"want \[blocks, page, latent \+ rope\]"):
+        posenc.append_kv_(q, ckv[:, 512:], ckv[:, :512], pos, slots, cache.view(2, 2, 2, 576), None, spec,
+                          layout="mla")
+    with pytest.raises(posenc.InvalidArgumentError, match="v_cache is None"):
+        posenc.append_kv_(q, ckv[:, 512:], ckv[:, :512], pos, slots, cache, None, spec)

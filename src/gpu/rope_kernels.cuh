@@ -208,14 +208,17 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
     active = false;
     return HeadPointers<S>{nullptr, nullptr, false, false, false};
   }
-  std::int64_t row;
-  if (c.head_major != 0) {
+  std::int64_t element;  // of the row's first element in the cache tensor
+  if (c.latent_dim != 0) {
+    // mla: [latent | k_pe] per slot; V row `head` is the latent's head-th piece of head_dim.
+    element = slot * (c.latent_dim + c.head_dim) + (is_k ? c.latent_dim : head * c.head_dim);
+  } else if (c.head_major != 0) {
     const std::int64_t block = slot / c.block_len;
-    row = (block * c.kv_heads + head) * c.block_len + (slot - block * c.block_len);
+    element = ((block * c.kv_heads + head) * c.block_len + (slot - block * c.block_len)) * c.head_dim;
   } else {
-    row = slot * c.kv_heads + head;
+    element = (slot * c.kv_heads + head) * c.head_dim;
   }
-  const std::int64_t offset = row * c.head_dim * cache_element_bytes(c.dtype);
+  const std::int64_t offset = element * cache_element_bytes(c.dtype);
   const S* src = is_k ? static_cast<const S*>(p.k.src) + token * p.k.src_token_stride + head * p.k.src_head_stride
                       : static_cast<const S*>(c.v_src) + token * c.v_token_stride + head * c.v_head_stride;
   unsigned char* cache = static_cast<unsigned char*>(is_k ? c.k : c.v) + offset;

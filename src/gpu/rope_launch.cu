@@ -471,7 +471,10 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
   const std::int64_t tokens = info.tokens;
   const std::int64_t q_heads = args.q.heads;
   const std::int64_t kv_heads = args.cache.kv_heads;
-  check_head_count(q_heads + 2 * kv_heads);
+  // V rows: one per KV head, or (mla) the latent in pieces of head_dim (a multiple, validated).
+  const bool mla = args.cache.layout == CacheLayout::mla;
+  const std::int64_t v_rows = mla ? args.cache.latent_dim / s.spec.head_dim : kv_heads;
+  check_head_count(q_heads + kv_heads + v_rows);
   const bool partial = s.base.rotary_dim < s.spec.head_dim;
 
   RopeKernelParams p = s.base;
@@ -483,23 +486,24 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
   p.k.copy_pass_through = partial ? 1 : 0;
   detail::KernelCache& c = p.cache;
   c.k = args.cache.k;
-  c.v = args.cache.v;
+  c.v = mla ? args.cache.k : args.cache.v;  // mla: one tensor
   c.v_src = args.v.data;
   c.v_token_stride = args.v.token_stride;
-  c.v_head_stride = args.v.head_stride;
+  c.v_head_stride = mla ? s.spec.head_dim : args.v.head_stride;  // mla: the latent's pieces
   c.slots = args.slots;
   c.slot_limit = args.cache.slots();
   c.block_len = args.cache.block_len;
   c.kv_heads = static_cast<std::int32_t>(kv_heads);
   c.head_dim = static_cast<std::int32_t>(s.spec.head_dim);
   c.head_major = args.cache.layout == CacheLayout::paged_hnd ? 1 : 0;
+  c.latent_dim = mla ? static_cast<std::int32_t>(args.cache.latent_dim) : 0;  // <= 2^24, validated
   c.dtype = static_cast<std::int32_t>(args.cache.dtype);
   c.k_scale = args.cache.k_scale;
   c.v_scale = args.cache.v_scale;
   set_positions(p, args.positions);
   set_cos_sin(p, s.spec, args.cos_sin);
   p.q_heads = static_cast<std::int32_t>(q_heads);
-  p.total_heads = static_cast<std::int32_t>(q_heads + 2 * kv_heads);
+  p.total_heads = static_cast<std::int32_t>(q_heads + kv_heads + v_rows);
 
   const detail::LaunchRecord record =
       launch_record(append_op, s.spec, p, tokens, kv_heads, args.q.dtype, args.positions.type, info.q_in_place);

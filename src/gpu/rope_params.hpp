@@ -69,7 +69,9 @@ struct KernelTensor {
 
 /// The KV cache of an append launch (kv_cache.hpp's layouts); unused by plain rotations. The
 /// launch's rows are [Q heads..., K heads..., V heads...]: K rows are rotated and V rows copied,
-/// both into the cache row of their token's slot, cast to `dtype` on the way.
+/// both into the cache row of their token's slot, cast to `dtype` on the way. With the mla layout
+/// (latent_dim > 0) K is k_pe (one head) and the V "heads" are the latent_dim / head_dim pieces of
+/// the latent (v_head_stride = head_dim), so every row is still head_dim elements.
 struct KernelCache {
   void* k = nullptr;
   void* v = nullptr;
@@ -82,6 +84,9 @@ struct KernelCache {
   std::int32_t kv_heads = 0;
   std::int32_t head_dim = 0;
   std::int32_t head_major = 0;  ///< 1: paged_hnd; 0: contiguous / paged_nhd (the same formula)
+  /// mla: elements of the latent at the start of each slot's row (k_pe follows it); 0 otherwise.
+  /// k and v are then the same tensor.
+  std::int32_t latent_dim = 0;
   std::int32_t dtype = 0;       ///< posenc::CacheDType
   float k_scale = 1.0f;         ///< fp8 only
   float v_scale = 1.0f;
