@@ -109,7 +109,12 @@ enum {                                                                          
   POSENC_CACHE_BF16 = 2,
   POSENC_CACHE_FP8_E4M3 = 3 /* OCP E4M3FN, saturating, with per-tensor scales */
 };
-enum { POSENC_LAYOUT_CONTIGUOUS = 0, POSENC_LAYOUT_PAGED_NHD = 1, POSENC_LAYOUT_PAGED_HND = 2 };
+enum {
+  POSENC_LAYOUT_CONTIGUOUS = 0,
+  POSENC_LAYOUT_PAGED_NHD = 1,
+  POSENC_LAYOUT_PAGED_HND = 2,
+  POSENC_LAYOUT_MLA = 3 /* one tensor (cache.k; cache.v NULL) [blocks, page, latent + head_dim]: [c_kv | k_pe] */
+};
 enum {                                  /* which elements of the rotary window form a pair */
   POSENC_PAIRING_HALF_SPLIT = 0,        /* NeoX / Llama rotate_half: (i, i + R/2) */
   POSENC_PAIRING_INTERLEAVED = 1,       /* GPT-J / GLM-4: (2i, 2i + 1) */
@@ -301,7 +306,10 @@ typedef struct posenc_rope_args {
 /* A KV cache: two tensors K and V of one layout, dtype and shape (docs/C_API.md draws the
  * layouts): contiguous [blocks = batch, block_len = max_len, kv_heads, head_dim], paged NHD
  * [num_blocks, page_size, kv_heads, head_dim], paged HND [num_blocks, kv_heads, page_size, head_dim];
- * slot = block * block_len + offset. */
+ * slot = block * block_len + offset. POSENC_LAYOUT_MLA (DeepSeek-V3 multi-head latent attention):
+ * one tensor `k` [num_blocks, page_size, latent + head_dim] (`v` NULL, kv_heads 1), each slot's row
+ * holding the latent (the append's V) then the rotated k_pe (its K); the latent's size is
+ * posenc_append_args.cache_latent_dim. */
 typedef struct posenc_kv_cache {
   void* k;
   void* v;
@@ -329,6 +337,9 @@ typedef struct posenc_append_args {
   posenc_kv_cache cache;
   /* Appended after the first version, as in posenc_rope_args; must not overlap Q or the cache. */
   posenc_cos_sin_cache cos_sin;
+  /* Appended later: POSENC_LAYOUT_MLA's latent elements per row (kv_lora_rank, a multiple of
+   * head_dim; V is [tokens, 1, cache_latent_dim]); 0 for the other layouts. */
+  int64_t cache_latent_dim;
 } posenc_append_args;
 
 /* What an engine has done since its counters were enabled or reset. */

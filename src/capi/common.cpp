@@ -118,8 +118,11 @@ CacheLayout to_layout(std::int32_t value, const std::string& what) {
     case POSENC_LAYOUT_CONTIGUOUS: return CacheLayout::contiguous;
     case POSENC_LAYOUT_PAGED_NHD: return CacheLayout::paged_nhd;
     case POSENC_LAYOUT_PAGED_HND: return CacheLayout::paged_hnd;
+    case POSENC_LAYOUT_MLA: return CacheLayout::mla;
   }
-  invalid(enum_message(what, value, "POSENC_LAYOUT_CONTIGUOUS (0), POSENC_LAYOUT_PAGED_NHD (1), POSENC_LAYOUT_PAGED_HND (2)"));
+  invalid(enum_message(what, value,
+                       "POSENC_LAYOUT_CONTIGUOUS (0), POSENC_LAYOUT_PAGED_NHD (1), POSENC_LAYOUT_PAGED_HND (2), "
+                       "POSENC_LAYOUT_MLA (3)"));
 }
 
 Pairing to_pairing(std::int32_t value, const std::string& what) {
@@ -231,6 +234,7 @@ AppendArgs to_args(const posenc_append_args* in) {
   args.slots = a.slots;
   args.cache = to_view(a.cache, "args->cache");
   args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
+  args.cache.latent_dim = a.cache_latent_dim;  // zero when the caller's struct ends before it
   return args;
 }
 

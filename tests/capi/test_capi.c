@@ -170,8 +170,9 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_kv_cache) == 64);
     CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40);
     CHECK(offsetof(posenc_rope_args, positions) == 232 && offsetof(posenc_rope_args, cos_sin) == 264);
-    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8);
     CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
+    CHECK(offsetof(posenc_append_args, cache_latent_dim) == 376);
     CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
     CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 72);
     CHECK(offsetof(posenc_spec_desc, hf_arithmetic) == 64 && offsetof(posenc_spec_info, hf_arithmetic) == 96);
@@ -900,6 +901,92 @@ static void test_cpu_append(void) {
   posenc_spec_destroy(spec);
 }
 
+/* MLA (POSENC_LAYOUT_MLA): Q's rope slice inside [T, HQ, NOPE + D] rotated in place, k_pe and the
+ * latent (slices of one compressed-KV row [L | D]) written as [latent | rotated k_pe] per slot;
+ * a caller whose struct ends before cache_latent_dim passes latent 0, which the mla layout rejects. */
+static void test_cpu_mla_append(void) {
+  enum { TA = 3, NOPE = 32, L = 128, SLOTS = 8, ROW = L + D };
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_cpu_engine* engine = NULL;
+  posenc_append_args good = posenc_append_args_make();
+  posenc_append_args args;
+  posenc_rope_args rope = posenc_rope_args_make();
+  static float q[TA * HQ * (NOPE + D)], q_ref[TA * HQ * (NOPE + D)], q_in[TA * HQ * (NOPE + D)], ckv[TA * ROW],
+      k_rot[TA * D];
+  static float cache[SLOTS * ROW], cache_ref[SLOTS * ROW], cache_before[SLOTS * ROW];
+  int64_t positions[TA] = {7, 8, 900};
+  int64_t slots[TA] = {5, -1, 2};
+  size_t i;
+  int t;
+
+  fill_random(q, TA * HQ * (NOPE + D));
+  fill_random(ckv, TA * ROW);
+  memcpy(q_ref, q, sizeof q);
+  memcpy(q_in, q, sizeof q);
+  for (i = 0; i < SLOTS * ROW; ++i) cache[i] = cache_ref[i] = -1234.5f;
+  memcpy(cache_before, cache, sizeof cache);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  good.q = posenc_tensor_contiguous(q + NOPE, POSENC_DTYPE_F32, TA, HQ, D);
+  good.q.head_stride = NOPE + D;
+  good.q.token_stride = HQ * (NOPE + D);
+  good.k = posenc_const_tensor_contiguous(ckv + L, POSENC_DTYPE_F32, TA, 1, D);
+  good.k.token_stride = ROW;
+  good.v = posenc_const_tensor_contiguous(ckv, POSENC_DTYPE_F32, TA, 1, L);
+  good.v.token_stride = ROW;
+  good.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, TA);
+  good.slots = slots;
+  good.cache.k = cache;
+  good.cache.dtype = POSENC_CACHE_F32;
+  good.cache.layout = POSENC_LAYOUT_MLA;
+  good.cache.kv_heads = 1;
+  good.cache.head_dim = D;
+  good.cache.blocks = 2;
+  good.cache.block_len = SLOTS / 2;
+  good.cache.k_scale = 1.0f;
+  good.cache.v_scale = 1.0f;
+  good.cache_latent_dim = L;
+
+  args = good;
+  args.struct_size = offsetof(posenc_append_args, cache_latent_dim);
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "cache.latent_dim 0", "mla");
+  args = good;
+  args.cache.v = ckv;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "cache.v must be null");
+  CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(cache, cache_before, sizeof cache) == 0);
+
+  CHECK_OK(posenc_cpu_engine_append(engine, &good));
+  args = good;
+  args.q.data = q_ref + NOPE;
+  args.cache.k = cache_ref;
+  CHECK_OK(posenc_append_reference(spec, &args));
+  CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(cache, cache_ref, sizeof cache) == 0);
+
+  /* k_pe as apply rotates it, after the latent copied as given; only slots 5 and 2 written. */
+  rope.q = posenc_tensor_contiguous(k_rot, POSENC_DTYPE_F32, TA, 1, D);
+  rope.q_src = good.k;
+  rope.positions = good.positions;
+  CHECK_OK(posenc_apply_reference(spec, &rope));
+  for (t = 0; t < TA; t += 2) {
+    const float* row = cache + slots[t] * ROW;
+    CHECK(memcmp(row, ckv + t * ROW, L * sizeof(float)) == 0);
+    CHECK(memcmp(row + L, k_rot + t * D, D * sizeof(float)) == 0);
+  }
+  for (i = 0; i < SLOTS * ROW; ++i) {
+    const size_t slot = i / ROW;
+    if (slot != 5 && slot != 2 && cache[i] != -1234.5f) break;
+  }
+  CHECK(i == SLOTS * ROW);
+  /* The nope part of every head is untouched; the rope part was rotated. */
+  for (i = 0; i < (size_t)(TA * HQ); ++i) {
+    if (memcmp(q + i * (NOPE + D), q_in + i * (NOPE + D), NOPE * sizeof(float)) != 0) break;
+    if (memcmp(q + i * (NOPE + D) + NOPE, q_in + i * (NOPE + D) + NOPE, D * sizeof(float)) == 0) break;
+  }
+  CHECK(i == (size_t)(TA * HQ));
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The position tracker
  * ------------------------------------------------------------------------------------------- */
@@ -1530,6 +1617,7 @@ int main(void) {
   test_cpu_apply_errors();
   test_cos_sin_cache();
   test_cpu_append();
+  test_cpu_mla_append();
   test_tracker();
   test_glm_vocabularies();
   test_glm_chatglm6b();

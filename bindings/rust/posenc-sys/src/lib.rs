@@ -46,6 +46,8 @@ pub const POSENC_CACHE_FP8_E4M3: i32 = 3;
 pub const POSENC_LAYOUT_CONTIGUOUS: i32 = 0;
 pub const POSENC_LAYOUT_PAGED_NHD: i32 = 1;
 pub const POSENC_LAYOUT_PAGED_HND: i32 = 2;
+/// One tensor (cache.k; cache.v null) [blocks, page, latent + head_dim]: [c_kv | k_pe] per slot.
+pub const POSENC_LAYOUT_MLA: i32 = 3;
 pub const POSENC_PAIRING_HALF_SPLIT: i32 = 0;
 pub const POSENC_PAIRING_INTERLEAVED: i32 = 1;
 pub const POSENC_PAIRING_INTERLEAVED_TO_HALF: i32 = 2;
@@ -284,6 +286,8 @@ pub struct posenc_append_args {
     pub slots: *const i64,
     pub cache: posenc_kv_cache,
     pub cos_sin: posenc_cos_sin_cache,
+    /// POSENC_LAYOUT_MLA's latent elements per row; 0 for the other layouts.
+    pub cache_latent_dim: i64,
 }
 
 #[repr(C)]
@@ -737,7 +741,7 @@ mod tests {
         assert_eq!(size_of::<posenc_cos_sin_cache>(), 40);
         assert_eq!(size_of::<posenc_kv_cache>(), 64);
         assert_eq!(size_of::<posenc_rope_args>(), 304);
-        assert_eq!(size_of::<posenc_append_args>(), 376);
+        assert_eq!(size_of::<posenc_append_args>(), 384);
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);
