@@ -19,12 +19,18 @@
 //      is present.
 // M-RoPE fixtures (qwen2-vl, glm4v) store positions as [3, tokens] (t, h, w), passed as three
 // position streams; their "grid" cases have distinct t/h/w positions, so the sections are checked.
+// MLA (tests/golden/deepseek_v3_mla, scripts/golden/mla.py): DeepSeek-V3's rope slices rotated by
+// transformers' DeepseekV3RotaryEmbedding and apply_rotary_pos_emb_interleave, bf16. posenc's
+// append with the mla layout, Q's slice in place inside [T, H, 128 + 64] and k_pe/c_kv slices of
+// one compressed-KV row [512 | 64], must give transformers' bits in Q's slice and in each slotted
+// cache row's k_pe, with the nope part and the latent passed through unchanged.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -35,6 +41,7 @@
 #include "support/trig_fingerprint.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/gpu.hpp"
+#include "posenc/kv_cache.hpp"
 #include "posenc/model_config.hpp"
 #include "posenc/rope.hpp"
 #include "npy.hpp"
@@ -279,5 +286,125 @@ INSTANTIATE_TEST_SUITE_P(Families, Golden, ::testing::ValuesIn(families()),
                            }
                            return name;
                          });
+
+TEST(GoldenMla, DeepSeekV3AppendMatchesTransformers) {
+  const fs::path dir = golden_dir / "deepseek_v3_mla";
+  const nlohmann::json meta = read_json(dir / "mla.meta.json");
+  posenc::RopeSpec spec =
+      posenc::load_model_config((source_dir / meta["config"].get<std::string>()).string()).spec();
+  if (!posenc::detail::torch_cpu_trig_available()) spec.hf_arithmetic = posenc::HfArithmetic::exact;
+  const std::vector<std::int64_t> positions = as_vector<std::int64_t>(read_npy((dir / "positions.npy").string()));
+  const std::vector<float> want_inv = as_vector<float>(read_npy((dir / "inv_freq.npy").string()));
+  const auto tokens = static_cast<std::int64_t>(positions.size());
+  const std::int64_t heads = meta["q_heads"].get<std::int64_t>();
+  const std::int64_t nope = meta["qk_nope_head_dim"].get<std::int64_t>();
+  const std::int64_t rope = meta["qk_rope_head_dim"].get<std::int64_t>();
+  const std::int64_t latent = meta["kv_lora_rank"].get<std::int64_t>();
+  ASSERT_EQ(rope, spec.head_dim);
+  ASSERT_EQ(spec.pairing, posenc::Pairing::interleaved_to_half);
+
+  // posenc's table from the config alone; where it is not transformers' (another CPU capability,
+  // docs/NUMERICS.md §3.4), the fixture's table is fed in, as for the RoPE families.
+  const posenc::FrequencyTable own = posenc::compute_frequencies(spec);
+  ASSERT_EQ(own.inv_freq.size(), want_inv.size());
+  EXPECT_EQ(own.attention_factor, meta["attention_factor"].get<double>());
+  if (std::memcmp(own.inv_freq.data(), want_inv.data(), want_inv.size() * sizeof(float)) != 0) {
+    std::cout << "[ NOTE     ] deepseek_v3_mla: posenc's inv_freq differs from the fixture's; fed in\n";
+    spec.scaling = posenc::Scaling::table;
+    spec.params.inv_freq = want_inv;
+    spec.attention_factor = meta["attention_factor"].get<double>();
+  }
+
+  const NpyArray q_pe = read_npy((dir / "q_pe.npy").string());
+  const NpyArray q_out = read_npy((dir / "q_out.npy").string());
+  const NpyArray k_pe = read_npy((dir / "k_pe.npy").string());
+  const NpyArray k_out = read_npy((dir / "k_out.npy").string());
+  ASSERT_EQ(q_pe.shape, (std::vector<std::int64_t>{tokens, heads, rope}));
+  ASSERT_EQ(k_pe.shape, (std::vector<std::int64_t>{tokens, 1, rope}));
+
+  // Random pass-through parts around the fixture's rope slices (bf16 bits, never NaN).
+  std::mt19937 rng(7);
+  auto random_bits = [&](std::size_t n) {
+    std::vector<std::uint16_t> v(n);
+    for (auto& x : v) x = static_cast<std::uint16_t>((rng() & 0x3fff) | 0x3000 | (rng() & 1) << 15);
+    return v;
+  };
+  const std::int64_t qd = nope + rope;
+  const std::int64_t row = latent + rope;
+  std::vector<std::uint16_t> q_full = random_bits(static_cast<std::size_t>(tokens * heads * qd));
+  std::vector<std::uint16_t> ckv = random_bits(static_cast<std::size_t>(tokens * row));
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    for (std::int64_t h = 0; h < heads; ++h) {
+      std::memcpy(&q_full[static_cast<std::size_t>((t * heads + h) * qd + nope)],
+                  q_pe.data.data() + (t * heads + h) * rope * 2, static_cast<std::size_t>(rope * 2));
+    }
+    std::memcpy(&ckv[static_cast<std::size_t>(t * row + latent)], k_pe.data.data() + t * rope * 2,
+                static_cast<std::size_t>(rope * 2));
+  }
+  const std::vector<std::uint16_t> q_in = q_full;
+  const std::vector<std::uint16_t> ckv_in = ckv;
+
+  // Slots: a shuffled cache of 2 * tokens slots, every 9th token padding.
+  const std::int64_t blocks = 2 * tokens / 16;
+  std::vector<std::int64_t> order(static_cast<std::size_t>(blocks * 16));
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = static_cast<std::int64_t>(i);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<std::int64_t> slots(order.begin(), order.begin() + tokens);
+  for (std::int64_t t = 8; t < tokens; t += 9) slots[static_cast<std::size_t>(t)] = -1;
+
+  for (bool use_engine : {true, false}) {
+    SCOPED_TRACE(use_engine ? "CpuEngine::append" : "append_reference");
+    std::vector<std::uint16_t> q = q_in;
+    std::vector<std::uint16_t> cache(static_cast<std::size_t>(blocks * 16 * row), 0x7fc1);  // poison
+    posenc::AppendArgs a;
+    a.q = {q.data() + nope, posenc::DType::bf16, tokens, heads, rope, heads * qd, qd};
+    a.k = {ckv.data() + latent, posenc::DType::bf16, tokens, 1, rope, row, rope};
+    a.v = {ckv.data(), posenc::DType::bf16, tokens, 1, latent, row, latent};
+    posenc::PositionsView pos;
+    pos.data = positions.data();
+    pos.count = tokens;
+    a.positions = pos;
+    a.slots = slots.data();
+    a.cache.k = cache.data();
+    a.cache.v = nullptr;
+    a.cache.dtype = posenc::CacheDType::bf16;
+    a.cache.layout = posenc::CacheLayout::mla;
+    a.cache.kv_heads = 1;
+    a.cache.head_dim = rope;
+    a.cache.latent_dim = latent;
+    a.cache.blocks = blocks;
+    a.cache.block_len = 16;
+    if (use_engine) {
+      posenc::CpuEngine(spec).append(a);
+    } else {
+      posenc::append_reference(spec, a);
+    }
+    std::int64_t q_bad = 0, k_bad = 0, pass_bad = 0;
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      for (std::int64_t h = 0; h < heads; ++h) {
+        const std::size_t at = static_cast<std::size_t>((t * heads + h) * qd);
+        q_bad += std::memcmp(&q[at + static_cast<std::size_t>(nope)], q_out.data.data() + (t * heads + h) * rope * 2,
+                             static_cast<std::size_t>(rope * 2)) != 0;
+        pass_bad += std::memcmp(&q[at], &q_in[at], static_cast<std::size_t>(nope * 2)) != 0;
+      }
+      const std::int64_t slot = slots[static_cast<std::size_t>(t)];
+      if (slot < 0) continue;
+      const std::uint16_t* cached = &cache[static_cast<std::size_t>(slot * row)];
+      k_bad += std::memcmp(cached + latent, k_out.data.data() + t * rope * 2, static_cast<std::size_t>(rope * 2)) != 0;
+      pass_bad += std::memcmp(cached, &ckv_in[static_cast<std::size_t>(t * row)], static_cast<std::size_t>(latent * 2)) != 0;
+    }
+    EXPECT_EQ(q_bad, 0) << "Q rope rows differing from transformers' (of " << tokens * heads << ")";
+    EXPECT_EQ(k_bad, 0) << "cached k_pe rows differing from transformers' apply_rotary_pos_emb_interleave";
+    EXPECT_EQ(pass_bad, 0) << "nope rows or cached latents not passed through unchanged";
+    EXPECT_EQ(ckv, ckv_in) << "the compressed KV input was written";
+    std::vector<bool> used(static_cast<std::size_t>(blocks * 16), false);
+    for (std::int64_t s : slots) {
+      if (s >= 0) used[static_cast<std::size_t>(s)] = true;
+    }
+    std::int64_t stray = 0;
+    for (std::size_t i = 0; i < cache.size(); ++i) stray += !used[i / static_cast<std::size_t>(row)] && cache[i] != 0x7fc1;
+    EXPECT_EQ(stray, 0) << "cache elements written outside the slotted rows";
+  }
+}
 
 }  // namespace
