@@ -81,3 +81,10 @@ if(TARGET posenc_cli)
   set_tests_properties(cli.info.glm_scheme.glm-4-9b-chat PROPERTIES LABELS cpu
     PASS_REGULAR_EXPRESSION "GLM +ChatGLM2-6B / ChatGLM3-6B / GLM-4-9B.*mask +causal")
 endif()
+
+# `posenc info` shows the MLA geometry (rope slice of the query, the latent cache row) for MLA configs.
+if(TARGET posenc_cli)
+  add_test(NAME cli.info.mla.deepseek-v3 COMMAND posenc_cli info --config ${PROJECT_SOURCE_DIR}/configs/deepseek-v3.json)
+  set_tests_properties(cli.info.mla.deepseek-v3 PROPERTIES LABELS cpu
+    PASS_REGULAR_EXPRESSION "MLA +query head 192 = nope 128 \\+ rope 64.*cache +layout mla, one row of 576 = latent 512")
+endif()

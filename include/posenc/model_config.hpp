@@ -17,6 +17,11 @@ struct ModelConfig {
   std::int64_t num_key_value_heads = 0;
   std::int64_t head_dim = 0;
   std::int64_t max_position_embeddings = 0;
+  /// MLA models (DeepSeek-V2/V3, Kimi K2, GLM's MLA models; head_dim is then qk_rope_head_dim):
+  /// qk_nope_head_dim and kv_lora_rank (the mla cache's latent_dim, kv_cache.hpp) when the config
+  /// gives them; 0 otherwise.
+  std::int64_t mla_nope_head_dim = 0;
+  std::int64_t mla_latent_dim = 0;
   /// One spec per attention layer type; plain models have the single key "default", layer-typed
   /// models (Gemma3, transformers 5.x keyed rope_parameters) have e.g. "full_attention" and
   /// "sliding_attention".

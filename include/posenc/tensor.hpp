@@ -12,6 +12,12 @@ namespace posenc {
 ///
 ///     element (t, h, d) lives at  data + (t * token_stride + h * head_stride + d) * size_of(dtype)
 ///
+/// A view can also cover only part of each head: MLA's query (DeepSeek-V3, Kimi K2) is
+/// `[tokens, heads, nope + rope]` (128 + 64) and only its last `rope` elements are rotated; the view
+/// {data + nope elements, dtype, tokens, heads, head_dim = rope, token_stride = heads * (nope + rope),
+/// head_stride = nope + rope} rotates them in place and never touches the nope part
+/// (kv_cache.hpp's mla layout, docs/ARCHITECTURE.md "MLA").
+///
 /// The view does not own memory. `data == nullptr` means "absent" (an optional K, an in-place call).
 struct TensorView {
   void* data = nullptr;

@@ -161,6 +161,9 @@ void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
              "must divide num_attention_heads = " + number_text(mc.num_attention_heads));
   if (fam.mla) {
     m.head_dim = cfg.positive("qk_rope_head_dim", std::nullopt, "MLA models rotate the qk_rope_head_dim part");
+    // The rest of the MLA geometry, shown by `posenc info` (the rotation does not depend on it).
+    if (cfg.has("qk_nope_head_dim")) mc.mla_nope_head_dim = cfg.positive("qk_nope_head_dim", std::nullopt, "");
+    if (cfg.has("kv_lora_rank")) mc.mla_latent_dim = cfg.positive("kv_lora_rank", std::nullopt, "");
   } else if (cfg.has("head_dim")) {
     m.head_dim = cfg.positive("head_dim", std::nullopt, "");
   } else if (fam.head_dim != 0) {

@@ -61,6 +61,16 @@ int info(const ModelOptions& options) {
               static_cast<long long>(config.num_key_value_heads), static_cast<long long>(config.head_dim));
   std::printf("context  max_position_embeddings %lld\n",
               static_cast<long long>(config.max_position_embeddings));
+  if (config.mla_latent_dim > 0) {
+    // MLA (docs/ARCHITECTURE.md "MLA"): the rotated slice of each query head and the latent cache row.
+    const long long rope = config.head_dim;
+    const long long nope = config.mla_nope_head_dim;
+    const long long latent = config.mla_latent_dim;
+    std::printf("MLA      query head %lld = nope %lld + rope %lld (rope rotated: view head_dim %lld, head_stride %lld, "
+                "offset %lld)\n", nope + rope, nope, rope, rope, nope + rope, nope);
+    std::printf("  cache  layout mla, one row of %lld = latent %lld (kv_lora_rank, V) + k_pe %lld (rotated K) "
+                "per slot, kv_heads 1\n", latent + rope, latent, rope);
+  }
   print_glm_scheme(config);
 
   if (!options.layer_type.empty()) {
