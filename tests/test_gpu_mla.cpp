@@ -17,7 +17,6 @@
 #include "posenc/error.hpp"
 #include "posenc/gpu.hpp"
 #include "posenc/kv_cache.hpp"
-#include "posenc/model_config.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
 #include "support/kv_image.hpp"
@@ -31,15 +30,6 @@ using gpu::GpuEngine;
 
 class GpuMla : public GpuTest {};
 
-/// DeepSeek-V3's spec from its config.json (rope 64, interleaved_to_half, YaRN with mscale), in
-/// exact arithmetic so the CPU and GPU engines agree bit for bit.
-RopeSpec deepseek_spec(Numerics numerics = Numerics::hf_compatible) {
-  RopeSpec spec = load_model_config(std::string(POSENC_CONFIGS_DIR) + "/deepseek-v3.json").spec();
-  spec.hf_arithmetic = HfArithmetic::exact;
-  spec.numerics = numerics;
-  return spec;
-}
-
 gpu::DeviceBuffer upload_slots(const gpu::Device& device, const std::vector<std::int64_t>& slots,
                                gpu::StreamRef stream) {
   gpu::DeviceBuffer b(device, static_cast<std::int64_t>(slots.size() * sizeof(std::int64_t)) + 8);
@@ -48,40 +38,13 @@ gpu::DeviceBuffer upload_slots(const gpu::Device& device, const std::vector<std:
   return b;
 }
 
-struct MlaCase {
-  RopeSpec spec = deepseek_spec();
-  DType act = DType::bf16;
-  CacheDType cache = CacheDType::bf16;
-  std::int64_t tokens = 29;
-  std::int64_t heads = 16;
-  std::int64_t nope = 128;
-  std::int64_t latent = 512;
-  std::int64_t blocks = 6;
-  std::int64_t block_len = 8;
-  /// Elements after each token's compressed KV: 0 keeps the 16-byte vector path, an odd pad
-  /// forces the one-element instantiation.
-  std::int64_t pad = 0;
-  std::vector<std::int64_t> slots;  ///< empty: random_slots with every 5th token padding
-  float k_scale = 1.0f;
-  float v_scale = 1.0f;
-  std::uint64_t seed = 1;
-};
-
-std::string name_of(const MlaCase& c) {
-  return case_name(c.spec, c.act) + " -> mla " + to_string(c.cache) + " latent " + std::to_string(c.latent) +
-         " pad " + std::to_string(c.pad);
-}
-
 void run_case(const gpu::Device& device, gpu::StreamRef stream, const MlaCase& c) {
   SCOPED_TRACE(name_of(c));
   const std::int64_t rope = c.spec.head_dim;
   MlaTensors x(c.act, c.tokens, c.heads, c.nope, rope, c.latent, c.seed, c.pad);
-  std::vector<std::int64_t> slots = c.slots;
-  if (slots.empty()) slots = random_slots(c.tokens, c.blocks * c.block_len, 5, c.seed + 5);
+  const std::vector<std::int64_t> slots = mla_slots(c);
   ASSERT_EQ(static_cast<std::int64_t>(slots.size()), c.tokens);
-  std::vector<std::int64_t> positions = random_positions(c.tokens, 163840, c.seed + 3);
-  positions[0] = 4096;  // original_max_position_embeddings
-  const HostPositions pos(positions);
+  const HostPositions pos(mla_positions(c));
   const DevicePositions d_positions(device, pos, stream);
   const gpu::DeviceBuffer d_slots = upload_slots(device, slots, stream);
   const GpuEngine engine(c.spec, device);
@@ -146,7 +109,7 @@ TEST_F(GpuMla, EveryDtypeAndNumericsVectorizedAndNot) {
     for (DType act : all_dtypes) {
       for (std::int64_t pad : {0, 1}) {
         MlaCase c;
-        c.spec = deepseek_spec(n);
+        c.spec = deepseek_v3_spec(n);
         c.act = act;
         c.cache = cache_dtype_of(act);
         c.pad = pad;
@@ -230,7 +193,7 @@ TEST_F(GpuMla, BadSlotsAreRecordedAndSkipped) {
 }
 
 TEST_F(GpuMla, HostValidationRejectsAndWritesNothing) {
-  const RopeSpec spec = deepseek_spec();
+  const RopeSpec spec = deepseek_v3_spec();
   MlaTensors x(DType::bf16, 3, 4, 128, 64, 512, 1);
   const HostPositions pos(std::vector<std::int64_t>{0, 1, 2});
   const DevicePositions d_positions(device, pos, ref());

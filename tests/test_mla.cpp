@@ -11,7 +11,6 @@
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
 #include "posenc/kv_cache.hpp"
-#include "posenc/model_config.hpp"
 #include "support/compare.hpp"
 #include "support/host_tensor.hpp"
 #include "support/kv_image.hpp"
@@ -21,16 +20,6 @@
 
 namespace posenc::test {
 namespace {
-
-/// DeepSeek-V3's spec as posenc loads it from the checkpoint's config.json: head_dim = rotary =
-/// qk_rope_head_dim 64, interleaved_to_half, YaRN factor 40 with mscale. Exact arithmetic keeps
-/// the tests independent of the build's MKL.
-RopeSpec deepseek_spec(Numerics numerics = Numerics::hf_compatible) {
-  RopeSpec spec = load_model_config(std::string(POSENC_CONFIGS_DIR) + "/deepseek-v3.json").spec();
-  spec.hf_arithmetic = HfArithmetic::exact;
-  spec.numerics = numerics;
-  return spec;
-}
 
 /// Rotated `out` against the float64 rotation of `in` (same shapes) within tolerance_ulps.
 ::testing::AssertionResult near_float64(const RopeSpec& spec, const ConstTensorView& in, const ConstTensorView& out,
@@ -48,7 +37,7 @@ RopeSpec deepseek_spec(Numerics numerics = Numerics::hf_compatible) {
 TEST(MlaQuery, RopeSliceRotatesInPlaceNopeUntouched) {
   for (Numerics n : all_numerics) {
     for (DType act : all_dtypes) {
-      const RopeSpec spec = deepseek_spec(n);
+      const RopeSpec spec = deepseek_v3_spec(n);
       SCOPED_TRACE(case_name(spec, act));
       MlaTensors x(act, 37, 16, 128, 64, 512, 7);
       // Positions on both sides of original_max_position_embeddings (4096) and far beyond.
@@ -88,29 +77,6 @@ TEST(MlaQuery, RopeSliceRotatesInPlaceNopeUntouched) {
 
 // ---- the append into the mla layout --------------------------------------------------------------
 
-struct MlaCase {
-  RopeSpec spec = deepseek_spec();
-  DType act = DType::bf16;
-  CacheDType cache = CacheDType::bf16;
-  std::int64_t tokens = 23;
-  std::int64_t heads = 4;
-  std::int64_t nope = 128;
-  std::int64_t latent = 512;
-  std::int64_t blocks = 5;
-  std::int64_t block_len = 8;
-  std::vector<std::int64_t> slots;  // empty: random_slots with every 4th token padding
-  float k_scale = 1.0f;
-  float v_scale = 1.0f;
-  bool out_of_place = false;
-  int threads = 2;
-  std::uint64_t seed = 1;
-};
-
-std::string name_of(const MlaCase& c) {
-  return case_name(c.spec, c.act) + " -> mla " + to_string(c.cache) + " latent " + std::to_string(c.latent) +
-         (c.out_of_place ? " out of place" : " in place");
-}
-
 /// Runs `c` through CpuEngine::append and append_reference: Q's slice must hold apply's bits (its
 /// nope part untouched), the cache exactly the test's image of apply's K and the latent cast (every
 /// other byte the poison), k_pe and c_kv unwritten; the cache's k_pe rows (same-dtype caches) and
@@ -118,12 +84,10 @@ std::string name_of(const MlaCase& c) {
 void run_case(const MlaCase& c) {
   SCOPED_TRACE(name_of(c));
   const std::int64_t rope = c.spec.head_dim;
-  MlaTensors x(c.act, c.tokens, c.heads, c.nope, rope, c.latent, c.seed);
-  std::vector<std::int64_t> slots = c.slots;
-  if (slots.empty()) slots = random_slots(c.tokens, c.blocks * c.block_len, 4, c.seed + 5);
+  MlaTensors x(c.act, c.tokens, c.heads, c.nope, rope, c.latent, c.seed, c.pad);
+  const std::vector<std::int64_t> slots = mla_slots(c);
   ASSERT_EQ(static_cast<std::int64_t>(slots.size()), c.tokens);
-  std::vector<std::int64_t> positions = random_positions(c.tokens, 163840, c.seed + 3);
-  positions[0] = 0;
+  const std::vector<std::int64_t> positions = mla_positions(c);
   const HostPositions pos(positions);
 
   const HostTensor q_in = dense_copy(ConstTensorView(x.q));
@@ -200,7 +164,7 @@ TEST(MlaAppend, SameDtypeCacheEveryNumerics) {
   for (Numerics n : all_numerics) {
     for (DType act : all_dtypes) {
       MlaCase c;
-      c.spec = deepseek_spec(n);
+      c.spec = deepseek_v3_spec(n);
       c.act = act;
       c.cache = cache_dtype_of(act);
       run_case(c);
@@ -216,6 +180,7 @@ TEST(MlaAppend, CastsAndFp8Scales) {
     MlaCase c;
     c.act = act;
     c.cache = cache;
+    c.pad = cache == CacheDType::fp8_e4m3 ? 3 : 0;  // a compressed-KV row of 579 elements: odd token strides
     if (cache == CacheDType::fp8_e4m3) {
       c.k_scale = 0.0078125f;  // k_pe / scale reaches past 448: saturation
       c.v_scale = 0.3f;        // not a power of two: the division rounds
@@ -256,7 +221,7 @@ TEST(MlaAppend, AllPaddingWritesNothing) {
 
 TEST(MlaAppend, CountersReportTheOperationsTraffic) {
   // 3 tokens, Q slice [3, 2, 64] bf16 in place, k_pe [3, 1, 64], c_kv [3, 1, 512], fp8 cache.
-  const RopeSpec spec = deepseek_spec();
+  const RopeSpec spec = deepseek_v3_spec();
   MlaTensors x(DType::bf16, 3, 2, 128, 64, 512, 3);
   const HostPositions pos(std::vector<std::int64_t>{0, 1, 2});
   const std::vector<std::int64_t> slots{0, -1, 2};
@@ -274,7 +239,7 @@ TEST(MlaAppend, CountersReportTheOperationsTraffic) {
 // ---- errors: a clear message, and nothing written ------------------------------------------------
 
 struct MlaErrors : ::testing::Test {
-  RopeSpec spec = deepseek_spec();
+  RopeSpec spec = deepseek_v3_spec();
   MlaTensors x{DType::bf16, 3, 2, 128, 64, 512, 11};
   HostPositions positions{std::vector<std::int64_t>{0, 5000, 2}};
   std::vector<std::int64_t> slots{0, 5, -1};

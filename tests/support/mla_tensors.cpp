@@ -6,7 +6,33 @@
 #include <numeric>
 #include <random>
 
+#include "posenc/model_config.hpp"
+#include "support/specs.hpp"
+
 namespace posenc::test {
+
+RopeSpec deepseek_v3_spec(Numerics numerics) {
+  RopeSpec spec = load_model_config(std::string(POSENC_CONFIGS_DIR) + "/deepseek-v3.json").spec();
+  spec.hf_arithmetic = HfArithmetic::exact;
+  spec.numerics = numerics;
+  return spec;
+}
+
+std::string name_of(const MlaCase& c) {
+  return case_name(c.spec, c.act) + " -> mla " + to_string(c.cache) + " latent " + std::to_string(c.latent) +
+         " pad " + std::to_string(c.pad) + (c.out_of_place ? " out of place" : "");
+}
+
+std::vector<std::int64_t> mla_slots(const MlaCase& c) {
+  return c.slots.empty() ? random_slots(c.tokens, c.blocks * c.block_len, 4, c.seed + 5) : c.slots;
+}
+
+std::vector<std::int64_t> mla_positions(const MlaCase& c) {
+  std::vector<std::int64_t> positions = random_positions(c.tokens, 163840, c.seed + 3);
+  positions[0] = 0;
+  if (c.tokens > 1) positions[1] = 4096;
+  return positions;
+}
 
 MlaTensors::MlaTensors(DType act, std::int64_t tokens, std::int64_t heads, std::int64_t nope, std::int64_t rope,
                        std::int64_t latent, std::uint64_t seed, std::int64_t pad)
