@@ -94,6 +94,290 @@ inline void cos_sin_cache_row(const KernelCall& call, std::int64_t t, float* cos
   }
 }
 
+#if POSENC_CPU_F16C
+// ---- float16 hf_compatible on F16C --------------------------------------------------------------
+//
+// The rotation's roundings to float16 are vcvtps2ph (round to nearest even) + vcvtph2ps: the same
+// bits as rope_math.hpp's f16_round for every float (tests/test_large.cpp compares all 2^32, in
+// both widths), in two instructions instead of a dozen integer operations per lane. The kernels are
+// written once over the vector type below: eight lanes (ymm) in the AVX2 build, sixteen (zmm, the
+// EVEX forms of the same conversions) in the AVX-512 builds, because a zmm conversion costs about
+// what a ymm one does, for twice the lanes (docs/PERFORMANCE.md, CPU variant C5-f16).
+#if POSENC_CPU_F16C == 16
+using F16Vec = __m512;
+inline constexpr std::int64_t f16c_lanes = 16;
+/// The masked forms with every lane on are the plain instructions; GCC 12's unmasked intrinsics read
+/// an undefined vector, which -Wmaybe-uninitialized reports.
+inline F16Vec f16c_load(const std::uint16_t* p) {
+  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m256i f16c_pack(F16Vec x) {
+  return _mm512_maskz_cvtps_ph(0xffff, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+inline void f16c_store(std::uint16_t* p, F16Vec x) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16c_pack(x));
+}
+inline F16Vec f16c_round(F16Vec x) { return _mm512_maskz_cvtph_ps(0xffff, f16c_pack(x)); }
+inline F16Vec load_floats(const float* p) { return _mm512_loadu_ps(p); }
+inline void store_floats(float* p, F16Vec x) { _mm512_storeu_ps(p, x); }
+inline F16Vec swap_pairs(F16Vec x) { return _mm512_shuffle_ps(x, x, 0xb1); }
+inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm512_fmadd_ps(x, _mm512_set1_ps(1.0f), y); }
+inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm512_fnmadd_ps(y, _mm512_set1_ps(1.0f), x); }
+#else
+using F16Vec = __m256;
+inline constexpr std::int64_t f16c_lanes = 8;
+inline F16Vec f16c_load(const std::uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline __m128i f16c_pack(F16Vec x) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline void f16c_store(std::uint16_t* p, F16Vec x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), f16c_pack(x)); }
+inline F16Vec f16c_round(F16Vec x) { return _mm256_cvtph_ps(f16c_pack(x)); }
+inline F16Vec load_floats(const float* p) { return _mm256_loadu_ps(p); }
+inline void store_floats(float* p, F16Vec x) { _mm256_storeu_ps(p, x); }
+inline F16Vec swap_pairs(F16Vec x) { return _mm256_permute_ps(x, 0xb1); }
+inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm256_fmadd_ps(x, _mm256_set1_ps(1.0f), y); }
+inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm256_fnmadd_ps(y, _mm256_set1_ps(1.0f), x); }
+#endif
+// fma_add(x, y) = x*1 + y and fma_sub(x, y) = -(y*1) + x, rounded once: x + y and x - y to the bit
+// (a product by 1 is exact, zeros keep their signs), NaN payloads aside (which NaN of two comes
+// back is not specified; tests compare any NaN as equal). They run on the multiply-add units
+// rather than the adders, which the F16C conversions occupy (docs/PERFORMANCE.md, CPU variant C6).
+
+/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes lane rows
+/// (lane_rows): each cos entry twice, [c0 c0 c1 c1 ...], then the sin entries as [-s0 s0 -s1 s1 ...].
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool f16c_path = A == DType::f16 && N == Numerics::hf_compatible &&
+                                  (P == Pairing::half_split || P == Pairing::interleaved);
+
+/// hf_compatible float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2), on
+/// the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos plus x with each pair
+/// swapped times (-s, s) gives a' = R(ac) + R(b(-s)) in the even lanes, the bits of R(ac) - R(bs)
+/// (R is odd, x + (-y) is x - y), and b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings).
+/// Each group of pairs is read before it is written, so in place is safe.
+inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n, std::int64_t n,
+                                    std::uint16_t* dst) {
+  for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
+    const F16Vec x = f16c_load(src + i);
+    const F16Vec xc = f16c_round(x * load_floats(cos2 + i));
+    const F16Vec xs = f16c_round(swap_pairs(x) * load_floats(sin2n + i));
+    f16c_store(dst + i, fma_add(xc, xs));
+  }
+}
+
+/// hf_compatible float16 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes), straight
+/// from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored bits. Each
+/// group of pairs is read before it is written and no other group reads it, so in place is safe.
+inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
+                                   std::int64_t n, std::int64_t half, std::uint16_t* dst) {
+  for (std::int64_t i = 0; i < n; i += f16c_lanes) {
+    const F16Vec a = f16c_load(src + i);
+    const F16Vec b = f16c_load(src + i + half);
+    const F16Vec c = load_floats(cos_row + i);
+    const F16Vec s = load_floats(sin_row + i);
+    f16c_store(dst + i, fma_sub(f16c_round(a * c), f16c_round(b * s)));
+    f16c_store(dst + i + half, fma_add(f16c_round(b * c), f16c_round(a * s)));
+  }
+}
+#else
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool f16c_path = false;
+#endif
+
+#if POSENC_CPU_BF16
+// ---- bfloat16 hf_compatible on AVX512-BF16 -------------------------------------------------------
+//
+// vcvtne2ps2bf16 rounds 32 floats to bfloat16 (round to nearest even) in one instruction. It gives
+// bf16_round's bits for every float except the subnormals, which it takes as zero whatever MXCSR
+// says (tests/test_large.cpp checks all 2^32 floats). So this path only runs where no rounding can
+// see a subnormal: cos/sin entries 0 or of magnitude >= 2^-40 (checked once per token) and
+// activations 0 or >= 2^-79 (checked per block; a block with a smaller one takes the emulation).
+// Then every product is 0 or >= 2^-119 in magnitude, its rounding a multiple of 2^-126, and so is
+// the sum of two such roundings: 0 or normal. NaN and infinity round as bf16_round does.
+//
+// Each rotated element is the sum of two rounded products, a' = R(ac) + R(-bs) (the bits of
+// R(ac) - R(bs): R is odd, x + (-y) is x - y) and b' = R(as) + R(bc), rounded once more. The
+// activations are spread into floats so that each float vector alternates the a and b of its pairs,
+// [a0 b0 a1 b1 ...] (one word permutation per 16 floats, from either layout); times the lane rows
+// [c0 -s0 c1 -s1 ...] and [s0 c0 s1 c1 ...] they give, side by side, the two products of one
+// result. vcvtne2ps2bf16 rounds 32 of them into 16 adjacent pairs of words, and vdpbf16ps against
+// (1, 1) with a -0 accumulator adds each pair in float: a product by 1 is exact, -0 + x is x, and
+// the sum is rounded once to nearest even (it denormalizes nothing here: both terms are 0 or normal
+// and their sum is 0 or normal, by the bounds above). So the sums need no widening of the rounded
+// words, and half-split results come out in order. (Before, C5: the rounded products were widened
+// again and added with vaddps, 32 vs 22 vector instructions per 32 pairs; docs/PERFORMANCE.md, C6.)
+
+/// Word w of `round2(high, low)` holds lane w % 16 of `low` (w < 16) or of `high` (vcvtne2ps2bf16).
+inline __m512i round2(__m512 high, __m512 low) {
+  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(high, low));
+}
+
+/// Lane k: the sum of words 2k and 2k + 1 of `w`, rounded once to float (vdpbf16ps, see above).
+inline __m512 bf16_pair_sums(__m512i w) {
+  return _mm512_dpbf16_ps(_mm512_set1_ps(-0.0f), reinterpret_cast<__m512bh>(w),
+                          reinterpret_cast<__m512bh>(_mm512_set1_epi32(0x3f803f80)));  // bfloat16 1.0, twice
+}
+
+/// Lanes of 32 bfloat16 words that are nonzero and below 2^-79 in magnitude (exponent field < 48).
+inline __mmask32 bf16_tiny(__m512i w) {
+  const __m512i twice = _mm512_add_epi16(w, w);  // the magnitude times two: the sign drops out
+  return _mm512_cmp_epu16_mask(_mm512_sub_epi16(twice, _mm512_set1_epi16(1)), _mm512_set1_epi16(0x2fff),
+                               _MM_CMPINT_LT);
+}
+
+/// Whether cos/sin entries [0, n) are all 0 or at least 2^-40 in magnitude (n a multiple of 16).
+inline bool bf16_rows_usable(const float* c, const float* s, std::int64_t n) {
+  const __m512 limit = _mm512_set1_ps(0x1p-40f);
+  const __m512 zero = _mm512_setzero_ps();
+  auto tiny = [&](__m512 x) {
+    return _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ) & _mm512_cmp_ps_mask(_mm512_abs_ps(x), limit, _CMP_LT_OQ);
+  };
+  __mmask16 found = 0;
+  for (std::int64_t i = 0; i < n; i += 16) found |= tiny(_mm512_loadu_ps(c + i)) | tiny(_mm512_loadu_ps(s + i));
+  return found == 0;
+}
+
+/// Word permutation indices that spread 16 words into the high halves of 16 floats (the low
+/// halves are zeroed by the mask bf16_odd_words): float l takes word `pick(l)` of the sources.
+inline constexpr __mmask32 bf16_odd_words = 0xaaaaaaaau;
+template <class Pick>
+consteval std::array<std::int16_t, 32> bf16_spread(Pick pick) {
+  std::array<std::int16_t, 32> out{};
+  for (int l = 0; l < 16; ++l) out[static_cast<std::size_t>(2 * l + 1)] = static_cast<std::int16_t>(pick(l));
+  return out;
+}
+
+/// x with lanes 1, 3, 5, ... negated.
+inline __m512 bf16_negate_odd(__m512 x) { return _mm512_mask_xor_ps(x, 0xaaaa, x, _mm512_set1_ps(-0.0f)); }
+
+/// Words 0-15 / 16-31 of one vector, in order.
+inline constexpr std::array<std::int16_t, 32> bf16_spread_low = bf16_spread([](int l) { return l; });
+inline constexpr std::array<std::int16_t, 32> bf16_spread_high = bf16_spread([](int l) { return 16 + l; });
+
+/// One 32-pair half-split block, [a0..a31] and [b0..b31]: float vector k alternates the a and b of
+/// pairs 8k..8k+7 (index < 32: a word, else b).
+consteval std::array<std::array<std::int16_t, 32>, 4> bf16_half_split_spread() {
+  std::array<std::array<std::int16_t, 32>, 4> out{};
+  for (int k = 0; k < 4; ++k) out[static_cast<std::size_t>(k)] = bf16_spread([k](int l) { return (l % 2 == 0 ? 0 : 32) + 8 * k + l / 2; });
+  return out;
+}
+inline constexpr std::int64_t bf16_half_split_block = 32;
+
+/// hf_compatible bfloat16 rotation of half-split pairs [0, n) (n a multiple of 32) with the lane
+/// rows `cs` = [c0 -s0 c1 -s1 ...] and `sc` = [s0 c0 s1 c1 ...]; a block with an activation below
+/// 2^-79 takes `fallback` (the emulation). Each block is read before it is written and no other
+/// block reads it, so in place is safe.
+template <class Fallback>
+inline void rotate_bf16_half_split(const std::uint16_t* src, const float* cs, const float* sc, std::int64_t n,
+                                   std::int64_t half, std::uint16_t* dst, Fallback&& fallback) {
+  static constexpr std::array<std::array<std::int16_t, 32>, 4> spread = bf16_half_split_spread();
+  const __m512i i0 = _mm512_loadu_si512(spread[0].data());
+  const __m512i i1 = _mm512_loadu_si512(spread[1].data());
+  const __m512i i2 = _mm512_loadu_si512(spread[2].data());
+  const __m512i i3 = _mm512_loadu_si512(spread[3].data());
+  for (std::int64_t i = 0; i < n; i += bf16_half_split_block) {
+    const __m512i a = _mm512_loadu_si512(src + i);
+    const __m512i b = _mm512_loadu_si512(src + half + i);
+    if ((bf16_tiny(a) | bf16_tiny(b)) != 0) {
+      fallback(i, i + bf16_half_split_block);
+      continue;
+    }
+    const __m512 v0 = _mm512_castsi512_ps(_mm512_maskz_permutex2var_epi16(bf16_odd_words, a, i0, b));
+    const __m512 v1 = _mm512_castsi512_ps(_mm512_maskz_permutex2var_epi16(bf16_odd_words, a, i1, b));
+    const __m512 v2 = _mm512_castsi512_ps(_mm512_maskz_permutex2var_epi16(bf16_odd_words, a, i2, b));
+    const __m512 v3 = _mm512_castsi512_ps(_mm512_maskz_permutex2var_epi16(bf16_odd_words, a, i3, b));
+    const float* c = cs + 2 * i;
+    const float* s = sc + 2 * i;
+    // Word pair k of each rounding: the two products of pair k (pairs 0-15, then 16-31).
+    const __m512 a_lo = bf16_pair_sums(round2(v1 * _mm512_loadu_ps(c + 16), v0 * _mm512_loadu_ps(c)));
+    const __m512 a_hi = bf16_pair_sums(round2(v3 * _mm512_loadu_ps(c + 48), v2 * _mm512_loadu_ps(c + 32)));
+    const __m512 b_lo = bf16_pair_sums(round2(v1 * _mm512_loadu_ps(s + 16), v0 * _mm512_loadu_ps(s)));
+    const __m512 b_hi = bf16_pair_sums(round2(v3 * _mm512_loadu_ps(s + 48), v2 * _mm512_loadu_ps(s + 32)));
+    _mm512_storeu_si512(dst + i, round2(a_hi, a_lo));
+    _mm512_storeu_si512(dst + half + i, round2(b_hi, b_lo));
+  }
+}
+
+/// Interleaved blocks: 16 pairs, 32 words [a0 b0 a1 b1 ...], spread in order (float l: word l, or
+/// 16 + l); the results [a'0..a'15 | b'0..b'15] are interleaved back by one permutation.
+inline constexpr std::int64_t bf16_interleaved_block = 16;
+
+/// hf_compatible bfloat16 rotation of interleaved pairs [0, n) (n a multiple of 16), as above.
+template <class Fallback>
+inline void rotate_bf16_interleaved(const std::uint16_t* src, const float* cs, const float* sc, std::int64_t n,
+                                    std::uint16_t* dst, Fallback&& fallback) {
+  static constexpr std::array<std::int16_t, 32> order = [] {
+    std::array<std::int16_t, 32> out{};
+    for (int p = 0; p < 16; ++p) {
+      out[static_cast<std::size_t>(2 * p)] = static_cast<std::int16_t>(p);
+      out[static_cast<std::size_t>(2 * p + 1)] = static_cast<std::int16_t>(16 + p);
+    }
+    return out;
+  }();
+  const __m512i i0 = _mm512_loadu_si512(bf16_spread_low.data());
+  const __m512i i1 = _mm512_loadu_si512(bf16_spread_high.data());
+  const __m512i out_index = _mm512_loadu_si512(order.data());
+  for (std::int64_t i = 0; i < n; i += bf16_interleaved_block) {
+    const __m512i x = _mm512_loadu_si512(src + 2 * i);
+    if (bf16_tiny(x) != 0) {
+      fallback(i, i + bf16_interleaved_block);
+      continue;
+    }
+    const __m512 v0 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(bf16_odd_words, i0, x));
+    const __m512 v1 = _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(bf16_odd_words, i1, x));
+    const float* c = cs + 2 * i;
+    const float* s = sc + 2 * i;
+    const __m512 a = bf16_pair_sums(round2(v1 * _mm512_loadu_ps(c + 16), v0 * _mm512_loadu_ps(c)));
+    const __m512 b = bf16_pair_sums(round2(v1 * _mm512_loadu_ps(s + 16), v0 * _mm512_loadu_ps(s)));
+    _mm512_storeu_si512(dst + 2 * i, _mm512_permutexvar_epi16(out_index, round2(b, a)));
+  }
+}
+
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_path = A == DType::bf16 && N == Numerics::hf_compatible &&
+                                  (P == Pairing::half_split || P == Pairing::interleaved);
+#else
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_path = false;
+#endif
+
+/// Entries [0, n) of the cached rows `c`, `s` rounded to R (round_act<R>), into cos_row / sin_row.
+/// The F16C builds round float16 with the hardware round trip (bit-identical to f16_round for every
+/// float: tests/test_large.cpp), the AVX512-BF16 build bfloat16 with vcvtne2ps2bf16 on 16 entries of
+/// each row at a time unless one is subnormal (the only floats it rounds otherwise): per token this
+/// replaces 2 x half emulated roundings (docs/PERFORMANCE.md, CPU variant C6).
+template <DType R>
+inline void round_rows(const float* c, const float* s, std::int64_t n, float* cos_row, float* sin_row) {
+  std::int64_t i = 0;
+#if POSENC_CPU_F16C
+  if constexpr (R == DType::f16) {
+    for (; i + f16c_lanes <= n; i += f16c_lanes) {
+      store_floats(cos_row + i, f16c_round(load_floats(c + i)));
+      store_floats(sin_row + i, f16c_round(load_floats(s + i)));
+    }
+  }
+#endif
+#if POSENC_CPU_BF16
+  if constexpr (R == DType::bf16) {
+    for (; i + 16 <= n; i += 16) {
+      const __m512 cv = _mm512_loadu_ps(c + i);
+      const __m512 sv = _mm512_loadu_ps(s + i);
+      constexpr int subnormal = 0x20;  // vfpclassps: denormal
+      if ((_mm512_fpclass_ps_mask(cv, subnormal) | _mm512_fpclass_ps_mask(sv, subnormal)) != 0) break;
+      // Words 0-15: cos, 16-31: sin; spread back into floats in order.
+      const __m512i w = round2(sv, cv);
+      const __m512i low = _mm512_loadu_si512(bf16_spread_low.data());
+      const __m512i high = _mm512_loadu_si512(bf16_spread_high.data());
+      _mm512_storeu_si512(cos_row + i, _mm512_maskz_permutexvar_epi16(bf16_odd_words, low, w));
+      _mm512_storeu_si512(sin_row + i, _mm512_maskz_permutexvar_epi16(bf16_odd_words, high, w));
+    }
+  }
+#endif
+  for (; i < n; ++i) {
+    cos_row[i] = detail::round_act<R>(c[i]);
+    sin_row[i] = detail::round_act<R>(s[i]);
+  }
+}
+
 /// One token's cos/sin row, shared by every head of Q and K. Single-stream calls use the token's
 /// one position for every pair; multi-axis calls (M-RoPE, 2-D) read the token's position in each
 /// stream once and give pair i the one of its stream. With a row cache the rows come from it (and
@@ -124,10 +408,7 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
     // keeps float32 cos/sin.
     constexpr DType R = N == Numerics::accurate ? DType::f32 : A;
     if (call.pair_stream == nullptr) {
-      for (std::int64_t i = 0; i < call.half; ++i) {
-        cos_row[i] = detail::round_act<R>(c[0][i]);
-        sin_row[i] = detail::round_act<R>(s[0][i]);
-      }
+      round_rows<R>(c[0], s[0], call.half, cos_row, sin_row);
     } else {
       for (std::int64_t i = 0; i < call.half; ++i) {
         const std::uint8_t st = call.pair_stream[i];
@@ -149,236 +430,6 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
   }
 }
 
-#if POSENC_CPU_F16C
-// ---- float16 hf_compatible on F16C --------------------------------------------------------------
-//
-// The rotation's roundings to float16 are vcvtps2ph (round to nearest even) + vcvtph2ps: the same
-// bits as rope_math.hpp's f16_round for every float (tests/test_large.cpp compares all 2^32, in
-// both widths), in two instructions instead of a dozen integer operations per lane. The kernels are
-// written once over the vector type below: eight lanes (ymm) in the AVX2 build, sixteen (zmm, the
-// EVEX forms of the same conversions) in the AVX-512 builds, because a zmm conversion costs about
-// what a ymm one does, for twice the lanes (docs/PERFORMANCE.md, CPU variant C5-f16).
-#if POSENC_CPU_F16C == 16
-using F16Vec = __m512;
-inline constexpr std::int64_t f16c_lanes = 16;
-/// The masked forms with every lane on are the plain instructions; GCC 12's unmasked intrinsics read
-/// an undefined vector, which -Wmaybe-uninitialized reports.
-inline F16Vec f16c_load(const std::uint16_t* p) {
-  return _mm512_maskz_cvtph_ps(0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-}
-inline __m256i f16c_pack(F16Vec x) {
-  return _mm512_maskz_cvtps_ph(0xffff, x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-}
-inline void f16c_store(std::uint16_t* p, F16Vec x) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), f16c_pack(x));
-}
-inline F16Vec f16c_round(F16Vec x) { return _mm512_maskz_cvtph_ps(0xffff, f16c_pack(x)); }
-inline F16Vec load_floats(const float* p) { return _mm512_loadu_ps(p); }
-inline F16Vec swap_pairs(F16Vec x) { return _mm512_shuffle_ps(x, x, 0xb1); }
-#else
-using F16Vec = __m256;
-inline constexpr std::int64_t f16c_lanes = 8;
-inline F16Vec f16c_load(const std::uint16_t* p) {
-  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-}
-inline __m128i f16c_pack(F16Vec x) { return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-inline void f16c_store(std::uint16_t* p, F16Vec x) { _mm_storeu_si128(reinterpret_cast<__m128i*>(p), f16c_pack(x)); }
-inline F16Vec f16c_round(F16Vec x) { return _mm256_cvtph_ps(f16c_pack(x)); }
-inline F16Vec load_floats(const float* p) { return _mm256_loadu_ps(p); }
-inline F16Vec swap_pairs(F16Vec x) { return _mm256_permute_ps(x, 0xb1); }
-#endif
-
-/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes lane rows
-/// (lane_rows): each cos entry twice, [c0 c0 c1 c1 ...], then the sin entries as [-s0 s0 -s1 s1 ...].
-template <DType A, Pairing P, Numerics N>
-inline constexpr bool f16c_path = A == DType::f16 && N == Numerics::hf_compatible &&
-                                  (P == Pairing::half_split || P == Pairing::interleaved);
-
-/// hf_compatible float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2), on
-/// the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos plus x with each pair
-/// swapped times (-s, s) gives a' = R(ac) + R(b(-s)) in the even lanes, the bits of R(ac) - R(bs)
-/// (R is odd, x + (-y) is x - y), and b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings).
-/// Each group of pairs is read before it is written, so in place is safe.
-inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n, std::int64_t n,
-                                    std::uint16_t* dst) {
-  for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
-    const F16Vec x = f16c_load(src + i);
-    const F16Vec xc = f16c_round(x * load_floats(cos2 + i));
-    const F16Vec xs = f16c_round(swap_pairs(x) * load_floats(sin2n + i));
-    f16c_store(dst + i, xc + xs);
-  }
-}
-
-/// hf_compatible float16 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes), straight
-/// from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored bits. Each
-/// group of pairs is read before it is written and no other group reads it, so in place is safe.
-inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
-                                   std::int64_t n, std::int64_t half, std::uint16_t* dst) {
-  for (std::int64_t i = 0; i < n; i += f16c_lanes) {
-    const F16Vec a = f16c_load(src + i);
-    const F16Vec b = f16c_load(src + i + half);
-    const F16Vec c = load_floats(cos_row + i);
-    const F16Vec s = load_floats(sin_row + i);
-    f16c_store(dst + i, f16c_round(a * c) - f16c_round(b * s));
-    f16c_store(dst + i + half, f16c_round(b * c) + f16c_round(a * s));
-  }
-}
-#else
-template <DType A, Pairing P, Numerics N>
-inline constexpr bool f16c_path = false;
-#endif
-
-#if POSENC_CPU_BF16
-// ---- bfloat16 hf_compatible on AVX512-BF16 -------------------------------------------------------
-//
-// vcvtne2ps2bf16 rounds 32 floats to bfloat16 (round to nearest even) in one instruction. It gives
-// bf16_round's bits for every float except the subnormals, which it takes as zero whatever MXCSR
-// says (tests/test_large.cpp checks all 2^32 floats). So this path only runs where no rounding can
-// see a subnormal: cos/sin entries 0 or of magnitude >= 2^-40 (checked once per token) and
-// activations 0 or >= 2^-79 (checked per block; a block with a smaller one takes the emulation).
-// Then every product is 0 or >= 2^-119 in magnitude, its rounding a multiple of 2^-126, and so is
-// the sum of two such roundings: 0 or normal. NaN and infinity round as bf16_round does.
-//
-// 32 bfloat16 words become floats in two instructions, without shuffles: shifted left by 16 they
-// are the even words, masked to the high half the odd ones (lane k holds word 2k, or 2k + 1).
-// Loads widen that way and so do the rounded products, so the half-split path rearranges cos/sin
-// into even and odd pairs once per token, and one word permutation per stored vector restores the
-// order. The permutations below are computed from these rules, not written out. (Widening in order
-// instead costs one conversion per 16 lanes and three instructions per widening: slower, CPU
-// variant C5-a in docs/PERFORMANCE.md.)
-
-/// Lanes k of the even / odd widening hold words 2k / 2k + 1. (A GNU vector shift: GCC 12's
-/// _mm512_slli_epi32 reads an undefined vector, which -Wmaybe-uninitialized reports.)
-using u32x16 = std::uint32_t __attribute__((vector_size(64)));
-inline __m512 widen_even(__m512i w) { return reinterpret_cast<__m512>(reinterpret_cast<u32x16>(w) << 16); }
-inline __m512 widen_odd(__m512i w) {
-  return _mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))));
-}
-
-/// Word w of `round2(high, low)` holds lane w % 16 of `low` (w < 16) or of `high` (vcvtne2ps2bf16).
-inline __m512i round2(__m512 high, __m512 low) {
-  return reinterpret_cast<__m512i>(_mm512_cvtne2ps_pbh(high, low));
-}
-
-/// hf_compatible rotation of 16 pairs (a, b) in lanes, with cos, sin and -sin in the same lanes:
-/// a' = R(R(ac) + R(b(-s))), the bits of R(R(ac) - R(bs)) (R is odd, x + (-y) is x - y), and
-/// b' = R(R(bc) + R(as)). Where each result lands in the returned 32 words: bf16_core_word.
-inline __m512i bf16_rotate16(__m512 a, __m512 b, const float* c, const float* s, const float* ns) {
-  const __m512 cv = _mm512_load_ps(c);
-  // x = [R(bc) | R(ac)] and y = [R(as) | R(-bs)]: word for word, the two terms of one result.
-  const __m512i x = round2(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, cv));
-  const __m512i y = round2(_mm512_mul_ps(b, _mm512_load_ps(ns)), _mm512_mul_ps(a, _mm512_load_ps(s)));
-  return round2(_mm512_add_ps(widen_odd(x), widen_odd(y)), _mm512_add_ps(widen_even(x), widen_even(y)));
-}
-
-/// What word w of bf16_rotate16's result holds: a' (a true) or b' of the pair in `lane`.
-struct CoreWord {
-  bool a;
-  int lane;
-};
-constexpr CoreWord bf16_core_word(int w) {
-  const int m = 2 * (w % 16) + (w >= 16 ? 1 : 0);  // the word of x and y summed there
-  return {m >= 16, m % 16};
-}
-
-/// Lanes of 32 bfloat16 words that are nonzero and below 2^-79 in magnitude (exponent field < 48).
-inline __mmask32 bf16_tiny(__m512i w) {
-  const __m512i twice = _mm512_add_epi16(w, w);  // the magnitude times two: the sign drops out
-  return _mm512_cmp_epu16_mask(_mm512_sub_epi16(twice, _mm512_set1_epi16(1)), _mm512_set1_epi16(0x2fff),
-                               _MM_CMPINT_LT);
-}
-
-/// Whether cos/sin entries [0, n) are all 0 or at least 2^-40 in magnitude (n a multiple of 16).
-inline bool bf16_rows_usable(const float* c, const float* s, std::int64_t n) {
-  const __m512 limit = _mm512_set1_ps(0x1p-40f);
-  const __m512 zero = _mm512_setzero_ps();
-  auto tiny = [&](__m512 x) {
-    return _mm512_cmp_ps_mask(x, zero, _CMP_NEQ_UQ) & _mm512_cmp_ps_mask(_mm512_abs_ps(x), limit, _CMP_LT_OQ);
-  };
-  __mmask16 found = 0;
-  for (std::int64_t i = 0; i < n; i += 16) found |= tiny(_mm512_loadu_ps(c + i)) | tiny(_mm512_loadu_ps(s + i));
-  return found == 0;
-}
-
-/// Half-split blocks: 32 pairs, [a0..a31] and [b0..b31]; the even widening holds the even pairs,
-/// the odd one the odd pairs. Lane rows per block: cos, sin and -sin of the even and the odd
-/// pairs, [c_e c_o s_e s_o ns_e ns_o] (96 floats).
-inline constexpr std::int64_t bf16_half_split_block = 32;
-
-/// Where a'[p] (entry p) and b'[p] (entry 32 + p) of a half-split block land in (f_e, f_o).
-consteval std::array<std::int16_t, 64> bf16_half_split_positions() {
-  std::array<std::int16_t, 64> out{};
-  for (int v = 0; v < 2; ++v) {  // f_e, f_o: the even / odd pairs
-    for (int w = 0; w < 32; ++w) {
-      const CoreWord cw = bf16_core_word(w);
-      out[static_cast<std::size_t>((cw.a ? 0 : 32) + 2 * cw.lane + v)] = static_cast<std::int16_t>(32 * v + w);
-    }
-  }
-  return out;
-}
-
-/// hf_compatible bfloat16 rotation of half-split pairs [0, n) (n a multiple of 32); a block with an
-/// activation below 2^-79 takes `fallback` (the emulation). Each block is read before it is written
-/// and no other block reads it, so in place is safe.
-template <class Fallback>
-inline void rotate_bf16_half_split(const std::uint16_t* src, const float* lanes, std::int64_t n, std::int64_t half,
-                                   std::uint16_t* dst, Fallback&& fallback) {
-  static constexpr std::array<std::int16_t, 64> pos = bf16_half_split_positions();
-  const __m512i a_index = _mm512_loadu_si512(pos.data());
-  const __m512i b_index = _mm512_loadu_si512(pos.data() + 32);
-  for (std::int64_t i = 0; i < n; i += bf16_half_split_block, lanes += 96) {
-    const __m512i a = _mm512_loadu_si512(src + i);
-    const __m512i b = _mm512_loadu_si512(src + half + i);
-    if ((bf16_tiny(a) | bf16_tiny(b)) != 0) {
-      fallback(i, i + bf16_half_split_block);
-      continue;
-    }
-    const __m512i f_e = bf16_rotate16(widen_even(a), widen_even(b), lanes, lanes + 32, lanes + 64);
-    const __m512i f_o = bf16_rotate16(widen_odd(a), widen_odd(b), lanes + 16, lanes + 48, lanes + 80);
-    _mm512_storeu_si512(dst + i, _mm512_permutex2var_epi16(f_e, a_index, f_o));
-    _mm512_storeu_si512(dst + half + i, _mm512_permutex2var_epi16(f_e, b_index, f_o));
-  }
-}
-
-/// Interleaved blocks: 16 pairs, 32 words [a0 b0 a1 b1 ...]; the even widening holds the a, the
-/// odd one the b, pair k in lane k. Lane rows per block: cos, sin and -sin, [c s ns] (48 floats).
-inline constexpr std::int64_t bf16_interleaved_block = 16;
-
-/// Where element e (0-31: a'[e / 2] or b'[e / 2]) of an interleaved block lands in the result.
-consteval std::array<std::int16_t, 32> bf16_interleaved_positions() {
-  std::array<std::int16_t, 32> out{};
-  for (int w = 0; w < 32; ++w) {
-    const CoreWord cw = bf16_core_word(w);
-    out[static_cast<std::size_t>(2 * cw.lane + (cw.a ? 0 : 1))] = static_cast<std::int16_t>(w);
-  }
-  return out;
-}
-
-/// hf_compatible bfloat16 rotation of interleaved pairs [0, n) (n a multiple of 16), as above.
-template <class Fallback>
-inline void rotate_bf16_interleaved(const std::uint16_t* src, const float* lanes, std::int64_t n, std::uint16_t* dst,
-                                    Fallback&& fallback) {
-  static constexpr std::array<std::int16_t, 32> pos = bf16_interleaved_positions();
-  const __m512i index = _mm512_loadu_si512(pos.data());
-  for (std::int64_t i = 0; i < n; i += bf16_interleaved_block, lanes += 48) {
-    const __m512i x = _mm512_loadu_si512(src + 2 * i);
-    if (bf16_tiny(x) != 0) {
-      fallback(i, i + bf16_interleaved_block);
-      continue;
-    }
-    const __m512i f = bf16_rotate16(widen_even(x), widen_odd(x), lanes, lanes + 16, lanes + 32);
-    _mm512_storeu_si512(dst + 2 * i, _mm512_permutexvar_epi16(index, f));
-  }
-}
-
-template <DType A, Pairing P, Numerics N>
-inline constexpr bool bf16_path = A == DType::bf16 && N == Numerics::hf_compatible &&
-                                  (P == Pairing::half_split || P == Pairing::interleaved);
-#else
-template <DType A, Pairing P, Numerics N>
-inline constexpr bool bf16_path = false;
-#endif
-
 /// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool uses_lane_rows = bf16_path<A, P, N> || (f16c_path<A, P, N> && P == Pairing::interleaved);
@@ -389,33 +440,19 @@ template <DType A, Pairing P, Numerics N>
 inline const float* lane_rows(const float* cos_row, const float* sin_row, std::int64_t half, float* lanes) {
 #if POSENC_CPU_BF16
   if constexpr (bf16_path<A, P, N>) {
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    float* out = lanes;
-    if constexpr (P == Pairing::half_split) {
-      const std::int64_t n = half - half % bf16_half_split_block;
-      if (!bf16_rows_usable(cos_row, sin_row, n)) return nullptr;
-      const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-      const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-      for (std::int64_t i = 0; i < n; i += bf16_half_split_block, out += 96) {
-        const __m512 c0 = _mm512_loadu_ps(cos_row + i), c1 = _mm512_loadu_ps(cos_row + i + 16);
-        const __m512 s0 = _mm512_loadu_ps(sin_row + i), s1 = _mm512_loadu_ps(sin_row + i + 16);
-        const __m512 s_e = _mm512_permutex2var_ps(s0, even, s1), s_o = _mm512_permutex2var_ps(s0, odd, s1);
-        _mm512_store_ps(out, _mm512_permutex2var_ps(c0, even, c1));
-        _mm512_store_ps(out + 16, _mm512_permutex2var_ps(c0, odd, c1));
-        _mm512_store_ps(out + 32, s_e);
-        _mm512_store_ps(out + 48, s_o);
-        _mm512_store_ps(out + 64, _mm512_xor_ps(s_e, sign));
-        _mm512_store_ps(out + 80, _mm512_xor_ps(s_o, sign));
-      }
-    } else {
-      const std::int64_t n = half - half % bf16_interleaved_block;
-      if (!bf16_rows_usable(cos_row, sin_row, n)) return nullptr;
-      for (std::int64_t i = 0; i < n; i += bf16_interleaved_block, out += 48) {
-        const __m512 s = _mm512_loadu_ps(sin_row + i);
-        _mm512_store_ps(out, _mm512_loadu_ps(cos_row + i));
-        _mm512_store_ps(out + 16, s);
-        _mm512_store_ps(out + 32, _mm512_xor_ps(s, sign));
-      }
+    // [c0 -s0 c1 -s1 ...] then [s0 c0 s1 c1 ...] (rotate_bf16_*), 16 pairs at a time.
+    const std::int64_t n = half - half % 16;
+    if (!bf16_rows_usable(cos_row, sin_row, n)) return nullptr;
+    const __m512i low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i high = _mm512_add_epi32(low, _mm512_set1_epi32(8));
+    float* sc = lanes + 2 * half;
+    for (std::int64_t i = 0; i < n; i += 16) {
+      const __m512 c = _mm512_loadu_ps(cos_row + i);
+      const __m512 s = _mm512_loadu_ps(sin_row + i);
+      _mm512_storeu_ps(lanes + 2 * i, bf16_negate_odd(_mm512_permutex2var_ps(c, low, s)));
+      _mm512_storeu_ps(lanes + 2 * i + 16, bf16_negate_odd(_mm512_permutex2var_ps(c, high, s)));
+      _mm512_storeu_ps(sc + 2 * i, _mm512_permutex2var_ps(s, low, c));
+      _mm512_storeu_ps(sc + 2 * i + 16, _mm512_permutex2var_ps(s, high, c));
     }
     return lanes;
   }
@@ -478,10 +515,10 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
       };
       if constexpr (P == Pairing::interleaved) {
         first = half - half % bf16_interleaved_block;
-        rotate_bf16_interleaved(src, lanes, first, dst, fallback);
+        rotate_bf16_interleaved(src, lanes, lanes + 2 * half, first, dst, fallback);
       } else {
         first = half - half % bf16_half_split_block;
-        rotate_bf16_half_split(src, lanes, first, half, dst, fallback);
+        rotate_bf16_half_split(src, lanes, lanes + 2 * half, first, half, dst, fallback);
       }
     }
   }
