@@ -121,6 +121,8 @@ inline F16Vec f16c_round(F16Vec x) { return _mm512_maskz_cvtph_ps(0xffff, f16c_p
 inline F16Vec load_floats(const float* p) { return _mm512_loadu_ps(p); }
 inline void store_floats(float* p, F16Vec x) { _mm512_storeu_ps(p, x); }
 inline F16Vec swap_pairs(F16Vec x) { return _mm512_shuffle_ps(x, x, 0xb1); }
+inline F16Vec fma(F16Vec x, F16Vec y, F16Vec z) { return _mm512_fmadd_ps(x, y, z); }
+inline F16Vec fms(F16Vec x, F16Vec y, F16Vec z) { return _mm512_fmsub_ps(x, y, z); }
 inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm512_fmadd_ps(x, _mm512_set1_ps(1.0f), y); }
 inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm512_fnmadd_ps(y, _mm512_set1_ps(1.0f), x); }
 #else
@@ -135,6 +137,8 @@ inline F16Vec f16c_round(F16Vec x) { return _mm256_cvtph_ps(f16c_pack(x)); }
 inline F16Vec load_floats(const float* p) { return _mm256_loadu_ps(p); }
 inline void store_floats(float* p, F16Vec x) { _mm256_storeu_ps(p, x); }
 inline F16Vec swap_pairs(F16Vec x) { return _mm256_permute_ps(x, 0xb1); }
+inline F16Vec fma(F16Vec x, F16Vec y, F16Vec z) { return _mm256_fmadd_ps(x, y, z); }
+inline F16Vec fms(F16Vec x, F16Vec y, F16Vec z) { return _mm256_fmsub_ps(x, y, z); }
 inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm256_fmadd_ps(x, _mm256_set1_ps(1.0f), y); }
 inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm256_fnmadd_ps(y, _mm256_set1_ps(1.0f), x); }
 #endif
@@ -143,30 +147,40 @@ inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm256_fnmadd_ps(y, _mm256_se
 // back is not specified; tests compare any NaN as equal). They run on the multiply-add units
 // rather than the adders, which the F16C conversions occupy (docs/PERFORMANCE.md, CPU variant C6).
 
-/// Whether the F16C float16 path of rotate_window applies; for interleaved pairs it takes lane rows
+/// Whether the F16C float16 path of rotate_window applies (every numerics: loads widen with
+/// vcvtph2ps, the one rounding of hf_fp32_apply and accurate is the storing vcvtps2ph, and
+/// hf_compatible's product roundings are round trips); for interleaved pairs it takes lane rows
 /// (lane_rows): each cos entry twice, [c0 c0 c1 c1 ...], then the sin entries as [-s0 s0 -s1 s1 ...].
 template <DType A, Pairing P, Numerics N>
-inline constexpr bool f16c_path = A == DType::f16 && N == Numerics::hf_compatible &&
-                                  (P == Pairing::half_split || P == Pairing::interleaved);
+inline constexpr bool f16c_path = A == DType::f16 && (P == Pairing::half_split || P == Pairing::interleaved);
 
-/// hf_compatible float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2), on
-/// the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos plus x with each pair
-/// swapped times (-s, s) gives a' = R(ac) + R(b(-s)) in the even lanes, the bits of R(ac) - R(bs)
-/// (R is odd, x + (-y) is x - y), and b' = R(bc) + R(as) in the odd ones (rotate_hf's roundings).
-/// Each group of pairs is read before it is written, so in place is safe.
+/// float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2) under numerics N,
+/// on the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos, and x with each
+/// pair swapped times (-s, s), hold ac and b(-s) = -(bs) in the even lanes, bc and as in the odd
+/// ones; their sum is a' and b' (x + (-y) is x - y). hf_compatible rounds both products first
+/// (rotate_hf, R odd: R(b(-s)) = -R(bs)), hf_fp32_apply adds them as they are (rotate_fp32) and
+/// accurate fuses the first product into the sum (rotate_accurate). Each group of pairs is read
+/// before it is written, so in place is safe.
+template <Numerics N>
 inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n, std::int64_t n,
                                     std::uint16_t* dst) {
   for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
     const F16Vec x = f16c_load(src + i);
-    const F16Vec xc = f16c_round(x * load_floats(cos2 + i));
-    const F16Vec xs = f16c_round(swap_pairs(x) * load_floats(sin2n + i));
-    f16c_store(dst + i, fma_add(xc, xs));
+    const F16Vec xs = swap_pairs(x) * load_floats(sin2n + i);
+    if constexpr (N == Numerics::hf_compatible) {
+      f16c_store(dst + i, fma_add(f16c_round(x * load_floats(cos2 + i)), f16c_round(xs)));
+    } else if constexpr (N == Numerics::hf_fp32_apply) {
+      f16c_store(dst + i, fma_add(x * load_floats(cos2 + i), xs));
+    } else {
+      f16c_store(dst + i, fma(x, load_floats(cos2 + i), xs));
+    }
   }
 }
 
-/// hf_compatible float16 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes), straight
-/// from `src` to `dst`: rotate_hf's roundings, the last one straight into the stored bits. Each
-/// group of pairs is read before it is written and no other group reads it, so in place is safe.
+/// float16 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes) under numerics N,
+/// straight from `src` to `dst` with rope_math.hpp's operations (the last rounding is the store).
+/// Each group of pairs is read before it is written and no other group reads it, so in place is safe.
+template <Numerics N>
 inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
                                    std::int64_t n, std::int64_t half, std::uint16_t* dst) {
   for (std::int64_t i = 0; i < n; i += f16c_lanes) {
@@ -174,8 +188,16 @@ inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_ro
     const F16Vec b = f16c_load(src + i + half);
     const F16Vec c = load_floats(cos_row + i);
     const F16Vec s = load_floats(sin_row + i);
-    f16c_store(dst + i, fma_sub(f16c_round(a * c), f16c_round(b * s)));
-    f16c_store(dst + i + half, fma_add(f16c_round(b * c), f16c_round(a * s)));
+    if constexpr (N == Numerics::hf_compatible) {
+      f16c_store(dst + i, fma_sub(f16c_round(a * c), f16c_round(b * s)));
+      f16c_store(dst + i + half, fma_add(f16c_round(b * c), f16c_round(a * s)));
+    } else if constexpr (N == Numerics::hf_fp32_apply) {
+      f16c_store(dst + i, fma_sub(a * c, b * s));
+      f16c_store(dst + i + half, fma_add(b * c, a * s));
+    } else {
+      f16c_store(dst + i, fms(a, c, b * s));  // fma(a, c, -(bs))
+      f16c_store(dst + i + half, fma(b, c, a * s));
+    }
   }
 }
 #else
@@ -526,10 +548,10 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
 #if POSENC_CPU_F16C
   if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
     first = half - half % (f16c_lanes / 2);
-    rotate_f16c_interleaved(src, lanes, lanes + 2 * half, first, dst);
+    rotate_f16c_interleaved<N>(src, lanes, lanes + 2 * half, first, dst);
   } else if constexpr (f16c_path<A, P, N>) {
     first = half - half % f16c_lanes;
-    rotate_f16c_half_split(src, cos_row, sin_row, first, half, dst);
+    rotate_f16c_half_split<N>(src, cos_row, sin_row, first, half, dst);
   }
 #endif
   (void)lanes;
