@@ -321,52 +321,56 @@ TEST_P(EngineSweep, SpecialValuesBitIdentical) {
   }
 }
 
-// On CPUs with AVX512-BF16 the bfloat16 hf_compatible kernels round with vcvtne2ps2bf16, which
-// takes subnormals as zero; they run only where no rounding can meet one (activations 0 or at
-// least 2^-79 per block, cos/sin 0 or at least 2^-40 per token) and emulate elsewhere. Activations
-// around 2^-79 (one tiny element in a normal block, whole blocks near the bound or just above it,
-// zeros, the full exponent range with its overflows), cos/sin scaled by attention factors around
-// 2^-40 and position 0 (sin exactly 0) must stay bit-identical, NaNs included, on both pairings
-// and a window with a remainder (80: 32 + 8 pairs).
+// On CPUs with AVX512-BF16 the bfloat16 kernels round with vcvtne2ps2bf16, which takes
+// subnormals as zero. hf_compatible runs them only where no rounding can meet one (activations 0
+// or at least 2^-79 per block, cos/sin 0 or at least 2^-40 per token); hf_fp32_apply and accurate
+// only on blocks whose float results are not subnormal; elsewhere they emulate. Activations around
+// 2^-79 (one tiny element in a normal block, whole blocks near the bound or just above it, zeros,
+// the full exponent range with its overflows), cos/sin scaled by attention factors around 2^-40
+// and down to 2^-60 (subnormal products and results) and position 0 (sin exactly 0) must stay
+// bit-identical, NaNs included, for every numerics, on both pairings and a window with a remainder
+// (80: 32 + 8 pairs).
 TEST_P(EngineSweep, Bf16TinyMagnitudesBitIdentical) {
   const KernelBuild build(GetParam());
   std::uint64_t seed = 700;
   for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved}) {
     for (const double factor : {1.0, 0x1p-38, 0x1p-40, 0x1p-41, 0x1p-60}) {
       for (const std::int64_t head_dim : {128, 80}) {
-        RopeSpec spec = scheme_spec(Scaling::none, head_dim, 0, 0, pairing, Numerics::hf_compatible);
-        spec.attention_factor = factor;
-        const std::int64_t tokens = 48;
-        const std::int64_t heads = 4;
-        HostTensor src(DType::bf16, tokens, heads, head_dim);
-        fill_random(src.view, ++seed);
-        std::mt19937_64 rng(seed);
-        auto with_exponent = [&](std::uint32_t lo, std::uint32_t hi) {  // random sign and mantissa
-          const auto r = static_cast<std::uint32_t>(rng());
-          return (r & 0x807fu) | ((lo + (r >> 16) % (hi - lo + 1)) << 7);
-        };
-        for (std::int64_t t = 0; t < tokens; ++t) {
-          for (std::int64_t h = 0; h < heads; ++h) {
-            const std::int64_t mode = (t * heads + h) % 6;
-            for (std::int64_t d = 0; d < head_dim; ++d) {
-              if (mode == 1 && d % 7 == 0) store_bits(src.view, t, h, d, (rng() & 1) << 15);  // zeros
-              if (mode == 2 && d == static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(head_dim))) {
-                store_bits(src.view, t, h, d, with_exponent(40, 47));  // below 2^-79
+        for (const Numerics numerics : all_numerics) {
+          RopeSpec spec = scheme_spec(Scaling::none, head_dim, 0, 0, pairing, numerics);
+          spec.attention_factor = factor;
+          const std::int64_t tokens = 48;
+          const std::int64_t heads = 4;
+          HostTensor src(DType::bf16, tokens, heads, head_dim);
+          fill_random(src.view, ++seed);
+          std::mt19937_64 rng(seed);
+          auto with_exponent = [&](std::uint32_t lo, std::uint32_t hi) {  // random sign and mantissa
+            const auto r = static_cast<std::uint32_t>(rng());
+            return (r & 0x807fu) | ((lo + (r >> 16) % (hi - lo + 1)) << 7);
+          };
+          for (std::int64_t t = 0; t < tokens; ++t) {
+            for (std::int64_t h = 0; h < heads; ++h) {
+              const std::int64_t mode = (t * heads + h) % 6;
+              for (std::int64_t d = 0; d < head_dim; ++d) {
+                if (mode == 1 && d % 7 == 0) store_bits(src.view, t, h, d, (rng() & 1) << 15);  // zeros
+                if (mode == 2 && d == static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(head_dim))) {
+                  store_bits(src.view, t, h, d, with_exponent(40, 47));  // below 2^-79
+                }
+                if (mode == 3) store_bits(src.view, t, h, d, with_exponent(44, 52));  // around 2^-79
+                if (mode == 4) store_bits(src.view, t, h, d, with_exponent(48, 56));  // from 2^-79 up
+                if (mode == 5) store_bits(src.view, t, h, d, with_exponent(0, 254));  // every exponent
               }
-              if (mode == 3) store_bits(src.view, t, h, d, with_exponent(44, 52));  // around 2^-79
-              if (mode == 4) store_bits(src.view, t, h, d, with_exponent(48, 56));  // from 2^-79 up
-              if (mode == 5) store_bits(src.view, t, h, d, with_exponent(0, 254));  // every exponent
             }
           }
+          std::vector<std::int64_t> p = random_positions(tokens, 1 << 16, seed);
+          for (std::int64_t t = 0; t < tokens; t += 3) p[static_cast<std::size_t>(t)] = 0;
+          const HostPositions pos(p);
+          HostTensor a(DType::bf16, tokens, heads, head_dim);
+          HostTensor b(DType::bf16, tokens, heads, head_dim);
+          apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view(), {}});
+          CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view(), {}});
+          EXPECT_TRUE(bits_equal(a.cview(), b.cview())) << case_name(spec, DType::bf16) << " factor " << factor;
         }
-        std::vector<std::int64_t> p = random_positions(tokens, 1 << 16, seed);
-        for (std::int64_t t = 0; t < tokens; t += 3) p[static_cast<std::size_t>(t)] = 0;
-        const HostPositions pos(p);
-        HostTensor a(DType::bf16, tokens, heads, head_dim);
-        HostTensor b(DType::bf16, tokens, heads, head_dim);
-        apply_reference(spec, RopeArgs{a.view, {}, src.cview(), {}, pos.view(), {}});
-        CpuEngine(spec, CpuOptions{2}).apply(RopeArgs{b.view, {}, src.cview(), {}, pos.view(), {}});
-        EXPECT_TRUE(bits_equal(a.cview(), b.cview())) << case_name(spec, DType::bf16) << " factor " << factor;
       }
     }
   }

@@ -61,8 +61,9 @@
 #define POSENC_CPU_BF16 0
 #include "cpu/kernels.hpp"
 
-// AVX-512 plus AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids): only the bfloat16 hf_compatible
-// kernels, whose roundings use vcvtne2ps2bf16; every other combination comes from the AVX-512 build.
+// AVX-512 plus AVX512-BF16 (Zen 4, Cooper Lake, Sapphire Rapids): only the bfloat16 kernels of the
+// half-split and interleaved pairings, whose roundings use vcvtne2ps2bf16 (and hf_compatible's sums
+// vdpbf16ps); every other combination comes from the AVX-512 build.
 #define POSENC_CPU_ISA avx512_bf16
 #define POSENC_CPU_TARGET "avx512f,avx512bw,avx512dq,avx512vl,avx512bf16,fma,f16c,prefer-vector-width=512"
 #define POSENC_CPU_F16C 16

@@ -147,6 +147,27 @@ inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm256_fnmadd_ps(y, _mm256_se
 // back is not specified; tests compare any NaN as equal). They run on the multiply-add units
 // rather than the adders, which the F16C conversions occupy (docs/PERFORMANCE.md, CPU variant C6).
 
+/// hf_fp32_apply and accurate rotations of vectors of pairs, as rope_math.hpp's rotate_fp32 and
+/// rotate_accurate: half-split a' and b' from a, b, cos, sin in the same lanes, and interleaved
+/// x = [a0 b0 a1 b1 ...] times duplicated cos plus x with each pair swapped times (-s, s), which
+/// holds ac and b(-s) = -(bs) in the even lanes, bc and as in the odd ones (x + (-y) is x - y).
+template <Numerics N>
+inline F16Vec float_rotation_a(F16Vec a, F16Vec b, F16Vec c, F16Vec s) {
+  if constexpr (N == Numerics::hf_fp32_apply) return fma_sub(a * c, b * s);
+  return fms(a, c, b * s);  // accurate: fma(a, c, -(bs))
+}
+template <Numerics N>
+inline F16Vec float_rotation_b(F16Vec a, F16Vec b, F16Vec c, F16Vec s) {
+  if constexpr (N == Numerics::hf_fp32_apply) return fma_add(b * c, a * s);
+  return fma(b, c, a * s);
+}
+template <Numerics N>
+inline F16Vec float_rotation_interleaved(F16Vec x, const float* cos2, const float* sin2n) {
+  const F16Vec xs = swap_pairs(x) * load_floats(sin2n);
+  if constexpr (N == Numerics::hf_fp32_apply) return fma_add(x * load_floats(cos2), xs);
+  return fma(x, load_floats(cos2), xs);
+}
+
 /// Whether the F16C float16 path of rotate_window applies (every numerics: loads widen with
 /// vcvtph2ps, the one rounding of hf_fp32_apply and accurate is the storing vcvtps2ph, and
 /// hf_compatible's product roundings are round trips); for interleaved pairs it takes lane rows
@@ -155,24 +176,19 @@ template <DType A, Pairing P, Numerics N>
 inline constexpr bool f16c_path = A == DType::f16 && (P == Pairing::half_split || P == Pairing::interleaved);
 
 /// float16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2) under numerics N,
-/// on the interleaved layout itself: x = [a0 b0 a1 b1 ...] times duplicated cos, and x with each
-/// pair swapped times (-s, s), hold ac and b(-s) = -(bs) in the even lanes, bc and as in the odd
-/// ones; their sum is a' and b' (x + (-y) is x - y). hf_compatible rounds both products first
-/// (rotate_hf, R odd: R(b(-s)) = -R(bs)), hf_fp32_apply adds them as they are (rotate_fp32) and
-/// accurate fuses the first product into the sum (rotate_accurate). Each group of pairs is read
-/// before it is written, so in place is safe.
+/// on the interleaved layout itself (float_rotation_interleaved); hf_compatible rounds both
+/// products first (rotate_hf; R is odd: R(b(-s)) = -R(bs)). Each group of pairs is read before it
+/// is written, so in place is safe.
 template <Numerics N>
 inline void rotate_f16c_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n, std::int64_t n,
                                     std::uint16_t* dst) {
   for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
     const F16Vec x = f16c_load(src + i);
-    const F16Vec xs = swap_pairs(x) * load_floats(sin2n + i);
     if constexpr (N == Numerics::hf_compatible) {
-      f16c_store(dst + i, fma_add(f16c_round(x * load_floats(cos2 + i)), f16c_round(xs)));
-    } else if constexpr (N == Numerics::hf_fp32_apply) {
-      f16c_store(dst + i, fma_add(x * load_floats(cos2 + i), xs));
+      const F16Vec xc = f16c_round(x * load_floats(cos2 + i));
+      f16c_store(dst + i, fma_add(xc, f16c_round(swap_pairs(x) * load_floats(sin2n + i))));
     } else {
-      f16c_store(dst + i, fma(x, load_floats(cos2 + i), xs));
+      f16c_store(dst + i, float_rotation_interleaved<N>(x, cos2 + i, sin2n + i));
     }
   }
 }
@@ -191,12 +207,9 @@ inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_ro
     if constexpr (N == Numerics::hf_compatible) {
       f16c_store(dst + i, fma_sub(f16c_round(a * c), f16c_round(b * s)));
       f16c_store(dst + i + half, fma_add(f16c_round(b * c), f16c_round(a * s)));
-    } else if constexpr (N == Numerics::hf_fp32_apply) {
-      f16c_store(dst + i, fma_sub(a * c, b * s));
-      f16c_store(dst + i + half, fma_add(b * c, a * s));
     } else {
-      f16c_store(dst + i, fms(a, c, b * s));  // fma(a, c, -(bs))
-      f16c_store(dst + i + half, fma(b, c, a * s));
+      f16c_store(dst + i, float_rotation_a<N>(a, b, c, s));
+      f16c_store(dst + i + half, float_rotation_b<N>(a, b, c, s));
     }
   }
 }
@@ -279,7 +292,9 @@ inline constexpr std::array<std::int16_t, 32> bf16_spread_high = bf16_spread([](
 /// pairs 8k..8k+7 (index < 32: a word, else b).
 consteval std::array<std::array<std::int16_t, 32>, 4> bf16_half_split_spread() {
   std::array<std::array<std::int16_t, 32>, 4> out{};
-  for (int k = 0; k < 4; ++k) out[static_cast<std::size_t>(k)] = bf16_spread([k](int l) { return (l % 2 == 0 ? 0 : 32) + 8 * k + l / 2; });
+  for (int k = 0; k < 4; ++k) {
+    out[static_cast<std::size_t>(k)] = bf16_spread([k](int l) { return (l % 2 == 0 ? 0 : 32) + 8 * k + l / 2; });
+  }
   return out;
 }
 inline constexpr std::int64_t bf16_half_split_block = 32;
@@ -354,12 +369,75 @@ inline void rotate_bf16_interleaved(const std::uint16_t* src, const float* cs, c
   }
 }
 
+// bfloat16 hf_fp32_apply and accurate: products and sums in float (float_rotation_*), then one
+// rounding by vcvtne2ps2bf16, which is bf16_round unless the float it rounds is subnormal: a block
+// with a subnormal result (vfpclassps) takes the emulation. Activations are spread into floats in
+// order, so half-split needs no lane rows and the results come out in order.
+
+/// Whether a result vector has a subnormal lane.
+inline bool bf16_any_subnormal(__m512 x) { return _mm512_fpclass_ps_mask(x, 0x20) != 0; }
+
+/// The floats of words 0-15 / 16-31 of w, in order.
+inline __m512 bf16_low_floats(__m512i w) {
+  const __m512i index = _mm512_loadu_si512(bf16_spread_low.data());
+  return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(bf16_odd_words, index, w));
+}
+inline __m512 bf16_high_floats(__m512i w) {
+  const __m512i index = _mm512_loadu_si512(bf16_spread_high.data());
+  return _mm512_castsi512_ps(_mm512_maskz_permutexvar_epi16(bf16_odd_words, index, w));
+}
+
+/// hf_fp32_apply / accurate bfloat16 rotation of half-split pairs [0, n) (n a multiple of 32).
+template <Numerics N, class Fallback>
+inline void rotate_bf16_float_half_split(const std::uint16_t* src, const float* cos_row, const float* sin_row,
+                                         std::int64_t n, std::int64_t half, std::uint16_t* dst, Fallback&& fallback) {
+  for (std::int64_t i = 0; i < n; i += 32) {
+    const __m512i a = _mm512_loadu_si512(src + i);
+    const __m512i b = _mm512_loadu_si512(src + half + i);
+    const __m512 a0 = bf16_low_floats(a), a1 = bf16_high_floats(a);
+    const __m512 b0 = bf16_low_floats(b), b1 = bf16_high_floats(b);
+    const __m512 c0 = _mm512_loadu_ps(cos_row + i), c1 = _mm512_loadu_ps(cos_row + i + 16);
+    const __m512 s0 = _mm512_loadu_ps(sin_row + i), s1 = _mm512_loadu_ps(sin_row + i + 16);
+    const __m512 ra0 = float_rotation_a<N>(a0, b0, c0, s0), ra1 = float_rotation_a<N>(a1, b1, c1, s1);
+    const __m512 rb0 = float_rotation_b<N>(a0, b0, c0, s0), rb1 = float_rotation_b<N>(a1, b1, c1, s1);
+    if (bf16_any_subnormal(ra0) || bf16_any_subnormal(ra1) || bf16_any_subnormal(rb0) || bf16_any_subnormal(rb1)) {
+      fallback(i, i + 32);
+      continue;
+    }
+    _mm512_storeu_si512(dst + i, round2(ra1, ra0));
+    _mm512_storeu_si512(dst + half + i, round2(rb1, rb0));
+  }
+}
+
+/// hf_fp32_apply / accurate bfloat16 rotation of interleaved pairs [0, n) (n a multiple of 16),
+/// with the float16 path's lane rows (duplicated cos, then (-s, s)).
+template <Numerics N, class Fallback>
+inline void rotate_bf16_float_interleaved(const std::uint16_t* src, const float* cos2, const float* sin2n,
+                                          std::int64_t n, std::uint16_t* dst, Fallback&& fallback) {
+  for (std::int64_t i = 0; i < n; i += 16) {
+    const __m512i x = _mm512_loadu_si512(src + 2 * i);
+    const __m512 r0 = float_rotation_interleaved<N>(bf16_low_floats(x), cos2 + 2 * i, sin2n + 2 * i);
+    const __m512 r1 = float_rotation_interleaved<N>(bf16_high_floats(x), cos2 + 2 * i + 16, sin2n + 2 * i + 16);
+    if (bf16_any_subnormal(r0) || bf16_any_subnormal(r1)) {
+      fallback(i, i + 16);
+      continue;
+    }
+    _mm512_storeu_si512(dst + 2 * i, round2(r1, r0));
+  }
+}
+
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_float_path = A == DType::bf16 && N != Numerics::hf_compatible &&
+                                        (P == Pairing::half_split || P == Pairing::interleaved);
+
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool bf16_path = A == DType::bf16 && N == Numerics::hf_compatible &&
                                   (P == Pairing::half_split || P == Pairing::interleaved);
 #else
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool bf16_path = false;
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_float_path = false;
 #endif
 
 /// Entries [0, n) of the cached rows `c`, `s` rounded to R (round_act<R>), into cos_row / sin_row.
@@ -387,10 +465,8 @@ inline void round_rows(const float* c, const float* s, std::int64_t n, float* co
       if ((_mm512_fpclass_ps_mask(cv, subnormal) | _mm512_fpclass_ps_mask(sv, subnormal)) != 0) break;
       // Words 0-15: cos, 16-31: sin; spread back into floats in order.
       const __m512i w = round2(sv, cv);
-      const __m512i low = _mm512_loadu_si512(bf16_spread_low.data());
-      const __m512i high = _mm512_loadu_si512(bf16_spread_high.data());
-      _mm512_storeu_si512(cos_row + i, _mm512_maskz_permutexvar_epi16(bf16_odd_words, low, w));
-      _mm512_storeu_si512(sin_row + i, _mm512_maskz_permutexvar_epi16(bf16_odd_words, high, w));
+      _mm512_storeu_ps(cos_row + i, bf16_low_floats(w));
+      _mm512_storeu_ps(sin_row + i, bf16_high_floats(w));
     }
   }
 #endif
@@ -454,7 +530,8 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
 
 /// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
 template <DType A, Pairing P, Numerics N>
-inline constexpr bool uses_lane_rows = bf16_path<A, P, N> || (f16c_path<A, P, N> && P == Pairing::interleaved);
+inline constexpr bool uses_lane_rows =
+    bf16_path<A, P, N> || ((f16c_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved);
 
 /// Builds the lane rows of one token from its cos/sin rows; returns nullptr where the vector path
 /// must not run for this token (bfloat16: a cos/sin entry below 2^-40).
@@ -479,7 +556,7 @@ inline const float* lane_rows(const float* cos_row, const float* sin_row, std::i
     return lanes;
   }
 #endif
-  if constexpr (f16c_path<A, P, N> && P == Pairing::interleaved) {
+  if constexpr ((f16c_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved) {
     // Each cos entry twice, then each sin entry negated and as is (rotate_f16c_interleaved).
     for (std::int64_t i = 0; i < half; ++i) {
       lanes[2 * i] = lanes[2 * i + 1] = cos_row[i];
@@ -543,6 +620,17 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
         rotate_bf16_half_split(src, lanes, lanes + 2 * half, first, half, dst, fallback);
       }
     }
+  } else if constexpr (bf16_float_path<A, P, N>) {
+    auto fallback = [&](std::int64_t begin, std::int64_t end) {
+      rotate_pairs<A, P, N>(src, dst, cos_row, sin_row, half, begin, end, xa, xb);
+    };
+    if constexpr (P == Pairing::interleaved) {
+      first = half - half % 16;
+      rotate_bf16_float_interleaved<N>(src, lanes, lanes + 2 * half, first, dst, fallback);
+    } else {
+      first = half - half % 32;
+      rotate_bf16_float_half_split<N>(src, cos_row, sin_row, first, half, dst, fallback);
+    }
   }
 #endif
 #if POSENC_CPU_F16C
@@ -605,7 +693,8 @@ template <DType A, Pairing P, Numerics N>
 /// which the AVX-512 build serves), so that its inclusion does not compile every kernel a fourth time.
 inline KernelFn select_kernel(DType d, Pairing p, Numerics n) {
   return detail::visit(d, p, n, [](auto dtype, auto pairing, auto numerics) -> KernelFn {
-    if constexpr (POSENC_CPU_BF16 == 0 || bf16_path<dtype.value, pairing.value, numerics.value>) {
+    if constexpr (POSENC_CPU_BF16 == 0 || bf16_path<dtype.value, pairing.value, numerics.value> ||
+                  bf16_float_path<dtype.value, pairing.value, numerics.value>) {
       return &rotate_tokens<dtype.value, pairing.value, numerics.value>;
     } else {
       return nullptr;
