@@ -213,9 +213,46 @@ inline void rotate_f16c_half_split(const std::uint16_t* src, const float* cos_ro
     }
   }
 }
+
+/// Whether the float32 vector path of rotate_window applies: the same arithmetic on float lanes
+/// loaded and stored as they are (the compiler-vectorized rotate_pairs stages each head through
+/// stack arrays, which cost about as much again; docs/PERFORMANCE.md, CPU variant C9). Interleaved
+/// pairs take the float16 path's lane rows.
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool f32_path = A == DType::f32 && (P == Pairing::half_split || P == Pairing::interleaved);
+
+/// The numerics whose float_rotation_* gives N's float32 results: hf_compatible's roundings to
+/// float32 change nothing, which leaves hf_fp32_apply's arithmetic.
+template <Numerics N>
+inline constexpr Numerics f32_numerics = N == Numerics::accurate ? Numerics::accurate : Numerics::hf_fp32_apply;
+
+/// float32 rotation of half-split pairs [0, n) (n a multiple of f16c_lanes); in place is safe.
+template <Numerics N>
+inline void rotate_f32_half_split(const float* src, const float* cos_row, const float* sin_row, std::int64_t n,
+                                  std::int64_t half, float* dst) {
+  constexpr Numerics M = f32_numerics<N>;
+  for (std::int64_t i = 0; i < n; i += f16c_lanes) {
+    const F16Vec a = load_floats(src + i);
+    const F16Vec b = load_floats(src + i + half);
+    const F16Vec c = load_floats(cos_row + i);
+    const F16Vec s = load_floats(sin_row + i);
+    store_floats(dst + i, float_rotation_a<M>(a, b, c, s));
+    store_floats(dst + i + half, float_rotation_b<M>(a, b, c, s));
+  }
+}
+
+/// float32 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes / 2); in place is safe.
+template <Numerics N>
+inline void rotate_f32_interleaved(const float* src, const float* cos2, const float* sin2n, std::int64_t n, float* dst) {
+  for (std::int64_t i = 0; i < 2 * n; i += f16c_lanes) {
+    store_floats(dst + i, float_rotation_interleaved<f32_numerics<N>>(load_floats(src + i), cos2 + i, sin2n + i));
+  }
+}
 #else
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool f16c_path = false;
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool f32_path = false;
 #endif
 
 #if POSENC_CPU_BF16
@@ -531,7 +568,8 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
 /// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool uses_lane_rows =
-    bf16_path<A, P, N> || ((f16c_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved);
+    bf16_path<A, P, N> ||
+    ((f16c_path<A, P, N> || f32_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved);
 
 /// Builds the lane rows of one token from its cos/sin rows; returns nullptr where the vector path
 /// must not run for this token (bfloat16: a cos/sin entry below 2^-40).
@@ -556,7 +594,7 @@ inline const float* lane_rows(const float* cos_row, const float* sin_row, std::i
     return lanes;
   }
 #endif
-  if constexpr ((f16c_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved) {
+  if constexpr ((f16c_path<A, P, N> || f32_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved) {
     // Each cos entry twice, then each sin entry negated and as is (rotate_f16c_interleaved).
     for (std::int64_t i = 0; i < half; ++i) {
       lanes[2 * i] = lanes[2 * i + 1] = cos_row[i];
@@ -640,6 +678,12 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
   } else if constexpr (f16c_path<A, P, N>) {
     first = half - half % f16c_lanes;
     rotate_f16c_half_split<N>(src, cos_row, sin_row, first, half, dst);
+  } else if constexpr (f32_path<A, P, N> && P == Pairing::interleaved) {
+    first = half - half % (f16c_lanes / 2);
+    rotate_f32_interleaved<N>(src, lanes, lanes + 2 * half, first, dst);
+  } else if constexpr (f32_path<A, P, N>) {
+    first = half - half % f16c_lanes;
+    rotate_f32_half_split<N>(src, cos_row, sin_row, first, half, dst);
   }
 #endif
   (void)lanes;
