@@ -142,6 +142,36 @@ enum class HfArithmetic : std::uint8_t {
 inline constexpr std::array<HfArithmetic, 4> all_hf_arithmetics = {HfArithmetic::engine, HfArithmetic::torch_cpu,
                                                                    HfArithmetic::torch_cuda, HfArithmetic::exact};
 
+/// Per-head RMSNorm of Q and K before the rotation (Qwen3, Qwen3-MoE, Gemma 3, GLM-4.5 with
+/// `use_qk_norm`): each head row x of Q (and of K) is normalised over `width` elements,
+///
+///     r  = 1 / sqrt(mean(x_j^2) + epsilon)                 (float32, as below)
+///     rms:           y_j = round(w_j * round(x_j * r))     (Qwen3RMSNorm, Glm4MoeRMSNorm)
+///     rms_one_plus:  y_j = round(x_j * r * (1 + w_j))      (Gemma3RMSNorm: float32, one rounding)
+///
+/// with round() to the activation dtype and w the call's weight of `width` elements (one for Q,
+/// one for K, shared by every head; RopeArgs::norm / AppendArgs::norm). The rotation then acts on
+/// y. `width` is the whole head, or the rotary window alone (QkNorm::rotary_only), whose
+/// pass-through elements are then left as they are. Under the hf numerics the mean, the sum order
+/// of its squares and the reciprocal square root are those of transformers' eager module on the
+/// spec's hf_arithmetic (torch on the CPU, torch on CUDA, or exact: docs/NUMERICS.md §3.5), so a
+/// normalised and rotated head has the bits of `q_norm` + `apply_rotary_pos_emb`; `accurate`
+/// uses the exact arithmetic.
+enum class QkNormKind : std::uint8_t {
+  none,          ///< no normalisation (most models)
+  rms,           ///< weight * (x * r) rounded twice: Qwen3, Qwen3-MoE, GLM-4.5 (Glm4Moe), Llama-style
+  rms_one_plus,  ///< x * r * (1 + weight) in float32, rounded once: Gemma 3
+};
+
+/// The QK-norm stage of a spec (see QkNormKind).
+struct QkNorm {
+  QkNormKind kind = QkNormKind::none;
+  double epsilon = 1e-6;     ///< config.json rms_norm_eps; added in float32 as torch does
+  bool rotary_only = false;  ///< normalise the rotary window only (width R) instead of the whole head
+
+  bool enabled() const noexcept { return kind != QkNormKind::none; }
+};
+
 /// Frequency scheme: how inv_freq and the attention factor are derived (docs/NUMERICS.md §5).
 enum class Scaling : std::uint8_t {
   none,      ///< default theta: inv_freq[i] = 1 / theta^(2i/R)
@@ -199,6 +229,8 @@ struct RopeSpec {
   /// M-RoPE: pairs per position stream (empty: a single stream). See "Multi-axis RoPE" above.
   std::vector<std::int64_t> mrope_section;
   bool mrope_interleaved = false;  ///< Qwen3-VL's interleaved assignment instead of contiguous
+  /// Per-head RMSNorm of Q and K before the rotation (QkNorm); off by default.
+  QkNorm qk_norm;
   /// Positions must lie in [0, position_limit). The CPU engine rejects others before writing;
   /// the GPU engine records them as a fault (gpu.hpp).
   std::int64_t position_limit = std::int64_t{1} << 31;
@@ -234,6 +266,7 @@ const char* to_string(Pairing p) noexcept;
 const char* to_string(Numerics n) noexcept;
 const char* to_string(Scaling s) noexcept;
 const char* to_string(HfArithmetic a) noexcept;
+const char* to_string(QkNormKind k) noexcept;
 
 /// The HfArithmetic named `name` ("engine", "torch_cpu", "torch_cuda", "exact"); nullopt for any
 /// other text.

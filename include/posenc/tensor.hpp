@@ -102,6 +102,16 @@ struct CosSinCacheView {
   }
 };
 
+/// The weights of a spec's QK-norm stage (RopeSpec::qk_norm): `q` for Q's heads and `k` for K's,
+/// each a dense vector of the norm's width (head_dim, or rotary_dim with rotary_only) in the
+/// activation dtype, in the engine's memory (host for CpuEngine, device for gpu::GpuEngine). Both
+/// are required when the spec normalises (`k` only when K is present) and must be absent
+/// otherwise; they must not overlap a destination. Not owned.
+struct NormWeights {
+  const void* q = nullptr;
+  const void* k = nullptr;
+};
+
 /// Everything one `apply` call reads and writes.
 ///
 /// - `q` is written. `k` is written when present (K is optional: MLA-style Q-only calls).
@@ -114,6 +124,7 @@ struct CosSinCacheView {
 ///   (CosSinCacheView). Only single-stream pairings take one (half_split, interleaved,
 ///   interleaved_to_half; no M-RoPE); its rotary_dim must equal the spec's, and it must not
 ///   overlap a destination.
+/// - `norm`: the QK-norm weights when the spec normalises Q and K before rotating (NormWeights).
 struct RopeArgs {
   TensorView q;
   TensorView k;
@@ -121,6 +132,7 @@ struct RopeArgs {
   ConstTensorView k_src;
   PositionsView positions;
   CosSinCacheView cos_sin;
+  NormWeights norm;
 };
 
 }  // namespace posenc

@@ -212,6 +212,7 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
                       a.k.head_dim, a.k.token_stride, a.k.head_stride};
   rope.positions = a.positions;
   rope.cos_sin = a.cos_sin;
+  rope.norm = a.norm;
   const CallInfo info = validate_call(spec, rope, /*check_positions=*/!device_data);
   // The cache before V: with the mla layout it says what V's head_dim must be.
   const std::int64_t cache_bytes = check_cache(a.cache, spec);
@@ -237,6 +238,9 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
   const Range cache_v{"cache.v", reinterpret_cast<std::uintptr_t>(a.cache.v),
                       mla ? 0 : static_cast<std::uint64_t>(cache_bytes)};  // mla: one tensor
   const std::int64_t streams = std::max(a.positions.streams, 1);
+  // validate_call checked that the norm weights are present exactly when the spec normalises.
+  const std::int64_t norm_bytes =
+      spec.qk_norm.enabled() ? (spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim) * size_of(a.k.dtype) : 0;
   const Range others[] = {
       view_range("q", a.q),
       a.q_src.present() ? view_range("q_src", a.q_src) : Range{"q_src", 0, 0},
@@ -251,6 +255,8 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
       a.cos_sin.present() ? Range{"cos_sin", reinterpret_cast<std::uintptr_t>(a.cos_sin.data),
                                   static_cast<std::uint64_t>(check_cos_sin(spec, a.cos_sin))}
                           : Range{"cos_sin", 0, 0},
+      {"norm.q", reinterpret_cast<std::uintptr_t>(a.norm.q), static_cast<std::uint64_t>(norm_bytes)},
+      {"norm.k", reinterpret_cast<std::uintptr_t>(a.norm.k), static_cast<std::uint64_t>(norm_bytes)},
   };
   if (cache_k.meets(cache_v)) {
     fail(ErrorKind::invalid_argument, "cache.k and cache.v (" + str(cache_bytes) + " bytes each) overlap");

@@ -24,6 +24,7 @@ inline RopeArgs append_rotation(const AppendArgs& args, const TensorView& rotate
   rope.k_src = args.k;
   rope.positions = args.positions;
   rope.cos_sin = args.cos_sin;
+  rope.norm = args.norm;
   return rope;
 }
 

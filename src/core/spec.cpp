@@ -48,6 +48,15 @@ const char* to_string(HfArithmetic a) noexcept {
   return "unknown";
 }
 
+const char* to_string(QkNormKind k) noexcept {
+  switch (k) {
+    case QkNormKind::none: return "none";
+    case QkNormKind::rms: return "rms";
+    case QkNormKind::rms_one_plus: return "rms_one_plus";
+  }
+  return "unknown";
+}
+
 std::optional<HfArithmetic> parse_hf_arithmetic(std::string_view name) noexcept {
   for (const HfArithmetic a : all_hf_arithmetics)
     if (name == to_string(a)) return a;
@@ -211,6 +220,20 @@ void RopeSpec::validate() const {
            "must be finite and > 0, within [" + number_text(float32_min) + ", " +
                number_text(detail::max_attention_factor) + "] (it scales cos and sin in every dtype)");
 
+  switch (qk_norm.kind) {
+    case QkNormKind::none:
+    case QkNormKind::rms:
+    case QkNormKind::rms_one_plus: break;
+    default: reject("qk_norm.kind", std::to_string(static_cast<int>(qk_norm.kind)), "is not a QkNormKind value");
+  }
+  if (qk_norm.enabled()) {
+    // Added to the mean in float32: it must stay a finite float32 (0 is allowed: a row of zeros
+    // then gives inf * 0 = NaN, as torch does).
+    if (!(qk_norm.epsilon >= 0.0 && qk_norm.epsilon <= detail::float32_max))
+      reject("qk_norm.epsilon", number_text(qk_norm.epsilon),
+             "must be finite, >= 0 and <= " + number_text(detail::float32_max) + " (it is added in float32)");
+  }
+
   row->validate(*this);  // the scheme's own parameters (schemes.cpp)
   // Every parameter is in range on its own; together they must still give finite frequencies,
   // angles and attention factor (e.g. a dynamic factor whose theta' overflows at position_limit).
@@ -250,6 +273,13 @@ std::string RopeSpec::describe() const {
   out << "attention factor  "
       << (attention_factor ? number_text(*attention_factor) + " (override)" : std::string("from the scheme"))
       << '\n';
+  if (qk_norm.enabled()) {
+    out << "qk norm           " << to_string(qk_norm.kind) << " over "
+        << (qk_norm.rotary_only ? "the rotary window (" + number_text(r) + " dims)" : "the head (" + number_text(head_dim) + " dims)")
+        << ", epsilon " << number_text(qk_norm.epsilon)
+        << (qk_norm.kind == QkNormKind::rms ? ": y = round(w * round(x * r))" : ": y = round(x * r * (1 + w))")
+        << ", r = 1/sqrt(mean(x^2) + epsilon), before the rotation\n";
+  }
   out << "numerics          " << to_string(numerics) << '\n';
   out << "hf arithmetic     " << to_string(hf_arithmetic);
   if (numerics == Numerics::accurate) out << " (not used by accurate numerics: exact tables)";

@@ -251,6 +251,42 @@ std::int64_t check_cos_sin(const RopeSpec& spec, const CosSinCacheView& c) {
   return bytes;
 }
 
+/// The QK-norm weights (RopeArgs::norm): present exactly when the spec normalises (k only with K),
+/// aligned to their elements, and sharing no byte with a destination (they are read while Q and
+/// K are written).
+void check_norm_weights(const RopeSpec& spec, const RopeArgs& args, const Extent& q, const Extent* k) {
+  const NormWeights& w = args.norm;
+  if (!spec.qk_norm.enabled()) {
+    if (w.q != nullptr || w.k != nullptr)
+      fail(ErrorKind::invalid_argument, std::string("norm.") + (w.q != nullptr ? "q" : "k") +
+                                            " is given but the spec has no QK norm (qk_norm.kind none)");
+    return;
+  }
+  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  const std::int64_t elem = size_of(args.q.dtype);
+  auto check_one = [&](const char* name, const void* data) {
+    if (data == nullptr)
+      fail(ErrorKind::invalid_argument, std::string(name) + " is absent: the spec's QK norm (" +
+                                            to_string(spec.qk_norm.kind) + ") needs a weight of " + str(width) +
+                                            " " + to_string(args.q.dtype) + " elements");
+    const auto address = reinterpret_cast<std::uintptr_t>(data);
+    if (address % static_cast<std::uintptr_t>(elem) != 0)
+      fail(ErrorKind::invalid_argument, std::string(name) + " address " + address_text(address) +
+                                            " is not aligned to its " + str(elem) + "-byte elements");
+    Extent e;
+    e.name = name;
+    e.begin = address;
+    e.bytes = width * elem;
+    e.tokens = -1;  // compared as a whole range
+    if (views_overlap(e, q)) fail_overlap(e, q, "a QK-norm weight must not share memory with a destination");
+    if (k != nullptr && views_overlap(e, *k))
+      fail_overlap(e, *k, "a QK-norm weight must not share memory with a destination");
+  };
+  check_one("norm.q", w.q);
+  if (args.k.present()) check_one("norm.k", w.k);
+  else if (w.k != nullptr) fail(ErrorKind::invalid_argument, "norm.k is given but the call has no K");
+}
+
 CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_positions) {
   const PositionsView& pos = args.positions;
   if (!args.q.present()) fail(ErrorKind::invalid_argument, "q is absent (q.data is null); q is required");
@@ -352,6 +388,7 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
     limit = cos_sin_limit(spec, args.cos_sin);
     limit_name = limit == args.cos_sin.rows ? "rows of the cos/sin cache" : "spec.position_limit";
   }
+  check_norm_weights(spec, args, q, args.k.present() ? &k : nullptr);
   if (check_positions) info.max_position = scan_positions(pos, limit, limit_name);
   return info;
 }

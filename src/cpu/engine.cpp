@@ -22,6 +22,7 @@
 #include "core/memory.hpp"
 #include "core/schemes.hpp"
 #include "core/rope_math.hpp"
+#include "core/qk_norm.hpp"
 #include "core/validate.hpp"
 #include "cpu/kernel_call.hpp"
 #include "cpu/thread_pool.hpp"
@@ -323,6 +324,14 @@ void CpuEngine::apply(const RopeArgs& args) const {
   call.attention_factor_f32 = static_cast<float>(factor);
   call.attention_factor = factor;
   call.torch_cpu_trig = s.arithmetic == HfArithmetic::torch_cpu;
+  if (s.spec.qk_norm.enabled()) {
+    call.norm = s.spec.qk_norm;
+    call.norm_arithmetic = s.arithmetic == HfArithmetic::torch_cpu ? HfArithmetic::torch_cpu : HfArithmetic::exact;
+    call.norm_first = s.spec.qk_norm.rotary_only ? s.spec.rotary_offset : 0;
+    call.norm_width = s.spec.qk_norm.rotary_only ? s.spec.rotary() : s.spec.head_dim;
+    call.q.norm_weight = args.norm.q;
+    call.k.norm_weight = args.norm.k;
+  }
 
   const KernelFn kernel = s.kernels[static_cast<std::size_t>(args.q.dtype)];
   const std::int64_t tokens = info.tokens;

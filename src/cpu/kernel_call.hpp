@@ -26,6 +26,8 @@ struct KernelTensor {
   std::int64_t src_token_stride = 0;
   std::int64_t src_head_stride = 0;
   bool copy_pass = false;  ///< out of place: copy the elements outside the rotary window
+  /// The QK-norm stage's weights (activation dtype, KernelCall::norm_width of them); nullptr: no norm.
+  const void* norm_weight = nullptr;
 };
 
 /// Everything a kernel needs for one call; it lives in apply's frame while the pool runs.
@@ -49,6 +51,13 @@ struct KernelCall {
   /// hf numerics with HfArithmetic::torch_cpu: a row's cos/sin come from torch's CPU library
   /// (core/hf_arithmetic.hpp, MKL) applied to the row's float32 angles; false: rope_math.hpp's.
   bool torch_cpu_trig = false;
+  /// The QK-norm stage (RopeSpec::qk_norm; off when its kind is none): each head's elements
+  /// [norm_first, norm_first + norm_width) are normalised (core/qk_norm.hpp) before the rotation,
+  /// in torch's CPU arithmetic or the exact one.
+  QkNorm norm;
+  HfArithmetic norm_arithmetic = HfArithmetic::exact;
+  std::int64_t norm_first = 0;
+  std::int64_t norm_width = 0;
   float attention_factor_f32 = 1.0f;  ///< hf modes: the factor as a float32 operand
   double attention_factor = 1.0;      ///< accurate: applied in double before the one rounding
 };

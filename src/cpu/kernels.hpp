@@ -690,11 +690,29 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
   rotate_pairs<A, P, N>(src, dst, cos_row, sin_row, half, first, half, xa, xb);
 }
 
-/// Every head of one tensor at token t.
+/// The QK-norm stage of one head (core/qk_norm.hpp, the reference's arithmetic): elements
+/// [norm_first, norm_first + norm_width) of `src` normalised with `weight` (as float), the rest
+/// copied, into `normed` (a whole head of activation elements).
+template <DType A>
+inline void normalise_head(const KernelCall& call, const storage_t<A>* src, const float* weight, storage_t<A>* normed) {
+  alignas(64) float x[max_head_dim];
+  alignas(64) float square[max_head_dim];
+  std::memcpy(normed, src, static_cast<std::size_t>(call.head_dim) * sizeof(storage_t<A>));
+  const std::int64_t n = call.norm_width;
+  const storage_t<A>* in = src + call.norm_first;
+  for (std::int64_t j = 0; j < n; ++j) x[j] = Element<A>::widen(in[j]);
+  detail::norm_row_host<A>(call.norm, call.norm_arithmetic, x, weight, static_cast<int>(n), square, x);
+  for (std::int64_t j = 0; j < n; ++j) normed[call.norm_first + j] = Element<A>::narrow_rounded(x[j]);
+}
+
+/// Every head of one tensor at token t. `norm_weight`: the tensor's QK-norm weights as float, or
+/// nullptr (no norm stage).
 template <DType A, Pairing P, Numerics N>
 inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t, const float* cos_row,
-                         const float* sin_row, const float* lanes, float* xa, float* xb) {
+                         const float* sin_row, const float* lanes, float* xa, float* xb,
+                         const float* norm_weight = nullptr) {
   using S = storage_t<A>;
+  alignas(64) S normed[max_head_dim];  // the QK-norm stage's head (uninitialised: no cost without it)
   const std::int64_t rotary = 2 * call.half;
   const std::int64_t tail = call.head_dim - call.offset - rotary;
   const S* src_token = static_cast<const S*>(x.src) + t * x.src_token_stride;
@@ -702,7 +720,21 @@ inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int
   for (std::int64_t h = 0; h < x.heads; ++h) {
     const S* src = src_token + h * x.src_head_stride;
     S* dst = dst_token + h * x.dst_head_stride;
-    rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
+    if (norm_weight != nullptr) {
+      // The QK-norm stage: the head is normalised into `normed` (activation dtype), which the
+      // rotation then reads; the normalised pass-through elements are written too, in place or not.
+      normalise_head<A>(call, src, norm_weight, normed);
+      rotate_window<A, P, N>(normed + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
+      if (!call.norm.rotary_only) {
+        if (call.offset > 0) std::memcpy(dst, normed, static_cast<std::size_t>(call.offset) * sizeof(S));
+        if (tail > 0)
+          std::memcpy(dst + call.offset + rotary, normed + call.offset + rotary, static_cast<std::size_t>(tail) * sizeof(S));
+        continue;
+      }
+      src = normed;  // rotary_only: the pass-through elements are the source's, copied below out of place
+    } else {
+      rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
+    }
     if (x.copy_pass) {  // out of place: the pass-through elements are copied bit for bit
       if (call.offset > 0) std::memcpy(dst, src, static_cast<std::size_t>(call.offset) * sizeof(S));
       if (tail > 0) {
@@ -723,6 +755,23 @@ template <DType A, Pairing P, Numerics N>
   alignas(64) float xa[max_half];
   alignas(64) float xb[max_half];
   alignas(64) float lane_storage[uses_lane_rows<A, P, N> ? 4 * max_half : 1];
+  if (call.norm.enabled()) {
+    // The QK-norm weights as float, once per chunk of tokens.
+    alignas(64) float q_weight[max_head_dim];
+    alignas(64) float k_weight[max_head_dim];
+    for (std::int64_t j = 0; j < call.norm_width; ++j) {
+      q_weight[j] = Element<A>::widen(static_cast<const storage_t<A>*>(call.q.norm_weight)[j]);
+      if (call.has_k) k_weight[j] = Element<A>::widen(static_cast<const storage_t<A>*>(call.k.norm_weight)[j]);
+    }
+    for (std::int64_t t = begin; t < end; ++t) {
+      cos_sin_row<A, N>(call, t, cos_row, sin_row);
+      const float* lanes = nullptr;
+      if constexpr (uses_lane_rows<A, P, N>) lanes = lane_rows<A, P, N>(cos_row, sin_row, call.half, lane_storage);
+      rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, lanes, xa, xb, q_weight);
+      if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, lanes, xa, xb, k_weight);
+    }
+    return;
+  }
   for (std::int64_t t = begin; t < end; ++t) {
     cos_sin_row<A, N>(call, t, cos_row, sin_row);
     const float* lanes = nullptr;

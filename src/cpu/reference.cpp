@@ -6,6 +6,7 @@
 #include "core/dispatch.hpp"
 #include "core/hf_arithmetic.hpp"
 #include "core/memory.hpp"
+#include "core/qk_norm.hpp"
 #include "core/rope_math.hpp"
 #include "core/validate.hpp"
 #include "posenc/cpu.hpp"
@@ -44,6 +45,14 @@ detail::CosSin token_cos_sin(const PositionsView& positions, const AngleSource& 
                                static_cast<float>(from.attention_factor));
 }
 
+/// The QK-norm stage of one tensor: the spec's norm, the arithmetic of its mean and rsqrt
+/// (torch_cpu or exact) and the tensor's weight vector (activation dtype); weight == nullptr: none.
+struct NormStage {
+  QkNorm norm;
+  HfArithmetic arithmetic = HfArithmetic::exact;
+  const void* weight = nullptr;
+};
+
 /// The per-pair rows rotate_tensor works in: a token's H cos/sin values and a head's H pairs, and
 /// for torch_cpu a token's H angles and MKL's cos/sin of them. Allocated once per call, before
 /// anything is written, so a failed allocation writes nothing.
@@ -54,14 +63,20 @@ struct PairRows {
   std::vector<float> angle;
   std::vector<float> c;
   std::vector<float> s;
+  std::vector<float> head;    ///< the QK-norm stage: one head's values, then normalised
+  std::vector<float> weight;  ///< the norm's weights as float
+  std::vector<float> square;  ///< scratch for the norm's squares
 
-  explicit PairRows(std::int64_t half)
+  PairRows(std::int64_t half, std::int64_t head_dim, bool norm)
       : cs(static_cast<std::size_t>(half)),
         a(static_cast<std::size_t>(half)),
         b(static_cast<std::size_t>(half)),
         angle(static_cast<std::size_t>(half)),
         c(static_cast<std::size_t>(half)),
-        s(static_cast<std::size_t>(half)) {}
+        s(static_cast<std::size_t>(half)),
+        head(norm ? static_cast<std::size_t>(head_dim) : 0),
+        weight(norm ? static_cast<std::size_t>(head_dim) : 0),
+        square(norm ? static_cast<std::size_t>(head_dim) : 0) {}
 };
 
 /// The cos/sin of every pair of token t, into rows.cs. torch_cpu evaluates a token's angles in one
@@ -85,7 +100,8 @@ void token_row(const PositionsView& positions, const AngleSource& from, std::int
 /// cos/sin from the caller's cache.
 template <DType A, Numerics N>
 void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const AngleSource& from,
-                   const ConstTensorView& src, const TensorView& dst, bool in_place, PairRows& rows) {
+                   const ConstTensorView& src, const TensorView& dst, bool in_place, const NormStage& stage,
+                   PairRows& rows) {
   const std::int64_t head_dim = spec.head_dim;
   const std::int64_t rotary = spec.rotary();
   const std::int64_t half = rotary / 2;  // H: pairs per head
@@ -93,14 +109,33 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
   std::vector<detail::CosSin>& cs = rows.cs;
   std::vector<float>& a = rows.a;
   std::vector<float>& b = rows.b;
+  // The QK-norm stage normalises elements [norm_first, norm_first + norm_width) of each head.
+  const bool norm = stage.weight != nullptr;
+  const std::int64_t norm_first = spec.qk_norm.rotary_only ? window : 0;
+  const std::int64_t norm_width = spec.qk_norm.rotary_only ? rotary : head_dim;
+  if (norm) {
+    for (std::int64_t j = 0; j < norm_width; ++j) rows.weight[j] = detail::load_at<A>(stage.weight, j);
+  }
 
   for (std::int64_t t = 0; t < dst.tokens; ++t) {
     token_row<A, N>(positions, from, t, rows);
     for (std::int64_t h = 0; h < dst.heads; ++h) {
+      if (norm) {
+        // Q/K-norm first (QkNorm): the head's values, normalised in the dtype's arithmetic; the
+        // rotation and the pass-through then read these instead of the source.
+        for (std::int64_t d = 0; d < head_dim; ++d)
+          rows.head[d] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, d));
+        float* x = rows.head.data() + norm_first;
+        detail::norm_row_host<A>(spec.qk_norm, stage.arithmetic, x, rows.weight.data(), static_cast<int>(norm_width),
+                                 rows.square.data(), x);
+      }
+      auto input = [&](std::int64_t d) {
+        return norm ? rows.head[d] : detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, d));
+      };
       for (std::int64_t i = 0; i < half; ++i) {
         const PairPlaces at = pair_places(spec.pairing, half, i);
-        a[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + at.read_a));
-        b[i] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, window + at.read_b));
+        a[i] = input(window + at.read_a);
+        b[i] = input(window + at.read_b);
       }
       // The whole window is read before any of it is written, so an in-place interleaved_to_half
       // (which writes pair i where pair i/2 was read) sees only inputs.
@@ -110,8 +145,14 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
         detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + at.write_a), r.a);
         detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, window + at.write_b), r.b);
       }
-      // Elements outside the window pass through: copied bit for bit out of place, untouched in place.
-      if (!in_place) {
+      // Elements outside the window pass through: copied bit for bit out of place, untouched in place
+      // (normalised ones are written either way).
+      if (norm && !spec.qk_norm.rotary_only) {
+        for (std::int64_t d = 0; d < head_dim; ++d) {
+          if (d >= window && d < window + rotary) continue;
+          detail::store_at<A>(dst.data, offset_of(dst.token_stride, dst.head_stride, t, h, d), rows.head[d]);
+        }
+      } else if (!in_place) {
         const std::int64_t elem = size_of(dst.dtype);
         for (std::int64_t d = 0; d < head_dim; ++d) {
           if (d >= window && d < window + rotary) continue;
@@ -126,12 +167,14 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
 
 template <DType A, Numerics N>
 void rotate_call(const RopeSpec& spec, const RopeArgs& args, const detail::CallInfo& info, const AngleSource& from,
-                 PairRows& rows) {
+                 HfArithmetic norm_arithmetic, PairRows& rows) {
+  NormStage stage{spec.qk_norm, norm_arithmetic, spec.qk_norm.enabled() ? args.norm.q : nullptr};
   const ConstTensorView q_src = args.q_src.present() ? args.q_src : ConstTensorView(args.q);
-  rotate_tensor<A, N>(spec, args.positions, from, q_src, args.q, info.q_in_place, rows);
+  rotate_tensor<A, N>(spec, args.positions, from, q_src, args.q, info.q_in_place, stage, rows);
   if (args.k.present()) {
+    stage.weight = spec.qk_norm.enabled() ? args.norm.k : nullptr;
     const ConstTensorView k_src = args.k_src.present() ? args.k_src : ConstTensorView(args.k);
-    rotate_tensor<A, N>(spec, args.positions, from, k_src, args.k, info.k_in_place, rows);
+    rotate_tensor<A, N>(spec, args.positions, from, k_src, args.k, info.k_in_place, stage, rows);
   }
 }
 
@@ -146,7 +189,9 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) try {
   // The arithmetic of the CPU engine: torch on this CPU for `engine`, or the spec's own (a
   // caller's cos/sin cache needs none).
   const HfArithmetic arithmetic = detail::effective_arithmetic(spec, HfArithmetic::torch_cpu);
-  if (!args.cos_sin.present()) detail::require_host_arithmetic(arithmetic, "apply_reference");
+  if (!args.cos_sin.present() || spec.qk_norm.enabled()) detail::require_host_arithmetic(arithmetic, "apply_reference");
+  // The norm's mean and rsqrt follow torch on this CPU (or exact); `accurate` uses exact.
+  const HfArithmetic norm_arithmetic = arithmetic;
 
   // 2. Where cos/sin come from: the caller's cache, or the frequency table of this call.
   //    seq_len = largest position + 1 matters only for dynamic and longrope, whose table HF
@@ -165,15 +210,17 @@ void apply_reference(const RopeSpec& spec, const RopeArgs& args) try {
     from.axes = &axes;
   }
   const std::int64_t half = spec.rotary() / 2;
+  const bool norm = spec.qk_norm.enabled();
   PairRows rows = detail::allocating("apply_reference's per-pair rows",
-                                     half * std::int64_t{sizeof(detail::CosSin) + 5 * sizeof(float)},
-                                     [&] { return PairRows(half); });
+                                     half * std::int64_t{sizeof(detail::CosSin) + 5 * sizeof(float)} +
+                                         (norm ? 3 * spec.head_dim * std::int64_t{sizeof(float)} : 0),
+                                     [&] { return PairRows(half, spec.head_dim, norm); });
 
   // 3. Rotate Q, then K, with the arithmetic of rope_math.hpp in the activation dtype (every
   //    allocation is behind us: nothing below can fail).
   detail::visit(args.q.dtype, [&](auto dtype) {
     detail::visit(spec.numerics,
-                  [&](auto numerics) { rotate_call<dtype.value, numerics.value>(spec, args, info, from, rows); });
+                  [&](auto numerics) { rotate_call<dtype.value, numerics.value>(spec, args, info, from, norm_arithmetic, rows); });
   });
 } catch (const std::bad_alloc&) {
   detail::throw_out_of_host_memory("the working memory of apply_reference");
