@@ -27,6 +27,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <limits>
 #include <set>
 #include <string>
 #include <string_view>
@@ -258,6 +259,16 @@ void parse_hf(const Node& cfg, const std::string& type, ModelConfig& mc) {
   } else {
     const RopeDict d = read_rope_dict(dict_node);
     mc.rope.emplace("default", make_spec(m, d, dict_node, false, fam.theta));
+  }
+
+  // The per-head QK norm before the rotation (Qwen3, Gemma 3, GLM-4.5 with use_qk_norm).
+  bool qk_norm = fam.qk_norm != QkNormKind::none;
+  if (qk_norm && !fam.qk_norm_key.empty()) qk_norm = cfg.boolean(std::string(fam.qk_norm_key)).value_or(false);
+  if (qk_norm) {
+    const double eps = cfg.number("rms_norm_eps").value_or(fam.norm_eps);
+    if (!(eps >= 0.0 && eps <= static_cast<double>(std::numeric_limits<float>::max())))
+      cfg.fail("rms_norm_eps", "must be finite and >= 0 (the QK norm adds it in float32)");
+    for (auto& [layer, spec] : mc.rope) spec.qk_norm = QkNorm{fam.qk_norm, eps, false};
   }
 }
 

@@ -35,6 +35,12 @@ struct Family {
   bool mrope = false;
   std::array<std::int64_t, 3> mrope_default{};
   bool mrope_interleaved = false;
+  // QK norm (RopeSpec::qk_norm): the form of the model's per-head q_norm/k_norm; with
+  // `qk_norm_key` the config's boolean of that name switches it on (default off), else it is
+  // always on. Epsilon: rms_norm_eps, default `norm_eps` (the HF config class's).
+  QkNormKind qk_norm = QkNormKind::none;
+  std::string_view qk_norm_key;
+  double norm_eps = 1e-6;
 };
 
 /// The family of a model_type; Llama-like defaults (rotate_half, theta 10000) for the others.

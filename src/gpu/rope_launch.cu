@@ -159,6 +159,11 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
                 "call-time pow come from CPU libraries with no device counterpart); use 'torch_cuda' (transformers "
                 "on a GPU), 'exact', or the CPU engine");
   }
+  if (spec.qk_norm.enabled()) {
+    throw Error(ErrorKind::unsupported,
+                std::string("GPU engine: the QK-norm stage (qk_norm ") + to_string(spec.qk_norm.kind) +
+                    ") runs on the CPU engine only so far; normalise Q and K before the call, or use CpuEngine");
+  }
   const bool vendor = arithmetic == HfArithmetic::torch_cuda;
   // transformers builds the init-time table on the CPU even for a model that runs on the GPU
   // (from_pretrained initializes non-persistent buffers there and moves them), so torch_cuda takes
