@@ -128,6 +128,12 @@ enum {                                   /* whose pow/cos/sin the hf numerics re
   POSENC_HF_ARITHMETIC_TORCH_CUDA = 2,   /* torch on an NVIDIA GPU (CUDA's powf/cosf/sinf) */
   POSENC_HF_ARITHMETIC_EXACT = 3         /* correctly rounded pow/cos/sin: the same bits on every engine */
 };
+
+/* The QK-norm stage before the rotation (posenc_spec_desc.qk_norm; docs/NUMERICS.md §3.6): each Q
+ * and K head x becomes round(w * round(x * r)) (RMS: Qwen3, GLM-4.5) or round(x * r * (1 + w))
+ * (RMS_ONE_PLUS: Gemma 3), r = 1/sqrt(mean(x^2) + epsilon), with the call's weights
+ * (posenc_rope_args.q_norm_weight / k_norm_weight). */
+enum { POSENC_QK_NORM_NONE = 0, POSENC_QK_NORM_RMS = 1, POSENC_QK_NORM_RMS_ONE_PLUS = 2 };
 enum {
   POSENC_SCALING_NONE = 0,
   POSENC_SCALING_LINEAR = 1,
@@ -191,6 +197,10 @@ typedef struct posenc_spec_desc {
   /* Appended after the first version (a caller whose struct_size ends before it gets the default). */
   int32_t hf_arithmetic;    /* [POSENC_HF_ARITHMETIC_ENGINE] an engine refuses one it cannot reproduce */
   int32_t reserved;         /* must be 0 */
+  /* Appended later: the QK-norm stage (all zero: none). */
+  int32_t qk_norm;             /* [POSENC_QK_NORM_NONE] */
+  int32_t qk_norm_rotary_only; /* [0] 1: normalise the rotary window only, not the whole head */
+  double qk_norm_epsilon;      /* [0] the config's rms_norm_eps (typically 1e-6): set it with qk_norm */
 } posenc_spec_desc;
 
 POSENC_API posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out);
@@ -222,6 +232,10 @@ typedef struct posenc_spec_info {
   /* Appended after the first version. */
   int32_t hf_arithmetic;     /* as given (POSENC_HF_ARITHMETIC_ENGINE stays ENGINE: each engine resolves it) */
   int32_t reserved2;
+  /* Appended later: the QK-norm stage (config.json specs of Qwen3, Gemma 3, GLM-4.5 have one). */
+  int32_t qk_norm;             /* POSENC_QK_NORM_* */
+  int32_t qk_norm_rotary_only;
+  double qk_norm_epsilon;
 } posenc_spec_info;
 
 POSENC_API posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* out);
@@ -301,6 +315,11 @@ typedef struct posenc_rope_args {
   posenc_positions positions;
   /* Appended after the first version (a caller whose struct_size ends before it has no cache). */
   posenc_cos_sin_cache cos_sin;
+  /* Appended later: the QK-norm weights (head_dim, or rotary_dim with qk_norm_rotary_only, elements
+   * of the activation dtype, in the engine's memory); required exactly when the spec has a QK norm
+   * (k_norm_weight only with K), NULL otherwise. */
+  const void* q_norm_weight;
+  const void* k_norm_weight;
 } posenc_rope_args;
 
 /* A KV cache: two tensors K and V of one layout, dtype and shape (docs/C_API.md draws the
@@ -340,6 +359,9 @@ typedef struct posenc_append_args {
   /* Appended later: POSENC_LAYOUT_MLA's latent elements per row (kv_lora_rank, a multiple of
    * head_dim; V is [tokens, 1, cache_latent_dim]); 0 for the other layouts. */
   int64_t cache_latent_dim;
+  /* Appended later, as in posenc_rope_args: the QK-norm weights of Q and K. */
+  const void* q_norm_weight;
+  const void* k_norm_weight;
 } posenc_append_args;
 
 /* What an engine has done since its counters were enabled or reset. */

@@ -154,6 +154,15 @@ HfArithmetic to_hf_arithmetic(std::int32_t value, const std::string& what) {
   invalid(enum_message(what, value, "POSENC_HF_ARITHMETIC_ENGINE (0) .. POSENC_HF_ARITHMETIC_EXACT (3)"));
 }
 
+QkNormKind to_qk_norm(std::int32_t value, const std::string& what) {
+  switch (value) {
+    case POSENC_QK_NORM_NONE: return QkNormKind::none;
+    case POSENC_QK_NORM_RMS: return QkNormKind::rms;
+    case POSENC_QK_NORM_RMS_ONE_PLUS: return QkNormKind::rms_one_plus;
+  }
+  invalid(enum_message(what, value, "POSENC_QK_NORM_NONE (0) .. POSENC_QK_NORM_RMS_ONE_PLUS (2)"));
+}
+
 bool to_bool(std::int32_t value, const std::string& what) {
   if (value != 0 && value != 1) invalid(enum_message(what, value, "0, 1"));
   return value == 1;
@@ -220,6 +229,7 @@ RopeArgs to_args(const posenc_rope_args* in) {
   args.k_src = to_view(a.k_src, "args->k_src");
   args.positions = to_view(a.positions, "args->positions");
   args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
+  args.norm = NormWeights{a.q_norm_weight, a.k_norm_weight};
   return args;
 }
 
@@ -235,6 +245,7 @@ AppendArgs to_args(const posenc_append_args* in) {
   args.cache = to_view(a.cache, "args->cache");
   args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
   args.cache.latent_dim = a.cache_latent_dim;  // zero when the caller's struct ends before it
+  args.norm = NormWeights{a.q_norm_weight, a.k_norm_weight};
   return args;
 }
 

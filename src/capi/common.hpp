@@ -159,6 +159,7 @@ CacheLayout to_layout(std::int32_t value, const std::string& what);
 Pairing to_pairing(std::int32_t value, const std::string& what);
 Numerics to_numerics(std::int32_t value, const std::string& what);
 HfArithmetic to_hf_arithmetic(std::int32_t value, const std::string& what);
+QkNormKind to_qk_norm(std::int32_t value, const std::string& what);
 /// Error(invalid_argument) "<what> is <value>, not one of <accepted>".
 [[noreturn]] void invalid_enum(const std::string& what, std::int32_t value, const char* accepted);
 /// Error(invalid_argument) unless a reserved field is 0.

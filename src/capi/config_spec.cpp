@@ -129,6 +129,9 @@ posenc_status posenc_spec_create(const posenc_spec_desc* desc, posenc_spec** out
     if (d.position_limit != 0) spec.position_limit = d.position_limit;
     spec.hf_arithmetic = capi::to_hf_arithmetic(d.hf_arithmetic, "desc->hf_arithmetic");
     capi::check_reserved(d.reserved, "desc");
+    spec.qk_norm.kind = capi::to_qk_norm(d.qk_norm, "desc->qk_norm");
+    spec.qk_norm.rotary_only = capi::to_bool(d.qk_norm_rotary_only, "desc->qk_norm_rotary_only");
+    spec.qk_norm.epsilon = d.qk_norm_epsilon;
     *out = make_spec(std::move(spec));
   });
 }
@@ -170,6 +173,9 @@ posenc_status posenc_spec_get_info(const posenc_spec* spec, posenc_spec_info* ou
     info.mrope_section_count = static_cast<std::int64_t>(s.mrope_section.size());
     info.mrope_interleaved = s.mrope_interleaved ? 1 : 0;
     info.hf_arithmetic = static_cast<std::int32_t>(s.hf_arithmetic);
+    info.qk_norm = static_cast<std::int32_t>(s.qk_norm.kind);
+    info.qk_norm_rotary_only = s.qk_norm.rotary_only ? 1 : 0;
+    info.qk_norm_epsilon = s.qk_norm.epsilon;
     capi::write_out(out, info);
   });
 }

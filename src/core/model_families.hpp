@@ -39,7 +39,7 @@ struct Family {
   // `qk_norm_key` the config's boolean of that name switches it on (default off), else it is
   // always on. Epsilon: rms_norm_eps, default `norm_eps` (the HF config class's).
   QkNormKind qk_norm = QkNormKind::none;
-  std::string_view qk_norm_key;
+  std::string_view qk_norm_key{};
   double norm_eps = 1e-6;
 };
 

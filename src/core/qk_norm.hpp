@@ -111,31 +111,34 @@ POSENC_HD TorchCudaReduceShape torch_cuda_reduce_shape(int n, std::int64_t rows)
   return shape;
 }
 
-/// Lane `lane`'s partial sum of `sq[0..n)` in ATen's reduce kernel of `shape` (Reduce.cuh
-/// input_vectorized_thread_reduce_impl / thread_reduce_impl with vt0 = 4): four accumulators, then
-/// added in order. Rows start 16-byte aligned (n % 4 == 0 when vectorized: the launcher checks).
-POSENC_HD float torch_cuda_lane_sum(const float* sq, int n, TorchCudaReduceShape shape, int lane) {
+/// Lane `lane`'s partial sum of the squares of `x[0..n)` (`x.pow(2)`: fl32(x * x)) in ATen's reduce
+/// kernel of `shape` (Reduce.cuh input_vectorized_thread_reduce_impl / thread_reduce_impl with
+/// vt0 = 4): four accumulators, then added in order. torch's rows start 16-byte aligned; a row of
+/// n % 4 != 0 elements read as vectors would not (the launcher refuses that case).
+POSENC_HD float torch_cuda_lane_sum(const float* x, int n, TorchCudaReduceShape shape, int lane) {
+  auto sq = [x](int i) { return mul_rn(x[i], x[i]); };
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   const int stride = shape.lanes;
   if (shape.vectorized) {
     for (int v = lane; v * 4 + 3 < n; v += stride)
-      for (int i = 0; i < 4; ++i) acc[i] = add_rn(acc[i], sq[v * 4 + i]);
+      for (int i = 0; i < 4; ++i) acc[i] = add_rn(acc[i], sq(v * 4 + i));
     const int tail = n - n % 4 + lane;
-    if (tail < n) acc[0] = add_rn(acc[0], sq[tail]);
+    if (tail < n) acc[0] = add_rn(acc[0], sq(tail));
   } else {
     int idx = lane;
     for (; idx + 3 * stride < n; idx += 4 * stride)
-      for (int i = 0; i < 4; ++i) acc[i] = add_rn(acc[i], sq[idx + i * stride]);
-    for (int i = 0; i < 4 && idx < n; ++i, idx += stride) acc[i] = add_rn(acc[i], sq[idx]);
+      for (int i = 0; i < 4; ++i) acc[i] = add_rn(acc[i], sq(idx + i * stride));
+    for (int i = 0; i < 4 && idx < n; ++i, idx += stride) acc[i] = add_rn(acc[i], sq(idx));
   }
   return add_rn(add_rn(add_rn(acc[0], acc[1]), acc[2]), acc[3]);
 }
 
-/// The whole row's sum in ATen's reduce order: every lane's partial, then lanes l and l + o added
-/// for o = lanes/2, ..., 1 (shared memory above 32 lanes, warp shuffles below: the same tree).
-/// `partial` is scratch of shape.lanes floats.
-POSENC_HD float torch_cuda_sum(const float* sq, int n, TorchCudaReduceShape shape, float* partial) {
-  for (int l = 0; l < shape.lanes; ++l) partial[l] = torch_cuda_lane_sum(sq, n, shape, l);
+/// The sum of the squares of x[0..n) in ATen's reduce order: every lane's partial, then lanes l and
+/// l + o added for o = lanes/2, ..., 1 (shared memory above 32 lanes, warp shuffles below: the same
+/// tree). `partial` is scratch of shape.lanes floats. (The GPU kernel spreads the same steps over
+/// a warp: norm_kernels.cuh.)
+POSENC_HD float torch_cuda_sum(const float* x, int n, TorchCudaReduceShape shape, float* partial) {
+  for (int l = 0; l < shape.lanes; ++l) partial[l] = torch_cuda_lane_sum(x, n, shape, l);
   for (int o = shape.lanes / 2; o > 0; o /= 2)
     for (int l = 0; l < o; ++l) partial[l] = add_rn(partial[l], partial[l + o]);
   return partial[0];

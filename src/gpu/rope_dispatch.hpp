@@ -34,4 +34,14 @@ KernelPair dispatch_kernels(DType t, Pairing p, Numerics n) {
 /// dispatch_kernels<true>, compiled in append_kernels.cu.
 KernelPair append_kernels(DType t, Pairing p, Numerics n);
 
+/// The QK-norm + RoPE kernels (norm_kernels.cuh) of one (dtype, numerics): a plain rotation and an
+/// append (the pairing is a runtime value there). Compiled in norm_kernels.cu; throws Error for
+/// values outside the enums.
+using NormKernel = void (*)(NormKernelParams);
+struct NormKernelPair {
+  NormKernel apply = nullptr;
+  NormKernel append = nullptr;
+};
+NormKernelPair norm_kernels(DType t, Numerics n);
+
 }  // namespace posenc::gpu::detail

@@ -44,6 +44,7 @@
 #include "gpu/rope_dispatch.hpp"
 #include "gpu/rope_params.hpp"
 #include "gpu/select_kernel.cuh"
+#include "core/qk_norm.hpp"  // after the GPU headers: vendor.hpp must precede element.hpp
 #include "gpu/vendor.hpp"
 #include "core/counting.hpp"
 #include "core/element.hpp"
@@ -59,6 +60,8 @@
 namespace posenc::gpu {
 namespace {
 
+using detail::NormKernel;
+using detail::NormKernelPair;
 using detail::KernelPair;
 using detail::KernelTensor;
 using detail::RopeKernel;
@@ -118,6 +121,9 @@ struct GpuEngine::State {
   KernelPair kernels[2][dtype_count];  ///< [plain rotation, append][dtype]
   int resident_blocks[2][dtype_count][2] = {};  ///< per SM, at target_block_threads; [.][.][vectorized, generic]
   RopeKernelParams base;                      ///< spec-derived fields, filled once
+  /// The QK-norm stage (spec.qk_norm enabled): its kernels per dtype and spec-derived fields.
+  NormKernelPair norm_kernels[dtype_count];
+  detail::KernelNorm norm;
   SelectParams select;                        ///< spec-derived fields, filled once
   bool call_dependent = false;
   mutable std::atomic<std::uint32_t> next_table{0};
@@ -141,7 +147,26 @@ struct GpuEngine::State {
   /// Everything apply and append share after validation: the pre-pass (call-dependent tables),
   /// the launch shape, the launch and its checks, and the counters.
   void launch(RopeKernelParams p, bool append, const PositionsView& positions, std::int64_t tokens,
-              detail::LaunchRecord record, std::int64_t bytes, StreamRef stream) const;
+              detail::LaunchRecord record, std::int64_t bytes, StreamRef stream,
+              const detail::KernelNorm* call_norm = nullptr) const;
+
+  /// The norm fields of one call: the weights and torch's per-tensor reduce shape and mean factor,
+  /// which depend on the rows (tokens x heads) being normalised.
+  detail::KernelNorm norm_for(const NormWeights& weights, std::int64_t tokens, std::int64_t q_heads,
+                              std::int64_t k_heads) const {
+    detail::KernelNorm n = norm;
+    n.q_weight = weights.q;
+    n.k_weight = weights.k;
+    const int width = n.width;
+    const posenc::detail::TorchCudaReduceShape q_shape = posenc::detail::torch_cuda_reduce_shape(width, tokens * q_heads);
+    const posenc::detail::TorchCudaReduceShape k_shape =
+        posenc::detail::torch_cuda_reduce_shape(width, tokens * std::max<std::int64_t>(k_heads, 1));
+    n.q_lanes = q_shape.lanes;
+    n.k_lanes = k_shape.lanes;
+    n.q_factor = posenc::detail::torch_cuda_mean_factor(tokens * q_heads, width);
+    n.k_factor = posenc::detail::torch_cuda_mean_factor(tokens * std::max<std::int64_t>(k_heads, 1), width);
+    return n;
+  }
 };
 
 GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(std::make_unique<State>()) {
@@ -158,11 +183,6 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
                 "GPU engine: hf_arithmetic 'torch_cpu' cannot be reproduced on a GPU (torch's CPU cos, sin and "
                 "call-time pow come from CPU libraries with no device counterpart); use 'torch_cuda' (transformers "
                 "on a GPU), 'exact', or the CPU engine");
-  }
-  if (spec.qk_norm.enabled()) {
-    throw Error(ErrorKind::unsupported,
-                std::string("GPU engine: the QK-norm stage (qk_norm ") + to_string(spec.qk_norm.kind) +
-                    ") runs on the CPU engine only so far; normalise Q and K before the call, or use CpuEngine");
   }
   const bool vendor = arithmetic == HfArithmetic::torch_cuda;
   // transformers builds the init-time table on the CPU even for a model that runs on the GPU
@@ -300,6 +320,27 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
       }
     }
   }
+  if (spec.qk_norm.enabled()) {
+    const std::int64_t width = spec.qk_norm.rotary_only ? rotary : spec.head_dim;
+    // torch reads rows of >= 128 floats as 4-float vectors from 16-byte aligned rows; a row of
+    // width % 4 != 0 would shift its alignment row by row (no model has one).
+    if (vendor && width >= 128 && width % 4 != 0) {
+      throw Error(ErrorKind::unsupported,
+                  "GPU engine: QK norm over " + std::to_string(width) +
+                      " elements in torch_cuda arithmetic: widths >= 128 must be multiples of 4 (torch's "
+                      "vectorized reduction order is reproduced only for aligned rows); use hf_arithmetic 'exact'");
+    }
+    for (const DType dtype : all_dtypes)
+      s.norm_kernels[static_cast<std::size_t>(dtype)] = detail::norm_kernels(dtype, spec.numerics);
+    s.norm.kind = static_cast<std::int32_t>(spec.qk_norm.kind);
+    s.norm.pairing = static_cast<std::int32_t>(spec.pairing);
+    s.norm.first = static_cast<std::int32_t>(spec.qk_norm.rotary_only ? spec.rotary_offset : 0);
+    s.norm.width = static_cast<std::int32_t>(width);
+    s.norm.head_dim = static_cast<std::int32_t>(spec.head_dim);
+    s.norm.torch_cuda = vendor ? 1 : 0;
+    s.norm.vectorized_sum = width >= 128 ? 1 : 0;
+    s.norm.epsilon = static_cast<float>(spec.qk_norm.epsilon);
+  }
 } catch (const std::bad_alloc&) {  // the host side's small allocations (state, tables); device ones name their size
   posenc::detail::throw_out_of_host_memory("the GpuEngine's host state and tables");
 }
@@ -314,7 +355,7 @@ const Device& GpuEngine::device() const noexcept { return state_->device; }
 
 void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsView& positions,
                               std::int64_t tokens, detail::LaunchRecord record, std::int64_t bytes,
-                              StreamRef stream) const {
+                              StreamRef stream, const detail::KernelNorm* call_norm) const {
   const DType dtype = record.dtype;
   const auto di = static_cast<std::size_t>(dtype);  // validated: one of all_dtypes
   const std::int64_t head_dim = spec.head_dim;
@@ -377,6 +418,20 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
   }
 
   detail::record_launch(native, record);
+  if (call_norm != nullptr) {
+    // The QK-norm kernel: one block per token (up to 8 resident blocks per SM), a warp per row.
+    detail::NormKernelParams np{p, *call_norm};
+    np.rope.tokens = tokens;
+    np.rope.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
+    const std::int64_t blocks = std::min<std::int64_t>(tokens, std::int64_t{8} * device.multiprocessor_count());
+    const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim));
+    const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;
+    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(np);
+    POSENC_GPU_CHECK_LAUNCH(record);
+    if (timed >= 0) timer->end(timed, native);
+    if (counters.enabled()) counters.count(1, tokens, bytes);
+    return;
+  }
   const RopeKernel kernel = vectorized ? kernels[ai][di].vectorized : kernels[ai][di].generic;
   kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);
   POSENC_GPU_CHECK_LAUNCH(record);
@@ -466,6 +521,11 @@ void GpuEngine::apply(const RopeArgs& args, StreamRef stream) const {
   const detail::LaunchRecord record = launch_record(rope_op, s.spec, p, tokens, k_heads, args.q.dtype,
                                                     args.positions.type, info.q_in_place && info.k_in_place);
   const std::int64_t bytes = s.counters.enabled() ? posenc::detail::moved_bytes(args, info, s.spec) : 0;
+  if (s.spec.qk_norm.enabled()) {
+    const detail::KernelNorm norm = s.norm_for(args.norm, tokens, q_heads, k_heads);
+    s.launch(p, /*append=*/false, args.positions, tokens, record, bytes, stream, &norm);
+    return;
+  }
   s.launch(p, /*append=*/false, args.positions, tokens, record, bytes, stream);
 }
 
@@ -518,6 +578,11 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
     rope.q = args.q;
     rope.q_src = args.q_src;
     bytes = posenc::detail::moved_bytes(rope, info, s.spec) + posenc::detail::append_extra_bytes(args);
+  }
+  if (s.spec.qk_norm.enabled()) {
+    const detail::KernelNorm norm = s.norm_for(args.norm, tokens, q_heads, kv_heads);
+    s.launch(p, /*append=*/true, args.positions, tokens, record, bytes, stream, &norm);
+    return;
   }
   s.launch(p, /*append=*/true, args.positions, tokens, record, bytes, stream);
 }

@@ -134,6 +134,36 @@ struct RopeKernelParams {
   KernelCache cache;  ///< append launches only
 };
 
+/// The QK-norm stage (RopeSpec::qk_norm) of a norm launch (norm_kernels.cuh).
+struct KernelNorm {
+  const void* q_weight = nullptr;  ///< `width` elements of the activation dtype (device memory)
+  const void* k_weight = nullptr;
+  std::int32_t kind = 0;           ///< posenc::QkNormKind (rms or rms_one_plus)
+  std::int32_t pairing = 0;        ///< posenc::Pairing (a runtime value here: the kernel is not hot enough to specialise)
+  std::int32_t first = 0;          ///< first normalised element of a head
+  std::int32_t width = 0;          ///< elements normalised
+  std::int32_t head_dim = 0;
+  std::int32_t torch_cuda = 0;     ///< 1: torch's CUDA sum order, mean factor and rsqrtf; 0: exact
+  std::int32_t vectorized_sum = 0; ///< torch reads the row as 4-float vectors (width >= 128)
+  std::int32_t q_lanes = 32;       ///< torch's reduce lanes for Q's rows (tokens x q_heads of them)
+  std::int32_t k_lanes = 32;       ///< ... and for K's
+  float q_factor = 1.0f;           ///< torch's mean factor for Q's row count (core/qk_norm.hpp)
+  float k_factor = 1.0f;
+  float epsilon = 0.0f;            ///< fl32(epsilon)
+};
+
+/// A norm launch: the rotation's parameters and the norm stage. One block per token (grid-stride),
+/// one warp per row (token, head).
+struct NormKernelParams {
+  RopeKernelParams rope;
+  KernelNorm norm;
+};
+
+/// Threads of a norm launch's block (norm_block_threads / 32 rows at a time) and the most torch
+/// reduce lanes a row can have (core/qk_norm.hpp: width 1024 read as 256 vectors by one block).
+inline constexpr int norm_block_threads = 256;
+inline constexpr int norm_max_torch_lanes = 256;
+
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
 inline constexpr int max_tile_table_bytes = 16384;
 

@@ -738,6 +738,71 @@ static void test_cpu_apply_errors(void) {
 /* A caller's cos/sin cache (vLLM's cos_sin_cache): the engine equals the reference bit for bit,
  * and a cache built from the spec's own frequencies in float64 is within float32 rounding of the
  * spec path (accurate numerics). */
+/* The QK-norm stage: a spec from a Qwen3 config has it (POSENC_QK_NORM_RMS, its rms_norm_eps), a
+ * spec can be made with it, the CPU engine equals the reference bit for bit, and a call without
+ * the weights is refused with nothing written. */
+static void test_qk_norm(void) {
+  static const char qwen3[] = "{\"model_type\": \"qwen3\", \"num_attention_heads\": 4, \"num_key_value_heads\": 2, "
+                              "\"head_dim\": 64, \"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000}";
+  posenc_config* config = NULL;
+  posenc_spec* spec = NULL;
+  posenc_spec* made = NULL;
+  posenc_spec_info info = posenc_spec_info_make();
+  posenc_spec_desc desc = posenc_spec_desc_make();
+  posenc_cpu_engine* engine = NULL;
+  posenc_rope_args args;
+  static float q_in[T * HQ * D], k_in[T * HK * D], q[T * HQ * D], k[T * HK * D], q_ref[T * HQ * D], k_ref[T * HK * D];
+  float q_weight[D], k_weight[D];
+  int64_t positions[T] = {0, 5, 77, 4000, 12};
+
+  CHECK_OK(posenc_config_parse(qwen3, strlen(qwen3), "qwen3-text", &config));
+  CHECK_OK(posenc_config_spec(config, NULL, &spec));
+  CHECK_OK(posenc_spec_get_info(spec, &info));
+  CHECK(info.qk_norm == POSENC_QK_NORM_RMS && info.qk_norm_rotary_only == 0 && info.qk_norm_epsilon == 1e-6);
+
+  desc.head_dim = D;
+  desc.qk_norm = POSENC_QK_NORM_RMS_ONE_PLUS;
+  desc.qk_norm_epsilon = 1e-6;
+  CHECK_OK(posenc_spec_create(&desc, &made));
+  CHECK_OK(posenc_spec_get_info(made, &info));
+  CHECK(info.qk_norm == POSENC_QK_NORM_RMS_ONE_PLUS);
+  posenc_spec_destroy(made);
+  made = NULL;
+  desc.qk_norm = 3;
+  CHECK_ERR(posenc_spec_create(&desc, &made), POSENC_ERROR_INVALID_ARGUMENT, "desc->qk_norm is 3");
+
+  fill_random(q_in, T * HQ * D);
+  fill_random(k_in, T * HK * D);
+  fill_random(q_weight, D);
+  fill_random(k_weight, D);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  memcpy(q, q_in, sizeof q);
+  memcpy(k, k_in, sizeof k);
+  memcpy(q_ref, q_in, sizeof q);
+  memcpy(k_ref, k_in, sizeof k);
+  args = f32_rope_args(q, k, positions);
+  args.q_norm_weight = q_weight;
+  args.k_norm_weight = k_weight;
+  CHECK_OK(posenc_cpu_engine_apply(engine, &args));
+  args = f32_rope_args(q_ref, k_ref, positions);
+  args.q_norm_weight = q_weight;
+  args.k_norm_weight = k_weight;
+  CHECK_OK(posenc_apply_reference(spec, &args));
+  CHECK(memcmp(q, q_ref, sizeof q) == 0 && memcmp(k, k_ref, sizeof k) == 0);
+  CHECK(memcmp(q, q_in, sizeof q) != 0);
+
+  /* Without the weights: refused, nothing written. */
+  memcpy(q_ref, q_in, sizeof q);
+  args = f32_rope_args(q_ref, k_ref, positions);
+  args.k_norm_weight = k_weight;
+  CHECK_ERR(posenc_cpu_engine_apply(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "norm.q is absent");
+  CHECK(memcmp(q_ref, q_in, sizeof q) == 0);
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+  posenc_config_destroy(config);
+}
+
 static void test_cos_sin_cache(void) {
   enum { ROWS = 16 };
   posenc_spec* spec = plain_spec(POSENC_NUMERICS_ACCURATE, 1000);
@@ -1614,6 +1679,7 @@ int main(void) {
   test_spec_create();
   test_mrope_spec();
   test_cpu_apply();
+  test_qk_norm();
   test_cpu_apply_errors();
   test_cos_sin_cache();
   test_cpu_append();

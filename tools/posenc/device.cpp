@@ -48,6 +48,7 @@ RopeArgs dense_args(const HostBatch& batch, void* q, void* k, const void* positi
   args.positions.count = batch.tokens;
   args.positions.streams = batch.position_streams;
   args.positions.stream_stride = batch.position_streams > 1 ? batch.tokens : 0;
+  if (!batch.q_norm_weight.empty()) args.norm = NormWeights{batch.q_norm_weight.data(), batch.k_norm_weight.data()};
   return args;
 }
 
@@ -59,6 +60,8 @@ struct GpuSide {
   gpu::DeviceBuffer q;
   gpu::DeviceBuffer k;
   gpu::DeviceBuffer positions;
+  gpu::DeviceBuffer q_norm_weight;
+  gpu::DeviceBuffer k_norm_weight;
   RopeArgs args;
 
   GpuSide(const RopeSpec& spec, const HostBatch& batch)
@@ -72,8 +75,16 @@ struct GpuSide {
     if (batch.k_heads > 0) k.upload(batch.k.data(), batch.k_bytes(), stream.ref());
     positions.upload(batch.positions.data(), static_cast<std::int64_t>(batch.positions.size()),
                      stream.ref());
+    if (!batch.q_norm_weight.empty()) {
+      const auto bytes = static_cast<std::int64_t>(batch.q_norm_weight.size());
+      q_norm_weight = gpu::DeviceBuffer(device, bytes);
+      k_norm_weight = gpu::DeviceBuffer(device, bytes);
+      q_norm_weight.upload(batch.q_norm_weight.data(), bytes, stream.ref());
+      k_norm_weight.upload(batch.k_norm_weight.data(), bytes, stream.ref());
+    }
     stream.synchronize();  // the host buffers may change after construction
     args = dense_args(batch, q.data(), batch.k_heads > 0 ? k.data() : nullptr, positions.data());
+    if (!batch.q_norm_weight.empty()) args.norm = NormWeights{q_norm_weight.data(), k_norm_weight.data()};
   }
 };
 

@@ -46,6 +46,10 @@ struct HostBatch {
   std::vector<std::byte> q;
   std::vector<std::byte> k;
   std::vector<std::byte> positions;
+  /// The QK-norm weights (head_dim or rotary_dim elements of `dtype` each) when the spec
+  /// normalises Q and K; empty otherwise.
+  std::vector<std::byte> q_norm_weight;
+  std::vector<std::byte> k_norm_weight;
 
   std::int64_t q_bytes() const noexcept { return tokens * q_heads * head_dim * size_of(dtype); }
   std::int64_t k_bytes() const noexcept { return tokens * k_heads * head_dim * size_of(dtype); }

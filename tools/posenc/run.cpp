@@ -160,6 +160,20 @@ HostBatch make_batch(const ModelConfig& config, std::int64_t head_dim, std::int3
   return batch;
 }
 
+/// Random QK-norm weights when `spec` normalises Q and K: around 1 for `rms` (the weight
+/// multiplies), around 0 for `rms_one_plus` (Gemma multiplies by 1 + w).
+void add_norm_weights(HostBatch& batch, const RopeSpec& spec, std::uint64_t seed) {
+  if (!spec.qk_norm.enabled()) return;
+  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  const float center = spec.qk_norm.kind == QkNormKind::rms ? 1.0f : 0.0f;
+  for (std::vector<std::byte>* w : {&batch.q_norm_weight, &batch.k_norm_weight}) {
+    w->assign(static_cast<std::size_t>(width * size_of(batch.dtype)), std::byte{0});
+    for (std::int64_t j = 0; j < width; ++j)
+      store_element(batch.dtype, w->data(), j, center + 0.25f * random_value(seed, static_cast<std::uint64_t>(j)));
+    ++seed;
+  }
+}
+
 std::string shape_text(std::int64_t a, std::int64_t b, std::int64_t c) {
   return "[" + std::to_string(a) + ", " + std::to_string(b) + ", " + std::to_string(c) + "]";
 }
@@ -172,6 +186,7 @@ int run_layer(const ResolvedModel& model, const RunOptions& options, const Devic
   print_field("spec", indent(model.spec.describe()));
 
   HostBatch batch = input;  // the engine overwrites this copy; the reference reads `input`
+  add_norm_weights(batch, model.spec, 0x5eed);
   EngineRunner runner(model.spec, device, options.threads, batch);
   print_field("device", runner.description() + " — " + device.reason);
   std::fflush(stdout);
@@ -182,7 +197,7 @@ int run_layer(const ResolvedModel& model, const RunOptions& options, const Devic
   runner.download();
   const std::vector<std::int64_t> sample = sample_tokens(batch.tokens, lengths);
   const FrequencyTable table = compute_frequencies(with_host_tables(model.spec), max_position + 1);
-  const VerifyStats stats = verify_sample(model.spec, table, input, batch, sample);
+  const VerifyStats stats = verify_sample(model.spec, table, input, batch, sample);  // batch holds the weights
   const bool passed = stats.failures == 0;
   print_field("verify", std::to_string(sample.size()) + " tokens x " +
                             std::to_string(batch.q_heads + batch.k_heads) + " heads (" +

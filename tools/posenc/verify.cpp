@@ -49,6 +49,7 @@ struct TensorRef {
 std::string error_bound_text(const RopeSpec& spec) {
   std::string text = "4 ulp of the dtype + 8 float32 ulp at the pair's magnitude";
   if (spec.numerics != Numerics::accurate) text += " + float32 angle rounding (hf numerics)";
+  if (spec.qk_norm.enabled()) return text + " + 4 ulp for the QK norm's roundings; normalised pass-through dims 2 ulp";
   return text + "; pass-through dims exact";
 }
 
@@ -76,11 +77,27 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
     for (const TensorRef& tensor : tensors) {
       for (std::int64_t h = 0; h < tensor.heads; ++h) {
         const std::int64_t base = (t * tensor.heads + h) * d;
+        for (std::int64_t i = 0; i < d; ++i) x[i] = load_element(dtype, tensor.in->data(), base + i);
+        if (spec.qk_norm.enabled()) {
+          // The QK norm in float64 (rope.hpp QkNorm): x_j / rms(x) times w_j or (1 + w_j).
+          const std::vector<std::byte>& weight = &tensor == &tensors[0] ? output.q_norm_weight : output.k_norm_weight;
+          const std::int64_t first = spec.qk_norm.rotary_only ? offset : 0;
+          const std::int64_t width = spec.qk_norm.rotary_only ? rotary : d;
+          double sum = 0.0;
+          for (std::int64_t j = 0; j < width; ++j) sum += x[first + j] * x[first + j];
+          const double r = 1.0 / std::sqrt(sum / static_cast<double>(width) + spec.qk_norm.epsilon);
+          for (std::int64_t j = 0; j < width; ++j) {
+            const double w = load_element(dtype, weight.data(), j);
+            x[first + j] *= r * (spec.qk_norm.kind == QkNormKind::rms ? w : 1.0 + w);
+          }
+        }
         for (std::int64_t i = 0; i < d; ++i) {
-          x[i] = load_element(dtype, tensor.in->data(), base + i);
           ref[i] = x[i];  // pass-through unless the window below overwrites it
-          bound[i] = 0.0;
           scale[i] = std::fabs(x[i]);
+          // A normalised element went through up to two roundings to the dtype.
+          bound[i] = spec.qk_norm.enabled() && (!spec.qk_norm.rotary_only || (i >= offset && i < offset + rotary))
+                         ? 2.0 * ulp_of(dtype, scale[i])
+                         : 0.0;
         }
         for (std::int64_t i = 0; i < half; ++i) {
           // Which elements form pair i, and where its rotated values go (rope.hpp).
@@ -98,7 +115,7 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
           ref[oa] = a * c - b * s;
           ref[ob] = b * c + a * s;
           const double r = std::fabs(factor) * std::hypot(a, b);
-          const double allowed = 4.0 * ulp_of(dtype, r) + 8.0 * std::ldexp(r, -24) +
+          const double allowed = (spec.qk_norm.enabled() ? 8.0 : 4.0) * ulp_of(dtype, r) + 8.0 * std::ldexp(r, -24) +
                                  (hf_angle ? std::ldexp(r * std::fabs(angle), -23) : 0.0);
           bound[oa] = bound[ob] = allowed;
           scale[oa] = scale[ob] = r;
