@@ -369,6 +369,53 @@ TEST(QkNormValidation, RejectsAndLeavesDataUntouched) {
   expect_error(bad_eps, NormWeights{wp, wp}, "qk_norm.epsilon");
 }
 
+// 6. fp8 e4m3 outputs: every bfloat16 value (NaNs and infinities included) written through the
+//    fused append into an fp8 cache equals torch's `(x / scale).clamp(-448, 448).to(float8_e4m3fn)`
+//    (scripts/golden/fp8_cast.py), for three scales: V rows carry the values unchanged to the cast.
+TEST(Fp8Cast, EveryBfloat16MatchesTorch) {
+  const fs::path path = fs::path(POSENC_GOLDEN_DIR) / "arithmetic" / "fp8" / "bf16_to_e4m3.npy";
+  const cli::NpyArray expected = cli::read_npy(path.string());
+  const nlohmann::json meta = nlohmann::json::parse(std::ifstream(path.parent_path() / "meta.json"));
+  const std::vector<double> scales = meta["scales"];
+  ASSERT_EQ(expected.data.size(), scales.size() * 65536);
+  RopeSpec spec;
+  spec.head_dim = 128;
+  const std::int64_t tokens = 512;  // 512 x 128 = 65536 values, V row (t, 0) holds bf16 bits t*128 .. t*128+127
+  std::vector<std::uint16_t> q(tokens * spec.head_dim), k(tokens * spec.head_dim), v(tokens * spec.head_dim);
+  for (std::size_t i = 0; i < v.size(); ++i) {
+    v[i] = static_cast<std::uint16_t>(i);
+    q[i] = k[i] = 0x3f80;  // 1.0
+  }
+  const std::vector<std::int64_t> positions(tokens, 3);
+  std::vector<std::int64_t> slots(tokens);
+  for (std::int64_t t = 0; t < tokens; ++t) slots[t] = t;
+  for (std::size_t s = 0; s < scales.size(); ++s) {
+    SCOPED_TRACE("scale " + std::to_string(scales[s]));
+    for (const bool engine : {true, false}) {
+      std::vector<std::uint8_t> cache_k(v.size(), 0xaa), cache_v(v.size(), 0xaa);
+      AppendArgs a;
+      a.q = TensorView::contiguous(q.data(), DType::bf16, tokens, 1, spec.head_dim);
+      a.k = TensorView::contiguous(k.data(), DType::bf16, tokens, 1, spec.head_dim);
+      a.v = TensorView::contiguous(v.data(), DType::bf16, tokens, 1, spec.head_dim);
+      a.positions = PositionsView{positions.data(), IndexType::i64, tokens, 1, tokens};
+      a.slots = slots.data();
+      a.cache = KvCacheView{cache_k.data(), cache_v.data(), CacheDType::fp8_e4m3, CacheLayout::paged_nhd, 1,
+                            spec.head_dim, tokens, 1};
+      a.cache.k_scale = a.cache.v_scale = static_cast<float>(scales[s]);
+      if (engine) CpuEngine(spec).append(a);
+      else append_reference(spec, a);
+      std::int64_t differ = 0;
+      std::string first;
+      for (std::size_t i = 0; i < cache_v.size(); ++i) {
+        const auto want = std::to_integer<std::uint8_t>(expected.data[s * 65536 + i]);
+        if (cache_v[i] == want) continue;
+        if (differ++ == 0) first = "bf16 bits " + std::to_string(i) + ": got " + std::to_string(cache_v[i]) + ", torch " + std::to_string(want);
+      }
+      EXPECT_EQ(differ, 0) << (engine ? "CpuEngine" : "append_reference") << "; first: " << first;
+    }
+  }
+}
+
 // 5. Config ingestion: which model types normalise, with which form and epsilon.
 TEST(QkNormConfig, FromModelType) {
   const auto spec_of = [](const std::string& json) { return parse_model_config(json).spec(); };

@@ -22,21 +22,15 @@
 
 namespace posenc::gpu::detail {
 
-/// Shared memory of a norm launch: the token's cos/sin (half entries), then per warp a row of
-/// head_dim floats and norm_max_torch_lanes partial sums.
-constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim) {
-  return half * table_entry_bytes + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
-}
-
 /// The mean of squares of x[0..n) as the norm's arithmetic computes it, spread over the warp;
 /// every lane returns it. `partial` is the warp's scratch.
 __device__ __forceinline__ float norm_mean_square(const KernelNorm& norm, bool is_q, const float* x, int n,
                                                   float* partial, int lane) {
   if (norm.torch_cuda == 0) {
     if (lane == 0) partial[0] = posenc::detail::exact_mean_square(x, n);
-    __syncwarp();
+    device_sync_warp();
     const float mean = partial[0];
-    __syncwarp();
+    device_sync_warp();
     return mean;
   }
   posenc::detail::TorchCudaReduceShape shape;
@@ -44,12 +38,12 @@ __device__ __forceinline__ float norm_mean_square(const KernelNorm& norm, bool i
   shape.vectorized = norm.vectorized_sum != 0;
   for (int l = lane; l < shape.lanes; l += 32) partial[l] = posenc::detail::torch_cuda_lane_sum(x, n, shape, l);
   for (int o = shape.lanes / 2; o > 0; o /= 2) {
-    __syncwarp();
+    device_sync_warp();
     for (int l = lane; l < o; l += 32) partial[l] = posenc::detail::add_rn(partial[l], partial[l + o]);
   }
-  __syncwarp();
+  device_sync_warp();
   const float sum = partial[0];
-  __syncwarp();
+  device_sync_warp();
   return posenc::detail::mul_rn(sum, is_q ? norm.q_factor : norm.k_factor);
 }
 
@@ -106,7 +100,7 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
       }
       // 1. The head into the warp's row.
       for (int j = lane; j < head_dim; j += 32) row[j] = Element<A>::widen(hp.src[j]);
-      __syncwarp();
+      device_sync_warp();
       // 2.-3. The norm over [first, first + width).
       const bool is_q = h < p.q_heads;
       float* const x = row + norm.first;
@@ -117,7 +111,7 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
       const auto kind = static_cast<QkNormKind>(norm.kind);
       for (int j = lane; j < norm.width; j += 32)
         x[j] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(x[j], r), Element<A>::widen(weight[j]));
-      __syncwarp();
+      device_sync_warp();
       // 4. The rotation from the normalised row, and the other elements.
       const bool to_cache = Append && hp.to_cache;
       const float scale = p.cache.k_scale;
@@ -139,7 +133,7 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
         for (int j = lane; j < head_dim; j += 32)
           if (j < p.rotary_offset || j >= window_end) store(j, row[j]);
       }
-      __syncwarp();  // the row is reused by the warp's next head
+      device_sync_warp();  // the row is reused by the warp's next head
     }
   }
 }

@@ -164,6 +164,13 @@ struct NormKernelParams {
 inline constexpr int norm_block_threads = 256;
 inline constexpr int norm_max_torch_lanes = 256;
 
+/// Shared memory of a norm launch: the token's cos/sin (half entries), then per warp a row of
+/// head_dim floats and norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim 1024,
+/// within the 48 KiB a launch gets without opting in).
+constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim) {
+  return half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
+}
+
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
 inline constexpr int max_tile_table_bytes = 16384;
 

@@ -79,6 +79,13 @@ inline constexpr const char* vendor_backend = "hip";
 #if defined(__HIPCC__)
 /// An L2 prefetch hint; none is mapped for HIP (the kernels are correct without it).
 __device__ __forceinline__ void device_prefetch_l2(const void*) {}
+/// Orders the shared-memory accesses of a group of 32 lanes that work on one row (norm_kernels.cuh).
+/// A wavefront executes in lockstep; the fences keep the compiler from moving LDS accesses across.
+__device__ __forceinline__ void device_sync_warp() {
+  __builtin_amdgcn_fence(__ATOMIC_RELEASE, "wavefront");
+  __builtin_amdgcn_wave_barrier();
+  __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
+}
 #endif
 }  // namespace posenc::gpu
 
@@ -98,6 +105,8 @@ inline constexpr const char* vendor_backend = "cuda";
 // instructions instead of a dozen; rope_math.hpp uses them in device code when this is defined.
 // (Include this header before core/rope_math.hpp.)
 #define POSENC_DEVICE_ROUNDING 1
+/// Orders the shared-memory accesses of the 32 lanes of a warp that work on one row (norm_kernels.cuh).
+__device__ __forceinline__ void device_sync_warp() { __syncwarp(); }
 /// Fetches the line holding `p` into L2 without occupying a register (prefetch.global.L2).
 __device__ __forceinline__ void device_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));

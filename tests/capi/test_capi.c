@@ -168,15 +168,17 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_tensor) == 56 && sizeof(posenc_const_tensor) == 56);
     CHECK(sizeof(posenc_positions) == 32 && sizeof(posenc_cos_sin_cache) == 40);
     CHECK(sizeof(posenc_kv_cache) == 64);
-    CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40);
+    CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40 + 16);
     CHECK(offsetof(posenc_rope_args, positions) == 232 && offsetof(posenc_rope_args, cos_sin) == 264);
-    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8);
+    CHECK(offsetof(posenc_rope_args, q_norm_weight) == 304 && offsetof(posenc_rope_args, k_norm_weight) == 312);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8 + 16);
     CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
-    CHECK(offsetof(posenc_append_args, cache_latent_dim) == 376);
+    CHECK(offsetof(posenc_append_args, cache_latent_dim) == 376 && offsetof(posenc_append_args, q_norm_weight) == 384);
     CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
-    CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 72);
+    CHECK(sizeof(posenc_config_info) == 64 && sizeof(posenc_spec_desc) == 88);
     CHECK(offsetof(posenc_spec_desc, hf_arithmetic) == 64 && offsetof(posenc_spec_info, hf_arithmetic) == 96);
-    CHECK(sizeof(posenc_spec_info) == 104 && sizeof(posenc_counters) == 48);
+    CHECK(offsetof(posenc_spec_desc, qk_norm) == 72 && offsetof(posenc_spec_info, qk_norm) == 104);
+    CHECK(sizeof(posenc_spec_info) == 120 && sizeof(posenc_counters) == 48);
     CHECK(sizeof(posenc_cpu_options) == 16 && sizeof(posenc_sequence_state) == 40);
     CHECK(sizeof(posenc_step_entry) == 16);
     /* Appended with the GLM builders (their first version). */

@@ -59,6 +59,9 @@ pub const POSENC_HF_ARITHMETIC_ENGINE: i32 = 0;
 pub const POSENC_HF_ARITHMETIC_TORCH_CPU: i32 = 1;
 pub const POSENC_HF_ARITHMETIC_TORCH_CUDA: i32 = 2;
 pub const POSENC_HF_ARITHMETIC_EXACT: i32 = 3;
+pub const POSENC_QK_NORM_NONE: i32 = 0;
+pub const POSENC_QK_NORM_RMS: i32 = 1;
+pub const POSENC_QK_NORM_RMS_ONE_PLUS: i32 = 2;
 pub const POSENC_SCALING_NONE: i32 = 0;
 pub const POSENC_SCALING_LINEAR: i32 = 1;
 pub const POSENC_SCALING_DYNAMIC: i32 = 2;
@@ -180,6 +183,10 @@ pub struct posenc_spec_desc {
     // Appended after the first version (a struct_size ending before it gives the default).
     pub hf_arithmetic: i32,
     pub reserved: i32,
+    // Appended later: the QK-norm stage (POSENC_QK_NORM_*; all zero: none).
+    pub qk_norm: i32,
+    pub qk_norm_rotary_only: i32,
+    pub qk_norm_epsilon: f64,
 }
 
 #[repr(C)]
@@ -203,6 +210,10 @@ pub struct posenc_spec_info {
     // Appended after the first version.
     pub hf_arithmetic: i32,
     pub reserved2: i32,
+    // Appended later: the QK-norm stage.
+    pub qk_norm: i32,
+    pub qk_norm_rotary_only: i32,
+    pub qk_norm_epsilon: f64,
 }
 
 /// posenc_tensor and its read-only twin posenc_const_tensor: the same fields, the data pointer
@@ -257,6 +268,9 @@ pub struct posenc_rope_args {
     pub k_src: posenc_const_tensor,
     pub positions: posenc_positions,
     pub cos_sin: posenc_cos_sin_cache,
+    /// Appended later: the QK-norm weights of Q and K (null without a QK norm).
+    pub q_norm_weight: *const c_void,
+    pub k_norm_weight: *const c_void,
 }
 
 #[repr(C)]
@@ -288,6 +302,9 @@ pub struct posenc_append_args {
     pub cos_sin: posenc_cos_sin_cache,
     /// POSENC_LAYOUT_MLA's latent elements per row; 0 for the other layouts.
     pub cache_latent_dim: i64,
+    /// The QK-norm weights of Q and K (null without a QK norm).
+    pub q_norm_weight: *const c_void,
+    pub k_norm_weight: *const c_void,
 }
 
 #[repr(C)]
@@ -740,13 +757,13 @@ mod tests {
         assert_eq!(size_of::<posenc_positions>(), 32);
         assert_eq!(size_of::<posenc_cos_sin_cache>(), 40);
         assert_eq!(size_of::<posenc_kv_cache>(), 64);
-        assert_eq!(size_of::<posenc_rope_args>(), 304);
-        assert_eq!(size_of::<posenc_append_args>(), 384);
+        assert_eq!(size_of::<posenc_rope_args>(), 320);
+        assert_eq!(size_of::<posenc_append_args>(), 400);
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);
-        assert_eq!(size_of::<posenc_spec_desc>(), 72);
-        assert_eq!(size_of::<posenc_spec_info>(), 104);
+        assert_eq!(size_of::<posenc_spec_desc>(), 88);
+        assert_eq!(size_of::<posenc_spec_info>(), 120);
         assert_eq!(size_of::<posenc_counters>(), 48);
         assert_eq!(size_of::<posenc_cpu_options>(), 16);
         assert_eq!(size_of::<posenc_sequence_state>(), 40);
