@@ -224,12 +224,14 @@ TEST(QkNormEngine, EqualsReference) {
                 results.push_back(k.buffer.snapshot());
                 // Nothing left poisoned: every element of every head was written (out of place;
                 // the norm writes the whole head, the rotary_only pass-through is copied).
-                if (!in_place) {
-                  for (std::int64_t t = 0; t < tokens; ++t)
-                    for (std::int64_t h = 0; h < q_heads; ++h)
-                      for (std::int64_t d = 0; d < spec.head_dim; ++d)
-                        if (dtype != DType::f32)
-                          ASSERT_NE(test::load_bits(q.cview(), t, h, d), test::poison_bits16) << t << " " << h << " " << d;
+                if (!in_place && dtype != DType::f32) {
+                  for (std::int64_t t = 0; t < tokens; ++t) {
+                    for (std::int64_t h = 0; h < q_heads; ++h) {
+                      for (std::int64_t d = 0; d < spec.head_dim; ++d) {
+                        ASSERT_NE(test::load_bits(q.cview(), t, h, d), test::poison_bits16) << t << " " << h << " " << d;
+                      }
+                    }
+                  }
                 }
               }
               EXPECT_EQ(results[0], results[2]) << "Q differs between the CPU engine and the reference";

@@ -147,7 +147,7 @@ struct AppendArgs {
   const std::int64_t* slots = nullptr;
   KvCacheView cache;
   CosSinCacheView cos_sin;
-  NormWeights norm;  ///< QK-norm weights (RopeArgs::norm): Q and K are normalised before the rotation
+  NormWeights norm{};  ///< QK-norm weights (RopeArgs::norm): Q and K are normalised before the rotation
 };
 
 /// Validates an append call in one pass without writing anything: the rotation of Q and K exactly

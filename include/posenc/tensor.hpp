@@ -132,7 +132,7 @@ struct RopeArgs {
   ConstTensorView k_src;
   PositionsView positions;
   CosSinCacheView cos_sin;
-  NormWeights norm;
+  NormWeights norm{};
 };
 
 }  // namespace posenc

@@ -23,10 +23,40 @@ struct ApplyOptions {
   std::string positions_path;
   std::string out_q_path;
   std::string out_k_path;
+  std::string q_norm_weight_path;  // the QK-norm weights, when the config has the stage
+  std::string k_norm_weight_path;
   std::string dtype;  // empty: from the Q file
   std::string device = "auto";
   int threads = 0;
 };
+
+/// The QK-norm weights of a spec with the stage: .npy vectors of the norm's width, converted to
+/// the activation dtype as the inputs are; usage error when missing or misshapen.
+void load_norm_weights(const RopeSpec& spec, const ApplyOptions& options, HostBatch& batch) {
+  const bool given = !options.q_norm_weight_path.empty() || !options.k_norm_weight_path.empty();
+  if (!spec.qk_norm.enabled()) {
+    if (given) usage_error("--q-norm-weight/--k-norm-weight given, but the spec has no QK norm");
+    return;
+  }
+  const bool has_k = batch.k_heads > 0;
+  if (options.q_norm_weight_path.empty() || (has_k && options.k_norm_weight_path.empty())) {
+    usage_error(std::string("the config's spec normalises Q and K before rotating (QK norm ") + to_string(spec.qk_norm.kind) +
+                "): pass --q-norm-weight" + (has_k ? " and --k-norm-weight" : "") +
+                " (.npy vectors of the norm's width, e.g. the model's q_norm.weight), or --no-qk-norm to rotate only");
+  }
+  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  auto load = [&](const std::string& path, std::vector<std::byte>& out) {
+    const NpyArray w = read_input(path);
+    if (w.shape.size() != 1 || w.shape[0] != width) {
+      usage_error(path + ": shape " + shape_text(w.shape) + " is not [" + std::to_string(width) +
+                  "] (the QK norm's width)");
+    }
+    out.assign(static_cast<std::size_t>(width * size_of(batch.dtype)), std::byte{0});
+    convert_into(w, source_dtype(w, batch.dtype, path), batch.dtype, out);
+  };
+  load(options.q_norm_weight_path, batch.q_norm_weight);
+  if (has_k) load(options.k_norm_weight_path, batch.k_norm_weight);
+}
 
 int apply(const ApplyOptions& options) {
   if (!options.out_k_path.empty() && same_file(options.out_q_path, options.out_k_path)) {
@@ -40,6 +70,7 @@ int apply(const ApplyOptions& options) {
   HostBatch& batch = loaded.batch;
   const DType dtype = batch.dtype;
   const bool has_k = batch.k_heads > 0;
+  load_norm_weights(model.spec, options, batch);
 
   const DeviceChoice device = choose_device(options.device);
   EngineRunner runner(model.spec, device, options.threads, batch);
@@ -79,6 +110,9 @@ Runner setup(CLI::App& app) {
   CLI::Option* out_k = app.add_option("--out-k", options->out_k_path, "rotated keys .npy");
   k->needs(out_k);
   out_k->needs(k);
+  app.add_option("--q-norm-weight", options->q_norm_weight_path,
+                 "QK norm: Q's weight .npy [width] (configs with the stage: Qwen3, Gemma 3, GLM-4.5)");
+  app.add_option("--k-norm-weight", options->k_norm_weight_path, "QK norm: K's weight .npy [width]");
   app.add_option("--dtype", options->dtype,
                  std::string("activation dtype (default: the dtype of --q): ") + dtype_help);
   add_device_option(app, options->device);

@@ -394,7 +394,8 @@ int check_fixture(const CheckOptions& options) {
   const fs::path config_path = resolve_fixture_config(dir, meta.config, options.root);
   // The config's own numerics: they are the HF arithmetic of that model file (hf_compatible, or
   // hf_fp32_apply for Cohere, whose model file rotates in float32), which the fixture recorded.
-  const ResolvedModel model = resolve_model({config_path.string(), layer_type, "", ""});
+  // Fixtures record the rotation alone: a config's QK-norm stage is left out (test_qk_norm checks it).
+  const ResolvedModel model = resolve_model({config_path.string(), layer_type, "", "", /*no_qk_norm=*/true});
   const RopeSpec& own_spec = model.spec;
   const std::int64_t head_dim = own_spec.head_dim;
 
@@ -552,7 +553,9 @@ int check_dump(const CheckOptions& options) {
   need(options.inputs.positions, "--positions");
   need(options.expect_q, "--expect-q");
 
-  const ResolvedModel model = resolve_model(options.model);
+  ModelOptions rotation_only = options.model;  // check compares the rotation; the QK norm is left out
+  rotation_only.no_qk_norm = true;
+  const ResolvedModel model = resolve_model(rotation_only);
   LoadedInputs loaded = load_inputs(options.inputs, model.spec.head_dim, model.spec.position_streams());
   HostBatch& batch = loaded.batch;
   const DType dtype = batch.dtype;

@@ -48,7 +48,8 @@ RopeArgs dense_args(const HostBatch& batch, void* q, void* k, const void* positi
   args.positions.count = batch.tokens;
   args.positions.streams = batch.position_streams;
   args.positions.stream_stride = batch.position_streams > 1 ? batch.tokens : 0;
-  if (!batch.q_norm_weight.empty()) args.norm = NormWeights{batch.q_norm_weight.data(), batch.k_norm_weight.data()};
+  if (!batch.q_norm_weight.empty())
+    args.norm = NormWeights{batch.q_norm_weight.data(), k != nullptr ? batch.k_norm_weight.data() : nullptr};
   return args;
 }
 
@@ -78,13 +79,16 @@ struct GpuSide {
     if (!batch.q_norm_weight.empty()) {
       const auto bytes = static_cast<std::int64_t>(batch.q_norm_weight.size());
       q_norm_weight = gpu::DeviceBuffer(device, bytes);
-      k_norm_weight = gpu::DeviceBuffer(device, bytes);
       q_norm_weight.upload(batch.q_norm_weight.data(), bytes, stream.ref());
-      k_norm_weight.upload(batch.k_norm_weight.data(), bytes, stream.ref());
+      if (batch.k_heads > 0) {
+        k_norm_weight = gpu::DeviceBuffer(device, bytes);
+        k_norm_weight.upload(batch.k_norm_weight.data(), bytes, stream.ref());
+      }
     }
     stream.synchronize();  // the host buffers may change after construction
     args = dense_args(batch, q.data(), batch.k_heads > 0 ? k.data() : nullptr, positions.data());
-    if (!batch.q_norm_weight.empty()) args.norm = NormWeights{q_norm_weight.data(), k_norm_weight.data()};
+    if (!batch.q_norm_weight.empty())
+      args.norm = NormWeights{q_norm_weight.data(), batch.k_heads > 0 ? k_norm_weight.data() : nullptr};
   }
 };
 

@@ -29,6 +29,8 @@ void add_model_options(CLI::App& app, ModelOptions& options, bool config_require
                  "whose float32 pow/cos/sin the hf numerics reproduce: engine (default: torch on the engine's "
                  "device), torch_cpu, torch_cuda or exact (docs/NUMERICS.md 3.4)")
       ->check(CLI::IsMember({"engine", "torch_cpu", "torch_cuda", "exact"}));
+  app.add_flag("--no-qk-norm", options.no_qk_norm,
+               "rotate only: leave out the config's per-head QK norm (Qwen3, Gemma 3, GLM-4.5; docs/NUMERICS.md 3.6)");
 }
 
 ModelConfig load_config_or_default(const std::string& path) {
@@ -62,6 +64,7 @@ ResolvedModel select_spec(ModelConfig config, const ModelOptions& options) {
                 "'; pass --layer-type with one of: " + message_excerpt(known, 400));
   }
   model.spec = it->second;
+  if (options.no_qk_norm) model.spec.qk_norm = QkNorm{};
   if (!options.numerics.empty()) model.spec.numerics = parse_numerics_option(options.numerics);
   if (!options.hf_arithmetic.empty()) {
     const std::optional<HfArithmetic> a = parse_hf_arithmetic(options.hf_arithmetic);

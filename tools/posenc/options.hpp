@@ -19,9 +19,10 @@ struct ModelOptions {
   std::string layer_type;     ///< empty = "default", or the only layer type the config has
   std::string numerics;       ///< empty = the numerics the config resolves to
   std::string hf_arithmetic;  ///< empty = engine (each engine reproduces torch on its own device)
+  bool no_qk_norm = false;    ///< drop the config's QK-norm stage: rotate only
 };
 
-/// Adds --config, --layer-type, --hf-arithmetic and, when `with_numerics`, --numerics to `app`.
+/// Adds --config, --layer-type, --hf-arithmetic, --no-qk-norm and, when `with_numerics`, --numerics to `app`.
 void add_model_options(CLI::App& app, ModelOptions& options, bool config_required, bool with_numerics);
 
 /// A model config with the chosen layer type's spec (numerics override applied).
