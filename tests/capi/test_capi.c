@@ -694,7 +694,7 @@ static void test_cpu_apply_errors(void) {
   future.known.struct_size = sizeof future;
   future.future_field = 1;
   CHECK_ERR(posenc_cpu_engine_apply(engine, &future.known), POSENC_ERROR_UNSUPPORTED,
-            "byte 304 of posenc_rope_args", "struct_size 312", "knows only its first 304 bytes");
+            "byte 320 of posenc_rope_args", "struct_size 328", "knows only its first 320 bytes");
 
   CHECK(memcmp(q, q_copy, sizeof q) == 0 && memcmp(k, k_copy, sizeof k) == 0);
 
