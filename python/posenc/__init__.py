@@ -55,27 +55,33 @@ def _is_torch(x: Any) -> bool:
     return _torch is not None and isinstance(x, _torch.Tensor)
 
 
-def apply_rope_(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec) -> None:
+def apply_rope_(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec, q_norm_weight: Optional[Any] = None,
+                k_norm_weight: Optional[Any] = None) -> None:
     """Rotates q ([T, Hq, D], [T, Hq*D] or [B, S, Hq, D]) and k in place by `spec`.
 
     positions: int32/int64, one per token ([T] or [B, S]); [streams, T] for specs with several
-    position streams (M-RoPE, ChatGLM 2-D). torch tensors (CPU or CUDA) or NumPy arrays."""
+    position streams (M-RoPE, ChatGLM 2-D). torch tensors (CPU or CUDA) or NumPy arrays.
+    A spec with QK norm (spec.qk_norm "rms" / "rms_one_plus": Qwen3, Gemma 3, GLM-4.5) first
+    normalises every head of q and k; it then needs q_norm_weight and (with k) k_norm_weight: the
+    attention module's q_norm.weight / k_norm.weight, [head_dim] in q's dtype on q's device."""
     if _is_torch(q):
-        _torch.ops.posenc.apply_rope_(q, k, positions, spec.id)
+        _torch.ops.posenc.apply_rope_(q, k, positions, spec.id, q_norm_weight, k_norm_weight)
     else:
-        _numpy_apply(q, k, positions, spec, out=False)
+        _numpy_apply(q, k, positions, spec, out=False, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight)
 
 
-def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec) -> Tuple[Any, Optional[Any]]:
+def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec, q_norm_weight: Optional[Any] = None,
+               k_norm_weight: Optional[Any] = None) -> Tuple[Any, Optional[Any]]:
     """Like apply_rope_, but returns new (q, k) (k None when absent); the inputs are not written."""
     if _is_torch(q):
-        out = _torch.ops.posenc.apply_rope(q, k, positions, spec.id)
+        out = _torch.ops.posenc.apply_rope(q, k, positions, spec.id, q_norm_weight, k_norm_weight)
         return out[0], (out[1] if len(out) > 1 else None)
-    return _numpy_apply(q, k, positions, spec, out=True)
+    return _numpy_apply(q, k, positions, spec, out=True, q_norm_weight=q_norm_weight, k_norm_weight=k_norm_weight)
 
 
 def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Optional[Any],
-               spec: RopeSpec, layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+               spec: RopeSpec, layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0,
+               q_norm_weight: Optional[Any] = None, k_norm_weight: Optional[Any] = None) -> None:
     """Fused RoPE + KV-cache append (torch tensors): q rotated in place; k rotated and v copied into
     k_cache/v_cache at each token's slot (int64, -1 skips the token), cast to the cache dtype.
 
@@ -87,9 +93,12 @@ def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any,
     k is k_pe [T, 1, rope] (or [T, rope]); v is the latent c_kv [T, 1, latent] (or [T, latent]), e.g.
     both slices of kv_a_proj_with_mqa's output; k_cache is the one cache [blocks, page, latent + rope]
     (or FlashMLA's [blocks, page, 1, latent + rope]) receiving [c_kv | rotated k_pe] per slot, and
-    v_cache is None. fp8: c_kv is divided by v_scale, k_pe by k_scale (vLLM uses one scale: pass it twice)."""
+    v_cache is None. fp8: c_kv is divided by v_scale, k_pe by k_scale (vLLM uses one scale: pass it twice).
+
+    A spec with QK norm normalises q and k before the rotation (the cache receives the normalised,
+    rotated k) and needs q_norm_weight and k_norm_weight, as apply_rope_."""
     _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
-                                 float(v_scale))
+                                 float(v_scale), q_norm_weight, k_norm_weight)
 
 
 def rotary_embedding(positions: Any, query: Any, key: Optional[Any], head_size: int, cos_sin_cache: Any,
@@ -116,18 +125,21 @@ def check(device: Any = None) -> None:
             engine.check(stream)
 
 
-def _numpy_apply(q, k, positions, spec: RopeSpec, out: bool):
+def _numpy_apply(q, k, positions, spec: RopeSpec, out: bool, q_norm_weight=None, k_norm_weight=None):
     import numpy as np
     from . import _tensors as tv
     q_t = tv.np_tensor_tuple(q, spec.head_dim, "q", written=not out)
     k_t = tv.np_tensor_tuple(k, spec.head_dim, "k", written=not out) if k is not None else None
     pos_array, pos = tv.np_positions_tuple(np.asarray(positions), q_t[2], spec.position_streams)  # kept alive
+    weights = [None if w is None else np.asarray(w) for w in (q_norm_weight, k_norm_weight)]  # kept alive
+    norm = tv.norm_tuple(spec, q, k is not None, weights[0], weights[1])
     engine = spec.engine("cpu")
     if not out:
-        engine.apply(q_t, k_t, None, None, pos, None)
+        engine.apply(q_t, k_t, None, None, pos, None, norm)
         return None
     q_out = np.empty_like(q, order="C")
     k_out = np.empty_like(k, order="C") if k is not None else None
     engine.apply(tv.np_tensor_tuple(q_out, spec.head_dim, "q_out"),
-                 tv.np_tensor_tuple(k_out, spec.head_dim, "k_out") if k is not None else None, q_t, k_t, pos, None)
+                 tv.np_tensor_tuple(k_out, spec.head_dim, "k_out") if k is not None else None, q_t, k_t, pos, None,
+                 norm)
     return q_out, k_out

@@ -17,7 +17,7 @@ _registry: Dict[int, "RopeSpec"] = {}
 
 _FIELDS = (
     "head_dim", "rotary_dim", "rotary_offset", "pairing", "theta", "scaling", "numerics", "hf_arithmetic",
-    "attention_factor",
+    "attention_factor", "qk_norm", "qk_norm_epsilon", "qk_norm_rotary_only",
     "mrope_section", "mrope_interleaved", "position_limit", "factor", "original_max_position_embeddings",
     "max_position_embeddings", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate",
     "low_freq_factor", "high_freq_factor", "short_factor", "long_factor", "inv_freq",
@@ -31,6 +31,10 @@ class RopeSpec:
 
         spec = posenc.RopeSpec(head_dim=128, theta=1e6)                 # Qwen2-style half-split
         spec = posenc.RopeSpec(head_dim=128, rotary_dim=64, pairing="interleaved", theta=5e6)  # GLM-4
+        spec = posenc.RopeSpec(head_dim=128, theta=1e6, qk_norm="rms", qk_norm_epsilon=1e-6)  # Qwen3
+
+    ``qk_norm`` ("none", "rms": Qwen3/GLM-4.5, "rms_one_plus": Gemma 3) normalises every Q and K
+    head before the rotation; the calls then take the norm weights (q_norm_weight, k_norm_weight).
 
     ``hf_arithmetic`` says whose float32 pow/cos/sin the hf numerics reproduce: "engine" (the
     default: torch on the tensors' device, i.e. "torch_cpu" for CPU tensors and "torch_cuda" for
@@ -124,8 +128,10 @@ class RopeSpec:
 
     def __repr__(self) -> str:
         s = self._spec
+        norm = (f"qk_norm={s.qk_norm}{'(rotary_only)' if s.qk_norm_rotary_only else ''}, "
+                f"qk_norm_epsilon={s.qk_norm_epsilon:g}, " if s.qk_norm != "none" else "")
         return (f"RopeSpec(head_dim={s.head_dim}, rotary={s.rotary()}, pairing={s.pairing}, theta={s.theta:g}, "
-                f"scaling={s.scaling}, numerics={s.numerics}, hf_arithmetic={s.hf_arithmetic}, id={self._id})")
+                f"scaling={s.scaling}, {norm}numerics={s.numerics}, hf_arithmetic={s.hf_arithmetic}, id={self._id})")
 
     # -- engines ------------------------------------------------------------------------------------
 

@@ -120,6 +120,49 @@ def cos_sin_tuple(c: Any, name: str = "cos_sin_cache"):
     return (c.data_ptr(), act_code(c, name), c.shape[0], c.shape[1], c.stride(0))
 
 
+def norm_tuple(spec: Any, q: Any, has_k: bool, q_weight: Any, k_weight: Any, device: Any = None):
+    """The extension's QK-norm weights (q pointer, k pointer or 0), or None for a spec without QK norm.
+
+    Each weight (torch tensor on `device`, or a NumPy array when device is None) is a dense 1-D
+    vector of the norm's width (head_dim; rotary_dim with qk_norm_rotary_only) in q's dtype, e.g.
+    the attention module's q_norm.weight / k_norm.weight; k's only when the call has K."""
+    kind = spec.qk_norm
+    given = [(name, w) for name, w in (("q_norm_weight", q_weight), ("k_norm_weight", k_weight)) if w is not None]
+    if kind == "none":
+        if given:
+            raise InvalidArgumentError(f"{given[0][0]} is given but the spec has no QK norm (qk_norm 'none')")
+        return None
+    width = spec.rotary if spec.qk_norm_rotary_only else spec.head_dim
+    what = "rotary_dim, qk_norm_rotary_only" if spec.qk_norm_rotary_only else "head_dim"
+    if q_weight is None:
+        raise InvalidArgumentError(
+            f"q_norm_weight is missing: the spec's QK norm ({kind}) needs a weight of {width} elements "
+            "(the attention module's q_norm.weight)")
+    if has_k and k_weight is None:
+        raise InvalidArgumentError(
+            f"k_norm_weight is missing: the spec's QK norm ({kind}) needs a weight of {width} elements for k "
+            "(the attention module's k_norm.weight)")
+    if not has_k and k_weight is not None:
+        raise InvalidArgumentError("k_norm_weight is given but the call has no k")
+    pointers = []
+    for name, w in given:
+        if device is not None:
+            same_device(name, w, device)
+        if w.dtype != q.dtype:
+            raise InvalidArgumentError(f"{name}: dtype {w.dtype}, want q's dtype {q.dtype} (cast it with .to())")
+        if tuple(w.shape) != (width,):
+            raise InvalidArgumentError(f"{name}: shape {list(w.shape)}, want [{width}] ({what})")
+        if device is not None:
+            if width > 1 and w.stride(0) != 1:
+                raise InvalidArgumentError(f"{name}: must be contiguous (stride {w.stride(0)})")
+            pointers.append(w.data_ptr())
+        else:
+            if width > 1 and w.strides[0] != w.itemsize:
+                raise InvalidArgumentError(f"{name}: must be contiguous (stride {w.strides[0]} bytes)")
+            pointers.append(w.ctypes.data)
+    return (pointers[0], pointers[1] if len(pointers) > 1 else 0)
+
+
 def same_device(name: str, t: Any, device: Any) -> None:
     if t.device != device:
         raise InvalidArgumentError(f"{name} is on {t.device}, the other tensors on {device}")

@@ -22,8 +22,10 @@ Tensor = torch.Tensor
 
 
 def _run_apply(q: Tensor, k: Optional[Tensor], positions: Tensor, spec: RopeSpec, q_out: Optional[Tensor],
-               k_out: Optional[Tensor], cos_sin: Optional[Tensor] = None) -> None:
-    """Rotates q (and k) into q_out/k_out, or in place when those are None."""
+               k_out: Optional[Tensor], cos_sin: Optional[Tensor] = None, q_norm_weight: Optional[Tensor] = None,
+               k_norm_weight: Optional[Tensor] = None) -> None:
+    """Rotates q (and k) into q_out/k_out, or in place when those are None; a spec with QK norm
+    normalises them first with the weights."""
     device = q.device
     head_dim = spec.head_dim
     for name, t in (("k", k), ("positions", positions), ("q_out", q_out), ("k_out", k_out),
@@ -40,35 +42,38 @@ def _run_apply(q: Tensor, k: Optional[Tensor], positions: Tensor, spec: RopeSpec
         dst_q, src_q, dst_k, src_k = q_t, None, k_t, None
     pos = tv.positions_tuple(positions, q_t[2], spec.position_streams)
     cache = tv.cos_sin_tuple(cos_sin) if cos_sin is not None else None
+    norm = tv.norm_tuple(spec, q, k is not None, q_norm_weight, k_norm_weight, device)
     engine = tv.engine_for(spec, device)
     if device.type == "cuda":
-        engine.apply(dst_q, dst_k, src_q, src_k, pos, cache, tv.stream_of(device))
+        engine.apply(dst_q, dst_k, src_q, src_k, pos, cache, tv.stream_of(device), norm)
     else:
-        engine.apply(dst_q, dst_k, src_q, src_k, pos, cache)
+        engine.apply(dst_q, dst_k, src_q, src_k, pos, cache, norm)
 
 
 @torch.library.custom_op("posenc::apply_rope_", mutates_args=("q", "k"))
-def apply_rope_(q: Tensor, k: Optional[Tensor], positions: Tensor, spec_id: int) -> None:
-    """Rotates q and k in place by spec `spec_id`."""
-    _run_apply(q, k, positions, spec_by_id(spec_id), None, None)
+def apply_rope_(q: Tensor, k: Optional[Tensor], positions: Tensor, spec_id: int,
+                q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None) -> None:
+    """Rotates q and k in place by spec `spec_id` (normalised first when the spec has QK norm)."""
+    _run_apply(q, k, positions, spec_by_id(spec_id), None, None, None, q_norm_weight, k_norm_weight)
 
 
 @apply_rope_.register_fake
-def _(q, k, positions, spec_id):
+def _(q, k, positions, spec_id, q_norm_weight=None, k_norm_weight=None):
     return None
 
 
 @torch.library.custom_op("posenc::apply_rope", mutates_args=())
-def apply_rope(q: Tensor, k: Optional[Tensor], positions: Tensor, spec_id: int) -> List[Tensor]:
+def apply_rope(q: Tensor, k: Optional[Tensor], positions: Tensor, spec_id: int,
+               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None) -> List[Tensor]:
     """Returns [rotated q] or [rotated q, rotated k] as new tensors (dense, the inputs' shapes)."""
     q_out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     k_out = torch.empty(k.shape, dtype=k.dtype, device=k.device) if k is not None else None
-    _run_apply(q, k, positions, spec_by_id(spec_id), q_out, k_out)
+    _run_apply(q, k, positions, spec_by_id(spec_id), q_out, k_out, None, q_norm_weight, k_norm_weight)
     return [q_out] if k_out is None else [q_out, k_out]
 
 
 @apply_rope.register_fake
-def _(q, k, positions, spec_id):
+def _(q, k, positions, spec_id, q_norm_weight=None, k_norm_weight=None):
     out = [q.new_empty(q.shape)]
     if k is not None:
         out.append(k.new_empty(k.shape))
@@ -77,14 +82,16 @@ def _(q, k, positions, spec_id):
 
 @torch.library.custom_op("posenc::append_kv_", mutates_args=("q", "k_cache", "v_cache"))
 def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
-               v_cache: Optional[Tensor], spec_id: int, layout: str, k_scale: float, v_scale: float) -> None:
+               v_cache: Optional[Tensor], spec_id: int, layout: str, k_scale: float, v_scale: float,
+               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None) -> None:
     """Fused RoPE + KV-cache append: q rotated in place; k rotated and v copied into the caches at
     each token's slot (-1: skipped), cast to the cache dtype (float8_e4m3fn: divided by the scale).
+    A spec with QK norm normalises q and k first (k's normalised, rotated rows go to the cache).
     layout "mla": k is k_pe, v the latent c_kv, k_cache the one [c_kv | k_pe] cache, v_cache None."""
     spec = spec_by_id(spec_id)
     device = q.device
     for name, t in (("k", k), ("v", v), ("positions", positions), ("slots", slots), ("k_cache", k_cache),
-                    ("v_cache", v_cache)):
+                    ("v_cache", v_cache), ("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
         if t is not None:
             tv.same_device(name, t, device)
     if slots.dtype != torch.int64:
@@ -99,15 +106,17 @@ def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor
         raise InvalidArgumentError(f"slots: {slots.numel()} values (contiguous) wanted for {q_t[2]} tokens")
     pos = tv.positions_tuple(positions, q_t[2], spec.position_streams)
     cache = tv.kv_cache_tuple(k_cache, v_cache, layout, k_t[3], head_dim, k_scale, v_scale, latent_dim)
+    norm = tv.norm_tuple(spec, q, True, q_norm_weight, k_norm_weight, device)
     engine = tv.engine_for(spec, device)
     if device.type == "cuda":
-        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, tv.stream_of(device))
+        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, tv.stream_of(device), norm)
     else:
-        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None)
+        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, norm)
 
 
 @append_kv_.register_fake
-def _(q, k, v, positions, slots, k_cache, v_cache, spec_id, layout, k_scale, v_scale):
+def _(q, k, v, positions, slots, k_cache, v_cache, spec_id, layout, k_scale, v_scale, q_norm_weight=None,
+      k_norm_weight=None):
     return None
 
 

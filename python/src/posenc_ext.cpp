@@ -31,6 +31,9 @@ using TensorTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, 
 using PositionsTuple = std::tuple<std::uintptr_t, bool, std::int64_t, int, std::int64_t>;
 /// (data pointer, DType code, rows, rotary_dim, row_stride).
 using CacheTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, std::int64_t>;
+/// (q weight pointer, k weight pointer or 0): the QK-norm weights (posenc::NormWeights), checked by
+/// the Python layer for dtype, width and device.
+using NormTuple = std::pair<std::uintptr_t, std::uintptr_t>;
 /// (k pointer, v pointer, CacheDType code, layout code, kv_heads, head_dim, blocks, block_len, k_scale, v_scale,
 /// latent_dim); the mla layout passes v pointer 0 and its latent_dim, the others latent_dim 0.
 using KvCacheTuple = std::tuple<std::uintptr_t, std::uintptr_t, int, int, std::int64_t, std::int64_t,
@@ -74,9 +77,15 @@ posenc::CosSinCacheView cache_view(const std::optional<CacheTuple>& c) {
   return v;
 }
 
+posenc::NormWeights norm_weights(const std::optional<NormTuple>& n) {
+  if (!n) return {};
+  return {reinterpret_cast<const void*>(n->first), reinterpret_cast<const void*>(n->second)};
+}
+
 posenc::RopeArgs rope_args(const TensorTuple& q, const std::optional<TensorTuple>& k,
                            const std::optional<TensorTuple>& q_src, const std::optional<TensorTuple>& k_src,
-                           const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin) {
+                           const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin,
+                           const std::optional<NormTuple>& norm) {
   posenc::RopeArgs args;
   args.q = tensor_view(q);
   args.k = optional_view(k);
@@ -84,13 +93,14 @@ posenc::RopeArgs rope_args(const TensorTuple& q, const std::optional<TensorTuple
   args.k_src = optional_view(k_src);
   args.positions = positions_view(positions);
   args.cos_sin = cache_view(cos_sin);
+  args.norm = norm_weights(norm);
   return args;
 }
 
 posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorTuple>& q_src,
                                const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions,
                                std::uintptr_t slots, const KvCacheTuple& cache,
-                               const std::optional<CacheTuple>& cos_sin) {
+                               const std::optional<CacheTuple>& cos_sin, const std::optional<NormTuple>& norm) {
   posenc::AppendArgs args;
   args.q = tensor_view(q);
   args.q_src = optional_view(q_src);
@@ -119,6 +129,7 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
   args.cache.v_scale = v_scale;
   args.cache.latent_dim = latent_dim;
   args.cos_sin = cache_view(cos_sin);
+  args.norm = norm_weights(norm);
   return args;
 }
 
@@ -147,6 +158,10 @@ posenc::HfArithmetic parse_hf_arithmetic(const std::string& s) {
   if (a) return *a;
   using A = posenc::HfArithmetic;
   return parse_enum<A>(s, "hf_arithmetic", {A::engine, A::torch_cpu, A::torch_cuda, A::exact});  // throws, naming them
+}
+posenc::QkNormKind parse_qk_norm(const std::string& s) {
+  using K = posenc::QkNormKind;
+  return parse_enum<K>(s, "qk_norm", {K::none, K::rms, K::rms_one_plus});
 }
 posenc::Scaling parse_scaling(const std::string& s) {
   using S = posenc::Scaling;
@@ -219,6 +234,14 @@ NB_MODULE(_core, m) {
           "hf_arithmetic", [](const posenc::RopeSpec& s) { return std::string(posenc::to_string(s.hf_arithmetic)); },
           [](posenc::RopeSpec& s, const std::string& v) { s.hf_arithmetic = parse_hf_arithmetic(v); })
       .def_rw("attention_factor", &posenc::RopeSpec::attention_factor)
+      // The QK-norm stage (rope.hpp QkNorm), flattened like the scheme parameters.
+      .def_prop_rw(
+          "qk_norm", [](const posenc::RopeSpec& s) { return std::string(posenc::to_string(s.qk_norm.kind)); },
+          [](posenc::RopeSpec& s, const std::string& v) { s.qk_norm.kind = parse_qk_norm(v); })
+      .def_prop_rw("qk_norm_epsilon", [](const posenc::RopeSpec& s) { return s.qk_norm.epsilon; },
+                   [](posenc::RopeSpec& s, double v) { s.qk_norm.epsilon = v; })
+      .def_prop_rw("qk_norm_rotary_only", [](const posenc::RopeSpec& s) { return s.qk_norm.rotary_only; },
+                   [](posenc::RopeSpec& s, bool v) { s.qk_norm.rotary_only = v; })
       .def_rw("mrope_section", &posenc::RopeSpec::mrope_section)
       .def_rw("mrope_interleaved", &posenc::RopeSpec::mrope_interleaved)
       .def_rw("position_limit", &posenc::RopeSpec::position_limit)
@@ -290,22 +313,26 @@ NB_MODULE(_core, m) {
           "apply",
           [](const CpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& k,
              const std::optional<TensorTuple>& q_src, const std::optional<TensorTuple>& k_src,
-             const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin) {
-            const posenc::RopeArgs args = rope_args(q, k, q_src, k_src, positions, cos_sin);
+             const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin,
+             const std::optional<NormTuple>& norm) {
+            const posenc::RopeArgs args = rope_args(q, k, q_src, k_src, positions, cos_sin, norm);
             nb::gil_scoped_release release;
             e.engine.apply(args);
           },
-          "q"_a, "k"_a.none(), "q_src"_a.none(), "k_src"_a.none(), "positions"_a, "cos_sin"_a.none())
+          "q"_a, "k"_a.none(), "q_src"_a.none(), "k_src"_a.none(), "positions"_a, "cos_sin"_a.none(),
+          "norm"_a = nb::none())
       .def(
           "append",
           [](const CpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
-             const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin) {
-            const posenc::AppendArgs args = append_args(q, q_src, k, v, positions, slots, cache, cos_sin);
+             const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin,
+             const std::optional<NormTuple>& norm) {
+            const posenc::AppendArgs args = append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm);
             nb::gil_scoped_release release;
             e.engine.append(args);
           },
-          "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none())
+          "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
+          "norm"_a = nb::none())
       .def("threads", [](const CpuEngineBox& e) { return e.engine.threads(); });
 
   nb::class_<GpuEngineBox>(m, "GpuEngine")
@@ -314,19 +341,23 @@ NB_MODULE(_core, m) {
           "apply",
           [](const GpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& k,
              const std::optional<TensorTuple>& q_src, const std::optional<TensorTuple>& k_src,
-             const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream) {
-            e.engine.apply(rope_args(q, k, q_src, k_src, positions, cos_sin), stream_ref(stream));
+             const PositionsTuple& positions, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream,
+             const std::optional<NormTuple>& norm) {
+            e.engine.apply(rope_args(q, k, q_src, k_src, positions, cos_sin, norm), stream_ref(stream));
           },
-          "q"_a, "k"_a.none(), "q_src"_a.none(), "k_src"_a.none(), "positions"_a, "cos_sin"_a.none(), "stream"_a)
+          "q"_a, "k"_a.none(), "q_src"_a.none(), "k_src"_a.none(), "positions"_a, "cos_sin"_a.none(), "stream"_a,
+          "norm"_a = nb::none())
       .def(
           "append",
           [](const GpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
-             const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream) {
-            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin), stream_ref(stream));
+             const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream,
+             const std::optional<NormTuple>& norm) {
+            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm),
+                            stream_ref(stream));
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
-          "stream"_a)
+          "stream"_a, "norm"_a = nb::none())
       .def(
           "check",
           [](const GpuEngineBox& e, std::uintptr_t stream) {
