@@ -91,7 +91,7 @@ def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor
     spec = spec_by_id(spec_id)
     device = q.device
     for name, t in (("k", k), ("v", v), ("positions", positions), ("slots", slots), ("k_cache", k_cache),
-                    ("v_cache", v_cache), ("q_norm_weight", q_norm_weight), ("k_norm_weight", k_norm_weight)):
+                    ("v_cache", v_cache)):
         if t is not None:
             tv.same_device(name, t, device)
     if slots.dtype != torch.int64:
