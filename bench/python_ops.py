@@ -14,6 +14,12 @@ Run on a CUDA machine after `pip install .` (scripts/gpu-all.sh does). Everythin
   uniform in [0, 131072). Each call timed by a CUDA event pair, median of many; input sets rotate so the
   working set is >= 4x L2 for T >= 256; T <= 256 also graph-replayed per call. The floor: a copy of the
   same bytes (Q and K read + written) by torch's copy_ at the same T, and a 1 GiB copy.
+* prologue (issue 14): Qwen3-8B's attention prologue, bf16 Q [T, 32, 128] and K [T, 8, 128] from
+  configs/qwen3-8b-yarn.json: per-head q_norm/k_norm (Qwen3RMSNorm) then RoPE. posenc's fused call
+  (`apply_rope_` with `q_norm_weight`/`k_norm_weight`, one launch) against the same stages unfused
+  (torch's RMSNorm ops, then posenc's rotation), the HF eager chain (q_norm, rotary module, `apply_rotary_pos_emb`)
+  and that chain under torch.compile with static shapes; the floor is the same-size copy. The fused
+  call's output is compared with the HF eager chain bit for bit.
 Writes CSV rows (--csv) and prints a Markdown table.
 """
 
@@ -197,6 +203,73 @@ def contract_rows(card, tokens):
     return rows
 
 
+def prologue_rows(card, tokens):
+    """Qwen3's q_norm/k_norm + RoPE: posenc fused vs the stages apart (see the module docstring)."""
+    import os
+    from transformers.models.qwen3 import modeling_qwen3 as mq
+    from transformers import Qwen3Config
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    config_path = os.path.join(root, "configs", "qwen3-8b-yarn.json")
+    spec = posenc.RopeSpec.from_config(config_path)
+    rope_only = spec.replace(qk_norm="none")
+    cfg = Qwen3Config.from_json_file(config_path)
+    rotary = mq.Qwen3RotaryEmbedding(cfg).to("cuda")  # inv_freq built on the CPU, as from_pretrained does
+    g = torch.Generator(device="cuda").manual_seed(7)
+    wq = (1 + 0.3 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
+    wk = (1 + 0.3 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
+    eps = cfg.rms_norm_eps
+
+    def rms(x, w):  # Qwen3RMSNorm.forward, op for op
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return w * h.to(x.dtype)
+
+    def hf_chain(p, q, k):
+        qs, ks = rms(q.view(1, -1, HQ, D), wq).transpose(1, 2), rms(k.view(1, -1, HK, D), wk).transpose(1, 2)
+        cos, sin = rotary(qs, p.view(1, -1))
+        qo, ko = mq.apply_rotary_pos_emb(qs, ks, cos, sin)
+        q.copy_(qo.transpose(1, 2).reshape(q.shape))
+        k.copy_(ko.transpose(1, 2).reshape(k.shape))
+
+    def unfused(p, q, k):
+        q.copy_(rms(q.view(-1, HQ, D), wq).view(q.shape))
+        k.copy_(rms(k.view(-1, HK, D), wk).view(k.shape))
+        posenc.apply_rope_(q.view(-1, HQ, D), k.view(-1, HK, D), p, rope_only)
+
+    def fused(p, q, k):
+        posenc.apply_rope_(q.view(-1, HQ, D), k.view(-1, HK, D), p, spec, q_norm_weight=wq, k_norm_weight=wk)
+
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    for T in tokens:
+        bytes_moved = 2 * T * (HQ + HK) * D * 2
+        n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved // 2) + 1))
+        sets = make_sets(T, n_sets)
+        p, q, k = sets[0]
+        ref_q, ref_k = q.clone(), k.clone()
+        hf_chain(p, ref_q, ref_k)
+        torch._dynamo.reset()
+        compiled = torch.compile(hf_chain, dynamic=False, fullgraph=False)
+        variants = {
+            "posenc fused (norm + RoPE, one launch)": fused,
+            "torch RMSNorm ops + posenc RoPE": unfused,
+            "HF eager chain": hf_chain,
+            "HF chain, torch.compile static": compiled,
+        }
+        floor_us = copy_floor(T, sets)
+        for name, fn in variants.items():
+            qq, kk = q.clone(), k.clone()
+            fn(p, qq, kk)
+            torch.cuda.synchronize()
+            verified = str(bool(torch.equal(qq, ref_q) and torch.equal(kk, ref_k))) if "fused" in name else ""
+            us = event_time(fn, sets, reps_for(T))
+            gus = graph_time(fn, sets[0]) if T <= 256 and "compile" not in name else None
+            rows.append(dict(card=card, kind="prologue", variant=name, T=T, median_us=us, graph_us=gus,
+                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us, verified=verified))
+        posenc.check()
+    return rows
+
+
 def model_rows(card):
     """One 4096-token prefill and one decode step (after it) of a GLM-4-9B-shaped stack of two decoder
     layers with random bf16 weights, transformers' own RoPE vs posenc.transformers.patch; CUDA events,
@@ -262,6 +335,10 @@ def main():
     card = torch.cuda.get_device_name(0)
     tokens = [1, 64, 4096, 65536] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536]
     rows = overhead_rows(card) + contract_rows(card, tokens) + model_rows(card)
+    try:
+        rows += prologue_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
+    except ImportError as e:  # transformers is needed for the HF chain
+        print("python_ops.py: prologue rows skipped:", e)
     print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
     print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
     print("|---|---|---|")
@@ -275,6 +352,15 @@ def main():
             g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
             print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
                   f"{100 * r['ratio']:.1f} | {r['verified']} |")
+    if any(r["kind"] == "prologue" for r in rows):
+        print("\n| T | Qwen3-8B prologue (q/k norm + RoPE), bf16 | median us | graph us/call | GB/s | % of same-size copy |"
+              " fused = HF eager bit for bit |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            if r["kind"] == "prologue":
+                g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
+                print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
+                      f"{100 * r['ratio']:.1f} | {r['verified']} |")
     if any(r["kind"] == "model" for r in rows):
         print("\n| GLM-4-9B-shaped stack, 2 layers, bf16 | 4096-token prefill ms | decode step at 4096 us |")
         print("|---|---|---|")
