@@ -192,6 +192,58 @@ TEST_F(CliTest, ApplyMatchesTheCpuEngineForFloat32) {
   EXPECT_FALSE(out_q.data == bytes_of(q)) << "Q came back unrotated";
 }
 
+// A config with a QK norm (Qwen3): apply normalises with the given weights exactly as CpuEngine,
+// names the missing weights (exit 2), and rotates only with --no-qk-norm.
+TEST_F(CliTest, ApplyWithTheQkNormOfAQwen3Config) {
+  const std::string qwen3 = std::string(POSENC_SOURCE_DIR) + "/configs/qwen3-8b-yarn.json";
+  const RopeSpec spec = load_model_config(qwen3).spec();
+  ASSERT_EQ(spec.qk_norm.kind, QkNormKind::rms);
+  const std::int64_t tokens = 5, q_heads = 2, k_heads = 1, d = spec.head_dim;
+  const std::vector<std::int64_t> positions = {0, 9, 4000, 3, 77};
+  const std::vector<float> q = test_values(static_cast<std::size_t>(tokens * q_heads * d), 0.3f);
+  const std::vector<float> k = test_values(static_cast<std::size_t>(tokens * k_heads * d), 0.9f);
+  std::vector<float> wq(static_cast<std::size_t>(d)), wk(static_cast<std::size_t>(d));
+  for (std::int64_t j = 0; j < d; ++j) {
+    wq[j] = 1.0f + 0.01f * static_cast<float>(j % 17);
+    wk[j] = 0.5f + 0.02f * static_cast<float>(j % 5);
+  }
+  const std::vector<std::int64_t> q_shape = {tokens, q_heads, d}, k_shape = {tokens, k_heads, d}, p_shape = {tokens},
+                                  w_shape = {d};
+  write_npy(path("q.npy"), NpyType::f32, q_shape, bytes_of(q));
+  write_npy(path("k.npy"), NpyType::f32, k_shape, bytes_of(k));
+  write_npy(path("pos.npy"), NpyType::i64, p_shape, bytes_of(positions));
+  write_npy(path("wq.npy"), NpyType::f32, w_shape, bytes_of(wq));
+  write_npy(path("wk.npy"), NpyType::f32, w_shape, bytes_of(wk));
+  const std::string base = "apply --config '" + qwen3 + "' --q '" + path("q.npy") + "' --k '" + path("k.npy") +
+                           "' --positions '" + path("pos.npy") + "' --out-q '" + path("out_q.npy") + "' --out-k '" +
+                           path("out_k.npy") + "' --device cpu";
+
+  const CliResult missing = run_cli(base);
+  EXPECT_EQ(missing.exit_code, 2) << missing.output;
+  EXPECT_NE(missing.output.find("--q-norm-weight and --k-norm-weight"), std::string::npos) << missing.output;
+  EXPECT_NE(missing.output.find("--no-qk-norm"), std::string::npos) << missing.output;
+
+  const CliResult r = run_cli(base + " --q-norm-weight '" + path("wq.npy") + "' --k-norm-weight '" + path("wk.npy") + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::vector<float> want_q = q, want_k = k;
+  RopeArgs args;
+  args.q = TensorView::contiguous(want_q.data(), DType::f32, tokens, q_heads, d);
+  args.k = TensorView::contiguous(want_k.data(), DType::f32, tokens, k_heads, d);
+  args.positions = PositionsView{positions.data(), IndexType::i64, tokens, 1, tokens};
+  args.norm = NormWeights{wq.data(), wk.data()};
+  CpuEngine(spec).apply(args);
+  EXPECT_TRUE(read_npy(path("out_q.npy")).data == bytes_of(want_q)) << "normalised Q differs from CpuEngine";
+  EXPECT_TRUE(read_npy(path("out_k.npy")).data == bytes_of(want_k)) << "normalised K differs from CpuEngine";
+
+  const CliResult plain = run_cli(base + " --no-qk-norm");
+  ASSERT_EQ(plain.exit_code, 0) << plain.output;
+  std::vector<std::byte> rope_q = bytes_of(q), rope_k = bytes_of(k);
+  RopeSpec rope_only = spec;
+  rope_only.qk_norm = {};
+  rotate_with_engine(rope_only, DType::f32, rope_q, q_heads, rope_k, k_heads, positions);
+  EXPECT_TRUE(read_npy(path("out_q.npy")).data == rope_q) << "--no-qk-norm must rotate only";
+}
+
 TEST_F(CliTest, ApplyReadsFlatHeadsBf16BitsAndInt32Positions) {
   // Q as [T, H*D] bfloat16 bits ('<u2'), positions int32 shaped [1, T] like HF's position_ids.
   const ModelConfig config = parse_model_config(default_model_config_json());
