@@ -40,6 +40,13 @@ impl<'a, T: Element> RopeArgs<'a, T> {
         self.raw.cos_sin = cache.raw;
         self
     }
+    /// The QK-norm weights of a spec with a QK norm: Q's, and K's when the call has K (each the
+    /// norm's width: head_dim, or rotary_dim when it covers the rotary window only).
+    pub fn norm(mut self, q_weight: &'a [T], k_weight: Option<&'a [T]>) -> Self {
+        self.raw.q_norm_weight = q_weight.as_ptr() as *const c_void;
+        self.raw.k_norm_weight = k_weight.map_or(std::ptr::null(), |w| w.as_ptr() as *const c_void);
+        self
+    }
     /// The C struct (for logging or a GPU call built from host-side shapes).
     pub fn raw(&self) -> &sys::posenc_rope_args {
         &self.raw
@@ -84,6 +91,12 @@ impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
     }
     pub fn cos_sin(mut self, cache: CosSinCache<'a>) -> Self {
         self.raw.cos_sin = cache.raw;
+        self
+    }
+    /// The QK-norm weights of Q and K (as `RopeArgs::norm`); the cached K rows are normalised too.
+    pub fn norm(mut self, q_weight: &'a [T], k_weight: &'a [T]) -> Self {
+        self.raw.q_norm_weight = q_weight.as_ptr() as *const c_void;
+        self.raw.k_norm_weight = k_weight.as_ptr() as *const c_void;
         self
     }
 }

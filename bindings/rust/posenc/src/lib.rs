@@ -264,6 +264,19 @@ c_enum!(
         Exact = sys::POSENC_HF_ARITHMETIC_EXACT,
     }
 );
+
+c_enum!(
+    /// The per-head RMSNorm of Q and K before the rotation (docs/NUMERICS.md §3.6); its weights
+    /// are passed with each call (`RopeArgs::norm`, `AppendArgs::norm`).
+    QkNorm {
+        /// No normalisation (most models).
+        None = sys::POSENC_QK_NORM_NONE,
+        /// `round(w * round(x * r))`: Qwen3, Qwen3-MoE/VL, GLM-4.5 with `use_qk_norm`.
+        Rms = sys::POSENC_QK_NORM_RMS,
+        /// `round(x * r * (1 + w))`: Gemma 3.
+        RmsOnePlus = sys::POSENC_QK_NORM_RMS_ONE_PLUS,
+    }
+);
 c_enum!(
     /// The frequency scheme of a spec.
     Scaling {
@@ -373,6 +386,11 @@ pub struct SpecDesc {
     pub attention_factor: Option<f64>,
     pub position_limit: Option<i64>,
     pub hf_arithmetic: HfArithmetic,
+    /// The QK-norm stage (`QkNorm::None`: none), its epsilon and whether it covers the rotary
+    /// window only.
+    pub qk_norm: QkNorm,
+    pub qk_norm_epsilon: f64,
+    pub qk_norm_rotary_only: bool,
 }
 
 impl SpecDesc {
@@ -387,6 +405,9 @@ impl SpecDesc {
             attention_factor: None,
             position_limit: None,
             hf_arithmetic: HfArithmetic::Engine,
+            qk_norm: QkNorm::None,
+            qk_norm_epsilon: 1e-6,
+            qk_norm_rotary_only: false,
         }
     }
 }
@@ -416,6 +437,10 @@ pub struct SpecInfo {
     pub mrope_interleaved: bool,
     /// As given (`Engine` stays `Engine`: each engine resolves it).
     pub hf_arithmetic: HfArithmetic,
+    /// The QK-norm stage (a config.json of Qwen3, Gemma 3 or GLM-4.5 sets it).
+    pub qk_norm: QkNorm,
+    pub qk_norm_epsilon: f64,
+    pub qk_norm_rotary_only: bool,
 }
 
 impl Spec {
@@ -430,6 +455,9 @@ impl Spec {
         d.attention_factor = desc.attention_factor.unwrap_or(0.0);
         d.position_limit = desc.position_limit.unwrap_or(0);
         d.hf_arithmetic = desc.hf_arithmetic.to_raw();
+        d.qk_norm = desc.qk_norm.to_raw();
+        d.qk_norm_epsilon = desc.qk_norm_epsilon;
+        d.qk_norm_rotary_only = desc.qk_norm_rotary_only as i32;
         // Zero means "the default" in posenc_spec_desc: refuse it here where the caller meant a value.
         if desc.theta == 0.0 || desc.attention_factor == Some(0.0) || desc.position_limit == Some(0) {
             return Err(Error::new(
@@ -461,6 +489,9 @@ impl Spec {
             mrope_section_count: i.mrope_section_count,
             mrope_interleaved: i.mrope_interleaved != 0,
             hf_arithmetic: HfArithmetic::from_raw(i.hf_arithmetic)?,
+            qk_norm: QkNorm::from_raw(i.qk_norm)?,
+            qk_norm_epsilon: i.qk_norm_epsilon,
+            qk_norm_rotary_only: i.qk_norm_rotary_only != 0,
         })
     }
 

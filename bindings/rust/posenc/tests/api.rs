@@ -1,7 +1,7 @@
 // The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, cos/sin cache, tracker, errors.
 use posenc::{
     gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache,
-    CpuEngine, GpuEngine, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, RopeArgs, Scaling,
+    CpuEngine, GpuEngine, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, QkNorm, RopeArgs, Scaling,
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
 
@@ -76,6 +76,53 @@ fn configs_and_specs() {
 
 /// hf_arithmetic reaches the library: kept by the spec, refused by the CPU engine where it cannot
 /// reproduce it (torch_cuda), and torch_cpu and exact give other bits where their pow and cos/sin do.
+/// The QK-norm stage: a Qwen3 config's spec has it, a spec can be made with it, the CPU engine
+/// equals the reference with the weights, and a call without them is refused with nothing written.
+#[test]
+fn qk_norm_from_config_and_through_the_engine() {
+    let qwen3 = Config::load(std::path::Path::new(&format!("{}/qwen3-8b-yarn.json", CONFIGS))).unwrap();
+    let info = qwen3.spec(None).unwrap().info().unwrap();
+    assert_eq!(info.qk_norm, QkNorm::Rms);
+    assert_eq!(info.qk_norm_epsilon, 1e-6);
+    assert!(!info.qk_norm_rotary_only);
+
+    let (t, d) = (9usize, 64usize);
+    let mut desc = SpecDesc::new(d as i64);
+    desc.qk_norm = QkNorm::RmsOnePlus;
+    let spec = Spec::new(&desc).unwrap();
+    assert_eq!(spec.info().unwrap().qk_norm, QkNorm::RmsOnePlus);
+    let positions: Vec<i64> = (0..t as i64).map(|i| i * 977).collect();
+    let (q_in, k_in) = (random(t * 2 * d, 21), random(t * d, 22));
+    let (wq, wk) = (random(d, 23), random(d, 24));
+    let (mut q, mut k, mut q_ref, mut k_ref) = (q_in.clone(), k_in.clone(), q_in.clone(), k_in.clone());
+    let engine = CpuEngine::new(&spec).unwrap();
+    engine
+        .apply(
+            &mut RopeArgs::new(TensorMut::new(&mut q, t as i64, 2, d as i64).unwrap(), Positions::new(&positions))
+                .k(TensorMut::new(&mut k, t as i64, 1, d as i64).unwrap())
+                .norm(&wq, Some(&wk)),
+        )
+        .unwrap();
+    reference_apply(
+        &spec,
+        &mut RopeArgs::new(TensorMut::new(&mut q_ref, t as i64, 2, d as i64).unwrap(), Positions::new(&positions))
+            .k(TensorMut::new(&mut k_ref, t as i64, 1, d as i64).unwrap())
+            .norm(&wq, Some(&wk)),
+    )
+    .unwrap();
+    assert_eq!(q, q_ref);
+    assert_eq!(k, k_ref);
+    assert_ne!(q, q_in);
+
+    let mut untouched = q_in.clone();
+    assert_error(
+        engine.apply(&mut RopeArgs::new(TensorMut::new(&mut untouched, t as i64, 2, d as i64).unwrap(), Positions::new(&positions))),
+        Status::InvalidArgument,
+        &["norm.q is absent"],
+    );
+    assert_eq!(untouched, q_in);
+}
+
 #[test]
 fn hf_arithmetic_reaches_the_engine() {
     let plain = Spec::new(&SpecDesc::new(64)).unwrap();
