@@ -178,6 +178,11 @@ class MemoryPool {
 /// posenc::Error(out_of_range) with its index, the value and the limit (the cache's rows). The
 /// cache's entries are read in the kernel's cos/sin table step, once per (token, pair) and tile,
 /// in place of the angle computation; everything else is the spec path's launch.
+///
+/// A spec with a QK norm (RopeSpec::qk_norm; weights RopeArgs::norm / AppendArgs::norm, device
+/// memory) runs another kernel in the same single launch: one block per token, one warp per row,
+/// which normalises the head in torch's CUDA summation order (hf_arithmetic torch_cuda) or exactly,
+/// rotates it and (append) writes the cache row (docs/NUMERICS.md §3.6).
 class GpuEngine {
  public:
   GpuEngine(const RopeSpec& spec, const Device& device);
