@@ -693,8 +693,12 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
 /// The QK-norm stage of one head (core/qk_norm.hpp, the reference's arithmetic): elements
 /// [norm_first, norm_first + norm_width) of `src` normalised with `weight` (as float), the rest
 /// copied, into `normed` (a whole head of activation elements).
+/// Out of line (noinline stops rotate_tokens' `flatten` from copying the norm's loops into every
+/// kernel of every instruction set, which multiplied engine.cpp's compile time; one call per head
+/// costs nothing next to the norm itself).
 template <DType A>
-inline void normalise_head(const KernelCall& call, const storage_t<A>* src, const float* weight, storage_t<A>* normed) {
+[[gnu::noinline]] void normalise_head(const KernelCall& call, const storage_t<A>* src, const float* weight,
+                                      storage_t<A>* normed) {
   alignas(64) float x[max_head_dim];
   alignas(64) float square[max_head_dim];
   std::memcpy(normed, src, static_cast<std::size_t>(call.head_dim) * sizeof(storage_t<A>));
