@@ -714,32 +714,27 @@ template <DType A>
 template <DType A, Pairing P, Numerics N>
 inline void rotate_heads(const KernelCall& call, const KernelTensor& x, std::int64_t t, const float* cos_row,
                          const float* sin_row, const float* lanes, float* xa, float* xb,
-                         const float* norm_weight = nullptr) {
+                         const float* norm_weight) {
   using S = storage_t<A>;
   alignas(64) S normed[max_head_dim];  // the QK-norm stage's head (uninitialised: no cost without it)
   const std::int64_t rotary = 2 * call.half;
   const std::int64_t tail = call.head_dim - call.offset - rotary;
   const S* src_token = static_cast<const S*>(x.src) + t * x.src_token_stride;
   S* dst_token = static_cast<S*>(x.dst) + t * x.dst_token_stride;
+  // The QK-norm stage writes its normalised pass-through elements in place too.
+  const bool write_pass = x.copy_pass || (norm_weight != nullptr && !call.norm.rotary_only);
   for (std::int64_t h = 0; h < x.heads; ++h) {
     const S* src = src_token + h * x.src_head_stride;
     S* dst = dst_token + h * x.dst_head_stride;
     if (norm_weight != nullptr) {
-      // The QK-norm stage: the head is normalised into `normed` (activation dtype), which the
-      // rotation then reads; the normalised pass-through elements are written too, in place or not.
+      // The head normalised into `normed` (activation dtype; rotary_only leaves the other
+      // elements as they were), which the rotation and the pass-through then read.
       normalise_head<A>(call, src, norm_weight, normed);
-      rotate_window<A, P, N>(normed + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
-      if (!call.norm.rotary_only) {
-        if (call.offset > 0) std::memcpy(dst, normed, static_cast<std::size_t>(call.offset) * sizeof(S));
-        if (tail > 0)
-          std::memcpy(dst + call.offset + rotary, normed + call.offset + rotary, static_cast<std::size_t>(tail) * sizeof(S));
-        continue;
-      }
-      src = normed;  // rotary_only: the pass-through elements are the source's, copied below out of place
-    } else {
-      rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
+      src = normed;
     }
-    if (x.copy_pass) {  // out of place: the pass-through elements are copied bit for bit
+    // One rotate_window per head whatever the stage: `flatten` copies it into every kernel.
+    rotate_window<A, P, N>(src + call.offset, dst + call.offset, cos_row, sin_row, lanes, call.half, xa, xb);
+    if (write_pass) {  // out of place (bit for bit), or normalised
       if (call.offset > 0) std::memcpy(dst, src, static_cast<std::size_t>(call.offset) * sizeof(S));
       if (tail > 0) {
         std::memcpy(dst + call.offset + rotary, src + call.offset + rotary, static_cast<std::size_t>(tail) * sizeof(S));
@@ -759,29 +754,25 @@ template <DType A, Pairing P, Numerics N>
   alignas(64) float xa[max_half];
   alignas(64) float xb[max_half];
   alignas(64) float lane_storage[uses_lane_rows<A, P, N> ? 4 * max_half : 1];
+  // The QK-norm weights as float, once per chunk of tokens (nullptr: no norm stage).
+  alignas(64) float q_weight[max_head_dim];
+  alignas(64) float k_weight[max_head_dim];
+  const float* q_norm = nullptr;
+  const float* k_norm = nullptr;
   if (call.norm.enabled()) {
-    // The QK-norm weights as float, once per chunk of tokens.
-    alignas(64) float q_weight[max_head_dim];
-    alignas(64) float k_weight[max_head_dim];
     for (std::int64_t j = 0; j < call.norm_width; ++j) {
       q_weight[j] = Element<A>::widen(static_cast<const storage_t<A>*>(call.q.norm_weight)[j]);
       if (call.has_k) k_weight[j] = Element<A>::widen(static_cast<const storage_t<A>*>(call.k.norm_weight)[j]);
     }
-    for (std::int64_t t = begin; t < end; ++t) {
-      cos_sin_row<A, N>(call, t, cos_row, sin_row);
-      const float* lanes = nullptr;
-      if constexpr (uses_lane_rows<A, P, N>) lanes = lane_rows<A, P, N>(cos_row, sin_row, call.half, lane_storage);
-      rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, lanes, xa, xb, q_weight);
-      if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, lanes, xa, xb, k_weight);
-    }
-    return;
+    q_norm = q_weight;
+    k_norm = k_weight;
   }
   for (std::int64_t t = begin; t < end; ++t) {
     cos_sin_row<A, N>(call, t, cos_row, sin_row);
     const float* lanes = nullptr;
     if constexpr (uses_lane_rows<A, P, N>) lanes = lane_rows<A, P, N>(cos_row, sin_row, call.half, lane_storage);
-    rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, lanes, xa, xb);
-    if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, lanes, xa, xb);
+    rotate_heads<A, P, N>(call, call.q, t, cos_row, sin_row, lanes, xa, xb, q_norm);
+    if (call.has_k) rotate_heads<A, P, N>(call, call.k, t, cos_row, sin_row, lanes, xa, xb, k_norm);
   }
 }
 
