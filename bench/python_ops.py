@@ -167,15 +167,40 @@ def reps_for(T):
     return 200 if T <= 4096 else 50
 
 
+def input_sets(T):
+    """Bytes moved by a Q+K call at T, and enough input sets to keep the working set >= 4x L2."""
+    bytes_moved = 2 * T * (HQ + HK) * D * 2
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved // 2) + 1))
+    return bytes_moved, make_sets(T, n_sets)
+
+
+def time_variants(card, kind, T, variants, sets, pristine, reference, bytes_moved, checked, graphed):
+    """One row per variant: its output on the pristine (p, q, k) against `reference` (for the names
+    `checked` accepts), its median event time over the sets, graph-replayed time where `graphed`
+    accepts the name, and the ratio to the same-size copy."""
+    p, q, k = pristine
+    ref_q, ref_k = reference
+    floor_us = copy_floor(T, sets)
+    rows = []
+    for name, fn in variants.items():
+        qq, kk = q.clone(), k.clone()
+        fn(p, qq, kk)
+        torch.cuda.synchronize()
+        verified = str(bool(torch.equal(qq, ref_q) and torch.equal(kk, ref_k))) if checked(name) else ""
+        us = event_time(fn, sets, reps_for(T))
+        gus = graph_time(fn, sets[0]) if graphed(name) else None
+        rows.append(dict(card=card, kind=kind, variant=name, T=T, median_us=us, graph_us=gus,
+                         GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us, verified=verified))
+    return rows
+
+
 def contract_rows(card, tokens):
     spec = posenc.RopeSpec(head_dim=D, theta=1e4)
     cache = make_cache()
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for T in tokens:
-        bytes_moved = 2 * T * (HQ + HK) * D * 2
-        n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved // 2) + 1))
-        sets = make_sets(T, n_sets)
+        bytes_moved, sets = input_sets(T)
         # Correctness first: every variant gives the same bits as vLLM's eager formula.
         p, q, k = sets[0]
         q, k = q.clone(), k.clone()  # pristine: timing rotates the sets in place, call after call
@@ -189,16 +214,8 @@ def contract_rows(card, tokens):
             "vLLM native, eager": lambda p, q, k: vllm_native(p, q, k, D, cache, True),
             "vLLM native, torch.compile static": lambda p, q, k: compiled(p, q, k, D, cache, True),
         }
-        floor_us = copy_floor(T, sets)
-        for name, fn in variants.items():
-            qq, kk = q.clone(), k.clone()
-            fn(p, qq, kk)
-            torch.cuda.synchronize()
-            verified = "" if "spec" in name else str(bool(torch.equal(qq, ref_q) and torch.equal(kk, ref_k)))
-            us = event_time(fn, sets, reps_for(T))
-            gus = graph_time(fn, sets[0]) if T <= 256 else None
-            rows.append(dict(card=card, kind="contract", variant=name, T=T, median_us=us, graph_us=gus,
-                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us, verified=verified))
+        rows += time_variants(card, "contract", T, variants, sets, (p, q, k), (ref_q, ref_k), bytes_moved,
+                              checked=lambda name: "spec" not in name, graphed=lambda name: T <= 256)
         posenc.check()
     return rows
 
@@ -239,13 +256,11 @@ def prologue_rows(card, tokens):
     def fused(p, q, k):
         posenc.apply_rope_(q.view(-1, HQ, D), k.view(-1, HK, D), p, spec, q_norm_weight=wq, k_norm_weight=wk)
 
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for T in tokens:
-        bytes_moved = 2 * T * (HQ + HK) * D * 2
-        n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved // 2) + 1))
-        sets = make_sets(T, n_sets)
+        bytes_moved, sets = input_sets(T)
         p, q, k = sets[0]
+        q, k = q.clone(), k.clone()  # pristine: timing rotates the sets in place
         ref_q, ref_k = q.clone(), k.clone()
         hf_chain(p, ref_q, ref_k)
         torch._dynamo.reset()
@@ -256,16 +271,9 @@ def prologue_rows(card, tokens):
             "HF eager chain": hf_chain,
             "HF chain, torch.compile static": compiled,
         }
-        floor_us = copy_floor(T, sets)
-        for name, fn in variants.items():
-            qq, kk = q.clone(), k.clone()
-            fn(p, qq, kk)
-            torch.cuda.synchronize()
-            verified = str(bool(torch.equal(qq, ref_q) and torch.equal(kk, ref_k))) if "fused" in name else ""
-            us = event_time(fn, sets, reps_for(T))
-            gus = graph_time(fn, sets[0]) if T <= 256 and "compile" not in name else None
-            rows.append(dict(card=card, kind="prologue", variant=name, T=T, median_us=us, graph_us=gus,
-                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us, verified=verified))
+        rows += time_variants(card, "prologue", T, variants, sets, (p, q, k), (ref_q, ref_k), bytes_moved,
+                              checked=lambda name: "fused" in name,
+                              graphed=lambda name: T <= 256 and "compile" not in name)
         posenc.check()
     return rows
 
