@@ -35,7 +35,8 @@ void check_table(const posenc::RopeSpec& spec, const posenc::FrequencyTable& tab
   require(std::isfinite(table.attention_factor), context + "attention factor " + std::to_string(table.attention_factor));
 }
 
-/// Rotates one token per position through the engine and the reference; both must agree and be finite.
+/// Rotates one token per position through the engine and the reference (normalising first where the
+/// spec has a QK norm); both must agree and be finite.
 void check_rotation(const posenc::RopeSpec& spec, const std::string& context) {
   const std::int64_t last = spec.position_limit - 1;
   const std::vector<std::int64_t> positions{0, 1, last};
@@ -48,9 +49,14 @@ void check_rotation(const posenc::RopeSpec& spec, const std::string& context) {
   for (std::int64_t i = 0; i < elements; ++i) q[static_cast<std::size_t>(i)] = 0.5f + static_cast<float>(i % 7) * 0.25f;
   std::vector<float> expected = q;
 
+  // A spec with a QK norm (Qwen3, Gemma 3, GLM-4.5 configs) normalises Q first: it needs weights.
+  std::vector<float> norm_weight(static_cast<std::size_t>(spec.head_dim));
+  for (std::size_t i = 0; i < norm_weight.size(); ++i) norm_weight[i] = 0.75f + static_cast<float>(i % 5) * 0.125f;
+
   posenc::RopeArgs args;
   args.positions = {stream_major.data(), posenc::IndexType::i64, tokens, streams, tokens};
   args.q = posenc::TensorView::contiguous(expected.data(), posenc::DType::f32, tokens, 1, spec.head_dim);
+  if (spec.qk_norm.enabled()) args.norm.q = norm_weight.data();
   try {
     posenc::apply_reference(spec, args);
   } catch (const posenc::Error& e) {
