@@ -332,6 +332,19 @@ def model_rows(card):
     return rows
 
 
+def timed_table(rows, kind, variant_header, verified_header):
+    """The Markdown table of time_variants' rows of `kind` (nothing when there are none)."""
+    mine = [r for r in rows if r["kind"] == kind]
+    if not mine:
+        return
+    print(f"\n| T | {variant_header} | median us | graph us/call | GB/s | % of same-size copy | {verified_header} |")
+    print("|---|---|---|---|---|---|---|")
+    for r in mine:
+        g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
+        print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
+              f"{100 * r['ratio']:.1f} | {r['verified']} |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", default=None)
@@ -353,22 +366,8 @@ def main():
     for r in rows:
         if r["kind"] == "overhead":
             print(f"| {r['variant']} | {r['host_us']:.1f} | {r['graph_us']:.2f} |")
-    print("\n| T | variant | median us | graph us/call | GB/s | % of same-size copy | bit-identical to vLLM eager |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        if r["kind"] == "contract":
-            g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
-            print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
-                  f"{100 * r['ratio']:.1f} | {r['verified']} |")
-    if any(r["kind"] == "prologue" for r in rows):
-        print("\n| T | Qwen3-8B prologue (q/k norm + RoPE), bf16 | median us | graph us/call | GB/s | % of same-size copy |"
-              " fused = HF eager bit for bit |")
-        print("|---|---|---|---|---|---|---|")
-        for r in rows:
-            if r["kind"] == "prologue":
-                g = f"{r['graph_us']:.2f}" if r["graph_us"] is not None else ""
-                print(f"| {r['T']} | {r['variant']} | {r['median_us']:.2f} | {g} | {r['GBps']:.0f} | "
-                      f"{100 * r['ratio']:.1f} | {r['verified']} |")
+    timed_table(rows, "contract", "variant", "bit-identical to vLLM eager")
+    timed_table(rows, "prologue", "Qwen3-8B prologue (q/k norm + RoPE), bf16", "fused = HF eager bit for bit")
     if any(r["kind"] == "model" for r in rows):
         print("\n| GLM-4-9B-shaped stack, 2 layers, bf16 | 4096-token prefill ms | decode step at 4096 us |")
         print("|---|---|---|")

@@ -27,7 +27,7 @@ using gpu::GpuEngine;
 
 class GpuQkNorm : public GpuTest {};
 
-RopeSpec norm_spec(DType, Pairing pairing, Numerics numerics, QkNormKind kind, bool rotary_only, HfArithmetic a,
+RopeSpec norm_spec(Pairing pairing, Numerics numerics, QkNormKind kind, bool rotary_only, HfArithmetic a,
                    std::int64_t head_dim = 128) {
   RopeSpec spec;
   spec.head_dim = head_dim;
@@ -52,7 +52,7 @@ std::pair<Outputs, Outputs> run_both(const gpu::Device& device, gpu::StreamRef s
                                      DType dtype, std::int64_t tokens, std::int64_t q_heads, std::int64_t k_heads,
                                      bool in_place, std::uint64_t seed) {
   const std::int64_t d = spec.head_dim;
-  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : d;
+  const std::int64_t width = spec.qk_norm_width();
   HostTensor q_in(dtype, tokens, q_heads, d), k_in(dtype, tokens, k_heads, d), weights(dtype, 2, 1, width);
   fill_random(q_in.view, seed);
   fill_random(k_in.view, seed + 1);
@@ -114,7 +114,7 @@ TEST_F(GpuQkNorm, ExactArithmeticEqualsCpuEngine) {
         for (const QkNormKind kind : {QkNormKind::rms, QkNormKind::rms_one_plus})
           for (const bool rotary_only : {false, true})
             for (const bool in_place : {false, true}) {
-              const RopeSpec spec = norm_spec(dtype, pairing, numerics, kind, rotary_only, HfArithmetic::exact);
+              const RopeSpec spec = norm_spec(pairing, numerics, kind, rotary_only, HfArithmetic::exact);
               SCOPED_TRACE(std::string(to_string(dtype)) + " " + to_string(pairing) + " " + to_string(numerics) +
                            " " + to_string(kind) + (rotary_only ? " rotary_only" : "") + (in_place ? " in place" : ""));
               const auto [g, c] = run_both(device, ref(), spec, dtype, 37, 6, 2, in_place, 101);
@@ -130,7 +130,7 @@ TEST_F(GpuQkNorm, TorchCudaWithinOneUlpOfExact) {
     for (const std::int64_t head_dim : {64, 128, 256})
       for (const std::int64_t tokens : {1, 3, 200}) {  // few and many rows: torch's lanes differ
         const RopeSpec spec =
-            norm_spec(dtype, Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::exact,
+            norm_spec(Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::exact,
                       head_dim);
         RopeSpec cuda = spec;
         cuda.hf_arithmetic = HfArithmetic::torch_cuda;
@@ -155,7 +155,7 @@ TEST_F(GpuQkNorm, TorchCudaWithinOneUlpOfExact) {
 
 TEST_F(GpuQkNorm, AppendEqualsApply) {
   const RopeSpec spec =
-      norm_spec(DType::bf16, Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::exact);
+      norm_spec(Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::exact);
   const std::int64_t tokens = 12, q_heads = 4, kv_heads = 2, d = spec.head_dim;
   HostTensor q_in(DType::bf16, tokens, q_heads, d), k_in(DType::bf16, tokens, kv_heads, d),
       v_in(DType::bf16, tokens, kv_heads, d), weights(DType::bf16, 2, 1, d);
@@ -214,7 +214,7 @@ TEST_F(GpuQkNorm, AppendEqualsApply) {
 
 TEST_F(GpuQkNorm, RefusesMissingWeights) {
   const RopeSpec spec =
-      norm_spec(DType::bf16, Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::torch_cuda);
+      norm_spec(Pairing::half_split, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::torch_cuda);
   HostTensor q(DType::bf16, 2, 2, spec.head_dim);
   fill_random(q.view, 9);
   DeviceMirror dq(device, q.buffer, ref());

@@ -122,8 +122,8 @@ TEST(QkNormArithmetic, CloseToFloat64) {
       for (int j = 0; j < n; ++j) sum += static_cast<double>(x[j]) * x[j];
       const double r = 1.0 / std::sqrt(sum / n + 1e-6);
       for (const HfArithmetic a : {HfArithmetic::torch_cpu, HfArithmetic::exact}) {
-        detail::norm_row_host<DType::f32>(QkNorm{QkNormKind::rms, 1e-6, false}, a, x.data(), w.data(), n, sq.data(),
-                                          out.data());
+        out = x;  // normalised in place
+        detail::norm_row_host<DType::f32>(QkNorm{QkNormKind::rms, 1e-6, false}, a, out.data(), w.data(), n, sq.data());
         for (int j = 0; j < n; ++j) {
           const double exact = static_cast<double>(w[j]) * x[j] * r;
           ASSERT_NEAR(out[j], exact, 8 * std::ldexp(std::abs(exact), -24) + 1e-30)
@@ -194,7 +194,7 @@ TEST(QkNormEngine, EqualsReference) {
               const RopeSpec spec = case_spec(c);
               SCOPED_TRACE(std::string(to_string(dtype)) + " " + to_string(pairing) + " " + to_string(numerics) + " " +
                            to_string(kind) + (rotary_only ? " rotary_only" : " head") + (in_place ? " in place" : ""));
-              const std::int64_t width = rotary_only ? spec.rotary() : spec.head_dim;
+              const std::int64_t width = spec.qk_norm_width();
               HostTensor q_in(dtype, tokens, q_heads, spec.head_dim), k_in(dtype, tokens, kv_heads, spec.head_dim);
               test::fill_random(q_in.view, 11);
               test::fill_random(k_in.view, 12);

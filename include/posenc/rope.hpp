@@ -238,6 +238,11 @@ struct RopeSpec {
   /// rotary_dim, with 0 resolved to head_dim.
   std::int64_t rotary() const noexcept { return rotary_dim == 0 ? head_dim : rotary_dim; }
 
+  /// The elements of a head the QK norm covers: [qk_norm_first(), + qk_norm_width()), the whole
+  /// head or, with qk_norm.rotary_only, the rotary window. Its weights have qk_norm_width() elements.
+  std::int64_t qk_norm_first() const noexcept { return qk_norm.rotary_only ? rotary_offset : 0; }
+  std::int64_t qk_norm_width() const noexcept { return qk_norm.rotary_only ? rotary() : head_dim; }
+
   /// Position streams an apply call must pass: 2 for half_split_2d, mrope_section.size() for
   /// M-RoPE, else 1.
   std::int32_t position_streams() const noexcept {

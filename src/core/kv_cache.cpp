@@ -240,7 +240,7 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
   const std::int64_t streams = std::max(a.positions.streams, 1);
   // validate_call checked that the norm weights are present exactly when the spec normalises.
   const std::int64_t norm_bytes =
-      spec.qk_norm.enabled() ? (spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim) * size_of(a.k.dtype) : 0;
+      spec.qk_norm.enabled() ? spec.qk_norm_width() * size_of(a.k.dtype) : 0;
   const Range others[] = {
       view_range("q", a.q),
       a.q_src.present() ? view_range("q_src", a.q_src) : Range{"q_src", 0, 0},

@@ -2,7 +2,7 @@
 //
 // transformers' q_norm/k_norm compute `x.float().pow(2).mean(-1)` and `torch.rsqrt(var + eps)` in
 // float32 on the model's device. A float32 sum of D squares depends on the order of its additions,
-// and each device's torch adds in its own fixed order (docs/NUMERICS.md §3.5 derives both):
+// and each device's torch adds in its own fixed order (docs/NUMERICS.md §3.6 derives both):
 //   torch_cpu   ATen's cascade_sum: 8-lane vectors (on every x86-64 capability: the sum kernel is
 //               not built for 16 lanes), four vector accumulators, the lanes added one by one;
 //               mean = sum / D; rsqrt = 1 / sqrt (both correctly rounded).
@@ -21,9 +21,6 @@
 #include "posenc/rope.hpp"
 
 namespace posenc::detail {
-
-/// Most elements a normalised row has (a head).
-inline constexpr int max_norm_width = static_cast<int>(max_head_dim);
 
 /// The sum of the squares `sq[0..n)` in the order of ATen's CPU cascade_sum over a contiguous row
 /// (SumKernel.cpp: vectorized_inner_sum -> row_sum -> multi_row_sum), with 8-lane float vectors.
@@ -169,16 +166,11 @@ POSENC_HD float exact_mean_square(const float* x, int n) {
 /// exact: fl32(1 / sqrt(v)) evaluated in double.
 POSENC_HD float exact_rsqrt(float v) { return static_cast<float>(1.0 / sqrt(static_cast<double>(v))); }
 
-}  // namespace posenc::detail
-
-namespace posenc::detail {
-
-/// Host side: normalises x[0..n) (the row's values as float) into `out` (values of activation
-/// dtype A, as float) with the weights w[0..n) (as float) under `arithmetic` (torch_cpu or exact;
+/// Host side: normalises x[0..n) (the row's values as float) in place into values of activation
+/// dtype A (as float), with the weights w[0..n) (as float) under `arithmetic` (torch_cpu or exact;
 /// torch_cuda's rsqrtf exists only on the device). `sq` is scratch of n floats.
 template <DType A>
-void norm_row_host(const QkNorm& norm, HfArithmetic arithmetic, const float* x, const float* w, int n, float* sq,
-                   float* out) {
+void norm_row_host(const QkNorm& norm, HfArithmetic arithmetic, float* x, const float* w, int n, float* sq) {
   float mean = 0.0f;
   if (arithmetic == HfArithmetic::torch_cpu) {
     for (int j = 0; j < n; ++j) sq[j] = x[j] * x[j];
@@ -188,7 +180,7 @@ void norm_row_host(const QkNorm& norm, HfArithmetic arithmetic, const float* x, 
   }
   const float v = mean + static_cast<float>(norm.epsilon);
   const float r = arithmetic == HfArithmetic::torch_cpu ? 1.0f / std::sqrt(v) : exact_rsqrt(v);
-  for (int j = 0; j < n; ++j) out[j] = norm_weighted<A>(norm.kind, x[j] * r, w[j]);
+  for (int j = 0; j < n; ++j) x[j] = norm_weighted<A>(norm.kind, x[j] * r, w[j]);
 }
 
 }  // namespace posenc::detail

@@ -251,6 +251,20 @@ std::int64_t check_cos_sin(const RopeSpec& spec, const CosSinCacheView& c) {
   return bytes;
 }
 
+/// Fails when `bytes` bytes at `data`, read while Q and K are written, share memory with the Q or
+/// the K destination (`k` null: no K). A whole-range test: such inputs never legitimately lie
+/// inside an activation buffer.
+void check_disjoint_input(const char* name, const void* data, std::int64_t bytes, const Extent& q, const Extent* k,
+                          const char* why) {
+  Extent e;
+  e.name = name;
+  e.begin = reinterpret_cast<std::uintptr_t>(data);
+  e.bytes = bytes;
+  e.tokens = -1;  // never equal to a view's: views_overlap compares whole ranges
+  if (views_overlap(e, q)) fail_overlap(e, q, why);
+  if (k != nullptr && views_overlap(e, *k)) fail_overlap(e, *k, why);
+}
+
 /// The QK-norm weights (RopeArgs::norm): present exactly when the spec normalises (k only with K),
 /// aligned to their elements, and sharing no byte with a destination (they are read while Q and
 /// K are written).
@@ -262,7 +276,7 @@ void check_norm_weights(const RopeSpec& spec, const RopeArgs& args, const Extent
                                             " is given but the spec has no QK norm (qk_norm.kind none)");
     return;
   }
-  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  const std::int64_t width = spec.qk_norm_width();
   const std::int64_t elem = size_of(args.q.dtype);
   auto check_one = [&](const char* name, const void* data) {
     if (data == nullptr)
@@ -273,14 +287,7 @@ void check_norm_weights(const RopeSpec& spec, const RopeArgs& args, const Extent
     if (address % static_cast<std::uintptr_t>(elem) != 0)
       fail(ErrorKind::invalid_argument, std::string(name) + " address " + address_text(address) +
                                             " is not aligned to its " + str(elem) + "-byte elements");
-    Extent e;
-    e.name = name;
-    e.begin = address;
-    e.bytes = width * elem;
-    e.tokens = -1;  // compared as a whole range
-    if (views_overlap(e, q)) fail_overlap(e, q, "a QK-norm weight must not share memory with a destination");
-    if (k != nullptr && views_overlap(e, *k))
-      fail_overlap(e, *k, "a QK-norm weight must not share memory with a destination");
+    check_disjoint_input(name, data, width * elem, q, k, "a QK-norm weight must not share memory with a destination");
   };
   check_one("norm.q", w.q);
   if (args.k.present()) check_one("norm.k", w.k);
@@ -376,15 +383,8 @@ CallInfo validate_call(const RopeSpec& spec, const RopeArgs& args, bool check_po
   if (args.cos_sin.present()) {
     // The cache is read while Q and K are written: it must share no byte with them (a whole-range
     // test; a cache never legitimately lies inside an activation buffer).
-    Extent c;
-    c.name = "cos_sin";
-    c.begin = reinterpret_cast<std::uintptr_t>(args.cos_sin.data);
-    c.bytes = check_cos_sin(spec, args.cos_sin);
-    c.tokens = -1;  // never equal to a view's: views_overlap compares whole ranges
-    if (views_overlap(c, q)) fail_overlap(c, q, "the cos/sin cache must not share memory with a destination");
-    if (args.k.present() && views_overlap(c, k)) {
-      fail_overlap(c, k, "the cos/sin cache must not share memory with a destination");
-    }
+    check_disjoint_input("cos_sin", args.cos_sin.data, check_cos_sin(spec, args.cos_sin), q,
+                         args.k.present() ? &k : nullptr, "the cos/sin cache must not share memory with a destination");
     limit = cos_sin_limit(spec, args.cos_sin);
     limit_name = limit == args.cos_sin.rows ? "rows of the cos/sin cache" : "spec.position_limit";
   }

@@ -327,8 +327,8 @@ void CpuEngine::apply(const RopeArgs& args) const {
   if (s.spec.qk_norm.enabled()) {
     call.norm = s.spec.qk_norm;
     call.norm_arithmetic = s.arithmetic == HfArithmetic::torch_cpu ? HfArithmetic::torch_cpu : HfArithmetic::exact;
-    call.norm_first = s.spec.qk_norm.rotary_only ? s.spec.rotary_offset : 0;
-    call.norm_width = s.spec.qk_norm.rotary_only ? s.spec.rotary() : s.spec.head_dim;
+    call.norm_first = s.spec.qk_norm_first();
+    call.norm_width = s.spec.qk_norm_width();
     call.q.norm_weight = args.norm.q;
     call.k.norm_weight = args.norm.k;
   }

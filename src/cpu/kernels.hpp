@@ -705,7 +705,7 @@ template <DType A>
   const std::int64_t n = call.norm_width;
   const storage_t<A>* in = src + call.norm_first;
   for (std::int64_t j = 0; j < n; ++j) x[j] = Element<A>::widen(in[j]);
-  detail::norm_row_host<A>(call.norm, call.norm_arithmetic, x, weight, static_cast<int>(n), square, x);
+  detail::norm_row_host<A>(call.norm, call.norm_arithmetic, x, weight, static_cast<int>(n), square);
   for (std::int64_t j = 0; j < n; ++j) normed[call.norm_first + j] = Element<A>::narrow_rounded(x[j]);
 }
 

@@ -111,8 +111,8 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
   std::vector<float>& b = rows.b;
   // The QK-norm stage normalises elements [norm_first, norm_first + norm_width) of each head.
   const bool norm = stage.weight != nullptr;
-  const std::int64_t norm_first = spec.qk_norm.rotary_only ? window : 0;
-  const std::int64_t norm_width = spec.qk_norm.rotary_only ? rotary : head_dim;
+  const std::int64_t norm_first = spec.qk_norm_first();
+  const std::int64_t norm_width = spec.qk_norm_width();
   if (norm) {
     for (std::int64_t j = 0; j < norm_width; ++j) rows.weight[j] = detail::load_at<A>(stage.weight, j);
   }
@@ -127,7 +127,7 @@ void rotate_tensor(const RopeSpec& spec, const PositionsView& positions, const A
           rows.head[d] = detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, d));
         float* x = rows.head.data() + norm_first;
         detail::norm_row_host<A>(spec.qk_norm, stage.arithmetic, x, rows.weight.data(), static_cast<int>(norm_width),
-                                 rows.square.data(), x);
+                                 rows.square.data());
       }
       auto input = [&](std::int64_t d) {
         return norm ? rows.head[d] : detail::load_at<A>(src.data, offset_of(src.token_stride, src.head_stride, t, h, d));

@@ -321,7 +321,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
     }
   }
   if (spec.qk_norm.enabled()) {
-    const std::int64_t width = spec.qk_norm.rotary_only ? rotary : spec.head_dim;
+    const std::int64_t width = spec.qk_norm_width();
     // torch reads rows of >= 128 floats as 4-float vectors from 16-byte aligned rows; a row of
     // width % 4 != 0 would shift its alignment row by row (no model has one).
     if (vendor && width >= 128 && width % 4 != 0) {
@@ -334,7 +334,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
       s.norm_kernels[static_cast<std::size_t>(dtype)] = detail::norm_kernels(dtype, spec.numerics);
     s.norm.kind = static_cast<std::int32_t>(spec.qk_norm.kind);
     s.norm.pairing = static_cast<std::int32_t>(spec.pairing);
-    s.norm.first = static_cast<std::int32_t>(spec.qk_norm.rotary_only ? spec.rotary_offset : 0);
+    s.norm.first = static_cast<std::int32_t>(spec.qk_norm_first());
     s.norm.width = static_cast<std::int32_t>(width);
     s.norm.head_dim = static_cast<std::int32_t>(spec.head_dim);
     s.norm.torch_cuda = vendor ? 1 : 0;
@@ -358,44 +358,47 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
                               StreamRef stream, const detail::KernelNorm* call_norm) const {
   const DType dtype = record.dtype;
   const auto di = static_cast<std::size_t>(dtype);  // validated: one of all_dtypes
-  const std::int64_t head_dim = spec.head_dim;
-  const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
-
-  // The vectorized instantiation needs every V-element access 16-byte aligned.
-  const std::int64_t v = posenc::detail::vector_bytes / size_of(dtype);
-  // half_split_2d: each half's Q = R/4 pairs must split into whole vectors too.
-  const std::int64_t lane_pairs = spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
-  bool vectorized = spec.rotary_offset % v == 0 && lane_pairs % v == 0 && (!copies || head_dim % v == 0) &&
-                    vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v));
-  if (append) {
-    // The cache rows are head_dim apart: V-element accesses stay aligned when the bases are.
-    const detail::KernelCache& c = p.cache;
-    vectorized = vectorized && head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) &&
-                 c.v_token_stride % v == 0 && c.v_head_stride % v == 0;
-  }
-  const std::int64_t width = vectorized ? v : 1;
-  p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
-  const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
-
-  const int ai = append ? 1 : 0;
-  const int rows_in_flight = detail::rows_in_flight_for(vectorized);
-  detail::ShapeInput shape_input;
-  shape_input.tokens = tokens;
-  shape_input.total_heads = p.total_heads;
-  shape_input.lanes = lanes;
-  shape_input.half = p.half;
-  shape_input.sm_count = device.multiprocessor_count();
-  shape_input.resident_blocks_per_sm = resident_blocks[ai][di][vectorized ? 0 : 1];
-  shape_input.rows_in_flight = rows_in_flight;
-  const detail::LaunchShape shape = detail::choose_shape(shape_input);
   p.tokens = tokens;
-  p.tile_tokens = shape.tile_tokens;
-  p.tiles = shape.tiles;
-  // Divisors of the kernel's index arithmetic (each < 2^31: heads by check_head_count, half by the
-  // spec's head_dim limit, the batch by the block and grid limits).
-  p.by_heads = detail::make_divisor(static_cast<std::uint32_t>(p.total_heads));
-  p.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
-  p.by_batch = detail::make_divisor(shape.block_y * static_cast<std::uint32_t>(rows_in_flight) * shape.grid_y);
+  p.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));  // < 2^31: the spec's head_dim limit
+  // The rotation kernel's vector width and launch shape (the QK-norm kernel has its own, below).
+  bool vectorized = false;
+  detail::LaunchShape shape;
+  if (call_norm == nullptr) {
+    const std::int64_t head_dim = spec.head_dim;
+    const bool copies = p.q.copy_pass_through != 0 || p.k.copy_pass_through != 0;
+    // The vectorized instantiation needs every V-element access 16-byte aligned.
+    const std::int64_t v = posenc::detail::vector_bytes / size_of(dtype);
+    // half_split_2d: each half's Q = R/4 pairs must split into whole vectors too.
+    const std::int64_t lane_pairs = spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
+    vectorized = spec.rotary_offset % v == 0 && lane_pairs % v == 0 && (!copies || head_dim % v == 0) &&
+                 vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v));
+    if (append) {
+      // The cache rows are head_dim apart: V-element accesses stay aligned when the bases are.
+      const detail::KernelCache& c = p.cache;
+      vectorized = vectorized && head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) &&
+                   c.v_token_stride % v == 0 && c.v_head_stride % v == 0;
+    }
+    const std::int64_t width = vectorized ? v : 1;
+    p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
+    const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
+
+    const int rows_in_flight = detail::rows_in_flight_for(vectorized);
+    detail::ShapeInput shape_input;
+    shape_input.tokens = tokens;
+    shape_input.total_heads = p.total_heads;
+    shape_input.lanes = lanes;
+    shape_input.half = p.half;
+    shape_input.sm_count = device.multiprocessor_count();
+    shape_input.resident_blocks_per_sm = resident_blocks[append ? 1 : 0][di][vectorized ? 0 : 1];
+    shape_input.rows_in_flight = rows_in_flight;
+    shape = detail::choose_shape(shape_input);
+    p.tile_tokens = shape.tile_tokens;
+    p.tiles = shape.tiles;
+    // Divisors of the kernel's index arithmetic (each < 2^31: heads by check_head_count, the batch
+    // by the block and grid limits).
+    p.by_heads = detail::make_divisor(static_cast<std::uint32_t>(p.total_heads));
+    p.by_batch = detail::make_divisor(shape.block_y * static_cast<std::uint32_t>(rows_in_flight) * shape.grid_y);
+  }
   record.vectorized = vectorized;
 
   const auto native = static_cast<cudaStream_t>(stream.native());
@@ -420,20 +423,15 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
   detail::record_launch(native, record);
   if (call_norm != nullptr) {
     // The QK-norm kernel: one block per token (up to 8 resident blocks per SM), a warp per row.
-    detail::NormKernelParams np{p, *call_norm};
-    np.rope.tokens = tokens;
-    np.rope.by_half = detail::make_divisor(static_cast<std::uint32_t>(p.half));
     const std::int64_t blocks = std::min<std::int64_t>(tokens, std::int64_t{8} * device.multiprocessor_count());
     const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim));
     const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;
-    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(np);
-    POSENC_GPU_CHECK_LAUNCH(record);
-    if (timed >= 0) timer->end(timed, native);
-    if (counters.enabled()) counters.count(1, tokens, bytes);
-    return;
+    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(
+        detail::NormKernelParams{p, *call_norm});
+  } else {
+    const RopeKernel kernel = vectorized ? kernels[append ? 1 : 0][di].vectorized : kernels[append ? 1 : 0][di].generic;
+    kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);
   }
-  const RopeKernel kernel = vectorized ? kernels[ai][di].vectorized : kernels[ai][di].generic;
-  kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);
   POSENC_GPU_CHECK_LAUNCH(record);
 
   if (timed >= 0) timer->end(timed, native);

@@ -44,7 +44,7 @@ void load_norm_weights(const RopeSpec& spec, const ApplyOptions& options, HostBa
                 "): pass --q-norm-weight" + (has_k ? " and --k-norm-weight" : "") +
                 " (.npy vectors of the norm's width, e.g. the model's q_norm.weight), or --no-qk-norm to rotate only");
   }
-  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  const std::int64_t width = spec.qk_norm_width();
   auto load = [&](const std::string& path, std::vector<std::byte>& out) {
     const NpyArray w = read_input(path);
     if (w.shape.size() != 1 || w.shape[0] != width) {

@@ -164,7 +164,7 @@ HostBatch make_batch(const ModelConfig& config, std::int64_t head_dim, std::int3
 /// multiplies), around 0 for `rms_one_plus` (Gemma multiplies by 1 + w).
 void add_norm_weights(HostBatch& batch, const RopeSpec& spec, std::uint64_t seed) {
   if (!spec.qk_norm.enabled()) return;
-  const std::int64_t width = spec.qk_norm.rotary_only ? spec.rotary() : spec.head_dim;
+  const std::int64_t width = spec.qk_norm_width();
   const float center = spec.qk_norm.kind == QkNormKind::rms ? 1.0f : 0.0f;
   for (std::vector<std::byte>* w : {&batch.q_norm_weight, &batch.k_norm_weight}) {
     w->assign(static_cast<std::size_t>(width * size_of(batch.dtype)), std::byte{0});

@@ -81,8 +81,8 @@ VerifyStats verify_sample(const RopeSpec& spec, const FrequencyTable& table, con
         if (spec.qk_norm.enabled()) {
           // The QK norm in float64 (rope.hpp QkNorm): x_j / rms(x) times w_j or (1 + w_j).
           const std::vector<std::byte>& weight = &tensor == &tensors[0] ? output.q_norm_weight : output.k_norm_weight;
-          const std::int64_t first = spec.qk_norm.rotary_only ? offset : 0;
-          const std::int64_t width = spec.qk_norm.rotary_only ? rotary : d;
+          const std::int64_t first = spec.qk_norm_first();
+          const std::int64_t width = spec.qk_norm_width();
           double sum = 0.0;
           for (std::int64_t j = 0; j < width; ++j) sum += x[first + j] * x[first + j];
           const double r = 1.0 / std::sqrt(sum / static_cast<double>(width) + spec.qk_norm.epsilon);
