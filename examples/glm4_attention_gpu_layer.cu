@@ -77,6 +77,13 @@ float decode(const std::vector<unsigned char>& bytes, std::size_t index, DType d
 /// the layer may use (one per cache sequence) exists from the start, at length 0. A slot no
 /// entry names is never touched by a step; a sequence that joins later just starts using one.
 /// The host-side ids are placeholders: the device knows slots only, the layer maps seq_id -> slot.
+/// The layer's rotation: the CPU example's spec with the options' arithmetic.
+RopeSpec rope_spec(const GlmAttentionConfig& c, const GlmGpuOptions& o) {
+  RopeSpec spec = glm_rope_spec(c);
+  spec.hf_arithmetic = o.hf_arithmetic;
+  return spec;
+}
+
 glm::PositionTracker initial_tracker(const GlmAttentionConfig& c) {
   glm::PositionTracker t(1, c.max_len);  // GLM-4: one position stream; positions past the cache are bugs
   for (std::int64_t i = 0; i < c.batch; ++i) t.add_sequence(i);
@@ -132,7 +139,7 @@ struct GlmAttentionGpuLayer::State {
         options(o),
         device(gpu::Device::open(o.device)),
         stream(device),
-        engine(glm_rope_spec(c), device),
+        engine(rope_spec(c, o), device),
         tracker(initial_tracker(c), device, c.batch * c.max_len) {}
 
   ~State() {

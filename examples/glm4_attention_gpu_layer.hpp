@@ -27,6 +27,10 @@ struct GlmGpuOptions {
   /// (a contiguous assignment would hide a wrong block-table lookup).
   std::uint32_t page_seed = 2024;
   int device = 0;  ///< CUDA device ordinal
+  /// Whose pow/cos/sin the rotation reproduces. The default follows torch on the GPU (CUDA's
+  /// float cosf/sinf); the fixture test asks for `exact` to compare the cache with the CPU engine
+  /// bit for bit (the CPU engine cannot reproduce CUDA's cos/sin).
+  HfArithmetic hf_arithmetic = HfArithmetic::engine;
 };
 
 /// One GLM attention layer on the GPU with a paged KV cache [pages, page_size, kv_heads, head_dim]

@@ -9,7 +9,9 @@
 #   sweep-cuda.jsonl     one line per case of scripts/golden/sweep_bitexact.py --device cuda
 #   sweep.log pytest.log
 # Knobs (seconds): POSENC_EXACT_CHECK_S (150), POSENC_EXACT_BUILD_S (120), POSENC_EXACT_SWEEP_S (150),
-# POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1).
+# POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1);
+# POSENC_EXACT_SWEEP_ARGS: more sweep arguments (a part of the grid: --schemes, --thetas, --dims);
+# POSENC_EXACT_CHECK=0 skips the C++ GPU tests (when gpu-all.sh ran them in the same session).
 set -u
 out=${OUT:?set OUT}
 summary=$out/summary.txt
@@ -18,17 +20,18 @@ mkdir -p "$out/check" "$out/python"
 say() { echo "$*" | tee -a "$summary"; }
 
 start=$SECONDS
-OUT=$out/check POSENC_GPU_CHECK_CPU=0 POSENC_GPU_CHECK_SANITIZERS=0 \
-  POSENC_GPU_CHECK_TARGETS="${POSENC_EXACT_TARGETS:-test_gpu_arithmetic test_gpu_engine test_gpu_append test_gpu_cos_sin_cache}" \
-  POSENC_GPU_CHECK_REGEX="${POSENC_EXACT_REGEX:-GpuArithmetic|GpuEngine|GpuSweep|GpuAppend|GpuCosSinCache}" \
-  timeout "${POSENC_EXACT_CHECK_S:-150}" bash scripts/gpu-check.sh >/dev/null 2>&1
-say "gpu-check (C++ GPU tests): exit $? after $((SECONDS - start)) s"
-cat "$out/check/summary.txt" >>"$summary" 2>/dev/null
-grep -E "^\[  FAILED|Failure|Expected|Which is" "$out/check/ctest-gpu.log" 2>/dev/null | head -n 20 >>"$summary"
+if [[ ${POSENC_EXACT_CHECK:-1} == 0 ]]; then
+  say "gpu-check (C++ GPU tests): skipped (POSENC_EXACT_CHECK=0)"
+else
+  OUT=$out/check POSENC_GPU_CHECK_CPU=0 POSENC_GPU_CHECK_SANITIZERS=0 \
+    POSENC_GPU_CHECK_TARGETS="${POSENC_EXACT_TARGETS:-test_gpu_arithmetic test_gpu_engine test_gpu_append test_gpu_cos_sin_cache}" \
+    POSENC_GPU_CHECK_REGEX="${POSENC_EXACT_REGEX:-GpuArithmetic|GpuEngine|GpuSweep|GpuAppend|GpuCosSinCache}" \
+    timeout "${POSENC_EXACT_CHECK_S:-150}" bash scripts/gpu-check.sh >/dev/null 2>&1
+  say "gpu-check (C++ GPU tests): exit $? after $((SECONDS - start)) s"
+  cat "$out/check/summary.txt" >>"$summary" 2>/dev/null
+  grep -E "^\[  FAILED|Failure|Expected|Which is" "$out/check/ctest-gpu.log" 2>/dev/null | head -n 20 >>"$summary"
+fi
 
-# The staged libsleef.so.3 (the GPU machine has no libsleef3) for the Python extension, whose
-# installed copy carries no build-tree RPATH.
-export LD_LIBRARY_PATH=$PWD/.deps/prefix/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 start=$SECONDS
 OUT=$out/python POSENC_PY_BENCH=0 POSENC_PYTEST_S=1 \
   timeout "${POSENC_EXACT_BUILD_S:-120}" bash scripts/gpu-python.sh >/dev/null 2>&1
@@ -38,7 +41,7 @@ export PYTHONPATH=/tmp/posenc-py:/tmp/posenc-py-deps${PYTHONPATH:+:$PYTHONPATH}
 if [[ -d /tmp/posenc-py/posenc ]]; then
   start=$SECONDS
   timeout "${POSENC_EXACT_SWEEP_S:-150}" python3 scripts/golden/sweep_bitexact.py --device cuda \
-    --stride "${POSENC_EXACT_STRIDE:-1}" --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
+    --stride "${POSENC_EXACT_STRIDE:-1}" ${POSENC_EXACT_SWEEP_ARGS:-} --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
   say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) cases"
   grep -E "<--|^\||Total" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"

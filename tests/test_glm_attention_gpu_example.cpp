@@ -112,9 +112,12 @@ void glm_attention_gpu_example::run_schedule(DType dtype) {
   ASSERT_EQ(schedule.size(), 33u);  // prefill + 32 decode steps
   ex::GlmGpuOptions options;
   options.dtype = dtype;
+  // The cache is compared with the CPU engine bit for bit: both in correctly rounded cos/sin.
+  options.hf_arithmetic = posenc::HfArithmetic::exact;
   ex::GlmAttentionGpuLayer layer(config, fixture.weights, options);
   ex::GlmAttentionLayer cpu(config, fixture.weights);
-  const auto spec = ex::glm_rope_spec(config);
+  auto spec = ex::glm_rope_spec(config);
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;
   const double tolerance = output_tolerance(dtype);
 
   const auto width = static_cast<std::size_t>(config.hidden_size);

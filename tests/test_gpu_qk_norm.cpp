@@ -1,10 +1,11 @@
-// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within one dtype ulp of it, shapes that change torch's reduce lanes, and refusals.
+// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within a few dtype ulps of it, shapes that change torch's reduce lanes, and refusals.
 //
 // The exact arithmetic sums squares in double in index order on both engines, so every dtype,
 // pairing, numerics, norm form and width must give the same bytes. torch_cuda follows torch's CUDA
 // reduction order and its rsqrtf (core/qk_norm.hpp), which no host code reproduces: here it is
-// held to the exact result within one ulp of the dtype; the Python tests compare it with torch on
+// held to the exact result within a few ulps of the dtype (bound at the test); the Python tests compare it with torch on
 // the GPU bit for bit.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -123,9 +124,14 @@ TEST_F(GpuQkNorm, ExactArithmeticEqualsCpuEngine) {
             }
 }
 
-/// torch_cuda: torch's order and rsqrtf move r by an ulp or two of float32, which changes at most
-/// the last bit or two of a 16-bit output, in a small fraction of the values.
-TEST_F(GpuQkNorm, TorchCudaWithinOneUlpOfExact) {
+/// torch_cuda: torch's summation order and rsqrtf move r by an ulp or two of float32, and CUDA's
+/// cosf/sinf move cos/sin by an ulp of float32, against the exact arithmetic. Each can flip the
+/// rounding of a normalised value, of a product or of the sum by one ulp of the dtype, so an output
+/// moves by a few ulps of the head's largest normalised value, not of its own (a rotated value
+/// a cos - b sin can be far smaller than a and b). Bound per value: 4 ulps of the head's largest
+/// |output| (rotation keeps a pair's length, so that is within a factor 2 of the largest normalised
+/// value); a wrong position, row or weight is off by the size of the values. Few values may move.
+TEST_F(GpuQkNorm, TorchCudaWithinUlpsOfExact) {
   for (const DType dtype : {DType::bf16, DType::f16})
     for (const std::int64_t head_dim : {64, 128, 256})
       for (const std::int64_t tokens : {1, 3, 200}) {  // few and many rows: torch's lanes differ
@@ -136,20 +142,36 @@ TEST_F(GpuQkNorm, TorchCudaWithinOneUlpOfExact) {
         cuda.hf_arithmetic = HfArithmetic::torch_cuda;
         SCOPED_TRACE(std::string(to_string(dtype)) + " head_dim " + std::to_string(head_dim) + " tokens " +
                      std::to_string(tokens));
-        // (cos/sin differ between torch_cuda and exact too, by an ulp in a few values in 10^5.)
         const auto [g, c] = run_both(device, ref(), cuda, dtype, tokens, 8, 2, false, 202);
+        const int mantissa_bits = dtype == DType::bf16 ? 7 : 10;
+        const auto value = [&](const std::vector<std::byte>& bytes, std::int64_t i) {
+          return static_cast<double>(load_element(dtype, bytes.data(), i));
+        };
         std::int64_t differ = 0;
         std::int64_t far = 0;
-        for (std::size_t i = 0; i + 1 < g.q.size(); i += 2) {
-          std::uint16_t a, b;
-          std::memcpy(&a, &g.q[i], 2);
-          std::memcpy(&b, &c.q[i], 2);
-          if (a == b) continue;
-          ++differ;
-          if (std::abs(static_cast<int>(a) - static_cast<int>(b)) > 2) ++far;
+        double worst_ulps = 0.0;
+        const auto n = static_cast<std::int64_t>(g.q.size()) / 2;
+        for (std::int64_t head = 0; head < n / head_dim; ++head) {
+          double scale = 0.0;
+          for (std::int64_t e = 0; e < head_dim; ++e) scale = std::max(scale, std::abs(value(c.q, head * head_dim + e)));
+          ASSERT_GT(scale, 0.0) << "head " << head;
+          const double ulp = std::ldexp(1.0, std::ilogb(scale) - mantissa_bits);
+          for (std::int64_t e = 0; e < head_dim; ++e) {
+            const std::int64_t i = head * head_dim + e;
+            const double gv = value(g.q, i);
+            const double cv = value(c.q, i);
+            ASSERT_TRUE(std::isfinite(gv)) << "element " << i << " = " << gv;
+            if (gv == cv) continue;
+            ++differ;
+            worst_ulps = std::max(worst_ulps, std::abs(gv - cv) / ulp);
+            if (std::abs(gv - cv) > 4.0 * ulp && far++ < 5) {
+              ADD_FAILURE() << "head " << head << " element " << e << ": GPU " << gv << ", exact " << cv
+                            << ", head's largest |value| " << scale;
+            }
+          }
         }
-        EXPECT_EQ(far, 0) << differ << " values differ";
-        EXPECT_LT(differ, static_cast<std::int64_t>(g.q.size() / 2 / 20));
+        EXPECT_EQ(far, 0);
+        EXPECT_LT(differ, n / 20) << "worst " << worst_ulps << " ulps of the head's largest value";
       }
 }
 
