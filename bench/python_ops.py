@@ -349,23 +349,37 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", default=None)
     ap.add_argument("--quick", action="store_true")
+    sections = ("overhead", "contract", "model", "prologue")
+    ap.add_argument("--only", default=",".join(sections),
+                    help=f"comma-separated sections to run (default all: {','.join(sections)})")
     a = ap.parse_args()
+    only = set(a.only.split(","))
+    if not only <= set(sections):
+        ap.error(f"--only: unknown section(s) {sorted(only - set(sections))}; known: {', '.join(sections)}")
     if not torch.cuda.is_available() or not posenc.gpu_available():
         print("python_ops.py: no CUDA device or posenc built without GPU support:", posenc.gpu_unavailable_reason())
         return 0
     card = torch.cuda.get_device_name(0)
     tokens = [1, 64, 4096, 65536] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536]
-    rows = overhead_rows(card) + contract_rows(card, tokens) + model_rows(card)
-    try:
-        rows += prologue_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
-    except ImportError as e:  # transformers is needed for the HF chain
-        print("python_ops.py: prologue rows skipped:", e)
+    rows = []
+    if "overhead" in only:
+        rows += overhead_rows(card)
+    if "contract" in only:
+        rows += contract_rows(card, tokens)
+    if "model" in only:
+        rows += model_rows(card)
+    if "prologue" in only:
+        try:
+            rows += prologue_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
+        except ImportError as e:  # transformers is needed for the HF chain
+            print("python_ops.py: prologue rows skipped:", e)
     print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
-    print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
-    print("|---|---|---|")
-    for r in rows:
-        if r["kind"] == "overhead":
-            print(f"| {r['variant']} | {r['host_us']:.1f} | {r['graph_us']:.2f} |")
+    if any(r["kind"] == "overhead" for r in rows):
+        print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
+        print("|---|---|---|")
+        for r in rows:
+            if r["kind"] == "overhead":
+                print(f"| {r['variant']} | {r['host_us']:.1f} | {r['graph_us']:.2f} |")
     timed_table(rows, "contract", "variant", "bit-identical to vLLM eager")
     timed_table(rows, "prologue", "Qwen3-8B prologue (q/k norm + RoPE), bf16", "fused = HF eager bit for bit")
     if any(r["kind"] == "model" for r in rows):

@@ -27,8 +27,9 @@ def load(path, dtype):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_golden_family(device, family):
-    """The fixture's inv_freq fed in (scaling="table"): bf16/fp16 bit for bit, fp32 within
-    2^-21 max|x| (transformers' CPU float32 cos/sin is not correctly rounded; posenc's is)."""
+    """The fixture's inv_freq fed in (scaling="table"): bf16/fp16 bit for bit on the CPU, fp32 within
+    2^-21 max|x| (transformers' CPU float32 cos/sin is not correctly rounded; posenc's is); on CUDA
+    16-bit within 2 ulps of the head's largest value (CUDA's cos/sin are not the CPU fixture's)."""
     meta = json.load(open(os.path.join(GOLDEN, family, "meta.json")))
     layer = meta["layer_type"]
     spec = posenc.RopeSpec.from_config(os.path.join(REPO, meta["config"]), layer_type=layer)
@@ -46,8 +47,15 @@ def test_golden_family(device, family):
             k_want = load(os.path.join(d, files["k_out"]), dname)
             posenc.apply_rope_(q, k, pos, fed)
             for got, want, name in ((q.cpu(), q_want, "Q"), (k.cpu(), k_want, "K")):
-                if dname == "float32":
-                    bound = 2.0 ** -21 * want.abs().amax(dim=-1, keepdim=True)
-                    assert ((got - want).abs() <= bound).all(), f"{family}/{case['name']}/{dname} {name}"
+                if dname == "float32" or device == "cuda":
+                    # float32: 2^-21 max|x|. On CUDA the fixture's CPU cos/sin (MKL) and the
+                    # engine's (CUDA cosf/sinf, as torch on the GPU) can differ by an ulp, which
+                    # can flip the last bit of a 16-bit product or sum: within 2 ulps of the
+                    # head's largest value (bit-exactness on CUDA is test_transformers.py's, against
+                    # transformers run on the GPU).
+                    rel = 2.0 ** -21 if dname == "float32" else 2.0 * torch.finfo(want.dtype).eps
+                    bound = rel * want.float().abs().amax(dim=-1, keepdim=True)
+                    err = (got.float() - want.float()).abs()
+                    assert (err <= bound).all(), f"{family}/{case['name']}/{dname} {name}"
                 else:
                     assert torch.equal(got, want), f"{family}/{case['name']}/{dname} {name} not bit-exact"
