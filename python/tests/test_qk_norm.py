@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import posenc
-from conftest import REPO, needs_torch, torch
+from conftest import REPO, needs_cuda, needs_torch, torch
 
 pytestmark = needs_torch
 transformers = pytest.importorskip("transformers", reason="transformers is not installed")
@@ -173,6 +173,37 @@ def test_rotary_only_normalises_the_window():
     q_out, k_out = posenc.apply_rope(q, k, positions, spec, q_norm_weight=q_weight, k_norm_weight=k_weight)
     assert _bits_equal(q_out, q_want) and _bits_equal(k_out, k_want)
     assert torch.equal(q_out[..., r:], q[..., r:]), "the pass-through part is not normalised"
+
+
+@needs_cuda
+@pytest.mark.parametrize("heads", [(1, 1), (32, 8), (40, 8), (64, 4), (5, 3)], ids=lambda h: f"H{h[0]}x{h[1]}")
+@pytest.mark.parametrize("dtype_name", list(DTYPES))
+def test_cuda_exact_equals_cpu_engine(dtype_name, heads):
+    """hf_arithmetic "exact": the GPU kernel and the CPU engine give the same bits, apply and append,
+    for head counts that split into one or several batches of rows per warp (uneven ones too)."""
+    hq, hk = heads
+    cfg, spec, q, k, positions, q_weight, k_weight = _case("qwen3", dtype_name, (37, hq, hk), 128, seed=hq * 7 + hk)
+    spec = spec.replace(hf_arithmetic="exact")
+    q_cpu, k_cpu = posenc.apply_rope(q, k, positions, spec, q_norm_weight=q_weight, k_norm_weight=k_weight)
+    q_gpu, k_gpu = posenc.apply_rope(q.cuda(), k.cuda(), positions.cuda(), spec,
+                                     q_norm_weight=q_weight.cuda(), k_norm_weight=k_weight.cuda())
+    posenc.check("cuda")
+    assert _bits_equal(q_gpu.cpu(), q_cpu), f"q: {_differing(q_gpu.cpu(), q_cpu)} values differ"
+    assert _bits_equal(k_gpu.cpu(), k_cpu), f"k: {_differing(k_gpu.cpu(), k_cpu)} values differ"
+
+    v = _rand(k.shape, q.dtype, 5)
+    slots = torch.randperm(64, generator=torch.Generator().manual_seed(6))[:q.shape[0]]
+    caches = []
+    for device in ("cpu", "cuda"):
+        kc = torch.full((1, 64, hk, 128), 3.0, dtype=q.dtype, device=device)  # contiguous [B, L, Hk, D]
+        vc = kc.clone()
+        qd = q.clone().to(device)
+        posenc.append_kv_(qd, k.to(device), v.to(device), positions.to(device), slots.to(device), kc, vc, spec,
+                          layout="contiguous", q_norm_weight=q_weight.to(device), k_norm_weight=k_weight.to(device))
+        posenc.check(device if device == "cuda" else None)
+        caches.append((qd.cpu(), kc.cpu(), vc.cpu()))
+    for name, got, want in zip(("q", "k cache", "v cache"), caches[1], caches[0]):
+        assert _bits_equal(got, want), f"append {name}: {_differing(got, want)} values differ"
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "paged_nhd", "paged_hnd"])
