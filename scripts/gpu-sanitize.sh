@@ -154,9 +154,12 @@ sanitize() {
   filter=$( [[ $kind == gtest ]] && gtest_filter "$tool" "$name")
   local args=(--tool "$tool" --error-exitcode 99 --report-api-errors no)
   [[ $tool == memcheck ]] && args+=(--leak-check full)
-  # initcheck tracks bulk (TMA) stores only when asked: without it, what cuBLAS's Hopper GEMMs
-  # write (the GLM example's o_proj output, beta = 0) reads as never written.
-  [[ $tool == initcheck ]] && args+=(--check-bulk-copy yes)
+  # The GLM example's o_proj output is written by cuBLAS alone (beta = 0), by its Hopper GEMM
+  # kernels (nvjet, TMA stores), whose writes initcheck does not see: every download of that
+  # output reads as uninitialized (the H100 run of 2026-12-06: 456 host-API reports, no device-side
+  # one, while the test's outputs equal transformers'). For that binary initcheck checks device
+  # accesses only; posenc's kernels there still read nothing unwritten.
+  [[ $tool == initcheck && $name == test_glm_attention_gpu_example ]] && args+=(--check-api-memory-access no)
   local extra=()
   [[ -n $filter ]] && extra=(--gtest_filter="$filter")
   {
