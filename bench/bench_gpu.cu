@@ -8,7 +8,9 @@
 //   graph   N applies captured into a CUDA graph (several graphs for small T, so that replays also
 //           rotate through more than L2), replayed; per-call time = replay time / N.
 //   verify  once per case, before timing: sampled tokens against posenc::apply_reference (the
-//           CPU definition; append_reference for the append rows), bit-exact for hf_compatible.
+//           CPU definition; append_reference for the append rows), bit-exact for hf_compatible,
+//           the case's kernels run with correctly rounded cos/sin (checkable(): the timed
+//           arithmetic follows torch on the GPU, which no host code reproduces).
 //   append  the fused RoPE + KV-cache append (GpuEngine::append: Q in place, K and V into a
 //           contiguous or paged cache) against what a user runs without it (apply, then a
 //           separate scatter of K and V into the cache, timed as one unit), both counted against
@@ -558,8 +560,21 @@ pb::Comparison compare_sampled(const Variant& v, const SampledCase& s) {
   return c;
 }
 
-/// Applies once to `a` on the GPU and compares sampled tokens with apply_reference on the host.
-std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& engine, const RopeArgs& a) {
+/// `spec` with correctly rounded cos/sin: the arithmetic the host reference shares with the GPU.
+/// The timed engines follow torch on this GPU (hf_arithmetic `engine`: CUDA's cosf/sinf), which
+/// no host code reproduces; the verification runs the same kernels with this spec instead (only
+/// the cos/sin table's values differ) and demands the reference's bits. Bit-exactness of the
+/// timed arithmetic against torch on CUDA is the Python tests' and the CUDA sweep's.
+RopeSpec checkable(RopeSpec spec) {
+  spec.hf_arithmetic = posenc::HfArithmetic::exact;
+  return spec;
+}
+
+/// Applies once to `a` on the GPU (with `engine`'s spec in the exact arithmetic) and compares
+/// sampled tokens with apply_reference on the host.
+std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& timed, const RopeArgs& a) {
+  const RopeSpec spec = checkable(timed.spec());
+  const posenc::gpu::GpuEngine engine(spec, g.device);
   SampledCase s = run_sampled(g, v, a, [&] {
     engine.apply(a, g.stream.ref());
     engine.check(g.stream.ref());
@@ -574,7 +589,7 @@ std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& 
     host_cos_sin = c;
     host_cos_sin.data = cos_sin.data();
   }
-  reference_rotate(v, v.spec, s, host_cos_sin);
+  reference_rotate(v, spec, s, host_cos_sin);
   return pb::verdict(compare_sampled(v, s), v.spec.numerics);
 }
 
@@ -989,7 +1004,8 @@ void scatter_kv(const Gpu& g, const posenc::AppendArgs& a) {
   POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
 }
 
-/// Runs `op` (one append of `a`, by either method) and compares sampled tokens with append_reference.
+/// Runs `op` (one append of `a`, by either method, with `engine`: a checkable() one) and compares
+/// sampled tokens with append_reference.
 std::string verify_append(Gpu& g, const posenc::gpu::GpuEngine& engine, const posenc::AppendArgs& a,
                           const std::function<void()>& op) {
   auto checked_op = [&] {
@@ -1019,17 +1035,21 @@ pb::Row append_row(const std::string& card, const AppendCase& c, AppendMethod m,
 void run_append_case(Gpu& g, const posenc::gpu::GpuEngine& engine, AppendSets& sets, AppendMethod m, pb::Row& row,
                      const Floor& floor) {
   const posenc::gpu::StreamRef stream = g.stream.ref();
-  auto call = [&] {
+  auto call_with = [&](const posenc::gpu::GpuEngine& e) {
     const std::size_t i = sets.rope.take_index();
     if (m == AppendMethod::fused) {
-      engine.append(sets.args[i], stream);
+      e.append(sets.args[i], stream);
     } else {
-      engine.apply(sets.rope.args[i], stream);
+      e.apply(sets.rope.args[i], stream);
       scatter_kv(g, sets.args[i]);
     }
   };
+  auto call = [&] { call_with(engine); };
   sets.rope.next = 0;
-  row.verified = verify_append(g, engine, sets.args[0], call);
+  {
+    const posenc::gpu::GpuEngine checked(checkable(engine.spec()), g.device);
+    row.verified = verify_append(g, checked, sets.args[0], [&] { call_with(checked); });
+  }
   row.note += (row.note.empty() ? "" : "; ") + sets.note;
   const TimedCall c{call, [&] { engine.check(stream); }, static_cast<std::int64_t>(sets.args.size()),
                     sets.rope.set_bytes, 0.1, row.t <= 1024};
