@@ -474,6 +474,11 @@ POSENC_API posenc_status posenc_position_tracker_pin(posenc_position_tracker* tr
                                                      int64_t pin_value);
 POSENC_API posenc_status posenc_position_tracker_size(const posenc_position_tracker* tracker, int64_t* out);
 POSENC_API posenc_status posenc_position_tracker_streams(const posenc_position_tracker* tracker, int32_t* out);
+/* The sequence's slot in [0, size): its index in the tracker's state arrays, which is its slot in a
+ * device tracker made from this one (posenc_gpu_position_tracker_create). Slots follow the order
+ * of add; remove moves the last slot's sequence into the freed one. */
+POSENC_API posenc_status posenc_position_tracker_slot(const posenc_position_tracker* tracker, int64_t seq_id,
+                                                      int64_t* out);
 /* One step: writes streams * tokens int64 positions to `positions` (`capacity` values; the
  * step's tokens are the sum of new_tokens) and the token count to `tokens`, then commits the
  * lengths. */
@@ -484,6 +489,60 @@ POSENC_API posenc_status posenc_position_tracker_step(posenc_position_tracker* t
 POSENC_API posenc_status posenc_position_tracker_peek(const posenc_position_tracker* tracker,
                                                       const posenc_step_entry* entries, size_t entry_count,
                                                       int64_t* positions, size_t capacity, int64_t* tokens);
+
+/* ---------------------------------------------------------------------------------------------
+ * Continuous batching on the device: the GPU position tracker
+ *
+ * The host tracker's rule run on the device (include/posenc/gpu.hpp, gpu::GpuPositionTracker): each
+ * slot's state (length, rope_delta, pin_from, pin_value) lives in device memory, and a step turns
+ * a device-side list of (slot, new_tokens) entries into the step's positions on a stream, without
+ * a host round trip, so a scheduler on the device (or a captured graph) feeds the GPU engine
+ * directly. Slots are the host tracker's (posenc_position_tracker_slot) at creation; the device
+ * copy then lives on its own (sequences added to the host tracker later are not seen).
+ *
+ * Differences from the host step: entries name slots, not sequence ids; positions are written
+ * stream-major with stream stride max_tokens (not the step's tokens); and the device cannot
+ * refuse a bad entry before writing. A slot outside [0, slots), a slot repeated within the step,
+ * new_tokens < 1 or a position outside [0, position_limit) is recorded on the device instead: that
+ * entry writes nothing and keeps its length, the others proceed. Entries adding up to more than
+ * max_tokens write nothing at all; a sum other than total_tokens is recorded too.
+ * posenc_gpu_position_tracker_check reports the first fault (POSENC_ERROR_OUT_OF_RANGE or
+ * POSENC_ERROR_INVALID_ARGUMENT naming the entry, the value and the limit). Without a GPU or GPU
+ * support, create fails as posenc_gpu_engine_create does (POSENC_ERROR_UNSUPPORTED naming the
+ * reason posenc_get_gpu_info gives).
+ * ------------------------------------------------------------------------------------------- */
+
+typedef struct posenc_gpu_position_tracker posenc_gpu_position_tracker;
+
+/* Uploads `host`'s slots to device `device` (synchronizes; the host tracker is only read).
+ * `max_tokens` in [1, INT32_MAX] bounds one step's tokens and is the stream stride of its output. */
+POSENC_API posenc_status posenc_gpu_position_tracker_create(const posenc_position_tracker* host, int32_t device,
+                                                            int64_t max_tokens, posenc_gpu_position_tracker** out);
+POSENC_API void posenc_gpu_position_tracker_destroy(posenc_gpu_position_tracker* tracker);
+/* One step on `stream` (NULL: the legacy default stream): `slots` and `new_tokens` are device
+ * arrays of `entry_count` int32 values (at most 4096 entries); `total_tokens` (at most max_tokens)
+ * is the sum of new_tokens the caller planned, which sizes the launch (the device recomputes it);
+ * `positions` is a device buffer of streams * max_tokens int64 values. One launch: it allocates,
+ * copies and waits for nothing. An empty step (entry_count 0) launches nothing. */
+POSENC_API posenc_status posenc_gpu_position_tracker_step(posenc_gpu_position_tracker* tracker, const int32_t* slots,
+                                                          const int32_t* new_tokens, size_t entry_count,
+                                                          int64_t total_tokens, int64_t* positions, void* stream);
+/* The view of a step's `total_tokens` positions in `positions` (int64, the tracker's streams,
+ * stream_stride max_tokens) as posenc_rope_args / posenc_append_args take it. */
+POSENC_API posenc_status posenc_gpu_position_tracker_positions(const posenc_gpu_position_tracker* tracker,
+                                                               const int64_t* positions, int64_t total_tokens,
+                                                               posenc_positions* out);
+/* Synchronizes `stream`, then reports the first bad entry recorded since the last check (and
+ * clears it), or a fault of the launch. */
+POSENC_API posenc_status posenc_gpu_position_tracker_check(const posenc_gpu_position_tracker* tracker, void* stream);
+/* Copies the device lengths of the `slots` slots into `out` (`capacity` values; synchronizes
+ * `stream`: for tests and monitoring, not the hot path). */
+POSENC_API posenc_status posenc_gpu_position_tracker_lengths(const posenc_gpu_position_tracker* tracker, int64_t* out,
+                                                             size_t capacity, void* stream);
+POSENC_API posenc_status posenc_gpu_position_tracker_streams(const posenc_gpu_position_tracker* tracker, int32_t* out);
+POSENC_API posenc_status posenc_gpu_position_tracker_slots(const posenc_gpu_position_tracker* tracker, int64_t* out);
+POSENC_API posenc_status posenc_gpu_position_tracker_max_tokens(const posenc_gpu_position_tracker* tracker,
+                                                                int64_t* out);
 
 /* ---------------------------------------------------------------------------------------------
  * GLM position ids and attention masks (host; docs/GLM.md is the guide, include/posenc/glm.hpp

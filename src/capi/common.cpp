@@ -249,6 +249,12 @@ AppendArgs to_args(const posenc_append_args* in) {
   return args;
 }
 
+gpu::Device open_device(std::int32_t ordinal) {
+  if (ordinal < 0) invalid("device is " + std::to_string(ordinal) + ", must be >= 0");
+  if (!gpu::available()) throw Error(ErrorKind::unsupported, "no GPU can be used: " + gpu::unavailable_reason());
+  return gpu::Device::open(ordinal);
+}
+
 posenc_counters to_counters(const OperationCounters& c) noexcept {
   posenc_counters out;
   std::memset(&out, 0, sizeof out);

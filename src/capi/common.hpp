@@ -38,6 +38,9 @@ struct posenc_gpu_engine {
 struct posenc_position_tracker {
   posenc::glm::PositionTracker tracker;
 };
+struct posenc_gpu_position_tracker {
+  posenc::gpu::GpuPositionTracker tracker;
+};
 // A builder's result: the ids, what the builder found, and the arrays `info`'s pointers address
 // (filled once by capi::publish, after which the handle is immutable).
 struct posenc_glm_positions {
@@ -178,5 +181,15 @@ RopeArgs to_args(const posenc_rope_args* args);
 AppendArgs to_args(const posenc_append_args* args);
 
 posenc_counters to_counters(const OperationCounters& c) noexcept;
+
+/// A stream argument of posenc.h: NULL is the legacy default stream (the C++ API asks for it by name).
+inline gpu::StreamRef stream_ref(void* stream) noexcept {
+  return stream == nullptr ? gpu::StreamRef::legacy_default() : gpu::StreamRef(stream);
+}
+
+/// The device `ordinal` of a GPU object's constructor: Error(invalid_argument) when negative, and
+/// Error(unsupported) with the reason posenc_get_gpu_info gives (the vendor runtime's own string,
+/// whatever the backend) where no GPU can be used.
+gpu::Device open_device(std::int32_t ordinal);
 
 }  // namespace posenc::capi

@@ -86,25 +86,13 @@ posenc_status posenc_append_reference(const posenc_spec* spec, const posenc_appe
   });
 }
 
-// The GPU engine. A NULL stream is the legacy default stream (the C++ API asks for it by name).
-
-namespace {
-
-gpu::StreamRef stream_ref(void* stream) noexcept {
-  return stream == nullptr ? gpu::StreamRef::legacy_default() : gpu::StreamRef(stream);
-}
-
-}  // namespace
+// The GPU engine. A NULL stream is the legacy default stream (capi::stream_ref).
 
 posenc_status posenc_gpu_engine_create(const posenc_spec* spec, int32_t device, posenc_gpu_engine** out) {
   return guard(__func__, [&] {
     capi::require(spec, "spec");
     capi::require(out, "out");
-    if (device < 0)
-      throw Error(ErrorKind::invalid_argument, "device is " + std::to_string(device) + ", must be >= 0");
-    // The reason posenc_get_gpu_info gives (the vendor runtime's own string), whatever the backend.
-    if (!gpu::available()) throw Error(ErrorKind::unsupported, "no GPU can be used: " + gpu::unavailable_reason());
-    *out = new posenc_gpu_engine{gpu::GpuEngine(spec->spec, gpu::Device::open(device))};
+    *out = new posenc_gpu_engine{gpu::GpuEngine(spec->spec, capi::open_device(device))};
   });
 }
 
@@ -113,7 +101,7 @@ void posenc_gpu_engine_destroy(posenc_gpu_engine* engine) { delete engine; }
 posenc_status posenc_gpu_engine_apply(const posenc_gpu_engine* engine, const posenc_rope_args* args, void* stream) {
   return guard(__func__, [&] {
     capi::require(engine, "engine");
-    engine->engine.apply(capi::to_args(args), stream_ref(stream));
+    engine->engine.apply(capi::to_args(args), capi::stream_ref(stream));
   });
 }
 
@@ -121,14 +109,14 @@ posenc_status posenc_gpu_engine_append(const posenc_gpu_engine* engine, const po
                                        void* stream) {
   return guard(__func__, [&] {
     capi::require(engine, "engine");
-    engine->engine.append(capi::to_args(args), stream_ref(stream));
+    engine->engine.append(capi::to_args(args), capi::stream_ref(stream));
   });
 }
 
 posenc_status posenc_gpu_engine_check(const posenc_gpu_engine* engine, void* stream) {
   return guard(__func__, [&] {
     capi::require(engine, "engine");
-    engine->engine.check(stream_ref(stream));
+    engine->engine.check(capi::stream_ref(stream));
   });
 }
 

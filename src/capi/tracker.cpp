@@ -121,6 +121,14 @@ posenc_status posenc_position_tracker_streams(const posenc_position_tracker* tra
   });
 }
 
+posenc_status posenc_position_tracker_slot(const posenc_position_tracker* tracker, int64_t seq_id, int64_t* out) {
+  return guard(__func__, [&] {
+    capi::require(tracker, "tracker");
+    capi::require(out, "out");
+    *out = tracker->tracker.slot_of(seq_id);
+  });
+}
+
 posenc_status posenc_position_tracker_step(posenc_position_tracker* tracker, const posenc_step_entry* entries,
                                            size_t entry_count, int64_t* positions, size_t capacity,
                                            int64_t* tokens) {

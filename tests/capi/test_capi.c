@@ -1073,7 +1073,7 @@ static void test_tracker(void) {
   posenc_step_entry chat[1] = {{1, 5}};
   int64_t positions[16];
   int64_t tokens = 0;
-  int64_t size = 0;
+  int64_t size = 0, slot = 0;
   int32_t flag = 0, streams = 0;
 
   CHECK_OK(posenc_position_tracker_create(1, 100, &tracker));
@@ -1135,9 +1135,20 @@ static void test_tracker(void) {
   got.struct_size = 0;
   CHECK_ERR(posenc_position_tracker_get_state(tracker, 7, &got), POSENC_ERROR_INVALID_ARGUMENT,
             "out->struct_size is 0");
+  /* Slots follow the order of add; remove moves the last sequence into the freed slot. */
+  CHECK_OK(posenc_position_tracker_slot(tracker, 9, &slot));
+  CHECK(slot == 1);
   CHECK_OK(posenc_position_tracker_remove(tracker, 7));
   CHECK_OK(posenc_position_tracker_size(tracker, &size));
   CHECK(size == 1);
+  CHECK_OK(posenc_position_tracker_slot(tracker, 9, &slot));
+  CHECK(slot == 0);
+  slot = -5;
+  CHECK_ERR(posenc_position_tracker_slot(tracker, 7, &slot), POSENC_ERROR_INVALID_ARGUMENT, "sequence 7",
+            "not tracked");
+  CHECK(slot == -5);
+  CHECK_ERR(posenc_position_tracker_slot(NULL, 9, &slot), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_position_tracker_slot(tracker, 9, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
 
   /* ChatGLM-6B style 2-D positions: pinned at the mask from <sop> on, block positions count up. */
   CHECK_OK(posenc_position_tracker_create(2, 100, &two));
@@ -1230,6 +1241,113 @@ static void test_gpu_engine(void) {
   CHECK_OK(posenc_gpu_engine_reset_counters(engine));
   posenc_gpu_engine_destroy(engine);
   posenc_spec_destroy(spec);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * The device position tracker: creation and every call's argument checks. Without a GPU, creation
+ * reports why (as the GPU engine's does) and every call on a NULL handle names it; with one, the
+ * host-side checks run before any launch. Real steps on the device, against the host tracker, are
+ * tests/capi/test_capi_gpu_tracker.cpp's (it needs device memory, which C cannot get from posenc).
+ * ------------------------------------------------------------------------------------------- */
+
+static void test_gpu_position_tracker(void) {
+  posenc_position_tracker* host = NULL;
+  posenc_gpu_position_tracker* tracker = NULL;
+  posenc_gpu_position_tracker* untouched = (posenc_gpu_position_tracker*)&checks;
+  posenc_gpu_info gpu = posenc_gpu_info_make();
+  posenc_positions view;
+  int64_t lengths[2] = {-7, -7};
+  int64_t value = -7;
+  int32_t streams = -7;
+  int32_t slots[1] = {0}, counts[1] = {1};
+  int64_t buffer[1] = {0};
+
+  CHECK_OK(posenc_get_gpu_info(&gpu));
+  CHECK_OK(posenc_position_tracker_create(2, 100, &host));
+  CHECK_OK(posenc_position_tracker_add(host, 7, NULL));
+  CHECK_OK(posenc_position_tracker_add(host, 9, NULL));
+  memset(&view, 0x5a, sizeof view);
+
+  CHECK_ERR(posenc_gpu_position_tracker_create(NULL, 0, 16, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "host is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_create(host, 0, 16, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_create(host, -1, 16, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "device is -1");
+  CHECK_ERR(posenc_gpu_position_tracker_step(NULL, slots, counts, 1, 1, buffer, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_positions(NULL, buffer, 1, &view), POSENC_ERROR_INVALID_ARGUMENT,
+            "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_check(NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_lengths(NULL, lengths, 2, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_streams(NULL, &streams), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_slots(NULL, &value), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_max_tokens(NULL, &value), POSENC_ERROR_INVALID_ARGUMENT, "tracker is NULL");
+  CHECK(untouched == (posenc_gpu_position_tracker*)&checks && value == -7 && streams == -7 && lengths[0] == -7);
+  if (!gpu.available) {
+    CHECK_ERR(posenc_gpu_position_tracker_create(host, 0, 16, &untouched), POSENC_ERROR_UNSUPPORTED,
+              "no GPU can be used", gpu.unavailable_reason);
+    CHECK(untouched == (posenc_gpu_position_tracker*)&checks);
+    printf("test_capi: GPU position tracker: creation refused as expected (%s); steps need a GPU\n",
+           gpu.unavailable_reason);
+    posenc_gpu_position_tracker_destroy(NULL);
+    posenc_position_tracker_destroy(host);
+    return;
+  }
+  CHECK_ERR(posenc_gpu_position_tracker_create(host, 0, 0, &untouched), POSENC_ERROR_INVALID_ARGUMENT,
+            "max_tokens 0", "[1, 2147483647]");
+  CHECK(untouched == (posenc_gpu_position_tracker*)&checks);
+  CHECK_OK(posenc_gpu_position_tracker_create(host, 0, 16, &tracker));
+  CHECK_OK(posenc_gpu_position_tracker_streams(tracker, &streams));
+  CHECK(streams == 2);
+  CHECK_OK(posenc_gpu_position_tracker_slots(tracker, &value));
+  CHECK(value == 2);
+  CHECK_OK(posenc_gpu_position_tracker_max_tokens(tracker, &value));
+  CHECK(value == 16);
+  CHECK_ERR(posenc_gpu_position_tracker_streams(tracker, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_slots(tracker, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_max_tokens(tracker, NULL), POSENC_ERROR_INVALID_ARGUMENT, "out is NULL");
+
+  /* The view: int64, two streams with stride max_tokens; total_tokens within [0, max_tokens]. */
+  CHECK_OK(posenc_gpu_position_tracker_positions(tracker, buffer, 5, &view));
+  CHECK(view.data == buffer && view.type == POSENC_INDEX_I64 && view.streams == 2 && view.count == 5 &&
+        view.stream_stride == 16);
+  CHECK_ERR(posenc_gpu_position_tracker_positions(tracker, buffer, 17, &view), POSENC_ERROR_INVALID_ARGUMENT,
+            "total_tokens 17", "[0, 16]");
+  CHECK_ERR(posenc_gpu_position_tracker_positions(tracker, buffer, -1, &view), POSENC_ERROR_INVALID_ARGUMENT,
+            "total_tokens -1");
+  CHECK_ERR(posenc_gpu_position_tracker_positions(tracker, NULL, 1, &view), POSENC_ERROR_INVALID_ARGUMENT,
+            "positions is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_positions(tracker, buffer, 1, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "out is NULL");
+  CHECK(view.count == 5);
+
+  /* Step arguments are checked on the host before any launch (so host pointers are safe here). */
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, slots, counts, 1, 17, buffer, NULL),
+            POSENC_ERROR_INVALID_ARGUMENT, "total_tokens 17", "16");
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, slots, counts, 4097, 1, buffer, NULL),
+            POSENC_ERROR_INVALID_ARGUMENT, "4097", "4096");
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, slots, counts, (size_t)-1, 1, buffer, NULL),
+            POSENC_ERROR_INVALID_ARGUMENT, "4096");
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, NULL, counts, 1, 1, buffer, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "slots is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, slots, NULL, 1, 1, buffer, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "new_tokens is NULL");
+  CHECK_ERR(posenc_gpu_position_tracker_step(tracker, slots, counts, 1, 1, NULL, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "positions is NULL");
+  CHECK_OK(posenc_gpu_position_tracker_step(tracker, NULL, NULL, 0, 0, NULL, NULL)); /* empty: no launch */
+  CHECK_OK(posenc_gpu_position_tracker_check(tracker, NULL));
+
+  /* Lengths: the caller's capacity must hold every slot; nothing is written otherwise. */
+  CHECK_ERR(posenc_gpu_position_tracker_lengths(tracker, lengths, 1, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "capacity 1 is below the 2 slots");
+  CHECK_ERR(posenc_gpu_position_tracker_lengths(tracker, NULL, 2, NULL), POSENC_ERROR_INVALID_ARGUMENT,
+            "out is NULL");
+  CHECK(lengths[0] == -7 && lengths[1] == -7);
+  CHECK_OK(posenc_gpu_position_tracker_lengths(tracker, lengths, 2, NULL));
+  CHECK(lengths[0] == 0 && lengths[1] == 0);
+  posenc_gpu_position_tracker_destroy(tracker);
+  posenc_position_tracker_destroy(host); /* the device tracker was a copy: any order */
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -1695,6 +1813,7 @@ int main(void) {
   test_glm_masks();
   test_glm_abi_growth();
   test_gpu_engine();
+  test_gpu_position_tracker();
   printf("test_capi: %d checks, %d failed\n", checks, failures);
   return failures == 0 ? 0 : 1;
 }
