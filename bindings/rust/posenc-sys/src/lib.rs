@@ -112,6 +112,7 @@ opaque!(
     posenc_cpu_engine,
     posenc_gpu_engine,
     posenc_position_tracker,
+    posenc_gpu_position_tracker,
     posenc_glm_positions,
     posenc_glm_mask
 );
@@ -614,6 +615,8 @@ extern "C" {
     pub fn posenc_position_tracker_size(tracker: *const posenc_position_tracker, out: *mut i64) -> posenc_status;
     pub fn posenc_position_tracker_streams(tracker: *const posenc_position_tracker, out: *mut i32)
         -> posenc_status;
+    pub fn posenc_position_tracker_slot(tracker: *const posenc_position_tracker, seq_id: i64, out: *mut i64)
+        -> posenc_status;
     pub fn posenc_position_tracker_step(
         tracker: *mut posenc_position_tracker,
         entries: *const posenc_step_entry,
@@ -630,6 +633,43 @@ extern "C" {
         capacity: usize,
         tokens: *mut i64,
     ) -> posenc_status;
+
+    pub fn posenc_gpu_position_tracker_create(
+        host: *const posenc_position_tracker,
+        device: i32,
+        max_tokens: i64,
+        out: *mut *mut posenc_gpu_position_tracker,
+    ) -> posenc_status;
+    pub fn posenc_gpu_position_tracker_destroy(tracker: *mut posenc_gpu_position_tracker);
+    pub fn posenc_gpu_position_tracker_step(
+        tracker: *mut posenc_gpu_position_tracker,
+        slots: *const i32,
+        new_tokens: *const i32,
+        entry_count: usize,
+        total_tokens: i64,
+        positions: *mut i64,
+        stream: *mut c_void,
+    ) -> posenc_status;
+    pub fn posenc_gpu_position_tracker_positions(
+        tracker: *const posenc_gpu_position_tracker,
+        positions: *const i64,
+        total_tokens: i64,
+        out: *mut posenc_positions,
+    ) -> posenc_status;
+    pub fn posenc_gpu_position_tracker_check(tracker: *const posenc_gpu_position_tracker, stream: *mut c_void)
+        -> posenc_status;
+    pub fn posenc_gpu_position_tracker_lengths(
+        tracker: *const posenc_gpu_position_tracker,
+        out: *mut i64,
+        capacity: usize,
+        stream: *mut c_void,
+    ) -> posenc_status;
+    pub fn posenc_gpu_position_tracker_streams(tracker: *const posenc_gpu_position_tracker, out: *mut i32)
+        -> posenc_status;
+    pub fn posenc_gpu_position_tracker_slots(tracker: *const posenc_gpu_position_tracker, out: *mut i64)
+        -> posenc_status;
+    pub fn posenc_gpu_position_tracker_max_tokens(tracker: *const posenc_gpu_position_tracker, out: *mut i64)
+        -> posenc_status;
 
     pub fn posenc_glm_special_tokens_get(vocabulary: i32, out: *mut posenc_glm_special_tokens) -> posenc_status;
     pub fn posenc_glm_vision_tokens_get(family: i32, out: *mut posenc_glm_vision_tokens) -> posenc_status;

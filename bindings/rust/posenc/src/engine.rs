@@ -54,7 +54,9 @@ impl<'a, T: Element> RopeArgs<'a, T> {
 }
 
 /// One fused append: Q rotated, K rotated and written with V into the cache row of each token's
-/// slot (cast to the cache's element type); slot -1 skips the token's K and V.
+/// slot (cast to the cache's element type); slot -1 skips the token's K and V. Into an MLA cache
+/// ([`KvCacheMut::mla`](crate::KvCacheMut::mla)) K is k_pe `[tokens, 1, rope_dim]` and V the
+/// latent `[tokens, 1, latent_dim]`; Q is then usually the rope slice of each head (a strided view).
 pub struct AppendArgs<'a, T: Element, C: CacheElement> {
     raw: sys::posenc_append_args,
     _borrow: PhantomData<(&'a mut [T], &'a mut [C])>,
@@ -83,6 +85,7 @@ impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
         raw.positions = positions.raw;
         raw.slots = slots.as_ptr();
         raw.cache = cache.raw;
+        raw.cache_latent_dim = cache.latent_dim;
         Ok(AppendArgs { raw, _borrow: PhantomData })
     }
     pub fn q_src(mut self, q_src: Tensor<'a, T>) -> Self {

@@ -9,7 +9,8 @@
 //!   decode tokens of many sequences); [`glm`] builds the position ids of every GLM generation
 //!   (ChatGLM-6B's 2-D ids, GLM-130B, blank infilling, padded batches, M-RoPE for GLM-4.1V/4.5V)
 //!   and attention masks.
-//! - [`GpuEngine`] takes device pointers and a vendor stream (raw, `unsafe`).
+//! - [`GpuEngine`] takes device pointers and a vendor stream (raw, `unsafe`);
+//!   [`GpuPositionTracker`] makes each step's positions on the device for it.
 //!
 //! Every failure is an [`Error`] with the library's [`Status`] and its message, which names the
 //! offending value, its index and the limit. Nothing a failed call was asked to write is written.
@@ -49,7 +50,7 @@ mod views;
 
 pub use element::{Bf16, CacheElement, Element, Fp8E4m3, F16};
 pub use engine::{reference_append, reference_apply, AppendArgs, Counters, CpuEngine, GpuEngine, RopeArgs};
-pub use tracker::{PositionIds, PositionTracker, SequenceState, StepEntry};
+pub use tracker::{GpuPositionTracker, PositionIds, PositionTracker, SequenceState, StepEntry};
 pub use views::{CacheLayout, CosSinCache, KvCacheMut, PositionIndex, Positions, Tensor, TensorMut};
 
 // ------------------------------------------------------------------------------------------------

@@ -1,5 +1,6 @@
 //! The continuous-batching position tracker: each step's positions for prefill chunks and decode tokens of many sequences.
 
+use std::os::raw::c_void;
 
 use crate::views::Positions;
 use crate::{check, create, sys, Error, Result, Status};
@@ -112,6 +113,15 @@ impl PositionTracker {
         check(unsafe { sys::posenc_position_tracker_pin(self.raw.as_ptr(), seq_id, pin_value) })
     }
 
+    /// The sequence's slot: its index in the tracker's state, and its slot in a
+    /// [`GpuPositionTracker`] made from this tracker. Slots follow the order of `add_sequence`;
+    /// `remove_sequence` moves the last slot's sequence into the freed one.
+    pub fn slot(&self, seq_id: i64) -> Result<i64> {
+        let mut slot = 0;
+        check(unsafe { sys::posenc_position_tracker_slot(self.raw.as_ptr(), seq_id, &mut slot) })?;
+        Ok(slot)
+    }
+
     pub fn len(&self) -> Result<i64> {
         let mut size = 0;
         check(unsafe { sys::posenc_position_tracker_size(self.raw.as_ptr(), &mut size) })?;
@@ -164,5 +174,113 @@ impl PositionTracker {
         check(call(entries.as_ptr() as *const sys::posenc_step_entry, entries.len(), values.as_mut_ptr(), capacity, &mut tokens))?;
         values.truncate((streams as i64 * tokens) as usize);
         Ok(PositionIds { streams, tokens, values })
+    }
+}
+
+handle!(
+    /// The position tracker on a GPU: a device copy of a [`PositionTracker`]'s slots whose steps
+    /// turn device-side (slot, new_tokens) lists into positions on a stream, with no host round
+    /// trip, for a [`GpuEngine`](crate::GpuEngine) call. It owns its device state and borrows
+    /// nothing: the host tracker is only read at creation (sequences added later are not seen).
+    ///
+    /// Its steps take device pointers and a vendor stream (cudaStream_t / hipStream_t; null is the
+    /// legacy default stream), so they are `unsafe`. A bad entry (a slot outside [0, slots), a
+    /// repeated slot, new_tokens < 1, a position outside the host tracker's limit) cannot be refused
+    /// before the launch: it writes nothing, is recorded on the device, and
+    /// [`check`](GpuPositionTracker::check) reports the first one.
+    GpuPositionTracker, posenc_gpu_position_tracker, posenc_gpu_position_tracker_destroy,
+    // SAFETY: a step needs &mut self; the library's read-only calls may run at once.
+);
+
+impl GpuPositionTracker {
+    /// Uploads `host`'s slots to device `device` (slot i on the device is host slot i,
+    /// [`PositionTracker::slot`]). `max_tokens` in [1, 2^31 - 1] bounds one step's tokens and is
+    /// the stream stride of its output. Error(Unsupported) naming the reason where there is no
+    /// GPU or no GPU support.
+    pub fn new(host: &PositionTracker, device: i32, max_tokens: i64) -> Result<GpuPositionTracker> {
+        create(|out| unsafe { sys::posenc_gpu_position_tracker_create(host.raw.as_ptr(), device, max_tokens, out) })
+            .map(|raw| GpuPositionTracker { raw })
+    }
+
+    /// One step on `stream`: `entries` (slot, new_tokens) pairs, `total_tokens` (at most
+    /// `max_tokens`) the sum of new_tokens the caller planned. One launch; no allocation, copy or
+    /// wait.
+    ///
+    /// # Safety
+    /// `slots` and `new_tokens` are device arrays of `entries` values and `positions` a device
+    /// buffer of `streams * max_tokens` values, all of this tracker's device and alive until the
+    /// stream has run the launch; `stream` is null or a live stream of that device.
+    pub unsafe fn step_raw(
+        &mut self,
+        slots: *const i32,
+        new_tokens: *const i32,
+        entries: usize,
+        total_tokens: i64,
+        positions: *mut i64,
+        stream: *mut c_void,
+    ) -> Result<()> {
+        check(sys::posenc_gpu_position_tracker_step(
+            self.raw.as_ptr(),
+            slots,
+            new_tokens,
+            entries,
+            total_tokens,
+            positions,
+            stream,
+        ))
+    }
+
+    /// The view of a step's `total_tokens` positions in the device buffer `positions` (int64, this
+    /// tracker's streams, stream stride `max_tokens`), as the `positions` field of
+    /// [`GpuEngine::apply_raw`](crate::GpuEngine::apply_raw)'s arguments takes it.
+    pub fn positions_raw(&self, positions: *const i64, total_tokens: i64) -> Result<sys::posenc_positions> {
+        let mut view = sys::posenc_positions {
+            data: std::ptr::null(),
+            type_: 0,
+            streams: 0,
+            count: 0,
+            stream_stride: 0,
+        };
+        check(unsafe { sys::posenc_gpu_position_tracker_positions(self.raw.as_ptr(), positions, total_tokens, &mut view) })?;
+        Ok(view)
+    }
+
+    /// Synchronizes `stream`, then reports the first bad entry recorded since the last check (and
+    /// clears it), or a fault of the launch.
+    ///
+    /// # Safety
+    /// `stream` is null or a live stream of this tracker's device.
+    pub unsafe fn check(&self, stream: *mut c_void) -> Result<()> {
+        check(sys::posenc_gpu_position_tracker_check(self.raw.as_ptr(), stream))
+    }
+
+    /// The device lengths in slot order (synchronizes `stream`; for tests and monitoring).
+    ///
+    /// # Safety
+    /// `stream` is null or a live stream of this tracker's device.
+    pub unsafe fn lengths(&self, stream: *mut c_void) -> Result<Vec<i64>> {
+        let slots = usize::try_from(self.slots()?)
+            .map_err(|_| Error::new(Status::Internal, "GpuPositionTracker: a negative slot count".to_string()))?;
+        let mut lengths = vec![0i64; slots];
+        check(sys::posenc_gpu_position_tracker_lengths(self.raw.as_ptr(), lengths.as_mut_ptr(), slots, stream))?;
+        Ok(lengths)
+    }
+
+    pub fn streams(&self) -> Result<i32> {
+        let mut streams = 0;
+        check(unsafe { sys::posenc_gpu_position_tracker_streams(self.raw.as_ptr(), &mut streams) })?;
+        Ok(streams)
+    }
+
+    pub fn slots(&self) -> Result<i64> {
+        let mut slots = 0;
+        check(unsafe { sys::posenc_gpu_position_tracker_slots(self.raw.as_ptr(), &mut slots) })?;
+        Ok(slots)
+    }
+
+    pub fn max_tokens(&self) -> Result<i64> {
+        let mut max_tokens = 0;
+        check(unsafe { sys::posenc_gpu_position_tracker_max_tokens(self.raw.as_ptr(), &mut max_tokens) })?;
+        Ok(max_tokens)
     }
 }

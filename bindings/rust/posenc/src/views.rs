@@ -212,12 +212,16 @@ impl<'a> CosSinCache<'a> {
 
 /// Where a KV-cache slot's rows live (slot = block * block_len + offset):
 /// contiguous `[batch, max_len, kv_heads, head_dim]`, paged NHD `[blocks, page_size, kv_heads,
-/// head_dim]`, paged HND `[blocks, kv_heads, page_size, head_dim]`.
+/// head_dim]`, paged HND `[blocks, kv_heads, page_size, head_dim]`, and DeepSeek-V3's multi-head
+/// latent attention cache (one tensor, [`KvCacheMut::mla`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CacheLayout {
     Contiguous,
     PagedNhd,
     PagedHnd,
+    /// One tensor `[blocks, page_size, latent_dim + rope_dim]`: each slot's row holds the
+    /// append's V (the compressed c_kv latent) copied as given, then its K (k_pe) rotated.
+    Mla,
 }
 
 impl CacheLayout {
@@ -226,18 +230,28 @@ impl CacheLayout {
             CacheLayout::Contiguous => sys::POSENC_LAYOUT_CONTIGUOUS,
             CacheLayout::PagedNhd => sys::POSENC_LAYOUT_PAGED_NHD,
             CacheLayout::PagedHnd => sys::POSENC_LAYOUT_PAGED_HND,
+            CacheLayout::Mla => sys::POSENC_LAYOUT_MLA,
         }
     }
 }
 
-/// A KV cache in two slices of equal size (K and V), `blocks * block_len` slots of
-/// `kv_heads * head_dim` elements each.
+/// A KV cache: K and V in two slices of equal size, `blocks * block_len` slots of
+/// `kv_heads * head_dim` elements each ([`KvCacheMut::new`]), or the one-slice MLA cache
+/// ([`KvCacheMut::mla`]).
 pub struct KvCacheMut<'a, C: CacheElement> {
     pub(crate) raw: sys::posenc_kv_cache,
+    /// The MLA latent's elements per row (the append's `cache_latent_dim`); 0 for the other layouts.
+    pub(crate) latent_dim: i64,
     _borrow: PhantomData<&'a mut [C]>,
 }
 
+/// `dims` multiplied, when none is negative and the product fits in i64.
+fn elements(dims: &[i64]) -> Option<i64> {
+    dims.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) })
+}
+
 impl<'a, C: CacheElement> KvCacheMut<'a, C> {
+    /// A two-tensor cache (`layout` other than [`CacheLayout::Mla`]).
     pub fn new(
         k: &'a mut [C],
         v: &'a mut [C],
@@ -247,8 +261,12 @@ impl<'a, C: CacheElement> KvCacheMut<'a, C> {
         kv_heads: i64,
         head_dim: i64,
     ) -> Result<Self> {
-        let dims = [blocks, block_len, kv_heads, head_dim];
-        let elements = dims.iter().try_fold(1i64, |acc, &d| if d < 0 { None } else { acc.checked_mul(d) });
+        if layout == CacheLayout::Mla {
+            return Err(invalid(
+                "KvCacheMut::new: CacheLayout::Mla is one tensor, not a K and a V (use KvCacheMut::mla)".to_string(),
+            ));
+        }
+        let elements = elements(&[blocks, block_len, kv_heads, head_dim]);
         match elements {
             Some(n) if n <= length(k.len()) && n <= length(v.len()) => {}
             _ => {
@@ -277,11 +295,52 @@ impl<'a, C: CacheElement> KvCacheMut<'a, C> {
                 k_scale: 1.0,
                 v_scale: 1.0,
             },
+            latent_dim: 0,
             _borrow: PhantomData,
         })
     }
 
-    /// fp8 caches: the cache stores e4m3(x / scale) (other dtypes require 1).
+    /// DeepSeek-V3's multi-head latent attention cache: one slice `[blocks, page_size,
+    /// latent_dim + rope_dim]` whose rows hold an append's V (the c_kv latent, `[tokens, 1,
+    /// latent_dim]`, copied) then its K (k_pe, `[tokens, 1, rope_dim]`, rotated). `latent_dim`
+    /// (kv_lora_rank) is a multiple of `rope_dim` (the spec's head_dim); the library checks it.
+    pub fn mla(cache: &'a mut [C], blocks: i64, page_size: i64, latent_dim: i64, rope_dim: i64) -> Result<Self> {
+        let row = latent_dim.checked_add(rope_dim).filter(|_| latent_dim >= 0 && rope_dim >= 0);
+        let needed = row.and_then(|row| elements(&[blocks, page_size, row]));
+        match needed {
+            Some(n) if n <= length(cache.len()) => {}
+            _ => {
+                return Err(invalid(format!(
+                    "KvCacheMut::mla: {} blocks x {} slots x ({} latent + {} rope) elements need {} elements, the slice holds {}",
+                    blocks,
+                    page_size,
+                    latent_dim,
+                    rope_dim,
+                    needed.map_or("an invalid number of".to_string(), |n| n.to_string()),
+                    cache.len()
+                )))
+            }
+        }
+        Ok(KvCacheMut {
+            raw: sys::posenc_kv_cache {
+                k: cache.as_mut_ptr() as *mut c_void,
+                v: std::ptr::null_mut(),
+                dtype: C::CACHE_DTYPE,
+                layout: CacheLayout::Mla.to_raw(),
+                kv_heads: 1,
+                head_dim: rope_dim,
+                blocks,
+                block_len: page_size,
+                k_scale: 1.0,
+                v_scale: 1.0,
+            },
+            latent_dim,
+            _borrow: PhantomData,
+        })
+    }
+
+    /// fp8 caches: the cache stores e4m3(x / scale) (other dtypes require 1); in an MLA cache
+    /// k_scale is k_pe's and v_scale the latent's.
     pub fn with_scales(mut self, k_scale: f32, v_scale: f32) -> Self {
         self.raw.k_scale = k_scale;
         self.raw.v_scale = v_scale;

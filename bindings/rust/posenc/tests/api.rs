@@ -1,7 +1,7 @@
 // The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, cos/sin cache, tracker, errors.
 use posenc::{
     gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache,
-    CpuEngine, GpuEngine, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, QkNorm, RopeArgs, Scaling,
+    CpuEngine, GpuEngine, GpuPositionTracker, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, QkNorm, RopeArgs, Scaling,
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
 
@@ -379,6 +379,111 @@ fn append_into_paged_cache() {
     );
 }
 
+/// Append into DeepSeek-V3's MLA cache: each written row is `[c_kv latent | rotated k_pe]`, the
+/// latent copied as given and k_pe bit for bit as this crate's apply rotates it; Q's rope slices
+/// rotated in place, their nope parts untouched; engine == reference.
+#[test]
+fn append_into_mla_cache() {
+    const T: i64 = 3;
+    const HQ: i64 = 2;
+    const NOPE: i64 = 32;
+    const D: i64 = 64; // rope dim (the spec's head_dim)
+    const L: i64 = 128; // latent (kv_lora_rank)
+    const ROW: i64 = L + D;
+    const BLOCKS: i64 = 2;
+    const PAGE: i64 = 4;
+    /// Q's rope slices in [T, HQ, NOPE + D]; k_pe and c_kv from one [T, L + D] projection.
+    fn args<'a>(
+        q: &'a mut [f32],
+        ckv: &'a [f32],
+        positions: &'a [i64],
+        slots: &'a [i64],
+        cache: &'a mut [f32],
+    ) -> posenc::Result<AppendArgs<'a, f32, f32>> {
+        AppendArgs::new(
+            TensorMut::strided(&mut q[NOPE as usize..], T, HQ, D, HQ * (NOPE + D), NOPE + D).unwrap(),
+            Tensor::strided(&ckv[L as usize..], T, 1, D, ROW, D).unwrap(),
+            Tensor::strided(ckv, T, 1, L, ROW, L).unwrap(),
+            Positions::new(positions),
+            slots,
+            KvCacheMut::mla(cache, BLOCKS, PAGE, L, D).unwrap(),
+        )
+    }
+
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let q_in: Vec<f32> = random((T * HQ * (NOPE + D)) as usize, 21);
+    let ckv: Vec<f32> = random((T * ROW) as usize, 22);
+    let positions: Vec<i64> = vec![7, 8, 900];
+    let slots: Vec<i64> = vec![5, -1, 2];
+    let poison = -1234.5f32;
+    let cells = (BLOCKS * PAGE * ROW) as usize;
+    let (mut cache, mut cache_ref) = (vec![poison; cells], vec![poison; cells]);
+    let (mut q, mut q_ref) = (q_in.clone(), q_in.clone());
+    assert_eq!(KvCacheMut::mla(&mut cache, BLOCKS, PAGE, L, D).unwrap().slots(), 8);
+    engine.append(&mut args(&mut q, &ckv, &positions, &slots, &mut cache).unwrap()).unwrap();
+    reference_append(&spec, &mut args(&mut q_ref, &ckv, &positions, &slots, &mut cache_ref).unwrap()).unwrap();
+    assert_eq!(q, q_ref);
+    assert_eq!(cache, cache_ref);
+
+    // k_pe as apply rotates it (out of place from the projection into `k_rot`).
+    let mut k_rot = vec![0f32; (T * D) as usize];
+    engine
+        .apply(
+            &mut RopeArgs::new(TensorMut::new(&mut k_rot, T, 1, D).unwrap(), Positions::new(&positions))
+                .q_src(Tensor::strided(&ckv[L as usize..], T, 1, D, ROW, D).unwrap()),
+        )
+        .unwrap();
+    let (row, l, d) = (ROW as usize, L as usize, D as usize);
+    for (t, &slot) in slots.iter().enumerate() {
+        if slot < 0 {
+            continue;
+        }
+        let cached = &cache[slot as usize * row..(slot as usize + 1) * row];
+        assert_eq!(&cached[..l], &ckv[t * row..t * row + l], "token {}: the latent is copied", t);
+        let (got, want): (Vec<u32>, Vec<u32>) = (
+            cached[l..].iter().map(|x| x.to_bits()).collect(),
+            k_rot[t * d..(t + 1) * d].iter().map(|x| x.to_bits()).collect(),
+        );
+        assert_eq!(got, want, "token {}: k_pe as apply rotates it, bit for bit", t);
+        assert_ne!(&cached[l..], &ckv[t * row + l..(t + 1) * row], "token {}: k_pe was rotated", t);
+    }
+    // Slots 5 and 2 written, every other cell still poisoned.
+    assert_eq!(cache.iter().filter(|&&x| x != poison).count(), 2 * row);
+    // The nope part of every Q head untouched, the rope part rotated.
+    let head = (NOPE + D) as usize;
+    for h in 0..(T * HQ) as usize {
+        let (got, was) = (&q[h * head..(h + 1) * head], &q_in[h * head..(h + 1) * head]);
+        assert_eq!(&got[..NOPE as usize], &was[..NOPE as usize]);
+        assert_ne!(&got[NOPE as usize..], &was[NOPE as usize..]);
+    }
+
+    // Errors: a slice too small, the two-tensor constructor, a latent the library refuses.
+    let mut small = vec![poison; cells - 1];
+    assert_error(KvCacheMut::mla(&mut small, BLOCKS, PAGE, L, D), Status::InvalidArgument, &["need 1536 elements", "1535"]);
+    assert_error(KvCacheMut::mla(&mut small, BLOCKS, PAGE, -1, D), Status::InvalidArgument, &["KvCacheMut::mla"]);
+    let mut other = vec![poison; cells];
+    assert_error(
+        KvCacheMut::new(&mut cache, &mut other, CacheLayout::Mla, BLOCKS, PAGE, 1, D),
+        Status::InvalidArgument,
+        &["KvCacheMut::mla"],
+    );
+    let mut odd = vec![poison; (BLOCKS * PAGE * (100 + D)) as usize];
+    let ckv_odd: Vec<f32> = random((T * (100 + D)) as usize, 23);
+    let mut bad = AppendArgs::new(
+        TensorMut::strided(&mut q[NOPE as usize..], T, HQ, D, HQ * (NOPE + D), NOPE + D).unwrap(),
+        Tensor::strided(&ckv_odd[100..], T, 1, D, 100 + D, D).unwrap(),
+        Tensor::strided(&ckv_odd, T, 1, 100, 100 + D, 100).unwrap(),
+        Positions::new(&positions),
+        &slots,
+        KvCacheMut::mla(&mut odd, BLOCKS, PAGE, 100, D).unwrap(),
+    )
+    .unwrap();
+    assert_error(engine.append(&mut bad), Status::InvalidArgument, &["posenc_cpu_engine_append", "100"]);
+    assert_eq!(q, q_ref);
+    assert!(odd.iter().all(|&x| x == poison));
+}
+
 #[test]
 fn position_tracker() {
     let mut tracker = PositionTracker::new(1, 100).unwrap();
@@ -399,8 +504,11 @@ fn position_tracker() {
     assert_error(tracker.step(&[StepEntry { seq_id: 9, new_tokens: 0 }]), Status::InvalidArgument, &["new_tokens 0"]);
     assert_eq!(tracker.state(9).unwrap().length, 7);
     assert_error(tracker.add_sequence(7, SequenceState::default()), Status::InvalidArgument, &["7"]);
+    assert_eq!(tracker.slot(9).unwrap(), 1);
     tracker.remove_sequence(7).unwrap();
     assert!(!tracker.contains(7).unwrap());
+    assert_eq!(tracker.slot(9).unwrap(), 0, "the last slot's sequence moved into the freed one");
+    assert_error(tracker.slot(7), Status::InvalidArgument, &["posenc_position_tracker_slot", "7", "not tracked"]);
 
     // ChatGLM-6B 2-D: positions pinned at the mask from <sop> on, block positions counting up.
     let mut two = PositionTracker::new(2, 100).unwrap();
@@ -430,6 +538,37 @@ fn gpu_engine_says_why_not() {
     assert_error(GpuEngine::new(&spec, -1), Status::InvalidArgument, &["device is -1"]);
 }
 
+/// The device position tracker: created from a host tracker where a GPU can be used, else the
+/// GPU engine's Unsupported error with the same reason.
+#[test]
+fn gpu_position_tracker_says_why_not() {
+    let mut host = PositionTracker::new(2, 100).unwrap();
+    host.add_sequence(7, SequenceState::default()).unwrap();
+    host.add_sequence(9, SequenceState { length: 5, ..SequenceState::default() }).unwrap();
+    assert_error(GpuPositionTracker::new(&host, -1, 16), Status::InvalidArgument, &["device is -1"]);
+    let gpu = gpu_info().unwrap();
+    match GpuPositionTracker::new(&host, 0, 16) {
+        Ok(tracker) => {
+            assert!(gpu.available);
+            assert_eq!((tracker.streams().unwrap(), tracker.slots().unwrap(), tracker.max_tokens().unwrap()), (2, 2, 16));
+            assert_eq!(unsafe { tracker.lengths(std::ptr::null_mut()) }.unwrap(), vec![0, 5]);
+            let buffer = [0i64; 32];
+            let view = tracker.positions_raw(buffer.as_ptr(), 3).unwrap();
+            assert_eq!((view.streams, view.count, view.stream_stride), (2, 3, 16));
+            assert_error(tracker.positions_raw(buffer.as_ptr(), 17), Status::InvalidArgument, &["total_tokens 17", "[0, 16]"]);
+            unsafe { tracker.check(std::ptr::null_mut()) }.unwrap();
+            drop(host); // the device tracker is a copy: it outlives its host tracker
+            assert_eq!(tracker.slots().unwrap(), 2);
+        }
+        Err(error) => {
+            assert!(!gpu.available);
+            assert_eq!(error.status(), Status::Unsupported, "{}", error);
+            assert!(error.message().starts_with("posenc_gpu_position_tracker_create: no GPU can be used"), "{}", error);
+            assert!(error.message().contains(&gpu.unavailable_reason), "{}", error);
+        }
+    }
+}
+
 #[test]
 fn handles_are_send_and_sync() {
     fn both<T: Send + Sync>() {}
@@ -437,6 +576,7 @@ fn handles_are_send_and_sync() {
     both::<Spec>();
     both::<CpuEngine>();
     both::<GpuEngine>();
+    both::<GpuPositionTracker>();
     both::<PositionTracker>();
     // One engine shared by threads.
     let spec = plain_spec(Numerics::HfCompatible, 1000);
