@@ -240,6 +240,87 @@ TEST_F(GpuAppend, CastsAndFp8Scales) {
   }
 }
 
+/// AppendArgs::q_out: the GPU append with Q written quantized equals CpuEngine::append with the same
+/// q_out (exact arithmetic): q_out's bytes (gaps between tokens stay poisoned), both caches, and Q
+/// itself unchanged.
+void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c, float q_scale) {
+  SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale));
+  const std::int64_t d = c.spec.head_dim;
+  const std::vector<std::int64_t> slots = slots_of(c);
+  const std::int64_t pad = c.unaligned ? 1 : 8;
+  HostTensor q(c.act, c.tokens, c.q_heads, d, c.q_heads * d + pad);
+  HostTensor k(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + pad);
+  HostTensor v(c.act, c.tokens, c.kv_heads, d, c.kv_heads * d + 3 * pad);
+  fill_random(q.view, c.seed);
+  fill_random(k.view, c.seed + 1);
+  fill_random(v.view, c.seed + 2);
+  const HostPositions positions(c.spec, random_positions(c.tokens, 4096, c.seed + 3));
+  const std::int64_t out_ts = c.q_heads * d + 16;  // 16 poisoned elements between tokens
+  const std::int64_t elem = size_of(c.cache);
+  const std::int64_t out_bytes = ((c.tokens - 1) * out_ts + c.q_heads * d) * elem;
+
+  // The CPU engine's append with q_out.
+  HostBuffer cpu_out(out_bytes);
+  cpu_out.poison();
+  HostCache cpu_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  cpu_cache.view.k_scale = c.k_scale;
+  cpu_cache.view.v_scale = c.v_scale;
+  AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), cpu_cache.view);
+  a.q_out = QuantizedOutput{cpu_out.data(), c.cache, out_ts, d, q_scale};
+  CpuEngine(c.spec, CpuOptions{2}).append(a);
+
+  // The GPU append with q_out.
+  const DevicePositions d_positions(device, positions, stream);
+  const gpu::DeviceBuffer d_slots = upload_slots(device, slots, stream);
+  HostCache host_cache(c.cache, c.layout, c.kv_heads, d, c.blocks, c.block_len);
+  host_cache.view.k_scale = c.k_scale;
+  host_cache.view.v_scale = c.v_scale;
+  DeviceCache cache(device, host_cache, stream);
+  DeviceMirror dq(device, q.buffer, stream);
+  DeviceMirror dk(device, k.buffer, stream);
+  DeviceMirror dv(device, v.buffer, stream);
+  HostBuffer gpu_out(out_bytes);
+  gpu_out.poison();
+  DeviceMirror d_out(device, gpu_out, stream);
+  AppendArgs g = append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
+                             static_cast<const std::int64_t*>(d_slots.data()), cache.view);
+  g.q_out = QuantizedOutput{d_out.map(gpu_out.data()), c.cache, out_ts, d, q_scale};
+  const GpuEngine engine(c.spec, device);
+  engine.append(g, stream);
+  engine.check(stream);
+
+  d_out.download(gpu_out, stream);
+  EXPECT_TRUE(bytes_equal(cpu_out.snapshot(), gpu_out)) << "q_out";
+  cache.k.download(host_cache.k, stream);
+  cache.v.download(host_cache.v, stream);
+  EXPECT_TRUE(bytes_equal(cpu_cache.k.snapshot(), host_cache.k)) << "K cache";
+  EXPECT_TRUE(bytes_equal(cpu_cache.v.snapshot(), host_cache.v)) << "V cache";
+  HostTensor q_after(c.act, c.tokens, c.q_heads, d, c.q_heads * d + pad);
+  dq.download(q_after.buffer, stream);
+  EXPECT_TRUE(bytes_equal(q.buffer.snapshot(), q_after.buffer)) << "Q was written (it is only read with q_out)";
+}
+
+TEST_F(GpuAppend, QuantizedQEqualsCpuEngine) {
+  for (DType act : all_dtypes) {
+    for (bool unaligned : {false, true}) {
+      for (float q_scale : {0.0078125f, 0.07f}) {
+        Case c = base_case(act, CacheDType::fp8_e4m3, CacheLayout::paged_nhd);
+        c.k_scale = 0.25f;
+        c.v_scale = 0.3f;
+        c.unaligned = unaligned;
+        run_q_out_case(device, ref(), c, q_scale);
+      }
+    }
+  }
+  for (Pairing p : all_pairings) {  // partial windows with an offset: the pass-through dims are cast too
+    Case c = base_case(DType::bf16, CacheDType::fp8_e4m3, CacheLayout::paged_hnd);
+    c.spec = exact_arithmetic(scheme_spec(Scaling::yarn, 128, 64, 32, p, Numerics::hf_compatible));
+    run_q_out_case(device, ref(), c, 0.5f);
+  }
+  Case cast = base_case(DType::f32, CacheDType::bf16, CacheLayout::contiguous);
+  run_q_out_case(device, ref(), cast, 1.0f);
+}
+
 TEST_F(GpuAppend, GqaMqaHeadDims) {
   for (std::int64_t kv_heads : {1, 8}) {
     for (std::int64_t head_dim : {64, 80, 256}) {

@@ -1,6 +1,7 @@
 // Fused RoPE + KV-cache append on the CPU: cache contents against apply's K and independently cast V in every layout and cast, padding slots, errors that write nothing, the e4m3 encoder, slots_from_block_table.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -87,13 +88,39 @@ struct Case {
   bool out_of_place = false;
   float k_scale = 1.0f;
   float v_scale = 1.0f;
+  bool q_out = false;     ///< Q written quantized into a q_out buffer (the cache's dtype) instead of in place
+  float q_scale = 1.0f;
   int threads = 2;
   std::uint64_t seed = 1;
 };
 
+/// q_out's layout in the tests: Q's heads, with 16 poisoned elements between tokens.
+constexpr std::int64_t q_out_gap = 16;
+
+/// The q_out image an append must leave: `image` (the poison) with every token's rotated Q (`q`,
+/// dense, as apply rotates it) cast element by element by the test's own encoders.
+std::vector<std::byte> expected_q_out(const ConstTensorView& q, CacheDType dtype, float scale,
+                                      std::vector<std::byte> image) {
+  const std::int64_t elem = size_of(dtype);
+  const std::int64_t act = size_of(q.dtype);
+  const std::int64_t ts = q.heads * q.head_dim + q_out_gap;
+  for (std::int64_t t = 0; t < q.tokens; ++t) {
+    for (std::int64_t h = 0; h < q.heads; ++h) {
+      for (std::int64_t d = 0; d < q.head_dim; ++d) {
+        std::uint32_t bits = 0;
+        std::memcpy(&bits, static_cast<const std::byte*>(q.data) + ((t * q.heads + h) * q.head_dim + d) * act,
+                    static_cast<std::size_t>(act));
+        const std::uint32_t out = cast_bits(q.dtype, bits, dtype, scale);
+        std::memcpy(image.data() + (t * ts + h * q.head_dim + d) * elem, &out, static_cast<std::size_t>(elem));
+      }
+    }
+  }
+  return image;
+}
+
 std::string name_of(const Case& c) {
   return case_name(c.spec, c.act) + " -> " + to_string(c.cache) + " " + to_string(c.layout) +
-         (c.out_of_place ? " out of place" : " in place");
+         (c.q_out ? " q_out" : c.out_of_place ? " out of place" : " in place");
 }
 
 /// Runs `c` through CpuEngine::append and append_reference, and checks Q against apply's Q, the
@@ -150,13 +177,28 @@ void run_case(const Case& c) {
     args.positions = positions.view();
     args.slots = slots.data();
     args.cache = cache.view;
+    // q_out: poisoned, Q's heads with gaps between tokens; Q itself must stay as it was.
+    const std::int64_t q_out_elem = size_of(c.cache);
+    std::vector<std::byte> q_out(
+        static_cast<std::size_t>(((c.tokens - 1) * (c.q_heads * d + q_out_gap) + c.q_heads * d) * q_out_elem),
+        std::byte{0xa5});
+    const std::vector<std::byte> q_out_poison = q_out;
+    if (c.q_out) {
+      args.q_out = QuantizedOutput{q_out.data(), c.cache, c.q_heads * d + q_out_gap, d, c.q_scale};
+    }
     const auto q_in_before = q_in.buffer.snapshot();
     if (use_engine) {
       engine.append(args);
     } else {
       append_reference(c.spec, args);
     }
-    EXPECT_TRUE(bits_equal(q_want.cview(), q.cview()));
+    if (c.q_out) {
+      EXPECT_TRUE(bytes_equal(q_in_before, q.buffer)) << "q is the input with q_out: not written";
+      EXPECT_TRUE(q_out == expected_q_out(q_want.cview(), c.cache, c.q_scale, q_out_poison))
+          << "q_out: the rotated Q cast as the cache casts K";
+    } else {
+      EXPECT_TRUE(bits_equal(q_want.cview(), q.cview()));
+    }
     EXPECT_TRUE(bytes_equal(want.k, cache.k));
     EXPECT_TRUE(bytes_equal(want.v, cache.v));
     EXPECT_TRUE(bytes_equal(k_before, k.buffer));
@@ -229,6 +271,35 @@ TEST(KvAppend, Fp8WithScales) {
       run_case(c);
     }
   }
+}
+
+TEST(KvAppend, QuantizedQ) {
+  // fp8 serving: Q into an fp8 q_out with its own scale, beside the fp8 cache; every activation
+  // dtype, a paged and a contiguous cache, saturation (scale 2^-7) and a scale that rounds.
+  for (DType act : all_dtypes) {
+    for (CacheLayout layout : {CacheLayout::paged_nhd, CacheLayout::contiguous}) {
+      for (float q_scale : {0.0078125f, 0.07f}) {
+        Case c = base_case(act, CacheDType::fp8_e4m3, layout);
+        c.q_out = true;
+        c.q_scale = q_scale;
+        c.k_scale = 0.25f;
+        c.v_scale = 0.3f;
+        run_case(c);
+      }
+    }
+  }
+  // A partial window with an offset (the pass-through dims are cast too), every pairing.
+  for (Pairing p : all_pairings) {
+    Case c = base_case(DType::bf16, CacheDType::fp8_e4m3, CacheLayout::paged_hnd);
+    c.spec = scheme_spec(Scaling::yarn, 64, 32, 16, p, Numerics::hf_compatible);
+    c.q_out = true;
+    c.q_scale = 0.5f;
+    run_case(c);
+  }
+  // Not only fp8: a bf16 cache of float32 activations takes a bf16 q_out (scale 1).
+  Case cast = base_case(DType::f32, CacheDType::bf16, CacheLayout::paged_nhd);
+  cast.q_out = true;
+  run_case(cast);
 }
 
 TEST(KvAppend, AllPaddingWritesNothing) {
@@ -392,6 +463,42 @@ TEST(KvAppendErrors, CacheOverlappingInputs) {
   std::vector<std::int64_t> slots = {0, 1, -1};
   a.slots = slots.data();
   f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.v", "overlaps v"});
+}
+
+TEST(KvAppendErrors, QuantizedQ) {
+  ErrorFixture f;  // an fp8 cache
+  std::vector<std::byte> out(static_cast<std::size_t>(3 * 4 * 32), std::byte{0});
+  const auto with_q_out = [&](float scale = 0.5f) {
+    AppendArgs a = f.args();
+    a.q_out = QuantizedOutput{out.data(), CacheDType::fp8_e4m3, 4 * 32, 32, scale};
+    return a;
+  };
+  EXPECT_NO_THROW(CpuEngine(f.spec, CpuOptions{2}).append(with_q_out()));
+  AppendArgs a = with_q_out();
+  a.q_src = f.q.cview();
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_src is present with q_out", "q is the input"});
+  a = with_q_out();
+  a.q_out.dtype = CacheDType::bf16;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out.dtype bfloat16", "cache.dtype float8_e4m3fn"});
+  for (float bad : {0.0f, -2.0f, std::numeric_limits<float>::quiet_NaN()}) {
+    f.expect_rejected(with_q_out(bad), ErrorKind::invalid_argument, {"q_out.scale", "finite and > 0"});
+  }
+  a = with_q_out();
+  a.q_out.head_stride = 16;  // heads of 32 elements 16 apart
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out overlaps itself"});
+  a = with_q_out();
+  a.q_out.data = f.k.buffer.data();  // written while K is read
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out", "overlaps k"});
+  a = with_q_out();
+  a.q_out.data = f.cache.k.data();
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.k", "overlaps q_out"});
+  // The slots inside q_out's 384 bytes: they are read while q_out is written.
+  std::vector<std::int64_t> shared(48 + 3);
+  std::copy(f.slots.begin(), f.slots.end(), shared.begin() + 8);
+  a = with_q_out();
+  a.q_out.data = shared.data();
+  a.slots = shared.data() + 8;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out", "overlaps slots"});
 }
 
 // ---- slots_from_block_table --------------------------------------------------------------------

@@ -124,6 +124,25 @@ struct KvCacheView {
   std::int64_t slots() const noexcept { return blocks * block_len; }
 };
 
+/// Q quantized by an append (AppendArgs::q_out), for fp8 serving: an fp8 attention kernel reads Q
+/// in the cache's dtype with a per-tensor scale. `[tokens, heads, head_dim]` with head_dim
+/// contiguous and strides in elements, as TensorView:
+///
+///     element (t, h, d) lives at  data + (t * token_stride + h * head_stride + d) * size_of(dtype)
+///
+/// Every element of every head (the rotated window and the pass-through dims) receives
+/// dtype(x / scale), x the rotated Q value in the activation dtype: the cast the cache applies to
+/// K (float_to_e4m3_bits for fp8: saturating). In the engine's memory; not owned.
+struct QuantizedOutput {
+  void* data = nullptr;
+  CacheDType dtype = CacheDType::fp8_e4m3;  ///< must equal the cache's dtype
+  std::int64_t token_stride = 0;            ///< elements between token t and t+1
+  std::int64_t head_stride = 0;             ///< elements between head h and h+1
+  float scale = 1.0f;                       ///< fp8: finite and > 0; other dtypes: 1
+
+  bool present() const noexcept { return data != nullptr; }
+};
+
 /// Everything one append call reads and writes. Tokens: positions.count.
 ///
 /// - Q (`q`, `[tokens, q_heads, head_dim]`) is rotated in place, or from `q_src` into `q` when
@@ -138,6 +157,9 @@ struct KvCacheView {
 ///   applied on the way in).
 /// - `cos_sin` (optional): Q and K are rotated by the caller's cos/sin cache instead of the spec's
 ///   frequencies, exactly as RopeArgs::cos_sin (tensor.hpp); it must not overlap Q or the KV cache.
+/// - `q_out` (optional): the rotated Q goes to q_out, quantized as the cache is (QuantizedOutput),
+///   instead of back into `q`: `q` is then the input and is not written, `q_src` must be absent,
+///   q_out's dtype must equal the cache's and q_out must share no byte with any other argument.
 struct AppendArgs {
   TensorView q;
   ConstTensorView q_src;
@@ -148,21 +170,23 @@ struct AppendArgs {
   KvCacheView cache;
   CosSinCacheView cos_sin;
   NormWeights norm{};  ///< QK-norm weights (RopeArgs::norm): Q and K are normalised before the rotation
+  QuantizedOutput q_out{};  ///< Q written quantized instead of in place (see above)
 };
 
 /// Validates an append call in one pass without writing anything: the rotation of Q and K exactly
 /// as validate_args checks it; V's shape and dtype equal to K's (mla: V's head_dim equal to
 /// cache.latent_dim); the cache's shape (kv_heads and head_dim equal to K's; mla: kv_heads 1,
 /// latent_dim a positive multiple of head_dim, cache.v null; other layouts: latent_dim 0), dtype,
-/// layout, alignment, size in 64 bits and scales; no overlap between
+/// layout, alignment, size in 64 bits and scales; q_out (when present: q_src absent, its dtype the
+/// cache's, its strides, extent and scale, no overlap with any other argument); no overlap between
 /// the cache and any input or Q; every slot -1 or in [0, cache.slots()) (Error(out_of_range)
 /// naming the token index, the slot and the limit); no non-negative slot given twice (naming both
 /// token indices). Throws posenc::Error.
 void validate_append_args(const RopeSpec& spec, const AppendArgs& args);
 
 /// The definition of the fused append: validate, apply_reference to Q and to K (into a scratch
-/// buffer of K's dtype), then for every token with a slot cast the rotated K and V row by row into
-/// the cache. Plain scalar loops, no threads. CpuEngine::append (cpu.hpp) is tested against it.
+/// buffer of K's dtype; Q too when q_out is present), then for every token with a slot cast the
+/// rotated K and V row by row into the cache (and every token's rotated Q into q_out). Plain scalar loops, no threads. CpuEngine::append (cpu.hpp) is tested against it.
 void append_reference(const RopeSpec& spec, const AppendArgs& args);
 
 /// Builds a vLLM-style slot mapping from a block table, on the host.

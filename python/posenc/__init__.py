@@ -81,7 +81,8 @@ def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec, q_norm_
 
 def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Optional[Any],
                spec: RopeSpec, layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0,
-               q_norm_weight: Optional[Any] = None, k_norm_weight: Optional[Any] = None) -> None:
+               q_norm_weight: Optional[Any] = None, k_norm_weight: Optional[Any] = None,
+               q_out: Optional[Any] = None, q_scale: float = 1.0) -> None:
     """Fused RoPE + KV-cache append (torch tensors): q rotated in place; k rotated and v copied into
     k_cache/v_cache at each token's slot (int64, -1 skips the token), cast to the cache dtype.
 
@@ -96,9 +97,13 @@ def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any,
     v_cache is None. fp8: c_kv is divided by v_scale, k_pe by k_scale (vLLM uses one scale: pass it twice).
 
     A spec with QK norm normalises q and k before the rotation (the cache receives the normalised,
-    rotated k) and needs q_norm_weight and k_norm_weight, as apply_rope_."""
+    rotated k) and needs q_norm_weight and k_norm_weight, as apply_rope_.
+
+    q_out (fp8 serving): a tensor of q's shape in the cache's dtype; the rotated q is written there,
+    cast as k is (float8_e4m3fn: fp8(x / q_scale), saturating), instead of into q, which is then
+    only read. An fp8 attention kernel reads q_out with q_scale as its descale."""
     _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
-                                 float(v_scale), q_norm_weight, k_norm_weight)
+                                 float(v_scale), q_norm_weight, k_norm_weight, q_out, float(q_scale))
 
 
 def rotary_embedding(positions: Any, query: Any, key: Optional[Any], head_size: int, cos_sin_cache: Any,

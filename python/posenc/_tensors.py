@@ -91,6 +91,23 @@ def tensor_tuple(t: Any, head_dim: int, name: str):
     return (t.data_ptr(), act_code(t, name), tokens, heads, head_dim, ts, hs)
 
 
+def q_out_tuple(q_out: Any, q: Any, head_dim: int, q_tuple, cache: Any, scale: float, device: Any):
+    """The extension's q_out tuple (ptr, cache dtype code, token_stride, head_stride, scale): Q's
+    shape, in the cache's dtype, on Q's device."""
+    if q_out is None:
+        return None
+    same_device("q_out", q_out, device)
+    if tuple(q_out.shape) != tuple(q.shape):
+        raise InvalidArgumentError(f"q_out: shape {list(q_out.shape)} differs from q's {list(q.shape)}")
+    if q_out.dtype != cache.dtype:
+        raise InvalidArgumentError(f"q_out: dtype {q_out.dtype} differs from the cache's {cache.dtype}: "
+                                   "Q is quantized as the cache is")
+    tokens, heads, ts, hs = heads_view(tuple(q_out.shape), tuple(q_out.stride()), head_dim, "q_out")
+    if (tokens, heads) != (q_tuple[2], q_tuple[3]):
+        raise InvalidArgumentError(f"q_out: {tokens} tokens x {heads} heads; q has {q_tuple[2]} x {q_tuple[3]}")
+    return (q_out.data_ptr(), cache_code(q_out, "q_out"), ts, hs, float(scale))
+
+
 def positions_tuple(p: Any, tokens: int, streams: int, name: str = "positions"):
     """(ptr, is_int64, tokens, streams, stream_stride): [T] / [B, S] for one stream, [streams, ...] for several."""
     import torch

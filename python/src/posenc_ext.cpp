@@ -34,6 +34,8 @@ using CacheTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, s
 /// (q weight pointer, k weight pointer or 0): the QK-norm weights (posenc::NormWeights), checked by
 /// the Python layer for dtype, width and device.
 using NormTuple = std::pair<std::uintptr_t, std::uintptr_t>;
+/// AppendArgs::q_out: (data pointer, cache dtype code, token_stride, head_stride, scale).
+using QOutTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, float>;
 /// (k pointer, v pointer, CacheDType code, layout code, kv_heads, head_dim, blocks, block_len, k_scale, v_scale,
 /// latent_dim); the mla layout passes v pointer 0 and its latent_dim, the others latent_dim 0.
 using KvCacheTuple = std::tuple<std::uintptr_t, std::uintptr_t, int, int, std::int64_t, std::int64_t,
@@ -100,7 +102,8 @@ posenc::RopeArgs rope_args(const TensorTuple& q, const std::optional<TensorTuple
 posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorTuple>& q_src,
                                const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions,
                                std::uintptr_t slots, const KvCacheTuple& cache,
-                               const std::optional<CacheTuple>& cos_sin, const std::optional<NormTuple>& norm) {
+                               const std::optional<CacheTuple>& cos_sin, const std::optional<NormTuple>& norm,
+                               const std::optional<QOutTuple>& q_out) {
   posenc::AppendArgs args;
   args.q = tensor_view(q);
   args.q_src = optional_view(q_src);
@@ -130,6 +133,15 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
   args.cache.latent_dim = latent_dim;
   args.cos_sin = cache_view(cos_sin);
   args.norm = norm_weights(norm);
+  if (q_out) {
+    const auto& [ptr, out_dtype, token_stride, head_stride, scale] = *q_out;
+    if (out_dtype < 0 || out_dtype > 3) {
+      throw posenc::Error(posenc::ErrorKind::invalid_argument,
+                          "q_out dtype code " + std::to_string(out_dtype) + " outside [0, 4)");
+    }
+    args.q_out = {reinterpret_cast<void*>(ptr), static_cast<posenc::CacheDType>(out_dtype), token_stride, head_stride,
+                  scale};
+  }
   return args;
 }
 
@@ -326,13 +338,14 @@ NB_MODULE(_core, m) {
           [](const CpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
              const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin,
-             const std::optional<NormTuple>& norm) {
-            const posenc::AppendArgs args = append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm);
+             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out) {
+            const posenc::AppendArgs args =
+                append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out);
             nb::gil_scoped_release release;
             e.engine.append(args);
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
-          "norm"_a = nb::none())
+          "norm"_a = nb::none(), "q_out"_a = nb::none())
       .def("threads", [](const CpuEngineBox& e) { return e.engine.threads(); });
 
   nb::class_<GpuEngineBox>(m, "GpuEngine")
@@ -352,12 +365,12 @@ NB_MODULE(_core, m) {
           [](const GpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
              const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream,
-             const std::optional<NormTuple>& norm) {
-            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm),
+             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out) {
+            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out),
                             stream_ref(stream));
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
-          "stream"_a, "norm"_a = nb::none())
+          "stream"_a, "norm"_a = nb::none(), "q_out"_a = nb::none())
       .def(
           "check",
           [](const GpuEngineBox& e, std::uintptr_t stream) {

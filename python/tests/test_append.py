@@ -65,6 +65,57 @@ def test_append_matches_apply_then_scatter(device, layout, cache_dtype):
     assert torch.equal(v_cache.cpu().view(torch.uint8), v_want.view(torch.uint8))
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+@pytest.mark.parametrize("q_scale", [0.05, 0.0078125])
+def test_append_q_out_fp8(device, dtype, q_scale):
+    """fp8 serving: q_out (float8_e4m3fn, q's shape) receives the rotated q divided by q_scale and
+    cast as torch casts it after clamping (what vLLM's scaled_fp8_quant does), q is not written;
+    the caches are as without q_out. q_scale 2^-7 drives values past 448 (saturation)."""
+    spec = posenc.RopeSpec(head_dim=128, rotary_dim=64, pairing="interleaved", theta=5e6)
+    act = getattr(torch, dtype)
+    T, hq, hk, D = 13, 4, 2, 128
+    q = rand((T, hq, D), act, 11, device) * 3
+    k = rand((T, hk, D), act, 12, device)
+    v = rand((T, hk, D), act, 13, device)
+    pos = torch.randint(0, 100000, (T,), generator=torch.Generator().manual_seed(14)).to(device)
+    slots = torch.randperm(24, generator=torch.Generator().manual_seed(15))[:T].to(device)
+    fp8 = torch.float8_e4m3fn
+    caches = [torch.full((6, 4, hk, D), 3.0).to(fp8).to(device) for _ in range(4)]
+
+    q_in = q.clone()
+    q_rot = q.clone()
+    posenc.append_kv_(q_rot, k, v, pos, slots, caches[0], caches[1], spec, k_scale=0.5, v_scale=0.25)
+    q_out = torch.full((T, hq, D), 1.0).to(fp8).to(device)
+    posenc.append_kv_(q, k, v, pos, slots, caches[2], caches[3], spec, k_scale=0.5, v_scale=0.25,
+                      q_out=q_out, q_scale=q_scale)
+    posenc.check(device if device == "cuda" else None)
+    assert torch.equal(q, q_in), "q is only read with q_out"
+    want = (q_rot.float() / q_scale).clamp(-448, 448).to(fp8)
+    assert torch.equal(q_out.view(torch.uint8), want.view(torch.uint8))
+    for got, ref in zip(caches[2:], caches[:2]):
+        assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
+
+
+def test_append_q_out_errors(device):
+    spec = posenc.RopeSpec(head_dim=64)
+    q = rand((4, 2, 64), torch.bfloat16, 1, device)
+    k = rand((4, 1, 64), torch.bfloat16, 2, device)
+    v = rand((4, 1, 64), torch.bfloat16, 3, device)
+    pos = torch.arange(4, device=device)
+    slots = torch.arange(4, device=device)
+    cache = torch.zeros((2, 4, 1, 64), dtype=torch.float8_e4m3fn, device=device)
+    with pytest.raises(posenc.InvalidArgumentError, match="q_out: dtype torch.bfloat16 differs"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, q_out=q.clone())
+    with pytest.raises(posenc.InvalidArgumentError, match="q_out: shape"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec,
+                          q_out=torch.zeros((4, 1, 64), dtype=torch.float8_e4m3fn, device=device))
+    q0 = q.clone()
+    with pytest.raises(posenc.InvalidArgumentError, match="q_out.scale"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec,
+                          q_out=torch.zeros((4, 2, 64), dtype=torch.float8_e4m3fn, device=device), q_scale=0.0)
+    assert torch.equal(q, q0)
+
+
 def test_append_errors(device):
     spec = posenc.RopeSpec(head_dim=64)
     q = rand((4, 2, 64), torch.float16, 1, device)

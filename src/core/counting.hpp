@@ -59,8 +59,14 @@ inline std::int64_t moved_bytes(const RopeArgs& args, const CallInfo& info, cons
 inline std::int64_t append_extra_bytes(const AppendArgs& args) noexcept {
   const ConstTensorView& k = args.k;
   const ConstTensorView& v = args.v;
-  return args.positions.count * (k.heads * k.head_dim + v.heads * v.head_dim) *
-         (size_of(k.dtype) + size_of(args.cache.dtype));
+  const std::int64_t kv = args.positions.count * (k.heads * k.head_dim + v.heads * v.head_dim) *
+                          (size_of(k.dtype) + size_of(args.cache.dtype));
+  // With q_out, Q's write (counted by the rotation as Q's own dtype) is q_out's instead.
+  const TensorView& q = args.q;
+  const std::int64_t q_out = args.q_out.present() ? q.tokens * q.heads * q.head_dim *
+                                                        (size_of(args.q_out.dtype) - size_of(q.dtype))
+                                                  : 0;
+  return kv + q_out;
 }
 
 }  // namespace posenc::detail

@@ -82,10 +82,10 @@ void check_scale(const char* name, float scale, CacheDType dtype) {
   if (dtype == CacheDType::fp8_e4m3) {
     if (!(std::isfinite(scale) && scale > 0.0f)) {
       fail(ErrorKind::invalid_argument,
-           std::string("cache.") + name + " " + std::to_string(scale) + " must be finite and > 0 for an fp8 cache");
+           std::string(name) + " " + std::to_string(scale) + " must be finite and > 0 for an fp8 cache");
     }
   } else if (scale != 1.0f) {
-    fail(ErrorKind::invalid_argument, std::string("cache.") + name + " " + std::to_string(scale) +
+    fail(ErrorKind::invalid_argument, std::string(name) + " " + std::to_string(scale) +
                                           " must be 1: scales apply only to an fp8_e4m3 cache, this one is " +
                                           to_string(dtype));
   }
@@ -157,8 +157,8 @@ std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
       fail(ErrorKind::overflow, std::string(name) + " spans " + str(bytes) + " bytes, past the end of the address space");
     }
   }
-  check_scale("k_scale", c.k_scale, c.dtype);
-  check_scale("v_scale", c.v_scale, c.dtype);
+  check_scale("cache.k_scale", c.k_scale, c.dtype);
+  check_scale("cache.v_scale", c.v_scale, c.dtype);
   return bytes;
 }
 
@@ -232,6 +232,24 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
     }
   }
 
+  // q_out: Q's rows quantized as the cache is; written while Q, K and V are read.
+  std::int64_t q_out_bytes = 0;
+  if (a.q_out.present()) {
+    const QuantizedOutput& o = a.q_out;
+    if (a.q_src.present()) {
+      fail(ErrorKind::invalid_argument,
+           "q_src is present with q_out: with q_out, q is the input (read, not written) and the rotated Q goes to q_out");
+    }
+    if (o.dtype != a.cache.dtype) {
+      fail(ErrorKind::invalid_argument, std::string("q_out.dtype ") + to_string(o.dtype) + " differs from cache.dtype " +
+                                            to_string(a.cache.dtype) + ": Q is quantized as the cache is");
+    }
+    check_scale("q_out.scale", o.scale, o.dtype);
+    q_out_bytes = check_output_rows("q_out", o.data, size_of(o.dtype), o.token_stride, o.head_stride, a.q,
+                                    {{"q", a.q}, {"k", a.k}, {"v", a.v}},
+                                    "q_out is written while Q, K and V are read");
+  }
+
   // The cache is written while everything else is read: no byte may be shared (conservative, by
   // whole ranges; a cache never legitimately overlaps activations).
   const Range cache_k{"cache.k", reinterpret_cast<std::uintptr_t>(a.cache.k), static_cast<std::uint64_t>(cache_bytes)};
@@ -241,11 +259,8 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
   // validate_call checked that the norm weights are present exactly when the spec normalises.
   const std::int64_t norm_bytes =
       spec.qk_norm.enabled() ? spec.qk_norm_width() * size_of(a.k.dtype) : 0;
-  const Range others[] = {
-      view_range("q", a.q),
-      a.q_src.present() ? view_range("q_src", a.q_src) : Range{"q_src", 0, 0},
-      view_range("k", a.k),
-      view_range("v", a.v),
+  // Read while the cache (and q_out) is written; q_out was checked against the views above.
+  const Range side[] = {
       {"positions", reinterpret_cast<std::uintptr_t>(a.positions.data),
        static_cast<std::uint64_t>(((streams - 1) * a.positions.stream_stride + a.positions.count) *
                                   size_of(a.positions.type))},
@@ -258,16 +273,33 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
       {"norm.q", reinterpret_cast<std::uintptr_t>(a.norm.q), static_cast<std::uint64_t>(norm_bytes)},
       {"norm.k", reinterpret_cast<std::uintptr_t>(a.norm.k), static_cast<std::uint64_t>(norm_bytes)},
   };
+  const Range q_out{"q_out", reinterpret_cast<std::uintptr_t>(a.q_out.data), static_cast<std::uint64_t>(q_out_bytes)};
+  const Range views[] = {
+      view_range("q", a.q),
+      a.q_src.present() ? view_range("q_src", a.q_src) : Range{"q_src", 0, 0},
+      view_range("k", a.k),
+      view_range("v", a.v),
+      q_out,
+  };
   if (cache_k.meets(cache_v)) {
     fail(ErrorKind::invalid_argument, "cache.k and cache.v (" + str(cache_bytes) + " bytes each) overlap");
   }
-  for (const Range& c : {cache_k, cache_v}) {
-    for (const Range& o : others) {
+  const auto apart_from_cache = [&](const Range& o) {
+    for (const Range& c : {cache_k, cache_v}) {
       if (c.meets(o)) {
         fail(ErrorKind::invalid_argument, std::string(c.name) + " (" + str(cache_bytes) + " bytes) overlaps " + o.name +
                                               " (" + str(static_cast<std::int64_t>(o.bytes)) +
-                                              " bytes): the cache must not share memory with the call's inputs");
+                                              " bytes): the cache must not share memory with the call's other arguments");
       }
+    }
+  };
+  for (const Range& o : views) apart_from_cache(o);
+  for (const Range& o : side) apart_from_cache(o);
+  for (const Range& o : side) {
+    if (q_out.meets(o)) {
+      fail(ErrorKind::invalid_argument, "q_out (" + str(q_out_bytes) + " bytes) overlaps " + o.name + " (" +
+                                            str(static_cast<std::int64_t>(o.bytes)) +
+                                            " bytes): q_out is written while the call's inputs are read");
     }
   }
   if (device_data) {
@@ -316,6 +348,16 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
   const std::int64_t act = size_of(call.k.dtype);
   const std::int64_t elem = size_of(c.dtype);
   for (std::int64_t t = begin; t < end; ++t) {
+    if (call.q_out.present()) {
+      const QuantizedOutput& o = call.q_out;
+      const ConstTensorView& q = call.q;
+      const std::int64_t q_elem = size_of(q.dtype);
+      for (std::int64_t h = 0; h < q.heads; ++h) {
+        write_row(q.dtype, static_cast<const char*>(q.data) + (t * q.token_stride + h * q.head_stride) * q_elem, o.dtype,
+                  static_cast<char*>(o.data) + (t * o.token_stride + h * o.head_stride) * size_of(o.dtype), q.head_dim,
+                  o.scale);
+      }
+    }
     const std::int64_t slot = call.slots[t];
     if (slot < 0) continue;  // -1: padding, nothing written (validation allowed no other negative)
     if (c.layout == CacheLayout::mla) {

@@ -75,7 +75,18 @@ bool rows_overlap(std::int64_t n1, std::int64_t s1, std::int64_t n2, std::int64_
 
 /// Checks one present view (strides, extents in checked arithmetic, self-overlap, alignment) and
 /// returns its byte extent.
-Extent check_view(const char* name, const ConstTensorView& v) {
+/// The view's rows: `elem`-byte elements (a view's dtype, or a quantized output's).
+struct RowsView {
+  const void* data;
+  std::int64_t elem;
+  std::int64_t tokens;
+  std::int64_t heads;
+  std::int64_t head_dim;
+  std::int64_t token_stride;
+  std::int64_t head_stride;
+};
+
+Extent check_rows(const char* name, const RowsView& v) {
   const auto n = [name] { return std::string(name); };  // messages only: no allocation on success
   if (v.heads <= 0) fail(ErrorKind::invalid_argument, n() + " heads " + str(v.heads) + " must be > 0");
   if (v.token_stride < 0) {
@@ -86,7 +97,7 @@ Extent check_view(const char* name, const ConstTensorView& v) {
     fail(ErrorKind::invalid_argument,
          n() + " head_stride " + str(v.head_stride) + " is negative (strides must be >= 0)");
   }
-  const std::int64_t elem = size_of(v.dtype);
+  const std::int64_t elem = v.elem;
   const auto address = reinterpret_cast<std::uintptr_t>(v.data);
   if (address % static_cast<std::uintptr_t>(elem) != 0) {
     fail(ErrorKind::invalid_argument,
@@ -119,6 +130,10 @@ Extent check_view(const char* name, const ConstTensorView& v) {
                                           " two (token, head) rows share elements");
   }
   return e;
+}
+
+Extent check_view(const char* name, const ConstTensorView& v) {
+  return check_rows(name, {v.data, size_of(v.dtype), v.tokens, v.heads, v.head_dim, v.token_stride, v.head_stride});
 }
 
 /// Whether two views may share a byte. Exact at the level of per-token spans when both have the
@@ -405,6 +420,19 @@ void check_disjoint(const char* a_name, const ConstTensorView& a, const char* b_
   const Extent ea = check_view(a_name, a);
   const Extent eb = check_view(b_name, b);
   if (views_overlap(ea, eb)) fail_overlap(ea, eb, why);
+}
+
+std::int64_t check_output_rows(const char* name, void* data, std::int64_t elem, std::int64_t token_stride,
+                               std::int64_t head_stride, const ConstTensorView& shape,
+                               std::initializer_list<NamedView> inputs, const char* why) {
+  const Extent out =
+      check_rows(name, {data, elem, shape.tokens, shape.heads, shape.head_dim, token_stride, head_stride});
+  for (const NamedView& input : inputs) {
+    if (!input.view.present()) continue;
+    const Extent e = check_view(input.name, input.view);
+    if (views_overlap(out, e)) fail_overlap(out, e, why);
+  }
+  return out.bytes;
 }
 
 }  // namespace detail

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 
 #include "posenc/rope.hpp"
@@ -55,6 +56,20 @@ void check_input(const char* name, const ConstTensorView& v, std::int64_t head_d
 /// (exact per token for equal token strides, as for Q/K/V slices of one fused buffer).
 void check_disjoint(const char* a_name, const ConstTensorView& a, const char* b_name, const ConstTensorView& b,
                     const char* why);
+
+/// A view with the name messages give it.
+struct NamedView {
+  const char* name;
+  ConstTensorView view;
+};
+
+/// Checks a destination of `elem`-byte elements shaped as `shape` (tokens, heads, head_dim) with
+/// its own element strides (AppendArgs::q_out): data present and aligned, strides >= 0, extent in
+/// checked 64-bit arithmetic, no self-overlap; then that it shares no byte with any present view of
+/// `inputs` (Error naming both and `why`). Returns its extent in bytes.
+std::int64_t check_output_rows(const char* name, void* data, std::int64_t elem, std::int64_t token_stride,
+                               std::int64_t head_stride, const ConstTensorView& shape,
+                               std::initializer_list<NamedView> inputs, const char* why);
 
 /// Position of token `i` of a host positions view (int32 or int64), stream 0.
 inline std::int64_t position_at(const PositionsView& positions, std::int64_t i) noexcept {

@@ -360,22 +360,30 @@ void CpuEngine::append(const AppendArgs& args) const {
   // the same call as Q: cos/sin are computed once per token for both, and the cache receives
   // exactly apply's K bits. The scratch belongs to the calling thread and only grows, so steady
   // decode and prefill steps allocate nothing.
+  // With q_out, Q takes the same route (the caller's Q is then only read) and the scatter casts it.
   const ConstTensorView& k = args.k;
-  const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
+  const TensorView& q = args.q;
+  const std::int64_t k_words = detail::ScatterCall::scratch_words(k);
+  const std::int64_t q_words = args.q_out.present() ? detail::ScatterCall::scratch_words(q) : 0;
   thread_local std::vector<std::uint32_t> scratch;
-  const auto words = static_cast<std::size_t>((elems * size_of(k.dtype) + 3) / 4);
+  const auto words = static_cast<std::size_t>(k_words + q_words);
   if (scratch.size() < words) {
-    detail::allocating("CpuEngine::append's K scratch", static_cast<std::int64_t>(words * sizeof(std::uint32_t)),
+    detail::allocating("CpuEngine::append's K (and Q) scratch", static_cast<std::int64_t>(words * sizeof(std::uint32_t)),
                        [&] { scratch.resize(words); });
   }
   const TensorView rotated_k = TensorView::contiguous(scratch.data(), k.dtype, k.tokens, k.heads, k.head_dim);
-  apply(detail::append_rotation(args, rotated_k));  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
+  const TensorView rotated_q =
+      args.q_out.present() ? TensorView::contiguous(scratch.data() + k_words, q.dtype, q.tokens, q.heads, q.head_dim)
+                           : TensorView{};
+  apply(detail::append_rotation(args, rotated_k, rotated_q));  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
 
   detail::ScatterCall call;
   call.k = rotated_k;
   call.v = args.v;
   call.slots = args.slots;
   call.cache = args.cache;
+  call.q = rotated_q;
+  call.q_out = args.q_out;
   const std::int64_t tokens = args.positions.count;
   // Bytes read and written per token, as apply estimates them.
   const double token_bytes = static_cast<double>(k.heads * k.head_dim + args.v.heads * args.v.head_dim) *

@@ -14,22 +14,29 @@ void append_reference(const RopeSpec& spec, const AppendArgs& args) try {
   spec.validate();
   detail::validate_append(spec, args);  // everything, before any write
 
-  // K is rotated into a dense scratch tensor of its own dtype: the caller's K is not written.
+  // K is rotated into a dense scratch tensor of its own dtype: the caller's K is not written. So is
+  // Q when it goes to q_out (the caller's Q is then the input).
   const ConstTensorView& k = args.k;
-  const std::int64_t elems = k.tokens * k.heads * k.head_dim;  // fits: check_view bounded K's extent
-  const std::int64_t words = (elems * size_of(k.dtype) + 3) / 4;
-  const auto scratch = detail::allocating("append_reference's K scratch", words * 4, [&] {
-    return std::make_unique<std::uint32_t[]>(static_cast<std::size_t>(words));
+  const TensorView& q = args.q;
+  const std::int64_t k_words = detail::ScatterCall::scratch_words(k);
+  const std::int64_t q_words = args.q_out.present() ? detail::ScatterCall::scratch_words(q) : 0;
+  const auto scratch = detail::allocating("append_reference's K (and Q) scratch", (k_words + q_words) * 4, [&] {
+    return std::make_unique<std::uint32_t[]>(static_cast<std::size_t>(k_words + q_words));
   });
   const TensorView rotated_k = TensorView::contiguous(scratch.get(), k.dtype, k.tokens, k.heads, k.head_dim);
+  const TensorView rotated_q =
+      args.q_out.present() ? TensorView::contiguous(scratch.get() + k_words, q.dtype, q.tokens, q.heads, q.head_dim)
+                           : TensorView{};
 
-  apply_reference(spec, detail::append_rotation(args, rotated_k));
+  apply_reference(spec, detail::append_rotation(args, rotated_k, rotated_q));
 
   detail::ScatterCall call;
   call.k = rotated_k;
   call.v = args.v;
   call.slots = args.slots;
   call.cache = args.cache;
+  call.q = rotated_q;
+  call.q_out = args.q_out;
   detail::scatter_tokens(&call, 0, args.positions.count);
 } catch (const std::bad_alloc&) {
   detail::throw_out_of_host_memory("the working memory of append_reference");

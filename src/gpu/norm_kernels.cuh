@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
           for (int j = lane; j < head_dim; j += 32) {
             Packed<S, 1> x;
             x.v[0] = hp.src[j];
-            store_cache<A, 1>(static_cast<unsigned char*>(hp.dst), j, x, p.cache.dtype, p.cache.v_scale);
+            store_cache<A, 1>(static_cast<unsigned char*>(hp.dst), j, x, p.cache.dtype, hp.scale);
           }
         }
         continue;
@@ -114,7 +114,7 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
       device_sync_warp();
       // 4. The rotation from the normalised row, and the other elements.
       const bool to_cache = Append && hp.to_cache;
-      const float scale = p.cache.k_scale;
+      const float scale = hp.scale;
       auto store = [&](int j, float value) {
         Packed<S, 1> out;
         out.v[0] = Element<A>::narrow_rounded(value);

@@ -166,7 +166,8 @@ struct HeadPointers {
   const S* src;
   bool copy_pass_through;
   bool rotate;    ///< false for V rows, which are copied as they are
-  bool to_cache;  ///< dst is a cache row
+  bool to_cache;  ///< dst is a cache row (or a q_out row): written through store_cache
+  float scale;    ///< store_cache's scale: k_scale, v_scale or q_out's (rows with to_cache)
 };
 
 /// The row pointers of head `h` (combined Q+K index) of `token`.
@@ -184,7 +185,7 @@ __device__ __forceinline__ HeadPointers<S> head_pointers(const RopeKernelParams&
   const std::int64_t sts = is_q ? p.q.src_token_stride : p.k.src_token_stride;
   const std::int64_t shs = is_q ? p.q.src_head_stride : p.k.src_head_stride;
   const bool copy = (is_q ? p.q.copy_pass_through : p.k.copy_pass_through) != 0;
-  return {dst + token * dts + head * dhs, src + token * sts + head * shs, copy, true, false};
+  return {dst + token * dts + head * dhs, src + token * sts + head * shs, copy, true, false, 1.0f};
 }
 
 __device__ __forceinline__ int cache_element_bytes(std::int32_t dtype) {
@@ -198,15 +199,22 @@ template <typename S>
 __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelParams& p,
                                                                std::int64_t token, int h,
                                                                bool& active) {
-  if (h < p.q_heads) return head_pointers<S>(p, token, h);
   const KernelCache& c = p.cache;
+  if (h < p.q_heads) {
+    if (c.q_out == nullptr) return head_pointers<S>(p, token, h);
+    // q_out: the row read from Q (launched in place) and written whole, quantized as the cache is.
+    unsigned char* row = static_cast<unsigned char*>(c.q_out) +
+                         (token * c.q_out_token_stride + h * c.q_out_head_stride) * cache_element_bytes(c.dtype);
+    return {row, static_cast<const S*>(p.q.src) + token * p.q.src_token_stride + h * p.q.src_head_stride, true, true,
+            true, c.q_scale};
+  }
   const bool is_k = h < p.q_heads + c.kv_heads;
   const std::int64_t head = h - p.q_heads - (is_k ? 0 : c.kv_heads);
   const std::int64_t slot = c.slots[token];
   if (slot < 0 || slot >= c.slot_limit) {
     if (slot != -1) record_bad_value(p.fault + slot_fault, token, slot);
     active = false;
-    return HeadPointers<S>{nullptr, nullptr, false, false, false};
+    return HeadPointers<S>{nullptr, nullptr, false, false, false, 1.0f};
   }
   std::int64_t element;  // of the row's first element in the cache tensor
   if (c.latent_dim != 0) {
@@ -222,7 +230,7 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
   const S* src = is_k ? static_cast<const S*>(p.k.src) + token * p.k.src_token_stride + head * p.k.src_head_stride
                       : static_cast<const S*>(c.v_src) + token * c.v_token_stride + head * c.v_head_stride;
   unsigned char* cache = static_cast<unsigned char*>(is_k ? c.k : c.v) + offset;
-  return {cache, src, true, is_k, true};
+  return {cache, src, true, is_k, true, is_k ? c.k_scale : c.v_scale};
 }
 
 /// Stores V consecutive values encoded as cache dtype C (element.hpp: CacheElement), in accesses of
@@ -462,7 +470,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         const std::uint32_t r = row_index(b, u);
         active[u] = r < rows;
         row_token[u] = 0;
-        hp[u] = HeadPointers<S>{nullptr, nullptr, false, true, false};
+        hp[u] = HeadPointers<S>{nullptr, nullptr, false, true, false, 1.0f};
         if (active[u]) {
           const int t = static_cast<int>(divide(r, p.by_heads));
           row_token[u] = t;
@@ -554,8 +562,7 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           if (!hp[u].copy_pass_through) continue;
           if constexpr (Append) {
             if (hp[u].to_cache) {
-              store_cache<A, V>(static_cast<unsigned char*>(hp[u].dst), out_a, va[u], p.cache.dtype,
-                                hp[u].rotate ? p.cache.k_scale : p.cache.v_scale);
+              store_cache<A, V>(static_cast<unsigned char*>(hp[u].dst), out_a, va[u], p.cache.dtype, hp[u].scale);
               continue;
             }
           }
@@ -569,8 +576,8 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
           // A V row of an append: copied to the cache where it was read.
           if constexpr (Append) {
             unsigned char* row = static_cast<unsigned char*>(hp[u].dst);
-            store_cache<A, V>(row, in_a, va[u], p.cache.dtype, p.cache.v_scale);
-            store_cache<A, V>(row, in_b, vb[u], p.cache.dtype, p.cache.v_scale);
+            store_cache<A, V>(row, in_a, va[u], p.cache.dtype, hp[u].scale);
+            store_cache<A, V>(row, in_b, vb[u], p.cache.dtype, hp[u].scale);
           }
           continue;
         }
@@ -578,8 +585,8 @@ __global__ void __launch_bounds__(V == 1 ? max_block_threads : vector_block_thre
         if constexpr (Append) {
           if (hp[u].to_cache) {
             unsigned char* row = static_cast<unsigned char*>(hp[u].dst);
-            store_cache<A, V>(row, out_a, ra, p.cache.dtype, p.cache.k_scale);
-            store_cache<A, V>(row, out_b, rb, p.cache.dtype, p.cache.k_scale);
+            store_cache<A, V>(row, out_a, ra, p.cache.dtype, hp[u].scale);
+            store_cache<A, V>(row, out_b, rb, p.cache.dtype, hp[u].scale);
             continue;
           }
         }

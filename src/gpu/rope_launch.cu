@@ -563,6 +563,11 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
   c.dtype = static_cast<std::int32_t>(args.cache.dtype);
   c.k_scale = args.cache.k_scale;
   c.v_scale = args.cache.v_scale;
+  // q_out (validated: q_src absent, so Q is launched in place and only read; dtype the cache's).
+  c.q_out = args.q_out.data;
+  c.q_out_token_stride = args.q_out.token_stride;
+  c.q_out_head_stride = args.q_out.head_stride;
+  c.q_scale = args.q_out.scale;
   set_positions(p, args.positions);
   set_cos_sin(p, s.spec, args.cos_sin);
   p.q_heads = static_cast<std::int32_t>(q_heads);

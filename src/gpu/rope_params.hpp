@@ -90,6 +90,12 @@ struct KernelCache {
   std::int32_t dtype = 0;       ///< posenc::CacheDType
   float k_scale = 1.0f;         ///< fp8 only
   float v_scale = 1.0f;
+  float q_scale = 1.0f;         ///< q_out's
+  /// AppendArgs::q_out: Q's rows go here (whole heads, cache dtype elements) instead of to Q; null:
+  /// Q is written as a rotation writes it.
+  void* q_out = nullptr;
+  std::int64_t q_out_token_stride = 0;  ///< elements
+  std::int64_t q_out_head_stride = 0;
 };
 
 /// One rotation launch. The block works on tiles of `tile_tokens` consecutive tokens: it first
