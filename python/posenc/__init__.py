@@ -103,7 +103,7 @@ def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any,
     cast as k is (float8_e4m3fn: fp8(x / q_scale), saturating), instead of into q, which is then
     only read. An fp8 attention kernel reads q_out with q_scale as its descale."""
     _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
-                                 float(v_scale), q_norm_weight, k_norm_weight, q_out, float(q_scale))
+                                 float(v_scale), q_out, float(q_scale), q_norm_weight, k_norm_weight)
 
 
 def rotary_embedding(positions: Any, query: Any, key: Optional[Any], head_size: int, cos_sin_cache: Any,

@@ -83,14 +83,16 @@ def _(q, k, positions, spec_id, q_norm_weight=None, k_norm_weight=None):
 @torch.library.custom_op("posenc::append_kv_", mutates_args=("q", "k_cache", "v_cache", "q_out"))
 def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
                v_cache: Optional[Tensor], spec_id: int, layout: str, k_scale: float, v_scale: float,
-               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
-               q_out: Optional[Tensor] = None, q_scale: float = 1.0) -> None:
+               q_out: Optional[Tensor], q_scale: float,
+               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None) -> None:
     """Fused RoPE + KV-cache append: q rotated in place; k rotated and v copied into the caches at
     each token's slot (-1: skipped), cast to the cache dtype (float8_e4m3fn: divided by the scale).
     A spec with QK norm normalises q and k first (k's normalised, rotated rows go to the cache).
     layout "mla": k is k_pe, v the latent c_kv, k_cache the one [c_kv | k_pe] cache, v_cache None.
-    q_out (q's shape, the cache's dtype): the rotated q goes there, cast as the cache casts k with
-    q_scale, and q itself is not written (fp8 serving: an fp8 attention kernel reads q_out)."""
+    q_out (q's shape, the cache's dtype; None: q is written in place): the rotated q goes there, cast
+    as the cache casts k with q_scale, and q itself is not written (fp8 serving: an fp8 attention
+    kernel reads q_out). q_out and q_scale have no defaults: torch drops a mutated optional argument
+    left at its default from the arguments its in-place bookkeeping indexes."""
     spec = spec_by_id(spec_id)
     device = q.device
     for name, t in (("k", k), ("v", v), ("positions", positions), ("slots", slots), ("k_cache", k_cache),
@@ -119,8 +121,8 @@ def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor
 
 
 @append_kv_.register_fake
-def _(q, k, v, positions, slots, k_cache, v_cache, spec_id, layout, k_scale, v_scale, q_norm_weight=None,
-      k_norm_weight=None, q_out=None, q_scale=1.0):
+def _(q, k, v, positions, slots, k_cache, v_cache, spec_id, layout, k_scale, v_scale, q_out, q_scale,
+      q_norm_weight=None, k_norm_weight=None):
     return None
 
 

@@ -333,7 +333,7 @@ def test_opcheck_and_compile_with_norm_weights(device):
     torch.library.opcheck(ops.apply_rope_, (q.clone(), None, pos, spec.id, wq, None))
     torch.library.opcheck(ops.apply_rope, (q, k, pos, spec.id, wq, wk))
     torch.library.opcheck(ops.append_kv_, (q.clone(), k, v, pos, slots, kc, kc.clone(), spec.id, "paged_nhd", 1.0,
-                                           1.0, wq, wk))
+                                           1.0, None, 1.0, wq, wk))
 
     def step(q, k, v, pos, k_cache, v_cache, wq, wk):
         q2, k2 = posenc.apply_rope(q, k, pos, spec, q_norm_weight=wq, k_norm_weight=wk)

@@ -38,7 +38,16 @@ def test_opcheck_every_op(device):
     torch.library.opcheck(ops.apply_rope, (q, k, pos, spec.id))
     slots = torch.tensor([3, 0, -1, 5, 1], device=device)
     kc = torch.zeros((2, 4, 2, 64), dtype=torch.bfloat16, device=device)
-    torch.library.opcheck(ops.append_kv_, (q.clone(), k, v, pos, slots, kc, kc.clone(), spec.id, "paged_nhd", 1.0, 1.0))
+    torch.library.opcheck(ops.append_kv_, (q.clone(), k, v, pos, slots, kc, kc.clone(), spec.id, "paged_nhd", 1.0, 1.0,
+                                            None, 1.0))
+    # With q_out (fp8 serving): the op mutates q_out, not q. opcheck's schema test compares tensors
+    # with ops torch lacks for float8 on the CPU ("mul_cpu_reduced_float"), so it is left out here;
+    # test_append.py checks that q_out is written and q is not.
+    kf = torch.zeros((2, 4, 2, 64), dtype=torch.float8_e4m3fn, device=device)
+    q_out = torch.zeros((5, 4, 64), dtype=torch.float8_e4m3fn, device=device)
+    torch.library.opcheck(ops.append_kv_, (q.clone(), k, v, pos, slots, kf, kf.clone(), spec.id, "paged_nhd", 0.5, 0.5,
+                                            q_out, 0.25),
+                          test_utils=("test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"))
     qf = q.reshape(5, 4 * 64).clone()
     torch.library.opcheck(ops.rotary_embedding, (pos, qf, k.reshape(5, 128).clone(), 64, _cache(device), False))
 
