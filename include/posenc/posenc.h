@@ -362,6 +362,17 @@ typedef struct posenc_append_args {
   /* Appended later, as in posenc_rope_args: the QK-norm weights of Q and K. */
   const void* q_norm_weight;
   const void* k_norm_weight;
+  /* Appended later: Q written quantized instead of back into q (fp8 serving: an fp8 attention
+   * kernel reads it). q_out_data NULL: Q is written as before. Otherwise q's shape [tokens, heads,
+   * head_dim] with these element strides, in q_out_dtype (POSENC_CACHE_*, equal to cache.dtype),
+   * each element dtype(x / q_out_scale), saturating, x the rotated Q (the cast the cache applies to
+   * K); q is then only read and q_src must be absent; q_out_scale finite and > 0 for fp8, 1 for the
+   * other dtypes. */
+  void* q_out_data;
+  int64_t q_out_token_stride;
+  int64_t q_out_head_stride;
+  int32_t q_out_dtype;
+  float q_out_scale;
 } posenc_append_args;
 
 /* What an engine has done since its counters were enabled or reset. */

@@ -246,6 +246,10 @@ AppendArgs to_args(const posenc_append_args* in) {
   args.cos_sin = to_view(a.cos_sin, "args->cos_sin");
   args.cache.latent_dim = a.cache_latent_dim;  // zero when the caller's struct ends before it
   args.norm = NormWeights{a.q_norm_weight, a.k_norm_weight};
+  if (a.q_out_data != nullptr) {  // absent (or before the caller's struct end): its other fields are not read
+    args.q_out = QuantizedOutput{a.q_out_data, to_cache_dtype(a.q_out_dtype, "args->q_out_dtype"),
+                                 a.q_out_token_stride, a.q_out_head_stride, a.q_out_scale};
+  }
   return args;
 }
 

@@ -171,7 +171,8 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40 + 16);
     CHECK(offsetof(posenc_rope_args, positions) == 232 && offsetof(posenc_rope_args, cos_sin) == 264);
     CHECK(offsetof(posenc_rope_args, q_norm_weight) == 304 && offsetof(posenc_rope_args, k_norm_weight) == 312);
-    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8 + 16);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8 + 16 + 32);
+    CHECK(offsetof(posenc_append_args, q_out_data) == 400 && offsetof(posenc_append_args, q_out_scale) == 428);
     CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
     CHECK(offsetof(posenc_append_args, cache_latent_dim) == 376 && offsetof(posenc_append_args, q_norm_weight) == 384);
     CHECK(sizeof(posenc_version_info) == 40 && sizeof(posenc_gpu_info) == 32);
@@ -1054,6 +1055,101 @@ static void test_cpu_mla_append(void) {
   posenc_spec_destroy(spec);
 }
 
+/* fp8 e4m3 (OCP, bias 7) bits -> value, written here from the format (0x7f/0xff NaN are not used). */
+static double e4m3_value_of(unsigned char bits) {
+  const int e = (bits >> 3) & 0xf, m = bits & 7;
+  const double v = e == 0 ? ldexp((double)m, -9) : ldexp(1.0 + m / 8.0, e - 7);
+  return (bits & 0x80) ? -v : v;
+}
+
+/* q_out (fp8 serving): Q rotated into an fp8 buffer with its own scale, q itself only read; the
+ * engine and the reference give the same bytes, each value the rotated Q / scale to within the
+ * e4m3 rounding (half of 2^-3 relative), and the fields after q_norm_weight are checked. */
+static void test_cpu_q_out_append(void) {
+  enum { TQ = 3, SLOTS = 8 };
+  const float q_scale = 0.125f;
+  posenc_spec* spec = plain_spec(POSENC_NUMERICS_HF_COMPATIBLE, 1000);
+  posenc_cpu_engine* engine = NULL;
+  posenc_append_args good = posenc_append_args_make();
+  posenc_append_args args;
+  posenc_rope_args rope = posenc_rope_args_make();
+  static float q[TQ * HQ * D], q_in[TQ * HQ * D], q_rot[TQ * HQ * D], k[TQ * HK * D], v[TQ * HK * D];
+  static unsigned char q_out[TQ * HQ * D], q_out_ref[TQ * HQ * D], k_cache[2][SLOTS * HK * D], v_cache[2][SLOTS * HK * D];
+  int64_t positions[TQ] = {3, 40, 999};
+  int64_t slots[TQ] = {6, -1, 1};
+  size_t i;
+  int far = 0;
+
+  fill_random(q, TQ * HQ * D);
+  fill_random(k, TQ * HK * D);
+  fill_random(v, TQ * HK * D);
+  memcpy(q_in, q, sizeof q);
+  memset(q_out, 0x5a, sizeof q_out);
+  memset(q_out_ref, 0x5a, sizeof q_out_ref);
+  CHECK_OK(posenc_cpu_engine_create(spec, NULL, &engine));
+  good.q = posenc_tensor_contiguous(q, POSENC_DTYPE_F32, TQ, HQ, D);
+  good.k = posenc_const_tensor_contiguous(k, POSENC_DTYPE_F32, TQ, HK, D);
+  good.v = posenc_const_tensor_contiguous(v, POSENC_DTYPE_F32, TQ, HK, D);
+  good.positions = posenc_positions_1d(positions, POSENC_INDEX_I64, TQ);
+  good.slots = slots;
+  good.cache.k = k_cache[0];
+  good.cache.v = v_cache[0];
+  good.cache.dtype = POSENC_CACHE_FP8_E4M3;
+  good.cache.layout = POSENC_LAYOUT_PAGED_NHD;
+  good.cache.kv_heads = HK;
+  good.cache.head_dim = D;
+  good.cache.blocks = 2;
+  good.cache.block_len = SLOTS / 2;
+  good.cache.k_scale = 0.5f;
+  good.cache.v_scale = 0.5f;
+  good.q_out_data = q_out;
+  good.q_out_token_stride = HQ * D;
+  good.q_out_head_stride = D;
+  good.q_out_dtype = POSENC_CACHE_FP8_E4M3;
+  good.q_out_scale = q_scale;
+
+  args = good;
+  args.q_out_dtype = POSENC_CACHE_BF16;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "q_out.dtype bfloat16",
+            "cache.dtype float8_e4m3fn");
+  args = good;
+  args.q_out_scale = 0.0f;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "q_out.scale");
+  args = good;
+  args.q_src = posenc_const_tensor_contiguous(q_in, POSENC_DTYPE_F32, TQ, HQ, D);
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "q_src is present with q_out");
+  args = good;
+  args.q_out_dtype = 9;
+  CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "args->q_out_dtype");
+  for (i = 0; i < sizeof q_out; ++i) {
+    if (q_out[i] != 0x5a) break;
+  }
+  CHECK(i == sizeof q_out && memcmp(q, q_in, sizeof q) == 0);
+
+  CHECK_OK(posenc_cpu_engine_append(engine, &good));
+  args = good;
+  args.q_out_data = q_out_ref;
+  args.cache.k = k_cache[1];
+  args.cache.v = v_cache[1];
+  CHECK_OK(posenc_append_reference(spec, &args));
+  CHECK(memcmp(q_out, q_out_ref, sizeof q_out) == 0);
+  CHECK(memcmp(k_cache[0] + 6 * HK * D, k_cache[1] + 6 * HK * D, HK * D) == 0);
+  CHECK(memcmp(q, q_in, sizeof q) == 0); /* q is only read */
+
+  rope.q = posenc_tensor_contiguous(q_rot, POSENC_DTYPE_F32, TQ, HQ, D);
+  rope.q_src = posenc_const_tensor_contiguous(q_in, POSENC_DTYPE_F32, TQ, HQ, D);
+  rope.positions = good.positions;
+  CHECK_OK(posenc_apply_reference(spec, &rope));
+  for (i = 0; i < (size_t)(TQ * HQ * D); ++i) {
+    const double want = q_rot[i] / q_scale, got = e4m3_value_of(q_out[i]);
+    if (fabs(got - want) > fabs(want) / 16 + ldexp(1.0, -10)) ++far;
+  }
+  CHECK(far == 0);
+
+  posenc_cpu_engine_destroy(engine);
+  posenc_spec_destroy(spec);
+}
+
 /* ---------------------------------------------------------------------------------------------
  * The position tracker
  * ------------------------------------------------------------------------------------------- */
@@ -1804,6 +1900,7 @@ int main(void) {
   test_cos_sin_cache();
   test_cpu_append();
   test_cpu_mla_append();
+  test_cpu_q_out_append();
   test_tracker();
   test_glm_vocabularies();
   test_glm_chatglm6b();

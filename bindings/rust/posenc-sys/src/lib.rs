@@ -306,6 +306,13 @@ pub struct posenc_append_args {
     /// The QK-norm weights of Q and K (null without a QK norm).
     pub q_norm_weight: *const c_void,
     pub k_norm_weight: *const c_void,
+    /// Q written quantized (fp8 serving) instead of back into q; null: as before. q's shape with
+    /// these element strides, dtype POSENC_CACHE_* equal to the cache's, and its scale.
+    pub q_out_data: *mut c_void,
+    pub q_out_token_stride: i64,
+    pub q_out_head_stride: i64,
+    pub q_out_dtype: i32,
+    pub q_out_scale: f32,
 }
 
 #[repr(C)]
@@ -798,7 +805,7 @@ mod tests {
         assert_eq!(size_of::<posenc_cos_sin_cache>(), 40);
         assert_eq!(size_of::<posenc_kv_cache>(), 64);
         assert_eq!(size_of::<posenc_rope_args>(), 320);
-        assert_eq!(size_of::<posenc_append_args>(), 400);
+        assert_eq!(size_of::<posenc_append_args>(), 432);
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);
