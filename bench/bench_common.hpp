@@ -355,6 +355,9 @@ inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, cons
   SampledRows q(n, hq * d * es), k(n, hk * d * es), v(n, hk * d * es), ck(n, hk * d * ces), cv(n, hk * d * ces);
   std::vector<std::int64_t> pos(static_cast<std::size_t>(n)), slots(pos.size()), host_slots(pos.size());
 
+  // q_out: the rows that receive Q, in the cache's dtype (AppendArgs::q_out; q is then only read).
+  const bool quantized_q = a.q_out.present();
+  SampledRows qo(n, hq * d * ces);
   gather_rows(copy, q.ref.data(), a.q.data, hq * d * es, tokens);
   gather_rows(copy, k.ref.data(), a.k.data, hk * d * es, tokens);
   gather_rows(copy, v.ref.data(), a.v.data, hk * d * es, tokens);
@@ -363,6 +366,16 @@ inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, cons
   wait();
   op();
   gather_rows(copy, q.got.data(), a.q.data, hq * d * es, tokens);
+  if (quantized_q) {
+    for (std::int64_t j = 0; j < n; ++j) {
+      for (std::int64_t h = 0; h < hq; ++h) {
+        const std::int64_t t = tokens[static_cast<std::size_t>(j)];
+        copy(qo.got.data() + (j * hq + h) * d * ces,
+             static_cast<const unsigned char*>(a.q_out.data) + (t * a.q_out.token_stride + h * a.q_out.head_stride) * ces,
+             d * ces);
+      }
+    }
+  }
   for (std::int64_t j = 0; j < n; ++j) {
     for (std::int64_t h = 0; h < hk; ++h) {
       const std::int64_t from = cache_row_element(c, slots[static_cast<std::size_t>(j)], h) * ces;
@@ -388,9 +401,13 @@ inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, cons
   host.cache.layout = CacheLayout::contiguous;
   host.cache.blocks = 1;
   host.cache.block_len = n;
+  if (quantized_q) host.q_out = QuantizedOutput{qo.ref.data(), a.q_out.dtype, hq * d, d, a.q_out.scale};
   append_reference(spec, host);
 
-  Comparison cmp = compare_elements(a.q.dtype, q.got.data(), q.ref.data(), n * hq * d);
+  // With q_out the method's Q is not judged (the fused call leaves it, the unfused one rotates it
+  // in place on the way to q_out): q_out is.
+  Comparison cmp = quantized_q ? compare_bits(static_cast<int>(ces), qo.got.data(), qo.ref.data(), n * hq * d)
+                               : compare_elements(a.q.dtype, q.got.data(), q.ref.data(), n * hq * d);
   cmp += compare_bits(static_cast<int>(ces), ck.got.data(), ck.ref.data(), n * hk * d);
   cmp += compare_bits(static_cast<int>(ces), cv.got.data(), cv.ref.data(), n * hk * d);
   return verdict(cmp, spec.numerics);

@@ -182,6 +182,14 @@ __global__ void scatter_kv_kernel(ScatterKv s) {
   }
 }
 
+// The unfused path's third launch when Q goes out quantized (fp8 serving): the rotated bf16 Q,
+// divided by the scale and cast to e4m3, one thread per 16-byte chunk (what a separate
+// quantization kernel, e.g. vLLM's scaled_fp8_quant, moves).
+__global__ void quantize_q_kernel(const uint4* q, uint2* out, std::int64_t chunks, float scale) {
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < chunks) out[i] = bf16x8_to_e4m3x8(q[i], scale);
+}
+
 // ---- the device, its stream and a pool of timing events ------------------------------------------
 
 struct Gpu {
@@ -895,6 +903,7 @@ struct AppendCase {
   Pairing pairing = Pairing::half_split;
   bool in_quick = false;
   std::vector<std::int64_t> only_tokens;  ///< when not empty: the T of the sweep it runs at
+  bool q_out = false;  ///< Q written quantized (AppendArgs::q_out, the cache's dtype) instead of in place
 };
 
 std::vector<AppendCase> append_cases() {
@@ -905,6 +914,8 @@ std::vector<AppendCase> append_cases() {
       {"paged_hnd", CacheLayout::paged_hnd, CacheDType::bf16, Pairing::half_split, false, all},
       {"paged_nhd_interleaved", CacheLayout::paged_nhd, CacheDType::bf16, Pairing::interleaved, false, {64, 4096, 65536}},
       {"paged_nhd_fp8", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false, {64, 16384}},
+      {"paged_nhd_fp8_qout", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false,
+       {1, 64, 4096, 16384, 65536}, true},
   };
 }
 
@@ -945,10 +956,13 @@ AppendSets make_append_sets(Gpu& g, const AppendCase& c, std::int64_t tokens, st
   const std::int64_t v_stride = align_up(v_bytes, 256);
   const std::int64_t slots_bytes = align_up(n_sets * tokens * 8, 256);
   const std::int64_t cache_bytes = align_up(plan.blocks * plan.block_len * cache_row_bytes, 256);
-  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * v_stride + slots_bytes + 2 * cache_bytes);
+  // q_out: one per set (each call writes its own, as each writes its own cache rows).
+  const std::int64_t q_out_stride = c.q_out ? align_up(tokens * shape.hq * d * posenc::size_of(c.cache), 256) : 0;
+  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * (v_stride + q_out_stride) + slots_bytes + 2 * cache_bytes);
   auto* v0 = static_cast<unsigned char*>(s.arena.data());
   auto* slots0 = reinterpret_cast<std::int64_t*>(v0 + n_sets * v_stride);
   unsigned char* cache0 = v0 + n_sets * v_stride + slots_bytes;
+  unsigned char* q_out0 = cache0 + 2 * cache_bytes;
   g.fill_elements(v0, shape.dtype, n_sets * v_stride / posenc::size_of(shape.dtype), seed ^ 0x7676ull);
   POSENC_BENCH_CUDA_CHECK(cudaMemcpyAsync(slots0, plan.slots.data(), plan.slots.size() * 8, cudaMemcpyHostToDevice,
                                           g.native));
@@ -975,8 +989,10 @@ AppendSets make_append_sets(Gpu& g, const AppendCase& c, std::int64_t tokens, st
     a.positions = r.positions;
     a.slots = slots0 + i * tokens;
     a.cache = cache;
+    if (c.q_out) a.q_out = posenc::QuantizedOutput{q_out0 + i * q_out_stride, c.cache, shape.hq * d, d, 0.125f};
   }
-  s.note = std::string("cache ") + posenc::to_string(c.cache) + " " + posenc::to_string(c.layout) + " " +
+  s.note = std::string(c.q_out ? "Q to fp8 q_out (scale 0.125), " : "") + "cache " + posenc::to_string(c.cache) +
+           " " + posenc::to_string(c.layout) + " " +
            std::to_string(plan.blocks) + "x" + std::to_string(plan.block_len) + " slots, " +
            std::to_string(pb::tokens_per_sequence(tokens)) + " token(s) per sequence per call";
   g.sync();  // plan.slots must outlive the upload
@@ -1002,6 +1018,12 @@ void scatter_kv(const Gpu& g, const posenc::AppendArgs& a) {
     scatter_kv_kernel<false><<<blocks, 256, 0, g.native>>>(s);
   }
   POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
+  if (a.q_out.present()) {  // the rotated Q (apply wrote it in place, dense) into q_out
+    const std::int64_t chunks = a.q.tokens * a.q.heads * a.q.head_dim * posenc::size_of(a.q.dtype) / 16;
+    quantize_q_kernel<<<static_cast<unsigned>((chunks + 255) / 256), 256, 0, g.native>>>(
+        static_cast<const uint4*>(a.q.data), static_cast<uint2*>(a.q_out.data), chunks, a.q_out.scale);
+    POSENC_BENCH_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 /// Runs `op` (one append of `a`, by either method, with `engine`: a checkable() one) and compares
@@ -1022,10 +1044,16 @@ pb::Row append_row(const std::string& card, const AppendCase& c, AppendMethod m,
   pb::Row r = base_row(card, shape, tokens);
   r.variant = append_variant(c, m);
   r.bytes = pb::append_floor_bytes(tokens, shape.hq, shape.hk, shape.spec.head_dim, shape.dtype, c.cache);
+  const double q_elems = static_cast<double>(tokens * shape.hq * shape.spec.head_dim);
+  const double es = static_cast<double>(posenc::size_of(shape.dtype));
+  // q_out: Q is read once and written once in the cache's dtype, not written back as itself.
+  if (c.q_out) r.bytes += q_elems * (static_cast<double>(posenc::size_of(c.cache)) - es);
   r.bytes_whole = r.bytes;
   if (m == AppendMethod::rope_copy) {  // what the unfused path itself moves: K is also written and read back
-    const double k_bytes = static_cast<double>(tokens * shape.hk * shape.spec.head_dim * posenc::size_of(shape.dtype));
-    r.note = "moves " + pb::format_number(r.bytes + 2.0 * k_bytes, 0) + " bytes";
+    const double k_bytes = static_cast<double>(tokens * shape.hk * shape.spec.head_dim) * es;
+    // (and with q_out, Q is written back as itself, then read again by the quantization)
+    const double q_extra = c.q_out ? 2.0 * q_elems * es : 0.0;
+    r.note = "moves " + pb::format_number(r.bytes + 2.0 * k_bytes + q_extra, 0) + " bytes";
   }
   return r;
 }
@@ -1376,7 +1404,8 @@ void usage() {
       "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b; the decode rows are\n"
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b; the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
-      "               paged_nhd_fp8}: --filter append runs only those)\n"
+      "               paged_nhd_fp8,paged_nhd_fp8_qout}: --filter append runs only those; _qout writes Q\n"
+      "               as fp8 too: fused = append with q_out, ropecopy = apply + cache copy + a Q cast)\n"
       "  --tokens     token counts to sweep (default 1,8,64,256,1024,4096,16384,65536; the decode rows\n"
       "               run at those of 1,8,64,256)\n"
       "  --budget-s   start no new case after this many seconds; what ran is still written\n"
