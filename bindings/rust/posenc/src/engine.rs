@@ -102,6 +102,40 @@ impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
         self.raw.k_norm_weight = k_weight.as_ptr() as *const c_void;
         self
     }
+    /// Q written quantized into `q_out` instead of back into q, which is then only read (fp8
+    /// serving: an fp8 attention kernel reads it). Q's shape with the given element strides, in
+    /// the cache's element type; each element `C(x / scale)` as K is cast into the cache (fp8:
+    /// saturating; other types take scale 1). Errors when the strides reach past `q_out`.
+    pub fn q_out(mut self, q_out: &'a mut [C], token_stride: i64, head_stride: i64, scale: f32) -> Result<Self> {
+        let q = &self.raw.q;
+        let extent = (q.tokens - 1)
+            .checked_mul(token_stride)
+            .and_then(|a| (q.heads - 1).checked_mul(head_stride).and_then(|b| a.checked_add(b)))
+            .and_then(|a| a.checked_add(q.head_dim));
+        match extent {
+            Some(n) if token_stride >= 0 && head_stride >= 0 && n <= q_out.len() as i64 => {}
+            _ => {
+                return Err(Error::new(
+                    Status::InvalidArgument,
+                    format!(
+                        "AppendArgs::q_out: {} tokens x {} heads x {} with strides ({}, {}) do not fit its {} elements",
+                        q.tokens,
+                        q.heads,
+                        q.head_dim,
+                        token_stride,
+                        head_stride,
+                        q_out.len()
+                    ),
+                ))
+            }
+        }
+        self.raw.q_out_data = q_out.as_mut_ptr() as *mut c_void;
+        self.raw.q_out_token_stride = token_stride;
+        self.raw.q_out_head_stride = head_stride;
+        self.raw.q_out_dtype = C::CACHE_DTYPE;
+        self.raw.q_out_scale = scale;
+        Ok(self)
+    }
 }
 
 /// What an engine has done since its counters were enabled or reset.

@@ -1,6 +1,6 @@
 // The safe API end to end on libposenc: configs, specs, CPU engine (against the reference and float64), append, cos/sin cache, tracker, errors.
 use posenc::{
-    gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache,
+    gpu_info, reference_append, reference_apply, version, AppendArgs, Bf16, CacheLayout, Config, CosSinCache, Fp8E4m3,
     CpuEngine, GpuEngine, GpuPositionTracker, HfArithmetic, KvCacheMut, Numerics, Pairing, Positions, PositionTracker, QkNorm, RopeArgs, Scaling,
     SequenceState, Spec, SpecDesc, Status, StepEntry, Tensor, TensorMut,
 };
@@ -376,6 +376,74 @@ fn append_into_paged_cache() {
         args(&mut q, (&k, &v), &positions, &short, (&mut ck, &mut cv)),
         Status::InvalidArgument,
         &["2 slots for 3 tokens"],
+    );
+}
+
+/// fp8 serving: Q written as fp8 into q_out (its own scale) beside an fp8 cache; q only read;
+/// engine == reference; every value the rotated Q / scale within the e4m3 rounding.
+#[test]
+fn append_with_fp8_q_out() {
+    const T: i64 = 3;
+    const HQ: i64 = 4;
+    const HK: i64 = 2;
+    const D: i64 = 64;
+    const SCALE: f32 = 0.125;
+    /// The append of `q` with q_out into `out`, K and V into the fp8 cache (ck, cv).
+    fn args<'a>(
+        q: &'a mut [f32],
+        kv: (&'a [f32], &'a [f32]),
+        positions: &'a [i64],
+        slots: &'a [i64],
+        cache: (&'a mut [Fp8E4m3], &'a mut [Fp8E4m3]),
+        out: &'a mut [Fp8E4m3],
+    ) -> posenc::Result<AppendArgs<'a, f32, Fp8E4m3>> {
+        AppendArgs::new(
+            TensorMut::new(q, T, HQ, D).unwrap(),
+            Tensor::new(kv.0, T, HK, D).unwrap(),
+            Tensor::new(kv.1, T, HK, D).unwrap(),
+            Positions::new(positions),
+            slots,
+            KvCacheMut::new(cache.0, cache.1, CacheLayout::PagedNhd, 2, 4, HK, D).unwrap().with_scales(0.5, 0.5),
+        )?
+        .q_out(out, HQ * D, D, SCALE)
+    }
+
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let q_in: Vec<f32> = random((T * HQ * D) as usize, 16);
+    let k: Vec<f32> = random((T * HK * D) as usize, 17);
+    let v: Vec<f32> = random((T * HK * D) as usize, 18);
+    let positions: Vec<i64> = vec![3, 40, 999];
+    let slots: Vec<i64> = vec![6, -1, 1];
+    let cells = (2 * 4 * HK * D) as usize;
+    let poison = Fp8E4m3(0x5a);
+    let (mut q, mut q_ref) = (q_in.clone(), q_in.clone());
+    let (mut out, mut out_ref) = (vec![poison; (T * HQ * D) as usize], vec![poison; (T * HQ * D) as usize]);
+    let (mut ck, mut cv, mut ck_ref, mut cv_ref) =
+        (vec![poison; cells], vec![poison; cells], vec![poison; cells], vec![poison; cells]);
+    engine.append(&mut args(&mut q, (&k, &v), &positions, &slots, (&mut ck, &mut cv), &mut out).unwrap()).unwrap();
+    reference_append(
+        &spec,
+        &mut args(&mut q_ref, (&k, &v), &positions, &slots, (&mut ck_ref, &mut cv_ref), &mut out_ref).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(q, q_in, "q is only read with q_out");
+    assert_eq!(out, out_ref);
+    assert_eq!(ck, ck_ref);
+    assert_eq!(cv, cv_ref);
+    // The rotated Q (the crate's own apply) divided by the scale, within e4m3's rounding.
+    let mut rotated = q_in.clone();
+    engine.apply(&mut RopeArgs::new(TensorMut::new(&mut rotated, T, HQ, D).unwrap(), Positions::new(&positions))).unwrap();
+    for (x, y) in rotated.iter().zip(&out) {
+        let want = x / SCALE;
+        assert!((y.to_f32() - want).abs() <= want.abs() / 16.0 + 2f32.powi(-10), "{} vs {}", y.to_f32(), want);
+    }
+    // Strides that reach past q_out are refused before any call.
+    let mut short = vec![poison; (T * HQ * D - 1) as usize];
+    assert_error(
+        args(&mut q, (&k, &v), &positions, &slots, (&mut ck, &mut cv), &mut short),
+        Status::InvalidArgument,
+        &["q_out", "do not fit its 767 elements"],
     );
 }
 
