@@ -446,6 +446,13 @@ std::vector<Variant> all_variants() {
   vs.back().cos_sin_cache = true;
   vs.push_back(glm4_variant());
   vs.back().peers = true;
+  // Qwen3's attention prologue in one launch: the per-head RMSNorm of Q and K (RopeSpec::qk_norm,
+  // whole heads, the weights in RopeArgs::norm) then RoPE, on the main shape. Its bytes are the
+  // rotation's (the two 256-byte weight vectors are not counted); no peer fuses the two.
+  RopeSpec qwen3 = plain_spec(128, Pairing::half_split, hf);
+  qwen3.theta = 1e6;
+  qwen3.qk_norm = posenc::QkNorm{posenc::QkNormKind::rms, 1e-6, false};
+  add("qk_norm", qwen3, 32, 8, DType::bf16, true);
   return vs;
 }
 
@@ -492,22 +499,29 @@ InputSets make_input_sets(Gpu& g, const Variant& v, std::int64_t tokens, std::ui
     throw std::runtime_error("one input set (" + std::to_string(per_set) + " bytes) does not fit in free memory");
   }
 
+  // A spec with a QK norm: Q's and K's weights (width elements each), shared by every set.
+  const std::int64_t norm_width = v.spec.qk_norm.enabled() ? v.spec.qk_norm_width() : 0;
+  const std::int64_t w_stride = align_up(norm_width * es, 256);
+
   InputSets s;
   s.set_bytes = set_bytes;
-  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * (per_set - extra_set_bytes));
+  s.arena = posenc::gpu::DeviceBuffer(g.device, n_sets * (per_set - extra_set_bytes) + 2 * w_stride);
   auto* base = static_cast<unsigned char*>(s.arena.data());
   unsigned char* q0 = base;
   unsigned char* k0 = base + n_sets * q_stride;
   unsigned char* p0 = k0 + n_sets * k_stride;
+  unsigned char* w0 = p0 + n_sets * p_stride;
   g.fill_elements(q0, v.dtype, n_sets * q_stride / es, seed);
   g.fill_elements(k0, v.dtype, n_sets * k_stride / es, seed ^ 0x6b6b6b6bull);
   g.fill_positions(reinterpret_cast<std::int64_t*>(p0), n_sets * p_stride / 8, seed ^ 0x7070ull, v.position_range);
+  if (norm_width > 0) g.fill_elements(w0, v.dtype, 2 * w_stride / es, seed ^ 0x4e4eull);
   s.args.resize(static_cast<std::size_t>(n_sets));
   for (std::int64_t i = 0; i < n_sets; ++i) {
     RopeArgs& a = s.args[static_cast<std::size_t>(i)];
     a.q = posenc::TensorView::contiguous(q0 + i * q_stride, v.dtype, tokens, v.hq, d);
     a.k = posenc::TensorView::contiguous(k0 + i * k_stride, v.dtype, tokens, v.hk, d);
     a.positions = {p0 + i * p_stride, posenc::IndexType::i64, tokens};
+    if (norm_width > 0) a.norm = posenc::NormWeights{w0, w0 + w_stride};
   }
   g.sync();
   return s;
@@ -552,12 +566,13 @@ SampledCase run_sampled(Gpu& g, const Variant& v, const RopeArgs& a, const std::
 /// Rotates the sampled inputs (`s.q.ref`, `s.k.ref`) in place on the host by apply_reference;
 /// `cos_sin`: the case's cos/sin cache, in host memory, when it has one.
 void reference_rotate(const Variant& v, const RopeSpec& spec, SampledCase& s,
-                      const posenc::CosSinCacheView& cos_sin = {}) {
+                      const posenc::CosSinCacheView& cos_sin = {}, const posenc::NormWeights& norm = {}) {
   RopeArgs host;
   host.q = posenc::TensorView::contiguous(s.q.ref.data(), v.dtype, s.n, v.hq, v.spec.head_dim);
   host.k = posenc::TensorView::contiguous(s.k.ref.data(), v.dtype, s.n, v.hk, v.spec.head_dim);
   host.positions = {s.pos.data(), posenc::IndexType::i64, s.n};
   host.cos_sin = cos_sin;
+  host.norm = norm;
   posenc::apply_reference(spec, host);
 }
 
@@ -597,7 +612,17 @@ std::string verify_case(Gpu& g, const Variant& v, const posenc::gpu::GpuEngine& 
     host_cos_sin = c;
     host_cos_sin.data = cos_sin.data();
   }
-  reference_rotate(v, spec, s, host_cos_sin);
+  std::vector<unsigned char> weights;  // host copies of the QK-norm weights, when the spec normalises
+  posenc::NormWeights host_norm;
+  if (a.norm.q != nullptr) {
+    const std::int64_t bytes = spec.qk_norm_width() * posenc::size_of(v.dtype);
+    weights.resize(static_cast<std::size_t>(2 * bytes));
+    device_to_host(g)(weights.data(), a.norm.q, bytes);
+    device_to_host(g)(weights.data() + bytes, a.norm.k, bytes);
+    g.sync();
+    host_norm = posenc::NormWeights{weights.data(), weights.data() + bytes};
+  }
+  reference_rotate(v, spec, s, host_cos_sin, host_norm);
   return pb::verdict(compare_sampled(v, s), v.spec.numerics);
 }
 
@@ -1401,7 +1426,7 @@ void usage() {
       "  --out DIR    where bench_gpu.csv and bench_gpu.md go (default .)\n"
       "  --filter     keep variants whose name contains one of the comma-separated words\n"
       "               (main_half_split main_interleaved accurate heads_32x32 heads_64x8 heads_96x8\n"
-      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b; the decode rows are\n"
+      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm; the decode rows are\n"
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b; the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
       "               paged_nhd_fp8,paged_nhd_fp8_qout}: --filter append runs only those; _qout writes Q\n"

@@ -34,6 +34,8 @@ TARGET_VARIANTS = ["main_half_split", "main_interleaved", "cache_half_split", "c
 RELATIVE_T = [4096, 16384, 65536]
 RELATIVE_VARIANTS = ["heads_32x32", "heads_64x8", "heads_96x8", "heads_128x8", "hd64", "hd80", "hd96", "hd256",
                      "f32", "f16"]
+# Issue 14: the fused attention prologue (QK RMSNorm + RoPE in one launch) at >= 90 % of the floor.
+PROLOGUE_VARIANTS, PROLOGUE_T, PROLOGUE_SHARE = ["qk_norm"], [4096, 16384, 65536], 0.90
 
 
 def num(row, key):
@@ -171,6 +173,13 @@ def gpu_targets(rows):
     relative("accurate", 0.03)
     for v in RELATIVE_VARIANTS:
         relative(v, 0.10)
+    for variant in PROLOGUE_VARIANTS:
+        for t in PROLOGUE_T:
+            r = find(rows, "posenc_gpu", variant, t)
+            if r:
+                v = num(r, "ratio")
+                out.append((f"GPU {variant} T={t}: >= {PROLOGUE_SHARE:.0%} of floor (fused prologue)", pct(v),
+                            math.isfinite(v) and v >= PROLOGUE_SHARE))
     cases = [r for r in rows if r["engine"] == "posenc_gpu"]
     if cases:
         bad = [r for r in cases if not verified_ok(r["verified"])]
