@@ -322,11 +322,33 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   const bool slots_readable = positions.view.count >= 0 && positions.view.count <= static_cast<std::int64_t>(slots.size());
   if (!positions.readable || !slots_readable) return 0;  // validate_append_args reads both
 
+  // q_out (Q written quantized, fp8 serving): its own buffer, exactly as large as its fuzzed shape
+  // and strides say (so an accepted call cannot write past it), or laid over the cache, which
+  // validation must refuse.
+  std::vector<std::byte> q_out_buffer;
+  bool q_out_over_cache = false;
+  if (in.ConsumeBool()) {
+    posenc::QuantizedOutput& o = args.q_out;
+    o.dtype = in.ConsumeBool() ? c.dtype : static_cast<posenc::CacheDType>(in.ConsumeIntegralInRange<int>(0, 4));
+    o.token_stride = !in.ConsumeBool() ? q_shape.heads * spec.head_dim : in.ConsumeIntegralInRange<std::int64_t>(-2, 512);
+    o.head_stride = !in.ConsumeBool() ? spec.head_dim : in.ConsumeIntegralInRange<std::int64_t>(-2, 256);
+    o.scale = in.PickValueInArray<float>({1.0f, 0.125f, 3.0f, 0.0f, -2.0f, 1e-30f});
+    const std::int64_t elem = static_cast<int>(o.dtype) <= 3 ? posenc::size_of(o.dtype) : 1;
+    const std::int64_t extent =
+        o.token_stride >= 0 && o.head_stride >= 0 && q_shape.head_dim <= 1024
+            ? ((q_shape.tokens - 1) * o.token_stride + (q_shape.heads - 1) * o.head_stride + q_shape.head_dim) * elem
+            : 64;
+    q_out_buffer.assign(static_cast<std::size_t>(std::max<std::int64_t>(extent, 1)), std::byte{0x5a});
+    q_out_over_cache = in.ConsumeIntegralInRange<int>(0, 7) == 0;
+    o.data = q_out_over_cache ? cache_k.data() : static_cast<void*>(q_out_buffer.data());
+  }
+
   try {
     posenc::validate_append_args(spec, args);
   } catch (const posenc::Error&) {
     return 0;
   }
+  require(!q_out_over_cache, "validate_append_args accepted a q_out laid over the KV cache");
   require(cache_sized, "validate_append_args accepted a cache larger than its buffer could be");
   const auto q = element_bytes(args.q, arena.data());
   const auto q_src = element_bytes(args.q_src, arena.data());
@@ -341,6 +363,7 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
     if (view.present()) view.data = other.data() + (static_cast<const std::byte*>(view.data) - arena.data());
     return view;
   };
+  std::vector<std::byte> other_q_out = q_out_buffer;
   posenc::AppendArgs engine_args = args;
   engine_args.q = rebase(args.q);
   engine_args.q_src = rebase(args.q_src);
@@ -348,6 +371,7 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   engine_args.v = rebase(args.v);
   engine_args.cache.k = other_k.data();
   engine_args.cache.v = other_v.data();
+  if (args.q_out.present()) engine_args.q_out.data = other_q_out.data();
 
   const std::vector<std::byte> before = arena;
   try {
@@ -363,7 +387,12 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
   }
   require(arena == other, "CpuEngine::append and append_reference differ on Q");
   require(cache_k == other_k && cache_v == other_v, "CpuEngine::append and append_reference differ on the cache");
-  require_unchanged_outside(before, arena, {*q}, "append");
+  require(q_out_buffer == other_q_out, "CpuEngine::append and append_reference differ on q_out");
+  if (args.q_out.present()) {
+    require(arena == before, "an append with q_out wrote its inputs (q is only read)");
+  } else {
+    require_unchanged_outside(before, arena, {*q}, "append");
+  }
   return 0;
 }
 
