@@ -427,6 +427,12 @@ std::vector<Variant> all_variants() {
   add("main_interleaved", plain_spec(128, Pairing::interleaved, hf), 32, 8, DType::bf16, true);
   vs.back().peers = true;
   add("accurate", plain_spec(128, Pairing::half_split, Numerics::accurate), 32, 8, DType::bf16, true);
+  // The main shape with correctly rounded cos/sin (hf_arithmetic exact, double-precision sincos):
+  // what hf_compatible computed before it followed torch's CUDA cosf/sinf (the default above), so
+  // the cost of that change is measured in every run.
+  RopeSpec exact_trig = plain_spec(128, Pairing::half_split, hf);
+  exact_trig.hf_arithmetic = posenc::HfArithmetic::exact;
+  add("main_exact_trig", exact_trig, 32, 8, DType::bf16, true);
   const std::pair<std::int64_t, std::int64_t> head_counts[] = {{32, 32}, {64, 8}, {96, 8}, {128, 8}};
   for (auto [hq, hk] : head_counts)
     add("heads_" + std::to_string(hq) + "x" + std::to_string(hk), plain_spec(128, Pairing::half_split, hf), hq,
@@ -1425,7 +1431,7 @@ void usage() {
       "               decode rows and the paged_nhd append rows only\n"
       "  --out DIR    where bench_gpu.csv and bench_gpu.md go (default .)\n"
       "  --filter     keep variants whose name contains one of the comma-separated words\n"
-      "               (main_half_split main_interleaved accurate heads_32x32 heads_64x8 heads_96x8\n"
+      "               (main_half_split main_interleaved accurate main_exact_trig heads_32x32 heads_64x8 heads_96x8\n"
       "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm; the decode rows are\n"
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b; the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
