@@ -377,13 +377,7 @@ void CpuEngine::append(const AppendArgs& args) const {
                            : TensorView{};
   apply(detail::append_rotation(args, rotated_k, rotated_q));  // validates again (cheap next to the rotation); it cannot fail where validate_append passed
 
-  detail::ScatterCall call;
-  call.k = rotated_k;
-  call.v = args.v;
-  call.slots = args.slots;
-  call.cache = args.cache;
-  call.q = rotated_q;
-  call.q_out = args.q_out;
+  const detail::ScatterCall call = detail::scatter_call(args, rotated_k, rotated_q);
   const std::int64_t tokens = args.positions.count;
   // Bytes read and written per token, as apply estimates them.
   const double token_bytes = static_cast<double>(k.heads * k.head_dim + args.v.heads * args.v.head_dim) *

@@ -30,13 +30,7 @@ void append_reference(const RopeSpec& spec, const AppendArgs& args) try {
 
   apply_reference(spec, detail::append_rotation(args, rotated_k, rotated_q));
 
-  detail::ScatterCall call;
-  call.k = rotated_k;
-  call.v = args.v;
-  call.slots = args.slots;
-  call.cache = args.cache;
-  call.q = rotated_q;
-  call.q_out = args.q_out;
+  const detail::ScatterCall call = detail::scatter_call(args, rotated_k, rotated_q);
   detail::scatter_tokens(&call, 0, args.positions.count);
 } catch (const std::bad_alloc&) {
   detail::throw_out_of_host_memory("the working memory of append_reference");
