@@ -20,6 +20,10 @@ Run on a CUDA machine after `pip install .` (scripts/gpu-all.sh does). Everythin
   (torch's RMSNorm ops, then posenc's rotation), the HF eager chain (q_norm, rotary module, `apply_rotary_pos_emb`)
   and that chain under torch.compile with static shapes; the floor is the same-size copy. The fused
   call's output is compared with the HF eager chain bit for bit.
+* serving (issue 14): the same prologue for fp8 serving: K and V also go into an fp8 paged cache and Q
+  to an fp8 q_out, one `append_kv_` call against the stages as separate ops (torch RMSNorm, posenc RoPE,
+  torch's clamp-and-cast, a scatter into the cache); their bytes are compared; the floor is copy_ of
+  the fused call's bytes (Q, K, V read as bf16 and written once as fp8).
 Writes CSV rows (--csv) and prints a Markdown table.
 """
 
@@ -278,6 +282,84 @@ def prologue_rows(card, tokens):
     return rows
 
 
+def serving_rows(card, tokens):
+    """fp8 serving's prologue, Qwen3-8B: per-head q/k RMSNorm, RoPE, K and V into an fp8 paged cache
+    and Q to fp8 (q_out), one posenc.append_kv_ call, against the same stages as separate ops
+    (torch's RMSNorm ops, posenc's RoPE, torch's clamp-and-cast of Q, K and V, a scatter into the
+    cache). Both must give the same bytes; the floor is torch's copy_ of the fused call's bytes."""
+    import os
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    spec = posenc.RopeSpec.from_config(os.path.join(root, "configs", "qwen3-8b-yarn.json"))
+    rope_only = spec.replace(qk_norm="none")
+    eps = spec.qk_norm_epsilon
+    g = torch.Generator(device="cuda").manual_seed(9)
+    wq = (1 + 0.3 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
+    wk = (1 + 0.3 * torch.randn(D, device="cuda", generator=g)).to(torch.bfloat16)
+    fp8, k_scale, v_scale, q_scale, page = torch.float8_e4m3fn, 0.5, 0.5, 0.25, 16
+
+    def rms(x, w):  # Qwen3RMSNorm.forward, op for op
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+        return w * h.to(x.dtype)
+
+    def quant(x, scale):
+        return (x.float() / scale).clamp(-448, 448).to(fp8)
+
+    rows = []
+    for T in tokens:
+        blocks = T // page + 2
+        elems = T * (HQ + 2 * HK) * D
+        bytes_moved = elems * 3  # Q, K, V read as bf16 (2 bytes), written once as fp8 (1 byte)
+        l2 = torch.cuda.get_device_properties(0).L2_cache_size
+        n_sets = max(2, min(64, (4 * l2) // max(1, elems * 2) + 1))
+        sets = []
+        for i in range(n_sets):
+            q = torch.randn((T, HQ, D), device="cuda", generator=g).to(torch.bfloat16)
+            k = torch.randn((T, HK, D), device="cuda", generator=g).to(torch.bfloat16)
+            v = torch.randn((T, HK, D), device="cuda", generator=g).to(torch.bfloat16)
+            pos = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
+            slots = torch.randperm(blocks * page, device="cuda", generator=g)[:T]
+            caches = [torch.zeros((blocks, page, HK, D), dtype=fp8, device="cuda") for _ in range(2)]
+            q8 = torch.zeros((T, HQ, D), dtype=fp8, device="cuda")
+            sets.append((pos, q, k, v, slots, caches, q8))
+
+        def fused(i):
+            pos, q, k, v, slots, (kc, vc), q8 = sets[i]
+            posenc.append_kv_(q, k, v, pos, slots, kc, vc, spec, k_scale=k_scale, v_scale=v_scale,
+                              q_norm_weight=wq, k_norm_weight=wk, q_out=q8, q_scale=q_scale)
+
+        def unfused(i):
+            pos, q, k, v, slots, (kc, vc), q8 = sets[i]
+            qn, kn = rms(q, wq), rms(k, wk)
+            posenc.apply_rope_(qn, kn, pos, rope_only)
+            q8.copy_(quant(qn, q_scale))
+            kc.view(torch.uint8).view(-1, HK, D)[slots] = quant(kn, k_scale).view(torch.uint8)
+            vc.view(torch.uint8).view(-1, HK, D)[slots] = quant(v, v_scale).view(torch.uint8)
+
+        # The same bytes from both, on set 0 (Q to q_out; both caches).
+        outputs = []
+        for fn in (fused, unfused):
+            _, _, _, _, _, (kc, vc), q8 = sets[0]
+            for t in (kc, vc, q8):
+                t.zero_()
+            fn(0)
+            torch.cuda.synchronize()
+            outputs.append([t.view(torch.uint8).clone() for t in (q8, kc, vc)])
+        same = all(torch.equal(a, b) for a, b in zip(*outputs))
+        src = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
+        dst = torch.empty_like(src)
+        floor_us = event_time(lambda: dst.copy_(src), [()], reps_for(T))
+        for name, fn in (("posenc append_kv_ (norm + RoPE + fp8 Q/K/V + cache, one launch)", fused),
+                         ("torch RMSNorm ops + posenc RoPE + torch fp8 casts + cache scatter", unfused)):
+            us = event_time(fn, [(i,) for i in range(n_sets)], reps_for(T))
+            gus = graph_time(fn, (0,)) if T <= 256 else None
+            rows.append(dict(card=card, kind="serving", variant=name, T=T, median_us=us, graph_us=gus,
+                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us,
+                             verified=str(same) if "posenc append" in name else ""))
+        posenc.check()
+    return rows
+
+
 def model_rows(card):
     """One 4096-token prefill and one decode step (after it) of a GLM-4-9B-shaped stack of two decoder
     layers with random bf16 weights, transformers' own RoPE vs posenc.transformers.patch; CUDA events,
@@ -349,7 +431,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", default=None)
     ap.add_argument("--quick", action="store_true")
-    sections = ("overhead", "contract", "model", "prologue")
+    sections = ("overhead", "contract", "model", "prologue", "serving")
     ap.add_argument("--only", default=",".join(sections),
                     help=f"comma-separated sections to run (default all: {','.join(sections)})")
     a = ap.parse_args()
@@ -373,6 +455,11 @@ def main():
             rows += prologue_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
         except ImportError as e:  # transformers is needed for the HF chain
             print("python_ops.py: prologue rows skipped:", e)
+    if "serving" in only:
+        try:
+            rows += serving_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
+        except Exception as e:  # printed, and the other sections' tables still come out
+            print("python_ops.py: serving rows failed:", repr(e))
     print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
     if any(r["kind"] == "overhead" for r in rows):
         print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
@@ -382,6 +469,8 @@ def main():
                 print(f"| {r['variant']} | {r['host_us']:.1f} | {r['graph_us']:.2f} |")
     timed_table(rows, "contract", "variant", "bit-identical to vLLM eager")
     timed_table(rows, "prologue", "Qwen3-8B prologue (q/k norm + RoPE), bf16", "fused = HF eager bit for bit")
+    timed_table(rows, "serving", "Qwen3-8B fp8 serving prologue (q/k norm + RoPE + fp8 Q, K, V + paged cache)",
+                "fused = unfused byte for byte")
     if any(r["kind"] == "model" for r in rows):
         print("\n| GLM-4-9B-shaped stack, 2 layers, bf16 | 4096-token prefill ms | decode step at 4096 us |")
         print("|---|---|---|")

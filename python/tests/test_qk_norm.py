@@ -206,6 +206,40 @@ def test_cuda_exact_equals_cpu_engine(dtype_name, heads):
         assert _bits_equal(got, want), f"append {name}: {_differing(got, want)} values differ"
 
 
+@pytest.mark.parametrize("family", ["qwen3", "gemma3"])
+def test_fp8_serving_prologue(device, family):
+    """fp8 serving in one call: q/k norm + RoPE, K and V into an fp8 paged cache, Q to an fp8 q_out;
+    byte for byte what transformers' own modules (norms, rotary, apply_rotary_pos_emb) followed by
+    torch's clamp-and-cast and a scatter into the cache give."""
+    cfg, spec, q, k, positions, q_weight, k_weight = _case(family, "bfloat16", (37, 8, 2), 128, seed=51)
+    q_want, k_want = transformers_prologue(family, cfg, q, k, positions, q_weight, k_weight, device)
+    v = _rand(k.shape, torch.bfloat16, 52)
+    fp8, k_scale, v_scale, q_scale, page, blocks = torch.float8_e4m3fn, 0.5, 0.25, 0.125, 16, 4
+    slots = torch.randperm(blocks * page, generator=torch.Generator().manual_seed(53))[: q.shape[0]]
+    slots[[3, 9]] = -1  # padding tokens: no cache rows, but Q is still written
+
+    def quant(x, scale):
+        return (x.float() / scale).clamp(-448, 448).to(fp8).view(torch.uint8)
+
+    k_cache = torch.zeros((blocks, page, 2, 128), dtype=fp8, device=device)
+    v_cache = torch.zeros_like(k_cache)
+    q_out = torch.zeros(q.shape, dtype=fp8, device=device)
+    qd = q.to(device)
+    posenc.append_kv_(qd, k.to(device), v.to(device), positions.to(device), slots.to(device), k_cache, v_cache, spec,
+                      k_scale=k_scale, v_scale=v_scale, q_norm_weight=q_weight.to(device),
+                      k_norm_weight=k_weight.to(device), q_out=q_out, q_scale=q_scale)
+    posenc.check(device if device == "cuda" else None)
+    assert torch.equal(qd.cpu(), q), "q is only read with q_out"
+    assert torch.equal(q_out.cpu().view(torch.uint8), quant(q_want, q_scale))
+    k_expect = torch.zeros((blocks * page, 2, 128), dtype=torch.uint8)
+    v_expect = torch.zeros_like(k_expect)
+    kept = slots >= 0
+    k_expect[slots[kept]] = quant(k_want[kept], k_scale)
+    v_expect[slots[kept]] = quant(v[kept], v_scale)
+    assert torch.equal(k_cache.cpu().view(torch.uint8).view(-1, 2, 128), k_expect)
+    assert torch.equal(v_cache.cpu().view(torch.uint8).view(-1, 2, 128), v_expect)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "paged_nhd", "paged_hnd"])
 def test_append_kv_writes_normalised_rotated_k(device, layout):
     family = "qwen3"
