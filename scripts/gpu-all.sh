@@ -16,9 +16,11 @@
 #   bench.csv PERFORMANCE.md performance_share.png bench.log   from bench/run.sh
 # The reply's tail: gpu-check's summary, then every issue-18 target with PASS/FAIL and posenc's speed
 # over its best peer (FlashInfer, vLLM's and HF's formulas) at every T.
-# Benchmark allowances (seconds; a program past its allowance starts no new case): POSENC_BENCH_GPU_S
-# (210: posenc, FlashInfer and the decode rows), POSENC_BENCH_CPU_S (40), POSENC_BENCH_TORCH_S (100:
-# vLLM's rows first, then HF's); POSENC_BENCH_PEERS=0 / POSENC_BENCH_DECODE=0 shorten the GPU part.
+# Benchmark allowances (seconds; a program past its allowance starts no new case): by default a share
+# of what the call has left after the tests and Python (see below), at most POSENC_BENCH_GPU_S (210:
+# posenc, FlashInfer and the decode rows), POSENC_BENCH_CPU_S (40), POSENC_BENCH_TORCH_S (100: vLLM's
+# rows first, then HF's); setting one fixes it. POSENC_BENCH_PEERS=0 / POSENC_BENCH_DECODE=0 shorten
+# the GPU part; POSENC_PYTHON=0 leaves the benchmarks the most time.
 set -u
 out=${OUT:?set OUT}
 logs=$(mktemp -d)
@@ -62,10 +64,19 @@ fi
 cp "$logs/summary.txt" "$out/summary.txt"
 tar -czf "$out/check-logs.tar.gz" -C "$logs" .
 
-if [[ ${POSENC_GPU_ALL_BENCH:-1} == 1 ]]; then
-  POSENC_BENCH_GPU_S=${POSENC_BENCH_GPU_S:-210} POSENC_BENCH_CPU_S=${POSENC_BENCH_CPU_S:-40} \
-    POSENC_BENCH_TORCH_S=${POSENC_BENCH_TORCH_S:-100} OUT=$out bash bench/run.sh >/dev/null 2>&1
-  echo "bench: exit $? ($(ls "$out" | tr '\n' ' '))" >>"$out/summary.txt"
+# The benchmarks get what is left of the call (POSENC_GPU_ALL_S, default 570 of the device's 600 s):
+# GPU 60 %, PyTorch 25 %, CPU 10 % of it unless set, capped at their usual allowances; with under
+# 150 s left they are skipped with a line saying so (bench/run.sh in a call of its own runs them).
+left=$((${POSENC_GPU_ALL_S:-570} - SECONDS))
+if [[ ${POSENC_GPU_ALL_BENCH:-1} == 1 && $left -lt 150 ]]; then
+  echo "bench: skipped, ${left}s of the call left (run bench/run.sh in a call of its own)" >>"$out/summary.txt"
+elif [[ ${POSENC_GPU_ALL_BENCH:-1} == 1 ]]; then
+  cap() { local v=$1 max=$2; ((v > max)) && v=$max; echo "$v"; }
+  POSENC_BENCH_GPU_S=${POSENC_BENCH_GPU_S:-$(cap $((left * 60 / 100 - 40)) 210)} \
+    POSENC_BENCH_CPU_S=${POSENC_BENCH_CPU_S:-$(cap $((left * 10 / 100)) 40)} \
+    POSENC_BENCH_TORCH_S=${POSENC_BENCH_TORCH_S:-$(cap $((left * 25 / 100 - 30)) 100)} \
+    OUT=$out bash bench/run.sh >/dev/null 2>&1
+  echo "bench: exit $? after $((SECONDS - (${POSENC_GPU_ALL_S:-570} - left)))s ($(ls "$out" | tr '\n' ' '))" >>"$out/summary.txt"
 fi
 cat "$out/summary.txt"
 if [[ -f $out/bench.log ]]; then
