@@ -243,8 +243,9 @@ TEST_F(GpuAppend, CastsAndFp8Scales) {
 /// AppendArgs::q_out: the GPU append with Q written quantized equals CpuEngine::append with the same
 /// q_out (exact arithmetic): q_out's bytes (gaps between tokens stay poisoned), both caches, and Q
 /// itself unchanged.
-void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c, float q_scale) {
-  SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale));
+void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c, float q_scale,
+                    std::int64_t out_gap = 16) {
+  SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale) + " gap " + std::to_string(out_gap));
   const std::int64_t d = c.spec.head_dim;
   const std::vector<std::int64_t> slots = slots_of(c);
   const std::int64_t pad = c.unaligned ? 1 : 8;
@@ -255,7 +256,7 @@ void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case
   fill_random(k.view, c.seed + 1);
   fill_random(v.view, c.seed + 2);
   const HostPositions positions(c.spec, random_positions(c.tokens, 4096, c.seed + 3));
-  const std::int64_t out_ts = c.q_heads * d + 16;  // 16 poisoned elements between tokens
+  const std::int64_t out_ts = c.q_heads * d + out_gap;  // poisoned elements between tokens
   const std::int64_t elem = size_of(c.cache);
   const std::int64_t out_bytes = ((c.tokens - 1) * out_ts + c.q_heads * d) * elem;
 
@@ -311,6 +312,9 @@ TEST_F(GpuAppend, QuantizedQEqualsCpuEngine) {
         run_q_out_case(device, ref(), c, q_scale);
       }
     }
+    // Aligned Q, K and V but q_out rows one element apart from alignment: the one-element path.
+    Case odd = base_case(act, CacheDType::fp8_e4m3, CacheLayout::paged_nhd);
+    run_q_out_case(device, ref(), odd, 0.25f, 1);
   }
   for (Pairing p : all_pairings) {  // partial windows with an offset: the pass-through dims are cast too
     Case c = base_case(DType::bf16, CacheDType::fp8_e4m3, CacheLayout::paged_hnd);

@@ -377,6 +377,8 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
       const detail::KernelCache& c = p.cache;
       vectorized = vectorized && head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) &&
                    c.v_token_stride % v == 0 && c.v_head_stride % v == 0;
+      // q_out's rows take the same V-element stores as the cache's (null when absent: aligned).
+      vectorized = vectorized && aligned16(c.q_out) && c.q_out_token_stride % v == 0 && c.q_out_head_stride % v == 0;
     }
     const std::int64_t width = vectorized ? v : 1;
     p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
