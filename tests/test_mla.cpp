@@ -189,6 +189,53 @@ TEST(MlaAppend, CastsAndFp8Scales) {
   }
 }
 
+// fp8 MLA serving: the rope slice of Q written into an fp8 q_out ([T, heads, rope], its own scale)
+// beside the fp8 cache; the query tensor (nope and rope parts) left as it was; engine = reference.
+TEST(MlaAppend, QuantizedRopeSlice) {
+  MlaCase c;
+  c.cache = CacheDType::fp8_e4m3;
+  c.k_scale = 0.5f;
+  c.v_scale = 0.25f;
+  const float q_scale = 0.0625f;
+  const std::int64_t rope = c.spec.head_dim;
+  MlaTensors x(c.act, c.tokens, c.heads, c.nope, rope, c.latent, c.seed, c.pad);
+  const std::vector<std::int64_t> slots = mla_slots(c);
+  const HostPositions pos(mla_positions(c));
+  HostTensor q_want = dense_copy(ConstTensorView(x.q));
+  const CpuEngine engine(c.spec, CpuOptions{c.threads});
+  engine.apply(RopeArgs{q_want.view, {}, {}, {}, pos.view(), {}});
+
+  // The expected q_out: every element of the rotated slice cast by the test's own encoder.
+  const std::int64_t n = c.tokens * c.heads * rope;
+  std::vector<std::uint8_t> q_out_want(static_cast<std::size_t>(n));
+  for (std::int64_t i = 0; i < n; ++i) {
+    std::uint32_t bits = 0;
+    std::memcpy(&bits, static_cast<const std::byte*>(q_want.view.data) + i * size_of(c.act),
+                static_cast<std::size_t>(size_of(c.act)));
+    q_out_want[static_cast<std::size_t>(i)] = static_cast<std::uint8_t>(cast_bits(c.act, bits, c.cache, q_scale));
+  }
+  const auto q_before = x.q_full.buffer.snapshot();
+  std::vector<std::vector<std::byte>> caches;
+  for (bool use_engine : {true, false}) {
+    SCOPED_TRACE(use_engine ? "CpuEngine::append" : "append_reference");
+    HostCache cache = HostCache::mla(c.cache, c.latent, rope, c.blocks, c.block_len);
+    cache.view.k_scale = c.k_scale;
+    cache.view.v_scale = c.v_scale;
+    AppendArgs args = append_args(x.q, x.k, x.v, pos.view(), slots.data(), cache.view);
+    std::vector<std::uint8_t> q_out(static_cast<std::size_t>(n), 0xa5);
+    args.q_out = QuantizedOutput{q_out.data(), c.cache, c.heads * rope, rope, q_scale};
+    if (use_engine) {
+      engine.append(args);
+    } else {
+      append_reference(c.spec, args);
+    }
+    EXPECT_EQ(q_out, q_out_want);
+    EXPECT_TRUE(bytes_equal(q_before, x.q_full.buffer)) << "the query (nope and rope) is only read";
+    caches.push_back(cache.k.snapshot());
+  }
+  EXPECT_EQ(caches[0], caches[1]);
+}
+
 TEST(MlaAppend, OtherGeometriesAndOutOfPlaceQ) {
   MlaCase minicpm;  // MiniCPM3-like: rope 32, latent 256, nope 64
   minicpm.spec = scheme_spec(Scaling::none, 32, 0, 0, Pairing::half_split, Numerics::hf_compatible);
