@@ -16,9 +16,9 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& args, bool devi
 
 /// The rotation an append performs before its scatter: Q as the caller gave it, K from the
 /// caller's K into `rotated_k` (a dense scratch, so the caller's K is not written), same positions.
-/// With q_out, Q goes from the caller's Q into `rotated_q` (a dense scratch too: q is then only
+/// With q_out, Q goes from the caller's Q into `rotated_q` (a dense scratch too, absent otherwise: q is then only
 /// read), which the scatter casts into q_out.
-inline RopeArgs append_rotation(const AppendArgs& args, const TensorView& rotated_k, const TensorView& rotated_q = {}) {
+inline RopeArgs append_rotation(const AppendArgs& args, const TensorView& rotated_k, const TensorView& rotated_q) {
   RopeArgs rope;
   rope.q = args.q;
   rope.q_src = args.q_src;
