@@ -12,7 +12,9 @@
 # Knobs (seconds): POSENC_EXACT_CHECK_S (150), POSENC_EXACT_BUILD_S (120), POSENC_EXACT_SWEEP_S (150),
 # POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1);
 # POSENC_EXACT_SWEEP_ARGS: more sweep arguments (a part of the grid: --schemes, --thetas, --dims);
-# POSENC_EXACT_CHECK=0 skips the C++ GPU tests (when gpu-all.sh ran them in the same session).
+# POSENC_EXACT_CHECK=0 skips the C++ GPU tests (when gpu-all.sh ran them in the same session);
+# POSENC_EXACT_CPU_SWEEP_S (0: off) runs a strided CPU sweep on the host's CPU after the CUDA one
+# (sweep-cpu-host.jsonl, sweep-cpu.log; POSENC_EXACT_CPU_STRIDE, default 61).
 set -u
 out=${OUT:?set OUT}
 summary=$out/summary.txt
@@ -46,9 +48,21 @@ if [[ -d /tmp/posenc-py/posenc ]]; then
   start=$SECONDS
   timeout "${POSENC_EXACT_SWEEP_S:-150}" python3 scripts/golden/sweep_bitexact.py --device cuda \
     --stride "${POSENC_EXACT_STRIDE:-1}" ${POSENC_EXACT_SWEEP_ARGS:-} --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
-  say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) cases"
+  say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) records (one per case and dtype; the grid has 336 x 3)"
   grep -E "<--|^\||Total" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"
+
+  # The CPU engine against torch on this host's CPU (an Intel Xeon on the GPU machine, whose MKL
+  # picks other cos/sin kernels than the development host's AMD EPYC): a strided sweep of the grid,
+  # POSENC_EXACT_CPU_SWEEP_S seconds (default 0: not run), every POSENC_EXACT_CPU_STRIDE-th position.
+  if [[ ${POSENC_EXACT_CPU_SWEEP_S:-0} -gt 0 ]]; then
+    start=$SECONDS
+    timeout "$POSENC_EXACT_CPU_SWEEP_S" python3 scripts/golden/sweep_bitexact.py --device cpu \
+      --stride "${POSENC_EXACT_CPU_STRIDE:-61}" --no-docs --out "$out/sweep-cpu-host.jsonl" >"$out/sweep-cpu.log" 2>&1
+    say "sweep (--device cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), stride ${POSENC_EXACT_CPU_STRIDE:-61}): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cpu-host.jsonl" 2>/dev/null || echo 0) records"
+    grep -E "<--" "$out/sweep-cpu.log" | head -n 20 >>"$summary"
+    echo "CPU sweep: $(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(sum(x["differ"] for x in r), "differing of", sum(x["values"] for x in r))' "$out/sweep-cpu-host.jsonl" 2>/dev/null)" | tee -a "$summary"
+  fi
 
   start=$SECONDS
   (cd python/tests && timeout "${POSENC_EXACT_PYTEST_S:-60}" python3 -m pytest -q -rs -p no:cacheprovider \
