@@ -51,6 +51,17 @@ if [[ -d /tmp/posenc-py/posenc ]]; then
   say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) records (one per case and dtype; the grid has 336 x 3)"
   grep -E "<--|^\||Total" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"
+  grep -E "^child" "$out/sweep.log" | tail -n 8 >>"$summary"
+  # Where this call's sweep time went (records that carry stage times: the ones run here).
+  python3 - "$out/sweep-cuda.jsonl" <<'PY' 2>&1 | tee -a "$summary"
+import collections, json, sys
+records = [json.loads(line) for line in open(sys.argv[1])]
+timed = [r for r in records if "seconds" in r]
+stages = collections.Counter()
+for r in timed:
+    stages.update(r["stage_seconds"])
+print(f"sweep time over the {len(timed)} records run here: {sum(r['seconds'] for r in timed):.0f} s, by stage {dict(stages)}")
+PY
 
   # The CPU engine against torch on this host's CPU (an Intel Xeon on the GPU machine, whose MKL
   # picks other cos/sin kernels than the development host's AMD EPYC): a strided sweep of the grid,

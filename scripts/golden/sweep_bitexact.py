@@ -27,6 +27,7 @@ import json
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,16 +90,33 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
     gen = torch.Generator(device=device).manual_seed(int.from_bytes(hashlib.sha256(f"{scheme}/{theta}/{dim}/{dname}".encode()).digest()[:4], "little"))
     values = differ = 0
     first_diff = None
+    # Seconds per stage (device synchronised at each boundary), recorded so that a slow sweep says
+    # where its time goes: inputs drawn, transformers' module + apply, posenc, the comparison.
+    stages = {"inputs": 0.0, "transformers": 0.0, "posenc": 0.0, "compare": 0.0}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        sync()
+        now = time.perf_counter()
+        stages[stage] += now - clock
+        clock = now
+
+    start = clock
     err = {f"{lo}-{hi}": [0.0, 0.0] for lo, hi in RANGES}  # transformers, posenc accurate (max |err| / max |x|)
     for pos in positions_of(scheme, stride):
         n = pos.size
         q = torch.randn(n, 1, dim, generator=gen, device=device).to(dtype)
         k = torch.randn(n, 1, dim, generator=gen, device=device).to(dtype)
         p = torch.from_numpy(pos).to(device)
+        lap("inputs")
         cos, sin = module(q.transpose(0, 1)[None], p[None])
         q_hf, k_hf = apply_rotary_pos_emb(q.transpose(0, 1)[None], k.transpose(0, 1)[None], cos, sin)
         q_hf, k_hf = q_hf[0].transpose(0, 1), k_hf[0].transpose(0, 1)
+        lap("transformers")
         q_pe, k_pe = posenc.apply_rope(q, k, p, spec)
+        lap("posenc")
         for a, b in ((q_hf, q_pe), (k_hf, k_pe)):
             mask = bits(a) != bits(b)
             count = int(mask.sum())
@@ -108,6 +126,7 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
                               "posenc": float(b.reshape(n, -1)[where].float()[0])}
             differ += count
             values += a.numel()
+        lap("compare")
         if error and dtype == torch.float32:
             # Each side against float64 RoPE of its own float32 table (the exact angle p * inv_freq,
             # float64 cos/sin, the attention factor in float64): transformers' table is the module's,
@@ -135,6 +154,8 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
                     err[key][1] = max(err[key][1], float(e_acc[m].max()))
     rec = {"scheme": scheme, "theta": theta, "dim": dim, "dtype": dname, "values": values, "differ": differ,
            "positions": int(sum(c.size for c in positions_of(scheme, stride))), "stride": stride}
+    rec["seconds"] = round(time.perf_counter() - start, 2)
+    rec["stage_seconds"] = {k: round(v, 2) for k, v in stages.items()}
     if first_diff:
         rec["first_diff"] = first_diff
     if error and dtype == torch.float32:
@@ -223,10 +244,15 @@ def main() -> int:
                 missing = [(d, n) for d in args.dims.split(",") for n in args.dtypes.split(",")
                            if (scheme, float(theta), int(d), n, args.stride) not in done]
                 if missing:
+                    began = time.perf_counter()
                     subprocess.run([sys.executable, __file__, "--in-process", "--no-docs", "--device", args.device,
                                     "--stride", str(args.stride), "--schemes", scheme, "--thetas", theta,
                                     "--dims", args.dims, "--dtypes", args.dtypes, "--out", str(out)]
                                    + (["--error"] if args.error else []), check=True)
+                    # (against the records' own seconds: what the process's start, imports and
+                    # engine set-up cost)
+                    print(f"child {scheme} theta {theta}: {time.perf_counter() - began:.1f} s for {len(missing)} records",
+                          flush=True)
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done[(r["scheme"], r["theta"], r["dim"], r["dtype"], r["stride"])] = r
@@ -244,7 +270,8 @@ def main() -> int:
                             f.flush()
                         records.append(rec)
                         flag = "" if rec["differ"] == 0 else f"  <-- {rec['differ']} differ, first {rec.get('first_diff')}"
-                        print(f"{scheme:8} theta {theta:<8g} dim {dim:3} {dname:8}: {rec['values']:>11,} values{flag}",
+                        took = f" ({rec['seconds']} s: {rec['stage_seconds']})" if "seconds" in rec else ""
+                        print(f"{scheme:8} theta {theta:<8g} dim {dim:3} {dname:8}: {rec['values']:>11,} values{flag}{took}",
                               flush=True)
     block = summary(records, args.device, meta)
     print(block)
