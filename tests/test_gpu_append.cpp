@@ -1,4 +1,4 @@
-// GPU fused RoPE + KV-cache append: Q and cache against the GPU's own rotation cast by the test's encoders and against CpuEngine::append, in every layout, cast, pairing and numerics; padding, bad slots, host validation, graphs, counters.
+// GPU fused RoPE + KV-cache append: Q and cache against the GPU's own rotation cast by the test's encoders and against CpuEngine::append, in every layout, cast, pairing and numerics; the fp8 encoder on every 16-bit input; padding, bad slots, host validation, graphs, counters.
 //
 // Two oracles. (1) GpuEngine::apply (tested against the CPU engine in test_gpu_engine) rotates
 // copies of Q and K; the expected cache is that K and the input V cast by the test's own encoders
@@ -238,6 +238,60 @@ TEST_F(GpuAppend, CastsAndFp8Scales) {
       }
     }
   }
+}
+
+/// The GPU's fp8 encoder (V rows are cast to the cache without rotation) against the CPU engine's
+/// on every 16-bit input: V carries all 65536 bf16 (or f16) bit patterns, NaNs, infinities,
+/// subnormals and both zeros included, divided by scales that keep them in range, push them past
+/// 448 (saturation) and into e4m3's subnormals; the vectorized and the one-element paths.
+TEST_F(GpuAppend, Fp8CacheEncodesEvery16BitValueAsTheCpuEngine) {
+  const std::int64_t tokens = 64, q_heads = 2, kv_heads = 8, d = 128;  // 64 x 8 x 128 = 65536 V elements
+  const RopeSpec spec = base_case(DType::bf16, CacheDType::fp8_e4m3, CacheLayout::paged_nhd).spec;
+  std::vector<std::int64_t> slots(tokens);
+  for (std::int64_t t = 0; t < tokens; ++t) slots[t] = (t * 7) % tokens;  // a permutation
+  for (const DType act : {DType::bf16, DType::f16})
+    for (const float v_scale : {1.0f, 0.3f, 0.0078125f, 4096.0f})
+      for (const bool unaligned : {false, true}) {
+        SCOPED_TRACE(std::string(to_string(act)) + " v_scale " + std::to_string(v_scale) +
+                     (unaligned ? " unaligned" : " aligned"));
+        const std::int64_t pad = unaligned ? 1 : 8;
+        HostTensor q(act, tokens, q_heads, d), k(act, tokens, kv_heads, d, kv_heads * d + pad),
+            v(act, tokens, kv_heads, d, kv_heads * d + pad);
+        fill_random(q.view, 71);
+        fill_random(k.view, 72);
+        for (std::int64_t t = 0; t < tokens; ++t)
+          for (std::int64_t e = 0; e < kv_heads * d; ++e) {
+            const auto bits = static_cast<std::uint16_t>(t * kv_heads * d + e);
+            std::memcpy(static_cast<std::byte*>(v.view.data) + (t * v.view.token_stride + e) * 2, &bits, 2);
+          }
+        const HostPositions positions(spec, random_positions(tokens, 4096, 73));
+
+        HostCache cpu_cache(CacheDType::fp8_e4m3, CacheLayout::paged_nhd, kv_heads, d, tokens / 4, 4);
+        cpu_cache.view.v_scale = v_scale;
+        HostTensor q_cpu(act, tokens, q_heads, d);
+        std::memcpy(q_cpu.view.data, q.view.data, static_cast<std::size_t>(q.buffer.size()));
+        CpuEngine(spec).append(append_args(q_cpu.view, k.cview(), v.cview(), positions.view(), slots.data(), cpu_cache.view));
+
+        HostCache host_cache(CacheDType::fp8_e4m3, CacheLayout::paged_nhd, kv_heads, d, tokens / 4, 4);
+        host_cache.view.v_scale = v_scale;
+        DeviceCache cache(device, host_cache, ref());
+        DeviceMirror dq(device, q.buffer, ref()), dk(device, k.buffer, ref()), dv(device, v.buffer, ref());
+        const DevicePositions d_positions(device, positions, ref());
+        const gpu::DeviceBuffer d_slots = upload_slots(device, slots, ref());
+        const GpuEngine engine(spec, device);
+        engine.append(append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
+                                  static_cast<const std::int64_t*>(d_slots.data()), cache.view),
+                      ref());
+        engine.check(ref());
+        cache.v.download(host_cache.v, ref());
+        const std::vector<std::byte> want = cpu_cache.v.snapshot();
+        std::int64_t differ = 0, first = -1;
+        for (std::int64_t i = 0; i < static_cast<std::int64_t>(want.size()); ++i)
+          if (want[static_cast<std::size_t>(i)] != host_cache.v.data()[i] && differ++ == 0) first = i;
+        EXPECT_EQ(differ, 0) << "V cache bytes differ from the CPU engine's, first at byte " << first;
+        cache.k.download(host_cache.k, ref());
+        EXPECT_TRUE(bytes_equal(cpu_cache.k.snapshot(), host_cache.k)) << "K cache";
+      }
 }
 
 /// AppendArgs::q_out: the GPU append with Q written quantized equals CpuEngine::append with the same
