@@ -9,9 +9,9 @@
 # Device call: carry [".deps", ".ab-ref"], command: bash scripts/gpu-ab.sh 54b64de
 #
 # Both trees are built with the gpu-h100 preset (the reference in its own folder, only the
-# posenc_bench_gpu target), then run A, B, A, B... (POSENC_AB_ROUNDS rounds, default 2; each run
+# posenc_bench_gpu target), then run A, B, A, B... (POSENC_AB_ROUNDS rounds, default 3; each run
 # capped by POSENC_AB_RUN_S seconds, default 60, through --budget-s) so that clock or thermal drift
-# falls on both. Under $OUT: ab.md (the table), a/ and b/ (each run's bench_gpu.csv), build logs.
+# falls on both. Under $OUT: ab.md (the table), ab-runs.tar.gz (a/ and b/: each run's bench_gpu.csv and log), build logs.
 # The table: per row (variant, dtype, pairing, T), the median over rounds of each side's median
 # time per call and share of the floor, and B's time over A's (< 1: this tree is faster). A row
 # whose output was not verified on either side is marked.
@@ -23,7 +23,7 @@ args=("$@")
 ((${#args[@]})) || args=(--quick --no-append --no-peers)
 out=${OUT:-build/ab-out}
 root=$(pwd)
-rounds=${POSENC_AB_ROUNDS:-2}
+rounds=${POSENC_AB_ROUNDS:-3}
 run_s=${POSENC_AB_RUN_S:-60}
 mkdir -p "$out"
 
@@ -88,9 +88,10 @@ def load(side):
 a, b = load("a"), load("b")
 card = next((r[0]["card"] for r in list(a.values()) + list(b.values())), "?")
 print(f"\n## {card}: A = {ref}, B = {head} (median over {rounds} alternating rounds)\n")
-print("| engine | variant | dtype | pairing | T | A us | B us | B/A time | A % floor | B % floor |")
-print("|---|---|---|---|---:|---:|---:|---:|---:|---:|")
+print("| engine | variant | dtype | pairing | T | A us | B us | B/A time | A graph us | B graph us | B/A graph | A % floor | B % floor |")
+print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 ratios = []
+graph_ratios = []
 for key in sorted(set(a) & set(b), key=lambda k: (k[0], k[1], k[2], k[3], int(k[5] or 0))):
     def med(rows, field):
         vals = [float(r[field]) for r in rows if r.get(field)]
@@ -100,15 +101,28 @@ for key in sorted(set(a) & set(b), key=lambda k: (k[0], k[1], k[2], k[3], int(k[
     bad = any(not r["verified"].startswith(("exact", "ulp")) and r["verified"] not in ("", "skipped")
               for r in a[key] + b[key])
     ratio = ub / ua if ua > 0 else float("nan")
+    # Graph-replayed time per call (small T): no host launch path in it, so far less noise than
+    # one event-timed launch (an empty kernel's launch varies by +-20 % between runs).
+    ga, gb = med(a[key], "graph_us_per_call"), med(b[key], "graph_us_per_call")
+    graph_ratio = gb / ga if ga > 0 else float("nan")
     if key[0].startswith("posenc"):
         ratios.append(ratio)
+        if graph_ratio == graph_ratio:
+            graph_ratios.append(graph_ratio)
+    cell = lambda v, f: "" if v != v else format(v, f)
     print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[5]} | {ua:.2f} | {ub:.2f} | {ratio:.3f}"
-          f"{' (unverified)' if bad else ''} | {100 * sa:.1f} | {100 * sb:.1f} |")
+          f"{' (unverified)' if bad else ''} | {cell(ga, '.2f')} | {cell(gb, '.2f')} | {cell(graph_ratio, '.3f')} | "
+          f"{100 * sa:.1f} | {100 * sb:.1f} |")
 if ratios:
     print(f"\nposenc rows: B/A time median {statistics.median(ratios):.3f}, "
           f"min {min(ratios):.3f}, max {max(ratios):.3f} over {len(ratios)} rows")
+if graph_ratios:
+    print(f"posenc rows, graph-replayed: B/A median {statistics.median(graph_ratios):.3f}, "
+          f"min {min(graph_ratios):.3f}, max {max(graph_ratios):.3f} over {len(graph_ratios)} rows")
 only = sorted(set(a) ^ set(b))
 if only:
     print(f"\n{len(only)} rows ran on one side only (the options or the variants differ): "
           + ", ".join("/".join(k[1:4]) + f" T={k[5]}" for k in only[:10]))
 EOF
+# The device returns at most 8 files: every run's CSV and log in one archive beside ab.md.
+tar -czf "$out/ab-runs.tar.gz" -C "$out" a b 2>/dev/null && rm -rf "$out/a" "$out/b"
