@@ -403,6 +403,15 @@ std::vector<Variant> decode_variants() {
     v.cache_row = true;
     v.in_quick = true;
   }
+  // Llama-3.1-8B's rows with correctly rounded cos/sin (hf_arithmetic exact): the cost of following
+  // torch's CUDA cosf/sinf at decode, where positions reach 131072 and pair 0's angle (inv_freq 1)
+  // passes 105615, beyond which CUDA's sinf/cosf take their slow argument reduction.
+  Variant exact = vs[1];
+  exact.name = "decode_llama31_8b_exact_trig";
+  exact.spec.hf_arithmetic = posenc::HfArithmetic::exact;
+  exact.peers = false;
+  exact.cache_row = false;
+  vs.push_back(std::move(exact));
   return vs;
 }
 
@@ -1433,7 +1442,8 @@ void usage() {
       "  --filter     keep variants whose name contains one of the comma-separated words\n"
       "               (main_half_split main_interleaved accurate main_exact_trig heads_32x32 heads_64x8 heads_96x8\n"
       "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm; the decode rows are\n"
-      "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b; the append rows are\n"
+      "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b (decode_llama31_8b_exact_trig:\n"
+      "               the same with correctly rounded cos/sin); the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
       "               paged_nhd_fp8,paged_nhd_fp8_qout}: --filter append runs only those; _qout writes Q\n"
       "               as fp8 too: fused = append with q_out, ropecopy = apply + cache copy + a Q cast)\n"
