@@ -12,6 +12,7 @@
 # Knobs (seconds): POSENC_EXACT_CHECK_S (150), POSENC_EXACT_BUILD_S (120), POSENC_EXACT_SWEEP_S (150),
 # POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1);
 # POSENC_EXACT_SWEEP_ARGS: more sweep arguments (a part of the grid: --schemes, --thetas, --dims);
+# POSENC_EXACT_JOBS (4): (scheme, theta) groups swept at once (one process each, sharing the GPU);
 # POSENC_EXACT_CHECK=0 skips the C++ GPU tests (when gpu-all.sh ran them in the same session);
 # POSENC_EXACT_CPU_SWEEP_S (0: off) runs a strided CPU sweep on the host's CPU after the CUDA one
 # (sweep-cpu-host.jsonl, sweep-cpu.log; POSENC_EXACT_CPU_STRIDE, default 61).
@@ -47,7 +48,8 @@ if [[ -d /tmp/posenc-py/posenc ]]; then
   [[ -f docs/sweeps/cuda-h100.jsonl && ! -f $out/sweep-cuda.jsonl ]] && cp docs/sweeps/cuda-h100.jsonl "$out/sweep-cuda.jsonl"
   start=$SECONDS
   timeout "${POSENC_EXACT_SWEEP_S:-150}" python3 scripts/golden/sweep_bitexact.py --device cuda \
-    --stride "${POSENC_EXACT_STRIDE:-1}" ${POSENC_EXACT_SWEEP_ARGS:-} --no-docs --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
+    --stride "${POSENC_EXACT_STRIDE:-1}" --jobs "${POSENC_EXACT_JOBS:-4}" ${POSENC_EXACT_SWEEP_ARGS:-} --no-docs \
+    --out "$out/sweep-cuda.jsonl" >"$out/sweep.log" 2>&1
   say "sweep (--device cuda): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cuda.jsonl" 2>/dev/null || echo 0) records (one per case and dtype; the grid has 336 x 3)"
   grep -E "<--|^\||Total" "$out/sweep.log" | head -n 40 >>"$summary"
   tail -n 3 "$out/sweep.log" >>"$summary"

@@ -11,7 +11,7 @@ whose bits differ. Results go to a JSON-lines file (one line per case, resumable
 table into docs/MODELS.md between the markers of the device.
 
     python3 scripts/golden/sweep_bitexact.py --device cpu                  # the whole grid (hours on 2 cores)
-    python3 scripts/golden/sweep_bitexact.py --device cuda --out build/sweep-cuda.jsonl
+    python3 scripts/golden/sweep_bitexact.py --device cuda --jobs 4 --out build/sweep-cuda.jsonl
     python3 scripts/golden/sweep_bitexact.py --device cpu --stride 97 --schemes none,dynamic   # a subset
 
 --stride S keeps every S-th position (plus the last 64 below 2^20 and the thresholds' neighbours);
@@ -21,6 +21,7 @@ float64 RoPE of the same table, per position range (docs/MODELS.md).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import datetime
 import hashlib
 import json
@@ -216,6 +217,8 @@ def main() -> int:
     ap.add_argument("--error", action="store_true", help="also measure float32 errors against float64 RoPE")
     ap.add_argument("--out", default="", help="JSON lines, appended and resumed (default build/sweep-<device>.jsonl)")
     ap.add_argument("--no-docs", action="store_true", help="do not write the summary into docs/MODELS.md")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="(scheme, theta) child processes at once (default 1); each appends its own lines")
     ap.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -238,21 +241,30 @@ def main() -> int:
     if not args.in_process:
         # One child process per (scheme, theta): posenc keeps every spec (and the CPU engine's row
         # cache, up to 32 MB once long positions are used) for the life of the process, so a whole
-        # grid in one process would grow to tens of GB.
+        # grid in one process would grow to tens of GB. --jobs runs several at once (a GPU sweep
+        # leaves the GPU mostly idle in each); every record is one appended line, written whole.
+        groups = []
         for scheme in args.schemes.split(","):
             for theta in args.thetas.split(","):
                 missing = [(d, n) for d in args.dims.split(",") for n in args.dtypes.split(",")
                            if (scheme, float(theta), int(d), n, args.stride) not in done]
                 if missing:
-                    began = time.perf_counter()
-                    subprocess.run([sys.executable, __file__, "--in-process", "--no-docs", "--device", args.device,
-                                    "--stride", str(args.stride), "--schemes", scheme, "--thetas", theta,
-                                    "--dims", args.dims, "--dtypes", args.dtypes, "--out", str(out)]
-                                   + (["--error"] if args.error else []), check=True)
-                    # (against the records' own seconds: what the process's start, imports and
-                    # engine set-up cost)
-                    print(f"child {scheme} theta {theta}: {time.perf_counter() - began:.1f} s for {len(missing)} records",
-                          flush=True)
+                    groups.append((scheme, theta, len(missing)))
+
+        def child(group):
+            scheme, theta, count = group
+            began = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--in-process", "--no-docs", "--device", args.device,
+                            "--stride", str(args.stride), "--schemes", scheme, "--thetas", theta,
+                            "--dims", args.dims, "--dtypes", args.dtypes, "--out", str(out)]
+                           + (["--error"] if args.error else []), check=True)
+            # (against the records' own seconds: what the process's start, imports and engine
+            # set-up cost)
+            print(f"child {scheme} theta {theta}: {time.perf_counter() - began:.1f} s for {count} records", flush=True)
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            for future in [pool.submit(child, g) for g in groups]:
+                future.result()
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done[(r["scheme"], r["theta"], r["dim"], r["dtype"], r["stride"])] = r
