@@ -176,27 +176,23 @@ def gpu_targets(rows):
     for v in RELATIVE_VARIANTS:
         relative(v, 0.10)
     # Issue 16: following torch's CUDA cosf/sinf (the default) must not be slower than the correctly
-    # rounded double-precision sincos it replaced (main_exact_trig), in one run, at every T.
-    for t in sorted({tokens(r) for r in rows if r["engine"] == "posenc_gpu" and r["variant"] == "main_exact_trig"}):
-        r, e = find(rows, "posenc_gpu", "main_half_split", t), find(rows, "posenc_gpu", "main_exact_trig", t)
-        if r and e:
-            a, b = num(r, "median_us"), num(e, "median_us")
-            ga, gb = num(r, "graph_us_per_call"), num(e, "graph_us_per_call")
-            # Graph replay where measured (an event-timed small call is mostly the host's launch noise).
-            graphed = math.isfinite(ga) and math.isfinite(gb)
-            ok = ga <= gb * COST_SLACK if graphed else a <= b * COST_SLACK
-            out.append((f"GPU main_half_split T={t}: torch's cosf/sinf not slower than exact sincos (+{COST_SLACK - 1:.0%})",
-                        f"{us(a)} vs {us(b)} us" + (f"; graph {us(ga)} vs {us(gb)} us" if math.isfinite(ga) else ""), ok))
-    # The same at decode (positions to 131072: CUDA's sinf/cosf slow path for angles past 105615).
-    for t in sorted({tokens(r) for r in rows if r["engine"] == "posenc_gpu" and r["variant"] == "decode_llama31_8b_exact_trig"}):
-        r, e = find(rows, "posenc_gpu", "decode_llama31_8b", t), find(rows, "posenc_gpu", "decode_llama31_8b_exact_trig", t)
-        if r and e:
-            a, b = num(r, "median_us"), num(e, "median_us")
-            ga, gb = num(r, "graph_us_per_call"), num(e, "graph_us_per_call")
-            graphed = math.isfinite(ga) and math.isfinite(gb)
-            ok = ga <= gb * COST_SLACK if graphed else a <= b * COST_SLACK
-            out.append((f"GPU Llama-3.1-8B decode T={t}: torch's cosf/sinf not slower than exact sincos (+{COST_SLACK - 1:.0%})",
-                        f"{us(a)} vs {us(b)} us" + (f"; graph {us(ga)} vs {us(gb)} us" if math.isfinite(ga) else ""), ok))
+    # rounded double-precision sincos it replaced, in one run, at every T: on the main shape
+    # (main_exact_trig), and at decode, where positions reach 131072 and CUDA's sinf/cosf take their
+    # slow argument reduction past 105615 (decode_llama31_8b_exact_trig).
+    def trig_cost(label, variant, exact):
+        for t in sorted({tokens(r) for r in rows if r["engine"] == "posenc_gpu" and r["variant"] == exact}):
+            r, e = find(rows, "posenc_gpu", variant, t), find(rows, "posenc_gpu", exact, t)
+            if r and e:
+                a, b = num(r, "median_us"), num(e, "median_us")
+                ga, gb = num(r, "graph_us_per_call"), num(e, "graph_us_per_call")
+                # Graph replay where measured (an event-timed small call is mostly the host's launch noise).
+                graphed = math.isfinite(ga) and math.isfinite(gb)
+                ok = ga <= gb * COST_SLACK if graphed else a <= b * COST_SLACK
+                out.append((f"GPU {label} T={t}: torch's cosf/sinf not slower than exact sincos (+{COST_SLACK - 1:.0%})",
+                            f"{us(a)} vs {us(b)} us" + (f"; graph {us(ga)} vs {us(gb)} us" if math.isfinite(ga) else ""), ok))
+
+    trig_cost("main_half_split", "main_half_split", "main_exact_trig")
+    trig_cost("Llama-3.1-8B decode", "decode_llama31_8b", "decode_llama31_8b_exact_trig")
     for variant in PROLOGUE_VARIANTS:
         for t in PROLOGUE_T:
             r = find(rows, "posenc_gpu", variant, t)
