@@ -302,6 +302,67 @@ TEST(KvAppend, QuantizedQ) {
   run_case(cast);
 }
 
+/// Per-head fp8 scales (KvCacheView::k_head_scales, v_head_scales, QuantizedOutput::head_scales):
+/// every head's cache rows and q_out rows equal those of a per-tensor call with that head's scale,
+/// for both entry points and every cache layout with heads.
+TEST(KvAppend, PerHeadFp8ScalesActAsEachHeadsOwnScale) {
+  const RopeSpec spec = scheme_spec(Scaling::none, 32);
+  const std::int64_t tokens = 5, q_heads = 4, kv_heads = 2, d = 32, blocks = 2, block_len = 4;
+  const std::vector<float> k_scales = {0.25f, 3.0f}, v_scales = {0.5f, 7.0f}, q_scales = {0.1f, 0.2f, 0.3f, 0.4f};
+  HostTensor q(DType::bf16, tokens, q_heads, d), k(DType::bf16, tokens, kv_heads, d), v(DType::bf16, tokens, kv_heads, d);
+  fill_random(q.view, 61);
+  fill_random(k.view, 62);
+  fill_random(v.view, 63);
+  const HostPositions positions(std::vector<std::int64_t>{0, 7, 3, 100, 2});
+  const std::vector<std::int64_t> slots = {3, -1, 0, 6, 1};
+  const std::int64_t q_out_bytes = tokens * q_heads * d;
+  for (const CacheLayout layout : {CacheLayout::contiguous, CacheLayout::paged_nhd, CacheLayout::paged_hnd}) {
+    // Where head h's element 0 of a slot lives, in elements (kv_cache.hpp's layouts).
+    const auto row = [&](std::int64_t slot, std::int64_t h) {
+      if (layout != CacheLayout::paged_hnd) return (slot * kv_heads + h) * d;
+      const std::int64_t block = slot / block_len;
+      return ((block * kv_heads + h) * block_len + slot % block_len) * d;
+    };
+    // Expected: for each head, a per-tensor call at its scales, and that head's rows taken from it.
+    HostCache want(CacheDType::fp8_e4m3, layout, kv_heads, d, blocks, block_len);
+    std::vector<std::byte> want_q(static_cast<std::size_t>(q_out_bytes), std::byte{0xa5});
+    for (std::int64_t h = 0; h < q_heads; ++h) {
+      HostCache one(CacheDType::fp8_e4m3, layout, kv_heads, d, blocks, block_len);
+      one.view.k_scale = k_scales[static_cast<std::size_t>(h % kv_heads)];
+      one.view.v_scale = v_scales[static_cast<std::size_t>(h % kv_heads)];
+      std::vector<std::byte> one_q(static_cast<std::size_t>(q_out_bytes), std::byte{0xa5});
+      AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), one.view);
+      a.q_out = QuantizedOutput{one_q.data(), CacheDType::fp8_e4m3, q_heads * d, d, q_scales[static_cast<std::size_t>(h)]};
+      CpuEngine(spec, CpuOptions{1}).append(a);
+      for (std::int64_t t = 0; t < tokens; ++t)
+        std::copy_n(one_q.begin() + (t * q_heads + h) * d, d, want_q.begin() + (t * q_heads + h) * d);
+      if (h >= kv_heads) continue;
+      for (const std::int64_t slot : slots) {
+        if (slot < 0) continue;
+        std::memcpy(want.k.data() + row(slot, h), one.k.data() + row(slot, h), static_cast<std::size_t>(d));
+        std::memcpy(want.v.data() + row(slot, h), one.v.data() + row(slot, h), static_cast<std::size_t>(d));
+      }
+    }
+    for (const bool use_engine : {true, false}) {
+      SCOPED_TRACE(std::string(to_string(layout)) + (use_engine ? " CpuEngine::append" : " append_reference"));
+      HostCache cache(CacheDType::fp8_e4m3, layout, kv_heads, d, blocks, block_len);
+      cache.view.k_head_scales = k_scales.data();
+      cache.view.v_head_scales = v_scales.data();
+      std::vector<std::byte> q_out(static_cast<std::size_t>(q_out_bytes), std::byte{0xa5});
+      AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), cache.view);
+      a.q_out = QuantizedOutput{q_out.data(), CacheDType::fp8_e4m3, q_heads * d, d, 1.0f, q_scales.data()};
+      if (use_engine) {
+        CpuEngine(spec, CpuOptions{2}).append(a);
+      } else {
+        append_reference(spec, a);
+      }
+      EXPECT_TRUE(bytes_equal(want.k.snapshot(), cache.k)) << "K cache";
+      EXPECT_TRUE(bytes_equal(want.v.snapshot(), cache.v)) << "V cache";
+      EXPECT_TRUE(q_out == want_q) << "q_out";
+    }
+  }
+}
+
 TEST(KvAppend, AllPaddingWritesNothing) {
   Case c = base_case(DType::f32, CacheDType::f32, CacheLayout::paged_nhd);
   c.slots.assign(static_cast<std::size_t>(c.tokens), -1);
@@ -499,6 +560,46 @@ TEST(KvAppendErrors, QuantizedQ) {
   a.q_out.data = shared.data();
   a.slots = shared.data() + 8;
   f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out", "overlaps slots"});
+}
+
+TEST(KvAppendErrors, PerHeadScales) {
+  ErrorFixture f;  // an fp8 paged cache of 2 KV heads; Q has 4 heads
+  std::vector<float> k_scales = {0.5f, 2.0f}, v_scales = {1.5f, 0.25f}, q_scales = {1.0f, 2.0f, 3.0f, 4.0f};
+  std::vector<std::byte> out(static_cast<std::size_t>(3 * 4 * 32), std::byte{0});
+  const auto with_scales = [&] {
+    AppendArgs a = f.args();
+    a.cache.k_head_scales = k_scales.data();
+    a.cache.v_head_scales = v_scales.data();
+    a.q_out = QuantizedOutput{out.data(), CacheDType::fp8_e4m3, 4 * 32, 32, 1.0f, q_scales.data()};
+    return a;
+  };
+  EXPECT_NO_THROW(CpuEngine(f.spec, CpuOptions{2}).append(with_scales()));
+  for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    v_scales[1] = bad;
+    f.expect_rejected(with_scales(), ErrorKind::invalid_argument, {"cache.v_head_scales[1]", "finite and > 0"});
+  }
+  v_scales[1] = 0.25f;
+  q_scales[3] = -4.0f;
+  f.expect_rejected(with_scales(), ErrorKind::invalid_argument, {"q_out.head_scales[3] = -4", "finite and > 0"});
+  q_scales[3] = 4.0f;
+  AppendArgs a = with_scales();
+  a.cache.k_scale = 0.5f;  // the per-tensor scale beside per-head ones: which one applies?
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.k_scale", "must be 1 when cache.k_head_scales is set"});
+  a = with_scales();
+  a.q_out.scale = 2.0f;
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"q_out.scale", "must be 1 when q_out.head_scales is set"});
+  // A bf16 cache (one block fits the fp8 cache's bytes): per-head scales would be ignored.
+  a = with_scales();
+  a.q_out = QuantizedOutput{};
+  a.cache.dtype = CacheDType::bf16;
+  a.cache.blocks = 1;
+  std::vector<std::int64_t> slots = {0, 1, -1};
+  a.slots = slots.data();
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.k_head_scales is set", "fp8_e4m3", "bfloat16"});
+  // The scales inside the cache: the cache is written while they are read.
+  a = with_scales();
+  a.cache.v_head_scales = reinterpret_cast<const float*>(f.cache.v.data());
+  f.expect_rejected(a, ErrorKind::invalid_argument, {"cache.v", "overlaps cache.v_head_scales"});
 }
 
 // ---- slots_from_block_table --------------------------------------------------------------------

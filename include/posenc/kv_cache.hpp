@@ -115,6 +115,14 @@ struct KvCacheView {
   /// require 1 (a scale that would be ignored is an error, not a silent no-op).
   float k_scale = 1.0f;
   float v_scale = 1.0f;
+  /// fp8_e4m3 only, optional: one scale per KV head (kv_heads floats, in the engine's memory as the
+  /// slots are: host memory for CpuEngine, device memory for gpu::GpuEngine). Head h of K is stored
+  /// as e4m3(x / k_head_scales[h]) (V with v_head_scales), and k_scale (v_scale) must then be 1.
+  /// Each must be finite and > 0: CpuEngine refuses the call naming the head and the value;
+  /// gpu::GpuEngine checks them on the device, leaves that head's rows unwritten and reports the
+  /// first such head at check(). Not with the mla layout (one head: k_scale and v_scale serve).
+  const float* k_head_scales = nullptr;
+  const float* v_head_scales = nullptr;
   /// CacheLayout::mla only: elements of the latent c_kv in each row (kv_lora_rank, 512 for
   /// DeepSeek-V3), a multiple of head_dim; the row is latent_dim + head_dim elements. Other layouts
   /// require 0.
@@ -139,6 +147,9 @@ struct QuantizedOutput {
   std::int64_t token_stride = 0;            ///< elements between token t and t+1
   std::int64_t head_stride = 0;             ///< elements between head h and h+1
   float scale = 1.0f;                       ///< fp8: finite and > 0; other dtypes: 1
+  /// fp8 only, optional: one scale per Q head (q's heads floats, in the engine's memory), used
+  /// instead of `scale` (which must then be 1), as KvCacheView::k_head_scales is for K.
+  const float* head_scales = nullptr;
 
   bool present() const noexcept { return data != nullptr; }
 };

@@ -91,6 +91,41 @@ void check_scale(const char* name, float scale, CacheDType dtype) {
   }
 }
 
+/// A per-head scale array (KvCacheView::k_head_scales, v_head_scales, QuantizedOutput::head_scales):
+/// only for an fp8 cache (for the cache's own arrays, not the mla layout), with the per-tensor scale `scale_name` left at 1,
+/// aligned to its floats. Its values are checked where the engine's memory is the host's
+/// (check_head_scale_values); the GPU kernel checks them on the device.
+void check_head_scales(const char* name, const float* scales, const char* scale_name, float scale, CacheDType dtype,
+                       bool mla_cache) {
+  if (scales == nullptr) return;
+  if (dtype != CacheDType::fp8_e4m3) {
+    fail(ErrorKind::invalid_argument, std::string(name) + " is set: per-head scales apply only to an fp8_e4m3 cache, "
+                                                          "this one is " + to_string(dtype));
+  }
+  if (mla_cache) {
+    fail(ErrorKind::invalid_argument, std::string(name) + " is set with the mla layout, whose one head takes "
+                                                          "cache.k_scale and cache.v_scale");
+  }
+  if (scale != 1.0f) {
+    fail(ErrorKind::invalid_argument, std::string(scale_name) + " " + std::to_string(scale) + " must be 1 when " +
+                                          name + " is set: the per-head scales replace it");
+  }
+  if (reinterpret_cast<std::uintptr_t>(scales) % alignof(float) != 0) {
+    fail(ErrorKind::invalid_argument, std::string(name) + " is not aligned to its 4-byte floats");
+  }
+}
+
+/// The values of a per-head scale array in host memory: each finite and > 0.
+void check_head_scale_values(const char* name, const float* scales, std::int64_t heads) {
+  if (scales == nullptr) return;
+  for (std::int64_t h = 0; h < heads; ++h) {
+    if (!(std::isfinite(scales[h]) && scales[h] > 0.0f)) {
+      fail(ErrorKind::invalid_argument, std::string(name) + "[" + str(h) + "] = " + std::to_string(scales[h]) +
+                                            " must be finite and > 0 (one of " + str(heads) + " per-head fp8 scales)");
+    }
+  }
+}
+
 /// Largest CacheLayout::mla latent_dim (elements per row; far above any model's kv_lora_rank, and
 /// small enough for the GPU kernel's 32-bit row arithmetic).
 constexpr std::int64_t max_latent_dim = std::int64_t{1} << 24;
@@ -159,6 +194,9 @@ std::int64_t check_cache(const KvCacheView& c, const RopeSpec& spec) {
   }
   check_scale("cache.k_scale", c.k_scale, c.dtype);
   check_scale("cache.v_scale", c.v_scale, c.dtype);
+  const bool mla = c.layout == CacheLayout::mla;
+  check_head_scales("cache.k_head_scales", c.k_head_scales, "cache.k_scale", c.k_scale, c.dtype, mla);
+  check_head_scales("cache.v_head_scales", c.v_head_scales, "cache.v_scale", c.v_scale, c.dtype, mla);
   return bytes;
 }
 
@@ -245,6 +283,7 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
                                             to_string(a.cache.dtype) + ": Q is quantized as the cache is");
     }
     check_scale("q_out.scale", o.scale, o.dtype);
+    check_head_scales("q_out.head_scales", o.head_scales, "q_out.scale", o.scale, o.dtype, /*mla_cache=*/false);
     q_out_bytes = check_output_rows("q_out", o.data, size_of(o.dtype), o.token_stride, o.head_stride, a.q,
                                     {{"q", a.q}, {"k", a.k}, {"v", a.v}},
                                     "q_out is written while Q, K and V are read");
@@ -272,6 +311,12 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
                           : Range{"cos_sin", 0, 0},
       {"norm.q", reinterpret_cast<std::uintptr_t>(a.norm.q), static_cast<std::uint64_t>(norm_bytes)},
       {"norm.k", reinterpret_cast<std::uintptr_t>(a.norm.k), static_cast<std::uint64_t>(norm_bytes)},
+      {"cache.k_head_scales", reinterpret_cast<std::uintptr_t>(a.cache.k_head_scales),
+       a.cache.k_head_scales != nullptr ? static_cast<std::uint64_t>(a.cache.kv_heads) * sizeof(float) : 0},
+      {"cache.v_head_scales", reinterpret_cast<std::uintptr_t>(a.cache.v_head_scales),
+       a.cache.v_head_scales != nullptr ? static_cast<std::uint64_t>(a.cache.kv_heads) * sizeof(float) : 0},
+      {"q_out.head_scales", reinterpret_cast<std::uintptr_t>(a.q_out.head_scales),
+       a.q_out.present() && a.q_out.head_scales != nullptr ? static_cast<std::uint64_t>(a.q.heads) * sizeof(float) : 0},
   };
   const Range q_out{"q_out", reinterpret_cast<std::uintptr_t>(a.q_out.data), static_cast<std::uint64_t>(q_out_bytes)};
   const Range views[] = {
@@ -306,6 +351,9 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
     check_slots_pointer(a.slots);  // the values are checked by the kernel (gpu.hpp GpuEngine::append)
   } else {
     check_slots(a.slots, a.positions.count, a.cache.slots());
+    check_head_scale_values("cache.k_head_scales", a.cache.k_head_scales, a.cache.kv_heads);
+    check_head_scale_values("cache.v_head_scales", a.cache.v_head_scales, a.cache.kv_heads);
+    if (a.q_out.present()) check_head_scale_values("q_out.head_scales", a.q_out.head_scales, a.q.heads);
   }
   return info;
 }
@@ -355,7 +403,7 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
       for (std::int64_t h = 0; h < q.heads; ++h) {
         write_row(q.dtype, static_cast<const char*>(q.data) + (t * q.token_stride + h * q.head_stride) * q_elem, o.dtype,
                   static_cast<char*>(o.data) + (t * o.token_stride + h * o.head_stride) * size_of(o.dtype), q.head_dim,
-                  o.scale);
+                  o.head_scales != nullptr ? o.head_scales[h] : o.scale);
       }
     }
     const std::int64_t slot = call.slots[t];
@@ -373,8 +421,10 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
       const std::int64_t row = row_offset(c, slot, h) * elem;
       const auto* k = static_cast<const char*>(call.k.data) + (t * call.k.token_stride + h * call.k.head_stride) * act;
       const auto* v = static_cast<const char*>(call.v.data) + (t * call.v.token_stride + h * call.v.head_stride) * act;
-      write_row(call.k.dtype, k, c.dtype, static_cast<char*>(c.k) + row, c.head_dim, c.k_scale);
-      write_row(call.v.dtype, v, c.dtype, static_cast<char*>(c.v) + row, c.head_dim, c.v_scale);
+      write_row(call.k.dtype, k, c.dtype, static_cast<char*>(c.k) + row, c.head_dim,
+                c.k_head_scales != nullptr ? c.k_head_scales[h] : c.k_scale);
+      write_row(call.v.dtype, v, c.dtype, static_cast<char*>(c.v) + row, c.head_dim,
+                c.v_head_scales != nullptr ? c.v_head_scales[h] : c.v_scale);
     }
   }
 }

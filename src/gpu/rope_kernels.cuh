@@ -192,6 +192,21 @@ __device__ __forceinline__ int cache_element_bytes(std::int32_t dtype) {
   return static_cast<int>(size_of(static_cast<CacheDType>(dtype)));
 }
 
+/// The scale of head `head` from a per-head array (KernelCache::k_head_scales, ...), or `scale`
+/// without one. A per-head scale that is not finite and > 0 is recorded (scale_fault) and makes
+/// the row inactive: nothing is written for it.
+__device__ __forceinline__ float head_scale(const RopeKernelParams& p, const float* scales, float scale,
+                                            ScaleArray which, std::int64_t head, bool& active) {
+  if (scales == nullptr) return scale;
+  const float s = scales[head];
+  if (!(s > 0.0f && s <= 3.402823466e38f)) {  // NaN, infinities, zero and negatives
+    const auto index = (static_cast<std::int64_t>(which) << scale_fault_head_bits) | head;
+    record_bad_value(p.fault + scale_fault, index, static_cast<std::int32_t>(posenc::detail::float_bits(s)));
+    active = false;
+  }
+  return s;
+}
+
 /// Row pointers of an append launch, whose heads are [Q..., K..., V...]. A K or V row whose
 /// token has slot -1 is inactive; a slot outside [0, slot_limit) is recorded and inactive, so
 /// no slot value can make the kernel write outside the cache (kv_cache.hpp draws the layouts).
@@ -205,8 +220,9 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
     // q_out: the row read from Q (launched in place) and written whole, quantized as the cache is.
     unsigned char* row = static_cast<unsigned char*>(c.q_out) +
                          (token * c.q_out_token_stride + h * c.q_out_head_stride) * cache_element_bytes(c.dtype);
+    const float scale = head_scale(p, c.q_head_scales, c.q_scale, ScaleArray::q_out, h, active);
     return {row, static_cast<const S*>(p.q.src) + token * p.q.src_token_stride + h * p.q.src_head_stride, true, true,
-            true, c.q_scale};
+            true, scale};
   }
   const bool is_k = h < p.q_heads + c.kv_heads;
   const std::int64_t head = h - p.q_heads - (is_k ? 0 : c.kv_heads);
@@ -230,7 +246,9 @@ __device__ __forceinline__ HeadPointers<S> append_row_pointers(const RopeKernelP
   const S* src = is_k ? static_cast<const S*>(p.k.src) + token * p.k.src_token_stride + head * p.k.src_head_stride
                       : static_cast<const S*>(c.v_src) + token * c.v_token_stride + head * c.v_head_stride;
   unsigned char* cache = static_cast<unsigned char*>(is_k ? c.k : c.v) + offset;
-  return {cache, src, true, is_k, true, is_k ? c.k_scale : c.v_scale};
+  const float scale = is_k ? head_scale(p, c.k_head_scales, c.k_scale, ScaleArray::k, head, active)
+                           : head_scale(p, c.v_head_scales, c.v_scale, ScaleArray::v, head, active);
+  return {cache, src, true, is_k, true, scale};
 }
 
 /// Stores V consecutive values encoded as cache dtype C (element.hpp: CacheElement), in accesses of

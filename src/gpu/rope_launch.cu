@@ -570,6 +570,9 @@ void GpuEngine::append(const AppendArgs& args, StreamRef stream) const {
   c.q_out_token_stride = args.q_out.token_stride;
   c.q_out_head_stride = args.q_out.head_stride;
   c.q_scale = args.q_out.scale;
+  c.k_head_scales = args.cache.k_head_scales;
+  c.v_head_scales = args.cache.v_head_scales;
+  c.q_head_scales = args.q_out.present() ? args.q_out.head_scales : nullptr;
   set_positions(p, args.positions);
   set_cos_sin(p, s.spec, args.cos_sin);
   p.q_heads = static_cast<std::int32_t>(q_heads);
@@ -651,7 +654,11 @@ void GpuEngine::check(StreamRef stream) const {
   const unsigned long long* positions = words + detail::position_fault;
   const unsigned long long* slots = words + detail::slot_fault;
   const unsigned long long* cached = words + detail::cos_sin_fault;
-  if (positions[0] == detail::fault_clear && slots[0] == detail::fault_clear && cached[0] == detail::fault_clear) return;
+  const unsigned long long* scales = words + detail::scale_fault;
+  if (positions[0] == detail::fault_clear && slots[0] == detail::fault_clear && cached[0] == detail::fault_clear &&
+      scales[0] == detail::fault_clear) {
+    return;
+  }
   POSENC_GPU_CHECK(cudaMemsetAsync(s.fault(), 0xff, sizeof(words), native));
   POSENC_GPU_CHECK(cudaStreamSynchronize(native));
 
@@ -681,7 +688,29 @@ void GpuEngine::check(StreamRef stream) const {
                "), the rows of the cos/sin cache (or spec.position_limit, if smaller) (the first such token since the "
                "last check; the cache was not read for it and its rows were written unrotated)";
   }
-  throw Error(ErrorKind::out_of_range, message);
+  if (scales[0] != detail::fault_clear) {
+    // The index holds which array and the head; the value, the scale's float bits.
+    constexpr unsigned long long head_mask = (1ull << detail::scale_fault_head_bits) - 1;
+    const auto which = static_cast<detail::ScaleArray>(scales[0] >> detail::scale_fault_head_bits);
+    const char* name = which == detail::ScaleArray::q_out ? "q_out.head_scales"
+                       : which == detail::ScaleArray::k   ? "cache.k_head_scales"
+                                                          : "cache.v_head_scales";
+    std::string value = "(not recorded)";
+    if ((scales[1] >> 32) == scales[0]) {
+      const auto bits = static_cast<std::uint32_t>(scales[1]) ^ 0x80000000u;
+      float f = 0.0f;
+      std::memcpy(&f, &bits, sizeof f);
+      value = std::to_string(f);
+    }
+    if (!message.empty()) message += "; and ";
+    message += std::string(message.empty() ? "GPU engine: " : "") + name + "[" + std::to_string(scales[0] & head_mask) +
+               "] = " + value + " must be finite and > 0 (the first such head since the last check; its rows were not "
+               "written)";
+  }
+  // A bad position or slot is out_of_range; a bad scale alone, invalid_argument (as CpuEngine says).
+  const bool range = positions[0] != detail::fault_clear || slots[0] != detail::fault_clear ||
+                     cached[0] != detail::fault_clear;
+  throw Error(range ? ErrorKind::out_of_range : ErrorKind::invalid_argument, message);
 }
 
 }  // namespace posenc::gpu

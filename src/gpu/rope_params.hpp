@@ -25,10 +25,17 @@ inline constexpr int select_block_threads = 256;
 ///               below 2^32-1 it holds that token's value (saturated to the int32 range).
 /// The cos/sin cache's record has a third word, as the limit differs from call to call:
 ///   [first + 2] (min(index, 2^32-1) << 32) | min(limit, 2^32-1): that token's limit.
-inline constexpr int fault_words = 7;
+/// A pair at scale_fault records a per-head fp8 scale that is not finite and > 0 (KvCacheView::
+/// k_head_scales, v_head_scales, QuantizedOutput::head_scales), its "index" scale_fault_index(which,
+/// head) and its value the scale's float bits.
+inline constexpr int fault_words = 9;
 inline constexpr int position_fault = 0;
 inline constexpr int slot_fault = 2;
 inline constexpr int cos_sin_fault = 4;
+inline constexpr int scale_fault = 7;
+/// Which per-head scale array a scale fault names, in its index's top bits above the head.
+inline constexpr int scale_fault_head_bits = 28;
+enum class ScaleArray : int { q_out = 0, k = 1, v = 2 };
 inline constexpr unsigned long long fault_clear = ~0ull;
 
 /// Division by a launch constant d in [1, 2^31) without the ~25-instruction integer division:
@@ -91,6 +98,11 @@ struct KernelCache {
   float k_scale = 1.0f;         ///< fp8 only
   float v_scale = 1.0f;
   float q_scale = 1.0f;         ///< q_out's
+  /// Per-head fp8 scales (kv_heads floats for K and V, q_heads for q_out) replacing k_scale,
+  /// v_scale and q_scale when not null; checked on the device (scale_fault).
+  const float* k_head_scales = nullptr;
+  const float* v_head_scales = nullptr;
+  const float* q_head_scales = nullptr;
   /// AppendArgs::q_out: Q's rows go here (whole heads, cache dtype elements) instead of to Q; null:
   /// Q is written as a rotation writes it.
   void* q_out = nullptr;
