@@ -6,8 +6,10 @@
 // bit, `accurate` included. (2) For the hf numerics, CpuEngine::append on the same inputs must
 // produce the very same bytes. Every byte outside the rows written must stay poisoned, and the
 // inputs K, V (and q_src) must be unchanged.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -297,9 +299,15 @@ TEST_F(GpuAppend, Fp8CacheEncodesEvery16BitValueAsTheCpuEngine) {
 /// AppendArgs::q_out: the GPU append with Q written quantized equals CpuEngine::append with the same
 /// q_out (exact arithmetic): q_out's bytes (gaps between tokens stay poisoned), both caches, and Q
 /// itself unchanged.
+/// Per-head fp8 scales for run_q_out_case (empty: the per-tensor scales of the case).
+struct HeadScales {
+  std::vector<float> k, v, q;
+};
+
 void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c, float q_scale,
-                    std::int64_t out_gap = 16) {
-  SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale) + " gap " + std::to_string(out_gap));
+                    std::int64_t out_gap = 16, const HeadScales& heads = {}) {
+  SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale) + " gap " + std::to_string(out_gap) +
+               (heads.k.empty() ? "" : " per-head scales"));
   const std::int64_t d = c.spec.head_dim;
   const std::vector<std::int64_t> slots = slots_of(c);
   const std::int64_t pad = c.unaligned ? 1 : 8;
@@ -322,6 +330,10 @@ void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case
   cpu_cache.view.v_scale = c.v_scale;
   AppendArgs a = append_args(q.view, k.cview(), v.cview(), positions.view(), slots.data(), cpu_cache.view);
   a.q_out = QuantizedOutput{cpu_out.data(), c.cache, out_ts, d, q_scale};
+  const auto data_or_null = [](const std::vector<float>& s) { return s.empty() ? nullptr : s.data(); };
+  a.cache.k_head_scales = data_or_null(heads.k);
+  a.cache.v_head_scales = data_or_null(heads.v);
+  a.q_out.head_scales = data_or_null(heads.q);
   CpuEngine(c.spec, CpuOptions{2}).append(a);
 
   // The GPU append with q_out.
@@ -340,6 +352,17 @@ void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case
   AppendArgs g = append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
                              static_cast<const std::int64_t*>(d_slots.data()), cache.view);
   g.q_out = QuantizedOutput{d_out.map(gpu_out.data()), c.cache, out_ts, d, q_scale};
+  // The per-head scales in device memory.
+  const auto device_scales = [&](const std::vector<float>& s) {
+    gpu::DeviceBuffer b(device, static_cast<std::int64_t>(std::max<std::size_t>(s.size(), 1) * sizeof(float)));
+    if (!s.empty()) b.upload(s.data(), static_cast<std::int64_t>(s.size() * sizeof(float)), stream);
+    return b;
+  };
+  const gpu::DeviceBuffer d_k_scales = device_scales(heads.k), d_v_scales = device_scales(heads.v),
+                          d_q_scales = device_scales(heads.q);
+  if (!heads.k.empty()) g.cache.k_head_scales = static_cast<const float*>(d_k_scales.data());
+  if (!heads.v.empty()) g.cache.v_head_scales = static_cast<const float*>(d_v_scales.data());
+  if (!heads.q.empty()) g.q_out.head_scales = static_cast<const float*>(d_q_scales.data());
   const GpuEngine engine(c.spec, device);
   engine.append(g, stream);
   engine.check(stream);
@@ -377,6 +400,61 @@ TEST_F(GpuAppend, QuantizedQEqualsCpuEngine) {
   }
   Case cast = base_case(DType::f32, CacheDType::bf16, CacheLayout::contiguous);
   run_q_out_case(device, ref(), cast, 1.0f);
+}
+
+/// Per-head fp8 scales (KvCacheView::k_head_scales, v_head_scales, QuantizedOutput::head_scales)
+/// read by the kernel from device memory: the same bytes as the CPU engine with the same scales.
+TEST_F(GpuAppend, PerHeadScalesEqualCpuEngine) {
+  for (DType act : all_dtypes) {
+    for (bool unaligned : {false, true}) {
+      Case c = base_case(act, CacheDType::fp8_e4m3, CacheLayout::paged_hnd);
+      c.kv_heads = 3;
+      c.q_heads = 6;
+      c.unaligned = unaligned;
+      run_q_out_case(device, ref(), c, 1.0f, 16,
+                     HeadScales{{0.25f, 0.0078125f, 3.0f}, {0.3f, 2.0f, 0.05f}, {0.5f, 1.0f, 0.1f, 7.0f, 0.02f, 0.9f}});
+    }
+  }
+}
+
+/// A per-head scale that is not finite and > 0 lives in device memory, where validation cannot see
+/// it: the kernel records it, leaves that head's rows unwritten (the other heads' are written),
+/// and check() names the array, the head and the value.
+TEST_F(GpuAppend, BadPerHeadScaleIsRecordedAndItsRowsSkipped) {
+  const std::int64_t tokens = 4, q_heads = 2, kv_heads = 2, d = 128;
+  const RopeSpec spec = base_case(DType::bf16, CacheDType::fp8_e4m3, CacheLayout::paged_nhd).spec;
+  HostTensor q(DType::bf16, tokens, q_heads, d), k(DType::bf16, tokens, kv_heads, d), v(DType::bf16, tokens, kv_heads, d);
+  fill_random(q.view, 81);
+  fill_random(k.view, 82);
+  fill_random(v.view, 83);
+  const HostPositions positions(random_positions(tokens, 4096, 84));
+  const std::vector<std::int64_t> slots = {0, 1, 2, 3};
+  HostCache host_cache(CacheDType::fp8_e4m3, CacheLayout::paged_nhd, kv_heads, d, 1, 4);
+  const std::vector<std::byte> poison = host_cache.v.snapshot();
+  DeviceCache cache(device, host_cache, ref());
+  DeviceMirror dq(device, q.buffer, ref()), dk(device, k.buffer, ref()), dv(device, v.buffer, ref());
+  const DevicePositions d_positions(device, positions, ref());
+  const gpu::DeviceBuffer d_slots = upload_slots(device, slots, ref());
+  const std::vector<float> v_scales = {0.5f, std::numeric_limits<float>::quiet_NaN()};
+  gpu::DeviceBuffer d_v_scales(device, 8);
+  d_v_scales.upload(v_scales.data(), 8, ref());
+  AppendArgs g = append_args(dq.map(q.view), dk.map(k.cview()), dv.map(v.cview()), d_positions.view,
+                             static_cast<const std::int64_t*>(d_slots.data()), cache.view);
+  g.cache.v_head_scales = static_cast<const float*>(d_v_scales.data());
+  const GpuEngine engine(spec, device);
+  engine.append(g, ref());
+  EXPECT_TRUE(throws_error([&] { engine.check(ref()); }, ErrorKind::invalid_argument,
+                           {"cache.v_head_scales[1] = nan", "finite and > 0", "not written"}));
+  EXPECT_NO_THROW(engine.check(ref())) << "the record is cleared once reported";
+  cache.v.download(host_cache.v, ref());
+  const std::vector<std::byte> got = host_cache.v.snapshot();
+  for (std::int64_t slot = 0; slot < 4; ++slot) {
+    for (std::int64_t h = 0; h < kv_heads; ++h) {
+      const auto at = static_cast<std::ptrdiff_t>((slot * kv_heads + h) * d);
+      const bool untouched = std::equal(got.begin() + at, got.begin() + at + d, poison.begin() + at);
+      EXPECT_EQ(untouched, h == 1) << "slot " << slot << " head " << h;
+    }
+  }
 }
 
 TEST_F(GpuAppend, GqaMqaHeadDims) {

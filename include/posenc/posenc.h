@@ -373,6 +373,16 @@ typedef struct posenc_append_args {
   int64_t q_out_head_stride;
   int32_t q_out_dtype;
   float q_out_scale;
+  /* Appended later: per-head fp8 scales, NULL when absent (or before the caller's struct end).
+   * cache_k_head_scales / cache_v_head_scales: kv_heads floats, head h of K (V) stored as
+   * e4m3(x / scale[h]), with cache.k_scale (v_scale) then 1; q_out_head_scales: Q's heads floats
+   * for q_out, with q_out_scale then 1. fp8 caches only, not POSENC_LAYOUT_MLA's cache; in the
+   * engine's memory (host for the CPU engine, device for the GPU engine), each finite and > 0: the
+   * CPU engine refuses the call naming the head, the GPU engine skips that head's rows and reports
+   * it at posenc_gpu_engine_check. */
+  const float* cache_k_head_scales;
+  const float* cache_v_head_scales;
+  const float* q_out_head_scales;
 } posenc_append_args;
 
 /* What an engine has done since its counters were enabled or reset. */

@@ -82,7 +82,8 @@ def apply_rope(q: Any, k: Optional[Any], positions: Any, spec: RopeSpec, q_norm_
 def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any, v_cache: Optional[Any],
                spec: RopeSpec, layout: str = "paged_nhd", k_scale: float = 1.0, v_scale: float = 1.0,
                q_norm_weight: Optional[Any] = None, k_norm_weight: Optional[Any] = None,
-               q_out: Optional[Any] = None, q_scale: float = 1.0) -> None:
+               q_out: Optional[Any] = None, q_scale: float = 1.0, k_head_scales: Optional[Any] = None,
+               v_head_scales: Optional[Any] = None, q_head_scales: Optional[Any] = None) -> None:
     """Fused RoPE + KV-cache append (torch tensors): q rotated in place; k rotated and v copied into
     k_cache/v_cache at each token's slot (int64, -1 skips the token), cast to the cache dtype.
 
@@ -101,9 +102,16 @@ def append_kv_(q: Any, k: Any, v: Any, positions: Any, slots: Any, k_cache: Any,
 
     q_out (fp8 serving): a tensor of q's shape in the cache's dtype; the rotated q is written there,
     cast as k is (float8_e4m3fn: fp8(x / q_scale), saturating), instead of into q, which is then
-    only read. An fp8 attention kernel reads q_out with q_scale as its descale."""
+    only read. An fp8 attention kernel reads q_out with q_scale as its descale.
+
+    Per-head fp8 scales: k_head_scales and v_head_scales (float32 [kv_heads], on the tensors'
+    device) store head h as fp8(x / scale[h]) instead of one k_scale / v_scale (which must then be
+    1); q_head_scales (float32 [q heads], with q_out) does the same for q_out instead of q_scale.
+    Each must be finite and > 0: on the CPU the call raises naming the head; on CUDA the head's rows
+    are left unwritten and the next posenc.check(device) raises."""
     _torch.ops.posenc.append_kv_(q, k, v, positions, slots, k_cache, v_cache, spec.id, layout, float(k_scale),
-                                 float(v_scale), q_out, float(q_scale), q_norm_weight, k_norm_weight)
+                                 float(v_scale), q_out, float(q_scale), q_norm_weight, k_norm_weight,
+                                 k_head_scales, v_head_scales, q_head_scales)
 
 
 def rotary_embedding(positions: Any, query: Any, key: Optional[Any], head_size: int, cos_sin_cache: Any,

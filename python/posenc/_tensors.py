@@ -108,6 +108,33 @@ def q_out_tuple(q_out: Any, q: Any, head_dim: int, q_tuple, cache: Any, scale: f
     return (q_out.data_ptr(), cache_code(q_out, "q_out"), ts, hs, float(scale))
 
 
+def head_scales_tuple(k_scales: Any, v_scales: Any, q_scales: Any, kv_heads: int, q_heads: int,
+                      q_out: Any, device: Any):
+    """The extension's per-head fp8 scales (k ptr, v ptr, q_out ptr; 0 where absent), or None when
+    all are absent: contiguous float32 vectors of kv_heads (q_heads) values on the tensors' device.
+    Their values are checked by the call (the CPU engine refuses, the GPU engine reports at check)."""
+    import torch
+    if k_scales is None and v_scales is None and q_scales is None:
+        return None
+    if q_scales is not None and q_out is None:
+        raise InvalidArgumentError("q_head_scales: given without q_out (they scale the quantized Q)")
+    ptrs = []
+    for name, t, heads in (("k_head_scales", k_scales, kv_heads), ("v_head_scales", v_scales, kv_heads),
+                           ("q_head_scales", q_scales, q_heads)):
+        if t is None:
+            ptrs.append(0)
+            continue
+        same_device(name, t, device)
+        if t.dtype != torch.float32:
+            raise InvalidArgumentError(f"{name}: dtype {t.dtype}, want float32")
+        if t.dim() != 1 or t.shape[0] != heads:
+            raise InvalidArgumentError(f"{name}: shape {list(t.shape)}, want [{heads}] (one scale per head)")
+        if heads > 1 and t.stride(0) != 1:
+            raise InvalidArgumentError(f"{name}: must be contiguous (stride {t.stride(0)})")
+        ptrs.append(t.data_ptr())
+    return tuple(ptrs)
+
+
 def positions_tuple(p: Any, tokens: int, streams: int, name: str = "positions"):
     """(ptr, is_int64, tokens, streams, stream_stride): [T] / [B, S] for one stream, [streams, ...] for several."""
     import torch

@@ -84,7 +84,9 @@ def _(q, k, positions, spec_id, q_norm_weight=None, k_norm_weight=None):
 def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor, k_cache: Tensor,
                v_cache: Optional[Tensor], spec_id: int, layout: str, k_scale: float, v_scale: float,
                q_out: Optional[Tensor], q_scale: float,
-               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None) -> None:
+               q_norm_weight: Optional[Tensor] = None, k_norm_weight: Optional[Tensor] = None,
+               k_head_scales: Optional[Tensor] = None, v_head_scales: Optional[Tensor] = None,
+               q_head_scales: Optional[Tensor] = None) -> None:
     """Fused RoPE + KV-cache append: q rotated in place; k rotated and v copied into the caches at
     each token's slot (-1: skipped), cast to the cache dtype (float8_e4m3fn: divided by the scale).
     A spec with QK norm normalises q and k first (k's normalised, rotated rows go to the cache).
@@ -92,7 +94,9 @@ def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor
     q_out (q's shape, the cache's dtype; None: q is written in place): the rotated q goes there, cast
     as the cache casts k with q_scale, and q itself is not written (fp8 serving: an fp8 attention
     kernel reads q_out). q_out and q_scale have no defaults: torch drops a mutated optional argument
-    left at its default from the arguments its in-place bookkeeping indexes."""
+    left at its default from the arguments its in-place bookkeeping indexes. k_head_scales,
+    v_head_scales ([kv_heads] float32) and q_head_scales ([q heads], with q_out): per-head fp8
+    scales replacing k_scale, v_scale and q_scale, which must then be 1."""
     spec = spec_by_id(spec_id)
     device = q.device
     for name, t in (("k", k), ("v", v), ("positions", positions), ("slots", slots), ("k_cache", k_cache),
@@ -113,16 +117,17 @@ def append_kv_(q: Tensor, k: Tensor, v: Tensor, positions: Tensor, slots: Tensor
     cache = tv.kv_cache_tuple(k_cache, v_cache, layout, k_t[3], head_dim, k_scale, v_scale, latent_dim)
     norm = tv.norm_tuple(spec, q, True, q_norm_weight, k_norm_weight, device)
     out = tv.q_out_tuple(q_out, q, head_dim, q_t, k_cache, q_scale, device)
+    heads = tv.head_scales_tuple(k_head_scales, v_head_scales, q_head_scales, k_t[3], q_t[3], q_out, device)
     engine = tv.engine_for(spec, device)
     if device.type == "cuda":
-        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, tv.stream_of(device), norm, out)
+        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, tv.stream_of(device), norm, out, heads)
     else:
-        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, norm, out)
+        engine.append(q_t, None, k_t, v_t, pos, slots.data_ptr(), cache, None, norm, out, heads)
 
 
 @append_kv_.register_fake
 def _(q, k, v, positions, slots, k_cache, v_cache, spec_id, layout, k_scale, v_scale, q_out, q_scale,
-      q_norm_weight=None, k_norm_weight=None):
+      q_norm_weight=None, k_norm_weight=None, k_head_scales=None, v_head_scales=None, q_head_scales=None):
     return None
 
 

@@ -36,6 +36,9 @@ using CacheTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, s
 using NormTuple = std::pair<std::uintptr_t, std::uintptr_t>;
 /// AppendArgs::q_out: (data pointer, cache dtype code, token_stride, head_stride, scale).
 using QOutTuple = std::tuple<std::uintptr_t, int, std::int64_t, std::int64_t, float>;
+/// Per-head fp8 scales (k pointer, v pointer, q_out pointer; 0: absent): float32 arrays checked by the
+/// Python layer for dtype, length and device (KvCacheView::k_head_scales, QuantizedOutput::head_scales).
+using HeadScalesTuple = std::tuple<std::uintptr_t, std::uintptr_t, std::uintptr_t>;
 /// (k pointer, v pointer, CacheDType code, layout code, kv_heads, head_dim, blocks, block_len, k_scale, v_scale,
 /// latent_dim); the mla layout passes v pointer 0 and its latent_dim, the others latent_dim 0.
 using KvCacheTuple = std::tuple<std::uintptr_t, std::uintptr_t, int, int, std::int64_t, std::int64_t,
@@ -103,7 +106,7 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
                                const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions,
                                std::uintptr_t slots, const KvCacheTuple& cache,
                                const std::optional<CacheTuple>& cos_sin, const std::optional<NormTuple>& norm,
-                               const std::optional<QOutTuple>& q_out) {
+                               const std::optional<QOutTuple>& q_out, const std::optional<HeadScalesTuple>& heads) {
   posenc::AppendArgs args;
   args.q = tensor_view(q);
   args.q_src = optional_view(q_src);
@@ -141,6 +144,12 @@ posenc::AppendArgs append_args(const TensorTuple& q, const std::optional<TensorT
     }
     args.q_out = {reinterpret_cast<void*>(ptr), static_cast<posenc::CacheDType>(out_dtype), token_stride, head_stride,
                   scale};
+  }
+  if (heads) {
+    const auto& [k_scales, v_scales, q_scales] = *heads;
+    args.cache.k_head_scales = reinterpret_cast<const float*>(k_scales);
+    args.cache.v_head_scales = reinterpret_cast<const float*>(v_scales);
+    args.q_out.head_scales = reinterpret_cast<const float*>(q_scales);
   }
   return args;
 }
@@ -338,14 +347,15 @@ NB_MODULE(_core, m) {
           [](const CpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
              const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin,
-             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out) {
+             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out,
+             const std::optional<HeadScalesTuple>& head_scales) {
             const posenc::AppendArgs args =
-                append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out);
+                append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out, head_scales);
             nb::gil_scoped_release release;
             e.engine.append(args);
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
-          "norm"_a = nb::none(), "q_out"_a = nb::none())
+          "norm"_a = nb::none(), "q_out"_a = nb::none(), "head_scales"_a = nb::none())
       .def("threads", [](const CpuEngineBox& e) { return e.engine.threads(); });
 
   nb::class_<GpuEngineBox>(m, "GpuEngine")
@@ -365,12 +375,13 @@ NB_MODULE(_core, m) {
           [](const GpuEngineBox& e, const TensorTuple& q, const std::optional<TensorTuple>& q_src,
              const TensorTuple& k, const TensorTuple& v, const PositionsTuple& positions, std::uintptr_t slots,
              const KvCacheTuple& cache, const std::optional<CacheTuple>& cos_sin, std::uintptr_t stream,
-             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out) {
-            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out),
+             const std::optional<NormTuple>& norm, const std::optional<QOutTuple>& q_out,
+             const std::optional<HeadScalesTuple>& head_scales) {
+            e.engine.append(append_args(q, q_src, k, v, positions, slots, cache, cos_sin, norm, q_out, head_scales),
                             stream_ref(stream));
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
-          "stream"_a, "norm"_a = nb::none(), "q_out"_a = nb::none())
+          "stream"_a, "norm"_a = nb::none(), "q_out"_a = nb::none(), "head_scales"_a = nb::none())
       .def(
           "check",
           [](const GpuEngineBox& e, std::uintptr_t stream) {

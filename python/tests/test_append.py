@@ -96,6 +96,66 @@ def test_append_q_out_fp8(device, dtype, q_scale):
         assert torch.equal(got.view(torch.uint8), ref.view(torch.uint8))
 
 
+def test_append_per_head_fp8_scales(device):
+    """Per-head fp8 scales: each head of q_out and of the caches equals a per-tensor call at that
+    head's scales; k_scale / v_scale / q_scale stay 1 beside them."""
+    spec = posenc.RopeSpec(head_dim=128, theta=1e6)
+    T, hq, hk, D = 9, 4, 2, 128
+    fp8 = torch.float8_e4m3fn
+    q = rand((T, hq, D), torch.bfloat16, 21, device) * 3
+    k = rand((T, hk, D), torch.bfloat16, 22, device) * 3
+    v = rand((T, hk, D), torch.bfloat16, 23, device) * 3
+    pos = torch.randint(0, 100000, (T,), generator=torch.Generator().manual_seed(24)).to(device)
+    slots = torch.randperm(16, generator=torch.Generator().manual_seed(25))[:T].to(device)
+    ks, vs, qs = [0.25, 4.0], [0.0078125, 0.5], [0.1, 0.2, 0.4, 8.0]
+    kc, vc = (torch.zeros((4, 4, hk, D), dtype=fp8, device=device) for _ in range(2))
+    q_out = torch.zeros((T, hq, D), dtype=fp8, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    posenc.append_kv_(q, k, v, pos, slots, kc, vc, spec, q_out=q_out, k_head_scales=torch.tensor(ks, **f32),
+                      v_head_scales=torch.tensor(vs, **f32), q_head_scales=torch.tensor(qs, **f32))
+    posenc.check(device if device == "cuda" else None)
+    for h in range(hq):
+        kc1, vc1 = (torch.zeros((4, 4, hk, D), dtype=fp8, device=device) for _ in range(2))
+        out1 = torch.zeros((T, hq, D), dtype=fp8, device=device)
+        posenc.append_kv_(q, k, v, pos, slots, kc1, vc1, spec, k_scale=ks[h % hk], v_scale=vs[h % hk],
+                          q_out=out1, q_scale=qs[h])
+        assert torch.equal(q_out[:, h].view(torch.uint8), out1[:, h].view(torch.uint8)), f"q_out head {h}"
+        if h < hk:
+            assert torch.equal(kc[:, :, h].view(torch.uint8), kc1[:, :, h].view(torch.uint8)), f"k head {h}"
+            assert torch.equal(vc[:, :, h].view(torch.uint8), vc1[:, :, h].view(torch.uint8)), f"v head {h}"
+
+
+def test_append_per_head_scale_errors(device):
+    spec = posenc.RopeSpec(head_dim=64)
+    q = rand((4, 2, 64), torch.bfloat16, 1, device)
+    k = rand((4, 1, 64), torch.bfloat16, 2, device)
+    v = rand((4, 1, 64), torch.bfloat16, 3, device)
+    pos = torch.arange(4, device=device)
+    slots = torch.arange(4, device=device)
+    cache = torch.zeros((2, 4, 1, 64), dtype=torch.float8_e4m3fn, device=device)
+    f32 = dict(dtype=torch.float32, device=device)
+    with pytest.raises(posenc.InvalidArgumentError, match=r"k_head_scales: shape \[2\], want \[1\]"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, k_head_scales=torch.ones(2, **f32))
+    with pytest.raises(posenc.InvalidArgumentError, match="v_head_scales: dtype torch.float64"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec,
+                          v_head_scales=torch.ones(1, dtype=torch.float64, device=device))
+    with pytest.raises(posenc.InvalidArgumentError, match="q_head_scales: given without q_out"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, q_head_scales=torch.ones(2, **f32))
+    with pytest.raises(posenc.InvalidArgumentError, match="cache.k_scale 0.500000 must be 1 when cache.k_head_scales"):
+        posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, k_scale=0.5,
+                          k_head_scales=torch.ones(1, **f32))
+    bad = torch.tensor([float("nan")], **f32)
+    if device == "cuda":
+        c = cache.clone()
+        posenc.append_kv_(q, k, v, pos, slots, cache.clone(), c, spec, v_head_scales=bad)
+        with pytest.raises(posenc.InvalidArgumentError, match=r"cache.v_head_scales\[0\] = nan"):
+            posenc.check(device)
+        assert torch.equal(c.view(torch.uint8), torch.zeros_like(c.view(torch.uint8))), "head 0's V rows unwritten"
+    else:
+        with pytest.raises(posenc.InvalidArgumentError, match=r"cache.v_head_scales\[0\] = nan"):
+            posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, v_head_scales=bad)
+
+
 def test_append_q_out_errors(device):
     spec = posenc.RopeSpec(head_dim=64)
     q = rand((4, 2, 64), torch.bfloat16, 1, device)

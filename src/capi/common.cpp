@@ -248,8 +248,10 @@ AppendArgs to_args(const posenc_append_args* in) {
   args.norm = NormWeights{a.q_norm_weight, a.k_norm_weight};
   if (a.q_out_data != nullptr) {  // absent (or before the caller's struct end): its other fields are not read
     args.q_out = QuantizedOutput{a.q_out_data, to_cache_dtype(a.q_out_dtype, "args->q_out_dtype"),
-                                 a.q_out_token_stride, a.q_out_head_stride, a.q_out_scale};
+                                 a.q_out_token_stride, a.q_out_head_stride, a.q_out_scale, a.q_out_head_scales};
   }
+  args.cache.k_head_scales = a.cache_k_head_scales;  // NULL when the caller's struct ends before them
+  args.cache.v_head_scales = a.cache_v_head_scales;
   return args;
 }
 

@@ -171,7 +171,7 @@ static void test_abi_layout(void) {
     CHECK(sizeof(posenc_rope_args) == 8 + 4 * 56 + 32 + 40 + 16);
     CHECK(offsetof(posenc_rope_args, positions) == 232 && offsetof(posenc_rope_args, cos_sin) == 264);
     CHECK(offsetof(posenc_rope_args, q_norm_weight) == 304 && offsetof(posenc_rope_args, k_norm_weight) == 312);
-    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8 + 16 + 32);
+    CHECK(sizeof(posenc_append_args) == 8 + 4 * 56 + 32 + 8 + 64 + 40 + 8 + 16 + 32 + 24);
     CHECK(offsetof(posenc_append_args, q_out_data) == 400 && offsetof(posenc_append_args, q_out_scale) == 428);
     CHECK(offsetof(posenc_append_args, cache) == 272 && offsetof(posenc_append_args, cos_sin) == 336);
     CHECK(offsetof(posenc_append_args, cache_latent_dim) == 376 && offsetof(posenc_append_args, q_norm_weight) == 384);
@@ -1145,6 +1145,38 @@ static void test_cpu_q_out_append(void) {
     if (fabs(got - want) > fabs(want) / 16 + ldexp(1.0, -10)) ++far;
   }
   CHECK(far == 0);
+
+  /* Per-head scales (appended after q_out_scale): each head at the per-tensor scale of the call
+   * above gives the same bytes; a bad one is refused naming its head; a caller whose struct ends
+   * before them is not read there. */
+  {
+    float k_heads[HK], v_heads[HK], q_heads[HQ];
+    static unsigned char q_out_heads[TQ * HQ * D], k_cache_heads[SLOTS * HK * D], v_cache_heads[SLOTS * HK * D];
+    for (i = 0; i < HK; ++i) k_heads[i] = v_heads[i] = 0.5f;
+    for (i = 0; i < HQ; ++i) q_heads[i] = q_scale;
+    memcpy(k_cache_heads, k_cache[1], sizeof k_cache_heads);  /* the same poison */
+    memcpy(v_cache_heads, v_cache[1], sizeof v_cache_heads);
+    memset(q_out_heads, 0x5a, sizeof q_out_heads);
+    args = good;
+    args.q_out_data = q_out_heads;
+    args.cache.k = k_cache_heads;
+    args.cache.v = v_cache_heads;
+    args.cache.k_scale = args.cache.v_scale = args.q_out_scale = 1.0f;
+    args.cache_k_head_scales = k_heads;
+    args.cache_v_head_scales = v_heads;
+    args.q_out_head_scales = q_heads;
+    CHECK_OK(posenc_append_reference(spec, &args));
+    CHECK(memcmp(q_out_heads, q_out_ref, sizeof q_out_heads) == 0);
+    CHECK(memcmp(k_cache_heads, k_cache[1], sizeof k_cache_heads) == 0);
+    CHECK(memcmp(v_cache_heads, v_cache[1], sizeof v_cache_heads) == 0);
+    v_heads[HK - 1] = -1.0f;
+    CHECK_ERR(posenc_cpu_engine_append(engine, &args), POSENC_ERROR_INVALID_ARGUMENT, "cache.v_head_scales[",
+              "finite and > 0");
+    args.struct_size = offsetof(posenc_append_args, cache_k_head_scales);  /* an older caller */
+    args.cache.k_scale = args.cache.v_scale = 0.5f;
+    args.q_out_scale = q_scale;
+    CHECK_OK(posenc_cpu_engine_append(engine, &args));
+  }
 
   posenc_cpu_engine_destroy(engine);
   posenc_spec_destroy(spec);

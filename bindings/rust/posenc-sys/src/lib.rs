@@ -313,6 +313,11 @@ pub struct posenc_append_args {
     pub q_out_head_stride: i64,
     pub q_out_dtype: i32,
     pub q_out_scale: f32,
+    /// Per-head fp8 scales (null: absent): kv_heads floats for the cache's K and V, Q's heads for
+    /// q_out; the per-tensor scale is then 1.
+    pub cache_k_head_scales: *const f32,
+    pub cache_v_head_scales: *const f32,
+    pub q_out_head_scales: *const f32,
 }
 
 #[repr(C)]
@@ -805,7 +810,7 @@ mod tests {
         assert_eq!(size_of::<posenc_cos_sin_cache>(), 40);
         assert_eq!(size_of::<posenc_kv_cache>(), 64);
         assert_eq!(size_of::<posenc_rope_args>(), 320);
-        assert_eq!(size_of::<posenc_append_args>(), 432);
+        assert_eq!(size_of::<posenc_append_args>(), 456);
         assert_eq!(size_of::<posenc_version_info>(), 40);
         assert_eq!(size_of::<posenc_gpu_info>(), 32);
         assert_eq!(size_of::<posenc_config_info>(), 64);

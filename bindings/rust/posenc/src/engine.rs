@@ -136,6 +136,36 @@ impl<'a, T: Element, C: CacheElement> AppendArgs<'a, T, C> {
         self.raw.q_out_scale = scale;
         Ok(self)
     }
+    /// Per-head fp8 scales for the cache: head h of K is stored as `e4m3(x / k[h])`, of V with
+    /// `v[h]`, each slice one scale per KV head; the cache's per-tensor scales must stay 1. Errors
+    /// when a slice's length is not the cache's KV heads (the values are checked by the call).
+    pub fn head_scales(mut self, k: &'a [f32], v: &'a [f32]) -> Result<Self> {
+        let heads = self.raw.cache.kv_heads;
+        for (name, s) in [("k", k), ("v", v)] {
+            if s.len() as i64 != heads {
+                return Err(Error::new(
+                    Status::InvalidArgument,
+                    format!("AppendArgs::head_scales: {} has {} scales for {} KV heads", name, s.len(), heads),
+                ));
+            }
+        }
+        self.raw.cache_k_head_scales = k.as_ptr();
+        self.raw.cache_v_head_scales = v.as_ptr();
+        Ok(self)
+    }
+    /// Per-head fp8 scales for q_out (after [`q_out`](Self::q_out), with its scale 1): one per Q
+    /// head, head h written as `e4m3(x / q[h])`. Errors when the length is not Q's heads.
+    pub fn q_out_head_scales(mut self, q: &'a [f32]) -> Result<Self> {
+        let heads = self.raw.q.heads;
+        if q.len() as i64 != heads {
+            return Err(Error::new(
+                Status::InvalidArgument,
+                format!("AppendArgs::q_out_head_scales: {} scales for {} Q heads", q.len(), heads),
+            ));
+        }
+        self.raw.q_out_head_scales = q.as_ptr();
+        Ok(self)
+    }
 }
 
 /// What an engine has done since its counters were enabled or reset.

@@ -379,6 +379,57 @@ fn append_into_paged_cache() {
     );
 }
 
+/// Per-head fp8 scales: every head at the per-tensor scales of a plain call gives the same bytes;
+/// a wrong-length slice is refused before the call, a bad value by the call, naming the head.
+#[test]
+fn append_with_per_head_scales() {
+    const T: i64 = 3;
+    const HQ: i64 = 4;
+    const HK: i64 = 2;
+    const D: i64 = 64;
+    let spec = plain_spec(Numerics::HfCompatible, 1000);
+    let engine = CpuEngine::new(&spec).unwrap();
+    let q: Vec<f32> = random((T * HQ * D) as usize, 26);
+    let k: Vec<f32> = random((T * HK * D) as usize, 27);
+    let v: Vec<f32> = random((T * HK * D) as usize, 28);
+    let positions: Vec<i64> = vec![3, 40, 999];
+    let slots: Vec<i64> = vec![6, -1, 1];
+    let cells = (2 * 4 * HK * D) as usize;
+    let poison = Fp8E4m3(0x5a);
+    let run = |per_head: Option<(&[f32], &[f32], &[f32])>| -> posenc::Result<(Vec<Fp8E4m3>, Vec<Fp8E4m3>, Vec<Fp8E4m3>)> {
+        let (mut qq, mut ck, mut cv) = (q.clone(), vec![poison; cells], vec![poison; cells]);
+        let mut out = vec![poison; (T * HQ * D) as usize];
+        let (tensor_scale, q_scale) = if per_head.is_some() { (1.0, 1.0) } else { (0.5, 0.125) };
+        let mut args = AppendArgs::new(
+            TensorMut::new(&mut qq, T, HQ, D).unwrap(),
+            Tensor::new(&k, T, HK, D).unwrap(),
+            Tensor::new(&v, T, HK, D).unwrap(),
+            Positions::new(&positions),
+            &slots,
+            KvCacheMut::new(&mut ck, &mut cv, CacheLayout::PagedNhd, 2, 4, HK, D)
+                .unwrap()
+                .with_scales(tensor_scale, tensor_scale),
+        )?
+        .q_out(&mut out, HQ * D, D, q_scale)?;
+        if let Some((ks, vs, qs)) = per_head {
+            args = args.head_scales(ks, vs)?.q_out_head_scales(qs)?;
+        }
+        engine.append(&mut args)?;
+        drop(args);
+        Ok((out, ck, cv))
+    };
+    let plain = run(None).unwrap();
+    let (ks, vs, qs) = (vec![0.5f32; HK as usize], vec![0.5f32; HK as usize], vec![0.125f32; HQ as usize]);
+    assert_eq!(run(Some((&ks, &vs, &qs))).unwrap(), plain);
+    let short = vec![0.5f32; 1];
+    let e = run(Some((&short, &vs, &qs))).unwrap_err();
+    assert!(e.message().contains("1 scales for 2 KV heads"), "{}", e.message());
+    let mut bad = vs.clone();
+    bad[1] = f32::NAN;
+    let e = run(Some((&ks, &bad, &qs))).unwrap_err();
+    assert!(e.message().contains("cache.v_head_scales[1]"), "{}", e.message());
+}
+
 /// fp8 serving: Q written as fp8 into q_out (its own scale) beside an fp8 cache; q only read;
 /// engine == reference; every value the rotated Q / scale within the e4m3 rounding.
 #[test]
