@@ -343,6 +343,23 @@ int fuzz_append(FuzzedDataProvider& in, const posenc::RopeSpec& spec) {
     o.data = q_out_over_cache ? cache_k.data() : static_cast<void*>(q_out_buffer.data());
   }
 
+  // Per-head fp8 scales: arrays as long as their fuzzed head counts (so that a call validation
+  // accepts reads no further), good and bad values; the per-tensor scales stay as fuzzed.
+  std::vector<float> k_head_scales, v_head_scales, q_head_scales;
+  const auto draw_scales = [&](std::vector<float>& scales, std::int64_t heads) -> const float* {
+    if (heads <= 0 || heads > 64) return nullptr;
+    scales.resize(static_cast<std::size_t>(heads));
+    for (float& x : scales) {
+      x = in.PickValueInArray<float>({1.0f, 0.5f, 4.0f, 1e-30f, 0.0f, -1.0f, std::numeric_limits<float>::quiet_NaN(),
+                                      std::numeric_limits<float>::infinity()});
+    }
+    return scales.data();
+  };
+  const std::int64_t kv_heads = args.cache.kv_heads;
+  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) args.cache.k_head_scales = draw_scales(k_head_scales, kv_heads);
+  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) args.cache.v_head_scales = draw_scales(v_head_scales, kv_heads);
+  if (args.q_out.present() && in.ConsumeBool()) args.q_out.head_scales = draw_scales(q_head_scales, args.q.heads);
+
   try {
     posenc::validate_append_args(spec, args);
   } catch (const posenc::Error&) {
