@@ -125,14 +125,17 @@ def test_append_per_head_fp8_scales(device):
             assert torch.equal(vc[:, :, h].view(torch.uint8), vc1[:, :, h].view(torch.uint8)), f"v head {h}"
 
 
+def small_fp8_append(device):
+    """The refusal tests' call: 4 tokens, Q 2 heads, K and V 1 head of 64, bf16, an fp8 paged cache
+    (spec, q, k, v, positions, slots, cache)."""
+    return (posenc.RopeSpec(head_dim=64), rand((4, 2, 64), torch.bfloat16, 1, device),
+            rand((4, 1, 64), torch.bfloat16, 2, device), rand((4, 1, 64), torch.bfloat16, 3, device),
+            torch.arange(4, device=device), torch.arange(4, device=device),
+            torch.zeros((2, 4, 1, 64), dtype=torch.float8_e4m3fn, device=device))
+
+
 def test_append_per_head_scale_errors(device):
-    spec = posenc.RopeSpec(head_dim=64)
-    q = rand((4, 2, 64), torch.bfloat16, 1, device)
-    k = rand((4, 1, 64), torch.bfloat16, 2, device)
-    v = rand((4, 1, 64), torch.bfloat16, 3, device)
-    pos = torch.arange(4, device=device)
-    slots = torch.arange(4, device=device)
-    cache = torch.zeros((2, 4, 1, 64), dtype=torch.float8_e4m3fn, device=device)
+    spec, q, k, v, pos, slots, cache = small_fp8_append(device)
     f32 = dict(dtype=torch.float32, device=device)
     with pytest.raises(posenc.InvalidArgumentError, match=r"k_head_scales: shape \[2\], want \[1\]"):
         posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, k_head_scales=torch.ones(2, **f32))
@@ -157,13 +160,7 @@ def test_append_per_head_scale_errors(device):
 
 
 def test_append_q_out_errors(device):
-    spec = posenc.RopeSpec(head_dim=64)
-    q = rand((4, 2, 64), torch.bfloat16, 1, device)
-    k = rand((4, 1, 64), torch.bfloat16, 2, device)
-    v = rand((4, 1, 64), torch.bfloat16, 3, device)
-    pos = torch.arange(4, device=device)
-    slots = torch.arange(4, device=device)
-    cache = torch.zeros((2, 4, 1, 64), dtype=torch.float8_e4m3fn, device=device)
+    spec, q, k, v, pos, slots, cache = small_fp8_append(device)
     with pytest.raises(posenc.InvalidArgumentError, match="q_out: dtype torch.bfloat16 differs"):
         posenc.append_kv_(q, k, v, pos, slots, cache, cache.clone(), spec, q_out=q.clone())
     with pytest.raises(posenc.InvalidArgumentError, match="q_out: shape"):
