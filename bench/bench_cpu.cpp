@@ -228,6 +228,8 @@ Floor measure_floor(int threads, std::int64_t bytes) {
 constexpr std::int64_t main_hq = 32;
 constexpr std::int64_t main_hk = 8;
 constexpr std::int64_t main_d = 128;
+/// Tokens of the in-cache rows: two sets of 16 x 40 heads (320 KB in bfloat16) fit a core's L2.
+constexpr std::int64_t incache_tokens = 16;
 
 struct Layout {
   std::int64_t tokens = 0;
@@ -728,6 +730,20 @@ int run(const Options& opt) {
             record(make_row(variant, dtype, pairing, numerics, t, fi), [&](pb::Row& row) {
               if (!engine) throw std::runtime_error(engine_error);
               run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
+            });
+          }
+          // The same engine on two sets of incache_tokens tokens that stay in the core's caches:
+          // its compute rate alone, against the same DRAM floor. Below the floor it says the
+          // DRAM-resident rows above are bound by the arithmetic, not by memory (one thread only:
+          // with all threads the sets would be shared out too thinly to mean anything).
+          if (opt.threads[fi] == 1 && !out_of_time()) {
+            pb::Row row = make_row(variant, dtype, pairing, numerics, incache_tokens, fi);
+            row.engine = "posenc_cpu_incache";
+            record(std::move(row), [&](pb::Row& r) {
+              if (!engine) throw std::runtime_error(engine_error);
+              run_case(*engine, layout_for(dtype, incache_tokens, 0), dtype, arena.data(), positions.data(), r);
+              const double ns_per_head = 1e3 * r.median_us / static_cast<double>(incache_tokens * (main_hq + main_hk));
+              r.note = "in cache: " + pb::format_number(ns_per_head, 2) + " ns per head; " + r.note;
             });
           }
         }

@@ -441,6 +441,21 @@ def cpu_table(rows):
     return s
 
 
+def cpu_incache_table(rows):
+    """The CPU engine's compute rate alone (one thread, two sets of 16 tokens that stay in cache),
+    against the one-thread DRAM floor: below 100 % the DRAM rows are bound by the arithmetic."""
+    sel = [r for r in rows if r["engine"] == "posenc_cpu_incache"]
+    if not sel:
+        return ""
+    s = ("\n### CPU: compute alone, in cache (one thread, T = 16, two input sets)\n\n"
+         "| variant | dtype | ns per head | GB/s | share of the one-thread DRAM floor |\n|---|---|---:|---:|---:|\n")
+    for r in sel:
+        note = r.get("note", "")
+        ns = note.split(" ns per head")[0].replace("in cache: ", "") if " ns per head" in note else ""
+        s += f"| {r['variant']} | {r['dtype']} | {ns} | {num(r, 'GBps'):.1f} | {pct(num(r, 'ratio'))} |\n"
+    return s
+
+
 def append_lines(rows, engine):
     """(cache configuration, threads) of the engine's append rows, in the order they ran."""
     lines = []
@@ -563,7 +578,7 @@ def results_markdown(rows, png_name, append_png_name=None):
              "rope+copy is two launches):\n\n"
              + latency_table([r for r in rows if is_append(r)], ("posenc_gpu",), [1, 8, 64, 256, 1024]))
     s.append("### GPU: posenc speed-up over the PyTorch formula (their time / ours)\n\n" + speedup_table(rows))
-    s.append("### CPU: share of the read-modify-write floor (same thread count)\n\n" + cpu_table(rows))
+    s.append("### CPU: share of the read-modify-write floor (same thread count)\n\n" + cpu_table(rows) + cpu_incache_table(rows))
     if any(r["engine"] == "posenc_cpu" and is_append(r) for r in rows):
         s.append("### CPU: CpuEngine::append against apply followed by a separate cache copy (same RMW floor)\n\n"
                  + append_tables(rows, "posenc_cpu"))
