@@ -450,9 +450,8 @@ def cpu_incache_table(rows):
     s = ("\n### CPU: compute alone, in cache (one thread, T = 16, two input sets)\n\n"
          "| variant | dtype | ns per head | GB/s | share of the one-thread DRAM floor |\n|---|---|---:|---:|---:|\n")
     for r in sel:
-        note = r.get("note", "")
-        ns = note.split(" ns per head")[0].replace("in cache: ", "") if " ns per head" in note else ""
-        s += f"| {r['variant']} | {r['dtype']} | {ns} | {num(r, 'GBps'):.1f} | {pct(num(r, 'ratio'))} |\n"
+        ns = 1e3 * num(r, "median_us") / (tokens(r) * (int(r["Hq"]) + int(r["Hk"])))
+        s += f"| {r['variant']} | {r['dtype']} | {ns:.2f} | {num(r, 'GBps'):.1f} | {pct(num(r, 'ratio'))} |\n"
     return s
 
 

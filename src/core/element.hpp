@@ -169,6 +169,10 @@ struct CacheElement<CacheDType::bf16> {
   static POSENC_HD std::uint16_t encode(float x, float /*scale*/) { return to_bf16_bits(x); }
 };
 
+/// An fp8 scale the encoder may divide by (KvCacheView::k_scale, the per-head arrays, q_out's):
+/// finite and > 0. One definition for the host's validation and the GPU kernel's per-head check.
+POSENC_HD constexpr bool fp8_scale_ok(float scale) { return scale > 0.0f && scale <= 3.402823466e38f; }
+
 template <>
 struct CacheElement<CacheDType::fp8_e4m3> {
   using Storage = std::uint8_t;

@@ -11,6 +11,7 @@
 #include "core/kv_detail.hpp"
 #include "core/dispatch.hpp"
 #include "core/element.hpp"
+#include "core/element.hpp"
 #include "core/memory.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
@@ -72,6 +73,12 @@ struct Range {
   }
 };
 
+/// The bytes of a per-head scale array (empty when absent).
+Range scales_range(const char* name, const float* scales, std::int64_t heads) {
+  return {name, reinterpret_cast<std::uintptr_t>(scales),
+          scales != nullptr ? static_cast<std::uint64_t>(heads) * sizeof(float) : 0};
+}
+
 /// Bytes a validated view spans (check_view has proven it fits in 64 bits).
 Range view_range(const char* name, const ConstTensorView& v) {
   const std::int64_t elems = (v.tokens - 1) * v.token_stride + (v.heads - 1) * v.head_stride + v.head_dim;
@@ -80,7 +87,7 @@ Range view_range(const char* name, const ConstTensorView& v) {
 
 void check_scale(const char* name, float scale, CacheDType dtype) {
   if (dtype == CacheDType::fp8_e4m3) {
-    if (!(std::isfinite(scale) && scale > 0.0f)) {
+    if (!fp8_scale_ok(scale)) {
       fail(ErrorKind::invalid_argument,
            std::string(name) + " " + std::to_string(scale) + " must be finite and > 0 for an fp8 cache");
     }
@@ -92,9 +99,9 @@ void check_scale(const char* name, float scale, CacheDType dtype) {
 }
 
 /// A per-head scale array (KvCacheView::k_head_scales, v_head_scales, QuantizedOutput::head_scales):
-/// only for an fp8 cache (for the cache's own arrays, not the mla layout), with the per-tensor scale `scale_name` left at 1,
-/// aligned to its floats. Its values are checked where the engine's memory is the host's
-/// (check_head_scale_values); the GPU kernel checks them on the device.
+/// only for an fp8 cache (the cache's own arrays: not the mla layout), with the per-tensor scale
+/// `scale_name` left at 1, aligned to its floats. Its values are checked where the engine's memory
+/// is the host's (check_head_scale_values); the GPU kernel checks them on the device.
 void check_head_scales(const char* name, const float* scales, const char* scale_name, float scale, CacheDType dtype,
                        bool mla_cache) {
   if (scales == nullptr) return;
@@ -119,7 +126,7 @@ void check_head_scales(const char* name, const float* scales, const char* scale_
 void check_head_scale_values(const char* name, const float* scales, std::int64_t heads) {
   if (scales == nullptr) return;
   for (std::int64_t h = 0; h < heads; ++h) {
-    if (!(std::isfinite(scales[h]) && scales[h] > 0.0f)) {
+    if (!fp8_scale_ok(scales[h])) {
       fail(ErrorKind::invalid_argument, std::string(name) + "[" + str(h) + "] = " + std::to_string(scales[h]) +
                                             " must be finite and > 0 (one of " + str(heads) + " per-head fp8 scales)");
     }
@@ -311,12 +318,9 @@ CallInfo validate_append(const RopeSpec& spec, const AppendArgs& a, bool device_
                           : Range{"cos_sin", 0, 0},
       {"norm.q", reinterpret_cast<std::uintptr_t>(a.norm.q), static_cast<std::uint64_t>(norm_bytes)},
       {"norm.k", reinterpret_cast<std::uintptr_t>(a.norm.k), static_cast<std::uint64_t>(norm_bytes)},
-      {"cache.k_head_scales", reinterpret_cast<std::uintptr_t>(a.cache.k_head_scales),
-       a.cache.k_head_scales != nullptr ? static_cast<std::uint64_t>(a.cache.kv_heads) * sizeof(float) : 0},
-      {"cache.v_head_scales", reinterpret_cast<std::uintptr_t>(a.cache.v_head_scales),
-       a.cache.v_head_scales != nullptr ? static_cast<std::uint64_t>(a.cache.kv_heads) * sizeof(float) : 0},
-      {"q_out.head_scales", reinterpret_cast<std::uintptr_t>(a.q_out.head_scales),
-       a.q_out.present() && a.q_out.head_scales != nullptr ? static_cast<std::uint64_t>(a.q.heads) * sizeof(float) : 0},
+      scales_range("cache.k_head_scales", a.cache.k_head_scales, a.cache.kv_heads),
+      scales_range("cache.v_head_scales", a.cache.v_head_scales, a.cache.kv_heads),
+      scales_range("q_out.head_scales", a.q_out.present() ? a.q_out.head_scales : nullptr, a.q.heads),
   };
   const Range q_out{"q_out", reinterpret_cast<std::uintptr_t>(a.q_out.data), static_cast<std::uint64_t>(q_out_bytes)};
   const Range views[] = {

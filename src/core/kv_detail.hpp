@@ -54,14 +54,7 @@ struct ScatterCall {
 
 /// The scatter of an append whose rotation wrote `rotated_k` (and, with q_out, `rotated_q`).
 inline ScatterCall scatter_call(const AppendArgs& args, const TensorView& rotated_k, const TensorView& rotated_q) {
-  ScatterCall call;
-  call.k = rotated_k;
-  call.v = args.v;
-  call.slots = args.slots;
-  call.cache = args.cache;
-  call.q = rotated_q;
-  call.q_out = args.q_out;
-  return call;
+  return ScatterCall{rotated_k, args.v, args.slots, args.cache, rotated_q, args.q_out};
 }
 
 /// Writes tokens [begin, end) of the ScatterCall `context` (ThreadPool::Task's signature). Slots

@@ -199,9 +199,9 @@ __device__ __forceinline__ float head_scale(const RopeKernelParams& p, const flo
                                             ScaleArray which, std::int64_t head, bool& active) {
   if (scales == nullptr) return scale;
   const float s = scales[head];
-  if (!(s > 0.0f && s <= 3.402823466e38f)) {  // NaN, infinities, zero and negatives
-    const auto index = (static_cast<std::int64_t>(which) << scale_fault_head_bits) | head;
-    record_bad_value(p.fault + scale_fault, index, static_cast<std::int32_t>(posenc::detail::float_bits(s)));
+  if (!posenc::detail::fp8_scale_ok(s)) {
+    record_bad_value(p.fault + scale_fault, scale_fault_index(which, head),
+                     static_cast<std::int32_t>(posenc::detail::float_bits(s)));
     active = false;
   }
   return s;

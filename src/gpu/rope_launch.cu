@@ -34,6 +34,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -470,17 +471,22 @@ void check_head_count(std::int64_t heads) {
   }
 }
 
+/// The value a fault word pair holds for the index it names (record_bad_value's biased int32), or
+/// nothing for an index >= 2^32-1.
+std::optional<std::int32_t> recorded_value(const unsigned long long* pair) {
+  const unsigned long long index = pair[0];
+  if (index >= 0xffffffffull || (pair[1] >> 32) != index) return std::nullopt;
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(pair[1]) ^ 0x80000000u);
+}
+
 /// "(not recorded ...)" or the value a fault word pair holds for the token it names.
 std::string fault_value(const unsigned long long* pair) {
-  const unsigned long long index = pair[0];
-  if (index < 0xffffffffull && (pair[1] >> 32) == index) {
-    const auto v = static_cast<std::int32_t>(static_cast<std::uint32_t>(pair[1]) ^ 0x80000000u);
-    std::string value = std::to_string(v);
-    if (v == INT32_MAX) value += " or more";
-    if (v == INT32_MIN) value += " or less";
-    return value;
-  }
-  return "(not recorded for token indices >= 2^32-1)";
+  const std::optional<std::int32_t> v = recorded_value(pair);
+  if (!v) return "(not recorded for token indices >= 2^32-1)";
+  std::string value = std::to_string(*v);
+  if (*v == INT32_MAX) value += " or more";
+  if (*v == INT32_MIN) value += " or less";
+  return value;
 }
 
 void set_positions(RopeKernelParams& p, const PositionsView& positions) {
@@ -696,10 +702,9 @@ void GpuEngine::check(StreamRef stream) const {
                        : which == detail::ScaleArray::k   ? "cache.k_head_scales"
                                                           : "cache.v_head_scales";
     std::string value = "(not recorded)";
-    if ((scales[1] >> 32) == scales[0]) {
-      const auto bits = static_cast<std::uint32_t>(scales[1]) ^ 0x80000000u;
+    if (const std::optional<std::int32_t> bits = recorded_value(scales)) {
       float f = 0.0f;
-      std::memcpy(&f, &bits, sizeof f);
+      std::memcpy(&f, &*bits, sizeof f);
       value = std::to_string(f);
     }
     if (!message.empty()) message += "; and ";

@@ -26,8 +26,8 @@ inline constexpr int select_block_threads = 256;
 /// The cos/sin cache's record has a third word, as the limit differs from call to call:
 ///   [first + 2] (min(index, 2^32-1) << 32) | min(limit, 2^32-1): that token's limit.
 /// A pair at scale_fault records a per-head fp8 scale that is not finite and > 0 (KvCacheView::
-/// k_head_scales, v_head_scales, QuantizedOutput::head_scales), its "index" scale_fault_index(which,
-/// head) and its value the scale's float bits.
+/// k_head_scales, v_head_scales, QuantizedOutput::head_scales): its "index" scale_fault_index(which,
+/// head), its value the scale's float bits.
 inline constexpr int fault_words = 9;
 inline constexpr int position_fault = 0;
 inline constexpr int slot_fault = 2;
@@ -36,6 +36,9 @@ inline constexpr int scale_fault = 7;
 /// Which per-head scale array a scale fault names, in its index's top bits above the head.
 inline constexpr int scale_fault_head_bits = 28;
 enum class ScaleArray : int { q_out = 0, k = 1, v = 2 };
+constexpr std::int64_t scale_fault_index(ScaleArray which, std::int64_t head) {
+  return (static_cast<std::int64_t>(which) << scale_fault_head_bits) | head;
+}
 inline constexpr unsigned long long fault_clear = ~0ull;
 
 /// Division by a launch constant d in [1, 2^31) without the ~25-instruction integer division:
