@@ -125,6 +125,21 @@ inline F16Vec fma(F16Vec x, F16Vec y, F16Vec z) { return _mm512_fmadd_ps(x, y, z
 inline F16Vec fms(F16Vec x, F16Vec y, F16Vec z) { return _mm512_fmsub_ps(x, y, z); }
 inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm512_fmadd_ps(x, _mm512_set1_ps(1.0f), y); }
 inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm512_fnmadd_ps(y, _mm512_set1_ps(1.0f), x); }
+using WordVec = __m512i;  // 2 * f16c_lanes 16-bit words
+inline WordVec load_words(const std::uint16_t* p) { return _mm512_loadu_si512(p); }
+inline void store_words(std::uint16_t* p, WordVec w) { _mm512_storeu_si512(p, w); }
+inline WordVec as_words(F16Vec x) { return _mm512_castps_si512(x); }
+inline F16Vec as_floats(WordVec w) { return _mm512_castsi512_ps(w); }
+inline WordVec words_set1(std::uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+inline WordVec words_add(WordVec x, WordVec y) { return _mm512_add_epi32(x, y); }
+inline WordVec words_and(WordVec x, WordVec y) { return _mm512_and_si512(x, y); }
+inline WordVec words_or(WordVec x, WordVec y) { return _mm512_or_si512(x, y); }
+inline WordVec words_shl16(WordVec x) { return _mm512_maskz_slli_epi32(0xffff, x, 16); }
+inline WordVec words_shr16(WordVec x) { return _mm512_maskz_srli_epi32(0xffff, x, 16); }
+/// x where `nan` holds a NaN lane, else y.
+inline F16Vec select_nan(F16Vec nan, F16Vec x, F16Vec y) {
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(nan, nan, _CMP_UNORD_Q), y, x);
+}
 #else
 using F16Vec = __m256;
 inline constexpr std::int64_t f16c_lanes = 8;
@@ -141,6 +156,20 @@ inline F16Vec fma(F16Vec x, F16Vec y, F16Vec z) { return _mm256_fmadd_ps(x, y, z
 inline F16Vec fms(F16Vec x, F16Vec y, F16Vec z) { return _mm256_fmsub_ps(x, y, z); }
 inline F16Vec fma_add(F16Vec x, F16Vec y) { return _mm256_fmadd_ps(x, _mm256_set1_ps(1.0f), y); }
 inline F16Vec fma_sub(F16Vec x, F16Vec y) { return _mm256_fnmadd_ps(y, _mm256_set1_ps(1.0f), x); }
+using WordVec = __m256i;
+inline WordVec load_words(const std::uint16_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+inline void store_words(std::uint16_t* p, WordVec w) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), w); }
+inline WordVec as_words(F16Vec x) { return _mm256_castps_si256(x); }
+inline F16Vec as_floats(WordVec w) { return _mm256_castsi256_ps(w); }
+inline WordVec words_set1(std::uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+inline WordVec words_add(WordVec x, WordVec y) { return _mm256_add_epi32(x, y); }
+inline WordVec words_and(WordVec x, WordVec y) { return _mm256_and_si256(x, y); }
+inline WordVec words_or(WordVec x, WordVec y) { return _mm256_or_si256(x, y); }
+inline WordVec words_shl16(WordVec x) { return _mm256_slli_epi32(x, 16); }
+inline WordVec words_shr16(WordVec x) { return _mm256_srli_epi32(x, 16); }
+inline F16Vec select_nan(F16Vec nan, F16Vec x, F16Vec y) {
+  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(nan, nan, _CMP_UNORD_Q));
+}
 #endif
 // fma_add(x, y) = x*1 + y and fma_sub(x, y) = -(y*1) + x, rounded once: x + y and x - y to the bit
 // (a product by 1 is exact, zeros keep their signs), NaN payloads aside (which NaN of two comes
@@ -248,11 +277,109 @@ inline void rotate_f32_interleaved(const float* src, const float* cos2, const fl
     store_floats(dst + i, float_rotation_interleaved<f32_numerics<N>>(load_floats(src + i), cos2 + i, sin2n + i));
   }
 }
+
+// ---- bfloat16 on integer lanes (the AVX2 and AVX-512 builds) --------------------------------------
+//
+// Without AVX512-BF16 the rounding to bfloat16 is bf16_round's own integer arithmetic on vector
+// lanes: the float's bits plus 0x7fff plus bit 16 leave the rounded bfloat16 (to nearest even) in
+// the high half, for normal and subnormal floats, infinities and overflow alike. NaN is the one
+// case bf16_round treats apart, and in these kernels every NaN is quiet with its low 16 bits zero
+// (a bfloat16 input widens with zero low bits and an operation only sets its quiet bit; a NaN that
+// an operation makes is the default NaN), so the addition leaves its high half as bf16_round's
+// quiet NaN. The 16-bit words are widened with a shift (even words, the low halves of the 32-bit
+// lanes) and an AND (odd words), with no shuffles: interleaved pairs then hold a in the even-word
+// floats and b in the odd-word ones, and half-split blocks of 2 x f16c_lanes pairs take cos/sin
+// rearranged once per token into the same even/odd order (lane_rows). Results go back with a shift
+// and an OR. Before, these kernels were the compiler-vectorized emulation (docs/PERFORMANCE.md,
+// CPU variant C10).
+
+inline constexpr std::uint32_t bf16_high_half = 0xffff0000u;
+
+/// bf16_round's sum: the high half is the float rounded to bfloat16 (see above); the low half is
+/// not cleared. AVX-512 adds the tie-breaking bit 16 under a test mask: 3 instructions instead of 4,
+/// about 10 % of the hf_compatible kernel's time (docs/PERFORMANCE.md, CPU variant C10).
+inline WordVec bf16_carry(F16Vec x) {
+  const WordVec u = as_words(x);
+#if POSENC_CPU_F16C == 16
+  const WordVec t = words_add(u, words_set1(0x7fffu));
+  return _mm512_mask_add_epi32(t, _mm512_test_epi32_mask(u, words_set1(0x10000u)), t, words_set1(1u));
+#else
+  return words_add(words_add(u, words_set1(0x7fffu)), words_and(words_shr16(u), words_set1(1u)));
+#endif
+}
+/// The float lanes rounded to bfloat16 (and widened back), for the NaNs described above.
+inline F16Vec bf16_round_lanes(F16Vec x) { return as_floats(words_and(bf16_carry(x), words_set1(bf16_high_half))); }
+/// bf16_round for every float, NaN payloads included (per-token rows).
+inline F16Vec bf16_round_any(F16Vec x) {
+  const F16Vec quiet_nan = as_floats(words_and(words_or(as_words(x), words_set1(0x400000u)), words_set1(bf16_high_half)));
+  return select_nan(x, quiet_nan, bf16_round_lanes(x));
+}
+/// The even-word and odd-word floats of 2 x f16c_lanes bfloat16 words.
+inline F16Vec widen_even_words(WordVec w) { return as_floats(words_shl16(w)); }
+inline F16Vec widen_odd_words(WordVec w) { return as_floats(words_and(w, words_set1(bf16_high_half))); }
+/// 2 x f16c_lanes words: `even` rounded into the even words, `odd` into the odd ones.
+inline WordVec bf16_pack(F16Vec even, F16Vec odd) {
+  return words_or(words_shr16(bf16_carry(even)), words_and(bf16_carry(odd), words_set1(bf16_high_half)));
+}
+
+/// a' and b' before their last rounding: hf_compatible rounds the products (rotate_hf; a plain
+/// subtract and add, measured as fast here as fma_sub / fma_add), the other numerics are
+/// float_rotation_*.
+template <Numerics N>
+inline F16Vec bf16_rotation_a(F16Vec a, F16Vec b, F16Vec c, F16Vec s) {
+  if constexpr (N == Numerics::hf_compatible) return bf16_round_lanes(a * c) - bf16_round_lanes(b * s);
+  return float_rotation_a<N>(a, b, c, s);
+}
+template <Numerics N>
+inline F16Vec bf16_rotation_b(F16Vec a, F16Vec b, F16Vec c, F16Vec s) {
+  if constexpr (N == Numerics::hf_compatible) return bf16_round_lanes(b * c) + bf16_round_lanes(a * s);
+  return float_rotation_b<N>(a, b, c, s);
+}
+
+/// bfloat16 rotation of interleaved pairs [0, n) (n a multiple of f16c_lanes) under numerics N,
+/// with the token's cos/sin rows as they are; in place is safe (each block is read first).
+template <Numerics N>
+inline void rotate_bf16_words_interleaved(const std::uint16_t* src, const float* cos_row, const float* sin_row,
+                                          std::int64_t n, std::uint16_t* dst) {
+  for (std::int64_t i = 0; i < n; i += f16c_lanes) {
+    const WordVec x = load_words(src + 2 * i);
+    const F16Vec a = widen_even_words(x);
+    const F16Vec b = widen_odd_words(x);
+    const F16Vec c = load_floats(cos_row + i);
+    const F16Vec s = load_floats(sin_row + i);
+    store_words(dst + 2 * i, bf16_pack(bf16_rotation_a<N>(a, b, c, s), bf16_rotation_b<N>(a, b, c, s)));
+  }
+}
+
+/// bfloat16 rotation of half-split pairs [0, n) (n a multiple of 2 x f16c_lanes) under numerics N,
+/// with cos/sin in even/odd order per block (lane_rows); in place is safe.
+template <Numerics N>
+inline void rotate_bf16_words_half_split(const std::uint16_t* src, const float* cos_eo, const float* sin_eo,
+                                         std::int64_t n, std::int64_t half, std::uint16_t* dst) {
+  for (std::int64_t i = 0; i < n; i += 2 * f16c_lanes) {
+    const WordVec a = load_words(src + i);
+    const WordVec b = load_words(src + half + i);
+    const F16Vec ae = widen_even_words(a), ao = widen_odd_words(a);
+    const F16Vec be = widen_even_words(b), bo = widen_odd_words(b);
+    const F16Vec ce = load_floats(cos_eo + i), co = load_floats(cos_eo + i + f16c_lanes);
+    const F16Vec se = load_floats(sin_eo + i), so = load_floats(sin_eo + i + f16c_lanes);
+    store_words(dst + i, bf16_pack(bf16_rotation_a<N>(ae, be, ce, se), bf16_rotation_a<N>(ao, bo, co, so)));
+    store_words(dst + half + i, bf16_pack(bf16_rotation_b<N>(ae, be, ce, se), bf16_rotation_b<N>(ao, bo, co, so)));
+  }
+}
+
+/// Whether rotate_window takes the integer-lane bfloat16 path: the builds without AVX512-BF16 (the
+/// AVX512-BF16 build has its own kernels for these combinations).
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_word_path = POSENC_CPU_BF16 == 0 && A == DType::bf16 &&
+                                       (P == Pairing::half_split || P == Pairing::interleaved);
 #else
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool f16c_path = false;
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool f32_path = false;
+template <DType A, Pairing P, Numerics N>
+inline constexpr bool bf16_word_path = false;
 #endif
 
 #if POSENC_CPU_BF16
@@ -479,9 +606,8 @@ inline constexpr bool bf16_float_path = false;
 
 /// Entries [0, n) of the cached rows `c`, `s` rounded to R (round_act<R>), into cos_row / sin_row.
 /// The F16C builds round float16 with the hardware round trip (bit-identical to f16_round for every
-/// float: tests/test_large.cpp), the AVX512-BF16 build bfloat16 with vcvtne2ps2bf16 on 16 entries of
-/// each row at a time unless one is subnormal (the only floats it rounds otherwise): per token this
-/// replaces 2 x half emulated roundings (docs/PERFORMANCE.md, CPU variant C6).
+/// float: tests/test_large.cpp) and bfloat16 with bf16_round's integer arithmetic on vector lanes:
+/// per token this replaces 2 x half scalar roundings (docs/PERFORMANCE.md, CPU variants C6, C10).
 template <DType R>
 inline void round_rows(const float* c, const float* s, std::int64_t n, float* cos_row, float* sin_row) {
   std::int64_t i = 0;
@@ -491,19 +617,10 @@ inline void round_rows(const float* c, const float* s, std::int64_t n, float* co
       store_floats(cos_row + i, f16c_round(load_floats(c + i)));
       store_floats(sin_row + i, f16c_round(load_floats(s + i)));
     }
-  }
-#endif
-#if POSENC_CPU_BF16
-  if constexpr (R == DType::bf16) {
-    for (; i + 16 <= n; i += 16) {
-      const __m512 cv = _mm512_loadu_ps(c + i);
-      const __m512 sv = _mm512_loadu_ps(s + i);
-      constexpr int subnormal = 0x20;  // vfpclassps: denormal
-      if ((_mm512_fpclass_ps_mask(cv, subnormal) | _mm512_fpclass_ps_mask(sv, subnormal)) != 0) break;
-      // Words 0-15: cos, 16-31: sin; spread back into floats in order.
-      const __m512i w = round2(sv, cv);
-      _mm512_storeu_ps(cos_row + i, bf16_low_floats(w));
-      _mm512_storeu_ps(sin_row + i, bf16_high_floats(w));
+  } else if constexpr (R == DType::bf16) {
+    for (; i + f16c_lanes <= n; i += f16c_lanes) {
+      store_floats(cos_row + i, bf16_round_any(load_floats(c + i)));
+      store_floats(sin_row + i, bf16_round_any(load_floats(s + i)));
     }
   }
 #endif
@@ -568,7 +685,7 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
 /// Whether rotate_window takes per-token lane rows (the token's cos/sin rearranged for a vector path).
 template <DType A, Pairing P, Numerics N>
 inline constexpr bool uses_lane_rows =
-    bf16_path<A, P, N> ||
+    bf16_path<A, P, N> || (bf16_word_path<A, P, N> && P == Pairing::half_split) ||
     ((f16c_path<A, P, N> || f32_path<A, P, N> || bf16_float_path<A, P, N>) && P == Pairing::interleaved);
 
 /// Builds the lane rows of one token from its cos/sin rows; returns nullptr where the vector path
@@ -590,6 +707,23 @@ inline const float* lane_rows(const float* cos_row, const float* sin_row, std::i
       _mm512_storeu_ps(lanes + 2 * i + 16, bf16_negate_odd(_mm512_permutex2var_ps(c, high, s)));
       _mm512_storeu_ps(sc + 2 * i, _mm512_permutex2var_ps(s, low, c));
       _mm512_storeu_ps(sc + 2 * i + 16, _mm512_permutex2var_ps(s, high, c));
+    }
+    return lanes;
+  }
+#endif
+#if POSENC_CPU_F16C
+  if constexpr (bf16_word_path<A, P, N> && P == Pairing::half_split) {
+    // Per block of 2 x f16c_lanes pairs: the even entries, then the odd ones (cos, then sin from
+    // lanes + half; rotate_bf16_words_half_split).
+    constexpr std::int64_t block = 2 * f16c_lanes;
+    const std::int64_t n = half - half % block;
+    for (std::int64_t i = 0; i < n; i += block) {
+      for (std::int64_t l = 0; l < f16c_lanes; ++l) {
+        lanes[i + l] = cos_row[i + 2 * l];
+        lanes[i + f16c_lanes + l] = cos_row[i + 2 * l + 1];
+        lanes[half + i + l] = sin_row[i + 2 * l];
+        lanes[half + i + f16c_lanes + l] = sin_row[i + 2 * l + 1];
+      }
     }
     return lanes;
   }
@@ -684,6 +818,14 @@ inline void rotate_window(const storage_t<A>* src, storage_t<A>* dst, const floa
   } else if constexpr (f32_path<A, P, N>) {
     first = half - half % f16c_lanes;
     rotate_f32_half_split<N>(src, cos_row, sin_row, first, half, dst);
+  } else if constexpr (bf16_word_path<A, P, N> && P == Pairing::interleaved) {
+    first = half - half % f16c_lanes;
+    rotate_bf16_words_interleaved<N>(src, cos_row, sin_row, first, dst);
+  } else if constexpr (bf16_word_path<A, P, N>) {
+    if (lanes != nullptr) {  // (half_split_2d's windows come without lane rows)
+      first = half - half % (2 * f16c_lanes);
+      rotate_bf16_words_half_split<N>(src, lanes, lanes + half, first, half, dst);
+    }
   }
 #endif
   (void)lanes;
