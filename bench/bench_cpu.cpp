@@ -730,6 +730,7 @@ int run(const Options& opt) {
             record(make_row(variant, dtype, pairing, numerics, t, fi), [&](pb::Row& row) {
               if (!engine) throw std::runtime_error(engine_error);
               run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
+              row.note += "; kernels=" + std::string(engine->kernel_build(dtype));
             });
           }
           // The same engine on two sets of incache_tokens tokens that stay in the core's caches:
@@ -743,7 +744,8 @@ int run(const Options& opt) {
               if (!engine) throw std::runtime_error(engine_error);
               run_case(*engine, layout_for(dtype, incache_tokens, 0), dtype, arena.data(), positions.data(), r);
               const double ns_per_head = 1e3 * r.median_us / static_cast<double>(incache_tokens * (main_hq + main_hk));
-              r.note = "in cache: " + pb::format_number(ns_per_head, 2) + " ns per head; " + r.note;
+              r.note = "in cache: " + pb::format_number(ns_per_head, 2) + " ns per head; " + r.note +
+                       "; kernels=" + std::string(engine->kernel_build(dtype));
             });
           }
         }

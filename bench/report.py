@@ -14,6 +14,7 @@ import argparse
 import csv
 import math
 import os
+import re
 import sys
 import time
 
@@ -414,6 +415,12 @@ def decode_table(rows):
     return s
 
 
+def kernel_build(row):
+    """The CPU kernel build a posenc_cpu row ran on (CpuEngine::kernel_build, `kernels=` in its note)."""
+    m = re.search(r"kernels=(\w+)", row["note"])
+    return m.group(1) if m else "?"
+
+
 def cpu_table(rows):
     cases = [r for r in rows if r["engine"] == "posenc_cpu" and not is_append(r)]
     if not cases:
@@ -424,8 +431,8 @@ def cpu_table(rows):
         k = (r["variant"], r["dtype"], r["threads"])
         if k not in keys:
             keys.append(k)
-    s = "| variant | dtype | threads | floor GB/s | " + " | ".join(f"T={t}" for t in ts) + " |\n"
-    s += "|---|---|---:|---:|" + "---:|" * len(ts) + "\n"
+    s = "| variant | dtype | kernels | threads | floor GB/s | " + " | ".join(f"T={t}" for t in ts) + " |\n"
+    s += "|---|---|---|---:|---:|" + "---:|" * len(ts) + "\n"
     for variant, dtype, threads in keys:
         sel = [r for r in cases if (r["variant"], r["dtype"], r["threads"]) == (variant, dtype, threads)]
         floor = num(sel[0], "floor_GBps")
@@ -437,7 +444,7 @@ def cpu_table(rows):
             else:
                 mark = "" if verified_ok(r["verified"]) else " ✗"
                 cells.append(f"{pct(num(r, 'ratio'))} ({num(r, 'GBps'):.1f} GB/s){mark}")
-        s += f"| {variant} | {dtype} | {threads} | {floor:.1f} | " + " | ".join(cells) + " |\n"
+        s += f"| {variant} | {dtype} | {kernel_build(sel[0])} | {threads} | {floor:.1f} | " + " | ".join(cells) + " |\n"
     return s
 
 
@@ -448,10 +455,12 @@ def cpu_incache_table(rows):
     if not sel:
         return ""
     s = ("\n### CPU: compute alone, in cache (one thread, T = 16, two input sets)\n\n"
-         "| variant | dtype | ns per head | GB/s | share of the one-thread DRAM floor |\n|---|---|---:|---:|---:|\n")
+         "| variant | dtype | kernels | ns per head | GB/s | share of the one-thread DRAM floor |\n"
+         "|---|---|---|---:|---:|---:|\n")
     for r in sel:
         ns = 1e3 * num(r, "median_us") / (tokens(r) * (int(r["Hq"]) + int(r["Hk"])))
-        s += f"| {r['variant']} | {r['dtype']} | {ns:.2f} | {num(r, 'GBps'):.1f} | {pct(num(r, 'ratio'))} |\n"
+        s += (f"| {r['variant']} | {r['dtype']} | {kernel_build(r)} | {ns:.2f} | {num(r, 'GBps'):.1f} | "
+              f"{pct(num(r, 'ratio'))} |\n")
     return s
 
 

@@ -376,6 +376,40 @@ TEST_P(EngineSweep, Bf16TinyMagnitudesBitIdentical) {
   }
 }
 
+// The sweeps above force each build with POSENC_CPU_ISA; a CPU without it runs a narrower one.
+// kernel_build names the build that really runs: the forced one where the CPU has it (so the
+// sweeps' avx512 and avx2 cases exercise those builds here), the AVX512-BF16 build only for
+// bfloat16 half_split / interleaved, and "baseline" whatever the CPU when forced.
+TEST_P(EngineSweep, KernelBuildNamesTheBuildThatRuns) {
+  const KernelBuild build(GetParam());
+#if defined(__x86_64__) || defined(__i386__)
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+  const bool bf16 = avx512 && __builtin_cpu_supports("avx512bf16");
+#else
+  const bool avx2 = false, avx512 = false, bf16 = false;
+#endif
+  const std::string widest = avx512 ? "avx512" : avx2 ? "avx2" : "baseline";
+  const std::string& param = GetParam();
+  std::string expected = widest;  // every dtype but a bf16 rotation the BF16 build serves
+  if (param == "baseline") expected = "baseline";
+  if (param == "avx2" && avx2) expected = "avx2";
+  for (const Pairing pairing : all_pairings) {
+    const CpuEngine engine(scheme_spec(Scaling::none, 128, 0, 0, pairing, Numerics::hf_compatible), CpuOptions{1});
+    for (const DType dtype : all_dtypes) {
+      const bool bf16_build = param == "native" && bf16 && dtype == DType::bf16 &&
+                              (pairing == Pairing::half_split || pairing == Pairing::interleaved);
+      EXPECT_EQ(engine.kernel_build(dtype), bf16_build ? "avx512_bf16" : expected)
+          << GetParam() << " " << to_string(dtype) << " " << to_string(pairing);
+    }
+  }
+  CpuEngine moved(scheme_spec(Scaling::none), CpuOptions{1});
+  const CpuEngine taker(std::move(moved));
+  EXPECT_EQ(moved.kernel_build(DType::f32), "");  // NOLINT(bugprone-use-after-move)
+  EXPECT_EQ(taker.kernel_build(static_cast<DType>(250)), "");
+}
+
 INSTANTIATE_TEST_SUITE_P(Kernels, EngineSweep, ::testing::Values("native", "avx512", "avx2", "baseline"),
                          [](const ::testing::TestParamInfo<std::string>& p) { return p.param; });
 

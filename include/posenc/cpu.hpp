@@ -2,6 +2,7 @@
 #pragma once
 
 #include <memory>
+#include <string_view>
 
 #include "posenc/counters.hpp"
 #include "posenc/rope.hpp"
@@ -73,6 +74,12 @@ class CpuEngine {
   /// The table built at construction (the init-time table for dynamic/longrope).
   const FrequencyTable& frequencies() const noexcept;
   int threads() const noexcept;
+  /// The kernel build that rotates `dtype` under this engine's spec on this CPU: "avx512_bf16",
+  /// "avx512", "avx2" or "baseline". The widest build the CPU supports is taken, or the narrower
+  /// one that the environment variable POSENC_CPU_ISA names; the AVX512-BF16 build serves only
+  /// bfloat16 half_split / interleaved, so other combinations on such a CPU report "avx512".
+  /// docs/PERFORMANCE.md lists the instructions each build uses. Every build gives the same bits.
+  std::string_view kernel_build(DType dtype) const noexcept;
 
  private:
   struct State;

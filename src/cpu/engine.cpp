@@ -117,7 +117,19 @@ Isa select_isa() noexcept {
 #endif
 }
 
-KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) {
+constexpr std::string_view isa_name(Isa isa) noexcept {
+  switch (isa) {
+    case Isa::baseline: return "baseline";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    case Isa::avx512_bf16: return "avx512_bf16";
+  }
+  return "baseline";
+}
+
+/// The kernel of (d, p, n) in build `isa`, or in the AVX-512 build where the AVX512-BF16 one has
+/// none; `isa` becomes the build that serves it.
+KernelFn select_kernel(Isa& isa, DType d, Pairing p, Numerics n) {
 #if POSENC_CPU_X86_KERNELS
   if (isa == Isa::avx512_bf16) {
     if (const KernelFn k = cpu_detail::avx512_bf16::select_kernel(d, p, n)) return k;
@@ -125,9 +137,8 @@ KernelFn select_kernel(Isa isa, DType d, Pairing p, Numerics n) {
   }
   if (isa == Isa::avx512) return cpu_detail::avx512::select_kernel(d, p, n);
   if (isa == Isa::avx2) return cpu_detail::avx2::select_kernel(d, p, n);
-#else
-  (void)isa;
 #endif
+  isa = Isa::baseline;
   return cpu_detail::baseline::select_kernel(d, p, n);
 }
 
@@ -170,6 +181,7 @@ struct CpuEngine::State {
   /// The arithmetic of the tables and hf cos/sin: the spec's, `engine` meaning torch_cpu.
   HfArithmetic arithmetic = HfArithmetic::exact;
   std::array<KernelFn, all_dtypes.size()> kernels{};  ///< by DType, for the spec's pairing and numerics
+  std::array<Isa, all_dtypes.size()> kernel_builds{};  ///< the build each of `kernels` comes from
 
   // Call-dependent schemes (schemes.hpp CallTable; dynamic, longrope): the table depends on
   // seq_len = the call's largest position + 1. They keep one table up to the scheme's threshold,
@@ -284,8 +296,9 @@ CpuEngine::CpuEngine(RopeSpec spec, CpuOptions options) try {
                                 [&] { return std::make_unique<cpu_detail::RowCache>(positions, s.half); });
   }
 
-  const Isa isa = select_isa();
+  const Isa widest = select_isa();
   for (const DType d : all_dtypes) {
+    Isa& isa = s.kernel_builds[static_cast<std::size_t>(d)] = widest;
     s.kernels[static_cast<std::size_t>(d)] = select_kernel(isa, d, s.spec.pairing, s.spec.numerics);
   }
 } catch (const std::bad_alloc&) {
@@ -409,5 +422,11 @@ void CpuEngine::reset_counters() const noexcept { state_->counters.reset(); }
 const RopeSpec& CpuEngine::spec() const noexcept { return state_->spec; }
 const FrequencyTable& CpuEngine::frequencies() const noexcept { return state_->table; }
 int CpuEngine::threads() const noexcept { return state_->pool.threads(); }
+
+std::string_view CpuEngine::kernel_build(DType dtype) const noexcept {
+  const auto index = static_cast<std::size_t>(dtype);
+  if (!state_ || index >= state_->kernel_builds.size()) return {};  // moved from, or not a DType
+  return isa_name(state_->kernel_builds[index]);
+}
 
 }  // namespace posenc

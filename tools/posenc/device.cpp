@@ -150,7 +150,8 @@ std::string EngineRunner::description() const {
            std::to_string(cc / 10) + "." + std::to_string(cc % 10) + ", " + std::to_string(d.multiprocessor_count()) +
            " SMs, " + std::to_string(d.total_memory_bytes() >> 20) + " MiB)";
   }
-  return "cpu (CpuEngine, " + std::to_string(state_->cpu->threads()) + " threads)";
+  return "cpu (CpuEngine, " + std::to_string(state_->cpu->threads()) + " threads, " +
+         std::string(state_->cpu->kernel_build(state_->batch.dtype)) + " kernels)";
 }
 
 DeviceKind EngineRunner::kind() const noexcept {
