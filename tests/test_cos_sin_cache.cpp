@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -190,6 +191,65 @@ TEST_P(CosSinCacheBuilds, EngineEqualsReference) {
           c.threads = 3;
           c.seed = n;
           EXPECT_TRUE(run_case(c)) << "build " << GetParam();
+        }
+      }
+    }
+  }
+}
+
+// A cache is the caller's data: NaNs with any payload (low bits set: float32 0x7fffffff, a
+// float16 NaN whose payload widens into the low half), infinities, subnormals and the largest
+// values in some entries. The activations' rounding must treat them as the reference does in every
+// build (the bfloat16 integer-lane kernels round with bf16_round's addition, which a NaN with its
+// low half set would carry into the sign bit): NaN where the reference has NaN, the same bits
+// elsewhere.
+TEST_P(CosSinCacheBuilds, SpecialEntriesEqualReference) {
+  const KernelBuild build(GetParam());
+  std::uint64_t n = 7000;
+  for (const DType dtype : all_dtypes) {
+    for (const DType cache_dtype : all_dtypes) {
+      const std::vector<std::uint32_t> specials =
+          cache_dtype == DType::f32
+              ? std::vector<std::uint32_t>{0x7fffffffu, 0xffc12345u, 0x7f800001u, 0x7f800000u, 0xff800000u,
+                                           0x00000001u, 0x7f7fffffu, 0x80000000u}
+          : cache_dtype == DType::f16
+              ? std::vector<std::uint32_t>{0x7fffu, 0xfe01u, 0x7c01u, 0x7c00u, 0xfc00u, 0x0001u, 0x7bffu, 0x8000u}
+              : std::vector<std::uint32_t>{0x7fffu, 0xffc1u, 0x7f81u, 0x7f80u, 0xff80u, 0x0001u, 0x7f7fu, 0x8000u};
+      for (const Pairing pairing : cos_sin_pairings) {
+        for (const Numerics numerics : all_numerics) {
+          CosSinCase c;
+          c.dtype = dtype;
+          c.cache_dtype = cache_dtype;
+          c.pairing = pairing;
+          c.numerics = numerics;
+          c.tokens = 24;
+          c.head_dim = 128;
+          c.rotary = 128;
+          c.q_heads = 3;
+          c.kv_heads = 1;
+          c.rows = 24;
+          c.seed = ++n;
+          HostCosSinCache cache = random_cos_sin_cache(cache_dtype, c.rows, c.rotary, c.rotary, c.seed);
+          const std::size_t bytes = size_of(cache_dtype);
+          std::byte* data =
+              cache.buffer.data() + (static_cast<const std::byte*>(cache.view.data) - cache.buffer.data());
+          std::uint64_t k = n;
+          for (std::int64_t row = 0; row < c.rows; ++row) {  // every fifth entry of every row
+            for (std::int64_t j = row % 5; j < c.rotary; j += 5) {
+              const std::uint32_t bits = specials[k++ % specials.size()];
+              std::memcpy(data + static_cast<std::size_t>(row * cache.view.row_stride + j) * bytes, &bits, bytes);
+            }
+          }
+          std::vector<std::int64_t> pos(static_cast<std::size_t>(c.tokens));
+          for (std::int64_t t = 0; t < c.tokens; ++t) pos[static_cast<std::size_t>(t)] = t;
+          World ref(c, pos, cache.view);
+          World eng(c, pos, cache.view);
+          apply_reference(c.spec(), ref.args);
+          CpuEngine(c.spec(), CpuOptions{2}).apply(eng.args);
+          EXPECT_TRUE(bits_equal(ConstTensorView(ref.args.q), ConstTensorView(eng.args.q), NanBits::any_nan))
+              << c.name() << " build " << GetParam();
+          EXPECT_TRUE(bits_equal(ConstTensorView(ref.args.k), ConstTensorView(eng.args.k), NanBits::any_nan))
+              << c.name() << " build " << GetParam();
         }
       }
     }
