@@ -258,6 +258,25 @@ TEST(Npy, MissingFileNamesThePath) {
   }
 }
 
+// A zero dimension makes an empty array whatever the other dimensions are, also when their
+// product alone (or times the item size) would overflow int64: decode accepts it, count() is 0,
+// and it encodes and decodes back. (Found by fuzz_npy: the decoder accepted such a shape of '<i8',
+// whose partial product overflowed only once multiplied by 8, and the encoder refused it.)
+TEST(Npy, ZeroDimensionIsEmptyWhateverTheOtherDimensions) {
+  for (const std::string& shape : {std::string("(112, 89, 9491112, 89, 949129, 0, 666, 96, 6, 9496, 62, 7)"),
+                                   std::string("(4294967296, 4294967296, 4294967296, 0)"), std::string("(0, 4294967296)")}) {
+    for (const std::string& descr : {std::string("<i8"), std::string("<f4"), std::string("<f2")}) {
+      const std::vector<std::byte> bytes =
+          handmade(1, "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }", {});
+      const NpyArray array = decode_npy(bytes, "empty.npy");
+      EXPECT_EQ(array.count(), 0) << shape << " " << descr;
+      EXPECT_TRUE(array.data.empty());
+      const NpyArray back = decode_npy(encode_npy(array.type, array.shape, array.data), "round trip");
+      EXPECT_EQ(back.shape, array.shape) << shape << " " << descr;
+    }
+  }
+}
+
 TEST(Npy, EncodeRejectsDataOfTheWrongSize) {
   const std::vector<std::int64_t> shape = {2, 2};
   EXPECT_THROW(encode_npy(NpyType::f32, shape, zeros(12)), Error);

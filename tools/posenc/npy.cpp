@@ -1,6 +1,7 @@
 // .npy codec for the CLI: a strict parser of the header dict and a writer of NumPy's own layout.
 #include "npy.hpp"
 
+#include <algorithm>
 #include <bit>
 #include <cerrno>
 #include <cstring>
@@ -199,10 +200,14 @@ std::string shape_text(std::span<const std::int64_t> shape) {
 
 /// Product of the dimensions times `item`, or nothing when it does not fit in 64 bits.
 std::optional<std::int64_t> checked_bytes(std::span<const std::int64_t> shape, std::int64_t item) {
+  if (std::any_of(shape.begin(), shape.end(), [](std::int64_t d) { return d < 0; })) return std::nullopt;
+  // A zero dimension makes the product 0 whatever the others: the decoder (item 1) and the
+  // encoder (item 2 to 8) then agree on every shape (a fuzzed shape whose partial product
+  // overflowed only with the item size once decoded and could not be encoded back).
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   std::int64_t total = item;
   for (const std::int64_t d : shape) {
-    if (d < 0) return std::nullopt;
-    if (d != 0 && total > std::numeric_limits<std::int64_t>::max() / d) return std::nullopt;
+    if (total > std::numeric_limits<std::int64_t>::max() / d) return std::nullopt;
     total *= d;
   }
   return total;
@@ -236,6 +241,8 @@ const char* npy_descr(NpyType t) noexcept {
 }
 
 std::int64_t NpyArray::count() const noexcept {
+  // (An accepted shape's product fits int64; a zero dimension ends it before any other overflows.)
+  if (std::find(shape.begin(), shape.end(), 0) != shape.end()) return 0;
   std::int64_t n = 1;
   for (const std::int64_t d : shape) n *= d;
   return n;
