@@ -283,13 +283,12 @@ inline void rotate_f32_interleaved(const float* src, const float* cos2, const fl
 // Without AVX512-BF16 the rounding to bfloat16 is bf16_round's own integer arithmetic on vector
 // lanes: the float's bits plus 0x7fff plus bit 16 leave the rounded bfloat16 (to nearest even) in
 // the high half, for normal and subnormal floats, infinities and overflow alike. NaN is the one
-// case bf16_round treats apart. Where every input is a bfloat16 value (hf_compatible and
-// hf_fp32_apply, whose cos/sin are rounded to bfloat16 first) every NaN is quiet with its low 16
-// bits zero (an operation only sets the quiet bit; a NaN it makes is the default NaN), and the
-// addition leaves its high half as bf16_round's quiet NaN. accurate keeps float32 cos/sin, and a
-// caller's float32 or float16 cos/sin cache may hold a NaN with low bits set, which the addition
-// would carry into the sign bit: its results are made bf16_round's quiet NaN first
-// (bf16_quiet_nans; test_cos_sin_cache SpecialEntriesEqualReference). The 16-bit words are widened with a shift (even words, the low halves of the 32-bit
+// case bf16_round treats apart, and every NaN these kernels meet is quiet with its low 16 bits
+// zero: bfloat16 inputs and cos/sin rounded to bfloat16 widen so, an operation only sets the quiet
+// bit (a NaN it makes is the default NaN), and accurate's float32 cos/sin from a caller's cache
+// have their NaNs made so once per token (cos_sin_row: a NaN with low bits set would be carried
+// into the sign bit; test_cos_sin_cache SpecialEntriesEqualReference). The addition then leaves a
+// NaN's high half as bf16_round's quiet NaN. The 16-bit words are widened with a shift (even words, the low halves of the 32-bit
 // lanes) and an AND (odd words), with no shuffles: interleaved pairs then hold a in the even-word
 // floats and b in the odd-word ones, and half-split blocks of 2 x f16c_lanes pairs take cos/sin
 // rearranged once per token into the same even/odd order (lane_rows). Results go back with a shift
@@ -312,19 +311,11 @@ inline WordVec bf16_carry(F16Vec x) {
 }
 /// The float lanes rounded to bfloat16 (and widened back), for the NaNs described above.
 inline F16Vec bf16_round_lanes(F16Vec x) { return as_floats(words_and(bf16_carry(x), words_set1(bf16_high_half))); }
-/// accurate's results with NaN lanes replaced by bf16_round's quiet NaN (zero low half, see above);
-/// the other numerics' as they are.
-template <Numerics N>
-inline F16Vec bf16_quiet_nans(F16Vec x) {
-  if constexpr (N == Numerics::accurate) {
-    const F16Vec quiet_nan = as_floats(words_and(words_or(as_words(x), words_set1(0x400000u)), words_set1(bf16_high_half)));
-    return select_nan(x, quiet_nan, x);
-  } else {
-    return x;
-  }
-}
 /// bf16_round for every float, NaN payloads included (per-token rows).
-inline F16Vec bf16_round_any(F16Vec x) { return bf16_round_lanes(bf16_quiet_nans<Numerics::accurate>(x)); }
+inline F16Vec bf16_round_any(F16Vec x) {
+  const F16Vec quiet_nan = as_floats(words_and(words_or(as_words(x), words_set1(0x400000u)), words_set1(bf16_high_half)));
+  return select_nan(x, quiet_nan, bf16_round_lanes(x));
+}
 /// The even-word and odd-word floats of 2 x f16c_lanes bfloat16 words.
 inline F16Vec widen_even_words(WordVec w) { return as_floats(words_shl16(w)); }
 inline F16Vec widen_odd_words(WordVec w) { return as_floats(words_and(w, words_set1(bf16_high_half))); }
@@ -358,8 +349,7 @@ inline void rotate_bf16_words_interleaved(const std::uint16_t* src, const float*
     const F16Vec b = widen_odd_words(x);
     const F16Vec c = load_floats(cos_row + i);
     const F16Vec s = load_floats(sin_row + i);
-    store_words(dst + 2 * i, bf16_pack(bf16_quiet_nans<N>(bf16_rotation_a<N>(a, b, c, s)),
-                                       bf16_quiet_nans<N>(bf16_rotation_b<N>(a, b, c, s))));
+    store_words(dst + 2 * i, bf16_pack(bf16_rotation_a<N>(a, b, c, s), bf16_rotation_b<N>(a, b, c, s)));
   }
 }
 
@@ -375,10 +365,8 @@ inline void rotate_bf16_words_half_split(const std::uint16_t* src, const float* 
     const F16Vec be = widen_even_words(b), bo = widen_odd_words(b);
     const F16Vec ce = load_floats(cos_eo + i), co = load_floats(cos_eo + i + f16c_lanes);
     const F16Vec se = load_floats(sin_eo + i), so = load_floats(sin_eo + i + f16c_lanes);
-    store_words(dst + i, bf16_pack(bf16_quiet_nans<N>(bf16_rotation_a<N>(ae, be, ce, se)),
-                                   bf16_quiet_nans<N>(bf16_rotation_a<N>(ao, bo, co, so))));
-    store_words(dst + half + i, bf16_pack(bf16_quiet_nans<N>(bf16_rotation_b<N>(ae, be, ce, se)),
-                                          bf16_quiet_nans<N>(bf16_rotation_b<N>(ao, bo, co, so))));
+    store_words(dst + i, bf16_pack(bf16_rotation_a<N>(ae, be, ce, se), bf16_rotation_a<N>(ao, bo, co, so)));
+    store_words(dst + half + i, bf16_pack(bf16_rotation_b<N>(ae, be, ce, se), bf16_rotation_b<N>(ao, bo, co, so)));
   }
 }
 
@@ -657,6 +645,15 @@ inline void cos_sin_row(const KernelCall& call, std::int64_t t, float* cos_row, 
       cos_sin_cache_row<A, N, DType::bf16>(call, t, cos_row, sin_row);
     } else {
       cos_sin_cache_row<A, N, DType::f16>(call, t, cos_row, sin_row);
+    }
+    if constexpr (A == DType::bf16 && N == Numerics::accurate) {
+      // The cache's cos/sin stay float32 here, and a NaN among them may have low payload bits,
+      // which the bfloat16 integer-lane rounding cannot take (see the kernels above): made
+      // bf16_round's quiet NaN, which gives every result that meets it the same bfloat16 bits.
+      for (std::int64_t i = 0; i < call.half; ++i) {
+        if (std::isnan(cos_row[i])) cos_row[i] = detail::bf16_round(cos_row[i]);
+        if (std::isnan(sin_row[i])) sin_row[i] = detail::bf16_round(sin_row[i]);
+      }
     }
     return;
   }
