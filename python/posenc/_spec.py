@@ -135,6 +135,15 @@ class RopeSpec:
 
     # -- engines ------------------------------------------------------------------------------------
 
+    def cpu_kernel_build(self, dtype: Any) -> str:
+        """The CPU kernel build that rotates `dtype` (a torch or NumPy dtype, or its name) under this spec
+        on this machine: "avx512_bf16", "avx512", "avx2" or "baseline" (CpuEngine::kernel_build)."""
+        name = str(dtype).replace("torch.", "")
+        code = {"float32": 0, "float16": 1, "bfloat16": 2}.get(name)
+        if code is None:
+            raise InvalidArgumentError(f"dtype {name} is not supported (float32, float16, bfloat16)")
+        return self.engine("cpu").kernel_build(code)
+
     def engine(self, device_type: str, index: int = 0) -> Any:
         """The engine of this spec on a device ("cpu", or "cuda" with an ordinal), built on first
         use and kept: a GPU engine uploads its tables and synchronizes once when it is built, so

@@ -356,7 +356,10 @@ NB_MODULE(_core, m) {
           },
           "q"_a, "q_src"_a.none(), "k"_a, "v"_a, "positions"_a, "slots"_a, "cache"_a, "cos_sin"_a.none(),
           "norm"_a = nb::none(), "q_out"_a = nb::none(), "head_scales"_a = nb::none())
-      .def("threads", [](const CpuEngineBox& e) { return e.engine.threads(); });
+      .def("threads", [](const CpuEngineBox& e) { return e.engine.threads(); })
+      .def("kernel_build",
+           [](const CpuEngineBox& e, int dtype) { return std::string(e.engine.kernel_build(dtype_of(dtype))); },
+           "dtype"_a);
 
   nb::class_<GpuEngineBox>(m, "GpuEngine")
       .def(nb::init<const posenc::RopeSpec&, int>(), "spec"_a, "device"_a)

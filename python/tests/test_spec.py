@@ -73,3 +73,18 @@ def test_build_info():
     assert isinstance(posenc.__version__, str) and posenc.__version__.count(".") == 2
     if not posenc.gpu_available():
         assert posenc.gpu_unavailable_reason() != ""
+
+
+def test_cpu_kernel_build_names_the_build_that_runs(monkeypatch):
+    builds = {"avx512_bf16", "avx512", "avx2", "baseline"}
+    spec = posenc.RopeSpec(head_dim=128, pairing="half_split")
+    for dtype in ("float32", "float16", "bfloat16"):
+        assert spec.cpu_kernel_build(dtype) in builds
+    # Only bfloat16 half_split / interleaved run in the AVX512-BF16 build.
+    assert spec.cpu_kernel_build("float16") != "avx512_bf16"
+    # A fresh spec builds a fresh engine, which reads POSENC_CPU_ISA.
+    monkeypatch.setenv("POSENC_CPU_ISA", "baseline")
+    forced = posenc.RopeSpec(head_dim=128, pairing="interleaved")
+    assert forced.cpu_kernel_build("bfloat16") == "baseline"
+    with pytest.raises(posenc.InvalidArgumentError, match="int8"):
+        spec.cpu_kernel_build("int8")
