@@ -722,6 +722,7 @@ int run(const Options& opt) {
               (numerics == posenc::Numerics::hf_compatible ? "" : std::string("_") + posenc::to_string(numerics));
           if (!pb::matches_filter(variant + " " + posenc::to_string(dtype), opt.filters)) continue;
           const std::unique_ptr<posenc::CpuEngine> engine = make_engine(pairing, numerics, opt.threads[fi]);
+          const std::string kernels = engine ? "; kernels=" + std::string(engine->kernel_build(dtype)) : "";
           for (std::int64_t t : opt.tokens) {
             if (out_of_time()) {
               ++skipped;
@@ -730,7 +731,7 @@ int run(const Options& opt) {
             record(make_row(variant, dtype, pairing, numerics, t, fi), [&](pb::Row& row) {
               if (!engine) throw std::runtime_error(engine_error);
               run_case(*engine, layout_for(dtype, t, working_set), dtype, arena.data(), positions.data(), row);
-              row.note += "; kernels=" + std::string(engine->kernel_build(dtype));
+              row.note += kernels;
             });
           }
           // The same engine on two sets of incache_tokens tokens that stay in the core's caches:
@@ -744,8 +745,7 @@ int run(const Options& opt) {
               if (!engine) throw std::runtime_error(engine_error);
               run_case(*engine, layout_for(dtype, incache_tokens, 0), dtype, arena.data(), positions.data(), r);
               const double ns_per_head = 1e3 * r.median_us / static_cast<double>(incache_tokens * (main_hq + main_hk));
-              r.note = "in cache: " + pb::format_number(ns_per_head, 2) + " ns per head; " + r.note +
-                       "; kernels=" + std::string(engine->kernel_build(dtype));
+              r.note = "in cache: " + pb::format_number(ns_per_head, 2) + " ns per head; " + r.note + kernels;
             });
           }
         }

@@ -300,7 +300,6 @@ struct HeadScales {
 /// AppendArgs::q_out: the GPU append with Q written quantized equals CpuEngine::append with the same
 /// q_out (exact arithmetic): q_out's bytes (gaps between tokens stay poisoned), both caches, and Q
 /// itself unchanged.
-
 void run_q_out_case(const gpu::Device& device, gpu::StreamRef stream, const Case& c, float q_scale,
                     std::int64_t out_gap = 16, const HeadScales& heads = {}) {
   SCOPED_TRACE(name_of(c) + " q_out scale " + std::to_string(q_scale) + " gap " + std::to_string(out_gap) +

@@ -9,6 +9,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Unio
 
 from . import _core
 from ._errors import InvalidArgumentError
+from ._tensors import act_code_of_name
 
 # Every spec gets a process-wide integer id: torch ops take the id (an int is a schema type that
 # torch.compile bakes into the graph as a constant), and look the spec up here.
@@ -138,10 +139,9 @@ class RopeSpec:
     def cpu_kernel_build(self, dtype: Any) -> str:
         """The CPU kernel build that rotates `dtype` (a torch or NumPy dtype, or its name) under this spec
         on this machine: "avx512_bf16", "avx512", "avx2" or "baseline" (CpuEngine::kernel_build)."""
-        name = str(dtype).replace("torch.", "")
-        code = {"float32": 0, "float16": 1, "bfloat16": 2}.get(name)
+        code = act_code_of_name(str(dtype))
         if code is None:
-            raise InvalidArgumentError(f"dtype {name} is not supported (float32, float16, bfloat16)")
+            raise InvalidArgumentError(f"dtype {dtype} is not supported (float32, float16, bfloat16)")
         return self.engine("cpu").kernel_build(code)
 
     def engine(self, device_type: str, index: int = 0) -> Any:

@@ -8,6 +8,13 @@ from ._errors import InvalidArgumentError
 
 # DType codes of the extension (posenc::DType order) and CacheDType codes.
 _F32, _F16, _BF16 = 0, 1, 2
+# The extension's activation dtype codes by dtype name (NumPy's names, torch's without "torch.").
+_ACT_CODES = {"float32": _F32, "float16": _F16, "bfloat16": _BF16}
+
+
+def act_code_of_name(name: str) -> Optional[int]:
+    """The extension's code of an activation dtype named `name` ("torch." prefix allowed), or None."""
+    return _ACT_CODES.get(name.replace("torch.", "", 1))
 _CACHE_FP8 = 3
 LAYOUTS = {"contiguous": 0, "paged_nhd": 1, "paged_hnd": 2, "mla": 3}
 
@@ -269,7 +276,7 @@ def kv_cache_tuple(k_cache: Any, v_cache: Any, layout: str, kv_heads: int, head_
 
 def np_act_code(a: Any, name: str) -> int:
     kind = a.dtype.name
-    code = {"float32": _F32, "float16": _F16, "bfloat16": _BF16}.get(kind)
+    code = act_code_of_name(kind)
     if code is None:
         raise InvalidArgumentError(f"{name}: dtype {kind} is not supported (float32, float16, ml_dtypes.bfloat16)")
     return code

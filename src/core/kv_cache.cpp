@@ -11,7 +11,6 @@
 #include "core/kv_detail.hpp"
 #include "core/dispatch.hpp"
 #include "core/element.hpp"
-#include "core/element.hpp"
 #include "core/memory.hpp"
 #include "core/validate.hpp"
 #include "posenc/error.hpp"
@@ -374,6 +373,11 @@ std::int64_t row_offset(const KvCacheView& c, std::int64_t slot, std::int64_t h)
   return (slot * c.kv_heads + h) * c.head_dim;
 }
 
+/// The fp8 scale of head h: its per-head scale where the array is given, else the per-tensor one.
+float scale_of_head(const float* head_scales, float scale, std::int64_t h) noexcept {
+  return head_scales != nullptr ? head_scales[h] : scale;
+}
+
 /// Writes one row of head_dim elements, cast to the cache dtype (scale: fp8 only). A cache of the
 /// activation's own dtype receives its bits.
 void write_row(DType from, const void* src, CacheDType to, void* dst, std::int64_t head_dim, float scale) {
@@ -407,7 +411,7 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
       for (std::int64_t h = 0; h < q.heads; ++h) {
         write_row(q.dtype, static_cast<const char*>(q.data) + (t * q.token_stride + h * q.head_stride) * q_elem, o.dtype,
                   static_cast<char*>(o.data) + (t * o.token_stride + h * o.head_stride) * size_of(o.dtype), q.head_dim,
-                  o.head_scales != nullptr ? o.head_scales[h] : o.scale);
+                  scale_of_head(o.head_scales, o.scale, h));
       }
     }
     const std::int64_t slot = call.slots[t];
@@ -426,9 +430,9 @@ void scatter_tokens(const void* context, std::int64_t begin, std::int64_t end) n
       const auto* k = static_cast<const char*>(call.k.data) + (t * call.k.token_stride + h * call.k.head_stride) * act;
       const auto* v = static_cast<const char*>(call.v.data) + (t * call.v.token_stride + h * call.v.head_stride) * act;
       write_row(call.k.dtype, k, c.dtype, static_cast<char*>(c.k) + row, c.head_dim,
-                c.k_head_scales != nullptr ? c.k_head_scales[h] : c.k_scale);
+                scale_of_head(c.k_head_scales, c.k_scale, h));
       write_row(call.v.dtype, v, c.dtype, static_cast<char*>(c.v) + row, c.head_dim,
-                c.v_head_scales != nullptr ? c.v_head_scales[h] : c.v_scale);
+                scale_of_head(c.v_head_scales, c.v_scale, h));
     }
   }
 }

@@ -136,10 +136,6 @@ inline WordVec words_and(WordVec x, WordVec y) { return _mm512_and_si512(x, y); 
 inline WordVec words_or(WordVec x, WordVec y) { return _mm512_or_si512(x, y); }
 inline WordVec words_shl16(WordVec x) { return _mm512_maskz_slli_epi32(0xffff, x, 16); }
 inline WordVec words_shr16(WordVec x) { return _mm512_maskz_srli_epi32(0xffff, x, 16); }
-/// x where `nan` holds a NaN lane, else y.
-inline F16Vec select_nan(F16Vec nan, F16Vec x, F16Vec y) {
-  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(nan, nan, _CMP_UNORD_Q), y, x);
-}
 #else
 using F16Vec = __m256;
 inline constexpr std::int64_t f16c_lanes = 8;
@@ -167,9 +163,6 @@ inline WordVec words_and(WordVec x, WordVec y) { return _mm256_and_si256(x, y); 
 inline WordVec words_or(WordVec x, WordVec y) { return _mm256_or_si256(x, y); }
 inline WordVec words_shl16(WordVec x) { return _mm256_slli_epi32(x, 16); }
 inline WordVec words_shr16(WordVec x) { return _mm256_srli_epi32(x, 16); }
-inline F16Vec select_nan(F16Vec nan, F16Vec x, F16Vec y) {
-  return _mm256_blendv_ps(y, x, _mm256_cmp_ps(nan, nan, _CMP_UNORD_Q));
-}
 #endif
 // fma_add(x, y) = x*1 + y and fma_sub(x, y) = -(y*1) + x, rounded once: x + y and x - y to the bit
 // (a product by 1 is exact, zeros keep their signs), NaN payloads aside (which NaN of two comes
@@ -311,11 +304,6 @@ inline WordVec bf16_carry(F16Vec x) {
 }
 /// The float lanes rounded to bfloat16 (and widened back), for the NaNs described above.
 inline F16Vec bf16_round_lanes(F16Vec x) { return as_floats(words_and(bf16_carry(x), words_set1(bf16_high_half))); }
-/// bf16_round for every float, NaN payloads included (per-token rows).
-inline F16Vec bf16_round_any(F16Vec x) {
-  const F16Vec quiet_nan = as_floats(words_and(words_or(as_words(x), words_set1(0x400000u)), words_set1(bf16_high_half)));
-  return select_nan(x, quiet_nan, bf16_round_lanes(x));
-}
 /// The even-word and odd-word floats of 2 x f16c_lanes bfloat16 words.
 inline F16Vec widen_even_words(WordVec w) { return as_floats(words_shl16(w)); }
 inline F16Vec widen_odd_words(WordVec w) { return as_floats(words_and(w, words_set1(bf16_high_half))); }
@@ -620,9 +608,10 @@ inline void round_rows(const float* c, const float* s, std::int64_t n, float* co
       store_floats(sin_row + i, f16c_round(load_floats(s + i)));
     }
   } else if constexpr (R == DType::bf16) {
+    // (Cached rows are cos/sin of finite angles times a finite attention factor: no NaN.)
     for (; i + f16c_lanes <= n; i += f16c_lanes) {
-      store_floats(cos_row + i, bf16_round_any(load_floats(c + i)));
-      store_floats(sin_row + i, bf16_round_any(load_floats(s + i)));
+      store_floats(cos_row + i, bf16_round_lanes(load_floats(c + i)));
+      store_floats(sin_row + i, bf16_round_lanes(load_floats(s + i)));
     }
   }
 #endif
