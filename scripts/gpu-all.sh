@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # On the GPU machine, in one 10-minute call: gpu-check (build, GPU tests, quick sanitizers), golden parity, Python, then the benchmarks.
 #
-# Run from the repository root with `.deps` carried (scripts/stage-gpu-deps.sh prepares it here):
-#     device call: carry [".deps"], command: bash scripts/gpu-all.sh
+# Run from the repository root with `.deps` and `.whl` carried (scripts/stage-gpu-deps.sh prepares
+# both here; without `.whl` the Python step fails to build the package):
+#     device call: carry [".deps", ".whl"], command: bash scripts/gpu-all.sh
 # compute-sanitizer over every GPU test binary (scripts/gpu-sanitize.sh, about 6 minutes) does not
 # fit beside the benchmarks: it is a call of its own, which reuses build/gpu-h100 on a warm machine
 # and builds it otherwise:

@@ -2,9 +2,9 @@
 # On the GPU machine: builds the Python package against the machine's torch, runs the pytest suite
 # (CUDA tests included) and the Python benchmark (bench/python_ops.py). Logs under $OUT.
 #
-# The machine is offline: the build requirements travel as wheels in .whl (see docs/TESTING.md:
-# `pip download` of nanobind, scikit-build-core, pathspec, packaging, pytest, pluggy, iniconfig,
-# pygments for CPython 3.12), carried with the device call.
+# The machine is offline: the build requirements travel as wheels in .whl (scripts/stage-gpu-deps.sh
+# downloads nanobind, scikit-build-core, pathspec, packaging, pytest, pluggy, iniconfig and pygments
+# there), carried with the device call.
 set -u
 out=${OUT:?set OUT}
 site=/tmp/posenc-py-deps

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources, SLEEF, MKL's vmsCos/vmsSin; FlashInfer's headers for the benchmark's peer) into .deps/.
+# Stages what the offline GPU machine lacks (nlohmann-json, CLI11, GoogleTest sources, SLEEF, MKL's vmsCos/vmsSin; FlashInfer's headers for the benchmark's peer) into .deps/, and the Python build's wheels into .whl/.
 #
-# Run here, before a device call that carries `.deps` (gitignored). Layout:
+# Run here, before a device call that carries `.deps` and `.whl` (both gitignored). Layout:
 #   .deps/prefix/include/{nlohmann,CLI}           headers
 #   .deps/prefix/share/cmake/{nlohmann_json,CLI11} CMake packages (they locate the headers relative
 #                                                  to themselves, so the prefix can move)
@@ -17,6 +17,10 @@
 #                                                  flashinfer/data/include is kept): bench/CMakeLists.txt
 #                                                  builds posenc_bench_gpu's FlashInfer rows from them.
 #                                                  Nothing of FlashInfer is committed.
+#   .whl/*.whl                                    the pure-Python wheels scripts/gpu-python.sh installs
+#                                                  there to build and test the package offline (nanobind,
+#                                                  scikit-build-core and their needs, pytest and its;
+#                                                  about 2.5 MB); wheels already in .whl are kept
 # The first three come from this machine's Debian packages. POSENC_FLASHINFER_VERSION picks the
 # wheel (default 0.7.4); a copy of that version already in .deps is kept, so only the first run
 # downloads. Without network or pip the benchmark still builds, without its peer rows.
@@ -124,6 +128,27 @@ elif [[ $flashinfer_note != "not staged" ]]; then
   die "the flashinfer-python wheel has no flashinfer/data/include/flashinfer/pos_enc.cuh"
 fi
 
+# The Python build's wheels (pure Python, so this machine's pip fetches what the GPU machine's
+# CPython 3.12 installs); the machine's torch, numpy and transformers are used as they are.
+wheels=(nanobind scikit-build-core pathspec packaging pytest pluggy iniconfig pygments)
+wheel_note="kept from an earlier run"
+missing=()
+for w in "${wheels[@]}"; do
+  ls "$root/.whl/${w//-/_}"-*.whl >/dev/null 2>&1 || missing+=("$w")
+done
+if ((${#missing[@]})); then
+  mkdir -p "$root/.whl"
+  if python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform any --dest "$root/.whl" "${missing[@]}" >"$root/.whl/pip.log" 2>&1; then
+    wheel_note="pip download ${missing[*]}"
+    rm -f "$root/.whl/pip.log"
+  else
+    echo "stage-gpu-deps: warning: could not download ${missing[*]} (.whl/pip.log);" \
+      "scripts/gpu-python.sh will not build the package there" >&2
+    wheel_note="not staged"
+  fi
+fi
+
 size=$(du -sm "$deps" | cut -f1)
 echo "staged into $deps (${size} MiB):"
 echo "  nlohmann-json  $nlohmann_headers + $nlohmann_cmake"
@@ -132,7 +157,8 @@ echo "  googletest     $gtest_src"
 echo "  SLEEF          $sleef_header + $sleef_libs/libsleef.so.3"
 echo "  MKL            vmsCos/vmsSin from $mkl_lib (posenc_mkl_vml.o)"
 echo "  flashinfer     $flashinfer_id ($flashinfer_note)"
+echo "  .whl           $(ls "$root"/.whl/*.whl 2>/dev/null | wc -l) wheels for the Python build ($wheel_note)"
 if ((size > 48)); then
   echo "stage-gpu-deps: warning: ${size} MiB is close to the 64 MiB a device call can carry" >&2
 fi
-echo "device call: carry [\".deps\"], command: scripts/gpu-check.sh"
+echo "device call: carry [\".deps\", \".whl\"], command: bash scripts/gpu-all.sh (or scripts/gpu-check.sh)"
