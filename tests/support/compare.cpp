@@ -120,9 +120,12 @@ std::int64_t ulp_distance(DType t, std::uint32_t a_bits, std::uint32_t b_bits) {
   }
   for (std::int64_t i = 0; i < size; ++i) {
     if (before[static_cast<std::size_t>(i)] != after[i]) {
-      return ::testing::AssertionFailure()
-             << "byte " << i << " of " << size << " changed from 0x" << std::hex
-             << static_cast<int>(before[static_cast<std::size_t>(i)]) << " to 0x" << static_cast<int>(after[i]);
+      // (formatted here: a manipulator streamed into an AssertionResult applies to that one
+      // insertion only, so std::hex there printed decimal digits after "0x")
+      std::ostringstream what;
+      what << "byte " << i << " of " << size << " changed from 0x" << std::hex
+           << static_cast<int>(before[static_cast<std::size_t>(i)]) << " to 0x" << static_cast<int>(after[i]);
+      return ::testing::AssertionFailure() << what.str();
     }
   }
   return ::testing::AssertionSuccess();
