@@ -1,4 +1,4 @@
-// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within a few dtype ulps of it, shapes that change torch's reduce lanes, and refusals.
+// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within a few dtype ulps of it, the register path against the shared-memory path bit for bit, shapes that change torch's reduce lanes, and refusals.
 //
 // The exact arithmetic sums squares in double in index order on both engines, so every dtype,
 // pairing, numerics, norm form and width must give the same bytes. torch_cuda follows torch's CUDA
@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "gpu/launch_shape.hpp"
 #include "gpu_support.hpp"
 #include "posenc/cpu.hpp"
 #include "posenc/error.hpp"
@@ -172,6 +174,194 @@ TEST_F(GpuQkNorm, TorchCudaWithinUlpsOfExact) {
         }
         EXPECT_EQ(far, 0);
         EXPECT_LT(differ, n / 20) << "worst " << worst_ulps << " ulps of the head's largest value";
+      }
+}
+
+/// Q and K (dense copies of their rows) after one torch_cuda norm + RoPE on the GPU, from inputs
+/// laid out with `token_pad` extra elements after each token: 0 keeps every row 16-byte aligned,
+/// so the kernel holds rows in registers; 1 breaks the alignment, so it takes the shared-memory
+/// path. Same values, same weights and positions either way.
+Outputs run_laid_out(const gpu::Device& device, gpu::StreamRef stream, const RopeSpec& spec, DType dtype,
+                     std::int64_t tokens, std::int64_t q_heads, std::int64_t k_heads, std::int64_t token_pad,
+                     std::uint64_t seed) {
+  const std::int64_t d = spec.head_dim;
+  const std::int64_t es = size_of(dtype);
+  HostTensor q_dense(dtype, tokens, q_heads, d), k_dense(dtype, tokens, k_heads, d), weights(dtype, 2, 1, d);
+  fill_random(q_dense.view, seed);
+  fill_random(k_dense.view, seed + 1);
+  fill_random(weights.view, seed + 2);
+  const HostPositions pos(spec, random_positions(tokens, 1 << 17, seed + 3));
+  HostTensor q_in(dtype, tokens, q_heads, d, q_heads * d + token_pad), k_in(dtype, tokens, k_heads, d, k_heads * d + token_pad);
+  HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + token_pad), k_out(dtype, tokens, k_heads, d, k_heads * d + token_pad);
+  for (auto [from, to] : {std::pair<HostTensor*, HostTensor*>{&q_dense, &q_in}, {&k_dense, &k_in}}) {
+    for (std::int64_t t = 0; t < tokens; ++t)
+      for (std::int64_t h = 0; h < from->view.heads; ++h)
+        std::memcpy(static_cast<std::byte*>(to->view.data) + (t * to->view.token_stride + h * d) * es,
+                    static_cast<const std::byte*>(from->view.data) + (t * from->view.token_stride + h * d) * es,
+                    static_cast<std::size_t>(d * es));
+  }
+  DeviceMirror dq(device, q_out.buffer, stream), dk(device, k_out.buffer, stream);
+  DeviceMirror dq_in(device, q_in.buffer, stream), dk_in(device, k_in.buffer, stream);
+  DeviceMirror dw(device, weights.buffer, stream);
+  const DevicePositions dpos(device, pos, stream);
+  RopeArgs args;
+  args.q = dq.map(q_out.view);
+  args.k = dk.map(k_out.view);
+  args.q_src = dq_in.map(q_in.cview());
+  args.k_src = dk_in.map(k_in.cview());
+  args.positions = dpos.view;
+  const auto* w = static_cast<const std::byte*>(dw.map(weights.view.data));
+  args.norm = NormWeights{w, w + d * es};
+  GpuEngine engine(spec, device);
+  engine.apply(args, stream);
+  engine.check(stream);
+  dq.download(q_out.buffer, stream);
+  dk.download(k_out.buffer, stream);
+  Outputs dense;
+  for (const HostTensor* out : {&q_out, &k_out}) {
+    std::vector<std::byte>& rows = out == &q_out ? dense.q : dense.k;
+    for (std::int64_t t = 0; t < tokens; ++t)
+      for (std::int64_t h = 0; h < out->view.heads; ++h) {
+        const auto* row = static_cast<const std::byte*>(out->view.data) + (t * out->view.token_stride + h * d) * es;
+        rows.insert(rows.end(), row, row + d * es);
+      }
+  }
+  return dense;
+}
+
+/// The register path (whole-head norm and rotation, head_dim 128 or 256, half_split or
+/// interleaved, torch's 32-lane reduction: Qwen3's shape) against the shared-memory path on the same
+/// values: the same bits, for every dtype, numerics and norm form. 40 tokens keep torch's lane
+/// count at 32 for Q's and K's rows.
+TEST_F(GpuQkNorm, RegisterRowsEqualSharedMemoryRows) {
+  for (const DType dtype : all_dtypes)
+    for (const std::int64_t head_dim : {128, 256})
+      for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved})
+        for (const Numerics numerics : all_numerics)
+          for (const QkNormKind kind : {QkNormKind::rms, QkNormKind::rms_one_plus}) {
+            RopeSpec spec = norm_spec(pairing, numerics, kind, false, HfArithmetic::torch_cuda, head_dim);
+            // The whole head, as a config gives it (rotary_dim 0: resolved by the engine) and
+            // spelled out: the launcher must choose the register path for both.
+            spec.rotary_dim = kind == QkNormKind::rms ? 0 : head_dim;
+            spec.rotary_offset = 0;
+            SCOPED_TRACE(std::string(to_string(dtype)) + " head_dim " + std::to_string(head_dim) + " " +
+                         to_string(pairing) + " " + to_string(numerics) + " " + to_string(kind) + " rotary_dim " +
+                         std::to_string(spec.rotary_dim));
+            const std::int64_t before = gpu::detail::norm_register_launches();
+            const Outputs in_registers = run_laid_out(device, ref(), spec, dtype, 40, 8, 2, 0, 404);
+            EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the aligned call took the register path";
+            const Outputs in_shared = run_laid_out(device, ref(), spec, dtype, 40, 8, 2, 1, 404);
+            EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the padded call took shared memory";
+            EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
+            EXPECT_TRUE(in_registers.k == in_shared.k) << "K";
+          }
+}
+
+/// What one torch_cuda norm + RoPE append writes: Q's rows (dense; q_out's when `fp8_q`) and the
+/// two caches' bytes, from inputs with `token_pad` extra elements after each token (0: aligned,
+/// the register path; 1: the shared-memory path). Half the slots are -1 or shared by no one.
+struct AppendOutputs {
+  std::vector<std::byte> q;
+  std::vector<std::byte> cache;
+};
+
+AppendOutputs append_laid_out(const gpu::Device& device, gpu::StreamRef stream, const RopeSpec& spec, CacheDType cache_dtype,
+                              bool fp8_q, std::int64_t token_pad, std::uint64_t seed) {
+  const DType dtype = DType::bf16;
+  const std::int64_t tokens = 40, q_heads = 8, kv_heads = 2, d = spec.head_dim, slots_n = 64, es = 2;
+  HostTensor q_dense(dtype, tokens, q_heads, d), k_dense(dtype, tokens, kv_heads, d), v_dense(dtype, tokens, kv_heads, d),
+      weights(dtype, 2, 1, d);
+  fill_random(q_dense.view, seed);
+  fill_random(k_dense.view, seed + 1);
+  fill_random(v_dense.view, seed + 2);
+  fill_random(weights.view, seed + 3);
+  const HostPositions pos(spec, random_positions(tokens, 1 << 17, seed + 4));
+  std::vector<std::int64_t> slots(tokens);
+  for (std::int64_t t = 0; t < tokens; ++t) slots[t] = t % 7 == 3 ? -1 : (t * 13) % slots_n;
+  std::vector<std::int64_t> unique_slots;  // a slot written twice would depend on the order of writes
+  for (std::int64_t t = 0; t < tokens; ++t) {
+    if (slots[t] < 0) continue;
+    if (std::find(unique_slots.begin(), unique_slots.end(), slots[t]) != unique_slots.end()) slots[t] = -1;
+    else unique_slots.push_back(slots[t]);
+  }
+  auto laid_out = [&](const HostTensor& from, std::int64_t heads) {
+    auto to = std::make_unique<HostTensor>(dtype, tokens, heads, d, heads * d + token_pad);
+    for (std::int64_t t = 0; t < tokens; ++t)
+      std::memcpy(static_cast<std::byte*>(to->view.data) + t * to->view.token_stride * es,
+                  static_cast<const std::byte*>(from.view.data) + t * from.view.token_stride * es,
+                  static_cast<std::size_t>(heads * d * es));
+    return to;
+  };
+  const auto q_in = laid_out(q_dense, q_heads), k_in = laid_out(k_dense, kv_heads), v_in = laid_out(v_dense, kv_heads);
+  HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + token_pad);
+  const std::int64_t cache_es = size_of(cache_dtype);
+  HostBuffer cache(2 * slots_n * kv_heads * d * cache_es);
+  cache.poison();
+  HostBuffer q_fp8(fp8_q ? tokens * q_heads * d : 1);
+  q_fp8.poison();
+  DeviceMirror dq(device, q_out.buffer, stream), dq_in(device, q_in->buffer, stream), dk(device, k_in->buffer, stream),
+      dv(device, v_in->buffer, stream), dw(device, weights.buffer, stream), dc(device, cache, stream),
+      dq8(device, q_fp8, stream);
+  const DevicePositions dpos(device, pos, stream);
+  gpu::DeviceBuffer dslots(device, tokens * 8);
+  dslots.upload(slots.data(), tokens * 8, stream);
+  AppendArgs g;
+  g.q = dq.map(q_out.view);
+  if (fp8_q) {
+    g.q = dq_in.map(q_in->view);  // q_out reads Q in place and leaves it
+    g.q_out = QuantizedOutput{dq8.map(q_fp8.data()), cache_dtype, q_heads * d, d, 0.75f};
+  } else {
+    g.q_src = dq_in.map(q_in->cview());
+  }
+  g.k = dk.map(k_in->cview());
+  g.v = dv.map(v_in->cview());
+  g.positions = dpos.view;
+  g.slots = static_cast<const std::int64_t*>(dslots.data());
+  auto* cache_base = static_cast<std::byte*>(dc.map(cache.data()));
+  const bool fp8 = cache_dtype == CacheDType::fp8_e4m3;
+  g.cache = KvCacheView{cache_base, cache_base + slots_n * kv_heads * d * cache_es, cache_dtype, CacheLayout::paged_nhd,
+                        kv_heads, d, slots_n / 16, 16, fp8 ? 0.5f : 1.0f, fp8 ? 1.25f : 1.0f};
+  const auto* dw_base = static_cast<const std::byte*>(dw.map(weights.view.data));
+  g.norm = NormWeights{dw_base, dw_base + d * es};
+  GpuEngine engine(spec, device);
+  engine.append(g, stream);
+  engine.check(stream);
+  dc.download(cache, stream);
+  AppendOutputs out;
+  out.cache.assign(cache.data(), cache.data() + cache.size());
+  if (fp8_q) {
+    dq8.download(q_fp8, stream);
+    const std::byte* b = q_fp8.data();
+    out.q.assign(b, b + q_fp8.size());
+  } else {
+    dq.download(q_out.buffer, stream);
+    for (std::int64_t t = 0; t < tokens; ++t) {
+      const auto* row = static_cast<const std::byte*>(q_out.view.data) + t * q_out.view.token_stride * es;
+      out.q.insert(out.q.end(), row, row + q_heads * d * es);
+    }
+  }
+  return out;
+}
+
+/// The append through the register path (Q or q_out, K into the cache, V copied and cast) against
+/// the shared-memory path on the same values: the same bytes, for bf16 and fp8 caches.
+TEST_F(GpuQkNorm, RegisterRowsAppendEqualsSharedMemoryRows) {
+  for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved})
+    for (const CacheDType cache_dtype : {CacheDType::bf16, CacheDType::fp8_e4m3})
+      for (const bool fp8_q : {false, true}) {
+        if (fp8_q && cache_dtype != CacheDType::fp8_e4m3) continue;
+        RopeSpec spec = norm_spec(pairing, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::torch_cuda);
+        spec.rotary_dim = 0;
+        spec.rotary_offset = 0;
+        SCOPED_TRACE(std::string(to_string(pairing)) + (cache_dtype == CacheDType::bf16 ? " bf16 cache" : " fp8 cache") +
+                     (fp8_q ? " fp8 q_out" : ""));
+        const std::int64_t before = gpu::detail::norm_register_launches();
+        const AppendOutputs in_registers = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 0, 505);
+        EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the aligned call took the register path";
+        const AppendOutputs in_shared = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 1, 505);
+        EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the padded call took shared memory";
+        EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
+        EXPECT_TRUE(in_registers.cache == in_shared.cache) << "caches";
       }
 }
 

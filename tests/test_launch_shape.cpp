@@ -1,13 +1,15 @@
-// The GPU launcher's launch shape (src/gpu/launch_shape.hpp), checked on the host: every token covered, whole waves of resident blocks, the shared-memory and 32-bit bounds, decode splits.
+// The GPU launcher's launch shape and QK-norm path (src/gpu/launch_shape.hpp), checked on the host: every token covered, whole waves of resident blocks, the shared-memory and 32-bit bounds, decode splits; which norm shapes hold rows in registers.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "gpu/launch_shape.hpp"
 #include "gpu/rope_params.hpp"
+#include "posenc/rope.hpp"
 
 namespace {
 
@@ -132,6 +134,70 @@ TEST(LaunchShape, GenericInstantiationsAndWideRows) {
       in.resident_blocks_per_sm = 1;
       expect_valid(in, choose_shape(in));
     }
+  }
+}
+
+/// Qwen3-8B's prologue as the launcher describes it: torch_cuda arithmetic, 32-lane vectorized
+/// reduction, whole-head norm and rotation of 128, half_split, aligned rows.
+posenc::gpu::detail::NormPathInput qwen3_norm() {
+  posenc::gpu::detail::NormPathInput in;
+  in.torch_cuda = true;
+  in.vectorized_sum = true;
+  in.q_lanes = 32;
+  in.k_lanes = 32;
+  in.head_dim = 128;
+  in.norm_first = 0;
+  in.norm_width = 128;
+  in.rotary_offset = 0;
+  in.rotary = 128;
+  in.two_halves_or_adjacent = true;
+  in.aligned = true;
+  return in;
+}
+
+TEST(NormPath, CommonShapeHoldsRowsInRegisters) {
+  using posenc::gpu::detail::norm_uses_registers;
+  EXPECT_TRUE(norm_uses_registers(qwen3_norm()));
+  auto in = qwen3_norm();
+  in.head_dim = in.norm_width = in.rotary = 256;
+  EXPECT_TRUE(norm_uses_registers(in)) << "head_dim 256";
+}
+
+// A spec that rotates the whole head leaves RopeSpec::rotary_dim 0; the launcher resolves it
+// (RopeSpec::rotary()) before asking. This is what the first version got wrong: it compared the
+// unresolved rotary_dim with head_dim, and the register path never ran in the benchmark.
+TEST(NormPath, TheLauncherAsksWithTheResolvedRotaryWidth) {
+  posenc::RopeSpec spec;
+  spec.head_dim = 128;
+  ASSERT_EQ(spec.rotary_dim, 0);
+  auto in = qwen3_norm();
+  in.rotary = spec.rotary();
+  EXPECT_TRUE(posenc::gpu::detail::norm_uses_registers(in));
+  in.rotary = spec.rotary_dim;
+  EXPECT_FALSE(posenc::gpu::detail::norm_uses_registers(in));
+}
+
+TEST(NormPath, EveryOtherShapeTakesSharedMemory) {
+  using posenc::gpu::detail::NormPathInput;
+  using posenc::gpu::detail::norm_uses_registers;
+  const std::pair<const char*, void (*)(NormPathInput&)> changes[] = {
+      {"exact arithmetic (one lane sums in double)", [](NormPathInput& in) { in.torch_cuda = false; }},
+      {"scalar reduction", [](NormPathInput& in) { in.vectorized_sum = false; }},
+      {"16 Q lanes (few rows)", [](NormPathInput& in) { in.q_lanes = 16; }},
+      {"64 K lanes", [](NormPathInput& in) { in.k_lanes = 64; }},
+      {"head_dim 64", [](NormPathInput& in) { in.head_dim = in.norm_width = in.rotary = 64; }},
+      {"head_dim 192", [](NormPathInput& in) { in.head_dim = in.norm_width = in.rotary = 192; }},
+      {"partial rotary", [](NormPathInput& in) { in.rotary = 64; }},
+      {"rotary offset", [](NormPathInput& in) { in.rotary_offset = 64, in.rotary = 64; }},
+      {"norm over the rotary span only", [](NormPathInput& in) { in.norm_first = 64, in.norm_width = 64; }},
+      {"half_split_2d pairs", [](NormPathInput& in) { in.two_halves_or_adjacent = false; }},
+      {"MLA append", [](NormPathInput& in) { in.mla = true; }},
+      {"misaligned rows", [](NormPathInput& in) { in.aligned = false; }},
+  };
+  for (const auto& [what, change] : changes) {
+    NormPathInput in = qwen3_norm();
+    change(in);
+    EXPECT_FALSE(norm_uses_registers(in)) << what;
   }
 }
 

@@ -1,7 +1,8 @@
-// choose_shape (launch_shape.hpp): plain host arithmetic, compiled in every build so the CPU tests cover it.
+// choose_shape and norm_uses_registers (launch_shape.hpp): plain host arithmetic, compiled in every build so the CPU tests cover it.
 #include "gpu/launch_shape.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 
 #include "gpu/rope_params.hpp"
@@ -35,5 +36,20 @@ LaunchShape choose_shape(const ShapeInput& in) {
   s.block_y = static_cast<std::uint32_t>(row_groups);
   return s;
 }
+
+bool norm_uses_registers(const NormPathInput& in) {
+  const bool whole_head = in.norm_first == 0 && in.norm_width == in.head_dim && in.rotary_offset == 0 &&
+                          in.rotary == in.head_dim;
+  return in.torch_cuda && in.vectorized_sum && in.q_lanes == 32 && in.k_lanes == 32 && whole_head &&
+         (in.head_dim == 128 || in.head_dim == 256) && in.two_halves_or_adjacent && !in.mla && in.aligned;
+}
+
+namespace {
+std::atomic<std::int64_t> register_launches{0};
+}  // namespace
+
+std::int64_t norm_register_launches() noexcept { return register_launches.load(std::memory_order_relaxed); }
+
+void count_norm_register_launch() noexcept { register_launches.fetch_add(1, std::memory_order_relaxed); }
 
 }  // namespace posenc::gpu::detail

@@ -1,4 +1,4 @@
-// The launch shape of rope_kernel (grid, block, tile, shared memory) as a pure host function of the problem size and the device's occupancy, unit-tested on the CPU.
+// The launch shape of rope_kernel (grid, block, tile, shared memory) and the QK-norm kernel's choice of path, as pure host functions, unit-tested on the CPU.
 #pragma once
 
 #include <cstddef>
@@ -46,5 +46,35 @@ struct LaunchShape {
 ///  - when the tiles leave resident blocks idle, a tile's rows are split over grid_y blocks, up to
 ///    one row per thread: the per-thread chain of rows is the decode latency once the table is done.
 LaunchShape choose_shape(const ShapeInput& in);
+
+/// What the QK-norm kernel's path depends on (the launcher fills it from the spec, the call's norm
+/// fields and the tensors' alignment).
+struct NormPathInput {
+  bool torch_cuda = false;         ///< torch's CUDA reduction order (KernelNorm::torch_cuda), not exact's
+  bool vectorized_sum = false;     ///< torch reads the rows as 4-float vectors
+  int q_lanes = 0;                 ///< torch's reduce lanes over Q's rows, and over K's
+  int k_lanes = 0;
+  std::int64_t head_dim = 0;
+  std::int64_t norm_first = 0;     ///< the normalised span [first, first + width)
+  std::int64_t norm_width = 0;
+  std::int64_t rotary_offset = 0;
+  std::int64_t rotary = 0;         ///< the rotated width, resolved (RopeSpec::rotary(), never 0)
+  bool two_halves_or_adjacent = false;  ///< pairing half_split or interleaved
+  bool mla = false;                ///< an MLA append (rows of the latent, not heads)
+  bool aligned = false;            ///< every row of Q, K, V, the cache and q_out 16-byte aligned, strides too
+};
+
+/// Whether the QK-norm kernel holds each row in registers (norm_kernels.cuh norm_rows_in_registers)
+/// instead of in shared memory: torch's CUDA reduction with 32 lanes over 4-float vectors for Q
+/// and K, so that lane l holds exactly the elements torch's lane l sums; the norm and the rotation
+/// over the whole head of 128 or 256; half_split or interleaved pairs; aligned rows. Otherwise the
+/// shared-memory path, which takes every shape.
+bool norm_uses_registers(const NormPathInput& in);
+
+/// QK-norm launches in this process that took the register path (the launcher counts them with
+/// count_norm_register_launch, one relaxed atomic add): a test seam, so that a test comparing the
+/// two paths can tell that both ran.
+std::int64_t norm_register_launches() noexcept;
+void count_norm_register_launch() noexcept;
 
 }  // namespace posenc::gpu::detail

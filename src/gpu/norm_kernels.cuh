@@ -13,6 +13,13 @@
 //      them, with the pass-through elements, to Q or to the cache row.
 // The rows stay in shared memory between the steps, so each element is read once from global
 // memory and written once.
+//
+// The common shape takes a second path with no row in shared memory (norm_rows_in_registers, when
+// launch_shape.hpp norm_uses_registers holds: Qwen3's whole-head norm and rotation at head_dim 128 or
+// 256, torch's 32-lane reduction, aligned rows): each lane holds the four-element vectors torch's
+// lane reads, the reduction tree is a shuffle-down tree, the half_split partner a shuffle, and the
+// next row's loads go out before the current row is computed. Both paths make the same additions
+// and roundings (test_gpu_qk_norm compares them bit for bit).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +52,140 @@ __device__ __forceinline__ float norm_mean_square(const KernelNorm& norm, bool i
   const float sum = partial[0];
   device_sync_warp();
   return posenc::detail::mul_rn(sum, is_q ? norm.q_factor : norm.k_factor);
+}
+
+/// Groups of 128 elements a lane's row registers cover (head_dim 128 or 256).
+inline constexpr int register_groups_max = 2;
+
+/// Rows of one token held in registers (KernelNorm::register_rows): the common shape, where torch's
+/// CUDA reduction has 32 lanes reading 4-float vectors and the norm and the rotation cover the whole
+/// head (head_dim 128 or 256, half_split or interleaved pairs, aligned rows). Lane l holds elements
+/// 128 g + 4 l + k (g < head_dim / 128, k < 4): exactly the vectors torch's lane l reads, so its
+/// partial sum and a shuffle-down tree make torch's additions in torch's order (the shared-memory
+/// path's arithmetic, without shared memory). A half_split partner is 64 elements away at head_dim
+/// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group). The warp takes rows
+/// `warp`, `warp + warps`, ...; each row's loads are issued before the previous row is computed.
+/// G: head_dim / 128.
+template <DType A, Numerics N, bool Append, int G>
+__device__ __forceinline__ void norm_rows_in_registers(const NormKernelParams& params, const CosSin* table,
+                                                       std::int64_t token, int warp, int warps, int lane) {
+  static_assert(G >= 1 && G <= register_groups_max);
+  using S = storage_t<A>;
+  using Vec = Packed<S, 4>;
+  const RopeKernelParams& p = params.rope;
+  const KernelNorm& norm = params.norm;
+  const auto kind = static_cast<QkNormKind>(norm.kind);
+  const bool interleaved = static_cast<Pairing>(norm.pairing) == Pairing::interleaved;
+  const int base = 4 * lane;  // element of (group 0, k = 0)
+  // This lane's weights of Q's norm and of K's (absent in a Q-only call), widened once per token.
+  float wq[G][4] = {};
+  float wk[G][4] = {};
+  const S* const q_weight = static_cast<const S*>(norm.q_weight);
+  const S* const k_weight = static_cast<const S*>(norm.k_weight);
+#pragma unroll
+  for (int g = 0; g < G; ++g) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      wq[g][k] = Element<A>::widen(q_weight[128 * g + base + k]);
+      if (k_weight != nullptr) wk[g][k] = Element<A>::widen(k_weight[128 * g + base + k]);
+    }
+  }
+
+  auto load = [&](int h, HeadPointers<S>& hp, bool& active, Vec (&x)[G]) {
+    active = true;
+    if constexpr (Append) hp = append_row_pointers<S>(p, token, h, active);
+    else hp = head_pointers<S>(p, token, h);
+    if (!active) return;
+#pragma unroll
+    for (int g = 0; g < G; ++g) x[g] = load_packed<S, 4>(hp.src + 128 * g + base);
+  };
+  auto store = [&](const HeadPointers<S>& hp, int g, const Vec& out) {
+    if (Append && hp.to_cache) {
+      store_cache<A, 4>(static_cast<unsigned char*>(hp.dst), 128 * g + base, out, p.cache.dtype, hp.scale);
+    } else {
+      store_packed<S, 4>(static_cast<S*>(hp.dst) + 128 * g + base, out);
+    }
+  };
+
+  HeadPointers<S> next{};
+  bool next_active = false;
+  Vec next_x[G];
+  if (warp < p.total_heads) load(warp, next, next_active, next_x);
+  for (int h = warp; h < p.total_heads; h += warps) {
+    const HeadPointers<S> hp = next;
+    const bool active = next_active;
+    Vec x[G];
+#pragma unroll
+    for (int g = 0; g < G; ++g) x[g] = next_x[g];
+    if (h + warps < p.total_heads) load(h + warps, next, next_active, next_x);  // in flight while this row computes
+    if (!active) continue;  // the warp agrees: one row
+    if (!hp.rotate) {
+      // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
+#pragma unroll
+      for (int g = 0; g < G; ++g) store(hp, g, x[g]);
+      continue;
+    }
+    const bool is_q = h < p.q_heads;
+    float v[G][4];
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        v[g][k] = Element<A>::widen(x[g].v[k]);
+        acc[k] = posenc::detail::add_rn(acc[k], posenc::detail::mul_rn(v[g][k], v[g][k]));
+      }
+    }
+    float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_down(part, o));
+    const float mean = posenc::detail::mul_rn(device_shfl(part, 0), is_q ? norm.q_factor : norm.k_factor);
+    const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k)  // (selected element by element: a run-time index would put them in local memory)
+        v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), is_q ? wq[g][k] : wk[g][k]);
+    }
+    float out[G][4];
+    if (interleaved) {
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+#pragma unroll
+        for (int k = 0; k < 4; k += 2) {
+          const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
+          out[g][k] = rotated.a;
+          out[g][k + 1] = rotated.b;
+        }
+      }
+    } else if constexpr (G == 1) {
+      // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16.
+      const bool first = lane < 16;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float other = device_shfl_xor(v[0][k], 16);
+        const int pair = (first ? base : base - 64) + k;
+        const Pair rotated = rotate<A, N>(first ? v[0][k] : other, first ? other : v[0][k], table[pair]);
+        out[0][k] = first ? rotated.a : rotated.b;
+      }
+    } else {
+      static_assert(G == 2);
+      // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
+        out[0][k] = rotated.a;
+        out[1][k] = rotated.b;
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < G; ++g) {
+      Vec o;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
+      store(hp, g, o);
+    }
+  }
 }
 
 /// QK norm, then RoPE (and for Append the KV-cache write) of every row of a call.
@@ -80,6 +221,11 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
                      : cos_sin<A, N>(e.inv_freq, e.position, p);
     }
     __syncthreads();
+    if (norm.register_rows != 0) {
+      if (head_dim == 128) norm_rows_in_registers<A, N, Append, 1>(params, table, token, warp, warps, lane);
+      else norm_rows_in_registers<A, N, Append, 2>(params, table, token, warp, warps, lane);
+      continue;
+    }
 
     for (int h = warp; h < p.total_heads; h += warps) {
       bool active = true;

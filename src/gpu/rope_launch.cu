@@ -111,6 +111,14 @@ bool vector_path_ok(const KernelTensor& t, std::int64_t v) {
          t.dst_head_stride % v == 0 && t.src_token_stride % v == 0 && t.src_head_stride % v == 0;
 }
 
+/// The same for an append's other rows: the cache's (head_dim apart: aligned when the bases are and
+/// head_dim is a multiple of V), V's, and q_out's (null when absent: aligned).
+bool append_rows_aligned(const detail::KernelCache& c, std::int64_t v, std::int64_t head_dim) {
+  return head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) && c.v_token_stride % v == 0 &&
+         c.v_head_stride % v == 0 && aligned16(c.q_out) && c.q_out_token_stride % v == 0 &&
+         c.q_out_head_stride % v == 0;
+}
+
 }  // namespace
 
 struct GpuEngine::State {
@@ -124,6 +132,8 @@ struct GpuEngine::State {
   RopeKernelParams base;                      ///< spec-derived fields, filled once
   /// The QK-norm stage (spec.qk_norm enabled): its kernels per dtype and spec-derived fields.
   NormKernelPair norm_kernels[dtype_count];
+  /// Resident blocks per SM of the norm kernels: [dtype][apply, append][rows in registers, in shared memory]
+  int norm_resident[dtype_count][2][2] = {};
   detail::KernelNorm norm;
   SelectParams select;                        ///< spec-derived fields, filled once
   bool call_dependent = false;
@@ -331,8 +341,24 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
                       " elements in torch_cuda arithmetic: widths >= 128 must be multiples of 4 (torch's "
                       "vectorized reduction order is reproduced only for aligned rows); use hf_arithmetic 'exact'");
     }
-    for (const DType dtype : all_dtypes)
-      s.norm_kernels[static_cast<std::size_t>(dtype)] = detail::norm_kernels(dtype, spec.numerics);
+    // The two paths differ in shared memory (a row per warp, or only the token's cos/sin), hence
+    // in resident blocks; the launch sizes its grid to one whole wave of them.
+    const auto shared_bytes = [&](bool registers) {
+      return static_cast<std::size_t>(registers ? half * detail::table_entry_bytes
+                                                : detail::norm_shared_bytes(half, spec.head_dim));
+    };
+    for (const DType dtype : all_dtypes) {
+      const auto i = static_cast<std::size_t>(dtype);
+      s.norm_kernels[i] = detail::norm_kernels(dtype, spec.numerics);
+      for (int a = 0; a < 2; ++a)
+        for (int r = 0; r < 2; ++r) {
+          int blocks = 0;
+          POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &blocks, a == 0 ? s.norm_kernels[i].apply : s.norm_kernels[i].append, detail::norm_block_threads,
+              shared_bytes(r == 0)));
+          s.norm_resident[i][a][r] = std::max(1, blocks);
+        }
+    }
     s.norm.kind = static_cast<std::int32_t>(spec.qk_norm.kind);
     s.norm.pairing = static_cast<std::int32_t>(spec.pairing);
     s.norm.first = static_cast<std::int32_t>(spec.qk_norm_first());
@@ -373,14 +399,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
     const std::int64_t lane_pairs = spec.pairing == Pairing::half_split_2d ? p.half / 2 : p.half;
     vectorized = spec.rotary_offset % v == 0 && lane_pairs % v == 0 && (!copies || head_dim % v == 0) &&
                  vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v));
-    if (append) {
-      // The cache rows are head_dim apart: V-element accesses stay aligned when the bases are.
-      const detail::KernelCache& c = p.cache;
-      vectorized = vectorized && head_dim % v == 0 && aligned16(c.k) && aligned16(c.v) && aligned16(c.v_src) &&
-                   c.v_token_stride % v == 0 && c.v_head_stride % v == 0;
-      // q_out's rows take the same V-element stores as the cache's (null when absent: aligned).
-      vectorized = vectorized && aligned16(c.q_out) && c.q_out_token_stride % v == 0 && c.q_out_head_stride % v == 0;
-    }
+    if (append) vectorized = vectorized && append_rows_aligned(p.cache, v, head_dim);
     const std::int64_t width = vectorized ? v : 1;
     p.rotary_lanes = static_cast<std::int32_t>(p.half / width);
     const int lanes = static_cast<int>(p.rotary_lanes + (copies ? (head_dim - p.rotary_dim) / width : 0));
@@ -425,12 +444,34 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
 
   detail::record_launch(native, record);
   if (call_norm != nullptr) {
-    // The QK-norm kernel: one block per token (up to 8 resident blocks per SM), a warp per row.
-    const std::int64_t blocks = std::min<std::int64_t>(tokens, std::int64_t{8} * device.multiprocessor_count());
-    const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim));
+    // The QK-norm kernel: a block per token, grid-striding over tokens with one whole wave of
+    // resident blocks (a partial second wave would double the last tokens' time); a warp per row,
+    // the row in registers where the shape allows, in shared memory otherwise.
+    detail::NormKernelParams np{p, *call_norm};
+    const std::int64_t v = posenc::detail::vector_bytes / size_of(dtype);
+    detail::NormPathInput path;
+    path.torch_cuda = np.norm.torch_cuda != 0;
+    path.vectorized_sum = np.norm.vectorized_sum != 0;
+    path.q_lanes = np.norm.q_lanes;
+    path.k_lanes = np.norm.k_lanes;
+    path.head_dim = spec.head_dim;
+    path.norm_first = np.norm.first;
+    path.norm_width = np.norm.width;
+    path.rotary_offset = spec.rotary_offset;
+    path.rotary = spec.rotary();
+    path.two_halves_or_adjacent = spec.pairing == Pairing::half_split || spec.pairing == Pairing::interleaved;
+    path.mla = p.cache.latent_dim > 0;
+    path.aligned = vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v)) &&
+                   (!append || append_rows_aligned(p.cache, v, spec.head_dim));
+    np.norm.register_rows = detail::norm_uses_registers(path) ? 1 : 0;
+    if (np.norm.register_rows != 0) detail::count_norm_register_launch();
+    // Rows held in registers need only the token's cos/sin in shared memory.
+    const auto shared = static_cast<std::size_t>(np.norm.register_rows != 0 ? p.half * detail::table_entry_bytes
+                                                                            : detail::norm_shared_bytes(p.half, spec.head_dim));
+    const int resident = norm_resident[di][append ? 1 : 0][np.norm.register_rows != 0 ? 0 : 1];
+    const std::int64_t blocks = std::min<std::int64_t>(tokens, std::int64_t{resident} * device.multiprocessor_count());
     const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;
-    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(
-        detail::NormKernelParams{p, *call_norm});
+    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(np);
   } else {
     const RopeKernel kernel = vectorized ? kernels[append ? 1 : 0][di].vectorized : kernels[append ? 1 : 0][di].generic;
     kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);

@@ -171,6 +171,9 @@ struct KernelNorm {
   float q_factor = 1.0f;           ///< torch's mean factor for Q's row count (core/qk_norm.hpp)
   float k_factor = 1.0f;
   float epsilon = 0.0f;            ///< fl32(epsilon)
+  /// 1: rows held in registers, four elements a lane (norm_kernels.cuh norm_rows_in_registers;
+  /// launch_shape.hpp norm_uses_registers says when)
+  std::int32_t register_rows = 0;
 };
 
 /// A norm launch: the rotation's parameters and the norm stage. One block per token (grid-stride),

@@ -86,6 +86,11 @@ __device__ __forceinline__ void device_sync_warp() {
   __builtin_amdgcn_wave_barrier();
   __builtin_amdgcn_fence(__ATOMIC_ACQUIRE, "wavefront");
 }
+/// Exchanges among the 32 lanes of a row's group (a 64-wide wavefront holds two groups): the value
+/// of lane + delta, of lane ^ mask, of lane `src`.
+__device__ __forceinline__ float device_shfl_down(float v, int delta) { return __shfl_down(v, delta, 32); }
+__device__ __forceinline__ float device_shfl_xor(float v, int mask) { return __shfl_xor(v, mask, 32); }
+__device__ __forceinline__ float device_shfl(float v, int src) { return __shfl(v, src, 32); }
 #endif
 }  // namespace posenc::gpu
 
@@ -107,6 +112,11 @@ inline constexpr const char* vendor_backend = "cuda";
 #define POSENC_DEVICE_ROUNDING 1
 /// Orders the shared-memory accesses of the 32 lanes of a warp that work on one row (norm_kernels.cuh).
 __device__ __forceinline__ void device_sync_warp() { __syncwarp(); }
+/// Exchanges among the 32 lanes of a warp (every lane takes part): the value of lane + delta, of
+/// lane ^ mask, of lane `src`.
+__device__ __forceinline__ float device_shfl_down(float v, int delta) { return __shfl_down_sync(0xffffffffu, v, delta); }
+__device__ __forceinline__ float device_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
+__device__ __forceinline__ float device_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 /// Fetches the line holding `p` into L2 without occupying a register (prefetch.global.L2).
 __device__ __forceinline__ void device_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
