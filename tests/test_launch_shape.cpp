@@ -201,4 +201,30 @@ TEST(NormPath, EveryOtherShapeTakesSharedMemory) {
   }
 }
 
+TEST(NormGrid, OneWaveOfTokensAndRowsSplitAtDecode) {
+  using posenc::gpu::detail::norm_grid;
+  const std::int64_t resident = 132 * 5;  // an H100-like device at five blocks per SM
+  // Qwen3-8B: 32 + 8 heads, eight warps a block: five blocks give every row its own warp.
+  auto g = norm_grid(1, 40, resident);
+  EXPECT_EQ(g.x, 1u);
+  EXPECT_EQ(g.y, 5u);
+  g = norm_grid(64, 40, resident);
+  EXPECT_EQ(g.x, 64u);
+  EXPECT_EQ(g.y, 5u);
+  g = norm_grid(200, 40, resident);  // 660 / 200: three blocks a token fit in the wave
+  EXPECT_EQ(g.x, 200u);
+  EXPECT_EQ(g.y, 3u);
+  g = norm_grid(4096, 40, resident);  // one wave grid-striding over the tokens
+  EXPECT_EQ(g.x, 660u);
+  EXPECT_EQ(g.y, 1u);
+  g = norm_grid(std::int64_t{1} << 40, 40, resident);
+  EXPECT_EQ(g.x, 660u);
+  EXPECT_EQ(g.y, 1u);
+  g = norm_grid(1, 2, resident);  // fewer rows than a block's warps: no split
+  EXPECT_EQ(g.y, 1u);
+  g = norm_grid(1, 40, 0);  // an occupancy of 0 is treated as 1
+  EXPECT_EQ(g.x, 1u);
+  EXPECT_EQ(g.y, 1u);
+}
+
 }  // namespace

@@ -44,6 +44,18 @@ bool norm_uses_registers(const NormPathInput& in) {
          (in.head_dim == 128 || in.head_dim == 256) && in.two_halves_or_adjacent && !in.mla && in.aligned;
 }
 
+NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks) {
+  NormGrid g;
+  const std::int64_t resident = std::max<std::int64_t>(resident_blocks, 1);
+  const std::int64_t x = std::min({std::max<std::int64_t>(tokens, 1), resident, std::int64_t{INT_MAX}});
+  constexpr int warps = norm_block_threads / 32;
+  const std::int64_t row_groups = (std::max(total_heads, 1) + warps - 1) / warps;  // blocks for one row a warp
+  const std::int64_t y = std::max<std::int64_t>(1, std::min(row_groups, resident / x));
+  g.x = static_cast<std::uint32_t>(x);
+  g.y = static_cast<std::uint32_t>(std::min<std::int64_t>(y, 65535));
+  return g;
+}
+
 namespace {
 std::atomic<std::int64_t> register_launches{0};
 }  // namespace

@@ -71,6 +71,15 @@ struct NormPathInput {
 /// shared-memory path, which takes every shape.
 bool norm_uses_registers(const NormPathInput& in);
 
+/// The QK-norm kernel's grid: x blocks grid-striding over tokens, one whole wave of resident blocks
+/// at most (a partial second wave would double the last tokens' time); y blocks sharing each token's
+/// rows when the tokens leave resident blocks idle (decode), up to one row per warp.
+struct NormGrid {
+  std::uint32_t x = 1;
+  std::uint32_t y = 1;
+};
+NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks);
+
 /// QK-norm launches in this process that took the register path (the launcher counts them with
 /// count_norm_register_launch, one relaxed atomic add): a test seam, so that a test comparing the
 /// two paths can tell that both ran.

@@ -1,6 +1,7 @@
 // GPU device code of the QK-norm + RoPE kernel (RopeSpec::qk_norm): per-head RMSNorm, rotation and (append) the cache write in one launch (no host code).
 //
-// Thread mapping: one block per token (grid-stride over tokens). The block first computes the
+// Thread mapping: one block per token (grid-stride over tokens; in a small call gridDim.y blocks
+// share a token, each taking every gridDim.y-th group of rows). The block first computes the
 // token's cos/sin (one entry per pair, shared by all its heads) into shared memory, then each warp
 // takes rows (heads) in turn over [Q heads..., K heads...] (appends: [Q..., K..., V...]):
 //   1. the warp loads the head into its shared row as floats (coalesced);
@@ -64,11 +65,12 @@ inline constexpr int register_groups_max = 2;
 /// partial sum and a shuffle-down tree make torch's additions in torch's order (the shared-memory
 /// path's arithmetic, without shared memory). A half_split partner is 64 elements away at head_dim
 /// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group). The warp takes rows
-/// `warp`, `warp + warps`, ...; each row's loads are issued before the previous row is computed.
+/// `first_row`, `first_row + row_stride`, ...; each row's loads are issued before the previous row
+/// is computed.
 /// G: head_dim / 128.
 template <DType A, Numerics N, bool Append, int G>
 __device__ __forceinline__ void norm_rows_in_registers(const NormKernelParams& params, const CosSin* table,
-                                                       std::int64_t token, int warp, int warps, int lane) {
+                                                       std::int64_t token, int first_row, int row_stride, int lane) {
   static_assert(G >= 1 && G <= register_groups_max);
   using S = storage_t<A>;
   using Vec = Packed<S, 4>;
@@ -110,14 +112,14 @@ __device__ __forceinline__ void norm_rows_in_registers(const NormKernelParams& p
   HeadPointers<S> next{};
   bool next_active = false;
   Vec next_x[G];
-  if (warp < p.total_heads) load(warp, next, next_active, next_x);
-  for (int h = warp; h < p.total_heads; h += warps) {
+  if (first_row < p.total_heads) load(first_row, next, next_active, next_x);
+  for (int h = first_row; h < p.total_heads; h += row_stride) {
     const HeadPointers<S> hp = next;
     const bool active = next_active;
     Vec x[G];
 #pragma unroll
     for (int g = 0; g < G; ++g) x[g] = next_x[g];
-    if (h + warps < p.total_heads) load(h + warps, next, next_active, next_x);  // in flight while this row computes
+    if (h + row_stride < p.total_heads) load(h + row_stride, next, next_active, next_x);  // in flight while this row computes
     if (!active) continue;  // the warp agrees: one row
     if (!hp.rotate) {
       // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
@@ -204,6 +206,10 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
   float* const partial = row + norm.head_dim;
   const int head_dim = norm.head_dim;
   const int window_end = p.rotary_offset + p.rotary_dim;
+  // gridDim.y blocks share a token's rows (small calls: more warps than one block has), each with
+  // the token's table; the warps of all of them take the rows in turn.
+  const int first_row = warp + static_cast<int>(blockIdx.y) * warps;
+  const int row_stride = warps * static_cast<int>(gridDim.y);
 
   for (std::int64_t token = blockIdx.x; token < p.tokens; token += gridDim.x) {
     if (token != static_cast<std::int64_t>(blockIdx.x)) __syncthreads();  // the last token's rows read the table
@@ -222,12 +228,12 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
     }
     __syncthreads();
     if (norm.register_rows != 0) {
-      if (head_dim == 128) norm_rows_in_registers<A, N, Append, 1>(params, table, token, warp, warps, lane);
-      else norm_rows_in_registers<A, N, Append, 2>(params, table, token, warp, warps, lane);
+      if (head_dim == 128) norm_rows_in_registers<A, N, Append, 1>(params, table, token, first_row, row_stride, lane);
+      else norm_rows_in_registers<A, N, Append, 2>(params, table, token, first_row, row_stride, lane);
       continue;
     }
 
-    for (int h = warp; h < p.total_heads; h += warps) {
+    for (int h = first_row; h < p.total_heads; h += row_stride) {
       bool active = true;
       HeadPointers<S> hp;
       if constexpr (Append) hp = append_row_pointers<S>(p, token, h, active);

@@ -469,9 +469,9 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
     const auto shared = static_cast<std::size_t>(np.norm.register_rows != 0 ? p.half * detail::table_entry_bytes
                                                                             : detail::norm_shared_bytes(p.half, spec.head_dim));
     const int resident = norm_resident[di][append ? 1 : 0][np.norm.register_rows != 0 ? 0 : 1];
-    const std::int64_t blocks = std::min<std::int64_t>(tokens, std::int64_t{resident} * device.multiprocessor_count());
+    const detail::NormGrid grid = detail::norm_grid(tokens, p.total_heads, std::int64_t{resident} * device.multiprocessor_count());
     const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;
-    kernel<<<static_cast<unsigned>(std::max<std::int64_t>(blocks, 1)), detail::norm_block_threads, shared, native>>>(np);
+    kernel<<<dim3(grid.x, grid.y, 1), detail::norm_block_threads, shared, native>>>(np);
   } else {
     const RopeKernel kernel = vectorized ? kernels[append ? 1 : 0][di].vectorized : kernels[append ? 1 : 0][di].generic;
     kernel<<<dim3(shape.grid_x, shape.grid_y, 1), dim3(shape.block_x, shape.block_y, 1), shape.table_bytes, native>>>(p);
