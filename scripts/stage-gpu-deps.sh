@@ -157,7 +157,7 @@ echo "  googletest     $gtest_src"
 echo "  SLEEF          $sleef_header + $sleef_libs/libsleef.so.3"
 echo "  MKL            vmsCos/vmsSin from $mkl_lib (posenc_mkl_vml.o)"
 echo "  flashinfer     $flashinfer_id ($flashinfer_note)"
-echo "  .whl           $(ls "$root"/.whl/*.whl 2>/dev/null | wc -l) wheels for the Python build ($wheel_note)"
+echo "  .whl           $(find "$root/.whl" -maxdepth 1 -type f -name "*.whl" 2>/dev/null | wc -l) wheels for the Python build ($wheel_note)"
 if ((size > 48)); then
   echo "stage-gpu-deps: warning: ${size} MiB is close to the 64 MiB a device call can carry" >&2
 fi
