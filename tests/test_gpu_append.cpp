@@ -313,8 +313,8 @@ TEST_F(GpuAppend, Fp8CacheEncodesEvery16BitValueAsTheCpuEngine) {
         cache.v.download(host_cache.v, ref());
         std::int64_t nan_signs = 0;
         EXPECT_TRUE(fp8_bytes_equal(cpu_cache.v.snapshot(), host_cache.v, nan_signs)) << "V cache";
-        // Only NaN inputs may differ, and only in sign: at most the 2 x 127 (bf16) or 2 x 1023 (f16)
-        // NaN patterns of one sign.
+        // Only NaN inputs may differ, and only in sign: at most the NaN patterns of one sign, 127
+        // in bf16 and 1023 in f16.
         EXPECT_LE(nan_signs, act == DType::bf16 ? 127 : 1023) << "V cache: NaNs whose sign differs";
         cache.k.download(host_cache.k, ref());
         EXPECT_TRUE(bytes_equal(cpu_cache.k.snapshot(), host_cache.k)) << "K cache";

@@ -177,6 +177,32 @@ TEST_F(GpuQkNorm, TorchCudaWithinUlpsOfExact) {
       }
 }
 
+/// A copy of `dense` (rows of one token consecutive) with `token_pad` extra elements after each
+/// token's rows: 0 keeps the layout, 1 moves every token after the first off 16-byte alignment.
+std::unique_ptr<HostTensor> padded_copy(const HostTensor& dense, std::int64_t token_pad) {
+  const ConstTensorView from = dense.cview();
+  const std::int64_t row_bytes = from.heads * from.head_dim * size_of(from.dtype);
+  auto to = std::make_unique<HostTensor>(from.dtype, from.tokens, from.heads, from.head_dim,
+                                         from.heads * from.head_dim + token_pad);
+  for (std::int64_t t = 0; t < from.tokens; ++t)
+    std::memcpy(static_cast<std::byte*>(to->view.data) + t * to->view.token_stride * size_of(from.dtype),
+                static_cast<const std::byte*>(from.data) + t * from.token_stride * size_of(from.dtype),
+                static_cast<std::size_t>(row_bytes));
+  return to;
+}
+
+/// The bytes of every token's rows of `t`, without the padding between tokens.
+std::vector<std::byte> dense_bytes(const HostTensor& t) {
+  const std::int64_t es = size_of(t.view.dtype);
+  const std::int64_t row_bytes = t.view.heads * t.view.head_dim * es;
+  std::vector<std::byte> out;
+  for (std::int64_t i = 0; i < t.view.tokens; ++i) {
+    const auto* row = static_cast<const std::byte*>(t.view.data) + i * t.view.token_stride * es;
+    out.insert(out.end(), row, row + row_bytes);
+  }
+  return out;
+}
+
 /// Q and K (dense copies of their rows) after one torch_cuda norm + RoPE on the GPU, from inputs
 /// laid out with `token_pad` extra elements after each token: 0 keeps every row 16-byte aligned,
 /// so the kernel holds rows in registers; 1 breaks the alignment, so it takes the shared-memory
@@ -191,24 +217,17 @@ Outputs run_laid_out(const gpu::Device& device, gpu::StreamRef stream, const Rop
   fill_random(k_dense.view, seed + 1);
   fill_random(weights.view, seed + 2);
   const HostPositions pos(spec, random_positions(tokens, 1 << 17, seed + 3));
-  HostTensor q_in(dtype, tokens, q_heads, d, q_heads * d + token_pad), k_in(dtype, tokens, k_heads, d, k_heads * d + token_pad);
+  const auto q_in = padded_copy(q_dense, token_pad), k_in = padded_copy(k_dense, token_pad);
   HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + token_pad), k_out(dtype, tokens, k_heads, d, k_heads * d + token_pad);
-  for (auto [from, to] : {std::pair<HostTensor*, HostTensor*>{&q_dense, &q_in}, {&k_dense, &k_in}}) {
-    for (std::int64_t t = 0; t < tokens; ++t)
-      for (std::int64_t h = 0; h < from->view.heads; ++h)
-        std::memcpy(static_cast<std::byte*>(to->view.data) + (t * to->view.token_stride + h * d) * es,
-                    static_cast<const std::byte*>(from->view.data) + (t * from->view.token_stride + h * d) * es,
-                    static_cast<std::size_t>(d * es));
-  }
   DeviceMirror dq(device, q_out.buffer, stream), dk(device, k_out.buffer, stream);
-  DeviceMirror dq_in(device, q_in.buffer, stream), dk_in(device, k_in.buffer, stream);
+  DeviceMirror dq_in(device, q_in->buffer, stream), dk_in(device, k_in->buffer, stream);
   DeviceMirror dw(device, weights.buffer, stream);
   const DevicePositions dpos(device, pos, stream);
   RopeArgs args;
   args.q = dq.map(q_out.view);
   args.k = dk.map(k_out.view);
-  args.q_src = dq_in.map(q_in.cview());
-  args.k_src = dk_in.map(k_in.cview());
+  args.q_src = dq_in.map(q_in->cview());
+  args.k_src = dk_in.map(k_in->cview());
   args.positions = dpos.view;
   const auto* w = static_cast<const std::byte*>(dw.map(weights.view.data));
   args.norm = NormWeights{w, w + d * es};
@@ -218,14 +237,8 @@ Outputs run_laid_out(const gpu::Device& device, gpu::StreamRef stream, const Rop
   dq.download(q_out.buffer, stream);
   dk.download(k_out.buffer, stream);
   Outputs dense;
-  for (const HostTensor* out : {&q_out, &k_out}) {
-    std::vector<std::byte>& rows = out == &q_out ? dense.q : dense.k;
-    for (std::int64_t t = 0; t < tokens; ++t)
-      for (std::int64_t h = 0; h < out->view.heads; ++h) {
-        const auto* row = static_cast<const std::byte*>(out->view.data) + (t * out->view.token_stride + h * d) * es;
-        rows.insert(rows.end(), row, row + d * es);
-      }
-  }
+  dense.q = dense_bytes(q_out);
+  dense.k = dense_bytes(k_out);
   return dense;
 }
 
@@ -286,15 +299,8 @@ AppendOutputs append_laid_out(const gpu::Device& device, gpu::StreamRef stream, 
     if (std::find(unique_slots.begin(), unique_slots.end(), slots[t]) != unique_slots.end()) slots[t] = -1;
     else unique_slots.push_back(slots[t]);
   }
-  auto laid_out = [&](const HostTensor& from, std::int64_t heads) {
-    auto to = std::make_unique<HostTensor>(dtype, tokens, heads, d, heads * d + token_pad);
-    for (std::int64_t t = 0; t < tokens; ++t)
-      std::memcpy(static_cast<std::byte*>(to->view.data) + t * to->view.token_stride * es,
-                  static_cast<const std::byte*>(from.view.data) + t * from.view.token_stride * es,
-                  static_cast<std::size_t>(heads * d * es));
-    return to;
-  };
-  const auto q_in = laid_out(q_dense, q_heads), k_in = laid_out(k_dense, kv_heads), v_in = laid_out(v_dense, kv_heads);
+  const auto q_in = padded_copy(q_dense, token_pad), k_in = padded_copy(k_dense, token_pad),
+             v_in = padded_copy(v_dense, token_pad);
   HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + token_pad);
   const std::int64_t cache_es = size_of(cache_dtype);
   HostBuffer cache(2 * slots_n * kv_heads * d * cache_es);
@@ -337,10 +343,7 @@ AppendOutputs append_laid_out(const gpu::Device& device, gpu::StreamRef stream, 
     out.q.assign(b, b + q_fp8.size());
   } else {
     dq.download(q_out.buffer, stream);
-    for (std::int64_t t = 0; t < tokens; ++t) {
-      const auto* row = static_cast<const std::byte*>(q_out.view.data) + t * q_out.view.token_stride * es;
-      out.q.insert(out.q.end(), row, row + q_heads * d * es);
-    }
+    out.q = dense_bytes(q_out);
   }
   return out;
 }

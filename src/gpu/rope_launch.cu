@@ -343,10 +343,6 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
     }
     // The two paths differ in shared memory (a row per warp, or only the token's cos/sin), hence
     // in resident blocks; the launch sizes its grid to one whole wave of them.
-    const auto shared_bytes = [&](bool registers) {
-      return static_cast<std::size_t>(registers ? half * detail::table_entry_bytes
-                                                : detail::norm_shared_bytes(half, spec.head_dim));
-    };
     for (const DType dtype : all_dtypes) {
       const auto i = static_cast<std::size_t>(dtype);
       s.norm_kernels[i] = detail::norm_kernels(dtype, spec.numerics);
@@ -355,7 +351,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
           int blocks = 0;
           POSENC_GPU_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
               &blocks, a == 0 ? s.norm_kernels[i].apply : s.norm_kernels[i].append, detail::norm_block_threads,
-              shared_bytes(r == 0)));
+              static_cast<std::size_t>(detail::norm_shared_bytes(half, spec.head_dim, r == 0))));
           s.norm_resident[i][a][r] = std::max(1, blocks);
         }
     }
@@ -465,9 +461,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
                    (!append || append_rows_aligned(p.cache, v, spec.head_dim));
     np.norm.register_rows = detail::norm_uses_registers(path) ? 1 : 0;
     if (np.norm.register_rows != 0) detail::count_norm_register_launch();
-    // Rows held in registers need only the token's cos/sin in shared memory.
-    const auto shared = static_cast<std::size_t>(np.norm.register_rows != 0 ? p.half * detail::table_entry_bytes
-                                                                            : detail::norm_shared_bytes(p.half, spec.head_dim));
+    const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim, np.norm.register_rows != 0));
     const int resident = norm_resident[di][append ? 1 : 0][np.norm.register_rows != 0 ? 0 : 1];
     const detail::NormGrid grid = detail::norm_grid(tokens, p.total_heads, std::int64_t{resident} * device.multiprocessor_count());
     const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;

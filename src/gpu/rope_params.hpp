@@ -188,11 +188,12 @@ struct NormKernelParams {
 inline constexpr int norm_block_threads = 256;
 inline constexpr int norm_max_torch_lanes = 256;
 
-/// Shared memory of a norm launch: the token's cos/sin (half entries), then per warp a row of
-/// head_dim floats and norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim 1024,
-/// within the 48 KiB a launch gets without opting in).
-constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim) {
-  return half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
+/// Shared memory of a norm launch: the token's cos/sin (half entries of 8 bytes), then, unless the
+/// rows are held in registers (KernelNorm::register_rows), per warp a row of head_dim floats and
+/// norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim 1024, within the 48 KiB a
+/// launch gets without opting in).
+constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim, bool rows_in_registers) {
+  return half * 8 + (rows_in_registers ? 0 : (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4);
 }
 
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
