@@ -1,4 +1,4 @@
-// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within a few dtype ulps of it, the register path against the shared-memory path bit for bit, shapes that change torch's reduce lanes, and refusals.
+// GPU QK norm (RopeSpec::qk_norm): the norm + RoPE kernel against the CPU engine bit for bit in the exact arithmetic (apply and append), torch_cuda within a few dtype ulps of it, the register path against the shared-memory path bit for bit (also with rows pipelined across a block's tokens), shapes that change torch's reduce lanes, and refusals.
 //
 // The exact arithmetic sums squares in double in index order on both engines, so every dtype,
 // pairing, numerics, norm form and width must give the same bytes. torch_cuda follows torch's CUDA
@@ -272,18 +272,54 @@ TEST_F(GpuQkNorm, RegisterRowsEqualSharedMemoryRows) {
           }
 }
 
+/// Tokens enough that every block of a norm launch walks several: more than the most blocks of 256
+/// threads a device can hold (8 an SM), three times over, plus an odd few so that blocks end on
+/// different tokens. The register path then takes each warp's next row across token boundaries.
+std::int64_t tokens_beyond_resident_blocks(const gpu::Device& device) {
+  return std::max<std::int64_t>(4099, std::int64_t{device.multiprocessor_count()} * 8 * 3 + 5);
+}
+
+/// The register path against the shared-memory path where every block walks several tokens
+/// (tokens_beyond_resident_blocks): the register path's rows are pipelined across its tokens (the
+/// first row of a block's next token loaded before that token's barrier and table, the table
+/// double-buffered), which a call of fewer tokens than resident blocks never does. The same bits.
+TEST_F(GpuQkNorm, RegisterRowsAcrossTokensEqualSharedMemoryRows) {
+  const std::int64_t tokens = tokens_beyond_resident_blocks(device);
+  for (const DType dtype : all_dtypes)
+    for (const std::int64_t head_dim : {128, 256})
+      for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved})
+        for (const Numerics numerics : {Numerics::hf_compatible, Numerics::hf_fp32_apply}) {
+          const QkNormKind kind = numerics == Numerics::hf_compatible ? QkNormKind::rms : QkNormKind::rms_one_plus;
+          RopeSpec spec = norm_spec(pairing, numerics, kind, false, HfArithmetic::torch_cuda, head_dim);
+          spec.rotary_dim = 0;
+          spec.rotary_offset = 0;
+          SCOPED_TRACE(std::string(to_string(dtype)) + " head_dim " + std::to_string(head_dim) + " " +
+                       to_string(pairing) + " " + to_string(numerics) + " tokens " + std::to_string(tokens));
+          const std::int64_t before = gpu::detail::norm_register_launches();
+          // 8 Q heads and 2 K heads: 10 rows over 8 warps, so warps take one row of a token or two.
+          const Outputs in_registers = run_laid_out(device, ref(), spec, dtype, tokens, 8, 2, 0, 606);
+          EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the aligned call took the register path";
+          const Outputs in_shared = run_laid_out(device, ref(), spec, dtype, tokens, 8, 2, 1, 606);
+          EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the padded call took shared memory";
+          EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
+          EXPECT_TRUE(in_registers.k == in_shared.k) << "K";
+        }
+}
+
 /// What one torch_cuda norm + RoPE append writes: Q's rows (dense; q_out's when `fp8_q`) and the
 /// two caches' bytes, from inputs with `token_pad` extra elements after each token (0: aligned,
-/// the register path; 1: the shared-memory path). Half the slots are -1 or shared by no one.
+/// the register path; 1: the shared-memory path). Some slots are -1 or shared by no one (with 40
+/// tokens, over half).
 struct AppendOutputs {
   std::vector<std::byte> q;
   std::vector<std::byte> cache;
 };
 
 AppendOutputs append_laid_out(const gpu::Device& device, gpu::StreamRef stream, const RopeSpec& spec, CacheDType cache_dtype,
-                              bool fp8_q, std::int64_t token_pad, std::uint64_t seed) {
+                              bool fp8_q, std::int64_t token_pad, std::uint64_t seed, std::int64_t tokens = 40) {
   const DType dtype = DType::bf16;
-  const std::int64_t tokens = 40, q_heads = 8, kv_heads = 2, d = spec.head_dim, slots_n = 64, es = 2;
+  // Slots for about 1.6 tokens each, in blocks of 16: (t * 13) % slots_n repeats only past slots_n.
+  const std::int64_t q_heads = 8, kv_heads = 2, d = spec.head_dim, slots_n = (tokens * 8 / 5 + 15) / 16 * 16, es = 2;
   HostTensor q_dense(dtype, tokens, q_heads, d), k_dense(dtype, tokens, kv_heads, d), v_dense(dtype, tokens, kv_heads, d),
       weights(dtype, 2, 1, d);
   fill_random(q_dense.view, seed);
@@ -368,6 +404,29 @@ TEST_F(GpuQkNorm, RegisterRowsAppendEqualsSharedMemoryRows) {
         EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
         EXPECT_TRUE(in_registers.cache == in_shared.cache) << "caches";
       }
+}
+
+/// The append's register path against its shared-memory path where every block walks several
+/// tokens (rows pipelined across them, as above), with slots -1 and slots written by no one
+/// between the tokens: the same bytes, bf16 and fp8 caches, both pairings.
+TEST_F(GpuQkNorm, RegisterRowsAppendAcrossTokensEqualsSharedMemoryRows) {
+  const std::int64_t tokens = tokens_beyond_resident_blocks(device);
+  for (const Pairing pairing : {Pairing::half_split, Pairing::interleaved})
+    for (const CacheDType cache_dtype : {CacheDType::bf16, CacheDType::fp8_e4m3}) {
+      RopeSpec spec = norm_spec(pairing, Numerics::hf_compatible, QkNormKind::rms, false, HfArithmetic::torch_cuda);
+      spec.rotary_dim = 0;
+      spec.rotary_offset = 0;
+      const bool fp8_q = cache_dtype == CacheDType::fp8_e4m3;
+      SCOPED_TRACE(std::string(to_string(pairing)) + (fp8_q ? " fp8 cache, fp8 q_out" : " bf16 cache") + " tokens " +
+                   std::to_string(tokens));
+      const std::int64_t before = gpu::detail::norm_register_launches();
+      const AppendOutputs in_registers = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 0, 707, tokens);
+      EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the aligned call took the register path";
+      const AppendOutputs in_shared = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 1, 707, tokens);
+      EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the padded call took shared memory";
+      EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
+      EXPECT_TRUE(in_registers.cache == in_shared.cache) << "caches";
+    }
 }
 
 TEST_F(GpuQkNorm, AppendEqualsApply) {

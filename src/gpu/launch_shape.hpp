@@ -64,7 +64,7 @@ struct NormPathInput {
   bool aligned = false;            ///< every row of Q, K, V, the cache and q_out 16-byte aligned, strides too
 };
 
-/// Whether the QK-norm kernel holds each row in registers (norm_kernels.cuh norm_rows_in_registers)
+/// Whether the QK-norm kernel holds each row in registers (norm_kernels.cuh norm_tokens_in_registers)
 /// instead of in shared memory: torch's CUDA reduction with 32 lanes over 4-float vectors for Q
 /// and K, so that lane l holds exactly the elements torch's lane l sums; the norm and the rotation
 /// over the whole head of 128 or 256; half_split or interleaved pairs; aligned rows. Otherwise the

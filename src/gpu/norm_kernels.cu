@@ -4,12 +4,13 @@
 
 namespace posenc::gpu::detail {
 
-NormKernelPair norm_kernels(DType t, Numerics n) {
-  return posenc::detail::visit(t, [n](auto dtype) {
+NormKernelPair norm_kernels(DType t, Numerics n, std::int64_t head_dim) {
+  return posenc::detail::visit(t, [n, head_dim](auto dtype) {
     return posenc::detail::visit(n, [&](auto numerics) {
       constexpr DType A = decltype(dtype)::value;
       constexpr Numerics N = decltype(numerics)::value;
-      return NormKernelPair{&rope_norm_kernel<A, N, false>, &rope_norm_kernel<A, N, true>};
+      if (head_dim == 256) return NormKernelPair{&rope_norm_kernel<A, N, false, 2>, &rope_norm_kernel<A, N, true, 2>};
+      return NormKernelPair{&rope_norm_kernel<A, N, false, 1>, &rope_norm_kernel<A, N, true, 1>};
     });
   });
 }

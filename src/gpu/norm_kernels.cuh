@@ -15,12 +15,14 @@
 // The rows stay in shared memory between the steps, so each element is read once from global
 // memory and written once.
 //
-// The common shape takes a second path with no row in shared memory (norm_rows_in_registers, when
+// The common shape takes a second path with no row in shared memory (norm_tokens_in_registers, when
 // launch_shape.hpp norm_uses_registers holds: Qwen3's whole-head norm and rotation at head_dim 128 or
 // 256, torch's 32-lane reduction, aligned rows): each lane holds the four-element vectors torch's
 // lane reads, the reduction tree is a shuffle-down tree, the half_split partner a shuffle, and the
-// next row's loads go out before the current row is computed. Both paths make the same additions
-// and roundings (test_gpu_qk_norm compares them bit for bit).
+// next row's loads go out before the current row is computed. That path walks its block's tokens
+// itself, so that a warp's next row may be the first row of the block's next token: those loads
+// are in flight across the barrier and the next token's table (norm_tokens_in_registers says how).
+// Both paths make the same additions and roundings (test_gpu_qk_norm compares them bit for bit).
 #pragma once
 
 #include <cstdint>
@@ -55,51 +57,83 @@ __device__ __forceinline__ float norm_mean_square(const KernelNorm& norm, bool i
   return posenc::detail::mul_rn(sum, is_q ? norm.q_factor : norm.k_factor);
 }
 
+/// Entry i (pair i) of `token`'s cos/sin from what load_table_entry loaded: the caller's cos/sin
+/// cache, or the frequency and position (an out-of-range position recorded). Both paths' tables.
+template <DType A, Numerics N>
+__device__ __forceinline__ CosSin norm_table_entry(const RopeKernelParams& p, std::int64_t token, int i,
+                                                   const TableEntry& e) {
+  if (p.cos_sin != nullptr) return cache_table_entry<A, N>(p, token, i, e.position);
+  if (e.position < 0 || e.position >= p.position_limit) record_bad_value(p.fault + position_fault, token, e.position);
+  return N != Numerics::accurate && p.vendor_trig != 0
+             ? cos_sin_vendor_trig<A>(e.inv_freq, e.position, p.attention_factor_f32)
+             : cos_sin<A, N>(e.inv_freq, e.position, p);
+}
+
 /// Groups of 128 elements a lane's row registers cover (head_dim 128 or 256).
 inline constexpr int register_groups_max = 2;
 
-/// Rows of one token held in registers (KernelNorm::register_rows): the common shape, where torch's
+/// The register path's table has head_dim / 2 <= 64 * register_groups_max entries: one a thread.
+static_assert(64 * register_groups_max <= norm_block_threads);
+
+/// A block's rows held in registers (KernelNorm::register_rows): the common shape, where torch's
 /// CUDA reduction has 32 lanes reading 4-float vectors and the norm and the rotation cover the whole
 /// head (head_dim 128 or 256, half_split or interleaved pairs, aligned rows). Lane l holds elements
 /// 128 g + 4 l + k (g < head_dim / 128, k < 4): exactly the vectors torch's lane l reads, so its
 /// partial sum and a shuffle-down tree make torch's additions in torch's order (the shared-memory
 /// path's arithmetic, without shared memory). A half_split partner is 64 elements away at head_dim
-/// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group). The warp takes rows
-/// `first_row`, `first_row + row_stride`, ...; each row's loads are issued before the previous row
-/// is computed.
+/// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group).
+///
+/// The block walks its tokens (blockIdx.x, + gridDim.x, ...); of each, the warp takes rows
+/// `first_row`, `first_row + row_stride`, ... Each row's loads are issued before the previous row
+/// is computed, and the row after a token's last is the first of the block's next token: its loads
+/// (and an append's slot load before them) go out before that token's barrier and table, so a warp
+/// keeps a row in flight while the block waits for the table. The table is double-buffered
+/// (`tables`: two of half entries): token t's is written while slower warps may still read token
+/// t - 1's, and the one barrier per token (table written) also orders the reuse of a buffer, since
+/// every thread passes it only after its rows of token t - 1, the last readers of buffer (t + 1) % 2.
+/// Thread i < half computes entry i of every table. (Loading token t + 1's position during token
+/// t's rows would hold it in registers across the row loop, a few more than the launch bounds
+/// leave; the rows in flight already cover the table's latency.)
 /// G: head_dim / 128.
 template <DType A, Numerics N, bool Append, int G>
-__device__ __forceinline__ void norm_rows_in_registers(const NormKernelParams& params, const CosSin* table,
-                                                       std::int64_t token, int first_row, int row_stride, int lane) {
+__device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams& params, CosSin* tables,
+                                                         int first_row, int row_stride, int lane) {
   static_assert(G >= 1 && G <= register_groups_max);
   using S = storage_t<A>;
   using Vec = Packed<S, 4>;
+  // Rows and weights are held as the 32-bit words they are loaded into and unpacked to elements
+  // only where they are used: held as elements, 16-bit data is split into a register per element
+  // right after its load, so the warp waits for the load there (the next row's loads were not in
+  // flight while the current row computed) and holds twice the registers.
+  constexpr int W = static_cast<int>(sizeof(Vec) / sizeof(std::uint32_t));
+  using Words = Packed<std::uint32_t, W>;
+  static_assert(sizeof(Words) == sizeof(Vec) && alignof(Words) == alignof(Vec));
+  auto load_words = [](const S* at) { return load_packed<std::uint32_t, W>(reinterpret_cast<const std::uint32_t*>(at)); };
+  auto elements = [](const Words& w) { return __builtin_bit_cast(Vec, w); };
   const RopeKernelParams& p = params.rope;
   const KernelNorm& norm = params.norm;
   const auto kind = static_cast<QkNormKind>(norm.kind);
   const bool interleaved = static_cast<Pairing>(norm.pairing) == Pairing::interleaved;
   const int base = 4 * lane;  // element of (group 0, k = 0)
-  // This lane's weights of Q's norm and of K's (absent in a Q-only call), widened once per token.
-  float wq[G][4] = {};
-  float wk[G][4] = {};
+  // This lane's weights of Q's norm and of K's (absent in a Q-only call), loaded once per block and
+  // held as stored (half the registers of floats at 16 bits; widening is exact), widened at use.
+  Words wq[G] = {};
+  Words wk[G] = {};
   const S* const q_weight = static_cast<const S*>(norm.q_weight);
   const S* const k_weight = static_cast<const S*>(norm.k_weight);
 #pragma unroll
   for (int g = 0; g < G; ++g) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      wq[g][k] = Element<A>::widen(q_weight[128 * g + base + k]);
-      if (k_weight != nullptr) wk[g][k] = Element<A>::widen(k_weight[128 * g + base + k]);
-    }
+    wq[g] = load_words(q_weight + 128 * g + base);
+    if (k_weight != nullptr) wk[g] = load_words(k_weight + 128 * g + base);
   }
 
-  auto load = [&](int h, HeadPointers<S>& hp, bool& active, Vec (&x)[G]) {
+  auto load = [&](std::int64_t token, int h, HeadPointers<S>& hp, bool& active, Words (&x)[G]) {
     active = true;
     if constexpr (Append) hp = append_row_pointers<S>(p, token, h, active);
     else hp = head_pointers<S>(p, token, h);
     if (!active) return;
 #pragma unroll
-    for (int g = 0; g < G; ++g) x[g] = load_packed<S, 4>(hp.src + 128 * g + base);
+    for (int g = 0; g < G; ++g) x[g] = load_words(hp.src + 128 * g + base);
   };
   auto store = [&](const HeadPointers<S>& hp, int g, const Vec& out) {
     if (Append && hp.to_cache) {
@@ -109,90 +143,126 @@ __device__ __forceinline__ void norm_rows_in_registers(const NormKernelParams& p
     }
   };
 
+  const std::int64_t token_stride = gridDim.x;
+  const int entry = static_cast<int>(threadIdx.x);  // of every table, on threads < half
+  std::int64_t token = blockIdx.x;
   HeadPointers<S> next{};
   bool next_active = false;
-  Vec next_x[G];
-  if (first_row < p.total_heads) load(first_row, next, next_active, next_x);
-  for (int h = first_row; h < p.total_heads; h += row_stride) {
-    const HeadPointers<S> hp = next;
-    const bool active = next_active;
-    Vec x[G];
+  Words next_x[G];
+  if (first_row < p.total_heads && token < p.tokens) load(token, first_row, next, next_active, next_x);
+
+  for (int buffer = 0; token < p.tokens; token += token_stride, buffer ^= 1) {
+    CosSin* const table = tables + buffer * p.half;
+    if (entry < p.half) table[entry] = norm_table_entry<A, N>(p, token, entry, load_table_entry(p, token, entry));
+    __syncthreads();  // the table written (and, double-buffered, token t - 1's rows done with the other)
+
+    for (int h = first_row; h < p.total_heads; h += row_stride) {
+      const HeadPointers<S> hp = next;
+      const bool active = next_active;
+      Words x[G];
 #pragma unroll
-    for (int g = 0; g < G; ++g) x[g] = next_x[g];
-    if (h + row_stride < p.total_heads) load(h + row_stride, next, next_active, next_x);  // in flight while this row computes
-    if (!active) continue;  // the warp agrees: one row
-    if (!hp.rotate) {
-      // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
-#pragma unroll
-      for (int g = 0; g < G; ++g) store(hp, g, x[g]);
-      continue;
-    }
-    const bool is_q = h < p.q_heads;
-    float v[G][4];
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        v[g][k] = Element<A>::widen(x[g].v[k]);
-        acc[k] = posenc::detail::add_rn(acc[k], posenc::detail::mul_rn(v[g][k], v[g][k]));
+      for (int g = 0; g < G; ++g) x[g] = next_x[g];
+      // The next row, in flight while this one computes: the token's next, else the first of the
+      // block's next token (across its barrier and table).
+      int next_h = h + row_stride;
+      std::int64_t next_token = token;
+      if (next_h >= p.total_heads) {
+        next_h = first_row;
+        next_token = token + token_stride;
       }
-    }
-    float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+      if (next_token < p.tokens) load(next_token, next_h, next, next_active, next_x);
+      if (!active) continue;  // the warp agrees: one row
+      if (!hp.rotate) {
+        // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
 #pragma unroll
-    for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_down(part, o));
-    const float mean = posenc::detail::mul_rn(device_shfl(part, 0), is_q ? norm.q_factor : norm.k_factor);
-    const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-#pragma unroll
-      for (int k = 0; k < 4; ++k)  // (selected element by element: a run-time index would put them in local memory)
-        v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), is_q ? wq[g][k] : wk[g][k]);
-    }
-    float out[G][4];
-    if (interleaved) {
+        for (int g = 0; g < G; ++g) store(hp, g, elements(x[g]));
+        continue;
+      }
+      const bool is_q = h < p.q_heads;
+      float v[G][4];
+      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int g = 0; g < G; ++g) {
 #pragma unroll
-        for (int k = 0; k < 4; k += 2) {
-          const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
-          out[g][k] = rotated.a;
-          out[g][k + 1] = rotated.b;
+        for (int k = 0; k < 4; ++k) {
+          v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
+          acc[k] = posenc::detail::add_rn(acc[k], posenc::detail::mul_rn(v[g][k], v[g][k]));
         }
       }
-    } else if constexpr (G == 1) {
-      // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16.
-      const bool first = lane < 16;
+      float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float other = device_shfl_xor(v[0][k], 16);
-        const int pair = (first ? base : base - 64) + k;
-        const Pair rotated = rotate<A, N>(first ? v[0][k] : other, first ? other : v[0][k], table[pair]);
-        out[0][k] = first ? rotated.a : rotated.b;
+      for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_down(part, o));
+      const float mean = posenc::detail::mul_rn(device_shfl(part, 0), is_q ? norm.q_factor : norm.k_factor);
+      const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        // (selected word by word: a run-time choice of array would put both in local memory)
+        Words w;
+#pragma unroll
+        for (int i = 0; i < W; ++i) w.v[i] = is_q ? wq[g].v[i] : wk[g].v[i];
+        const Vec weight = elements(w);
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), Element<A>::widen(weight.v[k]));
       }
-    } else {
-      static_assert(G == 2);
-      // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
+      float out[G][4];
+      if (interleaved) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
-        out[0][k] = rotated.a;
-        out[1][k] = rotated.b;
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+          for (int k = 0; k < 4; k += 2) {
+            const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
+            out[g][k] = rotated.a;
+            out[g][k + 1] = rotated.b;
+          }
+        }
+      } else if constexpr (G == 1) {
+        // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16.
+        const bool first = lane < 16;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const float other = device_shfl_xor(v[0][k], 16);
+          const int pair = (first ? base : base - 64) + k;
+          const Pair rotated = rotate<A, N>(first ? v[0][k] : other, first ? other : v[0][k], table[pair]);
+          out[0][k] = first ? rotated.a : rotated.b;
+        }
+      } else {
+        static_assert(G == 2);
+        // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
+          out[0][k] = rotated.a;
+          out[1][k] = rotated.b;
+        }
       }
-    }
 #pragma unroll
-    for (int g = 0; g < G; ++g) {
-      Vec o;
+      for (int g = 0; g < G; ++g) {
+        Vec o;
 #pragma unroll
-      for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
-      store(hp, g, o);
+        for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
+        store(hp, g, o);
+      }
     }
   }
 }
 
-/// QK norm, then RoPE (and for Append the KV-cache write) of every row of a call.
-template <DType A, Numerics N, bool Append>
-__global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const NormKernelParams params) {
+/// Blocks of norm_block_threads per SM the launch bounds ask of rope_norm_kernel<A, N, Append, G>:
+/// the most at which each instantiation compiles without spilling (48 registers a thread at five,
+/// 64 at four, 80 at three). Without a bound the compiler gives the pipelined register path 64 to
+/// 100 registers, three or four blocks. float32 rows take twice the registers of 16-bit ones; the
+/// appends' accurate kernels (shared memory only) need more than the others.
+template <DType A, Numerics N, bool Append, int G>
+inline constexpr int norm_min_blocks =
+    A == DType::f32 ? (G == 1 ? (Append ? 4 : 5) : (Append ? 3 : 4))
+                    : (Append && (G == 2 || N == Numerics::accurate) ? 4 : 5);
+
+/// QK norm, then RoPE (and for Append the KV-cache write) of every row of a call. G: the register
+/// path's groups of 128 elements (norm_tokens_in_registers); the launcher picks the instantiation
+/// with head_dim == 128 G where the register path may run (any G serves the shared-memory path).
+template <DType A, Numerics N, bool Append, int G>
+__global__ void __launch_bounds__(norm_block_threads, (norm_min_blocks<A, N, Append, G>))
+    rope_norm_kernel(const NormKernelParams params) {
   using S = storage_t<A>;
   const RopeKernelParams& p = params.rope;
   const KernelNorm& norm = params.norm;
@@ -210,28 +280,18 @@ __global__ void __launch_bounds__(norm_block_threads) rope_norm_kernel(const Nor
   // the token's table; the warps of all of them take the rows in turn.
   const int first_row = warp + static_cast<int>(blockIdx.y) * warps;
   const int row_stride = warps * static_cast<int>(gridDim.y);
+  if (norm.register_rows != 0) {  // head_dim == 128 G; shared memory: two tables (norm_shared_bytes)
+    norm_tokens_in_registers<A, N, Append, G>(params, table, first_row, row_stride, lane);
+    return;
+  }
 
   for (std::int64_t token = blockIdx.x; token < p.tokens; token += gridDim.x) {
     if (token != static_cast<std::int64_t>(blockIdx.x)) __syncthreads();  // the last token's rows read the table
     // The token's cos/sin, one entry per pair (load_table_entry's index: token * half + pair,
     // here with a tile of one token starting at `token`).
-    for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x)) {
-      const TableEntry e = load_table_entry(p, token, i);
-      if (p.cos_sin != nullptr) {
-        table[i] = cache_table_entry<A, N>(p, token, i, e.position);
-        continue;
-      }
-      if (e.position < 0 || e.position >= p.position_limit) record_bad_value(p.fault + position_fault, token, e.position);
-      table[i] = N != Numerics::accurate && p.vendor_trig != 0
-                     ? cos_sin_vendor_trig<A>(e.inv_freq, e.position, p.attention_factor_f32)
-                     : cos_sin<A, N>(e.inv_freq, e.position, p);
-    }
+    for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x))
+      table[i] = norm_table_entry<A, N>(p, token, i, load_table_entry(p, token, i));
     __syncthreads();
-    if (norm.register_rows != 0) {
-      if (head_dim == 128) norm_rows_in_registers<A, N, Append, 1>(params, table, token, first_row, row_stride, lane);
-      else norm_rows_in_registers<A, N, Append, 2>(params, table, token, first_row, row_stride, lane);
-      continue;
-    }
 
     for (int h = first_row; h < p.total_heads; h += row_stride) {
       bool active = true;

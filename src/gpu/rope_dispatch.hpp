@@ -35,13 +35,14 @@ KernelPair dispatch_kernels(DType t, Pairing p, Numerics n) {
 KernelPair append_kernels(DType t, Pairing p, Numerics n);
 
 /// The QK-norm + RoPE kernels (norm_kernels.cuh) of one (dtype, numerics): a plain rotation and an
-/// append (the pairing is a runtime value there). Compiled in norm_kernels.cu; throws Error for
-/// values outside the enums.
+/// append (the pairing is a runtime value there), the instantiation whose register path holds rows
+/// of `head_dim` (256: two groups of 128 elements a lane; any other: one, which the register path
+/// takes only at 128). Compiled in norm_kernels.cu; throws Error for values outside the enums.
 using NormKernel = void (*)(NormKernelParams);
 struct NormKernelPair {
   NormKernel apply = nullptr;
   NormKernel append = nullptr;
 };
-NormKernelPair norm_kernels(DType t, Numerics n);
+NormKernelPair norm_kernels(DType t, Numerics n, std::int64_t head_dim);
 
 }  // namespace posenc::gpu::detail

@@ -345,7 +345,7 @@ GpuEngine::GpuEngine(const RopeSpec& spec, const Device& device) try : state_(st
     // in resident blocks; the launch sizes its grid to one whole wave of them.
     for (const DType dtype : all_dtypes) {
       const auto i = static_cast<std::size_t>(dtype);
-      s.norm_kernels[i] = detail::norm_kernels(dtype, spec.numerics);
+      s.norm_kernels[i] = detail::norm_kernels(dtype, spec.numerics, spec.head_dim);
       for (int a = 0; a < 2; ++a)
         for (int r = 0; r < 2; ++r) {
           int blocks = 0;

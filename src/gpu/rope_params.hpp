@@ -171,7 +171,7 @@ struct KernelNorm {
   float q_factor = 1.0f;           ///< torch's mean factor for Q's row count (core/qk_norm.hpp)
   float k_factor = 1.0f;
   float epsilon = 0.0f;            ///< fl32(epsilon)
-  /// 1: rows held in registers, four elements a lane (norm_kernels.cuh norm_rows_in_registers;
+  /// 1: rows held in registers, four elements a lane (norm_kernels.cuh norm_tokens_in_registers;
   /// launch_shape.hpp norm_uses_registers says when)
   std::int32_t register_rows = 0;
 };
@@ -188,12 +188,13 @@ struct NormKernelParams {
 inline constexpr int norm_block_threads = 256;
 inline constexpr int norm_max_torch_lanes = 256;
 
-/// Shared memory of a norm launch: the token's cos/sin (half entries of 8 bytes), then, unless the
-/// rows are held in registers (KernelNorm::register_rows), per warp a row of head_dim floats and
-/// norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim 1024, within the 48 KiB a
-/// launch gets without opting in).
+/// Shared memory of a norm launch: with rows held in registers (KernelNorm::register_rows,
+/// norm_kernels.cuh norm_tokens_in_registers) two tokens' cos/sin tables of half entries of 8 bytes,
+/// the block's current token's and its next token's; otherwise the token's table, then per warp a
+/// row of head_dim floats and norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim
+/// 1024, within the 48 KiB a launch gets without opting in).
 constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim, bool rows_in_registers) {
-  return half * 8 + (rows_in_registers ? 0 : (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4);
+  return rows_in_registers ? 2 * half * 8 : half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
 }
 
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.
