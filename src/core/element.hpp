@@ -22,6 +22,12 @@ namespace posenc::detail {
 #else
 #define POSENC_MATH_HAS_DEVICE_ROUNDING 0
 #endif
+/// Whether the fp8 cache encoder below uses the device's hardware conversion (vendor.hpp).
+#if POSENC_DEVICE_PASS && defined(POSENC_DEVICE_E4M3)
+#define POSENC_MATH_HAS_DEVICE_E4M3 1
+#else
+#define POSENC_MATH_HAS_DEVICE_E4M3 0
+#endif
 
 /// Two values handled together (a rotation pair, or two roundings in one conversion).
 struct Pair {
@@ -176,8 +182,15 @@ POSENC_HD constexpr bool fp8_scale_ok(float scale) { return scale > 0.0f && scal
 template <>
 struct CacheElement<CacheDType::fp8_e4m3> {
   using Storage = std::uint8_t;
-  /// e4m3(fl32(x / scale)), saturating (kv_cache.hpp).
-  static POSENC_HD std::uint8_t encode(float x, float scale) { return to_e4m3_bits(div_rn(x, scale)); }
+  /// e4m3(fl32(x / scale)), saturating (kv_cache.hpp); in device code by the hardware conversion
+  /// where vendor.hpp provides one (the same bits: test_gpu_append compares every 16-bit input).
+  static POSENC_HD std::uint8_t encode(float x, float scale) {
+#if POSENC_MATH_HAS_DEVICE_E4M3
+    return ::posenc::gpu::device_e4m3_bits(div_rn(x, scale));
+#else
+    return to_e4m3_bits(div_rn(x, scale));
+#endif
+  }
 };
 
 static_assert(sizeof(CacheElement<CacheDType::f32>::Storage) == size_of(CacheDType::f32));
