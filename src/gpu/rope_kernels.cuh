@@ -69,13 +69,14 @@ __device__ __forceinline__ CosSin cos_sin(float inv_freq, std::int64_t pos,
 /// the angle is the float32 product of the frequency and the float32 position, cos and sin are
 /// the vendor math library's float cosf/sinf of it (what ATen's cos/sin kernels call; no fast-math
 /// in either build), then each is multiplied by the float32 attention factor and rounded to the
-/// activation dtype. sincosf gives the bits of cosf and sinf with one argument reduction.
+/// activation dtype. device_torch_sincos (vendor.hpp) gives the bits of cosf and sinf with one
+/// argument reduction, and reduces large angles in registers (no local-memory array).
 template <DType A>
 __device__ __forceinline__ CosSin cos_sin_vendor_trig(float inv_freq, std::int64_t pos, float attention_factor) {
   const float angle = posenc::detail::mul_rn(inv_freq, static_cast<float>(pos));
   float s;
   float c;
-  sincosf(angle, &s, &c);
+  device_torch_sincos(angle, &s, &c);
   const Pair r = posenc::detail::round_act2<A>(posenc::detail::mul_rn(c, attention_factor),
                                                posenc::detail::mul_rn(s, attention_factor));
   return {r.a, r.b};
