@@ -50,7 +50,10 @@ step() {
   return $rc
 }
 
-note "posenc gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')"
+# A tree staged by scripts/stage-branches.sh has no history of its own (git would name the
+# enclosing checkout's commit): it carries its commit in .posenc-commit.
+commit=$(cat "$root/.posenc-commit" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')
+note "posenc gpu-check $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit $commit"
 {
   nvidia-smi -L || echo "nvidia-smi -L failed"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true

@@ -7,7 +7,7 @@
 #   check/               gpu-check.sh's logs (build, ctest-gpu)
 #   python/              gpu-python.sh's logs (pip build)
 #   sweep-cuda.jsonl     one line per case of scripts/golden/sweep_bitexact.py --device cuda (the
-#                        cases of docs/sweeps/cuda-h100.jsonl, then those this call ran)
+#                        cases of docs/sweeps/cuda.jsonl, then those this call ran)
 #   sweep.log pytest.log
 # Knobs (seconds): POSENC_EXACT_CHECK_S (150), POSENC_EXACT_BUILD_S (120), POSENC_EXACT_SWEEP_S (150),
 # POSENC_EXACT_PYTEST_S (60); POSENC_EXACT_STRIDE (1: every position 0 .. 2^20 - 1);
@@ -43,9 +43,9 @@ say "python package build: after $((SECONDS - start)) s: $(grep -h built "$out/p
 export PYTHONPATH=/tmp/posenc-py:/tmp/posenc-py-deps${PYTHONPATH:+:$PYTHONPATH}
 
 if [[ -d /tmp/posenc-py/posenc ]]; then
-  # The sweep resumes: cases already in docs/sweeps/cuda-h100.jsonl (earlier device calls) are
+  # The sweep resumes: cases already in docs/sweeps/cuda.jsonl (earlier device calls) are
   # skipped; copy $OUT/sweep-cuda.jsonl back over that file afterwards.
-  [[ -f docs/sweeps/cuda-h100.jsonl && ! -f $out/sweep-cuda.jsonl ]] && cp docs/sweeps/cuda-h100.jsonl "$out/sweep-cuda.jsonl"
+  [[ -f docs/sweeps/cuda.jsonl && ! -f $out/sweep-cuda.jsonl ]] && cp docs/sweeps/cuda.jsonl "$out/sweep-cuda.jsonl"
   start=$SECONDS
   timeout "${POSENC_EXACT_SWEEP_S:-150}" python3 scripts/golden/sweep_bitexact.py --device cuda \
     --stride "${POSENC_EXACT_STRIDE:-1}" --jobs "${POSENC_EXACT_JOBS:-4}" ${POSENC_EXACT_SWEEP_ARGS:-} --no-docs \

@@ -22,6 +22,7 @@ for name in "$@"; do
   rm -rf "$dest"
   mkdir -p "$dest"
   git -C "$root" archive "$name" -- . "${excludes[@]}" | tar -x -C "$dest"
+  git -C "$root" rev-parse --short "$name" >"$dest/.posenc-commit"  # gpu-check.sh names it
   echo "  .ab-ref/$name  $(git -C "$root" rev-parse --short "$name")  $(du -sh "$dest" | cut -f1)"
 done
 tree=$(git -C "$root" ls-files -z | (cd "$root" && du -cb --files0-from=- | tail -n 1 | cut -f1))

@@ -164,9 +164,20 @@ def run_case(scheme: str, theta: float, dim: int, dname: str, device: str, strid
     return rec
 
 
+def hardware_of(records: list[dict], here: str) -> str:
+    """The cards or CPUs the records ran on, with each one's number of (scheme, theta, dim) cases
+    (records from before the field existed: `here`)."""
+    cases: dict[str, set] = {}
+    for r in records:
+        cases.setdefault(r.get("hardware", here), set()).add((r["scheme"], r["theta"], r["dim"]))
+    if len(cases) == 1:
+        return next(iter(cases))
+    return "; ".join(f"{name}: {len(c)} cases" for name, c in cases.items())
+
+
 def summary(records: list[dict], device: str, meta: dict) -> str:
     lines = [f"<!-- sweep:{device}:begin (scripts/golden/sweep_bitexact.py writes this block) -->",
-             f"Device **{device}** ({meta['hardware']}), transformers {meta['transformers']}, torch {meta['torch']}"
+             f"Device **{device}** ({hardware_of(records, meta['hardware'])}), transformers {meta['transformers']}, torch {meta['torch']}"
              f"{', CPU capability ' + meta['cpu_capability'] if device == 'cpu' else ''}, posenc "
              f"hf_compatible with hf_arithmetic `engine`; {meta['date']}. Positions: "
              f"{'every position' if meta['stride'] == 1 else 'every ' + str(meta['stride']) + 'th position'} "
@@ -229,7 +240,9 @@ def main() -> int:
         for line in out.read_text().splitlines():
             r = json.loads(line)
             done[(r["scheme"], r["theta"], r["dim"], r["dtype"], r["stride"])] = r
-    hardware = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or "x86-64")
+    # (without a GPU, as when only summarising finished CUDA records, the records name their card)
+    hardware = (torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU here") if args.device == "cuda" \
+        else (platform.processor() or "x86-64")
     if args.device == "cpu":
         try:
             hardware = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
@@ -278,6 +291,7 @@ def main() -> int:
                         rec = done.get(key)
                         if rec is None or (args.error and "rel_error" not in rec and dname == "float32"):
                             rec = run_case(scheme, theta, dim, dname, args.device, args.stride, args.error)
+                            rec["hardware"] = hardware
                             f.write(json.dumps(rec) + "\n")
                             f.flush()
                         records.append(rec)
