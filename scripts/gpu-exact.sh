@@ -15,7 +15,8 @@
 # POSENC_EXACT_JOBS (4): (scheme, theta) groups swept at once (one process each, sharing the GPU);
 # POSENC_EXACT_CHECK=0 skips the C++ GPU tests (when gpu-all.sh ran them in the same session);
 # POSENC_EXACT_CPU_SWEEP_S (0: off) runs a strided CPU sweep on the host's CPU after the CUDA one
-# (sweep-cpu-host.jsonl, sweep-cpu.log; POSENC_EXACT_CPU_STRIDE, default 61).
+# (sweep-cpu-host.jsonl, sweep-cpu.log; POSENC_EXACT_CPU_STRIDE, default 61; POSENC_EXACT_CPU_JOBS
+# (scheme, theta) processes at once, default 4).
 set -u
 out=${OUT:?set OUT}
 summary=$out/summary.txt
@@ -71,7 +72,8 @@ PY
   if [[ ${POSENC_EXACT_CPU_SWEEP_S:-0} -gt 0 ]]; then
     start=$SECONDS
     timeout "$POSENC_EXACT_CPU_SWEEP_S" python3 scripts/golden/sweep_bitexact.py --device cpu \
-      --stride "${POSENC_EXACT_CPU_STRIDE:-61}" --no-docs --out "$out/sweep-cpu-host.jsonl" >"$out/sweep-cpu.log" 2>&1
+      --stride "${POSENC_EXACT_CPU_STRIDE:-61}" --jobs "${POSENC_EXACT_CPU_JOBS:-4}" --no-docs \
+      --out "$out/sweep-cpu-host.jsonl" >"$out/sweep-cpu.log" 2>&1
     say "sweep (--device cpu, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-), stride ${POSENC_EXACT_CPU_STRIDE:-61}): exit $? after $((SECONDS - start)) s, $(wc -l <"$out/sweep-cpu-host.jsonl" 2>/dev/null || echo 0) records"
     grep -E "<--" "$out/sweep-cpu.log" | head -n 20 >>"$summary"
     echo "CPU sweep: $(python3 -c 'import json,sys; r=[json.loads(l) for l in open(sys.argv[1])]; print(sum(x["differ"] for x in r), "differing of", sum(x["values"] for x in r))' "$out/sweep-cpu-host.jsonl" 2>/dev/null)" | tee -a "$summary"
