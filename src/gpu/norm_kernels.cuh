@@ -57,11 +57,12 @@ __device__ __forceinline__ float norm_mean_square(const KernelNorm& norm, bool i
   return posenc::detail::mul_rn(sum, is_q ? norm.q_factor : norm.k_factor);
 }
 
-/// Entry i (pair i) of `token`'s cos/sin from what load_table_entry loaded: the caller's cos/sin
-/// cache, or the frequency and position (an out-of-range position recorded). Both paths' tables.
+/// Entry i (pair i) of `token`'s cos/sin: from the caller's cos/sin cache, or from the frequency and
+/// position (an out-of-range position recorded). Both paths' tables. (load_table_entry's index is
+/// token * half + pair; here a tile of one token starting at `token`.)
 template <DType A, Numerics N>
-__device__ __forceinline__ CosSin norm_table_entry(const RopeKernelParams& p, std::int64_t token, int i,
-                                                   const TableEntry& e) {
+__device__ __forceinline__ CosSin norm_table_entry(const RopeKernelParams& p, std::int64_t token, int i) {
+  const TableEntry e = load_table_entry(p, token, i);
   if (p.cos_sin != nullptr) return cache_table_entry<A, N>(p, token, i, e.position);
   if (e.position < 0 || e.position >= p.position_limit) record_bad_value(p.fault + position_fault, token, e.position);
   return N != Numerics::accurate && p.vendor_trig != 0
@@ -153,7 +154,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
 
   for (int buffer = 0; token < p.tokens; token += token_stride, buffer ^= 1) {
     CosSin* const table = tables + buffer * p.half;
-    if (entry < p.half) table[entry] = norm_table_entry<A, N>(p, token, entry, load_table_entry(p, token, entry));
+    if (entry < p.half) table[entry] = norm_table_entry<A, N>(p, token, entry);
     __syncthreads();  // the table written (and, double-buffered, token t - 1's rows done with the other)
 
     for (int h = first_row; h < p.total_heads; h += row_stride) {
@@ -287,10 +288,9 @@ __global__ void __launch_bounds__(norm_block_threads, (norm_min_blocks<A, N, App
 
   for (std::int64_t token = blockIdx.x; token < p.tokens; token += gridDim.x) {
     if (token != static_cast<std::int64_t>(blockIdx.x)) __syncthreads();  // the last token's rows read the table
-    // The token's cos/sin, one entry per pair (load_table_entry's index: token * half + pair,
-    // here with a tile of one token starting at `token`).
+    // The token's cos/sin, one entry per pair.
     for (int i = static_cast<int>(threadIdx.x); i < p.half; i += static_cast<int>(blockDim.x))
-      table[i] = norm_table_entry<A, N>(p, token, i, load_table_entry(p, token, i));
+      table[i] = norm_table_entry<A, N>(p, token, i);
     __syncthreads();
 
     for (int h = first_row; h < p.total_heads; h += row_stride) {

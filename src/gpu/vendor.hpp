@@ -158,13 +158,6 @@ __device__ __forceinline__ std::uint8_t device_e4m3_bits(float f) {
   return f != f ? static_cast<std::uint8_t>(0x7fu | (__float_as_uint(f) >> 24 & 0x80u)) : r;
 }
 
-// hf_compatible rotation of two pairs at once in native 16-bit arithmetic:
-//   a' = R(R(a*c) - R(b*s)),  b' = R(R(b*c) + R(a*s))     (R: round to nearest even)
-// with a, b, c, s each two 16-bit values in one 32-bit word (low half = first pair). The product
-// of two bf16 (or f16) values is exact in float32, and so is rounding their float32 sum or
-// difference once more: no double rounding can land on a 16-bit midpoint. So the _rn
-// instructions (one rounding of the exact result, never fused) give exactly the bits of
-// rope_math.hpp's rotate_hf, in 6 instructions per two pairs instead of about 30.
 // sin and cos of a float with exactly the bits of CUDA's sincosf (= its sinf and cosf), which is
 // what torch's float cos/sin kernels compute on CUDA (HfArithmetic::torch_cuda).
 //
@@ -268,6 +261,13 @@ __device__ __forceinline__ void device_torch_sincos(float x, float* s, float* c)
   *c = ((q + 1u) & 2u) != 0 ? -c1 : c1;
 }
 
+// hf_compatible rotation of two pairs at once in native 16-bit arithmetic:
+//   a' = R(R(a*c) - R(b*s)),  b' = R(R(b*c) + R(a*s))     (R: round to nearest even)
+// with a, b, c, s each two 16-bit values in one 32-bit word (low half = first pair). The product
+// of two bf16 (or f16) values is exact in float32, and so is rounding their float32 sum or
+// difference once more: no double rounding can land on a 16-bit midpoint. So the _rn
+// instructions (one rounding of the exact result, never fused) give exactly the bits of
+// rope_math.hpp's rotate_hf, in 6 instructions per two pairs instead of about 30.
 #define POSENC_DEVICE_PACKED_ROTATION 1
 template <typename T2>
 __device__ __forceinline__ T2 device_word_as(std::uint32_t w) {
