@@ -95,8 +95,12 @@ static_assert(64 * register_groups_max <= norm_block_threads);
 /// Thread i < half computes entry i of every table. (Loading token t + 1's position during token
 /// t's rows would hold it in registers across the row loop, a few more than the launch bounds
 /// leave; the rows in flight already cover the table's latency.)
-/// G: head_dim / 128.
-template <DType A, Numerics N, bool Append, int G>
+/// G: head_dim / 128. Kind: the norm form as a template argument, so that a row issues only its own
+/// form's roundings (as a run-time value the compiler predicates both forms for every element), or
+/// QkNormKind::none to read it at run time (the appends and float32: with two inlined copies ptxas
+/// spilled 64 bytes in most appends and 16 in float32's head_dim-128 kernels; float32's forms differ
+/// by a multiply, not by roundings).
+template <DType A, Numerics N, bool Append, int G, QkNormKind Kind>
 __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams& params, CosSin* tables,
                                                          int first_row, int row_stride, int lane) {
   static_assert(G >= 1 && G <= register_groups_max);
@@ -113,7 +117,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   auto elements = [](const Words& w) { return __builtin_bit_cast(Vec, w); };
   const RopeKernelParams& p = params.rope;
   const KernelNorm& norm = params.norm;
-  const auto kind = static_cast<QkNormKind>(norm.kind);
+  const QkNormKind kind = Kind == QkNormKind::none ? static_cast<QkNormKind>(norm.kind) : Kind;
   const bool interleaved = static_cast<Pairing>(norm.pairing) == Pairing::interleaved;
   const int base = 4 * lane;  // element of (group 0, k = 0)
   // This lane's weights of Q's norm and of K's (absent in a Q-only call), loaded once per block and
@@ -282,7 +286,13 @@ __global__ void __launch_bounds__(norm_block_threads, (norm_min_blocks<A, N, App
   const int first_row = warp + static_cast<int>(blockIdx.y) * warps;
   const int row_stride = warps * static_cast<int>(gridDim.y);
   if (norm.register_rows != 0) {  // head_dim == 128 G; shared memory: two tables (norm_shared_bytes)
-    norm_tokens_in_registers<A, N, Append, G>(params, table, first_row, row_stride, lane);
+    if constexpr (Append || A == DType::f32) {
+      norm_tokens_in_registers<A, N, Append, G, QkNormKind::none>(params, table, first_row, row_stride, lane);
+    } else if (static_cast<QkNormKind>(norm.kind) == QkNormKind::rms) {  // uniform: one copy runs
+      norm_tokens_in_registers<A, N, Append, G, QkNormKind::rms>(params, table, first_row, row_stride, lane);
+    } else {
+      norm_tokens_in_registers<A, N, Append, G, QkNormKind::rms_one_plus>(params, table, first_row, row_stride, lane);
+    }
     return;
   }
 
