@@ -278,4 +278,58 @@ TEST(Conversions, BranchFreeEqualPlainOnBoundarySample) {
   EXPECT_GT(checked, 4'000'000);
 }
 
+// rotate_first (the QK-norm GPU kernel's one-output rotation) is either output of rotate: x' for
+// (x, y, c, s) and y' for (y, x, c, -s), bit for bit for every dtype and numerics; NaN results
+// only as NaN (their sign is open). Operands are drawn as random bit patterns of the activation
+// dtype (a and b) and of float32 rounded as each numerics uses cos/sin, so zeros, subnormals,
+// infinities and NaNs all occur.
+template <DType A, Numerics N>
+void expect_rotate_first_is_rotate(std::uint64_t seed) {
+  std::uint64_t state = seed;
+  auto next = [&state] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<std::uint32_t>(state >> 32);
+  };
+  auto activation = [&next] {
+    const std::uint32_t r = next();
+    if constexpr (A == DType::f16) return detail::from_f16_bits(static_cast<std::uint16_t>(r));
+    if constexpr (A == DType::bf16) return plain::value(r & 0xffff0000u);
+    return plain::value(r);
+  };
+  auto trig = [&next] {
+    const float f = plain::value(next());
+    return N == Numerics::accurate ? f : detail::round_act<A>(f);
+  };
+  auto same = [](float got, float want) {
+    return std::isnan(want) ? std::isnan(got) : plain::bits(got) == plain::bits(want);
+  };
+  for (int i = 0; i < 200'000; ++i) {
+    const float a = activation();
+    const float b = activation();
+    const float c = trig();
+    const float s = trig();
+    const detail::Pair want = detail::rotate<A, N>(a, b, {c, s});
+    const float first = detail::rotate_first<A, N>(a, b, c, s);
+    const float second = detail::rotate_first<A, N>(b, a, c, -s);
+    ASSERT_TRUE(same(first, want.a)) << std::hex << "a 0x" << plain::bits(a) << " b 0x" << plain::bits(b) << " c 0x"
+                                     << plain::bits(c) << " s 0x" << plain::bits(s) << ": 0x" << plain::bits(first)
+                                     << " for a' 0x" << plain::bits(want.a);
+    ASSERT_TRUE(same(second, want.b)) << std::hex << "a 0x" << plain::bits(a) << " b 0x" << plain::bits(b) << " c 0x"
+                                      << plain::bits(c) << " s 0x" << plain::bits(s) << ": 0x" << plain::bits(second)
+                                      << " for b' 0x" << plain::bits(want.b);
+  }
+}
+
+TEST(RotateFirst, IsEitherOutputOfRotate) {
+  expect_rotate_first_is_rotate<DType::f32, Numerics::hf_compatible>(1);
+  expect_rotate_first_is_rotate<DType::f32, Numerics::hf_fp32_apply>(2);
+  expect_rotate_first_is_rotate<DType::f32, Numerics::accurate>(3);
+  expect_rotate_first_is_rotate<DType::f16, Numerics::hf_compatible>(4);
+  expect_rotate_first_is_rotate<DType::f16, Numerics::hf_fp32_apply>(5);
+  expect_rotate_first_is_rotate<DType::f16, Numerics::accurate>(6);
+  expect_rotate_first_is_rotate<DType::bf16, Numerics::hf_compatible>(7);
+  expect_rotate_first_is_rotate<DType::bf16, Numerics::hf_fp32_apply>(8);
+  expect_rotate_first_is_rotate<DType::bf16, Numerics::accurate>(9);
+}
+
 }  // namespace

@@ -131,4 +131,24 @@ POSENC_HD Pair rotate(float a, float b, CosSin cs) {
   }
 }
 
+/// One output of the rotation under numerics N, for a thread that holds one element of a pair and
+/// receives its partner: out = x' of rotate(x, y, {c, s}) when x is the first element (a), and
+/// called with s negated it is b' of rotate(y, x, {c, s}) when x is the second (b). Because
+/// negation is exact and every rounding is symmetric, R(R(b*c) - R(a*(-s))) is R(R(b*c) + R(a*s))
+/// bit for bit (hf), fl(b*c - a*(-s)) is fl(b*c + a*s) (fp32) and fma(b, c, -(a*(-s))) is
+/// fma(b, c, a*s) (accurate); NaNs aside, whose sign IEEE leaves open. Half the products of
+/// rotate() where only one of its outputs is wanted.
+template <DType A, Numerics N>
+POSENC_HD float rotate_first(float x, float y, float c, float s) {
+  if constexpr (N == Numerics::hf_compatible) {
+    const Pair xc_ys = round_act2<A>(mul_rn(x, c), mul_rn(y, s));
+    return round_act<A>(sub_rn(xc_ys.a, xc_ys.b));
+  } else if constexpr (N == Numerics::hf_fp32_apply) {
+    return round_act<A>(sub_rn(mul_rn(x, c), mul_rn(y, s)));
+  } else {
+    static_assert(N == Numerics::accurate);
+    return round_act<A>(fma_rn(x, c, -mul_rn(y, s)));
+  }
+}
+
 }  // namespace posenc::detail

@@ -222,14 +222,14 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
           }
         }
       } else if constexpr (G == 1) {
-        // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16.
+        // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16. Each
+        // lane computes only its own element's output (rotate_first, with sin negated for the second).
         const bool first = lane < 16;
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           const float other = device_shfl_xor(v[0][k], 16);
-          const int pair = (first ? base : base - 64) + k;
-          const Pair rotated = rotate<A, N>(first ? v[0][k] : other, first ? other : v[0][k], table[pair]);
-          out[0][k] = first ? rotated.a : rotated.b;
+          const CosSin cs = table[(first ? base : base - 64) + k];
+          out[0][k] = posenc::detail::rotate_first<A, N>(v[0][k], other, cs.c, first ? cs.s : -cs.s);
         }
       } else {
         static_assert(G == 2);
