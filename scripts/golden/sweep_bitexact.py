@@ -175,12 +175,18 @@ def hardware_of(records: list[dict], here: str) -> str:
     return "; ".join(f"{name}: {len(c)} cases" for name, c in cases.items())
 
 
+def ordinal(n: int) -> str:
+    """61 -> '61st', 12 -> '12th': the stride in the table's heading."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def summary(records: list[dict], device: str, meta: dict) -> str:
     lines = [f"<!-- sweep:{device}:begin (scripts/golden/sweep_bitexact.py writes this block) -->",
              f"Device **{device}** ({hardware_of(records, meta['hardware'])}), transformers {meta['transformers']}, torch {meta['torch']}"
              f"{', CPU capability ' + meta['cpu_capability'] if device == 'cpu' else ''}, posenc "
              f"hf_compatible with hf_arithmetic `engine`; {meta['date']}. Positions: "
-             f"{'every position' if meta['stride'] == 1 else 'every ' + str(meta['stride']) + 'th position'} "
+             f"{'every position' if meta['stride'] == 1 else 'every ' + ordinal(meta['stride']) + ' position'} "
              f"0 .. 2^20 − 1 plus the top 64 and the thresholds' neighbours, in 65536-position calls, then "
              f"below the threshold again (dynamic, longrope).", "",
              "| scheme | thetas | rotary dims | cases | bf16 differing / values | fp16 differing / values | fp32 differing / values |",
