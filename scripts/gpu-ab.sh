@@ -66,7 +66,7 @@ for ((r = 1; r <= rounds; ++r)); do
 done
 
 # ---- the table -----------------------------------------------------------------------------------
-python3 - "$out" "$ref" "$rounds" "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo tree)" <<'EOF' | tee -a "$out/ab.md"
+python3 - "$out" "$ref" "$rounds" "$(cat "$root/.ab-ref/HEAD-commit" 2>/dev/null || git -C "$root" rev-parse --short HEAD 2>/dev/null || echo tree)" <<'EOF' | tee -a "$out/ab.md"
 import csv, statistics, sys
 from pathlib import Path
 

@@ -25,6 +25,10 @@ for name in "$@"; do
   git -C "$root" rev-parse --short "$name" >"$dest/.posenc-commit"  # gpu-check.sh names it
   echo "  .ab-ref/$name  $(git -C "$root" rev-parse --short "$name")  $(du -sh "$dest" | cut -f1)"
 done
+# The tree the call is made from (B of a before/after pair): the GPU machine's copy of .git may be
+# older than its working tree, so gpu-ab.sh names B from this file.
+dirty=$(git -C "$root" status --porcelain --untracked-files=no | grep -q . && echo "+changes" || true)
+echo "$(git -C "$root" rev-parse --short HEAD)$dirty" >"$root/.ab-ref/HEAD-commit"
 tree=$(git -C "$root" ls-files -z | (cd "$root" && du -cb --files0-from=- | tail -n 1 | cut -f1))
 carried=$(du -sb "$root/.ab-ref" "$root/.deps" "$root/.whl" 2>/dev/null | awk '{s += $1} END {print s + 0}')
 echo "a call carrying .deps, .whl and .ab-ref sends about $(((tree + carried) / 1048576)) MiB (limit 64)"
