@@ -120,6 +120,9 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   const QkNormKind kind = Kind == QkNormKind::none ? static_cast<QkNormKind>(norm.kind) : Kind;
   const bool interleaved = static_cast<Pairing>(norm.pairing) == Pairing::interleaved;
   const int base = 4 * lane;  // element of (group 0, k = 0)
+  // hf_compatible 16-bit rows take the weight step and the rotation two elements per instruction
+  // where the vendor has them (vendor.hpp, as the rotation kernel's rotate_vectors).
+  constexpr bool packed = has_packed_rotation && N == Numerics::hf_compatible && A != DType::f32;
   // This lane's weights of Q's norm and of K's (absent in a Q-only call), loaded once per block and
   // held as stored (half the registers of floats at 16 bits; widening is exact), widened at use.
   Words wq[G] = {};
@@ -185,13 +188,14 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
       }
       const bool is_q = h < p.q_heads;
       float v[G][4];
-      float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      float acc[4];  // torch's lane sums start at 0; 0 + x x is x x (never -0), so group 0 starts them
 #pragma unroll
       for (int g = 0; g < G; ++g) {
 #pragma unroll
         for (int k = 0; k < 4; ++k) {
           v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
-          acc[k] = posenc::detail::add_rn(acc[k], posenc::detail::mul_rn(v[g][k], v[g][k]));
+          const float sq = posenc::detail::mul_rn(v[g][k], v[g][k]);
+          acc[k] = g == 0 ? sq : posenc::detail::add_rn(acc[k], sq);
         }
       }
       float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
@@ -199,54 +203,113 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
       for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_down(part, o));
       const float mean = posenc::detail::mul_rn(device_shfl(part, 0), is_q ? norm.q_factor : norm.k_factor);
       const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        // (selected word by word: a run-time choice of array would put both in local memory)
-        Words w;
-#pragma unroll
-        for (int i = 0; i < W; ++i) w.v[i] = is_q ? wq[g].v[i] : wk[g].v[i];
-        const Vec weight = elements(w);
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), Element<A>::widen(weight.v[k]));
-      }
-      float out[G][4];
-      if (interleaved) {
+      if constexpr (packed) {
+        // hf_compatible 16-bit: the weight step and the rotation on words of two elements
+        // (vendor.hpp; the same roundings as norm_weighted and rotate / rotate_first).
+        constexpr bool bf16 = A == DType::bf16;
+        Words y[G];  // the normalised row, rounded to A
 #pragma unroll
         for (int g = 0; g < G; ++g) {
 #pragma unroll
-          for (int k = 0; k < 4; k += 2) {
-            const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
-            out[g][k] = rotated.a;
-            out[g][k + 1] = rotated.b;
+          for (int i = 0; i < W; ++i) {
+            const float a = posenc::detail::mul_rn(v[g][2 * i], r);
+            const float b = posenc::detail::mul_rn(v[g][2 * i + 1], r);
+            const std::uint32_t w = is_q ? wq[g].v[i] : wk[g].v[i];
+            if (kind == QkNormKind::rms) {
+              y[g].v[i] = device_mul_hf_x2<bf16>(w, device_pack2<bf16>(a, b));
+            } else {  // Gemma's y (1 + w), in float32, rounded once
+              const float wa = Element<A>::widen(static_cast<S>(w & 0xffffu));
+              const float wb = Element<A>::widen(static_cast<S>(w >> 16));
+              y[g].v[i] = device_pack2<bf16>(posenc::detail::mul_rn(a, posenc::detail::add_rn(1.0f, wa)),
+                                             posenc::detail::mul_rn(b, posenc::detail::add_rn(1.0f, wb)));
+            }
           }
         }
-      } else if constexpr (G == 1) {
-        // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16. Each
-        // lane computes only its own element's output (rotate_first, with sin negated for the second).
-        const bool first = lane < 16;
+        Words o[G];
+        if (interleaved) {
+          // A word is a pair (a, b): a' = R(R(ac) - R(bs)) low, b' = R(R(bc) - R(a (-s))) high.
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const float other = device_shfl_xor(v[0][k], 16);
-          const CosSin cs = table[(first ? base : base - 64) + k];
-          out[0][k] = posenc::detail::rotate_first<A, N>(v[0][k], other, cs.c, first ? cs.s : -cs.s);
+          for (int g = 0; g < G; ++g) {
+#pragma unroll
+            for (int i = 0; i < W; ++i) {
+              const CosSin cs = table[(128 * g + base) / 2 + i];
+              o[g].v[i] = device_rotate_first_hf_x2<bf16>(y[g].v[i], __byte_perm(y[g].v[i], 0, 0x1032),
+                                                          device_pack2<bf16>(cs.c, cs.c),
+                                                          device_pack2<bf16>(cs.s, -cs.s));
+            }
+          }
+        } else if constexpr (G == 1) {
+          // head_dim 128: the partner word is in lane ^ 16; the second half's sin negated (rotate_first).
+          const bool first = lane < 16;
+          const CosSin* const cs = table + (first ? base : base - 64);
+#pragma unroll
+          for (int i = 0; i < W; ++i) {
+            const std::uint32_t other = __float_as_uint(device_shfl_xor(__uint_as_float(y[0].v[i]), 16));
+            const std::uint32_t sw = device_pack2<bf16>(cs[2 * i].s, cs[2 * i + 1].s) ^ (first ? 0u : 0x80008000u);
+            o[0].v[i] = device_rotate_first_hf_x2<bf16>(y[0].v[i], other, device_pack2<bf16>(cs[2 * i].c, cs[2 * i + 1].c), sw);
+          }
+        } else {
+          static_assert(G == 2);
+#pragma unroll
+          for (int i = 0; i < W; ++i) {
+            const CosSin* const cs = table + base + 2 * i;
+            device_rotate_hf_x2<bf16>(y[0].v[i], y[1].v[i], device_pack2<bf16>(cs[0].c, cs[1].c),
+                                      device_pack2<bf16>(cs[0].s, cs[1].s), o[0].v[i], o[1].v[i]);
+          }
         }
+#pragma unroll
+        for (int g = 0; g < G; ++g) store(hp, g, elements(o[g]));
+        continue;
       } else {
-        static_assert(G == 2);
-        // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
 #pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
-          out[0][k] = rotated.a;
-          out[1][k] = rotated.b;
+        for (int g = 0; g < G; ++g) {
+          // (selected word by word: a run-time choice of array would put both in local memory)
+          Words w;
+#pragma unroll
+          for (int i = 0; i < W; ++i) w.v[i] = is_q ? wq[g].v[i] : wk[g].v[i];
+          const Vec weight = elements(w);
+#pragma unroll
+          for (int k = 0; k < 4; ++k)
+            v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), Element<A>::widen(weight.v[k]));
         }
-      }
+        float out[G][4];
+        if (interleaved) {
 #pragma unroll
-      for (int g = 0; g < G; ++g) {
-        Vec o;
+          for (int g = 0; g < G; ++g) {
 #pragma unroll
-        for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
-        store(hp, g, o);
+            for (int k = 0; k < 4; k += 2) {
+              const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
+              out[g][k] = rotated.a;
+              out[g][k + 1] = rotated.b;
+            }
+          }
+        } else if constexpr (G == 1) {
+          // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16. Each
+          // lane computes only its own element's output (rotate_first, with sin negated for the second).
+          const bool first = lane < 16;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const float other = device_shfl_xor(v[0][k], 16);
+            const CosSin cs = table[(first ? base : base - 64) + k];
+            out[0][k] = posenc::detail::rotate_first<A, N>(v[0][k], other, cs.c, first ? cs.s : -cs.s);
+          }
+        } else {
+          static_assert(G == 2);
+          // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
+            out[0][k] = rotated.a;
+            out[1][k] = rotated.b;
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          Vec o;
+#pragma unroll
+          for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
+          store(hp, g, o);
+        }
       }
     }
   }

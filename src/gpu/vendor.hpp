@@ -281,7 +281,8 @@ __device__ __forceinline__ std::uint32_t device_as_word(T2 v) {
   __builtin_memcpy(&w, &v, 4);
   return w;
 }
-/// Two floats, already representable in the 16-bit type, as one word (low half = x).
+/// Two floats rounded to nearest even into one word of the 16-bit type (low half = x); exact for
+/// values already representable (cos/sin table entries).
 template <bool Bf16>
 __device__ __forceinline__ std::uint32_t device_pack2(float x, float y) {
   if constexpr (Bf16) {
@@ -301,6 +302,21 @@ __device__ __forceinline__ void device_rotate_hf_x2(std::uint32_t a, std::uint32
   const T2 sv = device_word_as<T2>(s);
   a_out = device_as_word(__hsub2_rn(__hmul2_rn(av, cv), __hmul2_rn(bv, sv)));
   b_out = device_as_word(__hadd2_rn(__hmul2_rn(bv, cv), __hmul2_rn(av, sv)));
+}
+// The same instructions for the QK norm's register path (norm_kernels.cuh), one output per lane:
+//   R(R(a*c) - R(b*s)) per half (rope_math.hpp's rotate_first), and the weight step R(w * y) of
+// two already rounded values (qk_norm.hpp's norm_weighted, rms form): one exact product, one rounding.
+template <bool Bf16>
+__device__ __forceinline__ std::uint32_t device_rotate_first_hf_x2(std::uint32_t a, std::uint32_t b,
+                                                                   std::uint32_t c, std::uint32_t s) {
+  using T2 = std::conditional_t<Bf16, __nv_bfloat162, __half2>;
+  return device_as_word(__hsub2_rn(__hmul2_rn(device_word_as<T2>(a), device_word_as<T2>(c)),
+                                   __hmul2_rn(device_word_as<T2>(b), device_word_as<T2>(s))));
+}
+template <bool Bf16>
+__device__ __forceinline__ std::uint32_t device_mul_hf_x2(std::uint32_t a, std::uint32_t b) {
+  using T2 = std::conditional_t<Bf16, __nv_bfloat162, __half2>;
+  return device_as_word(__hmul2_rn(device_word_as<T2>(a), device_word_as<T2>(b)));
 }
 #endif
 }  // namespace posenc::gpu
