@@ -206,10 +206,12 @@ std::vector<std::byte> dense_bytes(const HostTensor& t) {
 /// Q and K (dense copies of their rows) after one torch_cuda norm + RoPE on the GPU, from inputs
 /// laid out with `token_pad` extra elements after each token: 0 keeps every row 16-byte aligned,
 /// so the kernel holds rows in registers; 1 breaks the alignment, so it takes the shared-memory
-/// path. Same values, same weights and positions either way.
+/// path. Same values, same weights and positions either way. `out_pad` (default token_pad) pads the
+/// outputs' tokens instead, so that source and destination strides differ (8 keeps the alignment).
 Outputs run_laid_out(const gpu::Device& device, gpu::StreamRef stream, const RopeSpec& spec, DType dtype,
                      std::int64_t tokens, std::int64_t q_heads, std::int64_t k_heads, std::int64_t token_pad,
-                     std::uint64_t seed) {
+                     std::uint64_t seed, std::int64_t out_pad = -1) {
+  if (out_pad < 0) out_pad = token_pad;
   const std::int64_t d = spec.head_dim;
   const std::int64_t es = size_of(dtype);
   HostTensor q_dense(dtype, tokens, q_heads, d), k_dense(dtype, tokens, k_heads, d), weights(dtype, 2, 1, d);
@@ -218,7 +220,7 @@ Outputs run_laid_out(const gpu::Device& device, gpu::StreamRef stream, const Rop
   fill_random(weights.view, seed + 2);
   const HostPositions pos(spec, random_positions(tokens, 1 << 17, seed + 3));
   const auto q_in = padded_copy(q_dense, token_pad), k_in = padded_copy(k_dense, token_pad);
-  HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + token_pad), k_out(dtype, tokens, k_heads, d, k_heads * d + token_pad);
+  HostTensor q_out(dtype, tokens, q_heads, d, q_heads * d + out_pad), k_out(dtype, tokens, k_heads, d, k_heads * d + out_pad);
   DeviceMirror dq(device, q_out.buffer, stream), dk(device, k_out.buffer, stream);
   DeviceMirror dq_in(device, q_in->buffer, stream), dk_in(device, k_in->buffer, stream);
   DeviceMirror dw(device, weights.buffer, stream);
@@ -269,6 +271,12 @@ TEST_F(GpuQkNorm, RegisterRowsEqualSharedMemoryRows) {
             EXPECT_EQ(gpu::detail::norm_register_launches(), expected) << "the padded call took shared memory";
             EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
             EXPECT_TRUE(in_registers.k == in_shared.k) << "K";
+            // Outputs laid out with another token stride than the inputs: the register path
+            // addresses source and destination rows separately (RegisterRowAddress).
+            const Outputs restrided = run_laid_out(device, ref(), spec, dtype, 40, 8, 2, 0, 404, 8);
+            EXPECT_EQ(gpu::detail::norm_register_launches(), expected + (numerics == Numerics::accurate ? 0 : 1));
+            EXPECT_TRUE(restrided.q == in_shared.q) << "Q, output token stride + 8";
+            EXPECT_TRUE(restrided.k == in_shared.k) << "K, output token stride + 8";
           }
 }
 

@@ -152,6 +152,7 @@ posenc::gpu::detail::NormPathInput qwen3_norm() {
   in.rotary = 128;
   in.two_halves_or_adjacent = true;
   in.aligned = true;
+  in.narrow_rows = true;
   return in;
 }
 
@@ -193,6 +194,7 @@ TEST(NormPath, EveryOtherShapeTakesSharedMemory) {
       {"half_split_2d pairs", [](NormPathInput& in) { in.two_halves_or_adjacent = false; }},
       {"MLA append", [](NormPathInput& in) { in.mla = true; }},
       {"misaligned rows", [](NormPathInput& in) { in.aligned = false; }},
+      {"a stride of 2 GiB or more, or 2^31 tokens", [](NormPathInput& in) { in.narrow_rows = false; }},
   };
   for (const auto& [what, change] : changes) {
     NormPathInput in = qwen3_norm();
@@ -228,3 +230,52 @@ TEST(NormGrid, OneWaveOfTokensAndRowsSplitAtDecode) {
 }
 
 }  // namespace
+
+// The plain rotation's register path addresses rows with 32-bit byte strides; a stride that does
+// not fit (or 2^31 tokens) sends the call to the shared-memory path, leaving the rows untouched.
+TEST(NormPath, RegisterRowAddressesAreByteStridesOf32Bits) {
+  using posenc::gpu::detail::KernelTensor;
+  using posenc::gpu::detail::RegisterRowAddress;
+  using posenc::gpu::detail::register_row_addresses;
+  alignas(16) static unsigned char q_data[64];
+  alignas(16) static unsigned char k_data[64];
+  KernelTensor q;
+  q.src = q_data;
+  q.dst = q_data;
+  q.src_token_stride = q.dst_token_stride = 32 * 128;
+  q.src_head_stride = q.dst_head_stride = 128;
+  KernelTensor k = q;
+  k.src = k_data;
+  k.dst = k_data + 16;
+  k.src_token_stride = 8 * 128;
+  k.dst_token_stride = 3 * 8 * 128;  // e.g. K inside a fused QKV output
+  RegisterRowAddress rows[2];
+  ASSERT_TRUE(register_row_addresses(q, k, 2, 65536, rows));
+  EXPECT_EQ(rows[0].src, q_data);
+  EXPECT_EQ(rows[1].dst, k_data + 16);
+  EXPECT_EQ(rows[0].src_token_bytes, 2 * 32 * 128);
+  EXPECT_EQ(rows[0].dst_head_bytes, 2 * 128);
+  EXPECT_EQ(rows[1].src_token_bytes, 2 * 8 * 128);
+  EXPECT_EQ(rows[1].dst_token_bytes, 2 * 3 * 8 * 128);
+
+  const RegisterRowAddress before[2] = {rows[0], rows[1]};
+  auto unchanged = [&] {
+    return rows[0].src_token_bytes == before[0].src_token_bytes && rows[1].dst_token_bytes == before[1].dst_token_bytes &&
+           rows[1].src == before[1].src;
+  };
+  KernelTensor wide = k;
+  wide.dst_token_stride = std::int64_t{1} << 30;  // 2 GiB of bf16 between tokens
+  EXPECT_FALSE(register_row_addresses(q, wide, 2, 2, rows));
+  EXPECT_TRUE(unchanged());
+  wide.dst_token_stride = (std::int64_t{1} << 30) - 1;  // 2^31 - 2 bytes: fits
+  EXPECT_TRUE(register_row_addresses(q, wide, 2, 2, rows));
+  EXPECT_EQ(rows[1].dst_token_bytes, (std::int64_t{1} << 31) - 2);
+  EXPECT_FALSE(register_row_addresses(q, k, 2, std::int64_t{1} << 31, rows)) << "2^31 tokens";
+  EXPECT_TRUE(register_row_addresses(q, k, 2, (std::int64_t{1} << 31) - 1, rows));
+  KernelTensor negative = q;
+  negative.src_head_stride = -128;
+  ASSERT_TRUE(register_row_addresses(negative, k, 4, 1, rows));
+  EXPECT_EQ(rows[0].src_head_bytes, -512);
+  negative.src_head_stride = std::int64_t{INT32_MIN} / 4 - 1;
+  EXPECT_FALSE(register_row_addresses(negative, k, 4, 1, rows));
+}

@@ -41,7 +41,32 @@ bool norm_uses_registers(const NormPathInput& in) {
   const bool whole_head = in.norm_first == 0 && in.norm_width == in.head_dim && in.rotary_offset == 0 &&
                           in.rotary == in.head_dim;
   return in.torch_cuda && in.vectorized_sum && in.q_lanes == 32 && in.k_lanes == 32 && whole_head &&
-         (in.head_dim == 128 || in.head_dim == 256) && in.two_halves_or_adjacent && !in.mla && in.aligned;
+         (in.head_dim == 128 || in.head_dim == 256) && in.two_halves_or_adjacent && !in.mla && in.aligned &&
+         in.narrow_rows;
+}
+
+bool register_row_addresses(const KernelTensor& q, const KernelTensor& k, std::int64_t element_bytes,
+                            std::int64_t tokens, RegisterRowAddress (&rows)[2]) {
+  if (tokens > INT_MAX || element_bytes <= 0) return false;
+  const auto narrow = [element_bytes](std::int64_t stride, std::int32_t& bytes) {
+    if (stride > INT_MAX / element_bytes || stride < INT_MIN / element_bytes) return false;
+    bytes = static_cast<std::int32_t>(stride * element_bytes);
+    return true;
+  };
+  RegisterRowAddress out[2];
+  const KernelTensor* const tensors[2] = {&q, &k};
+  for (int i = 0; i < 2; ++i) {
+    const KernelTensor& t = *tensors[i];
+    out[i].src = t.src;
+    out[i].dst = t.dst;
+    if (!narrow(t.src_token_stride, out[i].src_token_bytes) || !narrow(t.src_head_stride, out[i].src_head_bytes) ||
+        !narrow(t.dst_token_stride, out[i].dst_token_bytes) || !narrow(t.dst_head_stride, out[i].dst_head_bytes)) {
+      return false;
+    }
+  }
+  rows[0] = out[0];
+  rows[1] = out[1];
+  return true;
 }
 
 NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks) {

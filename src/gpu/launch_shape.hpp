@@ -4,6 +4,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "gpu/rope_params.hpp"  // KernelTensor, RegisterRowAddress
+
 namespace posenc::gpu::detail {
 
 /// Threads a block aims at: rows of `lanes` threads, as many rows as fit.
@@ -62,14 +64,23 @@ struct NormPathInput {
   bool two_halves_or_adjacent = false;  ///< pairing half_split or interleaved
   bool mla = false;                ///< an MLA append (rows of the latent, not heads)
   bool aligned = false;            ///< every row of Q, K, V, the cache and q_out 16-byte aligned, strides too
+  /// An append, or a rotation whose Q and K byte strides fit 32 bits, with fewer than 2^31 tokens
+  /// (a plain rotation's register path addresses rows with 32-bit multiply-adds: RegisterRowAddress).
+  bool narrow_rows = false;
 };
 
 /// Whether the QK-norm kernel holds each row in registers (norm_kernels.cuh norm_tokens_in_registers)
 /// instead of in shared memory: torch's CUDA reduction with 32 lanes over 4-float vectors for Q
 /// and K, so that lane l holds exactly the elements torch's lane l sums; the norm and the rotation
-/// over the whole head of 128 or 256; half_split or interleaved pairs; aligned rows. Otherwise the
+/// over the whole head of 128 or 256; half_split or interleaved pairs; aligned rows; narrow_rows. Otherwise the
 /// shared-memory path, which takes every shape.
 bool norm_uses_registers(const NormPathInput& in);
+
+/// KernelNorm::rows of a plain rotation: Q's and K's row addressing with byte strides
+/// (`element_bytes` a element). False, leaving `rows` as they were, when a byte stride does not fit
+/// 32 bits or `tokens` is 2^31 or more (NormPathInput::narrow_rows).
+bool register_row_addresses(const KernelTensor& q, const KernelTensor& k, std::int64_t element_bytes,
+                            std::int64_t tokens, RegisterRowAddress (&rows)[2]);
 
 /// The QK-norm kernel's grid: x blocks grid-striding over tokens, one whole wave of resident blocks
 /// at most (a partial second wave would double the last tokens' time); y blocks sharing each token's

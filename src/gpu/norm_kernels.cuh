@@ -135,11 +135,38 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
     if (k_weight != nullptr) wk[g] = load_words(k_weight + 128 * g + base);
   }
 
-  auto load = [&](std::int64_t token, int h, HeadPointers<S>& hp, bool& active, Words (&x)[G]) {
+  // A plain rotation addresses its rows from the warp's copy of KernelNorm::rows in shared memory
+  // (after the block's two tables): one shared load of Q's or K's bases and 32-bit byte strides and
+  // two 32 x 32 -> 64-bit multiply-adds a pointer, where head_pointers selects eight 64-bit
+  // parameters and multiplies in 64 bits (about 70 instructions a row, 40 % of it, before).
+  RegisterRowAddress* const addresses =
+      reinterpret_cast<RegisterRowAddress*>(tables + 2 * p.half) + 2 * (static_cast<int>(threadIdx.x) / 32);
+  if constexpr (!Append) {
+    if (lane < 2) addresses[lane] = lane == 0 ? norm.rows[0] : norm.rows[1];
+    device_sync_warp();
+  }
+  // Token indices: 32-bit in a plain rotation (fewer than 2^31 tokens there, NormPathInput::
+  // narrow_rows), so that the loop's arithmetic and a row's address multiply are 32-bit.
+  using Token = std::conditional_t<Append, std::int64_t, std::int32_t>;
+  auto load = [&](Token token, int h, HeadPointers<S>& hp, bool& active, Words (&x)[G]) {
     active = true;
-    if constexpr (Append) hp = append_row_pointers<S>(p, token, h, active);
-    else hp = head_pointers<S>(p, token, h);
-    if (!active) return;
+    if constexpr (Append) {
+      hp = append_row_pointers<S>(p, token, h, active);
+      if (!active) return;
+    } else {
+      const bool is_q = h < p.q_heads;
+      const RegisterRowAddress a = addresses[is_q ? 0 : 1];
+      const std::int32_t head = is_q ? h : h - p.q_heads;
+      hp.src = reinterpret_cast<const S*>(static_cast<const unsigned char*>(a.src) +
+                                          std::int64_t{token} * a.src_token_bytes + std::int64_t{head} * a.src_head_bytes);
+      hp.dst = static_cast<unsigned char*>(a.dst) + std::int64_t{token} * a.dst_token_bytes +
+               std::int64_t{head} * a.dst_head_bytes;
+      device_assume_global(hp.src);
+      hp.copy_pass_through = false;  // the whole head is written
+      hp.rotate = true;
+      hp.to_cache = false;
+      hp.scale = 1.0f;
+    }
 #pragma unroll
     for (int g = 0; g < G; ++g) x[g] = load_words(hp.src + 128 * g + base);
   };
@@ -147,19 +174,21 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
     if (Append && hp.to_cache) {
       store_cache<A, 4>(static_cast<unsigned char*>(hp.dst), 128 * g + base, out, p.cache.dtype, hp.scale);
     } else {
+      if constexpr (!Append) device_assume_global(hp.dst);  // (read from shared memory, see load)
       store_packed<S, 4>(static_cast<S*>(hp.dst) + 128 * g + base, out);
     }
   };
 
-  const std::int64_t token_stride = gridDim.x;
+  const Token tokens = static_cast<Token>(p.tokens);
+  const Token token_stride = static_cast<Token>(gridDim.x);
   const int entry = static_cast<int>(threadIdx.x);  // of every table, on threads < half
-  std::int64_t token = blockIdx.x;
+  Token token = static_cast<Token>(blockIdx.x);
   HeadPointers<S> next{};
   bool next_active = false;
   Words next_x[G];
-  if (first_row < p.total_heads && token < p.tokens) load(token, first_row, next, next_active, next_x);
+  if (first_row < p.total_heads && token < tokens) load(token, first_row, next, next_active, next_x);
 
-  for (int buffer = 0; token < p.tokens; token += token_stride, buffer ^= 1) {
+  for (int buffer = 0; token < tokens; token += token_stride, buffer ^= 1) {
     CosSin* const table = tables + buffer * p.half;
     if (entry < p.half) table[entry] = norm_table_entry<A, N>(p, token, entry);
     __syncthreads();  // the table written (and, double-buffered, token t - 1's rows done with the other)
@@ -173,12 +202,12 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
       // The next row, in flight while this one computes: the token's next, else the first of the
       // block's next token (across its barrier and table).
       int next_h = h + row_stride;
-      std::int64_t next_token = token;
+      Token next_token = token;
       if (next_h >= p.total_heads) {
         next_h = first_row;
         next_token = token + token_stride;
       }
-      if (next_token < p.tokens) load(next_token, next_h, next, next_active, next_x);
+      if (next_token < tokens) load(next_token, next_h, next, next_active, next_x);
       if (!active) continue;  // the warp agrees: one row
       if (!hp.rotate) {
         // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).

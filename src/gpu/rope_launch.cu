@@ -459,6 +459,7 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
     path.mla = p.cache.latent_dim > 0;
     path.aligned = vector_path_ok(p.q, v) && (p.k.src == nullptr || vector_path_ok(p.k, v)) &&
                    (!append || append_rows_aligned(p.cache, v, spec.head_dim));
+    path.narrow_rows = append || detail::register_row_addresses(p.q, p.k, size_of(dtype), tokens, np.norm.rows);
     np.norm.register_rows = detail::norm_uses_registers(path) ? 1 : 0;
     if (np.norm.register_rows != 0) detail::count_norm_register_launch();
     const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim, np.norm.register_rows != 0));

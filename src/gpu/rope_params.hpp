@@ -156,6 +156,18 @@ struct RopeKernelParams {
 };
 
 /// The QK-norm stage (RopeSpec::qk_norm) of a norm launch (norm_kernels.cuh).
+/// Where the register path of a plain rotation (norm_kernels.cuh norm_tokens_in_registers) finds
+/// Q's rows (KernelNorm::rows[0]) or K's (rows[1]): byte strides that fit 32 bits, so that a row's
+/// address is two 32 x 32 -> 64-bit multiply-adds (launch_shape.hpp NormPathInput::narrow_rows).
+struct RegisterRowAddress {
+  const void* src = nullptr;
+  void* dst = nullptr;
+  std::int32_t src_token_bytes = 0;
+  std::int32_t src_head_bytes = 0;
+  std::int32_t dst_token_bytes = 0;
+  std::int32_t dst_head_bytes = 0;
+};
+
 struct KernelNorm {
   const void* q_weight = nullptr;  ///< `width` elements of the activation dtype (device memory)
   const void* k_weight = nullptr;
@@ -174,6 +186,9 @@ struct KernelNorm {
   /// 1: rows held in registers, four elements a lane (norm_kernels.cuh norm_tokens_in_registers;
   /// launch_shape.hpp norm_uses_registers says when)
   std::int32_t register_rows = 0;
+  /// A plain rotation's register path: Q's rows and K's (an append addresses its rows through
+  /// append_row_pointers instead).
+  RegisterRowAddress rows[2] = {};
 };
 
 /// A norm launch: the rotation's parameters and the norm stage. One block per token (grid-stride),
@@ -190,11 +205,13 @@ inline constexpr int norm_max_torch_lanes = 256;
 
 /// Shared memory of a norm launch: with rows held in registers (KernelNorm::register_rows,
 /// norm_kernels.cuh norm_tokens_in_registers) two tokens' cos/sin tables of half entries of 8 bytes,
-/// the block's current token's and its next token's; otherwise the token's table, then per warp a
+/// the block's current token's and its next token's, then each warp's copy of KernelNorm::rows;
+/// otherwise the token's table, then per warp a
 /// row of head_dim floats and norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim
 /// 1024, within the 48 KiB a launch gets without opting in).
 constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim, bool rows_in_registers) {
-  return rows_in_registers ? 2 * half * 8 : half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
+  return rows_in_registers ? 2 * half * 8 + (norm_block_threads / 32) * 2 * std::int64_t{sizeof(RegisterRowAddress)}
+                           : half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
 }
 
 /// Shared memory a tile's cos/sin table may use (bytes); the launcher sizes tiles to fit.

@@ -79,6 +79,8 @@ inline constexpr const char* vendor_backend = "hip";
 #if defined(__HIPCC__)
 /// An L2 prefetch hint; none is mapped for HIP (the kernels are correct without it).
 __device__ __forceinline__ void device_prefetch_l2(const void*) {}
+/// Tells the compiler that `p` points to global memory; nothing to tell on HIP.
+__device__ __forceinline__ void device_assume_global(const void*) {}
 /// Orders the shared-memory accesses of a group of 32 lanes that work on one row (norm_kernels.cuh).
 /// A wavefront executes in lockstep; the fences keep the compiler from moving LDS accesses across.
 __device__ __forceinline__ void device_sync_warp() {
@@ -121,6 +123,9 @@ __device__ __forceinline__ void device_sync_warp() { __syncwarp(); }
 __device__ __forceinline__ float device_shfl_down(float v, int delta) { return __shfl_down_sync(0xffffffffu, v, delta); }
 __device__ __forceinline__ float device_shfl_xor(float v, int mask) { return __shfl_xor_sync(0xffffffffu, v, mask); }
 __device__ __forceinline__ float device_shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+/// Tells the compiler that `p` points to global memory (a pointer read from shared memory is
+/// otherwise accessed with generic loads and stores, which resolve the address space each time).
+__device__ __forceinline__ void device_assume_global(const void* p) { __builtin_assume(__isGlobal(p)); }
 /// Fetches the line holding `p` into L2 without occupying a register (prefetch.global.L2).
 __device__ __forceinline__ void device_prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
