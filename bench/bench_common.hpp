@@ -363,6 +363,13 @@ inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, cons
   gather_rows(copy, v.ref.data(), a.v.data, hk * d * es, tokens);
   gather_rows(copy, pos.data(), a.positions.data, 8, tokens);
   gather_rows(copy, slots.data(), a.slots, 8, tokens);
+  // A spec with a QK norm: host copies of Q's and K's weights (AppendArgs::norm) for the reference.
+  const std::int64_t weight_bytes = a.norm.q != nullptr ? spec.qk_norm_width() * es : 0;
+  std::vector<unsigned char> weights(static_cast<std::size_t>(2 * weight_bytes));
+  if (weight_bytes > 0) {
+    copy(weights.data(), a.norm.q, weight_bytes);
+    copy(weights.data() + weight_bytes, a.norm.k, weight_bytes);
+  }
   wait();
   op();
   gather_rows(copy, q.got.data(), a.q.data, hq * d * es, tokens);
@@ -402,6 +409,7 @@ inline std::string verify_append(const RopeSpec& spec, const AppendArgs& a, cons
   host.cache.blocks = 1;
   host.cache.block_len = n;
   if (quantized_q) host.q_out = QuantizedOutput{qo.ref.data(), a.q_out.dtype, hq * d, d, a.q_out.scale};
+  if (weight_bytes > 0) host.norm = NormWeights{weights.data(), weights.data() + weight_bytes};
   append_reference(spec, host);
 
   // With q_out the method's Q is not judged (the fused call leaves it, the unfused one rotates it

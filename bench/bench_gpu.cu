@@ -944,6 +944,7 @@ struct AppendCase {
   bool in_quick = false;
   std::vector<std::int64_t> only_tokens;  ///< when not empty: the T of the sweep it runs at
   bool q_out = false;  ///< Q written quantized (AppendArgs::q_out, the cache's dtype) instead of in place
+  bool qk_norm = false;  ///< Qwen3's per-head QK norm first (theta 1e6): the fp8-serving attention prologue
 };
 
 std::vector<AppendCase> append_cases() {
@@ -956,6 +957,11 @@ std::vector<AppendCase> append_cases() {
       {"paged_nhd_fp8", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false, {64, 16384}},
       {"paged_nhd_fp8_qout", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false,
        {1, 64, 4096, 16384, 65536}, true},
+      // Qwen3 served in fp8, the whole attention prologue in one launch: QK norm, RoPE, Q to fp8
+      // q_out, K and V to the fp8 paged cache. The unfused method is the norm + RoPE call, then the
+      // separate scatter and Q's quantization.
+      {"qk_norm_paged_nhd_fp8_qout", CacheLayout::paged_nhd, CacheDType::fp8_e4m3, Pairing::half_split, false,
+       {1, 64, 4096, 16384, 65536}, true, true},
   };
 }
 
@@ -970,6 +976,10 @@ Variant append_shape(const AppendCase& c) {
   Variant v;
   v.name = "append_" + c.name;
   v.spec = plain_spec(128, c.pairing, Numerics::hf_compatible);
+  if (c.qk_norm) {
+    v.spec.theta = 1e6;
+    v.spec.qk_norm = posenc::QkNorm{posenc::QkNormKind::rms, 1e-6, false};
+  }
   return v;
 }
 
@@ -1027,11 +1037,13 @@ AppendSets make_append_sets(Gpu& g, const AppendCase& c, std::int64_t tokens, st
     a.k = r.k;
     a.v = posenc::TensorView::contiguous(v0 + i * v_stride, shape.dtype, tokens, shape.hk, d);
     a.positions = r.positions;
+    a.norm = r.norm;  // (present when the spec normalises: make_input_sets' weights)
     a.slots = slots0 + i * tokens;
     a.cache = cache;
     if (c.q_out) a.q_out = posenc::QuantizedOutput{q_out0 + i * q_out_stride, c.cache, shape.hq * d, d, 0.125f};
   }
-  s.note = std::string(c.q_out ? "Q to fp8 q_out (scale 0.125), " : "") + "cache " + posenc::to_string(c.cache) +
+  s.note = std::string(c.qk_norm ? "QK norm, " : "") + (c.q_out ? "Q to fp8 q_out (scale 0.125), " : "") +
+           "cache " + posenc::to_string(c.cache) +
            " " + posenc::to_string(c.layout) + " " +
            std::to_string(plan.blocks) + "x" + std::to_string(plan.block_len) + " slots, " +
            std::to_string(pb::tokens_per_sequence(tokens)) + " token(s) per sequence per call";
@@ -1445,8 +1457,9 @@ void usage() {
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b (decode_llama31_8b_exact_trig:\n"
       "               the same with correctly rounded cos/sin); the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
-      "               paged_nhd_fp8,paged_nhd_fp8_qout}: --filter append runs only those; _qout writes Q\n"
-      "               as fp8 too: fused = append with q_out, ropecopy = apply + cache copy + a Q cast)\n"
+      "               paged_nhd_fp8,paged_nhd_fp8_qout,qk_norm_paged_nhd_fp8_qout}: --filter append runs\n"
+      "               only those; _qout writes Q as fp8 too: fused = append with q_out, ropecopy = apply +\n"
+      "               cache copy + a Q cast; qk_norm_: Qwen3's QK norm first, in both methods' first call)\n"
       "  --tokens     token counts to sweep (default 1,8,64,256,1024,4096,16384,65536; the decode rows\n"
       "               run at those of 1,8,64,256)\n"
       "  --budget-s   start no new case after this many seconds; what ran is still written\n"
