@@ -24,6 +24,14 @@ Run on a CUDA machine after `pip install .` (scripts/gpu-all.sh does). Everythin
   to an fp8 q_out, one `append_kv_` call against the stages as separate ops (torch RMSNorm, posenc RoPE,
   torch's clamp-and-cast, a scatter into the cache); their bytes are compared; the floor is copy_ of
   the fused call's bytes (Q, K, V read as bf16 and written once as fp8).
+* mla (issue 14): DeepSeek-V3's multi-head latent attention prologue from configs/deepseek-v3.json:
+  q_pe, the last 64 of each head's 192 elements of bf16 q_full [T, 128, 192], rotated in place; k_pe
+  rotated and [c_kv | k_pe] (576 per token, from the bf16 kv_a output [T, 576]) written into the paged
+  latent cache [blocks, 64, 576], bf16 and fp8 (scale 0.5). One `append_kv_(layout="mla")` call against
+  what an engine without the fused write runs: posenc's RoPE of q_pe and of a copy of k_pe, then torch's
+  cat of [c_kv | k_pe] and a scatter into the cache (the cast on the way for fp8). Their bytes are
+  compared; the floor is copy_ of the fused call's bytes (q_pe read and written, [c_kv | k_pe] read,
+  the cache rows written).
 Writes CSV rows (--csv) and prints a Markdown table.
 """
 
@@ -360,6 +368,71 @@ def serving_rows(card, tokens):
     return rows
 
 
+def mla_rows(card, tokens):
+    """DeepSeek-V3's MLA prologue, fused (one append_kv_, layout "mla") against RoPE then cat + scatter
+    (see the module docstring); the same bytes from both are checked on set 0."""
+    import os
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    spec = posenc.RopeSpec.from_config(os.path.join(root, "configs", "deepseek-v3.json"))
+    heads, nope, rope, latent, page = 128, 128, 64, 512, 64
+    row_len = latent + rope
+    g = torch.Generator(device="cuda").manual_seed(11)
+    rows = []
+    for dtype, scale in ((torch.bfloat16, 1.0), (torch.float8_e4m3fn, 0.5)):
+        es = torch.tensor([], dtype=dtype).element_size()
+        for T in tokens:
+            blocks = T // page + 2
+            bytes_moved = T * heads * rope * 2 * 2 + T * row_len * 2 + T * row_len * es
+            l2 = torch.cuda.get_device_properties(0).L2_cache_size
+            n_sets = max(2, min(64, (4 * l2) // max(1, bytes_moved) + 1))
+            sets = []
+            for _ in range(n_sets):
+                q_full = torch.randn((T, heads, nope + rope), device="cuda", generator=g).to(torch.bfloat16)
+                ckv = torch.randn((T, row_len), device="cuda", generator=g).to(torch.bfloat16)
+                pos = torch.randint(0, MAX_POS, (T,), device="cuda", generator=g)
+                slots = torch.randperm(blocks * page, device="cuda", generator=g)[:T]
+                cache = torch.zeros((blocks, page, row_len), dtype=dtype, device="cuda")
+                sets.append((q_full, ckv, pos, slots, cache))
+
+            def fused(i):
+                q_full, ckv, pos, slots, cache = sets[i]
+                posenc.append_kv_(q_full[..., nope:], ckv[:, latent:], ckv[:, :latent], pos, slots, cache, None, spec,
+                                  layout="mla", k_scale=scale, v_scale=scale)
+
+            def unfused(i):
+                q_full, ckv, pos, slots, cache = sets[i]
+                k_pe = ckv[:, latent:].unsqueeze(1).clone()  # the input stays as it was, as in the fused call
+                posenc.apply_rope_(q_full[..., nope:], k_pe, pos, spec)
+                row = torch.cat((ckv[:, :latent], k_pe.squeeze(1)), dim=-1)
+                if dtype != torch.bfloat16:
+                    row = (row.float() / scale).clamp(-448, 448).to(dtype)
+                cache.view(torch.uint8).view(-1, row_len * es)[slots] = row.view(torch.uint8)
+
+            # The same bytes from both, on a copy of set 0 (q_pe rotated in place; the cache rows).
+            outputs = []
+            q0, ckv0, pos0, slots0, cache0 = sets[0]
+            for fn in (fused, unfused):
+                sets[0] = (q0.clone(), ckv0, pos0, slots0, torch.zeros_like(cache0))
+                fn(0)
+                torch.cuda.synchronize()
+                outputs.append((sets[0][0].clone(), sets[0][4].view(torch.uint8).clone()))
+            sets[0] = (q0, ckv0, pos0, slots0, cache0)
+            same = all(torch.equal(a, b) for a, b in zip(*outputs))
+            src = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
+            dst = torch.empty_like(src)
+            floor_us = event_time(lambda: dst.copy_(src), [()], reps_for(T))
+            cache_name = "bf16" if dtype == torch.bfloat16 else "fp8"
+            for name, fn in ((f"posenc append_kv_ mla ({cache_name} cache, one launch)", fused),
+                             (f"posenc RoPE + torch cat + cache scatter ({cache_name} cache)", unfused)):
+                us = event_time(fn, [(i,) for i in range(n_sets)], reps_for(T))
+                gus = graph_time(fn, (0,)) if T <= 256 else None
+                rows.append(dict(card=card, kind="mla", variant=name, T=T, median_us=us, graph_us=gus,
+                                 GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us,
+                                 verified=str(same) if "append_kv_" in name else ""))
+        posenc.check()
+    return rows
+
+
 def model_rows(card):
     """One 4096-token prefill and one decode step (after it) of a GLM-4-9B-shaped stack of two decoder
     layers with random bf16 weights, transformers' own RoPE vs posenc.transformers.patch; CUDA events,
@@ -431,7 +504,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--csv", default=None)
     ap.add_argument("--quick", action="store_true")
-    sections = ("overhead", "contract", "model", "prologue", "serving")
+    sections = ("overhead", "contract", "model", "prologue", "serving", "mla")
     ap.add_argument("--only", default=",".join(sections),
                     help=f"comma-separated sections to run (default all: {','.join(sections)})")
     a = ap.parse_args()
@@ -460,6 +533,11 @@ def main():
             rows += serving_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
         except Exception as e:  # printed, and the other sections' tables still come out
             print("python_ops.py: serving rows failed:", repr(e))
+    if "mla" in only:
+        try:
+            rows += mla_rows(card, [1, 64, 4096, 16384] if a.quick else [1, 8, 64, 256, 1024, 4096, 16384, 65536])
+        except Exception as e:
+            print("python_ops.py: mla rows failed:", repr(e))
     print(f"## posenc Python ops on {card} (torch {torch.__version__}, posenc {posenc.__version__})\n")
     if any(r["kind"] == "overhead" for r in rows):
         print("| op (T=1, bf16 Q[1,32,128] K[1,8,128]) | eager host us/call | graph-replayed device us/call |")
@@ -470,6 +548,8 @@ def main():
     timed_table(rows, "contract", "variant", "bit-identical to vLLM eager")
     timed_table(rows, "prologue", "Qwen3-8B prologue (q/k norm + RoPE), bf16", "fused = HF eager bit for bit")
     timed_table(rows, "serving", "Qwen3-8B fp8 serving prologue (q/k norm + RoPE + fp8 Q, K, V + paged cache)",
+                "fused = unfused byte for byte")
+    timed_table(rows, "mla", "DeepSeek-V3 MLA prologue (q_pe, k_pe RoPE + [c_kv | k_pe] into the paged latent cache)",
                 "fused = unfused byte for byte")
     if any(r["kind"] == "model" for r in rows):
         print("\n| GLM-4-9B-shaped stack, 2 layers, bf16 | 4096-token prefill ms | decode step at 4096 us |")
