@@ -468,6 +468,12 @@ std::vector<Variant> all_variants() {
   qwen3.theta = 1e6;
   qwen3.qk_norm = posenc::QkNorm{posenc::QkNormKind::rms, 1e-6, false};
   add("qk_norm", qwen3, 32, 8, DType::bf16, true);
+  // Gemma 3's (4B): the (1 + w) norm form, head_dim 256, Q 8 heads and K 4 (a global layer, theta
+  // 1e6; its linear factor changes no work of the kernel's).
+  RopeSpec gemma3 = plain_spec(256, Pairing::half_split, hf);
+  gemma3.theta = 1e6;
+  gemma3.qk_norm = posenc::QkNorm{posenc::QkNormKind::rms_one_plus, 1e-6, false};
+  add("qk_norm_gemma3", gemma3, 8, 4, DType::bf16, true);
   return vs;
 }
 
@@ -1453,7 +1459,7 @@ void usage() {
       "  --out DIR    where bench_gpu.csv and bench_gpu.md go (default .)\n"
       "  --filter     keep variants whose name contains one of the comma-separated words\n"
       "               (main_half_split main_interleaved accurate main_exact_trig heads_32x32 heads_64x8 heads_96x8\n"
-      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm; the decode rows are\n"
+      "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm qk_norm_gemma3; the decode rows are\n"
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b (decode_llama31_8b_exact_trig:\n"
       "               the same with correctly rounded cos/sin); the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"

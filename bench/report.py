@@ -37,7 +37,7 @@ RELATIVE_VARIANTS = ["heads_32x32", "heads_64x8", "heads_96x8", "heads_128x8", "
                      "f32", "f16"]
 # Issue 14: the fused attention prologue (QK RMSNorm + RoPE in one launch; and with the fp8 q_out and
 # fp8 paged-cache writes of fp8 serving) at >= 90 % of the floor.
-PROLOGUE_VARIANTS = ["qk_norm", "append_fused_qk_norm_paged_nhd_fp8_qout"]
+PROLOGUE_VARIANTS = ["qk_norm", "qk_norm_gemma3", "append_fused_qk_norm_paged_nhd_fp8_qout"]
 PROLOGUE_T, PROLOGUE_SHARE = [4096, 16384, 65536], 0.90
 # Issue 16: timing noise allowed when comparing two variants of one run.
 COST_SLACK = 1.02
