@@ -290,6 +290,24 @@ def prologue_rows(card, tokens):
     return rows
 
 
+def fused_and_unfused_rows(card, kind, T, n_sets, bytes_moved, same, fused_name, fused, unfused_name, unfused):
+    """Rows of one T for a fused call and its unfused stages, each fn(i) on input set i: median event
+    time over the sets, graph-replayed time at T <= 256, and the ratio to torch's copy_ of
+    `bytes_moved` (half read, half written). `same`: whether both gave the same bytes (the fused row's
+    verdict)."""
+    src = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    floor_us = event_time(lambda: dst.copy_(src), [()], reps_for(T))
+    rows = []
+    for name, fn in ((fused_name, fused), (unfused_name, unfused)):
+        us = event_time(fn, [(i,) for i in range(n_sets)], reps_for(T))
+        gus = graph_time(fn, (0,)) if T <= 256 else None
+        rows.append(dict(card=card, kind=kind, variant=name, T=T, median_us=us, graph_us=gus,
+                         GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us,
+                         verified=str(same) if fn is fused else ""))
+    return rows
+
+
 def serving_rows(card, tokens):
     """fp8 serving's prologue, Qwen3-8B: per-head q/k RMSNorm, RoPE, K and V into an fp8 paged cache
     and Q to fp8 (q_out), one posenc.append_kv_ call, against the same stages as separate ops
@@ -354,16 +372,9 @@ def serving_rows(card, tokens):
             torch.cuda.synchronize()
             outputs.append([t.view(torch.uint8).clone() for t in (q8, kc, vc)])
         same = all(torch.equal(a, b) for a, b in zip(*outputs))
-        src = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
-        dst = torch.empty_like(src)
-        floor_us = event_time(lambda: dst.copy_(src), [()], reps_for(T))
-        for name, fn in (("posenc append_kv_ (norm + RoPE + fp8 Q/K/V + cache, one launch)", fused),
-                         ("torch RMSNorm ops + posenc RoPE + torch fp8 casts + cache scatter", unfused)):
-            us = event_time(fn, [(i,) for i in range(n_sets)], reps_for(T))
-            gus = graph_time(fn, (0,)) if T <= 256 else None
-            rows.append(dict(card=card, kind="serving", variant=name, T=T, median_us=us, graph_us=gus,
-                             GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us,
-                             verified=str(same) if "posenc append" in name else ""))
+        rows += fused_and_unfused_rows(card, "serving", T, n_sets, bytes_moved, same,
+                                       "posenc append_kv_ (norm + RoPE + fp8 Q/K/V + cache, one launch)", fused,
+                                       "torch RMSNorm ops + posenc RoPE + torch fp8 casts + cache scatter", unfused)
         posenc.check()
     return rows
 
@@ -418,17 +429,10 @@ def mla_rows(card, tokens):
                 outputs.append((sets[0][0].clone(), sets[0][4].view(torch.uint8).clone()))
             sets[0] = (q0, ckv0, pos0, slots0, cache0)
             same = all(torch.equal(a, b) for a, b in zip(*outputs))
-            src = torch.empty(bytes_moved // 2, dtype=torch.uint8, device="cuda")
-            dst = torch.empty_like(src)
-            floor_us = event_time(lambda: dst.copy_(src), [()], reps_for(T))
             cache_name = "bf16" if dtype == torch.bfloat16 else "fp8"
-            for name, fn in ((f"posenc append_kv_ mla ({cache_name} cache, one launch)", fused),
-                             (f"posenc RoPE + torch cat + cache scatter ({cache_name} cache)", unfused)):
-                us = event_time(fn, [(i,) for i in range(n_sets)], reps_for(T))
-                gus = graph_time(fn, (0,)) if T <= 256 else None
-                rows.append(dict(card=card, kind="mla", variant=name, T=T, median_us=us, graph_us=gus,
-                                 GBps=bytes_moved / us / 1e3, floor_us=floor_us, ratio=floor_us / us,
-                                 verified=str(same) if "append_kv_" in name else ""))
+            rows += fused_and_unfused_rows(card, "mla", T, n_sets, bytes_moved, same,
+                                           f"posenc append_kv_ mla ({cache_name} cache, one launch)", fused,
+                                           f"posenc RoPE + torch cat + cache scatter ({cache_name} cache)", unfused)
         posenc.check()
     return rows
 
