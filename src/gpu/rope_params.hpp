@@ -155,7 +155,6 @@ struct RopeKernelParams {
   KernelCache cache;  ///< append launches only
 };
 
-/// The QK-norm stage (RopeSpec::qk_norm) of a norm launch (norm_kernels.cuh).
 /// Where the register path of a plain rotation (norm_kernels.cuh norm_tokens_in_registers) finds
 /// Q's rows (KernelNorm::rows[0]) or K's (rows[1]): byte strides that fit 32 bits, so that a row's
 /// address is two 32 x 32 -> 64-bit multiply-adds (launch_shape.hpp NormPathInput::narrow_rows).
@@ -168,6 +167,7 @@ struct RegisterRowAddress {
   std::int32_t dst_head_bytes = 0;
 };
 
+/// The QK-norm stage (RopeSpec::qk_norm) of a norm launch (norm_kernels.cuh).
 struct KernelNorm {
   const void* q_weight = nullptr;  ///< `width` elements of the activation dtype (device memory)
   const void* k_weight = nullptr;
@@ -206,9 +206,9 @@ inline constexpr int norm_max_torch_lanes = 256;
 /// Shared memory of a norm launch: with rows held in registers (KernelNorm::register_rows,
 /// norm_kernels.cuh norm_tokens_in_registers) two tokens' cos/sin tables of half entries of 8 bytes,
 /// the block's current token's and its next token's, then each warp's copy of KernelNorm::rows;
-/// otherwise the token's table, then per warp a
-/// row of head_dim floats and norm_max_torch_lanes partial sums (at most 45056 bytes for head_dim
-/// 1024, within the 48 KiB a launch gets without opting in).
+/// otherwise the token's table, then per warp a row of head_dim floats and norm_max_torch_lanes
+/// partial sums (at most 45056 bytes for head_dim 1024, within the 48 KiB a launch gets without
+/// opting in).
 constexpr std::int64_t norm_shared_bytes(std::int64_t half, std::int64_t head_dim, bool rows_in_registers) {
   return rows_in_registers ? 2 * half * 8 + (norm_block_threads / 32) * 2 * std::int64_t{sizeof(RegisterRowAddress)}
                            : half * 8 + (norm_block_threads / 32) * (head_dim + norm_max_torch_lanes) * 4;
