@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <map>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -285,11 +286,7 @@ TEST(Conversions, BranchFreeEqualPlainOnBoundarySample) {
 // infinities and NaNs all occur.
 template <DType A, Numerics N>
 void expect_rotate_first_is_rotate(std::uint64_t seed) {
-  std::uint64_t state = seed;
-  auto next = [&state] {
-    state = state * 6364136223846793005ull + 1442695040888963407ull;
-    return static_cast<std::uint32_t>(state >> 32);
-  };
+  std::mt19937 next(static_cast<std::uint32_t>(seed));
   auto activation = [&next] {
     const std::uint32_t r = next();
     if constexpr (A == DType::f16) return detail::from_f16_bits(static_cast<std::uint16_t>(r));

@@ -229,8 +229,6 @@ TEST(NormGrid, OneWaveOfTokensAndRowsSplitAtDecode) {
   EXPECT_EQ(g.y, 1u);
 }
 
-}  // namespace
-
 // The plain rotation's register path addresses rows with 32-bit byte strides; a stride that does
 // not fit (or 2^31 tokens) sends the call to the shared-memory path, leaving the rows untouched.
 TEST(NormPath, RegisterRowAddressesAreByteStridesOf32Bits) {
@@ -279,3 +277,5 @@ TEST(NormPath, RegisterRowAddressesAreByteStridesOf32Bits) {
   negative.src_head_stride = std::int64_t{INT32_MIN} / 4 - 1;
   EXPECT_FALSE(register_row_addresses(negative, k, 4, 1, rows));
 }
+
+}  // namespace

@@ -296,27 +296,25 @@ __device__ __forceinline__ std::uint32_t device_pack2(float x, float y) {
     return device_as_word(__floats2half2_rn(x, y));
   }
 }
-template <bool Bf16>
-__device__ __forceinline__ void device_rotate_hf_x2(std::uint32_t a, std::uint32_t b, std::uint32_t c,
-                                                    std::uint32_t s, std::uint32_t& a_out,
-                                                    std::uint32_t& b_out) {
-  using T2 = std::conditional_t<Bf16, __nv_bfloat162, __half2>;
-  const T2 av = device_word_as<T2>(a);
-  const T2 bv = device_word_as<T2>(b);
-  const T2 cv = device_word_as<T2>(c);
-  const T2 sv = device_word_as<T2>(s);
-  a_out = device_as_word(__hsub2_rn(__hmul2_rn(av, cv), __hmul2_rn(bv, sv)));
-  b_out = device_as_word(__hadd2_rn(__hmul2_rn(bv, cv), __hmul2_rn(av, sv)));
-}
-// The same instructions for the QK norm's register path (norm_kernels.cuh), one output per lane:
-//   R(R(a*c) - R(b*s)) per half (rope_math.hpp's rotate_first), and the weight step R(w * y) of
-// two already rounded values (qk_norm.hpp's norm_weighted, rms form): one exact product, one rounding.
+// device_rotate_first_hf_x2: a' alone, R(R(a*c) - R(b*s)) per half (rope_math.hpp's rotate_first;
+// the QK norm's register path, norm_kernels.cuh, computes one output per lane). device_mul_hf_x2:
+// the weight step R(w * y) of two already rounded values (qk_norm.hpp's norm_weighted, rms form),
+// one exact product and one rounding.
 template <bool Bf16>
 __device__ __forceinline__ std::uint32_t device_rotate_first_hf_x2(std::uint32_t a, std::uint32_t b,
                                                                    std::uint32_t c, std::uint32_t s) {
   using T2 = std::conditional_t<Bf16, __nv_bfloat162, __half2>;
   return device_as_word(__hsub2_rn(__hmul2_rn(device_word_as<T2>(a), device_word_as<T2>(c)),
                                    __hmul2_rn(device_word_as<T2>(b), device_word_as<T2>(s))));
+}
+template <bool Bf16>
+__device__ __forceinline__ void device_rotate_hf_x2(std::uint32_t a, std::uint32_t b, std::uint32_t c,
+                                                    std::uint32_t s, std::uint32_t& a_out,
+                                                    std::uint32_t& b_out) {
+  using T2 = std::conditional_t<Bf16, __nv_bfloat162, __half2>;
+  a_out = device_rotate_first_hf_x2<Bf16>(a, b, c, s);
+  b_out = device_as_word(__hadd2_rn(__hmul2_rn(device_word_as<T2>(b), device_word_as<T2>(c)),
+                                    __hmul2_rn(device_word_as<T2>(a), device_word_as<T2>(s))));
 }
 template <bool Bf16>
 __device__ __forceinline__ std::uint32_t device_mul_hf_x2(std::uint32_t a, std::uint32_t b) {
