@@ -190,7 +190,18 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
 
   for (int buffer = 0; token < tokens; token += token_stride, buffer ^= 1) {
     CosSin* const table = tables + buffer * p.half;
-    if (entry < p.half) table[entry] = norm_table_entry<A, N>(p, token, entry);
+    if (entry < p.half) {
+      const CosSin cs = norm_table_entry<A, N>(p, token, entry);
+      if constexpr (packed) {
+        // As 16-bit values in groups of four pairs, [c0 c1 c2 c3 s0 s1 s2 s3]: a lane's four pairs
+        // are one 16-byte load (packed_group), already in the words the packed rotation takes.
+        S* const group = reinterpret_cast<S*>(table) + 8 * (entry / 4);
+        group[entry % 4] = Element<A>::narrow(cs.c);
+        group[4 + entry % 4] = Element<A>::narrow(cs.s);
+      } else {
+        table[entry] = cs;
+      }
+    }
     __syncthreads();  // the table written (and, double-buffered, token t - 1's rows done with the other)
 
     for (int h = first_row; h < p.total_heads; h += row_stride) {
@@ -228,9 +239,12 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
         }
       }
       float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+      // torch's shuffle-down tree as a butterfly: for l < o, lane l ^ o is lane l + o, so lane 0 makes
+      // torch's additions in torch's order, and at each step lanes l and l ^ o add the same two
+      // values (a + b is b + a, bit for bit), so every lane ends with lane 0's sum (no broadcast).
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_down(part, o));
-      const float mean = posenc::detail::mul_rn(device_shfl(part, 0), is_q ? norm.q_factor : norm.k_factor);
+      for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_xor(part, o));
+      const float mean = posenc::detail::mul_rn(part, is_q ? norm.q_factor : norm.k_factor);
       const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
       if constexpr (packed) {
         // hf_compatible 16-bit: the weight step and the rotation on words of two elements
@@ -254,37 +268,42 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
             }
           }
         }
+        // Group q of the 16-bit table: words {c(4q) c(4q+1), c(4q+2) c(4q+3), s(4q) s(4q+1), s(4q+2) s(4q+3)}.
+        const auto* const groups = reinterpret_cast<const std::uint32_t*>(table);
+        auto packed_group = [&](int q) { return load_packed<std::uint32_t, 4>(groups + 4 * q); };
         Words o[G];
         if (interleaved) {
-          // A word is a pair (a, b): a' = R(R(ac) - R(bs)) low, b' = R(R(bc) - R(a (-s))) high.
+          // A word is a pair (a, b): a' = R(R(ac) - R(bs)) low, b' = R(R(bc) - R(a (-s))) high. The
+          // lane's pairs 64 g + 2 lane + i are half of group 16 g + lane / 2.
 #pragma unroll
           for (int g = 0; g < G; ++g) {
+            const Packed<std::uint32_t, 4> cs = packed_group(16 * g + lane / 2);
+            const std::uint32_t cw = lane % 2 == 0 ? cs.v[0] : cs.v[1];
+            const std::uint32_t sw = lane % 2 == 0 ? cs.v[2] : cs.v[3];
 #pragma unroll
             for (int i = 0; i < W; ++i) {
-              const CosSin cs = table[(128 * g + base) / 2 + i];
+              const std::uint32_t dup = i == 0 ? 0x1010u : 0x3232u;  // pair i's value in both halves
               o[g].v[i] = device_rotate_first_hf_x2<bf16>(y[g].v[i], __byte_perm(y[g].v[i], 0, 0x1032),
-                                                          device_pack2<bf16>(cs.c, cs.c),
-                                                          device_pack2<bf16>(cs.s, -cs.s));
+                                                          __byte_perm(cw, 0, dup), __byte_perm(sw, 0, dup) ^ 0x80000000u);
             }
           }
         } else if constexpr (G == 1) {
           // head_dim 128: the partner word is in lane ^ 16; the second half's sin negated (rotate_first).
           const bool first = lane < 16;
-          const CosSin* const cs = table + (first ? base : base - 64);
+          const Packed<std::uint32_t, 4> cs = packed_group(lane % 16);
+          const std::uint32_t sign = first ? 0u : 0x80008000u;
 #pragma unroll
           for (int i = 0; i < W; ++i) {
             const std::uint32_t other = __float_as_uint(device_shfl_xor(__uint_as_float(y[0].v[i]), 16));
-            const std::uint32_t sw = device_pack2<bf16>(cs[2 * i].s, cs[2 * i + 1].s) ^ (first ? 0u : 0x80008000u);
-            o[0].v[i] = device_rotate_first_hf_x2<bf16>(y[0].v[i], other, device_pack2<bf16>(cs[2 * i].c, cs[2 * i + 1].c), sw);
+            o[0].v[i] = device_rotate_first_hf_x2<bf16>(y[0].v[i], other, cs.v[i], cs.v[2 + i] ^ sign);
           }
         } else {
           static_assert(G == 2);
+          // head_dim 256: pairs 4 lane .. 4 lane + 3, group `lane`.
+          const Packed<std::uint32_t, 4> cs = packed_group(lane);
 #pragma unroll
-          for (int i = 0; i < W; ++i) {
-            const CosSin* const cs = table + base + 2 * i;
-            device_rotate_hf_x2<bf16>(y[0].v[i], y[1].v[i], device_pack2<bf16>(cs[0].c, cs[1].c),
-                                      device_pack2<bf16>(cs[0].s, cs[1].s), o[0].v[i], o[1].v[i]);
-          }
+          for (int i = 0; i < W; ++i)
+            device_rotate_hf_x2<bf16>(y[0].v[i], y[1].v[i], cs.v[i], cs.v[2 + i], o[0].v[i], o[1].v[i]);
         }
 #pragma unroll
         for (int g = 0; g < G; ++g) store(hp, g, elements(o[g]));
