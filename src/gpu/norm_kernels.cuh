@@ -18,8 +18,10 @@
 // The common shape takes a second path with no row in shared memory (norm_tokens_in_registers, when
 // launch_shape.hpp norm_uses_registers holds: Qwen3's whole-head norm and rotation at head_dim 128 or
 // 256, torch's 32-lane reduction, aligned rows): each lane holds the four-element vectors torch's
-// lane reads, the reduction tree is a shuffle-down tree, the half_split partner a shuffle, and the
-// next row's loads go out before the current row is computed. That path walks its block's tokens
+// lane reads, torch's reduction tree is a butterfly of shuffles, the half_split partner a shuffle,
+// hf_compatible 16-bit rows are weighted and rotated two elements per instruction, a plain
+// rotation's row addresses are 32-bit multiply-adds, and the next row's loads go out before the
+// current row is computed. That path walks its block's tokens
 // itself, so that a warp's next row may be the first row of the block's next token: those loads
 // are in flight across the barrier and the next token's table (norm_tokens_in_registers says how).
 // Both paths make the same additions and roundings (test_gpu_qk_norm compares them bit for bit).
