@@ -121,20 +121,30 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   const KernelNorm& norm = params.norm;
   const QkNormKind kind = Kind == QkNormKind::none ? static_cast<QkNormKind>(norm.kind) : Kind;
   const bool interleaved = static_cast<Pairing>(norm.pairing) == Pairing::interleaved;
-  const int base = 4 * lane;  // element of (group 0, k = 0)
+  // A 16-bit row of head_dim 128 is held by a half-warp: lane l of a half holds torch's lanes l and
+  // l + 16 (elements 4 l + k and 64 + 4 l + k), so torch's first reduction step and every half_split
+  // partner are in the lane, and each warp instruction serves two rows. float32 rows (twice the
+  // registers) and head_dim 256 take the whole warp.
+  constexpr bool half_warp = G == 1 && A != DType::f32;
+  constexpr int NG = half_warp ? 2 : G;     // groups of four elements a lane holds
+  constexpr int GS = half_warp ? 64 : 128;  // elements from a lane's group to its next
+  constexpr int R = half_warp ? 2 : 1;      // rows a warp holds at once
+  const int sub = half_warp ? lane % 16 : lane;   // the lane within its row
+  const int row_in_warp = half_warp ? lane / 16 : 0;
+  const int base = 4 * sub;  // element of (group 0, k = 0)
   // hf_compatible 16-bit rows take the weight step and the rotation two elements per instruction
   // where the vendor has them (vendor.hpp, as the rotation kernel's rotate_vectors).
   constexpr bool packed = has_packed_rotation && N == Numerics::hf_compatible && A != DType::f32;
   // This lane's weights of Q's norm and of K's (absent in a Q-only call), loaded once per block and
   // held as stored (half the registers of floats at 16 bits; widening is exact), widened at use.
-  Words wq[G] = {};
-  Words wk[G] = {};
+  Words wq[NG] = {};
+  Words wk[NG] = {};
   const S* const q_weight = static_cast<const S*>(norm.q_weight);
   const S* const k_weight = static_cast<const S*>(norm.k_weight);
 #pragma unroll
-  for (int g = 0; g < G; ++g) {
-    wq[g] = load_words(q_weight + 128 * g + base);
-    if (k_weight != nullptr) wk[g] = load_words(k_weight + 128 * g + base);
+  for (int g = 0; g < NG; ++g) {
+    wq[g] = load_words(q_weight + GS * g + base);
+    if (k_weight != nullptr) wk[g] = load_words(k_weight + GS * g + base);
   }
 
   // A plain rotation addresses its rows from the warp's copy of KernelNorm::rows in shared memory
@@ -150,8 +160,9 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   // Token indices: 32-bit in a plain rotation (fewer than 2^31 tokens there, NormPathInput::
   // narrow_rows), so that the loop's arithmetic and a row's address multiply are 32-bit.
   using Token = std::conditional_t<Append, std::int64_t, std::int32_t>;
-  auto load = [&](Token token, int h, HeadPointers<S>& hp, bool& active, Words (&x)[G]) {
-    active = true;
+  auto load = [&](Token token, int h, HeadPointers<S>& hp, bool& active, Words (&x)[NG]) {
+    active = h < p.total_heads;  // (a half-warp's second row may lie past the last)
+    if (!active) return;
     if constexpr (Append) {
       hp = append_row_pointers<S>(p, token, h, active);
       if (!active) return;
@@ -170,14 +181,14 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
       hp.scale = 1.0f;
     }
 #pragma unroll
-    for (int g = 0; g < G; ++g) x[g] = load_words(hp.src + 128 * g + base);
+    for (int g = 0; g < NG; ++g) x[g] = load_words(hp.src + GS * g + base);
   };
   auto store = [&](const HeadPointers<S>& hp, int g, const Vec& out) {
     if (Append && hp.to_cache) {
-      store_cache<A, 4>(static_cast<unsigned char*>(hp.dst), 128 * g + base, out, p.cache.dtype, hp.scale);
+      store_cache<A, 4>(static_cast<unsigned char*>(hp.dst), GS * g + base, out, p.cache.dtype, hp.scale);
     } else {
       if constexpr (!Append) device_assume_global(hp.dst);  // (read from shared memory, see load)
-      store_packed<S, 4>(static_cast<S*>(hp.dst) + 128 * g + base, out);
+      store_packed<S, 4>(static_cast<S*>(hp.dst) + GS * g + base, out);
     }
   };
 
@@ -185,10 +196,14 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   const Token token_stride = static_cast<Token>(gridDim.x);
   const int entry = static_cast<int>(threadIdx.x);  // of every table, on threads < half
   Token token = static_cast<Token>(blockIdx.x);
+  // Rows in warp steps: the warp's first row and its stride (R rows a warp, the lane's the
+  // row_in_warp-th of them).
+  const int warp_first = first_row * R;
+  const int warp_stride = row_stride * R;
   HeadPointers<S> next{};
   bool next_active = false;
-  Words next_x[G];
-  if (first_row < p.total_heads && token < tokens) load(token, first_row, next, next_active, next_x);
+  Words next_x[NG] = {};
+  if (warp_first < p.total_heads && token < tokens) load(token, warp_first + row_in_warp, next, next_active, next_x);
 
   for (int buffer = 0; token < tokens; token += token_stride, buffer ^= 1) {
     CosSin* const table = tables + buffer * p.half;
@@ -206,55 +221,79 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
     }
     __syncthreads();  // the table written (and, double-buffered, token t - 1's rows done with the other)
 
-    for (int h = first_row; h < p.total_heads; h += row_stride) {
+    for (int h0 = warp_first; h0 < p.total_heads; h0 += warp_stride) {
+      const int h = h0 + row_in_warp;
       const HeadPointers<S> hp = next;
       const bool active = next_active;
-      Words x[G];
+      Words x[NG];
 #pragma unroll
-      for (int g = 0; g < G; ++g) x[g] = next_x[g];
+      for (int g = 0; g < NG; ++g) x[g] = next_x[g];
       // The next row, in flight while this one computes: the token's next, else the first of the
       // block's next token (across its barrier and table).
-      int next_h = h + row_stride;
+      int next_h0 = h0 + warp_stride;
       Token next_token = token;
-      if (next_h >= p.total_heads) {
-        next_h = first_row;
+      if (next_h0 >= p.total_heads) {
+        next_h0 = warp_first;
         next_token = token + token_stride;
       }
-      if (next_token < tokens) load(next_token, next_h, next, next_active, next_x);
-      if (!active) continue;  // the warp agrees: one row
-      if (!hp.rotate) {
-        // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
+      if (next_token < tokens) load(next_token, next_h0 + row_in_warp, next, next_active, next_x);
+      if constexpr (!half_warp) {
+        if (!active) continue;  // the warp agrees: one row
+        if (!hp.rotate) {
+          // A V row of an append: its bits copied to the cache (cast there when the cache's dtype differs).
 #pragma unroll
-        for (int g = 0; g < G; ++g) store(hp, g, elements(x[g]));
-        continue;
-      }
-      const bool is_q = h < p.q_heads;
-      float v[G][4];
-      float acc[4];  // torch's lane sums start at 0; 0 + x x is x x (never -0), so group 0 starts them
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-#pragma unroll
-        for (int k = 0; k < 4; ++k) {
-          v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
-          const float sq = posenc::detail::mul_rn(v[g][k], v[g][k]);
-          acc[k] = g == 0 ? sq : posenc::detail::add_rn(acc[k], sq);
+          for (int g = 0; g < G; ++g) store(hp, g, elements(x[g]));
+          continue;
         }
       }
-      float part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+      // (Two rows a warp: both halves compute, whatever their rows, since the reduction's shuffles
+      // need every lane; each half stores its own row's result, or a V row's input, or nothing.)
+      const bool is_q = h < p.q_heads;
+      float v[NG][4];
+      float part;
+      if constexpr (half_warp) {
+        // torch's lanes l and l + 16 each sum their four squares in order; torch's first step adds
+        // lane l + 16's sum to lane l's, here in the lane.
+        float sums[2];
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+          float acc[4];
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
+            acc[k] = posenc::detail::mul_rn(v[g][k], v[g][k]);
+          }
+          sums[g] = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+        }
+        part = posenc::detail::add_rn(sums[0], sums[1]);
+      } else {
+        float acc[4];  // torch's lane sums start at 0; 0 + x x is x x (never -0), so group 0 starts them
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+#pragma unroll
+          for (int k = 0; k < 4; ++k) {
+            v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
+            const float sq = posenc::detail::mul_rn(v[g][k], v[g][k]);
+            acc[k] = g == 0 ? sq : posenc::detail::add_rn(acc[k], sq);
+          }
+        }
+        part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+      }
       // torch's shuffle-down tree as a butterfly: for l < o, lane l ^ o is lane l + o, so lane 0 makes
       // torch's additions in torch's order, and at each step lanes l and l ^ o add the same two
       // values (a + b is b + a, bit for bit), so every lane ends with lane 0's sum (no broadcast).
+      // A half-warp's row starts at step 8 (step 16 was in the lane), and stays within its half.
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_xor(part, o));
+      for (int o = half_warp ? 8 : 16; o > 0; o /= 2) part = posenc::detail::add_rn(part, device_shfl_xor(part, o));
       const float mean = posenc::detail::mul_rn(part, is_q ? norm.q_factor : norm.k_factor);
       const float r = rsqrtf(posenc::detail::add_rn(mean, norm.epsilon));
       if constexpr (packed) {
         // hf_compatible 16-bit: the weight step and the rotation on words of two elements
         // (vendor.hpp; the same roundings as norm_weighted and rotate / rotate_first).
         constexpr bool bf16 = A == DType::bf16;
-        Words y[G];  // the normalised row, rounded to A
+        Words y[NG];  // the normalised row, rounded to A
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+        for (int g = 0; g < NG; ++g) {
 #pragma unroll
           for (int i = 0; i < W; ++i) {
             const float a = posenc::detail::mul_rn(v[g][2 * i], r);
@@ -273,15 +312,15 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
         // Group q of the 16-bit table: words {c(4q) c(4q+1), c(4q+2) c(4q+3), s(4q) s(4q+1), s(4q+2) s(4q+3)}.
         const auto* const groups = reinterpret_cast<const std::uint32_t*>(table);
         auto packed_group = [&](int q) { return load_packed<std::uint32_t, 4>(groups + 4 * q); };
-        Words o[G];
+        Words o[NG];
         if (interleaved) {
           // A word is a pair (a, b): a' = R(R(ac) - R(bs)) low, b' = R(R(bc) - R(a (-s))) high. The
-          // lane's pairs 64 g + 2 lane + i are half of group 16 g + lane / 2.
+          // lane's pairs GS g / 2 + 2 sub + i are half of group GS g / 8 + sub / 2.
 #pragma unroll
-          for (int g = 0; g < G; ++g) {
-            const Packed<std::uint32_t, 4> cs = packed_group(16 * g + lane / 2);
-            const std::uint32_t cw = lane % 2 == 0 ? cs.v[0] : cs.v[1];
-            const std::uint32_t sw = lane % 2 == 0 ? cs.v[2] : cs.v[3];
+          for (int g = 0; g < NG; ++g) {
+            const Packed<std::uint32_t, 4> cs = packed_group(GS * g / 8 + sub / 2);
+            const std::uint32_t cw = sub % 2 == 0 ? cs.v[0] : cs.v[1];
+            const std::uint32_t sw = sub % 2 == 0 ? cs.v[2] : cs.v[3];
 #pragma unroll
             for (int i = 0; i < W; ++i) {
               const std::uint32_t dup = i == 0 ? 0x1010u : 0x3232u;  // pair i's value in both halves
@@ -289,30 +328,27 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
                                                           __byte_perm(cw, 0, dup), __byte_perm(sw, 0, dup) ^ 0x80000000u);
             }
           }
-        } else if constexpr (G == 1) {
-          // head_dim 128: the partner word is in lane ^ 16; the second half's sin negated (rotate_first).
-          const bool first = lane < 16;
-          const Packed<std::uint32_t, 4> cs = packed_group(lane % 16);
-          const std::uint32_t sign = first ? 0u : 0x80008000u;
-#pragma unroll
-          for (int i = 0; i < W; ++i) {
-            const std::uint32_t other = __float_as_uint(device_shfl_xor(__uint_as_float(y[0].v[i]), 16));
-            o[0].v[i] = device_rotate_first_hf_x2<bf16>(y[0].v[i], other, cs.v[i], cs.v[2 + i] ^ sign);
-          }
         } else {
-          static_assert(G == 2);
-          // head_dim 256: pairs 4 lane .. 4 lane + 3, group `lane`.
-          const Packed<std::uint32_t, 4> cs = packed_group(lane);
+          static_assert(NG == 2);  // (16-bit rows of head_dim 128 are half-warp rows)
+          // Element e of group 0 pairs with the same lane's e of group 1 (GS elements on): pairs
+          // 4 sub .. 4 sub + 3, table group `sub`.
+          const Packed<std::uint32_t, 4> cs = packed_group(sub);
 #pragma unroll
           for (int i = 0; i < W; ++i)
             device_rotate_hf_x2<bf16>(y[0].v[i], y[1].v[i], cs.v[i], cs.v[2 + i], o[0].v[i], o[1].v[i]);
         }
+        if (!active) continue;
+        if (Append && !hp.rotate) {  // a V row (half-warp rows only: full-warp V rows left above)
 #pragma unroll
-        for (int g = 0; g < G; ++g) store(hp, g, elements(o[g]));
+          for (int g = 0; g < NG; ++g) store(hp, g, elements(x[g]));
+          continue;
+        }
+#pragma unroll
+        for (int g = 0; g < NG; ++g) store(hp, g, elements(o[g]));
         continue;
       } else {
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+        for (int g = 0; g < NG; ++g) {
           // (selected word by word: a run-time choice of array would put both in local memory)
           Words w;
 #pragma unroll
@@ -322,20 +358,20 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
           for (int k = 0; k < 4; ++k)
             v[g][k] = posenc::detail::norm_weighted<A>(kind, posenc::detail::mul_rn(v[g][k], r), Element<A>::widen(weight.v[k]));
         }
-        float out[G][4];
+        float out[NG][4];
         if (interleaved) {
 #pragma unroll
-          for (int g = 0; g < G; ++g) {
+          for (int g = 0; g < NG; ++g) {
 #pragma unroll
             for (int k = 0; k < 4; k += 2) {
-              const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(128 * g + base + k) / 2]);
+              const Pair rotated = rotate<A, N>(v[g][k], v[g][k + 1], table[(GS * g + base + k) / 2]);
               out[g][k] = rotated.a;
               out[g][k + 1] = rotated.b;
             }
           }
-        } else if constexpr (G == 1) {
-          // head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16. Each
-          // lane computes only its own element's output (rotate_first, with sin negated for the second).
+        } else if constexpr (NG == 1) {
+          // float32, head_dim 128: element e < 64 is the first of pair e, its partner e + 64 in lane ^ 16.
+          // Each lane computes only its own element's output (rotate_first, with sin negated for the second).
           const bool first = lane < 16;
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
@@ -344,8 +380,8 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
             out[0][k] = posenc::detail::rotate_first<A, N>(v[0][k], other, cs.c, first ? cs.s : -cs.s);
           }
         } else {
-          static_assert(G == 2);
-          // head_dim 256: element e < 128 (group 0) pairs with e + 128, the same lane's group 1.
+          static_assert(NG == 2);
+          // Element e of group 0 pairs with the same lane's e of group 1 (GS elements on).
 #pragma unroll
           for (int k = 0; k < 4; ++k) {
             const Pair rotated = rotate<A, N>(v[0][k], v[1][k], table[base + k]);
@@ -353,8 +389,14 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
             out[1][k] = rotated.b;
           }
         }
+        if (!active) continue;
+        if (Append && !hp.rotate) {  // a V row (half-warp rows only: full-warp V rows left above)
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
+          for (int g = 0; g < NG; ++g) store(hp, g, elements(x[g]));
+          continue;
+        }
+#pragma unroll
+        for (int g = 0; g < NG; ++g) {
           Vec o;
 #pragma unroll
           for (int k = 0; k < 4; ++k) o.v[k] = Element<A>::narrow_rounded(out[g][k]);
@@ -369,11 +411,11 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
 /// the most at which each instantiation compiles without spilling (48 registers a thread at five,
 /// 64 at four, 80 at three). Without a bound the compiler gives the pipelined register path 64 to
 /// 100 registers, three or four blocks. float32 rows take twice the registers of 16-bit ones; the
-/// appends' accurate kernels (shared memory only) need more than the others.
+/// 16-bit appends hold eight elements a lane at head_dim 128 too (half-warp rows), as at 256.
 template <DType A, Numerics N, bool Append, int G>
 inline constexpr int norm_min_blocks =
     A == DType::f32 ? (G == 1 ? (Append ? 4 : 5) : (Append ? 3 : 4))
-                    : (Append && (G == 2 || N == Numerics::accurate) ? 4 : 5);
+                    : (Append ? 4 : 5);
 
 /// QK norm, then RoPE (and for Append the KV-cache write) of every row of a call. G: the register
 /// path's groups of 128 elements (norm_tokens_in_registers); the launcher picks the instantiation
