@@ -84,10 +84,13 @@ static_assert(64 * register_groups_max <= norm_block_threads);
 /// 128 g + 4 l + k (g < head_dim / 128, k < 4): exactly the vectors torch's lane l reads, so its
 /// partial sum and a shuffle-down tree make torch's additions in torch's order (the shared-memory
 /// path's arithmetic, without shared memory). A half_split partner is 64 elements away at head_dim
-/// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group).
+/// 128 (lane ^ 16, a shuffle) and 128 away at 256 (the lane's other group). 16-bit rows of head_dim
+/// 128 are held by half-warps instead: lane l of a half holds torch's lanes l and l + 16, elements
+/// 64 g + 4 l + k, as a head_dim-256 row's lane holds its two groups.
 ///
 /// The block walks its tokens (blockIdx.x, + gridDim.x, ...); of each, the warp takes rows
-/// `first_row`, `first_row + row_stride`, ... Each row's loads are issued before the previous row
+/// `first_row`, `first_row + row_stride`, ... (in warps; a warp of half-warp rows takes rows 2 f and
+/// 2 f + 1 for each f of these) ... Each row's loads are issued before the previous row
 /// is computed, and the row after a token's last is the first of the block's next token: its loads
 /// (and an append's slot load before them) go out before that token's barrier and table, so a warp
 /// keeps a row in flight while the block waits for the table. The table is double-buffered
