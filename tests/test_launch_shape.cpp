@@ -227,6 +227,16 @@ TEST(NormGrid, OneWaveOfTokensAndRowsSplitAtDecode) {
   g = norm_grid(1, 40, 0);  // an occupancy of 0 is treated as 1
   EXPECT_EQ(g.x, 1u);
   EXPECT_EQ(g.y, 1u);
+  // Half-warp rows (16-bit, head_dim 128, register path): 16 rows a block, three blocks for 40.
+  ASSERT_EQ(posenc::gpu::detail::norm_rows_per_warp(true, 2, 128), 2);
+  g = norm_grid(1, 40, resident, 2);
+  EXPECT_EQ(g.y, 3u);
+  g = norm_grid(64, 40, resident, 2);
+  EXPECT_EQ(g.x, 64u);
+  EXPECT_EQ(g.y, 3u);
+  EXPECT_EQ(posenc::gpu::detail::norm_rows_per_warp(true, 4, 128), 1) << "float32 rows take a warp";
+  EXPECT_EQ(posenc::gpu::detail::norm_rows_per_warp(true, 2, 256), 1) << "head_dim 256 takes a warp";
+  EXPECT_EQ(posenc::gpu::detail::norm_rows_per_warp(false, 2, 128), 1) << "the shared-memory path";
 }
 
 // The plain rotation's register path addresses rows with 32-bit byte strides; a stride that does

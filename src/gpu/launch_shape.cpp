@@ -69,12 +69,12 @@ bool register_row_addresses(const KernelTensor& q, const KernelTensor& k, std::i
   return true;
 }
 
-NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks) {
+NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks, int rows_per_warp) {
   NormGrid g;
   const std::int64_t resident = std::max<std::int64_t>(resident_blocks, 1);
   const std::int64_t x = std::min({std::max<std::int64_t>(tokens, 1), resident, std::int64_t{INT_MAX}});
-  constexpr int warps = norm_block_threads / 32;
-  const std::int64_t row_groups = (std::max(total_heads, 1) + warps - 1) / warps;  // blocks for one row a warp
+  const int rows = norm_block_threads / 32 * std::max(rows_per_warp, 1);  // a block's rows at once
+  const std::int64_t row_groups = (std::max(total_heads, 1) + rows - 1) / rows;  // blocks for one row a warp (or half-warp)
   const std::int64_t y = std::max<std::int64_t>(1, std::min(row_groups, resident / x));
   g.x = static_cast<std::uint32_t>(x);
   g.y = static_cast<std::uint32_t>(std::min<std::int64_t>(y, 65535));

@@ -84,12 +84,19 @@ bool register_row_addresses(const KernelTensor& q, const KernelTensor& k, std::i
 
 /// The QK-norm kernel's grid: x blocks grid-striding over tokens, one whole wave of resident blocks
 /// at most (a partial second wave would double the last tokens' time); y blocks sharing each token's
-/// rows when the tokens leave resident blocks idle (decode), up to one row per warp.
+/// rows when the tokens leave resident blocks idle (decode), up to one row per warp (per half-warp
+/// where `rows_per_warp` is 2: norm_rows_per_warp).
 struct NormGrid {
   std::uint32_t x = 1;
   std::uint32_t y = 1;
 };
-NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks);
+NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks, int rows_per_warp = 1);
+
+/// Rows a warp of the QK-norm kernel holds at once: two on the register path for 16-bit rows of
+/// head_dim 128 (each half-warp a row: norm_kernels.cuh norm_tokens_in_registers), else one.
+constexpr int norm_rows_per_warp(bool register_rows, std::int64_t element_bytes, std::int64_t head_dim) {
+  return register_rows && element_bytes == 2 && head_dim == 128 ? 2 : 1;
+}
 
 /// QK-norm launches in this process that took the register path (the launcher counts them with
 /// count_norm_register_launch, one relaxed atomic add): a test seam, so that a test comparing the

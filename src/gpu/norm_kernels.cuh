@@ -128,7 +128,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   // l + 16 (elements 4 l + k and 64 + 4 l + k), so torch's first reduction step and every half_split
   // partner are in the lane, and each warp instruction serves two rows. float32 rows (twice the
   // registers) and head_dim 256 take the whole warp.
-  constexpr bool half_warp = G == 1 && A != DType::f32;
+  constexpr bool half_warp = G == 1 && A != DType::f32;  // (launch_shape.hpp norm_rows_per_warp: the grid)
   constexpr int NG = half_warp ? 2 : G;     // groups of four elements a lane holds
   constexpr int GS = half_warp ? 64 : 128;  // elements from a lane's group to its next
   constexpr int R = half_warp ? 2 : 1;      // rows a warp holds at once

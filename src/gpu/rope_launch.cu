@@ -464,7 +464,9 @@ void GpuEngine::State::launch(RopeKernelParams p, bool append, const PositionsVi
     if (np.norm.register_rows != 0) detail::count_norm_register_launch();
     const auto shared = static_cast<std::size_t>(detail::norm_shared_bytes(p.half, spec.head_dim, np.norm.register_rows != 0));
     const int resident = norm_resident[di][append ? 1 : 0][np.norm.register_rows != 0 ? 0 : 1];
-    const detail::NormGrid grid = detail::norm_grid(tokens, p.total_heads, std::int64_t{resident} * device.multiprocessor_count());
+    const detail::NormGrid grid =
+        detail::norm_grid(tokens, p.total_heads, std::int64_t{resident} * device.multiprocessor_count(),
+                          detail::norm_rows_per_warp(np.norm.register_rows != 0, size_of(dtype), spec.head_dim));
     const NormKernel kernel = append ? norm_kernels[di].append : norm_kernels[di].apply;
     kernel<<<dim3(grid.x, grid.y, 1), detail::norm_block_threads, shared, native>>>(np);
   } else {
