@@ -277,6 +277,15 @@ TEST_F(GpuQkNorm, RegisterRowsEqualSharedMemoryRows) {
             EXPECT_EQ(gpu::detail::norm_register_launches(), expected + (numerics == Numerics::accurate ? 0 : 1));
             EXPECT_TRUE(restrided.q == in_shared.q) << "Q, output token stride + 8";
             EXPECT_TRUE(restrided.k == in_shared.k) << "K, output token stride + 8";
+            // Seven Q heads and two K: where a warp holds two rows (16-bit, head_dim 128: half-warp
+            // rows), one warp's are a Q and a K row, and the last warp's second half has none.
+            const std::int64_t before_odd = gpu::detail::norm_register_launches();
+            const Outputs odd_registers = run_laid_out(device, ref(), spec, dtype, 40, 7, 2, 0, 909);
+            EXPECT_EQ(gpu::detail::norm_register_launches(), before_odd + (numerics == Numerics::accurate ? 0 : 1))
+                << "7 + 2 heads took the register path";
+            const Outputs odd_shared = run_laid_out(device, ref(), spec, dtype, 40, 7, 2, 1, 909);
+            EXPECT_TRUE(odd_registers.q == odd_shared.q) << "Q, 7 + 2 heads";
+            EXPECT_TRUE(odd_registers.k == odd_shared.k) << "K, 7 + 2 heads";
           }
 }
 
@@ -317,17 +326,18 @@ TEST_F(GpuQkNorm, RegisterRowsAcrossTokensEqualSharedMemoryRows) {
 /// What one torch_cuda norm + RoPE append writes: Q's rows (dense; q_out's when `fp8_q`) and the
 /// two caches' bytes, from inputs with `token_pad` extra elements after each token (0: aligned,
 /// the register path; 1: the shared-memory path). Some slots are -1 or shared by no one (with 40
-/// tokens, over half).
+/// tokens, over half). `q_heads` Q heads (and two K and V heads).
 struct AppendOutputs {
   std::vector<std::byte> q;
   std::vector<std::byte> cache;
 };
 
 AppendOutputs append_laid_out(const gpu::Device& device, gpu::StreamRef stream, const RopeSpec& spec, CacheDType cache_dtype,
-                              bool fp8_q, std::int64_t token_pad, std::uint64_t seed, std::int64_t tokens = 40) {
+                              bool fp8_q, std::int64_t token_pad, std::uint64_t seed, std::int64_t tokens = 40,
+                              std::int64_t q_heads = 8) {
   const DType dtype = DType::bf16;
   // Slots for about 1.6 tokens each, in blocks of 16: (t * 13) % slots_n repeats only past slots_n.
-  const std::int64_t q_heads = 8, kv_heads = 2, d = spec.head_dim, slots_n = (tokens * 8 / 5 + 15) / 16 * 16, es = 2;
+  const std::int64_t kv_heads = 2, d = spec.head_dim, slots_n = (tokens * 8 / 5 + 15) / 16 * 16, es = 2;
   HostTensor q_dense(dtype, tokens, q_heads, d), k_dense(dtype, tokens, kv_heads, d), v_dense(dtype, tokens, kv_heads, d),
       weights(dtype, 2, 1, d);
   fill_random(q_dense.view, seed);
@@ -411,6 +421,14 @@ TEST_F(GpuQkNorm, RegisterRowsAppendEqualsSharedMemoryRows) {
         EXPECT_EQ(gpu::detail::norm_register_launches(), before + 1) << "the padded call took shared memory";
         EXPECT_TRUE(in_registers.q == in_shared.q) << "Q";
         EXPECT_TRUE(in_registers.cache == in_shared.cache) << "caches";
+        // Seven Q heads: rows Q0..Q6, K0, K1, V0, V1, so half-warp rows pair a Q with a K row and a
+        // K with a V row, and the last warp's second half has none.
+        const std::int64_t before_odd = gpu::detail::norm_register_launches();
+        const AppendOutputs odd_registers = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 0, 515, 40, 7);
+        EXPECT_EQ(gpu::detail::norm_register_launches(), before_odd + 1) << "7 Q heads took the register path";
+        const AppendOutputs odd_shared = append_laid_out(device, ref(), spec, cache_dtype, fp8_q, 1, 515, 40, 7);
+        EXPECT_TRUE(odd_registers.q == odd_shared.q) << "Q, 7 Q heads";
+        EXPECT_TRUE(odd_registers.cache == odd_shared.cache) << "caches, 7 Q heads";
       }
 }
 
