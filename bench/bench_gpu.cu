@@ -1461,7 +1461,8 @@ void usage() {
       "               (main_half_split main_interleaved accurate main_exact_trig heads_32x32 heads_64x8 heads_96x8\n"
       "               heads_128x8 hd64 hd80 hd96 hd256 f32 f16 glm4_9b qk_norm qk_norm_gemma3; the decode rows are\n"
       "               decode_glm4_9b decode_llama31_8b decode_qwen3_30b_a3b (decode_llama31_8b_exact_trig:\n"
-      "               the same with correctly rounded cos/sin); the append rows are\n"
+      "               the same with correctly rounded cos/sin; decode_X_cache: only posenc's cos/sin-cache row\n"
+      "               of decode_X); the append rows are\n"
       "               append_{fused,ropecopy}_{contiguous,paged_nhd,paged_hnd,paged_nhd_interleaved,\n"
       "               paged_nhd_fp8,paged_nhd_fp8_qout,qk_norm_paged_nhd_fp8_qout}: --filter append runs\n"
       "               only those; _qout writes Q as fp8 too: fused = append with q_out, ropecopy = apply +\n"
@@ -1615,8 +1616,11 @@ int run(const Options& opt) {
         run_case(g, pv, *engine, input(), row, floor);
       });
     };
-    posenc_row(v);
-    if (v.cache_row && !broken) {
+    // A filter naming the cache row alone (decode_X_cache) runs only that row: a profiler can then
+    // pick its launches by count.
+    const bool spec_row = pb::matches_filter(v.name, opt.filters);
+    if (spec_row) posenc_row(v);
+    if (v.cache_row && !broken && pb::matches_filter(v.name + "_cache", opt.filters)) {
       if (out_of_time()) {
         ++skipped;
       } else {
@@ -1626,7 +1630,7 @@ int run(const Options& opt) {
         posenc_row(cached);
       }
     }
-    if (!peers || !v.peers) return;
+    if (!peers || !v.peers || !spec_row) return;
     const std::string unsupported = peer_unsupported(v);
     for (fi::Kernel k : peer_kernels) {
       if (broken) break;
@@ -1646,7 +1650,8 @@ int run(const Options& opt) {
   // posenc and FlashInfer.
   for (const Variant& v : opt.decode && !opt.l2_resident ? decode_variants() : std::vector<Variant>{}) {
     if (broken) break;
-    if (!pb::matches_filter(v.name, opt.filters)) continue;
+    if (!pb::matches_filter(v.name, opt.filters) && !(v.cache_row && pb::matches_filter(v.name + "_cache", opt.filters)))
+      continue;
     const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(v.spec);
     std::unique_ptr<CosSinTable> table;
     for (std::int64_t t : opt.decode_tokens) {
@@ -1665,7 +1670,8 @@ int run(const Options& opt) {
   for (const Variant& v : all_variants()) {
     if (broken) break;
     if (opt.quick && !v.in_quick) continue;
-    if (!pb::matches_filter(v.name, opt.filters)) continue;
+    if (!pb::matches_filter(v.name, opt.filters) && !(v.cache_row && pb::matches_filter(v.name + "_cache", opt.filters)))
+      continue;
     const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(v.spec);
     std::unique_ptr<CosSinTable> table;
     for (std::int64_t t : opt.tokens) {

@@ -13,6 +13,13 @@
 #                     occupancy, instructions issued and executed, cycles, DRAM bytes, and the stall
 #                     reasons per issued instruction (long scoreboard = waiting on global memory);
 #                     ncu-<kernel>-T<t>.csv keep every metric.
+#   source            per-instruction stall samples (SASS) of one event-timed decode launch each:
+#                     posenc's spec path, its cos/sin-cache path (the bench's decode_X_cache row) and
+#                     FlashInfer's cache kernel, at POSENC_PROFILE_TOKENS (default "1") of
+#                     POSENC_PROFILE_MODEL; caches and clocks left as the benchmark has them
+#                     (--cache-control none --clock-control none). src-<name>-T<t>-sass.csv: ncu's source
+#                     page (every SASS instruction with its samples by stall reason and its executed
+#                     count); src-<name>-T<t>.txt: the sections' details; the .ncu-rep files too.
 #   sweep             posenc's kernel at POSENC_PROFILE_TOKENS (default "1 64 4096 65536") of the bench
 #                     variant POSENC_PROFILE_VARIANT (default main_half_split) with ncu's sections
 #                     (SpeedOfLight, Occupancy, LaunchStats, WarpStateStats, MemoryWorkloadAnalysis,
@@ -66,8 +73,39 @@ if [[ $mode == sweep ]]; then
   exit 0
 fi
 
-# ---- decode: posenc against FlashInfer, one launch each, the same metrics ------------------------
 model=${POSENC_PROFILE_MODEL:-decode_llama31_8b}
+if [[ $mode == source ]]; then
+  # name | kernel regex | the bench's --filter | peers
+  kernels=(
+    "posenc|rope_kernel|$model|--no-peers"
+    "posenc_cache|rope_kernel|${model}_cache|--no-peers"
+    "fi_cos_sin_cache|BatchQKApplyRotaryPosIdsCosSinCache(HeadParallelism)?Kernel|$model|"
+  )
+  for t in ${POSENC_PROFILE_TOKENS:-1}; do
+    for entry in "${kernels[@]}"; do
+      IFS='|' read -r name regex filter peers <<<"$entry"
+      out_of_time "$name T=$t" && continue
+      rep=$out/src-$name-T$t
+      # shellcheck disable=SC2086  # $peers is one option or none
+      timeout "$run_s" ncu --kill yes --cache-control none --clock-control none --sampling-interval 0 \
+        --section SourceCounters --section WarpStateStats --section LaunchStats --section SpeedOfLight \
+        -k "regex:$regex" --launch-skip 40 --launch-count 1 -f -o "$rep" \
+        "$bench" --filter "$filter" --tokens "$t" --no-append $peers --budget-s 30 --out "$out/bench-$name-$t" \
+        >"$rep.log" 2>&1 || true
+      rm -rf "$out/bench-$name-$t"
+      if [[ ! -f $rep.ncu-rep ]]; then
+        echo "ncu $name T=$t: nothing profiled (see $(basename "$rep.log"))"
+        continue
+      fi
+      ncu -i "$rep.ncu-rep" --page details >"$rep.txt" 2>&1 || true
+      ncu -i "$rep.ncu-rep" --page source --csv --print-source sass >"$rep-sass.csv" 2>"$rep-sass.err" || true
+      echo "== $name T=$t: $(grep -m1 -E 'Duration' "$rep.txt" | tr -s ' ')"
+    done
+  done
+  exit 0
+fi
+
+# ---- decode: posenc against FlashInfer, one launch each, the same metrics ------------------------
 metrics='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
 metrics+=',gpu__time_duration.sum,launch__grid_size,launch__block_size,launch__registers_per_thread'
 metrics+=',launch__shared_mem_per_block_static,launch__shared_mem_per_block_dynamic'
