@@ -87,7 +87,7 @@ if [[ $mode == source ]]; then
       out_of_time "$name T=$t" && continue
       rep=$out/src-$name-T$t
       # shellcheck disable=SC2086  # $peers is one option or none
-      timeout "$run_s" ncu --kill yes --cache-control none --clock-control none --sampling-interval 0 \
+      timeout "$run_s" ncu --kill yes --cache-control none --clock-control none --warp-sampling-interval 0 \
         --section SourceCounters --section WarpStateStats --section LaunchStats --section SpeedOfLight \
         -k "regex:$regex" --launch-skip 40 --launch-count 1 -f -o "$rep" \
         "$bench" --filter "$filter" --tokens "$t" --no-append $peers --budget-s 30 --out "$out/bench-$name-$t" \
