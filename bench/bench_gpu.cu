@@ -1589,6 +1589,12 @@ int run(const Options& opt) {
   };
 
   // One (variant, T): the posenc row, then FlashInfer's rows on the same input sets, made once.
+  // A variant's spec-path row runs when the filter names it; its cos/sin-cache row also when the
+  // filter names only that row (decode_X_cache), so that a profiler can pick its launches by count.
+  auto selects_spec_row = [&](const Variant& v) { return pb::matches_filter(v.name, opt.filters); };
+  auto selects_cache_row = [&](const Variant& v) {
+    return v.cache_row && pb::matches_filter(v.name + "_cache", opt.filters);
+  };
   auto run_rows = [&](const Variant& v, const posenc::gpu::GpuEngine* engine, std::int64_t t,
                       std::unique_ptr<CosSinTable>& table) {
     std::unique_ptr<InputSets> sets;
@@ -1616,11 +1622,9 @@ int run(const Options& opt) {
         run_case(g, pv, *engine, input(), row, floor);
       });
     };
-    // A filter naming the cache row alone (decode_X_cache) runs only that row: a profiler can then
-    // pick its launches by count.
-    const bool spec_row = pb::matches_filter(v.name, opt.filters);
+    const bool spec_row = selects_spec_row(v);
     if (spec_row) posenc_row(v);
-    if (v.cache_row && !broken && pb::matches_filter(v.name + "_cache", opt.filters)) {
+    if (!broken && selects_cache_row(v)) {
       if (out_of_time()) {
         ++skipped;
       } else {
@@ -1650,8 +1654,7 @@ int run(const Options& opt) {
   // posenc and FlashInfer.
   for (const Variant& v : opt.decode && !opt.l2_resident ? decode_variants() : std::vector<Variant>{}) {
     if (broken) break;
-    if (!pb::matches_filter(v.name, opt.filters) && !(v.cache_row && pb::matches_filter(v.name + "_cache", opt.filters)))
-      continue;
+    if (!selects_spec_row(v) && !selects_cache_row(v)) continue;
     const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(v.spec);
     std::unique_ptr<CosSinTable> table;
     for (std::int64_t t : opt.decode_tokens) {
@@ -1670,8 +1673,7 @@ int run(const Options& opt) {
   for (const Variant& v : all_variants()) {
     if (broken) break;
     if (opt.quick && !v.in_quick) continue;
-    if (!pb::matches_filter(v.name, opt.filters) && !(v.cache_row && pb::matches_filter(v.name + "_cache", opt.filters)))
-      continue;
+    if (!selects_spec_row(v) && !selects_cache_row(v)) continue;
     const std::unique_ptr<posenc::gpu::GpuEngine> engine = make_engine(v.spec);
     std::unique_ptr<CosSinTable> table;
     for (std::int64_t t : opt.tokens) {

@@ -108,6 +108,11 @@ POSENC_HD TorchCudaReduceShape torch_cuda_reduce_shape(int n, std::int64_t rows)
   return shape;
 }
 
+/// A lane's four accumulators added as ATen's reduce adds them: ((a0 + a1) + a2) + a3.
+POSENC_HD float torch_cuda_accumulators_sum(const float (&acc)[4]) {
+  return add_rn(add_rn(add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+}
+
 /// Lane `lane`'s partial sum of the squares of `x[0..n)` (`x.pow(2)`: fl32(x * x)) in ATen's reduce
 /// kernel of `shape` (Reduce.cuh input_vectorized_thread_reduce_impl / thread_reduce_impl with
 /// vt0 = 4): four accumulators, then added in order. torch's rows start 16-byte aligned; a row of
@@ -127,7 +132,7 @@ POSENC_HD float torch_cuda_lane_sum(const float* x, int n, TorchCudaReduceShape 
       for (int i = 0; i < 4; ++i) acc[i] = add_rn(acc[i], sq(idx + i * stride));
     for (int i = 0; i < 4 && idx < n; ++i, idx += stride) acc[i] = add_rn(acc[i], sq(idx));
   }
-  return add_rn(add_rn(add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+  return torch_cuda_accumulators_sum(acc);
 }
 
 /// The sum of the squares of x[0..n) in ATen's reduce order: every lane's partial, then lanes l and

@@ -92,12 +92,6 @@ struct NormGrid {
 };
 NormGrid norm_grid(std::int64_t tokens, int total_heads, std::int64_t resident_blocks, int rows_per_warp = 1);
 
-/// Rows a warp of the QK-norm kernel holds at once: two on the register path for 16-bit rows of
-/// head_dim 128 (each half-warp a row: norm_kernels.cuh norm_tokens_in_registers), else one.
-constexpr int norm_rows_per_warp(bool register_rows, std::int64_t element_bytes, std::int64_t head_dim) {
-  return register_rows && element_bytes == 2 && head_dim == 128 ? 2 : 1;
-}
-
 /// QK-norm launches in this process that took the register path (the launcher counts them with
 /// count_norm_register_launch, one relaxed atomic add): a test seam, so that a test comparing the
 /// two paths can tell that both ran.

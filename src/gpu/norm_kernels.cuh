@@ -128,7 +128,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
   // l + 16 (elements 4 l + k and 64 + 4 l + k), so torch's first reduction step and every half_split
   // partner are in the lane, and each warp instruction serves two rows. float32 rows (twice the
   // registers) and head_dim 256 take the whole warp.
-  constexpr bool half_warp = G == 1 && A != DType::f32;  // (launch_shape.hpp norm_rows_per_warp: the grid)
+  constexpr bool half_warp = norm_rows_per_warp(true, sizeof(S), 128 * G) == 2;  // (the grid's rows too)
   constexpr int NG = half_warp ? 2 : G;     // groups of four elements a lane holds
   constexpr int GS = half_warp ? 64 : 128;  // elements from a lane's group to its next
   constexpr int R = half_warp ? 2 : 1;      // rows a warp holds at once
@@ -266,7 +266,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
             v[g][k] = Element<A>::widen(elements(x[g]).v[k]);
             acc[k] = posenc::detail::mul_rn(v[g][k], v[g][k]);
           }
-          sums[g] = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+          sums[g] = posenc::detail::torch_cuda_accumulators_sum(acc);
         }
         part = posenc::detail::add_rn(sums[0], sums[1]);
       } else {
@@ -280,7 +280,7 @@ __device__ __forceinline__ void norm_tokens_in_registers(const NormKernelParams&
             acc[k] = g == 0 ? sq : posenc::detail::add_rn(acc[k], sq);
           }
         }
-        part = posenc::detail::add_rn(posenc::detail::add_rn(posenc::detail::add_rn(acc[0], acc[1]), acc[2]), acc[3]);
+        part = posenc::detail::torch_cuda_accumulators_sum(acc);
       }
       // torch's shuffle-down tree as a butterfly: for l < o, lane l ^ o is lane l + o, so lane 0 makes
       // torch's additions in torch's order, and at each step lanes l and l ^ o add the same two

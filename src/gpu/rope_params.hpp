@@ -203,6 +203,13 @@ struct NormKernelParams {
 inline constexpr int norm_block_threads = 256;
 inline constexpr int norm_max_torch_lanes = 256;
 
+/// Rows a warp of the QK-norm kernel holds at once: two on the register path for 16-bit rows of
+/// head_dim 128 (each half-warp a row: norm_kernels.cuh norm_tokens_in_registers), else one. The
+/// kernel and the launcher's grid (launch_shape.hpp norm_grid) both read it.
+constexpr int norm_rows_per_warp(bool register_rows, std::int64_t element_bytes, std::int64_t head_dim) {
+  return register_rows && element_bytes == 2 && head_dim == 128 ? 2 : 1;
+}
+
 /// Shared memory of a norm launch: with rows held in registers (KernelNorm::register_rows,
 /// norm_kernels.cuh norm_tokens_in_registers) two tokens' cos/sin tables of half entries of 8 bytes,
 /// the block's current token's and its next token's, then each warp's copy of KernelNorm::rows;
