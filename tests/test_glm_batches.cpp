@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -238,6 +239,45 @@ TEST(glmTracker, LimitErrorsNameSequenceTokenValueAndChangeNothing) {
         tr3.step(std::vector<StepEntry>{{1, 1}});
       },
       ErrorKind::out_of_range, {"position -1"});
+}
+
+TEST(glmTracker, AStepOfHugeTokenCountsIsRefusedBeforeItsOutputIsAllocated) {
+  // 2^40 tokens would need 8 TiB of output. Every id is checked from each part's ends first, so the
+  // error names the first token past the limit, as a token-by-token check would, and nothing of
+  // the step's size is allocated (fuzz_tracker found the 64 GiB allocation this replaced).
+  const std::int64_t huge = std::int64_t{1} << 40;
+  PositionTracker tr(1, 100);
+  tr.add_sequence(1, SequenceState{10, 5});  // positions n + 5: token 85 (index 95) gets 100
+  expect_error(
+      [&] {
+        tr.step(std::vector<StepEntry>{{1, huge}});
+      },
+      ErrorKind::out_of_range, {"sequence 1", "token 85 (index 95", "position 100", "[0, 100)"});
+  PositionTracker two(2, 100);
+  two.add_sequence(1, SequenceState{10, 0, 4, 2});  // pinned from 4: block n - 3
+  expect_error(
+      [&] {
+        two.peek(std::vector<StepEntry>{{1, huge}});
+      },
+      ErrorKind::out_of_range, {"token 93 (index 103", "block position 100"});
+  tr.add_sequence(2, SequenceState{0, std::numeric_limits<std::int64_t>::min() + 1});
+  expect_error(
+      [&] {
+        tr.step(std::vector<StepEntry>{{2, huge}});
+      },
+      ErrorKind::out_of_range, {"token 0 (index 0", "position -9223372036854775807"});
+  EXPECT_EQ(tr.state(1).length, 10);
+  EXPECT_EQ(tr.state(2).length, 0);
+  // A pinned one-stream sequence's ids stay in range however long it grows: a step too large to
+  // hold is out_of_memory, not an exception of another type.
+  PositionTracker pinned(1, 100);
+  pinned.add_sequence(1, SequenceState{0, 0, 0, 7});
+  expect_error(
+      [&] {
+        pinned.step(std::vector<StepEntry>{{1, std::numeric_limits<std::int64_t>::max() / 2}});
+      },
+      ErrorKind::out_of_memory, {"PositionIds"});
+  EXPECT_EQ(pinned.state(1).length, 0);
 }
 
 TEST(glmTracker, BadStepsAndSequencesAreClearErrors) {

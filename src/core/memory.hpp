@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <new>
+#include <stdexcept>
 #include <string>
 #include <utility>
 
@@ -17,12 +18,15 @@ namespace posenc::detail {
 /// the size when `bytes` < 0 (an allocation somewhere inside an operation, size not known).
 [[noreturn]] void throw_out_of_host_memory(const std::string& what, std::int64_t bytes = -1);
 
-/// Runs `allocate()`; a std::bad_alloc from it becomes Error(out_of_memory) naming `what` and `bytes`.
+/// Runs `allocate()`; a std::bad_alloc from it, or the std::length_error of a container asked for
+/// more than its max_size(), becomes Error(out_of_memory) naming `what` and `bytes`.
 template <class F>
 decltype(auto) allocating(const char* what, std::int64_t bytes, F&& allocate) {
   try {
     return std::forward<F>(allocate)();
   } catch (const std::bad_alloc&) {
+    throw_out_of_host_memory(what, bytes);
+  } catch (const std::length_error&) {
     throw_out_of_host_memory(what, bytes);
   }
 }

@@ -1,8 +1,11 @@
 // PositionIds (the stream-major multi-stream position buffer), special-token sets, plain and padded-batch positions.
 #include <algorithm>
 #include <array>
+#include <cstdint>
+#include <limits>
 #include <utility>
 
+#include "core/memory.hpp"
 #include "glm/detail.hpp"
 #include "posenc/glm.hpp"
 
@@ -77,7 +80,9 @@ void check_streams(int streams) {
 PositionIds::PositionIds(int streams, std::int64_t tokens) : streams_(streams), tokens_(tokens) {
   check_streams(streams);
   detail::require_at_least(tokens, 0, "PositionIds: tokens");
-  values_.assign(static_cast<std::size_t>(detail::mul(streams, tokens, "PositionIds size")), 0);
+  const std::int64_t values = detail::mul(streams, tokens, "PositionIds size");
+  const std::int64_t bytes = values > std::numeric_limits<std::int64_t>::max() / 8 ? -1 : values * 8;
+  posenc::detail::allocating("PositionIds", bytes, [&] { values_.assign(static_cast<std::size_t>(values), 0); });
 }
 
 PositionIds::PositionIds(int streams, std::int64_t tokens, std::vector<std::int64_t> values)

@@ -1,4 +1,5 @@
 // PositionTracker: per-sequence position state for continuous batching, kept as plain arrays a device can mirror.
+#include <algorithm>
 #include <utility>
 #include <vector>
 
@@ -127,30 +128,62 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
     total = detail::add(total, en.new_tokens, "PositionTracker step: total tokens");
   }
 
+  // Token n of slot s: position n + rope_delta before pin_from, pin_value from it on; block 0
+  // before, n - pin_from + 1 from it on. Throws naming the token when an id leaves the limit.
+  auto ids = [&](std::size_t e, std::size_t s, std::int64_t n) {
+    const StepEntry& en = entries[e];
+    const bool pinned = n >= pin_froms_[s];
+    const std::int64_t p =
+        pinned ? pin_values_[s] : detail::add(n, rope_deltas_[s], "PositionTracker: n + rope_delta");
+    const std::int64_t block = pinned ? n - pin_froms_[s] + 1 : 0;
+    auto check = [&](const char* what, std::int64_t v) {
+      if (v < 0 || v >= position_limit_) {
+        fail(ErrorKind::out_of_range, "PositionTracker step: sequence ", en.seq_id, " (entry ", e,
+             ") token ", n - lengths_[s], " (index ", n, " in the sequence) gets ", what, " ", v,
+             ", outside [0, ", position_limit_, ") (position_limit)");
+      }
+    };
+    check("position", p);
+    if (streams_ == 2) check("block position", block);
+    return std::pair{p, block};
+  };
+
+  // Every id in range, before the output is allocated: a refused step allocates nothing in
+  // proportion to what it asked for. Positions rise with n before pin_from and blocks rise after
+  // it, so each part's first bad token, if any, is found from its ends (the error names the same
+  // token a token-by-token check would).
+  for (std::size_t e = 0; e < entries.size(); ++e) {
+    const auto s = static_cast<std::size_t>(slot_of(entries[e].seq_id));
+    const std::int64_t first = lengths_[s];
+    const std::int64_t end =
+        detail::add(first, entries[e].new_tokens, "PositionTracker step: sequence length");
+    const std::int64_t pin_from = pin_froms_[s];
+    const std::int64_t unpinned_end = std::min(end, pin_from);
+    if (first < unpinned_end) {
+      // n + rope_delta for n in [first, unpinned_end): the first n at or past the limit.
+      ids(e, s, first);
+      // The last n below the limit is limit - 1 - rope_delta; past int64 it bounds nothing here.
+      std::int64_t last_ok = 0;
+      if (!__builtin_sub_overflow(position_limit_ - 1, rope_deltas_[s], &last_ok) && last_ok < unpinned_end - 1) {
+        ids(e, s, last_ok + 1);
+      }
+    }
+    const std::int64_t pinned_first = std::max(first, pin_from);
+    if (pinned_first < end) {
+      ids(e, s, pinned_first);  // pin_value (checked when set) and the first block
+      // Blocks n - pin_from + 1: the first n whose block reaches the limit.
+      if (streams_ == 2 && end - pin_from > position_limit_ - 1) ids(e, s, pin_from + position_limit_ - 1);
+    }
+  }
+
   PositionIds out(streams_, total);
   std::int64_t* const pos = out.data();
   std::int64_t o = 0;
   for (std::size_t e = 0; e < entries.size(); ++e) {
-    const StepEntry& en = entries[e];
-    const auto s = static_cast<std::size_t>(slot_of(en.seq_id));
-    const std::int64_t length = lengths_[s];
-    const std::int64_t end =
-        detail::add(length, en.new_tokens, "PositionTracker step: sequence length");
-    for (std::int64_t n = length; n < end; ++n, ++o) {
-      const bool pinned = n >= pin_froms_[s];
-      const std::int64_t p =
-          pinned ? pin_values_[s]
-                 : detail::add(n, rope_deltas_[s], "PositionTracker: n + rope_delta");
-      const std::int64_t block = pinned ? n - pin_froms_[s] + 1 : 0;
-      auto check = [&](const char* what, std::int64_t v) {
-        if (v < 0 || v >= position_limit_) {
-          fail(ErrorKind::out_of_range, "PositionTracker step: sequence ", en.seq_id, " (entry ", e,
-               ") token ", n - length, " (index ", n, " in the sequence) gets ", what, " ", v,
-               ", outside [0, ", position_limit_, ") (position_limit)");
-        }
-      };
-      check("position", p);
-      if (streams_ == 2) check("block position", block);
+    const auto s = static_cast<std::size_t>(slot_of(entries[e].seq_id));
+    const std::int64_t end = lengths_[s] + entries[e].new_tokens;  // checked above
+    for (std::int64_t n = lengths_[s]; n < end; ++n, ++o) {
+      const auto [p, block] = ids(e, s, n);
       pos[o] = p;
       if (streams_ == 2) pos[total + o] = block;
       if (streams_ == 3) pos[total + o] = pos[2 * total + o] = p;
