@@ -8,7 +8,7 @@
 #   --no-build   use the targets already in build/fuzz
 #   --merge      after the runs, add the inputs that cover new code to the committed seeds
 #                fuzz/corpus/<target> (libFuzzer -merge=1; review and commit them, keep them small)
-#   TARGET       fuzz_config fuzz_npy fuzz_cli fuzz_validate fuzz_tracker (default: all five)
+#   TARGET       fuzz_config fuzz_npy fuzz_cli fuzz_validate fuzz_tracker fuzz_positions (default: all six)
 #
 # Per target: the committed seeds fuzz/corpus/<target> (plus configs/ for fuzz_config) are read,
 # inputs that reach new code are kept in build/fuzz/corpus/<target> (a later run continues from
@@ -37,7 +37,7 @@ while (($#)); do
     *) echo "fuzz.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-((${#targets[@]})) || targets=(fuzz_config fuzz_npy fuzz_cli fuzz_validate fuzz_tracker)
+((${#targets[@]})) || targets=(fuzz_config fuzz_npy fuzz_cli fuzz_validate fuzz_tracker fuzz_positions)
 
 bin=$root/build/fuzz/fuzz
 work=$root/build/fuzz

@@ -452,6 +452,51 @@ TEST(glmMrope, BadInputsAreClearErrors) {
                {"negative position"});
 }
 
+TEST(glmMrope, HostileRatesAndIdsPastInt64AreErrorsNotUndefinedBehaviour) {
+  // fuzz_positions: a float32 temporal offset past int64 was converted anyway (undefined
+  // behaviour); NaN and infinite rates passed the "not negative" check; an id of int64's maximum
+  // made next_position overflow. Each is now an Error naming the value.
+  VisionGrid g = grid(3, 2, 2);
+  g.seconds_per_grid = 1e30f;
+  g.tokens_per_second = 1.0f;
+  expect_error([&] { mrope_positions(std::vector{MropeSegment::vision(g)}, NextTextStart::max_plus_one); },
+               ErrorKind::overflow, {"temporal offset of index 1", "1e+30", "64 bits"});
+  for (const float bad : {std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+    g.seconds_per_grid = bad;
+    expect_error([&] { mrope_positions(std::vector{MropeSegment::vision(g)}, NextTextStart::max_plus_one); },
+                 ErrorKind::invalid_argument, {"segment 0", "must be finite and not negative"});
+    g.seconds_per_grid = 0.5f;
+    g.tokens_per_second = bad;
+    expect_error([&] { mrope_positions(std::vector{MropeSegment::vision(g)}, NextTextStart::max_plus_one); },
+                 ErrorKind::invalid_argument, {"segment 0", "must be finite and not negative"});
+    g.tokens_per_second = 1.0f;
+  }
+  // Temporal ids up to int64's maximum - 1 are fine (the next position is the maximum itself) ...
+  VisionGrid far = grid(2, 2, 2);
+  far.temporal_interval = std::numeric_limits<std::int64_t>::max() - 1;
+  const MropePositions ok = mrope_positions(std::vector{MropeSegment::vision(far)}, NextTextStart::max_plus_one);
+  EXPECT_EQ(ok.next_position, std::numeric_limits<std::int64_t>::max());
+  // ... one more and the next position does not fit; nor does text after such a block.
+  far.temporal_interval = std::numeric_limits<std::int64_t>::max();
+  expect_error([&] { mrope_positions(std::vector{MropeSegment::vision(far)}, NextTextStart::max_plus_one); },
+               ErrorKind::overflow, {"M-RoPE", "9223372036854775807 + 1", "does not fit in 64 bits"});
+  far.temporal_interval = std::numeric_limits<std::int64_t>::max() - 1;
+  expect_error(
+      [&] {
+        mrope_positions(std::vector{MropeSegment::vision(far), MropeSegment::text(1)}, NextTextStart::max_plus_one);
+      },
+      ErrorKind::overflow, {"M-RoPE text"});
+}
+
+TEST(glmPositions, AttentionMaskOfEmptyRowsTakesNoTimeWhateverTheBatch) {
+  // A batch of 2^62 rows of length 0 holds nothing; fuzz_positions found the rows looped over.
+  // (An optimizing build drops the empty loop; the -O0 sanitizer build, as CI runs it, hangs on it.)
+  const std::int64_t rows = std::int64_t{1} << 62;
+  const BatchPositions p = positions_from_attention_mask({}, rows, 0, 0);
+  EXPECT_EQ(p.positions.tokens(), 0);
+  EXPECT_EQ(p.batch, rows);
+}
+
 TEST(glmMrope, Glm4vRemoteImageTakesOnePosition) {
   const GlmSpecialTokens sp = GlmSpecialTokens::glm4();
   // boi at 5, one placeholder, eoi at 7, then two text tokens; 4 patches.

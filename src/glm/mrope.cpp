@@ -1,5 +1,6 @@
 // 3-axis M-RoPE position ids (GLM-4.1V/4.5V, Qwen2-VL family) with rope_delta, and the glm-4v-9b remote-code rule.
 #include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include "glm/detail.hpp"
@@ -19,9 +20,10 @@ std::int64_t VisionGrid::llm_tokens() const {
     fail(ErrorKind::invalid_argument, "VisionGrid: h ", h, " x w ", w,
          " is not divisible by spatial_merge_size ", spatial_merge_size);
   }
-  if (seconds_per_grid < 0.0f || tokens_per_second < 0.0f) {
+  if (!(seconds_per_grid >= 0.0f) || !(tokens_per_second >= 0.0f) || std::isinf(seconds_per_grid) ||
+      std::isinf(tokens_per_second)) {
     fail(ErrorKind::invalid_argument, "VisionGrid: seconds_per_grid ", seconds_per_grid,
-         " and tokens_per_second ", tokens_per_second, " must not be negative");
+         " and tokens_per_second ", tokens_per_second, " must be finite and not negative");
   }
   const std::int64_t hw =
       detail::mul(h / spatial_merge_size, w / spatial_merge_size, "VisionGrid tokens");
@@ -51,12 +53,20 @@ VisionTokens VisionTokens::glm4v() noexcept {
 
 namespace {
 
-/// Temporal offset of temporal index ti of `g`.
+/// Temporal offset of temporal index ti of `g` (llm_tokens has checked its fields).
 std::int64_t temporal_offset(const VisionGrid& g, std::int64_t ti) {
   if (g.seconds_per_grid > 0.0f) {
     // Qwen2.5-VL 4.x: (arange * second_per_grid_t * tokens_per_second).long(), float32 throughout.
     const float step = static_cast<float>(ti) * g.seconds_per_grid;
-    return static_cast<std::int64_t>(step * g.tokens_per_second);
+    const float offset = step * g.tokens_per_second;
+    // Finite, non-negative rates can still overflow float32 or pass int64 (converting such a
+    // value is undefined behaviour; torch's .long() gives garbage there).
+    if (!(offset < 9.2233720368547758e18f)) {
+      fail(ErrorKind::overflow, "VisionGrid: the temporal offset of index ", ti, " (", ti, " x seconds_per_grid ",
+           g.seconds_per_grid, " x tokens_per_second ", g.tokens_per_second, " = ", offset,
+           " in float32) does not fit in 64 bits");
+    }
+    return static_cast<std::int64_t>(offset);
   }
   return detail::mul(ti, g.temporal_interval, "VisionGrid temporal offset");
 }
@@ -94,18 +104,20 @@ MropePositions mrope_positions(std::span<const MropeSegment> segments, NextTextS
   std::int64_t max_id = -1;
   std::size_t o = 0;
   for (const MropeSegment& seg : segments) {
+    // Ids are checked where a segment's largest one is formed; those below it cannot overflow.
     if (!seg.is_vision) {
+      const std::int64_t last = detail::add(start, seg.text_tokens - 1, "M-RoPE text id");
       for (std::int64_t i = 0; i < seg.text_tokens; ++i, ++o) {
         pt[o] = ph[o] = pw[o] = start + i;
       }
-      max_id = std::max(max_id, start + seg.text_tokens - 1);
-      start += seg.text_tokens;
+      max_id = std::max(max_id, last);
+      start = detail::add(last, 1, "M-RoPE text start");
       continue;
     }
     const VisionGrid& g = seg.grid;
     const std::int64_t hh = g.h / g.spatial_merge_size;
     const std::int64_t ww = g.w / g.spatial_merge_size;
-    std::int64_t block_max = start + std::max(hh, ww) - 1;
+    std::int64_t block_max = detail::add(start, std::max(hh, ww) - 1, "M-RoPE spatial id");
     for (std::int64_t ti = 0; ti < g.t; ++ti) {
       const std::int64_t t_id = detail::add(start, temporal_offset(g, ti), "M-RoPE temporal id");
       block_max = std::max(block_max, t_id);
@@ -120,10 +132,12 @@ MropePositions mrope_positions(std::span<const MropeSegment> segments, NextTextS
     max_id = std::max(max_id, block_max);
     // 4.x continues after everything so far (the temporal extent included); v5.3+ after the
     // spatial extent only. The two agree whenever the block's temporal ids stay below it.
-    start = rule == NextTextStart::max_plus_one ? max_id + 1 : start + std::max(hh, ww);
+    start = rule == NextTextStart::max_plus_one ? detail::add(max_id, 1, "M-RoPE text start")
+                                                : detail::add(start, std::max(hh, ww), "M-RoPE text start");
   }
-  out.rope_delta = max_id + 1 - total;
-  out.next_position = max_id + 1;
+  // The next position is itself an id a decode step uses: it must fit too.
+  out.next_position = detail::add(max_id, 1, "M-RoPE next position");
+  out.rope_delta = out.next_position - total;
   return out;
 }
 

@@ -207,7 +207,8 @@ BatchPositions positions_from_attention_mask(std::span<const std::uint8_t> mask,
   detail::check_binary_mask(mask, batch, length, "positions_from_attention_mask");
   BatchPositions out{batch, length, PositionIds(1, batch * length), {mask.begin(), mask.end()}};
   auto s = out.positions.stream(0);
-  for (std::int64_t b = 0; b < batch; ++b) {
+  // Rows of length 0 hold nothing: not a loop over a batch that may be as large as int64 allows.
+  for (std::int64_t b = 0; length > 0 && b < batch; ++b) {
     std::int64_t real = 0;  // running cumsum
     for (std::int64_t t = 0; t < length; ++t) {
       const auto i = static_cast<std::size_t>(b * length + t);

@@ -1,0 +1,288 @@
+// Fuzz target: the GLM and M-RoPE position builders (token lists, vision grids, counts) on hostile input, each result checked against the PositionTracker that continues it.
+//
+// The input picks one builder per iteration (up to 8): glm130b_positions, chatglm6b_positions (both
+// mask rules), glm4v_remote_positions, mrope_positions_from_tokens, mrope_positions on segments,
+// arange_positions, blank_infilling_generation, mrope_decode_positions, left_padded_arange and
+// next_positions_from_attention_mask. Token lists are drawn from the builder's special tokens and a
+// few ordinary ids; grids, counts, deltas and float rates from small to hostile (0, negative,
+// 2^62, int64 limits, inf, NaN). Properties:
+//   - every builder returns or throws posenc::Error, nothing else (UBSan reports any signed
+//     overflow or out-of-range float conversion on the way);
+//   - a result has the documented number of tokens and streams and no negative id;
+//   - a prompt's tracker_state, added to a PositionTracker, gives the decode step the builder's own
+//     next-token rule gives (Glm130bPositions::next_position, ChatGlm6bPositions::next, M-RoPE's
+//     next_position and mrope_decode_positions, glm-4v's original token count);
+//   - a call that would return more than 2^20 ids is not made (the allocation is the caller's
+//     request); one whose sizes overflow must be refused without allocating them.
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fuzz_check.hpp"
+#include "posenc/error.hpp"
+#include "posenc/glm.hpp"
+
+namespace {
+
+using namespace posenc::glm;
+using posenc::fuzz::require;
+using i128 = __int128;
+
+constexpr std::int64_t int64_max = std::numeric_limits<std::int64_t>::max();
+constexpr i128 max_ids = i128{1} << 20;
+
+/// A count, grid side, delta or position: mostly small, sometimes zero, negative or at a 32/64-bit
+/// boundary. None lies in (2^16, 2^61): such a value is a legitimate request too large to hold,
+/// which libFuzzer's malloc limit would report (the harness's size checks cover products).
+std::int64_t number(FuzzedDataProvider& in, std::int64_t small_max = 12) {
+  switch (in.ConsumeIntegralInRange<int>(0, 9)) {
+    case 7:
+      return -in.ConsumeIntegralInRange<std::int64_t>(0, 3);
+    case 8:
+      return in.PickValueInArray<std::int64_t>({std::int64_t{1} << 61, std::int64_t{1} << 62, int64_max,
+                                                int64_max - 1, std::numeric_limits<std::int64_t>::min()});
+    case 9:
+      return in.ConsumeIntegralInRange<std::int64_t>(0, std::int64_t{1} << 16);
+    default:
+      return in.ConsumeIntegralInRange<std::int64_t>(0, small_max);
+  }
+}
+
+float rate(FuzzedDataProvider& in) {
+  return in.PickValueInArray<float>({0.0f, 0.0f, 0.5f, 1.0f, 2.0f, 25.0f, 1e30f, -1.0f,
+                                     std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN(),
+                                     std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min()});
+}
+
+/// Tokens drawn from `alphabet` (special ids) and a few ordinary ids.
+std::vector<TokenId> tokens(FuzzedDataProvider& in, const std::vector<TokenId>& alphabet) {
+  std::vector<TokenId> out(in.ConsumeIntegralInRange<std::size_t>(0, 40));
+  for (TokenId& t : out) {
+    t = in.ConsumeIntegralInRange<int>(0, 2) == 0 ? in.ConsumeIntegralInRange<TokenId>(0, 3)
+                                                  : alphabet[in.ConsumeIntegralInRange<std::size_t>(0, alphabet.size() - 1)];
+  }
+  return out;
+}
+
+VisionGrid grid(FuzzedDataProvider& in) {
+  VisionGrid g;
+  g.t = number(in, 3);
+  g.h = number(in, 6);
+  g.w = number(in, 6);
+  g.spatial_merge_size = in.ConsumeBool() ? 2 : number(in, 3);
+  g.temporal_interval = in.ConsumeBool() ? 1 : number(in, 4);
+  if (in.ConsumeIntegralInRange<int>(0, 3) == 0) {
+    g.seconds_per_grid = rate(in);
+    g.tokens_per_second = rate(in);
+  }
+  return g;
+}
+
+/// The tokens a grid stands for when its fields are sane, in 128-bit arithmetic; nullopt for a
+/// grid llm_tokens must refuse.
+std::optional<i128> grid_tokens(const VisionGrid& g) {
+  if (g.t < 1 || g.h < 1 || g.w < 1 || g.spatial_merge_size < 1 || g.temporal_interval < 0) return std::nullopt;
+  if (g.h % g.spatial_merge_size != 0 || g.w % g.spatial_merge_size != 0) return std::nullopt;
+  // Saturated past int64 (a product of three int64 values can pass even 128 bits).
+  const i128 hw = i128{g.h / g.spatial_merge_size} * (g.w / g.spatial_merge_size);
+  return hw > int64_max ? i128{int64_max} + 1 : std::min<i128>(hw * g.t, i128{int64_max} + 1);
+}
+
+/// Runs `build`; the result, or nullopt when it threw posenc::Error (anything else is a finding).
+template <class Build>
+auto attempt(Build&& build, const char* name) -> std::optional<decltype(build())> {
+  try {
+    return build();
+  } catch (const posenc::Error&) {
+    return std::nullopt;
+  } catch (const std::exception& e) {
+    require(false, std::string(name) + " threw a non-posenc exception: " + e.what());
+  } catch (...) {
+    require(false, std::string(name) + " threw something that is not a std::exception");
+  }
+  return std::nullopt;
+}
+
+void require_ids(const PositionIds& p, int streams, i128 tokens, const char* name) {
+  require(p.streams() == streams && p.tokens() == tokens, std::string(name) + ": wrong shape");
+  for (const std::int64_t v : p.values()) require(v >= 0, std::string(name) + ": a negative id");
+}
+
+/// The ids a tracker holding `state` gives the next token (1 step of 1 token), when the largest id
+/// leaves room for a limit; nullopt otherwise.
+std::optional<std::vector<std::int64_t>> tracker_next(int streams, const SequenceState& state, const PositionIds& prompt,
+                                                      std::int64_t expected_max) {
+  std::int64_t largest = expected_max;
+  for (const std::int64_t v : prompt.values()) largest = std::max(largest, v);
+  if (largest >= int64_max - 1) return std::nullopt;
+  PositionTracker tracker(streams, largest + 2);
+  try {
+    tracker.add_sequence(7, state);
+  } catch (const posenc::Error& e) {
+    require(false, std::string("a builder's tracker_state was refused: ") + e.what());
+  }
+  const StepEntry step{7, 1};
+  try {
+    return tracker.step(std::span<const StepEntry>(&step, 1)).values();
+  } catch (const posenc::Error& e) {
+    require(false, std::string("the step after a prompt was refused: ") + e.what());
+  }
+  return std::nullopt;
+}
+
+void fuzz_one(FuzzedDataProvider& in) {
+  switch (in.ConsumeIntegralInRange<int>(0, 9)) {
+    case 0: {
+      const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
+      const std::vector<TokenId> t = tokens(in, {sp.mask, sp.smask, sp.gmask, sp.sop, sp.eop});
+      const auto r = attempt([&] { return glm130b_positions(t, sp); }, "glm130b_positions");
+      if (!r) return;
+      require_ids(r->positions, 1, static_cast<i128>(t.size()), "glm130b_positions");
+      const std::int64_t next = r->next_position(static_cast<std::int64_t>(t.size()));
+      const auto got = tracker_next(1, tracker_state(*r), r->positions, next);
+      require(!got || *got == std::vector<std::int64_t>{next}, "glm130b: the tracker's next position differs");
+      return;
+    }
+    case 1: {
+      const GlmSpecialTokens sp = GlmSpecialTokens::chatglm_6b();
+      const std::vector<TokenId> t = tokens(in, {sp.mask, sp.gmask, sp.smask, sp.sop, sp.eop});
+      const MaskTokenRule rule = in.ConsumeBool() ? MaskTokenRule::mask_first : MaskTokenRule::gmask_first;
+      const auto r = attempt([&] { return chatglm6b_positions(t, sp, rule); }, "chatglm6b_positions");
+      if (!r) return;
+      require_ids(r->positions, 2, static_cast<i128>(t.size()), "chatglm6b_positions");
+      const Position2d next = r->next();
+      const auto got = tracker_next(2, tracker_state(*r), r->positions, std::max(next.position, next.block));
+      require(!got || *got == std::vector<std::int64_t>{next.position, next.block},
+              "chatglm6b: the tracker's next ids differ from next()");
+      return;
+    }
+    case 2: {
+      const GlmSpecialTokens sp = GlmSpecialTokens::glm4();
+      const std::vector<TokenId> t = tokens(in, {sp.begin_of_image, sp.end_of_image, sp.gmask, sp.sop});
+      const std::int64_t patches = number(in, 8);
+      if (patches > max_ids) return;
+      const auto r = attempt([&] { return glm4v_remote_positions(t, patches, sp); }, "glm4v_remote_positions");
+      if (!r) return;
+      require_ids(r->positions, 1, static_cast<i128>(t.size()) - 1 + patches, "glm4v_remote_positions");
+      const auto original = static_cast<std::int64_t>(t.size());
+      const auto got = tracker_next(1, tracker_state(*r), r->positions, original);
+      require(!got || *got == std::vector<std::int64_t>{original},
+              "glm-4v: the tracker's next position is not the original token count");
+      return;
+    }
+    case 3:
+    case 4: {
+      const VisionTokens vision = VisionTokens::qwen2_vl();
+      const std::vector<TokenId> t = tokens(in, {vision.image, vision.video});
+      std::vector<VisionGrid> images(in.ConsumeIntegralInRange<std::size_t>(0, 3));
+      for (VisionGrid& g : images) g = grid(in);
+      std::vector<VisionGrid> videos(in.ConsumeIntegralInRange<std::size_t>(0, 2));
+      for (VisionGrid& g : videos) g = grid(in);
+      const NextTextStart rule = in.ConsumeBool() ? NextTextStart::max_plus_one : NextTextStart::spatial_extent;
+      const VideoLayout layout = in.ConsumeBool() ? VideoLayout::whole : VideoLayout::per_frame;
+      std::optional<MropePositions> r;
+      i128 expected = 0;
+      if (in.ConsumeBool()) {
+        r = attempt([&] { return mrope_positions_from_tokens(t, vision, images, videos, rule, layout); },
+                    "mrope_positions_from_tokens");
+        expected = static_cast<i128>(t.size());
+      } else {
+        std::vector<MropeSegment> segments;
+        for (const VisionGrid& g : images) {
+          segments.push_back(MropeSegment::text(number(in, 5)));
+          segments.push_back(MropeSegment::vision(g));
+        }
+        bool sane = true;
+        for (const MropeSegment& s : segments) {
+          const std::optional<i128> n = s.is_vision ? grid_tokens(s.grid) : std::optional<i128>(s.text_tokens);
+          if (!n || *n < 1) sane = false;
+          if (n) expected += *n;
+        }
+        if (sane && expected > max_ids && expected <= int64_max) return;  // a caller's huge request
+        r = attempt([&] { return mrope_positions(segments, rule); }, "mrope_positions");
+      }
+      if (!r) return;
+      require_ids(r->positions, 3, expected, "mrope_positions");
+      require(r->next_position == r->positions.tokens() + r->rope_delta, "M-RoPE: next_position != tokens + rope_delta");
+      const auto got = tracker_next(3, tracker_state(*r), r->positions, r->next_position);
+      const std::int64_t n = r->next_position;
+      require(!got || *got == std::vector<std::int64_t>{n, n, n}, "M-RoPE: the tracker's next ids differ");
+      const auto decode =
+          attempt([&] { return mrope_decode_positions(r->positions.tokens(), r->rope_delta, 1); }, "mrope_decode_positions");
+      require(decode && decode->values() == std::vector<std::int64_t>{n, n, n},
+              "M-RoPE: mrope_decode_positions differs from next_position");
+      return;
+    }
+    case 5: {
+      const std::int64_t past = number(in);
+      const std::int64_t count = number(in);
+      if (count > max_ids && count < (std::int64_t{1} << 61)) return;
+      const auto r = attempt([&] { return arange_positions(past, count); }, "arange_positions");
+      if (r) require_ids(*r, 1, count, "arange_positions");
+      return;
+    }
+    case 6: {
+      const std::int64_t mask = number(in);
+      const std::int64_t first_block = number(in);
+      const std::int64_t count = number(in);
+      if (count > max_ids && count < (std::int64_t{1} << 61)) return;
+      const auto r =
+          attempt([&] { return blank_infilling_generation(mask, first_block, count); }, "blank_infilling_generation");
+      if (r) require_ids(*r, 2, count, "blank_infilling_generation");
+      return;
+    }
+    case 7: {
+      const std::int64_t past = number(in);
+      const std::int64_t magnitude = number(in);
+      const std::int64_t delta = in.ConsumeBool() && magnitude > std::numeric_limits<std::int64_t>::min() ? -magnitude : magnitude;
+      const std::int64_t count = number(in);
+      if (count > max_ids / 3 && count < (std::int64_t{1} << 61)) return;
+      const auto r = attempt([&] { return mrope_decode_positions(past, delta, count); }, "mrope_decode_positions");
+      if (r) require_ids(*r, 3, count, "mrope_decode_positions");
+      return;
+    }
+    case 8: {
+      std::vector<std::int64_t> lengths(in.ConsumeIntegralInRange<std::size_t>(0, 5));
+      for (std::int64_t& l : lengths) l = number(in);
+      const std::int64_t pad_fill = in.ConsumeBool() ? 0 : 1;
+      i128 longest = 0;
+      for (const std::int64_t l : lengths) longest = std::max<i128>(longest, l);
+      const i128 total = longest * static_cast<i128>(lengths.size());
+      if (total > max_ids && total <= int64_max) return;
+      const auto r = attempt([&] { return left_padded_arange(lengths, pad_fill); }, "left_padded_arange");
+      if (r) require_ids(r->positions, 1, total, "left_padded_arange");
+      return;
+    }
+    default: {
+      const std::int64_t batch = number(in, 3);
+      const std::int64_t length = number(in, 5);
+      std::vector<std::uint8_t> mask(in.ConsumeIntegralInRange<std::size_t>(0, 16));
+      for (std::uint8_t& m : mask) m = in.ConsumeIntegralInRange<std::uint8_t>(0, 2);
+      const std::int64_t new_tokens = number(in, 3);
+      const i128 total = i128{batch} * new_tokens;
+      if (total > max_ids && total <= int64_max) return;
+      const auto r = attempt([&] { return next_positions_from_attention_mask(mask, batch, length, new_tokens); },
+                             "next_positions_from_attention_mask");
+      if (r) require_ids(r->positions, 1, total, "next_positions_from_attention_mask");
+      const auto p = attempt([&] { return positions_from_attention_mask(mask, batch, length, 0); },
+                             "positions_from_attention_mask");
+      if (p) require_ids(p->positions, 1, static_cast<i128>(mask.size()), "positions_from_attention_mask");
+      return;
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+  FuzzedDataProvider in(data, size);
+  for (int i = 0; i < 8 && in.remaining_bytes() > 0; ++i) fuzz_one(in);
+  return 0;
+}
