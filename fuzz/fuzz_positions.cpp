@@ -3,15 +3,17 @@
 // The input picks one builder per iteration (up to 8): glm130b_positions, chatglm6b_positions (both
 // mask rules), glm4v_remote_positions, mrope_positions_from_tokens, mrope_positions on segments,
 // arange_positions, blank_infilling_generation, mrope_decode_positions, left_padded_arange and
-// next_positions_from_attention_mask. Token lists are drawn from the builder's special tokens and a
-// few ordinary ids; grids, counts, deltas and float rates from small to hostile (0, negative,
-// 2^62, int64 limits, inf, NaN). Properties:
+// next_positions_from_attention_mask, and mask_ranges / to_dense. Token lists are drawn from the
+// builder's special tokens and a few ordinary ids; grids, counts, deltas and float rates from small
+// to hostile (0, negative, 2^62, int64 limits, inf, NaN). Properties:
 //   - every builder returns or throws posenc::Error, nothing else (UBSan reports any signed
 //     overflow or out-of-range float conversion on the way);
 //   - a result has the documented number of tokens and streams and no negative id;
 //   - a prompt's tracker_state, added to a PositionTracker, gives the decode step the builder's own
 //     next-token rule gives (Glm130bPositions::next_position, ChatGlm6bPositions::next, M-RoPE's
 //     next_position and mrope_decode_positions, glm-4v's original token count);
+//   - mask_ranges and to_dense agree, element by element, with the patterns' stated semantics and
+//     the padding rule (small calls);
 //   - a call that would return more than 2^20 ids is not made (the allocation is the caller's
 //     request); one whose sizes overflow must be refused without allocating them.
 #include <fuzzer/FuzzedDataProvider.h>
@@ -137,8 +139,94 @@ std::optional<std::vector<std::int64_t>> tracker_next(int streams, const Sequenc
   return std::nullopt;
 }
 
+/// Whether query slot q sees key k under `p` (the semantics glm.hpp states; `globals` for
+/// global_local).
+bool pattern_sees(const AttentionPattern& p, std::int64_t q, std::int64_t k) {
+  const auto is_global = [&](std::int64_t x) {
+    return std::find(p.global_positions.begin(), p.global_positions.end(), x) != p.global_positions.end();
+  };
+  switch (p.kind) {
+    case MaskPattern::causal: return k <= q;
+    case MaskPattern::bidirectional: return true;
+    case MaskPattern::prefix_lm: return k < p.prefix_len || k <= q;
+    case MaskPattern::local_window: return q - p.window < k && k <= q;
+    case MaskPattern::global_local: return k <= q && (is_global(q) || is_global(k) || q - k < p.window);
+    case MaskPattern::custom: return p.predicate(q, k);
+  }
+  return false;
+}
+
+AttentionPattern pattern(FuzzedDataProvider& in, std::int64_t k_len) {
+  switch (in.ConsumeIntegralInRange<int>(0, 5)) {
+    case 0: return AttentionPattern::causal();
+    case 1: return AttentionPattern::bidirectional();
+    case 2: return AttentionPattern::prefix_lm(in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(0, k_len) : number(in));
+    case 3: return AttentionPattern::local_window(number(in, 4));
+    case 4: {
+      std::vector<std::int64_t> globals(in.ConsumeIntegralInRange<std::size_t>(0, 3));
+      for (std::int64_t& g : globals) g = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(0, 8) : number(in);
+      return AttentionPattern::global_local(globals, number(in, 4));
+    }
+    default: {
+      const std::int64_t m = in.ConsumeIntegralInRange<std::int64_t>(2, 4);
+      return AttentionPattern::custom([m](std::int64_t q, std::int64_t k) { return (q + 2 * k) % m != 0; });
+    }
+  }
+}
+
+/// mask_ranges and to_dense on a fuzzed batch, checked element by element against the patterns'
+/// semantics with padding applied (glm.hpp) when the call is small enough to enumerate.
+void fuzz_mask(FuzzedDataProvider& in) {
+  MaskGeometry g;
+  g.batch = number(in, 3);
+  g.q_len = number(in, 5);
+  g.k_len = in.ConsumeBool() && g.q_len < int64_max - 3 ? g.q_len + in.ConsumeIntegralInRange<std::int64_t>(0, 3)
+                                                         : number(in, 8);
+  g.empty_rows = in.ConsumeBool() ? EmptyRows::masked : EmptyRows::all_visible;
+  // batch x q_len x k_len, saturated (three int64 factors can pass 128 bits); 0 when one is negative.
+  const i128 rows_128 = std::max<i128>(0, i128{g.batch} * std::max<std::int64_t>(0, g.q_len));
+  const i128 cells = rows_128 > (i128{1} << 64) ? (i128{1} << 100) : rows_128 * std::max<std::int64_t>(0, g.k_len);
+  if (in.ConsumeBool() && g.batch >= 1 && g.k_len >= 0 && i128{g.batch} * g.k_len <= 64) {
+    g.valid.resize(static_cast<std::size_t>(g.batch * g.k_len) + (in.ConsumeIntegralInRange<int>(0, 9) == 0 ? 1 : 0));
+    for (std::uint8_t& v : g.valid) v = in.ConsumeIntegralInRange<std::uint8_t>(0, in.ConsumeIntegralInRange<int>(0, 9) == 0 ? 2 : 1);
+  }
+  std::vector<AttentionPattern> patterns(in.ConsumeBool() || g.batch > 4 || g.batch < 1 ? 1 : static_cast<std::size_t>(g.batch));
+  for (AttentionPattern& p : patterns) p = pattern(in, std::max<std::int64_t>(g.k_len, 0));
+  // A sane call of more than 2^16 rows, or cells for custom predicates, is a caller's large request.
+  const bool sane = g.batch >= 1 && g.q_len >= 0 && g.k_len >= g.q_len;
+  if (sane && (i128{g.batch} * g.q_len > (i128{1} << 16) || cells > (i128{1} << 20))) return;
+  const auto m = attempt([&] { return mask_ranges(patterns, g); }, "mask_ranges");
+  if (!m) return;
+  require(m->batch == g.batch && m->q_len == g.q_len && m->k_len == g.k_len &&
+              static_cast<i128>(m->row_offsets.size()) == i128{g.batch} * g.q_len + 1,
+          "mask_ranges: wrong shape");
+  if (cells > 4096 || g.batch > 4096) return;
+  const auto dense = attempt([&] { return to_dense(*m); }, "to_dense");
+  require(dense.has_value(), "to_dense refused a small mask");
+  for (std::int64_t b = 0; b < g.batch; ++b) {
+    const AttentionPattern& p = patterns[patterns.size() == 1 ? 0 : static_cast<std::size_t>(b)];
+    const auto valid = [&](std::int64_t slot) {
+      return g.valid.empty() || g.valid[static_cast<std::size_t>(b * g.k_len + slot)] != 0;
+    };
+    for (std::int64_t r = 0; r < g.q_len; ++r) {
+      const std::int64_t q = g.k_len - g.q_len + r;
+      bool any = false;
+      for (std::int64_t k = 0; k < g.k_len; ++k) any = any || (valid(q) && valid(k) && pattern_sees(p, q, k));
+      for (std::int64_t k = 0; k < g.k_len; ++k) {
+        const bool expected = (valid(q) && valid(k) && pattern_sees(p, q, k)) ||
+                              (!any && g.empty_rows == EmptyRows::all_visible);
+        require(m->visible(b, r, k) == expected, "mask_ranges differs from the pattern's semantics");
+        require((dense->at(b, r, k) == 0.0f) == expected, "to_dense differs from mask_ranges");
+      }
+    }
+  }
+}
+
 void fuzz_one(FuzzedDataProvider& in) {
-  switch (in.ConsumeIntegralInRange<int>(0, 9)) {
+  switch (in.ConsumeIntegralInRange<int>(0, 10)) {
+    case 10:
+      fuzz_mask(in);
+      return;
     case 0: {
       const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
       const std::vector<TokenId> t = tokens(in, {sp.mask, sp.smask, sp.gmask, sp.sop, sp.eop});

@@ -301,5 +301,19 @@ TEST(glmMasks, AccessorsAreBoundsChecked) {
   expect_error([&] { (void)d.at(1, 0, 0); }, ErrorKind::out_of_range, {"[1, 0, 0]"});
 }
 
+TEST(glmMasks, NoQueryRowsTakeNoTimeWhateverTheBatch) {
+  // q_len 0 over a batch of 2^62 sequences has no rows; fuzz_positions found the sequences looped
+  // over (each with its padding runs: a hang in every build).
+  MaskGeometry g;
+  g.batch = std::int64_t{1} << 62;
+  g.q_len = 0;
+  g.k_len = 4;
+  const std::vector<AttentionPattern> causal = {AttentionPattern::causal()};
+  const MaskRanges m = mask_ranges(causal, g);
+  EXPECT_EQ(m.rows(), 0);
+  EXPECT_EQ(m.row_offsets, (std::vector<std::int64_t>{0}));
+  EXPECT_TRUE(m.ranges.empty());
+}
+
 }  // namespace
 }  // namespace posenc::glm

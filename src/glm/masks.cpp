@@ -239,7 +239,8 @@ MaskRanges mask_ranges(std::span<const AttentionPattern> patterns, const MaskGeo
   RowBuilder out;
   out.offsets.reserve(static_cast<std::size_t>(rows) + 1);
   std::vector<KeyRange> valid_runs;
-  for (std::int64_t b = 0; b < g.batch; ++b) {
+  // q_len 0: no rows at all, however large the batch (not a loop over an int64-sized batch).
+  for (std::int64_t b = 0; rows > 0 && b < g.batch; ++b) {
     RowBuilder own;
     const RowBuilder& pr =
         shared ? shared_rows : (own = build_pattern_rows(static_cast<std::size_t>(b)));
