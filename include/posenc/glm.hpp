@@ -454,6 +454,7 @@ struct VisionGrid {
   std::int64_t temporal_interval = 1;
   /// When > 0, replaces temporal_interval by Qwen2.5-VL 4.x's float rule:
   /// t-id = start + int64(float32(float32(ti) * seconds_per_grid) * tokens_per_second).
+  /// Both rates must be finite and not negative; an offset past int64 is Error(overflow).
   float seconds_per_grid = 0.0f;
   float tokens_per_second = 0.0f;
 
@@ -601,7 +602,8 @@ class PositionTracker {
   void pin(std::int64_t seq_id, std::int64_t pin_value);
 
   /// Positions of the step, then commits the lengths. Throws (changing nothing) on an unknown or
-  /// repeated seq_id, new_tokens < 1, or any position outside [0, position_limit).
+  /// repeated seq_id, new_tokens < 1, or any position outside [0, position_limit); every id is
+  /// checked before the output is allocated, so a refused step allocates nothing of its size.
   PositionIds step(std::span<const StepEntry> entries);
   /// The same positions without committing.
   PositionIds peek(std::span<const StepEntry> entries) const;
