@@ -3,7 +3,8 @@
 // The input picks one builder per iteration (up to 8): glm130b_positions, chatglm6b_positions (both
 // mask rules), glm4v_remote_positions, mrope_positions_from_tokens, mrope_positions on segments,
 // arange_positions, blank_infilling_generation, mrope_decode_positions, left_padded_arange and
-// next_positions_from_attention_mask, and mask_ranges / to_dense. Token lists are drawn from the
+// next_positions_from_attention_mask, make_blank_infilling, blank_infilling_context,
+// chatglm6b_batch, and mask_ranges / to_dense. Token lists are drawn from the
 // builder's special tokens and a few ordinary ids; grids, counts, deltas and float rates from small
 // to hostile (0, negative, 2^62, int64 limits, inf, NaN). Properties:
 //   - every builder returns or throws posenc::Error, nothing else (UBSan reports any signed
@@ -222,10 +223,72 @@ void fuzz_mask(FuzzedDataProvider& in) {
   }
 }
 
+/// make_blank_infilling (spans and Part B order from small to hostile), blank_infilling_context and
+/// chatglm6b_batch: shapes as documented, and the batch's rows equal chatglm6b_positions of each
+/// sequence after its left pads.
+void fuzz_blank_and_batch(FuzzedDataProvider& in) {
+  const GlmSpecialTokens sp = GlmSpecialTokens::chatglm_6b();
+  if (in.ConsumeBool()) {
+    const std::vector<TokenId> text = tokens(in, {sp.eop});
+    std::vector<BlankSpan> spans(in.ConsumeIntegralInRange<std::size_t>(0, 4));
+    for (BlankSpan& b : spans) {
+      b.start = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(0, 12) : number(in);
+      b.length = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(1, 4) : number(in);
+      b.kind = in.PickValueInArray({BlankKind::mask, BlankKind::smask, BlankKind::gmask});
+    }
+    std::vector<std::int64_t> order;
+    if (in.ConsumeBool()) {
+      order.resize(in.ConsumeIntegralInRange<std::size_t>(0, 5));
+      for (std::int64_t& o : order) o = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(0, 4) : number(in);
+    }
+    const auto r = attempt([&] { return make_blank_infilling(text, spans, order, sp); }, "make_blank_infilling");
+    if (r) {
+      // Part A replaces each span by one mask; Part B adds <sop> + span per span.
+      const auto n = static_cast<i128>(text.size() + 2 * spans.size());
+      i128 part_a = static_cast<i128>(text.size());
+      for (const BlankSpan& b : spans) part_a -= b.length - 1;
+      require(static_cast<i128>(r->tokens.size()) == n && r->targets.size() == r->tokens.size() &&
+                  r->loss_mask.size() == r->tokens.size() && r->sep == part_a,
+              "make_blank_infilling: wrong sizes");
+      require_ids(r->positions, 2, n, "make_blank_infilling");
+      require(r->mask_positions.size() == spans.size() && r->block_starts.size() == spans.size(),
+              "make_blank_infilling: one mask position and one block per span");
+    }
+    const auto c = attempt([&] { return blank_infilling_context(text, sp); }, "blank_infilling_context");
+    if (c) require_ids(c->positions, 2, static_cast<i128>(text.size()), "blank_infilling_context");
+    return;
+  }
+  std::vector<std::vector<TokenId>> sequences(in.ConsumeIntegralInRange<std::size_t>(0, 4));
+  for (auto& q : sequences) q = tokens(in, {sp.mask, sp.gmask, sp.sop, sp.eop});
+  const MaskTokenRule rule = in.ConsumeBool() ? MaskTokenRule::mask_first : MaskTokenRule::gmask_first;
+  const auto r = attempt([&] { return chatglm6b_batch(sequences, sp, rule); }, "chatglm6b_batch");
+  if (!r) return;
+  std::size_t longest = 0;
+  for (const auto& q : sequences) longest = std::max(longest, q.size());
+  const BatchPositions& p = r->padded;
+  require(p.batch == static_cast<std::int64_t>(sequences.size()) && p.length == static_cast<std::int64_t>(longest),
+          "chatglm6b_batch: wrong shape");
+  require_ids(p.positions, 2, static_cast<i128>(sequences.size() * longest), "chatglm6b_batch");
+  for (std::size_t b = 0; b < sequences.size(); ++b) {
+    const ChatGlm6bPositions one = chatglm6b_positions(sequences[b], sp, rule);
+    const std::int64_t pads = static_cast<std::int64_t>(longest - sequences[b].size());
+    require(r->pad_counts[b] == pads, "chatglm6b_batch: pad count");
+    for (std::int64_t t = 0; t < static_cast<std::int64_t>(sequences[b].size()); ++t) {
+      const auto at = static_cast<std::int64_t>(b) * p.length + pads + t;
+      require(p.positions.at(0, at) == one.positions.at(0, t) && p.positions.at(1, at) == one.positions.at(1, t) &&
+                  p.valid[static_cast<std::size_t>(at)] == 1,
+              "chatglm6b_batch: a row differs from chatglm6b_positions of its sequence");
+    }
+  }
+}
+
 void fuzz_one(FuzzedDataProvider& in) {
-  switch (in.ConsumeIntegralInRange<int>(0, 10)) {
+  switch (in.ConsumeIntegralInRange<int>(0, 11)) {
     case 10:
       fuzz_mask(in);
+      return;
+    case 11:
+      fuzz_blank_and_batch(in);
       return;
     case 0: {
       const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();

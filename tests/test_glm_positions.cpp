@@ -486,6 +486,13 @@ TEST(glmMrope, HostileRatesAndIdsPastInt64AreErrorsNotUndefinedBehaviour) {
         mrope_positions(std::vector{MropeSegment::vision(far), MropeSegment::text(1)}, NextTextStart::max_plus_one);
       },
       ErrorKind::overflow, {"M-RoPE text"});
+  // A grid asking for nearly int64's maximum of tokens, three tokens in: the run check's end
+  // (from + need) overflowed before it was refused.
+  const VisionTokens vt = VisionTokens::qwen2_vl();
+  const std::vector<TokenId> run = {t0, t0, t0, vt.image};
+  const std::vector<VisionGrid> huge = {grid(std::numeric_limits<std::int64_t>::max() - 1, 2, 2)};
+  expect_error([&] { mrope_positions_from_tokens(run, vt, huge, {}, NextTextStart::max_plus_one); },
+               ErrorKind::invalid_argument, {"needs 9223372036854775806 tokens", "index 4 is past the end"});
 }
 
 TEST(glmPositions, AttentionMaskOfEmptyRowsTakesNoTimeWhateverTheBatch) {

@@ -160,7 +160,7 @@ MropePositions mrope_positions_from_tokens(std::span<const TokenId> tokens,
   // Checks that tokens[at, at + need) are all `token`; names the first index that is not.
   auto take_run = [&](std::int64_t at, std::int64_t need, TokenId token, const char* kind,
                       std::size_t grid_index) {
-    for (std::int64_t i = at; i < at + need; ++i) {
+    for (std::int64_t i = at; i - at < need; ++i) {  // not at + need: a grid may ask for int64's maximum
       if (i >= len || tokens[static_cast<std::size_t>(i)] != token) {
         fail(ErrorKind::invalid_argument, who, ": ", kind, " grid ", grid_index, " needs ", need,
              " tokens (id ", token, ") from index ", at, ", but index ", i,
