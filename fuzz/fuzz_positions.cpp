@@ -2,14 +2,15 @@
 //
 // The input picks one builder per iteration (up to 8): glm130b_positions, chatglm6b_positions (both
 // mask rules), glm4v_remote_positions, mrope_positions_from_tokens, mrope_positions on segments,
-// arange_positions, blank_infilling_generation, mrope_decode_positions, left_padded_arange and
+// arange_positions, blank_infilling_generation, mrope_decode_positions, left_padded_arange,
 // next_positions_from_attention_mask, make_blank_infilling, blank_infilling_context,
-// chatglm6b_batch, and mask_ranges / to_dense. Token lists are drawn from the
-// builder's special tokens and a few ordinary ids; grids, counts, deltas and float rates from small
-// to hostile (0, negative, 2^62, int64 limits, inf, NaN). Properties:
+// chatglm6b_batch, and mask_ranges / to_dense. Token lists are drawn from the builder's special
+// tokens and a few ordinary ids; grids, counts, deltas and float rates from small to hostile (0,
+// negative, 2^62, int64 limits, inf, NaN). Properties:
 //   - every builder returns or throws posenc::Error, nothing else (UBSan reports any signed
 //     overflow or out-of-range float conversion on the way);
-//   - a result has the documented number of tokens and streams and no negative id;
+//   - a result has the documented number of tokens and streams and no negative id; a
+//     chatglm6b_batch row equals chatglm6b_positions of its sequence after its left pads;
 //   - a prompt's tracker_state, added to a PositionTracker, gives the decode step the builder's own
 //     next-token rule gives (Glm130bPositions::next_position, ChatGlm6bPositions::next, M-RoPE's
 //     next_position and mrope_decode_positions, glm-4v's original token count);
@@ -20,7 +21,6 @@
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
