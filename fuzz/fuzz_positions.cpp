@@ -36,6 +36,7 @@ namespace {
 
 using namespace posenc::glm;
 using posenc::fuzz::require;
+using posenc::fuzz::result_or_error;
 using i128 = __int128;
 
 constexpr std::int64_t int64_max = std::numeric_limits<std::int64_t>::max();
@@ -96,21 +97,6 @@ std::optional<i128> grid_tokens(const VisionGrid& g) {
   // Saturated past int64 (a product of three int64 values can pass even 128 bits).
   const i128 hw = i128{g.h / g.spatial_merge_size} * (g.w / g.spatial_merge_size);
   return hw > int64_max ? i128{int64_max} + 1 : std::min<i128>(hw * g.t, i128{int64_max} + 1);
-}
-
-/// Runs `build`; the result, or nullopt when it threw posenc::Error (anything else is a finding).
-template <class Build>
-auto attempt(Build&& build, const char* name) -> std::optional<decltype(build())> {
-  try {
-    return build();
-  } catch (const posenc::Error&) {
-    return std::nullopt;
-  } catch (const std::exception& e) {
-    require(false, std::string(name) + " threw a non-posenc exception: " + e.what());
-  } catch (...) {
-    require(false, std::string(name) + " threw something that is not a std::exception");
-  }
-  return std::nullopt;
 }
 
 void require_ids(const PositionIds& p, int streams, i128 tokens, const char* name) {
@@ -196,13 +182,13 @@ void fuzz_mask(FuzzedDataProvider& in) {
   // A sane call of more than 2^16 rows, or cells for custom predicates, is a caller's large request.
   const bool sane = g.batch >= 1 && g.q_len >= 0 && g.k_len >= g.q_len;
   if (sane && (i128{g.batch} * g.q_len > (i128{1} << 16) || cells > (i128{1} << 20))) return;
-  const auto m = attempt([&] { return mask_ranges(patterns, g); }, "mask_ranges");
+  const auto m = result_or_error([&] { return mask_ranges(patterns, g); }, "mask_ranges");
   if (!m) return;
   require(m->batch == g.batch && m->q_len == g.q_len && m->k_len == g.k_len &&
               static_cast<i128>(m->row_offsets.size()) == i128{g.batch} * g.q_len + 1,
           "mask_ranges: wrong shape");
   if (cells > 4096 || g.batch > 4096) return;
-  const auto dense = attempt([&] { return to_dense(*m); }, "to_dense");
+  const auto dense = result_or_error([&] { return to_dense(*m); }, "to_dense");
   require(dense.has_value(), "to_dense refused a small mask");
   for (std::int64_t b = 0; b < g.batch; ++b) {
     const AttentionPattern& p = patterns[patterns.size() == 1 ? 0 : static_cast<std::size_t>(b)];
@@ -241,7 +227,7 @@ void fuzz_blank_and_batch(FuzzedDataProvider& in) {
       order.resize(in.ConsumeIntegralInRange<std::size_t>(0, 5));
       for (std::int64_t& o : order) o = in.ConsumeBool() ? in.ConsumeIntegralInRange<std::int64_t>(0, 4) : number(in);
     }
-    const auto r = attempt([&] { return make_blank_infilling(text, spans, order, sp); }, "make_blank_infilling");
+    const auto r = result_or_error([&] { return make_blank_infilling(text, spans, order, sp); }, "make_blank_infilling");
     if (r) {
       // Part A replaces each span by one mask; Part B adds <sop> + span per span.
       const auto n = static_cast<i128>(text.size() + 2 * spans.size());
@@ -254,14 +240,14 @@ void fuzz_blank_and_batch(FuzzedDataProvider& in) {
       require(r->mask_positions.size() == spans.size() && r->block_starts.size() == spans.size(),
               "make_blank_infilling: one mask position and one block per span");
     }
-    const auto c = attempt([&] { return blank_infilling_context(text, sp); }, "blank_infilling_context");
+    const auto c = result_or_error([&] { return blank_infilling_context(text, sp); }, "blank_infilling_context");
     if (c) require_ids(c->positions, 2, static_cast<i128>(text.size()), "blank_infilling_context");
     return;
   }
   std::vector<std::vector<TokenId>> sequences(in.ConsumeIntegralInRange<std::size_t>(0, 4));
   for (auto& q : sequences) q = tokens(in, {sp.mask, sp.gmask, sp.sop, sp.eop});
   const MaskTokenRule rule = in.ConsumeBool() ? MaskTokenRule::mask_first : MaskTokenRule::gmask_first;
-  const auto r = attempt([&] { return chatglm6b_batch(sequences, sp, rule); }, "chatglm6b_batch");
+  const auto r = result_or_error([&] { return chatglm6b_batch(sequences, sp, rule); }, "chatglm6b_batch");
   if (!r) return;
   std::size_t longest = 0;
   for (const auto& q : sequences) longest = std::max(longest, q.size());
@@ -293,7 +279,7 @@ void fuzz_one(FuzzedDataProvider& in) {
     case 0: {
       const GlmSpecialTokens sp = GlmSpecialTokens::glm_130b();
       const std::vector<TokenId> t = tokens(in, {sp.mask, sp.smask, sp.gmask, sp.sop, sp.eop});
-      const auto r = attempt([&] { return glm130b_positions(t, sp); }, "glm130b_positions");
+      const auto r = result_or_error([&] { return glm130b_positions(t, sp); }, "glm130b_positions");
       if (!r) return;
       require_ids(r->positions, 1, static_cast<i128>(t.size()), "glm130b_positions");
       const std::int64_t next = r->next_position(static_cast<std::int64_t>(t.size()));
@@ -305,7 +291,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const GlmSpecialTokens sp = GlmSpecialTokens::chatglm_6b();
       const std::vector<TokenId> t = tokens(in, {sp.mask, sp.gmask, sp.smask, sp.sop, sp.eop});
       const MaskTokenRule rule = in.ConsumeBool() ? MaskTokenRule::mask_first : MaskTokenRule::gmask_first;
-      const auto r = attempt([&] { return chatglm6b_positions(t, sp, rule); }, "chatglm6b_positions");
+      const auto r = result_or_error([&] { return chatglm6b_positions(t, sp, rule); }, "chatglm6b_positions");
       if (!r) return;
       require_ids(r->positions, 2, static_cast<i128>(t.size()), "chatglm6b_positions");
       const Position2d next = r->next();
@@ -319,7 +305,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::vector<TokenId> t = tokens(in, {sp.begin_of_image, sp.end_of_image, sp.gmask, sp.sop});
       const std::int64_t patches = number(in, 8);
       if (patches > max_ids) return;
-      const auto r = attempt([&] { return glm4v_remote_positions(t, patches, sp); }, "glm4v_remote_positions");
+      const auto r = result_or_error([&] { return glm4v_remote_positions(t, patches, sp); }, "glm4v_remote_positions");
       if (!r) return;
       require_ids(r->positions, 1, static_cast<i128>(t.size()) - 1 + patches, "glm4v_remote_positions");
       const auto original = static_cast<std::int64_t>(t.size());
@@ -341,7 +327,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       std::optional<MropePositions> r;
       i128 expected = 0;
       if (in.ConsumeBool()) {
-        r = attempt([&] { return mrope_positions_from_tokens(t, vision, images, videos, rule, layout); },
+        r = result_or_error([&] { return mrope_positions_from_tokens(t, vision, images, videos, rule, layout); },
                     "mrope_positions_from_tokens");
         expected = static_cast<i128>(t.size());
       } else {
@@ -357,7 +343,7 @@ void fuzz_one(FuzzedDataProvider& in) {
           if (n) expected += *n;
         }
         if (sane && expected > max_ids && expected <= int64_max) return;  // a caller's huge request
-        r = attempt([&] { return mrope_positions(segments, rule); }, "mrope_positions");
+        r = result_or_error([&] { return mrope_positions(segments, rule); }, "mrope_positions");
       }
       if (!r) return;
       require_ids(r->positions, 3, expected, "mrope_positions");
@@ -366,7 +352,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::int64_t n = r->next_position;
       require(!got || *got == std::vector<std::int64_t>{n, n, n}, "M-RoPE: the tracker's next ids differ");
       const auto decode =
-          attempt([&] { return mrope_decode_positions(r->positions.tokens(), r->rope_delta, 1); }, "mrope_decode_positions");
+          result_or_error([&] { return mrope_decode_positions(r->positions.tokens(), r->rope_delta, 1); }, "mrope_decode_positions");
       require(decode && decode->values() == std::vector<std::int64_t>{n, n, n},
               "M-RoPE: mrope_decode_positions differs from next_position");
       return;
@@ -375,7 +361,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::int64_t past = number(in);
       const std::int64_t count = number(in);
       if (count > max_ids && count < (std::int64_t{1} << 61)) return;
-      const auto r = attempt([&] { return arange_positions(past, count); }, "arange_positions");
+      const auto r = result_or_error([&] { return arange_positions(past, count); }, "arange_positions");
       if (r) require_ids(*r, 1, count, "arange_positions");
       return;
     }
@@ -385,7 +371,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::int64_t count = number(in);
       if (count > max_ids && count < (std::int64_t{1} << 61)) return;
       const auto r =
-          attempt([&] { return blank_infilling_generation(mask, first_block, count); }, "blank_infilling_generation");
+          result_or_error([&] { return blank_infilling_generation(mask, first_block, count); }, "blank_infilling_generation");
       if (r) require_ids(*r, 2, count, "blank_infilling_generation");
       return;
     }
@@ -395,7 +381,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::int64_t delta = in.ConsumeBool() && magnitude > std::numeric_limits<std::int64_t>::min() ? -magnitude : magnitude;
       const std::int64_t count = number(in);
       if (count > max_ids / 3 && count < (std::int64_t{1} << 61)) return;
-      const auto r = attempt([&] { return mrope_decode_positions(past, delta, count); }, "mrope_decode_positions");
+      const auto r = result_or_error([&] { return mrope_decode_positions(past, delta, count); }, "mrope_decode_positions");
       if (r) require_ids(*r, 3, count, "mrope_decode_positions");
       return;
     }
@@ -407,7 +393,7 @@ void fuzz_one(FuzzedDataProvider& in) {
       for (const std::int64_t l : lengths) longest = std::max<i128>(longest, l);
       const i128 total = longest * static_cast<i128>(lengths.size());
       if (total > max_ids && total <= int64_max) return;
-      const auto r = attempt([&] { return left_padded_arange(lengths, pad_fill); }, "left_padded_arange");
+      const auto r = result_or_error([&] { return left_padded_arange(lengths, pad_fill); }, "left_padded_arange");
       if (r) require_ids(r->positions, 1, total, "left_padded_arange");
       return;
     }
@@ -419,10 +405,10 @@ void fuzz_one(FuzzedDataProvider& in) {
       const std::int64_t new_tokens = number(in, 3);
       const i128 total = i128{batch} * new_tokens;
       if (total > max_ids && total <= int64_max) return;
-      const auto r = attempt([&] { return next_positions_from_attention_mask(mask, batch, length, new_tokens); },
+      const auto r = result_or_error([&] { return next_positions_from_attention_mask(mask, batch, length, new_tokens); },
                              "next_positions_from_attention_mask");
       if (r) require_ids(r->positions, 1, total, "next_positions_from_attention_mask");
-      const auto p = attempt([&] { return positions_from_attention_mask(mask, batch, length, 0); },
+      const auto p = result_or_error([&] { return positions_from_attention_mask(mask, batch, length, 0); },
                              "positions_from_attention_mask");
       if (p) require_ids(p->positions, 1, static_cast<i128>(mask.size()), "positions_from_attention_mask");
       return;

@@ -31,6 +31,7 @@
 namespace {
 
 using posenc::fuzz::require;
+using posenc::fuzz::returns_or_error;
 using posenc::glm::never_pinned;
 using posenc::glm::PositionIds;
 using posenc::glm::PositionTracker;
@@ -153,21 +154,6 @@ void require_same(const PositionTracker& t, const Model& m, const char* after) {
   }
 }
 
-/// Runs `op`; true when it returned, false when it threw posenc::Error (anything else is a finding).
-template <class Op>
-bool attempt(Op&& op, const char* name) {
-  try {
-    op();
-    return true;
-  } catch (const posenc::Error&) {
-    return false;
-  } catch (const std::exception& e) {
-    require(false, std::string(name) + " threw a non-posenc exception: " + e.what());
-  } catch (...) {
-    require(false, std::string(name) + " threw something that is not a std::exception");
-  }
-  return false;
-}
 
 }  // namespace
 
@@ -182,7 +168,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     default: limit = in.ConsumeIntegral<std::int64_t>(); break;
   }
   std::optional<PositionTracker> tracker;
-  const bool made = attempt([&] { tracker.emplace(streams, limit); }, "the constructor");
+  const bool made = returns_or_error([&] { tracker.emplace(streams, limit); }, "the constructor");
   require(made == (streams >= 1 && streams <= 3 && limit >= 1), "the constructor accepted or refused wrongly");
   if (!made) return 0;
   PositionTracker& t = *tracker;
@@ -200,7 +186,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         st.rope_delta = in.ConsumeBool() ? 0 : value(in, limit);
         st.pin_from = in.ConsumeBool() ? never_pinned : value(in, limit);
         st.pin_value = value(in, limit);
-        const bool ok = attempt([&] { t.add_sequence(id, st); }, "add_sequence");
+        const bool ok = returns_or_error([&] { t.add_sequence(id, st); }, "add_sequence");
         require(ok == m.add_ok(id, st), "add_sequence accepted or refused wrongly");
         if (ok) m.slots.push_back({id, st});
         require_same(t, m, "add_sequence");
@@ -209,7 +195,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       case 1: {  // remove
         const std::int64_t id = seq_id();
         const auto s = m.find(id);
-        const bool ok = attempt([&] { t.remove_sequence(id); }, "remove_sequence");
+        const bool ok = returns_or_error([&] { t.remove_sequence(id); }, "remove_sequence");
         require(ok == s.has_value(), "remove_sequence accepted or refused wrongly");
         if (ok) {
           m.slots[*s] = m.slots.back();
@@ -223,7 +209,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const std::int64_t id = seq_id();
         const std::int64_t pin_value = value(in, limit);
         const auto s = m.find(id);
-        const bool ok = attempt([&] { t.pin(id, pin_value); }, "pin");
+        const bool ok = returns_or_error([&] { t.pin(id, pin_value); }, "pin");
         require(ok == (s.has_value() && m.in_range(pin_value)), "pin accepted or refused wrongly");
         if (ok) {
           m.slots[*s].state.pin_from = m.slots[*s].state.length;
@@ -245,7 +231,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const bool valid = m.step_ok(entries, total);
         if (valid && total * streams > max_output_values) break;  // a caller's huge request, not a finding
         PositionIds ids;
-        const bool ok = attempt([&] { ids = commit ? t.step(entries) : t.peek(entries); }, commit ? "step" : "peek");
+        const bool ok = returns_or_error([&] { ids = commit ? t.step(entries) : t.peek(entries); }, commit ? "step" : "peek");
         require(ok == valid, std::string(commit ? "step" : "peek") + " accepted or refused wrongly");
         if (ok) {
           require(ids.streams() == streams && ids.tokens() == static_cast<std::int64_t>(total),
@@ -264,9 +250,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const auto s = m.find(id);
         require(t.contains(id) == s.has_value(), "contains differs from the model");
         std::int64_t slot = -1;
-        const bool ok = attempt([&] { slot = t.slot_of(id); }, "slot_of");
+        const bool ok = returns_or_error([&] { slot = t.slot_of(id); }, "slot_of");
         require(ok == s.has_value() && (!ok || slot == static_cast<std::int64_t>(*s)), "slot_of differs from the model");
-        const bool got_state = attempt([&] { (void)t.state(id); }, "state");
+        const bool got_state = returns_or_error([&] { (void)t.state(id); }, "state");
         require(got_state == s.has_value(), "state accepted or refused wrongly");
         break;
       }

@@ -20,8 +20,8 @@ std::int64_t VisionGrid::llm_tokens() const {
     fail(ErrorKind::invalid_argument, "VisionGrid: h ", h, " x w ", w,
          " is not divisible by spatial_merge_size ", spatial_merge_size);
   }
-  if (!(seconds_per_grid >= 0.0f) || !(tokens_per_second >= 0.0f) || std::isinf(seconds_per_grid) ||
-      std::isinf(tokens_per_second)) {
+  if (!std::isfinite(seconds_per_grid) || !std::isfinite(tokens_per_second) || seconds_per_grid < 0.0f ||
+      tokens_per_second < 0.0f) {
     fail(ErrorKind::invalid_argument, "VisionGrid: seconds_per_grid ", seconds_per_grid,
          " and tokens_per_second ", tokens_per_second, " must be finite and not negative");
   }

@@ -107,20 +107,22 @@ void PositionTracker::pin(std::int64_t seq_id, std::int64_t pin_value) {
 
 PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
   // Validate every entry before computing anything, so errors name the entry, not a token.
+  std::vector<std::size_t> slot(entries.size());  // of each entry
   std::vector<bool> used(seq_ids_.size(), false);
   std::int64_t total = 0;
   for (std::size_t e = 0; e < entries.size(); ++e) {
     const StepEntry& en = entries[e];
-    if (!contains(en.seq_id)) {
+    const auto it = slots_.find(en.seq_id);
+    if (it == slots_.end()) {
       fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " names sequence ",
            en.seq_id, ", which is not tracked");
     }
-    const auto s = static_cast<std::size_t>(slot_of(en.seq_id));
-    if (used[s]) {
+    slot[e] = static_cast<std::size_t>(it->second);
+    if (used[slot[e]]) {
       fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " repeats sequence ",
            en.seq_id);
     }
-    used[s] = true;
+    used[slot[e]] = true;
     if (en.new_tokens < 1) {
       fail(ErrorKind::invalid_argument, "PositionTracker step: entry ", e, " (sequence ", en.seq_id,
            ") has new_tokens ", en.new_tokens, "; it must be at least 1");
@@ -129,23 +131,26 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
   }
 
   // Token n of slot s: position n + rope_delta before pin_from, pin_value from it on; block 0
-  // before, n - pin_from + 1 from it on. Throws naming the token when an id leaves the limit.
-  auto ids = [&](std::size_t e, std::size_t s, std::int64_t n) {
-    const StepEntry& en = entries[e];
+  // before, n - pin_from + 1 from it on.
+  auto ids = [&](std::size_t s, std::int64_t n) {
     const bool pinned = n >= pin_froms_[s];
     const std::int64_t p =
         pinned ? pin_values_[s] : detail::add(n, rope_deltas_[s], "PositionTracker: n + rope_delta");
-    const std::int64_t block = pinned ? n - pin_froms_[s] + 1 : 0;
+    return std::pair{p, pinned ? n - pin_froms_[s] + 1 : std::int64_t{0}};
+  };
+  // Throws naming entry e's token n when one of its ids leaves the limit.
+  auto check_ids = [&](std::size_t e, std::int64_t n) {
+    const std::size_t s = slot[e];
+    const auto [p, block] = ids(s, n);
     auto check = [&](const char* what, std::int64_t v) {
       if (v < 0 || v >= position_limit_) {
-        fail(ErrorKind::out_of_range, "PositionTracker step: sequence ", en.seq_id, " (entry ", e,
+        fail(ErrorKind::out_of_range, "PositionTracker step: sequence ", entries[e].seq_id, " (entry ", e,
              ") token ", n - lengths_[s], " (index ", n, " in the sequence) gets ", what, " ", v,
              ", outside [0, ", position_limit_, ") (position_limit)");
       }
     };
     check("position", p);
     if (streams_ == 2) check("block position", block);
-    return std::pair{p, block};
   };
 
   // Every id in range, before the output is allocated: a refused step allocates nothing in
@@ -153,7 +158,7 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
   // it, so each part's first bad token, if any, is found from its ends (the error names the same
   // token a token-by-token check would).
   for (std::size_t e = 0; e < entries.size(); ++e) {
-    const auto s = static_cast<std::size_t>(slot_of(entries[e].seq_id));
+    const std::size_t s = slot[e];
     const std::int64_t first = lengths_[s];
     const std::int64_t end =
         detail::add(first, entries[e].new_tokens, "PositionTracker step: sequence length");
@@ -161,18 +166,18 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
     const std::int64_t unpinned_end = std::min(end, pin_from);
     if (first < unpinned_end) {
       // n + rope_delta for n in [first, unpinned_end): the first n at or past the limit.
-      ids(e, s, first);
+      check_ids(e, first);
       // The last n below the limit is limit - 1 - rope_delta; past int64 it bounds nothing here.
       std::int64_t last_ok = 0;
       if (!__builtin_sub_overflow(position_limit_ - 1, rope_deltas_[s], &last_ok) && last_ok < unpinned_end - 1) {
-        ids(e, s, last_ok + 1);
+        check_ids(e, last_ok + 1);
       }
     }
     const std::int64_t pinned_first = std::max(first, pin_from);
     if (pinned_first < end) {
-      ids(e, s, pinned_first);  // pin_value (checked when set) and the first block
+      check_ids(e, pinned_first);  // pin_value (checked when set) and the first block
       // Blocks n - pin_from + 1: the first n whose block reaches the limit.
-      if (streams_ == 2 && end - pin_from > position_limit_ - 1) ids(e, s, pin_from + position_limit_ - 1);
+      if (streams_ == 2 && end - pin_from > position_limit_ - 1) check_ids(e, pin_from + position_limit_ - 1);
     }
   }
 
@@ -180,10 +185,10 @@ PositionIds PositionTracker::peek(std::span<const StepEntry> entries) const {
   std::int64_t* const pos = out.data();
   std::int64_t o = 0;
   for (std::size_t e = 0; e < entries.size(); ++e) {
-    const auto s = static_cast<std::size_t>(slot_of(entries[e].seq_id));
+    const std::size_t s = slot[e];
     const std::int64_t end = lengths_[s] + entries[e].new_tokens;  // checked above
     for (std::int64_t n = lengths_[s]; n < end; ++n, ++o) {
-      const auto [p, block] = ids(e, s, n);
+      const auto [p, block] = ids(s, n);
       pos[o] = p;
       if (streams_ == 2) pos[total + o] = block;
       if (streams_ == 3) pos[total + o] = pos[2 * total + o] = p;
